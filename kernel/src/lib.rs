@@ -1,0 +1,50 @@
+//! The part of PANNUS that lived in the kernel, rebuilt on a stock kernel.
+//!
+//! PANNUS added `mmap3` (map memory into another process) and `accesspvm` (read and write another
+//! process's memory) to Linux. This crate provides the same with ptrace and `/proc`:
+//!
+//! - [`Mem`]: reads and writes of the target's memory through `/proc/PID/mem` (`accesspvm`),
+//!   including read-only text, which the kernel copies on write for the target alone.
+//! - [`Hijack`]: one thread of the target borrowed briefly to run a system call through a
+//!   `syscall` instruction that already exists in the target (`mmap3` and friends), or to call a
+//!   function, signal-handler style: registers saved and restored, the thread resumes where it was.
+//! - [`World`]: every thread of the target stopped at once, with its registers, then resumed.
+//! - [`maps`]: the target's address space and the holes in it near an address.
+//!
+//! This is the only crate of pannus with `unsafe`; each use is small and says why it is sound.
+
+mod error;
+mod hijack;
+pub mod maps;
+mod mem;
+mod sched;
+mod thread;
+mod world;
+
+pub use error::{Error, Result};
+pub use hijack::Hijack;
+pub use maps::Mapping;
+pub use mem::Mem;
+pub use nix::libc::user_regs_struct as Regs;
+pub use sched::RealtimeGuard;
+pub use thread::{list_threads, process_exists};
+pub use world::{StoppedThread, World};
+
+/// Linux x86-64 system call numbers used by pannus.
+pub mod nr {
+    pub use nix::libc::{
+        SYS_close as CLOSE, SYS_ftruncate as FTRUNCATE, SYS_memfd_create as MEMFD_CREATE,
+        SYS_mmap as MMAP, SYS_mprotect as MPROTECT, SYS_munmap as MUNMAP, SYS_openat as OPENAT,
+    };
+}
+
+/// Page size on x86-64 Linux.
+pub const PAGE: u64 = 4096;
+
+pub fn page_floor(x: u64) -> u64 {
+    x & !(PAGE - 1)
+}
+
+pub fn page_ceil(x: u64) -> u64 {
+    x.saturating_add(PAGE - 1) & !(PAGE - 1)
+}

@@ -1,0 +1,158 @@
+//! The target's address space (`/proc/PID/maps`) and the holes in it.
+
+use crate::error::{Error, Result};
+use crate::mem::Mem;
+use crate::{page_ceil, page_floor, PAGE};
+use procfs::process::{MMPermissions, MMapPath};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev: (i32, i32),
+    pub inode: u64,
+    /// The path as the kernel shows it: a file, `[heap]`, `[stack]`, `[vdso]`, an empty string
+    /// for anonymous memory, `/memfd:NAME (deleted)` for a memfd.
+    pub path: String,
+}
+
+impl Mapping {
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// Reads the address space of process `pid`.
+pub fn read(pid: i32) -> Result<Vec<Mapping>> {
+    let proc = procfs::process::Process::new(pid).map_err(|_| Error::NoProcess { pid })?;
+    let maps = proc.maps().map_err(|e| match e {
+        procfs::ProcError::NotFound(_) => Error::NoProcess { pid },
+        procfs::ProcError::PermissionDenied(_) => Error::Permission {
+            pid,
+            op: "read the address space of",
+            errno: nix::errno::Errno::EACCES,
+        },
+        e => Error::Other(format!("cannot read /proc/{pid}/maps: {e}")),
+    })?;
+    Ok(maps
+        .into_iter()
+        .map(|m| Mapping {
+            start: m.address.0,
+            end: m.address.1,
+            read: m.perms.contains(MMPermissions::READ),
+            write: m.perms.contains(MMPermissions::WRITE),
+            exec: m.perms.contains(MMPermissions::EXECUTE),
+            shared: m.perms.contains(MMPermissions::SHARED),
+            offset: m.offset,
+            dev: m.dev,
+            inode: m.inode,
+            path: match m.pathname {
+                MMapPath::Path(p) => p.to_string_lossy().into_owned(),
+                MMapPath::Heap => "[heap]".into(),
+                MMapPath::Stack => "[stack]".into(),
+                MMapPath::TStack(t) => format!("[stack:{t}]"),
+                MMapPath::Vdso => "[vdso]".into(),
+                MMapPath::Vvar => "[vvar]".into(),
+                MMapPath::Vsyscall => "[vsyscall]".into(),
+                MMapPath::Rollup => "[rollup]".into(),
+                MMapPath::Anonymous => String::new(),
+                MMapPath::Vsys(k) => format!("/SYSV{k:08x}"),
+                MMapPath::Other(s) => s,
+            },
+        })
+        .collect())
+}
+
+/// Lowest address pannus maps at (above `vm.mmap_min_addr`).
+const LOW_LIMIT: u64 = 0x10000;
+/// Top of the x86-64 user address space with 4-level paging, less a guard page.
+const HIGH_LIMIT: u64 = 0x7fff_ffff_f000 - PAGE;
+/// Distance kept from the heap and stacks, which grow into free space.
+const GROWTH_GAP: u64 = 256 << 20;
+
+/// A free, page-aligned range of `size` bytes lying entirely inside `[lo, hi)`, as close to
+/// `near` as possible, preferring addresses below `near` (room above the executable is where
+/// the heap grows). Free space next to `[heap]` or a stack keeps a distance from it.
+pub fn find_hole(maps: &[Mapping], size: u64, lo: u64, hi: u64, near: u64) -> Option<u64> {
+    let size = page_ceil(size.max(1));
+    let lo = page_ceil(lo.max(LOW_LIMIT));
+    let hi = page_floor(hi.min(HIGH_LIMIT));
+    let mut sorted: Vec<&Mapping> = maps.iter().collect();
+    sorted.sort_by_key(|m| m.start);
+    let mut best: Option<(u64, u64)> = None; // (distance, address)
+    let mut prev_end = 0u64;
+    let mut prev_grows = false;
+    for i in 0..=sorted.len() {
+        let (gap_start, gap_end) = match sorted.get(i) {
+            Some(m) => (prev_end, m.start),
+            None => (prev_end, HIGH_LIMIT),
+        };
+        let next_grows_down = sorted.get(i).is_some_and(|m| m.path.starts_with("[stack"));
+        let mut g0 = gap_start.saturating_add(PAGE);
+        if prev_grows {
+            g0 = g0.saturating_add(GROWTH_GAP);
+        }
+        let mut g1 = gap_end.saturating_sub(PAGE);
+        if next_grows_down {
+            g1 = g1.saturating_sub(GROWTH_GAP);
+        }
+        let (g0, g1) = (page_ceil(g0.max(lo)), page_floor(g1.min(hi)));
+        if g1 > g0 && g1 - g0 >= size {
+            // Candidates: the top of a gap below `near`, the bottom of a gap above it.
+            let cand = if g1 <= near {
+                g1 - size
+            } else if g0 >= near {
+                g0
+            } else {
+                page_floor(near.min(g1 - size)).max(g0)
+            };
+            let dist = cand.abs_diff(near) + if cand < near { 0 } else { 1 << 20 };
+            if best.is_none_or(|(d, _)| dist < d) {
+                best = Some((dist, cand));
+            }
+        }
+        if let Some(m) = sorted.get(i) {
+            prev_end = m.end;
+            prev_grows = m.path == "[heap]";
+        }
+    }
+    best.map(|(_, a)| a)
+}
+
+/// The address of a `syscall` instruction (bytes 0f 05) in an executable mapping of the target,
+/// looked for first in the vDSO, then in the C library, then anywhere executable.
+pub fn find_syscall_insn(mem: &Mem, maps: &[Mapping]) -> Option<u64> {
+    let rank = |m: &Mapping| {
+        if m.path == "[vdso]" {
+            0
+        } else if m.path.contains("/libc.so") || m.path.contains("/libc-") {
+            1
+        } else {
+            2
+        }
+    };
+    let mut exec: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.exec && m.read && m.path != "[vsyscall]")
+        .collect();
+    exec.sort_by_key(|m| rank(m));
+    for m in exec {
+        let bytes = mem.read_partial(m.start, m.len() as usize);
+        if let Some(i) = bytes.windows(2).position(|w| w == [0x0f, 0x05]) {
+            return Some(m.start + i as u64);
+        }
+    }
+    None
+}

@@ -1,0 +1,50 @@
+use nix::libc;
+
+/// Raises the calling thread to `SCHED_FIFO` for the stop-the-world window and restores its
+/// policy when dropped. On a small machine the stop is dominated by the scheduler: each resumed
+/// thread preempts the patcher, so running the window at real-time priority shortens the time the
+/// target is stopped by an order of magnitude. Without the privilege it does nothing.
+pub struct RealtimeGuard {
+    saved: Option<(libc::c_int, libc::sched_param)>,
+}
+
+impl RealtimeGuard {
+    pub fn raise() -> RealtimeGuard {
+        // SAFETY: sched_getscheduler/sched_getparam/sched_setscheduler on pid 0 (the calling
+        // thread) only read or write the `sched_param` we pass by valid pointer.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut old = libc::sched_param { sched_priority: 0 };
+            if policy < 0 || libc::sched_getparam(0, &mut old) != 0 {
+                return RealtimeGuard { saved: None };
+            }
+            let new = libc::sched_param { sched_priority: 50 };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &new) != 0 {
+                return RealtimeGuard { saved: None };
+            }
+            RealtimeGuard {
+                saved: Some((policy, old)),
+            }
+        }
+    }
+}
+
+impl Drop for RealtimeGuard {
+    fn drop(&mut self) {
+        if let Some((policy, param)) = self.saved {
+            // SAFETY: as above; `param` is a valid sched_param saved by `raise`.
+            unsafe {
+                libc::sched_setscheduler(0, policy, &param);
+            }
+        }
+    }
+}
+
+/// Sends `sig` to thread `tid` of process `pid` (tgkill), used to put back a signal that arrived
+/// while the thread was held and could not be delivered on the spot.
+pub(crate) fn tgkill(pid: i32, tid: i32, sig: i32) {
+    // SAFETY: tgkill takes three integers and touches no memory of ours.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, pid, tid, sig);
+    }
+}

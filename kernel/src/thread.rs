@@ -1,0 +1,201 @@
+//! Per-thread ptrace primitives: seize, interrupt, wait, resume, registers.
+
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::ptrace;
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
+
+/// Why a traced thread reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// A ptrace-stop without a signal to deliver (PTRACE_INTERRUPT or a group-stop); the number
+    /// is the stop signal (SIGTRAP for an interrupt).
+    Event(i32),
+    /// A signal-delivery-stop: the signal would be delivered if the thread were resumed with it.
+    Signal(i32),
+    /// The thread is gone (exited or killed); the text says how.
+    Gone(&'static str, i32),
+}
+
+/// The thread ids of process `pid`, from `/proc/PID/task`.
+pub fn list_threads(pid: i32) -> Result<Vec<i32>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NoProcess { pid },
+        _ => Error::Other(format!("cannot list the threads of process {pid}: {e}")),
+    })?;
+    let mut tids: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_exists(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Attaches to thread `tid` without stopping it. A thread traced by someone else (a debugger, or
+/// another pannus) is reported as such.
+pub(crate) fn seize(tid: i32) -> Result<()> {
+    ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()).map_err(|e| {
+        if e == Errno::EPERM {
+            if let Some(tracer) = tracer_of(tid).filter(|&t| t != 0) {
+                let name =
+                    std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+                return Error::Other(format!(
+                    "thread {tid} is already traced by process {tracer} ({}); detach that \
+                     debugger or wait for the other pannus to finish",
+                    name.trim()
+                ));
+            }
+        }
+        Error::ptrace(tid, "attach to", e)
+    })
+}
+
+/// The pid tracing `tid`, 0 when none, from `/proc/TID/status`.
+pub fn tracer_of(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+pub(crate) fn interrupt(tid: i32) -> Result<()> {
+    ptrace::interrupt(Pid::from_raw(tid)).map_err(|e| Error::ptrace(tid, "interrupt", e))
+}
+
+fn raw_ptrace(req: libc::c_uint, tid: i32, data: usize) -> std::result::Result<(), Errno> {
+    // SAFETY: the requests used here (PTRACE_CONT, PTRACE_SINGLESTEP, PTRACE_DETACH) take no
+    // pointer: `addr` is ignored and `data` is a signal number passed by value.
+    let r = unsafe { libc::ptrace(req, tid, std::ptr::null_mut::<libc::c_void>(), data) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Resumes a stopped thread, delivering `sig` (0 for none). Any signal number works, real-time
+/// signals included.
+pub(crate) fn cont(tid: i32, sig: i32) -> Result<()> {
+    raw_ptrace(libc::PTRACE_CONT, tid, sig as usize).map_err(|e| Error::ptrace(tid, "resume", e))
+}
+
+pub(crate) fn step(tid: i32, sig: i32) -> Result<()> {
+    raw_ptrace(libc::PTRACE_SINGLESTEP, tid, sig as usize)
+        .map_err(|e| Error::ptrace(tid, "single-step", e))
+}
+
+/// Detaches from a stopped thread, delivering `sig` (0 for none). A thread that is already gone
+/// is not an error.
+pub(crate) fn detach(tid: i32, sig: i32) -> Result<()> {
+    match raw_ptrace(libc::PTRACE_DETACH, tid, sig as usize) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(Error::ptrace(tid, "detach", e)),
+    }
+}
+
+pub(crate) fn getregs(tid: i32) -> Result<libc::user_regs_struct> {
+    ptrace::getregs(Pid::from_raw(tid)).map_err(|e| Error::ptrace(tid, "read registers", e))
+}
+
+pub(crate) fn setregs(tid: i32, regs: libc::user_regs_struct) -> Result<()> {
+    ptrace::setregs(Pid::from_raw(tid), regs).map_err(|e| Error::ptrace(tid, "write registers", e))
+}
+
+fn decode(status: libc::c_int) -> Option<Stop> {
+    if libc::WIFEXITED(status) {
+        return Some(Stop::Gone("exited with status", libc::WEXITSTATUS(status)));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Some(Stop::Gone("was killed by signal", libc::WTERMSIG(status)));
+    }
+    if libc::WIFSTOPPED(status) {
+        let sig = libc::WSTOPSIG(status);
+        let event = (status >> 16) & 0xff;
+        if event == libc::PTRACE_EVENT_STOP {
+            return Some(Stop::Event(sig));
+        }
+        if event != 0 {
+            // No other event is requested; treat it as a plain stop.
+            return Some(Stop::Event(sig));
+        }
+        return Some(Stop::Signal(sig));
+    }
+    None
+}
+
+fn waitpid_raw(tid: i32, flags: libc::c_int) -> std::result::Result<Option<Stop>, Errno> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the duration of the call.
+        let r = unsafe { libc::waitpid(tid, &mut status, flags | libc::__WALL) };
+        if r < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        return Ok(decode(status));
+    }
+}
+
+/// Waits until thread `tid` reports.
+pub(crate) fn wait(tid: i32) -> Result<Stop> {
+    loop {
+        match waitpid_raw(tid, 0) {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) => continue,
+            Err(Errno::ECHILD) => return Ok(Stop::Gone("is no longer traced", 0)),
+            Err(e) => return Err(Error::ptrace(tid, "wait", e)),
+        }
+    }
+}
+
+/// Waits until thread `tid` reports or `timeout` passes (`None` then).
+pub(crate) fn wait_timeout(tid: i32, timeout: Duration) -> Result<Option<Stop>> {
+    let start = Instant::now();
+    let mut nap = Duration::from_micros(20);
+    loop {
+        match waitpid_raw(tid, libc::WNOHANG) {
+            Ok(Some(s)) => return Ok(Some(s)),
+            Ok(None) => {}
+            Err(Errno::ECHILD) => return Ok(Some(Stop::Gone("is no longer traced", 0))),
+            Err(e) => return Err(Error::ptrace(tid, "wait", e)),
+        }
+        if start.elapsed() >= timeout {
+            return Ok(None);
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(5));
+    }
+}
+
+pub(crate) fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => format!("signal {sig}"),
+    }
+}
+
+/// Puts back signals that arrived while a thread was held: the first is delivered on resume by
+/// the caller, the others are sent again.
+pub(crate) fn requeue(pid: i32, tid: i32, signals: &[i32]) {
+    for &sig in signals {
+        crate::sched::tgkill(pid, tid, sig);
+    }
+}

@@ -1,0 +1,177 @@
+//! `pannus demo`: builds the bundled demo service and its patch (sources under
+//! `manifests/demo/`), starts the service, and walks through apply, status and rollback on it,
+//! showing the service's own output change and come back.
+
+use crate::elf::{sha256_file, Object};
+use crate::engine::{Engine, Session};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SERVICE_C: &str = include_str!("../../manifests/demo/greeter.c");
+const PATCH_C: &str = include_str!("../../manifests/demo/greeting-fix.c");
+
+/// The demo service, its patch module and a manifest for them, built in `dir`.
+pub struct DemoBuild {
+    pub service: PathBuf,
+    pub module: PathBuf,
+    pub manifest: PathBuf,
+}
+
+fn gcc(args: &[&str]) -> Result<()> {
+    let out = Command::new("gcc").args(args).output().map_err(|e| {
+        Error::other(format!("cannot run gcc to build the demo: {e}")).hint("install gcc")
+    })?;
+    if !out.status.success() {
+        return Err(Error::other(format!(
+            "gcc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the demo into `dir` and writes a manifest for it.
+pub fn build(dir: &Path, trial: &str) -> Result<DemoBuild> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::other(format!("{}: {e}", dir.display())))?;
+    let write = |name: &str, text: &str| -> Result<PathBuf> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::other(format!("{}: {e}", p.display())))?;
+        Ok(p)
+    };
+    let src = write("greeter.c", SERVICE_C)?;
+    let psrc = write("greeting-fix.c", PATCH_C)?;
+    let service = dir.join("greeter");
+    let module = dir.join("greeting-fix.so");
+    gcc(&[
+        "-O2",
+        "-g",
+        "-Wl,--build-id",
+        "-o",
+        &service.to_string_lossy(),
+        &src.to_string_lossy(),
+    ])?;
+    gcc(&[
+        "-O2",
+        "-shared",
+        "-fPIC",
+        "-o",
+        &module.to_string_lossy(),
+        &psrc.to_string_lossy(),
+    ])?;
+    let build_id = Object::load(&service, "demo service")?
+        .build_id
+        .unwrap_or_default();
+    let sha = sha256_file(&module).map_err(|e| Error::other(e.to_string()))?;
+    let manifest = write(
+        "greeting-fix.yaml",
+        &format!(
+            "patch: greeting-fix\nversion: \"1.0.0\"\ndescription: Fix the typo in the greeting\n\
+             target:\n  object: {}\n  build_id: {build_id}\n\
+             module:\n  path: greeting-fix.so\n  sha256: {sha}\n\
+             functions:\n  - target: greeting\n    replacement: greeting_fixed\n\
+             trial:\n  duration: {trial}\n  on_expiry: commit\n",
+            service.display()
+        ),
+    )?;
+    Ok(DemoBuild {
+        service,
+        module,
+        manifest,
+    })
+}
+
+/// Starts the demo service with its output piped.
+pub fn start(b: &DemoBuild) -> Result<Child> {
+    Command::new(&b.service)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::other(format!("cannot start the demo service: {e}")))
+}
+
+fn pause(yes: bool, what: &str) {
+    if yes {
+        println!("\n== {what}");
+        return;
+    }
+    print!("\n== {what} (Enter to continue) ");
+    let _ = std::io::stdout().flush();
+    let mut s = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut s);
+}
+
+pub fn run(engine: &Engine, yes: bool) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("pannus-demo-{}", std::process::id()));
+    println!(
+        "building the demo service and its patch in {}",
+        dir.display()
+    );
+    let b = build(&dir, "2m")?;
+    let mut child = start(&b)?;
+    let pid = child.id() as i32;
+    let lines = child.stdout.take().map(BufReader::new);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    if let Some(lines) = lines {
+        std::thread::spawn(move || {
+            for l in lines.lines().map_while(std::result::Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let show = |n: usize| {
+        for _ in 0..n {
+            if let Ok(l) = rx.recv_timeout(Duration::from_secs(3)) {
+                println!("  service says: {l}");
+            }
+        }
+    };
+    let result = (|| -> Result<()> {
+        println!("demo service running as pid {pid}");
+        show(2);
+        let m = Manifest::load(&b.manifest)?;
+        pause(yes, &format!("apply {} to pid {pid}", b.manifest.display()));
+        {
+            let mut s = Session::open(engine, pid)?;
+            let mut obs = super::CliObserver {
+                yes: true,
+                quiet: false,
+            };
+            let rec = s.apply(&m, &mut obs)?;
+            println!("patch `{}` is {}", rec.patch, rec.state);
+        }
+        while rx.try_recv().is_ok() {}
+        show(3);
+        pause(
+            yes,
+            &format!("status of pid {pid}, read from the process itself"),
+        );
+        super::dispatch(engine, super::Command::Status { pid, json: false })?;
+        pause(yes, "roll back");
+        {
+            let mut s = Session::open(engine, pid)?;
+            let mut obs = super::CliObserver {
+                yes: true,
+                quiet: false,
+            };
+            s.rollback(None, false, &mut obs)?;
+        }
+        while rx.try_recv().is_ok() {}
+        show(2);
+        println!(
+            "\nthe service never stopped; the journal is at {}",
+            engine.journal().path().display()
+        );
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

@@ -1,0 +1,487 @@
+//! The command line: every console action as a scriptable command with `--json` output and
+//! the documented exit codes (0 done, 1 other, 2 bad input, 3 busy, 4 precondition).
+
+use crate::engine::{self, CheckLine, Engine, Observer, Session, Stage};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::registry::{PatchRecord, State};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+pub mod demo;
+
+#[derive(Parser, Debug)]
+#[command(name = "pannus", version, about = "Live patching of running Linux x86-64 processes", long_about = None)]
+pub struct Cli {
+    /// Folder for the audit journal and the per-process locks [env: PANNUS_STATE_DIR] [default: /var/lib/pannus]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check, then load, link, init and activate a patch in a running process
+    Apply {
+        manifest: PathBuf,
+        #[arg(long)]
+        pid: i32,
+        /// Do not ask before each stage
+        #[arg(long, short)]
+        yes: bool,
+        /// Stay until the trial ends and apply its on_expiry policy
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every check apply would make, touching nothing
+    Check {
+        manifest: PathBuf,
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The patches in a process, read from the process
+    Status {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Processes that have patches (every process with --all)
+    Ps {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a patch's trial: trial -> committed
+    Commit {
+        #[arg(long)]
+        pid: i32,
+        patch: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the original code and unload the module (the most recent patch by default)
+    Rollback {
+        #[arg(long)]
+        pid: i32,
+        patch: Option<String>,
+        /// Do not ask for confirmation
+        #[arg(long, short)]
+        yes: bool,
+        /// Roll back the patches that require PATCH first, newest first
+        #[arg(long)]
+        cascade: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit journal: who did what, when, with what outcome
+    Journal {
+        /// Only entries about this process
+        #[arg(long)]
+        pid: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build and start a small demo service, then patch it and roll it back, step by step
+    Demo {
+        /// Do not pause between steps
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
+    let Some(command) = cli.command else {
+        eprintln!("pannus: no command given; try `pannus --help` or `pannus demo`");
+        return 2;
+    };
+    let json = matches!(
+        command,
+        Command::Apply { json: true, .. }
+            | Command::Check { json: true, .. }
+            | Command::Status { json: true, .. }
+            | Command::Ps { json: true, .. }
+            | Command::Commit { json: true, .. }
+            | Command::Rollback { json: true, .. }
+            | Command::Journal { json: true, .. }
+    );
+    match dispatch(&engine, command) {
+        Ok(()) => 0,
+        Err(e) => {
+            if json {
+                let out = json!({"error": {"kind": e.kind, "message": e.message, "hint": e.hint}, "exit": e.kind.exit_code()});
+                println!("{out}");
+            }
+            eprintln!("pannus: {e}");
+            e.kind.exit_code()
+        }
+    }
+}
+
+fn dispatch(engine: &Engine, command: Command) -> Result<()> {
+    match command {
+        Command::Apply {
+            manifest,
+            pid,
+            yes,
+            wait,
+            json,
+        } => apply(engine, &manifest, pid, yes, wait, json),
+        Command::Check {
+            manifest,
+            pid,
+            json,
+        } => check(engine, &manifest, pid, json),
+        Command::Status { pid, json } => status(pid, json),
+        Command::Ps { all, json } => ps(all, json),
+        Command::Commit { pid, patch, json } => {
+            let mut s = Session::open(engine, pid)?;
+            let rec = s.commit(&patch, "committed by hand")?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"pid": pid, "patch": patch, "state": rec.state})
+                );
+            } else {
+                println!("patch `{patch}` committed in process {pid}");
+            }
+            Ok(())
+        }
+        Command::Rollback {
+            pid,
+            patch,
+            yes,
+            cascade,
+            json,
+        } => rollback(engine, pid, patch, yes, cascade, json),
+        Command::Journal { pid, json } => journal(engine, pid, json),
+        Command::Demo { yes } => demo::run(engine, yes),
+    }
+}
+
+/// The command line's observer: prints each stage's plan and progress, and asks on the
+/// terminal before each stage unless told yes in advance (`--yes`).
+pub struct CliObserver {
+    pub yes: bool,
+    pub quiet: bool,
+}
+
+impl Observer for CliObserver {
+    fn confirm(&mut self, stage: Stage, plan: &str) -> bool {
+        if self.yes {
+            if !self.quiet {
+                println!("{stage}: {plan}");
+            }
+            return true;
+        }
+        println!("{stage}: {plan}");
+        ask(&format!("Proceed with {stage}?"))
+    }
+    fn progress(&mut self, stage: Option<Stage>, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        match stage {
+            Some(s) => println!("  {s}: {msg}"),
+            None => println!("  {msg}"),
+        }
+    }
+}
+
+/// A yes/no question on the terminal; anything but y/yes is no.
+fn ask(question: &str) -> bool {
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
+    if yes || std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    Err(Error::bad_input(format!(
+        "{what} needs a confirmation and there is no terminal to ask on"
+    ))
+    .hint("pass --yes to confirm every stage in advance"))
+}
+
+fn hex_addr(a: u64) -> String {
+    format!("{a:#x}")
+}
+
+fn deadline_text(d: Option<u64>) -> Option<String> {
+    d.map(|s| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+            .to_string()
+    })
+}
+
+/// The JSON form of a patch record, as `status --json` documents it.
+pub fn patch_json(p: &PatchRecord) -> serde_json::Value {
+    json!({
+        "patch": p.patch,
+        "version": p.version,
+        "description": p.description,
+        "state": p.state,
+        "requires": p.requires,
+        "functions": p.functions.iter().map(|f| json!({
+            "target": f.target,
+            "replacement": f.replacement,
+            "address": hex_addr(f.address),
+            "replacement_address": hex_addr(f.replacement_address),
+            "jump": f.jump,
+        })).collect::<Vec<_>>(),
+        "trial_deadline": deadline_text(p.trial_deadline),
+        "trial_remaining_s": engine::remaining(p),
+        "on_expiry": p.on_expiry,
+        "module": p.module,
+        "module_base": hex_addr(p.module_base),
+        "target_object": p.target_object,
+        "build_id": p.build_id,
+        "applied_at": deadline_text(Some(p.applied_at)),
+        "note": p.note,
+    })
+}
+
+fn apply(
+    engine: &Engine,
+    path: &std::path::Path,
+    pid: i32,
+    yes: bool,
+    wait: bool,
+    json: bool,
+) -> Result<()> {
+    let m = Manifest::load(path)?;
+    require_terminal_or_yes(yes, "apply")?;
+    let mut s = Session::open(engine, pid)?;
+    let mut obs = CliObserver { yes, quiet: json };
+    if !json {
+        println!(
+            "applying `{}` {} to process {pid} ({})",
+            m.patch, m.version, s.target.name
+        );
+    }
+    let rec = s.apply(&m, &mut obs)?;
+    drop(s);
+    if !json {
+        println!(
+            "patch `{}` active in process {pid}: state {}, trial ends in {} ({} on expiry)",
+            rec.patch,
+            rec.state,
+            humantime::format_duration(std::time::Duration::from_secs(rec.trial_seconds)),
+            rec.on_expiry
+        );
+    }
+    let mut final_state = rec.state;
+    if wait {
+        let mut last = u64::MAX;
+        final_state = engine::wait_trial(engine, pid, &rec.patch, |left| {
+            if !json && left != last {
+                last = left;
+                print!("\r  trial: {:02}:{:02} left ", left / 60, left % 60);
+                let _ = std::io::stdout().flush();
+            }
+        })?;
+        if !json {
+            println!(
+                "\rtrial ended: patch `{}` is {final_state}          ",
+                rec.patch
+            );
+        }
+    }
+    if json {
+        let mut v = patch_json(&rec);
+        v["pid"] = json!(pid);
+        v["state"] = json!(final_state);
+        println!("{v}");
+    }
+    Ok(())
+}
+
+fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Result<()> {
+    let m = Manifest::load(path)?;
+    let mut s = Session::open(engine, pid)?;
+    let (lines, result) = s.check(&m);
+    if json {
+        let ok = result.is_ok();
+        println!(
+            "{}",
+            json!({"pid": pid, "patch": m.patch, "ok": ok, "checks": lines})
+        );
+        return result;
+    }
+    print_checks(&lines);
+    if result.is_ok() {
+        println!(
+            "all checks passed: `{}` can be applied to process {pid}",
+            m.patch
+        );
+    }
+    result
+}
+
+fn print_checks(lines: &[CheckLine]) {
+    for l in lines {
+        let mark = if l.ok { "ok  " } else { "FAIL" };
+        println!("{mark} {:<18} {}", l.check, l.detail);
+    }
+}
+
+fn status(pid: i32, json: bool) -> Result<()> {
+    let (target, reg) = engine::read_status(pid)?;
+    if json {
+        let patches: Vec<_> = reg.patches.iter().map(patch_json).collect();
+        println!(
+            "{}",
+            json!({"pid": pid, "name": target.name, "exe": target.exe, "patches": patches})
+        );
+        return Ok(());
+    }
+    println!("process {pid} ({}) {}", target.name, target.exe);
+    if reg.patches.is_empty() {
+        println!("  no patches");
+    }
+    for p in &reg.patches {
+        let trial = match (p.state, engine::remaining(p)) {
+            (State::Trial, Some(left)) => format!(
+                ", {:02}:{:02} left, then {}",
+                left / 60,
+                left % 60,
+                p.on_expiry
+            ),
+            _ => String::new(),
+        };
+        let req = if p.requires.is_empty() {
+            String::new()
+        } else {
+            format!(", requires {}", p.requires.join(", "))
+        };
+        println!("  {} {} [{}{trial}{req}]", p.patch, p.version, p.state);
+        if p.state.is_applied() {
+            for f in &p.functions {
+                println!(
+                    "    {} {:#x} -> {} {:#x} ({})",
+                    f.target,
+                    f.address,
+                    f.replacement,
+                    f.replacement_address,
+                    f.jump.as_str()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ps(all: bool, json: bool) -> Result<()> {
+    let procs = engine::list_processes(all);
+    if json {
+        let list: Vec<_> = procs
+            .iter()
+            .map(|p| {
+                json!({"pid": p.pid, "name": p.name, "exe": p.exe,
+                       "patches": p.patches.iter().filter(|r| r.state.is_applied()).map(patch_json).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!("{}", json!({"processes": list}));
+        return Ok(());
+    }
+    println!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
+    for p in &procs {
+        let applied: Vec<String> = p
+            .patches
+            .iter()
+            .filter(|r| r.state.is_applied())
+            .map(|r| format!("{}({})", r.patch, r.state))
+            .collect();
+        println!(
+            "{:>8}  {:<16} {:<10} {}{}",
+            p.pid,
+            p.name,
+            applied.len(),
+            p.exe,
+            if applied.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", applied.join(" "))
+            }
+        );
+    }
+    Ok(())
+}
+
+fn rollback(
+    engine: &Engine,
+    pid: i32,
+    patch: Option<String>,
+    yes: bool,
+    cascade: bool,
+    json: bool,
+) -> Result<()> {
+    require_terminal_or_yes(yes, "rollback")?;
+    let mut s = Session::open(engine, pid)?;
+    if !yes {
+        let reg = s.registry()?;
+        let which = patch
+            .clone()
+            .or_else(|| reg.applied().max_by_key(|p| p.seq).map(|p| p.patch.clone()))
+            .unwrap_or_else(|| "(none)".into());
+        if !ask(&format!(
+            "Roll back `{which}` in process {pid} ({})?",
+            s.target.name
+        )) {
+            return Err(Error::other("rollback cancelled"));
+        }
+    }
+    let mut obs = CliObserver {
+        yes: true,
+        quiet: json,
+    };
+    let done = s.rollback(patch.as_deref(), cascade, &mut obs)?;
+    if json {
+        println!("{}", json!({"pid": pid, "rolled_back": done}));
+    } else {
+        println!("rolled back in process {pid}: {}", done.join(", "));
+    }
+    Ok(())
+}
+
+fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
+    let j = engine.journal();
+    let entries: Vec<_> = j
+        .entries()
+        .into_iter()
+        .filter(|e| pid.is_none_or(|p| e.pid == p))
+        .collect();
+    if json {
+        println!("{}", json!({"journal": j.path(), "entries": entries}));
+        return Ok(());
+    }
+    for e in entries {
+        println!(
+            "{} {:<10} {:<9} pid {:<7} {:<16} {:<8} {}",
+            e.time,
+            e.user,
+            e.action,
+            e.pid,
+            e.patch.unwrap_or_default(),
+            e.outcome,
+            e.detail.lines().next().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! ELF objects as pannus needs them: the patch module (segments, dynamic relocations, init
+//! functions, symbols with versions) and the target's objects (symbols from `.dynsym` and
+//! `.symtab`, build-id). Parsed once with goblin into owned data.
+
+use crate::error::{Error, Result};
+use goblin::elf::{header, program_header as ph, sym, Elf};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Largest file pannus will read as an ELF object.
+const MAX_OBJECT_SIZE: u64 = 1 << 30;
+
+/// A loadable segment (PT_LOAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub vaddr: u64,
+    pub memsz: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+}
+
+impl Segment {
+    /// `PROT_*` bits for mmap.
+    pub fn prot(&self) -> u64 {
+        (self.read as u64) | (self.write as u64) << 1 | (self.exec as u64) << 2
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymKind {
+    Func,
+    Object,
+    Tls,
+    Ifunc,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Symbol {
+    pub name: String,
+    pub value: u64,
+    pub size: u64,
+    pub kind: SymKind,
+    /// GLOBAL or WEAK (not LOCAL).
+    pub global: bool,
+    pub weak: bool,
+    pub defined: bool,
+    /// Symbol version: for a definition, the version it defines; for a reference, the version it
+    /// requires.
+    pub version: Option<String>,
+    /// A definition that is the default version (`sym@@VER`), or unversioned.
+    pub default_version: bool,
+}
+
+/// A dynamic relocation (`.rela.dyn` or `.rela.plt`).
+#[derive(Debug, Clone)]
+pub struct Reloc {
+    pub offset: u64,
+    pub rtype: u32,
+    /// Index into [`Object::dynsyms`]; `None` for relocations without a symbol.
+    pub sym: Option<usize>,
+    pub addend: i64,
+}
+
+/// An ELF object read from disk.
+#[derive(Debug)]
+pub struct Object {
+    pub path: PathBuf,
+    pub data: Vec<u8>,
+    /// ET_DYN (a shared object or a PIE); ET_EXEC otherwise.
+    pub is_dyn: bool,
+    pub build_id: Option<String>,
+    pub segments: Vec<Segment>,
+    /// PT_NOTE ranges (vaddr, size), used to find the build-id in memory.
+    pub notes: Vec<(u64, u64)>,
+    pub has_tls: bool,
+    pub relro: Option<(u64, u64)>,
+    pub dynsyms: Vec<Symbol>,
+    pub symtab: Vec<Symbol>,
+    pub relocs: Vec<Reloc>,
+    pub init: Option<u64>,
+    pub init_array: Option<(u64, u64)>,
+    by_name: HashMap<String, Vec<(bool, usize)>>,
+}
+
+fn sym_kind(st_type: u8) -> SymKind {
+    match st_type {
+        sym::STT_FUNC => SymKind::Func,
+        sym::STT_OBJECT | sym::STT_COMMON => SymKind::Object,
+        sym::STT_TLS => SymKind::Tls,
+        sym::STT_GNU_IFUNC => SymKind::Ifunc,
+        _ => SymKind::Other,
+    }
+}
+
+impl Object {
+    /// Reads and parses `path`. Any problem is bad input naming the file.
+    pub fn load(path: &Path, role: &str) -> Result<Object> {
+        let bad = |what: String| Error::bad_input(format!("{role} {}: {what}", path.display()));
+        let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        if meta.len() > MAX_OBJECT_SIZE {
+            return Err(bad(format!("too large ({} bytes)", meta.len())));
+        }
+        let data = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        Object::parse(path, data).map_err(bad)
+    }
+
+    /// Parses an ELF image; the error text says what is wrong with it.
+    pub fn parse(path: &Path, data: Vec<u8>) -> std::result::Result<Object, String> {
+        if data.len() < 4 || &data[..4] != b"\x7fELF" {
+            return Err("not an ELF file".into());
+        }
+        let elf = Elf::parse(&data).map_err(|e| format!("malformed ELF: {e}"))?;
+        if !elf.is_64 || !elf.little_endian {
+            return Err("not a 64-bit little-endian ELF object".into());
+        }
+        if elf.header.e_machine != header::EM_X86_64 {
+            return Err(format!(
+                "built for {}, not x86-64",
+                header::machine_to_str(elf.header.e_machine)
+            ));
+        }
+        let is_dyn = match elf.header.e_type {
+            header::ET_DYN => true,
+            header::ET_EXEC => false,
+            t => return Err(format!("not an executable or shared object (ELF type {t})")),
+        };
+        let mut segments = Vec::new();
+        let mut notes = Vec::new();
+        let mut has_tls = false;
+        let mut relro = None;
+        for p in &elf.program_headers {
+            match p.p_type {
+                ph::PT_LOAD => {
+                    if p.p_filesz > p.p_memsz
+                        || p.p_offset
+                            .checked_add(p.p_filesz)
+                            .is_none_or(|e| e > data.len() as u64)
+                        || p.p_vaddr.checked_add(p.p_memsz).is_none_or(|e| e > 1 << 47)
+                        || p.p_offset % 4096 != p.p_vaddr % 4096
+                    {
+                        return Err(format!(
+                            "PT_LOAD segment at {:#x} is inconsistent",
+                            p.p_vaddr
+                        ));
+                    }
+                    segments.push(Segment {
+                        vaddr: p.p_vaddr,
+                        memsz: p.p_memsz,
+                        offset: p.p_offset,
+                        filesz: p.p_filesz,
+                        read: p.is_read(),
+                        write: p.is_write(),
+                        exec: p.is_executable(),
+                    })
+                }
+                ph::PT_NOTE => notes.push((p.p_vaddr, p.p_filesz)),
+                ph::PT_TLS => has_tls = true,
+                ph::PT_GNU_RELRO => relro = Some((p.p_vaddr, p.p_memsz)),
+                _ => {}
+            }
+        }
+        if segments.is_empty() {
+            return Err("no loadable segment".into());
+        }
+        segments.sort_by_key(|s| s.vaddr);
+        let build_id = elf.iter_note_headers(&data).and_then(|notes| {
+            notes.flatten().find_map(|n| {
+                (n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU")
+                    .then(|| hex::encode(n.desc))
+            })
+        });
+
+        // Version names by versym index: definitions (verdef) and requirements (verneed).
+        let mut ver_names: HashMap<u16, String> = HashMap::new();
+        if let Some(vd) = &elf.verdef {
+            for d in vd.iter() {
+                if let Some(aux) = d.iter().next() {
+                    if let Some(name) = elf.dynstrtab.get_at(aux.vda_name) {
+                        ver_names.insert(d.vd_ndx, name.to_string());
+                    }
+                }
+            }
+        }
+        if let Some(vn) = &elf.verneed {
+            for n in vn.iter() {
+                for aux in n.iter() {
+                    if let Some(name) = elf.dynstrtab.get_at(aux.vna_name) {
+                        ver_names.insert(aux.vna_other & 0x7fff, name.to_string());
+                    }
+                }
+            }
+        }
+
+        let mut dynsyms = Vec::with_capacity(elf.dynsyms.len());
+        for (i, s) in elf.dynsyms.iter().enumerate() {
+            let name = elf.dynstrtab.get_at(s.st_name).unwrap_or("").to_string();
+            let (version, default_version) = match elf.versym.as_ref().and_then(|v| v.get_at(i)) {
+                Some(v) if v.version() > 1 => {
+                    (ver_names.get(&v.version()).cloned(), !v.is_hidden())
+                }
+                _ => (None, true),
+            };
+            dynsyms.push(Symbol {
+                name,
+                value: s.st_value,
+                size: s.st_size,
+                kind: sym_kind(s.st_type()),
+                global: s.st_bind() != sym::STB_LOCAL,
+                weak: s.st_bind() == sym::STB_WEAK,
+                defined: s.st_shndx != 0,
+                version,
+                default_version,
+            });
+        }
+        let mut symtab = Vec::with_capacity(elf.syms.len());
+        for s in elf.syms.iter() {
+            let name = elf.strtab.get_at(s.st_name).unwrap_or("");
+            if name.is_empty() || s.st_type() == sym::STT_SECTION || s.st_type() == sym::STT_FILE {
+                continue;
+            }
+            symtab.push(Symbol {
+                name: name.to_string(),
+                value: s.st_value,
+                size: s.st_size,
+                kind: sym_kind(s.st_type()),
+                global: s.st_bind() != sym::STB_LOCAL,
+                weak: s.st_bind() == sym::STB_WEAK,
+                defined: s.st_shndx != 0,
+                version: None,
+                default_version: true,
+            });
+        }
+
+        let mut relocs = Vec::new();
+        for r in elf.dynrelas.iter().chain(elf.pltrelocs.iter()) {
+            let sym = (r.r_sym != 0).then_some(r.r_sym);
+            if sym.is_some_and(|i| i >= dynsyms.len()) {
+                return Err(format!(
+                    "relocation at {:#x} names symbol #{} beyond .dynsym",
+                    r.r_offset, r.r_sym
+                ));
+            }
+            relocs.push(Reloc {
+                offset: r.r_offset,
+                rtype: r.r_type,
+                sym,
+                addend: r.r_addend.unwrap_or(0),
+            });
+        }
+        if elf
+            .dynamic
+            .as_ref()
+            .is_some_and(|d| d.info.rel != 0 && d.info.relsz != 0)
+        {
+            return Err(
+                "REL relocations (without addends) are not used on x86-64 and not supported".into(),
+            );
+        }
+        // goblin's DynamicInfo turns some addresses into file offsets: read the raw entries.
+        let (mut init, mut init_array, mut init_arraysz) = (None, None, 0u64);
+        if let Some(d) = &elf.dynamic {
+            for e in &d.dyns {
+                match e.d_tag {
+                    goblin::elf::dynamic::DT_INIT if e.d_val != 0 => init = Some(e.d_val),
+                    goblin::elf::dynamic::DT_INIT_ARRAY if e.d_val != 0 => {
+                        init_array = Some(e.d_val)
+                    }
+                    goblin::elf::dynamic::DT_INIT_ARRAYSZ => init_arraysz = e.d_val,
+                    _ => {}
+                }
+            }
+        }
+        let init_array = init_array
+            .filter(|_| init_arraysz != 0)
+            .map(|a| (a, init_arraysz));
+        let mut by_name: HashMap<String, Vec<(bool, usize)>> = HashMap::new();
+        for (i, s) in dynsyms.iter().enumerate() {
+            if s.defined && !s.name.is_empty() {
+                by_name.entry(s.name.clone()).or_default().push((true, i));
+            }
+        }
+        for (i, s) in symtab.iter().enumerate() {
+            if s.defined {
+                by_name.entry(s.name.clone()).or_default().push((false, i));
+            }
+        }
+        Ok(Object {
+            path: path.to_path_buf(),
+            data: Vec::new(),
+            is_dyn,
+            build_id,
+            segments,
+            notes,
+            has_tls,
+            relro,
+            dynsyms,
+            symtab,
+            relocs,
+            init,
+            init_array,
+            by_name,
+        }
+        .with_data(data))
+    }
+
+    fn with_data(mut self, data: Vec<u8>) -> Object {
+        self.data = data;
+        self
+    }
+
+    /// Every definition of `name` (dynamic first, then `.symtab`, file-local ones included).
+    pub fn definitions(&self, name: &str) -> Vec<&Symbol> {
+        let mut out: Vec<&Symbol> = Vec::new();
+        for &(dynamic, i) in self.by_name.get(name).map(|v| v.as_slice()).unwrap_or(&[]) {
+            let s = if dynamic {
+                &self.dynsyms[i]
+            } else {
+                &self.symtab[i]
+            };
+            // .symtab repeats the .dynsym entries: keep one per address.
+            if !out
+                .iter()
+                .any(|o| o.value == s.value && o.global == s.global)
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// The single definition of `name`: a global one if there is one, else a file-local one if it
+    /// is unique. `Err` lists the addresses when several file-local symbols share the name.
+    pub fn lookup(&self, name: &str) -> std::result::Result<Option<&Symbol>, Vec<u64>> {
+        let defs = self.definitions(name);
+        if let Some(g) = defs.iter().find(|s| s.global && s.default_version) {
+            return Ok(Some(g));
+        }
+        if let Some(g) = defs.iter().find(|s| s.global) {
+            return Ok(Some(g));
+        }
+        match defs.len() {
+            0 => Ok(None),
+            1 => Ok(Some(defs[0])),
+            _ => Err(defs.iter().map(|s| s.value).collect()),
+        }
+    }
+
+    /// A dynamic (exported) definition of `name` with the given version, or the default version
+    /// when `version` is `None`, as ld.so would bind it.
+    pub fn lookup_dynamic(&self, name: &str, version: Option<&str>) -> Option<&Symbol> {
+        let defs = self.by_name.get(name)?;
+        let mut fallback = None;
+        for &(dynamic, i) in defs {
+            if !dynamic {
+                continue;
+            }
+            let s = &self.dynsyms[i];
+            if !s.global {
+                continue;
+            }
+            match version {
+                Some(v) if s.version.as_deref() == Some(v) => return Some(s),
+                Some(_) if s.version.is_none() => fallback = Some(s),
+                Some(_) => {}
+                None if s.default_version => return Some(s),
+                None => {}
+            }
+        }
+        fallback
+    }
+
+    /// The lowest and highest virtual addresses of the loadable segments, page-aligned.
+    pub fn span(&self) -> (u64, u64) {
+        let lo = self.segments.iter().map(|s| s.vaddr).min().unwrap_or(0);
+        let hi = self
+            .segments
+            .iter()
+            .map(|s| s.vaddr + s.memsz)
+            .max()
+            .unwrap_or(0);
+        (pannus_kernel::page_floor(lo), pannus_kernel::page_ceil(hi))
+    }
+
+    /// The file bytes backing `[vaddr, vaddr+len)`, when the range lies in one segment's file part.
+    pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.vaddr <= vaddr && vaddr + len <= s.vaddr + s.filesz)?;
+        let off = (seg.offset + (vaddr - seg.vaddr)) as usize;
+        self.data.get(off..off + len as usize)
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let data = std::fs::read(path)?;
+    Ok(hex::encode(sha2::Sha256::digest(&data)))
+}

@@ -1,0 +1,1737 @@
+//! The engine: the four PANNUS stages, rollback, commit and status, as one API that the CLI and
+//! the console both call. Every operation takes the per-process lock, reads the truth from the
+//! target's registry, and records what it did in the journal.
+
+use crate::elf::{Object, SymKind};
+use crate::error::{Error, Kind, Result};
+use crate::journal::Journal;
+use crate::lock::ProcessLock;
+use crate::manifest::{LoadMethod, Manifest, OnExpiry};
+use crate::registry::{self, FunctionRecord, PatchRecord, Registry, State};
+use crate::safety::{self, EntryPlan, ThreadView};
+use crate::target::{Loaded, Target};
+use pannus_kernel::{maps, nr, page_ceil, page_floor, Hijack, World};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The four stages of applying a patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Load,
+    Link,
+    Init,
+    Activate,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Load, Stage::Link, Stage::Init, Stage::Activate];
+    pub fn number(self) -> usize {
+        self as usize + 1
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Load => "load",
+            Stage::Link => "link",
+            Stage::Init => "init",
+            Stage::Activate => "activate",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stage {} ({})", self.number(), self.name())
+    }
+}
+
+/// What the engine tells its caller while it works, and asks before each stage.
+pub trait Observer {
+    /// Asked before each stage with exactly what it will do; `false` cancels the apply, which
+    /// then undoes the stages already done.
+    fn confirm(&mut self, _stage: Stage, _plan: &str) -> bool {
+        true
+    }
+    /// A line of progress.
+    fn progress(&mut self, _stage: Option<Stage>, _msg: &str) {}
+}
+
+/// An observer that says yes to everything and prints nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// One pre-flight check and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckLine {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub state_dir: PathBuf,
+    /// How long stage 3 may run the module's init functions before it is stopped.
+    pub init_timeout: Duration,
+    /// How long to wait for another pannus working on the same process.
+    pub lock_wait: Duration,
+}
+
+impl Engine {
+    pub fn new(state_dir: PathBuf) -> Engine {
+        Engine {
+            state_dir,
+            init_timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(10),
+        }
+    }
+    pub fn journal(&self) -> Journal {
+        Journal::open(&self.state_dir)
+    }
+}
+
+/// How a function of the patch resolves in the target.
+#[derive(Debug, Clone)]
+pub struct PreparedFn {
+    pub target: String,
+    pub replacement: String,
+    pub address: u64,
+    pub size: u64,
+    pub replacement_vaddr: u64,
+}
+
+/// Where a symbol the module refers to comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Value {
+    /// Defined by the module itself at this virtual address.
+    Module(u64),
+    /// An absolute run-time address in the target.
+    Abs(u64),
+    /// A GNU indirect function: the resolver's address; the resolver is called in stage 2.
+    Ifunc(u64),
+    /// An undefined weak symbol.
+    Zero,
+}
+
+/// Everything checked and resolved before anything is done to the target.
+pub struct Prepared {
+    pub manifest: Manifest,
+    pub module: Arc<Object>,
+    pub object: Loaded,
+    pub functions: Vec<PreparedFn>,
+    /// Module globals bound to the target's own data instead.
+    pub dropped: Vec<String>,
+    symbols: HashMap<usize, (Value, String)>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn reloc_name(t: u32) -> String {
+    format!(
+        "R_X86_64_{}",
+        goblin::elf::reloc::r_to_str(t, goblin::elf::header::EM_X86_64)
+            .trim_start_matches("R_X86_64_")
+    )
+}
+
+const R_NONE: u32 = 0;
+const R_64: u32 = 1;
+const R_PC32: u32 = 2;
+const R_PLT32: u32 = 4;
+const R_GLOB_DAT: u32 = 6;
+const R_JUMP_SLOT: u32 = 7;
+const R_RELATIVE: u32 = 8;
+
+/// A process opened for one command, under its lock.
+pub struct Session<'e> {
+    pub engine: &'e Engine,
+    pub target: Target,
+    _lock: ProcessLock,
+    syscall_insn: Option<u64>,
+}
+
+impl<'e> Session<'e> {
+    pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
+        let target = Target::open(pid)?;
+        let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
+        Ok(Session {
+            engine,
+            target,
+            _lock: lock,
+            syscall_insn: None,
+        })
+    }
+
+    pub fn registry(&self) -> Result<Registry> {
+        registry::read_from(&self.target.mem, &self.target.maps)
+    }
+
+    fn journal(&self, action: &str, patch: Option<&str>, outcome: &str, detail: &str) {
+        let _ = self.engine.journal().record(
+            action,
+            self.target.pid,
+            &self.target.name,
+            patch,
+            outcome,
+            detail,
+        );
+    }
+
+    /// Borrows one thread of the target (the main thread unless it has exited).
+    fn hijack(&mut self) -> Result<Hijack<'_>> {
+        let insn = match self.syscall_insn {
+            Some(a) => a,
+            None => {
+                let a = maps::find_syscall_insn(&self.target.mem, &self.target.maps).ok_or_else(
+                    || {
+                        Error::precondition(format!(
+                            "process {}: no `syscall` instruction found in its executable mappings",
+                            self.target.pid
+                        ))
+                    },
+                )?;
+                self.syscall_insn = Some(a);
+                a
+            }
+        };
+        let pid = self.target.pid;
+        let tid = pannus_kernel::list_threads(pid)?
+            .into_iter()
+            .find(|&t| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .map(|(_, r)| r.trim_start().starts_with(|c| c != 'Z'))
+                    })
+                    .unwrap_or(false)
+            })
+            .ok_or(Error::precondition(format!(
+                "process {pid} has no live thread"
+            )))?;
+        // The main thread first: it is the one most often idle in an event loop.
+        let tid = if pannus_kernel::process_exists(pid) && tid != pid && thread_alive(pid, pid) {
+            pid
+        } else {
+            tid
+        };
+        Ok(Hijack::attach(&self.target.mem, tid, insn)?)
+    }
+
+    fn write_registry(&mut self, reg: &Registry) -> Result<()> {
+        let loc = registry::locate(&self.target.maps).ok_or_else(|| {
+            Error::other(format!(
+                "process {}: registry mapping missing",
+                self.target.pid
+            ))
+        })?;
+        registry::write(&self.target.mem, loc, reg)
+    }
+
+    // ---------------------------------------------------------------- pre-flight
+
+    /// Every check apply makes, touching nothing. Each check passed is pushed to `lines`; the
+    /// first that fails is returned as the error.
+    pub fn prepare(
+        &mut self,
+        m: &Manifest,
+        reg: &Registry,
+        lines: &mut Vec<CheckLine>,
+    ) -> Result<Prepared> {
+        let mut ok = |check: &str, detail: String| {
+            lines.push(CheckLine {
+                check: check.into(),
+                ok: true,
+                detail,
+            })
+        };
+        let pid = self.target.pid;
+
+        // Module checksum, before anything else.
+        let sum = crate::elf::sha256_file(&m.module.path).map_err(|e| {
+            Error::bad_input(format!(
+                "patch module {}: cannot read: {e}",
+                m.module.path.display()
+            ))
+        })?;
+        if sum != m.module.sha256 {
+            return Err(Error::bad_input(format!(
+                "patch module {}: checksum mismatch: the manifest says sha256 {}, the file has {sum}",
+                m.module.path.display(),
+                m.module.sha256
+            ))
+            .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
+        }
+        ok("module checksum", format!("sha256 {sum}"));
+        if m.module.load == LoadMethod::Dlopen {
+            return Err(Error::bad_input(format!(
+                "{}: module.load: dlopen is not supported by this pannus",
+                m.source.display()
+            ))
+            .hint("use load: mmap"));
+        }
+        let module = Arc::new(Object::load(&m.module.path, "patch module")?);
+        if !module.is_dyn {
+            return Err(Error::bad_input(format!(
+                "patch module {}: not a shared object",
+                m.module.path.display()
+            ))
+            .hint("build it with gcc -shared -fPIC"));
+        }
+        if module.has_tls {
+            return Err(Error::bad_input(format!(
+                "patch module {}: uses thread-local storage, which load: mmap does not support",
+                m.module.path.display()
+            )));
+        }
+        ok(
+            "module",
+            format!(
+                "{} (ELF x86-64 shared object, {} relocations)",
+                m.module.path.display(),
+                module.relocs.len()
+            ),
+        );
+
+        // Target object, build-id on disk and in memory.
+        let object = self.target.find_object(&m.target.object)?;
+        let file_id = object.object.build_id.clone().unwrap_or_default();
+        if file_id != m.target.build_id {
+            return Err(Error::precondition(format!(
+                "build-id mismatch: {} has {}, the manifest is for {}",
+                m.target.object.display(),
+                if file_id.is_empty() {
+                    "no build-id"
+                } else {
+                    &file_id
+                },
+                m.target.build_id
+            ))
+            .hint("this patch was built for another build of the program; do not apply it here"));
+        }
+        if self.target.build_id_in_memory(&object).is_none() {
+            return Err(Error::precondition(format!(
+                "process {pid} runs another copy of {} than the file on disk (build-id in memory differs)",
+                m.target.object.display()
+            ))
+            .hint("the file was replaced after the process started; restart it or patch the running build"));
+        }
+        ok(
+            "target object",
+            format!(
+                "{} mapped at {:#x}, build-id {file_id}",
+                object.mapped_path, object.lo
+            ),
+        );
+
+        // Registry: not applied twice; dependencies present.
+        if let Some(p) = reg.get(&m.patch).filter(|p| p.state.is_applied()) {
+            return Err(Error::precondition(format!(
+                "patch `{}` is already applied to process {pid} (state {})",
+                m.patch, p.state
+            ))
+            .hint(format!(
+                "roll it back first: pannus rollback --pid {pid} {}",
+                m.patch
+            )));
+        }
+        for r in &m.requires {
+            match reg.get(r) {
+                Some(p) if p.state.is_active() => {}
+                Some(p) => {
+                    return Err(Error::precondition(format!(
+                        "patch `{}` requires `{r}`, which is {} in process {pid}",
+                        m.patch, p.state
+                    )))
+                }
+                None => {
+                    return Err(Error::precondition(format!(
+                        "patch `{}` requires `{r}`, which is not applied in process {pid}",
+                        m.patch
+                    ))
+                    .hint(format!("apply `{r}` first")))
+                }
+            }
+        }
+        if !m.requires.is_empty() {
+            ok("dependencies", m.requires.join(", "));
+        }
+
+        // Functions.
+        let mut functions = Vec::new();
+        for f in &m.functions {
+            let sym = match object.object.lookup(&f.target) {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    return Err(Error::precondition(format!(
+                        "symbol `{}` not found in {}",
+                        f.target,
+                        m.target.object.display()
+                    ))
+                    .hint("check functions[].target; the object must keep its symbol table (not stripped) for file-local functions"))
+                }
+                Err(addrs) => {
+                    return Err(Error::precondition(format!(
+                        "symbol `{}` is ambiguous in {}: {} file-local definitions at {}",
+                        f.target,
+                        m.target.object.display(),
+                        addrs.len(),
+                        addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            };
+            if sym.kind != SymKind::Func {
+                return Err(Error::precondition(format!(
+                    "symbol `{}` in {} is not a function ({:?})",
+                    f.target,
+                    m.target.object.display(),
+                    sym.kind
+                )));
+            }
+            if sym.size == 0 {
+                return Err(Error::precondition(format!(
+                    "function `{}` in {} has no size in the symbol table",
+                    f.target,
+                    m.target.object.display()
+                )));
+            }
+            let rep = match module.lookup(&f.replacement) {
+                Ok(Some(s)) if s.kind == SymKind::Func => s,
+                _ => {
+                    return Err(Error::precondition(format!(
+                        "patch module {} does not define function `{}`",
+                        m.module.path.display(),
+                        f.replacement
+                    )))
+                }
+            };
+            functions.push(PreparedFn {
+                target: f.target.clone(),
+                replacement: f.replacement.clone(),
+                address: object.addr(sym.value),
+                size: sym.size,
+                replacement_vaddr: rep.value,
+            });
+            ok(
+                "function",
+                format!(
+                    "{} at {:#x} ({} bytes) -> {}",
+                    f.target,
+                    object.addr(sym.value),
+                    sym.size,
+                    f.replacement
+                ),
+            );
+        }
+
+        // Globals the module defines that the target already has: bind to the target's.
+        let mut dropped = Vec::new();
+        for s in module
+            .dynsyms
+            .iter()
+            .filter(|s| s.defined && s.global && s.kind == SymKind::Object)
+        {
+            if let Ok(Some(t)) = object.object.lookup(&s.name) {
+                if t.kind == SymKind::Object {
+                    dropped.push(s.name.clone());
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            ok(
+                "shared data",
+                format!("bound to the target's own: {}", dropped.join(", ")),
+            );
+        }
+
+        // Symbols for the relocations.
+        let requires: Vec<(Arc<Object>, u64)> = m
+            .requires
+            .iter()
+            .filter_map(|r| reg.get(r))
+            .filter_map(|p| {
+                let o = Object::load(std::path::Path::new(&p.module), "module").ok()?;
+                let bias = p.module_base.wrapping_sub(o.span().0);
+                Some((Arc::new(o), bias))
+            })
+            .collect();
+        let others = self.target.loaded_objects();
+        let mut symbols = HashMap::new();
+        for r in &module.relocs {
+            match r.rtype {
+                R_NONE | R_64 | R_PC32 | R_PLT32 | R_GLOB_DAT | R_JUMP_SLOT | R_RELATIVE => {}
+                t => {
+                    let what = r
+                        .sym
+                        .map(|i| format!(" for `{}`", module.dynsyms[i].name))
+                        .unwrap_or_default();
+                    return Err(Error::bad_input(format!(
+                        "patch module {}: relocation {} at {:#x}{what} is not supported by load: mmap",
+                        m.module.path.display(),
+                        reloc_name(t),
+                        r.offset
+                    )));
+                }
+            }
+            let Some(i) = r.sym else { continue };
+            if symbols.contains_key(&i) {
+                continue;
+            }
+            let s = &module.dynsyms[i];
+            let resolved = resolve(s, &dropped, &requires, &object, &others, &m.patch)
+                .map_err(|e| e.context(format!("patch module {}", m.module.path.display())))?;
+            symbols.insert(i, resolved);
+        }
+        ok("symbols", format!("{} resolved", symbols.len()));
+        Ok(Prepared {
+            manifest: m.clone(),
+            module,
+            object,
+            functions,
+            dropped,
+            symbols,
+        })
+    }
+
+    /// The entry plan of each function, from its current bytes in the process.
+    fn entry_plans(&self, p: &Prepared, module_bias: u64) -> Result<Vec<EntryPlan>> {
+        p.functions
+            .iter()
+            .map(|f| {
+                let size = f.size.min(1 << 20) as usize;
+                let code = self.target.mem.read_vec(f.address, size)?;
+                let pad = self
+                    .target
+                    .mem
+                    .read_partial(f.address.saturating_sub(16), 16);
+                safety::plan_entry(
+                    &f.target,
+                    f.address,
+                    &code,
+                    &pad,
+                    module_bias.wrapping_add(f.replacement_vaddr),
+                )
+            })
+            .collect()
+    }
+
+    /// Pre-flight only: the checks and the entry decisions, as `pannus check` shows them.
+    pub fn check(&mut self, m: &Manifest) -> (Vec<CheckLine>, Result<()>) {
+        let mut lines = Vec::new();
+        let result = (|| -> Result<()> {
+            let reg = self.registry()?;
+            let p = self.prepare(m, &reg, &mut lines)?;
+            let (lo, span) = p.module.span();
+            let base = self.choose_base(&p, span - lo).unwrap_or(0);
+            let plans = self.entry_plans(&p, base.wrapping_sub(lo))?;
+            for (f, plan) in p.functions.iter().zip(&plans) {
+                lines.push(CheckLine {
+                    check: format!("entry {}", f.target),
+                    ok: true,
+                    detail: plan.describe(),
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            lines.push(CheckLine {
+                check: "refused".into(),
+                ok: false,
+                detail: e.message.clone(),
+            });
+        }
+        (lines, result)
+    }
+
+    /// A free range for the module within ±2 GiB of the target object, or anywhere.
+    fn choose_base(&self, p: &Prepared, size: u64) -> Option<u64> {
+        const REACH: u64 = 0x7ff0_0000;
+        let o = &p.object;
+        maps::find_hole(
+            &self.target.maps,
+            size,
+            o.hi.saturating_sub(REACH),
+            o.lo.saturating_add(REACH).saturating_sub(size),
+            o.lo,
+        )
+        .or_else(|| maps::find_hole(&self.target.maps, size, 0, u64::MAX, o.lo))
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Applies a patch: pre-flight checks, then the four stages, each confirmed by `obs`.
+    /// On any failure or cancellation, the stages already done are undone and the target is
+    /// left as it was.
+    pub fn apply(&mut self, m: &Manifest, obs: &mut dyn Observer) -> Result<PatchRecord> {
+        let result = self.apply_inner(m, obs);
+        match &result {
+            Ok(r) => self.journal("apply", Some(&m.patch), "ok", &format!("state {}", r.state)),
+            Err(e) => self.journal("apply", Some(&m.patch), outcome_of(e), &e.message),
+        }
+        result
+    }
+
+    fn apply_inner(&mut self, m: &Manifest, obs: &mut dyn Observer) -> Result<PatchRecord> {
+        let mut reg = self.registry()?;
+        let mut lines = Vec::new();
+        let p = self.prepare(m, &reg, &mut lines)?;
+        for l in &lines {
+            obs.progress(None, &format!("ok  {}: {}", l.check, l.detail));
+        }
+        let (lo, hi) = p.module.span();
+        let size = hi - lo;
+        let had_registry = registry::locate(&self.target.maps).is_some();
+
+        // Stage 1: load.
+        let base_hint = self.choose_base(&p, size).ok_or_else(|| {
+            Error::precondition(format!(
+                "process {}: no free address range of {size} bytes",
+                self.target.pid
+            ))
+        })?;
+        let plan = format!(
+            "map {} ({} bytes, {} segments) into process {} near {} at {:#x}",
+            m.module.path.display(),
+            size,
+            p.module.segments.len(),
+            self.target.pid,
+            p.object.mapped_path,
+            base_hint
+        );
+        if !obs.confirm(Stage::Load, &plan) {
+            return Err(cancelled(Stage::Load, &[]));
+        }
+        let base = self
+            .stage_load(&p, base_hint, size)
+            .map_err(|e| e.context(Stage::Load))?;
+        let bias = base.wrapping_sub(lo);
+        self.target.refresh_maps()?;
+        reg.next_seq += 1;
+        reg.patches.retain(|r| r.patch != m.patch);
+        let record = PatchRecord {
+            patch: m.patch.clone(),
+            version: m.version.clone(),
+            description: m.description.clone(),
+            state: State::Loaded,
+            seq: reg.next_seq,
+            requires: m.requires.clone(),
+            manifest: m.source.display().to_string(),
+            manifest_digest: m.digest.clone(),
+            module: m.module.path.display().to_string(),
+            module_sha256: m.module.sha256.clone(),
+            target_object: p.object.mapped_path.clone(),
+            build_id: m.target.build_id.clone(),
+            module_base: base,
+            module_size: size,
+            functions: Vec::new(),
+            applied_at: now_secs(),
+            trial_deadline: None,
+            trial_seconds: m.trial.duration.as_secs(),
+            on_expiry: m.trial.on_expiry,
+            ended_at: None,
+            note: None,
+            module_mapped: true,
+            retries: m.safety.retries,
+            retry_interval_ms: m.safety.retry_interval.as_millis() as u64,
+        };
+        reg.patches.push(record);
+        let undo = |s: &mut Session, reg: &mut Registry, e: Error, done: &[Stage]| -> Error {
+            let undone = s.undo_apply(reg, &m.patch, base, size, had_registry);
+            let mut e = e;
+            match undone {
+                Ok(()) => {
+                    e.message.push_str(&format!(
+                        "\n  undone: {} (the process is as it was)",
+                        done.iter()
+                            .rev()
+                            .map(|s| s.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                Err(u) => e.message.push_str(&format!("\n  undoing failed too: {u}")),
+            }
+            e
+        };
+        if let Err(e) = self.write_registry(&reg) {
+            return Err(undo(self, &mut reg, e, &[Stage::Load]));
+        }
+        obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
+
+        // Stage 2: link.
+        let plan = format!(
+            "apply {} relocations of {} ({} symbols resolved; shared data: {})",
+            p.module.relocs.len(),
+            m.module.path.display(),
+            p.symbols.len(),
+            if p.dropped.is_empty() {
+                "none".to_string()
+            } else {
+                p.dropped.join(", ")
+            }
+        );
+        if !obs.confirm(Stage::Link, &plan) {
+            return Err(undo(
+                self,
+                &mut reg,
+                cancelled(Stage::Link, &[Stage::Load]),
+                &[Stage::Load],
+            ));
+        }
+        if let Err(e) = self.stage_link(&p, bias) {
+            return Err(undo(self, &mut reg, e.context(Stage::Link), &[Stage::Load]));
+        }
+        set_state(&mut reg, &m.patch, State::Linked);
+        if let Err(e) = self.write_registry(&reg) {
+            return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link]));
+        }
+        obs.progress(Some(Stage::Link), "relocations applied");
+
+        // Stage 3: init.
+        let inits = self.init_functions(&p, bias)?;
+        let plan = if inits.is_empty() {
+            "the module has no init functions: nothing runs".to_string()
+        } else {
+            format!(
+                "run {} init function(s) of the module inside process {} on one borrowed thread",
+                inits.len(),
+                self.target.pid
+            )
+        };
+        if !obs.confirm(Stage::Init, &plan) {
+            return Err(undo(
+                self,
+                &mut reg,
+                cancelled(Stage::Init, &[Stage::Load, Stage::Link]),
+                &[Stage::Load, Stage::Link],
+            ));
+        }
+        if let Err(e) = self.stage_init(&inits) {
+            return Err(undo(
+                self,
+                &mut reg,
+                e.context(Stage::Init),
+                &[Stage::Load, Stage::Link, Stage::Init],
+            ));
+        }
+        set_state(&mut reg, &m.patch, State::Initialized);
+        if let Err(e) = self.write_registry(&reg) {
+            return Err(undo(
+                self,
+                &mut reg,
+                e,
+                &[Stage::Load, Stage::Link, Stage::Init],
+            ));
+        }
+        obs.progress(
+            Some(Stage::Init),
+            &format!("{} init function(s) ran", inits.len()),
+        );
+
+        // Stage 4: activate.
+        let plans = match self.entry_plans(&p, bias) {
+            Ok(pl) => pl,
+            Err(e) => {
+                return Err(undo(
+                    self,
+                    &mut reg,
+                    e.context(Stage::Activate),
+                    &[Stage::Load, Stage::Link, Stage::Init],
+                ))
+            }
+        };
+        let plan = p
+            .functions
+            .iter()
+            .zip(&plans)
+            .map(|(f, pl)| format!("{} -> {}: {}", f.target, f.replacement, pl.describe()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let plan = format!(
+            "stop every thread, check none is inside the bytes to overwrite, write: {plan}"
+        );
+        if !obs.confirm(Stage::Activate, &plan) {
+            let done = [Stage::Load, Stage::Link, Stage::Init];
+            return Err(undo(
+                self,
+                &mut reg,
+                cancelled(Stage::Activate, &done),
+                &done,
+            ));
+        }
+        if let Some(r) = reg.get_mut(&m.patch) {
+            r.state = State::Activating;
+            r.functions = p
+                .functions
+                .iter()
+                .zip(&plans)
+                .map(|(f, pl)| FunctionRecord {
+                    target: f.target.clone(),
+                    replacement: f.replacement.clone(),
+                    address: f.address,
+                    replacement_address: bias.wrapping_add(f.replacement_vaddr),
+                    jump: pl.jump,
+                    patch_address: pl.patch_address,
+                    original: hex::encode(&pl.original),
+                    written: hex::encode(&pl.written),
+                })
+                .collect();
+        }
+        if let Err(e) = self.write_registry(&reg) {
+            return Err(undo(
+                self,
+                &mut reg,
+                e,
+                &[Stage::Load, Stage::Link, Stage::Init],
+            ));
+        }
+        let names: Vec<&str> = p.functions.iter().map(|f| f.target.as_str()).collect();
+        match self.stage_activate(
+            &names,
+            &plans,
+            m.safety.retries,
+            m.safety.retry_interval,
+            obs,
+        ) {
+            Ok(attempts) => obs.progress(
+                Some(Stage::Activate),
+                &format!(
+                    "{} function(s) switched in one stop (attempt {attempts})",
+                    plans.len()
+                ),
+            ),
+            Err(e) => {
+                let done = [Stage::Load, Stage::Link, Stage::Init];
+                return Err(undo(self, &mut reg, e.context(Stage::Activate), &done));
+            }
+        }
+        let deadline = now_secs() + m.trial.duration.as_secs();
+        if let Some(r) = reg.get_mut(&m.patch) {
+            r.state = State::Trial;
+            r.trial_deadline = Some(deadline);
+        }
+        self.write_registry(&reg)?;
+        reg.get(&m.patch)
+            .cloned()
+            .ok_or_else(|| Error::other(format!("the registry lost the record of `{}`", m.patch)))
+    }
+
+    /// Removes every trace of a failed apply: unmaps the module, drops the record, and removes
+    /// the registry mapping if this apply created it.
+    fn undo_apply(
+        &mut self,
+        reg: &mut Registry,
+        id: &str,
+        base: u64,
+        size: u64,
+        had_registry: bool,
+    ) -> Result<()> {
+        self.target.refresh_maps()?;
+        let reg_loc = registry::locate(&self.target.maps);
+        {
+            let mut h = self.hijack()?;
+            let r = h.syscall(nr::MUNMAP, &[base, size])?;
+            if r < 0 {
+                return Err(registry::syscall_error("munmap", r));
+            }
+            if !had_registry {
+                if let Some(loc) = reg_loc {
+                    let _ = h.syscall(nr::MUNMAP, &[loc.addr, registry::SIZE]);
+                }
+            }
+            h.release()?;
+        }
+        self.target.refresh_maps()?;
+        reg.patches.retain(|r| r.patch != id);
+        if had_registry {
+            self.write_registry(reg)?;
+        }
+        Ok(())
+    }
+
+    fn stage_load(&mut self, p: &Prepared, hint: u64, size: u64) -> Result<u64> {
+        // Readable: the target's own system calls read the scratch strings placed in it.
+        const PROT_READ: u64 = 1;
+        const MAP_PRIVATE: u64 = 0x02;
+        const MAP_FIXED: u64 = 0x10;
+        const MAP_ANONYMOUS: u64 = 0x20;
+        const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+        const O_RDONLY_CLOEXEC: u64 = 0o2000000;
+        const AT_FDCWD: i64 = -100;
+        let module = p.module.clone();
+        let (lo, _) = module.span();
+        let path = p.manifest.module.path.clone();
+        let need_registry = registry::locate(&self.target.maps).is_none();
+        let mem_pid = self.target.pid;
+        let mut h = self.hijack()?;
+        let r = h.syscall(
+            nr::MMAP,
+            &[
+                hint,
+                size,
+                PROT_READ,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        if r < 0 {
+            return Err(registry::syscall_error(
+                "reserving the module's address range (mmap)",
+                r,
+            ));
+        }
+        let base = r as u64;
+        if base != hint {
+            let _ = h.syscall(nr::MUNMAP, &[base, size]);
+            return Err(Error::other(format!(
+                "process {mem_pid}: the kernel placed the module at {base:#x} instead of {hint:#x}"
+            )));
+        }
+        let bias = base.wrapping_sub(lo);
+        let result = (|| -> Result<()> {
+            // Scratch strings go into the reservation, which the segments then replace.
+            let mem = pannus_kernel::Mem::open(mem_pid)?;
+            if need_registry {
+                registry::create(&mut h, &mem, base)?;
+            }
+            let mut cpath = path.as_os_str().as_encoded_bytes().to_vec();
+            cpath.push(0);
+            let fd = if cpath.len() < size as usize {
+                mem.write(base, &cpath)?;
+                h.syscall(nr::OPENAT, &[AT_FDCWD as u64, base, O_RDONLY_CLOEXEC, 0])?
+            } else {
+                -1
+            };
+            for s in &module.segments {
+                let start = bias.wrapping_add(page_floor(s.vaddr));
+                let file_end = bias.wrapping_add(s.vaddr + s.filesz);
+                let mem_end = bias.wrapping_add(page_ceil(s.vaddr + s.memsz));
+                if fd >= 0 && s.filesz > 0 {
+                    let len = page_ceil(file_end) - start;
+                    let r = h.syscall(
+                        nr::MMAP,
+                        &[
+                            start,
+                            len,
+                            s.prot(),
+                            MAP_PRIVATE | MAP_FIXED,
+                            fd as u64,
+                            page_floor(s.offset),
+                        ],
+                    )?;
+                    if r < 0 {
+                        let _ = h.syscall(nr::CLOSE, &[fd as u64]);
+                        return Err(registry::syscall_error(
+                            "mapping a module segment (mmap)",
+                            r,
+                        ));
+                    }
+                    // The file's page may hold other bytes past the segment: zero them (bss).
+                    if s.memsz > s.filesz && page_ceil(file_end) > file_end {
+                        mem.write(
+                            file_end,
+                            &vec![0u8; (page_ceil(file_end) - file_end) as usize],
+                        )?;
+                    }
+                    if mem_end > page_ceil(file_end) {
+                        let r = h.syscall(
+                            nr::MMAP,
+                            &[
+                                page_ceil(file_end),
+                                mem_end - page_ceil(file_end),
+                                s.prot(),
+                                MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS,
+                                u64::MAX,
+                                0,
+                            ],
+                        )?;
+                        if r < 0 {
+                            return Err(registry::syscall_error(
+                                "mapping the module's bss (mmap)",
+                                r,
+                            ));
+                        }
+                    }
+                } else {
+                    // No file access from inside the target (another mount namespace): anonymous
+                    // memory with the final protections, filled through /proc/PID/mem.
+                    let r = h.syscall(
+                        nr::MMAP,
+                        &[
+                            start,
+                            mem_end - start,
+                            s.prot(),
+                            MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS,
+                            u64::MAX,
+                            0,
+                        ],
+                    )?;
+                    if r < 0 {
+                        return Err(registry::syscall_error(
+                            "mapping a module segment (mmap)",
+                            r,
+                        ));
+                    }
+                    if let Some(bytes) = module.bytes_at(s.vaddr, s.filesz) {
+                        mem.write(bias.wrapping_add(s.vaddr), bytes)?;
+                    }
+                }
+            }
+            if fd >= 0 {
+                let _ = h.syscall(nr::CLOSE, &[fd as u64]);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = h.syscall(nr::MUNMAP, &[base, size]);
+            return Err(e);
+        }
+        h.release()?;
+        Ok(base)
+    }
+
+    fn stage_link(&mut self, p: &Prepared, bias: u64) -> Result<()> {
+        let module = &p.module;
+        let (lo, hi) = module.span();
+        let size = (hi - lo) as usize;
+        // The module image as mapped, to apply relocations to and write back page by page.
+        let mut image = vec![0u8; size];
+        for s in &module.segments {
+            if let Some(bytes) = module.bytes_at(s.vaddr, s.filesz) {
+                let at = (s.vaddr - lo) as usize;
+                image[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+        }
+        // Resolve indirect functions by calling their resolvers in the target, as ld.so does.
+        let mut values: HashMap<usize, u64> = HashMap::new();
+        let ifuncs: Vec<(usize, u64, String)> = p
+            .symbols
+            .iter()
+            .filter_map(|(&i, (v, _))| match v {
+                Value::Ifunc(r) => Some((i, *r, module.dynsyms[i].name.clone())),
+                _ => None,
+            })
+            .collect();
+        if !ifuncs.is_empty() {
+            let timeout = self.engine.init_timeout;
+            let mut h = self.hijack()?;
+            for (i, resolver, name) in ifuncs {
+                let v = h.call(resolver, &[], timeout, &format!("the resolver of `{name}`"))?;
+                values.insert(i, v);
+            }
+            h.release()?;
+        }
+        for (&i, (v, _)) in &p.symbols {
+            let a = match *v {
+                Value::Module(vaddr) => bias.wrapping_add(vaddr),
+                Value::Abs(a) => a,
+                Value::Ifunc(_) => continue,
+                Value::Zero => 0,
+            };
+            values.insert(i, a);
+        }
+        let mut dirty = vec![false; size.div_ceil(4096)];
+        for r in &module.relocs {
+            if r.rtype == R_NONE {
+                continue;
+            }
+            let s = r.sym.and_then(|i| values.get(&i).copied()).unwrap_or(0);
+            let at = r.offset.wrapping_sub(lo) as usize;
+            let width = if matches!(r.rtype, R_PC32 | R_PLT32) {
+                4
+            } else {
+                8
+            };
+            if at.checked_add(width).is_none_or(|e| e > size) {
+                return Err(Error::bad_input(format!(
+                    "patch module {}: relocation at {:#x} lies outside the module",
+                    module.path.display(),
+                    r.offset
+                )));
+            }
+            let place = bias.wrapping_add(r.offset);
+            let bytes: Vec<u8> = match r.rtype {
+                R_RELATIVE => bias.wrapping_add_signed(r.addend).to_le_bytes().to_vec(),
+                R_64 | R_GLOB_DAT | R_JUMP_SLOT => {
+                    s.wrapping_add_signed(r.addend).to_le_bytes().to_vec()
+                }
+                _ => {
+                    let v = s.wrapping_add_signed(r.addend).wrapping_sub(place) as i64;
+                    let v = i32::try_from(v).map_err(|_| {
+                        let name = r.sym.map(|i| module.dynsyms[i].name.clone()).unwrap_or_default();
+                        Error::precondition(format!(
+                            "patch module {}: `{name}` is out of the ±2 GiB reach of a {} relocation",
+                            module.path.display(),
+                            reloc_name(r.rtype)
+                        ))
+                    })?;
+                    v.to_le_bytes().to_vec()
+                }
+            };
+            image[at..at + width].copy_from_slice(&bytes);
+            dirty[at / 4096..=(at + width - 1) / 4096].fill(true);
+        }
+        // One write per run of dirty pages, clipped to what the segments map.
+        let mut pg = 0;
+        while pg < dirty.len() {
+            if !dirty[pg] {
+                pg += 1;
+                continue;
+            }
+            let start = pg;
+            while pg < dirty.len() && dirty[pg] {
+                pg += 1;
+            }
+            let (a, b) = (start * 4096, (pg * 4096).min(size));
+            self.target
+                .mem
+                .write(bias.wrapping_add(lo + a as u64), &image[a..b])?;
+        }
+        // RELRO becomes read-only, as ld.so leaves it.
+        if let Some((vaddr, len)) = module.relro {
+            let (s, e) = (
+                page_floor(bias.wrapping_add(vaddr)),
+                page_floor(bias.wrapping_add(vaddr + len)),
+            );
+            if e > s {
+                let mut h = self.hijack()?;
+                let r = h.syscall(nr::MPROTECT, &[s, e - s, 1])?;
+                h.release()?;
+                if r < 0 {
+                    return Err(registry::syscall_error("mprotect of the module's RELRO", r));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn init_functions(&self, p: &Prepared, bias: u64) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        if let Some(init) = p.module.init {
+            out.push(bias.wrapping_add(init));
+        }
+        if let Some((arr, len)) = p.module.init_array {
+            for i in 0..(len / 8).min(4096) {
+                let f = self.target.mem.read_u64(bias.wrapping_add(arr + 8 * i))?;
+                if f != 0 && f != u64::MAX {
+                    out.push(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn stage_init(&mut self, inits: &[u64]) -> Result<()> {
+        if inits.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.engine.init_timeout;
+        let mut h = self.hijack()?;
+        for (k, &f) in inits.iter().enumerate() {
+            h.call(
+                f,
+                &[0, 0, 0],
+                timeout,
+                &format!("init function #{} at {f:#x}", k + 1),
+            )?;
+        }
+        h.release()?;
+        Ok(())
+    }
+
+    /// Stops the world, checks, writes every jump, resumes; retries while a thread is in the
+    /// way. Returns the attempt that succeeded.
+    fn stage_activate(
+        &mut self,
+        names: &[&str],
+        plans: &[EntryPlan],
+        retries: u32,
+        interval: Duration,
+        obs: &mut dyn Observer,
+    ) -> Result<u32> {
+        let writes: Vec<(u64, &[u8])> = plans
+            .iter()
+            .map(|p| (p.patch_address, p.written.as_slice()))
+            .collect();
+        self.switch(names, plans, &writes, retries, interval, obs)
+    }
+
+    /// The one place where code bytes change: in a single stop of every thread, after checking
+    /// the `entry` rule against `plans`, write each `(address, bytes)`.
+    fn switch(
+        &mut self,
+        names: &[&str],
+        plans: &[EntryPlan],
+        writes: &[(u64, &[u8])],
+        retries: u32,
+        interval: Duration,
+        obs: &mut dyn Observer,
+    ) -> Result<u32> {
+        let pid = self.target.pid;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let world = World::stop(pid)?;
+            let stacks: Vec<(i32, u64, u64, Vec<u8>)> = world
+                .threads()
+                .iter()
+                .map(|t| {
+                    (
+                        t.tid,
+                        t.regs.rip,
+                        t.regs.rsp,
+                        self.target.mem.read_partial(t.regs.rsp, STACK_SCAN),
+                    )
+                })
+                .collect();
+            let views: Vec<ThreadView> = stacks
+                .iter()
+                .map(|(tid, rip, rsp, stack)| ThreadView {
+                    tid: *tid,
+                    rip: *rip,
+                    stack_base: *rsp,
+                    stack,
+                })
+                .collect();
+            let conflicts =
+                safety::entry_conflicts(names.iter().copied().zip(plans.iter()), &views);
+            if conflicts.is_empty() {
+                let mut result = Ok(());
+                for (addr, bytes) in writes {
+                    if let Err(e) = self.target.mem.write(*addr, bytes) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                world.resume()?;
+                result?;
+                return Ok(attempt);
+            }
+            world.resume()?;
+            if attempt > retries {
+                let list = conflicts
+                    .iter()
+                    .map(|c| format!("\n  {c}"))
+                    .collect::<String>();
+                let tids: Vec<String> = conflicts.iter().map(|c| c.tid.to_string()).collect();
+                return Err(Error::busy(format!(
+                    "busy: after {attempt} attempts, thread(s) {} still in the way:{list}",
+                    tids.join(", ")
+                ))
+                .hint("the service keeps these threads in the function; retry at a quieter moment or raise safety.retries"));
+            }
+            if attempt == 1 || attempt % 20 == 0 {
+                obs.progress(
+                    Some(Stage::Activate),
+                    &format!("busy ({}), retrying", conflicts[0]),
+                );
+            }
+            std::thread::sleep(interval);
+        }
+    }
+
+    // ---------------------------------------------------------------- rollback, commit
+
+    /// Rolls back `patch` (the most recently applied one when `None`); with `cascade`, the
+    /// patches that require it are rolled back first, newest first. Returns the ids rolled back.
+    pub fn rollback(
+        &mut self,
+        patch: Option<&str>,
+        cascade: bool,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<String>> {
+        let result = self.rollback_inner(patch, cascade, obs);
+        match &result {
+            Ok(ids) => {
+                for id in ids {
+                    self.journal("rollback", Some(id), "ok", "");
+                }
+            }
+            Err(e) => self.journal("rollback", patch, outcome_of(e), &e.message),
+        }
+        result
+    }
+
+    fn rollback_inner(
+        &mut self,
+        patch: Option<&str>,
+        cascade: bool,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<String>> {
+        let pid = self.target.pid;
+        let mut reg = self.registry()?;
+        let id = match patch {
+            Some(id) => {
+                match reg.get(id) {
+                    Some(p) if p.state.is_applied() => {}
+                    Some(_) => {
+                        return Err(Error::precondition(format!(
+                            "patch `{id}` is already rolled back in process {pid}"
+                        )))
+                    }
+                    None => {
+                        return Err(Error::precondition(format!(
+                            "patch `{id}` is not applied in process {pid}"
+                        ))
+                        .hint(format!("see pannus status --pid {pid}")))
+                    }
+                }
+                id.to_string()
+            }
+            None => reg
+                .applied()
+                .max_by_key(|p| p.seq)
+                .map(|p| p.patch.clone())
+                .ok_or_else(|| {
+                    Error::precondition(format!("process {pid} has no patch applied"))
+                })?,
+        };
+        // Everything that depends on it, transitively.
+        let mut order = vec![id.clone()];
+        let mut k = 0;
+        while k < order.len() {
+            let cur = order[k].clone();
+            for p in reg.applied() {
+                if p.requires.contains(&cur) && !order.contains(&p.patch) {
+                    order.push(p.patch.clone());
+                }
+            }
+            k += 1;
+        }
+        let dependents: Vec<String> = order[1..].to_vec();
+        if !dependents.is_empty() && !cascade {
+            return Err(Error::precondition(format!(
+                "patch `{id}` is required by {} applied in process {pid}",
+                dependents
+                    .iter()
+                    .map(|d| format!("`{d}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .hint(
+                "roll those back first, or use --cascade to roll them back together, newest first",
+            ));
+        }
+        order.sort_by_key(|i| std::cmp::Reverse(reg.get(i).map(|p| p.seq).unwrap_or(0)));
+        let mut done = Vec::new();
+        for i in order {
+            self.rollback_one(&mut reg, &i, obs)?;
+            obs.progress(None, &format!("rolled back `{i}`"));
+            done.push(i);
+        }
+        Ok(done)
+    }
+
+    fn rollback_one(&mut self, reg: &mut Registry, id: &str, obs: &mut dyn Observer) -> Result<()> {
+        let rec = reg
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::other(format!("patch `{id}` vanished")))?;
+        let retries = rec.retries;
+        let interval = Duration::from_millis(rec.retry_interval_ms);
+        // 1. Restore entry bytes (or hand them to a later patch stacked on the same function).
+        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut plans = Vec::new();
+        let mut names = Vec::new();
+        for f in rec.functions.iter().rev() {
+            let original = hex::decode(&f.original).unwrap_or_default();
+            let written = hex::decode(&f.written).unwrap_or_default();
+            let later = reg
+                .patches
+                .iter_mut()
+                .filter(|p| p.state.is_applied() && p.seq > rec.seq)
+                .flat_map(|p| p.functions.iter_mut().map(|g| (p.seq, g)))
+                .filter(|(_, g)| g.patch_address == f.patch_address)
+                .min_by_key(|(seq, _)| *seq);
+            if let Some((_, g)) = later {
+                // A later patch overwrote this entry and saved our jump as its "original":
+                // from now on its original is the true original.
+                let theirs = hex::decode(&g.original).unwrap_or_default();
+                let mut merged = original.clone();
+                if theirs.len() > merged.len() {
+                    merged.extend_from_slice(&theirs[merged.len()..]);
+                }
+                g.original = hex::encode(merged);
+                continue;
+            }
+            let current = self.target.mem.read_vec(f.patch_address, written.len())?;
+            if current == written {
+                writes.push((f.patch_address, original.clone()));
+                // The bytes now there are our jump: a single instruction (or a pad jump pair),
+                // so a thread can only stand at its start.
+                plans.push(EntryPlan {
+                    jump: f.jump,
+                    patch_address: f.patch_address,
+                    original: written.clone(),
+                    written: original,
+                    starts: vec![f.patch_address, f.address],
+                });
+                names.push(f.target.clone());
+            }
+        }
+        if !writes.is_empty() {
+            let w: Vec<(u64, &[u8])> = writes.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+            let n: Vec<&str> = names.iter().map(String::as_str).collect();
+            self.switch(&n, &plans, &w, retries, interval, obs)?;
+        }
+        if let Some(r) = reg.get_mut(id) {
+            r.state = State::RolledBack;
+            r.ended_at = Some(now_secs());
+            r.trial_deadline = None;
+        }
+        self.write_registry(reg)?;
+        // 2. Unload once no thread can be inside the module.
+        if rec.module_mapped {
+            match self.wait_module_idle(rec.module_base, rec.module_size, retries, interval) {
+                Ok(()) => {
+                    let mut h = self.hijack()?;
+                    let r = h.syscall(nr::MUNMAP, &[rec.module_base, rec.module_size])?;
+                    h.release()?;
+                    if r < 0 {
+                        return Err(registry::syscall_error("munmap of the module", r));
+                    }
+                    self.target.refresh_maps()?;
+                    if let Some(r) = reg.get_mut(id) {
+                        r.module_mapped = false;
+                    }
+                }
+                Err(e) => {
+                    obs.progress(
+                        None,
+                        &format!("module of `{id}` kept mapped: {}", e.message),
+                    );
+                    if let Some(r) = reg.get_mut(id) {
+                        r.note = Some(format!("module kept mapped: {}", e.message));
+                    }
+                }
+            }
+            self.write_registry(reg)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until no thread executes in `[base, base+size)` or has a return address into it.
+    fn wait_module_idle(
+        &mut self,
+        base: u64,
+        size: u64,
+        retries: u32,
+        interval: Duration,
+    ) -> Result<()> {
+        let exec: Vec<(u64, u64)> = self
+            .target
+            .maps
+            .iter()
+            .filter(|m| m.exec && m.start >= base && m.end <= base + size)
+            .map(|m| (m.start, m.end))
+            .collect();
+        let inside = |a: u64| exec.iter().any(|&(s, e)| a >= s && a < e);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let world = World::stop(self.target.pid)?;
+            let mut busy = None;
+            for t in world.threads() {
+                if inside(t.regs.rip) {
+                    busy = Some(format!(
+                        "thread {} is executing in the module at {:#x}",
+                        t.tid, t.regs.rip
+                    ));
+                    break;
+                }
+                let stack = self.target.mem.read_partial(t.regs.rsp, STACK_SCAN);
+                if let Some(v) = stack
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+                    .find(|&v| inside(v))
+                {
+                    busy = Some(format!(
+                        "thread {} has a return address into the module ({v:#x})",
+                        t.tid
+                    ));
+                    break;
+                }
+            }
+            world.resume()?;
+            match busy {
+                None => return Ok(()),
+                Some(why) if attempt > retries => return Err(Error::busy(why)),
+                Some(_) => std::thread::sleep(interval),
+            }
+        }
+    }
+
+    /// Ends the trial of `patch`: trial → committed.
+    pub fn commit(&mut self, patch: &str, note: &str) -> Result<PatchRecord> {
+        let pid = self.target.pid;
+        let result = (|| {
+            let mut reg = self.registry()?;
+            let rec = reg.get_mut(patch).ok_or_else(|| {
+                Error::precondition(format!("patch `{patch}` is not applied in process {pid}"))
+            })?;
+            match rec.state {
+                State::Trial => {}
+                State::Committed => return Ok(rec.clone()),
+                s => {
+                    return Err(Error::precondition(format!(
+                        "patch `{patch}` is {s} in process {pid}; only a patch on trial can be committed"
+                    )))
+                }
+            }
+            rec.state = State::Committed;
+            rec.trial_deadline = None;
+            rec.ended_at = Some(now_secs());
+            rec.note = Some(note.to_string());
+            let out = rec.clone();
+            self.write_registry(&reg)?;
+            Ok(out)
+        })();
+        match &result {
+            Ok(_) => self.journal("commit", Some(patch), "ok", note),
+            Err(e) => self.journal("commit", Some(patch), outcome_of(e), &e.message),
+        }
+        result
+    }
+}
+
+/// How many bytes of each thread's stack are scanned for return addresses and signal frames.
+const STACK_SCAN: usize = 64 << 10;
+
+fn thread_alive(pid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn set_state(reg: &mut Registry, id: &str, state: State) {
+    if let Some(r) = reg.get_mut(id) {
+        r.state = state;
+    }
+}
+
+fn cancelled(stage: Stage, done: &[Stage]) -> Error {
+    let _ = done;
+    Error::new(Kind::Other, format!("cancelled before {stage}"))
+}
+
+/// The journal's word for an error.
+pub fn outcome_of(e: &Error) -> &'static str {
+    match e.kind {
+        Kind::BadInput | Kind::Precondition => "refused",
+        Kind::Busy => "busy",
+        Kind::Other => "failed",
+    }
+}
+
+/// Resolves one symbol the module refers to, in the order of DESIGN.md.
+fn resolve(
+    s: &crate::elf::Symbol,
+    dropped: &[String],
+    requires: &[(Arc<Object>, u64)],
+    object: &Loaded,
+    others: &[Loaded],
+    patch: &str,
+) -> Result<(Value, String)> {
+    let kind_check = |k: SymKind, from: &str| -> Result<()> {
+        if k == SymKind::Tls {
+            return Err(Error::bad_input(format!(
+                "`{}` is a thread-local variable of {from}, which load: mmap does not support",
+                s.name
+            )));
+        }
+        Ok(())
+    };
+    // 1. The module itself (unless the target has this global: then the target's wins).
+    if s.defined && !dropped.contains(&s.name) {
+        kind_check(s.kind, "the module")?;
+        if s.kind == SymKind::Ifunc {
+            return Err(Error::bad_input(format!(
+                "`{}` is an indirect function of the module, which load: mmap does not support",
+                s.name
+            )));
+        }
+        return Ok((Value::Module(s.value), format!("module {patch}")));
+    }
+    // 2. The patches it requires.
+    for (o, bias) in requires {
+        if let Some(d) = o.lookup_dynamic(&s.name, None) {
+            kind_check(d.kind, "a required patch")?;
+            return Ok((
+                Value::Abs(bias.wrapping_add(d.value)),
+                o.path.display().to_string(),
+            ));
+        }
+    }
+    // 3. The target object, file-local symbols included.
+    match object.object.lookup(&s.name) {
+        Ok(Some(d)) => {
+            kind_check(d.kind, "the target object")?;
+            let a = object.addr(d.value);
+            let v = if d.kind == SymKind::Ifunc {
+                Value::Ifunc(a)
+            } else {
+                Value::Abs(a)
+            };
+            return Ok((v, object.mapped_path.clone()));
+        }
+        Ok(None) => {}
+        Err(addrs) => {
+            return Err(Error::precondition(format!(
+                "`{}` is ambiguous in {}: {} file-local definitions",
+                s.name,
+                object.mapped_path,
+                addrs.len()
+            )))
+        }
+    }
+    // 4. The other objects the process has loaded, with symbol versions.
+    for o in others {
+        if o.lo == object.lo {
+            continue;
+        }
+        if let Some(d) = o.object.lookup_dynamic(&s.name, s.version.as_deref()) {
+            kind_check(d.kind, &o.mapped_path)?;
+            let a = o.addr(d.value);
+            let v = if d.kind == SymKind::Ifunc {
+                Value::Ifunc(a)
+            } else {
+                Value::Abs(a)
+            };
+            return Ok((v, o.mapped_path.clone()));
+        }
+    }
+    if s.weak {
+        return Ok((Value::Zero, "undefined weak".into()));
+    }
+    let ver = s
+        .version
+        .as_deref()
+        .map(|v| format!("@{v}"))
+        .unwrap_or_default();
+    Err(Error::precondition(format!(
+        "symbol `{}{ver}` needed by the module is defined nowhere: not in the module, the patches it requires, {}, nor any library the process has loaded",
+        s.name, object.mapped_path
+    ))
+    .hint("add the missing patch to `requires`, or build the module against this program"))
+}
+
+/// Reads the registry of a process without locking or stopping it.
+pub fn read_status(pid: i32) -> Result<(Target, Registry)> {
+    let target = Target::open(pid)?;
+    let reg = registry::read_from(&target.mem, &target.maps)?;
+    Ok((target, reg))
+}
+
+/// Seconds left in a trial, 0 when past.
+pub fn remaining(rec: &PatchRecord) -> Option<u64> {
+    rec.trial_deadline.map(|d| d.saturating_sub(now_secs()))
+}
+
+/// Waits for the trial of `patch` to end and applies its `on_expiry` policy; `tick` is called
+/// about once a second with the seconds left. Returns the final state.
+pub fn wait_trial(
+    engine: &Engine,
+    pid: i32,
+    patch: &str,
+    mut tick: impl FnMut(u64),
+) -> Result<State> {
+    loop {
+        let (_, reg) = read_status(pid)?;
+        let Some(rec) = reg.get(patch) else {
+            return Ok(State::RolledBack);
+        };
+        if rec.state != State::Trial {
+            return Ok(rec.state);
+        }
+        let left = remaining(rec).unwrap_or(0);
+        tick(left);
+        if left == 0 {
+            let mut s = Session::open(engine, pid)?;
+            let reg = s.registry()?;
+            match reg.get(patch).map(|r| (r.state, r.on_expiry)) {
+                Some((State::Trial, OnExpiry::Commit)) => {
+                    s.commit(patch, "trial expired: committed by policy")?;
+                    return Ok(State::Committed);
+                }
+                Some((State::Trial, OnExpiry::Rollback)) => {
+                    s.rollback(Some(patch), true, &mut Quiet)?;
+                    return Ok(State::RolledBack);
+                }
+                Some((st, _)) => return Ok(st),
+                None => return Ok(State::RolledBack),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500).min(Duration::from_secs(left)));
+    }
+}
+
+/// A process pannus can see, with its patches.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub name: String,
+    pub exe: String,
+    pub patches: Vec<PatchRecord>,
+}
+
+/// Every process with patches (all processes with `all`).
+pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let me = std::process::id() as i32;
+    let mut pids: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        if pid == me {
+            continue;
+        }
+        let Ok(maps) = maps::read(pid) else { continue };
+        let loc = registry::locate(&maps);
+        if loc.is_none() && !all {
+            continue;
+        }
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let patches = match loc {
+            Some(loc) => pannus_kernel::Mem::open(pid)
+                .ok()
+                .and_then(|mem| registry::read(&mem, loc).ok())
+                .map(|r| r.patches)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if !all && !patches.iter().any(|p| p.state.is_applied()) {
+            continue;
+        }
+        out.push(ProcessInfo {
+            pid,
+            name,
+            exe,
+            patches,
+        });
+    }
+    out
+}

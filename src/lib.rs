@@ -1,0 +1,13 @@
+#![forbid(unsafe_code)]
+//! pannus: live patching of running Linux x86-64 processes, in the four stages of NTT's PANNUS.
+
+pub mod cli;
+pub mod elf;
+pub mod engine;
+pub mod error;
+pub mod journal;
+pub mod lock;
+pub mod manifest;
+pub mod registry;
+pub mod safety;
+pub mod target;

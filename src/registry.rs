@@ -1,0 +1,294 @@
+//! The record of patches kept inside the target process: the source of truth for what is
+//! applied. It lives in a small named mapping (`/memfd:pannus-registry`) that any later pannus
+//! finds in `/proc/PID/maps` and reads through `/proc/PID/mem`, without stopping the process.
+//!
+//! Layout: a header page, then two slots. A write fills the inactive slot and then flips the
+//! active slot number with one 8-byte write, so a pannus killed mid-write leaves the previous
+//! record intact. The mapping is private and read-only for the target: it cannot scribble on it,
+//! and a child it forks keeps its own copy.
+
+use crate::error::{Error, Result};
+use crate::manifest::OnExpiry;
+use pannus_kernel::{Hijack, Mapping, Mem};
+use serde::{Deserialize, Serialize};
+
+pub const MAPPING_NAME: &str = "pannus-registry";
+const MAGIC: &[u8; 8] = b"PANNUSRG";
+const FORMAT: u32 = 1;
+const HEADER: u64 = 4096;
+const SLOT: u64 = 4 << 20;
+pub const SIZE: u64 = HEADER + 2 * SLOT;
+
+/// Where a patch is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Loaded,
+    Linked,
+    Initialized,
+    /// Jumps are being written (a pannus killed here leaves some written); rollback finishes it.
+    Activating,
+    Trial,
+    Committed,
+    RolledBack,
+}
+
+impl State {
+    /// Whether the patch's code is (or may be) reachable in the process.
+    pub fn is_applied(self) -> bool {
+        !matches!(self, State::RolledBack)
+    }
+    /// Whether the patch is switched on (trial or committed).
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Trial | State::Committed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Loaded => "loaded",
+            State::Linked => "linked",
+            State::Initialized => "initialized",
+            State::Activating => "activating",
+            State::Trial => "trial",
+            State::Committed => "committed",
+            State::RolledBack => "rolled-back",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of jump written at a function's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JumpKind {
+    /// `jmp rel32`, 5 bytes.
+    Rel32,
+    /// `jmp [rip+0]` followed by the 8-byte address, 14 bytes.
+    Abs64,
+    /// `jmp rel32` in the nop pad before the entry and a 2-byte `jmp rel8` at the entry.
+    Pad,
+}
+
+impl JumpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JumpKind::Rel32 => "jmp rel32",
+            JumpKind::Abs64 => "jmp abs64",
+            JumpKind::Pad => "pad jmp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    pub target: String,
+    pub replacement: String,
+    /// Run-time address of the target function's entry.
+    pub address: u64,
+    pub replacement_address: u64,
+    pub jump: JumpKind,
+    /// Where the bytes are written (the entry, or the pad before it).
+    pub patch_address: u64,
+    /// The bytes found there before this patch, restored on rollback (hex).
+    pub original: String,
+    /// The bytes this patch writes there (hex).
+    pub written: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchRecord {
+    pub patch: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub state: State,
+    /// Order of application in this process (increasing).
+    pub seq: u64,
+    pub requires: Vec<String>,
+    pub manifest: String,
+    pub manifest_digest: String,
+    pub module: String,
+    pub module_sha256: String,
+    pub target_object: String,
+    pub build_id: String,
+    /// The address range reserved for the module's segments.
+    pub module_base: u64,
+    pub module_size: u64,
+    pub functions: Vec<FunctionRecord>,
+    /// Unix seconds.
+    pub applied_at: u64,
+    #[serde(default)]
+    pub trial_deadline: Option<u64>,
+    #[serde(default)]
+    pub trial_seconds: u64,
+    pub on_expiry: OnExpiry,
+    #[serde(default)]
+    pub ended_at: Option<u64>,
+    /// Why the patch left trial (commit by hand, by policy, rollback ...).
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Whether the module is still mapped (a rolled-back patch whose module could not be unloaded
+    /// yet because a thread was inside it keeps it).
+    #[serde(default)]
+    pub module_mapped: bool,
+    /// The manifest's safety budget, reused when rolling back.
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub retry_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    pub format: u32,
+    pub next_seq: u64,
+    pub patches: Vec<PatchRecord>,
+}
+
+impl Registry {
+    pub fn get(&self, id: &str) -> Option<&PatchRecord> {
+        self.patches.iter().find(|p| p.patch == id)
+    }
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut PatchRecord> {
+        self.patches.iter_mut().find(|p| p.patch == id)
+    }
+    /// Patches not rolled back, in application order.
+    pub fn applied(&self) -> impl Iterator<Item = &PatchRecord> {
+        self.patches.iter().filter(|p| p.state.is_applied())
+    }
+}
+
+/// Where the registry lives in a process.
+#[derive(Debug, Clone, Copy)]
+pub struct Location {
+    pub addr: u64,
+}
+
+/// Finds the registry mapping in a process's address space.
+pub fn locate(maps: &[Mapping]) -> Option<Location> {
+    let want = format!("/memfd:{MAPPING_NAME}");
+    maps.iter()
+        .find(|m| m.path.starts_with(&want) && m.len() >= SIZE)
+        .map(|m| Location { addr: m.start })
+}
+
+/// Reads the registry at `loc`.
+pub fn read(mem: &Mem, loc: Location) -> Result<Registry> {
+    let header = mem.read_vec(loc.addr, 40)?;
+    if &header[..8] != MAGIC {
+        return Err(Error::other(format!(
+            "process {}: the pannus registry mapping at {:#x} has no valid header",
+            mem.pid(),
+            loc.addr
+        )));
+    }
+    let format = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
+    if format != FORMAT {
+        return Err(Error::other(format!(
+            "process {}: registry format {format} is not understood by this pannus (format {FORMAT})",
+            mem.pid()
+        ))
+        .hint("use the pannus release that applied these patches"));
+    }
+    let word = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
+    let active = word(16) & 1;
+    let len = word(24 + 8 * active as usize);
+    if len == 0 {
+        return Ok(Registry {
+            format: FORMAT,
+            ..Default::default()
+        });
+    }
+    if len > SLOT {
+        return Err(Error::other(format!(
+            "process {}: registry slot length {len} is corrupt",
+            mem.pid()
+        )));
+    }
+    let payload = mem.read_vec(loc.addr + HEADER + active * SLOT, len as usize)?;
+    serde_json::from_slice(&payload).map_err(|e| {
+        Error::other(format!(
+            "process {}: registry is unreadable: {e}",
+            mem.pid()
+        ))
+    })
+}
+
+/// Reads the registry of a process without touching it; an empty one if it has none.
+pub fn read_from(mem: &Mem, maps: &[Mapping]) -> Result<Registry> {
+    match locate(maps) {
+        Some(loc) => read(mem, loc),
+        None => Ok(Registry {
+            format: FORMAT,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Writes `reg` into the inactive slot, then makes it the active one.
+pub fn write(mem: &Mem, loc: Location, reg: &Registry) -> Result<()> {
+    let payload =
+        serde_json::to_vec(reg).map_err(|e| Error::other(format!("registry encoding: {e}")))?;
+    if payload.len() as u64 > SLOT {
+        return Err(Error::other(
+            "the registry is full: roll back or remove old patches first",
+        ));
+    }
+    let header = mem.read_vec(loc.addr, 40)?;
+    let active = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default()) & 1;
+    let next = 1 - active;
+    mem.write(loc.addr + HEADER + next * SLOT, &payload)?;
+    mem.write(
+        loc.addr + 24 + 8 * next,
+        &(payload.len() as u64).to_le_bytes(),
+    )?;
+    mem.write(loc.addr + 16, &next.to_le_bytes())?;
+    Ok(())
+}
+
+/// Creates the registry mapping in the process through a borrowed thread. `scratch` is an
+/// address of at least 64 writable-by-pannus bytes in the target for the mapping's name.
+pub fn create(h: &mut Hijack, mem: &Mem, scratch: u64) -> Result<Location> {
+    use pannus_kernel::nr;
+    let mut name = MAPPING_NAME.as_bytes().to_vec();
+    name.push(0);
+    mem.write(scratch, &name)?;
+    const MFD_CLOEXEC: u64 = 1;
+    let fd = h.syscall(nr::MEMFD_CREATE, &[scratch, MFD_CLOEXEC])?;
+    if fd < 0 {
+        return Err(syscall_error("memfd_create", fd));
+    }
+    let fd = fd as u64;
+    let result = (|| {
+        let r = h.syscall(nr::FTRUNCATE, &[fd, SIZE])?;
+        if r < 0 {
+            return Err(syscall_error("ftruncate", r));
+        }
+        const PROT_READ: u64 = 1;
+        const MAP_PRIVATE: u64 = 2;
+        let addr = h.syscall(nr::MMAP, &[0, SIZE, PROT_READ, MAP_PRIVATE, fd, 0])?;
+        if addr < 0 {
+            return Err(syscall_error("mmap", addr));
+        }
+        Ok(addr as u64)
+    })();
+    let _ = h.syscall(nr::CLOSE, &[fd]);
+    let addr = result?;
+    let mut header = Vec::with_capacity(40);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT.to_le_bytes());
+    header.extend_from_slice(&[0u8; 4]);
+    header.extend_from_slice(&[0u8; 24]);
+    mem.write(addr, &header)?;
+    Ok(Location { addr })
+}
+
+/// An error for a failed remote system call.
+pub fn syscall_error(what: &str, r: i64) -> Error {
+    let errno = nix::errno::Errno::from_raw((-r) as i32);
+    Error::other(format!("{what} inside the target failed: {errno}"))
+}

@@ -1,0 +1,343 @@
+//! Stage 4's safety rules for x86-64: what may be overwritten at a function's entry, and whether
+//! a stopped thread makes the switch unsafe right now.
+
+use crate::error::{Error, Result};
+use crate::registry::JumpKind;
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
+
+/// What stage 4 will write at one function's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPlan {
+    pub jump: JumpKind,
+    /// First byte overwritten (the entry, or the pad before it).
+    pub patch_address: u64,
+    /// The bytes found there, covering whole instructions (restored on rollback).
+    pub original: Vec<u8>,
+    /// The bytes written there (a prefix of the covered range).
+    pub written: Vec<u8>,
+    /// Where the instructions this plan writes begin; a thread may stand there, nowhere else
+    /// inside the covered range.
+    pub starts: Vec<u64>,
+}
+
+impl EntryPlan {
+    pub fn end(&self) -> u64 {
+        self.patch_address + self.original.len() as u64
+    }
+    /// Whether `addr` lies strictly inside the overwritten bytes (not at the start of a new
+    /// instruction): a thread resuming there, or returning there, would execute garbage.
+    pub fn is_unsafe_spot(&self, addr: u64) -> bool {
+        addr > self.patch_address && addr < self.end() && !self.starts.contains(&addr)
+    }
+    pub fn describe(&self) -> String {
+        format!(
+            "{} at {:#x}, {} bytes overwritten ({} written)",
+            self.jump.as_str(),
+            self.patch_address,
+            self.original.len(),
+            self.written.len()
+        )
+    }
+}
+
+fn rel32(from_end: u64, to: u64) -> Option<i32> {
+    i32::try_from(to.wrapping_sub(from_end) as i64).ok()
+}
+
+fn decode_all(code: &[u8], ip: u64) -> Vec<Instruction> {
+    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while d.can_decode() {
+        out.push(d.decode());
+    }
+    out
+}
+
+fn branch_target(i: &Instruction) -> Option<u64> {
+    match i.op0_kind() {
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+            Some(i.near_branch_target())
+        }
+        _ => None,
+    }
+}
+
+/// Plans the jump for function `name` at `entry` (`size` bytes, `code` its current bytes in the
+/// process) to `replacement`. `pad` holds the bytes just before the entry (for a nop pad left by
+/// `-fpatchable-function-entry`). Refuses, naming the function, when the rules of DESIGN.md are
+/// not met.
+pub fn plan_entry(
+    name: &str,
+    entry: u64,
+    code: &[u8],
+    pad: &[u8],
+    replacement: u64,
+) -> Result<EntryPlan> {
+    let refuse = |why: String| {
+        Error::precondition(format!(
+            "function `{name}` at {entry:#x} cannot be patched safely: {why}"
+        ))
+    };
+    let insns = decode_all(code, entry);
+    let near = rel32(entry + 5, replacement).is_some();
+    let needed = if near { 5 } else { 14 };
+
+    let (jump, patch_address, cover_from, need_here, written, starts) = if (code.len() as u64)
+        >= needed
+    {
+        if near {
+            let mut w = vec![0xe9];
+            w.extend_from_slice(
+                &rel32(entry + 5, replacement)
+                    .unwrap_or_default()
+                    .to_le_bytes(),
+            );
+            (JumpKind::Rel32, entry, entry, 5u64, w, vec![entry])
+        } else {
+            let mut w = vec![0xff, 0x25, 0, 0, 0, 0];
+            w.extend_from_slice(&replacement.to_le_bytes());
+            (JumpKind::Abs64, entry, entry, 14u64, w, vec![entry])
+        }
+    } else {
+        let nops = pad.iter().rev().take_while(|&&b| b == 0x90).count();
+        let pad_at = entry - 5;
+        match rel32(entry, replacement) {
+            Some(r) if nops >= 5 && code.len() >= 2 => {
+                let mut w = vec![0xe9];
+                w.extend_from_slice(&r.to_le_bytes());
+                w.extend_from_slice(&[0xeb, 0xf9]); // jmp -7: back to the pad
+                (JumpKind::Pad, pad_at, entry, 2u64, w, vec![pad_at, entry])
+            }
+            _ => {
+                return Err(refuse(format!(
+                    "it is {} bytes long and the jump needs {needed}, and it has no nop pad of 5 bytes before its entry",
+                    code.len()
+                ))
+                .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead"))
+            }
+        }
+    };
+
+    // Whole instructions covering the bytes written at the entry.
+    let mut covered = 0u64;
+    for i in &insns {
+        if covered >= need_here {
+            break;
+        }
+        if i.is_invalid() || i.next_ip() > entry + code.len() as u64 {
+            return Err(refuse(format!(
+                "the instruction at {:#x} does not decode within the function",
+                i.ip()
+            )));
+        }
+        let bad = match i.mnemonic() {
+            Mnemonic::Syscall | Mnemonic::Sysenter => Some("a syscall"),
+            Mnemonic::Int | Mnemonic::Int1 | Mnemonic::Int3 | Mnemonic::Into => Some("an int"),
+            _ if matches!(
+                i.flow_control(),
+                FlowControl::Call | FlowControl::IndirectCall
+            ) =>
+            {
+                Some("a call")
+            }
+            _ => None,
+        };
+        if let Some(what) = bad {
+            return Err(refuse(format!(
+                "the bytes to overwrite hold {what} at {:#x} ({i}): a thread could return into the middle of the jump",
+                i.ip()
+            )));
+        }
+        covered = i.next_ip() - entry;
+    }
+    if covered < need_here {
+        return Err(refuse(format!(
+            "only {covered} bytes of whole instructions, {need_here} needed"
+        )));
+    }
+    let cover_end = cover_from + covered;
+    let plan_end = cover_end;
+    // No branch in the function may land strictly inside the overwritten bytes.
+    for i in &insns {
+        if let Some(t) = branch_target(i) {
+            if t > patch_address && t < plan_end && !starts.contains(&t) {
+                return Err(refuse(format!(
+                    "the branch at {:#x} ({i}) lands at {t:#x}, inside the bytes the jump overwrites",
+                    i.ip()
+                )));
+            }
+        }
+    }
+    let mut original = Vec::with_capacity((plan_end - patch_address) as usize);
+    if patch_address < entry {
+        original.extend_from_slice(&pad[pad.len() - (entry - patch_address) as usize..]);
+    }
+    original.extend_from_slice(&code[..(cover_end - entry) as usize]);
+    Ok(EntryPlan {
+        jump,
+        patch_address,
+        original,
+        written,
+        starts,
+    })
+}
+
+/// Why a stopped thread blocks the switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub tid: i32,
+    pub function: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "thread {} {} in `{}`",
+            self.tid, self.reason, self.function
+        )
+    }
+}
+
+/// A stopped thread as the checks need it: instruction pointer and a copy of its live stack.
+pub struct ThreadView<'a> {
+    pub tid: i32,
+    pub rip: u64,
+    pub stack_base: u64,
+    pub stack: &'a [u8],
+}
+
+/// The `entry` consistency rule: no instruction pointer, and no return address or signal frame
+/// on a stack (any stack word), strictly inside bytes being overwritten.
+pub fn entry_conflicts<'p>(
+    plans: impl Iterator<Item = (&'p str, &'p EntryPlan)> + Clone,
+    threads: &[ThreadView],
+) -> Vec<Conflict> {
+    let mut out = Vec::new();
+    for t in threads {
+        for (name, p) in plans.clone() {
+            if p.is_unsafe_spot(t.rip) {
+                out.push(Conflict {
+                    tid: t.tid,
+                    function: name.to_string(),
+                    reason: format!(
+                        "is executing at {:#x}, inside the bytes to overwrite",
+                        t.rip
+                    ),
+                });
+                continue;
+            }
+            let hit = t.stack.chunks_exact(8).enumerate().find_map(|(k, w)| {
+                let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
+                p.is_unsafe_spot(v)
+                    .then_some((t.stack_base + 8 * k as u64, v))
+            });
+            if let Some((at, v)) = hit {
+                out.push(Conflict {
+                    tid: t.tid,
+                    function: name.to_string(),
+                    reason: format!("has {v:#x} on its stack at {at:#x} (a return address or signal frame inside the bytes to overwrite)"),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // push rbp; mov rbp,rsp; mov eax,edi; add eax,1; pop rbp; ret
+    const FUNC: &[u8] = &[
+        0x55, 0x48, 0x89, 0xe5, 0x89, 0xf8, 0x83, 0xc0, 0x01, 0x5d, 0xc3,
+    ];
+
+    #[test]
+    fn rel32_covers_whole_instructions() {
+        let p = plan_entry("f", 0x1000, FUNC, &[], 0x2000).unwrap();
+        assert_eq!(p.jump, JumpKind::Rel32);
+        assert_eq!(p.original, FUNC[..6].to_vec()); // 1 + 3 + 2 bytes
+        assert_eq!(p.written[0], 0xe9);
+        assert_eq!(
+            i32::from_le_bytes(p.written[1..5].try_into().unwrap()),
+            0x2000 - 0x1005
+        );
+        assert!(p.is_unsafe_spot(0x1001));
+        assert!(!p.is_unsafe_spot(0x1000));
+        assert!(!p.is_unsafe_spot(0x1006));
+    }
+
+    #[test]
+    fn far_replacement_uses_abs64() {
+        let mut code = FUNC.to_vec();
+        code.extend_from_slice(&[0x90; 8]);
+        let p = plan_entry("f", 0x1000, &code, &[], 0x7f00_0000_0000).unwrap();
+        assert_eq!(p.jump, JumpKind::Abs64);
+        assert_eq!(p.written.len(), 14);
+        assert!(p.original.len() >= 14);
+    }
+
+    #[test]
+    fn too_small_is_refused_by_name() {
+        let e = plan_entry("tiny", 0x1000, &[0x31, 0xc0, 0xc3], &[], 0x2000).unwrap_err();
+        assert!(e.message.contains("`tiny`"), "{e}");
+        assert!(e.message.contains("3 bytes long"), "{e}");
+    }
+
+    #[test]
+    fn nop_pad_before_entry_is_used() {
+        let p = plan_entry("tiny", 0x1000, &[0x31, 0xc0, 0xc3], &[0x90; 5], 0x2000).unwrap();
+        assert_eq!(p.jump, JumpKind::Pad);
+        assert_eq!(p.patch_address, 0x1000 - 5);
+        assert_eq!(&p.written[5..], &[0xeb, 0xf9]);
+        assert!(!p.is_unsafe_spot(0x1000));
+        assert!(p.is_unsafe_spot(0x1001));
+    }
+
+    #[test]
+    fn call_in_entry_is_refused() {
+        // call rel32; ret
+        let e = plan_entry("c", 0x1000, &[0xe8, 0, 0, 0, 0, 0xc3], &[], 0x2000).unwrap_err();
+        assert!(e.message.contains("a call"), "{e}");
+    }
+
+    #[test]
+    fn branch_into_entry_is_refused() {
+        // 0: push rbp(1) 1: mov rbp,rsp(3) 4: nop(1) 5: nop 6: jmp 0x1001 (eb f9) 8: ret
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x90, 0x90, 0xeb, 0xf9, 0xc3];
+        let e = plan_entry("loop", 0x1000, &code, &[], 0x2000).unwrap_err();
+        assert!(e.message.contains("lands at 0x1001"), "{e}");
+    }
+
+    #[test]
+    fn threads_inside_are_conflicts() {
+        let p = plan_entry("f", 0x1000, FUNC, &[], 0x2000).unwrap();
+        let stack = 0x1003u64.to_le_bytes();
+        let threads = [
+            ThreadView {
+                tid: 7,
+                rip: 0x1004,
+                stack_base: 0,
+                stack: &[],
+            },
+            ThreadView {
+                tid: 8,
+                rip: 0x5000,
+                stack_base: 0x7000,
+                stack: &stack,
+            },
+            ThreadView {
+                tid: 9,
+                rip: 0x1000,
+                stack_base: 0,
+                stack: &[],
+            },
+        ];
+        let c = entry_conflicts([("f", &p)].into_iter(), &threads);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].tid, 7);
+        assert_eq!(c[1].tid, 8);
+    }
+}

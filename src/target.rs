@@ -1,0 +1,203 @@
+//! A running process as pannus sees it: memory, address space, the objects it maps.
+
+use crate::elf::Object;
+use crate::error::{Error, Result};
+use pannus_kernel::{maps, Mapping, Mem};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An ELF object mapped by the target, with its load bias.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub object: Arc<Object>,
+    /// Added to the object's virtual addresses to get run-time addresses.
+    pub bias: u64,
+    /// Lowest and highest run-time addresses the object maps.
+    pub lo: u64,
+    pub hi: u64,
+    /// The path as the process maps it.
+    pub mapped_path: String,
+}
+
+impl Loaded {
+    pub fn addr(&self, vaddr: u64) -> u64 {
+        self.bias.wrapping_add(vaddr)
+    }
+}
+
+/// A process opened for inspection or patching.
+pub struct Target {
+    pub pid: i32,
+    pub mem: Mem,
+    pub maps: Vec<Mapping>,
+    pub name: String,
+    pub exe: String,
+    objects: HashMap<(i32, i32, u64), Arc<Object>>,
+}
+
+impl Target {
+    pub fn open(pid: i32) -> Result<Target> {
+        if pid <= 0 || !pannus_kernel::process_exists(pid) {
+            return Err(Error::bad_input(format!("no process with pid {pid}"))
+                .hint("check the pid with `pannus ps --all`"));
+        }
+        let mem = Mem::open(pid)?;
+        let maps = maps::read(pid)?;
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Target {
+            pid,
+            mem,
+            maps,
+            name,
+            exe,
+            objects: HashMap::new(),
+        })
+    }
+
+    pub fn refresh_maps(&mut self) -> Result<()> {
+        self.maps = maps::read(self.pid)?;
+        Ok(())
+    }
+
+    /// The object at `path` as this process maps it (matched by device and inode, so symlinks
+    /// and other names for the same file work).
+    pub fn find_object(&mut self, path: &Path) -> Result<Loaded> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            Error::bad_input(format!(
+                "target object {}: cannot read: {e}",
+                path.display()
+            ))
+        })?;
+        let (ino, dev) = (meta.ino(), meta.dev());
+        let (major, minor) = (
+            nix::sys::stat::major(dev) as i32,
+            nix::sys::stat::minor(dev) as i32,
+        );
+        let matching: Vec<&Mapping> = self
+            .maps
+            .iter()
+            .filter(|m| m.inode == ino && m.dev == (major, minor) && !m.path.is_empty())
+            .collect();
+        if matching.is_empty() {
+            return Err(Error::precondition(format!(
+                "process {} ({}) does not map {}",
+                self.pid,
+                self.name,
+                path.display()
+            ))
+            .hint("check target.object in the manifest: it must be the executable or a shared library this process has loaded (see /proc/PID/maps)"));
+        }
+        let mapped_path = matching[0].path.clone();
+        let key = (major, minor, ino);
+        let object = match self.objects.get(&key) {
+            Some(o) => o.clone(),
+            None => {
+                let o = Arc::new(Object::load(path, "target object")?);
+                self.objects.insert(key, o.clone());
+                o
+            }
+        };
+        Self::place(object, &matching, mapped_path)
+    }
+
+    fn place(object: Arc<Object>, matching: &[&Mapping], mapped_path: String) -> Result<Loaded> {
+        let bias = matching
+            .iter()
+            .find_map(|m| {
+                object
+                    .segments
+                    .iter()
+                    .find(|s| pannus_kernel::page_floor(s.offset) == m.offset)
+                    .map(|s| m.start.wrapping_sub(pannus_kernel::page_floor(s.vaddr)))
+            })
+            .ok_or_else(|| {
+                Error::precondition(format!(
+                    "{}: the mapping in the process does not match the file's segments (was the file replaced after the process started?)",
+                    object.path.display()
+                ))
+            })?;
+        let lo = matching.iter().map(|m| m.start).min().unwrap_or(0);
+        let hi = matching.iter().map(|m| m.end).max().unwrap_or(0);
+        Ok(Loaded {
+            object,
+            bias,
+            lo,
+            hi,
+            mapped_path,
+        })
+    }
+
+    /// Every ELF file the process maps (executable, ld.so, libraries), each once, in address
+    /// order. Files that cannot be read or parsed are skipped.
+    pub fn loaded_objects(&mut self) -> Vec<Loaded> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let maps = self.maps.clone();
+        for m in &maps {
+            if m.inode == 0
+                || !m.path.starts_with('/')
+                || m.path.ends_with(" (deleted)")
+                || m.path.starts_with("/memfd:")
+            {
+                continue;
+            }
+            let key = (m.dev.0, m.dev.1, m.inode);
+            if !seen.insert(key) {
+                continue;
+            }
+            let object = match self.objects.get(&key) {
+                Some(o) => o.clone(),
+                None => {
+                    let path = PathBuf::from(&m.path);
+                    match Object::load(&path, "object") {
+                        Ok(o) => {
+                            let o = Arc::new(o);
+                            self.objects.insert(key, o.clone());
+                            o
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let matching: Vec<&Mapping> = maps
+                .iter()
+                .filter(|x| (x.dev.0, x.dev.1, x.inode) == key)
+                .collect();
+            if let Ok(l) = Self::place(object, &matching, m.path.clone()) {
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    /// The build-id of a loaded object as it is in the process's memory (its PT_NOTE segments).
+    pub fn build_id_in_memory(&self, loaded: &Loaded) -> Option<String> {
+        let want = loaded.object.build_id.as_ref()?;
+        let want_bytes = hex::decode(want).ok()?;
+        for &(vaddr, size) in &loaded.object.notes {
+            let bytes = self
+                .mem
+                .read_partial(loaded.addr(vaddr), size.min(4096) as usize);
+            if bytes
+                .windows(want_bytes.len())
+                .any(|w| w == want_bytes.as_slice())
+            {
+                return Some(want.clone());
+            }
+        }
+        None
+    }
+
+    /// The mapping containing `addr`.
+    pub fn mapping_at(&self, addr: u64) -> Option<&Mapping> {
+        self.maps.iter().find(|m| m.contains(addr))
+    }
+}
