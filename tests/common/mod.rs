@@ -1,0 +1,292 @@
+//! Test support: builds the C fixtures, runs targets as real processes and drives the real
+//! `pannus` binary against them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub fn fixtures_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn gcc(args: &[&str]) {
+    let out = Command::new("gcc").args(args).output().expect("gcc runs");
+    assert!(
+        out.status.success(),
+        "gcc {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The folder with every fixture built, once per test binary.
+pub fn built() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fixtures-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = fixtures_src();
+        let s = |f: &str| src.join(f).to_string_lossy().into_owned();
+        let o = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        gcc(&[
+            "-O2",
+            "-g",
+            "-pthread",
+            "-o",
+            &o("target_pie"),
+            &s("target.c"),
+        ]);
+        gcc(&[
+            "-O2",
+            "-g",
+            "-pthread",
+            "-fno-pie",
+            "-no-pie",
+            "-o",
+            &o("target_nopie"),
+            &s("target.c"),
+        ]);
+        gcc(&[
+            "-O2",
+            "-g",
+            "-shared",
+            "-fPIC",
+            "-o",
+            &o("libtarget.so"),
+            &s("libtarget.c"),
+        ]);
+        let rpath = format!("-Wl,-rpath,{}", dir.display());
+        let libdir = format!("-L{}", dir.display());
+        gcc(&[
+            "-O2",
+            "-g",
+            "-pthread",
+            "-DWITH_LIB",
+            "-o",
+            &o("target_lib"),
+            &s("target.c"),
+            &libdir,
+            "-ltarget",
+            &rpath,
+        ]);
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name
+                .strip_prefix("patch_")
+                .and_then(|n| n.strip_suffix(".c"))
+            {
+                gcc(&[
+                    "-O2",
+                    "-shared",
+                    "-fPIC",
+                    "-o",
+                    &o(&format!("patch_{stem}.so")),
+                    &s(&name),
+                ]);
+            }
+        }
+        dir
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    built().join(name)
+}
+
+/// A running target answering commands on stdin (see tests/fixtures/target.c).
+pub struct Proc {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    pub pid: i32,
+}
+
+impl Proc {
+    pub fn start(name: &str) -> Proc {
+        let mut child = Command::new(bin(name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("target starts");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as i32;
+        let mut p = Proc {
+            child,
+            stdin,
+            lines: rx,
+            pid,
+        };
+        assert_eq!(p.line(), "ready");
+        p
+    }
+
+    pub fn line(&mut self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the target answers")
+    }
+
+    /// Sends a command and returns the answer line.
+    pub fn ask(&mut self, cmd: &str) -> String {
+        self.send(cmd);
+        self.line()
+    }
+
+    pub fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("the target reads");
+        self.stdin.flush().unwrap();
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn maps(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a run of the `pannus` binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "pannus failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A private state folder (journal, locks) for one test.
+pub struct State(pub tempfile::TempDir);
+
+impl State {
+    pub fn new() -> State {
+        State(tempfile::tempdir().unwrap())
+    }
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+    pub fn pannus(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_pannus"))
+            .args(args)
+            .env("PANNUS_STATE_DIR", self.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("pannus runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+    /// `pannus apply MANIFEST --pid PID --yes`
+    pub fn apply(&self, manifest: &Path, pid: i32) -> Run {
+        self.pannus(&[
+            "apply",
+            &manifest.to_string_lossy(),
+            "--pid",
+            &pid.to_string(),
+            "--yes",
+        ])
+    }
+    pub fn rollback(&self, pid: i32, patch: Option<&str>) -> Run {
+        let pid = pid.to_string();
+        let mut args = vec!["rollback", "--pid", &pid, "--yes"];
+        args.extend(patch);
+        self.pannus(&args)
+    }
+    pub fn status(&self, pid: i32) -> serde_json::Value {
+        self.pannus(&["status", "--pid", &pid.to_string(), "--json"])
+            .ok()
+            .json()
+    }
+    /// Writes a manifest into the state folder with the right build-id and checksum.
+    pub fn manifest(
+        &self,
+        patch: &str,
+        object: &str,
+        module: &str,
+        functions: &[(&str, &str)],
+        extra: &str,
+    ) -> PathBuf {
+        manifest_in(self.path(), patch, object, module, functions, extra)
+    }
+}
+
+pub fn build_id(path: &Path) -> String {
+    pannus::elf::Object::load(path, "test object")
+        .unwrap()
+        .build_id
+        .unwrap()
+}
+
+pub fn manifest_in(
+    dir: &Path,
+    patch: &str,
+    object: &str,
+    module: &str,
+    functions: &[(&str, &str)],
+    extra: &str,
+) -> PathBuf {
+    let object = bin(object);
+    let module = bin(module);
+    let sha = pannus::elf::sha256_file(&module).unwrap();
+    let mut text = format!(
+        "patch: {patch}\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {sha}\nfunctions:\n",
+        object.display(),
+        build_id(&object),
+        module.display()
+    );
+    for (t, r) in functions {
+        text.push_str(&format!("  - target: {t}\n    replacement: {r}\n"));
+    }
+    text.push_str(extra);
+    let path = dir.join(format!("{patch}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The current bytes of `symbol` (of `object`) in process `pid`.
+pub fn code_bytes(pid: i32, object: &str, symbol: &str) -> Vec<u8> {
+    let mut t = pannus::target::Target::open(pid).unwrap();
+    let l = t.find_object(&bin(object)).unwrap();
+    let s = l.object.lookup(symbol).unwrap().unwrap().clone();
+    let start = l.addr(s.value) - 16;
+    t.mem.read_vec(start, s.size as usize + 16).unwrap()
+}
