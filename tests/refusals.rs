@@ -1,0 +1,176 @@
+//! Every refusal names the culprit, exits with the documented code, and leaves the target
+//! exactly as it was: same code bytes, same mappings, same behaviour.
+
+mod common;
+use common::{bin, code_bytes, Proc, State};
+use std::path::Path;
+
+/// Applies `manifest` and checks the refusal: exit `code`, `needle` in the message, target
+/// untouched.
+fn refused(state: &State, t: &mut Proc, manifest: &Path, code: i32, needle: &str) {
+    let bytes = code_bytes(t.pid, "target_pie", "compute");
+    let maps = t.maps();
+    let r = state.apply(manifest, t.pid);
+    assert_eq!(r.code, code, "exit code for {}: {r:?}", manifest.display());
+    assert!(r.stderr.contains(needle), "message should name `{needle}`: {}", r.stderr);
+    assert_eq!(code_bytes(t.pid, "target_pie", "compute"), bytes, "code bytes unchanged");
+    assert_eq!(t.maps(), maps, "no mapping added or removed");
+    assert_eq!(t.ask("c 5"), "6", "behaviour unchanged");
+    let st = state.status(t.pid);
+    assert!(st["patches"].as_array().unwrap().is_empty(), "no patch recorded: {st}");
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from} in {text}");
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn wrong_build_id() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let real = common::build_id(&bin("target_pie"));
+    edit(&m, &real, &"ab".repeat(20));
+    refused(&state, &mut t, &m, 4, "build-id mismatch");
+}
+
+#[test]
+fn wrong_checksum() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let sha = pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap();
+    edit(&m, &sha, &"0".repeat(64));
+    refused(&state, &mut t, &m, 2, "checksum mismatch");
+}
+
+#[test]
+fn missing_target_symbol() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("no_such_function", "compute_v2")], "");
+    refused(&state, &mut t, &m, 4, "symbol `no_such_function` not found");
+}
+
+#[test]
+fn missing_replacement_symbol() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v9")], "");
+    refused(&state, &mut t, &m, 4, "does not define function `compute_v9`");
+}
+
+#[test]
+fn symbol_the_module_needs_is_missing() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_missing.so", &[("compute", "compute_missing")], "");
+    refused(&state, &mut t, &m, 4, "symbol `no_such_symbol` needed by the module is defined nowhere");
+}
+
+#[test]
+fn function_too_small_for_the_jump() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_tiny.so", &[("tiny", "tiny_v2")], "");
+    refused(&state, &mut t, &m, 4, "function `tiny`");
+    assert_eq!(t.ask("t 4"), "4");
+}
+
+#[test]
+fn object_not_mapped_by_the_process() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "libtarget.so", "patch_lib.so", &[("lib_compute", "lib_compute_v2")], "");
+    refused(&state, &mut t, &m, 4, "does not map");
+}
+
+#[test]
+fn module_that_is_not_elf() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let fake = state.path().join("fake.so");
+    std::fs::write(&fake, b"this is not a shared object").unwrap();
+    let sha = pannus::elf::sha256_file(&fake).unwrap();
+    let real_sha = pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap();
+    edit(&m, &bin("patch_compute.so").display().to_string(), &fake.display().to_string());
+    edit(&m, &real_sha, &sha);
+    refused(&state, &mut t, &m, 2, "not an ELF file");
+}
+
+#[test]
+fn patch_already_applied() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("twice", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, t.pid).ok();
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("already applied"), "{}", r.stderr);
+    assert_eq!(t.ask("c 5"), "500");
+    state.rollback(t.pid, None).ok();
+}
+
+#[test]
+fn no_such_process() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    drop(t);
+    let r = state.pannus(&["apply", &m.to_string_lossy(), "--pid", "999999999", "--yes"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("no process with pid 999999999"), "{}", r.stderr);
+}
+
+#[test]
+fn no_terminal_and_no_yes_is_refused() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let r = state.pannus(&["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+#[test]
+fn rollback_of_nothing_is_refused() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let r = state.rollback(t.pid, None);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("no patch applied"), "{}", r.stderr);
+    let r = state.rollback(t.pid, Some("ghost"));
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("`ghost`"), "{}", r.stderr);
+}
+
+/// Every malformed manifest of the corpus: exit 2, the file and the problem named, target
+/// untouched.
+#[test]
+fn malformed_manifests_exit_2_naming_the_problem() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let bytes = code_bytes(t.pid, "target_pie", "compute");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/manifests");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).map(str::trim);
+        let r = state.apply(&path, t.pid);
+        assert_eq!(r.code, 2, "{}: {r:?}", path.display());
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(r.stderr.contains(name.as_ref()), "{name}: the message names the file: {}", r.stderr);
+        if let Some(e) = expect {
+            assert!(r.stderr.contains(e), "{name}: expected `{e}` in {}", r.stderr);
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "the corpus has {n} manifests");
+    assert_eq!(code_bytes(t.pid, "target_pie", "compute"), bytes);
+    assert_eq!(t.ask("c 5"), "6");
+}
