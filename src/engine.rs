@@ -6,7 +6,7 @@ use crate::elf::{Object, SymKind};
 use crate::error::{Error, Kind, Result};
 use crate::journal::Journal;
 use crate::lock::ProcessLock;
-use crate::manifest::{LoadMethod, Manifest, OnExpiry};
+use crate::manifest::{Consistency, LoadMethod, Manifest, OnExpiry};
 use crate::registry::{self, FunctionRecord, PatchRecord, Registry, State};
 use crate::safety::{self, EntryPlan, ThreadView};
 use crate::target::{Loaded, Target};
@@ -272,6 +272,13 @@ impl<'e> Session<'e> {
             .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
         }
         ok("module checksum", format!("sha256 {sum}"));
+        if m.safety.consistency == Consistency::Function {
+            return Err(Error::bad_input(format!(
+                "{}: safety.consistency: function is not supported by this pannus",
+                m.source.display()
+            ))
+            .hint("use consistency: entry"));
+        }
         if m.module.load == LoadMethod::Dlopen {
             return Err(Error::bad_input(format!(
                 "{}: module.load: dlopen is not supported by this pannus",
