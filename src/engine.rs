@@ -1742,3 +1742,45 @@ pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
     }
     out
 }
+
+/// Starts a detached `pannus trial-watch` for `patch`: it carries out the trial's `on_expiry`
+/// policy at the deadline even when no pannus runs in the foreground (the engineer's terminal
+/// may have dropped), and exits as soon as the patch leaves trial by any other way.
+pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
+    Command::new(exe)
+        .args(["trial-watch", "--pid", &pid.to_string(), patch])
+        .env("PANNUS_STATE_DIR", &engine.state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))
+}
+
+/// The trial watcher's body: leaves the terminal's session, then waits for the trial to end.
+pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
+    let _ = nix::unistd::setsid();
+    match wait_trial(engine, pid, patch, |_| {}) {
+        Ok(s) => Ok(s),
+        Err(e) if !pannus_kernel::process_exists(pid) => {
+            let _ = e;
+            Ok(State::RolledBack)
+        }
+        Err(e) => {
+            let _ = engine.journal().record(
+                "trial-watch",
+                pid,
+                "",
+                Some(patch),
+                outcome_of(&e),
+                &e.message,
+            );
+            Err(e)
+        }
+    }
+}

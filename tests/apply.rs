@@ -456,3 +456,55 @@ fn check_touches_nothing() {
     assert_eq!(t.maps(), maps);
     assert_eq!(t.ask("c 5"), "6");
 }
+
+#[test]
+fn trial_policy_runs_unattended() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "u-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 1s\n  on_expiry: rollback\n",
+    );
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 3"), "300");
+    // No pannus in the foreground: the detached watcher rolls it back at the deadline.
+    let mut reverted = false;
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if t.ask("c 3") == "4" {
+            reverted = true;
+            break;
+        }
+    }
+    assert!(reverted, "the patch was rolled back at expiry");
+    assert_eq!(
+        states(&state.status(t.pid)),
+        vec![("u-fix".into(), "rolled-back".into())]
+    );
+}
+
+#[test]
+fn committing_by_hand_cancels_the_watcher() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "k-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 1s\n  on_expiry: rollback\n",
+    );
+    state.apply(&m, t.pid).ok();
+    state
+        .pannus(&["commit", "--pid", &t.pid.to_string(), "k-fix"])
+        .ok();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(t.ask("c 3"), "300", "the committed patch stays");
+    assert_eq!(
+        states(&state.status(t.pid)),
+        vec![("k-fix".into(), "committed".into())]
+    );
+}

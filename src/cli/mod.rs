@@ -90,6 +90,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Carry out a trial's on_expiry policy at its deadline (started by apply, detached)
+    #[command(hide = true)]
+    TrialWatch {
+        #[arg(long)]
+        pid: i32,
+        patch: String,
+    },
     /// Build and start a small demo service, then patch it and roll it back, step by step
     Demo {
         /// Do not pause between steps
@@ -166,6 +173,7 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         } => rollback(engine, pid, patch, yes, cascade, json),
         Command::Journal { pid, json } => journal(engine, pid, json),
         Command::Demo { yes } => demo::run(engine, yes),
+        Command::TrialWatch { pid, patch } => engine::watch_trial(engine, pid, &patch).map(|_| ()),
     }
 }
 
@@ -277,6 +285,11 @@ fn apply(
     }
     let rec = s.apply(&m, &mut obs)?;
     drop(s);
+    if !wait {
+        if let Err(e) = engine::spawn_trial_watcher(engine, pid, &rec.patch) {
+            eprintln!("pannus: warning: {e}; the trial's on_expiry policy will not run unattended");
+        }
+    }
     if !json {
         println!(
             "patch `{}` active in process {pid}: state {}, trial ends in {} ({} on expiry)",
