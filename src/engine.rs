@@ -64,7 +64,7 @@ pub struct Quiet;
 impl Observer for Quiet {}
 
 /// One pre-flight check and its outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckLine {
     pub check: String,
     pub ok: bool,

@@ -11,3 +11,4 @@ pub mod manifest;
 pub mod registry;
 pub mod safety;
 pub mod target;
+pub mod tui;

@@ -105,6 +105,55 @@ fn pause(yes: bool, what: &str) {
     let _ = std::io::stdin().lock().read_line(&mut s);
 }
 
+/// Builds and starts the demo service, then opens the console on it with the demo's manifest
+/// ready in the apply wizard. The service's output goes to a log whose last line the console
+/// shows, so the patch's effect is visible.
+pub fn console(engine: &Engine) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("pannus-demo-{}", std::process::id()));
+    eprintln!(
+        "building the demo service and its patch in {}",
+        dir.display()
+    );
+    let b = build(&dir, "2m")?;
+    let log = dir.join("greeter.log");
+    let out =
+        std::fs::File::create(&log).map_err(|e| Error::other(format!("{}: {e}", log.display())))?;
+    let mut child = Command::new(&b.service)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::other(format!("cannot start the demo service: {e}")))?;
+    let pid = child.id() as i32;
+    let manifests = dir.join("manifests");
+    let result = std::fs::create_dir_all(&manifests)
+        .map_err(|e| Error::other(e.to_string()))
+        .and_then(|()| {
+            let text =
+                std::fs::read_to_string(&b.manifest).map_err(|e| Error::other(e.to_string()))?;
+            let text = text.replace(
+                "path: greeting-fix.so",
+                &format!("path: {}", b.module.display()),
+            );
+            std::fs::write(manifests.join("greeting-fix.yaml"), text)
+                .map_err(|e| Error::other(e.to_string()))
+        })
+        .and_then(|()| {
+            crate::tui::run(
+                engine,
+                crate::tui::Options {
+                    manifests,
+                    select: Some(pid),
+                    watch_output: Some(log),
+                },
+            )
+        });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 pub fn run(engine: &Engine, yes: bool) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("pannus-demo-{}", std::process::id()));
     println!(

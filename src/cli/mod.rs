@@ -11,6 +11,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 pub mod demo;
+pub mod manifest_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "pannus", version, about = "Live patching of running Linux x86-64 processes", long_about = None)]
@@ -97,21 +98,40 @@ pub enum Command {
         pid: i32,
         patch: String,
     },
-    /// Build and start a small demo service, then patch it and roll it back, step by step
+    /// The full-screen maintenance console (also what `pannus` alone opens)
+    Console {
+        /// Folder of manifests for the apply wizard
+        #[arg(long, value_name = "DIR", default_value = "manifests")]
+        manifests: PathBuf,
+    },
+    /// Build and start a small demo service and open the console on it with a ready manifest
     Demo {
-        /// Do not pause between steps
+        /// Instead of the console, walk through apply, status and rollback on the command line
+        #[arg(long)]
+        script: bool,
+        /// With --script: do not pause between steps
         #[arg(long, short)]
         yes: bool,
     },
+    /// Write a manifest for a module, or validate one without a process
+    Manifest {
+        #[command(subcommand)]
+        command: manifest_cmd::ManifestCommand,
+    },
+    /// Print the shell completion script for SHELL
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff)
+    #[command(hide = true)]
+    Man,
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
-    let Some(command) = cli.command else {
-        eprintln!("pannus: no command given; try `pannus --help` or `pannus demo`");
-        return 2;
-    };
+    let command = cli.command.unwrap_or(Command::Console {
+        manifests: PathBuf::from("manifests"),
+    });
     let json = matches!(
         command,
         Command::Apply { json: true, .. }
@@ -172,7 +192,18 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
             json,
         } => rollback(engine, pid, patch, yes, cascade, json),
         Command::Journal { pid, json } => journal(engine, pid, json),
-        Command::Demo { yes } => demo::run(engine, yes),
+        Command::Console { manifests } => crate::tui::run(
+            engine,
+            crate::tui::Options {
+                manifests,
+                ..Default::default()
+            },
+        ),
+        Command::Demo { script: true, yes } => demo::run(engine, yes),
+        Command::Demo { script: false, .. } => demo::console(engine),
+        Command::Manifest { command } => manifest_cmd::run(command),
+        Command::Completions { shell } => manifest_cmd::completions(shell),
+        Command::Man => manifest_cmd::man(),
         Command::TrialWatch { pid, patch } => engine::watch_trial(engine, pid, &patch).map(|_| ()),
     }
 }

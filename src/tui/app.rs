@@ -1,0 +1,718 @@
+//! The console's state and what each key does to it. Drawing lives in `render/` and only reads
+//! this state; work on processes is handed to the job thread as [`Job`]s.
+
+use super::jobs::{Event, Job};
+use super::snapshot::{ProcRow, Snapshot};
+use crate::engine::{CheckLine, Stage};
+use crate::journal::Entry;
+use crate::manifest::Manifest;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Processes,
+    Detail,
+    Wizard,
+    Trial,
+    Journal,
+}
+
+impl Screen {
+    pub fn title(self) -> &'static str {
+        match self {
+            Screen::Processes => "Processes",
+            Screen::Detail => "Process",
+            Screen::Wizard => "Apply",
+            Screen::Trial => "Trial",
+            Screen::Journal => "Journal",
+        }
+    }
+}
+
+/// Which pane of the detail screen has the focus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Patches,
+    Functions,
+    Graph,
+}
+
+/// A manifest found in the manifests folder, with what it says or why it is unusable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestFile {
+    pub path: PathBuf,
+    pub summary: Result<String, String>,
+}
+
+/// Where the apply wizard is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Pick,
+    Checking,
+    Report {
+        lines: Vec<CheckLine>,
+        error: Option<String>,
+    },
+    /// The apply job runs; `confirm` holds the stage waiting for Enter or Esc.
+    Running {
+        confirm: Option<(Stage, String)>,
+    },
+    Done {
+        ok: bool,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wizard {
+    pub pid: i32,
+    pub files: Vec<ManifestFile>,
+    pub index: usize,
+    pub phase: Phase,
+    pub patch: String,
+    /// Stages finished, in order.
+    pub done: Vec<Stage>,
+    /// The stage running now.
+    pub current: Option<Stage>,
+    pub log: Vec<String>,
+}
+
+pub struct App {
+    pub screen: Screen,
+    pub help: bool,
+    pub snapshot: Snapshot,
+    pub filter: String,
+    pub filtering: bool,
+    pub patched_only: bool,
+    /// The selected process, by pid so that it survives refreshes.
+    pub selected: Option<i32>,
+    pub detail_patch: usize,
+    pub pane: Pane,
+    pub wizard: Option<Wizard>,
+    pub trial: Option<(i32, String)>,
+    pub journal: Vec<Entry>,
+    pub journal_offset: usize,
+    /// The last outcome, shown in the footer.
+    pub message: Option<(bool, String)>,
+    /// A job is running (one at a time).
+    pub busy: Option<String>,
+    pub manifests_dir: PathBuf,
+    /// Unix seconds, set by the event loop (fixed in tests).
+    pub now: u64,
+    pub quit: bool,
+    confirm_reply: Option<Sender<bool>>,
+    /// Visible rows of the current list, set by the renderer's layout (for paging).
+    pub page: usize,
+    /// The last line a watched service printed (the demo's).
+    pub output: Option<String>,
+    /// The expired trial the console already acted on.
+    expiry_handled: Option<(i32, String)>,
+}
+
+impl App {
+    pub fn new(manifests_dir: PathBuf) -> App {
+        App {
+            screen: Screen::Processes,
+            help: false,
+            snapshot: Snapshot::default(),
+            filter: String::new(),
+            filtering: false,
+            patched_only: false,
+            selected: None,
+            detail_patch: 0,
+            pane: Pane::Patches,
+            wizard: None,
+            trial: None,
+            journal: Vec::new(),
+            journal_offset: 0,
+            message: None,
+            busy: None,
+            manifests_dir,
+            now: 0,
+            quit: false,
+            confirm_reply: None,
+            page: 10,
+            output: None,
+            expiry_handled: None,
+        }
+    }
+
+    /// The rows the process list shows, after the filter and the patched-only toggle.
+    pub fn visible(&self) -> Vec<&ProcRow> {
+        let f = self.filter.to_lowercase();
+        self.snapshot
+            .rows
+            .iter()
+            .filter(|r| !self.patched_only || r.applied().next().is_some())
+            .filter(|r| {
+                f.is_empty()
+                    || r.pid.to_string().contains(&f)
+                    || r.name.to_lowercase().contains(&f)
+                    || r.patches.iter().any(|p| p.patch.contains(&f))
+            })
+            .collect()
+    }
+
+    pub fn selected_index(&self) -> Option<usize> {
+        let v = self.visible();
+        self.selected
+            .and_then(|pid| v.iter().position(|r| r.pid == pid))
+    }
+
+    pub fn selected_row(&self) -> Option<&ProcRow> {
+        let pid = self.selected?;
+        self.snapshot.rows.iter().find(|r| r.pid == pid)
+    }
+
+    /// Takes a new snapshot; the selection stays on the same pid when it is still listed.
+    pub fn set_snapshot(&mut self, s: Snapshot) {
+        self.snapshot = s;
+        self.fix_selection();
+        if let Some(row) = self.selected_row() {
+            let n = row.patches.len();
+            if self.detail_patch >= n {
+                self.detail_patch = n.saturating_sub(1);
+            }
+        }
+    }
+
+    fn fix_selection(&mut self) {
+        let v = self.visible();
+        if self.selected_index().is_none() {
+            self.selected = v.first().map(|r| r.pid);
+        }
+    }
+
+    fn move_selection(&mut self, delta: isize) {
+        let v = self.visible();
+        if v.is_empty() {
+            return;
+        }
+        let i = self.selected_index().unwrap_or(0) as isize;
+        let j = (i + delta).clamp(0, v.len() as isize - 1) as usize;
+        self.selected = Some(v[j].pid);
+    }
+
+    fn say(&mut self, ok: bool, text: impl Into<String>) {
+        self.message = Some((ok, text.into()));
+    }
+
+    /// Handles a key; returns the job to start, if any.
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Job> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return None;
+        }
+        if self.help {
+            if matches!(
+                key.code,
+                KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter
+            ) {
+                self.help = false;
+            }
+            return None;
+        }
+        // A stage confirmation takes every key until it is answered.
+        if let Some(job) = self.on_confirm_key(key) {
+            return job;
+        }
+        if self.filtering {
+            match key.code {
+                KeyCode::Esc => {
+                    self.filtering = false;
+                    self.filter.clear();
+                }
+                KeyCode::Enter => self.filtering = false,
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                }
+                KeyCode::Char(c) => {
+                    self.filter.push(c);
+                    // The selection follows the first match as you type.
+                    self.selected = self.visible().first().map(|r| r.pid);
+                }
+                KeyCode::Up | KeyCode::Down => {
+                    self.move_selection(if key.code == KeyCode::Up { -1 } else { 1 })
+                }
+                _ => {}
+            }
+            return None;
+        }
+        match key.code {
+            KeyCode::Char('?') => {
+                self.help = true;
+                return None;
+            }
+            KeyCode::Char('q') => {
+                self.quit = true;
+                return None;
+            }
+            _ => {}
+        }
+        match self.screen {
+            Screen::Processes => self.on_processes_key(key),
+            Screen::Detail => self.on_detail_key(key),
+            Screen::Wizard => self.on_wizard_key(key),
+            Screen::Trial => self.on_trial_key(key),
+            Screen::Journal => {
+                self.on_journal_key(key);
+                None
+            }
+        }
+    }
+
+    fn on_confirm_key(&mut self, key: KeyEvent) -> Option<Option<Job>> {
+        let w = self.wizard.as_mut()?;
+        let Phase::Running {
+            confirm: Some((stage, _)),
+        } = &w.phase
+        else {
+            return None;
+        };
+        let stage = *stage;
+        let answer = match key.code {
+            KeyCode::Enter | KeyCode::Char('y') => true,
+            KeyCode::Esc | KeyCode::Char('n') => false,
+            _ => return Some(None),
+        };
+        w.phase = Phase::Running { confirm: None };
+        if answer {
+            w.current = Some(stage);
+            w.log.push(format!("{stage}: confirmed"));
+        } else {
+            w.log.push(format!(
+                "{stage}: cancelled; undoing the stages already done"
+            ));
+        }
+        if let Some(reply) = self.confirm_reply.take() {
+            let _ = reply.send(answer);
+        }
+        Some(None)
+    }
+
+    /// The emergency rollback and commit keys shared by the list and detail screens.
+    fn action_key(&mut self, key: KeyEvent) -> Option<Job> {
+        let row = self.selected_row()?;
+        let pid = row.pid;
+        match key.code {
+            KeyCode::Char('R') => {
+                if self.busy.is_some() {
+                    self.say(false, "busy: wait for the running action to finish");
+                    return None;
+                }
+                let Some(latest) = row.latest() else {
+                    self.say(false, format!("process {pid} has no patch to roll back"));
+                    return None;
+                };
+                let patch = latest.patch.clone();
+                self.busy = Some(format!("rolling back `{patch}` in {pid}"));
+                Some(Job::Rollback {
+                    pid,
+                    patch: Some(patch),
+                })
+            }
+            KeyCode::Char('C') => {
+                let patch = if self.screen == Screen::Detail {
+                    row.patches.get(self.detail_patch).map(|p| p.patch.clone())
+                } else {
+                    row.applied()
+                        .filter(|p| p.state == crate::registry::State::Trial)
+                        .max_by_key(|p| p.seq)
+                        .map(|p| p.patch.clone())
+                };
+                match patch {
+                    Some(patch) => self.commit(pid, patch),
+                    None => {
+                        self.say(
+                            false,
+                            format!("process {pid} has no patch on trial to commit"),
+                        );
+                        None
+                    }
+                }
+            }
+            KeyCode::Char('a') => {
+                self.open_wizard(pid);
+                None
+            }
+            KeyCode::Char('t') => {
+                let p = row
+                    .applied()
+                    .filter(|p| p.state == crate::registry::State::Trial)
+                    .max_by_key(|p| p.seq);
+                match p.map(|p| p.patch.clone()) {
+                    Some(patch) => {
+                        self.trial = Some((pid, patch));
+                        self.screen = Screen::Trial;
+                    }
+                    None => self.say(false, format!("process {pid} has no patch on trial")),
+                }
+                None
+            }
+            KeyCode::Char('J') => {
+                self.screen = Screen::Journal;
+                self.journal_offset = usize::MAX;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn commit(&mut self, pid: i32, patch: String) -> Option<Job> {
+        if self.busy.is_some() {
+            self.say(false, "busy: wait for the running action to finish");
+            return None;
+        }
+        self.busy = Some(format!("committing `{patch}` in {pid}"));
+        Some(Job::Commit {
+            pid,
+            patch,
+            note: "committed from the console".into(),
+        })
+    }
+
+    fn on_processes_key(&mut self, key: KeyEvent) -> Option<Job> {
+        match key.code {
+            KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
+            KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
+            KeyCode::PageUp => self.move_selection(-(self.page as isize)),
+            KeyCode::PageDown => self.move_selection(self.page as isize),
+            KeyCode::Home => self.move_selection(isize::MIN / 2),
+            KeyCode::End => self.move_selection(isize::MAX / 2),
+            KeyCode::Char('/') => {
+                self.filtering = true;
+            }
+            KeyCode::Esc => self.filter.clear(),
+            KeyCode::Char('p') => {
+                self.patched_only = !self.patched_only;
+                self.fix_selection();
+            }
+            KeyCode::Enter => {
+                if self.selected_row().is_some() {
+                    self.screen = Screen::Detail;
+                    self.detail_patch = self
+                        .selected_row()
+                        .map(|r| r.patches.len().saturating_sub(1))
+                        .unwrap_or(0);
+                    self.pane = Pane::Patches;
+                }
+            }
+            _ => return self.action_key(key),
+        }
+        None
+    }
+
+    fn on_detail_key(&mut self, key: KeyEvent) -> Option<Job> {
+        let n = self.selected_row().map(|r| r.patches.len()).unwrap_or(0);
+        match key.code {
+            KeyCode::Esc => self.screen = Screen::Processes,
+            KeyCode::Tab => {
+                self.pane = match self.pane {
+                    Pane::Patches => Pane::Functions,
+                    Pane::Functions => Pane::Graph,
+                    Pane::Graph => Pane::Patches,
+                }
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.detail_patch = self.detail_patch.saturating_sub(1)
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.detail_patch = (self.detail_patch + 1).min(n.saturating_sub(1))
+            }
+            KeyCode::Enter => {
+                let trial = self
+                    .selected_row()
+                    .and_then(|r| r.patches.get(self.detail_patch).map(|p| (r.pid, p)))
+                    .filter(|(_, p)| p.state == crate::registry::State::Trial)
+                    .map(|(pid, p)| (pid, p.patch.clone()));
+                if let Some(t) = trial {
+                    self.trial = Some(t);
+                    self.screen = Screen::Trial;
+                }
+            }
+            _ => return self.action_key(key),
+        }
+        None
+    }
+
+    /// Opens the apply wizard for `pid` on the manifests folder.
+    pub fn open_wizard(&mut self, pid: i32) {
+        self.wizard = Some(Wizard {
+            pid,
+            files: list_manifests(&self.manifests_dir),
+            index: 0,
+            phase: Phase::Pick,
+            patch: String::new(),
+            done: Vec::new(),
+            current: None,
+            log: Vec::new(),
+        });
+        self.screen = Screen::Wizard;
+    }
+
+    fn on_wizard_key(&mut self, key: KeyEvent) -> Option<Job> {
+        let busy = self.busy.is_some();
+        let w = self.wizard.as_mut()?;
+        match (&w.phase, key.code) {
+            (Phase::Pick, KeyCode::Up | KeyCode::Char('k')) => w.index = w.index.saturating_sub(1),
+            (Phase::Pick, KeyCode::Down | KeyCode::Char('j')) => {
+                w.index = (w.index + 1).min(w.files.len().saturating_sub(1))
+            }
+            (Phase::Pick, KeyCode::Enter) => {
+                let f = w.files.get(w.index)?;
+                if busy {
+                    return None;
+                }
+                let job = Job::Check {
+                    pid: w.pid,
+                    manifest: f.path.clone(),
+                };
+                w.phase = Phase::Checking;
+                self.busy = Some("pre-flight checks".into());
+                return Some(job);
+            }
+            (Phase::Pick, KeyCode::Esc) => {
+                self.wizard = None;
+                self.screen = Screen::Detail;
+            }
+            (Phase::Report { error: None, .. }, KeyCode::Enter) => {
+                if busy {
+                    return None;
+                }
+                let f = w.files.get(w.index)?;
+                let job = Job::Apply {
+                    pid: w.pid,
+                    manifest: f.path.clone(),
+                };
+                w.phase = Phase::Running { confirm: None };
+                w.log.push(format!("applying {}", f.path.display()));
+                self.busy = Some(format!("applying `{}`", w.patch));
+                return Some(job);
+            }
+            (Phase::Report { .. }, KeyCode::Esc) => w.phase = Phase::Pick,
+            (Phase::Done { ok: true, .. }, KeyCode::Enter) => {
+                self.trial = Some((w.pid, w.patch.clone()));
+                self.screen = Screen::Trial;
+                self.wizard = None;
+            }
+            (Phase::Done { .. }, KeyCode::Esc | KeyCode::Enter) => {
+                self.wizard = None;
+                self.screen = Screen::Detail;
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn on_trial_key(&mut self, key: KeyEvent) -> Option<Job> {
+        let (pid, patch) = self.trial.clone()?;
+        match key.code {
+            KeyCode::Esc => {
+                self.screen = if self.selected == Some(pid) {
+                    Screen::Detail
+                } else {
+                    Screen::Processes
+                };
+                None
+            }
+            KeyCode::Char('C') => self.commit(pid, patch),
+            KeyCode::Char('R') => {
+                if self.busy.is_some() {
+                    self.say(false, "busy: wait for the running action to finish");
+                    return None;
+                }
+                self.busy = Some(format!("rolling back `{patch}` in {pid}"));
+                Some(Job::Rollback {
+                    pid,
+                    patch: Some(patch),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn on_journal_key(&mut self, key: KeyEvent) {
+        let max = self.journal.len().saturating_sub(1);
+        let off = self.journal_offset.min(max);
+        self.journal_offset = match key.code {
+            KeyCode::Esc => {
+                self.screen = Screen::Processes;
+                off
+            }
+            KeyCode::Up | KeyCode::Char('k') => off.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => (off + 1).min(max),
+            KeyCode::PageUp => off.saturating_sub(self.page),
+            KeyCode::PageDown => (off + self.page).min(max),
+            KeyCode::Home => 0,
+            KeyCode::End => max,
+            _ => off,
+        };
+    }
+
+    /// Work the clock starts: the trial shown on the trial screen ran out and no trial watcher
+    /// carried out its policy (it normally does at the deadline), so the console does.
+    pub fn tick(&mut self) -> Option<Job> {
+        if self.busy.is_some() || self.screen != Screen::Trial {
+            return None;
+        }
+        let (pid, id) = self.trial.clone()?;
+        if self.expiry_handled.as_ref() == Some(&(pid, id.clone())) {
+            return None;
+        }
+        let rec = self
+            .snapshot
+            .rows
+            .iter()
+            .find(|r| r.pid == pid)?
+            .patches
+            .iter()
+            .find(|p| p.patch == id)?;
+        if rec.state != crate::registry::State::Trial || self.now < rec.trial_deadline? + 5 {
+            return None;
+        }
+        let policy = rec.on_expiry;
+        self.expiry_handled = Some((pid, id.clone()));
+        self.busy = Some(format!(
+            "trial of `{id}` expired: applying its policy ({policy})"
+        ));
+        Some(match policy {
+            crate::manifest::OnExpiry::Commit => Job::Commit {
+                pid,
+                patch: id,
+                note: "trial expired: committed by policy".into(),
+            },
+            crate::manifest::OnExpiry::Rollback => Job::Rollback {
+                pid,
+                patch: Some(id),
+            },
+        })
+    }
+
+    /// Takes a report from the job thread.
+    pub fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Progress { stage, msg } => {
+                if let Some(w) = self.wizard.as_mut() {
+                    if let Some(s) = stage {
+                        if !w.done.contains(&s) && !msg.starts_with("busy") {
+                            w.done.push(s);
+                            w.current = None;
+                        }
+                    }
+                    w.log.push(match stage {
+                        Some(s) => format!("{s}: {msg}"),
+                        None => msg,
+                    });
+                } else {
+                    self.say(true, msg);
+                }
+            }
+            Event::Confirm { stage, plan, reply } => match self.wizard.as_mut() {
+                Some(w) => {
+                    w.phase = Phase::Running {
+                        confirm: Some((stage, plan)),
+                    };
+                    self.confirm_reply = Some(reply);
+                }
+                None => {
+                    let _ = reply.send(false);
+                }
+            },
+            Event::Checked {
+                pid,
+                patch,
+                lines,
+                error,
+            } => {
+                self.busy = None;
+                if let Some(w) = self.wizard.as_mut().filter(|w| w.pid == pid) {
+                    w.patch = patch;
+                    w.phase = Phase::Report {
+                        lines,
+                        error: error.map(|e| e.to_string()),
+                    };
+                }
+            }
+            Event::Applied { pid, result } => {
+                self.busy = None;
+                let (ok, message) = match &result {
+                    Ok(patch) => (
+                        true,
+                        format!("patch `{patch}` is active in process {pid}: trial started"),
+                    ),
+                    Err(e) => (false, e.to_string()),
+                };
+                if let Some(w) = self.wizard.as_mut() {
+                    w.phase = Phase::Done {
+                        ok,
+                        message: message.clone(),
+                    };
+                    w.current = None;
+                }
+                self.say(ok, message.lines().next().unwrap_or("").to_string());
+            }
+            Event::RolledBack { pid, result } => {
+                self.busy = None;
+                match result {
+                    Ok(ids) => self.say(
+                        true,
+                        format!("rolled back in process {pid}: {}", ids.join(", ")),
+                    ),
+                    Err(e) => self.say(
+                        false,
+                        format!("rollback in process {pid} failed: {}", e.message),
+                    ),
+                }
+            }
+            Event::Committed { pid, patch, result } => {
+                self.busy = None;
+                match result {
+                    Ok(()) => self.say(true, format!("`{patch}` committed in process {pid}")),
+                    Err(e) => self.say(false, format!("commit of `{patch}` failed: {}", e.message)),
+                }
+            }
+        }
+    }
+}
+
+/// The manifests in `dir` (and one level of sub-folders), each with its summary or problem.
+pub fn list_manifests(dir: &Path) -> Vec<ManifestFile> {
+    let mut paths = Vec::new();
+    let walk = |d: &Path, paths: &mut Vec<PathBuf>, deeper: bool| -> Vec<PathBuf> {
+        let mut subdirs = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() && deeper {
+                    subdirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                    paths.push(p);
+                }
+            }
+        }
+        subdirs
+    };
+    for sub in walk(dir, &mut paths, true) {
+        walk(&sub, &mut paths, false);
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".schema.json"))
+        .map(|path| {
+            let summary = Manifest::load(&path)
+                .map(|m| {
+                    format!(
+                        "{} {}{}",
+                        m.patch,
+                        m.version,
+                        m.description.map(|d| format!(" — {d}")).unwrap_or_default()
+                    )
+                })
+                .map_err(|e| e.message);
+            ManifestFile { path, summary }
+        })
+        .collect()
+}

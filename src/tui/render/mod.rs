@@ -1,0 +1,263 @@
+//! Drawing: one function per screen region, all reading [`App`] and never changing it.
+//!
+//! ```text
+//! ┌──────────────────────────────────────────────────────────────┐
+//! │ header: pannus · screen · counts                       clock │
+//! ├──────────────────────────────────────────────────────────────┤
+//! │ body: processes | detail | wizard | trial | journal          │
+//! │       (+ help or confirmation drawn over it)                 │
+//! ├──────────────────────────────────────────────────────────────┤
+//! │ footer: last outcome / running action                        │
+//! │ footer: the keys that work here (from the key table)         │
+//! └──────────────────────────────────────────────────────────────┘
+//! ```
+
+mod detail;
+mod journal;
+mod processes;
+mod trial;
+mod wizard;
+
+use super::app::{App, Screen};
+use super::keys;
+use ratatui::layout::{Constraint, Flex, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use ratatui::Frame;
+
+/// Styles, with colour only as an addition to words and symbols; `NO_COLOR` drops colour.
+#[derive(Debug, Clone, Copy)]
+pub struct Theme {
+    pub color: bool,
+}
+
+impl Theme {
+    pub fn from_env() -> Theme {
+        Theme {
+            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+    fn fg(&self, c: Color) -> Style {
+        if self.color {
+            Style::default().fg(c)
+        } else {
+            Style::default()
+        }
+    }
+    pub fn ok(&self) -> Style {
+        self.fg(Color::Green)
+    }
+    pub fn warn(&self) -> Style {
+        self.fg(Color::Yellow).add_modifier(Modifier::BOLD)
+    }
+    pub fn bad(&self) -> Style {
+        self.fg(Color::Red).add_modifier(Modifier::BOLD)
+    }
+    pub fn dim(&self) -> Style {
+        if self.color {
+            Style::default().fg(Color::DarkGray)
+        } else {
+            Style::default()
+        }
+    }
+    pub fn title(&self) -> Style {
+        Style::default().add_modifier(Modifier::BOLD)
+    }
+    pub fn selected(&self) -> Style {
+        Style::default().add_modifier(Modifier::REVERSED)
+    }
+    pub fn header(&self) -> Style {
+        if self.color {
+            Style::default()
+                .bg(Color::Blue)
+                .fg(Color::White)
+                .add_modifier(Modifier::BOLD)
+        } else {
+            Style::default().add_modifier(Modifier::REVERSED)
+        }
+    }
+    pub fn key(&self) -> Style {
+        self.fg(Color::Cyan).add_modifier(Modifier::BOLD)
+    }
+}
+
+/// Draws the whole console.
+pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
+    let area = f.area();
+    if area.width < 20 || area.height < 6 {
+        f.render_widget(Paragraph::new("pannus: enlarge the terminal"), area);
+        return;
+    }
+    let [head, body, out, msg, keys_area] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Fill(1),
+        Constraint::Length(u16::from(app.output.is_some())),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    if let Some(o) = &app.output {
+        f.render_widget(
+            Paragraph::new(Line::from(vec![
+                Span::styled("service says: ", theme.dim()),
+                Span::styled(o.clone(), theme.title()),
+            ])),
+            out,
+        );
+    }
+    header(f, head, app, theme);
+    match app.screen {
+        Screen::Processes => processes::draw(f, body, app, theme),
+        Screen::Detail => detail::draw(f, body, app, theme),
+        Screen::Wizard => wizard::draw(f, body, app, theme),
+        Screen::Trial => trial::draw(f, body, app, theme),
+        Screen::Journal => journal::draw(f, body, app, theme),
+    }
+    message(f, msg, app, theme);
+    footer(f, keys_area, app, theme);
+    if app.screen == Screen::Wizard {
+        wizard::draw_confirm(f, body, app, theme);
+    }
+    if app.help {
+        help(f, body, app, theme);
+    }
+}
+
+fn clock(now: u64) -> String {
+    let t = now % 86400;
+    format!("{:02}:{:02}:{:02} UTC", t / 3600, t / 60 % 60, t % 60)
+}
+
+fn header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let patched = app
+        .snapshot
+        .rows
+        .iter()
+        .filter(|r| r.applied().next().is_some())
+        .count();
+    let left = format!(
+        " pannus · {} · {} processes, {} patched{}",
+        app.screen.title(),
+        app.snapshot.rows.len(),
+        patched,
+        if app.patched_only {
+            " (showing patched only)"
+        } else {
+            ""
+        }
+    );
+    let right = format!("{} ", clock(app.now));
+    let pad = (area.width as usize).saturating_sub(left.chars().count() + right.len());
+    let text = if pad > 0 {
+        format!("{left}{}{right}", " ".repeat(pad))
+    } else {
+        left
+    };
+    f.render_widget(Paragraph::new(text).style(theme.header()), area);
+}
+
+fn message(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let line = if let Some(b) = &app.busy {
+        Line::from(vec![
+            Span::styled("… ", theme.warn()),
+            Span::raw(format!("{b} (working)")),
+        ])
+    } else if let Some((ok, m)) = &app.message {
+        let (mark, style) = if *ok {
+            ("✔ ", theme.ok())
+        } else {
+            ("✖ ", theme.bad())
+        };
+        Line::from(vec![Span::styled(mark, style), Span::raw(m.clone())])
+    } else {
+        Line::from(Span::styled("ready", theme.dim()))
+    };
+    f.render_widget(Paragraph::new(line), area);
+}
+
+fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let mut spans = Vec::new();
+    if app.filtering {
+        spans.push(Span::styled("Enter", theme.key()));
+        spans.push(Span::raw(" keep filter  "));
+        spans.push(Span::styled("Esc", theme.key()));
+        spans.push(Span::raw(" clear filter"));
+    } else {
+        for b in keys::for_screen(app.screen).filter(|b| b.footer) {
+            spans.push(Span::styled(b.keys, theme.key()));
+            spans.push(Span::raw(format!(" {}  ", b.action)));
+        }
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// A rectangle of `w` x `h` centred in `area`, clipped to it.
+pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let [v] = Layout::vertical([Constraint::Length(h.min(area.height))])
+        .flex(Flex::Center)
+        .areas(area);
+    let [r] = Layout::horizontal([Constraint::Length(w.min(area.width))])
+        .flex(Flex::Center)
+        .areas(v);
+    r
+}
+
+fn help(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let mut lines = vec![Line::from(Span::styled(
+        format!("Keys on the {} screen", app.screen.title()),
+        theme.title(),
+    ))];
+    for b in keys::for_screen(app.screen) {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>18}  ", b.keys), theme.key()),
+            Span::raw(b.action),
+        ]));
+    }
+    lines.push(Line::raw(""));
+    for n in keys::NOTES {
+        lines.push(Line::raw(*n));
+    }
+    lines.push(Line::from(Span::styled(
+        "Esc, ? or q closes this help",
+        theme.dim(),
+    )));
+    let h = lines.len() as u16 + 2;
+    let r = centered(area, 80, h);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(" Help ")),
+        r,
+    );
+}
+
+/// Columns that fit: each `(width, priority)`; lower priority numbers are kept first. Returns
+/// which columns are shown. Columns that don't fit are dropped rather than squeezed.
+pub fn fit_columns(widths: &[(u16, u8)], available: u16) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..widths.len()).collect();
+    order.sort_by_key(|&i| widths[i].1);
+    let mut shown = vec![false; widths.len()];
+    let mut used = 0u16;
+    for i in order {
+        let w = widths[i].0 + 1;
+        if used + w <= available {
+            used += w;
+            shown[i] = true;
+        }
+    }
+    shown
+}
+
+/// The dependency graph as plain text lines.
+#[cfg(test)]
+pub fn detail_graph_text(
+    patches: &[crate::registry::PatchRecord],
+    selected: Option<&str>,
+) -> Vec<String> {
+    detail::graph_lines(patches, selected, Theme { color: false })
+        .iter()
+        .map(|l| l.spans.iter().map(|s| s.content.as_ref()).collect())
+        .collect()
+}

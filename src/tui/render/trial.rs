@@ -1,0 +1,167 @@
+//! The trial: a large countdown with a gauge, the patch and process, and the two actions.
+
+use super::Theme;
+use crate::registry::State;
+use crate::tui::app::App;
+use crate::tui::snapshot::mmss;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Gauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+/// Digits 0-9 and ':' drawn 3 cells wide and 5 high.
+const FONT: [[&str; 5]; 11] = [
+    ["███", "█ █", "█ █", "█ █", "███"],
+    [" ██", "  █", "  █", "  █", "  █"],
+    ["███", "  █", "███", "█  ", "███"],
+    ["███", "  █", "███", "  █", "███"],
+    ["█ █", "█ █", "███", "  █", "  █"],
+    ["███", "█  ", "███", "  █", "███"],
+    ["███", "█  ", "███", "█ █", "███"],
+    ["███", "  █", "  █", "  █", "  █"],
+    ["███", "█ █", "███", "█ █", "███"],
+    ["███", "█ █", "███", "  █", "███"],
+    ["   ", " █ ", "   ", " █ ", "   "],
+];
+
+/// `text` (digits and colons) in the large font.
+pub fn big(text: &str) -> Vec<String> {
+    (0..5)
+        .map(|row| {
+            text.chars()
+                .filter_map(|c| match c {
+                    '0'..='9' => Some(FONT[c as usize - '0' as usize][row]),
+                    ':' => Some(FONT[10][row]),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let Some((pid, id)) = &app.trial else { return };
+    let row = app.snapshot.rows.iter().find(|r| r.pid == *pid);
+    let rec = row.and_then(|r| r.patches.iter().find(|p| &p.patch == id));
+    let block = Block::bordered().title(format!(" Trial of {id} in process {pid} "));
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let Some(rec) = rec else {
+        f.render_widget(
+            Paragraph::new(format!(
+                "process {pid} or patch `{id}` is gone. Esc goes back."
+            )),
+            inner,
+        );
+        return;
+    };
+    let [digits, gauge, info, actions] = Layout::vertical([
+        Constraint::Length(6),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+        Constraint::Length(2),
+    ])
+    .areas(inner);
+    let left = rec
+        .trial_deadline
+        .map(|d| d.saturating_sub(app.now))
+        .unwrap_or(0);
+    let (headline, style) = match rec.state {
+        State::Trial if left > 0 => (mmss(left), theme.warn()),
+        State::Trial => ("00:00".to_string(), theme.warn()),
+        State::Committed => ("COMMITTED".to_string(), theme.ok()),
+        State::RolledBack => ("ROLLED BACK".to_string(), theme.dim()),
+        _ => (rec.state.as_str().to_uppercase(), theme.bad()),
+    };
+    let big_lines: Vec<Line> =
+        if headline.chars().all(|c| c.is_ascii_digit() || c == ':') && inner.width >= 30 {
+            big(&headline)
+                .into_iter()
+                .map(|l| Line::styled(l, style).centered())
+                .collect()
+        } else {
+            vec![
+                Line::raw(""),
+                Line::raw(""),
+                Line::styled(headline.clone(), style).centered(),
+            ]
+        };
+    f.render_widget(Paragraph::new(big_lines), digits);
+    let total = rec.trial_seconds.max(1);
+    let ratio = if rec.state == State::Trial {
+        left as f64 / total as f64
+    } else {
+        0.0
+    };
+    f.render_widget(
+        Gauge::default()
+            .ratio(ratio.clamp(0.0, 1.0))
+            .label(format!("{} of {} left", mmss(left), mmss(total)))
+            .gauge_style(theme.warn()),
+        gauge,
+    );
+    let expiry = match rec.state {
+        State::Trial if left == 0 => format!("expired: applying the policy ({})…", rec.on_expiry),
+        State::Trial => format!(
+            "at 00:00 the patch will be {} (manifest's on_expiry)",
+            if rec.on_expiry.as_str() == "commit" {
+                "committed"
+            } else {
+                "rolled back"
+            }
+        ),
+        _ => rec
+            .note
+            .clone()
+            .unwrap_or_else(|| format!("trial over: {}", rec.state)),
+    };
+    let name = row.map(|r| r.name.clone()).unwrap_or_default();
+    let lines = vec![
+        Line::raw(""),
+        Line::from(vec![
+            Span::styled("patch    ", theme.dim()),
+            Span::styled(format!("{} {}", rec.patch, rec.version), theme.title()),
+        ]),
+        Line::from(vec![
+            Span::styled("process  ", theme.dim()),
+            Span::raw(format!("{pid} {name}")),
+        ]),
+        Line::from(vec![
+            Span::styled("state    ", theme.dim()),
+            Span::raw(rec.state.as_str().to_string()),
+        ]),
+        Line::from(vec![
+            Span::styled("expiry   ", theme.dim()),
+            Span::raw(expiry),
+        ]),
+        Line::from(vec![
+            Span::styled("health   ", theme.dim()),
+            Span::raw("no health check in the manifest"),
+        ]),
+        Line::from(vec![
+            Span::styled("replaces ", theme.dim()),
+            Span::raw(
+                rec.functions
+                    .iter()
+                    .map(|f| format!("{} → {}", f.target, f.replacement))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        ]),
+    ];
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), info);
+    let acts = if rec.state == State::Trial {
+        Line::from(vec![
+            Span::styled(" C", theme.key()),
+            Span::raw(" commit now    "),
+            Span::styled("R", theme.key()),
+            Span::raw(" ROLL BACK now    "),
+            Span::styled("Esc", theme.key()),
+            Span::raw(" back (the trial goes on without the console)"),
+        ])
+    } else {
+        Line::from(vec![Span::styled(" Esc", theme.key()), Span::raw(" back")])
+    };
+    f.render_widget(Paragraph::new(acts), actions);
+}

@@ -1,0 +1,414 @@
+//! The console drawn on ratatui's TestBackend: every screen at 80x24 and 120x40 (insta
+//! snapshots), every screen at tiny sizes without a panic, and what the keys do.
+
+use super::app::{App, ManifestFile, Phase, Screen, Wizard};
+use super::jobs::{Event, Job};
+use super::render::{self, Theme};
+use super::snapshot::{ProcRow, Snapshot};
+use crate::engine::{CheckLine, Stage};
+use crate::journal::Entry;
+use crate::manifest::OnExpiry;
+use crate::registry::{FunctionRecord, JumpKind, PatchRecord, State};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use std::path::PathBuf;
+
+const NOW: u64 = 1_800_000_000;
+
+fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> PatchRecord {
+    PatchRecord {
+        patch: id.into(),
+        version: "1.0".into(),
+        description: None,
+        state,
+        seq,
+        requires: requires.iter().map(|s| s.to_string()).collect(),
+        manifest: format!("/srv/patches/{id}.yaml"),
+        manifest_digest: "00".into(),
+        module: format!("/srv/patches/{id}.so"),
+        module_sha256: "00".into(),
+        target_object: "/usr/sbin/sipd".into(),
+        build_id: "3f2a".into(),
+        module_base: 0x5555_0000_0000 + seq * 0x10000,
+        module_size: 0x5000,
+        functions: vec![FunctionRecord {
+            target: format!("handle_{}", id.replace('-', "_")),
+            replacement: format!("handle_{}_fixed", id.replace('-', "_")),
+            address: 0x5555_5555_1000 + seq * 0x40,
+            replacement_address: 0x5555_0000_1100 + seq * 0x10000,
+            jump: JumpKind::Rel32,
+            patch_address: 0x5555_5555_1000 + seq * 0x40,
+            original: "5548".into(),
+            written: "e9".into(),
+        }],
+        applied_at: NOW - 100,
+        trial_deadline: (state == State::Trial).then_some(NOW + left),
+        trial_seconds: 300,
+        on_expiry: OnExpiry::Commit,
+        ended_at: None,
+        note: None,
+        module_mapped: true,
+        retries: 100,
+        retry_interval_ms: 10,
+    }
+}
+
+fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> ProcRow {
+    ProcRow {
+        pid,
+        name: name.into(),
+        user: "telco".into(),
+        threads: 12,
+        exe: format!("/usr/sbin/{name}"),
+        patches,
+    }
+}
+
+fn app() -> App {
+    let mut a = App::new(PathBuf::from("/srv/manifests"));
+    a.now = NOW;
+    let mut rows = vec![
+        row(1, "systemd", vec![]),
+        row(
+            812,
+            "sipd",
+            vec![
+                patch("base-fix", 1, State::Committed, &[], 0),
+                patch("invite-fix", 2, State::Trial, &["base-fix"], 252),
+                patch("cdr-fix", 3, State::Trial, &["base-fix"], 3000),
+            ],
+        ),
+        row(
+            901,
+            "mediad",
+            vec![patch("rtp-fix", 1, State::Linked, &[], 0)],
+        ),
+        row(
+            1200,
+            "billingd",
+            vec![patch("old-fix", 1, State::RolledBack, &[], 0)],
+        ),
+    ];
+    for pid in 2000..2030 {
+        rows.push(row(pid, "worker", vec![]));
+    }
+    a.set_snapshot(Snapshot { rows });
+    a.selected = Some(812);
+    a.journal = vec![
+        Entry {
+            time: "2026-11-27T08:00:00Z".into(),
+            user: "alice".into(),
+            uid: 1000,
+            action: "apply".into(),
+            pid: 812,
+            process: "sipd".into(),
+            patch: Some("invite-fix".into()),
+            outcome: "ok".into(),
+            detail: "state trial".into(),
+        },
+        Entry {
+            time: "2026-11-27T08:01:00Z".into(),
+            user: "bob".into(),
+            uid: 1001,
+            action: "apply".into(),
+            pid: 901,
+            process: "mediad".into(),
+            patch: Some("rtp-fix".into()),
+            outcome: "busy".into(),
+            detail: "busy: after 101 attempts, thread(s) 905 still in the way".into(),
+        },
+    ];
+    a
+}
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn ch(c: char) -> KeyEvent {
+    key(KeyCode::Char(c))
+}
+
+/// The screen as text, one line per row.
+fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| render::draw(f, app, Theme { color: false }))
+        .unwrap();
+    let buf = t.backend().buffer().clone();
+    (0..h)
+        .map(|y| {
+            (0..w)
+                .map(|x| buf[(x, y)].symbol().to_string())
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wizard_app(phase: Phase) -> App {
+    let mut a = app();
+    a.screen = Screen::Wizard;
+    a.wizard = Some(Wizard {
+        pid: 812,
+        files: vec![
+            ManifestFile {
+                path: "/srv/manifests/invite-fix.yaml".into(),
+                summary: Ok("invite-fix 1.0.2 — Fix crash on INVITE".into()),
+            },
+            ManifestFile {
+                path: "/srv/manifests/broken.yaml".into(),
+                summary: Err("broken.yaml:3:1: unknown key `targt`".into()),
+            },
+        ],
+        index: 0,
+        phase,
+        patch: "invite-fix".into(),
+        done: vec![Stage::Load, Stage::Link],
+        current: None,
+        log: vec![
+            "stage 1 (load): module mapped at 0x555500010000".into(),
+            "stage 2 (link): relocations applied".into(),
+        ],
+    });
+    a
+}
+
+fn every_screen() -> Vec<(&'static str, App)> {
+    let mut list = vec![("processes", app())];
+    let mut filtered = app();
+    for c in "sip".chars() {
+        if c == 's' {
+            filtered.on_key(ch('/'));
+        }
+        filtered.on_key(ch(c));
+    }
+    list.push(("processes-filter", filtered));
+    let mut detail = app();
+    detail.on_key(key(KeyCode::Enter));
+    detail.on_key(key(KeyCode::Up));
+    list.push(("detail", detail));
+    list.push(("wizard-pick", {
+        let mut w = wizard_app(Phase::Pick);
+        if let Some(w) = w.wizard.as_mut() {
+            w.done.clear();
+        }
+        w
+    }));
+    list.push((
+        "wizard-report",
+        wizard_app(Phase::Report {
+            lines: vec![
+                CheckLine {
+                    check: "module checksum".into(),
+                    ok: true,
+                    detail: "sha256 9b1d".into(),
+                },
+                CheckLine {
+                    check: "entry handle_invite".into(),
+                    ok: true,
+                    detail: "jmp rel32 at 0x5555555551c0, 8 bytes overwritten (5 written)".into(),
+                },
+            ],
+            error: None,
+        }),
+    ));
+    list.push((
+        "wizard-confirm",
+        wizard_app(Phase::Running {
+            confirm: Some((
+                Stage::Init,
+                "run 2 init function(s) of the module inside process 812 on one borrowed thread"
+                    .into(),
+            )),
+        }),
+    ));
+    list.push(("wizard-failed", {
+        let mut w = wizard_app(Phase::Done {
+            ok: false,
+            message: "stage 4 (activate): busy: after 101 attempts, thread(s) 905 still in the way\n  undone: init, link, load (the process is as it was)".into(),
+        });
+        w.message = Some((false, "stage 4 (activate): busy".into()));
+        w
+    }));
+    let mut trial = app();
+    trial.trial = Some((812, "invite-fix".into()));
+    trial.screen = Screen::Trial;
+    list.push(("trial", trial));
+    let mut journal = app();
+    journal.screen = Screen::Journal;
+    list.push(("journal", journal));
+    let mut help = app();
+    help.help = true;
+    list.push(("help", help));
+    list
+}
+
+#[test]
+fn every_screen_at_80x24_and_120x40() {
+    for (name, app) in every_screen() {
+        insta::assert_snapshot!(format!("{name}-80x24"), screen(&app, 80, 24));
+        insta::assert_snapshot!(format!("{name}-120x40"), screen(&app, 120, 40));
+    }
+}
+
+#[test]
+fn tiny_and_odd_sizes_do_not_panic() {
+    for (_, app) in every_screen() {
+        for (w, h) in [
+            (1, 1),
+            (10, 3),
+            (20, 6),
+            (30, 8),
+            (40, 10),
+            (79, 23),
+            (200, 5),
+            (5, 80),
+        ] {
+            screen(&app, w, h);
+        }
+    }
+}
+
+#[test]
+fn states_are_words_not_only_colour() {
+    let s = screen(&app(), 80, 24);
+    assert!(s.contains("TRIAL 04:12"), "{s}");
+    assert!(s.contains("PARTIAL!"), "{s}");
+    let d = screen(&every_screen().remove(2).1, 80, 24);
+    assert!(d.contains("committed") && d.contains("trial"), "{d}");
+}
+
+#[test]
+fn filter_selects_the_first_match_as_you_type() {
+    let mut a = app();
+    a.selected = Some(1);
+    a.on_key(ch('/'));
+    a.on_key(ch('m'));
+    a.on_key(ch('e'));
+    assert_eq!(a.selected, Some(901), "mediad");
+    a.on_key(key(KeyCode::Backspace));
+    a.on_key(key(KeyCode::Backspace));
+    for c in "cdr".chars() {
+        a.on_key(ch(c));
+    }
+    assert_eq!(a.selected, Some(812), "a patch id matches too");
+    a.on_key(key(KeyCode::Esc));
+    assert!(a.filter.is_empty());
+}
+
+#[test]
+fn r_rolls_back_the_most_recent_patch_at_once() {
+    let mut a = app();
+    assert_eq!(
+        a.on_key(ch('R')),
+        Some(Job::Rollback {
+            pid: 812,
+            patch: Some("cdr-fix".into())
+        })
+    );
+    assert!(a.busy.is_some());
+    // One action at a time.
+    assert_eq!(a.on_key(ch('R')), None);
+    a.on_event(Event::RolledBack {
+        pid: 812,
+        result: Ok(vec!["cdr-fix".into()]),
+    });
+    assert_eq!(
+        a.message,
+        Some((true, "rolled back in process 812: cdr-fix".into()))
+    );
+    assert!(screen(&a, 80, 24).contains("rolled back in process 812: cdr-fix"));
+}
+
+#[test]
+fn commit_on_the_detail_screen_takes_the_selected_patch() {
+    let mut a = app();
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(key(KeyCode::Up));
+    assert_eq!(
+        a.on_key(ch('C')),
+        Some(Job::Commit {
+            pid: 812,
+            patch: "invite-fix".into(),
+            note: "committed from the console".into()
+        })
+    );
+}
+
+#[test]
+fn wizard_confirms_each_stage_and_esc_cancels() {
+    let mut a = wizard_app(Phase::Pick);
+    let job = a.on_key(key(KeyCode::Enter));
+    assert_eq!(
+        job,
+        Some(Job::Check {
+            pid: 812,
+            manifest: "/srv/manifests/invite-fix.yaml".into()
+        })
+    );
+    a.on_event(Event::Checked {
+        pid: 812,
+        patch: "invite-fix".into(),
+        lines: vec![],
+        error: None,
+    });
+    let job = a.on_key(key(KeyCode::Enter));
+    assert_eq!(
+        job,
+        Some(Job::Apply {
+            pid: 812,
+            manifest: "/srv/manifests/invite-fix.yaml".into()
+        })
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.on_event(Event::Confirm {
+        stage: Stage::Load,
+        plan: "map it".into(),
+        reply: tx,
+    });
+    assert!(screen(&a, 80, 24).contains("Stage 1 of 4: LOAD"));
+    a.on_key(ch('x')); // ignored while the confirmation waits
+    a.on_key(key(KeyCode::Enter));
+    assert_eq!(rx.try_recv(), Ok(true));
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.on_event(Event::Confirm {
+        stage: Stage::Link,
+        plan: "link it".into(),
+        reply: tx,
+    });
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(rx.try_recv(), Ok(false));
+    assert!(a
+        .wizard
+        .as_ref()
+        .unwrap()
+        .log
+        .iter()
+        .any(|l| l.contains("cancelled; undoing")));
+}
+
+#[test]
+fn expired_trial_on_screen_gets_its_policy_once() {
+    let mut a = app();
+    a.trial = Some((812, "invite-fix".into()));
+    a.screen = Screen::Trial;
+    assert_eq!(a.tick(), None);
+    a.now = NOW + 252 + 6;
+    assert!(matches!(a.tick(), Some(Job::Commit { .. })));
+    a.busy = None;
+    assert_eq!(a.tick(), None, "not twice");
+}
+
+#[test]
+fn dependency_graph_shows_both_directions() {
+    let a = app();
+    let row = a.selected_row().unwrap();
+    let lines: Vec<String> = render::detail_graph_text(&row.patches, Some("base-fix"));
+    assert_eq!(lines[0], "● base-fix [committed]");
+    assert_eq!(lines[1], "└─▶ ○ invite-fix [trial]");
+    assert_eq!(lines[2], "└─▶ ○ cdr-fix [trial]");
+    assert!(lines.iter().any(|l| l == "needed by:  invite-fix, cdr-fix"));
+}

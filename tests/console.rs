@@ -1,0 +1,168 @@
+//! The real console binary, in tmux, against a real patched process: find it with `/`, open
+//! it, see the patch and its countdown, press `R`, and check the process's own behaviour came
+//! back.
+
+mod common;
+use common::{Proc, State};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(state: &State, w: u16, h: u16) -> Tmux {
+        let socket = format!(
+            "pannus-test-{}-{}",
+            std::process::id(),
+            state.path().file_name().unwrap().to_string_lossy()
+        );
+        let cmd = format!(
+            "env NO_COLOR=1 PANNUS_STATE_DIR={} {} console --manifests {}",
+            state.path().display(),
+            env!("CARGO_BIN_EXE_pannus"),
+            state.path().display()
+        );
+        let ok = Command::new("tmux")
+            .args([
+                "-L",
+                &socket,
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                &w.to_string(),
+                "-y",
+                &h.to_string(),
+                &cmd,
+            ])
+            .status()
+            .expect("tmux runs")
+            .success();
+        assert!(ok, "tmux session started");
+        Tmux { socket }
+    }
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            Command::new("tmux")
+                .args(["-L", &self.socket, "send-keys", "-t", "t", k])
+                .status()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// Waits until the screen contains `text`.
+    fn wait_for(&self, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.contains(text) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "`{text}` never appeared on:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "t"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn find_open_and_emergency_rollback_in_the_real_console() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let _decoy = Proc::start("target_pie");
+    let m = state.manifest(
+        "console-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "",
+    );
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 5"), "500");
+
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    let pid = t.pid.to_string();
+    tmux.keys(&["/"]);
+    for c in pid.chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    let s = tmux.wait_for("1 match(es)");
+    assert!(s.contains("TRIAL 0"), "the countdown badge is shown:\n{s}");
+    tmux.keys(&["Enter", "Enter"]);
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains("console-fix"), "{s}");
+    assert!(s.contains("trial"), "{s}");
+    assert!(s.contains("compute") && s.contains("compute_v2"), "{s}");
+    tmux.keys(&["R"]);
+    tmux.wait_for("rolled back in process");
+    assert_eq!(
+        t.ask("c 5"),
+        "6",
+        "the target's behaviour is back to the original"
+    );
+    tmux.keys(&["q"]);
+    let start = Instant::now();
+    while tmux.alive() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!tmux.alive(), "q quits the console");
+}
+
+#[test]
+fn a_trial_survives_the_console_restarting() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest(
+        "restart-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n",
+    );
+    state.apply(&m, t.pid).ok();
+    for _ in 0..2 {
+        let tmux = Tmux::start(&state, 80, 24);
+        tmux.wait_for("Processes (");
+        tmux.keys(&["p", "/"]); // patched only, then the pid
+        for c in t.pid.to_string().chars() {
+            tmux.keys(&[&c.to_string()]);
+        }
+        tmux.keys(&["Enter"]);
+        let s = tmux.wait_for("TRIAL 09:");
+        assert!(s.contains(&t.pid.to_string()), "{s}");
+        tmux.keys(&["t"]);
+        let s = tmux.wait_for("Trial of restart-fix");
+        assert!(s.contains("of 10:00 left"), "{s}");
+        tmux.keys(&["q"]);
+    }
+    state.rollback(t.pid, None).ok();
+}
