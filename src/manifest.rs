@@ -110,8 +110,11 @@ pub struct SafetySpec {
 }
 
 /// How the module is brought into the target process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[schemars(extend("enum" = ["mmap", "dlopen"]))]
 pub enum LoadMethod {
     /// Mapped by pannus itself, without the process's dynamic loader.
     #[default]
@@ -121,8 +124,11 @@ pub enum LoadMethod {
 }
 
 /// What happens when a trial ends without an operator decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[schemars(extend("enum" = ["commit", "rollback"]))]
 pub enum OnExpiry {
     /// The patch stays applied.
     #[default]
@@ -132,8 +138,11 @@ pub enum OnExpiry {
 }
 
 /// Which safety check decides that functions may be switched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[schemars(extend("enum" = ["entry", "function"]))]
 pub enum Consistency {
     /// No thread may be inside the first bytes of a replaced function.
     #[default]
@@ -271,54 +280,109 @@ impl Manifest {
 // ---------------------------------------------------------------------------
 // Raw form, as written in the file.
 
-#[derive(Deserialize)]
+/// A pannus patch manifest: which functions of which ELF object a patch replaces, with
+/// what module, and how the patch is applied and trialled. Unknown keys are errors.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
-struct RawManifest {
+#[schemars(title = "pannus patch manifest")]
+pub(crate) struct RawManifest {
+    /// The patch id, unique within a process: 1 to 64 characters of a-z, 0-9, '.', '_'
+    /// and '-', starting with a letter or digit.
+    #[schemars(required, regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"), length(max = 64))]
     patch: Option<String>,
+    /// The patch version, free text shown in status.
+    #[schemars(required, length(min = 1), extend("type" = ["string", "number"]))]
     version: Option<String>,
+    /// What the patch fixes, free text.
     description: Option<String>,
+    /// The ELF object whose functions are replaced.
+    #[schemars(required)]
     target: Option<RawTarget>,
+    /// The module holding the replacement functions.
+    #[schemars(required)]
     module: Option<RawModule>,
+    /// The functions replaced, each target at most once.
+    #[schemars(required, length(min = 1))]
     functions: Option<Vec<RawFunction>>,
+    /// Ids of patches that must be active (trial or committed) in the process first.
+    #[schemars(
+        inner(regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"), length(max = 64)),
+        extend("uniqueItems" = true)
+    )]
     requires: Option<Vec<String>>,
+    /// How long the patch stays on trial after activation, and what happens then.
     trial: Option<RawTrial>,
+    /// How the safe moment to switch functions is found.
     safety: Option<RawSafety>,
 }
 
-#[derive(Deserialize)]
+/// The ELF object holding the functions to replace.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
+#[schemars(rename = "Target")]
 struct RawTarget {
+    /// Path of the executable or shared library the process maps (matched by device and
+    /// inode).
+    #[schemars(required, length(min = 1))]
     object: Option<String>,
+    /// Its GNU build-id in hex, as shown by `readelf -n`; the patch is refused for any other
+    /// build.
+    #[schemars(required, regex(pattern = r"^([0-9a-fA-F]{2}){1,64}$"))]
     build_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The module holding the replacement functions.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
+#[schemars(rename = "Module")]
 struct RawModule {
+    /// Path of the patch module (a `gcc -shared -fPIC` object), absolute or relative to the
+    /// manifest's folder.
+    #[schemars(required, length(min = 1))]
     path: Option<String>,
+    /// SHA-256 of the module file in hex, as printed by `sha256sum`; checked before
+    /// anything else is done.
+    #[schemars(required, regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     sha256: Option<String>,
+    /// How the module is brought into the process (default `mmap`).
     load: Option<LoadMethod>,
 }
 
-#[derive(Deserialize)]
+/// One replaced function.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
+#[schemars(rename = "Function")]
 struct RawFunction {
+    /// Symbol of the function in the target object (file-local and mangled names accepted).
+    #[schemars(required, regex(pattern = r"^\S+$"))]
     target: Option<String>,
+    /// Function defined by the module that takes over.
+    #[schemars(required, regex(pattern = r"^\S+$"))]
     replacement: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The trial period after activation.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
+#[schemars(rename = "Trial")]
 struct RawTrial {
+    /// Length of the trial, more than 0s and at most 30days, such as `30s`, `5m` or
+    /// `1h 30m` (default `5m`).
     duration: Option<String>,
+    /// What happens when the trial ends without an operator decision (default `commit`).
     on_expiry: Option<OnExpiry>,
 }
 
-#[derive(Deserialize)]
+/// How the safe moment to switch functions is found.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
+#[schemars(rename = "Safety")]
 struct RawSafety {
+    /// Which safety check decides that functions may be switched (default `entry`).
     consistency: Option<Consistency>,
+    /// Attempts at a busy switch before giving up (default 100).
     retries: Option<u32>,
+    /// Pause between attempts, at most 10s, such as `10ms` (default `10ms`).
     retry_interval: Option<String>,
 }
 
