@@ -121,10 +121,7 @@ impl Object {
             return Err("not a 64-bit little-endian ELF object".into());
         }
         if elf.header.e_machine != header::EM_X86_64 {
-            return Err(format!(
-                "built for {}, not x86-64",
-                header::machine_to_str(elf.header.e_machine)
-            ));
+            return Err(format!("built for {}, not x86-64", header::machine_to_str(elf.header.e_machine)));
         }
         let is_dyn = match elf.header.e_type {
             header::ET_DYN => true,
@@ -139,16 +136,11 @@ impl Object {
             match p.p_type {
                 ph::PT_LOAD => {
                     if p.p_filesz > p.p_memsz
-                        || p.p_offset
-                            .checked_add(p.p_filesz)
-                            .is_none_or(|e| e > data.len() as u64)
+                        || p.p_offset.checked_add(p.p_filesz).is_none_or(|e| e > data.len() as u64)
                         || p.p_vaddr.checked_add(p.p_memsz).is_none_or(|e| e > 1 << 47)
                         || p.p_offset % 4096 != p.p_vaddr % 4096
                     {
-                        return Err(format!(
-                            "PT_LOAD segment at {:#x} is inconsistent",
-                            p.p_vaddr
-                        ));
+                        return Err(format!("PT_LOAD segment at {:#x} is inconsistent", p.p_vaddr));
                     }
                     segments.push(Segment {
                         vaddr: p.p_vaddr,
@@ -172,8 +164,7 @@ impl Object {
         segments.sort_by_key(|s| s.vaddr);
         let build_id = elf.iter_note_headers(&data).and_then(|notes| {
             notes.flatten().find_map(|n| {
-                (n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU")
-                    .then(|| hex::encode(n.desc))
+                (n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU").then(|| hex::encode(n.desc))
             })
         });
 
@@ -202,9 +193,7 @@ impl Object {
         for (i, s) in elf.dynsyms.iter().enumerate() {
             let name = elf.dynstrtab.get_at(s.st_name).unwrap_or("").to_string();
             let (version, default_version) = match elf.versym.as_ref().and_then(|v| v.get_at(i)) {
-                Some(v) if v.version() > 1 => {
-                    (ver_names.get(&v.version()).cloned(), !v.is_hidden())
-                }
+                Some(v) if v.version() > 1 => (ver_names.get(&v.version()).cloned(), !v.is_hidden()),
                 _ => (None, true),
             };
             dynsyms.push(Symbol {
@@ -242,26 +231,12 @@ impl Object {
         for r in elf.dynrelas.iter().chain(elf.pltrelocs.iter()) {
             let sym = (r.r_sym != 0).then_some(r.r_sym);
             if sym.is_some_and(|i| i >= dynsyms.len()) {
-                return Err(format!(
-                    "relocation at {:#x} names symbol #{} beyond .dynsym",
-                    r.r_offset, r.r_sym
-                ));
+                return Err(format!("relocation at {:#x} names symbol #{} beyond .dynsym", r.r_offset, r.r_sym));
             }
-            relocs.push(Reloc {
-                offset: r.r_offset,
-                rtype: r.r_type,
-                sym,
-                addend: r.r_addend.unwrap_or(0),
-            });
+            relocs.push(Reloc { offset: r.r_offset, rtype: r.r_type, sym, addend: r.r_addend.unwrap_or(0) });
         }
-        if elf
-            .dynamic
-            .as_ref()
-            .is_some_and(|d| d.info.rel != 0 && d.info.relsz != 0)
-        {
-            return Err(
-                "REL relocations (without addends) are not used on x86-64 and not supported".into(),
-            );
+        if elf.dynamic.as_ref().is_some_and(|d| d.info.rel != 0 && d.info.relsz != 0) {
+            return Err("REL relocations (without addends) are not used on x86-64 and not supported".into());
         }
         // goblin's DynamicInfo turns some addresses into file offsets: read the raw entries.
         let (mut init, mut init_array, mut init_arraysz) = (None, None, 0u64);
@@ -269,17 +244,13 @@ impl Object {
             for e in &d.dyns {
                 match e.d_tag {
                     goblin::elf::dynamic::DT_INIT if e.d_val != 0 => init = Some(e.d_val),
-                    goblin::elf::dynamic::DT_INIT_ARRAY if e.d_val != 0 => {
-                        init_array = Some(e.d_val)
-                    }
+                    goblin::elf::dynamic::DT_INIT_ARRAY if e.d_val != 0 => init_array = Some(e.d_val),
                     goblin::elf::dynamic::DT_INIT_ARRAYSZ => init_arraysz = e.d_val,
                     _ => {}
                 }
             }
         }
-        let init_array = init_array
-            .filter(|_| init_arraysz != 0)
-            .map(|a| (a, init_arraysz));
+        let init_array = init_array.filter(|_| init_arraysz != 0).map(|a| (a, init_arraysz));
         let mut by_name: HashMap<String, Vec<(bool, usize)>> = HashMap::new();
         for (i, s) in dynsyms.iter().enumerate() {
             if s.defined && !s.name.is_empty() {
@@ -319,16 +290,9 @@ impl Object {
     pub fn definitions(&self, name: &str) -> Vec<&Symbol> {
         let mut out: Vec<&Symbol> = Vec::new();
         for &(dynamic, i) in self.by_name.get(name).map(|v| v.as_slice()).unwrap_or(&[]) {
-            let s = if dynamic {
-                &self.dynsyms[i]
-            } else {
-                &self.symtab[i]
-            };
+            let s = if dynamic { &self.dynsyms[i] } else { &self.symtab[i] };
             // .symtab repeats the .dynsym entries: keep one per address.
-            if !out
-                .iter()
-                .any(|o| o.value == s.value && o.global == s.global)
-            {
+            if !out.iter().any(|o| o.value == s.value && o.global == s.global) {
                 out.push(s);
             }
         }
@@ -379,21 +343,14 @@ impl Object {
     /// The lowest and highest virtual addresses of the loadable segments, page-aligned.
     pub fn span(&self) -> (u64, u64) {
         let lo = self.segments.iter().map(|s| s.vaddr).min().unwrap_or(0);
-        let hi = self
-            .segments
-            .iter()
-            .map(|s| s.vaddr + s.memsz)
-            .max()
-            .unwrap_or(0);
+        let hi = self.segments.iter().map(|s| s.vaddr + s.memsz).max().unwrap_or(0);
         (pannus_kernel::page_floor(lo), pannus_kernel::page_ceil(hi))
     }
 
     /// The file bytes backing `[vaddr, vaddr+len)`, when the range lies in one segment's file part.
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
-        let seg = self
-            .segments
-            .iter()
-            .find(|s| s.vaddr <= vaddr && vaddr + len <= s.vaddr + s.filesz)?;
+        let end = vaddr.checked_add(len)?;
+        let seg = self.segments.iter().find(|s| s.vaddr <= vaddr && end <= s.vaddr + s.filesz)?;
         let off = (seg.offset + (vaddr - seg.vaddr)) as usize;
         self.data.get(off..off + len as usize)
     }

@@ -83,11 +83,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(state_dir: PathBuf) -> Engine {
-        Engine {
-            state_dir,
-            init_timeout: Duration::from_secs(5),
-            lock_wait: Duration::from_secs(10),
-        }
+        Engine { state_dir, init_timeout: Duration::from_secs(5), lock_wait: Duration::from_secs(10) }
     }
     pub fn journal(&self) -> Journal {
         Journal::open(&self.state_dir)
@@ -129,17 +125,13 @@ pub struct Prepared {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn reloc_name(t: u32) -> String {
     format!(
         "R_X86_64_{}",
-        goblin::elf::reloc::r_to_str(t, goblin::elf::header::EM_X86_64)
-            .trim_start_matches("R_X86_64_")
+        goblin::elf::reloc::r_to_str(t, goblin::elf::header::EM_X86_64).trim_start_matches("R_X86_64_")
     )
 }
 
@@ -163,12 +155,7 @@ impl<'e> Session<'e> {
     pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
         let target = Target::open(pid)?;
         let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
-        Ok(Session {
-            engine,
-            target,
-            _lock: lock,
-            syscall_insn: None,
-        })
+        Ok(Session { engine, target, _lock: lock, syscall_insn: None })
     }
 
     pub fn registry(&self) -> Result<Registry> {
@@ -176,14 +163,7 @@ impl<'e> Session<'e> {
     }
 
     fn journal(&self, action: &str, patch: Option<&str>, outcome: &str, detail: &str) {
-        let _ = self.engine.journal().record(
-            action,
-            self.target.pid,
-            &self.target.name,
-            patch,
-            outcome,
-            detail,
-        );
+        let _ = self.engine.journal().record(action, self.target.pid, &self.target.name, patch, outcome, detail);
     }
 
     /// Borrows one thread of the target (the main thread unless it has exited).
@@ -191,14 +171,12 @@ impl<'e> Session<'e> {
         let insn = match self.syscall_insn {
             Some(a) => a,
             None => {
-                let a = maps::find_syscall_insn(&self.target.mem, &self.target.maps).ok_or_else(
-                    || {
-                        Error::precondition(format!(
-                            "process {}: no `syscall` instruction found in its executable mappings",
-                            self.target.pid
-                        ))
-                    },
-                )?;
+                let a = maps::find_syscall_insn(&self.target.mem, &self.target.maps).ok_or_else(|| {
+                    Error::precondition(format!(
+                        "process {}: no `syscall` instruction found in its executable mappings",
+                        self.target.pid
+                    ))
+                })?;
                 self.syscall_insn = Some(a);
                 a
             }
@@ -209,31 +187,18 @@ impl<'e> Session<'e> {
             .find(|&t| {
                 std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
                     .ok()
-                    .and_then(|s| {
-                        s.rsplit_once(')')
-                            .map(|(_, r)| r.trim_start().starts_with(|c| c != 'Z'))
-                    })
+                    .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with(|c| c != 'Z')))
                     .unwrap_or(false)
             })
-            .ok_or(Error::precondition(format!(
-                "process {pid} has no live thread"
-            )))?;
+            .ok_or(Error::precondition(format!("process {pid} has no live thread")))?;
         // The main thread first: it is the one most often idle in an event loop.
-        let tid = if pannus_kernel::process_exists(pid) && tid != pid && thread_alive(pid, pid) {
-            pid
-        } else {
-            tid
-        };
+        let tid = if pannus_kernel::process_exists(pid) && tid != pid && thread_alive(pid, pid) { pid } else { tid };
         Ok(Hijack::attach(&self.target.mem, tid, insn)?)
     }
 
     fn write_registry(&mut self, reg: &Registry) -> Result<()> {
-        let loc = registry::locate(&self.target.maps).ok_or_else(|| {
-            Error::other(format!(
-                "process {}: registry mapping missing",
-                self.target.pid
-            ))
-        })?;
+        let loc = registry::locate(&self.target.maps)
+            .ok_or_else(|| Error::other(format!("process {}: registry mapping missing", self.target.pid)))?;
         registry::write(&self.target.mem, loc, reg)
     }
 
@@ -241,28 +206,13 @@ impl<'e> Session<'e> {
 
     /// Every check apply makes, touching nothing. Each check passed is pushed to `lines`; the
     /// first that fails is returned as the error.
-    pub fn prepare(
-        &mut self,
-        m: &Manifest,
-        reg: &Registry,
-        lines: &mut Vec<CheckLine>,
-    ) -> Result<Prepared> {
-        let mut ok = |check: &str, detail: String| {
-            lines.push(CheckLine {
-                check: check.into(),
-                ok: true,
-                detail,
-            })
-        };
+    pub fn prepare(&mut self, m: &Manifest, reg: &Registry, lines: &mut Vec<CheckLine>) -> Result<Prepared> {
+        let mut ok = |check: &str, detail: String| lines.push(CheckLine { check: check.into(), ok: true, detail });
         let pid = self.target.pid;
 
         // Module checksum, before anything else.
-        let sum = crate::elf::sha256_file(&m.module.path).map_err(|e| {
-            Error::bad_input(format!(
-                "patch module {}: cannot read: {e}",
-                m.module.path.display()
-            ))
-        })?;
+        let sum = crate::elf::sha256_file(&m.module.path)
+            .map_err(|e| Error::bad_input(format!("patch module {}: cannot read: {e}", m.module.path.display())))?;
         if sum != m.module.sha256 {
             return Err(Error::bad_input(format!(
                 "patch module {}: checksum mismatch: the manifest says sha256 {}, the file has {sum}",
@@ -288,11 +238,8 @@ impl<'e> Session<'e> {
         }
         let module = Arc::new(Object::load(&m.module.path, "patch module")?);
         if !module.is_dyn {
-            return Err(Error::bad_input(format!(
-                "patch module {}: not a shared object",
-                m.module.path.display()
-            ))
-            .hint("build it with gcc -shared -fPIC"));
+            return Err(Error::bad_input(format!("patch module {}: not a shared object", m.module.path.display()))
+                .hint("build it with gcc -shared -fPIC"));
         }
         if module.has_tls {
             return Err(Error::bad_input(format!(
@@ -302,11 +249,7 @@ impl<'e> Session<'e> {
         }
         ok(
             "module",
-            format!(
-                "{} (ELF x86-64 shared object, {} relocations)",
-                m.module.path.display(),
-                module.relocs.len()
-            ),
+            format!("{} (ELF x86-64 shared object, {} relocations)", m.module.path.display(), module.relocs.len()),
         );
 
         // Target object, build-id on disk and in memory.
@@ -316,11 +259,7 @@ impl<'e> Session<'e> {
             return Err(Error::precondition(format!(
                 "build-id mismatch: {} has {}, the manifest is for {}",
                 m.target.object.display(),
-                if file_id.is_empty() {
-                    "no build-id"
-                } else {
-                    &file_id
-                },
+                if file_id.is_empty() { "no build-id" } else { &file_id },
                 m.target.build_id
             ))
             .hint("this patch was built for another build of the program; do not apply it here"));
@@ -332,13 +271,7 @@ impl<'e> Session<'e> {
             ))
             .hint("the file was replaced after the process started; restart it or patch the running build"));
         }
-        ok(
-            "target object",
-            format!(
-                "{} mapped at {:#x}, build-id {file_id}",
-                object.mapped_path, object.lo
-            ),
-        );
+        ok("target object", format!("{} mapped at {:#x}, build-id {file_id}", object.mapped_path, object.lo));
 
         // Registry: not applied twice; dependencies present.
         if let Some(p) = reg.get(&m.patch).filter(|p| p.state.is_applied()) {
@@ -346,10 +279,7 @@ impl<'e> Session<'e> {
                 "patch `{}` is already applied to process {pid} (state {})",
                 m.patch, p.state
             ))
-            .hint(format!(
-                "roll it back first: pannus rollback --pid {pid} {}",
-                m.patch
-            )));
+            .hint(format!("roll it back first: pannus rollback --pid {pid} {}", m.patch)));
         }
         for r in &m.requires {
             match reg.get(r) {
@@ -430,23 +360,13 @@ impl<'e> Session<'e> {
             });
             ok(
                 "function",
-                format!(
-                    "{} at {:#x} ({} bytes) -> {}",
-                    f.target,
-                    object.addr(sym.value),
-                    sym.size,
-                    f.replacement
-                ),
+                format!("{} at {:#x} ({} bytes) -> {}", f.target, object.addr(sym.value), sym.size, f.replacement),
             );
         }
 
         // Globals the module defines that the target already has: bind to the target's.
         let mut dropped = Vec::new();
-        for s in module
-            .dynsyms
-            .iter()
-            .filter(|s| s.defined && s.global && s.kind == SymKind::Object)
-        {
+        for s in module.dynsyms.iter().filter(|s| s.defined && s.global && s.kind == SymKind::Object) {
             if let Ok(Some(t)) = object.object.lookup(&s.name) {
                 if t.kind == SymKind::Object {
                     dropped.push(s.name.clone());
@@ -454,10 +374,7 @@ impl<'e> Session<'e> {
             }
         }
         if !dropped.is_empty() {
-            ok(
-                "shared data",
-                format!("bound to the target's own: {}", dropped.join(", ")),
-            );
+            ok("shared data", format!("bound to the target's own: {}", dropped.join(", ")));
         }
 
         // Symbols for the relocations.
@@ -477,10 +394,7 @@ impl<'e> Session<'e> {
             match r.rtype {
                 R_NONE | R_64 | R_PC32 | R_PLT32 | R_GLOB_DAT | R_JUMP_SLOT | R_RELATIVE => {}
                 t => {
-                    let what = r
-                        .sym
-                        .map(|i| format!(" for `{}`", module.dynsyms[i].name))
-                        .unwrap_or_default();
+                    let what = r.sym.map(|i| format!(" for `{}`", module.dynsyms[i].name)).unwrap_or_default();
                     return Err(Error::bad_input(format!(
                         "patch module {}: relocation {} at {:#x}{what} is not supported by load: mmap",
                         m.module.path.display(),
@@ -499,14 +413,7 @@ impl<'e> Session<'e> {
             symbols.insert(i, resolved);
         }
         ok("symbols", format!("{} resolved", symbols.len()));
-        Ok(Prepared {
-            manifest: m.clone(),
-            module,
-            object,
-            functions,
-            dropped,
-            symbols,
-        })
+        Ok(Prepared { manifest: m.clone(), module, object, functions, dropped, symbols })
     }
 
     /// The entry plan of each function, from its current bytes in the process.
@@ -516,17 +423,8 @@ impl<'e> Session<'e> {
             .map(|f| {
                 let size = f.size.min(1 << 20) as usize;
                 let code = self.target.mem.read_vec(f.address, size)?;
-                let pad = self
-                    .target
-                    .mem
-                    .read_partial(f.address.saturating_sub(16), 16);
-                safety::plan_entry(
-                    &f.target,
-                    f.address,
-                    &code,
-                    &pad,
-                    module_bias.wrapping_add(f.replacement_vaddr),
-                )
+                let pad = self.target.mem.read_partial(f.address.saturating_sub(16), 16);
+                safety::plan_entry(&f.target, f.address, &code, &pad, module_bias.wrapping_add(f.replacement_vaddr))
             })
             .collect()
     }
@@ -541,20 +439,12 @@ impl<'e> Session<'e> {
             let base = self.choose_base(&p, span - lo).unwrap_or(0);
             let plans = self.entry_plans(&p, base.wrapping_sub(lo))?;
             for (f, plan) in p.functions.iter().zip(&plans) {
-                lines.push(CheckLine {
-                    check: format!("entry {}", f.target),
-                    ok: true,
-                    detail: plan.describe(),
-                });
+                lines.push(CheckLine { check: format!("entry {}", f.target), ok: true, detail: plan.describe() });
             }
             Ok(())
         })();
         if let Err(e) = &result {
-            lines.push(CheckLine {
-                check: "refused".into(),
-                ok: false,
-                detail: e.message.clone(),
-            });
+            lines.push(CheckLine { check: "refused".into(), ok: false, detail: e.message.clone() });
         }
         (lines, result)
     }
@@ -600,10 +490,7 @@ impl<'e> Session<'e> {
 
         // Stage 1: load.
         let base_hint = self.choose_base(&p, size).ok_or_else(|| {
-            Error::precondition(format!(
-                "process {}: no free address range of {size} bytes",
-                self.target.pid
-            ))
+            Error::precondition(format!("process {}: no free address range of {size} bytes", self.target.pid))
         })?;
         let plan = format!(
             "map {} ({} bytes, {} segments) into process {} near {} at {:#x}",
@@ -617,9 +504,7 @@ impl<'e> Session<'e> {
         if !obs.confirm(Stage::Load, &plan) {
             return Err(cancelled(Stage::Load, &[]));
         }
-        let base = self
-            .stage_load(&p, base_hint, size)
-            .map_err(|e| e.context(Stage::Load))?;
+        let base = self.stage_load(&p, base_hint, size).map_err(|e| e.context(Stage::Load))?;
         let bias = base.wrapping_sub(lo);
         self.target.refresh_maps()?;
         reg.next_seq += 1;
@@ -658,11 +543,7 @@ impl<'e> Session<'e> {
                 Ok(()) => {
                     e.message.push_str(&format!(
                         "\n  undone: {} (the process is as it was)",
-                        done.iter()
-                            .rev()
-                            .map(|s| s.name())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        done.iter().rev().map(|s| s.name()).collect::<Vec<_>>().join(", ")
                     ));
                 }
                 Err(u) => e.message.push_str(&format!("\n  undoing failed too: {u}")),
@@ -680,19 +561,10 @@ impl<'e> Session<'e> {
             p.module.relocs.len(),
             m.module.path.display(),
             p.symbols.len(),
-            if p.dropped.is_empty() {
-                "none".to_string()
-            } else {
-                p.dropped.join(", ")
-            }
+            if p.dropped.is_empty() { "none".to_string() } else { p.dropped.join(", ") }
         );
         if !obs.confirm(Stage::Link, &plan) {
-            return Err(undo(
-                self,
-                &mut reg,
-                cancelled(Stage::Link, &[Stage::Load]),
-                &[Stage::Load],
-            ));
+            return Err(undo(self, &mut reg, cancelled(Stage::Link, &[Stage::Load]), &[Stage::Load]));
         }
         if let Err(e) = self.stage_link(&p, bias) {
             return Err(undo(self, &mut reg, e.context(Stage::Link), &[Stage::Load]));
@@ -723,37 +595,19 @@ impl<'e> Session<'e> {
             ));
         }
         if let Err(e) = self.stage_init(&inits) {
-            return Err(undo(
-                self,
-                &mut reg,
-                e.context(Stage::Init),
-                &[Stage::Load, Stage::Link, Stage::Init],
-            ));
+            return Err(undo(self, &mut reg, e.context(Stage::Init), &[Stage::Load, Stage::Link, Stage::Init]));
         }
         set_state(&mut reg, &m.patch, State::Initialized);
         if let Err(e) = self.write_registry(&reg) {
-            return Err(undo(
-                self,
-                &mut reg,
-                e,
-                &[Stage::Load, Stage::Link, Stage::Init],
-            ));
+            return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
         }
-        obs.progress(
-            Some(Stage::Init),
-            &format!("{} init function(s) ran", inits.len()),
-        );
+        obs.progress(Some(Stage::Init), &format!("{} init function(s) ran", inits.len()));
 
         // Stage 4: activate.
         let plans = match self.entry_plans(&p, bias) {
             Ok(pl) => pl,
             Err(e) => {
-                return Err(undo(
-                    self,
-                    &mut reg,
-                    e.context(Stage::Activate),
-                    &[Stage::Load, Stage::Link, Stage::Init],
-                ))
+                return Err(undo(self, &mut reg, e.context(Stage::Activate), &[Stage::Load, Stage::Link, Stage::Init]))
             }
         };
         let plan = p
@@ -763,17 +617,10 @@ impl<'e> Session<'e> {
             .map(|(f, pl)| format!("{} -> {}: {}", f.target, f.replacement, pl.describe()))
             .collect::<Vec<_>>()
             .join("; ");
-        let plan = format!(
-            "stop every thread, check none is inside the bytes to overwrite, write: {plan}"
-        );
+        let plan = format!("stop every thread, check none is inside the bytes to overwrite, write: {plan}");
         if !obs.confirm(Stage::Activate, &plan) {
             let done = [Stage::Load, Stage::Link, Stage::Init];
-            return Err(undo(
-                self,
-                &mut reg,
-                cancelled(Stage::Activate, &done),
-                &done,
-            ));
+            return Err(undo(self, &mut reg, cancelled(Stage::Activate, &done), &done));
         }
         if let Some(r) = reg.get_mut(&m.patch) {
             r.state = State::Activating;
@@ -794,27 +641,13 @@ impl<'e> Session<'e> {
                 .collect();
         }
         if let Err(e) = self.write_registry(&reg) {
-            return Err(undo(
-                self,
-                &mut reg,
-                e,
-                &[Stage::Load, Stage::Link, Stage::Init],
-            ));
+            return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
         }
         let names: Vec<&str> = p.functions.iter().map(|f| f.target.as_str()).collect();
-        match self.stage_activate(
-            &names,
-            &plans,
-            m.safety.retries,
-            m.safety.retry_interval,
-            obs,
-        ) {
+        match self.stage_activate(&names, &plans, m.safety.retries, m.safety.retry_interval, obs) {
             Ok(attempts) => obs.progress(
                 Some(Stage::Activate),
-                &format!(
-                    "{} function(s) switched in one stop (attempt {attempts})",
-                    plans.len()
-                ),
+                &format!("{} function(s) switched in one stop (attempt {attempts})", plans.len()),
             ),
             Err(e) => {
                 let done = [Stage::Load, Stage::Link, Stage::Init];
@@ -827,21 +660,12 @@ impl<'e> Session<'e> {
             r.trial_deadline = Some(deadline);
         }
         self.write_registry(&reg)?;
-        reg.get(&m.patch)
-            .cloned()
-            .ok_or_else(|| Error::other(format!("the registry lost the record of `{}`", m.patch)))
+        reg.get(&m.patch).cloned().ok_or_else(|| Error::other(format!("the registry lost the record of `{}`", m.patch)))
     }
 
     /// Removes every trace of a failed apply: unmaps the module, drops the record, and removes
     /// the registry mapping if this apply created it.
-    fn undo_apply(
-        &mut self,
-        reg: &mut Registry,
-        id: &str,
-        base: u64,
-        size: u64,
-        had_registry: bool,
-    ) -> Result<()> {
+    fn undo_apply(&mut self, reg: &mut Registry, id: &str, base: u64, size: u64, had_registry: bool) -> Result<()> {
         self.target.refresh_maps()?;
         let reg_loc = registry::locate(&self.target.maps);
         {
@@ -882,20 +706,10 @@ impl<'e> Session<'e> {
         let mut h = self.hijack()?;
         let r = h.syscall(
             nr::MMAP,
-            &[
-                hint,
-                size,
-                PROT_READ,
-                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                u64::MAX,
-                0,
-            ],
+            &[hint, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0],
         )?;
         if r < 0 {
-            return Err(registry::syscall_error(
-                "reserving the module's address range (mmap)",
-                r,
-            ));
+            return Err(registry::syscall_error("reserving the module's address range (mmap)", r));
         }
         let base = r as u64;
         if base != hint {
@@ -927,28 +741,15 @@ impl<'e> Session<'e> {
                     let len = page_ceil(file_end) - start;
                     let r = h.syscall(
                         nr::MMAP,
-                        &[
-                            start,
-                            len,
-                            s.prot(),
-                            MAP_PRIVATE | MAP_FIXED,
-                            fd as u64,
-                            page_floor(s.offset),
-                        ],
+                        &[start, len, s.prot(), MAP_PRIVATE | MAP_FIXED, fd as u64, page_floor(s.offset)],
                     )?;
                     if r < 0 {
                         let _ = h.syscall(nr::CLOSE, &[fd as u64]);
-                        return Err(registry::syscall_error(
-                            "mapping a module segment (mmap)",
-                            r,
-                        ));
+                        return Err(registry::syscall_error("mapping a module segment (mmap)", r));
                     }
                     // The file's page may hold other bytes past the segment: zero them (bss).
                     if s.memsz > s.filesz && page_ceil(file_end) > file_end {
-                        mem.write(
-                            file_end,
-                            &vec![0u8; (page_ceil(file_end) - file_end) as usize],
-                        )?;
+                        mem.write(file_end, &vec![0u8; (page_ceil(file_end) - file_end) as usize])?;
                     }
                     if mem_end > page_ceil(file_end) {
                         let r = h.syscall(
@@ -963,10 +764,7 @@ impl<'e> Session<'e> {
                             ],
                         )?;
                         if r < 0 {
-                            return Err(registry::syscall_error(
-                                "mapping the module's bss (mmap)",
-                                r,
-                            ));
+                            return Err(registry::syscall_error("mapping the module's bss (mmap)", r));
                         }
                     }
                 } else {
@@ -974,20 +772,10 @@ impl<'e> Session<'e> {
                     // memory with the final protections, filled through /proc/PID/mem.
                     let r = h.syscall(
                         nr::MMAP,
-                        &[
-                            start,
-                            mem_end - start,
-                            s.prot(),
-                            MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS,
-                            u64::MAX,
-                            0,
-                        ],
+                        &[start, mem_end - start, s.prot(), MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS, u64::MAX, 0],
                     )?;
                     if r < 0 {
-                        return Err(registry::syscall_error(
-                            "mapping a module segment (mmap)",
-                            r,
-                        ));
+                        return Err(registry::syscall_error("mapping a module segment (mmap)", r));
                     }
                     if let Some(bytes) = module.bytes_at(s.vaddr, s.filesz) {
                         mem.write(bias.wrapping_add(s.vaddr), bytes)?;
@@ -1054,11 +842,7 @@ impl<'e> Session<'e> {
             }
             let s = r.sym.and_then(|i| values.get(&i).copied()).unwrap_or(0);
             let at = r.offset.wrapping_sub(lo) as usize;
-            let width = if matches!(r.rtype, R_PC32 | R_PLT32) {
-                4
-            } else {
-                8
-            };
+            let width = if matches!(r.rtype, R_PC32 | R_PLT32) { 4 } else { 8 };
             if at.checked_add(width).is_none_or(|e| e > size) {
                 return Err(Error::bad_input(format!(
                     "patch module {}: relocation at {:#x} lies outside the module",
@@ -1069,9 +853,7 @@ impl<'e> Session<'e> {
             let place = bias.wrapping_add(r.offset);
             let bytes: Vec<u8> = match r.rtype {
                 R_RELATIVE => bias.wrapping_add_signed(r.addend).to_le_bytes().to_vec(),
-                R_64 | R_GLOB_DAT | R_JUMP_SLOT => {
-                    s.wrapping_add_signed(r.addend).to_le_bytes().to_vec()
-                }
+                R_64 | R_GLOB_DAT | R_JUMP_SLOT => s.wrapping_add_signed(r.addend).to_le_bytes().to_vec(),
                 _ => {
                     let v = s.wrapping_add_signed(r.addend).wrapping_sub(place) as i64;
                     let v = i32::try_from(v).map_err(|_| {
@@ -1100,16 +882,11 @@ impl<'e> Session<'e> {
                 pg += 1;
             }
             let (a, b) = (start * 4096, (pg * 4096).min(size));
-            self.target
-                .mem
-                .write(bias.wrapping_add(lo + a as u64), &image[a..b])?;
+            self.target.mem.write(bias.wrapping_add(lo + a as u64), &image[a..b])?;
         }
         // RELRO becomes read-only, as ld.so leaves it.
         if let Some((vaddr, len)) = module.relro {
-            let (s, e) = (
-                page_floor(bias.wrapping_add(vaddr)),
-                page_floor(bias.wrapping_add(vaddr + len)),
-            );
+            let (s, e) = (page_floor(bias.wrapping_add(vaddr)), page_floor(bias.wrapping_add(vaddr + len)));
             if e > s {
                 let mut h = self.hijack()?;
                 let r = h.syscall(nr::MPROTECT, &[s, e - s, 1])?;
@@ -1145,12 +922,7 @@ impl<'e> Session<'e> {
         let timeout = self.engine.init_timeout;
         let mut h = self.hijack()?;
         for (k, &f) in inits.iter().enumerate() {
-            h.call(
-                f,
-                &[0, 0, 0],
-                timeout,
-                &format!("init function #{} at {f:#x}", k + 1),
-            )?;
+            h.call(f, &[0, 0, 0], timeout, &format!("init function #{} at {f:#x}", k + 1))?;
         }
         h.release()?;
         Ok(())
@@ -1166,10 +938,7 @@ impl<'e> Session<'e> {
         interval: Duration,
         obs: &mut dyn Observer,
     ) -> Result<u32> {
-        let writes: Vec<(u64, &[u8])> = plans
-            .iter()
-            .map(|p| (p.patch_address, p.written.as_slice()))
-            .collect();
+        let writes: Vec<(u64, &[u8])> = plans.iter().map(|p| (p.patch_address, p.written.as_slice())).collect();
         self.switch(names, plans, &writes, retries, interval, obs)
     }
 
@@ -1192,26 +961,13 @@ impl<'e> Session<'e> {
             let stacks: Vec<(i32, u64, u64, Vec<u8>)> = world
                 .threads()
                 .iter()
-                .map(|t| {
-                    (
-                        t.tid,
-                        t.regs.rip,
-                        t.regs.rsp,
-                        self.target.mem.read_partial(t.regs.rsp, STACK_SCAN),
-                    )
-                })
+                .map(|t| (t.tid, t.regs.rip, t.regs.rsp, self.target.mem.read_partial(t.regs.rsp, STACK_SCAN)))
                 .collect();
             let views: Vec<ThreadView> = stacks
                 .iter()
-                .map(|(tid, rip, rsp, stack)| ThreadView {
-                    tid: *tid,
-                    rip: *rip,
-                    stack_base: *rsp,
-                    stack,
-                })
+                .map(|(tid, rip, rsp, stack)| ThreadView { tid: *tid, rip: *rip, stack_base: *rsp, stack })
                 .collect();
-            let conflicts =
-                safety::entry_conflicts(names.iter().copied().zip(plans.iter()), &views);
+            let conflicts = safety::entry_conflicts(names.iter().copied().zip(plans.iter()), &views);
             if conflicts.is_empty() {
                 let mut result = Ok(());
                 for (addr, bytes) in writes {
@@ -1226,10 +982,7 @@ impl<'e> Session<'e> {
             }
             world.resume()?;
             if attempt > retries {
-                let list = conflicts
-                    .iter()
-                    .map(|c| format!("\n  {c}"))
-                    .collect::<String>();
+                let list = conflicts.iter().map(|c| format!("\n  {c}")).collect::<String>();
                 let tids: Vec<String> = conflicts.iter().map(|c| c.tid.to_string()).collect();
                 return Err(Error::busy(format!(
                     "busy: after {attempt} attempts, thread(s) {} still in the way:{list}",
@@ -1238,10 +991,7 @@ impl<'e> Session<'e> {
                 .hint("the service keeps these threads in the function; retry at a quieter moment or raise safety.retries"));
             }
             if attempt == 1 || attempt % 20 == 0 {
-                obs.progress(
-                    Some(Stage::Activate),
-                    &format!("busy ({}), retrying", conflicts[0]),
-                );
+                obs.progress(Some(Stage::Activate), &format!("busy ({}), retrying", conflicts[0]));
             }
             std::thread::sleep(interval);
         }
@@ -1251,12 +1001,7 @@ impl<'e> Session<'e> {
 
     /// Rolls back `patch` (the most recently applied one when `None`); with `cascade`, the
     /// patches that require it are rolled back first, newest first. Returns the ids rolled back.
-    pub fn rollback(
-        &mut self,
-        patch: Option<&str>,
-        cascade: bool,
-        obs: &mut dyn Observer,
-    ) -> Result<Vec<String>> {
+    pub fn rollback(&mut self, patch: Option<&str>, cascade: bool, obs: &mut dyn Observer) -> Result<Vec<String>> {
         let result = self.rollback_inner(patch, cascade, obs);
         match &result {
             Ok(ids) => {
@@ -1269,12 +1014,7 @@ impl<'e> Session<'e> {
         result
     }
 
-    fn rollback_inner(
-        &mut self,
-        patch: Option<&str>,
-        cascade: bool,
-        obs: &mut dyn Observer,
-    ) -> Result<Vec<String>> {
+    fn rollback_inner(&mut self, patch: Option<&str>, cascade: bool, obs: &mut dyn Observer) -> Result<Vec<String>> {
         let pid = self.target.pid;
         let mut reg = self.registry()?;
         let id = match patch {
@@ -1287,10 +1027,8 @@ impl<'e> Session<'e> {
                         )))
                     }
                     None => {
-                        return Err(Error::precondition(format!(
-                            "patch `{id}` is not applied in process {pid}"
-                        ))
-                        .hint(format!("see pannus status --pid {pid}")))
+                        return Err(Error::precondition(format!("patch `{id}` is not applied in process {pid}"))
+                            .hint(format!("see pannus status --pid {pid}")))
                     }
                 }
                 id.to_string()
@@ -1299,9 +1037,7 @@ impl<'e> Session<'e> {
                 .applied()
                 .max_by_key(|p| p.seq)
                 .map(|p| p.patch.clone())
-                .ok_or_else(|| {
-                    Error::precondition(format!("process {pid} has no patch applied"))
-                })?,
+                .ok_or_else(|| Error::precondition(format!("process {pid} has no patch applied")))?,
         };
         // Everything that depends on it, transitively.
         let mut order = vec![id.clone()];
@@ -1319,15 +1055,9 @@ impl<'e> Session<'e> {
         if !dependents.is_empty() && !cascade {
             return Err(Error::precondition(format!(
                 "patch `{id}` is required by {} applied in process {pid}",
-                dependents
-                    .iter()
-                    .map(|d| format!("`{d}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
             ))
-            .hint(
-                "roll those back first, or use --cascade to roll them back together, newest first",
-            ));
+            .hint("roll those back first, or use --cascade to roll them back together, newest first"));
         }
         order.sort_by_key(|i| std::cmp::Reverse(reg.get(i).map(|p| p.seq).unwrap_or(0)));
         let mut done = Vec::new();
@@ -1340,10 +1070,7 @@ impl<'e> Session<'e> {
     }
 
     fn rollback_one(&mut self, reg: &mut Registry, id: &str, obs: &mut dyn Observer) -> Result<()> {
-        let rec = reg
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::other(format!("patch `{id}` vanished")))?;
+        let rec = reg.get(id).cloned().ok_or_else(|| Error::other(format!("patch `{id}` vanished")))?;
         let retries = rec.retries;
         let interval = Duration::from_millis(rec.retry_interval_ms);
         // 1. Restore entry bytes (or hand them to a later patch stacked on the same function).
@@ -1413,10 +1140,7 @@ impl<'e> Session<'e> {
                     }
                 }
                 Err(e) => {
-                    obs.progress(
-                        None,
-                        &format!("module of `{id}` kept mapped: {}", e.message),
-                    );
+                    obs.progress(None, &format!("module of `{id}` kept mapped: {}", e.message));
                     if let Some(r) = reg.get_mut(id) {
                         r.note = Some(format!("module kept mapped: {}", e.message));
                     }
@@ -1428,13 +1152,7 @@ impl<'e> Session<'e> {
     }
 
     /// Waits until no thread executes in `[base, base+size)` or has a return address into it.
-    fn wait_module_idle(
-        &mut self,
-        base: u64,
-        size: u64,
-        retries: u32,
-        interval: Duration,
-    ) -> Result<()> {
+    fn wait_module_idle(&mut self, base: u64, size: u64, retries: u32, interval: Duration) -> Result<()> {
         let exec: Vec<(u64, u64)> = self
             .target
             .maps
@@ -1450,10 +1168,7 @@ impl<'e> Session<'e> {
             let mut busy = None;
             for t in world.threads() {
                 if inside(t.regs.rip) {
-                    busy = Some(format!(
-                        "thread {} is executing in the module at {:#x}",
-                        t.tid, t.regs.rip
-                    ));
+                    busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.regs.rip));
                     break;
                 }
                 let stack = self.target.mem.read_partial(t.regs.rsp, STACK_SCAN);
@@ -1462,10 +1177,7 @@ impl<'e> Session<'e> {
                     .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
                     .find(|&v| inside(v))
                 {
-                    busy = Some(format!(
-                        "thread {} has a return address into the module ({v:#x})",
-                        t.tid
-                    ));
+                    busy = Some(format!("thread {} has a return address into the module ({v:#x})", t.tid));
                     break;
                 }
             }
@@ -1483,9 +1195,9 @@ impl<'e> Session<'e> {
         let pid = self.target.pid;
         let result = (|| {
             let mut reg = self.registry()?;
-            let rec = reg.get_mut(patch).ok_or_else(|| {
-                Error::precondition(format!("patch `{patch}` is not applied in process {pid}"))
-            })?;
+            let rec = reg
+                .get_mut(patch)
+                .ok_or_else(|| Error::precondition(format!("patch `{patch}` is not applied in process {pid}")))?;
             match rec.state {
                 State::Trial => {}
                 State::Committed => return Ok(rec.clone()),
@@ -1517,10 +1229,7 @@ const STACK_SCAN: usize = 64 << 10;
 fn thread_alive(pid: i32, tid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| !r.trim_start().starts_with('Z'))
-        })
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 
@@ -1577,10 +1286,7 @@ fn resolve(
     for (o, bias) in requires {
         if let Some(d) = o.lookup_dynamic(&s.name, None) {
             kind_check(d.kind, "a required patch")?;
-            return Ok((
-                Value::Abs(bias.wrapping_add(d.value)),
-                o.path.display().to_string(),
-            ));
+            return Ok((Value::Abs(bias.wrapping_add(d.value)), o.path.display().to_string()));
         }
     }
     // 3. The target object, file-local symbols included.
@@ -1588,11 +1294,7 @@ fn resolve(
         Ok(Some(d)) => {
             kind_check(d.kind, "the target object")?;
             let a = object.addr(d.value);
-            let v = if d.kind == SymKind::Ifunc {
-                Value::Ifunc(a)
-            } else {
-                Value::Abs(a)
-            };
+            let v = if d.kind == SymKind::Ifunc { Value::Ifunc(a) } else { Value::Abs(a) };
             return Ok((v, object.mapped_path.clone()));
         }
         Ok(None) => {}
@@ -1613,22 +1315,14 @@ fn resolve(
         if let Some(d) = o.object.lookup_dynamic(&s.name, s.version.as_deref()) {
             kind_check(d.kind, &o.mapped_path)?;
             let a = o.addr(d.value);
-            let v = if d.kind == SymKind::Ifunc {
-                Value::Ifunc(a)
-            } else {
-                Value::Abs(a)
-            };
+            let v = if d.kind == SymKind::Ifunc { Value::Ifunc(a) } else { Value::Abs(a) };
             return Ok((v, o.mapped_path.clone()));
         }
     }
     if s.weak {
         return Ok((Value::Zero, "undefined weak".into()));
     }
-    let ver = s
-        .version
-        .as_deref()
-        .map(|v| format!("@{v}"))
-        .unwrap_or_default();
+    let ver = s.version.as_deref().map(|v| format!("@{v}")).unwrap_or_default();
     Err(Error::precondition(format!(
         "symbol `{}{ver}` needed by the module is defined nowhere: not in the module, the patches it requires, {}, nor any library the process has loaded",
         s.name, object.mapped_path
@@ -1650,12 +1344,7 @@ pub fn remaining(rec: &PatchRecord) -> Option<u64> {
 
 /// Waits for the trial of `patch` to end and applies its `on_expiry` policy; `tick` is called
 /// about once a second with the seconds left. Returns the final state.
-pub fn wait_trial(
-    engine: &Engine,
-    pid: i32,
-    patch: &str,
-    mut tick: impl FnMut(u64),
-) -> Result<State> {
+pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u64)) -> Result<State> {
     loop {
         let (_, reg) = read_status(pid)?;
         let Some(rec) = reg.get(patch) else {
@@ -1702,9 +1391,7 @@ pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
         return out;
     };
     let me = std::process::id() as i32;
-    let mut pids: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let mut pids: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     pids.sort_unstable();
     for pid in pids {
         if pid == me {
@@ -1715,13 +1402,8 @@ pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
         if loc.is_none() && !all {
             continue;
         }
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
         let patches = match loc {
             Some(loc) => pannus_kernel::Mem::open(pid)
                 .ok()
@@ -1733,12 +1415,7 @@ pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
         if !all && !patches.iter().any(|p| p.state.is_applied()) {
             continue;
         }
-        out.push(ProcessInfo {
-            pid,
-            name,
-            exe,
-            patches,
-        });
+        out.push(ProcessInfo { pid, name, exe, patches });
     }
     out
 }
@@ -1749,8 +1426,7 @@ pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
 pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
     Command::new(exe)
         .args(["trial-watch", "--pid", &pid.to_string(), patch])
         .env("PANNUS_STATE_DIR", &engine.state_dir)
@@ -1772,14 +1448,7 @@ pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
             Ok(State::RolledBack)
         }
         Err(e) => {
-            let _ = engine.journal().record(
-                "trial-watch",
-                pid,
-                "",
-                Some(patch),
-                outcome_of(&e),
-                &e.message,
-            );
+            let _ = engine.journal().record("trial-watch", pid, "", Some(patch), outcome_of(&e), &e.message);
             Err(e)
         }
     }

@@ -40,11 +40,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            hint: None,
-        }
+        Error { kind, message: message.into(), hint: None }
     }
     pub fn bad_input(message: impl Into<String>) -> Self {
         Self::new(Kind::BadInput, message)
@@ -90,16 +86,11 @@ impl From<pannus_kernel::Error> for Error {
             _ => Kind::Other,
         };
         let hint = match &e {
-            pannus_kernel::Error::Permission { .. } => Some(
-                "run pannus as root or with CAP_SYS_PTRACE; check kernel.yama.ptrace_scope"
-                    .to_string(),
-            ),
+            pannus_kernel::Error::Permission { .. } => {
+                Some("run pannus as root or with CAP_SYS_PTRACE; check kernel.yama.ptrace_scope".to_string())
+            }
             _ => None,
         };
-        Error {
-            kind,
-            message: e.to_string(),
-            hint,
-        }
+        Error { kind, message: e.to_string(), hint }
     }
 }

@@ -44,21 +44,14 @@ pub fn who() -> (String, u32) {
     let uid = nix::unistd::getuid().as_raw();
     let name = std::env::var("SUDO_USER")
         .ok()
-        .or_else(|| {
-            nix::unistd::User::from_uid(uid.into())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
+        .or_else(|| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name))
         .unwrap_or_else(|| uid.to_string());
     (name, uid)
 }
 
 impl Journal {
     pub fn open(dir: &Path) -> Journal {
-        Journal {
-            path: dir.join("journal.jsonl"),
-        }
+        Journal { path: dir.join("journal.jsonl") }
     }
 
     pub fn path(&self) -> &Path {
@@ -91,16 +84,14 @@ impl Journal {
         let mut line = serde_json::to_string(&entry).map_err(|e| Error::other(e.to_string()))?;
         line.push('\n');
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::other(format!("journal folder {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::other(format!("journal folder {}: {e}", dir.display())))?;
         }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
             .map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))?;
-        f.write_all(line.as_bytes())
-            .map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))
+        f.write_all(line.as_bytes()).map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))
     }
 
     /// Every entry, oldest first; lines that do not parse are skipped.

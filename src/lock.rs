@@ -15,10 +15,7 @@ pub struct ProcessLock {
 fn start_time(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
-        })
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -26,12 +23,8 @@ impl ProcessLock {
     /// Takes the lock for `pid`, waiting up to `wait` for another pannus to finish.
     pub fn acquire(state_dir: &Path, pid: i32, wait: Duration) -> Result<ProcessLock> {
         let dir = state_dir.join("locks");
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Error::other(format!(
-                "cannot create the lock folder {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::other(format!("cannot create the lock folder {}: {e}", dir.display())))?;
         let path = dir.join(format!("{pid}-{}.lock", start_time(pid)));
         let start = Instant::now();
         loop {

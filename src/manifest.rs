@@ -110,9 +110,7 @@ pub struct SafetySpec {
 }
 
 /// How the module is brought into the target process.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(extend("enum" = ["mmap", "dlopen"]))]
 pub enum LoadMethod {
@@ -124,9 +122,7 @@ pub enum LoadMethod {
 }
 
 /// What happens when a trial ends without an operator decision.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(extend("enum" = ["commit", "rollback"]))]
 pub enum OnExpiry {
@@ -138,9 +134,7 @@ pub enum OnExpiry {
 }
 
 /// Which safety check decides that functions may be switched.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(extend("enum" = ["entry", "function"]))]
 pub enum Consistency {
@@ -201,10 +195,7 @@ impl fmt::Display for Consistency {
 
 impl Default for TrialSpec {
     fn default() -> Self {
-        TrialSpec {
-            duration: DEFAULT_TRIAL,
-            on_expiry: OnExpiry::default(),
-        }
+        TrialSpec { duration: DEFAULT_TRIAL, on_expiry: OnExpiry::default() }
     }
 }
 
@@ -231,8 +222,7 @@ pub fn valid_patch_id(id: &str) -> bool {
         _ => return false,
     }
     id.len() <= MAX_PATCH_ID_LEN
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
 impl Manifest {
@@ -253,11 +243,8 @@ impl Manifest {
             Err(e) => {
                 let before = &bytes[..e.valid_up_to()];
                 let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-                return Err(Error::bad_input(format!(
-                    "{}:{line}: manifest is not valid UTF-8 text",
-                    path.display()
-                ))
-                .hint("save the manifest as UTF-8"));
+                return Err(Error::bad_input(format!("{}:{line}: manifest is not valid UTF-8 text", path.display()))
+                    .hint("save the manifest as UTF-8"));
             }
         };
         Manifest::parse(text, path)
@@ -266,10 +253,7 @@ impl Manifest {
     /// Validates manifest `text`; `path` names the file in messages, and relative
     /// module paths are taken from its folder.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
-        let cx = Cx {
-            file: path,
-            spots: Spots::scan(text),
-        };
+        let cx = Cx { file: path, spots: Spots::scan(text) };
         let raw = cx.deserialize(text)?;
         let mut m = cx.validate(raw)?;
         m.digest = hex::encode(Sha256::digest(text.as_bytes()));
@@ -465,18 +449,11 @@ impl Spots {
                     let gap = after.len() - after.trim_start_matches(' ').len();
                     let value_pos = pos + 1 + gap;
                     let has_value = value_pos < raw.len() && !raw[value_pos..].starts_with('#');
-                    stack.push(Frame {
-                        indent: pos,
-                        seg: Seg::Item(index),
-                    });
+                    stack.push(Frame { indent: pos, seg: Seg::Item(index) });
                     let col = if has_value { value_pos } else { pos };
                     entries.push((
                         path_of(&stack),
-                        Spot {
-                            line,
-                            col: char_col(raw, col),
-                            value_col: has_value.then(|| char_col(raw, value_pos)),
-                        },
+                        Spot { line, col: char_col(raw, col), value_col: has_value.then(|| char_col(raw, value_pos)) },
                     ));
                     if !has_value {
                         break;
@@ -488,10 +465,7 @@ impl Spots {
                     while stack.last().is_some_and(|top| top.indent >= pos) {
                         stack.pop();
                     }
-                    stack.push(Frame {
-                        indent: pos,
-                        seg: Seg::Key(key),
-                    });
+                    stack.push(Frame { indent: pos, seg: Seg::Key(key) });
                     let value = &rest[value_off..];
                     let has_value = !value.is_empty() && !value.starts_with('#');
                     entries.push((
@@ -509,19 +483,12 @@ impl Spots {
                 break;
             }
         }
-        Spots {
-            entries,
-            first_line: first_line.max(1),
-        }
+        Spots { entries, first_line: first_line.max(1) }
     }
 
     /// The `nth` (0-based) place where `path` is written.
     fn nth(&self, path: &str, nth: usize) -> Option<Spot> {
-        self.entries
-            .iter()
-            .filter(|(p, _)| p == path)
-            .nth(nth)
-            .map(|(_, s)| *s)
+        self.entries.iter().filter(|(p, _)| p == path).nth(nth).map(|(_, s)| *s)
     }
 
     /// Where `path` is written, or else its closest written ancestor, or else the
@@ -534,13 +501,7 @@ impl Spots {
             }
             match parent_path(p) {
                 Some(parent) => p = parent,
-                None => {
-                    return Spot {
-                        line: self.first_line,
-                        col: 1,
-                        value_col: None,
-                    }
-                }
+                None => return Spot { line: self.first_line, col: 1, value_col: None },
             }
         }
     }
@@ -548,26 +509,17 @@ impl Spots {
     /// Where the value of `path` is written (falling back as [`Spots::near`] does).
     fn value(&self, path: &str) -> Spot {
         let s = self.near(path);
-        Spot {
-            col: s.value_col.unwrap_or(s.col),
-            ..s
-        }
+        Spot { col: s.value_col.unwrap_or(s.col), ..s }
     }
 
     /// A key written on `line`, if any (the deepest one).
     fn key_on_line(&self, line: usize) -> Option<&str> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(_, s)| s.line == line)
-            .map(|(p, _)| p.as_str())
+        self.entries.iter().rev().find(|(_, s)| s.line == line).map(|(p, _)| p.as_str())
     }
 }
 
 fn is_marker(content: &str, marker: &str) -> bool {
-    content
-        .strip_prefix(marker)
-        .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']))
+    content.strip_prefix(marker).is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']))
 }
 
 /// 1-based character column of byte offset `pos` in `line`.
@@ -669,10 +621,7 @@ impl Cx<'_> {
     /// An error about the key at `path` not being set.
     fn missing(&self, path: &str) -> Error {
         let spot = self.spots.near(path);
-        let spot = Spot {
-            col: spot.value_col.unwrap_or(spot.col),
-            ..spot
-        };
+        let spot = Spot { col: spot.value_col.unwrap_or(spot.col), ..spot };
         self.at_spot(spot, format_args!("{path}: missing"))
     }
 
@@ -683,9 +632,7 @@ impl Cx<'_> {
             Ok(serde_yaml::Value::Null) => {
                 return Err(self
                     .at(self.spots.first_line, None, "manifest is empty")
-                    .hint(
-                        "a manifest needs at least patch, version, target, module and functions",
-                    ));
+                    .hint("a manifest needs at least patch, version, target, module and functions"));
             }
             Ok(other) => {
                 let found = match other {
@@ -699,9 +646,7 @@ impl Cx<'_> {
                         Some(1),
                         format_args!("top level: expected a mapping of keys, found {found}"),
                     )
-                    .hint(
-                        "start the manifest with `patch: <id>` and the other keys, one per line",
-                    ));
+                    .hint("start the manifest with `patch: <id>` and the other keys, one per line"));
             }
         }
         serde_yaml::from_str::<RawManifest>(text).map_err(|e| self.yaml_error(&e, text))
@@ -713,19 +658,13 @@ impl Cx<'_> {
             Some(l) => (l.line(), Some(l.column())),
             None => (self.fallback_line(&full, text), None),
         };
-        let mark = col
-            .map(|c| format!(" at line {line} column {c}"))
-            .unwrap_or_default();
+        let mark = col.map(|c| format!(" at line {line} column {c}")).unwrap_or_default();
         let body = match full.find(mark.as_str()) {
             Some(i) if !mark.is_empty() => format!("{}{}", &full[..i], &full[i + mark.len()..]),
             _ => full.clone(),
         };
         let (path, msg) = split_path(&body);
-        let within = if path.is_empty() {
-            "at top level".to_string()
-        } else {
-            format!("in {path}")
-        };
+        let within = if path.is_empty() { "at top level".to_string() } else { format!("in {path}") };
         let join = |key: &str| {
             if path.is_empty() {
                 key.to_string()
@@ -755,38 +694,26 @@ impl Cx<'_> {
                 None => (rest.trim_end_matches('`'), Vec::new()),
             };
             let err = self.at(line, col, format_args!("{path}: invalid value `{value}`"));
-            return if expected.is_empty() {
-                err
-            } else {
-                err.hint(format!("valid values: {}", expected.join(", ")))
-            };
+            return if expected.is_empty() { err } else { err.hint(format!("valid values: {}", expected.join(", "))) };
         }
         if let Some(rest) = msg.strip_prefix("duplicate field `") {
             let key = join(rest.trim_end_matches('`'));
             let first = self.spots.nth(&key, 0);
             return match (self.spots.nth(&key, 1), first) {
-                (Some(again), Some(first)) => self.at_spot(
-                    again,
-                    format_args!("{key}: duplicate key (first set on line {})", first.line),
-                ),
+                (Some(again), Some(first)) => {
+                    self.at_spot(again, format_args!("{key}: duplicate key (first set on line {})", first.line))
+                }
                 _ => self.at(line, col, format_args!("{key}: duplicate key")),
             }
             .hint("set each key once");
         }
-        if msg.starts_with("invalid type")
-            || msg.starts_with("invalid value")
-            || msg.starts_with("invalid length")
-        {
+        if msg.starts_with("invalid type") || msg.starts_with("invalid value") || msg.starts_with("invalid length") {
             let what = if path.is_empty() { "top level" } else { path };
             return self.at(line, col, format_args!("{what}: {msg}"));
         }
         // Syntax errors and anything else the YAML reader reports.
         let mut err = match self.spots.key_on_line(line) {
-            Some(key) if !key.is_empty() => self.at(
-                line,
-                col,
-                format_args!("YAML syntax error near `{key}`: {body}"),
-            ),
+            Some(key) if !key.is_empty() => self.at(line, col, format_args!("YAML syntax error near `{key}`: {body}")),
             _ => self.at(line, col, format_args!("YAML syntax error: {body}")),
         };
         if body.contains("tab character") {
@@ -806,11 +733,7 @@ impl Cx<'_> {
                 if is_marker(l, "---") && seen_content {
                     return n + 1;
                 }
-                if !t.is_empty()
-                    && !t.starts_with('#')
-                    && !is_marker(l, "---")
-                    && !t.starts_with('%')
-                {
+                if !t.is_empty() && !t.starts_with('#') && !is_marker(l, "---") && !t.starts_with('%') {
                     seen_content = true;
                 }
             }
@@ -830,9 +753,7 @@ impl Cx<'_> {
         if valid_patch_id(value) {
             Ok(())
         } else {
-            Err(self
-                .bad_value(path, format_args!("invalid patch id `{value}`"))
-                .hint(ID_RULES))
+            Err(self.bad_value(path, format_args!("invalid patch id `{value}`")).hint(ID_RULES))
         }
     }
 
@@ -850,10 +771,8 @@ impl Cx<'_> {
         let Some(text) = value else {
             return Ok(default);
         };
-        humantime::parse_duration(text.trim()).map_err(|e| {
-            self.bad_value(path, format_args!("invalid duration `{text}`: {e}"))
-                .hint(DURATION_EXAMPLES)
-        })
+        humantime::parse_duration(text.trim())
+            .map_err(|e| self.bad_value(path, format_args!("invalid duration `{text}`: {e}")).hint(DURATION_EXAMPLES))
     }
 
     fn validate(&self, raw: RawManifest) -> Result<Manifest> {
@@ -877,12 +796,8 @@ impl Cx<'_> {
         let module = raw.module.ok_or_else(|| self.missing("module"))?;
         let module_path = self.required_str(module.path, "module.path")?;
         let base = self.file.parent().unwrap_or(Path::new(""));
-        let module_path = std::path::absolute(base.join(&module_path)).map_err(|e| {
-            self.bad_value(
-                "module.path",
-                format_args!("cannot make `{module_path}` absolute: {e}"),
-            )
-        })?;
+        let module_path = std::path::absolute(base.join(&module_path))
+            .map_err(|e| self.bad_value("module.path", format_args!("cannot make `{module_path}` absolute: {e}")))?;
         let sha256 = self.required_str(module.sha256, "module.sha256")?;
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             let what = if sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -890,9 +805,7 @@ impl Cx<'_> {
             } else {
                 format!("`{sha256}` is not hex")
             };
-            return Err(self
-                .bad_value("module.sha256", what)
-                .hint("use the output of `sha256sum <module>`"));
+            return Err(self.bad_value("module.sha256", what).hint("use the output of `sha256sum <module>`"));
         }
 
         let raw_functions = raw.functions.ok_or_else(|| self.missing("functions"))?;
@@ -916,10 +829,7 @@ impl Cx<'_> {
                     )
                     .hint("replace each function once"));
             }
-            functions.push(FunctionSpec {
-                target,
-                replacement,
-            });
+            functions.push(FunctionSpec { target, replacement });
         }
 
         let requires = raw.requires.unwrap_or_default();
@@ -944,36 +854,24 @@ impl Cx<'_> {
                     return Err(self
                         .bad_value(
                             "trial.duration",
-                            format_args!(
-                                "{} is out of range",
-                                humantime::format_duration(duration)
-                            ),
+                            format_args!("{} is out of range", humantime::format_duration(duration)),
                         )
                         .hint("a trial lasts more than 0s and at most 30days"));
                 }
-                TrialSpec {
-                    duration,
-                    on_expiry: t.on_expiry.unwrap_or_default(),
-                }
+                TrialSpec { duration, on_expiry: t.on_expiry.unwrap_or_default() }
             }
         };
 
         let safety = match raw.safety {
             None => SafetySpec::default(),
             Some(s) => {
-                let retry_interval = self.duration(
-                    s.retry_interval,
-                    "safety.retry_interval",
-                    DEFAULT_RETRY_INTERVAL,
-                )?;
+                let retry_interval =
+                    self.duration(s.retry_interval, "safety.retry_interval", DEFAULT_RETRY_INTERVAL)?;
                 if retry_interval > MAX_RETRY_INTERVAL {
                     return Err(self
                         .bad_value(
                             "safety.retry_interval",
-                            format_args!(
-                                "{} is too long",
-                                humantime::format_duration(retry_interval)
-                            ),
+                            format_args!("{} is too long", humantime::format_duration(retry_interval)),
                         )
                         .hint("the pause between attempts is at most 10s"));
                 }
@@ -989,10 +887,7 @@ impl Cx<'_> {
             patch,
             version,
             description,
-            target: TargetSpec {
-                object: PathBuf::from(object),
-                build_id: build_id.to_ascii_lowercase(),
-            },
+            target: TargetSpec { object: PathBuf::from(object), build_id: build_id.to_ascii_lowercase() },
             module: ModuleSpec {
                 path: module_path,
                 sha256: sha256.to_ascii_lowercase(),
@@ -1012,9 +907,7 @@ impl Cx<'_> {
 fn split_path(msg: &str) -> (&str, &str) {
     if let Some((head, tail)) = msg.split_once(": ") {
         let path_like = !head.is_empty()
-            && head
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+            && head.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
         if path_like {
             return (head, tail);
         }
@@ -1134,10 +1027,7 @@ functions:
         let m = Manifest::parse(&text, Path::new("/etc/pannus/invite.yaml")).unwrap();
         assert_eq!(m.patch, "invite-fix");
         assert_eq!(m.version, "1.0.2");
-        assert_eq!(
-            m.description.as_deref(),
-            Some("Fix crash on INVITE without Contact header")
-        );
+        assert_eq!(m.description.as_deref(), Some("Fix crash on INVITE without Contact header"));
         assert_eq!(m.target.object, PathBuf::from("/usr/sbin/sipd"));
         assert_eq!(m.target.build_id, "3f2a9c01");
         assert_eq!(m.module.path, PathBuf::from("/etc/pannus/invite-fix.so"));
@@ -1146,34 +1036,15 @@ functions:
         assert_eq!(
             m.functions,
             vec![
-                FunctionSpec {
-                    target: "handle_invite".into(),
-                    replacement: "handle_invite_fixed".into()
-                },
-                FunctionSpec {
-                    target: "_ZN3sip6Parser5parseEv".into(),
-                    replacement: "parse_fixed".into()
-                },
+                FunctionSpec { target: "handle_invite".into(), replacement: "handle_invite_fixed".into() },
+                FunctionSpec { target: "_ZN3sip6Parser5parseEv".into(), replacement: "parse_fixed".into() },
             ]
         );
-        assert_eq!(
-            m.requires,
-            vec!["base-fix".to_string(), "other.fix".to_string()]
-        );
-        assert_eq!(
-            m.trial,
-            TrialSpec {
-                duration: Duration::from_secs(5400),
-                on_expiry: OnExpiry::Rollback
-            }
-        );
+        assert_eq!(m.requires, vec!["base-fix".to_string(), "other.fix".to_string()]);
+        assert_eq!(m.trial, TrialSpec { duration: Duration::from_secs(5400), on_expiry: OnExpiry::Rollback });
         assert_eq!(
             m.safety,
-            SafetySpec {
-                consistency: Consistency::Function,
-                retries: 7,
-                retry_interval: Duration::from_millis(250)
-            }
+            SafetySpec { consistency: Consistency::Function, retries: 7, retry_interval: Duration::from_millis(250) }
         );
         assert_eq!(m.source, PathBuf::from("/etc/pannus/invite.yaml"));
         assert_eq!(m.digest, hex::encode(Sha256::digest(text.as_bytes())));
@@ -1187,20 +1058,10 @@ functions:
         assert_eq!(m.description, None);
         assert_eq!(m.module.load, LoadMethod::Mmap);
         assert!(m.requires.is_empty());
-        assert_eq!(
-            m.trial,
-            TrialSpec {
-                duration: Duration::from_secs(300),
-                on_expiry: OnExpiry::Commit
-            }
-        );
+        assert_eq!(m.trial, TrialSpec { duration: Duration::from_secs(300), on_expiry: OnExpiry::Commit });
         assert_eq!(
             m.safety,
-            SafetySpec {
-                consistency: Consistency::Entry,
-                retries: 100,
-                retry_interval: Duration::from_millis(10)
-            }
+            SafetySpec { consistency: Consistency::Entry, retries: 100, retry_interval: Duration::from_millis(10) }
         );
         // Empty sections also take the defaults.
         let m = parse(&format!("{}trial: {{}}\nsafety:\n", minimal())).unwrap();
@@ -1223,10 +1084,7 @@ functions:
         assert_eq!(m.module.path, PathBuf::from("/srv/patches/sub/m.so"));
         let m = Manifest::parse(&text, Path::new("a.yaml")).unwrap();
         assert!(m.module.path.is_absolute());
-        assert_eq!(
-            m.module.path,
-            std::env::current_dir().unwrap().join("sub/m.so")
-        );
+        assert_eq!(m.module.path, std::env::current_dir().unwrap().join("sub/m.so"));
         let m = Manifest::parse(&minimal(), Path::new("rel/a.yaml")).unwrap();
         assert_eq!(m.module.path, PathBuf::from("/opt/m.so"));
     }
@@ -1248,17 +1106,7 @@ functions:
         for ok in ["a", "0", "invite-fix", "a.b_c-d", &"a".repeat(64)] {
             assert!(valid_patch_id(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "-a",
-            ".a",
-            "_a",
-            "A",
-            "a b",
-            "a/b",
-            "é",
-            &"a".repeat(65),
-        ] {
+        for bad in ["", "-a", ".a", "_a", "A", "a b", "a/b", "é", &"a".repeat(65)] {
             assert!(!valid_patch_id(bad), "{bad}");
         }
     }
@@ -1267,9 +1115,7 @@ functions:
     fn unknown_key_top_level() {
         let msg = fails(&format!("{}\ntrail:\n  duration: 5m\n", minimal()));
         assert!(
-            msg.starts_with(
-                "manifests/x.yaml:13:1: unknown key `trail` at top level (expected one of: patch,"
-            ),
+            msg.starts_with("manifests/x.yaml:13:1: unknown key `trail` at top level (expected one of: patch,"),
             "{msg}"
         );
         assert!(msg.contains("did you mean `trial`?"), "{msg}");
@@ -1279,31 +1125,20 @@ functions:
     fn unknown_key_nested() {
         let msg = fails(&replace(&minimal(), "  build_id: ab", "  buildid: ab"));
         assert!(
-            msg.starts_with("manifests/x.yaml:5:3: unknown key `buildid` in target (expected one of: object, build_id)"),
+            msg.starts_with(
+                "manifests/x.yaml:5:3: unknown key `buildid` in target (expected one of: object, build_id)"
+            ),
             "{msg}"
         );
         assert!(msg.contains("did you mean `build_id`?"), "{msg}");
-        let msg = fails(&replace(
-            &minimal(),
-            "  replacement: g",
-            "  replacement: g\n  extra: 1",
-        ));
-        assert!(
-            msg.starts_with("manifests/x.yaml:12:3: unknown key `extra` in functions[0]"),
-            "{msg}"
-        );
+        let msg = fails(&replace(&minimal(), "  replacement: g", "  replacement: g\n  extra: 1"));
+        assert!(msg.starts_with("manifests/x.yaml:12:3: unknown key `extra` in functions[0]"), "{msg}");
     }
 
     #[test]
     fn missing_keys() {
-        let msg = fails(&format!(
-            "{}- target: h\n  replacement: i\n- target: j\n",
-            minimal()
-        ));
-        assert_eq!(
-            msg,
-            "manifests/x.yaml:14:3: functions[2].replacement: missing"
-        );
+        let msg = fails(&format!("{}- target: h\n  replacement: i\n- target: j\n", minimal()));
+        assert_eq!(msg, "manifests/x.yaml:14:3: functions[2].replacement: missing");
         let msg = fails(&replace(&minimal(), "  build_id: ab\n", ""));
         assert_eq!(msg, "manifests/x.yaml:3:1: target.build_id: missing");
         let msg = fails(&replace(&minimal(), "version: 1.2\n", ""));
@@ -1312,102 +1147,55 @@ functions:
         let msg = fails(&text[..text.find("functions:").unwrap()]);
         assert_eq!(msg, "manifests/x.yaml:1:1: functions: missing");
         let msg = fails(&replace(&minimal(), "version: 1.2", "version: ''"));
-        assert!(
-            msg.starts_with("manifests/x.yaml:2:10: version: must not be empty"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:2:10: version: must not be empty"), "{msg}");
     }
 
     #[test]
     fn bad_patch_id() {
         let msg = fails(&replace(&minimal(), "patch: p", "patch: Invite_Fix"));
-        assert!(
-            msg.starts_with("manifests/x.yaml:1:8: patch: invalid patch id `Invite_Fix`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:1:8: patch: invalid patch id `Invite_Fix`"), "{msg}");
         assert!(msg.contains("hint: a patch id is"), "{msg}");
         let msg = fails(&format!("{}requires:\n  - ok\n  - Bad\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:14:5: requires[1]: invalid patch id `Bad`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:14:5: requires[1]: invalid patch id `Bad`"), "{msg}");
     }
 
     #[test]
     fn bad_build_id() {
         for bad in ["abc", "xyz0", "0x12"] {
-            let msg = fails(&replace(
-                &minimal(),
-                "build_id: ab",
-                &format!("build_id: {bad}"),
-            ));
+            let msg = fails(&replace(&minimal(), "build_id: ab", &format!("build_id: {bad}")));
             assert!(
-                msg.starts_with(&format!(
-                    "manifests/x.yaml:5:13: target.build_id: invalid build-id `{bad}`"
-                )),
+                msg.starts_with(&format!("manifests/x.yaml:5:13: target.build_id: invalid build-id `{bad}`")),
                 "{msg}"
             );
         }
         let long = "a".repeat(130);
-        let msg = fails(&replace(
-            &minimal(),
-            "build_id: ab",
-            &format!("build_id: {long}"),
-        ));
+        let msg = fails(&replace(&minimal(), "build_id: ab", &format!("build_id: {long}")));
         assert!(msg.contains("target.build_id"), "{msg}");
-        let m = parse(&replace(
-            &minimal(),
-            "build_id: ab",
-            &format!("build_id: {}", "A".repeat(128)),
-        ))
-        .unwrap();
+        let m = parse(&replace(&minimal(), "build_id: ab", &format!("build_id: {}", "A".repeat(128)))).unwrap();
         assert_eq!(m.target.build_id, "a".repeat(128));
     }
 
     #[test]
     fn bad_sha256() {
         let msg = fails(&replace(&minimal(), SHA, &SHA[..63]));
-        assert!(
-            msg.starts_with(
-                "manifests/x.yaml:8:11: module.sha256: expected 64 hex digits, found 63"
-            ),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:8:11: module.sha256: expected 64 hex digits, found 63"), "{msg}");
         let msg = fails(&replace(&minimal(), SHA, &format!("{}zz", &SHA[..62])));
-        assert!(
-            msg.starts_with("manifests/x.yaml:8:11: module.sha256:"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:8:11: module.sha256:"), "{msg}");
         assert!(msg.contains("is not hex"), "{msg}");
     }
 
     #[test]
     fn bad_duration() {
         let msg = fails(&format!("{}trial:\n  duration: 5 parsecs\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:13:13: trial.duration: invalid duration `5 parsecs`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:13:13: trial.duration: invalid duration `5 parsecs`"), "{msg}");
         let msg = fails(&format!("{}trial:\n  duration: 0s\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:13:13: trial.duration: 0s is out of range"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:13:13: trial.duration: 0s is out of range"), "{msg}");
         let msg = fails(&format!("{}trial:\n  duration: 31days\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:13:13: trial.duration:"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:13:13: trial.duration:"), "{msg}");
         let msg = fails(&format!("{}safety:\n  retry_interval: 11s\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:13:19: safety.retry_interval: 11s is too long"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:13:19: safety.retry_interval: 11s is too long"), "{msg}");
         let msg = fails(&format!("{}safety:\n  retries: -1\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:13:12: safety.retries: invalid"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:13:12: safety.retries: invalid"), "{msg}");
         let m = parse(&format!("{}trial:\n  duration: 30days\n", minimal())).unwrap();
         assert_eq!(m.trial.duration, MAX_TRIAL);
     }
@@ -1415,19 +1203,10 @@ functions:
     #[test]
     fn bad_enum_values() {
         let msg = fails(&format!("{}trial:\n  on_expiry: keep\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:13:14: trial.on_expiry: invalid value `keep`"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("hint: valid values: commit, rollback"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:13:14: trial.on_expiry: invalid value `keep`"), "{msg}");
+        assert!(msg.contains("hint: valid values: commit, rollback"), "{msg}");
         let msg = fails(&replace(&minimal(), "sha256:", "load: preload\n  sha256:"));
-        assert!(
-            msg.starts_with("manifests/x.yaml:8:9: module.load: invalid value `preload`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:8:9: module.load: invalid value `preload`"), "{msg}");
         assert!(msg.contains("valid values: mmap, dlopen"), "{msg}");
         let msg = fails(&format!("{}safety:\n  consistency: none\n", minimal()));
         assert!(msg.contains("valid values: entry, function"), "{msg}");
@@ -1435,43 +1214,25 @@ functions:
 
     #[test]
     fn duplicate_function_target() {
-        let msg = fails(&format!(
-            "{}- target: other\n  replacement: o\n- target: f\n  replacement: g2\n",
-            minimal()
-        ));
-        assert!(
-            msg.starts_with("manifests/x.yaml:14:11: functions[2].target: duplicate target `f`"),
-            "{msg}"
-        );
+        let msg = fails(&format!("{}- target: other\n  replacement: o\n- target: f\n  replacement: g2\n", minimal()));
+        assert!(msg.starts_with("manifests/x.yaml:14:11: functions[2].target: duplicate target `f`"), "{msg}");
         assert!(msg.contains("functions[0], line 10"), "{msg}");
     }
 
     #[test]
     fn duplicate_key() {
         let msg = fails(&format!("{}patch: q\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:12:1: patch: duplicate key (first set on line 1)"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:12:1: patch: duplicate key (first set on line 1)"), "{msg}");
     }
 
     #[test]
     fn requires_rules() {
         let msg = fails(&format!("{}requires:\n- base\n- p\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:14:3: requires[1]: patch `p` cannot require itself"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:14:3: requires[1]: patch `p` cannot require itself"), "{msg}");
         let msg = fails(&format!("{}requires: [p]\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:12:11: requires[0]: patch `p` cannot require itself"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:12:11: requires[0]: patch `p` cannot require itself"), "{msg}");
         let msg = fails(&format!("{}requires: [a, a]\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:12:11: requires[1]: `a` is listed twice"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:12:11: requires[1]: `a` is listed twice"), "{msg}");
     }
 
     #[test]
@@ -1479,57 +1240,28 @@ functions:
         let text = minimal();
         let cut = &text[..text.find("functions:").unwrap()];
         let msg = fails(&format!("{cut}functions: []\n"));
-        assert!(
-            msg.starts_with("manifests/x.yaml:9:12: functions: must list at least one function"),
-            "{msg}"
-        );
-        let msg = fails(&replace(
-            &minimal(),
-            "  replacement: g",
-            "  replacement: has space",
-        ));
-        assert!(
-            msg.starts_with(
-                "manifests/x.yaml:11:16: functions[0].replacement: invalid symbol name"
-            ),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:9:12: functions: must list at least one function"), "{msg}");
+        let msg = fails(&replace(&minimal(), "  replacement: g", "  replacement: has space"));
+        assert!(msg.starts_with("manifests/x.yaml:11:16: functions[0].replacement: invalid symbol name"), "{msg}");
     }
 
     #[test]
     fn empty_file() {
         for text in ["", "\n\n", "# only a comment\n", "---\n"] {
             let msg = fails(text);
-            assert!(
-                msg.starts_with("manifests/x.yaml:1: manifest is empty"),
-                "{msg}"
-            );
+            assert!(msg.starts_with("manifests/x.yaml:1: manifest is empty"), "{msg}");
         }
     }
 
     #[test]
     fn not_a_mapping() {
         let msg = fails("# c\n- patch: a\n");
-        assert!(
-            msg.starts_with(
-                "manifests/x.yaml:2:1: top level: expected a mapping of keys, found a list"
-            ),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:2:1: top level: expected a mapping of keys, found a list"), "{msg}");
         let msg = fails("just text\n");
+        assert!(msg.starts_with("manifests/x.yaml:1:1: top level: expected a mapping"), "{msg}");
+        let msg = fails(&replace(&minimal(), "target:\n  object: /bin/x\n  build_id: ab", "target: /bin/x"));
         assert!(
-            msg.starts_with("manifests/x.yaml:1:1: top level: expected a mapping"),
-            "{msg}"
-        );
-        let msg = fails(&replace(
-            &minimal(),
-            "target:\n  object: /bin/x\n  build_id: ab",
-            "target: /bin/x",
-        ));
-        assert!(
-            msg.starts_with(
-                "manifests/x.yaml:3:9: target: invalid type: string \"/bin/x\", expected a mapping"
-            ),
+            msg.starts_with("manifests/x.yaml:3:9: target: invalid type: string \"/bin/x\", expected a mapping"),
             "{msg}"
         );
     }
@@ -1537,19 +1269,13 @@ functions:
     #[test]
     fn syntax_errors() {
         let msg = fails(&replace(&minimal(), "  build_id: ab", "\tbuild_id: ab"));
-        assert!(
-            msg.starts_with("manifests/x.yaml:5:1: YAML syntax error"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:5:1: YAML syntax error"), "{msg}");
         assert!(msg.contains("tab"), "{msg}");
         let msg = fails("patch: 'a\nversion: 1\n");
         assert!(msg.starts_with("manifests/x.yaml:"), "{msg}");
         assert!(msg.contains("YAML syntax error"), "{msg}");
         let msg = fails(&format!("{}---\npatch: q\n", minimal()));
-        assert!(
-            msg.starts_with("manifests/x.yaml:12: YAML syntax error"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("manifests/x.yaml:12: YAML syntax error"), "{msg}");
     }
 
     #[test]
@@ -1615,19 +1341,12 @@ k: v
         let missing = dir.path().join("nope.yaml");
         let err = Manifest::load(&missing).unwrap_err();
         assert_eq!(err.kind, Kind::BadInput);
-        assert!(
-            err.message.contains("nope.yaml: cannot read manifest"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("nope.yaml: cannot read manifest"), "{}", err.message);
         let file = dir.path().join("m.yaml");
         std::fs::write(&file, minimal().replace("path: /opt/m.so", "path: m.so")).unwrap();
         let m = Manifest::load(&file).unwrap();
         assert_eq!(m.module.path, dir.path().join("m.so"));
-        assert_eq!(
-            m.digest,
-            hex::encode(Sha256::digest(std::fs::read(&file).unwrap()))
-        );
+        assert_eq!(m.digest, hex::encode(Sha256::digest(std::fs::read(&file).unwrap())));
     }
 
     #[test]

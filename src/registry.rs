@@ -171,9 +171,7 @@ pub struct Location {
 /// Finds the registry mapping in a process's address space.
 pub fn locate(maps: &[Mapping]) -> Option<Location> {
     let want = format!("/memfd:{MAPPING_NAME}");
-    maps.iter()
-        .find(|m| m.path.starts_with(&want) && m.len() >= SIZE)
-        .map(|m| Location { addr: m.start })
+    maps.iter().find(|m| m.path.starts_with(&want) && m.len() >= SIZE).map(|m| Location { addr: m.start })
 }
 
 /// Reads the registry at `loc`.
@@ -198,54 +196,35 @@ pub fn read(mem: &Mem, loc: Location) -> Result<Registry> {
     let active = word(16) & 1;
     let len = word(24 + 8 * active as usize);
     if len == 0 {
-        return Ok(Registry {
-            format: FORMAT,
-            ..Default::default()
-        });
+        return Ok(Registry { format: FORMAT, ..Default::default() });
     }
     if len > SLOT {
-        return Err(Error::other(format!(
-            "process {}: registry slot length {len} is corrupt",
-            mem.pid()
-        )));
+        return Err(Error::other(format!("process {}: registry slot length {len} is corrupt", mem.pid())));
     }
     let payload = mem.read_vec(loc.addr + HEADER + active * SLOT, len as usize)?;
-    serde_json::from_slice(&payload).map_err(|e| {
-        Error::other(format!(
-            "process {}: registry is unreadable: {e}",
-            mem.pid()
-        ))
-    })
+    serde_json::from_slice(&payload)
+        .map_err(|e| Error::other(format!("process {}: registry is unreadable: {e}", mem.pid())))
 }
 
 /// Reads the registry of a process without touching it; an empty one if it has none.
 pub fn read_from(mem: &Mem, maps: &[Mapping]) -> Result<Registry> {
     match locate(maps) {
         Some(loc) => read(mem, loc),
-        None => Ok(Registry {
-            format: FORMAT,
-            ..Default::default()
-        }),
+        None => Ok(Registry { format: FORMAT, ..Default::default() }),
     }
 }
 
 /// Writes `reg` into the inactive slot, then makes it the active one.
 pub fn write(mem: &Mem, loc: Location, reg: &Registry) -> Result<()> {
-    let payload =
-        serde_json::to_vec(reg).map_err(|e| Error::other(format!("registry encoding: {e}")))?;
+    let payload = serde_json::to_vec(reg).map_err(|e| Error::other(format!("registry encoding: {e}")))?;
     if payload.len() as u64 > SLOT {
-        return Err(Error::other(
-            "the registry is full: roll back or remove old patches first",
-        ));
+        return Err(Error::other("the registry is full: roll back or remove old patches first"));
     }
     let header = mem.read_vec(loc.addr, 40)?;
     let active = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default()) & 1;
     let next = 1 - active;
     mem.write(loc.addr + HEADER + next * SLOT, &payload)?;
-    mem.write(
-        loc.addr + 24 + 8 * next,
-        &(payload.len() as u64).to_le_bytes(),
-    )?;
+    mem.write(loc.addr + 24 + 8 * next, &(payload.len() as u64).to_le_bytes())?;
     mem.write(loc.addr + 16, &next.to_le_bytes())?;
     Ok(())
 }

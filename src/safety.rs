@@ -55,9 +55,7 @@ fn decode_all(code: &[u8], ip: u64) -> Vec<Instruction> {
 
 fn branch_target(i: &Instruction) -> Option<u64> {
     match i.op0_kind() {
-        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
-            Some(i.near_branch_target())
-        }
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => Some(i.near_branch_target()),
         _ => None,
     }
 }
@@ -66,32 +64,17 @@ fn branch_target(i: &Instruction) -> Option<u64> {
 /// process) to `replacement`. `pad` holds the bytes just before the entry (for a nop pad left by
 /// `-fpatchable-function-entry`). Refuses, naming the function, when the rules of DESIGN.md are
 /// not met.
-pub fn plan_entry(
-    name: &str,
-    entry: u64,
-    code: &[u8],
-    pad: &[u8],
-    replacement: u64,
-) -> Result<EntryPlan> {
-    let refuse = |why: String| {
-        Error::precondition(format!(
-            "function `{name}` at {entry:#x} cannot be patched safely: {why}"
-        ))
-    };
+pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: u64) -> Result<EntryPlan> {
+    let refuse =
+        |why: String| Error::precondition(format!("function `{name}` at {entry:#x} cannot be patched safely: {why}"));
     let insns = decode_all(code, entry);
     let near = rel32(entry + 5, replacement).is_some();
     let needed = if near { 5 } else { 14 };
 
-    let (jump, patch_address, cover_from, need_here, written, starts) = if (code.len() as u64)
-        >= needed
-    {
+    let (jump, patch_address, cover_from, need_here, written, starts) = if (code.len() as u64) >= needed {
         if near {
             let mut w = vec![0xe9];
-            w.extend_from_slice(
-                &rel32(entry + 5, replacement)
-                    .unwrap_or_default()
-                    .to_le_bytes(),
-            );
+            w.extend_from_slice(&rel32(entry + 5, replacement).unwrap_or_default().to_le_bytes());
             (JumpKind::Rel32, entry, entry, 5u64, w, vec![entry])
         } else {
             let mut w = vec![0xff, 0x25, 0, 0, 0, 0];
@@ -108,13 +91,11 @@ pub fn plan_entry(
                 w.extend_from_slice(&[0xeb, 0xf9]); // jmp -7: back to the pad
                 (JumpKind::Pad, pad_at, entry, 2u64, w, vec![pad_at, entry])
             }
-            _ => {
-                return Err(refuse(format!(
-                    "it is {} bytes long and the jump needs {needed}, and it has no nop pad of 5 bytes before its entry",
-                    code.len()
-                ))
-                .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead"))
-            }
+            _ => return Err(refuse(format!(
+                "it is {} bytes long and the jump needs {needed}, and it has no nop pad of 5 bytes before its entry",
+                code.len()
+            ))
+            .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead")),
         }
     };
 
@@ -125,21 +106,12 @@ pub fn plan_entry(
             break;
         }
         if i.is_invalid() || i.next_ip() > entry + code.len() as u64 {
-            return Err(refuse(format!(
-                "the instruction at {:#x} does not decode within the function",
-                i.ip()
-            )));
+            return Err(refuse(format!("the instruction at {:#x} does not decode within the function", i.ip())));
         }
         let bad = match i.mnemonic() {
             Mnemonic::Syscall | Mnemonic::Sysenter => Some("a syscall"),
             Mnemonic::Int | Mnemonic::Int1 | Mnemonic::Int3 | Mnemonic::Into => Some("an int"),
-            _ if matches!(
-                i.flow_control(),
-                FlowControl::Call | FlowControl::IndirectCall
-            ) =>
-            {
-                Some("a call")
-            }
+            _ if matches!(i.flow_control(), FlowControl::Call | FlowControl::IndirectCall) => Some("a call"),
             _ => None,
         };
         if let Some(what) = bad {
@@ -151,9 +123,7 @@ pub fn plan_entry(
         covered = i.next_ip() - entry;
     }
     if covered < need_here {
-        return Err(refuse(format!(
-            "only {covered} bytes of whole instructions, {need_here} needed"
-        )));
+        return Err(refuse(format!("only {covered} bytes of whole instructions, {need_here} needed")));
     }
     let cover_end = cover_from + covered;
     let plan_end = cover_end;
@@ -173,13 +143,7 @@ pub fn plan_entry(
         original.extend_from_slice(&pad[pad.len() - (entry - patch_address) as usize..]);
     }
     original.extend_from_slice(&code[..(cover_end - entry) as usize]);
-    Ok(EntryPlan {
-        jump,
-        patch_address,
-        original,
-        written,
-        starts,
-    })
+    Ok(EntryPlan { jump, patch_address, original, written, starts })
 }
 
 /// Why a stopped thread blocks the switch.
@@ -192,11 +156,7 @@ pub struct Conflict {
 
 impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "thread {} {} in `{}`",
-            self.tid, self.reason, self.function
-        )
+        write!(f, "thread {} {} in `{}`", self.tid, self.reason, self.function)
     }
 }
 
@@ -221,17 +181,13 @@ pub fn entry_conflicts<'p>(
                 out.push(Conflict {
                     tid: t.tid,
                     function: name.to_string(),
-                    reason: format!(
-                        "is executing at {:#x}, inside the bytes to overwrite",
-                        t.rip
-                    ),
+                    reason: format!("is executing at {:#x}, inside the bytes to overwrite", t.rip),
                 });
                 continue;
             }
             let hit = t.stack.chunks_exact(8).enumerate().find_map(|(k, w)| {
                 let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
-                p.is_unsafe_spot(v)
-                    .then_some((t.stack_base + 8 * k as u64, v))
+                p.is_unsafe_spot(v).then_some((t.stack_base + 8 * k as u64, v))
             });
             if let Some((at, v)) = hit {
                 out.push(Conflict {
@@ -250,9 +206,7 @@ mod tests {
     use super::*;
 
     // push rbp; mov rbp,rsp; mov eax,edi; add eax,1; pop rbp; ret
-    const FUNC: &[u8] = &[
-        0x55, 0x48, 0x89, 0xe5, 0x89, 0xf8, 0x83, 0xc0, 0x01, 0x5d, 0xc3,
-    ];
+    const FUNC: &[u8] = &[0x55, 0x48, 0x89, 0xe5, 0x89, 0xf8, 0x83, 0xc0, 0x01, 0x5d, 0xc3];
 
     #[test]
     fn rel32_covers_whole_instructions() {
@@ -260,10 +214,7 @@ mod tests {
         assert_eq!(p.jump, JumpKind::Rel32);
         assert_eq!(p.original, FUNC[..6].to_vec()); // 1 + 3 + 2 bytes
         assert_eq!(p.written[0], 0xe9);
-        assert_eq!(
-            i32::from_le_bytes(p.written[1..5].try_into().unwrap()),
-            0x2000 - 0x1005
-        );
+        assert_eq!(i32::from_le_bytes(p.written[1..5].try_into().unwrap()), 0x2000 - 0x1005);
         assert!(p.is_unsafe_spot(0x1001));
         assert!(!p.is_unsafe_spot(0x1000));
         assert!(!p.is_unsafe_spot(0x1006));
@@ -316,24 +267,9 @@ mod tests {
         let p = plan_entry("f", 0x1000, FUNC, &[], 0x2000).unwrap();
         let stack = 0x1003u64.to_le_bytes();
         let threads = [
-            ThreadView {
-                tid: 7,
-                rip: 0x1004,
-                stack_base: 0,
-                stack: &[],
-            },
-            ThreadView {
-                tid: 8,
-                rip: 0x5000,
-                stack_base: 0x7000,
-                stack: &stack,
-            },
-            ThreadView {
-                tid: 9,
-                rip: 0x1000,
-                stack_base: 0,
-                stack: &[],
-            },
+            ThreadView { tid: 7, rip: 0x1004, stack_base: 0, stack: &[] },
+            ThreadView { tid: 8, rip: 0x5000, stack_base: 0x7000, stack: &stack },
+            ThreadView { tid: 9, rip: 0x1000, stack_base: 0, stack: &[] },
         ];
         let c = entry_conflicts([("f", &p)].into_iter(), &threads);
         assert_eq!(c.len(), 2);

@@ -40,26 +40,17 @@ pub struct Target {
 impl Target {
     pub fn open(pid: i32) -> Result<Target> {
         if pid <= 0 || !pannus_kernel::process_exists(pid) {
-            return Err(Error::bad_input(format!("no process with pid {pid}"))
-                .hint("check the pid with `pannus ps --all`"));
+            return Err(
+                Error::bad_input(format!("no process with pid {pid}")).hint("check the pid with `pannus ps --all`")
+            );
         }
         let mem = Mem::open(pid)?;
         let maps = maps::read(pid)?;
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Target {
-            pid,
-            mem,
-            maps,
-            name,
-            exe,
-            objects: HashMap::new(),
-        })
+        Ok(Target { pid, mem, maps, name, exe, objects: HashMap::new() })
     }
 
     pub fn refresh_maps(&mut self) -> Result<()> {
@@ -70,22 +61,12 @@ impl Target {
     /// The object at `path` as this process maps it (matched by device and inode, so symlinks
     /// and other names for the same file work).
     pub fn find_object(&mut self, path: &Path) -> Result<Loaded> {
-        let meta = std::fs::metadata(path).map_err(|e| {
-            Error::bad_input(format!(
-                "target object {}: cannot read: {e}",
-                path.display()
-            ))
-        })?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::bad_input(format!("target object {}: cannot read: {e}", path.display())))?;
         let (ino, dev) = (meta.ino(), meta.dev());
-        let (major, minor) = (
-            nix::sys::stat::major(dev) as i32,
-            nix::sys::stat::minor(dev) as i32,
-        );
-        let matching: Vec<&Mapping> = self
-            .maps
-            .iter()
-            .filter(|m| m.inode == ino && m.dev == (major, minor) && !m.path.is_empty())
-            .collect();
+        let (major, minor) = (nix::sys::stat::major(dev) as i32, nix::sys::stat::minor(dev) as i32);
+        let matching: Vec<&Mapping> =
+            self.maps.iter().filter(|m| m.inode == ino && m.dev == (major, minor) && !m.path.is_empty()).collect();
         if matching.is_empty() {
             return Err(Error::precondition(format!(
                 "process {} ({}) does not map {}",
@@ -126,13 +107,7 @@ impl Target {
             })?;
         let lo = matching.iter().map(|m| m.start).min().unwrap_or(0);
         let hi = matching.iter().map(|m| m.end).max().unwrap_or(0);
-        Ok(Loaded {
-            object,
-            bias,
-            lo,
-            hi,
-            mapped_path,
-        })
+        Ok(Loaded { object, bias, lo, hi, mapped_path })
     }
 
     /// Every ELF file the process maps (executable, ld.so, libraries), each once, in address
@@ -167,10 +142,7 @@ impl Target {
                     }
                 }
             };
-            let matching: Vec<&Mapping> = maps
-                .iter()
-                .filter(|x| (x.dev.0, x.dev.1, x.inode) == key)
-                .collect();
+            let matching: Vec<&Mapping> = maps.iter().filter(|x| (x.dev.0, x.dev.1, x.inode) == key).collect();
             if let Ok(l) = Self::place(object, &matching, m.path.clone()) {
                 out.push(l);
             }
@@ -183,13 +155,8 @@ impl Target {
         let want = loaded.object.build_id.as_ref()?;
         let want_bytes = hex::decode(want).ok()?;
         for &(vaddr, size) in &loaded.object.notes {
-            let bytes = self
-                .mem
-                .read_partial(loaded.addr(vaddr), size.min(4096) as usize);
-            if bytes
-                .windows(want_bytes.len())
-                .any(|w| w == want_bytes.as_slice())
-            {
+            let bytes = self.mem.read_partial(loaded.addr(vaddr), size.min(4096) as usize);
+            if bytes.windows(want_bytes.len()).any(|w| w == want_bytes.as_slice()) {
                 return Some(want.clone());
             }
         }

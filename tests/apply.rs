@@ -9,12 +9,7 @@ fn states(st: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p["patch"].as_str().unwrap().to_string(),
-                p["state"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|p| (p["patch"].as_str().unwrap().to_string(), p["state"].as_str().unwrap().to_string()))
         .collect()
 }
 
@@ -23,21 +18,12 @@ fn apply_and_rollback(object: &str) {
     let mut t = Proc::start(object);
     assert_eq!(t.ask("c 5"), "6");
     let before = code_bytes(t.pid, object, "compute");
-    let m = state.manifest(
-        "compute-fix",
-        object,
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("compute-fix", object, "patch_compute.so", &[("compute", "compute_v2")], "");
     let run = state.apply(&m, t.pid).ok();
     assert!(run.stdout.contains("stage 4 (activate)"), "{}", run.stdout);
     assert_eq!(t.ask("c 5"), "500");
     assert_eq!(t.ask("c 7"), "700");
-    assert!(
-        t.maps().contains("patch_compute.so"),
-        "the module is recognisable in /proc/PID/maps"
-    );
+    assert!(t.maps().contains("patch_compute.so"), "the module is recognisable in /proc/PID/maps");
 
     // A fresh pannus reads the state from the process.
     let st = state.status(t.pid);
@@ -50,19 +36,9 @@ fn apply_and_rollback(object: &str) {
 
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("c 5"), "6");
-    assert_eq!(
-        code_bytes(t.pid, object, "compute"),
-        before,
-        "original bytes restored"
-    );
-    assert!(
-        !t.maps().contains("patch_compute.so"),
-        "the module is unloaded"
-    );
-    assert_eq!(
-        states(&state.status(t.pid)),
-        vec![("compute-fix".into(), "rolled-back".into())]
-    );
+    assert_eq!(code_bytes(t.pid, object, "compute"), before, "original bytes restored");
+    assert!(!t.maps().contains("patch_compute.so"), "the module is unloaded");
+    assert_eq!(states(&state.status(t.pid)), vec![("compute-fix".into(), "rolled-back".into())]);
 }
 
 #[test]
@@ -80,13 +56,7 @@ fn function_in_a_shared_library() {
     let state = State::new();
     let mut t = Proc::start("target_lib");
     assert_eq!(t.ask("l 5"), "15");
-    let m = state.manifest(
-        "lib-fix",
-        "libtarget.so",
-        "patch_lib.so",
-        &[("lib_compute", "lib_compute_v2")],
-        "",
-    );
+    let m = state.manifest("lib-fix", "libtarget.so", "patch_lib.so", &[("lib_compute", "lib_compute_v2")], "");
     state.apply(&m, t.pid).ok();
     assert_eq!(t.ask("l 5"), "-5");
     assert_eq!(t.ask("c 5"), "6", "the executable is untouched");
@@ -98,13 +68,7 @@ fn function_in_a_shared_library() {
 fn patch_calling_libc() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "libc-fix",
-        "target_pie",
-        "patch_libc.so",
-        &[("compute", "compute_libc")],
-        "",
-    );
+    let m = state.manifest("libc-fix", "target_pie", "patch_libc.so", &[("compute", "compute_libc")], "");
     state.apply(&m, t.pid).ok();
     assert_eq!(t.ask("c 12"), "5"); // strlen("12-12")
     assert_eq!(t.ask("c 1234"), "9");
@@ -117,26 +81,12 @@ fn patch_binds_to_the_targets_global_and_file_local_data() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     assert_eq!(t.ask("s"), "7 100");
-    let m = state.manifest(
-        "data-fix",
-        "target_pie",
-        "patch_data.so",
-        &[("compute", "compute_data")],
-        "",
-    );
+    let m = state.manifest("data-fix", "target_pie", "patch_data.so", &[("compute", "compute_data")], "");
     let run = state.apply(&m, t.pid).ok();
-    assert!(
-        run.stdout.contains("counter"),
-        "the dropped global is reported: {}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("counter"), "the dropped global is reported: {}", run.stdout);
     // x + secret * 1000 + (++counter), with the target's own secret (7) and counter (100).
     assert_eq!(t.ask("c 1"), "7102");
-    assert_eq!(
-        t.ask("s"),
-        "7 101",
-        "the patch changed the target's own counter"
-    );
+    assert_eq!(t.ask("s"), "7 101", "the patch changed the target's own counter");
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("c 1"), "2");
 }
@@ -145,19 +95,9 @@ fn patch_binds_to_the_targets_global_and_file_local_data() {
 fn init_functions_run_in_the_target() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "init-fix",
-        "target_pie",
-        "patch_init.so",
-        &[("compute", "compute_init")],
-        "",
-    );
+    let m = state.manifest("init-fix", "target_pie", "patch_init.so", &[("compute", "compute_init")], "");
     state.apply(&m, t.pid).ok();
-    assert_eq!(
-        t.ask("s"),
-        "7 555",
-        "the module's constructor ran inside the target"
-    );
+    assert_eq!(t.ask("s"), "7 555", "the module's constructor ran inside the target");
     assert_eq!(t.ask("c 1"), "556");
     state.rollback(t.pid, None).ok();
 }
@@ -167,20 +107,9 @@ fn file_local_function_and_stacked_patches_with_requires() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     assert_eq!(t.ask("h 3"), "6");
-    let base = state.manifest(
-        "base-fix",
-        "target_pie",
-        "patch_base.so",
-        &[("compute", "compute_base")],
-        "",
-    );
-    let dep = state.manifest(
-        "dep-fix",
-        "target_pie",
-        "patch_dep.so",
-        &[("helper", "helper_v2")],
-        "requires: [base-fix]\n",
-    );
+    let base = state.manifest("base-fix", "target_pie", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep =
+        state.manifest("dep-fix", "target_pie", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
 
     // dep-fix alone is refused: its dependency is missing.
     let r = state.apply(&dep, t.pid);
@@ -191,11 +120,7 @@ fn file_local_function_and_stacked_patches_with_requires() {
     state.apply(&base, t.pid).ok();
     state.apply(&dep, t.pid).ok();
     assert_eq!(t.ask("c 1"), "5001");
-    assert_eq!(
-        t.ask("h 3"),
-        "10006",
-        "helper (file-local) calls base-fix's helper"
-    );
+    assert_eq!(t.ask("h 3"), "10006", "helper (file-local) calls base-fix's helper");
     let st = state.status(t.pid);
     assert_eq!(st["patches"][1]["requires"][0], "base-fix");
 
@@ -206,21 +131,8 @@ fn file_local_function_and_stacked_patches_with_requires() {
     assert_eq!(t.ask("h 3"), "10006");
 
     let pid = t.pid.to_string();
-    let r = state
-        .pannus(&[
-            "rollback",
-            "--pid",
-            &pid,
-            "base-fix",
-            "--yes",
-            "--cascade",
-            "--json",
-        ])
-        .ok();
-    assert_eq!(
-        r.json()["rolled_back"],
-        serde_json::json!(["dep-fix", "base-fix"])
-    );
+    let r = state.pannus(&["rollback", "--pid", &pid, "base-fix", "--yes", "--cascade", "--json"]).ok();
+    assert_eq!(r.json()["rolled_back"], serde_json::json!(["dep-fix", "base-fix"]));
     assert_eq!(t.ask("h 3"), "6");
     assert_eq!(t.ask("c 1"), "2");
 }
@@ -230,20 +142,8 @@ fn patches_stack_on_the_same_function_and_unwind_in_any_order() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     let before = code_bytes(t.pid, "target_pie", "compute");
-    let a = state.manifest(
-        "a",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
-    let b = state.manifest(
-        "b",
-        "target_pie",
-        "patch_compute_v3.so",
-        &[("compute", "compute_v3")],
-        "",
-    );
+    let a = state.manifest("a", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let b = state.manifest("b", "target_pie", "patch_compute_v3.so", &[("compute", "compute_v3")], "");
 
     // Newest first.
     state.apply(&a, t.pid).ok();
@@ -270,21 +170,12 @@ fn nop_pad_makes_a_tiny_function_patchable() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     assert_eq!(t.ask("p 4"), "4");
-    let m = state.manifest(
-        "pad-fix",
-        "target_pie",
-        "patch_tiny.so",
-        &[("tiny_padded", "tiny_v2")],
-        "",
-    );
+    let m = state.manifest("pad-fix", "target_pie", "patch_tiny.so", &[("tiny_padded", "tiny_v2")], "");
     let r = state.pannus(&["status", "--pid", &t.pid.to_string()]).ok();
     assert!(r.stdout.contains("no patches"));
     state.apply(&m, t.pid).ok();
     assert_eq!(t.ask("p 4"), "5");
-    assert_eq!(
-        state.status(t.pid)["patches"][0]["functions"][0]["jump"],
-        "pad"
-    );
+    assert_eq!(state.status(t.pid)["patches"][0]["functions"][0]["jump"], "pad");
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("p 4"), "4");
 }
@@ -293,13 +184,7 @@ fn nop_pad_makes_a_tiny_function_patchable() {
 fn blocked_syscalls_see_no_eintr_and_no_short_sleep() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "sleep-fix",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("sleep-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     // The main thread sleeps 1.5 s in nanosleep while every stage borrows it.
     t.send("n 1500");
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -319,13 +204,7 @@ fn busy_threads_see_only_old_or_new_answers() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     assert_eq!(t.ask("w"), "started");
-    let m = state.manifest(
-        "busy-fix",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("busy-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     for _ in 0..10 {
         state.apply(&m, t.pid).ok();
         state.rollback(t.pid, None).ok();
@@ -333,10 +212,7 @@ fn busy_threads_see_only_old_or_new_answers() {
     state.apply(&m, t.pid).ok();
     std::thread::sleep(std::time::Duration::from_millis(100));
     let r: Vec<i64> = t.ask("r").split(' ').map(|x| x.parse().unwrap()).collect();
-    assert!(
-        r[0] > 0 && r[1] > 0 && r[2] > 0,
-        "old and new answers seen: {r:?}"
-    );
+    assert!(r[0] > 0 && r[1] > 0 && r[2] > 0, "old and new answers seen: {r:?}");
     assert_eq!(r[3], 0, "no wrong answers: {r:?}");
     state.rollback(t.pid, None).ok();
 }
@@ -345,34 +221,19 @@ fn busy_threads_see_only_old_or_new_answers() {
 fn commit_ends_the_trial() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "c-fix",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("c-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     state.apply(&m, t.pid).ok();
     let pid = t.pid.to_string();
-    let r = state
-        .pannus(&["commit", "--pid", &pid, "c-fix", "--json"])
-        .ok();
+    let r = state.pannus(&["commit", "--pid", &pid, "c-fix", "--json"]).ok();
     assert_eq!(r.json()["state"], "committed");
-    assert_eq!(
-        states(&state.status(t.pid)),
-        vec![("c-fix".into(), "committed".into())]
-    );
+    assert_eq!(states(&state.status(t.pid)), vec![("c-fix".into(), "committed".into())]);
     assert_eq!(t.ask("c 3"), "300");
     // A committed patch still rolls back.
     state.rollback(t.pid, Some("c-fix")).ok();
     assert_eq!(t.ask("c 3"), "4");
     let journal = state.pannus(&["journal", "--json"]).ok().json();
-    let actions: Vec<&str> = journal["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let actions: Vec<&str> =
+        journal["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["apply", "commit", "rollback"]);
 }
 
@@ -387,17 +248,8 @@ fn wait_applies_the_expiry_policy() {
         &[("compute", "compute_v2")],
         "trial:\n  duration: 2s\n  on_expiry: rollback\n",
     );
-    let r = state
-        .pannus(&[
-            "apply",
-            &m.to_string_lossy(),
-            "--pid",
-            &t.pid.to_string(),
-            "--yes",
-            "--wait",
-            "--json",
-        ])
-        .ok();
+    let r =
+        state.pannus(&["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--wait", "--json"]).ok();
     assert_eq!(r.json()["state"], "rolled-back");
     assert_eq!(t.ask("c 3"), "4");
 }
@@ -407,32 +259,16 @@ fn ps_lists_patched_processes() {
     let state = State::new();
     let t = Proc::start("target_pie");
     let other = Proc::start("target_pie");
-    let m = state.manifest(
-        "ps-fix",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("ps-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     state.apply(&m, t.pid).ok();
     let ps = state.pannus(&["ps", "--json"]).ok().json();
     let procs = ps["processes"].as_array().unwrap();
-    let me = procs
-        .iter()
-        .find(|p| p["pid"] == t.pid)
-        .expect("the patched process is listed");
+    let me = procs.iter().find(|p| p["pid"] == t.pid).expect("the patched process is listed");
     assert_eq!(me["name"], "target_pie");
     assert_eq!(me["patches"][0]["patch"], "ps-fix");
-    assert!(
-        !procs.iter().any(|p| p["pid"] == other.pid),
-        "unpatched processes only with --all"
-    );
+    assert!(!procs.iter().any(|p| p["pid"] == other.pid), "unpatched processes only with --all");
     let all = state.pannus(&["ps", "--all", "--json"]).ok().json();
-    assert!(all["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["pid"] == other.pid));
+    assert!(all["processes"].as_array().unwrap().iter().any(|p| p["pid"] == other.pid));
     state.rollback(t.pid, None).ok();
 }
 
@@ -441,16 +277,8 @@ fn check_touches_nothing() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     let maps = t.maps();
-    let m = state.manifest(
-        "chk",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
-    let r = state
-        .pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()])
-        .ok();
+    let m = state.manifest("chk", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]).ok();
     assert!(r.stdout.contains("entry compute"), "{}", r.stdout);
     assert!(r.stdout.contains("jmp rel32"), "{}", r.stdout);
     assert_eq!(t.maps(), maps);
@@ -480,10 +308,7 @@ fn trial_policy_runs_unattended() {
         }
     }
     assert!(reverted, "the patch was rolled back at expiry");
-    assert_eq!(
-        states(&state.status(t.pid)),
-        vec![("u-fix".into(), "rolled-back".into())]
-    );
+    assert_eq!(states(&state.status(t.pid)), vec![("u-fix".into(), "rolled-back".into())]);
 }
 
 #[test]
@@ -498,13 +323,8 @@ fn committing_by_hand_cancels_the_watcher() {
         "trial:\n  duration: 1s\n  on_expiry: rollback\n",
     );
     state.apply(&m, t.pid).ok();
-    state
-        .pannus(&["commit", "--pid", &t.pid.to_string(), "k-fix"])
-        .ok();
+    state.pannus(&["commit", "--pid", &t.pid.to_string(), "k-fix"]).ok();
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert_eq!(t.ask("c 3"), "300", "the committed patch stays");
-    assert_eq!(
-        states(&state.status(t.pid)),
-        vec![("k-fix".into(), "committed".into())]
-    );
+    assert_eq!(states(&state.status(t.pid)), vec![("k-fix".into(), "committed".into())]);
 }

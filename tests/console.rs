@@ -13,11 +13,8 @@ struct Tmux {
 
 impl Tmux {
     fn start(state: &State, w: u16, h: u16) -> Tmux {
-        let socket = format!(
-            "pannus-test-{}-{}",
-            std::process::id(),
-            state.path().file_name().unwrap().to_string_lossy()
-        );
+        let socket =
+            format!("pannus-test-{}-{}", std::process::id(), state.path().file_name().unwrap().to_string_lossy());
         let cmd = format!(
             "env NO_COLOR=1 PANNUS_STATE_DIR={} {} console --manifests {}",
             state.path().display(),
@@ -25,19 +22,7 @@ impl Tmux {
             state.path().display()
         );
         let ok = Command::new("tmux")
-            .args([
-                "-L",
-                &socket,
-                "new-session",
-                "-d",
-                "-s",
-                "t",
-                "-x",
-                &w.to_string(),
-                "-y",
-                &h.to_string(),
-                &cmd,
-            ])
+            .args(["-L", &socket, "new-session", "-d", "-s", "t", "-x", &w.to_string(), "-y", &h.to_string(), &cmd])
             .status()
             .expect("tmux runs")
             .success();
@@ -46,18 +31,12 @@ impl Tmux {
     }
     fn keys(&self, keys: &[&str]) {
         for k in keys {
-            Command::new("tmux")
-                .args(["-L", &self.socket, "send-keys", "-t", "t", k])
-                .status()
-                .unwrap();
+            Command::new("tmux").args(["-L", &self.socket, "send-keys", "-t", "t", k]).status().unwrap();
             std::thread::sleep(Duration::from_millis(150));
         }
     }
     fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"])
-            .output()
-            .unwrap();
+        let out = Command::new("tmux").args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
     /// Waits until the screen contains `text`.
@@ -68,10 +47,7 @@ impl Tmux {
             if s.contains(text) {
                 return s;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "`{text}` never appeared on:\n{s}"
-            );
+            assert!(start.elapsed() < Duration::from_secs(15), "`{text}` never appeared on:\n{s}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -86,10 +62,8 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ =
+            Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(std::process::Stdio::null()).status();
     }
 }
 
@@ -98,13 +72,7 @@ fn find_open_and_emergency_rollback_in_the_real_console() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     let _decoy = Proc::start("target_pie");
-    let m = state.manifest(
-        "console-fix",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("console-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     state.apply(&m, t.pid).ok();
     assert_eq!(t.ask("c 5"), "500");
 
@@ -124,11 +92,7 @@ fn find_open_and_emergency_rollback_in_the_real_console() {
     assert!(s.contains("compute") && s.contains("compute_v2"), "{s}");
     tmux.keys(&["R"]);
     tmux.wait_for("rolled back in process");
-    assert_eq!(
-        t.ask("c 5"),
-        "6",
-        "the target's behaviour is back to the original"
-    );
+    assert_eq!(t.ask("c 5"), "6", "the target's behaviour is back to the original");
     tmux.keys(&["q"]);
     let start = Instant::now();
     while tmux.alive() && start.elapsed() < Duration::from_secs(5) {

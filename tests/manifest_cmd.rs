@@ -39,24 +39,15 @@ fn new_pairs_by_name_and_the_engine_accepts_it() {
     let (r, path) = new_manifest(&state, "patch_compute.so", &[], "compute.yaml");
     r.ok();
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        text.starts_with("# Written by `pannus manifest new"),
-        "{text}"
-    );
-    assert!(
-        text.contains("  - target: compute\n    replacement: compute_v2\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("# Written by `pannus manifest new"), "{text}");
+    assert!(text.contains("  - target: compute\n    replacement: compute_v2\n"), "{text}");
     assert!(text.contains("trial:\n  duration: 5m"), "{text}");
     let m = pannus::manifest::Manifest::load(&path).unwrap();
     assert_eq!(m.patch, "patch_compute");
     assert_eq!(m.target.object, bin("target_pie"));
     assert_eq!(m.target.build_id, common::build_id(&bin("target_pie")));
     assert_eq!(m.module.path, bin("patch_compute.so"));
-    assert_eq!(
-        m.module.sha256,
-        pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap()
-    );
+    assert_eq!(m.module.sha256, pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap());
     assert_eq!(m.functions.len(), 1);
 
     // The module is outside the manifest's folder: its path is absolute.
@@ -74,12 +65,7 @@ fn new_pairs_by_name_and_the_engine_accepts_it() {
     assert_eq!(r.code, 0, "{r:?}");
 
     // Not overwritten without --force.
-    let (r, _) = new_manifest(
-        &state,
-        "patch_compute.so",
-        &["--version", "2.0"],
-        "compute.yaml",
-    );
+    let (r, _) = new_manifest(&state, "patch_compute.so", &["--version", "2.0"], "compute.yaml");
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("file exists"), "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
@@ -91,10 +77,7 @@ fn new_pairs_by_name_and_the_engine_accepts_it() {
     );
     r.ok();
     let m = pannus::manifest::Manifest::load(&path).unwrap();
-    assert_eq!(
-        (m.patch.as_str(), m.version.as_str()),
-        ("compute-fix", "2.0")
-    );
+    assert_eq!((m.patch.as_str(), m.version.as_str()), ("compute-fix", "2.0"));
 }
 
 #[test]
@@ -104,21 +87,9 @@ fn new_to_stdout_with_module_path_relative_to_the_output_folder() {
     let target = bin("target_pie");
     let module = bin("patch_tiny.so");
     let r = state
-        .pannus(&[
-            "manifest",
-            "new",
-            "--target",
-            target.to_str().unwrap(),
-            "--module",
-            module.to_str().unwrap(),
-        ])
+        .pannus(&["manifest", "new", "--target", target.to_str().unwrap(), "--module", module.to_str().unwrap()])
         .ok();
-    assert!(
-        r.stdout
-            .contains("  - target: tiny\n    replacement: tiny_v2\n"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("  - target: tiny\n    replacement: tiny_v2\n"), "{}", r.stdout);
     pannus::manifest::Manifest::parse(&r.stdout, Path::new("x.yaml")).unwrap();
 
     // A manifest written next to the module names it relatively.
@@ -147,12 +118,7 @@ fn new_to_stdout_with_module_path_relative_to_the_output_folder() {
 #[test]
 fn new_with_map() {
     let state = State::new();
-    let (r, path) = new_manifest(
-        &state,
-        "patch_libc.so",
-        &["--map", "compute=compute_libc"],
-        "libc.yaml",
-    );
+    let (r, path) = new_manifest(&state, "patch_libc.so", &["--map", "compute=compute_libc"], "libc.yaml");
     r.ok();
     let m = pannus::manifest::Manifest::load(&path).unwrap();
     assert_eq!(m.functions.len(), 1);
@@ -164,21 +130,11 @@ fn new_with_map() {
 #[test]
 fn new_refuses_unknown_symbols() {
     let state = State::new();
-    let (r, path) = new_manifest(
-        &state,
-        "patch_compute.so",
-        &["--map", "nope=compute_v2"],
-        "a.yaml",
-    );
+    let (r, path) = new_manifest(&state, "patch_compute.so", &["--map", "nope=compute_v2"], "a.yaml");
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("`nope`"), "{}", r.stderr);
     assert!(!path.exists());
-    let (r, _) = new_manifest(
-        &state,
-        "patch_compute.so",
-        &["--map", "compute=missing_fn"],
-        "a.yaml",
-    );
+    let (r, _) = new_manifest(&state, "patch_compute.so", &["--map", "compute=missing_fn"], "a.yaml");
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("`missing_fn`"), "{}", r.stderr);
     let (r, _) = new_manifest(&state, "patch_compute.so", &["--map", "compute"], "a.yaml");
@@ -194,11 +150,7 @@ fn new_refuses_when_nothing_pairs() {
     let (r, path) = new_manifest(&state, "patch_libc.so", &[], "a.yaml");
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("no function to replace"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("compute_libc"),
-        "lists the module's functions: {}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("compute_libc"), "lists the module's functions: {}", r.stderr);
     assert!(!path.exists());
 }
 
@@ -235,17 +187,10 @@ fn check_refuses_wrong_checksum_and_build_id() {
     assert!(r.stderr.contains(&id), "{}", r.stderr);
 
     let bad_fn = state.path().join("bad-fn.yaml");
-    std::fs::write(
-        &bad_fn,
-        text.replace("target: compute", "target: no_such_fn"),
-    )
-    .unwrap();
+    std::fs::write(&bad_fn, text.replace("target: compute", "target: no_such_fn")).unwrap();
     let r = check(&state, &bad_fn, true);
     assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.json()["problems"][0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("`no_such_fn`"));
+    assert!(r.json()["problems"][0]["message"].as_str().unwrap().contains("`no_such_fn`"));
 
     let r = check(&state, &state.path().join("none.yaml"), false);
     assert_eq!(r.code, 2, "{r:?}");
@@ -255,8 +200,7 @@ fn check_refuses_wrong_checksum_and_build_id() {
 fn shipped_schema_is_generated() {
     let state = State::new();
     let r = state.pannus(&["manifest", "schema"]).ok();
-    let shipped_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/pannus-manifest.schema.json");
+    let shipped_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/pannus-manifest.schema.json");
     let shipped = std::fs::read_to_string(&shipped_path).unwrap();
     assert!(
         r.stdout == shipped,
@@ -266,28 +210,13 @@ fn shipped_schema_is_generated() {
 
     let v = r.json();
     assert_eq!(v["additionalProperties"], false);
-    assert_eq!(
-        v["properties"]["patch"]["pattern"],
-        "^[a-z0-9][a-z0-9._-]*$"
-    );
+    assert_eq!(v["properties"]["patch"]["pattern"], "^[a-z0-9][a-z0-9._-]*$");
     assert_eq!(v["properties"]["target"]["additionalProperties"], false);
-    assert_eq!(
-        v["properties"]["module"]["properties"]["sha256"]["pattern"],
-        "^[0-9a-fA-F]{64}$"
-    );
+    assert_eq!(v["properties"]["module"]["properties"]["sha256"]["pattern"], "^[0-9a-fA-F]{64}$");
     let defs = &v["definitions"];
-    assert_eq!(
-        defs["OnExpiry"]["enum"],
-        serde_json::json!(["commit", "rollback"])
-    );
-    assert_eq!(
-        defs["LoadMethod"]["enum"],
-        serde_json::json!(["mmap", "dlopen"])
-    );
-    assert_eq!(
-        defs["Consistency"]["enum"],
-        serde_json::json!(["entry", "function"])
-    );
+    assert_eq!(defs["OnExpiry"]["enum"], serde_json::json!(["commit", "rollback"]));
+    assert_eq!(defs["LoadMethod"]["enum"], serde_json::json!(["mmap", "dlopen"]));
+    assert_eq!(defs["Consistency"]["enum"], serde_json::json!(["entry", "function"]));
     for (name, def) in defs.as_object().unwrap() {
         if let Some(consts) = def["oneOf"].as_array() {
             let consts: Vec<_> = consts.iter().map(|c| c["const"].clone()).collect();
@@ -301,13 +230,9 @@ fn shipped_schema_is_generated() {
 
     // Every key of the annotated example is in the schema.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/example.yaml");
-    let example: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    let example: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
     let props = |schema: &serde_json::Value| -> serde_json::Value {
-        match schema["$ref"]
-            .as_str()
-            .or(schema["anyOf"][0]["$ref"].as_str())
-        {
+        match schema["$ref"].as_str().or(schema["anyOf"][0]["$ref"].as_str()) {
             Some(r) => defs[r.trim_start_matches("#/definitions/")]["properties"].clone(),
             None => schema["properties"].clone(),
         }
@@ -315,10 +240,7 @@ fn shipped_schema_is_generated() {
     for (key, value) in example.as_mapping().unwrap() {
         let key = key.as_str().unwrap();
         let prop = &v["properties"][key];
-        assert!(
-            prop.is_object(),
-            "example key `{key}` missing from the schema"
-        );
+        assert!(prop.is_object(), "example key `{key}` missing from the schema");
         let nested = match value {
             serde_yaml::Value::Mapping(m) => Some((m.clone(), props(prop))),
             serde_yaml::Value::Sequence(s) => match s.first() {
@@ -330,14 +252,8 @@ fn shipped_schema_is_generated() {
         if let Some((m, inner)) = nested {
             for k in m.keys() {
                 let k = k.as_str().unwrap();
-                assert!(
-                    inner[k].is_object(),
-                    "example key `{key}.{k}` missing from the schema"
-                );
-                assert!(
-                    inner[k]["description"].is_string(),
-                    "`{key}.{k}` has no description"
-                );
+                assert!(inner[k].is_object(), "example key `{key}.{k}` missing from the schema");
+                assert!(inner[k]["description"].is_string(), "`{key}.{k}` has no description");
             }
         }
     }

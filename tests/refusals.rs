@@ -12,23 +12,12 @@ fn refused(state: &State, t: &mut Proc, manifest: &Path, code: i32, needle: &str
     let maps = t.maps();
     let r = state.apply(manifest, t.pid);
     assert_eq!(r.code, code, "exit code for {}: {r:?}", manifest.display());
-    assert!(
-        r.stderr.contains(needle),
-        "message should name `{needle}`: {}",
-        r.stderr
-    );
-    assert_eq!(
-        code_bytes(t.pid, "target_pie", "compute"),
-        bytes,
-        "code bytes unchanged"
-    );
+    assert!(r.stderr.contains(needle), "message should name `{needle}`: {}", r.stderr);
+    assert_eq!(code_bytes(t.pid, "target_pie", "compute"), bytes, "code bytes unchanged");
     assert_eq!(t.maps(), maps, "no mapping added or removed");
     assert_eq!(t.ask("c 5"), "6", "behaviour unchanged");
     let st = state.status(t.pid);
-    assert!(
-        st["patches"].as_array().unwrap().is_empty(),
-        "no patch recorded: {st}"
-    );
+    assert!(st["patches"].as_array().unwrap().is_empty(), "no patch recorded: {st}");
 }
 
 fn edit(path: &Path, from: &str, to: &str) {
@@ -41,13 +30,7 @@ fn edit(path: &Path, from: &str, to: &str) {
 fn wrong_build_id() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     let real = common::build_id(&bin("target_pie"));
     edit(&m, &real, &"ab".repeat(20));
     refused(&state, &mut t, &m, 4, "build-id mismatch");
@@ -57,13 +40,7 @@ fn wrong_build_id() {
 fn wrong_checksum() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     let sha = pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap();
     edit(&m, &sha, &"0".repeat(64));
     refused(&state, &mut t, &m, 2, "checksum mismatch");
@@ -73,13 +50,7 @@ fn wrong_checksum() {
 fn missing_target_symbol() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_compute.so",
-        &[("no_such_function", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("no_such_function", "compute_v2")], "");
     refused(&state, &mut t, &m, 4, "symbol `no_such_function` not found");
 }
 
@@ -87,53 +58,23 @@ fn missing_target_symbol() {
 fn missing_replacement_symbol() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v9")],
-        "",
-    );
-    refused(
-        &state,
-        &mut t,
-        &m,
-        4,
-        "does not define function `compute_v9`",
-    );
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v9")], "");
+    refused(&state, &mut t, &m, 4, "does not define function `compute_v9`");
 }
 
 #[test]
 fn symbol_the_module_needs_is_missing() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_missing.so",
-        &[("compute", "compute_missing")],
-        "",
-    );
-    refused(
-        &state,
-        &mut t,
-        &m,
-        4,
-        "symbol `no_such_symbol` needed by the module is defined nowhere",
-    );
+    let m = state.manifest("x", "target_pie", "patch_missing.so", &[("compute", "compute_missing")], "");
+    refused(&state, &mut t, &m, 4, "symbol `no_such_symbol` needed by the module is defined nowhere");
 }
 
 #[test]
 fn function_too_small_for_the_jump() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_tiny.so",
-        &[("tiny", "tiny_v2")],
-        "",
-    );
+    let m = state.manifest("x", "target_pie", "patch_tiny.so", &[("tiny", "tiny_v2")], "");
     refused(&state, &mut t, &m, 4, "function `tiny`");
     assert_eq!(t.ask("t 4"), "4");
 }
@@ -142,13 +83,7 @@ fn function_too_small_for_the_jump() {
 fn object_not_mapped_by_the_process() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "libtarget.so",
-        "patch_lib.so",
-        &[("lib_compute", "lib_compute_v2")],
-        "",
-    );
+    let m = state.manifest("x", "libtarget.so", "patch_lib.so", &[("lib_compute", "lib_compute_v2")], "");
     refused(&state, &mut t, &m, 4, "does not map");
 }
 
@@ -156,22 +91,12 @@ fn object_not_mapped_by_the_process() {
 fn module_that_is_not_elf() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     let fake = state.path().join("fake.so");
     std::fs::write(&fake, b"this is not a shared object").unwrap();
     let sha = pannus::elf::sha256_file(&fake).unwrap();
     let real_sha = pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap();
-    edit(
-        &m,
-        &bin("patch_compute.so").display().to_string(),
-        &fake.display().to_string(),
-    );
+    edit(&m, &bin("patch_compute.so").display().to_string(), &fake.display().to_string());
     edit(&m, &real_sha, &sha);
     refused(&state, &mut t, &m, 2, "not an ELF file");
 }
@@ -180,13 +105,7 @@ fn module_that_is_not_elf() {
 fn patch_already_applied() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "twice",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("twice", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     state.apply(&m, t.pid).ok();
     let r = state.apply(&m, t.pid);
     assert_eq!(r.code, 4, "{r:?}");
@@ -199,34 +118,18 @@ fn patch_already_applied() {
 fn no_such_process() {
     let state = State::new();
     let t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     drop(t);
     let r = state.pannus(&["apply", &m.to_string_lossy(), "--pid", "999999999", "--yes"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(
-        r.stderr.contains("no process with pid 999999999"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("no process with pid 999999999"), "{}", r.stderr);
 }
 
 #[test]
 fn no_terminal_and_no_yes_is_refused() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "x",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "",
-    );
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     let r = state.pannus(&["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("--yes"), "{}", r.stderr);
@@ -257,25 +160,13 @@ fn malformed_manifests_exit_2_naming_the_problem() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let expect = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("# expect: "))
-            .map(str::trim);
+        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).map(str::trim);
         let r = state.apply(&path, t.pid);
         assert_eq!(r.code, 2, "{}: {r:?}", path.display());
         let name = path.file_name().unwrap().to_string_lossy();
-        assert!(
-            r.stderr.contains(name.as_ref()),
-            "{name}: the message names the file: {}",
-            r.stderr
-        );
+        assert!(r.stderr.contains(name.as_ref()), "{name}: the message names the file: {}", r.stderr);
         if let Some(e) = expect {
-            assert!(
-                r.stderr.contains(e),
-                "{name}: expected `{e}` in {}",
-                r.stderr
-            );
+            assert!(r.stderr.contains(e), "{name}: expected `{e}` in {}", r.stderr);
         }
         n += 1;
     }

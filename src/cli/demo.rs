@@ -13,23 +13,24 @@ use std::time::Duration;
 
 const SERVICE_C: &str = include_str!("../../manifests/demo/greeter.c");
 const PATCH_C: &str = include_str!("../../manifests/demo/greeting-fix.c");
+const POLISH_C: &str = include_str!("../../manifests/demo/greeting-polish.c");
 
 /// The demo service, its patch module and a manifest for them, built in `dir`.
 pub struct DemoBuild {
     pub service: PathBuf,
     pub module: PathBuf,
     pub manifest: PathBuf,
+    /// The second patch, which requires the first.
+    pub polish_manifest: PathBuf,
 }
 
 fn gcc(args: &[&str]) -> Result<()> {
-    let out = Command::new("gcc").args(args).output().map_err(|e| {
-        Error::other(format!("cannot run gcc to build the demo: {e}")).hint("install gcc")
-    })?;
+    let out = Command::new("gcc")
+        .args(args)
+        .output()
+        .map_err(|e| Error::other(format!("cannot run gcc to build the demo: {e}")).hint("install gcc"))?;
     if !out.status.success() {
-        return Err(Error::other(format!(
-            "gcc failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        return Err(Error::other(format!("gcc failed: {}", String::from_utf8_lossy(&out.stderr))));
     }
     Ok(())
 }
@@ -46,42 +47,36 @@ pub fn build(dir: &Path, trial: &str) -> Result<DemoBuild> {
     let psrc = write("greeting-fix.c", PATCH_C)?;
     let service = dir.join("greeter");
     let module = dir.join("greeting-fix.so");
-    gcc(&[
-        "-O2",
-        "-g",
-        "-Wl,--build-id",
-        "-o",
-        &service.to_string_lossy(),
-        &src.to_string_lossy(),
-    ])?;
-    gcc(&[
-        "-O2",
-        "-shared",
-        "-fPIC",
-        "-o",
-        &module.to_string_lossy(),
-        &psrc.to_string_lossy(),
-    ])?;
-    let build_id = Object::load(&service, "demo service")?
-        .build_id
-        .unwrap_or_default();
-    let sha = sha256_file(&module).map_err(|e| Error::other(e.to_string()))?;
-    let manifest = write(
-        "greeting-fix.yaml",
-        &format!(
-            "patch: greeting-fix\nversion: \"1.0.0\"\ndescription: Fix the typo in the greeting\n\
-             target:\n  object: {}\n  build_id: {build_id}\n\
-             module:\n  path: greeting-fix.so\n  sha256: {sha}\n\
-             functions:\n  - target: greeting\n    replacement: greeting_fixed\n\
-             trial:\n  duration: {trial}\n  on_expiry: commit\n",
-            service.display()
-        ),
+    gcc(&["-O2", "-g", "-Wl,--build-id", "-o", &service.to_string_lossy(), &src.to_string_lossy()])?;
+    gcc(&["-O2", "-shared", "-fPIC", "-o", &module.to_string_lossy(), &psrc.to_string_lossy()])?;
+    let polish_src = write("greeting-polish.c", POLISH_C)?;
+    let polish = dir.join("greeting-polish.so");
+    gcc(&["-O2", "-shared", "-fPIC", "-o", &polish.to_string_lossy(), &polish_src.to_string_lossy()])?;
+    let build_id = Object::load(&service, "demo service")?.build_id.unwrap_or_default();
+    let manifest_for = |id: &str, about: &str, module: &Path, replacement: &str, requires: &str| {
+        let sha = sha256_file(module).map_err(|e| Error::other(e.to_string()))?;
+        write(
+            &format!("{id}.yaml"),
+            &format!(
+                "patch: {id}\nversion: \"1.0.0\"\ndescription: {about}\n\
+                 target:\n  object: {}\n  build_id: {build_id}\n\
+                 module:\n  path: {}\n  sha256: {sha}\n\
+                 functions:\n  - target: greeting\n    replacement: {replacement}\n\
+                 {requires}trial:\n  duration: {trial}\n  on_expiry: commit\n",
+                service.display(),
+                module.display()
+            ),
+        )
+    };
+    let manifest = manifest_for("greeting-fix", "Fix the typo in the greeting", &module, "greeting_fixed", "")?;
+    let polish_manifest = manifest_for(
+        "greeting-polish",
+        "A warmer greeting, stacked on greeting-fix",
+        &polish,
+        "greeting_polished",
+        "requires: [greeting-fix]\n",
     )?;
-    Ok(DemoBuild {
-        service,
-        module,
-        manifest,
-    })
+    Ok(DemoBuild { service, module, manifest, polish_manifest })
 }
 
 /// Starts the demo service with its output piped.
@@ -110,14 +105,10 @@ fn pause(yes: bool, what: &str) {
 /// shows, so the patch's effect is visible.
 pub fn console(engine: &Engine) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("pannus-demo-{}", std::process::id()));
-    eprintln!(
-        "building the demo service and its patch in {}",
-        dir.display()
-    );
+    eprintln!("building the demo service and its patch in {}", dir.display());
     let b = build(&dir, "2m")?;
     let log = dir.join("greeter.log");
-    let out =
-        std::fs::File::create(&log).map_err(|e| Error::other(format!("{}: {e}", log.display())))?;
+    let out = std::fs::File::create(&log).map_err(|e| Error::other(format!("{}: {e}", log.display())))?;
     let mut child = Command::new(&b.service)
         .stdin(Stdio::null())
         .stdout(out)
@@ -129,24 +120,15 @@ pub fn console(engine: &Engine) -> Result<()> {
     let result = std::fs::create_dir_all(&manifests)
         .map_err(|e| Error::other(e.to_string()))
         .and_then(|()| {
-            let text =
-                std::fs::read_to_string(&b.manifest).map_err(|e| Error::other(e.to_string()))?;
-            let text = text.replace(
-                "path: greeting-fix.so",
-                &format!("path: {}", b.module.display()),
-            );
-            std::fs::write(manifests.join("greeting-fix.yaml"), text)
-                .map_err(|e| Error::other(e.to_string()))
+            for m in [&b.manifest, &b.polish_manifest] {
+                if let Some(name) = m.file_name() {
+                    std::fs::copy(m, manifests.join(name)).map_err(|e| Error::other(e.to_string()))?;
+                }
+            }
+            Ok(())
         })
         .and_then(|()| {
-            crate::tui::run(
-                engine,
-                crate::tui::Options {
-                    manifests,
-                    select: Some(pid),
-                    watch_output: Some(log),
-                },
-            )
+            crate::tui::run(engine, crate::tui::Options { manifests, select: Some(pid), watch_output: Some(log) })
         });
     let _ = child.kill();
     let _ = child.wait();
@@ -156,10 +138,7 @@ pub fn console(engine: &Engine) -> Result<()> {
 
 pub fn run(engine: &Engine, yes: bool) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("pannus-demo-{}", std::process::id()));
-    println!(
-        "building the demo service and its patch in {}",
-        dir.display()
-    );
+    println!("building the demo service and its patch in {}", dir.display());
     let b = build(&dir, "2m")?;
     let mut child = start(&b)?;
     let pid = child.id() as i32;
@@ -188,35 +167,23 @@ pub fn run(engine: &Engine, yes: bool) -> Result<()> {
         pause(yes, &format!("apply {} to pid {pid}", b.manifest.display()));
         {
             let mut s = Session::open(engine, pid)?;
-            let mut obs = super::CliObserver {
-                yes: true,
-                quiet: false,
-            };
+            let mut obs = super::CliObserver { yes: true, quiet: false };
             let rec = s.apply(&m, &mut obs)?;
             println!("patch `{}` is {}", rec.patch, rec.state);
         }
         while rx.try_recv().is_ok() {}
         show(3);
-        pause(
-            yes,
-            &format!("status of pid {pid}, read from the process itself"),
-        );
+        pause(yes, &format!("status of pid {pid}, read from the process itself"));
         super::dispatch(engine, super::Command::Status { pid, json: false })?;
         pause(yes, "roll back");
         {
             let mut s = Session::open(engine, pid)?;
-            let mut obs = super::CliObserver {
-                yes: true,
-                quiet: false,
-            };
+            let mut obs = super::CliObserver { yes: true, quiet: false };
             s.rollback(None, false, &mut obs)?;
         }
         while rx.try_recv().is_ok() {}
         show(2);
-        println!(
-            "\nthe service never stopped; the journal is at {}",
-            engine.journal().path().display()
-        );
+        println!("\nthe service never stopped; the journal is at {}", engine.journal().path().display());
         Ok(())
     })();
     let _ = child.kill();

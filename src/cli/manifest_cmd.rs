@@ -5,9 +5,7 @@
 
 use crate::elf::{Object, SymKind};
 use crate::error::{Error, Kind, Result};
-use crate::manifest::{
-    valid_patch_id, Consistency, LoadMethod, Manifest, OnExpiry, DEFAULT_TRIAL, MAX_PATCH_ID_LEN,
-};
+use crate::manifest::{valid_patch_id, Consistency, LoadMethod, Manifest, OnExpiry, DEFAULT_TRIAL, MAX_PATCH_ID_LEN};
 use clap::{Args, CommandFactory, Subcommand};
 use serde_json::json;
 use std::io::Write;
@@ -62,8 +60,7 @@ fn parse_map(s: &str) -> std::result::Result<(String, String), String> {
     let bad = || format!("expected OLD=NEW (target function = module function), got `{s}`");
     let (old, new) = s.split_once('=').ok_or_else(bad)?;
     let (old, new) = (old.trim(), new.trim());
-    let symbol_ok =
-        |v: &str| !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c.is_control());
+    let symbol_ok = |v: &str| !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c.is_control());
     if !symbol_ok(old) || !symbol_ok(new) {
         return Err(bad());
     }
@@ -129,19 +126,14 @@ fn target_problem(object: &Object, name: &str) -> Option<String> {
         Err(addrs) => Some(format!(
             "symbol `{name}` is ambiguous in target object {path}: {} file-local definitions at {}",
             addrs.len(),
-            addrs
-                .iter()
-                .map(|a| format!("{a:#x}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
         )),
-        Ok(Some(s)) if s.kind != SymKind::Func => Some(format!(
-            "symbol `{name}` in target object {path} is not a function ({:?})",
-            s.kind
-        )),
-        Ok(Some(s)) if s.size == 0 => Some(format!(
-            "function `{name}` in target object {path} has no size in the symbol table"
-        )),
+        Ok(Some(s)) if s.kind != SymKind::Func => {
+            Some(format!("symbol `{name}` in target object {path} is not a function ({:?})", s.kind))
+        }
+        Ok(Some(s)) if s.size == 0 => {
+            Some(format!("function `{name}` in target object {path} has no size in the symbol table"))
+        }
         Ok(Some(_)) => None,
     }
 }
@@ -150,15 +142,10 @@ fn target_problem(object: &Object, name: &str) -> Option<String> {
 fn module_problem(module: &Object, name: &str) -> Option<String> {
     match module.lookup(name) {
         Ok(Some(s)) if s.kind == SymKind::Func => None,
-        Ok(Some(s)) => Some(format!(
-            "symbol `{name}` in patch module {} is not a function ({:?})",
-            module.path.display(),
-            s.kind
-        )),
-        _ => Some(format!(
-            "patch module {} does not define function `{name}`",
-            module.path.display()
-        )),
+        Ok(Some(s)) => {
+            Some(format!("symbol `{name}` in patch module {} is not a function ({:?})", module.path.display(), s.kind))
+        }
+        _ => Some(format!("patch module {} does not define function `{name}`", module.path.display())),
     }
 }
 
@@ -176,18 +163,12 @@ fn several(kind: Kind, what: &str, messages: Vec<String>) -> Error {
 }
 
 /// The (target, replacement) pairs: `--map` pairs first, then pairs by name.
-fn pair(
-    object: &Object,
-    module: &Object,
-    maps: &[(String, String)],
-) -> Result<Vec<(String, String)>> {
+fn pair(object: &Object, module: &Object, maps: &[(String, String)]) -> Result<Vec<(String, String)>> {
     let mut problems = Vec::new();
     for (i, (old, new)) in maps.iter().enumerate() {
         if maps[..i].iter().any(|(o, _)| o == old) {
-            return Err(
-                Error::bad_input(format!("--map {old}=...: `{old}` is mapped twice"))
-                    .hint("replace each target function once"),
-            );
+            return Err(Error::bad_input(format!("--map {old}=...: `{old}` is mapped twice"))
+                .hint("replace each target function once"));
         }
         problems.extend(target_problem(object, old));
         problems.extend(module_problem(module, new));
@@ -220,9 +201,7 @@ fn pair(
                 "patch module {} has two replacements for `{base}`: `{other}` and `{f}`",
                 module.path.display()
             ))
-            .hint(format!(
-                "choose one with --map {base}={f} (or --map {base}={other})"
-            )));
+            .hint(format!("choose one with --map {base}={f} (or --map {base}={other})")));
         }
     }
     pairs.extend(by_name);
@@ -246,10 +225,7 @@ fn pair(
 
 /// The default patch id: the module's file stem, lowercased, in the id syntax.
 fn default_patch_id(module: &Path) -> String {
-    let stem = module
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
+    let stem = module.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
     let id: String = stem
         .chars()
         .map(|c| match c {
@@ -274,12 +250,8 @@ fn utf8<'a>(path: &'a Path, what: &str) -> Result<&'a str> {
 }
 
 fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(|e| {
-        Error::bad_input(format!(
-            "{what} {}: cannot make the path absolute: {e}",
-            path.display()
-        ))
-    })
+    std::path::absolute(path)
+        .map_err(|e| Error::bad_input(format!("{what} {}: cannot make the path absolute: {e}", path.display())))
 }
 
 /// `s` as a YAML scalar: plain when it reads back as the same string, else double-quoted.
@@ -299,10 +271,7 @@ fn command_line() -> String {
     for arg in std::env::args_os().skip(1) {
         let arg = arg.to_string_lossy();
         out.push(' ');
-        let safe = !arg.is_empty()
-            && arg
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        let safe = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
         if safe {
             out.push_str(&arg);
         } else if !arg.contains('\'') && !arg.chars().any(char::is_control) {
@@ -318,60 +287,40 @@ fn new(a: NewArgs) -> Result<()> {
     let target_path = absolute(&a.target, "target object")?;
     let object = Object::load(&target_path, "target object")?;
     let build_id = object.build_id.clone().ok_or_else(|| {
-        Error::precondition(format!(
-            "target object {} has no GNU build-id",
-            target_path.display()
-        ))
-        .hint("a patch is tied to one build by its build-id; link the program with -Wl,--build-id")
+        Error::precondition(format!("target object {} has no GNU build-id", target_path.display()))
+            .hint("a patch is tied to one build by its build-id; link the program with -Wl,--build-id")
     })?;
     let module_path = absolute(&a.module, "patch module")?;
     let module = Object::load(&module_path, "patch module")?;
     if !module.is_dyn {
-        return Err(Error::bad_input(format!(
-            "patch module {}: not a shared object",
-            module_path.display()
-        ))
-        .hint("build it with gcc -shared -fPIC"));
+        return Err(Error::bad_input(format!("patch module {}: not a shared object", module_path.display()))
+            .hint("build it with gcc -shared -fPIC"));
     }
-    let sha256 = crate::elf::sha256_file(&module_path).map_err(|e| {
-        Error::bad_input(format!(
-            "patch module {}: cannot read: {e}",
-            module_path.display()
-        ))
-    })?;
+    let sha256 = crate::elf::sha256_file(&module_path)
+        .map_err(|e| Error::bad_input(format!("patch module {}: cannot read: {e}", module_path.display())))?;
     let patch = match a.patch {
         Some(p) if valid_patch_id(&p) => p,
         Some(p) => {
-            return Err(
-                Error::bad_input(format!("--patch: invalid patch id `{p}`")).hint(
-                    "a patch id is 1 to 64 characters of a-z, 0-9, '.', '_' and '-', \
+            return Err(Error::bad_input(format!("--patch: invalid patch id `{p}`")).hint(
+                "a patch id is 1 to 64 characters of a-z, 0-9, '.', '_' and '-', \
                  starting with a letter or digit",
-                ),
-            )
+            ))
         }
         None => default_patch_id(&module_path),
     };
     let version = a.version.trim().to_string();
     if version.is_empty() {
-        return Err(
-            Error::bad_input("--version: must not be empty").hint("for example --version 1.0.1")
-        );
+        return Err(Error::bad_input("--version: must not be empty").hint("for example --version 1.0.1"));
     }
     let pairs = pair(&object, &module, &a.map)?;
 
     // Where the manifest goes, and the module path as written in it.
-    let output = a
-        .output
-        .as_deref()
-        .map(|o| absolute(o, "--output"))
-        .transpose()?;
+    let output = a.output.as_deref().map(|o| absolute(o, "--output")).transpose()?;
     let mut module_text = utf8(&module_path, "patch module")?.to_string();
     if let Some(out) = &output {
         let canon = |p: &Path| std::fs::canonicalize(p).ok();
         let out_canon = canon(out);
-        if out_canon.is_some()
-            && (out_canon == canon(&module_path) || out_canon == canon(&target_path))
-        {
+        if out_canon.is_some() && (out_canon == canon(&module_path) || out_canon == canon(&target_path)) {
             return Err(Error::bad_input(format!(
                 "--output {}: is the module or the target object itself",
                 out.display()
@@ -392,18 +341,12 @@ fn new(a: NewArgs) -> Result<()> {
         "# Written by `{}`\n# (pannus {}). Check it with `pannus manifest check {}`.\n",
         command_line(),
         env!("CARGO_PKG_VERSION"),
-        a.output.as_deref().map_or("FILE".into(), |o| o
-            .to_string_lossy()
-            .escape_default()
-            .to_string())
+        a.output.as_deref().map_or("FILE".into(), |o| o.to_string_lossy().escape_default().to_string())
     );
     text.push_str(&format!("patch: {}\n", yaml_scalar(&patch)));
     text.push_str(&format!("version: {}\n", yaml_scalar(&version)));
     text.push_str("target:\n");
-    text.push_str(&format!(
-        "  object: {}\n",
-        yaml_scalar(utf8(&target_path, "target object")?)
-    ));
+    text.push_str(&format!("  object: {}\n", yaml_scalar(utf8(&target_path, "target object")?)));
     text.push_str(&format!("  build_id: {build_id}\n"));
     text.push_str("module:\n");
     text.push_str(&format!("  path: {}\n", yaml_scalar(&module_text)));
@@ -418,35 +361,19 @@ fn new(a: NewArgs) -> Result<()> {
         "  duration: {}  # countdown after activation\n",
         humantime::format_duration(DEFAULT_TRIAL)
     ));
-    text.push_str(&format!(
-        "  on_expiry: {}  # {} | {}\n",
-        OnExpiry::default(),
-        OnExpiry::Commit,
-        OnExpiry::Rollback
-    ));
+    text.push_str(&format!("  on_expiry: {}  # {} | {}\n", OnExpiry::default(), OnExpiry::Commit, OnExpiry::Rollback));
 
     // The manifest must read back as written.
-    let parse_path = output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("<standard output>"));
-    let m = Manifest::parse(&text, &parse_path).map_err(|e| {
-        Error::other(format!(
-            "the manifest written does not read back: {}",
-            e.message
-        ))
-    })?;
+    let parse_path = output.clone().unwrap_or_else(|| PathBuf::from("<standard output>"));
+    let m = Manifest::parse(&text, &parse_path)
+        .map_err(|e| Error::other(format!("the manifest written does not read back: {}", e.message)))?;
     let same = m.patch == patch
         && m.version == version
         && m.target.object == target_path
         && m.module.path == module_path
-        && m.functions
-            .iter()
-            .map(|f| (f.target.clone(), f.replacement.clone()))
-            .eq(pairs.iter().cloned());
+        && m.functions.iter().map(|f| (f.target.clone(), f.replacement.clone())).eq(pairs.iter().cloned());
     if !same {
-        return Err(Error::other(
-            "the manifest written does not read back as intended",
-        ));
+        return Err(Error::other("the manifest written does not read back as intended"));
     }
 
     let Some(out) = output else {
@@ -462,10 +389,8 @@ fn new(a: NewArgs) -> Result<()> {
     let mut file = options.open(&out).map_err(|e| {
         let err = Error::bad_input(format!("--output {}: cannot write: {e}", out.display()));
         match e.kind() {
-            std::io::ErrorKind::AlreadyExists => {
-                Error::bad_input(format!("--output {}: file exists", out.display()))
-                    .hint("pass --force to overwrite it, or choose another --output")
-            }
+            std::io::ErrorKind::AlreadyExists => Error::bad_input(format!("--output {}: file exists", out.display()))
+                .hint("pass --force to overwrite it, or choose another --output"),
             std::io::ErrorKind::NotFound => err.hint("create the folder first"),
             _ => err,
         }
@@ -474,11 +399,7 @@ fn new(a: NewArgs) -> Result<()> {
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::other(format!("--output {}: cannot write: {e}", out.display())))?;
     let list: Vec<String> = pairs.iter().map(|(t, r)| format!("{t} -> {r}")).collect();
-    eprintln!(
-        "wrote {}: patch `{patch}` {version}, {}",
-        out.display(),
-        list.join(", ")
-    );
+    eprintln!("wrote {}: patch `{patch}` {version}, {}", out.display(), list.join(", "));
     Ok(())
 }
 
@@ -495,26 +416,13 @@ struct Line {
 fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
     let mut lines = Vec::new();
     let mut problems = Vec::new();
-    let mut ok = |check: &str, detail: String| {
-        lines.push(Line {
-            check: check.into(),
-            detail,
-        })
-    };
+    let mut ok = |check: &str, detail: String| lines.push(Line { check: check.into(), detail });
     let m = match Manifest::load(path) {
         Ok(m) => m,
         Err(e) => return (None, lines, vec![e]),
     };
     let n = m.functions.len();
-    ok(
-        "manifest",
-        format!(
-            "patch `{}` {} ({n} function{})",
-            m.patch,
-            m.version,
-            if n == 1 { "" } else { "s" }
-        ),
-    );
+    ok("manifest", format!("patch `{}` {} ({n} function{})", m.patch, m.version, if n == 1 { "" } else { "s" }));
     if m.safety.consistency == Consistency::Function {
         problems.push(
             Error::bad_input(format!(
@@ -526,11 +434,8 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
     }
     if m.module.load == LoadMethod::Dlopen {
         problems.push(
-            Error::bad_input(format!(
-                "{}: module.load: dlopen is not supported by this pannus",
-                path.display()
-            ))
-            .hint("use load: mmap"),
+            Error::bad_input(format!("{}: module.load: dlopen is not supported by this pannus", path.display()))
+                .hint("use load: mmap"),
         );
     }
 
@@ -539,41 +444,36 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
     let mut module = None;
     match crate::elf::sha256_file(mpath) {
         Err(e) => problems.push(
-            Error::bad_input(format!(
-                "patch module {}: cannot read: {e}",
-                mpath.display()
-            ))
-            .hint("check module.path; a relative path is taken from the manifest's folder"),
+            Error::bad_input(format!("patch module {}: cannot read: {e}", mpath.display()))
+                .hint("check module.path; a relative path is taken from the manifest's folder"),
         ),
         Ok(sum) => {
             if sum == m.module.sha256 {
                 ok("module checksum", format!("sha256 {sum}"));
             } else {
-                problems.push(Error::bad_input(format!(
-                    "patch module {}: checksum mismatch: the manifest says sha256 {}, the file has {sum}",
-                    mpath.display(),
-                    m.module.sha256
-                ))
-                .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
+                problems.push(
+                    Error::bad_input(format!(
+                        "patch module {}: checksum mismatch: the manifest says sha256 {}, the file has {sum}",
+                        mpath.display(),
+                        m.module.sha256
+                    ))
+                    .hint(
+                        "the module is not the one the manifest was written for; get the right file or a new manifest",
+                    ),
+                );
             }
             match Object::load(mpath, "patch module") {
                 Err(e) => problems.push(e),
                 Ok(o) if !o.is_dyn => problems.push(
-                    Error::bad_input(format!(
-                        "patch module {}: not a shared object",
-                        mpath.display()
-                    ))
-                    .hint("build it with gcc -shared -fPIC"),
+                    Error::bad_input(format!("patch module {}: not a shared object", mpath.display()))
+                        .hint("build it with gcc -shared -fPIC"),
                 ),
                 Ok(o) if o.has_tls => problems.push(Error::bad_input(format!(
                     "patch module {}: uses thread-local storage, which load: mmap does not support",
                     mpath.display()
                 ))),
                 Ok(o) => {
-                    ok(
-                        "module",
-                        format!("{} (ELF x86-64 shared object)", mpath.display()),
-                    );
+                    ok("module", format!("{} (ELF x86-64 shared object)", mpath.display()));
                     module = Some(o);
                 }
             }
@@ -611,16 +511,15 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
         let t = object.as_ref().map(|o| target_problem(o, &f.target));
         let r = module.as_ref().map(|o| module_problem(o, &f.replacement));
         for why in [&t, &r].into_iter().flatten().flatten() {
-            problems.push(Error::precondition(why.clone()).hint(
-                "check functions[]: target is a function of target.object, replacement one the module defines",
-            ));
+            problems.push(
+                Error::precondition(why.clone()).hint(
+                    "check functions[]: target is a function of target.object, replacement one the module defines",
+                ),
+            );
         }
         if let (Some(None), Some(None), Some(o)) = (&t, &r, &object) {
             let size = o.lookup(&f.target).ok().flatten().map_or(0, |s| s.size);
-            ok(
-                "function",
-                format!("{} ({size} bytes) -> {}", f.target, f.replacement),
-            );
+            ok("function", format!("{} ({size} bytes) -> {}", f.target, f.replacement));
         }
     }
     (Some(m), lines, problems)
@@ -631,11 +530,7 @@ fn check(path: &Path, json: bool) -> Result<()> {
     let result = if problems.is_empty() {
         Ok(())
     } else {
-        let kind = if problems.iter().any(|p| p.kind == Kind::BadInput) {
-            Kind::BadInput
-        } else {
-            Kind::Precondition
-        };
+        let kind = if problems.iter().any(|p| p.kind == Kind::BadInput) { Kind::BadInput } else { Kind::Precondition };
         Err(if problems.len() == 1 {
             let mut e = problems[0].clone();
             e.kind = kind;
@@ -660,19 +555,13 @@ fn check(path: &Path, json: bool) -> Result<()> {
             path.display(),
             m.patch,
             m.version,
-            m.functions
-                .iter()
-                .map(|f| format!("{} with {}", f.target, f.replacement))
-                .collect::<Vec<_>>()
-                .join(", "),
+            m.functions.iter().map(|f| format!("{} with {}", f.target, f.replacement)).collect::<Vec<_>>().join(", "),
             m.target.object.display()
         )
     });
     if json {
-        let problems: Vec<_> = problems
-            .iter()
-            .map(|p| json!({"kind": p.kind, "message": p.message, "hint": p.hint}))
-            .collect();
+        let problems: Vec<_> =
+            problems.iter().map(|p| json!({"kind": p.kind, "message": p.message, "hint": p.hint})).collect();
         let mut out = json!({
             "manifest": path,
             "ok": problems.is_empty(),
@@ -746,9 +635,7 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::other(format!(
-            "cannot write to standard output: {e}"
-        ))),
+        Err(e) => Err(Error::other(format!("cannot write to standard output: {e}"))),
     }
 }
 
@@ -771,17 +658,11 @@ mod tests {
 
     #[test]
     fn patch_ids_from_file_names() {
-        assert_eq!(
-            default_patch_id(Path::new("/a/patch_compute.so")),
-            "patch_compute"
-        );
+        assert_eq!(default_patch_id(Path::new("/a/patch_compute.so")), "patch_compute");
         assert_eq!(default_patch_id(Path::new("Invite Fix.so")), "invite-fix");
         assert_eq!(default_patch_id(Path::new("__x.so")), "x");
         assert_eq!(default_patch_id(Path::new("___.so")), "patch");
-        assert_eq!(
-            default_patch_id(&PathBuf::from("a".repeat(80) + ".so")).len(),
-            64
-        );
+        assert_eq!(default_patch_id(&PathBuf::from("a".repeat(80) + ".so")).len(), 64);
     }
 
     #[test]
@@ -794,17 +675,10 @@ mod tests {
 
     #[test]
     fn yaml_scalars_read_back() {
-        for s in [
-            "plain", "1", "1.0", "true", "null", "", "a: b", "a #b", "- x", " x", "x\ny", "'q'",
-            "é",
-        ] {
+        for s in ["plain", "1", "1.0", "true", "null", "", "a: b", "a #b", "- x", " x", "x\ny", "'q'", "é"] {
             let text = format!("k: {}\n", yaml_scalar(s));
             let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-            assert_eq!(
-                v["k"],
-                serde_yaml::Value::String(s.into()),
-                "{s:?} as {text:?}"
-            );
+            assert_eq!(v["k"], serde_yaml::Value::String(s.into()), "{s:?} as {text:?}");
         }
         assert_eq!(yaml_scalar("/usr/sbin/sipd"), "/usr/sbin/sipd");
         assert_eq!(yaml_scalar("1"), "\"1\"");

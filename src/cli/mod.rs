@@ -129,9 +129,7 @@ pub enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
-    let command = cli.command.unwrap_or(Command::Console {
-        manifests: PathBuf::from("manifests"),
-    });
+    let command = cli.command.unwrap_or(Command::Console { manifests: PathBuf::from("manifests") });
     let json = matches!(
         command,
         Command::Apply { json: true, .. }
@@ -157,48 +155,25 @@ pub fn run(cli: Cli) -> i32 {
 
 fn dispatch(engine: &Engine, command: Command) -> Result<()> {
     match command {
-        Command::Apply {
-            manifest,
-            pid,
-            yes,
-            wait,
-            json,
-        } => apply(engine, &manifest, pid, yes, wait, json),
-        Command::Check {
-            manifest,
-            pid,
-            json,
-        } => check(engine, &manifest, pid, json),
+        Command::Apply { manifest, pid, yes, wait, json } => apply(engine, &manifest, pid, yes, wait, json),
+        Command::Check { manifest, pid, json } => check(engine, &manifest, pid, json),
         Command::Status { pid, json } => status(pid, json),
         Command::Ps { all, json } => ps(all, json),
         Command::Commit { pid, patch, json } => {
             let mut s = Session::open(engine, pid)?;
             let rec = s.commit(&patch, "committed by hand")?;
             if json {
-                println!(
-                    "{}",
-                    json!({"pid": pid, "patch": patch, "state": rec.state})
-                );
+                println!("{}", json!({"pid": pid, "patch": patch, "state": rec.state}));
             } else {
                 println!("patch `{patch}` committed in process {pid}");
             }
             Ok(())
         }
-        Command::Rollback {
-            pid,
-            patch,
-            yes,
-            cascade,
-            json,
-        } => rollback(engine, pid, patch, yes, cascade, json),
+        Command::Rollback { pid, patch, yes, cascade, json } => rollback(engine, pid, patch, yes, cascade, json),
         Command::Journal { pid, json } => journal(engine, pid, json),
-        Command::Console { manifests } => crate::tui::run(
-            engine,
-            crate::tui::Options {
-                manifests,
-                ..Default::default()
-            },
-        ),
+        Command::Console { manifests } => {
+            crate::tui::run(engine, crate::tui::Options { manifests, ..Default::default() })
+        }
         Command::Demo { script: true, yes } => demo::run(engine, yes),
         Command::Demo { script: false, .. } => demo::console(engine),
         Command::Manifest { command } => manifest_cmd::run(command),
@@ -252,10 +227,8 @@ fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
     if yes || std::io::stdin().is_terminal() {
         return Ok(());
     }
-    Err(Error::bad_input(format!(
-        "{what} needs a confirmation and there is no terminal to ask on"
-    ))
-    .hint("pass --yes to confirm every stage in advance"))
+    Err(Error::bad_input(format!("{what} needs a confirmation and there is no terminal to ask on"))
+        .hint("pass --yes to confirm every stage in advance"))
 }
 
 fn hex_addr(a: u64) -> String {
@@ -263,10 +236,7 @@ fn hex_addr(a: u64) -> String {
 }
 
 fn deadline_text(d: Option<u64>) -> Option<String> {
-    d.map(|s| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
-            .to_string()
-    })
+    d.map(|s| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)).to_string())
 }
 
 /// The JSON form of a patch record, as `status --json` documents it.
@@ -296,23 +266,13 @@ pub fn patch_json(p: &PatchRecord) -> serde_json::Value {
     })
 }
 
-fn apply(
-    engine: &Engine,
-    path: &std::path::Path,
-    pid: i32,
-    yes: bool,
-    wait: bool,
-    json: bool,
-) -> Result<()> {
+fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: bool, json: bool) -> Result<()> {
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "apply")?;
     let mut s = Session::open(engine, pid)?;
     let mut obs = CliObserver { yes, quiet: json };
     if !json {
-        println!(
-            "applying `{}` {} to process {pid} ({})",
-            m.patch, m.version, s.target.name
-        );
+        println!("applying `{}` {} to process {pid} ({})", m.patch, m.version, s.target.name);
     }
     let rec = s.apply(&m, &mut obs)?;
     drop(s);
@@ -341,10 +301,7 @@ fn apply(
             }
         })?;
         if !json {
-            println!(
-                "\rtrial ended: patch `{}` is {final_state}          ",
-                rec.patch
-            );
+            println!("\rtrial ended: patch `{}` is {final_state}          ", rec.patch);
         }
     }
     if json {
@@ -362,18 +319,12 @@ fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Resul
     let (lines, result) = s.check(&m);
     if json {
         let ok = result.is_ok();
-        println!(
-            "{}",
-            json!({"pid": pid, "patch": m.patch, "ok": ok, "checks": lines})
-        );
+        println!("{}", json!({"pid": pid, "patch": m.patch, "ok": ok, "checks": lines}));
         return result;
     }
     print_checks(&lines);
     if result.is_ok() {
-        println!(
-            "all checks passed: `{}` can be applied to process {pid}",
-            m.patch
-        );
+        println!("all checks passed: `{}` can be applied to process {pid}", m.patch);
     }
     result
 }
@@ -389,10 +340,7 @@ fn status(pid: i32, json: bool) -> Result<()> {
     let (target, reg) = engine::read_status(pid)?;
     if json {
         let patches: Vec<_> = reg.patches.iter().map(patch_json).collect();
-        println!(
-            "{}",
-            json!({"pid": pid, "name": target.name, "exe": target.exe, "patches": patches})
-        );
+        println!("{}", json!({"pid": pid, "name": target.name, "exe": target.exe, "patches": patches}));
         return Ok(());
     }
     println!("process {pid} ({}) {}", target.name, target.exe);
@@ -401,19 +349,10 @@ fn status(pid: i32, json: bool) -> Result<()> {
     }
     for p in &reg.patches {
         let trial = match (p.state, engine::remaining(p)) {
-            (State::Trial, Some(left)) => format!(
-                ", {:02}:{:02} left, then {}",
-                left / 60,
-                left % 60,
-                p.on_expiry
-            ),
+            (State::Trial, Some(left)) => format!(", {:02}:{:02} left, then {}", left / 60, left % 60, p.on_expiry),
             _ => String::new(),
         };
-        let req = if p.requires.is_empty() {
-            String::new()
-        } else {
-            format!(", requires {}", p.requires.join(", "))
-        };
+        let req = if p.requires.is_empty() { String::new() } else { format!(", requires {}", p.requires.join(", ")) };
         println!("  {} {} [{}{trial}{req}]", p.patch, p.version, p.state);
         if p.state.is_applied() {
             for f in &p.functions {
@@ -446,36 +385,21 @@ fn ps(all: bool, json: bool) -> Result<()> {
     }
     println!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
     for p in &procs {
-        let applied: Vec<String> = p
-            .patches
-            .iter()
-            .filter(|r| r.state.is_applied())
-            .map(|r| format!("{}({})", r.patch, r.state))
-            .collect();
+        let applied: Vec<String> =
+            p.patches.iter().filter(|r| r.state.is_applied()).map(|r| format!("{}({})", r.patch, r.state)).collect();
         println!(
             "{:>8}  {:<16} {:<10} {}{}",
             p.pid,
             p.name,
             applied.len(),
             p.exe,
-            if applied.is_empty() {
-                String::new()
-            } else {
-                format!("  {}", applied.join(" "))
-            }
+            if applied.is_empty() { String::new() } else { format!("  {}", applied.join(" ")) }
         );
     }
     Ok(())
 }
 
-fn rollback(
-    engine: &Engine,
-    pid: i32,
-    patch: Option<String>,
-    yes: bool,
-    cascade: bool,
-    json: bool,
-) -> Result<()> {
+fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade: bool, json: bool) -> Result<()> {
     require_terminal_or_yes(yes, "rollback")?;
     let mut s = Session::open(engine, pid)?;
     if !yes {
@@ -484,17 +408,11 @@ fn rollback(
             .clone()
             .or_else(|| reg.applied().max_by_key(|p| p.seq).map(|p| p.patch.clone()))
             .unwrap_or_else(|| "(none)".into());
-        if !ask(&format!(
-            "Roll back `{which}` in process {pid} ({})?",
-            s.target.name
-        )) {
+        if !ask(&format!("Roll back `{which}` in process {pid} ({})?", s.target.name)) {
             return Err(Error::other("rollback cancelled"));
         }
     }
-    let mut obs = CliObserver {
-        yes: true,
-        quiet: json,
-    };
+    let mut obs = CliObserver { yes: true, quiet: json };
     let done = s.rollback(patch.as_deref(), cascade, &mut obs)?;
     if json {
         println!("{}", json!({"pid": pid, "rolled_back": done}));
@@ -506,11 +424,7 @@ fn rollback(
 
 fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
     let j = engine.journal();
-    let entries: Vec<_> = j
-        .entries()
-        .into_iter()
-        .filter(|e| pid.is_none_or(|p| e.pid == p))
-        .collect();
+    let entries: Vec<_> = j.entries().into_iter().filter(|e| pid.is_none_or(|p| e.pid == p)).collect();
     if json {
         println!("{}", json!({"journal": j.path(), "entries": entries}));
         return Ok(());

@@ -157,8 +157,7 @@ impl App {
 
     pub fn selected_index(&self) -> Option<usize> {
         let v = self.visible();
-        self.selected
-            .and_then(|pid| v.iter().position(|r| r.pid == pid))
+        self.selected.and_then(|pid| v.iter().position(|r| r.pid == pid))
     }
 
     pub fn selected_row(&self) -> Option<&ProcRow> {
@@ -206,10 +205,7 @@ impl App {
             return None;
         }
         if self.help {
-            if matches!(
-                key.code,
-                KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter
-            ) {
+            if matches!(key.code, KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter) {
                 self.help = false;
             }
             return None;
@@ -233,9 +229,7 @@ impl App {
                     // The selection follows the first match as you type.
                     self.selected = self.visible().first().map(|r| r.pid);
                 }
-                KeyCode::Up | KeyCode::Down => {
-                    self.move_selection(if key.code == KeyCode::Up { -1 } else { 1 })
-                }
+                KeyCode::Up | KeyCode::Down => self.move_selection(if key.code == KeyCode::Up { -1 } else { 1 }),
                 _ => {}
             }
             return None;
@@ -265,10 +259,7 @@ impl App {
 
     fn on_confirm_key(&mut self, key: KeyEvent) -> Option<Option<Job>> {
         let w = self.wizard.as_mut()?;
-        let Phase::Running {
-            confirm: Some((stage, _)),
-        } = &w.phase
-        else {
+        let Phase::Running { confirm: Some((stage, _)) } = &w.phase else {
             return None;
         };
         let stage = *stage;
@@ -282,9 +273,7 @@ impl App {
             w.current = Some(stage);
             w.log.push(format!("{stage}: confirmed"));
         } else {
-            w.log.push(format!(
-                "{stage}: cancelled; undoing the stages already done"
-            ));
+            w.log.push(format!("{stage}: cancelled; undoing the stages already done"));
         }
         if let Some(reply) = self.confirm_reply.take() {
             let _ = reply.send(answer);
@@ -308,10 +297,7 @@ impl App {
                 };
                 let patch = latest.patch.clone();
                 self.busy = Some(format!("rolling back `{patch}` in {pid}"));
-                Some(Job::Rollback {
-                    pid,
-                    patch: Some(patch),
-                })
+                Some(Job::Rollback { pid, patch: Some(patch) })
             }
             KeyCode::Char('C') => {
                 let patch = if self.screen == Screen::Detail {
@@ -325,10 +311,7 @@ impl App {
                 match patch {
                     Some(patch) => self.commit(pid, patch),
                     None => {
-                        self.say(
-                            false,
-                            format!("process {pid} has no patch on trial to commit"),
-                        );
+                        self.say(false, format!("process {pid} has no patch on trial to commit"));
                         None
                     }
                 }
@@ -338,10 +321,7 @@ impl App {
                 None
             }
             KeyCode::Char('t') => {
-                let p = row
-                    .applied()
-                    .filter(|p| p.state == crate::registry::State::Trial)
-                    .max_by_key(|p| p.seq);
+                let p = row.applied().filter(|p| p.state == crate::registry::State::Trial).max_by_key(|p| p.seq);
                 match p.map(|p| p.patch.clone()) {
                     Some(patch) => {
                         self.trial = Some((pid, patch));
@@ -366,11 +346,7 @@ impl App {
             return None;
         }
         self.busy = Some(format!("committing `{patch}` in {pid}"));
-        Some(Job::Commit {
-            pid,
-            patch,
-            note: "committed from the console".into(),
-        })
+        Some(Job::Commit { pid, patch, note: "committed from the console".into() })
     }
 
     fn on_processes_key(&mut self, key: KeyEvent) -> Option<Job> {
@@ -392,10 +368,7 @@ impl App {
             KeyCode::Enter => {
                 if self.selected_row().is_some() {
                     self.screen = Screen::Detail;
-                    self.detail_patch = self
-                        .selected_row()
-                        .map(|r| r.patches.len().saturating_sub(1))
-                        .unwrap_or(0);
+                    self.detail_patch = self.selected_row().map(|r| r.patches.len().saturating_sub(1)).unwrap_or(0);
                     self.pane = Pane::Patches;
                 }
             }
@@ -415,12 +388,8 @@ impl App {
                     Pane::Graph => Pane::Patches,
                 }
             }
-            KeyCode::Up | KeyCode::Char('k') => {
-                self.detail_patch = self.detail_patch.saturating_sub(1)
-            }
-            KeyCode::Down | KeyCode::Char('j') => {
-                self.detail_patch = (self.detail_patch + 1).min(n.saturating_sub(1))
-            }
+            KeyCode::Up | KeyCode::Char('k') => self.detail_patch = self.detail_patch.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => self.detail_patch = (self.detail_patch + 1).min(n.saturating_sub(1)),
             KeyCode::Enter => {
                 let trial = self
                     .selected_row()
@@ -465,10 +434,7 @@ impl App {
                 if busy {
                     return None;
                 }
-                let job = Job::Check {
-                    pid: w.pid,
-                    manifest: f.path.clone(),
-                };
+                let job = Job::Check { pid: w.pid, manifest: f.path.clone() };
                 w.phase = Phase::Checking;
                 self.busy = Some("pre-flight checks".into());
                 return Some(job);
@@ -482,10 +448,7 @@ impl App {
                     return None;
                 }
                 let f = w.files.get(w.index)?;
-                let job = Job::Apply {
-                    pid: w.pid,
-                    manifest: f.path.clone(),
-                };
+                let job = Job::Apply { pid: w.pid, manifest: f.path.clone() };
                 w.phase = Phase::Running { confirm: None };
                 w.log.push(format!("applying {}", f.path.display()));
                 self.busy = Some(format!("applying `{}`", w.patch));
@@ -510,11 +473,7 @@ impl App {
         let (pid, patch) = self.trial.clone()?;
         match key.code {
             KeyCode::Esc => {
-                self.screen = if self.selected == Some(pid) {
-                    Screen::Detail
-                } else {
-                    Screen::Processes
-                };
+                self.screen = if self.selected == Some(pid) { Screen::Detail } else { Screen::Processes };
                 None
             }
             KeyCode::Char('C') => self.commit(pid, patch),
@@ -524,10 +483,7 @@ impl App {
                     return None;
                 }
                 self.busy = Some(format!("rolling back `{patch}` in {pid}"));
-                Some(Job::Rollback {
-                    pid,
-                    patch: Some(patch),
-                })
+                Some(Job::Rollback { pid, patch: Some(patch) })
             }
             _ => None,
         }
@@ -561,32 +517,18 @@ impl App {
         if self.expiry_handled.as_ref() == Some(&(pid, id.clone())) {
             return None;
         }
-        let rec = self
-            .snapshot
-            .rows
-            .iter()
-            .find(|r| r.pid == pid)?
-            .patches
-            .iter()
-            .find(|p| p.patch == id)?;
+        let rec = self.snapshot.rows.iter().find(|r| r.pid == pid)?.patches.iter().find(|p| p.patch == id)?;
         if rec.state != crate::registry::State::Trial || self.now < rec.trial_deadline? + 5 {
             return None;
         }
         let policy = rec.on_expiry;
         self.expiry_handled = Some((pid, id.clone()));
-        self.busy = Some(format!(
-            "trial of `{id}` expired: applying its policy ({policy})"
-        ));
+        self.busy = Some(format!("trial of `{id}` expired: applying its policy ({policy})"));
         Some(match policy {
-            crate::manifest::OnExpiry::Commit => Job::Commit {
-                pid,
-                patch: id,
-                note: "trial expired: committed by policy".into(),
-            },
-            crate::manifest::OnExpiry::Rollback => Job::Rollback {
-                pid,
-                patch: Some(id),
-            },
+            crate::manifest::OnExpiry::Commit => {
+                Job::Commit { pid, patch: id, note: "trial expired: committed by policy".into() }
+            }
+            crate::manifest::OnExpiry::Rollback => Job::Rollback { pid, patch: Some(id) },
         })
     }
 
@@ -611,44 +553,28 @@ impl App {
             }
             Event::Confirm { stage, plan, reply } => match self.wizard.as_mut() {
                 Some(w) => {
-                    w.phase = Phase::Running {
-                        confirm: Some((stage, plan)),
-                    };
+                    w.phase = Phase::Running { confirm: Some((stage, plan)) };
                     self.confirm_reply = Some(reply);
                 }
                 None => {
                     let _ = reply.send(false);
                 }
             },
-            Event::Checked {
-                pid,
-                patch,
-                lines,
-                error,
-            } => {
+            Event::Checked { pid, patch, lines, error } => {
                 self.busy = None;
                 if let Some(w) = self.wizard.as_mut().filter(|w| w.pid == pid) {
                     w.patch = patch;
-                    w.phase = Phase::Report {
-                        lines,
-                        error: error.map(|e| e.to_string()),
-                    };
+                    w.phase = Phase::Report { lines, error: error.map(|e| e.to_string()) };
                 }
             }
             Event::Applied { pid, result } => {
                 self.busy = None;
                 let (ok, message) = match &result {
-                    Ok(patch) => (
-                        true,
-                        format!("patch `{patch}` is active in process {pid}: trial started"),
-                    ),
+                    Ok(patch) => (true, format!("patch `{patch}` is active in process {pid}: trial started")),
                     Err(e) => (false, e.to_string()),
                 };
                 if let Some(w) = self.wizard.as_mut() {
-                    w.phase = Phase::Done {
-                        ok,
-                        message: message.clone(),
-                    };
+                    w.phase = Phase::Done { ok, message: message.clone() };
                     w.current = None;
                 }
                 self.say(ok, message.lines().next().unwrap_or("").to_string());
@@ -656,14 +582,8 @@ impl App {
             Event::RolledBack { pid, result } => {
                 self.busy = None;
                 match result {
-                    Ok(ids) => self.say(
-                        true,
-                        format!("rolled back in process {pid}: {}", ids.join(", ")),
-                    ),
-                    Err(e) => self.say(
-                        false,
-                        format!("rollback in process {pid} failed: {}", e.message),
-                    ),
+                    Ok(ids) => self.say(true, format!("rolled back in process {pid}: {}", ids.join(", "))),
+                    Err(e) => self.say(false, format!("rollback in process {pid} failed: {}", e.message)),
                 }
             }
             Event::Committed { pid, patch, result } => {
@@ -704,12 +624,7 @@ pub fn list_manifests(dir: &Path) -> Vec<ManifestFile> {
         .map(|path| {
             let summary = Manifest::load(&path)
                 .map(|m| {
-                    format!(
-                        "{} {}{}",
-                        m.patch,
-                        m.version,
-                        m.description.map(|d| format!(" — {d}")).unwrap_or_default()
-                    )
+                    format!("{} {}{}", m.patch, m.version, m.description.map(|d| format!(" — {d}")).unwrap_or_default())
                 })
                 .map_err(|e| e.message);
             ManifestFile { path, summary }

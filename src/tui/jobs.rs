@@ -11,23 +11,10 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 /// Work the console asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
-    Check {
-        pid: i32,
-        manifest: PathBuf,
-    },
-    Apply {
-        pid: i32,
-        manifest: PathBuf,
-    },
-    Rollback {
-        pid: i32,
-        patch: Option<String>,
-    },
-    Commit {
-        pid: i32,
-        patch: String,
-        note: String,
-    },
+    Check { pid: i32, manifest: PathBuf },
+    Apply { pid: i32, manifest: PathBuf },
+    Rollback { pid: i32, patch: Option<String> },
+    Commit { pid: i32, patch: String, note: String },
 }
 
 /// What the worker reports.
@@ -71,24 +58,13 @@ struct Forward<'a> {
 impl Observer for Forward<'_> {
     fn confirm(&mut self, stage: Stage, plan: &str) -> bool {
         let (reply, answer) = channel();
-        if self
-            .tx
-            .send(Event::Confirm {
-                stage,
-                plan: plan.to_string(),
-                reply,
-            })
-            .is_err()
-        {
+        if self.tx.send(Event::Confirm { stage, plan: plan.to_string(), reply }).is_err() {
             return false;
         }
         answer.recv().unwrap_or(false)
     }
     fn progress(&mut self, stage: Option<Stage>, msg: &str) {
-        let _ = self.tx.send(Event::Progress {
-            stage,
-            msg: msg.to_string(),
-        });
+        let _ = self.tx.send(Event::Progress { stage, msg: msg.to_string() });
     }
 }
 
@@ -114,27 +90,12 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>) -> Event {
     let mut obs = Forward { tx };
     match job {
         Job::Check { pid, manifest } => match Manifest::load(&manifest) {
-            Err(e) => Event::Checked {
-                pid,
-                patch: String::new(),
-                lines: Vec::new(),
-                error: Some(e),
-            },
+            Err(e) => Event::Checked { pid, patch: String::new(), lines: Vec::new(), error: Some(e) },
             Ok(m) => match Session::open(engine, pid) {
-                Err(e) => Event::Checked {
-                    pid,
-                    patch: m.patch,
-                    lines: Vec::new(),
-                    error: Some(e),
-                },
+                Err(e) => Event::Checked { pid, patch: m.patch, lines: Vec::new(), error: Some(e) },
                 Ok(mut s) => {
                     let (lines, result) = s.check(&m);
-                    Event::Checked {
-                        pid,
-                        patch: m.patch,
-                        lines,
-                        error: result.err(),
-                    }
+                    Event::Checked { pid, patch: m.patch, lines, error: result.err() }
                 }
             },
         },
@@ -149,14 +110,11 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>) -> Event {
             Event::Applied { pid, result }
         }
         Job::Rollback { pid, patch } => {
-            let result = Session::open(engine, pid)
-                .and_then(|mut s| s.rollback(patch.as_deref(), true, &mut obs));
+            let result = Session::open(engine, pid).and_then(|mut s| s.rollback(patch.as_deref(), true, &mut obs));
             Event::RolledBack { pid, result }
         }
         Job::Commit { pid, patch, note } => {
-            let result = Session::open(engine, pid)
-                .and_then(|mut s| s.commit(&patch, &note))
-                .map(|_| ());
+            let result = Session::open(engine, pid).and_then(|mut s| s.commit(&patch, &note)).map(|_| ());
             Event::Committed { pid, patch, result }
         }
     }

@@ -44,19 +44,12 @@ pub struct Refresh {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn restore_terminal() {
     let _ = terminal::disable_raw_mode();
-    let _ = execute!(
-        std::io::stdout(),
-        LeaveAlternateScreen,
-        crossterm::cursor::Show
-    );
+    let _ = execute!(std::io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
 }
 
 /// Restores the terminal when dropped: on every exit path, errors included.
@@ -79,19 +72,10 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
             loop {
                 let snapshot = snapshot::collect(&mut users);
                 let entries = journal.entries();
-                let out = output.as_ref().and_then(|p| {
-                    std::fs::read_to_string(p)
-                        .ok()
-                        .and_then(|t| t.lines().last().map(str::to_string))
-                });
-                if tx
-                    .send(Refresh {
-                        snapshot,
-                        journal: entries,
-                        output: out,
-                    })
-                    .is_err()
-                {
+                let out = output
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok().and_then(|t| t.lines().last().map(str::to_string)));
+                if tx.send(Refresh { snapshot, journal: entries, output: out }).is_err() {
                     break;
                 }
                 match poke_rx.recv_timeout(Duration::from_secs(1)) {
@@ -129,15 +113,13 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
     }));
     terminal::enable_raw_mode().map_err(|e| Error::other(format!("terminal: {e}")))?;
     let _guard = TerminalGuard;
-    execute!(std::io::stdout(), EnterAlternateScreen)
-        .map_err(|e| Error::other(format!("terminal: {e}")))?;
-    let mut term = Terminal::new(CrosstermBackend::new(std::io::stdout()))
-        .map_err(|e| Error::other(format!("terminal: {e}")))?;
+    execute!(std::io::stdout(), EnterAlternateScreen).map_err(|e| Error::other(format!("terminal: {e}")))?;
+    let mut term =
+        Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(|e| Error::other(format!("terminal: {e}")))?;
 
     loop {
         app.now = now_secs();
-        term.draw(|f| render::draw(f, &app, theme))
-            .map_err(|e| Error::other(format!("terminal: {e}")))?;
+        term.draw(|f| render::draw(f, &app, theme)).map_err(|e| Error::other(format!("terminal: {e}")))?;
         if event::poll(Duration::from_millis(200)).unwrap_or(false) {
             match event::read() {
                 Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
@@ -151,10 +133,7 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
         }
         let mut poked = false;
         while let Ok(ev) = job_rx.try_recv() {
-            let finished = !matches!(
-                ev,
-                jobs::Event::Progress { .. } | jobs::Event::Confirm { .. }
-            );
+            let finished = !matches!(ev, jobs::Event::Progress { .. } | jobs::Event::Confirm { .. });
             app.on_event(ev);
             poked |= finished;
         }

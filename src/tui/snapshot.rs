@@ -107,19 +107,9 @@ pub fn collect(users: &mut HashMap<u32, String>) -> Snapshot {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue;
         };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(str::trim)
-                .unwrap_or("")
-        };
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
         let name = field("Name:").to_string();
-        let uid: u32 = field("Uid:")
-            .split_whitespace()
-            .next()
-            .and_then(|u| u.parse().ok())
-            .unwrap_or(0);
+        let uid: u32 = field("Uid:").split_whitespace().next().and_then(|u| u.parse().ok()).unwrap_or(0);
         let threads = field("Threads:").parse().unwrap_or(0);
         let user = users
             .entry(uid)
@@ -132,22 +122,10 @@ pub fn collect(users: &mut HashMap<u32, String>) -> Snapshot {
             })
             .clone();
         let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let patches = if maps_text.contains(registry::MAPPING_NAME) {
-            read_patches(pid).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        rows.push(ProcRow {
-            pid,
-            name,
-            user,
-            threads,
-            exe,
-            patches,
-        });
+        let patches =
+            if maps_text.contains(registry::MAPPING_NAME) { read_patches(pid).unwrap_or_default() } else { Vec::new() };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        rows.push(ProcRow { pid, name, user, threads, exe, patches });
     }
     rows.sort_by_key(|r| r.pid);
     Snapshot { rows }

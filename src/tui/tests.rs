@@ -55,14 +55,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
 }
 
 fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> ProcRow {
-    ProcRow {
-        pid,
-        name: name.into(),
-        user: "telco".into(),
-        threads: 12,
-        exe: format!("/usr/sbin/{name}"),
-        patches,
-    }
+    ProcRow { pid, name: name.into(), user: "telco".into(), threads: 12, exe: format!("/usr/sbin/{name}"), patches }
 }
 
 fn app() -> App {
@@ -79,16 +72,8 @@ fn app() -> App {
                 patch("cdr-fix", 3, State::Trial, &["base-fix"], 3000),
             ],
         ),
-        row(
-            901,
-            "mediad",
-            vec![patch("rtp-fix", 1, State::Linked, &[], 0)],
-        ),
-        row(
-            1200,
-            "billingd",
-            vec![patch("old-fix", 1, State::RolledBack, &[], 0)],
-        ),
+        row(901, "mediad", vec![patch("rtp-fix", 1, State::Linked, &[], 0)]),
+        row(1200, "billingd", vec![patch("old-fix", 1, State::RolledBack, &[], 0)]),
     ];
     for pid in 2000..2030 {
         rows.push(row(pid, "worker", vec![]));
@@ -133,17 +118,10 @@ fn ch(c: char) -> KeyEvent {
 /// The screen as text, one line per row.
 fn screen(app: &App, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| render::draw(f, app, Theme { color: false }))
-        .unwrap();
+    t.draw(|f| render::draw(f, app, Theme { color: false })).unwrap();
     let buf = t.backend().buffer().clone();
     (0..h)
-        .map(|y| {
-            (0..w)
-                .map(|x| buf[(x, y)].symbol().to_string())
-                .collect::<String>()
-                .trim_end()
-                .to_string()
-        })
+        .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().trim_end().to_string())
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -201,11 +179,7 @@ fn every_screen() -> Vec<(&'static str, App)> {
         "wizard-report",
         wizard_app(Phase::Report {
             lines: vec![
-                CheckLine {
-                    check: "module checksum".into(),
-                    ok: true,
-                    detail: "sha256 9b1d".into(),
-                },
+                CheckLine { check: "module checksum".into(), ok: true, detail: "sha256 9b1d".into() },
                 CheckLine {
                     check: "entry handle_invite".into(),
                     ok: true,
@@ -220,8 +194,7 @@ fn every_screen() -> Vec<(&'static str, App)> {
         wizard_app(Phase::Running {
             confirm: Some((
                 Stage::Init,
-                "run 2 init function(s) of the module inside process 812 on one borrowed thread"
-                    .into(),
+                "run 2 init function(s) of the module inside process 812 on one borrowed thread".into(),
             )),
         }),
     ));
@@ -257,16 +230,7 @@ fn every_screen_at_80x24_and_120x40() {
 #[test]
 fn tiny_and_odd_sizes_do_not_panic() {
     for (_, app) in every_screen() {
-        for (w, h) in [
-            (1, 1),
-            (10, 3),
-            (20, 6),
-            (30, 8),
-            (40, 10),
-            (79, 23),
-            (200, 5),
-            (5, 80),
-        ] {
+        for (w, h) in [(1, 1), (10, 3), (20, 6), (30, 8), (40, 10), (79, 23), (200, 5), (5, 80)] {
             screen(&app, w, h);
         }
     }
@@ -302,24 +266,12 @@ fn filter_selects_the_first_match_as_you_type() {
 #[test]
 fn r_rolls_back_the_most_recent_patch_at_once() {
     let mut a = app();
-    assert_eq!(
-        a.on_key(ch('R')),
-        Some(Job::Rollback {
-            pid: 812,
-            patch: Some("cdr-fix".into())
-        })
-    );
+    assert_eq!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, patch: Some("cdr-fix".into()) }));
     assert!(a.busy.is_some());
     // One action at a time.
     assert_eq!(a.on_key(ch('R')), None);
-    a.on_event(Event::RolledBack {
-        pid: 812,
-        result: Ok(vec!["cdr-fix".into()]),
-    });
-    assert_eq!(
-        a.message,
-        Some((true, "rolled back in process 812: cdr-fix".into()))
-    );
+    a.on_event(Event::RolledBack { pid: 812, result: Ok(vec!["cdr-fix".into()]) });
+    assert_eq!(a.message, Some((true, "rolled back in process 812: cdr-fix".into())));
     assert!(screen(&a, 80, 24).contains("rolled back in process 812: cdr-fix"));
 }
 
@@ -330,11 +282,7 @@ fn commit_on_the_detail_screen_takes_the_selected_patch() {
     a.on_key(key(KeyCode::Up));
     assert_eq!(
         a.on_key(ch('C')),
-        Some(Job::Commit {
-            pid: 812,
-            patch: "invite-fix".into(),
-            note: "committed from the console".into()
-        })
+        Some(Job::Commit { pid: 812, patch: "invite-fix".into(), note: "committed from the console".into() })
     );
 }
 
@@ -342,52 +290,21 @@ fn commit_on_the_detail_screen_takes_the_selected_patch() {
 fn wizard_confirms_each_stage_and_esc_cancels() {
     let mut a = wizard_app(Phase::Pick);
     let job = a.on_key(key(KeyCode::Enter));
-    assert_eq!(
-        job,
-        Some(Job::Check {
-            pid: 812,
-            manifest: "/srv/manifests/invite-fix.yaml".into()
-        })
-    );
-    a.on_event(Event::Checked {
-        pid: 812,
-        patch: "invite-fix".into(),
-        lines: vec![],
-        error: None,
-    });
+    assert_eq!(job, Some(Job::Check { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() }));
+    a.on_event(Event::Checked { pid: 812, patch: "invite-fix".into(), lines: vec![], error: None });
     let job = a.on_key(key(KeyCode::Enter));
-    assert_eq!(
-        job,
-        Some(Job::Apply {
-            pid: 812,
-            manifest: "/srv/manifests/invite-fix.yaml".into()
-        })
-    );
+    assert_eq!(job, Some(Job::Apply { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() }));
     let (tx, rx) = std::sync::mpsc::channel();
-    a.on_event(Event::Confirm {
-        stage: Stage::Load,
-        plan: "map it".into(),
-        reply: tx,
-    });
+    a.on_event(Event::Confirm { stage: Stage::Load, plan: "map it".into(), reply: tx });
     assert!(screen(&a, 80, 24).contains("Stage 1 of 4: LOAD"));
     a.on_key(ch('x')); // ignored while the confirmation waits
     a.on_key(key(KeyCode::Enter));
     assert_eq!(rx.try_recv(), Ok(true));
     let (tx, rx) = std::sync::mpsc::channel();
-    a.on_event(Event::Confirm {
-        stage: Stage::Link,
-        plan: "link it".into(),
-        reply: tx,
-    });
+    a.on_event(Event::Confirm { stage: Stage::Link, plan: "link it".into(), reply: tx });
     a.on_key(key(KeyCode::Esc));
     assert_eq!(rx.try_recv(), Ok(false));
-    assert!(a
-        .wizard
-        .as_ref()
-        .unwrap()
-        .log
-        .iter()
-        .any(|l| l.contains("cancelled; undoing")));
+    assert!(a.wizard.as_ref().unwrap().log.iter().any(|l| l.contains("cancelled; undoing")));
 }
 
 #[test]

@@ -15,11 +15,7 @@ pub fn fixtures_src() -> PathBuf {
 
 fn gcc(args: &[&str]) {
     let out = Command::new("gcc").args(args).output().expect("gcc runs");
-    assert!(
-        out.status.success(),
-        "gcc {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "gcc {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The folder with every fixture built, once per test binary.
@@ -28,39 +24,14 @@ pub fn built() -> &'static Path {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
         let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("fixtures-{name}-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fixtures-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let src = fixtures_src();
         let s = |f: &str| src.join(f).to_string_lossy().into_owned();
         let o = |f: &str| dir.join(f).to_string_lossy().into_owned();
-        gcc(&[
-            "-O2",
-            "-g",
-            "-pthread",
-            "-o",
-            &o("target_pie"),
-            &s("target.c"),
-        ]);
-        gcc(&[
-            "-O2",
-            "-g",
-            "-pthread",
-            "-fno-pie",
-            "-no-pie",
-            "-o",
-            &o("target_nopie"),
-            &s("target.c"),
-        ]);
-        gcc(&[
-            "-O2",
-            "-g",
-            "-shared",
-            "-fPIC",
-            "-o",
-            &o("libtarget.so"),
-            &s("libtarget.c"),
-        ]);
+        gcc(&["-O2", "-g", "-pthread", "-o", &o("target_pie"), &s("target.c")]);
+        gcc(&["-O2", "-g", "-pthread", "-fno-pie", "-no-pie", "-o", &o("target_nopie"), &s("target.c")]);
+        gcc(&["-O2", "-g", "-shared", "-fPIC", "-o", &o("libtarget.so"), &s("libtarget.c")]);
         let rpath = format!("-Wl,-rpath,{}", dir.display());
         let libdir = format!("-L{}", dir.display());
         gcc(&[
@@ -77,18 +48,8 @@ pub fn built() -> &'static Path {
         ]);
         for entry in std::fs::read_dir(&src).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            if let Some(stem) = name
-                .strip_prefix("patch_")
-                .and_then(|n| n.strip_suffix(".c"))
-            {
-                gcc(&[
-                    "-O2",
-                    "-shared",
-                    "-fPIC",
-                    "-o",
-                    &o(&format!("patch_{stem}.so")),
-                    &s(&name),
-                ]);
+            if let Some(stem) = name.strip_prefix("patch_").and_then(|n| n.strip_suffix(".c")) {
+                gcc(&["-O2", "-shared", "-fPIC", "-o", &o(&format!("patch_{stem}.so")), &s(&name)]);
             }
         }
         dir
@@ -126,20 +87,13 @@ impl Proc {
             }
         });
         let pid = child.id() as i32;
-        let mut p = Proc {
-            child,
-            stdin,
-            lines: rx,
-            pid,
-        };
+        let mut p = Proc { child, stdin, lines: rx, pid };
         assert_eq!(p.line(), "ready");
         p
     }
 
     pub fn line(&mut self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the target answers")
+        self.lines.recv_timeout(Duration::from_secs(20)).expect("the target answers")
     }
 
     /// Sends a command and returns the answer line.
@@ -179,15 +133,10 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
     pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "pannus failed:\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 0, "pannus failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
         self
     }
 }
@@ -217,13 +166,7 @@ impl State {
     }
     /// `pannus apply MANIFEST --pid PID --yes`
     pub fn apply(&self, manifest: &Path, pid: i32) -> Run {
-        self.pannus(&[
-            "apply",
-            &manifest.to_string_lossy(),
-            "--pid",
-            &pid.to_string(),
-            "--yes",
-        ])
+        self.pannus(&["apply", &manifest.to_string_lossy(), "--pid", &pid.to_string(), "--yes"])
     }
     pub fn rollback(&self, pid: i32, patch: Option<&str>) -> Run {
         let pid = pid.to_string();
@@ -232,9 +175,7 @@ impl State {
         self.pannus(&args)
     }
     pub fn status(&self, pid: i32) -> serde_json::Value {
-        self.pannus(&["status", "--pid", &pid.to_string(), "--json"])
-            .ok()
-            .json()
+        self.pannus(&["status", "--pid", &pid.to_string(), "--json"]).ok().json()
     }
     /// Writes a manifest into the state folder with the right build-id and checksum.
     pub fn manifest(
@@ -250,10 +191,7 @@ impl State {
 }
 
 pub fn build_id(path: &Path) -> String {
-    pannus::elf::Object::load(path, "test object")
-        .unwrap()
-        .build_id
-        .unwrap()
+    pannus::elf::Object::load(path, "test object").unwrap().build_id.unwrap()
 }
 
 pub fn manifest_in(

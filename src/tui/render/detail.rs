@@ -22,9 +22,7 @@ fn state_style(s: State, theme: Theme) -> Style {
 
 fn focus(block: Block<'static>, on: bool, theme: Theme) -> Block<'static> {
     if on {
-        block
-            .border_type(ratatui::widgets::BorderType::Thick)
-            .border_style(theme.key())
+        block.border_type(ratatui::widgets::BorderType::Thick).border_style(theme.key())
     } else {
         block
     }
@@ -32,10 +30,7 @@ fn focus(block: Block<'static>, on: bool, theme: Theme) -> Block<'static> {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let Some(row) = app.selected_row() else {
-        f.render_widget(
-            Paragraph::new("the process is gone; Esc goes back").block(Block::bordered()),
-            area,
-        );
+        f.render_widget(Paragraph::new("the process is gone; Esc goes back").block(Block::bordered()), area);
         return;
     };
     let n = row.patches.len() as u16;
@@ -48,10 +43,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(
         Paragraph::new(Line::from(vec![
             Span::styled(format!(" {} ", row.pid), theme.title()),
-            Span::raw(format!(
-                "{}  user {}  {} threads  {}",
-                row.name, row.user, row.threads, row.exe
-            )),
+            Span::raw(format!("{}  user {}  {} threads  {}", row.name, row.user, row.threads, row.exe)),
         ])),
         info,
     );
@@ -66,31 +58,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         (10, 5, "ON EXPIRY"),
         (16, 4, "REQUIRES"),
     ];
-    let shown = fit_columns(
-        &cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
-        patches_area.width.saturating_sub(3),
-    );
+    let shown = fit_columns(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), patches_area.width.saturating_sub(3));
     let pick = |cells: Vec<Cell<'static>>| -> Row<'static> {
-        Row::new(
-            cells
-                .into_iter()
-                .zip(&shown)
-                .filter(|(_, s)| **s)
-                .map(|(c, _)| c)
-                .collect::<Vec<_>>(),
-        )
+        Row::new(cells.into_iter().zip(&shown).filter(|(_, s)| **s).map(|(c, _)| c).collect::<Vec<_>>())
     };
     let widths: Vec<Constraint> = cols
         .iter()
         .zip(&shown)
         .filter(|(_, s)| **s)
-        .map(|(c, _)| {
-            if c.2 == "REQUIRES" {
-                Constraint::Fill(1)
-            } else {
-                Constraint::Length(c.0)
-            }
-        })
+        .map(|(c, _)| if c.2 == "REQUIRES" { Constraint::Fill(1) } else { Constraint::Length(c.0) })
         .collect();
     let mut ordered: Vec<&PatchRecord> = row.patches.iter().collect();
     ordered.sort_by_key(|p| p.seq);
@@ -108,16 +84,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 Cell::from(p.version.clone()),
                 Cell::from(p.state.as_str()).style(state_style(p.state, theme)),
                 Cell::from(trial),
-                Cell::from(if p.state == State::Trial {
-                    p.on_expiry.as_str()
-                } else {
-                    "-"
-                }),
-                Cell::from(if p.requires.is_empty() {
-                    "-".into()
-                } else {
-                    p.requires.join(", ")
-                }),
+                Cell::from(if p.state == State::Trial { p.on_expiry.as_str() } else { "-" }),
+                Cell::from(if p.requires.is_empty() { "-".into() } else { p.requires.join(", ") }),
             ])
         })
         .collect();
@@ -131,34 +99,20 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .header(header)
         .row_highlight_style(theme.selected())
         .highlight_symbol("▶")
-        .block(focus(
-            Block::bordered().title(title),
-            app.pane == Pane::Patches,
-            theme,
-        ));
-    let mut state =
-        TableState::default().with_selected((!row.patches.is_empty()).then_some(app.detail_patch));
+        .block(focus(Block::bordered().title(title), app.pane == Pane::Patches, theme));
+    let mut state = TableState::default().with_selected((!row.patches.is_empty()).then_some(app.detail_patch));
     f.render_stateful_widget(table, patches_area, &mut state);
 
     let selected = row.patches.get(app.detail_patch);
     let (fa, ga) = if rest.width >= 90 {
-        let [a, b] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
-            .areas(rest);
+        let [a, b] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(rest);
         (a, b)
     } else {
-        let [a, b] =
-            Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(rest);
+        let [a, b] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(rest);
         (a, b)
     };
     functions(f, fa, selected, app.pane == Pane::Functions, theme);
-    graph(
-        f,
-        ga,
-        &row.patches,
-        selected.map(|p| p.patch.as_str()),
-        app.pane == Pane::Graph,
-        theme,
-    );
+    graph(f, ga, &row.patches, selected.map(|p| p.patch.as_str()), app.pane == Pane::Graph, theme);
 }
 
 fn functions(f: &mut Frame, area: Rect, p: Option<&PatchRecord>, focused: bool, theme: Theme) {
@@ -169,10 +123,7 @@ fn functions(f: &mut Frame, area: Rect, p: Option<&PatchRecord>, focused: bool, 
     };
     if let Some(p) = p {
         if p.functions.is_empty() {
-            lines.push(Line::styled(
-                "no jump written (state ".to_string() + p.state.as_str() + ")",
-                theme.dim(),
-            ));
+            lines.push(Line::styled("no jump written (state ".to_string() + p.state.as_str() + ")", theme.dim()));
         }
         for fr in &p.functions {
             lines.push(Line::from(vec![
@@ -183,37 +134,22 @@ fn functions(f: &mut Frame, area: Rect, p: Option<&PatchRecord>, focused: bool, 
                 Span::raw(format!(" {:#x}", fr.replacement_address)),
             ]));
             lines.push(Line::styled(
-                format!(
-                    "  {} at {:#x}, {} bytes saved",
-                    fr.jump.as_str(),
-                    fr.patch_address,
-                    fr.original.len() / 2
-                ),
+                format!("  {} at {:#x}, {} bytes saved", fr.jump.as_str(), fr.patch_address, fr.original.len() / 2),
                 theme.dim(),
             ));
         }
-        lines.push(Line::styled(
-            format!("module {} at {:#x}", p.module, p.module_base),
-            theme.dim(),
-        ));
+        lines.push(Line::styled(format!("module {} at {:#x}", p.module, p.module_base), theme.dim()));
         if let Some(n) = &p.note {
             lines.push(Line::styled(n.clone(), theme.dim()));
         }
     }
-    f.render_widget(
-        Paragraph::new(lines).block(focus(Block::bordered().title(title), focused, theme)),
-        area,
-    );
+    f.render_widget(Paragraph::new(lines).block(focus(Block::bordered().title(title), focused, theme)), area);
 }
 
 /// The `requires` graph as an indented tree from the patches that require nothing; a patch
 /// with several dependencies appears under each. The selected patch is marked and the patches
 /// it depends on and that depend on it are named.
-pub fn graph_lines(
-    patches: &[PatchRecord],
-    selected: Option<&str>,
-    theme: Theme,
-) -> Vec<Line<'static>> {
+pub fn graph_lines(patches: &[PatchRecord], selected: Option<&str>, theme: Theme) -> Vec<Line<'static>> {
     let applied: Vec<&PatchRecord> = patches.iter().filter(|p| p.state.is_applied()).collect();
     let mut lines = Vec::new();
     if applied.is_empty() {
@@ -230,25 +166,10 @@ pub fn graph_lines(
         path: &mut Vec<String>,
     ) {
         let is_sel = selected == Some(p.patch.as_str());
-        let prefix = if depth == 0 {
-            String::new()
-        } else {
-            format!("{}└─▶ ", "    ".repeat(depth - 1))
-        };
+        let prefix = if depth == 0 { String::new() } else { format!("{}└─▶ ", "    ".repeat(depth - 1)) };
         let mark = if is_sel { "● " } else { "○ " };
-        let name = Span::styled(
-            format!("{mark}{}", p.patch),
-            if is_sel {
-                theme.selected()
-            } else {
-                theme.title()
-            },
-        );
-        lines.push(Line::from(vec![
-            Span::raw(prefix),
-            name,
-            Span::styled(format!(" [{}]", p.state), theme.dim()),
-        ]));
+        let name = Span::styled(format!("{mark}{}", p.patch), if is_sel { theme.selected() } else { theme.title() });
+        lines.push(Line::from(vec![Span::raw(prefix), name, Span::styled(format!(" [{}]", p.state), theme.dim())]));
         if path.contains(&p.patch) {
             return;
         }
@@ -259,62 +180,29 @@ pub fn graph_lines(
         path.pop();
     }
     let ids: Vec<&str> = applied.iter().map(|p| p.patch.as_str()).collect();
-    for root in applied
-        .iter()
-        .filter(|p| p.requires.iter().all(|r| !ids.contains(&r.as_str())))
-    {
-        walk(
-            root,
-            &applied,
-            0,
-            selected,
-            theme,
-            &mut lines,
-            &mut Vec::new(),
-        );
+    for root in applied.iter().filter(|p| p.requires.iter().all(|r| !ids.contains(&r.as_str()))) {
+        walk(root, &applied, 0, selected, theme, &mut lines, &mut Vec::new());
     }
     if let Some(sel) = selected.and_then(|s| patches.iter().find(|p| p.patch == s)) {
-        let needed_by: Vec<&str> = applied
-            .iter()
-            .filter(|p| p.requires.contains(&sel.patch))
-            .map(|p| p.patch.as_str())
-            .collect();
+        let needed_by: Vec<&str> =
+            applied.iter().filter(|p| p.requires.contains(&sel.patch)).map(|p| p.patch.as_str()).collect();
         lines.push(Line::raw(""));
         lines.push(Line::from(vec![
             Span::styled("depends on: ", theme.dim()),
-            Span::raw(if sel.requires.is_empty() {
-                "nothing".into()
-            } else {
-                sel.requires.join(", ")
-            }),
+            Span::raw(if sel.requires.is_empty() { "nothing".into() } else { sel.requires.join(", ") }),
         ]));
         lines.push(Line::from(vec![
             Span::styled("needed by:  ", theme.dim()),
-            Span::raw(if needed_by.is_empty() {
-                "nothing".into()
-            } else {
-                needed_by.join(", ")
-            }),
+            Span::raw(if needed_by.is_empty() { "nothing".into() } else { needed_by.join(", ") }),
         ]));
     }
     lines
 }
 
-fn graph(
-    f: &mut Frame,
-    area: Rect,
-    patches: &[PatchRecord],
-    selected: Option<&str>,
-    focused: bool,
-    theme: Theme,
-) {
+fn graph(f: &mut Frame, area: Rect, patches: &[PatchRecord], selected: Option<&str>, focused: bool, theme: Theme) {
     let lines = graph_lines(patches, selected, theme);
     f.render_widget(
-        Paragraph::new(lines).block(focus(
-            Block::bordered().title(" Dependencies "),
-            focused,
-            theme,
-        )),
+        Paragraph::new(lines).block(focus(Block::bordered().title(" Dependencies "), focused, theme)),
         area,
     );
 }

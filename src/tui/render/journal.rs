@@ -16,31 +16,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         (8, 0, "OUTCOME"),
         (20, 5, "DETAIL"),
     ];
-    let shown = fit_columns(
-        &cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
-        area.width.saturating_sub(2),
-    );
+    let shown = fit_columns(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), area.width.saturating_sub(2));
     let widths: Vec<Constraint> = cols
         .iter()
         .zip(&shown)
         .filter(|(_, s)| **s)
-        .map(|(c, _)| {
-            if c.2 == "DETAIL" {
-                Constraint::Fill(1)
-            } else {
-                Constraint::Length(c.0)
-            }
-        })
+        .map(|(c, _)| if c.2 == "DETAIL" { Constraint::Fill(1) } else { Constraint::Length(c.0) })
         .collect();
     let pick = |cells: Vec<Cell<'static>>| -> Row<'static> {
-        Row::new(
-            cells
-                .into_iter()
-                .zip(&shown)
-                .filter(|(_, s)| **s)
-                .map(|(c, _)| c)
-                .collect::<Vec<_>>(),
-        )
+        Row::new(cells.into_iter().zip(&shown).filter(|(_, s)| **s).map(|(c, _)| c).collect::<Vec<_>>())
     };
     let header = pick(cols.iter().map(|c| Cell::from(c.2)).collect()).style(theme.title());
     let rows: Vec<Row> = app
@@ -64,20 +48,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         })
         .collect();
     let n = rows.len();
-    let title = if n == 0 {
-        " Journal: empty ".to_string()
-    } else {
-        format!(" Journal ({n} entries) ")
-    };
+    let title = if n == 0 { " Journal: empty ".to_string() } else { format!(" Journal ({n} entries) ") };
     let table = Table::new(rows, widths)
         .header(header)
         .row_highlight_style(theme.selected())
         .block(Block::bordered().title(title));
-    let sel = if n == 0 {
-        None
-    } else {
-        Some(app.journal_offset.min(n - 1))
-    };
+    let sel = if n == 0 { None } else { Some(app.journal_offset.min(n - 1)) };
     let mut state = TableState::default().with_selected(sel);
     f.render_stateful_widget(table, area, &mut state);
 }

@@ -34,9 +34,7 @@ pub struct Theme {
 
 impl Theme {
     pub fn from_env() -> Theme {
-        Theme {
-            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        }
+        Theme { color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
     }
     fn fg(&self, c: Color) -> Style {
         if self.color {
@@ -69,10 +67,7 @@ impl Theme {
     }
     pub fn header(&self) -> Style {
         if self.color {
-            Style::default()
-                .bg(Color::Blue)
-                .fg(Color::White)
-                .add_modifier(Modifier::BOLD)
+            Style::default().bg(Color::Blue).fg(Color::White).add_modifier(Modifier::BOLD)
         } else {
             Style::default().add_modifier(Modifier::REVERSED)
         }
@@ -130,45 +125,25 @@ fn clock(now: u64) -> String {
 }
 
 fn header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let patched = app
-        .snapshot
-        .rows
-        .iter()
-        .filter(|r| r.applied().next().is_some())
-        .count();
+    let patched = app.snapshot.rows.iter().filter(|r| r.applied().next().is_some()).count();
     let left = format!(
         " pannus · {} · {} processes, {} patched{}",
         app.screen.title(),
         app.snapshot.rows.len(),
         patched,
-        if app.patched_only {
-            " (showing patched only)"
-        } else {
-            ""
-        }
+        if app.patched_only { " (showing patched only)" } else { "" }
     );
     let right = format!("{} ", clock(app.now));
     let pad = (area.width as usize).saturating_sub(left.chars().count() + right.len());
-    let text = if pad > 0 {
-        format!("{left}{}{right}", " ".repeat(pad))
-    } else {
-        left
-    };
+    let text = if pad > 0 { format!("{left}{}{right}", " ".repeat(pad)) } else { left };
     f.render_widget(Paragraph::new(text).style(theme.header()), area);
 }
 
 fn message(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let line = if let Some(b) = &app.busy {
-        Line::from(vec![
-            Span::styled("… ", theme.warn()),
-            Span::raw(format!("{b} (working)")),
-        ])
+        Line::from(vec![Span::styled("… ", theme.warn()), Span::raw(format!("{b} (working)"))])
     } else if let Some((ok, m)) = &app.message {
-        let (mark, style) = if *ok {
-            ("✔ ", theme.ok())
-        } else {
-            ("✖ ", theme.bad())
-        };
+        let (mark, style) = if *ok { ("✔ ", theme.ok()) } else { ("✖ ", theme.bad()) };
         Line::from(vec![Span::styled(mark, style), Span::raw(m.clone())])
     } else {
         Line::from(Span::styled("ready", theme.dim()))
@@ -194,43 +169,25 @@ fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
 
 /// A rectangle of `w` x `h` centred in `area`, clipped to it.
 pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
-    let [v] = Layout::vertical([Constraint::Length(h.min(area.height))])
-        .flex(Flex::Center)
-        .areas(area);
-    let [r] = Layout::horizontal([Constraint::Length(w.min(area.width))])
-        .flex(Flex::Center)
-        .areas(v);
+    let [v] = Layout::vertical([Constraint::Length(h.min(area.height))]).flex(Flex::Center).areas(area);
+    let [r] = Layout::horizontal([Constraint::Length(w.min(area.width))]).flex(Flex::Center).areas(v);
     r
 }
 
 fn help(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let mut lines = vec![Line::from(Span::styled(
-        format!("Keys on the {} screen", app.screen.title()),
-        theme.title(),
-    ))];
+    let mut lines = vec![Line::from(Span::styled(format!("Keys on the {} screen", app.screen.title()), theme.title()))];
     for b in keys::for_screen(app.screen) {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{:>18}  ", b.keys), theme.key()),
-            Span::raw(b.action),
-        ]));
+        lines.push(Line::from(vec![Span::styled(format!("{:>18}  ", b.keys), theme.key()), Span::raw(b.action)]));
     }
     lines.push(Line::raw(""));
     for n in keys::NOTES {
         lines.push(Line::raw(*n));
     }
-    lines.push(Line::from(Span::styled(
-        "Esc, ? or q closes this help",
-        theme.dim(),
-    )));
+    lines.push(Line::from(Span::styled("Esc, ? or q closes this help", theme.dim())));
     let h = lines.len() as u16 + 2;
     let r = centered(area, 80, h);
     f.render_widget(Clear, r);
-    f.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(Block::bordered().title(" Help ")),
-        r,
-    );
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(Block::bordered().title(" Help ")), r);
 }
 
 /// Columns that fit: each `(width, priority)`; lower priority numbers are kept first. Returns
@@ -252,10 +209,7 @@ pub fn fit_columns(widths: &[(u16, u8)], available: u16) -> Vec<bool> {
 
 /// The dependency graph as plain text lines.
 #[cfg(test)]
-pub fn detail_graph_text(
-    patches: &[crate::registry::PatchRecord],
-    selected: Option<&str>,
-) -> Vec<String> {
+pub fn detail_graph_text(patches: &[crate::registry::PatchRecord], selected: Option<&str>) -> Vec<String> {
     detail::graph_lines(patches, selected, Theme { color: false })
         .iter()
         .map(|l| l.spans.iter().map(|s| s.content.as_ref()).collect())

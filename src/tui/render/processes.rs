@@ -10,11 +10,8 @@ use ratatui::Frame;
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let show_filter = app.filtering || !app.filter.is_empty();
-    let [filter_area, table_area] = Layout::vertical([
-        Constraint::Length(if show_filter { 1 } else { 0 }),
-        Constraint::Fill(1),
-    ])
-    .areas(area);
+    let [filter_area, table_area] =
+        Layout::vertical([Constraint::Length(if show_filter { 1 } else { 0 }), Constraint::Fill(1)]).areas(area);
     let rows = app.visible();
     if show_filter {
         let cursor = if app.filtering { "█" } else { "" };
@@ -22,10 +19,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Paragraph::new(Line::from(vec![
                 Span::styled("/ ", theme.key()),
                 Span::raw(format!("filter: {}{cursor}", app.filter)),
-                Span::styled(
-                    format!("   {} match(es) by pid, name or patch id", rows.len()),
-                    theme.dim(),
-                ),
+                Span::styled(format!("   {} match(es) by pid, name or patch id", rows.len()), theme.dim()),
             ])),
             filter_area,
         );
@@ -40,31 +34,16 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         (10, 5, "USER"),
         (20, 6, "EXE"),
     ];
-    let shown = fit_columns(
-        &cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
-        table_area.width.saturating_sub(2),
-    );
+    let shown = fit_columns(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), table_area.width.saturating_sub(2));
     let pick = |cells: Vec<Cell<'static>>| -> Vec<Cell<'static>> {
-        cells
-            .into_iter()
-            .zip(&shown)
-            .filter(|(_, s)| **s)
-            .map(|(c, _)| c)
-            .collect()
+        cells.into_iter().zip(&shown).filter(|(_, s)| **s).map(|(c, _)| c).collect()
     };
-    let header =
-        Row::new(pick(cols.iter().map(|c| Cell::from(c.2)).collect())).style(theme.title());
+    let header = Row::new(pick(cols.iter().map(|c| Cell::from(c.2)).collect())).style(theme.title());
     let widths: Vec<Constraint> = cols
         .iter()
         .zip(&shown)
         .filter(|(_, s)| **s)
-        .map(|(c, _)| {
-            if c.2 == "EXE" {
-                Constraint::Fill(1)
-            } else {
-                Constraint::Length(c.0)
-            }
-        })
+        .map(|(c, _)| if c.2 == "EXE" { Constraint::Fill(1) } else { Constraint::Length(c.0) })
         .collect();
     let body: Vec<Row> = rows
         .iter()
@@ -81,11 +60,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 Cell::from(r.pid.to_string()),
                 Cell::from(badge.text()).style(style),
                 Cell::from(r.name.clone()),
-                Cell::from(if patches == 0 {
-                    "-".to_string()
-                } else {
-                    patches.to_string()
-                }),
+                Cell::from(if patches == 0 { "-".to_string() } else { patches.to_string() }),
                 Cell::from(r.threads.to_string()),
                 Cell::from(r.user.clone()),
                 Cell::from(r.exe.clone()),

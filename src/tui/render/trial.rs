@@ -48,25 +48,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let inner = block.inner(area);
     f.render_widget(block, area);
     let Some(rec) = rec else {
-        f.render_widget(
-            Paragraph::new(format!(
-                "process {pid} or patch `{id}` is gone. Esc goes back."
-            )),
-            inner,
-        );
+        f.render_widget(Paragraph::new(format!("process {pid} or patch `{id}` is gone. Esc goes back.")), inner);
         return;
     };
-    let [digits, gauge, info, actions] = Layout::vertical([
-        Constraint::Length(6),
-        Constraint::Length(1),
-        Constraint::Fill(1),
-        Constraint::Length(2),
-    ])
-    .areas(inner);
-    let left = rec
-        .trial_deadline
-        .map(|d| d.saturating_sub(app.now))
-        .unwrap_or(0);
+    let [digits, gauge, info, actions] =
+        Layout::vertical([Constraint::Length(6), Constraint::Length(1), Constraint::Fill(1), Constraint::Length(2)])
+            .areas(inner);
+    let left = rec.trial_deadline.map(|d| d.saturating_sub(app.now)).unwrap_or(0);
     let (headline, style) = match rec.state {
         State::Trial if left > 0 => (mmss(left), theme.warn()),
         State::Trial => ("00:00".to_string(), theme.warn()),
@@ -74,30 +62,18 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         State::RolledBack => ("ROLLED BACK".to_string(), theme.dim()),
         _ => (rec.state.as_str().to_uppercase(), theme.bad()),
     };
-    let big_lines: Vec<Line> =
-        if headline.chars().all(|c| c.is_ascii_digit() || c == ':') && inner.width >= 30 {
-            big(&headline)
-                .into_iter()
-                .map(|l| Line::styled(l, style).centered())
-                .collect()
-        } else {
-            vec![
-                Line::raw(""),
-                Line::raw(""),
-                Line::styled(headline.clone(), style).centered(),
-            ]
-        };
+    let big_lines: Vec<Line> = if headline.chars().all(|c| c.is_ascii_digit() || c == ':') && inner.width >= 30 {
+        big(&headline).into_iter().map(|l| Line::styled(l, style).centered()).collect()
+    } else {
+        vec![Line::raw(""), Line::raw(""), Line::styled(headline.clone(), style).centered()]
+    };
     f.render_widget(Paragraph::new(big_lines), digits);
     let total = rec.trial_seconds.max(1);
-    let ratio = if rec.state == State::Trial {
-        left as f64 / total as f64
-    } else {
-        0.0
-    };
+    let ratio = if rec.state == State::Trial { left as f64 / total as f64 } else { 0.0 };
     f.render_widget(
         Gauge::default()
             .ratio(ratio.clamp(0.0, 1.0))
-            .label(format!("{} of {} left", mmss(left), mmss(total)))
+            .label("")
             .gauge_style(theme.warn()),
         gauge,
     );
@@ -105,40 +81,21 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         State::Trial if left == 0 => format!("expired: applying the policy ({})…", rec.on_expiry),
         State::Trial => format!(
             "at 00:00 the patch will be {} (manifest's on_expiry)",
-            if rec.on_expiry.as_str() == "commit" {
-                "committed"
-            } else {
-                "rolled back"
-            }
+            if rec.on_expiry.as_str() == "commit" { "committed" } else { "rolled back" }
         ),
-        _ => rec
-            .note
-            .clone()
-            .unwrap_or_else(|| format!("trial over: {}", rec.state)),
+        _ => rec.note.clone().unwrap_or_else(|| format!("trial over: {}", rec.state)),
     };
     let name = row.map(|r| r.name.clone()).unwrap_or_default();
     let lines = vec![
-        Line::raw(""),
+        Line::styled(format!("{} of {} left", mmss(left), mmss(total)), theme.title()).centered(),
         Line::from(vec![
             Span::styled("patch    ", theme.dim()),
             Span::styled(format!("{} {}", rec.patch, rec.version), theme.title()),
         ]),
-        Line::from(vec![
-            Span::styled("process  ", theme.dim()),
-            Span::raw(format!("{pid} {name}")),
-        ]),
-        Line::from(vec![
-            Span::styled("state    ", theme.dim()),
-            Span::raw(rec.state.as_str().to_string()),
-        ]),
-        Line::from(vec![
-            Span::styled("expiry   ", theme.dim()),
-            Span::raw(expiry),
-        ]),
-        Line::from(vec![
-            Span::styled("health   ", theme.dim()),
-            Span::raw("no health check in the manifest"),
-        ]),
+        Line::from(vec![Span::styled("process  ", theme.dim()), Span::raw(format!("{pid} {name}"))]),
+        Line::from(vec![Span::styled("state    ", theme.dim()), Span::raw(rec.state.as_str().to_string())]),
+        Line::from(vec![Span::styled("expiry   ", theme.dim()), Span::raw(expiry)]),
+        Line::from(vec![Span::styled("health   ", theme.dim()), Span::raw("no health check in the manifest")]),
         Line::from(vec![
             Span::styled("replaces ", theme.dim()),
             Span::raw(

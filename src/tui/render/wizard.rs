@@ -14,17 +14,12 @@ fn stage_bar(w: &Wizard, theme: Theme) -> Line<'static> {
     for s in Stage::ALL {
         let (mark, style) = if w.done.contains(&s) {
             ("✓", theme.ok())
-        } else if w.current == Some(s)
-            || matches!(&w.phase, Phase::Running { confirm: Some((c, _)) } if *c == s)
-        {
+        } else if w.current == Some(s) || matches!(&w.phase, Phase::Running { confirm: Some((c, _)) } if *c == s) {
             ("●", theme.warn())
         } else {
             ("○", theme.dim())
         };
-        spans.push(Span::styled(
-            format!("{mark} {} {}", s.number(), s.name()),
-            style,
-        ));
+        spans.push(Span::styled(format!("{mark} {} {}", s.number(), s.name()), style));
         spans.push(Span::raw("   "));
     }
     spans.push(Span::styled("(✓ done  ● now  ○ to do)", theme.dim()));
@@ -45,11 +40,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             let mut out: Vec<Line> = lines
                 .iter()
                 .map(|l| {
-                    let (mark, style) = if l.ok {
-                        ("✓ ok  ", theme.ok())
-                    } else {
-                        ("✖ FAIL", theme.bad())
-                    };
+                    let (mark, style) = if l.ok { ("✓ ok  ", theme.ok()) } else { ("✖ FAIL", theme.bad()) };
                     Line::from(vec![
                         Span::styled(mark, style),
                         Span::styled(format!(" {:<16} ", l.check), theme.title()),
@@ -67,17 +58,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                     Span::raw(" picks another manifest."),
                 ])),
                 Some(e) => {
-                    out.push(Line::styled(
-                        "Refused: nothing was done to the process.",
-                        theme.bad(),
-                    ));
+                    out.push(Line::styled("Refused: nothing was done to the process.", theme.bad()));
                     for l in e.lines() {
                         out.push(Line::raw(l.to_string()));
                     }
-                    out.push(Line::from(vec![
-                        Span::styled("Esc", theme.key()),
-                        Span::raw(" picks another manifest."),
-                    ]));
+                    out.push(Line::from(vec![Span::styled("Esc", theme.key()), Span::raw(" picks another manifest.")]));
                 }
             }
             f.render_widget(
@@ -88,8 +73,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             );
         }
         Phase::Running { .. } | Phase::Done { .. } => {
-            let [status, log] =
-                Layout::vertical([Constraint::Length(4), Constraint::Fill(1)]).areas(body);
+            let [status, log] = Layout::vertical([Constraint::Length(4), Constraint::Fill(1)]).areas(body);
             let line = match &w.phase {
                 Phase::Done { ok: true, message } => Line::from(vec![
                     Span::styled("✓ ", theme.ok()),
@@ -103,31 +87,18 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                     Span::raw(message.lines().collect::<Vec<_>>().join(" / ")),
                 ]),
                 _ => match w.current {
-                    Some(s) => Line::from(vec![
-                        Span::styled("… ", theme.warn()),
-                        Span::raw(format!("{s} running")),
-                    ]),
-                    None => {
-                        Line::from(vec![Span::styled("… ", theme.warn()), Span::raw("waiting")])
-                    }
+                    Some(s) => Line::from(vec![Span::styled("… ", theme.warn()), Span::raw(format!("{s} running"))]),
+                    None => Line::from(vec![Span::styled("… ", theme.warn()), Span::raw("waiting")]),
                 },
             };
             f.render_widget(
-                Paragraph::new(line)
-                    .wrap(Wrap { trim: false })
-                    .block(Block::bordered().title(" Result ")),
+                Paragraph::new(line).wrap(Wrap { trim: false }).block(Block::bordered().title(" Result ")),
                 status,
             );
             let h = log.height.saturating_sub(2) as usize;
             let start = w.log.len().saturating_sub(h);
-            let items: Vec<Line> = w.log[start..]
-                .iter()
-                .map(|l| Line::raw(l.clone()))
-                .collect();
-            f.render_widget(
-                Paragraph::new(items).block(Block::bordered().title(" Stage log ")),
-                log,
-            );
+            let items: Vec<Line> = w.log[start..].iter().map(|l| Line::raw(l.clone())).collect();
+            f.render_widget(Paragraph::new(items).block(Block::bordered().title(" Stage log ")), log);
         }
     }
 }
@@ -149,29 +120,17 @@ fn pick(f: &mut Frame, area: Rect, app: &App, w: &Wizard, theme: Theme) {
         .files
         .iter()
         .map(|m| {
-            let name = m
-                .path
-                .strip_prefix(&app.manifests_dir)
-                .unwrap_or(&m.path)
-                .display()
-                .to_string();
+            let name = m.path.strip_prefix(&app.manifests_dir).unwrap_or(&m.path).display().to_string();
             let detail = match &m.summary {
                 Ok(s) => Span::raw(format!("  {s}")),
-                Err(e) => Span::styled(
-                    format!("  invalid: {}", e.lines().next().unwrap_or("")),
-                    theme.bad(),
-                ),
+                Err(e) => Span::styled(format!("  invalid: {}", e.lines().next().unwrap_or("")), theme.bad()),
             };
             ListItem::new(Line::from(vec![Span::styled(name, theme.title()), detail]))
         })
         .collect();
-    let list = List::new(items)
-        .highlight_style(theme.selected())
-        .highlight_symbol("▶ ")
-        .block(Block::bordered().title(format!(
-            " Pick a manifest in {} (Enter: pre-flight) ",
-            app.manifests_dir.display()
-        )));
+    let list = List::new(items).highlight_style(theme.selected()).highlight_symbol("▶ ").block(
+        Block::bordered().title(format!(" Pick a manifest in {} (Enter: pre-flight) ", app.manifests_dir.display())),
+    );
     let mut state = ListState::default().with_selected(Some(w.index));
     f.render_stateful_widget(list, area, &mut state);
 }
@@ -179,22 +138,12 @@ fn pick(f: &mut Frame, area: Rect, app: &App, w: &Wizard, theme: Theme) {
 /// The confirmation before a stage, drawn over the wizard.
 pub fn draw_confirm(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let Some(w) = &app.wizard else { return };
-    let Phase::Running {
-        confirm: Some((stage, plan)),
-    } = &w.phase
-    else {
+    let Phase::Running { confirm: Some((stage, plan)) } = &w.phase else {
         return;
     };
     let width = area.width.saturating_sub(4).min(90);
     let text = vec![
-        Line::styled(
-            format!(
-                "Stage {} of 4: {}",
-                stage.number(),
-                stage.name().to_uppercase()
-            ),
-            theme.title(),
-        ),
+        Line::styled(format!("Stage {} of 4: {}", stage.number(), stage.name().to_uppercase()), theme.title()),
         Line::raw(""),
         Line::raw(plan.clone()),
         Line::raw(""),
@@ -210,18 +159,13 @@ pub fn draw_confirm(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         ]),
     ];
     let inner_w = width.saturating_sub(2).max(1) as usize;
-    let wrapped: usize = text
-        .iter()
-        .map(|l| l.width().max(1).div_ceil(inner_w))
-        .sum();
+    let wrapped: usize = text.iter().map(|l| l.width().max(1).div_ceil(inner_w)).sum();
     let r = centered(area, width, wrapped as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(text).wrap(Wrap { trim: false }).block(
-            Block::bordered()
-                .title(" Confirm ")
-                .border_style(theme.warn()),
-        ),
+        Paragraph::new(text)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(" Confirm ").border_style(theme.warn())),
         r,
     );
 }
