@@ -7,40 +7,17 @@ pub enum Error {
     #[error("process {pid} does not exist")]
     NoProcess { pid: i32 },
     #[error("not permitted to {op} process {pid} ({errno})")]
-    Permission {
-        pid: i32,
-        op: &'static str,
-        errno: Errno,
-    },
+    Permission { pid: i32, op: &'static str, errno: Errno },
     #[error("{op} of thread {tid} failed: {errno}")]
-    Ptrace {
-        tid: i32,
-        op: &'static str,
-        errno: Errno,
-    },
+    Ptrace { tid: i32, op: &'static str, errno: Errno },
     #[error("process {pid} exited while pannus was working on it ({how})")]
     Exited { pid: i32, how: String },
     #[error("{what} in thread {tid} did not finish within {after:?}")]
-    Timeout {
-        tid: i32,
-        what: String,
-        after: Duration,
-    },
+    Timeout { tid: i32, what: String, after: Duration },
     #[error("{what} in thread {tid} crashed with {signal} at {rip:#x}")]
-    Crashed {
-        tid: i32,
-        what: String,
-        signal: String,
-        rip: u64,
-    },
+    Crashed { tid: i32, what: String, signal: String, rip: u64 },
     #[error("{op} of {len} bytes at {addr:#x} in process {pid} failed: {source}")]
-    Mem {
-        pid: i32,
-        op: &'static str,
-        addr: u64,
-        len: usize,
-        source: std::io::Error,
-    },
+    Mem { pid: i32, op: &'static str, addr: u64, len: usize, source: std::io::Error },
     #[error("{0}")]
     Other(String),
 }
@@ -50,11 +27,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn ptrace(tid: i32, op: &'static str, errno: Errno) -> Error {
         match errno {
-            Errno::EPERM => Error::Permission {
-                pid: tid,
-                op,
-                errno,
-            },
+            Errno::EPERM => Error::Permission { pid: tid, op, errno },
             Errno::ESRCH => Error::NoProcess { pid: tid },
             _ => Error::Ptrace { tid, op, errno },
         }

@@ -30,14 +30,7 @@ impl<'m> Hijack<'m> {
     /// `syscall` instruction (0f 05) in an executable mapping of the target.
     pub fn attach(mem: &'m Mem, tid: i32, syscall_insn: u64) -> Result<Hijack<'m>> {
         thread::seize(tid)?;
-        let mut h = Hijack {
-            mem,
-            tid,
-            saved: zero_regs(),
-            syscall_insn,
-            deferred: Vec::new(),
-            attached: true,
-        };
+        let mut h = Hijack { mem, tid, saved: zero_regs(), syscall_insn, deferred: Vec::new(), attached: true };
         if let Err(e) = thread::interrupt(tid) {
             let _ = thread::detach(tid, 0);
             h.attached = false;
@@ -123,11 +116,7 @@ impl<'m> Hijack<'m> {
             let Some(stop) = thread::wait_timeout(self.tid, left)? else {
                 thread::interrupt(self.tid)?;
                 self.wait_stopped()?;
-                return Err(Error::Timeout {
-                    tid: self.tid,
-                    what: what.to_string(),
-                    after: timeout,
-                });
+                return Err(Error::Timeout { tid: self.tid, what: what.to_string(), after: timeout });
             };
             match stop {
                 Stop::Signal(sig) => {
@@ -135,10 +124,7 @@ impl<'m> Hijack<'m> {
                     if sig == SIGSEGV && now.rip == 0 {
                         return Ok(now.rax);
                     }
-                    if matches!(
-                        sig,
-                        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT
-                    ) {
+                    if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT) {
                         return Err(Error::Crashed {
                             tid: self.tid,
                             what: what.to_string(),
@@ -201,11 +187,8 @@ impl Drop for Hijack<'_> {
 }
 
 pub(crate) fn gone(pid: i32, how: &str, code: i32) -> Error {
-    let how = if how.contains("signal") {
-        format!("{how} {}", thread::signal_name(code))
-    } else {
-        format!("{how} {code}")
-    };
+    let how =
+        if how.contains("signal") { format!("{how} {}", thread::signal_name(code)) } else { format!("{how} {code}") };
     Error::Exited { pid, how }
 }
 

@@ -39,11 +39,9 @@ pub fn read(pid: i32) -> Result<Vec<Mapping>> {
     let proc = procfs::process::Process::new(pid).map_err(|_| Error::NoProcess { pid })?;
     let maps = proc.maps().map_err(|e| match e {
         procfs::ProcError::NotFound(_) => Error::NoProcess { pid },
-        procfs::ProcError::PermissionDenied(_) => Error::Permission {
-            pid,
-            op: "read the address space of",
-            errno: nix::errno::Errno::EACCES,
-        },
+        procfs::ProcError::PermissionDenied(_) => {
+            Error::Permission { pid, op: "read the address space of", errno: nix::errno::Errno::EACCES }
+        }
         e => Error::Other(format!("cannot read /proc/{pid}/maps: {e}")),
     })?;
     Ok(maps
@@ -143,10 +141,7 @@ pub fn find_syscall_insn(mem: &Mem, maps: &[Mapping]) -> Option<u64> {
             2
         }
     };
-    let mut exec: Vec<&Mapping> = maps
-        .iter()
-        .filter(|m| m.exec && m.read && m.path != "[vsyscall]")
-        .collect();
+    let mut exec: Vec<&Mapping> = maps.iter().filter(|m| m.exec && m.read && m.path != "[vsyscall]").collect();
     exec.sort_by_key(|m| rank(m));
     for m in exec {
         let bytes = mem.read_partial(m.start, m.len() as usize);

@@ -18,11 +18,9 @@ impl Mem {
         match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => Ok(Mem { pid, file }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoProcess { pid }),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::Permission {
-                pid,
-                op: "open the memory of",
-                errno: nix::errno::Errno::EACCES,
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(Error::Permission { pid, op: "open the memory of", errno: nix::errno::Errno::EACCES })
+            }
             Err(e) => Err(Error::Other(format!("cannot open {path}: {e}"))),
         }
     }
@@ -32,15 +30,13 @@ impl Mem {
     }
 
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        self.file
-            .read_exact_at(buf, addr)
-            .map_err(|source| Error::Mem {
-                pid: self.pid,
-                op: "read",
-                addr,
-                len: buf.len(),
-                source,
-            })
+        self.file.read_exact_at(buf, addr).map_err(|source| Error::Mem {
+            pid: self.pid,
+            op: "read",
+            addr,
+            len: buf.len(),
+            source,
+        })
     }
 
     pub fn read_vec(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
@@ -70,14 +66,12 @@ impl Mem {
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(data, addr)
-            .map_err(|source| Error::Mem {
-                pid: self.pid,
-                op: "write",
-                addr,
-                len: data.len(),
-                source,
-            })
+        self.file.write_all_at(data, addr).map_err(|source| Error::Mem {
+            pid: self.pid,
+            op: "write",
+            addr,
+            len: data.len(),
+            source,
+        })
     }
 }

@@ -22,9 +22,7 @@ impl RealtimeGuard {
             if libc::sched_setscheduler(0, libc::SCHED_FIFO, &new) != 0 {
                 return RealtimeGuard { saved: None };
             }
-            RealtimeGuard {
-                saved: Some((policy, old)),
-            }
+            RealtimeGuard { saved: Some((policy, old)) }
         }
     }
 }

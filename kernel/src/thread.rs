@@ -25,9 +25,7 @@ pub fn list_threads(pid: i32) -> Result<Vec<i32>> {
         std::io::ErrorKind::NotFound => Error::NoProcess { pid },
         _ => Error::Other(format!("cannot list the threads of process {pid}: {e}")),
     })?;
-    let mut tids: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let mut tids: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     tids.sort_unstable();
     Ok(tids)
 }
@@ -49,8 +47,7 @@ pub(crate) fn seize(tid: i32) -> Result<()> {
     ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()).map_err(|e| {
         if e == Errno::EPERM {
             if let Some(tracer) = tracer_of(tid).filter(|&t| t != 0) {
-                let name =
-                    std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+                let name = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
                 return Error::Other(format!(
                     "thread {tid} is already traced by process {tracer} ({}); detach that \
                      debugger or wait for the other pannus to finish",
@@ -65,10 +62,7 @@ pub(crate) fn seize(tid: i32) -> Result<()> {
 /// The pid tracing `tid`, 0 when none, from `/proc/TID/status`.
 pub fn tracer_of(tid: i32) -> Option<i32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))
-        .and_then(|v| v.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
 }
 
 pub(crate) fn interrupt(tid: i32) -> Result<()> {
@@ -93,8 +87,7 @@ pub(crate) fn cont(tid: i32, sig: i32) -> Result<()> {
 }
 
 pub(crate) fn step(tid: i32, sig: i32) -> Result<()> {
-    raw_ptrace(libc::PTRACE_SINGLESTEP, tid, sig as usize)
-        .map_err(|e| Error::ptrace(tid, "single-step", e))
+    raw_ptrace(libc::PTRACE_SINGLESTEP, tid, sig as usize).map_err(|e| Error::ptrace(tid, "single-step", e))
 }
 
 /// Detaches from a stopped thread, delivering `sig` (0 for none). A thread that is already gone

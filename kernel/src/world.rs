@@ -28,12 +28,7 @@ pub struct World {
 
 impl World {
     pub fn stop(pid: i32) -> Result<World> {
-        let mut world = World {
-            pid,
-            threads: Vec::new(),
-            resumed: false,
-            _rt: RealtimeGuard::raise(),
-        };
+        let mut world = World { pid, threads: Vec::new(), resumed: false, _rt: RealtimeGuard::raise() };
         let mut seen: HashSet<i32> = HashSet::new();
         loop {
             let tids = thread::list_threads(pid)?;
@@ -64,11 +59,7 @@ impl World {
                     Stop::Gone(..) => continue,
                 };
                 // Registered before reading registers so that it is resumed on any error.
-                world.threads.push(StoppedThread {
-                    tid,
-                    regs: crate::hijack::zero_regs(),
-                    pending,
-                });
+                world.threads.push(StoppedThread { tid, regs: crate::hijack::zero_regs(), pending });
                 let regs = thread::getregs(tid)?;
                 if let Some(t) = world.threads.last_mut() {
                     t.regs = regs;
