@@ -148,14 +148,14 @@ pub struct Session<'e> {
     pub engine: &'e Engine,
     pub target: Target,
     _lock: ProcessLock,
-    syscall_insn: Option<u64>,
+    gadgets: Option<pannus_kernel::Gadgets>,
 }
 
 impl<'e> Session<'e> {
     pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
         let target = Target::open(pid)?;
         let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
-        Ok(Session { engine, target, _lock: lock, syscall_insn: None })
+        Ok(Session { engine, target, _lock: lock, gadgets: None })
     }
 
     pub fn registry(&self) -> Result<Registry> {
@@ -166,40 +166,41 @@ impl<'e> Session<'e> {
         let _ = self.engine.journal().record(action, self.target.pid, &self.target.name, patch, outcome, detail);
     }
 
-    /// Borrows one thread of the target (the main thread unless it has exited).
+    /// Borrows one thread of the target: the main thread (most often idle in an event loop),
+    /// or the first live thread when the main thread has exited.
     fn hijack(&mut self) -> Result<Hijack<'_>> {
-        let insn = match self.syscall_insn {
-            Some(a) => a,
+        let gadgets = match self.gadgets {
+            Some(g) => g,
             None => {
-                let a = maps::find_syscall_insn(&self.target.mem, &self.target.maps).ok_or_else(|| {
+                let g = maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
                     Error::precondition(format!(
-                        "process {}: no `syscall` instruction found in its executable mappings",
+                        "process {}: no rt_sigreturn restorer and `syscall; ret` found in its C library",
                         self.target.pid
                     ))
+                    .hint("pannus patches dynamically linked glibc or musl programs")
                 })?;
-                self.syscall_insn = Some(a);
-                a
+                self.gadgets = Some(g);
+                g
             }
         };
         let pid = self.target.pid;
-        let tid = pannus_kernel::list_threads(pid)?
-            .into_iter()
-            .find(|&t| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
-                    .ok()
-                    .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with(|c| c != 'Z')))
-                    .unwrap_or(false)
-            })
-            .ok_or(Error::precondition(format!("process {pid} has no live thread")))?;
-        // The main thread first: it is the one most often idle in an event loop.
-        let tid = if pannus_kernel::process_exists(pid) && tid != pid && thread_alive(pid, pid) { pid } else { tid };
-        Ok(Hijack::attach(&self.target.mem, tid, insn)?)
+        let tid = if thread_alive(pid, pid) {
+            pid
+        } else {
+            pannus_kernel::list_threads(pid)?
+                .into_iter()
+                .find(|&t| thread_alive(pid, t))
+                .ok_or(Error::precondition(format!("process {pid} has no live thread")))?
+        };
+        Ok(Hijack::attach(&self.target.mem, tid, gadgets)?)
     }
 
     fn write_registry(&mut self, reg: &Registry) -> Result<()> {
         let loc = registry::locate(&self.target.maps)
             .ok_or_else(|| Error::other(format!("process {}: registry mapping missing", self.target.pid)))?;
-        registry::write(&self.target.mem, loc, reg)
+        registry::write(&self.target.mem, loc, reg)?;
+        pannus_kernel::fault::point("registry written");
+        Ok(())
     }
 
     // ---------------------------------------------------------------- pre-flight
@@ -504,7 +505,7 @@ impl<'e> Session<'e> {
         if !obs.confirm(Stage::Load, &plan) {
             return Err(cancelled(Stage::Load, &[]));
         }
-        let base = self.stage_load(&p, base_hint, size).map_err(|e| e.context(Stage::Load))?;
+        let base = self.reserve(base_hint, size).map_err(|e| e.context(Stage::Load))?;
         let bias = base.wrapping_sub(lo);
         self.target.refresh_maps()?;
         reg.next_seq += 1;
@@ -553,6 +554,10 @@ impl<'e> Session<'e> {
         if let Err(e) = self.write_registry(&reg) {
             return Err(undo(self, &mut reg, e, &[Stage::Load]));
         }
+        if let Err(e) = self.map_segments(&p, base) {
+            return Err(undo(self, &mut reg, e.context(Stage::Load), &[Stage::Load]));
+        }
+        self.target.refresh_maps()?;
         obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
 
         // Stage 2: link.
@@ -689,24 +694,16 @@ impl<'e> Session<'e> {
         Ok(())
     }
 
-    fn stage_load(&mut self, p: &Prepared, hint: u64, size: u64) -> Result<u64> {
-        // Readable: the target's own system calls read the scratch strings placed in it.
-        const PROT_READ: u64 = 1;
-        const MAP_PRIVATE: u64 = 0x02;
-        const MAP_FIXED: u64 = 0x10;
-        const MAP_ANONYMOUS: u64 = 0x20;
-        const MAP_FIXED_NOREPLACE: u64 = 0x100000;
-        const O_RDONLY_CLOEXEC: u64 = 0o2000000;
-        const AT_FDCWD: i64 = -100;
-        let module = p.module.clone();
-        let (lo, _) = module.span();
-        let path = p.manifest.module.path.clone();
+    /// Stage 1, first half: reserves the module's range (and creates the registry when the
+    /// process has none yet). Only the reservation can be left behind by a pannus killed before
+    /// the registry records it: an empty, read-only range.
+    fn reserve(&mut self, hint: u64, size: u64) -> Result<u64> {
         let need_registry = registry::locate(&self.target.maps).is_none();
         let mem_pid = self.target.pid;
         let mut h = self.hijack()?;
         let r = h.syscall(
             nr::MMAP,
-            &[hint, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0],
+            &[hint, size, mmap::PROT_READ, mmap::MAP_PRIVATE | mmap::MAP_ANONYMOUS | mmap::MAP_FIXED_NOREPLACE, u64::MAX, 0],
         )?;
         if r < 0 {
             return Err(registry::syscall_error("reserving the module's address range (mmap)", r));
@@ -718,21 +715,38 @@ impl<'e> Session<'e> {
                 "process {mem_pid}: the kernel placed the module at {base:#x} instead of {hint:#x}"
             )));
         }
-        let bias = base.wrapping_sub(lo);
-        let result = (|| -> Result<()> {
-            // Scratch strings go into the reservation, which the segments then replace.
+        if need_registry {
             let mem = pannus_kernel::Mem::open(mem_pid)?;
-            if need_registry {
-                registry::create(&mut h, &mem, base)?;
+            if let Err(e) = registry::create(&mut h, &mem, base) {
+                let _ = h.syscall(nr::MUNMAP, &[base, size]);
+                return Err(e);
             }
-            let mut cpath = path.as_os_str().as_encoded_bytes().to_vec();
-            cpath.push(0);
-            let fd = if cpath.len() < size as usize {
-                mem.write(base, &cpath)?;
-                h.syscall(nr::OPENAT, &[AT_FDCWD as u64, base, O_RDONLY_CLOEXEC, 0])?
-            } else {
-                -1
-            };
+        }
+        h.release()?;
+        Ok(base)
+    }
+
+    /// Stage 1, second half: maps the module's segments into the reserved range from the module
+    /// file, with their final protections (anonymous memory filled through /proc/PID/mem when
+    /// the target cannot open the file, e.g. from another mount namespace).
+    fn map_segments(&mut self, p: &Prepared, base: u64) -> Result<()> {
+        use mmap::*;
+        let module = p.module.clone();
+        let (lo, _) = module.span();
+        let bias = base.wrapping_sub(lo);
+        let mut cpath = p.manifest.module.path.as_os_str().as_encoded_bytes().to_vec();
+        cpath.push(0);
+        let mem_pid = self.target.pid;
+        let mut h = self.hijack()?;
+        let mem = pannus_kernel::Mem::open(mem_pid)?;
+        // The path goes into the reservation, which the segments then replace.
+        let fd = if (cpath.len() as u64) < module.span().1 - lo {
+            mem.write(base, &cpath)?;
+            h.syscall(nr::OPENAT, &[AT_FDCWD as u64, base, O_RDONLY_CLOEXEC, 0])?
+        } else {
+            -1
+        };
+        let result = (|| -> Result<()> {
             for s in &module.segments {
                 let start = bias.wrapping_add(page_floor(s.vaddr));
                 let file_end = bias.wrapping_add(s.vaddr + s.filesz);
@@ -744,7 +758,6 @@ impl<'e> Session<'e> {
                         &[start, len, s.prot(), MAP_PRIVATE | MAP_FIXED, fd as u64, page_floor(s.offset)],
                     )?;
                     if r < 0 {
-                        let _ = h.syscall(nr::CLOSE, &[fd as u64]);
                         return Err(registry::syscall_error("mapping a module segment (mmap)", r));
                     }
                     // The file's page may hold other bytes past the segment: zero them (bss).
@@ -768,8 +781,6 @@ impl<'e> Session<'e> {
                         }
                     }
                 } else {
-                    // No file access from inside the target (another mount namespace): anonymous
-                    // memory with the final protections, filled through /proc/PID/mem.
                     let r = h.syscall(
                         nr::MMAP,
                         &[start, mem_end - start, s.prot(), MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS, u64::MAX, 0],
@@ -782,17 +793,13 @@ impl<'e> Session<'e> {
                     }
                 }
             }
-            if fd >= 0 {
-                let _ = h.syscall(nr::CLOSE, &[fd as u64]);
-            }
             Ok(())
         })();
-        if let Err(e) = result {
-            let _ = h.syscall(nr::MUNMAP, &[base, size]);
-            return Err(e);
+        if fd >= 0 {
+            let _ = h.syscall(nr::CLOSE, &[fd as u64]);
         }
         h.release()?;
-        Ok(base)
+        result
     }
 
     fn stage_link(&mut self, p: &Prepared, bias: u64) -> Result<()> {
@@ -821,7 +828,7 @@ impl<'e> Session<'e> {
             let timeout = self.engine.init_timeout;
             let mut h = self.hijack()?;
             for (i, resolver, name) in ifuncs {
-                let v = h.call(resolver, &[], timeout, &format!("the resolver of `{name}`"))?;
+                let v = h.call_for_address(resolver, &[], timeout, &format!("the resolver of `{name}`"))?;
                 values.insert(i, v);
             }
             h.release()?;
@@ -975,6 +982,7 @@ impl<'e> Session<'e> {
                         result = Err(e);
                         break;
                     }
+                    pannus_kernel::fault::point("entry bytes written");
                 }
                 world.resume()?;
                 result?;
@@ -1021,6 +1029,12 @@ impl<'e> Session<'e> {
             Some(id) => {
                 match reg.get(id) {
                     Some(p) if p.state.is_applied() => {}
+                    Some(p) if p.module_mapped => {
+                        // Rolled back, but its module is still mapped (a pannus was killed
+                        // before unmapping it, or a thread was inside): finish the unload.
+                        self.unload(&mut reg, id, obs)?;
+                        return Ok(vec![id.to_string()]);
+                    }
                     Some(_) => {
                         return Err(Error::precondition(format!(
                             "patch `{id}` is already rolled back in process {pid}"
@@ -1033,11 +1047,24 @@ impl<'e> Session<'e> {
                 }
                 id.to_string()
             }
-            None => reg
-                .applied()
-                .max_by_key(|p| p.seq)
-                .map(|p| p.patch.clone())
-                .ok_or_else(|| Error::precondition(format!("process {pid} has no patch applied")))?,
+            None => match reg.applied().max_by_key(|p| p.seq) {
+                Some(p) => p.patch.clone(),
+                None => {
+                    let pending: Vec<String> = reg
+                        .patches
+                        .iter()
+                        .filter(|p| p.module_mapped)
+                        .map(|p| p.patch.clone())
+                        .collect();
+                    if pending.is_empty() {
+                        return Err(Error::precondition(format!("process {pid} has no patch applied")));
+                    }
+                    for id in &pending {
+                        self.unload(&mut reg, id, obs)?;
+                    }
+                    return Ok(pending);
+                }
+            },
         };
         // Everything that depends on it, transitively.
         let mut order = vec![id.clone()];
@@ -1126,29 +1153,39 @@ impl<'e> Session<'e> {
         self.write_registry(reg)?;
         // 2. Unload once no thread can be inside the module.
         if rec.module_mapped {
-            match self.wait_module_idle(rec.module_base, rec.module_size, retries, interval) {
-                Ok(()) => {
-                    let mut h = self.hijack()?;
-                    let r = h.syscall(nr::MUNMAP, &[rec.module_base, rec.module_size])?;
-                    h.release()?;
-                    if r < 0 {
-                        return Err(registry::syscall_error("munmap of the module", r));
-                    }
-                    self.target.refresh_maps()?;
-                    if let Some(r) = reg.get_mut(id) {
-                        r.module_mapped = false;
-                    }
-                }
-                Err(e) => {
-                    obs.progress(None, &format!("module of `{id}` kept mapped: {}", e.message));
-                    if let Some(r) = reg.get_mut(id) {
-                        r.note = Some(format!("module kept mapped: {}", e.message));
-                    }
-                }
-            }
-            self.write_registry(reg)?;
+            self.unload(reg, id, obs)?;
         }
         Ok(())
+    }
+
+    /// Unmaps the module of rolled-back patch `id` once no thread can be inside it; when one
+    /// stays inside for the whole budget, the module is kept mapped (harmless: nothing jumps
+    /// to it any more) and a later rollback tries again.
+    fn unload(&mut self, reg: &mut Registry, id: &str, obs: &mut dyn Observer) -> Result<()> {
+        let Some(rec) = reg.get(id).cloned() else { return Ok(()) };
+        let interval = Duration::from_millis(rec.retry_interval_ms);
+        match self.wait_module_idle(rec.module_base, rec.module_size, rec.retries, interval) {
+            Ok(()) => {
+                let mut h = self.hijack()?;
+                let r = h.syscall(nr::MUNMAP, &[rec.module_base, rec.module_size])?;
+                h.release()?;
+                if r < 0 {
+                    return Err(registry::syscall_error("munmap of the module", r));
+                }
+                self.target.refresh_maps()?;
+                if let Some(r) = reg.get_mut(id) {
+                    r.module_mapped = false;
+                    r.note = None;
+                }
+            }
+            Err(e) => {
+                obs.progress(None, &format!("module of `{id}` kept mapped: {}", e.message));
+                if let Some(r) = reg.get_mut(id) {
+                    r.note = Some(format!("module kept mapped: {}", e.message));
+                }
+            }
+        }
+        self.write_registry(reg)
     }
 
     /// Waits until no thread executes in `[base, base+size)` or has a return address into it.
@@ -1221,6 +1258,18 @@ impl<'e> Session<'e> {
         }
         result
     }
+}
+
+/// Flags of mmap(2) and open(2), as the target's kernel takes them.
+mod mmap {
+    /// Readable: the target's own system calls read the scratch strings placed in a reservation.
+    pub const PROT_READ: u64 = 1;
+    pub const MAP_PRIVATE: u64 = 0x02;
+    pub const MAP_FIXED: u64 = 0x10;
+    pub const MAP_ANONYMOUS: u64 = 0x20;
+    pub const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+    pub const O_RDONLY_CLOEXEC: u64 = 0o2000000;
+    pub const AT_FDCWD: i64 = -100;
 }
 
 /// How many bytes of each thread's stack are scanned for return addresses and signal frames.

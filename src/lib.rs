@@ -5,6 +5,7 @@ pub mod cli;
 pub mod elf;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod journal;
 pub mod lock;
 pub mod manifest;

@@ -1,50 +1,95 @@
-//! Borrowing one thread of the target to run a system call or a function inside it.
+//! Borrowing one thread of the target to run a system call or a function inside it,
+//! signal-handler style.
 
 use crate::error::{Error, Result};
+use crate::fault;
+use crate::frame::{self, Frame};
+use crate::maps::Gadgets;
 use crate::mem::Mem;
 use crate::thread::{self, Stop};
 use nix::libc::{self, user_regs_struct};
 use std::time::{Duration, Instant};
 
 /// One thread of the target, stopped and borrowed. Only this thread stops; every other thread
-/// of the target keeps running. Dropping (or [`Hijack::release`]) restores its registers exactly
-/// and resumes it where it was; a system call it was blocked in is restarted by the kernel as
-/// after any ptrace-stop, so it sees no `EINTR` and no shortened sleep.
+/// of the target keeps running.
 ///
-/// Signals that arrive while the thread is borrowed are held back and delivered on release,
-/// so none is lost or handled on a borrowed context.
+/// On attach, a signal frame holding the thread's whole state (registers, FPU/SSE/AVX state,
+/// signal mask) is written below its stack's red zone, and every piece of work is arranged to
+/// end in the C library's `rt_sigreturn` restorer: a system call runs on a `syscall; ret` found
+/// in the target, returning into the restorer; a function call returns into it. Release sends
+/// the thread through the restorer too. So the thread always comes back exactly where it was —
+/// a system call it was blocked in restarted, as after a `SA_RESTART` handler, so no `EINTR` and
+/// no shortened sleep — and it does so even if pannus is killed at any instant: the kernel then
+/// detaches it, it finishes the work on its own and returns through the restorer. Stops are
+/// syscall-stops marked with `PTRACE_O_TRACESYSGOOD`, never signal-delivery-stops of pannus's
+/// making, so a dying pannus leaves no stray signal behind. No byte of code is written.
+///
+/// Signals that arrive while the thread is borrowed are held back and sent again on release.
 pub struct Hijack<'m> {
     mem: &'m Mem,
     tid: i32,
     saved: user_regs_struct,
-    syscall_insn: u64,
+    gadgets: Gadgets,
+    frame: Frame,
+    xstate: Vec<u8>,
+    /// The kind of stop the thread sits in now.
+    at: At,
     deferred: Vec<i32>,
     attached: bool,
 }
 
-const SIGTRAP: i32 = libc::SIGTRAP;
-const SIGSEGV: i32 = libc::SIGSEGV;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// A ptrace event-stop or signal-delivery-stop, inside the kernel's signal handling: a
+    /// detach from here applies the kernel's own system call restart rule.
+    SignalPath,
+    /// A syscall-exit stop.
+    SyscallExit,
+}
+
+/// rt_sigreturn.
+const NR_RT_SIGRETURN: u64 = 15;
+/// Length of the restorer (`mov $15, %rax; syscall`).
+const RESTORER_LEN: u64 = 9;
 
 impl<'m> Hijack<'m> {
-    /// Stops thread `tid` of the process `mem` belongs to. `syscall_insn` is the address of a
-    /// `syscall` instruction (0f 05) in an executable mapping of the target.
-    pub fn attach(mem: &'m Mem, tid: i32, syscall_insn: u64) -> Result<Hijack<'m>> {
-        thread::seize(tid)?;
-        let mut h = Hijack { mem, tid, saved: zero_regs(), syscall_insn, deferred: Vec::new(), attached: true };
-        if let Err(e) = thread::interrupt(tid) {
-            let _ = thread::detach(tid, 0);
-            h.attached = false;
+    /// Stops thread `tid` of the process `mem` belongs to and writes its signal frame.
+    pub fn attach(mem: &'m Mem, tid: i32, gadgets: Gadgets) -> Result<Hijack<'m>> {
+        thread::seize_for_syscalls(tid)?;
+        let mut h = Hijack {
+            mem,
+            tid,
+            saved: zero_regs(),
+            gadgets,
+            frame: Frame { uc: 0, bottom: 0 },
+            xstate: Vec::new(),
+            at: At::SignalPath,
+            deferred: Vec::new(),
+            attached: false,
+        };
+        let prepared = (|| -> Result<()> {
+            thread::interrupt(tid)?;
+            match thread::wait(tid)? {
+                Stop::Event(_) | Stop::Syscall => {}
+                Stop::Signal(sig) => h.deferred.push(sig),
+                Stop::Gone(how, code) => return Err(gone(mem.pid(), how, code)),
+            }
+            h.saved = thread::getregs(tid)?;
+            let xstate = thread::xstate(tid)?;
+            let blocked = thread::blocked_signals(mem.pid(), tid);
+            let (f, image) = frame::build(&h.saved, &xstate, blocked, gadgets.restorer)?;
+            mem.write(f.bottom, &image)?;
+            h.frame = f;
+            h.xstate = xstate;
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            // Nothing was changed in the thread: let it go as it was.
+            let _ = thread::detach(tid, h.deferred.first().copied().unwrap_or(0));
             return Err(e);
         }
-        match thread::wait(tid)? {
-            Stop::Event(_) => {}
-            Stop::Signal(sig) => h.deferred.push(sig),
-            Stop::Gone(how, code) => {
-                h.attached = false;
-                return Err(gone(mem.pid(), how, code));
-            }
-        }
-        h.saved = thread::getregs(tid)?;
+        h.attached = true;
+        fault::point("thread borrowed, signal frame written");
         Ok(h)
     }
 
@@ -57,110 +102,187 @@ impl<'m> Hijack<'m> {
         &self.saved
     }
 
+    fn regs_for(&self, rip: u64, rsp: u64, args: &[u64]) -> user_regs_struct {
+        let mut r = self.saved;
+        r.rip = rip;
+        r.rsp = rsp;
+        // The kernel must not treat the resume as the restart of a system call the thread was
+        // blocked in.
+        r.orig_rax = u64::MAX;
+        r.eflags &= !0x400; // direction flag clear, as the ABI wants at a call
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        (r.rdi, r.rsi, r.rdx, r.r8, r.r9) = (a(0), a(1), a(2), a(4), a(5));
+        r.rcx = a(3);
+        r.r10 = a(3);
+        r
+    }
+
+    /// Waits for the next stop, holding back signals; `None` when `deadline` passes.
+    fn next_stop(&mut self, deadline: Option<Instant>) -> Result<Option<Stop>> {
+        loop {
+            let stop = match deadline {
+                None => thread::wait(self.tid)?,
+                Some(d) => match thread::wait_timeout(self.tid, d.saturating_duration_since(Instant::now()))? {
+                    Some(s) => s,
+                    None => return Ok(None),
+                },
+            };
+            match stop {
+                Stop::Gone(how, code) => {
+                    self.attached = false;
+                    return Err(gone(self.mem.pid(), how, code));
+                }
+                Stop::Signal(sig) if !is_fault(sig) => {
+                    self.deferred.push(sig);
+                    thread::cont_syscall(self.tid, 0)?;
+                }
+                Stop::Event(_) => thread::cont_syscall(self.tid, 0)?,
+                s => return Ok(Some(s)),
+            }
+        }
+    }
+
     /// Runs system call `nr` with up to six arguments in the target and returns its raw result
     /// (a negative errno on failure).
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
-        let mut r = self.saved;
-        r.rip = self.syscall_insn;
+        let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 8, args);
         r.rax = nr as u64;
-        // orig_rax = -1: the kernel must not treat this resume as the restart of a system call
-        // the thread may have been blocked in.
-        r.orig_rax = u64::MAX;
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
         thread::setregs(self.tid, r)?;
-        thread::step(self.tid, 0)?;
-        loop {
-            match thread::wait(self.tid)? {
-                Stop::Signal(SIGTRAP) => {
-                    let now = thread::getregs(self.tid)?;
-                    if now.rip == self.syscall_insn + 2 {
-                        return Ok(now.rax as i64);
-                    }
-                    thread::step(self.tid, 0)?;
+        fault::point("system call set up");
+        thread::cont_syscall(self.tid, 0)?;
+        // Entry, then exit, of our system call.
+        for phase in ["entry", "exit"] {
+            match self.next_stop(None)? {
+                Some(Stop::Syscall) => {}
+                Some(Stop::Signal(sig)) => {
+                    return Err(Error::Crashed {
+                        tid: self.tid,
+                        what: format!("system call {nr}"),
+                        signal: thread::signal_name(sig),
+                        rip: thread::getregs(self.tid)?.rip,
+                    })
                 }
-                Stop::Signal(sig) => {
-                    self.deferred.push(sig);
-                    thread::step(self.tid, 0)?;
-                }
-                Stop::Event(_) => thread::step(self.tid, 0)?,
-                Stop::Gone(how, code) => {
-                    self.attached = false;
-                    return Err(gone(self.mem.pid(), how, code));
-                }
+                _ => return Err(Error::Other(format!("thread {}: unexpected stop at system call {phase}", self.tid))),
+            }
+            fault::point(if phase == "entry" { "system call entered" } else { "system call returned" });
+            if phase == "entry" {
+                thread::cont_syscall(self.tid, 0)?;
             }
         }
+        self.at = At::SyscallExit;
+        Ok(thread::getregs(self.tid)?.rax as i64)
     }
 
-    /// Calls the function at `func` with up to six integer arguments on the thread's own stack
-    /// (below its red zone) and returns `rax`. The function returns to address 0, which faults
-    /// without a single byte of code written into the target; the fault is caught here and never
-    /// reaches the target. A call that crashes or runs longer than `timeout` is stopped, and the
-    /// thread is restored when the hijack is released.
-    pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
-        let mut r = self.saved;
-        let sp = ((self.saved.rsp - 256) & !0xf) - 8;
-        self.mem.write(sp, &0u64.to_le_bytes())?;
-        r.rsp = sp;
-        r.rip = func;
-        r.rax = 0;
-        r.orig_rax = u64::MAX;
-        r.eflags &= !0x400; // the ABI wants the direction flag clear at a call
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        (r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+    /// Calls the function at `func` with up to six integer arguments on the thread's own stack,
+    /// below the signal frame, ignoring what it returns. It returns into the restorer; pannus
+    /// catches that `rt_sigreturn` and skips it, so that the thread stays borrowed. A call that
+    /// crashes or runs longer than `timeout` is stopped; the thread is restored on release.
+    pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<()> {
+        let r = self.regs_for(func, self.frame.uc - 8, args);
         thread::setregs(self.tid, r)?;
-        thread::cont(self.tid, 0)?;
-        let start = Instant::now();
+        let restorer_end = self.gadgets.restorer + RESTORER_LEN;
+        self.run_until(timeout, what, |regs| regs.orig_rax == NR_RT_SIGRETURN && regs.rip == restorer_end)
+            .map(|_| ())
+    }
+
+    /// Calls a function that returns an address (an ifunc resolver) and returns it. The function
+    /// returns into a `syscall; ret`, where pannus reads the value as the system call number,
+    /// then into a `ret` and the restorer: with pannus gone, that "system call" fails with
+    /// ENOSYS (an address is no system call number) and the thread is restored all the same.
+    pub fn call_for_address(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
+        let uc = self.frame.uc;
+        let chain = [self.gadgets.syscall_ret, self.gadgets.ret];
+        let mut bytes = Vec::with_capacity(16);
+        for a in chain {
+            bytes.extend_from_slice(&a.to_le_bytes());
+        }
+        self.mem.write(uc - 24, &bytes)?;
+        let r = self.regs_for(func, uc - 24, args);
+        thread::setregs(self.tid, r)?;
+        let gadget_end = self.gadgets.syscall_ret + 2;
+        let regs = self.run_until(timeout, what, |regs| regs.rip == gadget_end && regs.orig_rax > 4095)?;
+        Ok(regs.orig_rax)
+    }
+
+    /// Resumes the borrowed thread to the next system call stops until `done` matches a
+    /// syscall-entry stop; that system call is skipped and the thread left at its exit stop.
+    fn run_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&user_regs_struct) -> bool,
+    ) -> Result<user_regs_struct> {
+        fault::point("call set up");
+        thread::cont_syscall(self.tid, 0)?;
+        let deadline = Instant::now() + timeout;
+        let mut entry = true;
         loop {
-            let left = timeout.saturating_sub(start.elapsed());
-            let Some(stop) = thread::wait_timeout(self.tid, left)? else {
+            let Some(stop) = self.next_stop(Some(deadline))? else {
                 thread::interrupt(self.tid)?;
-                self.wait_stopped()?;
+                self.settle()?;
                 return Err(Error::Timeout { tid: self.tid, what: what.to_string(), after: timeout });
             };
             match stop {
+                Stop::Syscall => {
+                    let regs = thread::getregs(self.tid)?;
+                    if entry && done(&regs) {
+                        fault::point("call returned");
+                        let mut skip = regs;
+                        skip.orig_rax = u64::MAX;
+                        if regs.rip == self.gadgets.restorer + RESTORER_LEN {
+                            // Skipped, the restorer would run on into whatever follows it: point
+                            // the thread back at the restorer's start, so that a pannus killed
+                            // from here on still leaves it on its way home.
+                            skip.rip = self.gadgets.restorer;
+                            skip.rsp = self.frame.uc;
+                        }
+                        thread::setregs(self.tid, skip)?;
+                        thread::cont_syscall(self.tid, 0)?;
+                        match self.next_stop(None)? {
+                            Some(Stop::Syscall) => {
+                                self.at = At::SyscallExit;
+                                return Ok(regs);
+                            }
+                            _ => return Err(Error::Other(format!("thread {}: unexpected stop after {what}", self.tid))),
+                        }
+                    }
+                    entry = !entry;
+                    thread::cont_syscall(self.tid, 0)?;
+                }
                 Stop::Signal(sig) => {
-                    let now = thread::getregs(self.tid)?;
-                    if sig == SIGSEGV && now.rip == 0 {
-                        return Ok(now.rax);
-                    }
-                    if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT) {
-                        return Err(Error::Crashed {
-                            tid: self.tid,
-                            what: what.to_string(),
-                            signal: thread::signal_name(sig),
-                            rip: now.rip,
-                        });
-                    }
-                    self.deferred.push(sig);
-                    thread::cont(self.tid, 0)?;
+                    self.at = At::SignalPath;
+                    return Err(Error::Crashed {
+                        tid: self.tid,
+                        what: what.to_string(),
+                        signal: thread::signal_name(sig),
+                        rip: thread::getregs(self.tid)?.rip,
+                    })
                 }
-                Stop::Event(_) => thread::cont(self.tid, 0)?,
-                Stop::Gone(how, code) => {
-                    self.attached = false;
-                    return Err(gone(self.mem.pid(), how, code));
-                }
+                _ => thread::cont_syscall(self.tid, 0)?,
             }
         }
     }
 
-    fn wait_stopped(&mut self) -> Result<()> {
+    /// After PTRACE_INTERRUPT, waits until the thread is stopped.
+    fn settle(&mut self) -> Result<()> {
         match thread::wait(self.tid)? {
-            Stop::Event(_) => Ok(()),
+            Stop::Event(_) => self.at = At::SignalPath,
+            Stop::Syscall => self.at = At::SyscallExit,
             Stop::Signal(sig) => {
-                if sig != SIGTRAP {
+                if !is_fault(sig) {
                     self.deferred.push(sig);
                 }
-                Ok(())
+                self.at = At::SignalPath;
             }
             Stop::Gone(how, code) => {
                 self.attached = false;
-                Err(gone(self.mem.pid(), how, code))
+                return Err(gone(self.mem.pid(), how, code));
             }
         }
+        Ok(())
     }
 
-    /// Restores the thread's registers and lets it go on where it was.
+    /// Sends the thread through the restorer, back to where it was, and lets it go.
     pub fn release(mut self) -> Result<()> {
         self.restore()
     }
@@ -170,12 +292,39 @@ impl<'m> Hijack<'m> {
             return Ok(());
         }
         self.attached = false;
-        thread::setregs(self.tid, self.saved)?;
-        let first = self.deferred.first().copied().unwrap_or(0);
-        thread::detach(self.tid, first)?;
-        if self.deferred.len() > 1 {
-            thread::requeue(self.mem.pid(), self.tid, &self.deferred[1..]);
+        fault::point("about to release the thread");
+        // First the state from which the thread goes home through the restorer on its own.
+        let mut home = self.saved;
+        home.rip = self.gadgets.restorer;
+        home.rsp = self.frame.uc;
+        home.orig_rax = u64::MAX;
+        thread::setregs(self.tid, home)?;
+        // Then, from inside the kernel's signal handling, the exact state it was stopped in: the
+        // kernel then restarts an interrupted system call itself, `restart_syscall` included.
+        if self.at == At::SyscallExit {
+            thread::interrupt(self.tid)?;
+            thread::cont(self.tid, 0)?;
+            loop {
+                match thread::wait(self.tid)? {
+                    Stop::Event(_) => break,
+                    Stop::Signal(sig) => {
+                        if !is_fault(sig) {
+                            self.deferred.push(sig);
+                        }
+                        break;
+                    }
+                    Stop::Syscall => thread::cont(self.tid, 0)?,
+                    Stop::Gone(how, code) => return Err(gone(self.mem.pid(), how, code)),
+                }
+            }
+            fault::point("thread back in the kernel's signal path");
         }
+        thread::set_xstate(self.tid, &self.xstate)?;
+        thread::setregs(self.tid, self.saved)?;
+        fault::point("exact state restored");
+        thread::detach(self.tid, 0)?;
+        fault::point("thread released");
+        thread::requeue(self.mem.pid(), self.tid, &self.deferred);
         Ok(())
     }
 }
@@ -186,9 +335,12 @@ impl Drop for Hijack<'_> {
     }
 }
 
+fn is_fault(sig: i32) -> bool {
+    matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGTRAP)
+}
+
 pub(crate) fn gone(pid: i32, how: &str, code: i32) -> Error {
-    let how =
-        if how.contains("signal") { format!("{how} {}", thread::signal_name(code)) } else { format!("{how} {code}") };
+    let how = if how.contains("signal") { format!("{how} {}", thread::signal_name(code)) } else { format!("{how} {code}") };
     Error::Exited { pid, how }
 }
 

@@ -7,13 +7,16 @@
 //!   including read-only text, which the kernel copies on write for the target alone.
 //! - [`Hijack`]: one thread of the target borrowed briefly to run a system call through a
 //!   `syscall` instruction that already exists in the target (`mmap3` and friends), or to call a
-//!   function, signal-handler style: registers saved and restored, the thread resumes where it was.
+//!   function, signal-handler style: its whole state saved in a signal frame on its own stack and
+//!   restored by `rt_sigreturn`, even if pannus is killed meanwhile.
 //! - [`World`]: every thread of the target stopped at once, with its registers, then resumed.
 //! - [`maps`]: the target's address space and the holes in it near an address.
 //!
 //! This is the only crate of pannus with `unsafe`; each use is small and says why it is sound.
 
 mod error;
+pub mod fault;
+mod frame;
 mod hijack;
 pub mod maps;
 mod mem;
@@ -23,7 +26,7 @@ mod world;
 
 pub use error::{Error, Result};
 pub use hijack::Hijack;
-pub use maps::Mapping;
+pub use maps::{Gadgets, Mapping};
 pub use mem::Mem;
 pub use nix::libc::user_regs_struct as Regs;
 pub use sched::RealtimeGuard;

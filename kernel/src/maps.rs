@@ -129,13 +129,25 @@ pub fn find_hole(maps: &[Mapping], size: u64, lo: u64, hi: u64, near: u64) -> Op
     best.map(|(_, a)| a)
 }
 
-/// The address of a `syscall` instruction (bytes 0f 05) in an executable mapping of the target,
-/// looked for first in the vDSO, then in the C library, then anywhere executable.
-pub fn find_syscall_insn(mem: &Mem, maps: &[Mapping]) -> Option<u64> {
+/// Code that already exists in the target and that a borrowed thread is pointed at; pannus
+/// writes no code of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gadgets {
+    /// `syscall; ret` (0f 05 c3).
+    pub syscall_ret: u64,
+    /// A `ret` (c3).
+    pub ret: u64,
+    /// The C library's signal restorer, `mov $15, %rax; syscall` (rt_sigreturn).
+    pub restorer: u64,
+}
+
+/// Finds the [`Gadgets`] in the target's executable mappings, the C library first.
+pub fn find_gadgets(mem: &Mem, maps: &[Mapping]) -> Option<Gadgets> {
+    const RESTORER: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
     let rank = |m: &Mapping| {
-        if m.path == "[vdso]" {
+        if m.path.contains("/libc.so") || m.path.contains("/libc-") || m.path.contains("ld-musl") {
             0
-        } else if m.path.contains("/libc.so") || m.path.contains("/libc-") {
+        } else if m.path == "[vdso]" {
             1
         } else {
             2
@@ -143,10 +155,15 @@ pub fn find_syscall_insn(mem: &Mem, maps: &[Mapping]) -> Option<u64> {
     };
     let mut exec: Vec<&Mapping> = maps.iter().filter(|m| m.exec && m.read && m.path != "[vsyscall]").collect();
     exec.sort_by_key(|m| rank(m));
+    let (mut syscall_ret, mut ret, mut restorer) = (None, None, None);
     for m in exec {
         let bytes = mem.read_partial(m.start, m.len() as usize);
-        if let Some(i) = bytes.windows(2).position(|w| w == [0x0f, 0x05]) {
-            return Some(m.start + i as u64);
+        let find = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).map(|i| m.start + i as u64);
+        syscall_ret = syscall_ret.or_else(|| find(&[0x0f, 0x05, 0xc3]));
+        ret = ret.or_else(|| find(&[0xc3]));
+        restorer = restorer.or_else(|| find(&RESTORER));
+        if let (Some(syscall_ret), Some(ret), Some(restorer)) = (syscall_ret, ret, restorer) {
+            return Some(Gadgets { syscall_ret, ret, restorer });
         }
     }
     None

@@ -15,6 +15,8 @@ pub(crate) enum Stop {
     Event(i32),
     /// A signal-delivery-stop: the signal would be delivered if the thread were resumed with it.
     Signal(i32),
+    /// A syscall-entry or syscall-exit stop (seized with `PTRACE_O_TRACESYSGOOD`).
+    Syscall,
     /// The thread is gone (exited or killed); the text says how.
     Gone(&'static str, i32),
 }
@@ -44,7 +46,17 @@ pub fn process_exists(pid: i32) -> bool {
 /// Attaches to thread `tid` without stopping it. A thread traced by someone else (a debugger, or
 /// another pannus) is reported as such.
 pub(crate) fn seize(tid: i32) -> Result<()> {
-    ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()).map_err(|e| {
+    seize_with(tid, ptrace::Options::empty())
+}
+
+/// Like [`seize`], marking syscall-stops (`SIGTRAP | 0x80`). A tracer that dies while the thread
+/// sits in a syscall-stop then leaves no stray `SIGTRAP` behind.
+pub(crate) fn seize_for_syscalls(tid: i32) -> Result<()> {
+    seize_with(tid, ptrace::Options::PTRACE_O_TRACESYSGOOD)
+}
+
+fn seize_with(tid: i32, options: ptrace::Options) -> Result<()> {
+    ptrace::seize(Pid::from_raw(tid), options).map_err(|e| {
         if e == Errno::EPERM {
             if let Some(tracer) = tracer_of(tid).filter(|&t| t != 0) {
                 let name = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
@@ -80,14 +92,14 @@ fn raw_ptrace(req: libc::c_uint, tid: i32, data: usize) -> std::result::Result<(
     }
 }
 
-/// Resumes a stopped thread, delivering `sig` (0 for none). Any signal number works, real-time
-/// signals included.
+/// Resumes a stopped thread, delivering `sig` (0 for none).
 pub(crate) fn cont(tid: i32, sig: i32) -> Result<()> {
     raw_ptrace(libc::PTRACE_CONT, tid, sig as usize).map_err(|e| Error::ptrace(tid, "resume", e))
 }
 
-pub(crate) fn step(tid: i32, sig: i32) -> Result<()> {
-    raw_ptrace(libc::PTRACE_SINGLESTEP, tid, sig as usize).map_err(|e| Error::ptrace(tid, "single-step", e))
+/// Resumes a stopped thread until its next system call entry or exit.
+pub(crate) fn cont_syscall(tid: i32, sig: i32) -> Result<()> {
+    raw_ptrace(libc::PTRACE_SYSCALL, tid, sig as usize).map_err(|e| Error::ptrace(tid, "resume to the next system call of", e))
 }
 
 /// Detaches from a stopped thread, delivering `sig` (0 for none). A thread that is already gone
@@ -119,6 +131,9 @@ fn decode(status: libc::c_int) -> Option<Stop> {
         let event = (status >> 16) & 0xff;
         if event == libc::PTRACE_EVENT_STOP {
             return Some(Stop::Event(sig));
+        }
+        if event == 0 && sig == (libc::SIGTRAP | 0x80) {
+            return Some(Stop::Syscall);
         }
         if event != 0 {
             // No other event is requested; treat it as a plain stop.
@@ -191,4 +206,44 @@ pub(crate) fn requeue(pid: i32, tid: i32, signals: &[i32]) {
     for &sig in signals {
         crate::sched::tgkill(pid, tid, sig);
     }
+}
+
+/// The thread's extended FPU state (XSAVE standard format, as `PTRACE_GETREGSET NT_X86_XSTATE`
+/// gives it, software-reserved bytes included).
+pub(crate) fn xstate(tid: i32) -> Result<Vec<u8>> {
+    const NT_X86_XSTATE: usize = 0x202;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: PTRACE_GETREGSET writes at most `iov.iov_len` bytes to `iov.iov_base`, which points
+    // into `buf`, alive and exclusively borrowed for the call, and updates `iov.iov_len`.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE as *mut libc::c_void, &mut iov as *mut libc::iovec) };
+    if r < 0 {
+        return Err(Error::ptrace(tid, "read the FPU state of", Errno::last()));
+    }
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+/// Writes back a state read by [`xstate`].
+pub(crate) fn set_xstate(tid: i32, state: &[u8]) -> Result<()> {
+    const NT_X86_XSTATE: usize = 0x202;
+    let mut buf = state.to_vec();
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: PTRACE_SETREGSET reads `iov.iov_len` bytes from `iov.iov_base`, which points into
+    // `buf`, alive for the call.
+    let r = unsafe {
+        libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE as *mut libc::c_void, &mut iov as *mut libc::iovec)
+    };
+    if r < 0 {
+        return Err(Error::ptrace(tid, "write the FPU state of", Errno::last()));
+    }
+    Ok(())
+}
+
+/// The thread's blocked-signal mask, from `/proc/PID/task/TID/status`.
+pub(crate) fn blocked_signals(pid: i32, tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
+        .unwrap_or(0)
 }

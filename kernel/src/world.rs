@@ -54,7 +54,7 @@ impl World {
             }
             for tid in attached {
                 let pending = match thread::wait(tid)? {
-                    Stop::Event(_) => 0,
+                    Stop::Event(_) | Stop::Syscall => 0,
                     Stop::Signal(sig) => sig,
                     Stop::Gone(..) => continue,
                 };
@@ -69,6 +69,7 @@ impl World {
         if world.threads.is_empty() {
             return Err(crate::Error::NoProcess { pid });
         }
+        crate::fault::point("every thread stopped");
         Ok(world)
     }
 
@@ -90,6 +91,7 @@ impl World {
             return Ok(());
         }
         self.resumed = true;
+        crate::fault::point("about to resume every thread");
         let mut first_err = None;
         for t in &self.threads {
             if let Err(e) = thread::detach(t.tid, t.pending) {

@@ -174,7 +174,7 @@ pub fn run(engine: &Engine, yes: bool) -> Result<()> {
         while rx.try_recv().is_ok() {}
         show(3);
         pause(yes, &format!("status of pid {pid}, read from the process itself"));
-        super::dispatch(engine, super::Command::Status { pid, json: false })?;
+        super::dispatch(engine, super::Command::Status { pid: Some(pid), all: false, json: false })?;
         pause(yes, "roll back");
         {
             let mut s = Session::open(engine, pid)?;

@@ -19,6 +19,9 @@ pub struct Cli {
     /// Folder for the audit journal and the per-process locks [env: PANNUS_STATE_DIR] [default: /var/lib/pannus]
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How long stage 3 may run the module's init functions before they are stopped
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub init_timeout: Option<std::time::Duration>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -26,16 +29,23 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check, then load, link, init and activate a patch in a running process
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["pid", "all"])))]
     Apply {
         manifest: PathBuf,
         #[arg(long)]
-        pid: i32,
-        /// Do not ask before each stage
+        pid: Option<i32>,
+        /// Every process that maps the target object with the manifest's build-id, one after the other
+        #[arg(long)]
+        all: bool,
+        /// Do not ask before each stage (with --all: before starting)
         #[arg(long, short)]
         yes: bool,
         /// Stay until the trial ends and apply its on_expiry policy
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         wait: bool,
+        /// With --all: when a process fails, stop and roll back the processes already patched
+        #[arg(long, conflicts_with = "pid")]
+        rollback_on_failure: bool,
         #[arg(long)]
         json: bool,
     },
@@ -48,9 +58,13 @@ pub enum Command {
         json: bool,
     },
     /// The patches in a process, read from the process
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["pid", "all"])))]
     Status {
         #[arg(long)]
-        pid: i32,
+        pid: Option<i32>,
+        /// Every process that has patches
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -70,9 +84,13 @@ pub enum Command {
         json: bool,
     },
     /// Restore the original code and unload the module (the most recent patch by default)
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["pid", "all"])))]
     Rollback {
         #[arg(long)]
-        pid: i32,
+        pid: Option<i32>,
+        /// PATCH in every process where it is applied, one after the other
+        #[arg(long, requires = "patch")]
+        all: bool,
         patch: Option<String>,
         /// Do not ask for confirmation
         #[arg(long, short)]
@@ -128,7 +146,11 @@ pub enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    let engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
+    let mut engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
+    engine.lock_wait = crate::fleet::lock_wait_from_env().unwrap_or(engine.lock_wait);
+    if let Some(t) = cli.init_timeout {
+        engine.init_timeout = t;
+    }
     let command = cli.command.unwrap_or(Command::Console { manifests: PathBuf::from("manifests") });
     let json = matches!(
         command,
@@ -140,8 +162,14 @@ pub fn run(cli: Cli) -> i32 {
             | Command::Rollback { json: true, .. }
             | Command::Journal { json: true, .. }
     );
-    match dispatch(&engine, command) {
-        Ok(()) => 0,
+    let result = match command {
+        Command::Apply { all: true, .. } | Command::Rollback { all: true, .. } | Command::Status { all: true, .. } => {
+            fleet_dispatch(&engine, command)
+        }
+        command => dispatch(&engine, command).map(|()| 0),
+    };
+    match result {
+        Ok(code) => code,
         Err(e) => {
             if json {
                 let out = json!({"error": {"kind": e.kind, "message": e.message, "hint": e.hint}, "exit": e.kind.exit_code()});
@@ -155,9 +183,11 @@ pub fn run(cli: Cli) -> i32 {
 
 fn dispatch(engine: &Engine, command: Command) -> Result<()> {
     match command {
-        Command::Apply { manifest, pid, yes, wait, json } => apply(engine, &manifest, pid, yes, wait, json),
+        Command::Apply { manifest, pid, yes, wait, json, .. } => {
+            apply(engine, &manifest, one_pid(pid)?, yes, wait, json)
+        }
         Command::Check { manifest, pid, json } => check(engine, &manifest, pid, json),
-        Command::Status { pid, json } => status(pid, json),
+        Command::Status { pid, json, .. } => status(one_pid(pid)?, json),
         Command::Ps { all, json } => ps(all, json),
         Command::Commit { pid, patch, json } => {
             let mut s = Session::open(engine, pid)?;
@@ -169,7 +199,9 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Rollback { pid, patch, yes, cascade, json } => rollback(engine, pid, patch, yes, cascade, json),
+        Command::Rollback { pid, patch, yes, cascade, json, .. } => {
+            rollback(engine, one_pid(pid)?, patch, yes, cascade, json)
+        }
         Command::Journal { pid, json } => journal(engine, pid, json),
         Command::Console { manifests } => {
             crate::tui::run(engine, crate::tui::Options { manifests, ..Default::default() })
@@ -343,11 +375,16 @@ fn status(pid: i32, json: bool) -> Result<()> {
         println!("{}", json!({"pid": pid, "name": target.name, "exe": target.exe, "patches": patches}));
         return Ok(());
     }
-    println!("process {pid} ({}) {}", target.name, target.exe);
-    if reg.patches.is_empty() {
+    print_status(pid, &target.name, &target.exe, &reg.patches);
+    Ok(())
+}
+
+fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
+    println!("process {pid} ({name}) {exe}");
+    if patches.is_empty() {
         println!("  no patches");
     }
-    for p in &reg.patches {
+    for p in patches {
         let trial = match (p.state, engine::remaining(p)) {
             (State::Trial, Some(left)) => format!(", {:02}:{:02} left, then {}", left / 60, left % 60, p.on_expiry),
             _ => String::new(),
@@ -367,7 +404,6 @@ fn status(pid: i32, json: bool) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 fn ps(all: bool, json: bool) -> Result<()> {
@@ -440,6 +476,100 @@ fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
             e.outcome,
             e.detail.lines().next().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+fn one_pid(pid: Option<i32>) -> Result<i32> {
+    pid.ok_or_else(|| Error::bad_input("one of --pid PID or --all is required"))
+}
+
+/// `apply --all`, `rollback --all` and `status --all`; returns the exit code.
+fn fleet_dispatch(engine: &Engine, command: Command) -> Result<i32> {
+    match command {
+        Command::Apply { manifest, yes, rollback_on_failure, json, .. } => {
+            fleet_apply(engine, &manifest, yes, rollback_on_failure, json)
+        }
+        Command::Rollback { patch, yes, cascade, json, .. } => fleet_rollback(engine, patch, yes, cascade, json),
+        Command::Status { json, .. } => fleet_status(json).map(|()| 0),
+        _ => Err(Error::bad_input("--all is not an option of this command")),
+    }
+}
+
+fn processes_text(pids: &[i32]) -> String {
+    let list = pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+    format!("{} process{}: pids {list}", pids.len(), if pids.len() == 1 { "" } else { "es" })
+}
+
+fn print_summary(summary: &crate::fleet::Summary, json: bool) {
+    if json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.text());
+    }
+    if !summary.failed.is_empty() {
+        let pids: Vec<i32> = summary.failed.iter().map(|f| f.pid).collect();
+        eprintln!("pannus: `{}` failed in {}", summary.patch, processes_text(&pids));
+    }
+}
+
+fn fleet_apply(
+    engine: &Engine,
+    path: &std::path::Path,
+    yes: bool,
+    rollback_on_failure: bool,
+    json: bool,
+) -> Result<i32> {
+    let m = Manifest::load(path)?;
+    require_terminal_or_yes(yes, "apply")?;
+    let plan = crate::fleet::plan_apply(&m)?;
+    if !yes
+        && !plan.members.is_empty()
+        && !ask(&format!("Apply `{}` {} to {}?", m.patch, m.version, processes_text(&plan.pids())))
+    {
+        return Err(Error::other("apply cancelled"));
+    }
+    let options = crate::fleet::ApplyOptions { rollback_on_failure, watch: true };
+    let summary = crate::fleet::apply(engine, &m, &plan, options, &mut |line| {
+        if !json {
+            println!("{line}");
+        }
+    });
+    print_summary(&summary, json);
+    Ok(summary.exit_code())
+}
+
+fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bool, json: bool) -> Result<i32> {
+    let patch = patch.ok_or_else(|| Error::bad_input("rollback --all needs the PATCH to roll back"))?;
+    require_terminal_or_yes(yes, "rollback")?;
+    let plan = crate::fleet::plan_rollback(&patch)?;
+    if !yes && !ask(&format!("Roll back `{patch}` in {}?", processes_text(&plan.pids()))) {
+        return Err(Error::other("rollback cancelled"));
+    }
+    let summary = crate::fleet::rollback(engine, &plan, cascade, &mut |line| {
+        if !json {
+            println!("{line}");
+        }
+    });
+    print_summary(&summary, json);
+    Ok(summary.exit_code())
+}
+
+fn fleet_status(json: bool) -> Result<()> {
+    let procs = crate::fleet::status();
+    if json {
+        let list: Vec<_> = procs
+            .iter()
+            .map(|p| json!({"pid": p.pid, "name": p.name, "exe": p.exe, "patches": p.patches.iter().map(patch_json).collect::<Vec<_>>()}))
+            .collect();
+        println!("{}", json!({"processes": list}));
+        return Ok(());
+    }
+    if procs.is_empty() {
+        println!("no process has patches");
+    }
+    for p in &procs {
+        print_status(p.pid, &p.name, &p.exe, &p.patches);
     }
     Ok(())
 }

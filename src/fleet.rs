@@ -1,0 +1,518 @@
+//! Every process of a binary: one patch applied to, or rolled back from, every process that
+//! maps its target object, one process after the other, with one summary of what was patched,
+//! what was skipped and why, and what failed.
+//!
+//! A process matches when it maps the manifest's target object (same device and inode as the
+//! file) and the build-id in its memory is the manifest's. pannus itself is never a member, and
+//! a process that exits meanwhile is skipped as `exited`.
+//!
+//! Exit code of a fleet command ([`Summary::exit_code`]): 0 when every matching process is now
+//! in the wanted state (patched, or skipped because it already was); else the most severe code
+//! among the failures, in the order 1 (anything else) > 3 (busy) > 4 (precondition) > 2 (bad
+//! input); 4 when there was nothing to do at all (no process with the right build-id in memory).
+
+use crate::elf::Object;
+use crate::engine::{self, Engine, ProcessInfo, Quiet, Session};
+use crate::error::{Error, Kind, Result};
+use crate::manifest::Manifest;
+use crate::registry;
+use crate::target::Target;
+use pannus_kernel::maps;
+use serde_json::json;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+/// Skip reason: the patch is already active in the process.
+pub const ALREADY_APPLIED: &str = "already applied";
+/// Skip reason: the patch is not applied (any more) in the process.
+pub const ALREADY_ROLLED_BACK: &str = "already rolled back";
+/// Skip reason: the process maps the object, but runs another build of it.
+pub const BUILD_ID_DIFFERS: &str = "build-id differs in memory";
+/// Skip reason: the process exited before or while pannus worked on it.
+pub const EXITED: &str = "exited";
+
+/// A process a fleet command will work on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub pid: i32,
+    pub name: String,
+}
+
+/// A process left alone, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub pid: i32,
+    pub reason: String,
+    /// Whether the process is already in the state the command wants (e.g. the patch is
+    /// already applied): such a skip counts as done.
+    pub settled: bool,
+}
+
+/// A process the command failed on.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub pid: i32,
+    pub error: Error,
+}
+
+/// What a fleet command found before touching anything.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub patch: String,
+    /// The processes to work on, by pid.
+    pub members: Vec<Member>,
+    pub skipped: Vec<Skipped>,
+    /// Processes that cannot be worked on (e.g. a patch stopped between stages).
+    pub failed: Vec<Failed>,
+}
+
+impl Plan {
+    pub fn pids(&self) -> Vec<i32> {
+        self.members.iter().map(|m| m.pid).collect()
+    }
+}
+
+/// Which fleet command a summary is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Apply,
+    Rollback,
+}
+
+/// The outcome of a fleet command.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub operation: Operation,
+    pub patch: String,
+    /// Processes the command patched (apply only), in order.
+    pub patched: Vec<i32>,
+    pub skipped: Vec<Skipped>,
+    pub failed: Vec<Failed>,
+    /// Processes rolled back: by `rollback --all`, or (apply with rollback on failure) the
+    /// processes this command had patched before another one failed.
+    pub rolled_back: Vec<i32>,
+    /// Processes whose undoing after a failure failed in turn.
+    pub rollback_failed: Vec<Failed>,
+    /// Things that went wrong without failing a process (e.g. a trial watcher not started).
+    pub warnings: Vec<String>,
+}
+
+/// The order of severity of the exit codes: 1 > 3 > 4 > 2.
+fn severity(kind: Kind) -> u8 {
+    match kind {
+        Kind::Other => 4,
+        Kind::Busy => 3,
+        Kind::Precondition => 2,
+        Kind::BadInput => 1,
+    }
+}
+
+impl Summary {
+    fn new(operation: Operation, plan: &Plan) -> Summary {
+        Summary {
+            operation,
+            patch: plan.patch.clone(),
+            patched: Vec::new(),
+            skipped: plan.skipped.clone(),
+            failed: plan.failed.clone(),
+            rolled_back: Vec::new(),
+            rollback_failed: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The command's exit code (see the module documentation).
+    pub fn exit_code(&self) -> i32 {
+        if let Some(kind) =
+            self.failed.iter().chain(&self.rollback_failed).map(|f| f.error.kind).max_by_key(|k| severity(*k))
+        {
+            return kind.exit_code();
+        }
+        let done = match self.operation {
+            Operation::Apply => !self.patched.is_empty(),
+            Operation::Rollback => !self.rolled_back.is_empty(),
+        };
+        if done || self.skipped.iter().any(|s| s.settled) {
+            0
+        } else {
+            Kind::Precondition.exit_code()
+        }
+    }
+
+    /// The JSON form: `{"patch", "patched", "skipped", "failed", "rolled_back", "rollback_failed"}`
+    /// for apply, `{"patch", "rolled_back", "skipped", "failed"}` for rollback.
+    pub fn to_json(&self) -> serde_json::Value {
+        let skipped: Vec<_> = self.skipped.iter().map(|s| json!({"pid": s.pid, "reason": s.reason})).collect();
+        let failed = |list: &[Failed]| -> Vec<serde_json::Value> {
+            list.iter()
+                .map(|f| json!({"pid": f.pid, "kind": f.error.kind, "message": f.error.message, "hint": f.error.hint}))
+                .collect()
+        };
+        match self.operation {
+            Operation::Apply => json!({
+                "patch": self.patch,
+                "patched": self.patched,
+                "skipped": skipped,
+                "failed": failed(&self.failed),
+                "rolled_back": self.rolled_back,
+                "rollback_failed": failed(&self.rollback_failed),
+                "exit": self.exit_code(),
+            }),
+            Operation::Rollback => json!({
+                "patch": self.patch,
+                "rolled_back": self.rolled_back,
+                "skipped": skipped,
+                "failed": failed(&self.failed),
+                "exit": self.exit_code(),
+            }),
+        }
+    }
+
+    /// The summary for a person: one line of counts, then one line per process.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let list = |pids: &[i32]| pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+        match self.operation {
+            Operation::Apply => out.push_str(&format!(
+                "`{}`: {} patched, {} skipped, {} failed",
+                self.patch,
+                self.patched.len(),
+                self.skipped.len(),
+                self.failed.len()
+            )),
+            Operation::Rollback => out.push_str(&format!(
+                "`{}`: {} rolled back, {} skipped, {} failed",
+                self.patch,
+                self.rolled_back.len(),
+                self.skipped.len(),
+                self.failed.len()
+            )),
+        }
+        out.push('\n');
+        if self.operation == Operation::Apply && !self.patched.is_empty() {
+            out.push_str(&format!("  patched:     {}\n", list(&self.patched)));
+        }
+        if !self.rolled_back.is_empty() {
+            let what = match self.operation {
+                Operation::Apply => "rolled back again after the failure",
+                Operation::Rollback => "rolled back",
+            };
+            out.push_str(&format!("  {what}: {}\n", list(&self.rolled_back)));
+        }
+        for s in &self.skipped {
+            out.push_str(&format!("  skipped {}: {}\n", s.pid, s.reason));
+        }
+        for f in &self.failed {
+            out.push_str(&format!("  FAILED  {} (exit {}): {}\n", f.pid, f.error.kind.exit_code(), f.error));
+        }
+        for f in &self.rollback_failed {
+            out.push_str(&format!("  NOT ROLLED BACK {}: {}\n", f.pid, f.error));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+        out
+    }
+}
+
+/// Every pid in /proc but pannus's own, in increasing order.
+fn other_pids() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    pids.retain(|&p| p != me);
+    pids.sort_unstable();
+    pids
+}
+
+fn gone(pid: i32) -> bool {
+    !pannus_kernel::process_exists(pid)
+}
+
+fn skipped(pid: i32, reason: impl Into<String>, settled: bool) -> Skipped {
+    Skipped { pid, reason: reason.into(), settled }
+}
+
+/// Finds every process that maps the manifest's target object, and sorts them into those to
+/// patch and those to leave alone. Reads each process without stopping it. Refused when the
+/// object on disk is not the manifest's build or no process maps it.
+pub fn plan_apply(m: &Manifest) -> Result<Plan> {
+    let path = &m.target.object;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::bad_input(format!("target object {}: cannot read: {e}", path.display())))?;
+    let object = Object::load(path, "target object")?;
+    let file_id = object.build_id.clone().unwrap_or_default();
+    if file_id != m.target.build_id {
+        return Err(Error::precondition(format!(
+            "build-id mismatch: {} has {}, the manifest is for {}",
+            path.display(),
+            if file_id.is_empty() { "no build-id" } else { &file_id },
+            m.target.build_id
+        ))
+        .hint("this patch was built for another build of the program; do not apply it here"));
+    }
+    let dev = meta.dev();
+    let dev = (nix::sys::stat::major(dev) as i32, nix::sys::stat::minor(dev) as i32);
+    let ino = meta.ino();
+
+    let mut plan = Plan { patch: m.patch.clone(), members: Vec::new(), skipped: Vec::new(), failed: Vec::new() };
+    let mut mapped = false;
+    for pid in other_pids() {
+        let Ok(pmaps) = maps::read(pid) else { continue };
+        if !pmaps.iter().any(|x| x.inode == ino && x.dev == dev && !x.path.is_empty()) {
+            continue;
+        }
+        mapped = true;
+        let mut target = match Target::open(pid) {
+            Ok(t) => t,
+            Err(_) if gone(pid) => continue,
+            Err(error) => {
+                plan.failed.push(Failed { pid, error });
+                continue;
+            }
+        };
+        let loaded = match target.find_object(path) {
+            Ok(l) => l,
+            Err(_) if gone(pid) => continue,
+            Err(e) => {
+                plan.skipped.push(skipped(pid, e.message, false));
+                continue;
+            }
+        };
+        if target.build_id_in_memory(&loaded).is_none() {
+            if !gone(pid) {
+                plan.skipped.push(skipped(pid, BUILD_ID_DIFFERS, false));
+            }
+            continue;
+        }
+        let reg = match registry::read_from(&target.mem, &target.maps) {
+            Ok(r) => r,
+            Err(_) if gone(pid) => continue,
+            Err(error) => {
+                plan.failed.push(Failed { pid, error });
+                continue;
+            }
+        };
+        match reg.get(&m.patch).filter(|p| p.state.is_applied()) {
+            Some(p) if p.state.is_active() => {
+                let reason = if p.manifest_digest == m.digest {
+                    ALREADY_APPLIED.to_string()
+                } else {
+                    format!("{ALREADY_APPLIED} (version {}, from another manifest)", p.version)
+                };
+                plan.skipped.push(skipped(pid, reason, true));
+            }
+            Some(p) => plan.failed.push(Failed {
+                pid,
+                error: Error::precondition(format!(
+                    "patch `{}` is {} in process {pid}: a pannus stopped between stages",
+                    m.patch, p.state
+                ))
+                .hint(format!("roll it back first: pannus rollback --pid {pid} {}", m.patch)),
+            }),
+            None => plan.members.push(Member { pid, name: target.name.clone() }),
+        }
+    }
+    if !mapped {
+        return Err(Error::precondition(format!("no process maps {}", path.display()))
+            .hint("check target.object in the manifest, and that the program is running (see pannus ps --all)"));
+    }
+    Ok(plan)
+}
+
+/// Finds every process where `patch` is applied (in any state but rolled back), reading each
+/// registry without stopping the process. Refused when there is none.
+pub fn plan_rollback(patch: &str) -> Result<Plan> {
+    let mut plan = Plan { patch: patch.to_string(), members: Vec::new(), skipped: Vec::new(), failed: Vec::new() };
+    for p in engine::list_processes(false) {
+        if p.patches.iter().any(|r| r.patch == patch && r.state.is_applied()) {
+            plan.members.push(Member { pid: p.pid, name: p.name });
+        }
+    }
+    if plan.members.is_empty() {
+        return Err(Error::precondition(format!("patch `{patch}` is not applied in any process"))
+            .hint("see pannus status --all"));
+    }
+    Ok(plan)
+}
+
+/// How a fleet apply behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// When a process fails, stop, and roll back the processes this command already patched.
+    pub rollback_on_failure: bool,
+    /// Start the detached trial watcher after each successful apply (the pannus binary only).
+    pub watch: bool,
+}
+
+/// After a failure on `pid`: the reason to count it as skipped instead (it exited, or the
+/// process was already in the wanted state because another pannus got there first).
+fn skip_instead(pid: i32, patch: &str, operation: Operation, error: &Error) -> Option<Skipped> {
+    if gone(pid) {
+        return Some(skipped(pid, EXITED, false));
+    }
+    if error.kind != Kind::Precondition {
+        return None;
+    }
+    let (_, reg) = engine::read_status(pid).ok()?;
+    let state = reg.get(patch).map(|p| p.state);
+    match operation {
+        Operation::Apply if state.is_some_and(|s| s.is_active()) => Some(skipped(pid, ALREADY_APPLIED, true)),
+        Operation::Rollback if !state.is_some_and(|s| s.is_applied()) => Some(skipped(pid, ALREADY_ROLLED_BACK, true)),
+        _ => None,
+    }
+}
+
+/// Applies the manifest to every member of `plan`, one process after the other, each with the
+/// full checks and four stages of a single apply. `progress` receives a line per step.
+///
+/// With `rollback_on_failure`, the first failure (including one found while planning) stops
+/// the run: the remaining processes are skipped as not attempted, and those this command
+/// patched are rolled back, newest first.
+pub fn apply(
+    engine: &Engine,
+    m: &Manifest,
+    plan: &Plan,
+    options: ApplyOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Summary {
+    let mut s = Summary::new(Operation::Apply, plan);
+    let mut stopped_by = if options.rollback_on_failure { s.failed.first().map(|f| f.pid) } else { None };
+    for member in &plan.members {
+        let pid = member.pid;
+        if let Some(culprit) = stopped_by {
+            s.skipped.push(skipped(pid, format!("not attempted: process {culprit} failed"), false));
+            continue;
+        }
+        progress(&format!("process {pid} ({}): applying `{}`", member.name, m.patch));
+        match Session::open(engine, pid).and_then(|mut session| session.apply(m, &mut Quiet)) {
+            Ok(rec) => {
+                s.patched.push(pid);
+                progress(&format!("process {pid}: patched, state {}", rec.state));
+                if options.watch {
+                    if let Err(e) = engine::spawn_trial_watcher(engine, pid, &rec.patch) {
+                        s.warnings.push(format!(
+                            "process {pid}: {}; the trial's on_expiry policy will not run unattended",
+                            e.message
+                        ));
+                    }
+                }
+            }
+            Err(error) => match skip_instead(pid, &m.patch, Operation::Apply, &error) {
+                Some(skip) => {
+                    progress(&format!("process {pid}: skipped, {}", skip.reason));
+                    s.skipped.push(skip);
+                }
+                None => {
+                    progress(&format!("process {pid}: failed: {}", error.message));
+                    s.failed.push(Failed { pid, error });
+                    if options.rollback_on_failure {
+                        stopped_by = Some(pid);
+                    }
+                }
+            },
+        }
+    }
+    if options.rollback_on_failure && !s.failed.is_empty() {
+        for &pid in s.patched.iter().rev() {
+            progress(&format!("process {pid}: rolling back `{}`", m.patch));
+            match Session::open(engine, pid).and_then(|mut session| session.rollback(Some(&m.patch), false, &mut Quiet))
+            {
+                Ok(_) => s.rolled_back.push(pid),
+                Err(error) => {
+                    progress(&format!("process {pid}: rollback failed: {}", error.message));
+                    s.rollback_failed.push(Failed { pid, error });
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Rolls `plan.patch` back in every member of `plan`, one process after the other (with
+/// `cascade`, the patches that require it first). `progress` receives a line per step.
+pub fn rollback(engine: &Engine, plan: &Plan, cascade: bool, progress: &mut dyn FnMut(&str)) -> Summary {
+    let mut s = Summary::new(Operation::Rollback, plan);
+    for member in &plan.members {
+        let pid = member.pid;
+        progress(&format!("process {pid} ({}): rolling back `{}`", member.name, plan.patch));
+        match Session::open(engine, pid)
+            .and_then(|mut session| session.rollback(Some(&plan.patch), cascade, &mut Quiet))
+        {
+            Ok(ids) => {
+                s.rolled_back.push(pid);
+                progress(&format!("process {pid}: rolled back {}", ids.join(", ")));
+            }
+            Err(error) => match skip_instead(pid, &plan.patch, Operation::Rollback, &error) {
+                Some(skip) => {
+                    progress(&format!("process {pid}: skipped, {}", skip.reason));
+                    s.skipped.push(skip);
+                }
+                None => {
+                    progress(&format!("process {pid}: failed: {}", error.message));
+                    s.failed.push(Failed { pid, error });
+                }
+            },
+        }
+    }
+    s
+}
+
+/// Every process that has a patch applied, with all its patch records, read from each process
+/// without stopping it.
+pub fn status() -> Vec<ProcessInfo> {
+    engine::list_processes(false)
+}
+
+/// How long to wait for another pannus holding a process, from `PANNUS_LOCK_WAIT` (a duration
+/// such as `500ms` or `2s`, or a number of seconds). `None` when unset or unreadable.
+pub fn lock_wait_from_env() -> Option<Duration> {
+    parse_lock_wait(&std::env::var("PANNUS_LOCK_WAIT").ok()?)
+}
+
+fn parse_lock_wait(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    match s.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(pid: i32, kind: Kind) -> Failed {
+        Failed { pid, error: Error::new(kind, "x") }
+    }
+
+    fn summary() -> Summary {
+        let plan = Plan { patch: "p".into(), members: vec![], skipped: vec![], failed: vec![] };
+        Summary::new(Operation::Apply, &plan)
+    }
+
+    #[test]
+    fn exit_code_precedence() {
+        let mut s = summary();
+        assert_eq!(s.exit_code(), 4, "nothing done");
+        s.skipped.push(skipped(1, ALREADY_APPLIED, true));
+        assert_eq!(s.exit_code(), 0);
+        s.failed.push(failed(2, Kind::BadInput));
+        assert_eq!(s.exit_code(), 2);
+        s.failed.push(failed(3, Kind::Precondition));
+        assert_eq!(s.exit_code(), 4);
+        s.failed.push(failed(4, Kind::Busy));
+        assert_eq!(s.exit_code(), 3);
+        s.failed.push(failed(5, Kind::Other));
+        assert_eq!(s.exit_code(), 1);
+    }
+
+    #[test]
+    fn lock_wait_parses() {
+        assert_eq!(parse_lock_wait("0"), Some(Duration::ZERO));
+        assert_eq!(parse_lock_wait("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_lock_wait("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_lock_wait("soon"), None);
+    }
+}
