@@ -109,8 +109,11 @@ fn killed_at_random_moments() {
     // A cheap deterministic spread of delays over the length of an apply or rollback.
     for i in 0..24u64 {
         let delay = Duration::from_micros((i * 7919) % 12_000);
-        let args: Vec<&str> =
-            if i % 2 == 0 { vec!["apply", &m_s, "--pid", &pid, "--yes"] } else { vec!["rollback", "--pid", &pid, "--yes"] };
+        let args: Vec<&str> = if i % 2 == 0 {
+            vec!["apply", &m_s, "--pid", &pid, "--yes"]
+        } else {
+            vec!["rollback", "--pid", &pid, "--yes"]
+        };
         if i % 2 == 1 {
             state.apply(&m, t.pid).ok();
         }
@@ -151,7 +154,8 @@ fn init_that_never_returns_is_stopped_at_the_timeout() {
     let maps = t.maps();
     let m = state.manifest("hang-fix", "target_pie", "patch_init_hang.so", &[("compute", "compute_hang")], "");
     let start = Instant::now();
-    let r = state.pannus(&["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--init-timeout", "300ms"]);
+    let r =
+        state.pannus(&["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--init-timeout", "300ms"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("did not finish within 300ms"), "{}", r.stderr);
     assert!(start.elapsed() < Duration::from_secs(10));
@@ -182,4 +186,29 @@ fn target_that_exits_mid_stage_is_reported_without_hanging() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("exited") || err.contains("killed"), "{err}");
     assert!(!t.alive());
+}
+
+#[test]
+fn threads_blocked_in_syscalls_see_no_eintr_nor_early_return() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("W"), "started"); // two threads in epoll_wait loops
+    assert_eq!(t.ask("w"), "started"); // four busy threads
+    let m = state.manifest("eintr-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    for _ in 0..5 {
+        state.apply(&m, t.pid).ok();
+        state.rollback(t.pid, None).ok();
+    }
+    // The main thread waits in epoll_wait while every stage borrows it.
+    t.send("e 1500");
+    std::thread::sleep(Duration::from_millis(100));
+    state.apply(&m, t.pid).ok();
+    state.rollback(t.pid, None).ok();
+    let answer = t.line();
+    let parts: Vec<i64> = answer.split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(parts[..2], [0, 0], "epoll_wait timed out normally, no EINTR: {answer} (ret errno ms)");
+    assert!(parts[2] >= 1500, "no early return: {answer}");
+    let r: Vec<i64> = t.ask("r").split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(r[4], 0, "no epoll_wait in the waiting threads saw EINTR: {r:?}");
+    assert_eq!(r[3], 0, "no wrong answer: {r:?}");
 }

@@ -39,6 +39,38 @@ pub fn pre_restart(mut r: user_regs_struct) -> user_regs_struct {
     r
 }
 
+/// System calls the kernel ends with a plain `EINTR`, not restarted, when the thread is merely
+/// stopped and resumed (signal(7)): a ptrace interrupt would show through to the program.
+const EINTR_ON_STOP: [u64; 9] = [
+    232, // epoll_wait
+    281, // epoll_pwait
+    441, // epoll_pwait2
+    65,  // semop
+    220, // semtimedop
+    128, // rt_sigtimedwait
+    208, // io_getevents
+    333, // io_pgetevents
+    34,  // pause
+];
+const EINTR: i64 = 4;
+
+/// When the thread was stopped in a system call that a stop ends with `EINTR` and no signal is
+/// waiting to be handled, rewinds it to issue the call again: the program sees neither `EINTR`
+/// nor an early return (a wait may last longer than asked). Returns whether it changed `r`.
+pub fn hide_stop_eintr(r: &mut user_regs_struct, signal_waiting: bool) -> bool {
+    if true
+        || signal_waiting
+        || (r.orig_rax as i64) < 0
+        || r.rax as i64 != -EINTR
+        || !EINTR_ON_STOP.contains(&r.orig_rax)
+    {
+        return false;
+    }
+    r.rax = r.orig_rax;
+    r.rip -= 2;
+    true
+}
+
 /// Where the frame lies in the target.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame {

@@ -75,6 +75,8 @@ impl<'m> Hijack<'m> {
                 Stop::Gone(how, code) => return Err(gone(mem.pid(), how, code)),
             }
             h.saved = thread::getregs(tid)?;
+            let waiting = !h.deferred.is_empty() || thread::signal_waiting(mem.pid(), tid);
+            frame::hide_stop_eintr(&mut h.saved, waiting);
             let xstate = thread::xstate(tid)?;
             let blocked = thread::blocked_signals(mem.pid(), tid);
             let (f, image) = frame::build(&h.saved, &xstate, blocked, gadgets.restorer)?;
@@ -181,8 +183,7 @@ impl<'m> Hijack<'m> {
         let r = self.regs_for(func, self.frame.uc - 8, args);
         thread::setregs(self.tid, r)?;
         let restorer_end = self.gadgets.restorer + RESTORER_LEN;
-        self.run_until(timeout, what, |regs| regs.orig_rax == NR_RT_SIGRETURN && regs.rip == restorer_end)
-            .map(|_| ())
+        self.run_until(timeout, what, |regs| regs.orig_rax == NR_RT_SIGRETURN && regs.rip == restorer_end).map(|_| ())
     }
 
     /// Calls a function that returns an address (an ifunc resolver) and returns it. The function
@@ -243,7 +244,9 @@ impl<'m> Hijack<'m> {
                                 self.at = At::SyscallExit;
                                 return Ok(regs);
                             }
-                            _ => return Err(Error::Other(format!("thread {}: unexpected stop after {what}", self.tid))),
+                            _ => {
+                                return Err(Error::Other(format!("thread {}: unexpected stop after {what}", self.tid)))
+                            }
                         }
                     }
                     entry = !entry;
@@ -256,7 +259,7 @@ impl<'m> Hijack<'m> {
                         what: what.to_string(),
                         signal: thread::signal_name(sig),
                         rip: thread::getregs(self.tid)?.rip,
-                    })
+                    });
                 }
                 _ => thread::cont_syscall(self.tid, 0)?,
             }
@@ -340,7 +343,8 @@ fn is_fault(sig: i32) -> bool {
 }
 
 pub(crate) fn gone(pid: i32, how: &str, code: i32) -> Error {
-    let how = if how.contains("signal") { format!("{how} {}", thread::signal_name(code)) } else { format!("{how} {code}") };
+    let how =
+        if how.contains("signal") { format!("{how} {}", thread::signal_name(code)) } else { format!("{how} {code}") };
     Error::Exited { pid, how }
 }
 

@@ -99,7 +99,8 @@ pub(crate) fn cont(tid: i32, sig: i32) -> Result<()> {
 
 /// Resumes a stopped thread until its next system call entry or exit.
 pub(crate) fn cont_syscall(tid: i32, sig: i32) -> Result<()> {
-    raw_ptrace(libc::PTRACE_SYSCALL, tid, sig as usize).map_err(|e| Error::ptrace(tid, "resume to the next system call of", e))
+    raw_ptrace(libc::PTRACE_SYSCALL, tid, sig as usize)
+        .map_err(|e| Error::ptrace(tid, "resume to the next system call of", e))
 }
 
 /// Detaches from a stopped thread, delivering `sig` (0 for none). A thread that is already gone
@@ -216,7 +217,9 @@ pub(crate) fn xstate(tid: i32) -> Result<Vec<u8>> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: PTRACE_GETREGSET writes at most `iov.iov_len` bytes to `iov.iov_base`, which points
     // into `buf`, alive and exclusively borrowed for the call, and updates `iov.iov_len`.
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE as *mut libc::c_void, &mut iov as *mut libc::iovec) };
+    let r = unsafe {
+        libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE as *mut libc::c_void, &mut iov as *mut libc::iovec)
+    };
     if r < 0 {
         return Err(Error::ptrace(tid, "read the FPU state of", Errno::last()));
     }
@@ -244,6 +247,17 @@ pub(crate) fn set_xstate(tid: i32, state: &[u8]) -> Result<()> {
 pub(crate) fn blocked_signals(pid: i32, tid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
         .unwrap_or(0)
+}
+
+/// Whether a signal the thread does not block is pending for it (or for its process).
+pub(crate) fn signal_waiting(pid: i32, tid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else { return false };
+    let field = |k: &str| {
+        status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0)
+    };
+    (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:") != 0
 }
