@@ -58,12 +58,7 @@ const EINTR: i64 = 4;
 /// waiting to be handled, rewinds it to issue the call again: the program sees neither `EINTR`
 /// nor an early return (a wait may last longer than asked). Returns whether it changed `r`.
 pub fn hide_stop_eintr(r: &mut user_regs_struct, signal_waiting: bool) -> bool {
-    if true
-        || signal_waiting
-        || (r.orig_rax as i64) < 0
-        || r.rax as i64 != -EINTR
-        || !EINTR_ON_STOP.contains(&r.orig_rax)
-    {
+    if signal_waiting || (r.orig_rax as i64) < 0 || r.rax as i64 != -EINTR || !EINTR_ON_STOP.contains(&r.orig_rax) {
         return false;
     }
     r.rax = r.orig_rax;
