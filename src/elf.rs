@@ -83,7 +83,11 @@ pub struct Object {
     pub relocs: Vec<Reloc>,
     pub init: Option<u64>,
     pub init_array: Option<(u64, u64)>,
+    /// Section headers: name, address, file offset, size.
+    pub sections: Vec<(String, u64, u64, u64)>,
     by_name: HashMap<String, Vec<(bool, usize)>>,
+    /// Defined functions by address: (start, size, name), for naming addresses in backtraces.
+    functions: Vec<(u64, u64, String)>,
 }
 
 fn sym_kind(st_type: u8) -> SymKind {
@@ -262,6 +266,19 @@ impl Object {
                 by_name.entry(s.name.clone()).or_default().push((false, i));
             }
         }
+        let mut sections = Vec::new();
+        for sh in &elf.section_headers {
+            let name = elf.shdr_strtab.get_at(sh.sh_name).unwrap_or("").to_string();
+            sections.push((name, sh.sh_addr, sh.sh_offset, sh.sh_size));
+        }
+        let mut functions: Vec<(u64, u64, String)> = dynsyms
+            .iter()
+            .chain(symtab.iter())
+            .filter(|s| s.defined && s.kind == SymKind::Func && s.value != 0)
+            .map(|s| (s.value, s.size, s.name.clone()))
+            .collect();
+        functions.sort();
+        functions.dedup_by_key(|f| f.0);
         Ok(Object {
             path: path.to_path_buf(),
             data: Vec::new(),
@@ -276,7 +293,9 @@ impl Object {
             relocs,
             init,
             init_array,
+            sections,
             by_name,
+            functions,
         }
         .with_data(data))
     }
@@ -345,6 +364,20 @@ impl Object {
         let lo = self.segments.iter().map(|s| s.vaddr).min().unwrap_or(0);
         let hi = self.segments.iter().map(|s| s.vaddr + s.memsz).max().unwrap_or(0);
         (pannus_kernel::page_floor(lo), pannus_kernel::page_ceil(hi))
+    }
+
+    /// The address range and bytes of section `name`, when the file holds it.
+    pub fn section(&self, name: &str) -> Option<(std::ops::Range<u64>, &[u8])> {
+        let (_, addr, off, size) = self.sections.iter().find(|s| s.0 == name)?;
+        let bytes = self.data.get(*off as usize..(*off + *size) as usize)?;
+        Some((*addr..*addr + *size, bytes))
+    }
+
+    /// The function containing virtual address `vaddr`, and the offset into it.
+    pub fn function_at(&self, vaddr: u64) -> Option<(&str, u64)> {
+        let i = self.functions.partition_point(|f| f.0 <= vaddr).checked_sub(1)?;
+        let (start, size, name) = &self.functions[i];
+        (vaddr < start + (*size).max(1)).then(|| (name.as_str(), vaddr - start))
     }
 
     /// The file bytes backing `[vaddr, vaddr+len)`, when the range lies in one segment's file part.

@@ -10,6 +10,7 @@ use crate::manifest::{Consistency, LoadMethod, Manifest, OnExpiry};
 use crate::registry::{self, FunctionRecord, PatchRecord, Registry, State};
 use crate::safety::{self, EntryPlan, ThreadView};
 use crate::target::{Loaded, Target};
+use crate::unwind::{Backtrace, Unwinder};
 use pannus_kernel::{maps, nr, page_ceil, page_floor, Hijack, World};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -98,6 +99,7 @@ pub struct PreparedFn {
     pub address: u64,
     pub size: u64,
     pub replacement_vaddr: u64,
+    pub replacement_size: u64,
 }
 
 /// Where a symbol the module refers to comes from.
@@ -223,13 +225,6 @@ impl<'e> Session<'e> {
             .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
         }
         ok("module checksum", format!("sha256 {sum}"));
-        if m.safety.consistency == Consistency::Function {
-            return Err(Error::bad_input(format!(
-                "{}: safety.consistency: function is not supported by this pannus",
-                m.source.display()
-            ))
-            .hint("use consistency: entry"));
-        }
         if m.module.load == LoadMethod::Dlopen {
             return Err(Error::bad_input(format!(
                 "{}: module.load: dlopen is not supported by this pannus",
@@ -358,6 +353,7 @@ impl<'e> Session<'e> {
                 address: object.addr(sym.value),
                 size: sym.size,
                 replacement_vaddr: rep.value,
+                replacement_size: rep.size,
             });
             ok(
                 "function",
@@ -428,6 +424,25 @@ impl<'e> Session<'e> {
                 safety::plan_entry(&f.target, f.address, &code, &pad, module_bias.wrapping_add(f.replacement_vaddr))
             })
             .collect()
+    }
+
+    /// Code that is "the old function" for the `function` rule: each target function, and the
+    /// replacement an applied patch currently sends it to.
+    fn old_code_ranges(&self, p: &Prepared, reg: &Registry) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
+        for f in &p.functions {
+            out.push((f.target.clone(), f.address, f.address + f.size));
+            for r in reg.applied() {
+                for g in r.functions.iter().filter(|g| g.address == f.address && g.replacement_size > 0) {
+                    out.push((
+                        g.replacement.clone(),
+                        g.replacement_address,
+                        g.replacement_address + g.replacement_size,
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Pre-flight only: the checks and the entry decisions, as `pannus check` shows them.
@@ -535,6 +550,7 @@ impl<'e> Session<'e> {
             module_mapped: true,
             retries: m.safety.retries,
             retry_interval_ms: m.safety.retry_interval.as_millis() as u64,
+            consistency: m.safety.consistency,
         };
         reg.patches.push(record);
         let undo = |s: &mut Session, reg: &mut Registry, e: Error, done: &[Stage]| -> Error {
@@ -638,6 +654,7 @@ impl<'e> Session<'e> {
                     replacement: f.replacement.clone(),
                     address: f.address,
                     replacement_address: bias.wrapping_add(f.replacement_vaddr),
+                    replacement_size: f.replacement_size,
                     jump: pl.jump,
                     patch_address: pl.patch_address,
                     original: hex::encode(&pl.original),
@@ -648,8 +665,16 @@ impl<'e> Session<'e> {
         if let Err(e) = self.write_registry(&reg) {
             return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
         }
-        let names: Vec<&str> = p.functions.iter().map(|f| f.target.as_str()).collect();
-        match self.stage_activate(&names, &plans, m.safety.retries, m.safety.retry_interval, obs) {
+        let sw = Switch {
+            names: p.functions.iter().map(|f| f.target.clone()).collect(),
+            plans: plans.clone(),
+            writes: plans.iter().map(|pl| (pl.patch_address, pl.written.clone())).collect(),
+            retries: m.safety.retries,
+            interval: m.safety.retry_interval,
+            consistency: m.safety.consistency,
+            busy_ranges: self.old_code_ranges(&p, &reg),
+        };
+        match self.switch(&sw, obs) {
             Ok(attempts) => obs.progress(
                 Some(Stage::Activate),
                 &format!("{} function(s) switched in one stop (attempt {attempts})", plans.len()),
@@ -703,7 +728,14 @@ impl<'e> Session<'e> {
         let mut h = self.hijack()?;
         let r = h.syscall(
             nr::MMAP,
-            &[hint, size, mmap::PROT_READ, mmap::MAP_PRIVATE | mmap::MAP_ANONYMOUS | mmap::MAP_FIXED_NOREPLACE, u64::MAX, 0],
+            &[
+                hint,
+                size,
+                mmap::PROT_READ,
+                mmap::MAP_PRIVATE | mmap::MAP_ANONYMOUS | mmap::MAP_FIXED_NOREPLACE,
+                u64::MAX,
+                0,
+            ],
         )?;
         if r < 0 {
             return Err(registry::syscall_error("reserving the module's address range (mmap)", r));
@@ -935,49 +967,46 @@ impl<'e> Session<'e> {
         Ok(())
     }
 
-    /// Stops the world, checks, writes every jump, resumes; retries while a thread is in the
-    /// way. Returns the attempt that succeeded.
-    fn stage_activate(
-        &mut self,
-        names: &[&str],
-        plans: &[EntryPlan],
-        retries: u32,
-        interval: Duration,
-        obs: &mut dyn Observer,
-    ) -> Result<u32> {
-        let writes: Vec<(u64, &[u8])> = plans.iter().map(|p| (p.patch_address, p.written.as_slice())).collect();
-        self.switch(names, plans, &writes, retries, interval, obs)
-    }
-
     /// The one place where code bytes change: in a single stop of every thread, after checking
-    /// the `entry` rule against `plans`, write each `(address, bytes)`.
-    fn switch(
-        &mut self,
-        names: &[&str],
-        plans: &[EntryPlan],
-        writes: &[(u64, &[u8])],
-        retries: u32,
-        interval: Duration,
-        obs: &mut dyn Observer,
-    ) -> Result<u32> {
+    /// the safety rules, write each `(address, bytes)`; while a thread is in the way, resume,
+    /// back off and retry within the budget. Returns the attempt that succeeded. When giving up,
+    /// names the blocking threads and functions and prints each blocking thread's backtrace.
+    fn switch(&mut self, sw: &Switch, obs: &mut dyn Observer) -> Result<u32> {
         let pid = self.target.pid;
+        let names: Vec<&str> = sw.names.iter().map(String::as_str).collect();
+        let function_rule = sw.consistency == Consistency::Function;
+        let mut unwinder = function_rule.then(|| Unwinder::new(&mut self.target));
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let last = attempt > sw.retries;
+            if last && unwinder.is_none() {
+                unwinder = Some(Unwinder::new(&mut self.target));
+            }
             let world = World::stop(pid)?;
-            let stacks: Vec<(i32, u64, u64, Vec<u8>)> = world
+            let stacks: Vec<(i32, &pannus_kernel::Regs, Vec<u8>)> = world
                 .threads()
                 .iter()
-                .map(|t| (t.tid, t.regs.rip, t.regs.rsp, self.target.mem.read_partial(t.regs.rsp, STACK_SCAN)))
+                .map(|t| (t.tid, &t.regs, self.target.mem.read_partial(t.regs.rsp, STACK_SCAN)))
                 .collect();
             let views: Vec<ThreadView> = stacks
                 .iter()
-                .map(|(tid, rip, rsp, stack)| ThreadView { tid: *tid, rip: *rip, stack_base: *rsp, stack })
+                .map(|(tid, r, stack)| ThreadView { tid: *tid, rip: r.rip, stack_base: r.rsp, stack })
                 .collect();
-            let conflicts = safety::entry_conflicts(names.iter().copied().zip(plans.iter()), &views);
+            let mut conflicts = safety::entry_conflicts(names.iter().copied().zip(sw.plans.iter()), &views);
+            let mut traces: Vec<(i32, Backtrace)> = Vec::new();
+            if let Some(u) = unwinder.as_mut().filter(|_| function_rule || last) {
+                for (tid, r, stack) in &stacks {
+                    let bt = u.backtrace(&self.target.mem, r.rip, r.rsp, r.rbp, stack);
+                    if function_rule {
+                        conflicts.extend(safety::function_conflicts(*tid, &bt, &sw.busy_ranges));
+                    }
+                    traces.push((*tid, bt));
+                }
+            }
             if conflicts.is_empty() {
                 let mut result = Ok(());
-                for (addr, bytes) in writes {
+                for (addr, bytes) in &sw.writes {
                     if let Err(e) = self.target.mem.write(*addr, bytes) {
                         result = Err(e);
                         break;
@@ -989,19 +1018,38 @@ impl<'e> Session<'e> {
                 return Ok(attempt);
             }
             world.resume()?;
-            if attempt > retries {
-                let list = conflicts.iter().map(|c| format!("\n  {c}")).collect::<String>();
-                let tids: Vec<String> = conflicts.iter().map(|c| c.tid.to_string()).collect();
-                return Err(Error::busy(format!(
-                    "busy: after {attempt} attempts, thread(s) {} still in the way:{list}",
-                    tids.join(", ")
-                ))
-                .hint("the service keeps these threads in the function; retry at a quieter moment or raise safety.retries"));
+            if last {
+                let mut text = format!(
+                    "busy: after {attempt} attempts over {:?}, thread(s) {} still in the way:",
+                    sw.interval * sw.retries,
+                    conflicts.iter().map(|c| c.tid.to_string()).collect::<Vec<_>>().join(", ")
+                );
+                for c in &conflicts {
+                    text.push_str(&format!("\n  {c}"));
+                }
+                let mut shown = Vec::new();
+                for c in &conflicts {
+                    if shown.contains(&c.tid) {
+                        continue;
+                    }
+                    shown.push(c.tid);
+                    if let (Some(u), Some((_, bt))) = (unwinder.as_ref(), traces.iter().find(|(t, _)| *t == c.tid)) {
+                        let comm =
+                            std::fs::read_to_string(format!("/proc/{pid}/task/{}/comm", c.tid)).unwrap_or_default();
+                        text.push_str(&format!("\n  backtrace of thread {} ({}):", c.tid, comm.trim()));
+                        for l in u.describe(bt) {
+                            text.push_str(&format!("\n    {l}"));
+                        }
+                    }
+                }
+                return Err(Error::busy(text).hint(
+                    "the service keeps these threads in the function; retry at a quieter moment, or raise safety.retries",
+                ));
             }
             if attempt == 1 || attempt % 20 == 0 {
                 obs.progress(Some(Stage::Activate), &format!("busy ({}), retrying", conflicts[0]));
             }
-            std::thread::sleep(interval);
+            std::thread::sleep(sw.interval);
         }
     }
 
@@ -1050,12 +1098,8 @@ impl<'e> Session<'e> {
             None => match reg.applied().max_by_key(|p| p.seq) {
                 Some(p) => p.patch.clone(),
                 None => {
-                    let pending: Vec<String> = reg
-                        .patches
-                        .iter()
-                        .filter(|p| p.module_mapped)
-                        .map(|p| p.patch.clone())
-                        .collect();
+                    let pending: Vec<String> =
+                        reg.patches.iter().filter(|p| p.module_mapped).map(|p| p.patch.clone()).collect();
                     if pending.is_empty() {
                         return Err(Error::precondition(format!("process {pid} has no patch applied")));
                     }
@@ -1141,9 +1185,15 @@ impl<'e> Session<'e> {
             }
         }
         if !writes.is_empty() {
-            let w: Vec<(u64, &[u8])> = writes.iter().map(|(a, b)| (*a, b.as_slice())).collect();
-            let n: Vec<&str> = names.iter().map(String::as_str).collect();
-            self.switch(&n, &plans, &w, retries, interval, obs)?;
+            // Under the `function` rule, no thread may be inside the replacements being removed.
+            let busy_ranges = rec
+                .functions
+                .iter()
+                .filter(|f| f.replacement_size > 0)
+                .map(|f| (f.replacement.clone(), f.replacement_address, f.replacement_address + f.replacement_size))
+                .collect();
+            let sw = Switch { names, plans, writes, retries, interval, consistency: rec.consistency, busy_ranges };
+            self.switch(&sw, obs)?;
         }
         if let Some(r) = reg.get_mut(id) {
             r.state = State::RolledBack;
@@ -1258,6 +1308,19 @@ impl<'e> Session<'e> {
         }
         result
     }
+}
+
+/// One switch of code bytes, checked and written in a single stop of every thread.
+struct Switch {
+    /// The function of each plan, for messages.
+    names: Vec<String>,
+    plans: Vec<EntryPlan>,
+    writes: Vec<(u64, Vec<u8>)>,
+    retries: u32,
+    interval: Duration,
+    consistency: Consistency,
+    /// Code no thread may be in under the `function` rule: (function, start, end).
+    busy_ranges: Vec<(String, u64, u64)>,
 }
 
 /// Flags of mmap(2) and open(2), as the target's kernel takes them.

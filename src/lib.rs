@@ -13,3 +13,4 @@ pub mod registry;
 pub mod safety;
 pub mod target;
 pub mod tui;
+pub mod unwind;

@@ -90,6 +90,9 @@ pub struct FunctionRecord {
     /// Run-time address of the target function's entry.
     pub address: u64,
     pub replacement_address: u64,
+    /// Size of the replacement function (0 when unknown).
+    #[serde(default)]
+    pub replacement_size: u64,
     pub jump: JumpKind,
     /// Where the bytes are written (the entry, or the pad before it).
     pub patch_address: u64,
@@ -140,6 +143,8 @@ pub struct PatchRecord {
     pub retries: u32,
     #[serde(default)]
     pub retry_interval_ms: u64,
+    #[serde(default)]
+    pub consistency: crate::manifest::Consistency,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -91,11 +91,13 @@ pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: 
                 w.extend_from_slice(&[0xeb, 0xf9]); // jmp -7: back to the pad
                 (JumpKind::Pad, pad_at, entry, 2u64, w, vec![pad_at, entry])
             }
-            _ => return Err(refuse(format!(
+            _ => {
+                return Err(refuse(format!(
                 "it is {} bytes long and the jump needs {needed}, and it has no nop pad of 5 bytes before its entry",
                 code.len()
             ))
-            .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead")),
+                .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead"))
+            }
         }
     };
 
@@ -199,6 +201,33 @@ pub fn entry_conflicts<'p>(
         }
     }
     out
+}
+
+/// The `function` consistency rule for one thread: none of its frames may be in the old code
+/// (`(function, start, end)` ranges), and a stack that could not be unwound to its end counts
+/// as busy ("unknown"), never as safe.
+pub fn function_conflicts(tid: i32, bt: &crate::unwind::Backtrace, old: &[(String, u64, u64)]) -> Vec<Conflict> {
+    for (depth, a) in bt.code_addresses().enumerate() {
+        if let Some((name, _, _)) = old.iter().find(|(_, s, e)| a >= *s && a < *e) {
+            let reason = if depth == 0 {
+                format!("is executing at {a:#x}")
+            } else {
+                format!("has a frame at depth {depth} (returning to {:#x})", a + 1)
+            };
+            return vec![Conflict { tid, function: name.clone(), reason }];
+        }
+    }
+    match old.first() {
+        Some((name, _, _)) if !bt.complete => vec![Conflict {
+            tid,
+            function: name.clone(),
+            reason: format!(
+                "has a stack that cannot be unwound past {} frame(s): unknown, so not safe",
+                bt.frames.len()
+            ),
+        }],
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]
