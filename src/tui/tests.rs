@@ -37,6 +37,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
             replacement: format!("handle_{}_fixed", id.replace('-', "_")),
             address: 0x5555_5555_1000 + seq * 0x40,
             replacement_address: 0x5555_0000_1100 + seq * 0x10000,
+            replacement_size: 0x20,
             jump: JumpKind::Rel32,
             patch_address: 0x5555_5555_1000 + seq * 0x40,
             original: "5548".into(),
@@ -51,6 +52,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         module_mapped: true,
         retries: 100,
         retry_interval_ms: 10,
+        consistency: Default::default(),
     }
 }
 
