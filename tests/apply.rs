@@ -320,11 +320,11 @@ fn committing_by_hand_cancels_the_watcher() {
         "target_pie",
         "patch_compute.so",
         &[("compute", "compute_v2")],
-        "trial:\n  duration: 1s\n  on_expiry: rollback\n",
+        "trial:\n  duration: 3s\n  on_expiry: rollback\n",
     );
     state.apply(&m, t.pid).ok();
     state.pannus(&["commit", "--pid", &t.pid.to_string(), "k-fix"]).ok();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::thread::sleep(std::time::Duration::from_millis(4000));
     assert_eq!(t.ask("c 3"), "300", "the committed patch stays");
     assert_eq!(states(&state.status(t.pid)), vec![("k-fix".into(), "committed".into())]);
 }

@@ -212,3 +212,19 @@ fn threads_blocked_in_syscalls_see_no_eintr_nor_early_return() {
     assert_eq!(r[4], 0, "no epoll_wait in the waiting threads saw EINTR: {r:?}");
     assert_eq!(r[3], 0, "no wrong answer: {r:?}");
 }
+
+#[test]
+fn signals_to_the_borrowed_thread_are_neither_lost_nor_reordered() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("Q"), "started"); // real-time signals 1, 2, 3... to the main thread
+    let m = state.manifest("sig-fix", "target_pie", "patch_init.so", &[("compute", "compute_init")], "");
+    for _ in 0..10 {
+        state.apply(&m, t.pid).ok();
+        state.rollback(t.pid, None).ok();
+    }
+    let r: Vec<i64> = t.ask("U").split(' ').map(|x| x.parse().unwrap()).collect();
+    assert!(r[0] > 100, "signals were sent throughout: {r:?}");
+    assert_eq!(r[1], r[0], "every signal sent was received (sent, received, out of order): {r:?}");
+    assert_eq!(r[2], 0, "none out of order: {r:?}");
+}

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 /// syscall-stops marked with `PTRACE_O_TRACESYSGOOD`, never signal-delivery-stops of pannus's
 /// making, so a dying pannus leaves no stray signal behind. No byte of code is written.
 ///
-/// Signals that arrive while the thread is borrowed are held back and sent again on release.
+/// A signal that arrives for the thread while it is borrowed is taken on its own context, in
+/// order and with its siginfo: between two system calls the thread is given back its own state
+/// to take it (handler, default action, restart rules, all as without pannus), then borrowed
+/// afresh; during a function call it interrupts the function like any signal interrupts code.
 pub struct Hijack<'m> {
     mem: &'m Mem,
     tid: i32,
@@ -34,7 +37,8 @@ pub struct Hijack<'m> {
     xstate: Vec<u8>,
     /// The kind of stop the thread sits in now.
     at: At,
-    deferred: Vec<i32>,
+    /// A signal the thread stopped to take while pannus was letting it go; delivered on release.
+    pending: i32,
     attached: bool,
 }
 
@@ -64,35 +68,64 @@ impl<'m> Hijack<'m> {
             frame: Frame { uc: 0, bottom: 0 },
             xstate: Vec::new(),
             at: At::SignalPath,
-            deferred: Vec::new(),
+            pending: 0,
             attached: false,
         };
         let prepared = (|| -> Result<()> {
             thread::interrupt(tid)?;
-            match thread::wait(tid)? {
-                Stop::Event(_) | Stop::Syscall => {}
-                Stop::Signal(sig) => h.deferred.push(sig),
-                Stop::Gone(how, code) => return Err(gone(mem.pid(), how, code)),
-            }
-            h.saved = thread::getregs(tid)?;
-            let waiting = !h.deferred.is_empty() || thread::signal_waiting(mem.pid(), tid);
-            frame::hide_stop_eintr(&mut h.saved, waiting);
-            let xstate = thread::xstate(tid)?;
-            let blocked = thread::blocked_signals(mem.pid(), tid);
-            let (f, image) = frame::build(&h.saved, &xstate, blocked, gadgets.restorer)?;
-            mem.write(f.bottom, &image)?;
-            h.frame = f;
-            h.xstate = xstate;
-            Ok(())
+            h.wait_event()?;
+            h.capture()
         })();
         if let Err(e) = prepared {
             // Nothing was changed in the thread: let it go as it was.
-            let _ = thread::detach(tid, h.deferred.first().copied().unwrap_or(0));
+            let _ = thread::detach(tid, 0);
             return Err(e);
         }
         h.attached = true;
         fault::point("thread borrowed, signal frame written");
         Ok(h)
+    }
+
+    /// Waits for the event-stop of a PTRACE_INTERRUPT; a real signal met on the way is delivered
+    /// on the thread's own context first.
+    fn wait_event(&mut self) -> Result<()> {
+        loop {
+            match thread::wait(self.tid)? {
+                Stop::Event(_) => return Ok(()),
+                Stop::Signal(sig) => {
+                    thread::cont(self.tid, sig)?;
+                    thread::interrupt(self.tid)?;
+                }
+                Stop::Syscall => thread::cont(self.tid, 0)?,
+                Stop::Gone(how, code) => return Err(gone(self.mem.pid(), how, code)),
+            }
+        }
+    }
+
+    /// Saves the stopped thread's state and writes the signal frame below its stack.
+    fn capture(&mut self) -> Result<()> {
+        let pid = self.mem.pid();
+        self.saved = thread::getregs(self.tid)?;
+        frame::hide_stop_eintr(&mut self.saved, thread::signal_waiting(pid, self.tid));
+        self.xstate = thread::xstate(self.tid)?;
+        let blocked = thread::blocked_signals(pid, self.tid);
+        let (f, image) = frame::build(&self.saved, &self.xstate, blocked, self.gadgets.restorer)?;
+        self.mem.write(f.bottom, &image)?;
+        self.frame = f;
+        self.at = At::SignalPath;
+        Ok(())
+    }
+
+    /// The thread stopped to take real signal `sig` between two pieces of work: it is given back
+    /// its own state and takes the signal there, then it is stopped and borrowed afresh.
+    fn step_aside(&mut self, sig: i32) -> Result<()> {
+        thread::set_xstate(self.tid, &self.xstate)?;
+        thread::setregs(self.tid, self.saved)?;
+        fault::point("stepping aside for a signal");
+        thread::cont(self.tid, sig)?;
+        thread::interrupt(self.tid)?;
+        self.wait_event()?;
+        self.capture()
     }
 
     pub fn tid(&self) -> i32 {
@@ -119,7 +152,7 @@ impl<'m> Hijack<'m> {
         r
     }
 
-    /// Waits for the next stop, holding back signals; `None` when `deadline` passes.
+    /// Waits for the next stop that is not an event-stop (those are resumed), or for `deadline`.
     fn next_stop(&mut self, deadline: Option<Instant>) -> Result<Option<Stop>> {
         loop {
             let stop = match deadline {
@@ -134,44 +167,48 @@ impl<'m> Hijack<'m> {
                     self.attached = false;
                     return Err(gone(self.mem.pid(), how, code));
                 }
-                Stop::Signal(sig) if !is_fault(sig) => {
-                    self.deferred.push(sig);
-                    thread::cont_syscall(self.tid, 0)?;
-                }
                 Stop::Event(_) => thread::cont_syscall(self.tid, 0)?,
                 s => return Ok(Some(s)),
             }
         }
     }
 
+    fn crashed(&mut self, what: String, sig: i32) -> Result<Error> {
+        self.at = At::SignalPath;
+        Ok(Error::Crashed {
+            tid: self.tid,
+            what,
+            signal: thread::signal_name(sig),
+            rip: thread::getregs(self.tid)?.rip,
+        })
+    }
+
     /// Runs system call `nr` with up to six arguments in the target and returns its raw result
     /// (a negative errno on failure).
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
-        let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 8, args);
-        r.rax = nr as u64;
-        thread::setregs(self.tid, r)?;
-        fault::point("system call set up");
-        thread::cont_syscall(self.tid, 0)?;
-        // Entry, then exit, of our system call.
-        for phase in ["entry", "exit"] {
+        loop {
+            let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 8, args);
+            r.rax = nr as u64;
+            thread::setregs(self.tid, r)?;
+            fault::point("system call set up");
+            thread::cont_syscall(self.tid, 0)?;
             match self.next_stop(None)? {
-                Some(Stop::Syscall) => {}
-                Some(Stop::Signal(sig)) => {
-                    return Err(Error::Crashed {
-                        tid: self.tid,
-                        what: format!("system call {nr}"),
-                        signal: thread::signal_name(sig),
-                        rip: thread::getregs(self.tid)?.rip,
-                    })
-                }
-                _ => return Err(Error::Other(format!("thread {}: unexpected stop at system call {phase}", self.tid))),
-            }
-            fault::point(if phase == "entry" { "system call entered" } else { "system call returned" });
-            if phase == "entry" {
-                thread::cont_syscall(self.tid, 0)?;
+                Some(Stop::Syscall) => break,
+                Some(Stop::Signal(sig)) if is_fault(sig) => return Err(self.crashed(format!("system call {nr}"), sig)?),
+                // A signal came before the call ran: take it on the thread's own context, then
+                // run the call afresh.
+                Some(Stop::Signal(sig)) => self.step_aside(sig)?,
+                _ => return Err(Error::Other(format!("thread {}: unexpected stop before system call {nr}", self.tid))),
             }
         }
+        fault::point("system call entered");
+        thread::cont_syscall(self.tid, 0)?;
+        match self.next_stop(None)? {
+            Some(Stop::Syscall) => {}
+            _ => return Err(Error::Other(format!("thread {}: unexpected stop in system call {nr}", self.tid))),
+        }
         self.at = At::SyscallExit;
+        fault::point("system call returned");
         Ok(thread::getregs(self.tid)?.rax as i64)
     }
 
@@ -182,8 +219,11 @@ impl<'m> Hijack<'m> {
     pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<()> {
         let r = self.regs_for(func, self.frame.uc - 8, args);
         thread::setregs(self.tid, r)?;
-        let restorer_end = self.gadgets.restorer + RESTORER_LEN;
-        self.run_until(timeout, what, |regs| regs.orig_rax == NR_RT_SIGRETURN && regs.rip == restorer_end).map(|_| ())
+        // Ours is the rt_sigreturn with the stack pointer at our frame: a signal handler that
+        // interrupts the function returns through the same restorer, with its own frame.
+        let (restorer_end, uc) = (self.gadgets.restorer + RESTORER_LEN, self.frame.uc);
+        self.run_until(timeout, what, |r| r.orig_rax == NR_RT_SIGRETURN && r.rip == restorer_end && r.rsp == uc)
+            .map(|_| ())
     }
 
     /// Calls a function that returns an address (an ifunc resolver) and returns it. The function
@@ -192,21 +232,22 @@ impl<'m> Hijack<'m> {
     /// ENOSYS (an address is no system call number) and the thread is restored all the same.
     pub fn call_for_address(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
         let uc = self.frame.uc;
-        let chain = [self.gadgets.syscall_ret, self.gadgets.ret];
         let mut bytes = Vec::with_capacity(16);
-        for a in chain {
+        for a in [self.gadgets.syscall_ret, self.gadgets.ret] {
             bytes.extend_from_slice(&a.to_le_bytes());
         }
         self.mem.write(uc - 24, &bytes)?;
         let r = self.regs_for(func, uc - 24, args);
         thread::setregs(self.tid, r)?;
         let gadget_end = self.gadgets.syscall_ret + 2;
-        let regs = self.run_until(timeout, what, |regs| regs.rip == gadget_end && regs.orig_rax > 4095)?;
+        let regs = self.run_until(timeout, what, |r| r.rip == gadget_end && r.rsp == uc - 16 && r.orig_rax > 4095)?;
         Ok(regs.orig_rax)
     }
 
     /// Resumes the borrowed thread to the next system call stops until `done` matches a
     /// syscall-entry stop; that system call is skipped and the thread left at its exit stop.
+    /// Signals met on the way are delivered where the function is, like any signal
+    /// interrupting code.
     fn run_until(
         &mut self,
         timeout: Duration,
@@ -239,28 +280,19 @@ impl<'m> Hijack<'m> {
                         }
                         thread::setregs(self.tid, skip)?;
                         thread::cont_syscall(self.tid, 0)?;
-                        match self.next_stop(None)? {
+                        return match self.next_stop(None)? {
                             Some(Stop::Syscall) => {
                                 self.at = At::SyscallExit;
-                                return Ok(regs);
+                                Ok(regs)
                             }
-                            _ => {
-                                return Err(Error::Other(format!("thread {}: unexpected stop after {what}", self.tid)))
-                            }
-                        }
+                            _ => Err(Error::Other(format!("thread {}: unexpected stop after {what}", self.tid))),
+                        };
                     }
                     entry = !entry;
                     thread::cont_syscall(self.tid, 0)?;
                 }
-                Stop::Signal(sig) => {
-                    self.at = At::SignalPath;
-                    return Err(Error::Crashed {
-                        tid: self.tid,
-                        what: what.to_string(),
-                        signal: thread::signal_name(sig),
-                        rip: thread::getregs(self.tid)?.rip,
-                    });
-                }
+                Stop::Signal(sig) if is_fault(sig) => return Err(self.crashed(what.to_string(), sig)?),
+                Stop::Signal(sig) => thread::cont_syscall(self.tid, sig)?,
                 _ => thread::cont_syscall(self.tid, 0)?,
             }
         }
@@ -273,7 +305,7 @@ impl<'m> Hijack<'m> {
             Stop::Syscall => self.at = At::SyscallExit,
             Stop::Signal(sig) => {
                 if !is_fault(sig) {
-                    self.deferred.push(sig);
+                    self.pending = sig;
                 }
                 self.at = At::SignalPath;
             }
@@ -285,7 +317,7 @@ impl<'m> Hijack<'m> {
         Ok(())
     }
 
-    /// Sends the thread through the restorer, back to where it was, and lets it go.
+    /// Sends the thread back to where it was and lets it go.
     pub fn release(mut self) -> Result<()> {
         self.restore()
     }
@@ -311,9 +343,8 @@ impl<'m> Hijack<'m> {
                 match thread::wait(self.tid)? {
                     Stop::Event(_) => break,
                     Stop::Signal(sig) => {
-                        if !is_fault(sig) {
-                            self.deferred.push(sig);
-                        }
+                        // A real signal: it is delivered below, on the thread's own context.
+                        self.pending = sig;
                         break;
                     }
                     Stop::Syscall => thread::cont(self.tid, 0)?,
@@ -325,9 +356,8 @@ impl<'m> Hijack<'m> {
         thread::set_xstate(self.tid, &self.xstate)?;
         thread::setregs(self.tid, self.saved)?;
         fault::point("exact state restored");
-        thread::detach(self.tid, 0)?;
+        thread::detach(self.tid, self.pending)?;
         fault::point("thread released");
-        thread::requeue(self.mem.pid(), self.tid, &self.deferred);
         Ok(())
     }
 }

@@ -37,12 +37,3 @@ impl Drop for RealtimeGuard {
         }
     }
 }
-
-/// Sends `sig` to thread `tid` of process `pid` (tgkill), used to put back a signal that arrived
-/// while the thread was held and could not be delivered on the spot.
-pub(crate) fn tgkill(pid: i32, tid: i32, sig: i32) {
-    // SAFETY: tgkill takes three integers and touches no memory of ours.
-    unsafe {
-        libc::syscall(libc::SYS_tgkill, pid, tid, sig);
-    }
-}

@@ -201,14 +201,6 @@ pub(crate) fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Puts back signals that arrived while a thread was held: the first is delivered on resume by
-/// the caller, the others are sent again.
-pub(crate) fn requeue(pid: i32, tid: i32, signals: &[i32]) {
-    for &sig in signals {
-        crate::sched::tgkill(pid, tid, sig);
-    }
-}
-
 /// The thread's extended FPU state (XSAVE standard format, as `PTRACE_GETREGSET NT_X86_XSTATE`
 /// gives it, software-reserved bytes included).
 pub(crate) fn xstate(tid: i32) -> Result<Vec<u8>> {
