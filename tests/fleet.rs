@@ -1,0 +1,229 @@
+//! Every process of a binary: `apply --all`, `status --all` and `rollback --all` against real
+//! processes, with a different binary running alongside that must stay untouched.
+
+mod common;
+use common::{Proc, Run, State};
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The tests of this file share the fixtures' binaries, so `--all` in one would see the
+/// processes of another: they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pannus_env(state: &State, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(args)
+        .env("PANNUS_STATE_DIR", state.path())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("pannus runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn pids(v: &Value) -> Vec<i64> {
+    let mut out: Vec<i64> = v.as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect();
+    out.sort_unstable();
+    out
+}
+
+fn sorted(procs: &[&Proc]) -> Vec<i64> {
+    let mut out: Vec<i64> = procs.iter().map(|p| p.pid as i64).collect();
+    out.sort_unstable();
+    out
+}
+
+fn compute_fix(state: &State) -> std::path::PathBuf {
+    state.manifest("compute-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "")
+}
+
+#[test]
+fn apply_status_and_rollback_every_process_of_a_binary() {
+    let _serial = serial();
+    let state = State::new();
+    let mut a = Proc::start("target_pie");
+    let mut b = Proc::start("target_pie");
+    let mut c = Proc::start("target_pie");
+    let mut other = Proc::start("target_nopie");
+    let m = compute_fix(&state);
+
+    let r = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok();
+    let v = r.json();
+    assert_eq!(v["patch"], "compute-fix");
+    assert_eq!(pids(&v["patched"]), sorted(&[&a, &b, &c]), "{v}");
+    assert_eq!(v["skipped"], json!([]));
+    assert_eq!(v["failed"], json!([]));
+    assert_eq!(v["rolled_back"], json!([]));
+    for p in [&mut a, &mut b, &mut c] {
+        assert_eq!(p.ask("c 5"), "500");
+    }
+    assert_eq!(other.ask("c 5"), "6", "another binary is untouched");
+    assert!(!other.maps().contains("patch_compute.so"));
+
+    // status --all: every patched process, read from each process.
+    let st = state.pannus(&["status", "--all", "--json"]).ok().json();
+    let procs = st["processes"].as_array().unwrap();
+    for p in [&a, &b, &c] {
+        let me = procs.iter().find(|x| x["pid"] == p.pid).unwrap_or_else(|| panic!("{} listed: {st}", p.pid));
+        assert_eq!(me["name"], "target_pie");
+        assert!(me["exe"].as_str().unwrap().ends_with("target_pie"));
+        assert_eq!(me["patches"][0]["patch"], "compute-fix");
+        assert_eq!(me["patches"][0]["state"], "trial");
+        assert_eq!(me["patches"][0]["functions"][0]["target"], "compute");
+    }
+    assert!(!procs.iter().any(|x| x["pid"] == other.pid));
+    let text = state.pannus(&["status", "--all"]).ok();
+    assert!(text.stdout.contains(&format!("process {} (target_pie)", b.pid)), "{}", text.stdout);
+    assert!(text.stdout.contains("compute-fix 1.0 [trial"), "{}", text.stdout);
+
+    // rollback --all: every process where the patch is applied.
+    let r = state.pannus(&["rollback", "--all", "compute-fix", "--yes", "--json"]).ok();
+    let v = r.json();
+    assert_eq!(v["patch"], "compute-fix");
+    assert_eq!(pids(&v["rolled_back"]), sorted(&[&a, &b, &c]), "{v}");
+    assert_eq!(v["failed"], json!([]));
+    for p in [&mut a, &mut b, &mut c, &mut other] {
+        assert_eq!(p.ask("c 5"), "6");
+    }
+    for p in [&a, &b, &c] {
+        assert!(!p.maps().contains("patch_compute.so"), "the module is unloaded");
+    }
+
+    // Nothing left to roll back: a precondition.
+    let r = state.pannus(&["rollback", "--all", "compute-fix", "--yes", "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("not applied in any process"));
+
+    // The text summary of a run.
+    let r = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes"]).ok();
+    assert!(r.stdout.contains("`compute-fix`: 3 patched, 0 skipped, 0 failed"), "{}", r.stdout);
+    let r = state.pannus(&["rollback", "--all", "compute-fix", "--yes"]).ok();
+    assert!(r.stdout.contains("`compute-fix`: 3 rolled back, 0 skipped, 0 failed"), "{}", r.stdout);
+    assert_eq!(c.ask("c 5"), "6");
+}
+
+#[test]
+fn a_process_that_already_has_the_patch_is_skipped() {
+    let _serial = serial();
+    let state = State::new();
+    let mut a = Proc::start("target_pie");
+    let mut b = Proc::start("target_pie");
+    let mut c = Proc::start("target_pie");
+    let m = compute_fix(&state);
+    state.apply(&m, b.pid).ok();
+
+    let v = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok().json();
+    assert_eq!(pids(&v["patched"]), sorted(&[&a, &c]), "{v}");
+    assert_eq!(v["skipped"], json!([{"pid": b.pid, "reason": "already applied"}]));
+    assert_eq!(v["failed"], json!([]));
+    for p in [&mut a, &mut b, &mut c] {
+        assert_eq!(p.ask("c 5"), "500");
+    }
+
+    // Everything already applied: nothing to do, and that is success.
+    let v = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok().json();
+    assert_eq!(v["patched"], json!([]));
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 3);
+
+    let v = state.pannus(&["rollback", "--all", "compute-fix", "--yes", "--json"]).ok().json();
+    assert_eq!(pids(&v["rolled_back"]), sorted(&[&a, &b, &c]));
+    assert_eq!(b.ask("c 5"), "6");
+}
+
+#[test]
+fn a_failure_rolls_back_the_processes_already_patched() {
+    let _serial = serial();
+    let state = State::new();
+    let mut procs = [Proc::start("target_pie"), Proc::start("target_pie"), Proc::start("target_pie")];
+    procs.sort_by_key(|p| p.pid);
+    let m = compute_fix(&state);
+    let last = procs[2].pid;
+    // Another pannus (this test) holds the last process: it is busy.
+    let lock = pannus::lock::ProcessLock::acquire(state.path(), last, Duration::ZERO).unwrap();
+    let wait = [("PANNUS_LOCK_WAIT", "0")];
+
+    let args = ["apply", &m.to_string_lossy(), "--all", "--yes", "--json", "--rollback-on-failure"];
+    let r = pannus_env(&state, &args, &wait);
+    assert_eq!(r.code, 3, "busy: {r:?}");
+    let v = r.json();
+    assert_eq!(v["patched"], json!([procs[0].pid, procs[1].pid]), "{v}");
+    assert_eq!(v["failed"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["failed"][0]["pid"], last);
+    assert_eq!(v["failed"][0]["kind"], "busy");
+    assert!(v["failed"][0]["message"].as_str().unwrap().contains("another pannus"), "{v}");
+    assert_eq!(v["rolled_back"], json!([procs[1].pid, procs[0].pid]), "newest first: {v}");
+    for p in procs.iter_mut() {
+        assert_eq!(p.ask("c 5"), "6");
+        assert!(!p.maps().contains("patch_compute.so"));
+    }
+    let st = state.status(procs[0].pid);
+    assert_eq!(st["patches"][0]["state"], "rolled-back");
+
+    // Without --rollback-on-failure the others stay patched and the failure is reported.
+    let args = ["apply", &m.to_string_lossy(), "--all", "--yes"];
+    let r = pannus_env(&state, &args, &wait);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains("2 patched, 0 skipped, 1 failed"), "{}", r.stdout);
+    assert!(r.stderr.contains(&format!("failed in 1 process: pids {last}")), "{}", r.stderr);
+    assert_eq!(procs[0].ask("c 5"), "500");
+    assert_eq!(procs[1].ask("c 5"), "500");
+    assert_eq!(procs[2].ask("c 5"), "6");
+
+    // Once the lock is free, the last one is patched and the others skipped.
+    drop(lock);
+    let v = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok().json();
+    assert_eq!(v["patched"], json!([last]));
+    assert_eq!(procs[2].ask("c 5"), "500");
+    state.pannus(&["rollback", "--all", "compute-fix", "--yes"]).ok();
+}
+
+#[test]
+fn refusals() {
+    let _serial = serial();
+    let state = State::new();
+    let m = compute_fix(&state);
+    let ms = m.to_string_lossy().into_owned();
+
+    // No process maps the object: a precondition.
+    let r = state.pannus(&["apply", &ms, "--all", "--yes", "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("no process maps"), "{r:?}");
+
+    let t = Proc::start("target_pie");
+    let pid = t.pid.to_string();
+    // --pid and --all exclude each other; one of them is required.
+    for args in [
+        vec!["apply", &ms, "--all", "--pid", &pid, "--yes"],
+        vec!["apply", &ms, "--yes"],
+        vec!["status", "--all", "--pid", &pid],
+        vec!["status"],
+        vec!["rollback", "--all", "--pid", &pid, "compute-fix", "--yes"],
+        vec!["rollback", "--all", "--yes"],
+        vec!["apply", &ms, "--pid", &pid, "--rollback-on-failure", "--yes"],
+        vec!["apply", &ms, "--all", "--wait", "--yes"],
+    ] {
+        let r = state.pannus(&args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+    }
+    // No terminal to ask on and no --yes.
+    let r = state.pannus(&["apply", &ms, "--all"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("no terminal"), "{}", r.stderr);
+    let r = state.pannus(&["rollback", "--all", "compute-fix"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(state.status(t.pid)["patches"].as_array().unwrap().is_empty(), "nothing was touched");
+
+    // No patches anywhere (among this test's processes).
+    let st = state.pannus(&["status", "--all", "--json"]).ok().json();
+    assert!(!st["processes"].as_array().unwrap().iter().any(|p| p["pid"] == t.pid));
+}
