@@ -70,13 +70,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(Paragraph::new(big_lines), digits);
     let total = rec.trial_seconds.max(1);
     let ratio = if rec.state == State::Trial { left as f64 / total as f64 } else { 0.0 };
-    f.render_widget(
-        Gauge::default()
-            .ratio(ratio.clamp(0.0, 1.0))
-            .label("")
-            .gauge_style(theme.warn()),
-        gauge,
-    );
+    f.render_widget(Gauge::default().ratio(ratio.clamp(0.0, 1.0)).label("").gauge_style(theme.warn()), gauge);
     let expiry = match rec.state {
         State::Trial if left == 0 => format!("expired: applying the policy ({})…", rec.on_expiry),
         State::Trial => format!(
