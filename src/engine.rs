@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The four stages of applying a patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -151,13 +151,17 @@ pub struct Session<'e> {
     pub target: Target,
     _lock: ProcessLock,
     gadgets: Option<pannus_kernel::Gadgets>,
+    /// How long each step of the last apply or rollback took (confirmations excluded):
+    /// `preflight`, `load`, `link`, `init`, `activate`, and `stopped`, the time every thread
+    /// was stopped for the switch that succeeded.
+    pub timings: Vec<(&'static str, Duration)>,
 }
 
 impl<'e> Session<'e> {
     pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
         let target = Target::open(pid)?;
         let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
-        Ok(Session { engine, target, _lock: lock, gadgets: None })
+        Ok(Session { engine, target, _lock: lock, gadgets: None, timings: Vec::new() })
     }
 
     pub fn registry(&self) -> Result<Registry> {
@@ -494,9 +498,12 @@ impl<'e> Session<'e> {
     }
 
     fn apply_inner(&mut self, m: &Manifest, obs: &mut dyn Observer) -> Result<PatchRecord> {
+        self.timings.clear();
+        let t0 = Instant::now();
         let mut reg = self.registry()?;
         let mut lines = Vec::new();
         let p = self.prepare(m, &reg, &mut lines)?;
+        self.timings.push(("preflight", t0.elapsed()));
         for l in &lines {
             obs.progress(None, &format!("ok  {}: {}", l.check, l.detail));
         }
@@ -520,6 +527,7 @@ impl<'e> Session<'e> {
         if !obs.confirm(Stage::Load, &plan) {
             return Err(cancelled(Stage::Load, &[]));
         }
+        let t0 = Instant::now();
         let base = self.reserve(base_hint, size).map_err(|e| e.context(Stage::Load))?;
         let bias = base.wrapping_sub(lo);
         self.target.refresh_maps()?;
@@ -574,6 +582,7 @@ impl<'e> Session<'e> {
             return Err(undo(self, &mut reg, e.context(Stage::Load), &[Stage::Load]));
         }
         self.target.refresh_maps()?;
+        self.timings.push(("load", t0.elapsed()));
         obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
 
         // Stage 2: link.
@@ -587,6 +596,7 @@ impl<'e> Session<'e> {
         if !obs.confirm(Stage::Link, &plan) {
             return Err(undo(self, &mut reg, cancelled(Stage::Link, &[Stage::Load]), &[Stage::Load]));
         }
+        let t0 = Instant::now();
         if let Err(e) = self.stage_link(&p, bias) {
             return Err(undo(self, &mut reg, e.context(Stage::Link), &[Stage::Load]));
         }
@@ -594,6 +604,7 @@ impl<'e> Session<'e> {
         if let Err(e) = self.write_registry(&reg) {
             return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link]));
         }
+        self.timings.push(("link", t0.elapsed()));
         obs.progress(Some(Stage::Link), "relocations applied");
 
         // Stage 3: init.
@@ -615,6 +626,7 @@ impl<'e> Session<'e> {
                 &[Stage::Load, Stage::Link],
             ));
         }
+        let t0 = Instant::now();
         if let Err(e) = self.stage_init(&inits) {
             return Err(undo(self, &mut reg, e.context(Stage::Init), &[Stage::Load, Stage::Link, Stage::Init]));
         }
@@ -622,6 +634,7 @@ impl<'e> Session<'e> {
         if let Err(e) = self.write_registry(&reg) {
             return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
         }
+        self.timings.push(("init", t0.elapsed()));
         obs.progress(Some(Stage::Init), &format!("{} init function(s) ran", inits.len()));
 
         // Stage 4: activate.
@@ -674,7 +687,10 @@ impl<'e> Session<'e> {
             consistency: m.safety.consistency,
             busy_ranges: self.old_code_ranges(&p, &reg),
         };
-        match self.switch(&sw, obs) {
+        let t0 = Instant::now();
+        let switched = self.switch(&sw, obs);
+        self.timings.push(("activate", t0.elapsed()));
+        match switched {
             Ok(attempts) => obs.progress(
                 Some(Stage::Activate),
                 &format!("{} function(s) switched in one stop (attempt {attempts})", plans.len()),
@@ -983,6 +999,7 @@ impl<'e> Session<'e> {
             if last && unwinder.is_none() {
                 unwinder = Some(Unwinder::new(&mut self.target));
             }
+            let stopped_at = Instant::now();
             let world = World::stop(pid)?;
             let stacks: Vec<(i32, &pannus_kernel::Regs, Vec<u8>)> = world
                 .threads()
@@ -1014,6 +1031,7 @@ impl<'e> Session<'e> {
                     pannus_kernel::fault::point("entry bytes written");
                 }
                 world.resume()?;
+                self.timings.push(("stopped", stopped_at.elapsed()));
                 result?;
                 return Ok(attempt);
             }
@@ -1071,6 +1089,7 @@ impl<'e> Session<'e> {
     }
 
     fn rollback_inner(&mut self, patch: Option<&str>, cascade: bool, obs: &mut dyn Observer) -> Result<Vec<String>> {
+        self.timings.clear();
         let pid = self.target.pid;
         let mut reg = self.registry()?;
         let id = match patch {
@@ -1193,7 +1212,9 @@ impl<'e> Session<'e> {
                 .map(|f| (f.replacement.clone(), f.replacement_address, f.replacement_address + f.replacement_size))
                 .collect();
             let sw = Switch { names, plans, writes, retries, interval, consistency: rec.consistency, busy_ranges };
+            let t0 = Instant::now();
             self.switch(&sw, obs)?;
+            self.timings.push(("restore", t0.elapsed()));
         }
         if let Some(r) = reg.get_mut(id) {
             r.state = State::RolledBack;
@@ -1203,7 +1224,9 @@ impl<'e> Session<'e> {
         self.write_registry(reg)?;
         // 2. Unload once no thread can be inside the module.
         if rec.module_mapped {
+            let t0 = Instant::now();
             self.unload(reg, id, obs)?;
+            self.timings.push(("unload", t0.elapsed()));
         }
         Ok(())
     }

@@ -263,6 +263,17 @@ fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
         .hint("pass --yes to confirm every stage in advance"))
 }
 
+/// Step durations in microseconds, as `{"load": 812, ...}` (a step repeated, such as
+/// `stopped` over several patches, is summed).
+fn timings_json(t: &[(&'static str, std::time::Duration)]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, d) in t {
+        let prev = m.get(*k).and_then(|v| v.as_u64()).unwrap_or(0);
+        m.insert((*k).to_string(), json!(prev + d.as_micros() as u64));
+    }
+    serde_json::Value::Object(m)
+}
+
 fn hex_addr(a: u64) -> String {
     format!("{a:#x}")
 }
@@ -307,6 +318,7 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         println!("applying `{}` {} to process {pid} ({})", m.patch, m.version, s.target.name);
     }
     let rec = s.apply(&m, &mut obs)?;
+    let timings = timings_json(&s.timings);
     drop(s);
     if !wait {
         if let Err(e) = engine::spawn_trial_watcher(engine, pid, &rec.patch) {
@@ -340,6 +352,7 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         let mut v = patch_json(&rec);
         v["pid"] = json!(pid);
         v["state"] = json!(final_state);
+        v["timings_us"] = timings;
         println!("{v}");
     }
     Ok(())
@@ -451,7 +464,7 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     let mut obs = CliObserver { yes: true, quiet: json };
     let done = s.rollback(patch.as_deref(), cascade, &mut obs)?;
     if json {
-        println!("{}", json!({"pid": pid, "rolled_back": done}));
+        println!("{}", json!({"pid": pid, "rolled_back": done, "timings_us": timings_json(&s.timings)}));
     } else {
         println!("rolled back in process {pid}: {}", done.join(", "));
     }
