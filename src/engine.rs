@@ -178,12 +178,20 @@ impl<'e> Session<'e> {
         let gadgets = match self.gadgets {
             Some(g) => g,
             None => {
-                let g = maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
-                    Error::precondition(format!(
-                        "process {}: no rt_sigreturn restorer and `syscall; ret` found in its C library",
-                        self.target.pid
-                    ))
-                    .hint("pannus patches dynamically linked glibc or musl programs")
+                let cached = self
+                    .registry()
+                    .ok()
+                    .and_then(|r| r.gadgets)
+                    .map(|[syscall_ret, ret, restorer]| pannus_kernel::Gadgets { syscall_ret, ret, restorer })
+                    .filter(|g| maps::verify_gadgets(&self.target.mem, g));
+                let g = cached.map(Ok).unwrap_or_else(|| {
+                    maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
+                        Error::precondition(format!(
+                            "process {}: no rt_sigreturn restorer and `syscall; ret` found in its C library",
+                            self.target.pid
+                        ))
+                        .hint("pannus patches dynamically linked glibc or musl programs")
+                    })
                 })?;
                 self.gadgets = Some(g);
                 g
@@ -204,7 +212,14 @@ impl<'e> Session<'e> {
     fn write_registry(&mut self, reg: &Registry) -> Result<()> {
         let loc = registry::locate(&self.target.maps)
             .ok_or_else(|| Error::other(format!("process {}: registry mapping missing", self.target.pid)))?;
-        registry::write(&self.target.mem, loc, reg)?;
+        match self.gadgets {
+            Some(g) if reg.gadgets.is_none() => {
+                let mut with = reg.clone();
+                with.gadgets = Some([g.syscall_ret, g.ret, g.restorer]);
+                registry::write(&self.target.mem, loc, &with)?;
+            }
+            _ => registry::write(&self.target.mem, loc, reg)?,
+        }
         pannus_kernel::fault::point("registry written");
         Ok(())
     }

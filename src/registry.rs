@@ -152,6 +152,10 @@ pub struct Registry {
     pub format: u32,
     pub next_seq: u64,
     pub patches: Vec<PatchRecord>,
+    /// Where the code pannus points a borrowed thread at was found (`syscall; ret`, `ret`,
+    /// restorer), so that a later pannus checks three addresses instead of searching again.
+    #[serde(default)]
+    pub gadgets: Option<[u64; 3]>,
 }
 
 impl Registry {

@@ -141,9 +141,35 @@ pub struct Gadgets {
     pub restorer: u64,
 }
 
-/// Finds the [`Gadgets`] in the target's executable mappings, the C library first.
+const RESTORER: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+const SYSCALL_RET: [u8; 3] = [0x0f, 0x05, 0xc3];
+
+/// Whether the gadgets are still what they were found to be, in the target's memory.
+pub fn verify_gadgets(mem: &Mem, g: &Gadgets) -> bool {
+    let at = |addr: u64, want: &[u8]| mem.read_vec(addr, want.len()).is_ok_and(|b| b == want);
+    at(g.syscall_ret, &SYSCALL_RET) && at(g.ret, &[0xc3]) && at(g.restorer, &RESTORER)
+}
+
+/// The bytes of an executable mapping: from its file through the page cache when it is a
+/// regular file (much cheaper than /proc/PID/mem), else from the target's memory.
+fn mapping_bytes(mem: &Mem, m: &Mapping) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    if m.path.starts_with('/') && !m.path.ends_with(" (deleted)") {
+        if let Ok(f) = std::fs::File::open(&m.path) {
+            let mut buf = vec![0u8; m.len() as usize];
+            if let Ok(n) = f.read_at(&mut buf, m.offset) {
+                buf.truncate(n);
+                return buf;
+            }
+        }
+    }
+    mem.read_partial(m.start, m.len() as usize)
+}
+
+/// Finds the [`Gadgets`] in the target's executable mappings, the C library first. Bytes are
+/// read from the mapped files and every gadget found is checked in the target's memory (the
+/// file may differ where code was patched).
 pub fn find_gadgets(mem: &Mem, maps: &[Mapping]) -> Option<Gadgets> {
-    const RESTORER: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
     let rank = |m: &Mapping| {
         if m.path.contains("/libc.so") || m.path.contains("/libc-") || m.path.contains("ld-musl") {
             0
@@ -156,10 +182,21 @@ pub fn find_gadgets(mem: &Mem, maps: &[Mapping]) -> Option<Gadgets> {
     let mut exec: Vec<&Mapping> = maps.iter().filter(|m| m.exec && m.read && m.path != "[vsyscall]").collect();
     exec.sort_by_key(|m| rank(m));
     let (mut syscall_ret, mut ret, mut restorer) = (None, None, None);
+    let checked = |addr: u64, want: &[u8]| mem.read_vec(addr, want.len()).is_ok_and(|b| b == want);
     for m in exec {
-        let bytes = mem.read_partial(m.start, m.len() as usize);
-        let find = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).map(|i| m.start + i as u64);
-        syscall_ret = syscall_ret.or_else(|| find(&[0x0f, 0x05, 0xc3]));
+        let bytes = mapping_bytes(mem, m);
+        let find = |pat: &[u8]| {
+            let mut from = 0;
+            while let Some(i) = bytes[from..].windows(pat.len()).position(|w| w == pat) {
+                let addr = m.start + (from + i) as u64;
+                if checked(addr, pat) {
+                    return Some(addr);
+                }
+                from += i + 1;
+            }
+            None
+        };
+        syscall_ret = syscall_ret.or_else(|| find(&SYSCALL_RET));
         ret = ret.or_else(|| find(&[0xc3]));
         restorer = restorer.or_else(|| find(&RESTORER));
         if let (Some(syscall_ret), Some(ret), Some(restorer)) = (syscall_ret, ret, restorer) {
