@@ -574,6 +574,8 @@ impl<'e> Session<'e> {
             retries: m.safety.retries,
             retry_interval_ms: m.safety.retry_interval.as_millis() as u64,
             consistency: m.safety.consistency,
+            health_check: m.trial.health_check.clone(),
+            health: None,
         };
         reg.patches.push(record);
         let undo = |s: &mut Session, reg: &mut Registry, e: Error, done: &[Stage]| -> Error {
@@ -1091,16 +1093,47 @@ impl<'e> Session<'e> {
     /// Rolls back `patch` (the most recently applied one when `None`); with `cascade`, the
     /// patches that require it are rolled back first, newest first. Returns the ids rolled back.
     pub fn rollback(&mut self, patch: Option<&str>, cascade: bool, obs: &mut dyn Observer) -> Result<Vec<String>> {
+        self.rollback_because(patch, cascade, "", obs)
+    }
+
+    /// [`Session::rollback`], recording `why` in the journal and in the patches' records.
+    pub fn rollback_because(
+        &mut self,
+        patch: Option<&str>,
+        cascade: bool,
+        why: &str,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<String>> {
         let result = self.rollback_inner(patch, cascade, obs);
         match &result {
             Ok(ids) => {
+                if !why.is_empty() {
+                    if let Ok(mut reg) = self.registry() {
+                        for id in ids {
+                            if let Some(r) = reg.get_mut(id) {
+                                r.note = Some(why.to_string());
+                            }
+                        }
+                        let _ = self.write_registry(&reg);
+                    }
+                }
                 for id in ids {
-                    self.journal("rollback", Some(id), "ok", "");
+                    self.journal("rollback", Some(id), "ok", why);
                 }
             }
             Err(e) => self.journal("rollback", patch, outcome_of(e), &e.message),
         }
         result
+    }
+
+    /// Records a health-check result of `patch` in the process's registry.
+    pub fn record_health(&mut self, patch: &str, health: &crate::registry::Health) -> Result<()> {
+        let mut reg = self.registry()?;
+        if let Some(r) = reg.get_mut(patch) {
+            r.health = Some(health.clone());
+            self.write_registry(&reg)?;
+        }
+        Ok(())
     }
 
     fn rollback_inner(&mut self, patch: Option<&str>, cascade: bool, obs: &mut dyn Observer) -> Result<Vec<String>> {
@@ -1492,9 +1525,46 @@ pub fn remaining(rec: &PatchRecord) -> Option<u64> {
     rec.trial_deadline.map(|d| d.saturating_sub(now_secs()))
 }
 
+/// Runs a health check once: `Ok(())` when the command exits 0 within the timeout.
+pub fn run_health_check(h: &crate::manifest::HealthCheck, pid: i32, patch: &str) -> std::result::Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &h.command])
+        .env("PANNUS_PID", pid.to_string())
+        .env("PANNUS_PATCH", patch)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run the health check: {e}"))?;
+    let deadline = Instant::now() + Duration::from_millis(h.timeout_ms);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("`{}` failed ({st})", h.command)),
+            Ok(None) if Instant::now() >= deadline => {
+                // The whole process group: the shell and what it started.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+                return Err(format!("`{}` timed out after {} ms", h.command, h.timeout_ms));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("health check: {e}")),
+        }
+    }
+}
+
 /// Waits for the trial of `patch` to end and applies its `on_expiry` policy; `tick` is called
-/// about once a second with the seconds left. Returns the final state.
+/// about twice a second with the seconds left. While waiting, runs the patch's health check at
+/// its interval, records each result in the process, and rolls the patch back when the check
+/// fails the given number of times in a row. Returns the final state.
 pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u64)) -> Result<State> {
+    let mut next_check: Option<Instant> = None;
+    let mut health = crate::registry::Health::default();
     loop {
         let (_, reg) = read_status(pid)?;
         let Some(rec) = reg.get(patch) else {
@@ -1505,6 +1575,36 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
         }
         let left = remaining(rec).unwrap_or(0);
         tick(left);
+        if let Some(h) = rec.health_check.clone().filter(|_| left > 0) {
+            let interval = Duration::from_millis(h.interval_ms);
+            let due = *next_check.get_or_insert_with(|| Instant::now() + interval);
+            if Instant::now() >= due {
+                next_check = Some(Instant::now() + interval);
+                let result = run_health_check(&h, pid, patch);
+                health.runs += 1;
+                health.last_at = now_secs();
+                match &result {
+                    Ok(()) => {
+                        health.failing = 0;
+                        health.last = "ok".into();
+                    }
+                    Err(why) => {
+                        health.failing += 1;
+                        health.last = why.clone();
+                    }
+                }
+                let mut s = Session::open(engine, pid)?;
+                s.record_health(patch, &health)?;
+                if health.failing >= h.failures {
+                    let why = format!(
+                        "health check failed {} time(s) in a row during the trial: {}",
+                        health.failing, health.last
+                    );
+                    s.rollback_because(Some(patch), true, &why, &mut Quiet)?;
+                    return Ok(State::RolledBack);
+                }
+            }
+        }
         if left == 0 {
             let mut s = Session::open(engine, pid)?;
             let reg = s.registry()?;
@@ -1514,14 +1614,18 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
                     return Ok(State::Committed);
                 }
                 Some((State::Trial, OnExpiry::Rollback)) => {
-                    s.rollback(Some(patch), true, &mut Quiet)?;
+                    s.rollback_because(Some(patch), true, "trial expired: rolled back by policy", &mut Quiet)?;
                     return Ok(State::RolledBack);
                 }
                 Some((st, _)) => return Ok(st),
                 None => return Ok(State::RolledBack),
             }
         }
-        std::thread::sleep(Duration::from_millis(500).min(Duration::from_secs(left)));
+        let mut nap = Duration::from_millis(500).min(Duration::from_secs(left));
+        if let Some(due) = next_check {
+            nap = nap.min(due.saturating_duration_since(Instant::now()));
+        }
+        std::thread::sleep(nap.max(Duration::from_millis(10)));
     }
 }
 

@@ -95,6 +95,21 @@ pub struct TrialSpec {
     pub duration: Duration,
     /// What happens when the trial ends without an operator decision.
     pub on_expiry: OnExpiry,
+    /// Run during the trial; rolls the patch back when it keeps failing.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A command run during the trial to tell whether the service is healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HealthCheck {
+    /// Shell command; exit status 0 means healthy.
+    pub command: String,
+    /// Milliseconds between two runs.
+    pub interval_ms: u64,
+    /// Milliseconds a run may take before it counts as failed.
+    pub timeout_ms: u64,
+    /// Failures in a row that roll the patch back.
+    pub failures: u32,
 }
 
 /// How the safe moment to switch functions is found.
@@ -195,7 +210,7 @@ impl fmt::Display for Consistency {
 
 impl Default for TrialSpec {
     fn default() -> Self {
-        TrialSpec { duration: DEFAULT_TRIAL, on_expiry: OnExpiry::default() }
+        TrialSpec { duration: DEFAULT_TRIAL, on_expiry: OnExpiry::default(), health_check: None }
     }
 }
 
@@ -355,6 +370,25 @@ struct RawTrial {
     duration: Option<String>,
     /// What happens when the trial ends without an operator decision (default `commit`).
     on_expiry: Option<OnExpiry>,
+    /// A command run during the trial; when it fails `failures` times in a row, the patch is
+    /// rolled back automatically.
+    health_check: Option<RawHealthCheck>,
+}
+
+/// A health check run during the trial.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+#[schemars(rename = "HealthCheck")]
+struct RawHealthCheck {
+    /// Shell command (`sh -c`); exit status 0 means healthy. `PANNUS_PID` and `PANNUS_PATCH` are
+    /// set in its environment.
+    command: Option<String>,
+    /// Time between two runs, at least 100ms (default `5s`).
+    interval: Option<String>,
+    /// A run taking longer fails, at least 10ms (default `2s`).
+    timeout: Option<String>,
+    /// Failures in a row that roll the patch back, at least 1 (default 1).
+    failures: Option<u32>,
 }
 
 /// How the safe moment to switch functions is found.
@@ -858,7 +892,36 @@ impl Cx<'_> {
                         )
                         .hint("a trial lasts more than 0s and at most 30days"));
                 }
-                TrialSpec { duration, on_expiry: t.on_expiry.unwrap_or_default() }
+                let health_check = match t.health_check {
+                    None => None,
+                    Some(h) => {
+                        let command = self.required_str(h.command, "trial.health_check.command")?;
+                        let interval =
+                            self.duration(h.interval, "trial.health_check.interval", Duration::from_secs(5))?;
+                        let timeout = self.duration(h.timeout, "trial.health_check.timeout", Duration::from_secs(2))?;
+                        if interval < Duration::from_millis(100) {
+                            return Err(self
+                                .bad_value("trial.health_check.interval", "is shorter than 100ms")
+                                .hint("run the check at most ten times a second"));
+                        }
+                        if timeout < Duration::from_millis(10) {
+                            return Err(self.bad_value("trial.health_check.timeout", "is shorter than 10ms"));
+                        }
+                        let failures = h.failures.unwrap_or(1);
+                        if failures == 0 {
+                            return Err(self
+                                .bad_value("trial.health_check.failures", "must be at least 1")
+                                .hint("the number of failures in a row that rolls the patch back"));
+                        }
+                        Some(HealthCheck {
+                            command,
+                            interval_ms: interval.as_millis() as u64,
+                            timeout_ms: timeout.as_millis() as u64,
+                            failures,
+                        })
+                    }
+                };
+                TrialSpec { duration, on_expiry: t.on_expiry.unwrap_or_default(), health_check }
             }
         };
 
@@ -1041,7 +1104,10 @@ functions:
             ]
         );
         assert_eq!(m.requires, vec!["base-fix".to_string(), "other.fix".to_string()]);
-        assert_eq!(m.trial, TrialSpec { duration: Duration::from_secs(5400), on_expiry: OnExpiry::Rollback });
+        assert_eq!(
+            m.trial,
+            TrialSpec { duration: Duration::from_secs(5400), on_expiry: OnExpiry::Rollback, health_check: None }
+        );
         assert_eq!(
             m.safety,
             SafetySpec { consistency: Consistency::Function, retries: 7, retry_interval: Duration::from_millis(250) }
@@ -1058,7 +1124,10 @@ functions:
         assert_eq!(m.description, None);
         assert_eq!(m.module.load, LoadMethod::Mmap);
         assert!(m.requires.is_empty());
-        assert_eq!(m.trial, TrialSpec { duration: Duration::from_secs(300), on_expiry: OnExpiry::Commit });
+        assert_eq!(
+            m.trial,
+            TrialSpec { duration: Duration::from_secs(300), on_expiry: OnExpiry::Commit, health_check: None }
+        );
         assert_eq!(
             m.safety,
             SafetySpec { consistency: Consistency::Entry, retries: 100, retry_interval: Duration::from_millis(10) }
@@ -1377,5 +1446,38 @@ k: v
             assert!(msg.contains(expect), "{name}: {msg:?} lacks {expect:?}");
             assert!(msg.contains(name), "{name}: {msg:?} lacks the file name");
         }
+    }
+}
+
+#[cfg(test)]
+mod health_check_tests {
+    use super::*;
+
+    const BASE: &str = "patch: p\nversion: '1'\ntarget:\n  object: /bin/x\n  build_id: abcd\nmodule:\n  path: m.so\n  sha256: 0000000000000000000000000000000000000000000000000000000000000000\nfunctions:\n  - target: f\n    replacement: g\n";
+
+    #[test]
+    fn health_check_defaults_and_errors() {
+        let m = Manifest::parse(
+            &format!("{BASE}trial:\n  health_check:\n    command: curl -sf localhost/health\n"),
+            Path::new("h.yaml"),
+        )
+        .unwrap();
+        let h = m.trial.health_check.unwrap();
+        assert_eq!((h.interval_ms, h.timeout_ms, h.failures), (5000, 2000, 1));
+        let e = Manifest::parse(&format!("{BASE}trial:\n  health_check:\n    interval: 1s\n"), Path::new("h.yaml"))
+            .unwrap_err();
+        assert!(e.message.contains("trial.health_check.command"), "{e}");
+        let e = Manifest::parse(
+            &format!("{BASE}trial:\n  health_check:\n    command: x\n    failures: 0\n"),
+            Path::new("h.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("h.yaml:15:") && e.message.contains("failures"), "{e}");
+        let e = Manifest::parse(
+            &format!("{BASE}trial:\n  health_check:\n    command: x\n    intervall: 1s\n"),
+            Path::new("h.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown key `intervall`"), "{e}");
     }
 }

@@ -145,6 +145,24 @@ pub struct PatchRecord {
     pub retry_interval_ms: u64,
     #[serde(default)]
     pub consistency: crate::manifest::Consistency,
+    /// The manifest's trial health check, run by the trial watcher.
+    #[serde(default)]
+    pub health_check: Option<crate::manifest::HealthCheck>,
+    /// What the health check found so far.
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+/// The results of a patch's health check during its trial.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub runs: u64,
+    /// Failures in a row (0 after a success).
+    pub failing: u32,
+    /// The last run: `ok`, or why it failed.
+    pub last: String,
+    /// Unix seconds of the last run.
+    pub last_at: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

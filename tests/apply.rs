@@ -328,3 +328,79 @@ fn committing_by_hand_cancels_the_watcher() {
     assert_eq!(t.ask("c 3"), "300", "the committed patch stays");
     assert_eq!(states(&state.status(t.pid)), vec![("k-fix".into(), "committed".into())]);
 }
+
+fn wait_for_state(state: &State, pid: i32, want: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let st = state.status(pid);
+        if st["patches"][0]["state"] == want {
+            return st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the patch never became {want}: {}", state.status(pid));
+}
+
+#[test]
+fn failing_health_check_rolls_the_patch_back() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "hc-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n  health_check:\n    command: test -e /nonexistent/healthy\n    interval: 200ms\n    failures: 2\n",
+    );
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 3"), "300");
+    let st = wait_for_state(&state, t.pid, "rolled-back");
+    assert_eq!(t.ask("c 3"), "4", "rolled back by the watcher");
+    let note = st["patches"][0]["note"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("health check failed 2 time(s) in a row"), "{st}");
+    let journal = state.pannus(&["journal", "--json"]).ok().json();
+    let last = journal["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "rollback");
+    assert!(last["detail"].as_str().unwrap().contains("health check failed"), "{last}");
+}
+
+#[test]
+fn passing_health_check_keeps_the_patch_and_reports_its_runs() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "hc-ok",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n  health_check:\n    command: kill -0 $PANNUS_PID\n    interval: 200ms\n",
+    );
+    state.apply(&m, t.pid).ok();
+    let mut runs = 0;
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        runs = state.status(t.pid)["patches"][0]["health"]["runs"].as_u64().unwrap_or(0);
+        if runs >= 3 {
+            break;
+        }
+    }
+    assert!(runs >= 3, "the check ran: {}", state.status(t.pid));
+    assert_eq!(state.status(t.pid)["patches"][0]["health"]["last"], "ok");
+    assert_eq!(t.ask("c 3"), "300");
+    state.rollback(t.pid, None).ok();
+}
+
+#[test]
+fn health_check_that_hangs_counts_as_failed() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest(
+        "hc-slow",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n  health_check:\n    command: sleep 30\n    interval: 200ms\n    timeout: 100ms\n",
+    );
+    state.apply(&m, t.pid).ok();
+    let st = wait_for_state(&state, t.pid, "rolled-back");
+    assert!(st["patches"][0]["note"].as_str().unwrap().contains("timed out after 100 ms"), "{st}");
+}

@@ -305,6 +305,8 @@ pub fn patch_json(p: &PatchRecord) -> serde_json::Value {
         "target_object": p.target_object,
         "build_id": p.build_id,
         "applied_at": deadline_text(Some(p.applied_at)),
+        "health_check": p.health_check,
+        "health": p.health,
         "note": p.note,
     })
 }

@@ -53,6 +53,8 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         retries: 100,
         retry_interval_ms: 10,
         consistency: Default::default(),
+        health_check: None,
+        health: None,
     }
 }
 

@@ -89,7 +89,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Line::from(vec![Span::styled("process  ", theme.dim()), Span::raw(format!("{pid} {name}"))]),
         Line::from(vec![Span::styled("state    ", theme.dim()), Span::raw(rec.state.as_str().to_string())]),
         Line::from(vec![Span::styled("expiry   ", theme.dim()), Span::raw(expiry)]),
-        Line::from(vec![Span::styled("health   ", theme.dim()), Span::raw("no health check in the manifest")]),
+        health_line(rec, theme),
         Line::from(vec![
             Span::styled("replaces ", theme.dim()),
             Span::raw(
@@ -115,4 +115,23 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Line::from(vec![Span::styled(" Esc", theme.key()), Span::raw(" back")])
     };
     f.render_widget(Paragraph::new(acts), actions);
+}
+
+fn health_line(rec: &crate::registry::PatchRecord, theme: Theme) -> Line<'static> {
+    let label = Span::styled("health   ", theme.dim());
+    let Some(h) = &rec.health_check else {
+        return Line::from(vec![label, Span::raw("no health check in the manifest")]);
+    };
+    let every = format!("`{}` every {} ms", h.command, h.interval_ms);
+    match &rec.health {
+        None => Line::from(vec![label, Span::raw(format!("{every}: no run yet"))]),
+        Some(st) if st.failing == 0 => {
+            Line::from(vec![label, Span::styled("OK ", theme.ok()), Span::raw(format!("{} run(s), {every}", st.runs))])
+        }
+        Some(st) => Line::from(vec![
+            label,
+            Span::styled(format!("FAILING {}/{} ", st.failing, h.failures), theme.bad()),
+            Span::raw(format!("{} (rolls back at {} in a row)", st.last, h.failures)),
+        ]),
+    }
 }
