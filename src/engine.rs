@@ -287,6 +287,8 @@ impl<'e> Session<'e> {
             .hint("the file was replaced after the process started; restart it or patch the running build"));
         }
         ok("target object", format!("{} mapped at {:#x}, build-id {file_id}", object.mapped_path, object.lo));
+        let process = self.process_checks(registry::locate(&self.target.maps).is_some())?;
+        ok("process", process);
 
         // Registry: not applied twice; dependencies present.
         if let Some(p) = reg.get(&m.patch).filter(|p| p.state.is_applied()) {
@@ -430,6 +432,56 @@ impl<'e> Session<'e> {
         }
         ok("symbols", format!("{} resolved", symbols.len()));
         Ok(Prepared { manifest: m.clone(), module, object, functions, dropped, symbols })
+    }
+
+    /// What can make patching impossible whatever the patch: another tracer, and seccomp filters
+    /// that would refuse the system calls pannus makes inside the process. Found before anything
+    /// is done, and explained.
+    fn process_checks(&self, has_registry: bool) -> Result<String> {
+        let pid = self.target.pid;
+        if let Some(t) = pannus_kernel::tracer_of(pid).filter(|&t| t != 0) {
+            let name = std::fs::read_to_string(format!("/proc/{t}/comm")).unwrap_or_default();
+            return Err(Error::precondition(format!("process {pid} is being traced by process {t} ({})", name.trim()))
+                .hint("a debugger or tracer holds it: detach it first, then patch"));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(str::trim).unwrap_or("0");
+        let seccomp = match mode {
+            "0" => "no seccomp filter".to_string(),
+            "1" => {
+                return Err(Error::precondition(format!(
+                    "process {pid} runs in seccomp strict mode: only read, write, exit and sigreturn are allowed"
+                ))
+                .hint("this process cannot be patched live; restart it with the fix"))
+            }
+            _ => {
+                let filters = pannus_kernel::read_seccomp_filters(pid).map_err(|e| {
+                    Error::precondition(format!("process {pid} has seccomp filters that pannus cannot read: {e}"))
+                        .hint("run pannus as root (reading filters needs CAP_SYS_ADMIN)")
+                })?;
+                let calls: Vec<crate::seccomp::Call> = crate::seccomp::pannus_calls()
+                    .into_iter()
+                    .filter(|c| !has_registry || !matches!(c.name, "memfd_create" | "ftruncate"))
+                    .collect();
+                let blocked = crate::seccomp::blocked(&filters, &calls);
+                if !blocked.is_empty() {
+                    let list: Vec<String> = blocked
+                        .iter()
+                        .map(|(c, v)| match v {
+                            crate::seccomp::Verdict::Deny(what) => format!("{} (the filter would {what})", c.name),
+                            _ => format!("{} (the filter cannot be evaluated)", c.name),
+                        })
+                        .collect();
+                    return Err(Error::precondition(format!(
+                        "process {pid}'s seccomp filter refuses system calls pannus must make inside it: {}",
+                        list.join(", ")
+                    ))
+                    .hint("this process cannot be patched live with its current filter; nothing was done"));
+                }
+                format!("{} seccomp filter(s) allow pannus's system calls", filters.len())
+            }
+        };
+        Ok(format!("not traced; {seccomp}; W^X: no mapping is ever writable and executable"))
     }
 
     /// The entry plan of each function, from its current bytes in the process.

@@ -11,6 +11,7 @@ pub mod lock;
 pub mod manifest;
 pub mod registry;
 pub mod safety;
+pub mod seccomp;
 pub mod target;
 pub mod tui;
 pub mod unwind;

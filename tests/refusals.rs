@@ -174,3 +174,61 @@ fn malformed_manifests_exit_2_naming_the_problem() {
     assert_eq!(code_bytes(t.pid, "target_pie", "compute"), bytes);
     assert_eq!(t.ask("c 5"), "6");
 }
+
+#[test]
+fn seccomp_filter_blocking_a_needed_call_is_refused_up_front() {
+    let state = State::new();
+    let mut t = Proc::start("target_seccomp_memfd");
+    let maps = t.maps();
+    let m = state.manifest("x", "target_seccomp_memfd", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("seccomp filter refuses") && r.stderr.contains("memfd_create"), "{}", r.stderr);
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(t.maps(), maps, "nothing was done");
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+#[test]
+fn seccomp_filter_allowing_pannus_and_memory_deny_write_execute_are_patched() {
+    for target in ["target_seccomp_socket", "target_mdwe"] {
+        let state = State::new();
+        let mut t = Proc::start(target);
+        let m = state.manifest("x", target, "patch_compute.so", &[("compute", "compute_v2")], "");
+        let r = state.apply(&m, t.pid).ok();
+        if target == "target_seccomp_socket" {
+            assert!(r.stdout.contains("seccomp filter(s) allow pannus's system calls"), "{}", r.stdout);
+        }
+        assert_eq!(t.ask("c 5"), "500", "{target}");
+        state.rollback(t.pid, None).ok();
+        assert_eq!(t.ask("c 5"), "6", "{target}");
+    }
+}
+
+#[test]
+fn a_process_under_a_debugger_is_refused_naming_it() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let mut gdb = std::process::Command::new("gdb")
+        .args(["-q", "-p", &t.pid.to_string(), "-ex", "continue"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(gdb) = gdb.as_mut() else { return }; // no gdb here: nothing to test
+    for _ in 0..100 {
+        if pannus_kernel::tracer_of(t.pid).unwrap_or(0) != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = state.apply(&m, t.pid);
+    let _ = gdb.kill();
+    let _ = gdb.wait();
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("is being traced by process") && r.stderr.contains("gdb"), "{}", r.stderr);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(t.alive());
+}

@@ -30,7 +30,7 @@ pub use maps::{Gadgets, Mapping};
 pub use mem::Mem;
 pub use nix::libc::user_regs_struct as Regs;
 pub use sched::RealtimeGuard;
-pub use thread::{list_threads, process_exists};
+pub use thread::{list_threads, process_exists, read_seccomp_filters, tracer_of};
 pub use world::{StoppedThread, World};
 
 /// Linux x86-64 system call numbers used by pannus.

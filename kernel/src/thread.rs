@@ -253,3 +253,64 @@ pub(crate) fn signal_waiting(pid: i32, tid: i32) -> bool {
     };
     (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:") != 0
 }
+
+/// The seccomp filters of a stopped, traced thread, each as its classic-BPF instructions
+/// (8 bytes each), the most recently installed first. Needs CAP_SYS_ADMIN.
+pub(crate) fn seccomp_filters(tid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    let mut out = Vec::new();
+    for index in 0usize.. {
+        // SAFETY: with a null buffer the kernel only returns the filter's length.
+        let n = unsafe {
+            libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                tid,
+                index as *mut libc::c_void,
+                std::ptr::null_mut::<libc::c_void>(),
+            )
+        };
+        if n < 0 {
+            match Errno::last() {
+                Errno::ENOENT => break,
+                e => return Err(Error::ptrace(tid, "read the seccomp filters of", e)),
+            }
+        }
+        let mut buf = vec![[0u8; 8]; n as usize];
+        // SAFETY: `buf` holds `n` instructions of 8 bytes (struct sock_filter), as many as the
+        // kernel just said the filter has; it writes at most that many.
+        let m = unsafe {
+            libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                tid,
+                index as *mut libc::c_void,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if m < 0 {
+            return Err(Error::ptrace(tid, "read the seccomp filters of", Errno::last()));
+        }
+        buf.truncate(m as usize);
+        out.push(buf);
+    }
+    Ok(out)
+}
+
+/// Stops thread `tid` briefly to read its seccomp filters.
+pub fn read_seccomp_filters(tid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
+    seize(tid)?;
+    let result = (|| {
+        interrupt(tid)?;
+        let sig = match wait(tid)? {
+            Stop::Event(_) | Stop::Syscall => 0,
+            Stop::Signal(s) => s,
+            Stop::Gone(..) => return Err(Error::NoProcess { pid: tid }),
+        };
+        let filters = seccomp_filters(tid);
+        detach(tid, sig)?;
+        filters
+    })();
+    if result.is_err() {
+        let _ = detach(tid, 0);
+    }
+    result
+}
