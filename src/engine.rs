@@ -131,10 +131,8 @@ fn now_secs() -> u64 {
 }
 
 fn reloc_name(t: u32) -> String {
-    format!(
-        "R_X86_64_{}",
-        goblin::elf::reloc::r_to_str(t, goblin::elf::header::EM_X86_64).trim_start_matches("R_X86_64_")
-    )
+    let name = goblin::elf::reloc::r_to_str(t, goblin::elf::header::EM_X86_64);
+    format!("R_X86_64_{}", name.trim_start_matches("R_").trim_start_matches("X86_64_"))
 }
 
 const R_NONE: u32 = 0;
@@ -244,23 +242,18 @@ impl<'e> Session<'e> {
             .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
         }
         ok("module checksum", format!("sha256 {sum}"));
-        if m.module.load == LoadMethod::Dlopen {
-            return Err(Error::bad_input(format!(
-                "{}: module.load: dlopen is not supported by this pannus",
-                m.source.display()
-            ))
-            .hint("use load: mmap"));
-        }
         let module = Arc::new(Object::load(&m.module.path, "patch module")?);
         if !module.is_dyn {
             return Err(Error::bad_input(format!("patch module {}: not a shared object", m.module.path.display()))
                 .hint("build it with gcc -shared -fPIC"));
         }
-        if module.has_tls {
+        let dlopen = m.module.load == LoadMethod::Dlopen;
+        if module.has_tls && !dlopen {
             return Err(Error::bad_input(format!(
                 "patch module {}: uses thread-local storage, which load: mmap does not support",
                 m.module.path.display()
-            )));
+            ))
+            .hint("use load: dlopen, where the target's dynamic linker sets up the module's TLS"));
         }
         ok(
             "module",
@@ -359,7 +352,7 @@ impl<'e> Session<'e> {
                 )));
             }
             let rep = match module.lookup(&f.replacement) {
-                Ok(Some(s)) if s.kind == SymKind::Func => s,
+                Ok(Some(s)) if s.kind == SymKind::Func || (dlopen && s.kind == SymKind::Ifunc) => s,
                 _ => {
                     return Err(Error::precondition(format!(
                         "patch module {} does not define function `{}`",
@@ -380,6 +373,19 @@ impl<'e> Session<'e> {
                 "function",
                 format!("{} at {:#x} ({} bytes) -> {}", f.target, object.addr(sym.value), sym.size, f.replacement),
             );
+        }
+
+        if dlopen {
+            // The target's dynamic linker links the module, by its own rules.
+            ok("symbols", "resolved by the target's dynamic linker (load: dlopen)".into());
+            return Ok(Prepared {
+                manifest: m.clone(),
+                module,
+                object,
+                functions,
+                dropped: Vec::new(),
+                symbols: HashMap::new(),
+            });
         }
 
         // Globals the module defines that the target already has: bind to the target's.
@@ -485,14 +491,15 @@ impl<'e> Session<'e> {
     }
 
     /// The entry plan of each function, from its current bytes in the process.
-    fn entry_plans(&self, p: &Prepared, module_bias: u64) -> Result<Vec<EntryPlan>> {
+    fn entry_plans(&self, p: &Prepared, replacements: &[u64]) -> Result<Vec<EntryPlan>> {
         p.functions
             .iter()
-            .map(|f| {
+            .zip(replacements)
+            .map(|(f, &to)| {
                 let size = f.size.min(1 << 20) as usize;
                 let code = self.target.mem.read_vec(f.address, size)?;
                 let pad = self.target.mem.read_partial(f.address.saturating_sub(16), 16);
-                safety::plan_entry(&f.target, f.address, &code, &pad, module_bias.wrapping_add(f.replacement_vaddr))
+                safety::plan_entry(&f.target, f.address, &code, &pad, to)
             })
             .collect()
     }
@@ -523,8 +530,16 @@ impl<'e> Session<'e> {
             let reg = self.registry()?;
             let p = self.prepare(m, &reg, &mut lines)?;
             let (lo, span) = p.module.span();
-            let base = self.choose_base(&p, span - lo).unwrap_or(0);
-            let plans = self.entry_plans(&p, base.wrapping_sub(lo))?;
+            let replacements: Vec<u64> = match m.module.load {
+                LoadMethod::Mmap => {
+                    let bias = self.choose_base(&p, span - lo).unwrap_or(0).wrapping_sub(lo);
+                    p.functions.iter().map(|f| bias.wrapping_add(f.replacement_vaddr)).collect()
+                }
+                // Where the target's dynamic linker will put the module is known only after
+                // loading: plan for the far case (the 14-byte jump), which needs the most room.
+                LoadMethod::Dlopen => p.functions.iter().map(|_| 0x7f00_0000_0000).collect(),
+            };
+            let plans = self.entry_plans(&p, &replacements)?;
             for (f, plan) in p.functions.iter().zip(&plans) {
                 lines.push(CheckLine { check: format!("entry {}", f.target), ok: true, detail: plan.describe() });
             }
@@ -574,38 +589,13 @@ impl<'e> Session<'e> {
         for l in &lines {
             obs.progress(None, &format!("ok  {}: {}", l.check, l.detail));
         }
-        let (lo, hi) = p.module.span();
-        let size = hi - lo;
         let had_registry = registry::locate(&self.target.maps).is_some();
-
-        // Stage 1: load.
-        let base_hint = self.choose_base(&p, size).ok_or_else(|| {
-            Error::precondition(format!("process {}: no free address range of {size} bytes", self.target.pid))
-        })?;
-        let plan = format!(
-            "map {} ({} bytes, {} segments) into process {} near {} at {:#x}",
-            m.module.path.display(),
-            size,
-            p.module.segments.len(),
-            self.target.pid,
-            p.object.mapped_path,
-            base_hint
-        );
-        if !obs.confirm(Stage::Load, &plan) {
-            return Err(cancelled(Stage::Load, &[]));
-        }
-        let t0 = Instant::now();
-        let base = self.reserve(base_hint, size).map_err(|e| e.context(Stage::Load))?;
-        let bias = base.wrapping_sub(lo);
-        self.target.refresh_maps()?;
-        reg.next_seq += 1;
-        reg.patches.retain(|r| r.patch != m.patch);
         let record = PatchRecord {
             patch: m.patch.clone(),
             version: m.version.clone(),
             description: m.description.clone(),
             state: State::Loaded,
-            seq: reg.next_seq,
+            seq: reg.next_seq + 1,
             requires: m.requires.clone(),
             manifest: m.source.display().to_string(),
             manifest_digest: m.digest.clone(),
@@ -613,8 +603,8 @@ impl<'e> Session<'e> {
             module_sha256: m.module.sha256.clone(),
             target_object: p.object.mapped_path.clone(),
             build_id: m.target.build_id.clone(),
-            module_base: base,
-            module_size: size,
+            module_base: 0,
+            module_size: 0,
             functions: Vec::new(),
             applied_at: now_secs(),
             trial_deadline: None,
@@ -628,12 +618,16 @@ impl<'e> Session<'e> {
             consistency: m.safety.consistency,
             health_check: m.trial.health_check.clone(),
             health: None,
+            load: m.module.load,
+            handle: 0,
+            trampoline: 0,
+            trampoline_size: 0,
         };
-        reg.patches.push(record);
         let undo = |s: &mut Session, reg: &mut Registry, e: Error, done: &[Stage]| -> Error {
-            let undone = s.undo_apply(reg, &m.patch, base, size, had_registry);
+            let undone = s.undo_apply(reg, &m.patch, had_registry);
             let mut e = e;
             match undone {
+                Ok(()) if done.is_empty() => {}
                 Ok(()) => {
                     e.message.push_str(&format!(
                         "\n  undone: {} (the process is as it was)",
@@ -644,74 +638,21 @@ impl<'e> Session<'e> {
             }
             e
         };
-        if let Err(e) = self.write_registry(&reg) {
-            return Err(undo(self, &mut reg, e, &[Stage::Load]));
-        }
-        if let Err(e) = self.map_segments(&p, base) {
-            return Err(undo(self, &mut reg, e.context(Stage::Load), &[Stage::Load]));
-        }
-        self.target.refresh_maps()?;
-        self.timings.push(("load", t0.elapsed()));
-        obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
-
-        // Stage 2: link.
-        let plan = format!(
-            "apply {} relocations of {} ({} symbols resolved; shared data: {})",
-            p.module.relocs.len(),
-            m.module.path.display(),
-            p.symbols.len(),
-            if p.dropped.is_empty() { "none".to_string() } else { p.dropped.join(", ") }
-        );
-        if !obs.confirm(Stage::Link, &plan) {
-            return Err(undo(self, &mut reg, cancelled(Stage::Link, &[Stage::Load]), &[Stage::Load]));
-        }
-        let t0 = Instant::now();
-        if let Err(e) = self.stage_link(&p, bias) {
-            return Err(undo(self, &mut reg, e.context(Stage::Link), &[Stage::Load]));
-        }
-        set_state(&mut reg, &m.patch, State::Linked);
-        if let Err(e) = self.write_registry(&reg) {
-            return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link]));
-        }
-        self.timings.push(("link", t0.elapsed()));
-        obs.progress(Some(Stage::Link), "relocations applied");
-
-        // Stage 3: init.
-        let inits = self.init_functions(&p, bias)?;
-        let plan = if inits.is_empty() {
-            "the module has no init functions: nothing runs".to_string()
-        } else {
-            format!(
-                "run {} init function(s) of the module inside process {} on one borrowed thread",
-                inits.len(),
-                self.target.pid
-            )
+        let replacements = match m.module.load {
+            LoadMethod::Mmap => self.load_link_init(&p, &mut reg, record, obs, &undo)?,
+            LoadMethod::Dlopen => self.load_with_dlopen(&p, &mut reg, record, obs, &undo)?,
         };
-        if !obs.confirm(Stage::Init, &plan) {
-            return Err(undo(
-                self,
-                &mut reg,
-                cancelled(Stage::Init, &[Stage::Load, Stage::Link]),
-                &[Stage::Load, Stage::Link],
-            ));
-        }
-        let t0 = Instant::now();
-        if let Err(e) = self.stage_init(&inits) {
-            return Err(undo(self, &mut reg, e.context(Stage::Init), &[Stage::Load, Stage::Link, Stage::Init]));
-        }
-        set_state(&mut reg, &m.patch, State::Initialized);
-        if let Err(e) = self.write_registry(&reg) {
-            return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
-        }
-        self.timings.push(("init", t0.elapsed()));
-        obs.progress(Some(Stage::Init), &format!("{} init function(s) ran", inits.len()));
+        const DONE: [Stage; 3] = [Stage::Load, Stage::Link, Stage::Init];
+        // Replacements out of `jmp rel32` reach go through stubs in a page near the target.
+        let targets = match self.trampolines(&p, &replacements, &mut reg) {
+            Ok(t) => t,
+            Err(e) => return Err(undo(self, &mut reg, e.context(Stage::Activate), &DONE)),
+        };
 
         // Stage 4: activate.
-        let plans = match self.entry_plans(&p, bias) {
+        let plans = match self.entry_plans(&p, &targets) {
             Ok(pl) => pl,
-            Err(e) => {
-                return Err(undo(self, &mut reg, e.context(Stage::Activate), &[Stage::Load, Stage::Link, Stage::Init]))
-            }
+            Err(e) => return Err(undo(self, &mut reg, e.context(Stage::Activate), &DONE)),
         };
         let plan = p
             .functions
@@ -722,8 +663,7 @@ impl<'e> Session<'e> {
             .join("; ");
         let plan = format!("stop every thread, check none is inside the bytes to overwrite, write: {plan}");
         if !obs.confirm(Stage::Activate, &plan) {
-            let done = [Stage::Load, Stage::Link, Stage::Init];
-            return Err(undo(self, &mut reg, cancelled(Stage::Activate, &done), &done));
+            return Err(undo(self, &mut reg, cancelled(Stage::Activate), &DONE));
         }
         if let Some(r) = reg.get_mut(&m.patch) {
             r.state = State::Activating;
@@ -731,12 +671,14 @@ impl<'e> Session<'e> {
                 .functions
                 .iter()
                 .zip(&plans)
-                .map(|(f, pl)| FunctionRecord {
+                .zip(replacements.iter().zip(&targets))
+                .map(|((f, pl), (&to, &via))| FunctionRecord {
                     target: f.target.clone(),
                     replacement: f.replacement.clone(),
                     address: f.address,
-                    replacement_address: bias.wrapping_add(f.replacement_vaddr),
+                    replacement_address: to,
                     replacement_size: f.replacement_size,
+                    via: if via == to { 0 } else { via },
                     jump: pl.jump,
                     patch_address: pl.patch_address,
                     original: hex::encode(&pl.original),
@@ -745,7 +687,7 @@ impl<'e> Session<'e> {
                 .collect();
         }
         if let Err(e) = self.write_registry(&reg) {
-            return Err(undo(self, &mut reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
+            return Err(undo(self, &mut reg, e, &DONE));
         }
         let sw = Switch {
             names: p.functions.iter().map(|f| f.target.clone()).collect(),
@@ -764,10 +706,7 @@ impl<'e> Session<'e> {
                 Some(Stage::Activate),
                 &format!("{} function(s) switched in one stop (attempt {attempts})", plans.len()),
             ),
-            Err(e) => {
-                let done = [Stage::Load, Stage::Link, Stage::Init];
-                return Err(undo(self, &mut reg, e.context(Stage::Activate), &done));
-            }
+            Err(e) => return Err(undo(self, &mut reg, e.context(Stage::Activate), &DONE)),
         }
         let deadline = now_secs() + m.trial.duration.as_secs();
         if let Some(r) = reg.get_mut(&m.patch) {
@@ -778,16 +717,312 @@ impl<'e> Session<'e> {
         reg.get(&m.patch).cloned().ok_or_else(|| Error::other(format!("the registry lost the record of `{}`", m.patch)))
     }
 
-    /// Removes every trace of a failed apply: unmaps the module, drops the record, and removes
-    /// the registry mapping if this apply created it.
-    fn undo_apply(&mut self, reg: &mut Registry, id: &str, base: u64, size: u64, had_registry: bool) -> Result<()> {
+    /// Where each entry jumps: the replacement itself when a `jmp rel32` reaches it (always, for
+    /// the `mmap` method, which places the module near), else a 14-byte `jmp [rip+0]` stub in a
+    /// page mapped near the target object (read and execute only; written through
+    /// /proc/PID/mem), recorded so that rollback unmaps it.
+    fn trampolines(&mut self, p: &Prepared, replacements: &[u64], reg: &mut Registry) -> Result<Vec<u64>> {
+        let far: Vec<usize> = p
+            .functions
+            .iter()
+            .zip(replacements)
+            .enumerate()
+            .filter(|(_, (f, &to))| i32::try_from(to.wrapping_sub(f.address + 5) as i64).is_err())
+            .map(|(i, _)| i)
+            .collect();
+        if far.is_empty() {
+            return Ok(replacements.to_vec());
+        }
+        let size = page_ceil(16 * far.len() as u64);
+        let hint = self.choose_base(p, size).ok_or_else(|| {
+            Error::precondition(format!(
+                "process {}: no free page within reach of the target for jump stubs",
+                self.target.pid
+            ))
+        })?;
+        let page = {
+            let mut h = self.hijack()?;
+            let r = h.syscall(
+                nr::MMAP,
+                &[hint, size, 5, mmap::MAP_PRIVATE | mmap::MAP_ANONYMOUS | mmap::MAP_FIXED_NOREPLACE, u64::MAX, 0],
+            )?;
+            h.release()?;
+            if r < 0 {
+                return Err(registry::syscall_error("mapping the jump stubs (mmap)", r));
+            }
+            r as u64
+        };
+        if let Some(rec) = reg.get_mut(&p.manifest.patch) {
+            rec.trampoline = page;
+            rec.trampoline_size = size;
+        }
+        self.write_registry(reg)?;
+        let mut targets = replacements.to_vec();
+        for (k, &i) in far.iter().enumerate() {
+            let stub = page + 16 * k as u64;
+            let mut code = vec![0xff, 0x25, 0, 0, 0, 0];
+            code.extend_from_slice(&replacements[i].to_le_bytes());
+            self.target.mem.write(stub, &code)?;
+            targets[i] = stub;
+        }
+        self.target.refresh_maps()?;
+        Ok(targets)
+    }
+
+    /// Stages 1 to 3 of the `mmap` method, each confirmed and recorded. Returns the run-time
+    /// address of each replacement.
+    fn load_link_init(
+        &mut self,
+        p: &Prepared,
+        reg: &mut Registry,
+        mut record: PatchRecord,
+        obs: &mut dyn Observer,
+        undo: &Undo<'_>,
+    ) -> Result<Vec<u64>> {
+        let m = &p.manifest;
+        let (lo, hi) = p.module.span();
+        let size = hi - lo;
+
+        // Stage 1: load.
+        let base_hint = self.choose_base(p, size).ok_or_else(|| {
+            Error::precondition(format!("process {}: no free address range of {size} bytes", self.target.pid))
+        })?;
+        let plan = format!(
+            "map {} ({} bytes, {} segments) into process {} near {} at {:#x}",
+            m.module.path.display(),
+            size,
+            p.module.segments.len(),
+            self.target.pid,
+            p.object.mapped_path,
+            base_hint
+        );
+        if !obs.confirm(Stage::Load, &plan) {
+            return Err(cancelled(Stage::Load));
+        }
+        let t0 = Instant::now();
+        let base = self.reserve(base_hint, size).map_err(|e| e.context(Stage::Load))?;
+        let bias = base.wrapping_sub(lo);
+        self.target.refresh_maps()?;
+        record.module_base = base;
+        record.module_size = size;
+        reg.next_seq = record.seq;
+        retire(reg, &m.patch);
+        reg.patches.push(record);
+        if let Err(e) = self.write_registry(reg) {
+            return Err(undo(self, reg, e, &[Stage::Load]));
+        }
+        if let Err(e) = self.map_segments(p, base) {
+            return Err(undo(self, reg, e.context(Stage::Load), &[Stage::Load]));
+        }
+        self.target.refresh_maps()?;
+        self.timings.push(("load", t0.elapsed()));
+        obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
+
+        // Stage 2: link.
+        let plan = format!(
+            "apply {} relocations of {} ({} symbols resolved; shared data: {})",
+            p.module.relocs.len(),
+            m.module.path.display(),
+            p.symbols.len(),
+            if p.dropped.is_empty() { "none".to_string() } else { p.dropped.join(", ") }
+        );
+        if !obs.confirm(Stage::Link, &plan) {
+            return Err(undo(self, reg, cancelled(Stage::Link), &[Stage::Load]));
+        }
+        let t0 = Instant::now();
+        if let Err(e) = self.stage_link(p, bias) {
+            return Err(undo(self, reg, e.context(Stage::Link), &[Stage::Load]));
+        }
+        set_state(reg, &m.patch, State::Linked);
+        if let Err(e) = self.write_registry(reg) {
+            return Err(undo(self, reg, e, &[Stage::Load, Stage::Link]));
+        }
+        self.timings.push(("link", t0.elapsed()));
+        obs.progress(Some(Stage::Link), "relocations applied");
+
+        // Stage 3: init.
+        let inits = self.init_functions(p, bias)?;
+        let plan = if inits.is_empty() {
+            "the module has no init functions: nothing runs".to_string()
+        } else {
+            format!(
+                "run {} init function(s) of the module inside process {} on one borrowed thread",
+                inits.len(),
+                self.target.pid
+            )
+        };
+        if !obs.confirm(Stage::Init, &plan) {
+            return Err(undo(self, reg, cancelled(Stage::Init), &[Stage::Load, Stage::Link]));
+        }
+        let t0 = Instant::now();
+        if let Err(e) = self.stage_init(&inits) {
+            return Err(undo(self, reg, e.context(Stage::Init), &[Stage::Load, Stage::Link, Stage::Init]));
+        }
+        set_state(reg, &m.patch, State::Initialized);
+        if let Err(e) = self.write_registry(reg) {
+            return Err(undo(self, reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
+        }
+        self.timings.push(("init", t0.elapsed()));
+        obs.progress(Some(Stage::Init), &format!("{} init function(s) ran", inits.len()));
+        Ok(p.functions.iter().map(|f| bias.wrapping_add(f.replacement_vaddr)).collect())
+    }
+
+    /// Stages 1 to 3 of the `dlopen` method: one call of the target's own `dlopen`, so that its
+    /// dynamic linker maps, links (TLS, ifuncs, symbol versions) and initialises the module and
+    /// registers its exception tables; the replacements are then looked up with `dlsym`.
+    fn load_with_dlopen(
+        &mut self,
+        p: &Prepared,
+        reg: &mut Registry,
+        mut record: PatchRecord,
+        obs: &mut dyn Observer,
+        undo: &Undo<'_>,
+    ) -> Result<Vec<u64>> {
+        let m = &p.manifest;
+        let plan = format!(
+            "call dlopen(\"{}\", RTLD_NOW) inside process {} on one borrowed thread: its dynamic linker loads, \
+             links and initialises the module (stages 1 to 3 in one call)",
+            m.module.path.display(),
+            self.target.pid
+        );
+        if !obs.confirm(Stage::Load, &plan) {
+            return Err(cancelled(Stage::Load));
+        }
+        let t0 = Instant::now();
+        let names: Vec<&str> = p.functions.iter().map(|f| f.replacement.as_str()).collect();
+        let (handle, addrs) = match self.dlopen(&m.module.path, &names) {
+            Ok(x) => x,
+            // Nothing of the module stayed; the registry this apply may have created goes too.
+            Err(e) => return Err(undo(self, reg, e.context(Stage::Load), &[])),
+        };
+        self.target.refresh_maps()?;
+        let loaded = self.target.find_object(&m.module.path);
+        record.handle = handle;
+        record.state = State::Initialized;
+        if let Ok(l) = &loaded {
+            record.module_base = l.lo;
+            record.module_size = l.hi - l.lo;
+        }
+        reg.next_seq = record.seq;
+        retire(reg, &m.patch);
+        reg.patches.push(record);
+        if let Err(e) = self.write_registry(reg) {
+            return Err(undo(self, reg, e, &[Stage::Load, Stage::Link, Stage::Init]));
+        }
+        self.timings.push(("load", t0.elapsed()));
+        let at = loaded.map(|l| format!(" at {:#x}", l.lo)).unwrap_or_default();
+        obs.progress(Some(Stage::Load), &format!("module loaded by the target's dlopen{at}"));
+        obs.progress(Some(Stage::Link), "linked by the target's dynamic linker");
+        obs.progress(Some(Stage::Init), "initialised by the target's dynamic linker");
+        Ok(addrs)
+    }
+
+    /// Calls the target's `dlopen` on `path`, then `dlsym` for each name. Returns the handle
+    /// and the addresses; on failure, what `dlerror` said.
+    fn dlopen(&mut self, path: &std::path::Path, names: &[&str]) -> Result<(u64, Vec<u64>)> {
+        let objects = self.target.loaded_objects();
+        let find = |candidates: &[&str]| {
+            objects.iter().find_map(|o| {
+                candidates.iter().find_map(|n| {
+                    o.object
+                        .lookup_dynamic(n, None)
+                        .filter(|s| s.defined && s.kind == SymKind::Func)
+                        .map(|s| o.addr(s.value))
+                })
+            })
+        };
+        let missing = |what: &str| {
+            Error::precondition(format!("process {}: no `{what}` in its C library", self.target.pid))
+                .hint("use load: mmap")
+        };
+        let dlopen = find(&["dlopen", "__libc_dlopen_mode"]).ok_or_else(|| missing("dlopen"))?;
+        let dlsym = find(&["dlsym", "__libc_dlsym"]).ok_or_else(|| missing("dlsym"))?;
+        let dlclose = find(&["dlclose", "__libc_dlclose"]).ok_or_else(|| missing("dlclose"))?;
+        let dlerror = find(&["dlerror"]);
+        let need_registry = registry::locate(&self.target.maps).is_none();
+        let timeout = self.engine.init_timeout;
+        let pid = self.target.pid;
+        let mut h = self.hijack()?;
+        const SCRATCH: u64 = 8192;
+        let scratch =
+            h.syscall(nr::MMAP, &[0, SCRATCH, mmap::PROT_READ, mmap::MAP_PRIVATE | mmap::MAP_ANONYMOUS, u64::MAX, 0])?;
+        if scratch < 0 {
+            return Err(registry::syscall_error("mmap of a scratch page", scratch));
+        }
+        let scratch = scratch as u64;
+        let mem = pannus_kernel::Mem::open(pid)?;
+        let result = (|| -> Result<(u64, Vec<u64>)> {
+            if need_registry {
+                registry::create(&mut h, &mem, scratch)?;
+            }
+            let mut cpath = path.as_os_str().as_encoded_bytes().to_vec();
+            cpath.push(0);
+            if cpath.len() as u64 > SCRATCH {
+                return Err(Error::bad_input(format!("module path {} is too long", path.display())));
+            }
+            mem.write(scratch, &cpath)?;
+            const RTLD_NOW: u64 = 2;
+            let handle = h.call_for_address(dlopen, &[scratch, RTLD_NOW], timeout, "the target's dlopen")?;
+            let why = |h: &mut Hijack| -> String {
+                let Some(f) = dlerror else { return "no reason given".into() };
+                match h.call_for_address(f, &[], timeout, "dlerror") {
+                    Ok(0) | Err(_) => "no reason given".into(),
+                    Ok(text) => {
+                        let bytes = mem.read_partial(text, 512);
+                        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                        String::from_utf8_lossy(&bytes[..end]).into_owned()
+                    }
+                }
+            };
+            if handle == 0 {
+                return Err(Error::precondition(format!(
+                    "the target's dlopen refused {}: {}",
+                    path.display(),
+                    why(&mut h)
+                )));
+            }
+            let mut addrs = Vec::with_capacity(names.len());
+            for n in names {
+                let mut cname = n.as_bytes().to_vec();
+                cname.push(0);
+                mem.write(scratch, &cname)?;
+                let a = h.call_for_address(dlsym, &[handle, scratch], timeout, "the target's dlsym")?;
+                if a == 0 {
+                    let reason = why(&mut h);
+                    let _ = h.call(dlclose, &[handle], timeout, "the target's dlclose");
+                    return Err(Error::precondition(format!(
+                        "the target's dlsym does not find `{n}` in {}: {reason}",
+                        path.display()
+                    )));
+                }
+                addrs.push(a);
+            }
+            Ok((handle, addrs))
+        })();
+        let _ = h.syscall(nr::MUNMAP, &[scratch, SCRATCH]);
+        h.release()?;
+        result
+    }
+
+    /// Removes every trace of a failed apply: unloads the module (munmap, or the target's
+    /// dlclose), drops the record, and removes the registry mapping if this apply created it.
+    fn undo_apply(&mut self, reg: &mut Registry, id: &str, had_registry: bool) -> Result<()> {
         self.target.refresh_maps()?;
         let reg_loc = registry::locate(&self.target.maps);
+        let rec = reg.get(id).cloned();
+        if let Some(rec) = rec.as_ref().filter(|r| r.load == LoadMethod::Dlopen && r.handle != 0) {
+            self.dlclose(rec.handle)?;
+        }
         {
             let mut h = self.hijack()?;
-            let r = h.syscall(nr::MUNMAP, &[base, size])?;
-            if r < 0 {
-                return Err(registry::syscall_error("munmap", r));
+            if let Some(rec) = rec.as_ref().filter(|r| r.load == LoadMethod::Mmap && r.module_size > 0) {
+                let r = h.syscall(nr::MUNMAP, &[rec.module_base, rec.module_size])?;
+                if r < 0 {
+                    return Err(registry::syscall_error("munmap", r));
+                }
+            }
+            if let Some(rec) = rec.as_ref().filter(|r| r.trampoline != 0) {
+                let _ = h.syscall(nr::MUNMAP, &[rec.trampoline, rec.trampoline_size]);
             }
             if !had_registry {
                 if let Some(loc) = reg_loc {
@@ -801,6 +1036,26 @@ impl<'e> Session<'e> {
         if had_registry {
             self.write_registry(reg)?;
         }
+        Ok(())
+    }
+
+    /// The target's dlclose on `handle`.
+    fn dlclose(&mut self, handle: u64) -> Result<()> {
+        let objects = self.target.loaded_objects();
+        let f = objects
+            .iter()
+            .find_map(|o| {
+                ["dlclose", "__libc_dlclose"]
+                    .iter()
+                    .find_map(|n| o.object.lookup_dynamic(n, None).map(|s| o.addr(s.value)))
+            })
+            .ok_or_else(|| {
+                Error::precondition(format!("process {}: no `dlclose` in its C library", self.target.pid))
+            })?;
+        let timeout = self.engine.init_timeout;
+        let mut h = self.hijack()?;
+        h.call(f, &[handle], timeout, "the target's dlclose")?;
+        h.release()?;
         Ok(())
     }
 
@@ -1336,14 +1591,22 @@ impl<'e> Session<'e> {
     /// to it any more) and a later rollback tries again.
     fn unload(&mut self, reg: &mut Registry, id: &str, obs: &mut dyn Observer) -> Result<()> {
         let Some(rec) = reg.get(id).cloned() else { return Ok(()) };
-        let interval = Duration::from_millis(rec.retry_interval_ms);
-        match self.wait_module_idle(rec.module_base, rec.module_size, rec.retries, interval) {
+        match self.wait_module_idle(&rec) {
             Ok(()) => {
+                if rec.load == LoadMethod::Dlopen {
+                    self.dlclose(rec.handle)?;
+                }
                 let mut h = self.hijack()?;
-                let r = h.syscall(nr::MUNMAP, &[rec.module_base, rec.module_size])?;
+                let mut result = 0;
+                if rec.load == LoadMethod::Mmap {
+                    result = h.syscall(nr::MUNMAP, &[rec.module_base, rec.module_size])?;
+                }
+                if rec.trampoline != 0 {
+                    let _ = h.syscall(nr::MUNMAP, &[rec.trampoline, rec.trampoline_size]);
+                }
                 h.release()?;
-                if r < 0 {
-                    return Err(registry::syscall_error("munmap of the module", r));
+                if result < 0 {
+                    return Err(registry::syscall_error("munmap of the module", result));
                 }
                 self.target.refresh_maps()?;
                 if let Some(r) = reg.get_mut(id) {
@@ -1362,24 +1625,36 @@ impl<'e> Session<'e> {
     }
 
     /// Waits until no thread executes in `[base, base+size)` or has a return address into it.
-    fn wait_module_idle(&mut self, base: u64, size: u64, retries: u32, interval: Duration) -> Result<()> {
-        let exec: Vec<(u64, u64)> = self
+    fn wait_module_idle(&mut self, rec: &PatchRecord) -> Result<()> {
+        let (base, size) = (rec.module_base, rec.module_size);
+        let (retries, interval) = (rec.retries, Duration::from_millis(rec.retry_interval_ms));
+        let mut exec: Vec<(u64, u64)> = self
             .target
             .maps
             .iter()
             .filter(|m| m.exec && m.start >= base && m.end <= base + size)
             .map(|m| (m.start, m.end))
             .collect();
+        if rec.trampoline != 0 {
+            exec.push((rec.trampoline, rec.trampoline + rec.trampoline_size));
+        }
         let inside = |a: u64| exec.iter().any(|&(s, e)| a >= s && a < e);
+        // A thread seen outside the module with no return address into it cannot come back:
+        // nothing jumps there any more. Threads are cleared one by one across attempts, so a busy
+        // process need not have every thread clear in one and the same stop.
+        let mut clear: std::collections::HashSet<i32> = std::collections::HashSet::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let world = World::stop(self.target.pid)?;
             let mut busy = None;
             for t in world.threads() {
+                if clear.contains(&t.tid) {
+                    continue;
+                }
                 if inside(t.regs.rip) {
                     busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.regs.rip));
-                    break;
+                    continue;
                 }
                 let stack = self.target.mem.read_partial(t.regs.rsp, STACK_SCAN);
                 if let Some(v) = stack
@@ -1388,8 +1663,9 @@ impl<'e> Session<'e> {
                     .find(|&v| inside(v))
                 {
                     busy = Some(format!("thread {} has a return address into the module ({v:#x})", t.tid));
-                    break;
+                    continue;
                 }
+                clear.insert(t.tid);
             }
             world.resume()?;
             match busy {
@@ -1433,6 +1709,9 @@ impl<'e> Session<'e> {
     }
 }
 
+/// Undoes the stages of a failed apply and says so in the error.
+type Undo<'a> = dyn Fn(&mut Session, &mut Registry, Error, &[Stage]) -> Error + 'a;
+
 /// One switch of code bytes, checked and written in a single stop of every thread.
 struct Switch {
     /// The function of each plan, for messages.
@@ -1468,14 +1747,26 @@ fn thread_alive(pid: i32, tid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Makes room for a new record of patch `id`: an old rolled-back record is dropped, unless its
+/// module is still mapped (a thread was inside it at rollback), in which case it is kept under
+/// `id@seq` so that a later rollback can still unload it.
+fn retire(reg: &mut Registry, id: &str) {
+    if let Some(old) = reg.get_mut(id) {
+        if old.module_mapped {
+            old.patch = format!("{id}@{}", old.seq);
+            return;
+        }
+    }
+    reg.patches.retain(|r| r.patch != id);
+}
+
 fn set_state(reg: &mut Registry, id: &str, state: State) {
     if let Some(r) = reg.get_mut(id) {
         r.state = state;
     }
 }
 
-fn cancelled(stage: Stage, done: &[Stage]) -> Error {
-    let _ = done;
+fn cancelled(stage: Stage) -> Error {
     Error::new(Kind::Other, format!("cancelled before {stage}"))
 }
 

@@ -93,6 +93,9 @@ pub struct FunctionRecord {
     /// Size of the replacement function (0 when unknown).
     #[serde(default)]
     pub replacement_size: u64,
+    /// The jump stub the entry jumps to, when the replacement is out of reach (0: none).
+    #[serde(default)]
+    pub via: u64,
     pub jump: JumpKind,
     /// Where the bytes are written (the entry, or the pad before it).
     pub patch_address: u64,
@@ -151,6 +154,18 @@ pub struct PatchRecord {
     /// What the health check found so far.
     #[serde(default)]
     pub health: Option<Health>,
+    /// How the module was loaded.
+    #[serde(default)]
+    pub load: crate::manifest::LoadMethod,
+    /// The target's dlopen handle (load: dlopen).
+    #[serde(default)]
+    pub handle: u64,
+    /// A page of jump stubs near the target object (when the module lies out of `jmp rel32`
+    /// reach), unmapped with the module.
+    #[serde(default)]
+    pub trampoline: u64,
+    #[serde(default)]
+    pub trampoline_size: u64,
 }
 
 /// The results of a patch's health check during its trial.

@@ -226,10 +226,11 @@ impl<'m> Hijack<'m> {
             .map(|_| ())
     }
 
-    /// Calls a function that returns an address (an ifunc resolver) and returns it. The function
-    /// returns into a `syscall; ret`, where pannus reads the value as the system call number,
-    /// then into a `ret` and the restorer: with pannus gone, that "system call" fails with
-    /// ENOSYS (an address is no system call number) and the thread is restored all the same.
+    /// Calls a function that returns an address or null (an ifunc resolver, dlopen, dlsym) and
+    /// returns it. The function returns into a `syscall; ret`, where pannus reads the value as
+    /// the system call number and skips the call, then into a `ret` and the restorer: with
+    /// pannus gone, an address is no system call number (ENOSYS) and the thread is restored all
+    /// the same.
     pub fn call_for_address(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
         let uc = self.frame.uc;
         let mut bytes = Vec::with_capacity(16);
@@ -240,7 +241,7 @@ impl<'m> Hijack<'m> {
         let r = self.regs_for(func, uc - 24, args);
         thread::setregs(self.tid, r)?;
         let gadget_end = self.gadgets.syscall_ret + 2;
-        let regs = self.run_until(timeout, what, |r| r.rip == gadget_end && r.rsp == uc - 16 && r.orig_rax > 4095)?;
+        let regs = self.run_until(timeout, what, |r| r.rip == gadget_end && r.rsp == uc - 16)?;
         Ok(regs.orig_rax)
     }
 

@@ -5,7 +5,7 @@
 
 use crate::elf::{Object, SymKind};
 use crate::error::{Error, Kind, Result};
-use crate::manifest::{valid_patch_id, LoadMethod, Manifest, OnExpiry, DEFAULT_TRIAL, MAX_PATCH_ID_LEN};
+use crate::manifest::{valid_patch_id, Manifest, OnExpiry, DEFAULT_TRIAL, MAX_PATCH_ID_LEN};
 use clap::{Args, CommandFactory, Subcommand};
 use serde_json::json;
 use std::io::Write;
@@ -423,12 +423,6 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
     };
     let n = m.functions.len();
     ok("manifest", format!("patch `{}` {} ({n} function{})", m.patch, m.version, if n == 1 { "" } else { "s" }));
-    if m.module.load == LoadMethod::Dlopen {
-        problems.push(
-            Error::bad_input(format!("{}: module.load: dlopen is not supported by this pannus", path.display()))
-                .hint("use load: mmap"),
-        );
-    }
 
     // The module.
     let mpath = &m.module.path;

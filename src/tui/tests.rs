@@ -38,6 +38,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
             address: 0x5555_5555_1000 + seq * 0x40,
             replacement_address: 0x5555_0000_1100 + seq * 0x10000,
             replacement_size: 0x20,
+            via: 0,
             jump: JumpKind::Rel32,
             patch_address: 0x5555_5555_1000 + seq * 0x40,
             original: "5548".into(),
@@ -55,6 +56,10 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         consistency: Default::default(),
         health_check: None,
         health: None,
+        load: Default::default(),
+        handle: 0,
+        trampoline: 0,
+        trampoline_size: 0,
     }
 }
 

@@ -35,6 +35,12 @@ pub fn built() -> &'static Path {
         gcc(&["-O2", "-g", "-pthread", "-DWITH_SECCOMP=319", "-o", &o("target_seccomp_memfd"), &s("target.c")]);
         gcc(&["-O2", "-g", "-pthread", "-DWITH_SECCOMP=41", "-o", &o("target_seccomp_socket"), &s("target.c")]);
         gcc(&["-O2", "-g", "-pthread", "-DWITH_MDWE", "-o", &o("target_mdwe"), &s("target.c")]);
+        let gxx = |args: &[&str]| {
+            let out = Command::new("g++").args(args).output().expect("g++ runs");
+            assert!(out.status.success(), "g++ {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        };
+        gxx(&["-O2", "-g", "-o", &o("cpp_target"), &s("cpp_target.cpp")]);
+        gxx(&["-O2", "-shared", "-fPIC", "-o", &o("patch_cpp.so"), &s("patch_cpp.cpp")]);
         let rpath = format!("-Wl,-rpath,{}", dir.display());
         let libdir = format!("-L{}", dir.display());
         gcc(&[
