@@ -228,3 +228,66 @@ fn signals_to_the_borrowed_thread_are_neither_lost_nor_reordered() {
     assert_eq!(r[1], r[0], "every signal sent was received (sent, received, out of order): {r:?}");
     assert_eq!(r[2], 0, "none out of order: {r:?}");
 }
+
+#[test]
+fn threads_created_and_exiting_during_attach_and_a_thread_inside_a_signal_handler() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("T"), "started"); // threads born and dying all the time
+    assert_eq!(t.ask("H"), "started"); // a thread living inside a signal handler
+    let m = state.manifest("churn-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let before: Vec<i64> = t.ask("k").split(' ').map(|x| x.parse().unwrap()).collect();
+    for _ in 0..10 {
+        state.apply(&m, t.pid).ok();
+        state.rollback(t.pid, None).ok();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let after: Vec<i64> = t.ask("k").split(' ').map(|x| x.parse().unwrap()).collect();
+    assert!(after[0] > before[0], "threads kept being created: {before:?} -> {after:?}");
+    assert!(after[1] > before[1], "the thread in the handler kept running: {before:?} -> {after:?}");
+    let r: Vec<i64> = t.ask("r").split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(r[3], 0, "no short-lived thread saw a wrong answer: {r:?}");
+}
+
+#[test]
+fn a_second_pannus_waits_or_is_refused_and_a_killed_ones_lock_is_stale() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("lock-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    // Another pannus holds the process.
+    let held = pannus::lock::ProcessLock::acquire(state.path(), t.pid, Duration::ZERO).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .env("PANNUS_LOCK_WAIT", "200ms")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("another pannus") && err.contains(&format!("process {}", t.pid)), "{err}");
+    assert_eq!(t.ask("c 5"), "6");
+    drop(held);
+    // A pannus killed while holding the lock (here: in the middle of a 3-second init function,
+    // which the thread then finishes on its own) leaves no lock behind.
+    let hang = state.manifest("hang-fix", "target_pie", "patch_init_slow.so", &[("compute", "compute_slow")], "");
+    let mut stuck = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["apply", &hang.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--init-timeout", "60s"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stuck.kill().unwrap();
+    stuck.wait().unwrap();
+    let start = Instant::now();
+    state.apply(&m, t.pid).ok();
+    assert!(start.elapsed() < Duration::from_secs(5), "the dead pannus's lock did not hold us up");
+    assert_eq!(t.ask("c 5"), "500");
+    // The killed one's half-applied patch is visible and can be undone.
+    let st = state.status(t.pid);
+    assert!(st["patches"].as_array().unwrap().iter().any(|p| p["patch"] == "hang-fix"), "{st}");
+    state.rollback(t.pid, Some("lock-fix")).ok();
+    state.rollback(t.pid, Some("hang-fix")).ok();
+    assert_eq!(t.ask("c 5"), "6");
+}
