@@ -622,6 +622,7 @@ impl<'e> Session<'e> {
             handle: 0,
             trampoline: 0,
             trampoline_size: 0,
+            eh_frame: 0,
         };
         let undo = |s: &mut Session, reg: &mut Registry, e: Error, done: &[Stage]| -> Error {
             let undone = s.undo_apply(reg, &m.patch, had_registry);
@@ -842,6 +843,7 @@ impl<'e> Session<'e> {
 
         // Stage 3: init.
         let inits = self.init_functions(p, bias)?;
+        let eh_frame = self.frame_registration(p, bias);
         let plan = if inits.is_empty() {
             "the module has no init functions: nothing runs".to_string()
         } else {
@@ -855,7 +857,16 @@ impl<'e> Session<'e> {
             return Err(undo(self, reg, cancelled(Stage::Init), &[Stage::Load, Stage::Link]));
         }
         let t0 = Instant::now();
-        if let Err(e) = self.stage_init(&inits) {
+        if let Some((_, table)) = eh_frame {
+            // Recorded before registering, so that whoever unloads the module deregisters it.
+            if let Some(r) = reg.get_mut(&m.patch) {
+                r.eh_frame = table;
+            }
+            if let Err(e) = self.write_registry(reg) {
+                return Err(undo(self, reg, e, &[Stage::Load, Stage::Link]));
+            }
+        }
+        if let Err(e) = self.stage_init(&inits, eh_frame) {
             return Err(undo(self, reg, e.context(Stage::Init), &[Stage::Load, Stage::Link, Stage::Init]));
         }
         set_state(reg, &m.patch, State::Initialized);
@@ -1012,6 +1023,9 @@ impl<'e> Session<'e> {
         let rec = reg.get(id).cloned();
         if let Some(rec) = rec.as_ref().filter(|r| r.load == LoadMethod::Dlopen && r.handle != 0) {
             self.dlclose(rec.handle)?;
+        }
+        if let Some(rec) = rec.as_ref().filter(|r| r.eh_frame != 0) {
+            self.deregister_frames(rec.eh_frame)?;
         }
         {
             let mut h = self.hijack()?;
@@ -1278,6 +1292,30 @@ impl<'e> Session<'e> {
         Ok(())
     }
 
+    /// `__register_frame` in the target and where the module's `.eh_frame` is, when both exist.
+    fn frame_registration(&mut self, p: &Prepared, bias: u64) -> Option<(u64, u64)> {
+        let (range, _) = p.module.section(".eh_frame")?;
+        let f = self.unwinder_function("__register_frame")?;
+        Some((f, bias.wrapping_add(range.start)))
+    }
+
+    /// A function of libgcc's unwinder in the target (libgcc_s), if it has one loaded.
+    fn unwinder_function(&mut self, name: &str) -> Option<u64> {
+        self.target.loaded_objects().iter().find_map(|o| {
+            o.object.lookup_dynamic(name, None).filter(|s| s.defined && s.kind == SymKind::Func).map(|s| o.addr(s.value))
+        })
+    }
+
+    /// Takes the module's exception tables back from the target's unwinder before unmapping.
+    fn deregister_frames(&mut self, table: u64) -> Result<()> {
+        let Some(f) = self.unwinder_function("__deregister_frame") else { return Ok(()) };
+        let timeout = self.engine.init_timeout;
+        let mut h = self.hijack()?;
+        h.call(f, &[table], timeout, "__deregister_frame for the module's exception tables")?;
+        h.release()
+            .map_err(Error::from)
+    }
+
     fn init_functions(&self, p: &Prepared, bias: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         if let Some(init) = p.module.init {
@@ -1294,12 +1332,19 @@ impl<'e> Session<'e> {
         Ok(out)
     }
 
-    fn stage_init(&mut self, inits: &[u64]) -> Result<()> {
-        if inits.is_empty() {
+    /// Stage 3 of the `mmap` method: registers the module's exception tables with the
+    /// target's unwinder (`__register_frame`, when the target has libgcc's unwinder loaded, as
+    /// C++ programs do), so that C++ exceptions thrown by replacements unwind through the
+    /// target, then runs the module's init functions.
+    fn stage_init(&mut self, inits: &[u64], eh_frame: Option<(u64, u64)>) -> Result<()> {
+        if inits.is_empty() && eh_frame.is_none() {
             return Ok(());
         }
         let timeout = self.engine.init_timeout;
         let mut h = self.hijack()?;
+        if let Some((register, table)) = eh_frame {
+            h.call(register, &[table], timeout, "__register_frame for the module's exception tables")?;
+        }
         for (k, &f) in inits.iter().enumerate() {
             h.call(f, &[0, 0, 0], timeout, &format!("init function #{} at {f:#x}", k + 1))?;
         }
@@ -1595,6 +1640,9 @@ impl<'e> Session<'e> {
             Ok(()) => {
                 if rec.load == LoadMethod::Dlopen {
                     self.dlclose(rec.handle)?;
+                }
+                if rec.eh_frame != 0 {
+                    self.deregister_frames(rec.eh_frame)?;
                 }
                 let mut h = self.hijack()?;
                 let mut result = 0;

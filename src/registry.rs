@@ -166,6 +166,10 @@ pub struct PatchRecord {
     pub trampoline: u64,
     #[serde(default)]
     pub trampoline_size: u64,
+    /// The module's `.eh_frame` as registered with the target's unwinder (load: mmap), taken
+    /// back before unmapping.
+    #[serde(default)]
+    pub eh_frame: u64,
 }
 
 /// The results of a patch's health check during its trial.

@@ -113,3 +113,19 @@ fn dlopen_failure_is_reported_with_the_dynamic_linkers_reason() {
     // The registry this apply created is gone again.
     assert_eq!(t.maps(), maps);
 }
+
+#[test]
+fn mmap_method_registers_the_modules_exception_tables() {
+    // The target has libgcc's unwinder (a C++ program): pannus registers the module's .eh_frame
+    // with __register_frame, so exceptions thrown by a replacement loaded with `load: mmap`
+    // unwind into the target's catch too; rollback deregisters them before unmapping.
+    let state = State::new();
+    let mut t = Proc::start("cpp_target");
+    let m = state.manifest("cpp-mmap", "cpp_target", "patch_cpp.so", &[("_Z5parsei", "_Z8parse_v2i")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 5"), "15");
+    assert_eq!(t.ask("c 200"), "out_of_range: too big");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c -1"), "exception: negative", "the target's own exceptions still unwind after deregistration");
+    assert_eq!(t.ask("c 200"), "400");
+}

@@ -60,6 +60,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         handle: 0,
         trampoline: 0,
         trampoline_size: 0,
+        eh_frame: 0,
     }
 }
 
