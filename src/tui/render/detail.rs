@@ -133,12 +133,21 @@ fn functions(f: &mut Frame, area: Rect, p: Option<&PatchRecord>, focused: bool, 
                 Span::styled(fr.replacement.clone(), theme.title()),
                 Span::raw(format!(" {:#x}", fr.replacement_address)),
             ]));
+            let via = if fr.via != 0 { format!(", via a stub at {:#x}", fr.via) } else { String::new() };
             lines.push(Line::styled(
-                format!("  {} at {:#x}, {} bytes saved", fr.jump.as_str(), fr.patch_address, fr.original.len() / 2),
+                format!(
+                    "  {} at {:#x}, {} bytes saved{via}",
+                    fr.jump.as_str(),
+                    fr.patch_address,
+                    fr.original.len() / 2
+                ),
                 theme.dim(),
             ));
         }
-        lines.push(Line::styled(format!("module {} at {:#x}", p.module, p.module_base), theme.dim()));
+        lines.push(Line::styled(
+            format!("module {} at {:#x} (load: {})", p.module, p.module_base, p.load.as_str()),
+            theme.dim(),
+        ));
         if let Some(n) = &p.note {
             lines.push(Line::styled(n.clone(), theme.dim()));
         }
