@@ -55,6 +55,22 @@ pub struct Symbol {
     pub default_version: bool,
 }
 
+impl Symbol {
+    fn from_elf(name: String, s: &sym::Sym, version: Option<String>, default_version: bool) -> Symbol {
+        Symbol {
+            name,
+            value: s.st_value,
+            size: s.st_size,
+            kind: sym_kind(s.st_type()),
+            global: s.st_bind() != sym::STB_LOCAL,
+            weak: s.st_bind() == sym::STB_WEAK,
+            defined: s.st_shndx != 0,
+            version,
+            default_version,
+        }
+    }
+}
+
 /// A dynamic relocation (`.rela.dyn` or `.rela.plt`).
 #[derive(Debug, Clone)]
 pub struct Reloc {
@@ -200,17 +216,7 @@ impl Object {
                 Some(v) if v.version() > 1 => (ver_names.get(&v.version()).cloned(), !v.is_hidden()),
                 _ => (None, true),
             };
-            dynsyms.push(Symbol {
-                name,
-                value: s.st_value,
-                size: s.st_size,
-                kind: sym_kind(s.st_type()),
-                global: s.st_bind() != sym::STB_LOCAL,
-                weak: s.st_bind() == sym::STB_WEAK,
-                defined: s.st_shndx != 0,
-                version,
-                default_version,
-            });
+            dynsyms.push(Symbol::from_elf(name, &s, version, default_version));
         }
         let mut symtab = Vec::with_capacity(elf.syms.len());
         for s in elf.syms.iter() {
@@ -218,17 +224,7 @@ impl Object {
             if name.is_empty() || s.st_type() == sym::STT_SECTION || s.st_type() == sym::STT_FILE {
                 continue;
             }
-            symtab.push(Symbol {
-                name: name.to_string(),
-                value: s.st_value,
-                size: s.st_size,
-                kind: sym_kind(s.st_type()),
-                global: s.st_bind() != sym::STB_LOCAL,
-                weak: s.st_bind() == sym::STB_WEAK,
-                defined: s.st_shndx != 0,
-                version: None,
-                default_version: true,
-            });
+            symtab.push(Symbol::from_elf(name.to_string(), &s, None, true));
         }
 
         let mut relocs = Vec::new();
