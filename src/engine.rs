@@ -1302,7 +1302,10 @@ impl<'e> Session<'e> {
     /// A function of libgcc's unwinder in the target (libgcc_s), if it has one loaded.
     fn unwinder_function(&mut self, name: &str) -> Option<u64> {
         self.target.loaded_objects().iter().find_map(|o| {
-            o.object.lookup_dynamic(name, None).filter(|s| s.defined && s.kind == SymKind::Func).map(|s| o.addr(s.value))
+            o.object
+                .lookup_dynamic(name, None)
+                .filter(|s| s.defined && s.kind == SymKind::Func)
+                .map(|s| o.addr(s.value))
         })
     }
 
@@ -1312,8 +1315,7 @@ impl<'e> Session<'e> {
         let timeout = self.engine.init_timeout;
         let mut h = self.hijack()?;
         h.call(f, &[table], timeout, "__deregister_frame for the module's exception tables")?;
-        h.release()
-            .map_err(Error::from)
+        h.release().map_err(Error::from)
     }
 
     fn init_functions(&self, p: &Prepared, bias: u64) -> Result<Vec<u64>> {
@@ -2042,21 +2044,13 @@ pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
         if pid == me {
             continue;
         }
-        let Ok(maps) = maps::read(pid) else { continue };
-        let loc = registry::locate(&maps);
-        if loc.is_none() && !all {
+        let patches = registry::read_process(pid);
+        if patches.is_none() && !all {
             continue;
         }
+        let patches = patches.unwrap_or_default();
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
-        let patches = match loc {
-            Some(loc) => pannus_kernel::Mem::open(pid)
-                .ok()
-                .and_then(|mem| registry::read(&mem, loc).ok())
-                .map(|r| r.patches)
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
         if !all && !patches.iter().any(|p| p.state.is_applied()) {
             continue;
         }

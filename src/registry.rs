@@ -260,6 +260,19 @@ pub fn read_from(mem: &Mem, maps: &[Mapping]) -> Result<Registry> {
     }
 }
 
+/// The patches recorded in process `pid`, read without stopping it; `None` when it has no
+/// registry (decided from the raw text of `/proc/PID/maps`, so that scanning every process of
+/// a machine stays cheap).
+pub fn read_process(pid: i32) -> Option<Vec<PatchRecord>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    if !text.contains(MAPPING_NAME) {
+        return None;
+    }
+    let maps = pannus_kernel::maps::read(pid).ok()?;
+    let mem = Mem::open(pid).ok()?;
+    read(&mem, locate(&maps)?).ok().map(|r| r.patches)
+}
+
 /// Writes `reg` into the inactive slot, then makes it the active one.
 pub fn write(mem: &Mem, loc: Location, reg: &Registry) -> Result<()> {
     let payload = serde_json::to_vec(reg).map_err(|e| Error::other(format!("registry encoding: {e}")))?;

@@ -121,18 +121,10 @@ pub fn collect(users: &mut HashMap<u32, String>) -> Snapshot {
                     .unwrap_or_else(|| uid.to_string())
             })
             .clone();
-        let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let patches =
-            if maps_text.contains(registry::MAPPING_NAME) { read_patches(pid).unwrap_or_default() } else { Vec::new() };
+        let patches = registry::read_process(pid).unwrap_or_default();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
         rows.push(ProcRow { pid, name, user, threads, exe, patches });
     }
     rows.sort_by_key(|r| r.pid);
     Snapshot { rows }
-}
-
-fn read_patches(pid: i32) -> Option<Vec<PatchRecord>> {
-    let maps = pannus_kernel::maps::read(pid).ok()?;
-    let mem = pannus_kernel::Mem::open(pid).ok()?;
-    registry::read_from(&mem, &maps).ok().map(|r| r.patches)
 }
