@@ -291,3 +291,18 @@ fn a_second_pannus_waits_or_is_refused_and_a_killed_ones_lock_is_stale() {
     state.rollback(t.pid, Some("hang-fix")).ok();
     assert_eq!(t.ask("c 5"), "6");
 }
+
+#[test]
+fn a_futex_wait_is_neither_cut_short_nor_interrupted() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("futex-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    t.send("f 1500"); // pthread_cond_timedwait: a futex wait with a deadline
+    std::thread::sleep(Duration::from_millis(100));
+    state.apply(&m, t.pid).ok();
+    state.rollback(t.pid, None).ok();
+    let answer = t.line();
+    let parts: Vec<i64> = answer.split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(parts[0], 110, "the wait ended by its timeout (ETIMEDOUT), nothing else: {answer}");
+    assert!(parts[1] >= 1490, "not cut short: {answer}");
+}

@@ -232,3 +232,24 @@ fn a_process_under_a_debugger_is_refused_naming_it() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(t.alive());
 }
+
+#[test]
+fn missing_ptrace_permission_is_explained_up_front() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    // The same command as an unprivileged user (nobody), where the tool to switch exists.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_pannus")])
+        .args(["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .output();
+    let Ok(out) = out else { return };
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("setpriv:") {
+        return; // setpriv itself could not switch users here
+    }
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("not permitted") && err.contains("CAP_SYS_PTRACE"), "{err}");
+    assert_eq!(t.ask("c 5"), "6");
+}
