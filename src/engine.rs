@@ -1706,7 +1706,7 @@ impl<'e> Session<'e> {
                     busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.regs.rip));
                     continue;
                 }
-                let stack = self.target.mem.read_partial(t.regs.rsp, STACK_SCAN);
+                let stack = self.target.mem.read_partial(t.regs.rsp, UNLOAD_SCAN);
                 if let Some(v) = stack
                     .chunks_exact(8)
                     .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
@@ -1787,8 +1787,16 @@ mod mmap {
     pub const AT_FDCWD: i64 = -100;
 }
 
-/// How many bytes of each thread's stack are scanned for return addresses and signal frames.
-const STACK_SCAN: usize = 64 << 10;
+/// How many bytes of each thread's stack, from its stack pointer up, are scanned for return
+/// addresses and signal frames while the threads are stopped. The bytes to overwrite hold no
+/// call, so only a signal frame can hold an address inside them, and signal frames sit at the
+/// young end of the stack; 16 KiB keeps the copy per thread at four pages.
+const STACK_SCAN: usize = 16 << 10;
+
+/// How many bytes of each thread's stack are scanned for return addresses into a module before
+/// it is unmapped: real return addresses can sit deep, and a miss would let a thread return into
+/// unmapped memory, so this scan is wide.
+const UNLOAD_SCAN: usize = 512 << 10;
 
 fn thread_alive(pid: i32, tid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))

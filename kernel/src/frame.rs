@@ -56,9 +56,10 @@ const EINTR: i64 = 4;
 
 /// When the thread was stopped in a system call that a stop ends with `EINTR` and no signal is
 /// waiting to be handled, rewinds it to issue the call again: the program sees neither `EINTR`
-/// nor an early return (a wait may last longer than asked). Returns whether it changed `r`.
-pub fn hide_stop_eintr(r: &mut user_regs_struct, signal_waiting: bool) -> bool {
-    if signal_waiting || (r.orig_rax as i64) < 0 || r.rax as i64 != -EINTR || !EINTR_ON_STOP.contains(&r.orig_rax) {
+/// nor an early return (a wait may last longer than asked). `signal_waiting` is asked only for
+/// such a thread (it reads /proc). Returns whether it changed `r`.
+pub fn hide_stop_eintr(r: &mut user_regs_struct, signal_waiting: impl FnOnce() -> bool) -> bool {
+    if (r.orig_rax as i64) < 0 || r.rax as i64 != -EINTR || !EINTR_ON_STOP.contains(&r.orig_rax) || signal_waiting() {
         return false;
     }
     r.rax = r.orig_rax;

@@ -106,7 +106,7 @@ impl<'m> Hijack<'m> {
     fn capture(&mut self) -> Result<()> {
         let pid = self.mem.pid();
         self.saved = thread::getregs(self.tid)?;
-        frame::hide_stop_eintr(&mut self.saved, thread::signal_waiting(pid, self.tid));
+        frame::hide_stop_eintr(&mut self.saved, || thread::signal_waiting(pid, self.tid));
         self.xstate = thread::xstate(self.tid)?;
         let blocked = thread::blocked_signals(pid, self.tid);
         let (f, image) = frame::build(&self.saved, &self.xstate, blocked, self.gadgets.restorer)?;

@@ -61,7 +61,7 @@ impl World {
                 // Registered before reading registers so that it is resumed on any error.
                 world.threads.push(StoppedThread { tid, regs: crate::hijack::zero_regs(), pending });
                 let mut regs = thread::getregs(tid)?;
-                if crate::frame::hide_stop_eintr(&mut regs, pending != 0 || thread::signal_waiting(pid, tid)) {
+                if crate::frame::hide_stop_eintr(&mut regs, || pending != 0 || thread::signal_waiting(pid, tid)) {
                     thread::setregs(tid, regs)?;
                 }
                 if let Some(t) = world.threads.last_mut() {
