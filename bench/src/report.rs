@@ -1,0 +1,599 @@
+//! BENCHMARKS.md.
+
+use crate::util::{fmt_stat, fmt_us, stat, Stat};
+use crate::{Opts, Results, StopRow, FLEET, FUNCS, PS_PATCHED, PS_PROCS, STACK};
+use std::fmt::Write as _;
+
+struct Goal {
+    what: String,
+    figure: String,
+    met: bool,
+}
+
+fn machine() -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let first_line = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let commit = first_line("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    vec![
+        ("CPU".into(), model),
+        ("nproc".into(), nproc.to_string()),
+        ("memory".into(), mem),
+        ("kernel".into(), kernel),
+        ("gcc".into(), first_line("gcc", &["--version"])),
+        ("pannus commit".into(), format!("{commit} (plus any uncommitted changes in the work tree)")),
+    ]
+}
+
+fn ratio(a: Stat, b: Stat) -> f64 {
+    a.med / b.med
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}×")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn yes(met: bool) -> &'static str {
+    if met {
+        "**met**"
+    } else {
+        "**missed**"
+    }
+}
+
+fn ns_stat(v: &[f64]) -> String {
+    let s = stat(v);
+    if s.n == 0 {
+        return "n/a".into();
+    }
+    format!("{:.2} ({:.2}–{:.2})", s.med, s.min, s.max)
+}
+
+fn stop_row<'a>(res: &'a Results, n: usize, mode: &str) -> Option<&'a StopRow> {
+    res.stops.iter().find(|r| r.workers == n && r.mode == mode)
+}
+
+/// Paired differences `a[i] - b[i]` of two columns of the call samples.
+fn diffs(samples: &[[f64; 4]], a: usize, b: usize) -> Vec<f64> {
+    samples.iter().map(|s| s[a] - s[b]).collect()
+}
+
+fn goals(res: &Results) -> Vec<Goal> {
+    let mut g = Vec::new();
+    // Stop against the limit, every thread count and mode.
+    let mut worst = (0.0f64, String::new());
+    let mut worst_self = (0.0f64, String::new());
+    for r in &res.stops {
+        let lim = stat(&r.limit_gap);
+        for (what, v) in [("apply", &r.apply_gap), ("rollback", &r.rb_gap)] {
+            let q = ratio(stat(v), lim);
+            if q.is_nan() || q > worst.0 {
+                worst = (q, format!("{} {} workers, {}", r.workers, r.mode, what));
+            }
+        }
+        let q = ratio(stat(&r.apply_stopped), stat(&r.limit_self));
+        if q.is_nan() || q > worst_self.0 {
+            worst_self = (q, format!("{} {} workers", r.workers, r.mode));
+        }
+    }
+    g.push(Goal {
+        what: "stop seen by the target ≤ 1.5× the bare limit, every thread count".into(),
+        figure: format!("worst median ratio {} ({})", fmt_ratio(worst.0), worst.1),
+        met: worst.0 <= 1.5,
+    });
+    g.push(Goal {
+        what: "stop window as each tool measures it ≤ 1.5× the limit's (apply)".into(),
+        figure: format!("worst median ratio {} ({})", fmt_ratio(worst_self.0), worst_self.1),
+        met: worst_self.0 <= 1.5,
+    });
+    if let Some(r) = stop_row(res, 8, "spin") {
+        let stopped = stat(&r.apply_stopped);
+        let gap = stat(&r.apply_gap);
+        let base = stat(&r.apply_base);
+        g.push(Goal {
+            what: "8 busy threads: stop ≤ 1 ms median (pannus's own stop window)".into(),
+            figure: format!("{} apply, {} rollback", fmt_us(stopped.med), fmt_us(stat(&r.rb_stopped).med)),
+            met: stopped.med <= 1000.0 && stat(&r.rb_stopped).med <= 1000.0,
+        });
+        g.push(Goal {
+            what: "8 busy threads: largest gap seen by the target during apply ≤ 1 ms median".into(),
+            figure: format!(
+                "{} (baseline without patching over the same window: {}; bare limit: {})",
+                fmt_us(gap.med),
+                fmt_us(base.med),
+                fmt_us(stat(&r.limit_gap).med)
+            ),
+            met: gap.med <= 1000.0,
+        });
+    }
+    if let Some(s) = res.stages.iter().find(|s| s.functions == 1) {
+        let w = stat(&s.apply_wall);
+        g.push(Goal {
+            what: "apply of a 1-function patch to a 1-thread target ≤ 10 ms wall".into(),
+            figure: fmt_us(w.med),
+            met: w.med <= 10_000.0,
+        });
+    }
+    if let Some(s) = res.stages.iter().find(|s| s.functions == FUNCS) {
+        let w = stat(&s.apply_wall);
+        g.push(Goal {
+            what: format!("apply of a {FUNCS}-function patch ≤ 50 ms wall"),
+            figure: fmt_us(w.med),
+            met: w.med <= 50_000.0,
+        });
+    }
+    let d = stat(&diffs(&res.call.after, 1, 0));
+    g.push(Goal {
+        what: "patched call (pannus, jmp rel32) ≤ 1 ns over a direct call".into(),
+        figure: format!("{:+.2} ns ({})", d.med, res.call.jump),
+        met: d.n > 0 && d.med <= 1.0,
+    });
+    let ps = stat(&res.ps.ps);
+    g.push(Goal {
+        what: format!("`pannus ps` over {PS_PROCS} processes ≤ 100 ms"),
+        figure: format!("{} (`ps --all`: {})", fmt_us(ps.med), fmt_us(stat(&res.ps.ps_all).med)),
+        met: ps.n > 0 && ps.med <= 100_000.0,
+    });
+    g
+}
+
+pub fn render(res: &Results, opts: &Opts) -> String {
+    let mut o = String::new();
+    let w = &mut o;
+    let _ = writeln!(w, "# Benchmarks: pannus against the physical limit\n");
+    let _ = writeln!(
+        w,
+        "Written by `cargo run --release -p pannus-bench{}` on {}, in {:.0} s. Do not edit by hand: \
+         run the command again. The C programs are in [`bench/c/`](bench/c/); the generated ones \
+         (the {FUNCS}-function target and its modules, the sleeper) are written by \
+         [`bench/src/main.rs`](bench/src/main.rs). Every figure is the median, with the minimum and \
+         maximum in parentheses, over the number of runs given.\n",
+        if opts.quick { " -- --quick" } else { "" },
+        res.started,
+        res.elapsed.as_secs_f64()
+    );
+    if opts.quick {
+        let _ = writeln!(w, "**Quick run**: few repetitions; the figures are indicative only.\n");
+    }
+    let _ = writeln!(w, "## Machine\n\n| | |\n|---|---|");
+    for (k, v) in machine() {
+        let _ = writeln!(w, "| {k} | {v} |");
+    }
+    let _ = writeln!(w, "| load average (1, 5, 15 min) at start | {} |", res.load_start);
+    let _ = writeln!(w, "| load average at end | {} |", res.load_end);
+    if !res.load_note.is_empty() {
+        let _ = writeln!(w, "| load wait | {} |", res.load_note);
+    }
+    let _ = writeln!(
+        w,
+        "\nThe machine is shared: other work may run during the measurement, so each table gives the \
+         load average when its measurement started. pannus is the release build, run as a separate \
+         process exactly as an operator runs it (`--yes --json`, `PANNUS_STATE_DIR` a temporary folder). \
+         The load average also counts the benchmark's own busy workers (section 1 runs last for that \
+         reason, in increasing thread counts): a figure taken right after the 64- or 256-thread `spin` \
+         target says little about other work.\n"
+    );
+
+    // Goals.
+    let _ = writeln!(w, "## Goals\n\n| goal | measured | |\n|---|---|---|");
+    for g in goals(res) {
+        let _ = writeln!(w, "| {} | {} | {} |", g.what, g.figure, yes(g.met));
+    }
+    let _ = writeln!(w);
+    reference(w, res);
+
+    stops(w, res);
+    stop_stages(w, res);
+    stages(w, res);
+    call(w, res);
+    scale(w, res);
+    let rs = stat(&res.restart.walls);
+    let _ = writeln!(w, "## 5. Restart instead of patching\n");
+    let _ = writeln!(
+        w,
+        "Killing the 1-worker target (`SIGKILL`), starting it again and waiting until it answers a \
+         command: {} over {} runs (load {}). That is the service's outage for a restart with no \
+         state to rebuild and nothing to warm up; a real service adds its own start-up time. \
+         Compare the target-visible stop of `pannus apply` on the same target in section 1.\n",
+        fmt_stat(rs),
+        rs.n,
+        res.restart.load
+    );
+    failures(w, res);
+    o
+}
+
+fn reference(w: &mut String, res: &Results) {
+    let _ = writeln!(w, "### Against the reference patcher\n");
+    let _ = writeln!(w, "| case | reference patcher | pannus |\n|---|---|---|");
+    if let Some(s) = res.stages.iter().find(|s| s.functions == 1) {
+        let _ = writeln!(w, "| patch a 1-thread target (wall) | 12 ms | {} |", fmt_us(stat(&s.apply_wall).med));
+        let _ = writeln!(
+            w,
+            "| … of which threads stopped | ~8 ms | {} |",
+            fmt_us(stat(s.apply.get("stopped").map(Vec::as_slice).unwrap_or(&[])).med)
+        );
+    }
+    if let Some(r) = stop_row(res, 8, "spin") {
+        let _ = writeln!(w, "| patch with 8 busy threads (wall) | ~125 ms | {} |", fmt_us(stat(&r.apply_wall).med));
+        let _ = writeln!(
+            w,
+            "| … of which threads stopped | ~100 ms | {} (largest gap seen by a worker: {}) |",
+            fmt_us(stat(&r.apply_stopped).med),
+            fmt_us(stat(&r.apply_gap).med)
+        );
+        let tried = r.rb_wall.len() + r.failures.iter().filter(|f| f.starts_with("rollback:")).count();
+        let _ = writeln!(
+            w,
+            "| unpatch with 8 busy threads | could not | {} of {} rollbacks succeeded, {} wall, threads stopped {} |",
+            r.rb_wall.len(),
+            tried,
+            fmt_us(stat(&r.rb_wall).med),
+            fmt_us(stat(&r.rb_stopped).med)
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn stops(w: &mut String, res: &Results) {
+    let _ = writeln!(w, "## 1. Target-visible stop\n");
+    let _ = writeln!(
+        w,
+        "**Method.** [`worker_target.c`](bench/c/worker_target.c) runs N worker threads. In `spin` mode \
+         each calls `work()` (the patched function) in a tight loop; in `sleep` mode it calls it and \
+         sleeps 100 µs. Each worker records the largest gap between two consecutive iterations of its \
+         loop (`CLOCK_MONOTONIC`); `reset` zeroes the maxima, and `report` waits until every worker has \
+         gone round once more and prints the largest gap over all workers. For each run, on the same \
+         target process:\n\n\
+         - **limit**: `reset`, then [`limit.c`](bench/c/limit.c), the bare minimum of a patch: at \
+         `SCHED_FIFO` (as pannus runs its stop window), `PTRACE_SEIZE` + `PTRACE_INTERRUPT` every thread \
+         of `/proc/PID/task` (all interrupted before any is waited for), `waitpid` each, `pwrite` 5 bytes \
+         at `work` through `/proc/PID/mem` (the function's own bytes, so the write costs what a jump \
+         costs and changes nothing), `PTRACE_DETACH` all; then `report`.\n\
+         - **apply**: `reset`, `pannus apply` (CLI, release build), `report`.\n\
+         - **baseline**: `reset`, sleep as long as that apply took, `report`: the gaps the target has \
+         anyway over such a window (time slicing, timer slack).\n\
+         - **rollback**: `reset`, `pannus rollback`, `report` (a second baseline follows it too).\n\n\
+         Ratios are of medians. The gap is what a worker can see: it includes the stop and, with more \
+         busy threads than the {} CPUs, the waits for a CPU that time slicing imposes anyway (the \
+         baseline column). Rollback stops the threads twice (restoring the bytes, then checking no \
+         thread is inside the module before unmapping it); the gap is the larger of the two. The gap can \
+         also exceed the stop window: outside it, pannus's own work (pre-flight, the borrowed main \
+         thread's remote system calls, which take the process's memory-map lock) competes with the \
+         workers for the same CPUs.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let _ = writeln!(
+        w,
+        "**Largest gap seen by any worker** (µs/ms):\n\n\
+         | workers | mode | runs | load at start | baseline (no patching) | bare limit | pannus apply | pannus rollback | apply / limit | rollback / limit |\n\
+         |---:|---|---:|---|---|---|---|---|---:|---:|"
+    );
+    for r in &res.stops {
+        let lim = stat(&r.limit_gap);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.workers,
+            r.mode,
+            r.runs,
+            r.load,
+            fmt_stat(stat(&r.apply_base)),
+            fmt_stat(lim),
+            fmt_stat(stat(&r.apply_gap)),
+            fmt_stat(stat(&r.rb_gap)),
+            fmt_ratio(ratio(stat(&r.apply_gap), lim)),
+            fmt_ratio(ratio(stat(&r.rb_gap), lim)),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\n**Stop window as each tool measures it**, from its first `PTRACE_SEIZE` to its last detach \
+         (pannus: `timings_us.stopped`, the one stop that writes the bytes; for rollback the second \
+         stop, the module-idle check, is not in it), and the wall time of the whole pannus process:\n\n\
+         | workers | mode | bare limit | pannus apply | apply / limit | pannus rollback | apply wall | rollback wall |\n\
+         |---:|---|---|---|---:|---|---|---|"
+    );
+    for r in &res.stops {
+        let lim = stat(&r.limit_self);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.workers,
+            r.mode,
+            fmt_stat(lim),
+            fmt_stat(stat(&r.apply_stopped)),
+            fmt_ratio(ratio(stat(&r.apply_stopped), lim)),
+            fmt_stat(stat(&r.rb_stopped)),
+            fmt_stat(stat(&r.apply_wall)),
+            fmt_stat(stat(&r.rb_wall)),
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn stop_stages(w: &mut String, res: &Results) {
+    let _ = writeln!(
+        w,
+        "**Where the wall time goes**, pannus's own `timings_us` (medians) for the same runs; \
+         *outside* is the wall time around the process minus the sum of the stages (process start-up, \
+         opening the process, lock, journal, starting the trial watcher):\n\n\
+         | workers | mode | preflight | load | link | init | activate | outside | apply wall | restore | unload | rollback wall |\n\
+         |---:|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in &res.stops {
+        let m = |map: &std::collections::BTreeMap<String, Vec<f64>>, k: &str| {
+            stat(map.get(k).map(Vec::as_slice).unwrap_or(&[])).med
+        };
+        let sum: f64 = ["preflight", "load", "link", "init", "activate"]
+            .iter()
+            .map(|k| m(&r.apply_stages, k))
+            .filter(|v| v.is_finite())
+            .sum();
+        let wall = stat(&r.apply_wall).med;
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.workers,
+            r.mode,
+            fmt_us(m(&r.apply_stages, "preflight")),
+            fmt_us(m(&r.apply_stages, "load")),
+            fmt_us(m(&r.apply_stages, "link")),
+            fmt_us(m(&r.apply_stages, "init")),
+            fmt_us(m(&r.apply_stages, "activate")),
+            fmt_us(wall - sum),
+            fmt_us(wall),
+            fmt_us(m(&r.rb_stages, "restore")),
+            fmt_us(m(&r.rb_stages, "unload")),
+            fmt_us(stat(&r.rb_wall).med),
+        );
+    }
+    let _ = writeln!(w);
+}
+
+const APPLY_STAGES: [&str; 6] = ["preflight", "load", "link", "init", "activate", "stopped"];
+const ROLLBACK_STAGES: [&str; 3] = ["restore", "stopped", "unload"];
+
+fn stages(w: &mut String, res: &Results) {
+    let _ = writeln!(w, "## 2. Apply and rollback, stage by stage\n");
+    let _ = writeln!(
+        w,
+        "**Method.** A generated single-threaded target with {FUNCS} patchable functions `f1`..`f{FUNCS}` \
+         (it answers commands on stdin), a module replacing `f1` only and one replacing all {FUNCS} \
+         (`fN_v2`), their manifests written by `pannus manifest new`. Each run applies the patch, checks \
+         the target now computes the patched result, and rolls it back. The stages are pannus's own \
+         `timings_us` from `--json`; `stopped` is inside `activate` (and `restore`). The wall time is \
+         measured around the pannus process, so it also has process start-up, reading and checking the \
+         manifest and module, locking, the journal and starting the trial watcher.\n"
+    );
+    let head: Vec<String> =
+        res.stages.iter().map(|s| format!("{} ({} runs, load {})", s.label, s.apply_wall.len(), s.load)).collect();
+    let _ = writeln!(w, "**apply**\n\n| stage | {} |\n|---|{}", head.join(" | "), "---|".repeat(head.len()));
+    for st in APPLY_STAGES {
+        let cells: Vec<String> =
+            res.stages.iter().map(|s| fmt_stat(stat(s.apply.get(st).map(Vec::as_slice).unwrap_or(&[])))).collect();
+        let name = if st == "stopped" { "… stopped (inside activate)".to_string() } else { st.to_string() };
+        let _ = writeln!(w, "| {name} | {} |", cells.join(" | "));
+    }
+    let cells: Vec<String> = res
+        .stages
+        .iter()
+        .map(|s| {
+            let sum: f64 = ["preflight", "load", "link", "init", "activate"]
+                .iter()
+                .map(|k| stat(s.apply.get(*k).map(Vec::as_slice).unwrap_or(&[])).med)
+                .filter(|v| v.is_finite())
+                .sum();
+            fmt_us(sum)
+        })
+        .collect();
+    let _ = writeln!(w, "| sum of the stage medians | {} |", cells.join(" | "));
+    let cells: Vec<String> = res.stages.iter().map(|s| fmt_stat(stat(&s.apply_wall))).collect();
+    let _ = writeln!(w, "| **wall, whole process** | {} |", cells.join(" | "));
+    let largest: Vec<String> = res
+        .stages
+        .iter()
+        .filter_map(|s| {
+            let (k, v) = ["preflight", "load", "link", "init", "activate"]
+                .iter()
+                .map(|k| (*k, stat(s.apply.get(*k).map(Vec::as_slice).unwrap_or(&[])).med))
+                .filter(|(_, v)| v.is_finite())
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            let wall = stat(&s.apply_wall).med;
+            Some(format!("`{k}` ({}, {:.0}% of the wall time)", fmt_us(v), 100.0 * v / wall))
+        })
+        .collect();
+    let _ = writeln!(w, "| largest stage | {} |", largest.join(" | "));
+    let cells: Vec<String> = res.stages.iter().map(|s| fmt_stat(stat(&s.version_wall))).collect();
+    let _ = writeln!(w, "| for comparison: `pannus --version` (process start-up) | {} |", cells.join(" | "));
+    let cells: Vec<String> = res.stages.iter().map(|s| fmt_stat(stat(&s.check_wall))).collect();
+    let _ = writeln!(
+        w,
+        "| for comparison: `pannus check --json` (open the process, lock, pre-flight; changes nothing) | {} |",
+        cells.join(" | ")
+    );
+
+    let _ = writeln!(w, "\n**rollback**\n\n| stage | {} |\n|---|{}", head.join(" | "), "---|".repeat(head.len()));
+    for st in ROLLBACK_STAGES {
+        let cells: Vec<String> =
+            res.stages.iter().map(|s| fmt_stat(stat(s.rollback.get(st).map(Vec::as_slice).unwrap_or(&[])))).collect();
+        let name = if st == "stopped" { "… stopped (inside restore)".to_string() } else { st.to_string() };
+        let _ = writeln!(w, "| {name} | {} |", cells.join(" | "));
+    }
+    let cells: Vec<String> = res.stages.iter().map(|s| fmt_stat(stat(&s.rb_wall))).collect();
+    let _ = writeln!(w, "| **wall, whole process** | {} |\n", cells.join(" | "));
+}
+
+fn call(w: &mut String, res: &Results) {
+    let c = &res.call;
+    let _ = writeln!(w, "## 3. Call overhead\n");
+    let _ = writeln!(
+        w,
+        "**Method.** [`call_overhead.c`](bench/c/call_overhead.c) times a loop of {} calls (`acc = f(acc)`, \
+         a direct `call rel32` from the loop) to each of five functions with the same body \
+         (`return x + v;` reading a file-local `volatile int`, RIP-relative), {} samples each, interleaved \
+         (load {}):\n\n\
+         - **direct**: a function that is never patched: the cost of the call when the fix is compiled in.\n\
+         - **unpatched**: `work()` before pannus patches it.\n\
+         - **pannus**: `work()` after `pannus apply` redirected it to `work_v2` in the module \
+         ([`work_patch.c`](bench/c/work_patch.c)) with the jump pannus chose: `{}`.\n\
+         - **self rel32 / self abs64**: pannus cannot be made to choose the 14-byte form when the module \
+         is within reach, so the program patches two of its own functions at start-up: one with a 5-byte \
+         `jmp rel32`, one with the 14-byte `jmp [rip+0]; .quad target` pannus uses when the module is \
+         farther than ±2 GiB, each to a function with the same body. It writes them through \
+         `/proc/self/mem`, as pannus writes through `/proc/PID/mem`: the code pages are never made \
+         writable. The self rel32 row checks the pannus row.\n\n\
+         The overhead is the median of the per-sample differences with the direct call in the same sample. \
+         A loop iteration also holds the loop's own work, so the absolute ns/call is an upper bound on a \
+         call's cost; the differences are what a patch adds.\n",
+        c.iters,
+        c.before.len(),
+        c.load,
+        c.jump
+    );
+    let _ = writeln!(w, "| function | ns per call | over direct (ns) |\n|---|---|---|");
+    let col = |s: &[[f64; 4]], i: usize| s.iter().map(|x| x[i]).collect::<Vec<f64>>();
+    let over = |s: &[[f64; 4]], i: usize| {
+        let d = stat(&diffs(s, i, 0));
+        if d.n == 0 {
+            "n/a".to_string()
+        } else {
+            format!("{:+.2} ({:+.2}–{:+.2})", d.med, d.min, d.max)
+        }
+    };
+    let all: Vec<[f64; 4]> = c.before.iter().chain(&c.after).copied().collect();
+    let _ = writeln!(w, "| direct | {} | 0 |", ns_stat(&col(&all, 0)));
+    let _ = writeln!(w, "| `work`, unpatched | {} | {} |", ns_stat(&col(&c.before, 1)), over(&c.before, 1));
+    let _ = writeln!(
+        w,
+        "| `work`, patched by pannus ({}) | {} | {} |",
+        c.jump,
+        ns_stat(&col(&c.after, 1)),
+        over(&c.after, 1)
+    );
+    let _ = writeln!(w, "| self-patched, `jmp rel32` (5 bytes) | {} | {} |", ns_stat(&col(&all, 2)), over(&all, 2));
+    let _ =
+        writeln!(w, "| self-patched, `jmp [rip+0]` (14 bytes) | {} | {} |\n", ns_stat(&col(&all, 3)), over(&all, 3));
+}
+
+fn scale(w: &mut String, res: &Results) {
+    let _ = writeln!(w, "## 4. Scale\n");
+    let _ = writeln!(
+        w,
+        "**{STACK} stacked patches.** On a fresh single-threaded {FUNCS}-function target, {STACK} patches are \
+         applied one after the other (each its own manifest and module), then rolled back one by one, \
+         newest first (`pannus rollback --pid P`). Two series: each patch replacing a different function, \
+         and every patch replacing the same function `f1` (each saving the previous jump as its original). \
+         The target's result is checked to be the original one at the end.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| series | runs | load at start | 1st apply | {STACK}th apply | {STACK}th apply: stopped | 1st rollback (of the {STACK}th patch) | last rollback | all {STACK} rollbacks, total |\n\
+         |---|---:|---|---|---|---|---|---|---|"
+    );
+    for s in &res.stacks {
+        let nth = |v: &[Vec<f64>], i: usize| v.iter().filter_map(|r| r.get(i).copied()).collect::<Vec<f64>>();
+        let last = |v: &[Vec<f64>]| v.iter().filter_map(|r| r.last().copied()).collect::<Vec<f64>>();
+        let complete = |v: &[Vec<f64>]| v.iter().filter(|r| r.len() == STACK).cloned().collect::<Vec<_>>();
+        let total: Vec<f64> = complete(&s.rb_walls).iter().map(|r| r.iter().sum()).collect();
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.label,
+            s.runs,
+            s.load,
+            fmt_stat(stat(&nth(&s.apply_walls, 0))),
+            fmt_stat(stat(&nth(&complete(&s.apply_walls), STACK - 1))),
+            fmt_stat(stat(&nth(&complete(&s.apply_stopped), STACK - 1))),
+            fmt_stat(stat(&nth(&s.rb_walls, 0))),
+            fmt_stat(stat(&last(&s.rb_walls))),
+            fmt_stat(stat(&total)),
+        );
+    }
+    let p = &res.ps;
+    let _ = writeln!(
+        w,
+        "\n**`pannus ps` with {PS_PROCS} extra processes.** {PS_PROCS} copies of a small C program sleeping in \
+         `sleep(3600)` are started, {PS_PATCHED} of them patched; then `pannus ps --json` (the processes with \
+         patches) and `pannus ps --all --json` run {} times each, wall time around the process. {} processes \
+         in `/proc` during the measurement, {} listed by `ps` as patched (load {}). All are killed afterwards.\n\n\
+         | command | wall |\n|---|---|\n| `pannus ps --json` | {} |\n| `pannus ps --all --json` | {} |\n",
+        p.ps.len(),
+        p.processes,
+        p.patched_found,
+        p.load,
+        fmt_stat(stat(&p.ps)),
+        fmt_stat(stat(&p.ps_all))
+    );
+    let f = &res.fleet;
+    let _ = writeln!(
+        w,
+        "**`apply --all` over {FLEET} processes.** {FLEET} processes of one sleeper binary; \
+         `pannus apply MANIFEST --all --yes --json`, then `pannus rollback --all PATCH --yes --json`, {} \
+         run(s) (load {}). Processes patched per run: {:?}; rolled back: {:?}.\n\n\
+         | command | wall | per process |\n|---|---|---|\n| `apply --all` | {} | {} |\n| `rollback --all` | {} | {} |\n",
+        f.apply.len(),
+        f.load,
+        f.patched,
+        f.rolled_back,
+        fmt_stat(stat(&f.apply)),
+        fmt_us(stat(&f.apply).med / FLEET as f64),
+        fmt_stat(stat(&f.rollback)),
+        fmt_us(stat(&f.rollback).med / FLEET as f64)
+    );
+}
+
+fn failures(w: &mut String, res: &Results) {
+    let mut all: Vec<String> = Vec::new();
+    for r in &res.stops {
+        all.extend(r.failures.iter().map(|f| format!("stop, {} {} workers: {f}", r.workers, r.mode)));
+    }
+    for s in &res.stages {
+        all.extend(s.failures.iter().map(|f| format!("stages, {}: {f}", s.label)));
+    }
+    all.extend(res.call.failures.iter().map(|f| format!("call overhead: {f}")));
+    for s in &res.stacks {
+        all.extend(s.failures.iter().map(|f| format!("{}: {f}", s.label)));
+    }
+    all.extend(res.ps.failures.iter().map(|f| format!("ps: {f}")));
+    all.extend(res.fleet.failures.iter().map(|f| format!("apply --all: {f}")));
+    let _ = writeln!(w, "## Failures\n");
+    if all.is_empty() {
+        let _ = writeln!(w, "None: every apply and rollback of the run succeeded.");
+    } else {
+        let _ = writeln!(w, "Runs that failed are left out of the figures above:\n");
+        for f in all {
+            let _ = writeln!(w, "- {}", f.replace('\n', " "));
+        }
+    }
+}
+
+/// A few lines for the terminal.
+pub fn summary(res: &Results) -> String {
+    let mut o = String::new();
+    for g in goals(res) {
+        let _ = writeln!(o, "{:<8} {} — {}", if g.met { "met" } else { "MISSED" }, g.what, g.figure);
+    }
+    o
+}
