@@ -128,15 +128,6 @@ impl<'m> Hijack<'m> {
         self.capture()
     }
 
-    pub fn tid(&self) -> i32 {
-        self.tid
-    }
-
-    /// The registers of the thread as it was stopped.
-    pub fn saved_regs(&self) -> &user_regs_struct {
-        &self.saved
-    }
-
     fn regs_for(&self, rip: u64, rsp: u64, args: &[u64]) -> user_regs_struct {
         let mut r = self.saved;
         r.rip = rip;
