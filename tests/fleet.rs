@@ -2,9 +2,8 @@
 //! processes, with a different binary running alongside that must stay untouched.
 
 mod common;
-use common::{Proc, Run, State};
+use common::{Proc, State};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,21 +13,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn pannus_env(state: &State, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_pannus"))
-        .args(args)
-        .env("PANNUS_STATE_DIR", state.path())
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("pannus runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 fn pids(v: &Value) -> Vec<i64> {
@@ -153,7 +137,7 @@ fn a_failure_rolls_back_the_processes_already_patched() {
     let wait = [("PANNUS_LOCK_WAIT", "0")];
 
     let args = ["apply", &m.to_string_lossy(), "--all", "--yes", "--json", "--rollback-on-failure"];
-    let r = pannus_env(&state, &args, &wait);
+    let r = state.pannus_env(&args, &wait);
     assert_eq!(r.code, 3, "busy: {r:?}");
     let v = r.json();
     assert_eq!(v["patched"], json!([procs[0].pid, procs[1].pid]), "{v}");
@@ -171,7 +155,7 @@ fn a_failure_rolls_back_the_processes_already_patched() {
 
     // Without --rollback-on-failure the others stay patched and the failure is reported.
     let args = ["apply", &m.to_string_lossy(), "--all", "--yes"];
-    let r = pannus_env(&state, &args, &wait);
+    let r = state.pannus_env(&args, &wait);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(r.stdout.contains("2 patched, 0 skipped, 1 failed"), "{}", r.stdout);
     assert!(r.stderr.contains(&format!("failed in 1 process: pids {last}")), "{}", r.stderr);

@@ -161,9 +161,14 @@ impl State {
         self.0.path()
     }
     pub fn pannus(&self, args: &[&str]) -> Run {
+        self.pannus_env(args, &[])
+    }
+    /// `pannus ARGS` with extra environment variables.
+    pub fn pannus_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_pannus"))
             .args(args)
             .env("PANNUS_STATE_DIR", self.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("pannus runs");
