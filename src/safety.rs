@@ -1,5 +1,5 @@
 //! Stage 4's safety rules for x86-64: what may be overwritten at a function's entry, and whether
-//! a stopped thread makes the switch unsafe right now.
+//! a stopped thread stands in the way of the switch right now.
 
 use crate::error::{Error, Result};
 use crate::registry::JumpKind;
