@@ -932,16 +932,7 @@ impl<'e> Session<'e> {
     /// and the addresses; on failure, what `dlerror` said.
     fn dlopen(&mut self, path: &std::path::Path, names: &[&str]) -> Result<(u64, Vec<u64>)> {
         let objects = self.target.loaded_objects();
-        let find = |candidates: &[&str]| {
-            objects.iter().find_map(|o| {
-                candidates.iter().find_map(|n| {
-                    o.object
-                        .lookup_dynamic(n, None)
-                        .filter(|s| s.defined && s.kind == SymKind::Func)
-                        .map(|s| o.addr(s.value))
-                })
-            })
-        };
+        let find = |candidates: &[&str]| exported_function(&objects, candidates);
         let missing = |what: &str| {
             Error::precondition(format!("process {}: no `{what}` in its C library", self.target.pid))
                 .hint("use load: mmap")
@@ -1055,17 +1046,9 @@ impl<'e> Session<'e> {
 
     /// The target's dlclose on `handle`.
     fn dlclose(&mut self, handle: u64) -> Result<()> {
-        let objects = self.target.loaded_objects();
-        let f = objects
-            .iter()
-            .find_map(|o| {
-                ["dlclose", "__libc_dlclose"]
-                    .iter()
-                    .find_map(|n| o.object.lookup_dynamic(n, None).map(|s| o.addr(s.value)))
-            })
-            .ok_or_else(|| {
-                Error::precondition(format!("process {}: no `dlclose` in its C library", self.target.pid))
-            })?;
+        let f = exported_function(&self.target.loaded_objects(), &["dlclose", "__libc_dlclose"]).ok_or_else(|| {
+            Error::precondition(format!("process {}: no `dlclose` in its C library", self.target.pid))
+        })?;
         let timeout = self.engine.init_timeout;
         let mut h = self.hijack()?;
         h.call(f, &[handle], timeout, "the target's dlclose")?;
@@ -1301,12 +1284,7 @@ impl<'e> Session<'e> {
 
     /// A function of libgcc's unwinder in the target (libgcc_s), if it has one loaded.
     fn unwinder_function(&mut self, name: &str) -> Option<u64> {
-        self.target.loaded_objects().iter().find_map(|o| {
-            o.object
-                .lookup_dynamic(name, None)
-                .filter(|s| s.defined && s.kind == SymKind::Func)
-                .map(|s| o.addr(s.value))
-        })
+        exported_function(&self.target.loaded_objects(), &[name])
     }
 
     /// Takes the module's exception tables back from the target's unwinder before unmapping.
@@ -1835,6 +1813,15 @@ pub fn outcome_of(e: &Error) -> &'static str {
         Kind::Busy => "busy",
         Kind::Other => "failed",
     }
+}
+
+/// The run-time address of the first function among `names` that a loaded object exports.
+fn exported_function(objects: &[Loaded], names: &[&str]) -> Option<u64> {
+    objects.iter().find_map(|o| {
+        names.iter().find_map(|n| {
+            o.object.lookup_dynamic(n, None).filter(|s| s.defined && s.kind == SymKind::Func).map(|s| o.addr(s.value))
+        })
+    })
 }
 
 /// Resolves one symbol the module refers to, in the order of DESIGN.md.
