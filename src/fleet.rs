@@ -399,19 +399,11 @@ pub fn apply(
                     }
                 }
             }
-            Err(error) => match skip_instead(pid, &m.patch, Operation::Apply, &error) {
-                Some(skip) => {
-                    progress(&format!("process {pid}: skipped, {}", skip.reason));
-                    s.skipped.push(skip);
+            Err(error) => {
+                if s.skip_or_fail(pid, &m.patch, Operation::Apply, error, progress) && options.rollback_on_failure {
+                    stopped_by = Some(pid);
                 }
-                None => {
-                    progress(&format!("process {pid}: failed: {}", error.message));
-                    s.failed.push(Failed { pid, error });
-                    if options.rollback_on_failure {
-                        stopped_by = Some(pid);
-                    }
-                }
-            },
+            }
         }
     }
     if options.rollback_on_failure && !s.failed.is_empty() {
@@ -430,6 +422,32 @@ pub fn apply(
     s
 }
 
+impl Summary {
+    /// Files `error` for process `pid` as a skip (when it only means there was nothing to do
+    /// there) or as a failure; returns whether it failed.
+    fn skip_or_fail(
+        &mut self,
+        pid: i32,
+        patch: &str,
+        op: Operation,
+        error: Error,
+        progress: &mut dyn FnMut(&str),
+    ) -> bool {
+        match skip_instead(pid, patch, op, &error) {
+            Some(skip) => {
+                progress(&format!("process {pid}: skipped, {}", skip.reason));
+                self.skipped.push(skip);
+                false
+            }
+            None => {
+                progress(&format!("process {pid}: failed: {}", error.message));
+                self.failed.push(Failed { pid, error });
+                true
+            }
+        }
+    }
+}
+
 /// Rolls `plan.patch` back in every member of `plan`, one process after the other (with
 /// `cascade`, the patches that require it first). `progress` receives a line per step.
 pub fn rollback(engine: &Engine, plan: &Plan, cascade: bool, progress: &mut dyn FnMut(&str)) -> Summary {
@@ -444,16 +462,9 @@ pub fn rollback(engine: &Engine, plan: &Plan, cascade: bool, progress: &mut dyn 
                 s.rolled_back.push(pid);
                 progress(&format!("process {pid}: rolled back {}", ids.join(", ")));
             }
-            Err(error) => match skip_instead(pid, &plan.patch, Operation::Rollback, &error) {
-                Some(skip) => {
-                    progress(&format!("process {pid}: skipped, {}", skip.reason));
-                    s.skipped.push(skip);
-                }
-                None => {
-                    progress(&format!("process {pid}: failed: {}", error.message));
-                    s.failed.push(Failed { pid, error });
-                }
-            },
+            Err(error) => {
+                s.skip_or_fail(pid, &plan.patch, Operation::Rollback, error, progress);
+            }
         }
     }
     s
