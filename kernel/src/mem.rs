@@ -59,6 +59,33 @@ impl Mem {
         v
     }
 
+    /// Reads as much of `buf.len()` bytes at `addr` as is readable, stopping at the first
+    /// fault or page the target itself cannot read (a guard page: `/proc/PID/mem` would read
+    /// through it), and returns how many were read. One `process_vm_readv`, which copies straight
+    /// from the target's pages (about three times cheaper per call than a read of
+    /// `/proc/PID/mem`, which copies through a bounce page); where it is not available, through
+    /// `/proc/PID/mem` as [`Mem::read_partial`].
+    pub fn read_some(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let len = buf.len();
+        let remote = [nix::sys::uio::RemoteIoVec { base: addr as usize, len }];
+        let mut local = [std::io::IoSliceMut::new(buf)];
+        match nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(self.pid), &mut local, &remote) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EFAULT | nix::errno::Errno::ENOMEM) => 0,
+            // No process_vm_readv here (ENOSYS, or EPERM under a sandbox).
+            Err(_) => {
+                let mut done = 0;
+                while done < len {
+                    match self.file.read_at(&mut buf[done..], addr + done as u64) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => done += n,
+                    }
+                }
+                done
+            }
+        }
+    }
+
     pub fn read_u64(&self, addr: u64) -> Result<u64> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b)?;
@@ -73,5 +100,41 @@ impl Mem {
             len: data.len(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::libc;
+
+    #[test]
+    fn read_some_stops_at_the_first_fault() {
+        let page = crate::PAGE as usize;
+        // SAFETY: asks for a fresh private anonymous mapping of three pages; no memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let addr = base as u64;
+        let mem = Mem::open(std::process::id() as i32).unwrap();
+        mem.write(addr + page as u64 - 4, &[1, 2, 3, 4]).unwrap();
+        // SAFETY: the middle page of the mapping above, which nothing here references.
+        let r = unsafe { libc::mprotect(base.cast::<u8>().add(page).cast(), page, libc::PROT_NONE) };
+        assert_eq!(r, 0);
+        let mut buf = vec![0u8; 2 * page];
+        assert_eq!(mem.read_some(addr, &mut buf), page, "up to the unreadable page");
+        assert_eq!(&buf[page - 4..page], &[1, 2, 3, 4]);
+        assert_eq!(mem.read_some(addr + page as u64, &mut buf[..16]), 0, "nothing at the unreadable page");
+        assert_eq!(mem.read_some(addr + 2 * page as u64, &mut buf[..page]), page, "readable again after it");
+        // SAFETY: unmaps the mapping made above, no longer used.
+        unsafe { libc::munmap(base, 3 * page) };
     }
 }

@@ -1,10 +1,16 @@
 //! Stop-the-world over every thread of a process.
+//!
+//! In two steps, so that the stop itself is as short as it can be: [`World::seize`] attaches to
+//! every thread while the process keeps running, then [`Seized::stop`] interrupts them all
+//! before waiting for any. Threads created in between are traced from birth (they were created
+//! by a thread already seized, which follows its clones) and are stopped with the rest.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sched::RealtimeGuard;
-use crate::thread::{self, Stop};
+use crate::thread::{self, WorldStop};
 use nix::libc::user_regs_struct;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
 
 /// A thread held by [`World`], with its registers as it was stopped.
 #[derive(Debug, Clone)]
@@ -15,65 +21,57 @@ pub struct StoppedThread {
     pending: i32,
 }
 
-/// Every thread of a process stopped. Threads are all interrupted before any is waited for, and
-/// `/proc/PID/task` is read again until no new thread appears, so threads created while attaching
-/// are caught. The patcher runs at real-time priority while the world is stopped. Dropping
-/// resumes every thread.
+/// Every thread of a process stopped. The patcher runs at real-time priority from the seize to
+/// the resume. Dropping resumes every thread.
 pub struct World {
     pid: i32,
     threads: Vec<StoppedThread>,
     resumed: bool,
-    _rt: RealtimeGuard,
+    _rt: Option<RealtimeGuard>,
+}
+
+/// Every thread of a process attached (seized) and still running: the step before [`World`].
+/// Dropping it without stopping stops and resumes every thread, which detaches them.
+pub struct Seized {
+    pid: i32,
+    tids: Vec<i32>,
+    rt: Option<RealtimeGuard>,
+    done: bool,
 }
 
 impl World {
+    /// Seizes and stops every thread of `pid`.
     pub fn stop(pid: i32) -> Result<World> {
-        let mut world = World { pid, threads: Vec::new(), resumed: false, _rt: RealtimeGuard::raise() };
+        World::seize(pid)?.stop()
+    }
+
+    /// Attaches to every thread of `pid` without stopping any: `/proc/PID/task` is read again
+    /// until it lists no thread not yet attached. From then on every thread the process creates
+    /// is traced from its birth.
+    pub fn seize(pid: i32) -> Result<Seized> {
+        let me = std::process::id() as i32;
+        let mut seized = Seized { pid, tids: Vec::new(), rt: Some(RealtimeGuard::raise()), done: false };
         let mut seen: HashSet<i32> = HashSet::new();
         loop {
-            let tids = thread::list_threads(pid)?;
-            let fresh: Vec<i32> = tids.into_iter().filter(|t| seen.insert(*t)).collect();
+            let fresh: Vec<i32> = thread::list_threads(pid)?.into_iter().filter(|t| seen.insert(*t)).collect();
             if fresh.is_empty() {
                 break;
             }
-            let mut attached = Vec::with_capacity(fresh.len());
             for tid in fresh {
-                match thread::seize(tid) {
-                    Ok(()) => {}
-                    Err(crate::Error::NoProcess { .. }) => continue, // exited meanwhile
+                match thread::seize_following_clones(tid) {
+                    Ok(()) => seized.tids.push(tid),
+                    Err(Error::NoProcess { .. }) => {} // exited meanwhile
+                    // Created by a thread already seized: traced since its birth.
+                    Err(_) if thread::tracer_of(tid) == Some(me) => seized.tids.push(tid),
                     Err(e) => return Err(e),
                 }
-                match thread::interrupt(tid) {
-                    Ok(()) => attached.push(tid),
-                    Err(crate::Error::NoProcess { .. }) => {}
-                    Err(e) => {
-                        let _ = thread::detach(tid, 0);
-                        return Err(e);
-                    }
-                }
-            }
-            for tid in attached {
-                let pending = match thread::wait(tid)? {
-                    Stop::Event(_) | Stop::Syscall => 0,
-                    Stop::Signal(sig) => sig,
-                    Stop::Gone(..) => continue,
-                };
-                // Registered before reading registers so that it is resumed on any error.
-                world.threads.push(StoppedThread { tid, regs: crate::hijack::zero_regs(), pending });
-                let mut regs = thread::getregs(tid)?;
-                if crate::frame::hide_stop_eintr(&mut regs, || pending != 0 || thread::signal_waiting(pid, tid)) {
-                    thread::setregs(tid, regs)?;
-                }
-                if let Some(t) = world.threads.last_mut() {
-                    t.regs = regs;
-                }
             }
         }
-        if world.threads.is_empty() {
-            return Err(crate::Error::NoProcess { pid });
+        if seized.tids.is_empty() {
+            seized.done = true;
+            return Err(Error::NoProcess { pid });
         }
-        crate::fault::point("every thread stopped");
-        Ok(world)
+        Ok(seized)
     }
 
     pub fn pid(&self) -> i32 {
@@ -84,9 +82,12 @@ impl World {
         &self.threads
     }
 
-    /// Resumes every thread where it was.
-    pub fn resume(mut self) -> Result<()> {
-        self.resume_all()
+    /// Resumes every thread where it was; returns when the last one was let go. The patcher's
+    /// priority drops back after that, which on a busy machine can keep the caller off the CPU
+    /// for a while: the target runs meanwhile, so that wait is not part of the stop.
+    pub fn resume(mut self) -> Result<Instant> {
+        self.resume_all()?;
+        Ok(Instant::now())
     }
 
     fn resume_all(&mut self) -> Result<()> {
@@ -104,6 +105,94 @@ impl World {
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+impl Seized {
+    /// How many threads are attached.
+    pub fn len(&self) -> usize {
+        self.tids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tids.is_empty()
+    }
+
+    /// Stops every attached thread, and every thread they created since they were attached:
+    /// all are interrupted before any is waited for.
+    pub fn stop(mut self) -> Result<World> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Result<World> {
+        self.done = true;
+        let pid = self.pid;
+        let mut world = World { pid, threads: Vec::with_capacity(self.tids.len()), resumed: false, _rt: self.rt.take() };
+        let mut first_err = None;
+        let mut queue: VecDeque<i32> = VecDeque::with_capacity(self.tids.len());
+        for &tid in &self.tids {
+            match thread::interrupt(tid) {
+                Ok(()) => queue.push_back(tid),
+                Err(Error::NoProcess { .. }) => {} // exited since it was attached
+                // Not waited for (it may never stop); it is detached when pannus exits.
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let mut known: HashSet<i32> = self.tids.iter().copied().collect();
+        while let Some(tid) = queue.pop_front() {
+            let pending = match thread::wait_world(tid) {
+                Ok(WorldStop::Stopped(sig)) => sig,
+                Ok(WorldStop::Cloned(child)) => {
+                    // The child stops on its own as it starts; the parent stays at this stop.
+                    if known.insert(child) {
+                        queue.push_back(child);
+                    }
+                    0
+                }
+                Ok(WorldStop::Gone) => continue,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            // Registered before reading registers so that it is resumed on any error.
+            world.threads.push(StoppedThread { tid, regs: crate::hijack::zero_regs(), pending });
+            let regs = thread::getregs(tid).and_then(|mut regs| {
+                if crate::frame::hide_stop_eintr(&mut regs, || pending != 0 || thread::signal_waiting(pid, tid)) {
+                    thread::setregs(tid, regs)?;
+                }
+                Ok(regs)
+            });
+            match regs {
+                Ok(regs) => {
+                    if let Some(t) = world.threads.last_mut() {
+                        t.regs = regs;
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e); // `world` resumes what it holds as it drops
+        }
+        if world.threads.is_empty() {
+            return Err(Error::NoProcess { pid });
+        }
+        crate::fault::point("every thread stopped");
+        Ok(world)
+    }
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        if !self.done {
+            // A running thread cannot be detached: stop it first (the world resumes as it drops).
+            let _ = self.stop_all();
         }
     }
 }
