@@ -145,7 +145,7 @@ fn decode(status: libc::c_int) -> Option<Stop> {
     None
 }
 
-fn waitpid_raw(tid: i32, flags: libc::c_int) -> std::result::Result<Option<Stop>, Errno> {
+fn waitpid_status(tid: i32, flags: libc::c_int) -> std::result::Result<Option<libc::c_int>, Errno> {
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: `status` is a valid, writable c_int for the duration of the call.
@@ -159,7 +159,50 @@ fn waitpid_raw(tid: i32, flags: libc::c_int) -> std::result::Result<Option<Stop>
         if r == 0 {
             return Ok(None);
         }
-        return Ok(decode(status));
+        return Ok(Some(status));
+    }
+}
+
+fn waitpid_raw(tid: i32, flags: libc::c_int) -> std::result::Result<Option<Stop>, Errno> {
+    Ok(waitpid_status(tid, flags)?.and_then(decode))
+}
+
+/// How a thread seized with [`seize_following_clones`] reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorldStop {
+    /// Stopped; the signal (0 for none) is to be delivered when it resumes.
+    Stopped(i32),
+    /// Stopped right after creating thread `child`, which is traced too and reports on its own.
+    Cloned(i32),
+    Gone,
+}
+
+/// Attaches to thread `tid` without stopping it, so that the threads it creates are traced
+/// (and stop) from their first instruction on.
+pub(crate) fn seize_following_clones(tid: i32) -> Result<()> {
+    seize_with(tid, ptrace::Options::PTRACE_O_TRACECLONE)
+}
+
+/// Waits until thread `tid`, seized with [`seize_following_clones`], reports.
+pub(crate) fn wait_world(tid: i32) -> Result<WorldStop> {
+    loop {
+        let status = match waitpid_status(tid, 0) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(Errno::ECHILD) => return Ok(WorldStop::Gone),
+            Err(e) => return Err(Error::ptrace(tid, "wait", e)),
+        };
+        if libc::WIFSTOPPED(status) && (status >> 16) & 0xff == libc::PTRACE_EVENT_CLONE {
+            let child =
+                ptrace::getevent(Pid::from_raw(tid)).map_err(|e| Error::ptrace(tid, "read the new thread of", e))?;
+            return Ok(WorldStop::Cloned(child as i32));
+        }
+        return Ok(match decode(status) {
+            Some(Stop::Event(_) | Stop::Syscall) => WorldStop::Stopped(0),
+            Some(Stop::Signal(sig)) => WorldStop::Stopped(sig),
+            Some(Stop::Gone(..)) => WorldStop::Gone,
+            None => continue,
+        });
     }
 }
 

@@ -121,14 +121,22 @@ impl Seized {
 
     /// Stops every attached thread, and every thread they created since they were attached:
     /// all are interrupted before any is waited for.
-    pub fn stop(mut self) -> Result<World> {
-        self.stop_all()
+    pub fn stop(self) -> Result<World> {
+        self.stop_with(|_| {})
     }
 
-    fn stop_all(&mut self) -> Result<World> {
+    /// Like [`Seized::stop`], calling `each` with every thread as soon as it is stopped (in the
+    /// order of [`World::threads`]), while the others are still on their way to their stop: work
+    /// done there (reading the thread's stack) overlaps with the stop instead of adding to it.
+    pub fn stop_with(mut self, mut each: impl FnMut(&StoppedThread)) -> Result<World> {
+        self.stop_all(&mut each)
+    }
+
+    fn stop_all(&mut self, each: &mut dyn FnMut(&StoppedThread)) -> Result<World> {
         self.done = true;
         let pid = self.pid;
-        let mut world = World { pid, threads: Vec::with_capacity(self.tids.len()), resumed: false, _rt: self.rt.take() };
+        let mut world =
+            World { pid, threads: Vec::with_capacity(self.tids.len()), resumed: false, _rt: self.rt.take() };
         let mut first_err = None;
         let mut queue: VecDeque<i32> = VecDeque::with_capacity(self.tids.len());
         for &tid in &self.tids {
@@ -170,6 +178,7 @@ impl Seized {
                 Ok(regs) => {
                     if let Some(t) = world.threads.last_mut() {
                         t.regs = regs;
+                        each(t);
                     }
                 }
                 Err(e) => {
@@ -192,7 +201,7 @@ impl Drop for Seized {
     fn drop(&mut self) {
         if !self.done {
             // A running thread cannot be detached: stop it first (the world resumes as it drops).
-            let _ = self.stop_all();
+            let _ = self.stop_all(&mut |_| {});
         }
     }
 }
