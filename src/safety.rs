@@ -171,33 +171,56 @@ pub struct ThreadView<'a> {
 }
 
 /// The `entry` consistency rule: no instruction pointer, and no return address or signal frame
-/// on a stack (any stack word), strictly inside bytes being overwritten.
+/// on a stack (any stack word), strictly inside bytes being overwritten. At most one conflict per
+/// thread and function; a thread executing inside the bytes is reported as such.
+///
+/// This runs while every thread is stopped, over every stack word read, so each word costs one
+/// subtraction and comparison against the span of all the plans, and only words in that span
+/// look for their plan (by binary search: plans do not overlap).
 pub fn entry_conflicts<'p>(
     plans: impl Iterator<Item = (&'p str, &'p EntryPlan)> + Clone,
     threads: &[ThreadView],
 ) -> Vec<Conflict> {
+    let mut sorted: Vec<(&str, &EntryPlan)> = plans.collect();
+    sorted.sort_by_key(|(_, p)| p.patch_address);
+    let (Some(first), Some(lo_end)) = (sorted.first(), sorted.iter().map(|(_, p)| p.end()).max()) else {
+        return Vec::new();
+    };
+    let lo = first.1.patch_address + 1;
+    let span = lo_end.saturating_sub(lo);
+    // The plan whose covered bytes hold `addr` strictly inside (not at an instruction start).
+    let unsafe_in = |addr: u64| -> Option<usize> {
+        if addr.wrapping_sub(lo) >= span {
+            return None;
+        }
+        let k = sorted.partition_point(|(_, p)| p.patch_address < addr).checked_sub(1)?;
+        sorted[k].1.is_unsafe_spot(addr).then_some(k)
+    };
     let mut out = Vec::new();
     for t in threads {
-        for (name, p) in plans.clone() {
-            if p.is_unsafe_spot(t.rip) {
-                out.push(Conflict {
-                    tid: t.tid,
-                    function: name.to_string(),
-                    reason: format!("is executing at {:#x}, inside the bytes to overwrite", t.rip),
-                });
+        let mut hit: Vec<bool> = vec![false; sorted.len()];
+        if let Some(k) = unsafe_in(t.rip) {
+            hit[k] = true;
+            out.push(Conflict {
+                tid: t.tid,
+                function: sorted[k].0.to_string(),
+                reason: format!("is executing at {:#x}, inside the bytes to overwrite", t.rip),
+            });
+        }
+        for (i, w) in t.stack.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
+            let Some(k) = unsafe_in(v) else { continue };
+            if std::mem::replace(&mut hit[k], true) {
                 continue;
             }
-            let hit = t.stack.chunks_exact(8).enumerate().find_map(|(k, w)| {
-                let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
-                p.is_unsafe_spot(v).then_some((t.stack_base + 8 * k as u64, v))
+            let at = t.stack_base + 8 * i as u64;
+            out.push(Conflict {
+                tid: t.tid,
+                function: sorted[k].0.to_string(),
+                reason: format!(
+                    "has {v:#x} on its stack at {at:#x} (a return address or signal frame inside the bytes to overwrite)"
+                ),
             });
-            if let Some((at, v)) = hit {
-                out.push(Conflict {
-                    tid: t.tid,
-                    function: name.to_string(),
-                    reason: format!("has {v:#x} on its stack at {at:#x} (a return address or signal frame inside the bytes to overwrite)"),
-                });
-            }
         }
     }
     out
@@ -304,5 +327,26 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].tid, 7);
         assert_eq!(c[1].tid, 8);
+    }
+
+    #[test]
+    fn each_plan_is_found_among_many() {
+        let plans: Vec<(String, EntryPlan)> = (0..50u64)
+            .rev()
+            .map(|k| (format!("f{k}"), plan_entry("f", 0x1000 + 0x100 * k, FUNC, &[], 0x9_0000).unwrap()))
+            .collect();
+        let mut stack = Vec::new();
+        for v in [0x1003u64, 0x2000, 0x1000 + 0x100 * 17 + 2, 0x1000 + 0x100 * 17 + 3, 0x1000 + 0x100 * 49, 0x0fff] {
+            stack.extend_from_slice(&v.to_le_bytes());
+        }
+        let threads = [
+            ThreadView { tid: 1, rip: 0x1000 + 0x100 * 30 + 1, stack_base: 0x8000, stack: &stack },
+            ThreadView { tid: 2, rip: 0x1000 + 0x100 * 31, stack_base: 0, stack: &[] },
+        ];
+        let c = entry_conflicts(plans.iter().map(|(n, p)| (n.as_str(), p)), &threads);
+        let found: Vec<(i32, &str)> = c.iter().map(|c| (c.tid, c.function.as_str())).collect();
+        // f30 by its instruction pointer; f0 and f17 (once) by stack words; f49's start is fine.
+        assert_eq!(found, [(1, "f30"), (1, "f0"), (1, "f17")]);
+        assert!(c[2].reason.contains(&format!("{:#x}", 0x8000 + 16)), "{}", c[2].reason);
     }
 }
