@@ -1342,18 +1342,41 @@ impl<'e> Session<'e> {
         let function_rule = sw.consistency == Consistency::Function;
         let mut unwinder = function_rule.then(|| Unwinder::new(&mut self.target));
         let mut attempt = 0;
+        let mut stack_buf: Vec<u8> = Vec::new();
         loop {
             attempt += 1;
             let last = attempt > sw.retries;
             if last && unwinder.is_none() {
                 unwinder = Some(Unwinder::new(&mut self.target));
             }
+            // Room for every stack, allocated and touched before the stop so that reading the
+            // stacks inside it costs no page faults.
+            let expected = pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4;
+            if stack_buf.len() < expected * STACK_SCAN {
+                stack_buf = vec![0u8; expected * STACK_SCAN];
+            }
+            // Attaching costs the target nothing: its threads run on until they are stopped.
+            let seized = World::seize(pid)?;
             let stopped_at = Instant::now();
-            let world = World::stop(pid)?;
-            let stacks: Vec<(i32, &pannus_kernel::Regs, Vec<u8>)> = world
+            // Each stack is read as soon as its thread is stopped, while the others stop.
+            let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+            let mut used = 0;
+            let target = &self.target;
+            let world = seized.stop_with(|t| {
+                let len = target.stack_extent(&t.regs, STACK_SCAN);
+                if stack_buf.len() < used + len {
+                    stack_buf.resize(used + len, 0);
+                }
+                let got = target.mem.read_some(t.regs.rsp, &mut stack_buf[used..used + len]);
+                ranges.push(used..used + got);
+                used += len;
+            })?;
+            let halted_at = Instant::now();
+            let stacks: Vec<(i32, &pannus_kernel::Regs, &[u8])> = world
                 .threads()
                 .iter()
-                .map(|t| (t.tid, &t.regs, self.target.mem.read_partial(t.regs.rsp, STACK_SCAN)))
+                .zip(&ranges)
+                .map(|(t, range)| (t.tid, &t.regs, &stack_buf[range.clone()]))
                 .collect();
             let views: Vec<ThreadView> = stacks
                 .iter()
@@ -1371,6 +1394,7 @@ impl<'e> Session<'e> {
                 }
             }
             if conflicts.is_empty() {
+                let checked_at = Instant::now();
                 let mut result = Ok(());
                 for (addr, bytes) in &sw.writes {
                     if let Err(e) = self.target.mem.write(*addr, bytes) {
@@ -1379,8 +1403,13 @@ impl<'e> Session<'e> {
                     }
                     pannus_kernel::fault::point("entry bytes written");
                 }
-                world.resume()?;
-                self.timings.push(("stopped", stopped_at.elapsed()));
+                let written_at = Instant::now();
+                let resumed_at = world.resume()?;
+                self.timings.push(("stopped", resumed_at - stopped_at));
+                self.timings.push(("stop_halt", halted_at - stopped_at));
+                self.timings.push(("stop_check", checked_at - halted_at));
+                self.timings.push(("stop_write", written_at - checked_at));
+                self.timings.push(("stop_resume", resumed_at - written_at));
                 result?;
                 return Ok(attempt);
             }

@@ -165,6 +165,45 @@ impl Target {
 
     /// The mapping containing `addr`.
     pub fn mapping_at(&self, addr: u64) -> Option<&Mapping> {
-        self.maps.iter().find(|m| m.contains(addr))
+        self.mapping_index(addr).map(|k| &self.maps[k])
+    }
+
+    /// Where in `maps` (sorted by address, as the kernel lists them) the mapping containing
+    /// `addr` is: a binary search, as this runs for every thread while they are all stopped.
+    fn mapping_index(&self, addr: u64) -> Option<usize> {
+        let k = self.maps.partition_point(|m| m.start <= addr).checked_sub(1)?;
+        self.maps[k].contains(addr).then_some(k)
+    }
+
+    /// How many bytes from `addr` on (at most `max`) lie in readable memory, as far as the last
+    /// reading of the address space knows: across back-to-back readable mappings, up to the first
+    /// gap. An address in no known mapping (the maps are older than it) gets `max`; reading it
+    /// then stops at its first fault.
+    pub fn readable_extent(&self, addr: u64, max: usize) -> usize {
+        let Some(mut k) = self.mapping_index(addr) else { return max };
+        let mut end = addr;
+        while let Some(m) = self.maps.get(k).filter(|m| m.read && m.start <= end && end < m.end) {
+            end = m.end;
+            if end - addr >= max as u64 {
+                return max;
+            }
+            k += 1;
+        }
+        (end - addr) as usize
+    }
+
+    /// How much of a stopped thread's stack to read from its `rsp` on (at most `max`): up to
+    /// the end of readable memory, and for a thread whose stack holds its thread control block
+    /// (glibc's threads: the block sits at the top of the stack mapping, at `fs_base`), up to
+    /// that block, so that it is not read as if it were stack.
+    pub fn stack_extent(&self, regs: &pannus_kernel::Regs, max: usize) -> usize {
+        let extent = self.readable_extent(regs.rsp, max);
+        let to_tcb = regs.fs_base.wrapping_sub(regs.rsp);
+        let same_mapping = self.mapping_index(regs.rsp).is_some_and(|k| self.maps[k].contains(regs.fs_base));
+        if same_mapping && to_tcb < extent as u64 {
+            to_tcb as usize
+        } else {
+            extent
+        }
     }
 }
