@@ -38,6 +38,8 @@ pub struct Opts {
     pub out: PathBuf,
     pub pannus: Option<PathBuf>,
     pub wait_load: bool,
+    /// `--stop N:MODE`: only these cases of the stop benchmark, printed, BENCHMARKS.md untouched.
+    pub only_stops: Vec<(usize, &'static str)>,
 }
 
 /// Everything built for the run.
@@ -180,6 +182,14 @@ fn main() {
     let pannus = Pannus { exe: pannus_exe, state };
     eprintln!("pannus-bench: building the C programs in {}", tmp.path().display());
     let b = build(tmp.path());
+    if !opts.only_stops.is_empty() {
+        let runs = if opts.quick { 3 } else { 10 };
+        for &(n, mode) in &opts.only_stops {
+            let row = bench_stop(&pannus, &b, n, mode, runs);
+            println!("{}", report::stop_digest(&row));
+        }
+        return;
+    }
 
     // The light measurements first: the stop measurements' busy workers raise the load average
     // for a minute or more after they end.
@@ -219,7 +229,8 @@ fn main() {
 
 fn parse_args() -> Opts {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let mut o = Opts { quick: false, out: root.join("BENCHMARKS.md"), pannus: None, wait_load: false };
+    let mut o =
+        Opts { quick: false, out: root.join("BENCHMARKS.md"), pannus: None, wait_load: false, only_stops: Vec::new() };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -227,13 +238,25 @@ fn parse_args() -> Opts {
             "--wait-load" => o.wait_load = true,
             "--out" => o.out = PathBuf::from(args.next().expect("--out FILE")),
             "--pannus" => o.pannus = Some(PathBuf::from(args.next().expect("--pannus BIN"))),
+            "--stop" => {
+                let spec = args.next().unwrap_or_default();
+                match parse_stop_case(&spec) {
+                    Some(case) => o.only_stops.push(case),
+                    None => {
+                        eprintln!("pannus-bench: --stop wants WORKERS:spin or WORKERS:sleep, not {spec:?}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "pannus-bench [--quick] [--out FILE] [--pannus BIN] [--wait-load]\n\
+                    "pannus-bench [--quick] [--out FILE] [--pannus BIN] [--wait-load] [--stop N:MODE]...\n\
                      Runs the benchmarks and rewrites BENCHMARKS.md (default: in the workspace root).\n\
                      --quick      fewer repetitions (about a minute)\n\
                      --pannus     use this pannus binary instead of building the release one\n\
-                     --wait-load  first wait (up to 10 minutes) for the 1-minute load average to fall to 1.5"
+                     --wait-load  first wait (up to 10 minutes) for the 1-minute load average to fall to 1.5\n\
+                     --stop       only the stop benchmark for N workers in MODE (spin or sleep), printed\n\
+                     \x20            with pannus's own step timings; BENCHMARKS.md is left as it is"
                 );
                 std::process::exit(0);
             }
@@ -244,6 +267,13 @@ fn parse_args() -> Opts {
         }
     }
     o
+}
+
+fn parse_stop_case(spec: &str) -> Option<(usize, &'static str)> {
+    let (n, mode) = spec.split_once(':')?;
+    let n: usize = n.parse().ok().filter(|&n| n > 0)?;
+    let mode = ["spin", "sleep"].into_iter().find(|m| *m == mode)?;
+    Some((n, mode))
 }
 
 fn now_text() -> String {

@@ -597,3 +597,36 @@ pub fn summary(res: &Results) -> String {
     }
     o
 }
+
+/// A few lines on one case of the stop benchmark, for `--stop`: medians (min–max) of the gaps,
+/// the stop windows and every step pannus timed.
+pub fn stop_digest(r: &StopRow) -> String {
+    let mut w = String::new();
+    let s = |v: &[f64]| fmt_stat(stat(v));
+    let _ = writeln!(w, "{} worker(s), {}, {} runs, load at start {}", r.workers, r.mode, r.runs, r.load);
+    let _ = writeln!(
+        w,
+        "  gap seen by the target: limit {} | apply {} | rollback {} | baseline {}",
+        s(&r.limit_gap),
+        s(&r.apply_gap),
+        s(&r.rb_gap),
+        s(&r.apply_base)
+    );
+    let _ = writeln!(
+        w,
+        "  stop window: limit {} | apply {} ({}) | rollback {}",
+        s(&r.limit_self),
+        s(&r.apply_stopped),
+        fmt_ratio(ratio(stat(&r.apply_stopped), stat(&r.limit_self))),
+        s(&r.rb_stopped)
+    );
+    let _ = writeln!(w, "  wall: apply {} | rollback {}", s(&r.apply_wall), s(&r.rb_wall));
+    for (label, stages) in [("apply", &r.apply_stages), ("rollback", &r.rb_stages)] {
+        let steps: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {}", fmt_us(stat(v).med))).collect();
+        let _ = writeln!(w, "  {label} steps (medians): {}", steps.join(", "));
+    }
+    for f in &r.failures {
+        let _ = writeln!(w, "  failure: {f}");
+    }
+    w
+}
