@@ -14,6 +14,7 @@ use crate::unwind::{Backtrace, Unwinder};
 use pannus_kernel::{maps, nr, page_ceil, page_floor, Hijack, World};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -698,12 +699,13 @@ impl<'e> Session<'e> {
             interval: m.safety.retry_interval,
             consistency: m.safety.consistency,
             busy_ranges: self.old_code_ranges(&p, &reg),
+            module_code: Vec::new(),
         };
         let t0 = Instant::now();
         let switched = self.switch(&sw, obs);
         self.timings.push(("activate", t0.elapsed()));
         match switched {
-            Ok(attempts) => obs.progress(
+            Ok((attempts, _)) => obs.progress(
                 Some(Stage::Activate),
                 &format!("{} function(s) switched in one stop (attempt {attempts})", plans.len()),
             ),
@@ -1336,7 +1338,10 @@ impl<'e> Session<'e> {
     /// the safety rules, write each `(address, bytes)`; while a thread is in the way, resume,
     /// back off and retry within the budget. Returns the attempt that succeeded. When giving up,
     /// names the blocking threads and functions and prints each blocking thread's backtrace.
-    fn switch(&mut self, sw: &Switch, obs: &mut dyn Observer) -> Result<u32> {
+    /// Stops every thread, checks the consistency rule and writes `sw.writes`, retrying while
+    /// a thread is in the way. Returns the attempts made and, when `sw.module_code` is given,
+    /// what that same stop saw of the module.
+    fn switch(&mut self, sw: &Switch, obs: &mut dyn Observer) -> Result<(u32, ModuleSeen)> {
         let pid = self.target.pid;
         let names: Vec<&str> = sw.names.iter().map(String::as_str).collect();
         let function_rule = sw.consistency == Consistency::Function;
@@ -1362,8 +1367,10 @@ impl<'e> Session<'e> {
             let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
             let mut used = 0;
             let target = &self.target;
+            // On rollback the whole live stack (up to UNLOAD_SCAN) is read, for the module check.
+            let scan = if sw.module_code.is_empty() { STACK_SCAN } else { UNLOAD_SCAN };
             let world = seized.stop_with(|t| {
-                let len = target.stack_extent(&t.regs, STACK_SCAN);
+                let len = target.stack_extent(&t.regs, scan);
                 if stack_buf.len() < used + len {
                     stack_buf.resize(used + len, 0);
                 }
@@ -1411,7 +1418,14 @@ impl<'e> Session<'e> {
                 self.timings.push(("stop_write", written_at - checked_at));
                 self.timings.push(("stop_resume", resumed_at - written_at));
                 result?;
-                return Ok(attempt);
+                // Judged after the threads run again, from what the stop saw: the jumps into the
+                // module went in that same stop, so a thread clear then stays clear.
+                let seen = if sw.module_code.is_empty() {
+                    ModuleSeen::default()
+                } else {
+                    module_idle(&views, &sw.module_code)
+                };
+                return Ok((attempt, seen));
             }
             world.resume()?;
             if last {
@@ -1508,7 +1522,7 @@ impl<'e> Session<'e> {
                     Some(p) if p.module_mapped => {
                         // Rolled back, but its module is still mapped (a pannus was killed
                         // before unmapping it, or a thread was inside): finish the unload.
-                        self.unload(&mut reg, id, obs)?;
+                        self.unload(&mut reg, id, None, obs)?;
                         return Ok(vec![id.to_string()]);
                     }
                     Some(_) => {
@@ -1532,7 +1546,7 @@ impl<'e> Session<'e> {
                         return Err(Error::precondition(format!("process {pid} has no patch applied")));
                     }
                     for id in &pending {
-                        self.unload(&mut reg, id, obs)?;
+                        self.unload(&mut reg, id, None, obs)?;
                     }
                     return Ok(pending);
                 }
@@ -1612,6 +1626,7 @@ impl<'e> Session<'e> {
                 names.push(f.target.clone());
             }
         }
+        let mut seen = None;
         if !writes.is_empty() {
             // Under the `function` rule, no thread may be inside the replacements being removed.
             let busy_ranges = rec
@@ -1620,9 +1635,11 @@ impl<'e> Session<'e> {
                 .filter(|f| f.replacement_size > 0)
                 .map(|f| (f.replacement.clone(), f.replacement_address, f.replacement_address + f.replacement_size))
                 .collect();
-            let sw = Switch { names, plans, writes, retries, interval, consistency: rec.consistency, busy_ranges };
+            let module_code = if rec.module_mapped { self.module_code(&rec) } else { Vec::new() };
+            let consistency = rec.consistency;
+            let sw = Switch { names, plans, writes, retries, interval, consistency, busy_ranges, module_code };
             let t0 = Instant::now();
-            self.switch(&sw, obs)?;
+            seen = Some(self.switch(&sw, obs)?.1);
             self.timings.push(("restore", t0.elapsed()));
         }
         if let Some(r) = reg.get_mut(id) {
@@ -1634,7 +1651,7 @@ impl<'e> Session<'e> {
         // 2. Unload once no thread can be inside the module.
         if rec.module_mapped {
             let t0 = Instant::now();
-            self.unload(reg, id, obs)?;
+            self.unload(reg, id, seen, obs)?;
             self.timings.push(("unload", t0.elapsed()));
         }
         Ok(())
@@ -1643,9 +1660,14 @@ impl<'e> Session<'e> {
     /// Unmaps the module of rolled-back patch `id` once no thread can be inside it; when one
     /// stays inside for the whole budget, the module is kept mapped (harmless: nothing jumps
     /// to it any more) and a later rollback tries again.
-    fn unload(&mut self, reg: &mut Registry, id: &str, obs: &mut dyn Observer) -> Result<()> {
+    fn unload(&mut self, reg: &mut Registry, id: &str, seen: Option<ModuleSeen>, obs: &mut dyn Observer) -> Result<()> {
         let Some(rec) = reg.get(id).cloned() else { return Ok(()) };
-        match self.wait_module_idle(&rec) {
+        let idle = match seen {
+            Some(ModuleSeen { busy: None, .. }) => Ok(()),
+            Some(ModuleSeen { clear, .. }) => self.wait_module_idle(&rec, clear),
+            None => self.wait_module_idle(&rec, HashSet::new()),
+        };
+        match idle {
             Ok(()) => {
                 if rec.load == LoadMethod::Dlopen {
                     self.dlclose(rec.handle)?;
@@ -1681,11 +1703,11 @@ impl<'e> Session<'e> {
         self.write_registry(reg)
     }
 
-    /// Waits until no thread executes in `[base, base+size)` or has a return address into it.
-    fn wait_module_idle(&mut self, rec: &PatchRecord) -> Result<()> {
+    /// The module's code as mapped, and its jump stubs: what no thread may be in when the
+    /// module is unmapped.
+    fn module_code(&self, rec: &PatchRecord) -> Vec<(u64, u64)> {
         let (base, size) = (rec.module_base, rec.module_size);
-        let (retries, interval) = (rec.retries, Duration::from_millis(rec.retry_interval_ms));
-        let mut exec: Vec<(u64, u64)> = self
+        let mut code: Vec<(u64, u64)> = self
             .target
             .maps
             .iter()
@@ -1693,39 +1715,51 @@ impl<'e> Session<'e> {
             .map(|m| (m.start, m.end))
             .collect();
         if rec.trampoline != 0 {
-            exec.push((rec.trampoline, rec.trampoline + rec.trampoline_size));
+            code.push((rec.trampoline, rec.trampoline + rec.trampoline_size));
         }
-        let inside = |a: u64| exec.iter().any(|&(s, e)| a >= s && a < e);
-        // A thread seen outside the module with no return address into it cannot come back:
-        // nothing jumps there any more. Threads are cleared one by one across attempts, so a busy
-        // process need not have every thread clear in one and the same stop.
-        let mut clear: std::collections::HashSet<i32> = std::collections::HashSet::new();
+        code
+    }
+
+    /// Waits until no thread executes in the module's code or has a return address into it.
+    /// A thread seen clear of it once cannot come back (nothing jumps there any more), so
+    /// threads are cleared one by one across attempts, starting with `clear`: a busy process
+    /// need not have every thread clear in one and the same stop.
+    fn wait_module_idle(&mut self, rec: &PatchRecord, mut clear: HashSet<i32>) -> Result<()> {
+        let (retries, interval) = (rec.retries, Duration::from_millis(rec.retry_interval_ms));
+        let code = self.module_code(rec);
+        let mut stack_buf: Vec<u8> = Vec::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let world = World::stop(self.target.pid)?;
-            let mut busy = None;
-            for t in world.threads() {
-                if clear.contains(&t.tid) {
-                    continue;
+            let mut ranges = Vec::new();
+            let mut used = 0;
+            let target = &self.target;
+            let world = World::seize(target.pid)?.stop_with(|t| {
+                let len = if clear.contains(&t.tid) { 0 } else { target.stack_extent(&t.regs, UNLOAD_SCAN) };
+                if stack_buf.len() < used + len {
+                    stack_buf.resize(used + len, 0);
                 }
-                if inside(t.regs.rip) {
-                    busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.regs.rip));
-                    continue;
-                }
-                let stack = self.target.mem.read_partial(t.regs.rsp, UNLOAD_SCAN);
-                if let Some(v) = stack
-                    .chunks_exact(8)
-                    .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
-                    .find(|&v| inside(v))
-                {
-                    busy = Some(format!("thread {} has a return address into the module ({v:#x})", t.tid));
-                    continue;
-                }
-                clear.insert(t.tid);
-            }
+                let got = target.mem.read_some(t.regs.rsp, &mut stack_buf[used..used + len]);
+                ranges.push(used..used + got);
+                used += len;
+            })?;
+            let views: Vec<ThreadView> = world
+                .threads()
+                .iter()
+                .zip(&ranges)
+                .filter(|(t, _)| !clear.contains(&t.tid))
+                .map(|(t, r)| ThreadView {
+                    tid: t.tid,
+                    rip: t.regs.rip,
+                    stack_base: t.regs.rsp,
+                    stack: &stack_buf[r.clone()],
+                })
+                .collect();
+            let seen = module_idle(&views, &code);
+            drop(views);
             world.resume()?;
-            match busy {
+            clear.extend(seen.clear);
+            match seen.busy {
                 None => return Ok(()),
                 Some(why) if attempt > retries => return Err(Error::busy(why)),
                 Some(_) => std::thread::sleep(interval),
@@ -1780,6 +1814,41 @@ struct Switch {
     consistency: Consistency,
     /// Code no thread may be in under the `function` rule: (function, start, end).
     busy_ranges: Vec<(String, u64, u64)>,
+    /// On rollback, the module's code (and its jump stubs): the stop that writes the original
+    /// bytes back also looks whether any thread is in it or has a return address into it, so
+    /// that the module can be unmapped without another stop. Empty on apply.
+    module_code: Vec<(u64, u64)>,
+}
+
+/// What one stop saw of a module's code ([`module_idle`]).
+#[derive(Debug, Default)]
+struct ModuleSeen {
+    /// Threads neither in the code nor with a return address into it.
+    clear: HashSet<i32>,
+    /// Why the code is not idle (one thread's story), if it is not.
+    busy: Option<String>,
+}
+
+/// Which of the stopped threads are clear of `code` (ranges): not executing in it, and no
+/// word of the stack read points into it (return addresses, signal frames; other words that
+/// happen to point there only make this more careful).
+fn module_idle(threads: &[ThreadView], code: &[(u64, u64)]) -> ModuleSeen {
+    let inside = |a: u64| code.iter().any(|&(s, e)| a >= s && a < e);
+    let mut seen = ModuleSeen::default();
+    for t in threads {
+        if inside(t.rip) {
+            seen.busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.rip));
+            continue;
+        }
+        let word =
+            t.stack.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())).find(|&v| inside(v));
+        if let Some(v) = word {
+            seen.busy = Some(format!("thread {} has a return address into the module ({v:#x})", t.tid));
+            continue;
+        }
+        seen.clear.insert(t.tid);
+    }
+    seen
 }
 
 /// Flags of mmap(2) and open(2), as the target's kernel takes them.

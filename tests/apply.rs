@@ -404,3 +404,27 @@ fn health_check_that_hangs_counts_as_failed() {
     let st = wait_for_state(&state, t.pid, "rolled-back");
     assert!(st["patches"][0]["note"].as_str().unwrap().contains("timed out after 100 ms"), "{st}");
 }
+
+#[test]
+fn module_stays_mapped_while_a_thread_is_inside_it_and_goes_once_it_left() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let extra = "safety:\n  retries: 3\n  retry_interval: 10ms\n";
+    let m = state.manifest("linger", "target_pie", "patch_linger.so", &[("compute", "compute_v2")], extra);
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 2"), "200");
+    // The main thread sleeps 1.5 s inside the replacement while the patch is rolled back.
+    t.send("c 1500");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let run = state.rollback(t.pid, None).ok();
+    assert!(run.stdout.contains("kept mapped"), "{}\n{}", run.stdout, run.stderr);
+    assert!(t.maps().contains("patch_linger.so"), "the module a thread is in stays mapped");
+    // The thread comes back out through the module it was in, with the new answer; from then on
+    // the old code answers.
+    assert_eq!(t.line(), "150000");
+    assert_eq!(t.ask("c 5"), "6");
+    // A later rollback finishes the unload.
+    state.rollback(t.pid, None).ok();
+    assert!(!t.maps().contains("patch_linger.so"), "the module is unloaded once no thread is inside");
+    assert_eq!(t.ask("c 5"), "6");
+}
