@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use goblin::elf::{header, program_header as ph, sym, Elf};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// Largest file pannus will read as an ELF object.
 const MAX_OBJECT_SIZE: u64 = 1 << 30;
@@ -50,13 +51,13 @@ pub struct Symbol {
     pub defined: bool,
     /// Symbol version: for a definition, the version it defines; for a reference, the version it
     /// requires.
-    pub version: Option<String>,
+    pub version: Option<Arc<str>>,
     /// A definition that is the default version (`sym@@VER`), or unversioned.
     pub default_version: bool,
 }
 
 impl Symbol {
-    fn from_elf(name: String, s: &sym::Sym, version: Option<String>, default_version: bool) -> Symbol {
+    fn from_elf(name: String, s: &sym::Sym, version: Option<Arc<str>>, default_version: bool) -> Symbol {
         Symbol {
             name,
             value: s.st_value,
@@ -85,7 +86,13 @@ pub struct Reloc {
 #[derive(Debug)]
 pub struct Object {
     pub path: PathBuf,
-    pub data: Vec<u8>,
+    /// The file, or with [`Object::load_tables`] the file without its code and debug sections
+    /// (zeros there; see `resident`).
+    data: Vec<u8>,
+    /// With [`Object::load_tables`]: the file ranges `data` holds, sorted; the whole file is
+    /// read on the first need of another range (`full`).
+    resident: Option<FileRanges>,
+    full: OnceLock<Vec<u8>>,
     /// ET_DYN (a shared object or a PIE); ET_EXEC otherwise.
     pub is_dyn: bool,
     pub build_id: Option<String>,
@@ -101,9 +108,13 @@ pub struct Object {
     pub init_array: Option<(u64, u64)>,
     /// Section headers: name, address, file offset, size.
     pub sections: Vec<(String, u64, u64, u64)>,
-    by_name: HashMap<String, Vec<(bool, usize)>>,
-    /// Defined functions by address: (start, size, name), for naming addresses in backtraces.
-    functions: Vec<(u64, u64, String)>,
+    /// Defined symbols by name: (hash of the name, in `.dynsym`, index), sorted. Built once per
+    /// object without copying a name: libc alone has some 3,000 symbols, and every command
+    /// parses it.
+    by_name: Vec<(u64, bool, u32)>,
+    /// Defined functions by address: (start, size, in `.dynsym`, index), for naming addresses
+    /// in backtraces; built on first use.
+    functions: OnceLock<Vec<(u64, u64, bool, u32)>>,
 }
 
 fn sym_kind(st_type: u8) -> SymKind {
@@ -129,6 +140,45 @@ impl Object {
         }
         let data = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         Object::parse(path, data).map_err(bad)
+    }
+
+    /// Like [`Object::load`], reading only what the symbol tables, relocations, notes and
+    /// headers need: the sections the loader maps that are not code, and the symbol and string
+    /// tables. For libc that is a few hundred KiB of its 2 MiB, and every command reads libc.
+    /// The rest (code, for [`Object::section`] and [`Object::bytes_at`]) is read on first need.
+    pub fn load_tables(path: &Path, role: &str) -> Result<Object> {
+        let bad = |what: String| Error::bad_input(format!("{role} {}: {what}", path.display()));
+        let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let meta = file.metadata().map_err(|e| bad(format!("cannot read: {e}")))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        if meta.len() > MAX_OBJECT_SIZE {
+            return Err(bad(format!("too large ({} bytes)", meta.len())));
+        }
+        match read_tables(&file, meta.len()) {
+            Some((data, resident)) => {
+                let mut o = Object::parse(path, data).map_err(bad)?;
+                o.resident = Some(resident);
+                Ok(o)
+            }
+            None => Object::load(path, role),
+        }
+    }
+
+    /// The file bytes at `range`, reading the whole file first when they are not resident.
+    fn file_bytes(&self, start: u64, len: u64) -> Option<&[u8]> {
+        let end = start.checked_add(len)?;
+        let resident = match &self.resident {
+            None => true,
+            Some(r) => {
+                let k = r.partition_point(|x| x.0 <= start).checked_sub(1);
+                k.is_some_and(|k| end <= r[k].1)
+            }
+        };
+        let data =
+            if resident { &self.data } else { self.full.get_or_init(|| std::fs::read(&self.path).unwrap_or_default()) };
+        data.get(start as usize..end as usize)
     }
 
     /// Parses an ELF image; the error text says what is wrong with it.
@@ -189,12 +239,12 @@ impl Object {
         });
 
         // Version names by versym index: definitions (verdef) and requirements (verneed).
-        let mut ver_names: HashMap<u16, String> = HashMap::new();
+        let mut ver_names: HashMap<u16, Arc<str>> = HashMap::new();
         if let Some(vd) = &elf.verdef {
             for d in vd.iter() {
                 if let Some(aux) = d.iter().next() {
                     if let Some(name) = elf.dynstrtab.get_at(aux.vda_name) {
-                        ver_names.insert(d.vd_ndx, name.to_string());
+                        ver_names.insert(d.vd_ndx, Arc::from(name));
                     }
                 }
             }
@@ -203,7 +253,7 @@ impl Object {
             for n in vn.iter() {
                 for aux in n.iter() {
                     if let Some(name) = elf.dynstrtab.get_at(aux.vna_name) {
-                        ver_names.insert(aux.vna_other & 0x7fff, name.to_string());
+                        ver_names.insert(aux.vna_other & 0x7fff, Arc::from(name));
                     }
                 }
             }
@@ -251,33 +301,26 @@ impl Object {
             }
         }
         let init_array = init_array.filter(|_| init_arraysz != 0).map(|a| (a, init_arraysz));
-        let mut by_name: HashMap<String, Vec<(bool, usize)>> = HashMap::new();
-        for (i, s) in dynsyms.iter().enumerate() {
-            if s.defined && !s.name.is_empty() {
-                by_name.entry(s.name.clone()).or_default().push((true, i));
+        let mut by_name: Vec<(u64, bool, u32)> = Vec::with_capacity(dynsyms.len() + symtab.len());
+        for (dynamic, table) in [(true, &dynsyms), (false, &symtab)] {
+            for (i, s) in table.iter().enumerate() {
+                if s.defined && !s.name.is_empty() {
+                    by_name.push((name_hash(&s.name), dynamic, i as u32));
+                }
             }
         }
-        for (i, s) in symtab.iter().enumerate() {
-            if s.defined {
-                by_name.entry(s.name.clone()).or_default().push((false, i));
-            }
-        }
+        // Stable: for one name, .dynsym entries stay before .symtab ones, each in table order.
+        by_name.sort_by_key(|e| e.0);
         let mut sections = Vec::new();
         for sh in &elf.section_headers {
             let name = elf.shdr_strtab.get_at(sh.sh_name).unwrap_or("").to_string();
             sections.push((name, sh.sh_addr, sh.sh_offset, sh.sh_size));
         }
-        let mut functions: Vec<(u64, u64, String)> = dynsyms
-            .iter()
-            .chain(symtab.iter())
-            .filter(|s| s.defined && s.kind == SymKind::Func && s.value != 0)
-            .map(|s| (s.value, s.size, s.name.clone()))
-            .collect();
-        functions.sort();
-        functions.dedup_by_key(|f| f.0);
         Ok(Object {
             path: path.to_path_buf(),
             data: Vec::new(),
+            resident: None,
+            full: OnceLock::new(),
             is_dyn,
             build_id,
             segments,
@@ -291,7 +334,7 @@ impl Object {
             init_array,
             sections,
             by_name,
-            functions,
+            functions: OnceLock::new(),
         }
         .with_data(data))
     }
@@ -301,11 +344,29 @@ impl Object {
         self
     }
 
+    fn symbol(&self, dynamic: bool, i: u32) -> &Symbol {
+        if dynamic {
+            &self.dynsyms[i as usize]
+        } else {
+            &self.symtab[i as usize]
+        }
+    }
+
+    /// The defined symbols named `name`, `.dynsym` ones first, each table in its order.
+    fn named<'a: 'n, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = (bool, &'a Symbol)> + 'n {
+        let h = name_hash(name);
+        let start = self.by_name.partition_point(|e| e.0 < h);
+        self.by_name[start..]
+            .iter()
+            .take_while(move |e| e.0 == h)
+            .map(|&(_, dynamic, i)| (dynamic, self.symbol(dynamic, i)))
+            .filter(move |(_, s)| s.name == name)
+    }
+
     /// Every definition of `name` (dynamic first, then `.symtab`, file-local ones included).
     pub fn definitions(&self, name: &str) -> Vec<&Symbol> {
         let mut out: Vec<&Symbol> = Vec::new();
-        for &(dynamic, i) in self.by_name.get(name).map(|v| v.as_slice()).unwrap_or(&[]) {
-            let s = if dynamic { &self.dynsyms[i] } else { &self.symtab[i] };
+        for (_, s) in self.named(name) {
             // .symtab repeats the .dynsym entries: keep one per address.
             if !out.iter().any(|o| o.value == s.value && o.global == s.global) {
                 out.push(s);
@@ -334,14 +395,9 @@ impl Object {
     /// A dynamic (exported) definition of `name` with the given version, or the default version
     /// when `version` is `None`, as ld.so would bind it.
     pub fn lookup_dynamic(&self, name: &str, version: Option<&str>) -> Option<&Symbol> {
-        let defs = self.by_name.get(name)?;
         let mut fallback = None;
-        for &(dynamic, i) in defs {
-            if !dynamic {
-                continue;
-            }
-            let s = &self.dynsyms[i];
-            if !s.global {
+        for (dynamic, s) in self.named(name) {
+            if !dynamic || !s.global {
                 continue;
             }
             match version {
@@ -365,24 +421,105 @@ impl Object {
     /// The address range and bytes of section `name`, when the file holds it.
     pub fn section(&self, name: &str) -> Option<(std::ops::Range<u64>, &[u8])> {
         let (_, addr, off, size) = self.sections.iter().find(|s| s.0 == name)?;
-        let bytes = self.data.get(*off as usize..(*off + *size) as usize)?;
+        let bytes = self.file_bytes(*off, *size)?;
         Some((*addr..*addr + *size, bytes))
     }
 
     /// The function containing virtual address `vaddr`, and the offset into it.
     pub fn function_at(&self, vaddr: u64) -> Option<(&str, u64)> {
-        let i = self.functions.partition_point(|f| f.0 <= vaddr).checked_sub(1)?;
-        let (start, size, name) = &self.functions[i];
-        (vaddr < start + (*size).max(1)).then(|| (name.as_str(), vaddr - start))
+        let functions = self.functions.get_or_init(|| {
+            let mut f: Vec<(u64, u64, bool, u32)> = [(true, &self.dynsyms), (false, &self.symtab)]
+                .into_iter()
+                .flat_map(|(dynamic, table)| table.iter().enumerate().map(move |(i, s)| (dynamic, i, s)))
+                .filter(|(_, _, s)| s.defined && s.kind == SymKind::Func && s.value != 0)
+                .map(|(dynamic, i, s)| (s.value, s.size, dynamic, i as u32))
+                .collect();
+            f.sort_by_key(|e| e.0);
+            f.dedup_by_key(|e| e.0);
+            f
+        });
+        let i = functions.partition_point(|f| f.0 <= vaddr).checked_sub(1)?;
+        let &(start, size, dynamic, k) = &functions[i];
+        (vaddr < start + size.max(1)).then(|| (self.symbol(dynamic, k).name.as_str(), vaddr - start))
     }
 
     /// The file bytes backing `[vaddr, vaddr+len)`, when the range lies in one segment's file part.
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
         let end = vaddr.checked_add(len)?;
         let seg = self.segments.iter().find(|s| s.vaddr <= vaddr && end <= s.vaddr + s.filesz)?;
-        let off = (seg.offset + (vaddr - seg.vaddr)) as usize;
-        self.data.get(off..off + len as usize)
+        self.file_bytes(seg.offset + (vaddr - seg.vaddr), len)
     }
+}
+
+/// File ranges `(start, end)`, sorted.
+type FileRanges = Vec<(u64, u64)>;
+
+/// Reads the parts of an ELF file of `len` bytes that parsing needs (see
+/// [`Object::load_tables`]) into a buffer of the file's size, zeros elsewhere, and returns it
+/// with the file ranges read. `None` when the whole file had better be read: small, no section
+/// headers, or anything unexpected (the full parse then says what is wrong).
+fn read_tables(file: &std::fs::File, len: u64) -> Option<(Vec<u8>, FileRanges)> {
+    use goblin::container::{Container, Ctx, Endian};
+    use goblin::elf::section_header::{
+        SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHT_NOBITS, SHT_NOTE, SHT_STRTAB, SHT_SYMTAB,
+    };
+    use std::os::unix::fs::FileExt;
+    const SMALL: u64 = 256 << 10;
+    if len < SMALL {
+        return None;
+    }
+    // Zeroed lazily by the allocator (fresh pages): the parts not read cost nothing.
+    let mut data = vec![0u8; usize::try_from(len).ok()?];
+    let read = |data: &mut Vec<u8>, start: u64, n: u64| -> Option<()> {
+        let end = start.checked_add(n).filter(|&e| e <= len)?;
+        file.read_exact_at(&mut data[start as usize..end as usize], start).ok()
+    };
+    read(&mut data, 0, 64)?;
+    let h = Elf::parse_header(&data).ok()?;
+    if h.e_ident[header::EI_CLASS] != header::ELFCLASS64 || h.e_ident[header::EI_DATA] != header::ELFDATA2LSB {
+        return None;
+    }
+    let phs = u64::from(h.e_phnum) * u64::from(h.e_phentsize);
+    let shs = u64::from(h.e_shnum) * u64::from(h.e_shentsize);
+    if h.e_shnum == 0 || h.e_shentsize as usize != std::mem::size_of::<goblin::elf64::section_header::SectionHeader>() {
+        return None;
+    }
+    read(&mut data, h.e_phoff, phs)?;
+    read(&mut data, h.e_shoff, shs)?;
+    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let shdrs = SectionHeader::parse(&data, h.e_shoff as usize, h.e_shnum as usize, ctx).ok()?;
+    let mut want: Vec<(u64, u64)> = vec![(0, 64), (h.e_phoff, h.e_phoff + phs), (h.e_shoff, h.e_shoff + shs)];
+    for sh in &shdrs {
+        let table = matches!(sh.sh_type, SHT_SYMTAB | SHT_STRTAB | SHT_NOTE);
+        let mapped_data = sh.sh_flags & u64::from(SHF_ALLOC) != 0 && sh.sh_flags & u64::from(SHF_EXECINSTR) == 0;
+        if sh.sh_type != SHT_NOBITS && sh.sh_size > 0 && (table || mapped_data) {
+            want.push((sh.sh_offset, sh.sh_offset.checked_add(sh.sh_size)?));
+        }
+    }
+    // Segments other than code (PT_DYNAMIC, PT_NOTE, ...) too, whatever the section headers say.
+    let phdrs = goblin::elf::ProgramHeader::parse(&data, h.e_phoff as usize, h.e_phnum as usize, ctx).ok()?;
+    for p in phdrs.iter().filter(|p| p.p_type != ph::PT_LOAD && p.p_filesz > 0) {
+        want.push((p.p_offset, p.p_offset.checked_add(p.p_filesz)?));
+    }
+    // Merged, with small gaps bridged, so that the reads are few.
+    want.sort_unstable();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in want {
+        match ranges.last_mut() {
+            Some(last) if s <= last.1 + 4096 => last.1 = last.1.max(e),
+            _ => ranges.push((s, e)),
+        }
+    }
+    for &(s, e) in &ranges {
+        read(&mut data, s, e.checked_sub(s)?)?;
+    }
+    Some((data, ranges))
+}
+
+/// FNV-1a of a symbol name: the key of [`Object`]'s name index, which compares the names
+/// themselves on a match.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// SHA-256 of a file, hex.
@@ -390,4 +527,51 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
     let data = std::fs::read(path)?;
     Ok(hex::encode(sha2::Sha256::digest(&data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The libc this test runs with, as its maps name it.
+    fn libc_path() -> PathBuf {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("/libc.so")).unwrap();
+        PathBuf::from(path)
+    }
+
+    #[test]
+    fn reading_only_the_tables_parses_the_same_object() {
+        let path = libc_path();
+        let full = Object::load(&path, "libc").unwrap();
+        let tables = Object::load_tables(&path, "libc").unwrap();
+        assert!(tables.resident.is_some(), "libc is large enough to be read in part");
+        assert_eq!(full.build_id, tables.build_id);
+        assert_eq!(full.dynsyms.len(), tables.dynsyms.len());
+        assert_eq!(full.relocs.len(), tables.relocs.len());
+        assert_eq!(full.sections, tables.sections);
+        for name in ["malloc", "memcpy", "printf", "__libc_start_main"] {
+            let a = full.lookup_dynamic(name, None).map(|s| (s.value, s.version.clone()));
+            assert!(a.is_some(), "{name}");
+            assert_eq!(a, tables.lookup_dynamic(name, None).map(|s| (s.value, s.version.clone())), "{name}");
+        }
+        // Code is not read up front, and is there when asked for.
+        for section in [".text", ".eh_frame", ".dynsym"] {
+            assert_eq!(full.section(section).map(|s| s.1), tables.section(section).map(|s| s.1), "{section}");
+        }
+        let malloc = full.lookup_dynamic("malloc", None).unwrap().value;
+        assert_eq!(full.function_at(malloc + 1), Some(("malloc", 1)));
+        assert_eq!(tables.bytes_at(malloc, 16), full.bytes_at(malloc, 16));
+    }
+
+    #[test]
+    fn several_symbols_of_one_name_are_all_found() {
+        let path = libc_path();
+        let o = Object::load_tables(&path, "libc").unwrap();
+        // libc defines memcpy in more than one version; the default one is found without one.
+        let defs = o.definitions("memcpy");
+        assert!(defs.len() >= 2, "{defs:?}");
+        assert!(o.lookup_dynamic("memcpy", Some("GLIBC_2.2.5")).is_some());
+        assert!(o.lookup_dynamic("no_such_symbol_anywhere", None).is_none());
+    }
 }

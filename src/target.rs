@@ -81,7 +81,7 @@ impl Target {
         let object = match self.objects.get(&key) {
             Some(o) => o.clone(),
             None => {
-                let o = Arc::new(Object::load(path, "target object")?);
+                let o = Arc::new(Object::load_tables(path, "target object")?);
                 self.objects.insert(key, o.clone());
                 o
             }
@@ -132,7 +132,7 @@ impl Target {
                 Some(o) => o.clone(),
                 None => {
                     let path = PathBuf::from(&m.path);
-                    match Object::load(&path, "object") {
+                    match Object::load_tables(&path, "object") {
                         Ok(o) => {
                             let o = Arc::new(o);
                             self.objects.insert(key, o.clone());
