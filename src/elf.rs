@@ -86,8 +86,8 @@ pub struct Reloc {
 #[derive(Debug)]
 pub struct Object {
     pub path: PathBuf,
-    /// The file, or with [`Object::load_tables`] the file without its code and debug sections
-    /// (zeros there; see `resident`).
+    /// The file, or with [`Object::load_tables`] only its tables (zeros elsewhere; see
+    /// `resident`).
     data: Vec<u8>,
     /// With [`Object::load_tables`]: the file ranges `data` holds, sorted; the whole file is
     /// read on the first need of another range (`full`).
@@ -142,10 +142,10 @@ impl Object {
         Object::parse(path, data).map_err(bad)
     }
 
-    /// Like [`Object::load`], reading only what the symbol tables, relocations, notes and
-    /// headers need: the sections the loader maps that are not code, and the symbol and string
-    /// tables. For libc that is a few hundred KiB of its 2 MiB, and every command reads libc.
-    /// The rest (code, for [`Object::section`] and [`Object::bytes_at`]) is read on first need.
+    /// Like [`Object::load`], reading only what the parse needs: headers, symbol, string,
+    /// version and hash tables, relocations, the dynamic section and notes. For libc that is
+    /// about 200 KiB of its 2 MiB, and every command reads libc. The rest (code, `.eh_frame`,
+    /// for [`Object::section`] and [`Object::bytes_at`]) is read on first need.
     pub fn load_tables(path: &Path, role: &str) -> Result<Object> {
         let bad = |what: String| Error::bad_input(format!("{role} {}: {what}", path.display()));
         let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read: {e}")))?;
@@ -461,7 +461,8 @@ type FileRanges = Vec<(u64, u64)>;
 fn read_tables(file: &std::fs::File, len: u64) -> Option<(Vec<u8>, FileRanges)> {
     use goblin::container::{Container, Ctx, Endian};
     use goblin::elf::section_header::{
-        SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHT_NOBITS, SHT_NOTE, SHT_STRTAB, SHT_SYMTAB,
+        SectionHeader, SHT_DYNAMIC, SHT_DYNSYM, SHT_GNU_HASH, SHT_GNU_VERDEF, SHT_GNU_VERNEED, SHT_GNU_VERSYM,
+        SHT_HASH, SHT_NOTE, SHT_REL, SHT_RELA, SHT_STRTAB, SHT_SYMTAB,
     };
     use std::os::unix::fs::FileExt;
     const SMALL: u64 = 256 << 10;
@@ -490,9 +491,22 @@ fn read_tables(file: &std::fs::File, len: u64) -> Option<(Vec<u8>, FileRanges)> 
     let shdrs = SectionHeader::parse(&data, h.e_shoff as usize, h.e_shnum as usize, ctx).ok()?;
     let mut want: Vec<(u64, u64)> = vec![(0, 64), (h.e_phoff, h.e_phoff + phs), (h.e_shoff, h.e_shoff + shs)];
     for sh in &shdrs {
-        let table = matches!(sh.sh_type, SHT_SYMTAB | SHT_STRTAB | SHT_NOTE);
-        let mapped_data = sh.sh_flags & u64::from(SHF_ALLOC) != 0 && sh.sh_flags & u64::from(SHF_EXECINSTR) == 0;
-        if sh.sh_type != SHT_NOBITS && sh.sh_size > 0 && (table || mapped_data) {
+        let table = matches!(
+            sh.sh_type,
+            SHT_SYMTAB
+                | SHT_STRTAB
+                | SHT_DYNSYM
+                | SHT_DYNAMIC
+                | SHT_NOTE
+                | SHT_RELA
+                | SHT_REL
+                | SHT_HASH
+                | SHT_GNU_HASH
+                | SHT_GNU_VERSYM
+                | SHT_GNU_VERDEF
+                | SHT_GNU_VERNEED
+        );
+        if table && sh.sh_size > 0 {
             want.push((sh.sh_offset, sh.sh_offset.checked_add(sh.sh_size)?));
         }
     }
