@@ -75,6 +75,11 @@ pub struct StopRow {
     pub rb_base: Vec<f64>,
     pub rb_stopped: Vec<f64>,
     pub rb_wall: Vec<f64>,
+    /// The largest time a worker was held (gap minus waits for a CPU), for the same windows.
+    pub limit_held: Vec<f64>,
+    pub apply_held: Vec<f64>,
+    pub apply_base_held: Vec<f64>,
+    pub rb_held: Vec<f64>,
     /// pannus's own stage timings (`timings_us`) of each apply and rollback.
     pub apply_stages: BTreeMap<String, Vec<f64>>,
     pub rb_stages: BTreeMap<String, Vec<f64>>,
@@ -429,7 +434,9 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
         t.reset();
         match run_limit(b, &t, &original) {
             Ok(own) => {
-                row.limit_gap.push(t.report().0);
+                let (gap, _, held) = t.report();
+                row.limit_gap.push(gap);
+                row.limit_held.push(held);
                 row.limit_self.push(own);
             }
             Err(e) => row.failures.push(e),
@@ -437,12 +444,13 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
         // apply, then a baseline window as long as the apply.
         t.reset();
         let r = pannus.apply(&manifest, t.pid);
-        let gap = t.report().0;
+        let (gap, _, held) = t.report();
         if !r.ok() {
             row.failures.push(format!("apply: {}", r.why()));
             continue;
         }
         row.apply_gap.push(gap);
+        row.apply_held.push(held);
         row.apply_wall.push(us(r.wall));
         row.apply_stopped.extend(r.timing("stopped"));
         for (k, v) in r.timings() {
@@ -450,11 +458,13 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
         }
         t.reset();
         std::thread::sleep(r.wall);
-        row.apply_base.push(t.report().0);
+        let (gap, _, held) = t.report();
+        row.apply_base.push(gap);
+        row.apply_base_held.push(held);
         // rollback, then its baseline.
         t.reset();
         let r = pannus.rollback(t.pid);
-        let gap = t.report().0;
+        let (gap, _, held) = t.report();
         if !r.ok() {
             row.failures.push(format!("rollback: {}", r.why()));
             // Leave the target unpatched for the next run if at all possible.
@@ -466,6 +476,7 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
             continue;
         }
         row.rb_gap.push(gap);
+        row.rb_held.push(held);
         row.rb_wall.push(us(r.wall));
         row.rb_stopped.extend(r.timing("stopped"));
         for (k, v) in r.timings() {

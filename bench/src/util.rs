@@ -259,8 +259,9 @@ impl Target {
         assert_eq!(a, "ok", "reset answered {a:?}");
     }
 
-    /// `report`: (largest gap over all workers, median of the per-worker maxima), in µs.
-    pub fn report(&mut self) -> (f64, f64) {
+    /// `report`: (largest gap over all workers, median of the per-worker maxima, largest time a
+    /// worker was held: its gap minus its waits for a CPU), in µs.
+    pub fn report(&mut self) -> (f64, f64, f64) {
         let a = self.ask("report");
         let field = |k: &str| -> f64 {
             a.split_whitespace()
@@ -269,7 +270,7 @@ impl Target {
                 .unwrap_or_else(|| panic!("bad report {a:?}"))
         };
         self.eintr = field("eintr=") as u64;
-        (field("max=") / 1000.0, field("median=") / 1000.0)
+        (field("max=") / 1000.0, field("median=") / 1000.0, field("held=") / 1000.0)
     }
 
     /// `len` bytes of the target's memory at `addr`.
