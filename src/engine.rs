@@ -2159,7 +2159,7 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
-    Command::new(exe)
+    let child = Command::new(exe)
         .args(["trial-watch", "--pid", &pid.to_string(), patch])
         .env("PANNUS_STATE_DIR", &engine.state_dir)
         .stdin(Stdio::null())
@@ -2167,12 +2167,19 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))
+        .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))?;
+    // Its start-up takes a CPU for a millisecond or two right when the patch went live: only a
+    // CPU the service leaves free. It returns to the normal policy once started.
+    pannus_kernel::background(child.id() as i32);
+    Ok(child)
 }
 
 /// The trial watcher's body: leaves the terminal's session, then waits for the trial to end.
 pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     let _ = nix::unistd::setsid();
+    // Started in the background (see spawn_trial_watcher); what it does from here on, it does on
+    // time.
+    pannus_kernel::foreground();
     match wait_trial(engine, pid, patch, |_| {}) {
         Ok(s) => Ok(s),
         Err(e) if !pannus_kernel::process_exists(pid) => {
