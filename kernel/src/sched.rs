@@ -1,58 +1,4 @@
 use nix::libc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Whether [`short_slice`] took effect, so that [`RealtimeGuard`] puts it back.
-static SHORT_SLICE: AtomicBool = AtomicBool::new(false);
-
-/// The fair-scheduling slice pannus asks for: 100 µs, the kernel's shortest.
-const SLICE_NS: u64 = 100_000;
-
-/// `struct sched_attr` (SCHED_ATTR_SIZE_VER1).
-#[repr(C)]
-struct SchedAttr {
-    size: u32,
-    policy: u32,
-    flags: u64,
-    nice: i32,
-    priority: u32,
-    runtime: u64,
-    deadline: u64,
-    period: u64,
-    util_min: u32,
-    util_max: u32,
-}
-
-/// Asks the kernel (6.12 and later: EEVDF custom slices) to run the calling thread, and the
-/// threads it starts, in slices of 100 µs instead of the default (about 3 ms). pannus keeps its
-/// fair share of the CPUs, but a thread of the service that wakes up while pannus works, with
-/// every CPU busy, waits for a CPU at most that long instead of a whole slice. Returns whether it
-/// took effect (older kernels ignore it).
-pub fn short_slice() -> bool {
-    let ok = set_fair(SLICE_NS);
-    SHORT_SLICE.store(ok, Ordering::Relaxed);
-    ok
-}
-
-fn set_fair(runtime: u64) -> bool {
-    // SAFETY: getpriority only reads its arguments.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
-        flags: 0,
-        nice,
-        priority: 0,
-        runtime,
-        deadline: 0,
-        period: 0,
-        util_min: 0,
-        util_max: 0,
-    };
-    // SAFETY: sched_setattr reads `attr.size` bytes from the valid, initialised struct above
-    // (the kernel's sched_attr, version 1, 56 bytes) and changes the calling thread (pid 0).
-    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) == 0 }
-}
-
 /// Raises the calling thread to `SCHED_FIFO` for the stop-the-world window and restores its
 /// policy when dropped. On a small machine the stop is dominated by the scheduler: each resumed
 /// thread preempts the patcher, so running the window at real-time priority shortens the time the
@@ -87,10 +33,6 @@ impl Drop for RealtimeGuard {
             unsafe {
                 libc::sched_setscheduler(0, policy, &param);
             }
-            // Changing the policy reset the slice to the default.
-            if policy == libc::SCHED_OTHER && SHORT_SLICE.load(Ordering::Relaxed) {
-                set_fair(SLICE_NS);
-            }
         }
     }
 }
@@ -105,9 +47,10 @@ pub fn background(pid: i32) -> bool {
     unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &param) == 0 }
 }
 
-/// Moves the calling thread back to the normal policy (`SCHED_OTHER`, its nice value unchanged,
-/// in short slices: see [`short_slice`]), from [`background`], before it does work that has to
-/// happen on time.
+/// Moves the calling thread back to the normal policy (`SCHED_OTHER`, its nice value unchanged),
+/// from [`background`], before it does work that has to happen on time.
 pub fn foreground() -> bool {
-    short_slice()
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as above, on the calling thread (pid 0).
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0 }
 }

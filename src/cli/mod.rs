@@ -146,8 +146,6 @@ pub enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    // A service thread waking up while pannus works waits at most 100 µs for a CPU.
-    pannus_kernel::short_slice();
     let mut engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
     engine.lock_wait = crate::fleet::lock_wait_from_env().unwrap_or(engine.lock_wait);
     if let Some(t) = cli.init_timeout {
