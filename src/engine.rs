@@ -1866,12 +1866,13 @@ mod mmap {
 /// How many bytes of each thread's stack, from its stack pointer up, are scanned for return
 /// addresses and signal frames while the threads are stopped. The bytes to overwrite hold no
 /// call, so only a signal frame can hold an address inside them, and signal frames sit at the
-/// young end of the stack; 16 KiB keeps the copy per thread at four pages.
+/// young end of the stack. At most 16 KiB, and no more than the live stack (see
+/// `Target::stack_extent`): most threads' reads are a page.
 const STACK_SCAN: usize = 16 << 10;
 
 /// How many bytes of each thread's stack are scanned for return addresses into a module before
 /// it is unmapped: real return addresses can sit deep, and a miss would let a thread return into
-/// unmapped memory, so this scan is wide.
+/// unmapped memory, so this scan is wide (bounded by the live stack, so most reads are small).
 const UNLOAD_SCAN: usize = 512 << 10;
 
 fn thread_alive(pid: i32, tid: i32) -> bool {
