@@ -1363,21 +1363,9 @@ impl<'e> Session<'e> {
             // Attaching costs the target nothing: its threads run on until they are stopped.
             let seized = World::seize(pid)?;
             let stopped_at = Instant::now();
-            // Each stack is read as soon as its thread is stopped, while the others stop.
-            let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
-            let mut used = 0;
-            let target = &self.target;
             // On rollback the whole live stack (up to UNLOAD_SCAN) is read, for the module check.
             let scan = if sw.module_code.is_empty() { STACK_SCAN } else { UNLOAD_SCAN };
-            let world = seized.stop_with(|t| {
-                let len = target.stack_extent(&t.regs, scan);
-                if stack_buf.len() < used + len {
-                    stack_buf.resize(used + len, 0);
-                }
-                let got = target.mem.read_some(t.regs.rsp, &mut stack_buf[used..used + len]);
-                ranges.push(used..used + got);
-                used += len;
-            })?;
+            let (world, ranges) = stop_reading_stacks(&self.target, seized, |_| scan, &mut stack_buf)?;
             let halted_at = Instant::now();
             let stacks: Vec<(i32, &pannus_kernel::Regs, &[u8])> = world
                 .threads()
@@ -1731,18 +1719,9 @@ impl<'e> Session<'e> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut ranges = Vec::new();
-            let mut used = 0;
-            let target = &self.target;
-            let world = World::seize(target.pid)?.stop_with(|t| {
-                let len = if clear.contains(&t.tid) { 0 } else { target.stack_extent(&t.regs, UNLOAD_SCAN) };
-                if stack_buf.len() < used + len {
-                    stack_buf.resize(used + len, 0);
-                }
-                let got = target.mem.read_some(t.regs.rsp, &mut stack_buf[used..used + len]);
-                ranges.push(used..used + got);
-                used += len;
-            })?;
+            let seized = World::seize(self.target.pid)?;
+            let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
+            let (world, ranges) = stop_reading_stacks(&self.target, seized, most, &mut stack_buf)?;
             let views: Vec<ThreadView> = world
                 .threads()
                 .iter()
@@ -1818,6 +1797,29 @@ struct Switch {
     /// bytes back also looks whether any thread is in it or has a return address into it, so
     /// that the module can be unmapped without another stop. Empty on apply.
     module_code: Vec<(u64, u64)>,
+}
+
+/// Stops the seized threads, reading each one's live stack (at most `most(tid)` bytes) into
+/// `buf` as soon as it is stopped, while the others are on their way; returns the stopped world
+/// and, in the order of its threads, the part of `buf` holding each stack.
+fn stop_reading_stacks(
+    target: &Target,
+    seized: pannus_kernel::Seized,
+    most: impl Fn(i32) -> usize,
+    buf: &mut Vec<u8>,
+) -> Result<(World, Vec<std::ops::Range<usize>>)> {
+    let mut ranges = Vec::new();
+    let mut used = 0;
+    let world = seized.stop_with(|t| {
+        let len = target.stack_extent(&t.regs, most(t.tid));
+        if buf.len() < used + len {
+            buf.resize(used + len, 0);
+        }
+        let got = target.mem.read_some(t.regs.rsp, &mut buf[used..used + len]);
+        ranges.push(used..used + got);
+        used += len;
+    })?;
+    Ok((world, ranges))
 }
 
 /// What one stop saw of a module's code ([`module_idle`]).

@@ -31,7 +31,7 @@ pub use mem::Mem;
 pub use nix::libc::user_regs_struct as Regs;
 pub use sched::{background, foreground, RealtimeGuard};
 pub use thread::{list_threads, process_exists, read_seccomp_filters, tracer_of};
-pub use world::{StoppedThread, World};
+pub use world::{Seized, StoppedThread, World};
 
 /// Linux x86-64 system call numbers used by pannus.
 pub mod nr {
