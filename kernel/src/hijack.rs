@@ -39,6 +39,10 @@ pub struct Hijack<'m> {
     at: At,
     /// A signal the thread stopped to take while pannus was letting it go; delivered on release.
     pending: i32,
+    /// The thread's own blocked-signal mask, which its signal frame restores.
+    blocked: u64,
+    /// Whether the thread runs pannus's work with asynchronous signals held (see [`Hijack::run`]).
+    holding: bool,
     attached: bool,
 }
 
@@ -69,6 +73,8 @@ impl<'m> Hijack<'m> {
             xstate: Vec::new(),
             at: At::SignalPath,
             pending: 0,
+            blocked: 0,
+            holding: false,
             attached: false,
         };
         let prepared = (|| -> Result<()> {
@@ -108,8 +114,8 @@ impl<'m> Hijack<'m> {
         self.saved = thread::getregs(self.tid)?;
         frame::hide_stop_eintr(&mut self.saved, || thread::signal_waiting(pid, self.tid));
         self.xstate = thread::xstate(self.tid)?;
-        let blocked = thread::blocked_signals(pid, self.tid);
-        let (f, image) = frame::build(&self.saved, &self.xstate, blocked, self.gadgets.restorer)?;
+        self.blocked = thread::sigmask(self.tid)?;
+        let (f, image) = frame::build(&self.saved, &self.xstate, self.blocked, self.gadgets.restorer)?;
         self.mem.write(f.bottom, &image)?;
         self.frame = f;
         self.at = At::SignalPath;
@@ -119,6 +125,7 @@ impl<'m> Hijack<'m> {
     /// The thread stopped to take real signal `sig` between two pieces of work: it is given back
     /// its own state and takes the signal there, then it is stopped and borrowed afresh.
     fn step_aside(&mut self, sig: i32) -> Result<()> {
+        self.unhold()?;
         thread::set_xstate(self.tid, &self.xstate)?;
         thread::setregs(self.tid, self.saved)?;
         fault::point("stepping aside for a signal");
@@ -126,6 +133,31 @@ impl<'m> Hijack<'m> {
         thread::interrupt(self.tid)?;
         self.wait_event()?;
         self.capture()
+    }
+
+    /// Points the thread at pannus's work (`regs`), with asynchronous signals held while it
+    /// runs: a signal sent to the thread meanwhile stays pending, in order, and is delivered once
+    /// the thread is back on its own context (`rt_sigreturn` restores its mask from the frame,
+    /// even if pannus is killed). Taken during the work instead, each would cost a round trip
+    /// through pannus, and a thread receiving them faster than that would never finish the work.
+    /// Signals a fault raises stay unblocked: blocking them would make the kernel reset the
+    /// program's handler.
+    fn run(&mut self, regs: user_regs_struct) -> Result<()> {
+        thread::setregs(self.tid, regs)?;
+        if !self.holding {
+            thread::set_sigmask(self.tid, self.blocked | HELD_SIGNALS)?;
+            self.holding = true;
+        }
+        Ok(())
+    }
+
+    /// Gives the thread its own signal mask back, before it runs its own code again.
+    fn unhold(&mut self) -> Result<()> {
+        if self.holding {
+            thread::set_sigmask(self.tid, self.blocked)?;
+            self.holding = false;
+        }
+        Ok(())
     }
 
     fn regs_for(&self, rip: u64, rsp: u64, args: &[u64]) -> user_regs_struct {
@@ -180,7 +212,7 @@ impl<'m> Hijack<'m> {
         loop {
             let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 8, args);
             r.rax = nr as u64;
-            thread::setregs(self.tid, r)?;
+            self.run(r)?;
             fault::point("system call set up");
             thread::cont_syscall(self.tid, 0)?;
             match self.next_stop(None)? {
@@ -209,7 +241,7 @@ impl<'m> Hijack<'m> {
     /// crashes or runs longer than `timeout` is stopped; the thread is restored on release.
     pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<()> {
         let r = self.regs_for(func, self.frame.uc - 8, args);
-        thread::setregs(self.tid, r)?;
+        self.run(r)?;
         // Ours is the rt_sigreturn with the stack pointer at our frame: a signal handler that
         // interrupts the function returns through the same restorer, with its own frame.
         let (restorer_end, uc) = (self.gadgets.restorer + RESTORER_LEN, self.frame.uc);
@@ -230,7 +262,7 @@ impl<'m> Hijack<'m> {
         }
         self.mem.write(uc - 24, &bytes)?;
         let r = self.regs_for(func, uc - 24, args);
-        thread::setregs(self.tid, r)?;
+        self.run(r)?;
         let gadget_end = self.gadgets.syscall_ret + 2;
         let regs = self.run_until(timeout, what, |r| r.rip == gadget_end && r.rsp == uc - 16)?;
         Ok(regs.orig_rax)
@@ -345,6 +377,7 @@ impl<'m> Hijack<'m> {
             }
             fault::point("thread back in the kernel's signal path");
         }
+        self.unhold()?;
         thread::set_xstate(self.tid, &self.xstate)?;
         thread::setregs(self.tid, self.saved)?;
         fault::point("exact state restored");
@@ -359,6 +392,20 @@ impl Drop for Hijack<'_> {
         let _ = self.restore();
     }
 }
+
+/// Every signal but those a fault raises (and SIGKILL and SIGSTOP, which nothing blocks).
+const HELD_SIGNALS: u64 = {
+    let mut held = !0u64;
+    let mut k = 0;
+    while k < FAULT_SIGNALS.len() {
+        held &= !(1u64 << (FAULT_SIGNALS[k] - 1));
+        k += 1;
+    }
+    held
+};
+
+const FAULT_SIGNALS: [i32; 7] =
+    [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGABRT, libc::SIGTRAP, libc::SIGSYS];
 
 fn is_fault(sig: i32) -> bool {
     matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGTRAP)

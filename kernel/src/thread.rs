@@ -278,14 +278,28 @@ pub(crate) fn set_xstate(tid: i32, state: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The thread's blocked-signal mask, from `/proc/PID/task/TID/status`.
-pub(crate) fn blocked_signals(pid: i32, tid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("SigBlk:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+/// The blocked-signal mask of a stopped, traced thread (`PTRACE_GETSIGMASK`).
+pub(crate) fn sigmask(tid: i32) -> Result<u64> {
+    let mut mask: u64 = 0;
+    // SAFETY: PTRACE_GETSIGMASK writes `addr` (8, the size of a kernel sigset_t on x86-64)
+    // bytes to `data`, which points to `mask`, alive and exclusively borrowed for the call.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, tid, 8usize as *mut libc::c_void, &mut mask as *mut u64) };
+    if r < 0 {
+        return Err(Error::ptrace(tid, "read the signal mask of", Errno::last()));
+    }
+    Ok(mask)
+}
+
+/// Sets the blocked-signal mask of a stopped, traced thread (`PTRACE_SETSIGMASK`; the kernel
+/// never blocks SIGKILL and SIGSTOP whatever the mask says).
+pub(crate) fn set_sigmask(tid: i32, mask: u64) -> Result<()> {
+    // SAFETY: PTRACE_SETSIGMASK reads `addr` (8) bytes from `data`, which points to `mask`,
+    // alive for the call.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, tid, 8usize as *mut libc::c_void, &mask as *const u64) };
+    if r < 0 {
+        return Err(Error::ptrace(tid, "write the signal mask of", Errno::last()));
+    }
+    Ok(())
 }
 
 /// Whether a signal the thread does not block is pending for it (or for its process).
