@@ -270,8 +270,7 @@ impl<'m> Hijack<'m> {
 
     /// Resumes the borrowed thread to the next system call stops until `done` matches a
     /// syscall-entry stop; that system call is skipped and the thread left at its exit stop.
-    /// Signals met on the way are delivered where the function is, like any signal
-    /// interrupting code.
+    /// Asynchronous signals are held meanwhile (see [`Hijack::run`]); a fault signal is a crash.
     fn run_until(
         &mut self,
         timeout: Duration,
