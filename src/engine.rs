@@ -2051,7 +2051,14 @@ pub fn run_health_check(h: &crate::manifest::HealthCheck, pid: i32, patch: &str)
 /// about twice a second with the seconds left. While waiting, runs the patch's health check at
 /// its interval, records each result in the process, and rolls the patch back when the check
 /// fails the given number of times in a row. Returns the final state.
+///
+/// A caller started at `SCHED_IDLE` (the trial watcher) watches the clock at that policy and
+/// returns to the normal one before it runs the health check or the expiry policy, which have to
+/// happen on time.
 pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u64)) -> Result<State> {
+    let on_duty = || {
+        pannus_kernel::foreground();
+    };
     let mut next_check: Option<Instant> = None;
     let mut health = crate::registry::Health::default();
     loop {
@@ -2068,6 +2075,7 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
             let interval = Duration::from_millis(h.interval_ms);
             let due = *next_check.get_or_insert_with(|| Instant::now() + interval);
             if Instant::now() >= due {
+                on_duty();
                 next_check = Some(Instant::now() + interval);
                 let result = run_health_check(&h, pid, patch);
                 health.runs += 1;
@@ -2095,6 +2103,7 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
             }
         }
         if left == 0 {
+            on_duty();
             let mut s = Session::open(engine, pid)?;
             let reg = s.registry()?;
             match reg.get(patch).map(|r| (r.state, r.on_expiry)) {
@@ -2162,27 +2171,23 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
-    let child = Command::new(exe)
-        .args(["trial-watch", "--pid", &pid.to_string(), patch])
+    let mut cmd = Command::new(exe);
+    cmd.args(["trial-watch", "--pid", &pid.to_string(), patch])
         .env("PANNUS_STATE_DIR", &engine.state_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))?;
-    // Its start-up takes a CPU for a millisecond or two right when the patch went live: only a
-    // CPU the service leaves free. It returns to the normal policy once started.
-    pannus_kernel::background(child.id() as i32);
-    Ok(child)
+        .process_group(0);
+    // Its start-up takes a CPU for a millisecond or two right when the patch went live, and a
+    // thread of the service woken on that CPU would wait behind it: it starts at `SCHED_IDLE`,
+    // and keeps to it while it only watches the clock (see wait_trial).
+    pannus_kernel::start_in_background(&mut cmd);
+    cmd.spawn().map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))
 }
 
 /// The trial watcher's body: leaves the terminal's session, then waits for the trial to end.
 pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     let _ = nix::unistd::setsid();
-    // Started in the background (see spawn_trial_watcher); what it does from here on, it does on
-    // time.
-    pannus_kernel::foreground();
     match wait_trial(engine, pid, patch, |_| {}) {
         Ok(s) => Ok(s),
         Err(e) if !pannus_kernel::process_exists(pid) => {

@@ -298,6 +298,9 @@ fn trial_policy_runs_unattended() {
     );
     state.apply(&m, t.pid).ok();
     assert_eq!(t.ask("c 3"), "300");
+    // The watcher waits at SCHED_IDLE, so that it never takes a CPU a thread of the service wants.
+    let watcher = watcher_of(t.pid).expect("a trial watcher runs for the patch");
+    assert_eq!(sched_policy(watcher), Some(5), "the watcher waits at SCHED_IDLE");
     // No pannus in the foreground: the detached watcher rolls it back at the deadline.
     let mut reverted = false;
     for _ in 0..50 {
@@ -309,6 +312,23 @@ fn trial_policy_runs_unattended() {
     }
     assert!(reverted, "the patch was rolled back at expiry");
     assert_eq!(states(&state.status(t.pid)), vec![("u-fix".into(), "rolled-back".into())]);
+}
+
+/// The pid of the `pannus trial-watch` process watching a patch of `pid`.
+fn watcher_of(pid: i32) -> Option<i32> {
+    let want = ["trial-watch".to_string(), "--pid".to_string(), pid.to_string()];
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(|p| {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        args.windows(3).any(|w| w == want)
+    })
+}
+
+/// The scheduling policy of process `pid` (field 41 of /proc/PID/stat; 5 is SCHED_IDLE).
+fn sched_policy(pid: i32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start at field 3.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(41 - 3)?.parse().ok()
 }
 
 #[test]
