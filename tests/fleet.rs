@@ -4,15 +4,16 @@
 mod common;
 use common::{Proc, State};
 use serde_json::{json, Value};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// The tests of this file share the fixtures' binaries, so `--all` in one would see the
-/// processes of another: they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// processes of another: they run one at a time, whether as threads of one test process (`cargo
+/// test`) or as processes of their own (`cargo nextest`), hence a file lock.
+fn serial() -> nix::fcntl::Flock<std::fs::File> {
+    let path = std::env::temp_dir().join("pannus-fleet-tests.lock");
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).expect("open the lock file");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).expect("lock the lock file")
 }
 
 fn pids(v: &Value) -> Vec<i64> {
