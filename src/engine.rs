@@ -1799,26 +1799,29 @@ struct Switch {
     module_code: Vec<(u64, u64)>,
 }
 
-/// Stops the seized threads, reading each one's live stack (at most `most(tid)` bytes) into
-/// `buf` as soon as it is stopped, while the others are on their way; returns the stopped world
-/// and, in the order of its threads, the part of `buf` holding each stack.
+/// Stops the seized threads and reads each one's live stack (at most `most(tid)` bytes) into
+/// `buf`; returns the stopped world and, in the order of its threads, the part of `buf` holding
+/// each stack. Each thread's registers are read as soon as it is stopped, while the others are
+/// on their way; the stacks are read once all are stopped, with one system call for up to 1024
+/// threads rather than one each.
 fn stop_reading_stacks(
     target: &Target,
     seized: pannus_kernel::Seized,
     most: impl Fn(i32) -> usize,
     buf: &mut Vec<u8>,
 ) -> Result<(World, Vec<std::ops::Range<usize>>)> {
-    let mut ranges = Vec::new();
+    let mut spans = Vec::new();
     let mut used = 0;
     let world = seized.stop_with(|t| {
         let len = target.stack_extent(&t.regs, most(t.tid));
-        if buf.len() < used + len {
-            buf.resize(used + len, 0);
-        }
-        let got = target.mem.read_some(t.regs.rsp, &mut buf[used..used + len]);
-        ranges.push(used..used + got);
+        spans.push((t.regs.rsp, used..used + len));
         used += len;
     })?;
+    if buf.len() < used {
+        buf.resize(used, 0);
+    }
+    let got = target.mem.read_many(&spans, buf);
+    let ranges = spans.into_iter().zip(got).map(|((_, r), n)| r.start..r.start + n).collect();
     Ok((world, ranges))
 }
 

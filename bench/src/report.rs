@@ -431,8 +431,8 @@ fn stop_stages(w: &mut String, res: &Results) {
     let _ = writeln!(
         w,
         "\n**Inside pannus's stop window** (apply, medians): *halt* interrupts every thread and waits \
-         for each, reading its registers and its live stack as soon as it is stopped; *check* applies \
-         the consistency rule to what was read; *write* writes the entry bytes; *resume* detaches every \
+         for each, reading its registers as soon as it is stopped, then every live stack in one \
+         system call; *check* applies the consistency rule to what was read; *write* writes the entry bytes; *resume* detaches every \
          thread.\n\n\
          | workers | mode | halt | check | write | resume | stopped |\n\
          |---:|---|---|---|---|---|---|"

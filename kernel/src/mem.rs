@@ -86,6 +86,67 @@ impl Mem {
         }
     }
 
+    /// Reads many spans at once, as [`Mem::read_some`] reads one: span `i` reads up to
+    /// `spans[i].1.len()` bytes at `spans[i].0` into `buf[spans[i].1]`, stopping at its first
+    /// fault. Returns how many bytes each span read. The ranges must be in increasing order and
+    /// not overlap. One `process_vm_readv` per 1024 spans when nothing faults, so reading the
+    /// stacks of hundreds of stopped threads costs a few system calls instead of one each.
+    pub fn read_many(&self, spans: &[(u64, std::ops::Range<usize>)], buf: &mut [u8]) -> Vec<usize> {
+        /// IOV_MAX on Linux: the most iovecs one call takes.
+        const BATCH: usize = 1024;
+        let mut got = vec![0; spans.len()];
+        let mut next = 0;
+        while next < spans.len() {
+            let chunk = &spans[next..spans.len().min(next + BATCH)];
+            let remote: Vec<_> = chunk
+                .iter()
+                .map(|(addr, r)| nix::sys::uio::RemoteIoVec { base: *addr as usize, len: r.len() })
+                .collect();
+            let mut local = Vec::with_capacity(chunk.len());
+            let mut rest = &mut *buf;
+            let mut at = 0;
+            for (_, r) in chunk {
+                debug_assert!(r.start >= at, "read_many: spans out of order");
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - at);
+                let (part, tail) = tail.split_at_mut(r.len());
+                local.push(std::io::IoSliceMut::new(part));
+                rest = tail;
+                at = r.end;
+            }
+            let done = match nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(self.pid), &mut local, &remote)
+            {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EFAULT | nix::errno::Errno::ENOMEM) => 0,
+                // No process_vm_readv here: one span at a time through /proc/PID/mem.
+                Err(_) => {
+                    drop(local);
+                    for (i, (addr, r)) in spans.iter().enumerate().skip(next) {
+                        got[i] = self.read_some(*addr, &mut buf[r.clone()]);
+                    }
+                    return got;
+                }
+            };
+            // The transfer stops at the first fault: every span before it is whole.
+            drop(local);
+            let mut left = done;
+            let mut i = next;
+            while i < next + chunk.len() && left >= spans[i].1.len() {
+                got[i] = spans[i].1.len();
+                left -= spans[i].1.len();
+                i += 1;
+            }
+            if i < next + chunk.len() {
+                // Span `i` faulted: its readable part, read by itself (the kernel may not have
+                // copied a part of it), and the batch goes on after it.
+                let (addr, r) = &spans[i];
+                got[i] = if left > 0 { left } else { self.read_some(*addr, &mut buf[r.clone()]) };
+                i += 1;
+            }
+            next = i;
+        }
+        got
+    }
+
     pub fn read_u64(&self, addr: u64) -> Result<u64> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b)?;
@@ -134,6 +195,20 @@ mod tests {
         assert_eq!(&buf[page - 4..page], &[1, 2, 3, 4]);
         assert_eq!(mem.read_some(addr + page as u64, &mut buf[..16]), 0, "nothing at the unreadable page");
         assert_eq!(mem.read_some(addr + 2 * page as u64, &mut buf[..page]), page, "readable again after it");
+        // Many spans at once: each stops at its own fault, and the ones after a fault are read.
+        mem.write(addr + 2 * page as u64, &[9, 8, 7]).unwrap();
+        let spans = [
+            (addr + page as u64 - 4, 0..4),
+            (addr + page as u64 - 8, 8..24),
+            (addr + page as u64, 24..40),
+            (addr + 2 * page as u64, 40..43),
+            (addr, 50..50 + page),
+        ];
+        let mut buf = vec![0u8; 50 + page];
+        assert_eq!(mem.read_many(&spans, &mut buf), vec![4, 8, 0, 3, page]);
+        assert_eq!(&buf[0..4], &[1, 2, 3, 4]);
+        assert_eq!(&buf[12..16], &[1, 2, 3, 4]);
+        assert_eq!(&buf[40..43], &[9, 8, 7]);
         // SAFETY: unmaps the mapping made above, no longer used.
         unsafe { libc::munmap(base, 3 * page) };
     }
