@@ -1712,37 +1712,62 @@ impl<'e> Session<'e> {
     /// A thread seen clear of it once cannot come back (nothing jumps there any more), so
     /// threads are cleared one by one across attempts, starting with `clear`: a busy process
     /// need not have every thread clear in one and the same stop.
+    ///
+    /// A thread in the way leaves only by running, so the threads are stopped again only once
+    /// every thread in the way at the last stop has run since (or blocked, or exited), or a new
+    /// thread appeared: on a machine where threads wait long for a CPU, stopping sooner would only hold
+    /// the others again for nothing. The last attempt always stops, for an exact answer.
     fn wait_module_idle(&mut self, rec: &PatchRecord, mut clear: HashSet<i32>) -> Result<()> {
         let (retries, interval) = (rec.retries, Duration::from_millis(rec.retry_interval_ms));
         let code = self.module_code(rec);
+        let pid = self.target.pid;
         let mut stack_buf: Vec<u8> = Vec::new();
+        // The threads in the way at the last stop, with the CPU time each had used since then:
+        // to begin with, those the caller's stop did not see clear, if it looked.
+        let mut in_the_way: Vec<(i32, Option<u64>)> = if clear.is_empty() {
+            Vec::new()
+        } else {
+            let tids = pannus_kernel::list_threads(pid).unwrap_or_default();
+            tids.into_iter().filter(|t| !clear.contains(t)).map(|t| (t, pannus_kernel::cpu_time(pid, t))).collect()
+        };
+        let mut why = String::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let seized = World::seize(self.target.pid)?;
-            let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
-            let (world, ranges) = stop_reading_stacks(&self.target, seized, most, &mut stack_buf)?;
-            let views: Vec<ThreadView> = world
-                .threads()
-                .iter()
-                .zip(&ranges)
-                .filter(|(t, _)| !clear.contains(&t.tid))
-                .map(|(t, r)| ThreadView {
-                    tid: t.tid,
-                    rip: t.regs.rip,
-                    stack_base: t.regs.rsp,
-                    stack: &stack_buf[r.clone()],
-                })
-                .collect();
-            let seen = module_idle(&views, &code);
-            drop(views);
-            world.resume()?;
-            clear.extend(seen.clear);
-            match seen.busy {
-                None => return Ok(()),
-                Some(why) if attempt > retries => return Err(Error::busy(why)),
-                Some(_) => std::thread::sleep(interval),
+            let last = attempt > retries;
+            if last || worth_a_stop(pid, &clear, &in_the_way) {
+                let seized = World::seize(pid)?;
+                let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
+                let (world, ranges) = stop_reading_stacks(&self.target, seized, most, &mut stack_buf)?;
+                let views: Vec<ThreadView> = world
+                    .threads()
+                    .iter()
+                    .zip(&ranges)
+                    .filter(|(t, _)| !clear.contains(&t.tid))
+                    .map(|(t, r)| ThreadView {
+                        tid: t.tid,
+                        rip: t.regs.rip,
+                        stack_base: t.regs.rsp,
+                        stack: &stack_buf[r.clone()],
+                    })
+                    .collect();
+                let seen = module_idle(&views, &code);
+                let busy: Vec<i32> = views.iter().map(|v| v.tid).filter(|t| !seen.clear.contains(t)).collect();
+                drop(views);
+                world.resume()?;
+                clear.extend(seen.clear);
+                match seen.busy {
+                    None => return Ok(()),
+                    Some(w) => why = w,
+                }
+                // Read after the threads run again: entering and leaving the stop counts as CPU
+                // time too, and only a run after it can take a thread out of the module.
+                in_the_way = busy.into_iter().map(|t| (t, pannus_kernel::cpu_time(pid, t))).collect();
             }
+            if last {
+                return Err(Error::busy(why));
+            }
+            std::thread::sleep(interval);
         }
     }
 
@@ -1825,6 +1850,25 @@ fn stop_reading_stacks(
     Ok((world, ranges))
 }
 
+/// Whether stopping the threads of `pid` again can clear anything ([`Session::wait_module_idle`]):
+/// a thread appeared that is not known clear nor known in the way (with nothing known yet, every
+/// thread), or every thread in the way at the last stop has run since, blocked or exited. When
+/// in doubt, yes.
+fn worth_a_stop(pid: i32, clear: &HashSet<i32>, in_the_way: &[(i32, Option<u64>)]) -> bool {
+    let Ok(tids) = pannus_kernel::list_threads(pid) else {
+        return true;
+    };
+    if tids.iter().any(|t| !clear.contains(t) && !in_the_way.iter().any(|(w, _)| w == t)) {
+        return true;
+    }
+    // A thread blocked in a system call does not run until it is woken, but it may have left the
+    // module before it blocked: worth looking at.
+    in_the_way.iter().all(|&(tid, then)| match (then, pannus_kernel::cpu_time(pid, tid)) {
+        (Some(then), Some(now)) => now != then || pannus_kernel::thread_state(pid, tid).is_none_or(|s| s != 'R'),
+        _ => true,
+    })
+}
+
 /// What one stop saw of a module's code ([`module_idle`]).
 #[derive(Debug, Default)]
 struct ModuleSeen {
@@ -1881,10 +1925,7 @@ const STACK_SCAN: usize = 16 << 10;
 const UNLOAD_SCAN: usize = 512 << 10;
 
 fn thread_alive(pid: i32, tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+    pannus_kernel::thread_state(pid, tid).is_some_and(|s| s != 'Z')
 }
 
 /// Makes room for a new record of patch `id`: an old rolled-back record is dropped, unless its

@@ -30,7 +30,7 @@ pub use maps::{Gadgets, Mapping};
 pub use mem::Mem;
 pub use nix::libc::user_regs_struct as Regs;
 pub use sched::{foreground, start_in_background, RealtimeGuard};
-pub use thread::{list_threads, process_exists, read_seccomp_filters, tracer_of};
+pub use thread::{cpu_time, list_threads, process_exists, read_seccomp_filters, thread_state, tracer_of};
 pub use world::{Seized, StoppedThread, World};
 
 /// Linux x86-64 system call numbers used by pannus.

@@ -32,15 +32,29 @@ pub fn list_threads(pid: i32) -> Result<Vec<i32>> {
     Ok(tids)
 }
 
+/// The CPU time thread `tid` of `pid` has used so far, in ns (the first field of its
+/// `/proc/PID/task/TID/schedstat`); `None` when the thread is gone or the kernel keeps no such
+/// count. It grows only while the thread runs: unchanged, the thread has not run meanwhile.
+pub fn cpu_time(pid: i32, tid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// The state letter of thread `tid` of `pid` (`R` running or waiting for a CPU, `S` and `D`
+/// blocked, `t` stopped by a tracer, ...), from its `/proc/PID/task/TID/stat`; `None` when gone.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    state_in(&format!("/proc/{pid}/task/{tid}/stat"))
+}
+
+/// The state letter in a `stat` file of /proc (after the command name, which may hold spaces).
+fn state_in(path: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// Whether process `pid` exists and is not a zombie.
 pub fn process_exists(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
+    state_in(&format!("/proc/{pid}/stat")).is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// Attaches to thread `tid` without stopping it. A thread traced by someone else (a debugger, or
@@ -370,4 +384,46 @@ pub fn read_seccomp_filters(tid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
         let _ = detach(tid, 0);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_while_a_thread_runs_and_not_while_it_sleeps() {
+        let pid = std::process::id() as i32;
+        let me = nix::unistd::gettid().as_raw();
+        assert_eq!(thread_state(pid, me), Some('R'), "a thread reading its own state runs");
+        let before = cpu_time(pid, me).expect("this kernel counts CPU time per thread");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_millis(5) {
+            std::hint::spin_loop();
+        }
+        assert!(cpu_time(pid, me).unwrap() > before, "it ran");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let mut state = None;
+        for _ in 0..1000 {
+            state = thread_state(pid, tid);
+            if state == Some('S') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(state, Some('S'), "a thread waiting on a channel is blocked");
+        let slept = cpu_time(pid, tid).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(cpu_time(pid, tid), Some(slept), "a blocked thread uses no CPU time");
+        done_tx.send(()).unwrap();
+        sleeper.join().unwrap();
+        assert_eq!(thread_state(pid, tid), None, "gone");
+        assert_eq!(cpu_time(pid, tid), None, "gone");
+    }
 }
