@@ -2215,21 +2215,26 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["trial-watch", "--pid", &pid.to_string(), patch])
+    let child = Command::new(exe)
+        .args(["trial-watch", "--pid", &pid.to_string(), patch])
         .env("PANNUS_STATE_DIR", &engine.state_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0);
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))?;
     // Its start-up takes a CPU for a millisecond or two right when the patch went live, and a
-    // thread of the service woken on that CPU would wait behind it: it starts at `SCHED_IDLE`,
-    // and keeps to it while it only watches the clock (see wait_trial).
-    pannus_kernel::start_in_background(&mut cmd);
-    cmd.spawn().map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))
+    // thread of the service woken on that CPU would wait behind it for up to a time slice: it
+    // goes to SCHED_IDLE as soon as it has exec'd, and keeps to it while it only watches the
+    // clock (see wait_trial). Not from before its exec: `spawn` waits for the exec, which at
+    // SCHED_IDLE on CPUs the service keeps busy would take seconds.
+    pannus_kernel::background(child.id() as i32);
+    Ok(child)
 }
 
-/// The trial watcher's body: leaves the terminal's session, then waits for the trial to end.
+/// The trial watcher's body ([`spawn_trial_watcher`] starts it at `SCHED_IDLE`): leaves the
+/// terminal's session, then waits for the trial to end.
 pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     let _ = nix::unistd::setsid();
     match wait_trial(engine, pid, patch, |_| {}) {

@@ -299,8 +299,17 @@ fn trial_policy_runs_unattended() {
     state.apply(&m, t.pid).ok();
     assert_eq!(t.ask("c 3"), "300");
     // The watcher waits at SCHED_IDLE, so that it never takes a CPU a thread of the service wants.
-    let watcher = watcher_of(t.pid).expect("a trial watcher runs for the patch");
-    assert_eq!(sched_policy(watcher), Some(5), "the watcher waits at SCHED_IDLE");
+    // It is started detached, without waiting for its exec: give it a moment to show.
+    let mut watcher = None;
+    for _ in 0..200 {
+        watcher = watcher_of(t.pid);
+        if watcher.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let watcher = watcher.expect("a trial watcher runs for the patch");
+    assert_eq!(sched_policy(watcher), Some(5), "the watcher runs at SCHED_IDLE");
     // No pannus in the foreground: the detached watcher rolls it back at the deadline.
     let mut reverted = false;
     for _ in 0..50 {

@@ -37,25 +37,17 @@ impl Drop for RealtimeGuard {
     }
 }
 
-/// Makes the process `cmd` starts run at `SCHED_IDLE` from before its `exec` on: it then runs
-/// only on a CPU nobody else wants, so that its whole start-up (the `exec`, the dynamic loader,
-/// its own initialisation) never delays a thread of the service waking up. The policy is set in
-/// the child between `fork` and `exec`; if the kernel refuses it, the child starts normally.
-pub fn start_in_background(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
-    // calls are allowed: it makes one system call (sched_setscheduler, async-signal-safe), reads
-    // a `sched_param` on its own stack, allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(|| {
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-            Ok(())
-        });
-    }
+/// Moves process `pid` (a helper pannus just started) to `SCHED_IDLE`: it then runs only on a
+/// CPU nobody else wants, so that what it does never delays a thread of the service waking up.
+/// Returns whether it took effect.
+pub fn background(pid: i32) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the `sched_param` passed by valid pointer; `pid` names a
+    // process, and a wrong one only makes the call fail.
+    unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &param) == 0 }
 }
 
-/// Moves the calling thread from `SCHED_IDLE` (see [`start_in_background`]) back to the normal
+/// Moves the calling thread from `SCHED_IDLE` (see [`background`]) back to the normal
 /// policy (`SCHED_OTHER`, its nice value unchanged) before it does work that has to happen on
 /// time. A thread under any other policy is left as it is. Returns whether it now runs at a
 /// policy other than `SCHED_IDLE`.
