@@ -1715,15 +1715,16 @@ impl<'e> Session<'e> {
     ///
     /// A thread in the way leaves only by running, so the threads are stopped again only once
     /// every thread in the way at the last stop has run since (or blocked, or exited), or a new
-    /// thread appeared: on a machine where threads wait long for a CPU, stopping sooner would only hold
-    /// the others again for nothing. The last attempt always stops, for an exact answer.
+    /// thread appeared: on a machine where threads wait long for a CPU, stopping sooner would
+    /// only hold the others again for nothing. The last attempt always stops, for an exact
+    /// answer.
     fn wait_module_idle(&mut self, rec: &PatchRecord, mut clear: HashSet<i32>) -> Result<()> {
         let (retries, interval) = (rec.retries, Duration::from_millis(rec.retry_interval_ms));
         let code = self.module_code(rec);
         let pid = self.target.pid;
         let mut stack_buf: Vec<u8> = Vec::new();
-        // The threads in the way at the last stop, with the CPU time each had used since then:
-        // to begin with, those the caller's stop did not see clear, if it looked.
+        // The threads in the way at the last stop, with the CPU time each had used by then: to
+        // begin with, those the caller's stop did not see clear, if it looked.
         let mut in_the_way: Vec<(i32, Option<u64>)> = if clear.is_empty() {
             Vec::new()
         } else {
