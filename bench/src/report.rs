@@ -48,6 +48,21 @@ fn ratio(a: Stat, b: Stat) -> f64 {
     a.med / b.med
 }
 
+/// The cells of a row measured against the bare limit: baseline, limit, apply, rollback, then
+/// apply and rollback as ratios to the limit.
+fn against_limit(baseline: &[f64], limit: &[f64], apply: &[f64], rollback: &[f64]) -> String {
+    let (lim, apply, rollback) = (stat(limit), stat(apply), stat(rollback));
+    format!(
+        "{} | {} | {} | {} | {} | {}",
+        fmt_stat(stat(baseline)),
+        fmt_stat(lim),
+        fmt_stat(apply),
+        fmt_stat(rollback),
+        fmt_ratio(ratio(apply, lim)),
+        fmt_ratio(ratio(rollback, lim)),
+    )
+}
+
 fn fmt_ratio(r: f64) -> String {
     if r.is_finite() {
         format!("{r:.2}×")
@@ -328,21 +343,8 @@ fn stops(w: &mut String, res: &Results) {
          |---:|---|---:|---|---|---|---|---|---:|---:|"
     );
     for r in &res.stops {
-        let lim = stat(&r.limit_gap);
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.workers,
-            r.mode,
-            r.runs,
-            r.load,
-            fmt_stat(stat(&r.apply_base)),
-            fmt_stat(lim),
-            fmt_stat(stat(&r.apply_gap)),
-            fmt_stat(stat(&r.rb_gap)),
-            fmt_ratio(ratio(stat(&r.apply_gap), lim)),
-            fmt_ratio(ratio(stat(&r.rb_gap), lim)),
-        );
+        let cells = against_limit(&r.apply_base, &r.limit_gap, &r.apply_gap, &r.rb_gap);
+        let _ = writeln!(w, "| {} | {} | {} | {} | {cells} |", r.workers, r.mode, r.runs, r.load);
     }
     let _ = writeln!(
         w,
@@ -351,19 +353,8 @@ fn stops(w: &mut String, res: &Results) {
          |---:|---|---|---|---|---|---:|---:|"
     );
     for r in &res.stops {
-        let lim = stat(&r.limit_held);
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.workers,
-            r.mode,
-            fmt_stat(stat(&r.apply_base_held)),
-            fmt_stat(lim),
-            fmt_stat(stat(&r.apply_held)),
-            fmt_stat(stat(&r.rb_held)),
-            fmt_ratio(ratio(stat(&r.apply_held), lim)),
-            fmt_ratio(ratio(stat(&r.rb_held), lim)),
-        );
+        let cells = against_limit(&r.apply_base_held, &r.limit_held, &r.apply_held, &r.rb_held);
+        let _ = writeln!(w, "| {} | {} | {cells} |", r.workers, r.mode);
     }
     let _ = writeln!(
         w,
