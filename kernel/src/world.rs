@@ -63,6 +63,8 @@ impl World {
                     Err(Error::NoProcess { .. }) => {} // exited meanwhile
                     // Created by a thread already seized: traced since its birth.
                     Err(_) if thread::tracer_of(tid) == Some(me) => seized.tids.push(tid),
+                    // Exiting: the kernel refuses to attach (EPERM) to a thread on its way out.
+                    Err(_) if thread::thread_state(pid, tid).is_none_or(|s| s == 'Z' || s == 'X') => {}
                     Err(e) => return Err(e),
                 }
             }
