@@ -2226,10 +2226,10 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
         .spawn()
         .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))?;
     // Its start-up takes a CPU for a millisecond or two right when the patch went live, and a
-    // thread of the service woken on that CPU would wait behind it for up to a time slice: it
-    // goes to SCHED_IDLE as soon as it has exec'd, and keeps to it while it only watches the
-    // clock (see wait_trial). Not from before its exec: `spawn` waits for the exec, which at
-    // SCHED_IDLE on CPUs the service keeps busy would take seconds.
+    // thread of the service woken on that CPU would wait behind it for up to a time slice. It
+    // runs at SCHED_IDLE, and keeps to it while it only watches the clock (see wait_trial): from
+    // before its exec when started under a `SpareCpu` guard (whose watchdog gives a starved
+    // child the normal policy back), else from here on.
     pannus_kernel::background(child.id() as i32);
     Ok(child)
 }

@@ -328,12 +328,14 @@ fn stops(w: &mut String, res: &Results) {
          For `spin` workers, whose only other gaps are waits for a CPU, that is the stop as the target \
          lives it; a `sleep` worker's held time also holds its 100 µs sleep and the timer's slack \
          (compare with its baseline). Where a gap is much larger than the held time, the worker was \
-         waiting for a CPU: with both CPUs busy (the pannus process, or any process starting: a \
-         `/bin/true` started next to a sleeping worker here delays it by up to about 1 ms now and \
-         then), a waking thread waits. pannus starts its trial watcher at `SCHED_IDLE` for that \
-         reason. (Asking the kernel for 100 µs slices for pannus, EEVDF custom slices, did not \
-         shorten these waits measurably, and made pannus several times slower next to hundreds of \
-         threads waking every 100 µs: it is not done.)\n",
+         waiting for a CPU: a thread woken on a CPU where another runs at the normal policy waits up \
+         to a time slice (about 1.5 ms here), even while the other CPU idles. pannus's commands \
+         therefore run at `SCHED_IDLE` outside the stop window (from their first instruction, trial \
+         watcher included; a watchdog returns them to the normal policy if that starves them), and \
+         a waking worker takes the CPU from them at once. What is left of such waits is mostly \
+         the `exec` of the pannus process itself, before its first instruction. (Asking the kernel \
+         for 100 µs slices for pannus, EEVDF custom slices, did not shorten these waits \
+         measurably: the running thread keeps the CPU until a tick.)\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let _ = writeln!(

@@ -1,4 +1,19 @@
 use nix::libc;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Held across every change of pannus's own policy that must not cross another: the stop
+/// window's raise to `SCHED_FIFO` and back, and [`SpareCpu`]'s watchdog returning a thread to the
+/// normal policy (which must never land inside the window and lower it).
+static POLICY: Mutex<()> = Mutex::new(());
+
+fn policy_lock() -> MutexGuard<'static, ()> {
+    POLICY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Raises the calling thread to `SCHED_FIFO` for the stop-the-world window and restores its
 /// policy when dropped. On a small machine the stop is dominated by the scheduler: each resumed
 /// thread preempts the patcher, so running the window at real-time priority shortens the time the
@@ -9,6 +24,7 @@ pub struct RealtimeGuard {
 
 impl RealtimeGuard {
     pub fn raise() -> RealtimeGuard {
+        let _policy = policy_lock();
         // SAFETY: sched_getscheduler/sched_getparam/sched_setscheduler on pid 0 (the calling
         // thread) only read or write the `sched_param` we pass by valid pointer.
         unsafe {
@@ -29,6 +45,7 @@ impl RealtimeGuard {
 impl Drop for RealtimeGuard {
     fn drop(&mut self) {
         if let Some((policy, param)) = self.saved {
+            let _policy = policy_lock();
             // SAFETY: as above; `param` is a valid sched_param saved by `raise`.
             unsafe {
                 libc::sched_setscheduler(0, policy, &param);
@@ -60,4 +77,349 @@ pub fn foreground() -> bool {
     // SAFETY: sched_setscheduler on the calling thread reads the `sched_param` passed by valid
     // pointer.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0 }
+}
+
+/// How much longer than it ran a thread at `SCHED_IDLE` under [`SpareCpu`] may wait for a CPU
+/// before the watchdog gives it the normal policy back: pannus works at least about half as
+/// fast as at the normal policy, give or take this.
+const SPARE_BUDGET: Duration = Duration::from_millis(3);
+/// How often the watchdog looks while the thread works; it looks less often (up to
+/// [`SPARE_TICK_IDLE`]) while the thread is blocked, waiting for the target or an answer.
+const SPARE_TICK: Duration = Duration::from_millis(1);
+const SPARE_TICK_IDLE: Duration = Duration::from_millis(32);
+/// How long a thread may stay runnable without running (see [`Starving`]).
+const SPARE_STUCK: Duration = Duration::from_millis(12);
+
+/// Runs the calling thread, and the processes it starts meanwhile, on spare CPU time
+/// (`SCHED_IDLE`) for as long as the guard lives, then restores the normal policy.
+///
+/// pannus's own work before and after the stop (pre-flight, loading, starting the trial
+/// watcher) takes a CPU for a few milliseconds. Under the normal policy a thread of the service
+/// that wakes up on that CPU waits behind it for up to a time slice (about 1.5 ms on a
+/// 2-CPU machine), even while another CPU idles; at `SCHED_IDLE` it takes the CPU at once. The
+/// stop window itself still runs at `SCHED_FIFO` ([`RealtimeGuard`]).
+///
+/// It is only entered from the normal policy, and when pannus may return to it (`CAP_SYS_NICE`,
+/// which it has as root). A watchdog thread at the normal policy makes sure pannus is never
+/// starved on CPUs the service keeps busy: once the thread, or a process it started, has waited
+/// for a CPU 3 ms longer than it has run (from `/proc/.../schedstat`), or has been waiting for
+/// one for 12 ms, the watchdog gives it the normal policy back for good.
+pub struct SpareCpu {
+    watchdog: Option<(Arc<Stop>, JoinHandle<()>)>,
+    /// The policy belongs to the thread that entered: the guard must be dropped there.
+    _thread: PhantomData<*const ()>,
+}
+
+#[derive(Default)]
+struct Stop {
+    flag: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl SpareCpu {
+    /// Enters, from the normal policy and with the privilege to return to it; otherwise the
+    /// guard does nothing.
+    pub fn enter() -> SpareCpu {
+        let pid = std::process::id() as i32;
+        let tid = nix::unistd::gettid().as_raw();
+        // SAFETY: sched_getscheduler on pid 0 (the calling thread) only reads its policy.
+        if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER || !may_leave_idle() {
+            return SpareCpu::none();
+        }
+        if schedstat(pid, tid).is_none() {
+            return SpareCpu::none();
+        }
+        let stop = Arc::new(Stop::default());
+        // Started before the switch: a thread inherits its creator's policy.
+        let watchdog = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new().name("pannus-spare-cpu".into()).spawn(move || watch(pid, tid, &stop))
+        };
+        let Ok(watchdog) = watchdog else { return SpareCpu::none() };
+        let guard = SpareCpu { watchdog: Some((stop, watchdog)), _thread: PhantomData };
+        let _policy = policy_lock();
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler on the calling thread reads the `sched_param` passed by
+        // valid pointer. If it fails, the drop below finds the policy unchanged.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        drop(_policy);
+        // A thread of the service that woke up on this CPU before the switch would still wait
+        // for the rest of pannus's time slice: the switch alone does not hand the CPU over.
+        std::thread::yield_now();
+        guard
+    }
+
+    fn none() -> SpareCpu {
+        SpareCpu { watchdog: None, _thread: PhantomData }
+    }
+
+    /// Whether the calling thread runs at `SCHED_IDLE` now.
+    pub fn active() -> bool {
+        // SAFETY: sched_getscheduler on pid 0 (the calling thread) only reads its policy.
+        unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+    }
+}
+
+impl Drop for SpareCpu {
+    fn drop(&mut self) {
+        let Some((stop, watchdog)) = self.watchdog.take() else { return };
+        *stop.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        stop.wake.notify_all();
+        let _ = watchdog.join();
+        let _policy = policy_lock();
+        if SpareCpu::active() {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as in `enter`; back to the normal policy the guard was entered from.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        }
+    }
+}
+
+/// The watchdog of [`SpareCpu`]: gives thread `tid`, and each process it started, the normal
+/// policy back once it is starved at `SCHED_IDLE` (see [`Starving`]).
+fn watch(pid: i32, tid: i32, stop: &Stop) {
+    let mut me = Starving::new(pid, tid);
+    let mut children: HashMap<i32, Starving> = HashMap::new();
+    let mut tick = SPARE_TICK;
+    let mut flag = stop.flag.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        flag = match stop.wake.wait_timeout(flag, tick) {
+            Ok((f, _)) => f,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        if *flag {
+            return;
+        }
+        let busy = me.look();
+        tick = if busy { SPARE_TICK } else { (tick * 2).min(SPARE_TICK_IDLE) };
+        for child in children_of(pid, tid) {
+            children.entry(child).or_insert_with(|| Starving::new(child, child)).look();
+        }
+    }
+}
+
+/// What the watchdog knows of one thread: starved when it has waited for a CPU [`SPARE_BUDGET`]
+/// longer than it has run, or has been runnable without running for [`SPARE_STUCK`].
+///
+/// The kernel adds to a thread's wait (`run_delay`) only once the thread gets a CPU, and its
+/// CPU time only at a scheduler tick or when it stops running: a thread waiting still, or
+/// running, shows neither growing. Runnable with neither its CPU time nor its count of times on
+/// a CPU moving across more than a tick (4 ms at 250 Hz, 10 ms at 100 Hz) is a thread that
+/// has not run.
+struct Starving {
+    pid: i32,
+    tid: i32,
+    /// CPU time and wait when first seen.
+    first: Option<(u64, u64)>,
+    last: Option<(u64, u64)>,
+    stuck_since: Option<Instant>,
+    done: bool,
+}
+
+impl Starving {
+    fn new(pid: i32, tid: i32) -> Starving {
+        let first = schedstat(pid, tid).map(|(cpu, delay, _)| (cpu, delay));
+        Starving { pid, tid, first, last: None, stuck_since: None, done: first.is_none() }
+    }
+
+    /// Looks at the thread again, and gives it the normal policy back if it is starved.
+    /// Returns whether it is runnable.
+    fn look(&mut self) -> bool {
+        let now = Instant::now();
+        let Some((cpu, delay, runs)) = schedstat(self.pid, self.tid) else {
+            self.done = true;
+            return false;
+        };
+        let runnable = crate::thread_state(self.pid, self.tid) == Some('R');
+        let moved = self.last != Some((cpu, runs));
+        self.last = Some((cpu, runs));
+        self.stuck_since = if runnable && !moved { self.stuck_since.or(Some(now)) } else { None };
+        if let (false, Some((cpu0, delay0))) = (self.done, self.first) {
+            let waited = delay.saturating_sub(delay0);
+            let ran = cpu.saturating_sub(cpu0);
+            let stuck = self.stuck_since.is_some_and(|t| now.duration_since(t) >= SPARE_STUCK);
+            if waited >= ran.saturating_add(SPARE_BUDGET.as_nanos() as u64) || stuck {
+                self.done = normal_again(self.tid);
+            }
+        }
+        runnable
+    }
+}
+
+/// Moves `tid` from `SCHED_IDLE` to the normal policy; a thread inside the stop window
+/// (`SCHED_FIFO`) is left alone, to be looked at again on the next tick. Returns whether it is
+/// done.
+fn normal_again(tid: i32) -> bool {
+    let _policy = policy_lock();
+    // SAFETY: sched_getscheduler only reads the policy of `tid`; a wrong tid makes it fail.
+    match unsafe { libc::sched_getscheduler(tid) } {
+        libc::SCHED_IDLE => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler reads the `sched_param` passed by valid pointer.
+            unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) == 0 }
+        }
+        libc::SCHED_FIFO | libc::SCHED_RR => false,
+        _ => true,
+    }
+}
+
+/// Whether this thread may go back from `SCHED_IDLE` to the normal policy on its own:
+/// `CAP_SYS_NICE` in its effective set (without it, `RLIMIT_NICE` would have to allow nice 0).
+fn may_leave_idle() -> bool {
+    const CAP_SYS_NICE: u32 = 23;
+    let Ok(status) = std::fs::read_to_string("/proc/thread-self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
+}
+
+/// Thread `tid` of `pid`'s CPU time and time spent waiting for a CPU (ns), and how many times
+/// it got a CPU: the three fields of its `/proc/PID/task/TID/schedstat`.
+fn schedstat(pid: i32, tid: i32) -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse().ok());
+    Some((fields.next()??, fields.next()??, fields.next()??))
+}
+
+/// The processes thread `tid` of `pid` started that are still there.
+fn children_of(pid: i32, tid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+        .map(|text| text.split_whitespace().filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    fn policy(tid: i32) -> i32 {
+        // SAFETY: sched_getscheduler only reads the policy of `tid`.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    fn me() -> i32 {
+        nix::unistd::gettid().as_raw()
+    }
+
+    /// Without CAP_SYS_NICE the guard does nothing: there is nothing to test.
+    fn privileged() -> bool {
+        let ok = may_leave_idle();
+        if !ok {
+            eprintln!("skipped: needs CAP_SYS_NICE");
+        }
+        ok
+    }
+
+    /// The last CPU this thread may run on, and two threads at the normal policy keeping it busy
+    /// until the returned flag is set.
+    fn busy_cpu() -> (usize, Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>) {
+        let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let cpu = (0..CpuSet::count()).rev().find(|&c| allowed.is_set(c).unwrap()).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let spinners = (0..2)
+            .map(|_| {
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    let mut only = CpuSet::new();
+                    only.set(cpu).unwrap();
+                    sched_setaffinity(Pid::from_raw(0), &only).unwrap();
+                    while !done.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        (cpu, done, spinners)
+    }
+
+    #[test]
+    fn spare_cpu_runs_the_thread_at_sched_idle_then_restores_the_normal_policy() {
+        if !privileged() {
+            return;
+        }
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+        let guard = SpareCpu::enter();
+        assert_eq!(policy(0), libc::SCHED_IDLE);
+        assert!(SpareCpu::active());
+        drop(guard);
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+        assert!(!SpareCpu::active());
+    }
+
+    #[test]
+    fn a_thread_starved_at_sched_idle_gets_the_normal_policy_back() {
+        if !privileged() {
+            return;
+        }
+        let (cpu, done, spinners) = busy_cpu();
+        let mut only = CpuSet::new();
+        only.set(cpu).unwrap();
+        sched_setaffinity(Pid::from_raw(0), &only).unwrap();
+        let pid = std::process::id() as i32;
+        let guard = SpareCpu::enter();
+        // 30 ms of CPU on a CPU two busy threads share: at SCHED_IDLE's weight (3 against
+        // 2 × 1024) that would take about 20 s.
+        let start = crate::cpu_time(pid, me()).unwrap();
+        let t0 = Instant::now();
+        while crate::cpu_time(pid, me()).unwrap() - start < 30_000_000 && t0.elapsed() < Duration::from_secs(60) {
+            std::hint::spin_loop();
+        }
+        let inside = policy(0);
+        drop(guard);
+        done.store(true, Ordering::Relaxed);
+        spinners.into_iter().for_each(|s| s.join().unwrap());
+        assert_eq!(inside, libc::SCHED_OTHER, "the watchdog gave the starved thread the normal policy back");
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_process_started_at_sched_idle_and_starved_gets_the_normal_policy_back() {
+        if !privileged() {
+            return;
+        }
+        let (cpu, done, spinners) = busy_cpu();
+        let guard = SpareCpu::enter();
+        // It inherits SCHED_IDLE, moves itself to the busy CPU and execs `sleep` there.
+        let mut child = std::process::Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "sleep", "30"])
+            .spawn()
+            .expect("taskset (util-linux) runs");
+        let child_pid = child.id() as i32;
+        let t0 = Instant::now();
+        let mut seen = policy(child_pid);
+        while seen == libc::SCHED_IDLE && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+            seen = policy(child_pid);
+        }
+        drop(guard);
+        done.store(true, Ordering::Relaxed);
+        spinners.into_iter().for_each(|s| s.join().unwrap());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(seen, libc::SCHED_OTHER, "the watchdog gave the starved child the normal policy back");
+    }
+
+    #[test]
+    fn the_watchdog_never_lowers_the_stop_window() {
+        if !privileged() {
+            return;
+        }
+        let guard = SpareCpu::enter();
+        let window = RealtimeGuard::raise();
+        assert_eq!(policy(0), libc::SCHED_FIFO);
+        assert!(!normal_again(me()), "a thread in the stop window is left alone");
+        assert_eq!(policy(0), libc::SCHED_FIFO);
+        drop(window);
+        assert_eq!(policy(0), libc::SCHED_IDLE, "the window ends at the policy it started from");
+        assert!(normal_again(me()));
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+        drop(guard);
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+    }
 }

@@ -145,7 +145,11 @@ pub enum Command {
 }
 
 /// Runs the command line; returns the process exit code.
-pub fn run(cli: Cli) -> i32 {
+/// Runs a command. `spare` is the caller's [`pannus_kernel::SpareCpu`] guard, entered as early
+/// as it could be: kept for the commands that work on a service's process, so that their work
+/// never keeps one of the service's threads waiting for a CPU (the stop itself still runs at
+/// real-time priority), and left at once by the others.
+pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
     let mut engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
     engine.lock_wait = crate::fleet::lock_wait_from_env().unwrap_or(engine.lock_wait);
     if let Some(t) = cli.init_timeout {
@@ -162,6 +166,11 @@ pub fn run(cli: Cli) -> i32 {
             | Command::Rollback { json: true, .. }
             | Command::Journal { json: true, .. }
     );
+    let _spare = matches!(
+        command,
+        Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
+    )
+    .then_some(spare);
     let result = match command {
         Command::Apply { all: true, .. } | Command::Rollback { all: true, .. } | Command::Status { all: true, .. } => {
             fleet_dispatch(&engine, command)

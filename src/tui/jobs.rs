@@ -87,6 +87,8 @@ pub fn spawn(engine: Engine) -> (Sender<Job>, Receiver<Event>) {
 }
 
 fn run(engine: &Engine, job: Job, tx: &Sender<Event>) -> Event {
+    // As for the CLI's commands: spare CPU time only, on this thread (the screen's keeps its own).
+    let _spare = pannus_kernel::SpareCpu::enter();
     let mut obs = Forward { tx };
     match job {
         Job::Check { pid, manifest } => match Manifest::load(&manifest) {
