@@ -5,9 +5,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Held across every change of pannus's own policy that must not cross another: the stop
-/// window's raise to `SCHED_FIFO` and back, and [`SpareCpu`]'s watchdog returning a thread to the
-/// normal policy (which must never land inside the window and lower it).
+/// Orders [`SpareCpu`]'s watchdog, which reads a thread's policy and moves it from
+/// `SCHED_IDLE` to the normal one, against the raise to `SCHED_FIFO` for the stop window, so
+/// that the watchdog never lowers the window. Only ever held at the normal policy or above: a
+/// thread at `SCHED_IDLE` holding it could be kept off the CPUs, and the watchdog with it.
 static POLICY: Mutex<()> = Mutex::new(());
 
 fn policy_lock() -> MutexGuard<'static, ()> {
@@ -24,7 +25,7 @@ pub struct RealtimeGuard {
 
 impl RealtimeGuard {
     pub fn raise() -> RealtimeGuard {
-        let _policy = policy_lock();
+        let new = libc::sched_param { sched_priority: 50 };
         // SAFETY: sched_getscheduler/sched_getparam/sched_setscheduler on pid 0 (the calling
         // thread) only read or write the `sched_param` we pass by valid pointer.
         unsafe {
@@ -33,10 +34,13 @@ impl RealtimeGuard {
             if policy < 0 || libc::sched_getparam(0, &mut old) != 0 {
                 return RealtimeGuard { saved: None };
             }
-            let new = libc::sched_param { sched_priority: 50 };
             if libc::sched_setscheduler(0, libc::SCHED_FIFO, &new) != 0 {
                 return RealtimeGuard { saved: None };
             }
+            // Raised first, then again under the lock: a watchdog that read `SCHED_IDLE` just
+            // before the first raise and lowered the thread after it is undone here.
+            let _policy = policy_lock();
+            libc::sched_setscheduler(0, libc::SCHED_FIFO, &new);
             RealtimeGuard { saved: Some((policy, old)) }
         }
     }
@@ -45,7 +49,8 @@ impl RealtimeGuard {
 impl Drop for RealtimeGuard {
     fn drop(&mut self) {
         if let Some((policy, param)) = self.saved {
-            let _policy = policy_lock();
+            // Without the lock, which a thread back at SCHED_IDLE must not hold: a watchdog
+            // that finds the window over moves the thread on its next look.
             // SAFETY: as above; `param` is a valid sched_param saved by `raise`.
             unsafe {
                 libc::sched_setscheduler(0, policy, &param);
@@ -137,12 +142,10 @@ impl SpareCpu {
         };
         let Ok(watchdog) = watchdog else { return SpareCpu::none() };
         let guard = SpareCpu { watchdog: Some((stop, watchdog)), _thread: PhantomData };
-        let _policy = policy_lock();
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: sched_setscheduler on the calling thread reads the `sched_param` passed by
         // valid pointer. If it fails, the drop below finds the policy unchanged.
         unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-        drop(_policy);
         // A thread of the service that woke up on this CPU before the switch would still wait
         // for the rest of pannus's time slice: the switch alone does not hand the CPU over.
         std::thread::yield_now();
@@ -166,7 +169,6 @@ impl Drop for SpareCpu {
         *stop.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
         stop.wake.notify_all();
         let _ = watchdog.join();
-        let _policy = policy_lock();
         if SpareCpu::active() {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: as in `enter`; back to the normal policy the guard was entered from.
@@ -246,21 +248,18 @@ impl Starving {
     }
 }
 
-/// Moves `tid` from `SCHED_IDLE` to the normal policy; a thread inside the stop window
-/// (`SCHED_FIFO`) is left alone, to be looked at again on the next tick. Returns whether it is
-/// done.
+/// Moves `tid` from `SCHED_IDLE` to the normal policy. Returns whether it did: a thread under
+/// another policy is left as it is (inside the stop window, or not yet at `SCHED_IDLE`), to be
+/// looked at again on the next tick.
 fn normal_again(tid: i32) -> bool {
     let _policy = policy_lock();
     // SAFETY: sched_getscheduler only reads the policy of `tid`; a wrong tid makes it fail.
-    match unsafe { libc::sched_getscheduler(tid) } {
-        libc::SCHED_IDLE => {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: sched_setscheduler reads the `sched_param` passed by valid pointer.
-            unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) == 0 }
-        }
-        libc::SCHED_FIFO | libc::SCHED_RR => false,
-        _ => true,
+    if unsafe { libc::sched_getscheduler(tid) } != libc::SCHED_IDLE {
+        return false;
     }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the `sched_param` passed by valid pointer.
+    unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) == 0 }
 }
 
 /// Whether this thread may go back from `SCHED_IDLE` to the normal policy on its own:
@@ -410,6 +409,9 @@ mod tests {
         if !privileged() {
             return;
         }
+        // Not yet at SCHED_IDLE: nothing to do, and the watchdog keeps looking.
+        assert!(!normal_again(me()));
+        assert_eq!(policy(0), libc::SCHED_OTHER);
         let guard = SpareCpu::enter();
         let window = RealtimeGuard::raise();
         assert_eq!(policy(0), libc::SCHED_FIFO);
