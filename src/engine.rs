@@ -1126,7 +1126,14 @@ impl<'e> Session<'e> {
                     let len = page_ceil(file_end) - start;
                     let r = h.syscall(
                         nr::MMAP,
-                        &[start, len, s.prot(), MAP_PRIVATE | MAP_FIXED, fd as u64, page_floor(s.offset)],
+                        &[
+                            start,
+                            len,
+                            s.prot(),
+                            MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
+                            fd as u64,
+                            page_floor(s.offset),
+                        ],
                     )?;
                     if r < 0 {
                         return Err(registry::syscall_error("mapping a module segment (mmap)", r));
@@ -1142,7 +1149,7 @@ impl<'e> Session<'e> {
                                 page_ceil(file_end),
                                 mem_end - page_ceil(file_end),
                                 s.prot(),
-                                MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS,
+                                MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_POPULATE,
                                 u64::MAX,
                                 0,
                             ],
@@ -1154,7 +1161,14 @@ impl<'e> Session<'e> {
                 } else {
                     let r = h.syscall(
                         nr::MMAP,
-                        &[start, mem_end - start, s.prot(), MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS, u64::MAX, 0],
+                        &[
+                            start,
+                            mem_end - start,
+                            s.prot(),
+                            MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_POPULATE,
+                            u64::MAX,
+                            0,
+                        ],
                     )?;
                     if r < 0 {
                         return Err(registry::syscall_error("mapping a module segment (mmap)", r));
@@ -1909,6 +1923,9 @@ mod mmap {
     pub const MAP_FIXED: u64 = 0x10;
     pub const MAP_ANONYMOUS: u64 = 0x20;
     pub const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+    /// The module's pages are faulted in when mapped, not by the service's threads when they
+    /// first run the patched code right after the switch.
+    pub const MAP_POPULATE: u64 = 0x8000;
     pub const O_RDONLY_CLOEXEC: u64 = 0o2000000;
     pub const AT_FDCWD: i64 = -100;
 }
@@ -2238,6 +2255,9 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
 /// terminal's session, then waits for the trial to end.
 pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     let _ = nix::unistd::setsid();
+    // Whatever it was started at (from a pannus that was given the normal policy back, it
+    // starts at the normal policy): it waits at SCHED_IDLE.
+    pannus_kernel::background(0);
     match wait_trial(engine, pid, patch, |_| {}) {
         Ok(s) => Ok(s),
         Err(e) if !pannus_kernel::process_exists(pid) => {
