@@ -90,7 +90,7 @@ pub fn foreground() -> bool {
 const SPARE_BUDGET: Duration = Duration::from_millis(3);
 /// How often the watchdog looks while the thread works; it looks less often (up to
 /// [`SPARE_TICK_IDLE`]) while the thread is blocked, waiting for the target or an answer.
-const SPARE_TICK: Duration = Duration::from_millis(1);
+const SPARE_TICK: Duration = Duration::from_millis(2);
 const SPARE_TICK_IDLE: Duration = Duration::from_millis(32);
 /// How long a thread may stay runnable without running (see [`Starving`]).
 const SPARE_STUCK: Duration = Duration::from_millis(12);
@@ -194,8 +194,12 @@ fn watch(pid: i32, tid: i32, stop: &Stop) {
         }
         let busy = me.look();
         tick = if busy { SPARE_TICK } else { (tick * 2).min(SPARE_TICK_IDLE) };
-        for child in children_of(pid, tid) {
-            children.entry(child).or_insert_with(|| Starving::new(child, child)).look();
+        // A child it started matters while the thread waits for it (`spawn` waits for the
+        // child's exec); one that starves while the thread goes on delays nothing.
+        if !busy {
+            for child in children_of(pid, tid) {
+                children.entry(child).or_insert_with(|| Starving::new(child, child)).look();
+            }
         }
     }
 }
