@@ -88,8 +88,9 @@ pub fn foreground() -> bool {
 /// before the watchdog gives it the normal policy back: pannus works at least about half as
 /// fast as at the normal policy, give or take this.
 const SPARE_BUDGET: Duration = Duration::from_millis(3);
-/// How often the watchdog looks while the thread works; it looks less often (up to
-/// [`SPARE_TICK_IDLE`]) while the thread is blocked, waiting for the target or an answer.
+/// How often the watchdog looks while the thread, or a child it waits for, is runnable; it looks
+/// less often (up to [`SPARE_TICK_IDLE`]) while they are blocked, waiting for the target or an
+/// answer.
 const SPARE_TICK: Duration = Duration::from_millis(2);
 const SPARE_TICK_IDLE: Duration = Duration::from_millis(32);
 /// How long a thread may stay runnable without running (see [`Starving`]).
@@ -192,15 +193,15 @@ fn watch(pid: i32, tid: i32, stop: &Stop) {
         if *flag {
             return;
         }
-        let busy = me.look();
-        tick = if busy { SPARE_TICK } else { (tick * 2).min(SPARE_TICK_IDLE) };
+        let mut busy = me.look();
         // A child it started matters while the thread waits for it (`spawn` waits for the
         // child's exec); one that starves while the thread goes on delays nothing.
         if !busy {
             for child in children_of(pid, tid) {
-                children.entry(child).or_insert_with(|| Starving::new(child, child)).look();
+                busy |= children.entry(child).or_insert_with(|| Starving::new(child, child)).look();
             }
         }
+        tick = if busy { SPARE_TICK } else { (tick * 2).min(SPARE_TICK_IDLE) };
     }
 }
 
