@@ -6,7 +6,9 @@ use crate::engine::{self, CheckLine, Engine, Observer, Session, Stage};
 use crate::error::Error;
 use crate::manifest::Manifest;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::process::Child;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
 
 /// Work the console asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,18 +77,42 @@ pub fn spawn(engine: Engine) -> (Sender<Job>, Receiver<Event>) {
     std::thread::Builder::new()
         .name("pannus-jobs".into())
         .spawn(move || {
-            for job in job_rx {
-                let ev = run(&engine, job, &ev_tx);
-                if ev_tx.send(ev).is_err() {
-                    break;
+            let mut watchers = Watchers::default();
+            loop {
+                match job_rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(job) => {
+                        let ev = run(&engine, job, &ev_tx, &mut watchers);
+                        if ev_tx.send(ev).is_err() {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
+                watchers.reap();
             }
         })
         .ok();
     (job_tx, ev_rx)
 }
 
-fn run(engine: &Engine, job: Job, tx: &Sender<Event>) -> Event {
+/// The trial watchers the console started. Each is waited for once it has ended, so that none
+/// is left as a zombie for as long as the console runs; those still watching when the console
+/// exits go on without it.
+#[derive(Default)]
+struct Watchers(Vec<Child>);
+
+impl Watchers {
+    fn keep(&mut self, child: Child) {
+        self.0.push(child);
+    }
+
+    fn reap(&mut self) {
+        self.0.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+    }
+}
+
+fn run(engine: &Engine, job: Job, tx: &Sender<Event>, watchers: &mut Watchers) -> Event {
     // As for the CLI's commands: spare CPU time only, on this thread (the screen's keeps its own).
     let _spare = pannus_kernel::SpareCpu::enter();
     let mut obs = Forward { tx };
@@ -104,8 +130,9 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>) -> Event {
         Job::Apply { pid, manifest } => {
             let result = Manifest::load(&manifest).and_then(|m| {
                 let rec = Session::open(engine, pid)?.apply(&m, &mut obs)?;
-                if let Err(e) = engine::spawn_trial_watcher(engine, pid, &rec.patch) {
-                    obs.progress(None, &format!("warning: {e}"));
+                match engine::spawn_trial_watcher(engine, pid, &rec.patch) {
+                    Ok(child) => watchers.keep(child),
+                    Err(e) => obs.progress(None, &format!("warning: {e}")),
                 }
                 Ok(rec.patch)
             });
@@ -119,5 +146,38 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>) -> Event {
             let result = Session::open(engine, pid).and_then(|mut s| s.commit(&patch, &note)).map(|_| ());
             Event::Committed { pid, patch, result }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Watchers;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    fn state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    #[test]
+    fn an_ended_watcher_is_waited_for_and_a_running_one_kept() {
+        let mut watchers = Watchers::default();
+        let ended = Command::new("true").spawn().unwrap();
+        let running = Command::new("sleep").arg("30").spawn().unwrap();
+        let (ended_pid, running_pid) = (ended.id(), running.id());
+        watchers.keep(ended);
+        watchers.keep(running);
+        let t0 = Instant::now();
+        while state(ended_pid) != Some('Z') && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(state(ended_pid), Some('Z'), "ended, not yet waited for");
+        watchers.reap();
+        assert_eq!(state(ended_pid), None, "waited for: no zombie left");
+        assert_eq!(watchers.0.len(), 1);
+        assert_eq!(watchers.0[0].id(), running_pid, "the running one is kept");
+        watchers.0[0].kill().unwrap();
+        watchers.0[0].wait().unwrap();
     }
 }
