@@ -640,10 +640,14 @@ impl<'e> Session<'e> {
             }
             e
         };
+        // Stages 1 to 3 mostly wait for the borrowed thread: at the normal policy (see
+        // SpareCpu::pause).
+        let paused = pannus_kernel::SpareCpu::pause();
         let replacements = match m.module.load {
             LoadMethod::Mmap => self.load_link_init(&p, &mut reg, record, obs, &undo)?,
             LoadMethod::Dlopen => self.load_with_dlopen(&p, &mut reg, record, obs, &undo)?,
         };
+        drop(paused);
         const DONE: [Stage; 3] = [Stage::Load, Stage::Link, Stage::Init];
         // Replacements out of `jmp rel32` reach go through stubs in a page near the target.
         let targets = match self.trampolines(&p, &replacements, &mut reg) {
@@ -1653,6 +1657,7 @@ impl<'e> Session<'e> {
         // 2. Unload once no thread can be inside the module.
         if rec.module_mapped {
             let t0 = Instant::now();
+            let _paused = pannus_kernel::SpareCpu::pause();
             self.unload(reg, id, seen, obs)?;
             self.timings.push(("unload", t0.elapsed()));
         }

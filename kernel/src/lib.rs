@@ -29,7 +29,7 @@ pub use hijack::Hijack;
 pub use maps::{Gadgets, Mapping};
 pub use mem::Mem;
 pub use nix::libc::user_regs_struct as Regs;
-pub use sched::{background, foreground, RealtimeGuard, SpareCpu};
+pub use sched::{background, foreground, Paused, RealtimeGuard, SpareCpu};
 pub use thread::{cpu_time, list_threads, process_exists, read_seccomp_filters, thread_state, tracer_of};
 pub use world::{Seized, StoppedThread, World};
 

@@ -1,6 +1,8 @@
 use nix::libc;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -111,50 +113,44 @@ const SPARE_STUCK: Duration = Duration::from_millis(12);
 /// for a CPU 3 ms longer than it has run (from `/proc/.../schedstat`), or has been waiting for
 /// one for 12 ms, the watchdog gives it the normal policy back for good.
 pub struct SpareCpu {
-    watchdog: Option<(Arc<Stop>, JoinHandle<()>)>,
+    entered: bool,
     /// The policy belongs to the thread that entered: the guard must be dropped there.
     _thread: PhantomData<*const ()>,
 }
 
+/// A running watchdog, and what it tells the thread it watches.
+struct Watchdog {
+    shared: Arc<Shared>,
+    thread: JoinHandle<()>,
+}
+
 #[derive(Default)]
-struct Stop {
-    flag: Mutex<bool>,
+struct Shared {
+    stop: Mutex<bool>,
     wake: Condvar,
+    /// Set once the watchdog has given the thread the normal policy back: it stays there.
+    starved: AtomicBool,
+}
+
+thread_local! {
+    /// The watchdog of the [`SpareCpu`] guard this thread is under, while it runs.
+    static WATCHDOG: RefCell<Option<Watchdog>> = const { RefCell::new(None) };
 }
 
 impl SpareCpu {
     /// Enters, from the normal policy and with the privilege to return to it; otherwise the
     /// guard does nothing.
     pub fn enter() -> SpareCpu {
-        let pid = std::process::id() as i32;
-        let tid = nix::unistd::gettid().as_raw();
         // SAFETY: sched_getscheduler on pid 0 (the calling thread) only reads its policy.
         if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER || !may_leave_idle() {
             return SpareCpu::none();
         }
-        if schedstat(pid, tid).is_none() {
-            return SpareCpu::none();
-        }
-        let stop = Arc::new(Stop::default());
-        // Started before the switch: a thread inherits its creator's policy.
-        let watchdog = {
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new().name("pannus-spare-cpu".into()).spawn(move || watch(pid, tid, &stop))
-        };
-        let Ok(watchdog) = watchdog else { return SpareCpu::none() };
-        let guard = SpareCpu { watchdog: Some((stop, watchdog)), _thread: PhantomData };
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler on the calling thread reads the `sched_param` passed by
-        // valid pointer. If it fails, the drop below finds the policy unchanged.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-        // A thread of the service that woke up on this CPU before the switch would still wait
-        // for the rest of pannus's time slice: the switch alone does not hand the CPU over.
-        std::thread::yield_now();
-        guard
+        let entered = WATCHDOG.with(|w| w.borrow().is_none()) && start();
+        SpareCpu { entered, _thread: PhantomData }
     }
 
     fn none() -> SpareCpu {
-        SpareCpu { watchdog: None, _thread: PhantomData }
+        SpareCpu { entered: false, _thread: PhantomData }
     }
 
     /// Whether the calling thread runs at `SCHED_IDLE` now.
@@ -162,31 +158,93 @@ impl SpareCpu {
         // SAFETY: sched_getscheduler on pid 0 (the calling thread) only reads its policy.
         unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
     }
+
+    /// Returns the calling thread to the normal policy, and ends its watchdog, until the
+    /// returned guard is dropped; nothing when it is not under a `SpareCpu` guard, or was given
+    /// the normal policy back for good.
+    ///
+    /// For the stages that mostly wait for the borrowed thread of the target: little of pannus's
+    /// own CPU time to hand over there, and its round trips through ptrace take two to three
+    /// times as long while the watchdog thread exists.
+    pub fn pause() -> Paused {
+        let starved = WATCHDOG.with(|w| w.borrow_mut().take()).map(finish);
+        Paused { resume: starved == Some(false), _thread: PhantomData }
+    }
 }
 
 impl Drop for SpareCpu {
     fn drop(&mut self) {
-        let Some((stop, watchdog)) = self.watchdog.take() else { return };
-        *stop.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        stop.wake.notify_all();
-        let _ = watchdog.join();
-        if SpareCpu::active() {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: as in `enter`; back to the normal policy the guard was entered from.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        if self.entered {
+            if let Some(watchdog) = WATCHDOG.with(|w| w.borrow_mut().take()) {
+                finish(watchdog);
+            }
         }
     }
 }
 
+/// See [`SpareCpu::pause`].
+pub struct Paused {
+    resume: bool,
+    _thread: PhantomData<*const ()>,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if self.resume {
+            start();
+        }
+    }
+}
+
+/// Starts the watchdog of the calling thread and moves the thread to `SCHED_IDLE`. Returns
+/// whether it did.
+fn start() -> bool {
+    let pid = std::process::id() as i32;
+    let tid = nix::unistd::gettid().as_raw();
+    if schedstat(pid, tid).is_none() {
+        return false;
+    }
+    let shared = Arc::new(Shared::default());
+    // Started before the switch: a thread inherits its creator's policy.
+    let thread = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new().name("pannus-spare-cpu".into()).spawn(move || watch(pid, tid, &shared))
+    };
+    let Ok(thread) = thread else { return false };
+    WATCHDOG.with(|w| *w.borrow_mut() = Some(Watchdog { shared, thread }));
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread reads the `sched_param` passed by valid
+    // pointer. If it fails, `finish` finds the policy unchanged.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    // A thread of the service that woke up on this CPU before the switch would still wait for
+    // the rest of pannus's time slice: the switch alone does not hand the CPU over.
+    std::thread::yield_now();
+    true
+}
+
+/// Ends the watchdog and returns the calling thread to the normal policy. Returns whether the
+/// watchdog had found it starved.
+fn finish(watchdog: Watchdog) -> bool {
+    *watchdog.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    watchdog.shared.wake.notify_all();
+    let _ = watchdog.thread.join();
+    if SpareCpu::active() {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as in `start`; back to the normal policy the guard was entered from.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    }
+    watchdog.shared.starved.load(Ordering::Relaxed)
+}
+
 /// The watchdog of [`SpareCpu`]: gives thread `tid`, and each process it started, the normal
 /// policy back once it is starved at `SCHED_IDLE` (see [`Starving`]).
-fn watch(pid: i32, tid: i32, stop: &Stop) {
+fn watch(pid: i32, tid: i32, shared: &Shared) {
     let mut me = Starving::new(pid, tid);
     let mut children: HashMap<i32, Starving> = HashMap::new();
     let mut tick = SPARE_TICK;
-    let mut flag = stop.flag.lock().unwrap_or_else(|p| p.into_inner());
+    let mut flag = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        flag = match stop.wake.wait_timeout(flag, tick) {
+        flag = match shared.wake.wait_timeout(flag, tick) {
             Ok((f, _)) => f,
             Err(poisoned) => poisoned.into_inner().0,
         };
@@ -194,6 +252,9 @@ fn watch(pid: i32, tid: i32, stop: &Stop) {
             return;
         }
         let mut busy = me.look();
+        if me.done {
+            shared.starved.store(true, Ordering::Relaxed);
+        }
         // A child it started matters while the thread waits for it (`spawn` waits for the
         // child's exec); one that starves while the thread goes on delays nothing.
         if !busy {
@@ -357,6 +418,29 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_returns_to_the_normal_policy_without_a_watchdog_then_resumes() {
+        if !privileged() {
+            return;
+        }
+        let watching = || WATCHDOG.with(|w| w.borrow().is_some());
+        drop(SpareCpu::pause());
+        assert_eq!(policy(0), libc::SCHED_OTHER, "no guard: nothing to pause or resume");
+        let guard = SpareCpu::enter();
+        assert!(watching());
+        let paused = SpareCpu::pause();
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+        assert!(!watching(), "no watchdog thread while paused");
+        drop(paused);
+        assert_eq!(policy(0), libc::SCHED_IDLE);
+        assert!(watching());
+        assert!(!SpareCpu::enter().entered, "a guard inside a guard does nothing");
+        assert_eq!(policy(0), libc::SCHED_IDLE);
+        drop(guard);
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+        assert!(!watching());
+    }
+
+    #[test]
     fn a_thread_starved_at_sched_idle_gets_the_normal_policy_back() {
         if !privileged() {
             return;
@@ -375,10 +459,13 @@ mod tests {
             std::hint::spin_loop();
         }
         let inside = policy(0);
+        drop(SpareCpu::pause());
+        let after_pause = policy(0);
         drop(guard);
         done.store(true, Ordering::Relaxed);
         spinners.into_iter().for_each(|s| s.join().unwrap());
         assert_eq!(inside, libc::SCHED_OTHER, "the watchdog gave the starved thread the normal policy back");
+        assert_eq!(after_pause, libc::SCHED_OTHER, "for good: a pause does not resume SCHED_IDLE");
         assert_eq!(policy(0), libc::SCHED_OTHER);
     }
 
