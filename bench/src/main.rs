@@ -215,10 +215,18 @@ fn main() {
     res.ps = bench_ps(&pannus, &b, if opts.quick { 3 } else { 10 });
     eprintln!("pannus-bench: apply --all over {FLEET} processes (load {})", loadavg());
     res.fleet = bench_fleet(&pannus, &b, if opts.quick { 1 } else { 3 });
-    let (runs, runs_256) = if opts.quick { (3, 2) } else { (10, 5) };
+    // The small cases are cheap and the noisiest (a single wait for a CPU doubles a gap of a
+    // few hundred µs): more runs there.
+    let (runs_small, runs, runs_256) = if opts.quick { (3, 3, 2) } else { (30, 10, 5) };
     for &n in &[1usize, 8, 64, 256] {
         for mode in ["sleep", "spin"] {
-            let r = if n >= 256 { runs_256 } else { runs };
+            let r = if n >= 256 {
+                runs_256
+            } else if n <= 8 {
+                runs_small
+            } else {
+                runs
+            };
             eprintln!("pannus-bench: stop, {n} worker(s), {mode}, {r} runs (load {})", loadavg());
             res.stops.push(bench_stop(&pannus, &b, n, mode, r));
         }
