@@ -330,9 +330,10 @@ fn stops(w: &mut String, res: &Results) {
          (compare with its baseline). Where a gap is much larger than the held time, the worker was \
          waiting for a CPU: a thread woken on a CPU where another runs at the normal policy waits up \
          to a time slice (about 1.5 ms here), even while the other CPU idles. pannus's commands \
-         therefore run at `SCHED_IDLE` outside the stop window (from their first instruction, trial \
-         watcher included; a watchdog returns them to the normal policy if that starves them), and \
-         a waking worker takes the CPU from them at once. What is left of such waits is mostly \
+         therefore run at `SCHED_IDLE` outside the stop window when the machine has CPU time to \
+         spare (from their first instruction, trial watcher included; a watchdog returns them to \
+         the normal policy if that starves them), and a waking worker takes the CPU from them at \
+         once. What is left of such waits is mostly \
          the `exec` of the pannus process itself, before its first instruction. (Asking the kernel \
          for 100 µs slices for pannus, EEVDF custom slices, did not shorten these waits \
          measurably: the running thread keeps the CPU until a tick.)\n",

@@ -107,11 +107,12 @@ const SPARE_STUCK: Duration = Duration::from_millis(12);
 /// 2-CPU machine), even while another CPU idles; at `SCHED_IDLE` it takes the CPU at once. The
 /// stop window itself still runs at `SCHED_FIFO` ([`RealtimeGuard`]).
 ///
-/// It is only entered from the normal policy, and when pannus may return to it (`CAP_SYS_NICE`,
-/// which it has as root). A watchdog thread at the normal policy makes sure pannus is never
-/// starved on CPUs the service keeps busy: once the thread, or a process it started, has waited
-/// for a CPU 3 ms longer than it has run (from `/proc/.../schedstat`), or has been waiting for
-/// one for 12 ms, the watchdog gives it the normal policy back for good.
+/// It is only entered from the normal policy, when pannus may return to it (`CAP_SYS_NICE`,
+/// which it has as root), and when the machine has CPU time to spare at all (no more runnable
+/// threads than twice the CPUs). A watchdog thread at the normal policy makes sure pannus is
+/// never starved on CPUs the service keeps busy: once the thread, or a process it started, has
+/// waited for a CPU 3 ms longer than it has run (from `/proc/.../schedstat`), or has been
+/// waiting for one for 12 ms, the watchdog gives it the normal policy back for good.
 pub struct SpareCpu {
     entered: bool,
     /// The policy belongs to the thread that entered: the guard must be dropped there.
@@ -138,9 +139,16 @@ thread_local! {
 }
 
 impl SpareCpu {
-    /// Enters, from the normal policy and with the privilege to return to it; otherwise the
-    /// guard does nothing.
+    /// Enters, from the normal policy, with the privilege to return to it, and when there is
+    /// CPU time to spare at all (see [`some_cpu_to_spare`]); otherwise the guard does nothing.
     pub fn enter() -> SpareCpu {
+        if !some_cpu_to_spare() {
+            return SpareCpu::none();
+        }
+        SpareCpu::enter_whatever_the_load()
+    }
+
+    fn enter_whatever_the_load() -> SpareCpu {
         // SAFETY: sched_getscheduler on pid 0 (the calling thread) only reads its policy.
         if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER || !may_leave_idle() {
             return SpareCpu::none();
@@ -328,6 +336,18 @@ fn normal_again(tid: i32) -> bool {
     unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) == 0 }
 }
 
+/// Whether there is CPU time to spare at all: no more runnable threads on the machine (the
+/// fourth field of `/proc/loadavg`, which counts this one) than twice the CPUs this thread may
+/// use. On CPUs the service keeps saturated, `SCHED_IDLE` would only starve pannus until the
+/// watchdog gives it the normal policy back, and make the command that much longer.
+fn some_cpu_to_spare() -> bool {
+    let Ok(cpus) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else { return false };
+    let allowed = (0..nix::sched::CpuSet::count()).filter(|&c| cpus.is_set(c).unwrap_or(false)).count();
+    let Ok(loadavg) = std::fs::read_to_string("/proc/loadavg") else { return false };
+    let runnable = loadavg.split_whitespace().nth(3).and_then(|f| f.split_once('/')).and_then(|(r, _)| r.parse().ok());
+    runnable.is_some_and(|r: usize| r <= 2 * allowed)
+}
+
 /// Whether this thread may go back from `SCHED_IDLE` to the normal policy on its own:
 /// `CAP_SYS_NICE` in its effective set (without it, `RLIMIT_NICE` would have to allow nice 0).
 fn may_leave_idle() -> bool {
@@ -409,7 +429,7 @@ mod tests {
             return;
         }
         assert_eq!(policy(0), libc::SCHED_OTHER);
-        let guard = SpareCpu::enter();
+        let guard = SpareCpu::enter_whatever_the_load();
         assert_eq!(policy(0), libc::SCHED_IDLE);
         assert!(SpareCpu::active());
         drop(guard);
@@ -425,7 +445,7 @@ mod tests {
         let watching = || WATCHDOG.with(|w| w.borrow().is_some());
         drop(SpareCpu::pause());
         assert_eq!(policy(0), libc::SCHED_OTHER, "no guard: nothing to pause or resume");
-        let guard = SpareCpu::enter();
+        let guard = SpareCpu::enter_whatever_the_load();
         assert!(watching());
         let paused = SpareCpu::pause();
         assert_eq!(policy(0), libc::SCHED_OTHER);
@@ -433,7 +453,7 @@ mod tests {
         drop(paused);
         assert_eq!(policy(0), libc::SCHED_IDLE);
         assert!(watching());
-        assert!(!SpareCpu::enter().entered, "a guard inside a guard does nothing");
+        assert!(!SpareCpu::enter_whatever_the_load().entered, "a guard inside a guard does nothing");
         assert_eq!(policy(0), libc::SCHED_IDLE);
         drop(guard);
         assert_eq!(policy(0), libc::SCHED_OTHER);
@@ -450,7 +470,7 @@ mod tests {
         only.set(cpu).unwrap();
         sched_setaffinity(Pid::from_raw(0), &only).unwrap();
         let pid = std::process::id() as i32;
-        let guard = SpareCpu::enter();
+        let guard = SpareCpu::enter_whatever_the_load();
         // 30 ms of CPU on a CPU two busy threads share: at SCHED_IDLE's weight (3 against
         // 2 × 1024) that would take about 20 s.
         let start = crate::cpu_time(pid, me()).unwrap();
@@ -475,7 +495,7 @@ mod tests {
             return;
         }
         let (cpu, done, spinners) = busy_cpu();
-        let guard = SpareCpu::enter();
+        let guard = SpareCpu::enter_whatever_the_load();
         // It inherits SCHED_IDLE, moves itself to the busy CPU and execs `sleep` there.
         let mut child = std::process::Command::new("taskset")
             .args(["-c", &cpu.to_string(), "sleep", "30"])
@@ -504,7 +524,7 @@ mod tests {
         // Not yet at SCHED_IDLE: nothing to do, and the watchdog keeps looking.
         assert!(!normal_again(me()));
         assert_eq!(policy(0), libc::SCHED_OTHER);
-        let guard = SpareCpu::enter();
+        let guard = SpareCpu::enter_whatever_the_load();
         let window = RealtimeGuard::raise();
         assert_eq!(policy(0), libc::SCHED_FIFO);
         assert!(!normal_again(me()), "a thread in the stop window is left alone");
