@@ -145,10 +145,11 @@ pub enum Command {
 }
 
 /// Runs the command line; returns the process exit code.
-/// Runs a command. `spare` is the caller's [`pannus_kernel::SpareCpu`] guard, entered as early
-/// as it could be: kept for the commands that work on a service's process, so that their work
-/// never keeps one of the service's threads waiting for a CPU (the stop itself still runs at
-/// real-time priority), and left at once by the others.
+///
+/// `spare` is the caller's [`pannus_kernel::SpareCpu`] guard, entered as early as it could be:
+/// kept for the commands that work on a service's process, so that their work never keeps one
+/// of the service's threads waiting for a CPU (the stop itself still runs at real-time
+/// priority), and left at once by the others.
 pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
     let mut engine = Engine::new(crate::journal::state_dir(cli.state_dir.as_deref()));
     engine.lock_wait = crate::fleet::lock_wait_from_env().unwrap_or(engine.lock_wait);
