@@ -140,7 +140,8 @@ thread_local! {
 
 impl SpareCpu {
     /// Enters, from the normal policy, with the privilege to return to it, and when there is
-    /// CPU time to spare at all (see [`some_cpu_to_spare`]); otherwise the guard does nothing.
+    /// CPU time to spare at all (see the type's documentation); otherwise the guard does
+    /// nothing.
     pub fn enter() -> SpareCpu {
         if !some_cpu_to_spare() {
             return SpareCpu::none();
