@@ -1,3 +1,4 @@
+use crate::thread::schedstat;
 use nix::libc;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -359,14 +360,6 @@ fn may_leave_idle() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
-}
-
-/// Thread `tid` of `pid`'s CPU time and time spent waiting for a CPU (ns), and how many times
-/// it got a CPU: the three fields of its `/proc/PID/task/TID/schedstat`.
-fn schedstat(pid: i32, tid: i32) -> Option<(u64, u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
-    let mut fields = text.split_whitespace().map(|f| f.parse().ok());
-    Some((fields.next()??, fields.next()??, fields.next()??))
 }
 
 /// The processes thread `tid` of `pid` started that are still there.

@@ -36,8 +36,15 @@ pub fn list_threads(pid: i32) -> Result<Vec<i32>> {
 /// `/proc/PID/task/TID/schedstat`); `None` when the thread is gone or the kernel keeps no such
 /// count. It grows only while the thread runs: unchanged, the thread has not run meanwhile.
 pub fn cpu_time(pid: i32, tid: i32) -> Option<u64> {
+    schedstat(pid, tid).map(|(cpu, _, _)| cpu)
+}
+
+/// Thread `tid` of `pid`'s CPU time and time spent waiting for a CPU (ns), and how many times
+/// it got a CPU: the three fields of its `/proc/PID/task/TID/schedstat`.
+pub(crate) fn schedstat(pid: i32, tid: i32) -> Option<(u64, u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    let mut fields = text.split_whitespace().map(|f| f.parse().ok());
+    Some((fields.next()??, fields.next()??, fields.next()??))
 }
 
 /// The state letter of thread `tid` of `pid` (`R` running or waiting for a CPU, `S` and `D`

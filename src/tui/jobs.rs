@@ -156,8 +156,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn state(pid: u32) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.trim_start().chars().next()
+        pannus_kernel::thread_state(pid as i32, pid as i32)
     }
 
     #[test]
