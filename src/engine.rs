@@ -154,13 +154,31 @@ pub struct Session<'e> {
     /// `preflight`, `load`, `link`, `init`, `activate`, and `stopped`, the time every thread
     /// was stopped for the switch that succeeded.
     pub timings: Vec<(&'static str, Duration)>,
+    /// When every thread was stopped during the last apply or rollback, one entry per stop
+    /// (retries included): what a service's own latency figures can be matched against.
+    pub stops: Vec<StopWindow>,
+}
+
+/// One stop of every thread of the target, from the first interrupt to the last thread let go,
+/// on the system's `CLOCK_MONOTONIC` (the clock services time their own latency with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StopWindow {
+    pub start_monotonic_ns: u64,
+    pub end_monotonic_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds (read through the vDSO: no system call).
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 impl<'e> Session<'e> {
     pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
         let target = Target::open(pid)?;
         let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
-        Ok(Session { engine, target, _lock: lock, gadgets: None, timings: Vec::new() })
+        Ok(Session { engine, target, _lock: lock, gadgets: None, timings: Vec::new(), stops: Vec::new() })
     }
 
     pub fn registry(&self) -> Result<Registry> {
@@ -582,6 +600,7 @@ impl<'e> Session<'e> {
 
     fn apply_inner(&mut self, m: &Manifest, obs: &mut dyn Observer) -> Result<PatchRecord> {
         self.timings.clear();
+        self.stops.clear();
         let t0 = Instant::now();
         let mut reg = self.registry()?;
         let mut lines = Vec::new();
@@ -1381,6 +1400,7 @@ impl<'e> Session<'e> {
             // Attaching costs the target nothing: its threads run on until they are stopped.
             let seized = World::seize(pid)?;
             let stopped_at = Instant::now();
+            let start_monotonic_ns = monotonic_ns();
             // On rollback the whole live stack (up to UNLOAD_SCAN) is read, for the module check.
             let scan = if sw.module_code.is_empty() { STACK_SCAN } else { UNLOAD_SCAN };
             let (world, ranges) = stop_reading_stacks(&self.target, seized, |_| scan, &mut stack_buf)?;
@@ -1418,6 +1438,7 @@ impl<'e> Session<'e> {
                 }
                 let written_at = Instant::now();
                 let resumed_at = world.resume()?;
+                self.stops.push(StopWindow { start_monotonic_ns, end_monotonic_ns: monotonic_ns() });
                 self.timings.push(("stopped", resumed_at - stopped_at));
                 self.timings.push(("stop_halt", halted_at - stopped_at));
                 self.timings.push(("stop_check", checked_at - halted_at));
@@ -1434,6 +1455,7 @@ impl<'e> Session<'e> {
                 return Ok((attempt, seen));
             }
             world.resume()?;
+            self.stops.push(StopWindow { start_monotonic_ns, end_monotonic_ns: monotonic_ns() });
             if last {
                 let mut text = format!(
                     "busy: after {attempt} attempts over {:?}, thread(s) {} still in the way:",
@@ -1519,6 +1541,7 @@ impl<'e> Session<'e> {
 
     fn rollback_inner(&mut self, patch: Option<&str>, cascade: bool, obs: &mut dyn Observer) -> Result<Vec<String>> {
         self.timings.clear();
+        self.stops.clear();
         let pid = self.target.pid;
         let mut reg = self.registry()?;
         let id = match patch {
@@ -1757,6 +1780,7 @@ impl<'e> Session<'e> {
             let last = attempt > retries;
             if last || worth_a_stop(pid, &clear, &in_the_way) {
                 let seized = World::seize(pid)?;
+                let start_monotonic_ns = monotonic_ns();
                 let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
                 let (world, ranges) = stop_reading_stacks(&self.target, seized, most, &mut stack_buf)?;
                 let views: Vec<ThreadView> = world
@@ -1775,6 +1799,7 @@ impl<'e> Session<'e> {
                 let busy: Vec<i32> = views.iter().map(|v| v.tid).filter(|t| !seen.clear.contains(t)).collect();
                 drop(views);
                 world.resume()?;
+                self.stops.push(StopWindow { start_monotonic_ns, end_monotonic_ns: monotonic_ns() });
                 clear.extend(seen.clear);
                 match seen.busy {
                     None => return Ok(()),

@@ -457,3 +457,41 @@ fn module_stays_mapped_while_a_thread_is_inside_it_and_goes_once_it_left() {
     assert!(!t.maps().contains("patch_linger.so"), "the module is unloaded once no thread is inside");
     assert_eq!(t.ask("c 5"), "6");
 }
+
+/// The stop windows `--json` reports are when the target's threads really were stopped: a
+/// thread of the target watching the clock sees a gap in each of them.
+#[test]
+fn json_reports_when_the_threads_were_stopped() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("C"), "started");
+    let m = state.manifest("stop-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let pid = t.pid.to_string();
+    let mono = || {
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    };
+    let check = |t: &mut Proc, args: &[&str]| {
+        let before = mono();
+        let v = state.pannus(args).ok().json();
+        let after = mono();
+        let stops = v["stops"].as_array().unwrap_or_else(|| panic!("no stops in {v}"));
+        assert!(!stops.is_empty(), "{v}");
+        let mut total = 0;
+        for s in stops {
+            let (a, b) = (s["start_monotonic_ns"].as_u64().unwrap(), s["end_monotonic_ns"].as_u64().unwrap());
+            assert!(before < a && a < b && b < after, "{before} < {a} < {b} < {after}");
+            total += b - a;
+            let seen = t.ask(&format!("o {a} {b}"));
+            let gap: u64 = seen.split(' ').next().unwrap().parse().unwrap();
+            assert!(gap > 0, "the target's clock watcher ran through the stop {a}..{b}: {seen}");
+        }
+        // One stop on an idle target, and the same one `timings_us.stopped` measures.
+        let stopped = v["timings_us"]["stopped"].as_u64().unwrap() * 1000;
+        assert!(total.abs_diff(stopped) < 50_000, "windows {total} ns, stopped {stopped} ns");
+    };
+    check(&mut t, &["apply", &m.to_string_lossy(), "--pid", &pid, "--yes", "--json"]);
+    assert_eq!(t.ask("c 5"), "500");
+    check(&mut t, &["rollback", "--pid", &pid, "--yes", "--json"]);
+    assert_eq!(t.ask("c 5"), "6");
+}

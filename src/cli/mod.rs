@@ -331,6 +331,7 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
     }
     let rec = s.apply(&m, &mut obs)?;
     let timings = timings_json(&s.timings);
+    let stops = json!(s.stops);
     drop(s);
     if !wait {
         if let Err(e) = engine::spawn_trial_watcher(engine, pid, &rec.patch) {
@@ -365,6 +366,7 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         v["pid"] = json!(pid);
         v["state"] = json!(final_state);
         v["timings_us"] = timings;
+        v["stops"] = stops;
         println!("{v}");
     }
     Ok(())
@@ -476,7 +478,10 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     let mut obs = CliObserver { yes: true, quiet: json };
     let done = s.rollback(patch.as_deref(), cascade, &mut obs)?;
     if json {
-        println!("{}", json!({"pid": pid, "rolled_back": done, "timings_us": timings_json(&s.timings)}));
+        println!(
+            "{}",
+            json!({"pid": pid, "rolled_back": done, "timings_us": timings_json(&s.timings), "stops": s.stops})
+        );
     } else {
         println!("rolled back in process {pid}: {}", done.join(", "));
     }
