@@ -6,8 +6,9 @@
  * At SCHED_FIFO (as pannus runs its stop window): PTRACE_SEIZE + PTRACE_INTERRUPT every thread
  * listed in /proc/PID/task (all interrupted before any is waited for), waitpid each, pwrite the
  * bytes to /proc/PID/mem at ADDR, PTRACE_DETACH every thread. With ORIGINAL_HEXBYTES, a second
- * stop the same way writes those back. Prints "stop_ns=N [restore_ns=N] threads=T": the wall
- * time of each stop, from the first seize to the last detach.
+ * stop the same way writes those back. Prints "stop_ns=N [restore_ns=N] threads=T window=S,E":
+ * the wall time of each stop, from the first seize to the last detach, and when the first one
+ * began and ended (CLOCK_MONOTONIC ns).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -45,7 +46,8 @@ static int parse_hex(const char *s, unsigned char *out, int max)
 
 static int tids[65536];
 
-static uint64_t stop_write(int pid, int memfd, uint64_t addr, const unsigned char *bytes, int len, int *nthreads)
+static uint64_t stop_write(int pid, int memfd, uint64_t addr, const unsigned char *bytes, int len, int *nthreads,
+                           uint64_t *start, uint64_t *end)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task", pid);
@@ -83,6 +85,8 @@ static uint64_t stop_write(int pid, int memfd, uint64_t addr, const unsigned cha
         ptrace(PTRACE_DETACH, tids[i], 0, 0);
     uint64_t t1 = now_ns();
     *nthreads = n;
+    *start = t0;
+    *end = t1;
     return t1 - t0;
 }
 
@@ -112,12 +116,14 @@ int main(int argc, char **argv)
         return 1;
     }
     int n = 0, m = 0;
-    uint64_t stop = stop_write(pid, memfd, addr, bytes, len, &n);
+    uint64_t s0, e0, s1, e1;
+    uint64_t stop = stop_write(pid, memfd, addr, bytes, len, &n, &s0, &e0);
     if (olen > 0) {
-        uint64_t restore = stop_write(pid, memfd, addr, orig, olen, &m);
-        printf("stop_ns=%llu restore_ns=%llu threads=%d\n", (unsigned long long)stop, (unsigned long long)restore, n);
+        uint64_t restore = stop_write(pid, memfd, addr, orig, olen, &m, &s1, &e1);
+        printf("stop_ns=%llu restore_ns=%llu threads=%d", (unsigned long long)stop, (unsigned long long)restore, n);
     } else {
-        printf("stop_ns=%llu threads=%d\n", (unsigned long long)stop, n);
+        printf("stop_ns=%llu threads=%d", (unsigned long long)stop, n);
     }
+    printf(" window=%llu,%llu\n", (unsigned long long)s0, (unsigned long long)e0);
     return 0;
 }

@@ -6,12 +6,17 @@
  *     sleep: call work(), then sleep 100 us
  *
  * Prints "ready work=0xADDR" once every worker runs. Commands on stdin, one per line:
- *   reset   zero every worker's maximum; answers "ok"
- *   report  waits until every worker has completed an iteration since the command, then prints
+ *   reset   zero every worker's maximum and gap log; answers "ok now=NS" (CLOCK_MONOTONIC)
+ *   report [S E]...
+ *           waits until every worker has completed an iteration since the command, then prints
  *           "max=NS median=NS held=NS calls=C eintr=E": the largest gap over all workers since
  *           the last reset, the median of the per-worker maxima, the largest time a worker was
  *           held (see below), the total number of calls so far, and how many reads of stdin
- *           failed with EINTR (pannus promises none)
+ *           failed with EINTR (pannus promises none). Given windows (CLOCK_MONOTONIC ns, such
+ *           as the stops a patcher reports), it adds "window_max=NS window_held=NS lost=L": the
+ *           largest gap, and the largest time held, among the gaps that overlap a window. Each
+ *           worker logs its last LOG gaps over 20 us since the reset; L counts the workers whose
+ *           log no longer reaches back to the first window (0 when the answer is exact).
  *
  * Held: a gap is time the worker did not run, either waiting for a CPU (time slicing: with more
  * busy threads than CPUs it has such gaps anyway) or kept off the CPUs (stopped by a tracer,
@@ -46,7 +51,18 @@ struct slot {
     char pad[64 - 3 * sizeof(uint64_t)];
 } __attribute__((aligned(64)));
 
+/* Each worker's log of its gaps over 20 us since the last reset: a ring of LOG entries. */
+#define LOG 4096
+struct gap {
+    _Atomic uint64_t end, len, held;
+};
+struct log {
+    _Atomic uint64_t count; /* entries written since the reset; entry i is at i % LOG */
+    struct gap gaps[LOG];
+};
+
 static struct slot *slots;
+static struct log *logs;
 static int nworkers;
 static int sleeping;
 static _Atomic uint64_t generation;
@@ -75,9 +91,21 @@ static uint64_t run_delay(int fd)
     return delay;
 }
 
+/* Adds a gap that ended at `end` to a worker's log (only that worker writes it). */
+static void note(struct log *log, uint64_t *logged, uint64_t end, uint64_t len, uint64_t held)
+{
+    struct gap *e = &log->gaps[*logged % LOG];
+    atomic_store_explicit(&e->end, end, memory_order_relaxed);
+    atomic_store_explicit(&e->len, len, memory_order_relaxed);
+    atomic_store_explicit(&e->held, held, memory_order_relaxed);
+    atomic_store_explicit(&log->count, ++*logged, memory_order_release);
+}
+
 static void *worker(void *arg)
 {
     struct slot *s = arg;
+    struct log *log = &logs[s - slots];
+    uint64_t logged = 0;
     uint64_t gen = atomic_load_explicit(&generation, memory_order_relaxed);
     uint64_t last = now_ns(), max = 0, held_max = 0;
     int sched = open("/proc/thread-self/schedstat", O_RDONLY);
@@ -104,6 +132,11 @@ static void *worker(void *arg)
             gen = g;
             max = 0;
             held_max = 0;
+            logged = 0;
+            atomic_store_explicit(&log->count, 0, memory_order_release);
+            /* the log keeps the gap that spans the reset whole: a stop may lie in it */
+            if (gap > 20000)
+                note(log, &logged, t, gap, held);
             atomic_store_explicit(&s->max, gen << 48, memory_order_relaxed);
             atomic_store_explicit(&s->held, gen << 48, memory_order_relaxed);
         } else {
@@ -115,6 +148,8 @@ static void *worker(void *arg)
                 held_max = held;
                 atomic_store_explicit(&s->held, (gen << 48) | (held_max & GAP_MASK), memory_order_relaxed);
             }
+            if (gap > 20000)
+                note(log, &logged, t, gap, held);
         }
         last = t;
         atomic_fetch_add_explicit(&s->iterations, 1, memory_order_release);
@@ -128,7 +163,42 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void report(void)
+#define WINDOWS 64
+
+/* The largest gap and time held among one worker's logged gaps that overlap a window; returns
+ * whether its log reaches back far enough to be sure. */
+static int in_windows(struct log *log, const uint64_t *w, int nw, uint64_t *gap_max, uint64_t *held_max)
+{
+    uint64_t first = w[0];
+    for (int k = 0; k < nw; k++)
+        if (w[2 * k] < first)
+            first = w[2 * k];
+    uint64_t n = atomic_load_explicit(&log->count, memory_order_acquire);
+    uint64_t from = n > LOG ? n - LOG : 0;
+    int complete = 1;
+    for (uint64_t i = from; i < n; i++) {
+        struct gap *e = &log->gaps[i % LOG];
+        uint64_t end = atomic_load_explicit(&e->end, memory_order_relaxed);
+        uint64_t len = atomic_load_explicit(&e->len, memory_order_relaxed);
+        uint64_t held = atomic_load_explicit(&e->held, memory_order_relaxed);
+        if (i == from && from > 0 && end - len > first)
+            complete = 0;
+        for (int k = 0; k < nw; k++) {
+            if (end > w[2 * k] && end - len < w[2 * k + 1]) {
+                if (len > *gap_max)
+                    *gap_max = len;
+                if (held > *held_max)
+                    *held_max = held;
+            }
+        }
+    }
+    /* entries overwritten while they were read */
+    if (atomic_load_explicit(&log->count, memory_order_acquire) > from + LOG)
+        complete = 0;
+    return complete;
+}
+
+static void report(const uint64_t *w, int nw)
 {
     uint64_t *before = calloc(nworkers, sizeof *before), *m = calloc(nworkers, sizeof *m);
     for (int i = 0; i < nworkers; i++)
@@ -157,8 +227,16 @@ static void report(void)
         calls += atomic_load(&slots[i].iterations);
     }
     qsort(m, nworkers, sizeof *m, cmp_u64);
-    printf("max=%llu median=%llu held=%llu calls=%llu eintr=%ld\n", (unsigned long long)total,
+    printf("max=%llu median=%llu held=%llu calls=%llu eintr=%ld", (unsigned long long)total,
            (unsigned long long)m[nworkers / 2], (unsigned long long)held, (unsigned long long)calls, eintr);
+    if (nw > 0) {
+        uint64_t wmax = 0, wheld = 0;
+        int lost = 0;
+        for (int i = 0; i < nworkers; i++)
+            lost += !in_windows(&logs[i], w, nw, &wmax, &wheld);
+        printf(" window_max=%llu window_held=%llu lost=%d", (unsigned long long)wmax, (unsigned long long)wheld, lost);
+    }
+    printf("\n");
     fflush(stdout);
     free(before);
     free(m);
@@ -176,6 +254,11 @@ int main(int argc, char **argv)
         nworkers = 1;
     slots = aligned_alloc(64, sizeof(struct slot) * nworkers);
     memset(slots, 0, sizeof(struct slot) * nworkers);
+    logs = calloc(nworkers, sizeof *logs);
+    if (!logs) {
+        perror("calloc");
+        return 1;
+    }
     for (int i = 0; i < nworkers; i++) {
         pthread_t t;
         pthread_attr_t a;
@@ -190,7 +273,7 @@ int main(int argc, char **argv)
         usleep(100);
     printf("ready work=%p\n", (void *)work);
     fflush(stdout);
-    char line[128];
+    static char line[64 * WINDOWS];
     for (;;) {
         if (!fgets(line, sizeof line, stdin)) {
             /* pannus promises the borrowed thread no EINTR; count any, and carry on */
@@ -205,10 +288,20 @@ int main(int argc, char **argv)
         }
         if (!strncmp(line, "reset", 5)) {
             atomic_fetch_add(&generation, 1);
-            printf("ok\n");
+            printf("ok now=%llu\n", (unsigned long long)now_ns());
             fflush(stdout);
         } else if (!strncmp(line, "report", 6)) {
-            report();
+            uint64_t w[2 * WINDOWS];
+            int nw = 0, used = 0;
+            const char *p = line + 6;
+            unsigned long long a, b;
+            while (nw < WINDOWS && sscanf(p, "%llu %llu%n", &a, &b, &used) == 2) {
+                w[2 * nw] = a;
+                w[2 * nw + 1] = b;
+                nw++;
+                p += used;
+            }
+            report(w, nw);
         } else if (!strncmp(line, "quit", 4)) {
             break;
         }

@@ -80,6 +80,21 @@ pub struct StopRow {
     pub apply_held: Vec<f64>,
     pub apply_base_held: Vec<f64>,
     pub rb_held: Vec<f64>,
+    /// The largest gap, and time held, among the gaps that overlap a stop of every thread (the
+    /// limit's one stop, pannus's `stops`); the baselines over windows placed as the apply's and
+    /// the rollback's were, in the same length of time after a reset.
+    pub limit_sgap: Vec<f64>,
+    pub limit_sheld: Vec<f64>,
+    pub apply_sgap: Vec<f64>,
+    pub apply_sheld: Vec<f64>,
+    pub apply_base_sgap: Vec<f64>,
+    pub apply_base_sheld: Vec<f64>,
+    pub rb_sgap: Vec<f64>,
+    pub rb_sheld: Vec<f64>,
+    pub rb_base_sgap: Vec<f64>,
+    /// Reports whose gap logs did not reach back to the first window: which, and for how many
+    /// workers.
+    pub inexact: Vec<String>,
     /// pannus's own stage timings (`timings_us`) of each apply and rollback.
     pub apply_stages: BTreeMap<String, Vec<f64>>,
     pub rb_stages: BTreeMap<String, Vec<f64>>,
@@ -416,18 +431,34 @@ fn build(dir: &Path) -> Built {
     }
 }
 
-/// Runs `limit` on `t`'s `work`, writing back its own bytes; returns (its own stop, in µs).
-fn run_limit(b: &Built, t: &Target, original: &[u8]) -> Result<f64, String> {
+/// Runs `limit` on `t`'s `work`, writing back its own bytes; returns its own stop in µs, and
+/// when it began and ended (CLOCK_MONOTONIC ns).
+fn run_limit(b: &Built, t: &Target, original: &[u8]) -> Result<(f64, (u64, u64)), String> {
     let out = Command::new(&b.limit)
         .args([t.pid.to_string(), format!("{:#x}", t.work), hex(original)])
         .output()
         .map_err(|e| format!("limit: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("stop_ns="))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|ns| ns / 1000.0)
-        .ok_or_else(|| format!("limit said {text:?} {}", String::from_utf8_lossy(&out.stderr)))
+    let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k));
+    let own = field("stop_ns=").and_then(|v| v.parse::<f64>().ok()).map(|ns| ns / 1000.0);
+    let window =
+        field("window=").and_then(|v| v.split_once(',')).and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    match (own, window) {
+        (Some(own), Some(window)) => Ok((own, window)),
+        _ => Err(format!("limit said {text:?} {}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+/// Notes a report whose gap logs did not reach back to the first window for `lost` workers.
+fn note_lost(row: &mut StopRow, what: &str, lost: usize) {
+    if lost > 0 {
+        row.inexact.push(format!("{what}: {lost} worker(s)"));
+    }
+}
+
+/// `windows` moved from a window that began at `from` to one that begins at `to`.
+fn shifted(windows: &[(u64, u64)], from: u64, to: u64) -> Vec<(u64, u64)> {
+    windows.iter().map(|&(a, b)| (a.saturating_sub(from) + to, b.saturating_sub(from) + to)).collect()
 }
 
 /// 1. The stop the target sees during apply and rollback, against the baseline and the limit.
@@ -441,39 +472,53 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
         // The bare limit.
         t.reset();
         match run_limit(b, &t, &original) {
-            Ok(own) => {
-                let (gap, _, held) = t.report();
-                row.limit_gap.push(gap);
-                row.limit_held.push(held);
+            Ok((own, window)) => {
+                let r = t.report_in(&[window]);
+                note_lost(&mut row, "limit", r.lost);
+                row.limit_gap.push(r.gap);
+                row.limit_held.push(r.held);
+                row.limit_sgap.push(r.window_gap);
+                row.limit_sheld.push(r.window_held);
                 row.limit_self.push(own);
             }
             Err(e) => row.failures.push(e),
         }
         // apply, then a baseline window as long as the apply.
-        t.reset();
+        let reset_at = t.reset();
         let r = pannus.apply(&manifest, t.pid);
-        let (gap, _, held) = t.report();
         if !r.ok() {
+            t.report();
             row.failures.push(format!("apply: {}", r.why()));
             continue;
         }
-        row.apply_gap.push(gap);
-        row.apply_held.push(held);
+        let stops = r.stops();
+        if stops.is_empty() {
+            row.failures.push("apply --json reported no `stops`".into());
+        }
+        let rep = t.report_in(&stops);
+        note_lost(&mut row, "apply", rep.lost);
+        row.apply_gap.push(rep.gap);
+        row.apply_held.push(rep.held);
+        row.apply_sgap.push(rep.window_gap);
+        row.apply_sheld.push(rep.window_held);
         row.apply_wall.push(us(r.wall));
         row.apply_stopped.extend(r.timing("stopped"));
         for (k, v) in r.timings() {
             row.apply_stages.entry(k).or_default().push(v);
         }
-        t.reset();
+        let base_at = t.reset();
         std::thread::sleep(r.wall);
-        let (gap, _, held) = t.report();
-        row.apply_base.push(gap);
-        row.apply_base_held.push(held);
+        let rep = t.report_in(&shifted(&stops, reset_at, base_at));
+        note_lost(&mut row, "apply baseline", rep.lost);
+        row.apply_base.push(rep.gap);
+        row.apply_base_held.push(rep.held);
+        row.apply_base_sgap.push(rep.window_gap);
+        row.apply_base_sheld.push(rep.window_held);
         // rollback, then its baseline.
-        t.reset();
+        let reset_at = t.reset();
         let r = pannus.rollback(t.pid);
-        let (gap, _, held) = t.report();
         if !r.ok() {
+            t.report();
             row.failures.push(format!("rollback: {}", r.why()));
             // Leave the target unpatched for the next run if at all possible.
             let again = pannus.rollback(t.pid);
@@ -483,16 +528,27 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
             }
             continue;
         }
-        row.rb_gap.push(gap);
-        row.rb_held.push(held);
+        let stops = r.stops();
+        if stops.is_empty() {
+            row.failures.push("rollback --json reported no `stops`".into());
+        }
+        let rep = t.report_in(&stops);
+        note_lost(&mut row, "rollback", rep.lost);
+        row.rb_gap.push(rep.gap);
+        row.rb_held.push(rep.held);
+        row.rb_sgap.push(rep.window_gap);
+        row.rb_sheld.push(rep.window_held);
         row.rb_wall.push(us(r.wall));
         row.rb_stopped.extend(r.timing("stopped"));
         for (k, v) in r.timings() {
             row.rb_stages.entry(k).or_default().push(v);
         }
-        t.reset();
+        let base_at = t.reset();
         std::thread::sleep(r.wall);
-        row.rb_base.push(t.report().0);
+        let rep = t.report_in(&shifted(&stops, reset_at, base_at));
+        note_lost(&mut row, "rollback baseline", rep.lost);
+        row.rb_base.push(rep.gap);
+        row.rb_base_sgap.push(rep.window_gap);
     }
     row.eintr = t.eintr;
     if t.eintr > 0 {

@@ -98,35 +98,46 @@ fn diffs(samples: &[[f64; 4]], a: usize, b: usize) -> Vec<f64> {
 
 fn goals(res: &Results) -> Vec<Goal> {
     let mut g = Vec::new();
-    // Stop against the limit, every thread count and mode.
-    let mut worst = (0.0f64, String::new());
-    let mut worst_self = (0.0f64, String::new());
-    let mut worst_rb = (0.0f64, String::new());
-    for r in &res.stops {
-        let lim = stat(&r.limit_gap);
-        let q = ratio(stat(&r.apply_gap), lim);
-        if q.is_nan() || q > worst.0 {
-            worst = (q, format!("{} {} workers", r.workers, r.mode));
+    // Stop against the limit, every thread count and mode: the worst median ratio of `pick`'s
+    // figure for pannus to the limit's, and the case it is in.
+    let worst = |pick: &dyn Fn(&StopRow) -> f64| {
+        let mut worst = (0.0f64, String::new());
+        for r in &res.stops {
+            let q = pick(r);
+            if q.is_nan() || q > worst.0 {
+                worst = (q, format!("{} {} workers", r.workers, r.mode));
+            }
         }
-        let q = ratio(stat(&r.rb_gap), lim);
-        if q.is_nan() || q > worst_rb.0 {
-            worst_rb = (q, format!("{} {} workers", r.workers, r.mode));
-        }
-        let q = ratio(stat(&r.apply_stopped), stat(&r.limit_self));
-        if q.is_nan() || q > worst_self.0 {
-            worst_self = (q, format!("{} {} workers", r.workers, r.mode));
-        }
-    }
+        worst
+    };
+    let q = |a: &[f64], b: &[f64]| ratio(stat(a), stat(b));
+    let apply = worst(&|r| q(&r.apply_sgap, &r.limit_sgap));
+    let rb = worst(&|r| q(&r.rb_sgap, &r.limit_sgap));
+    let whole = worst(&|r| q(&r.apply_gap, &r.limit_gap));
+    let whole_base = worst(&|r| q(&r.apply_gap, &r.apply_base));
+    let worst_self = worst(&|r| q(&r.apply_stopped, &r.limit_self));
     g.push(Goal {
-        what: "stop seen by the target during activation (largest gap) ≤ 1.5× the bare limit's, every thread count and mode".into(),
-        figure: format!("worst median ratio {} ({})", fmt_ratio(worst.0), worst.1),
-        met: worst.0 <= 1.5,
+        what: "stop seen by the target during activation (largest gap of a worker that overlaps a stop of every thread) ≤ 1.5× the bare limit's, every thread count and mode".into(),
+        figure: format!("worst median ratio {} ({})", fmt_ratio(apply.0), apply.1),
+        met: apply.0 <= 1.5,
         reference: false,
     });
     g.push(Goal {
         what: "the same during rollback (no goal set; for reference)".into(),
-        figure: format!("worst median ratio {} ({})", fmt_ratio(worst_rb.0), worst_rb.1),
-        met: worst_rb.0 <= 1.5,
+        figure: format!("worst median ratio {} ({})", fmt_ratio(rb.0), rb.1),
+        met: rb.0 <= 1.5,
+        reference: true,
+    });
+    g.push(Goal {
+        what: "largest gap of a worker over the whole `apply` (pre-flight and stages 1-3 included), against the limit's over its own run and against the baseline over as long (no goal set; for reference)".into(),
+        figure: format!(
+            "worst median ratio to the limit {} ({}); to the baseline {} ({})",
+            fmt_ratio(whole.0),
+            whole.1,
+            fmt_ratio(whole_base.0),
+            whole_base.1
+        ),
+        met: whole.0 <= 1.5,
         reference: true,
     });
     g.push(Goal {
@@ -278,9 +289,9 @@ fn reference(w: &mut String, res: &Results) {
         let _ = writeln!(w, "| patch with 8 busy threads (wall) | ~125 ms | {} |", fmt_us(stat(&r.apply_wall).med));
         let _ = writeln!(
             w,
-            "| … of which threads stopped | ~100 ms | {} (largest gap seen by a worker: {}) |",
+            "| … of which threads stopped | ~100 ms | {} (largest gap of a worker overlapping it, time slicing included: {}) |",
             fmt_us(stat(&r.apply_stopped).med),
-            fmt_us(stat(&r.apply_gap).med)
+            fmt_us(stat(&r.apply_sgap).med)
         );
         let tried = r.rb_wall.len() + r.failures.iter().filter(|f| f.starts_with("rollback:")).count();
         let _ = writeln!(
@@ -303,16 +314,22 @@ fn stops(w: &mut String, res: &Results) {
          each calls `work()` (the patched function) in a tight loop; in `sleep` mode it calls it and \
          sleeps 100 µs. Each worker records the largest gap between two consecutive iterations of its \
          loop (`CLOCK_MONOTONIC`); `reset` zeroes the maxima, and `report` waits until every worker has \
-         gone round once more and prints the largest gap over all workers. For each run, on the same \
-         target process:\n\n\
+         gone round once more and prints the largest gap over all workers. Each worker also logs \
+         every gap over 20 µs with the time it ended, so that `report` can also give the largest gap \
+         among those that overlap given windows of time: the stops of every thread. For each run, on \
+         the same target process:\n\n\
          - **limit**: `reset`, then [`limit.c`](bench/c/limit.c), the bare minimum of a patch: at \
          `SCHED_FIFO` (as pannus runs its stop window), `PTRACE_SEIZE` + `PTRACE_INTERRUPT` every thread \
          of `/proc/PID/task` (all interrupted before any is waited for), `waitpid` each, `pwrite` 5 bytes \
          at `work` through `/proc/PID/mem` (the function's own bytes, so the write costs what a jump \
-         costs and changes nothing), `PTRACE_DETACH` all; then `report`.\n\
-         - **apply**: `reset`, `pannus apply` (CLI, release build), `report`.\n\
+         costs and changes nothing), `PTRACE_DETACH` all; then `report`, with the limit's stop \
+         (first seize to last detach) as the window.\n\
+         - **apply**: `reset`, `pannus apply` (CLI, release build), `report`, with the stops pannus \
+         gives in its `--json` output (`stops`: first interrupt to last detach, `CLOCK_MONOTONIC`) as \
+         the windows.\n\
          - **baseline**: `reset`, sleep as long as that apply took, `report`: the gaps the target has \
-         anyway over such a window (time slicing, timer slack).\n\
+         anyway over such a window (time slicing, timer slack), and over windows placed as the \
+         apply's stops were, as long after the reset.\n\
          - **rollback**: `reset`, `pannus rollback`, `report` (a second baseline follows it too).\n\n\
          Ratios are of medians. The gap is what a worker can see: it includes the stop and, with more \
          busy threads than the {} CPUs, the waits for a CPU that time slicing imposes anyway (the \
@@ -341,7 +358,43 @@ fn stops(w: &mut String, res: &Results) {
     );
     let _ = writeln!(
         w,
-        "**Largest gap seen by any worker** (µs/ms):\n\n\
+        "**Stop during activation as the target sees it: the largest gap of any worker that overlaps \
+         a stop of every thread** (µs/ms). This is the stop the goal is about: it holds the stop \
+         itself, and the wait for a CPU of a worker let go at its end. *held* is the largest time \
+         held among those gaps. 0 µs: no gap over 20 µs (the shortest logged) overlapped.\n\n\
+         | workers | mode | runs | baseline (no patching, same windows) | bare limit | pannus apply | pannus rollback | apply / limit | rollback / limit | held: limit | held: apply |\n\
+         |---:|---|---:|---|---|---|---|---:|---:|---|---|"
+    );
+    for r in &res.stops {
+        let cells = against_limit(&r.apply_base_sgap, &r.limit_sgap, &r.apply_sgap, &r.rb_sgap);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {cells} | {} | {} |",
+            r.workers,
+            r.mode,
+            r.runs,
+            fmt_stat(stat(&r.limit_sheld)),
+            fmt_stat(stat(&r.apply_sheld))
+        );
+    }
+    let inexact: Vec<String> = res
+        .stops
+        .iter()
+        .flat_map(|r| r.inexact.iter().map(move |i| format!("{} {}, {i}", r.workers, r.mode)))
+        .collect();
+    if !inexact.is_empty() {
+        let _ = writeln!(
+            w,
+            "\nReports from gap logs that no longer reached back to the first stop (their figures may \
+             be low): {}.",
+            inexact.join("; ")
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\n**Largest gap seen by any worker over the whole command** (µs/ms): from the `reset` before \
+         the command to the `report` after it, so for pannus also the pre-flight, stages 1-3 and its \
+         process start-up and exit:\n\n\
          | workers | mode | runs | load at start | baseline (no patching) | bare limit | pannus apply | pannus rollback | apply / limit | rollback / limit | apply / baseline |\n\
          |---:|---|---:|---|---|---|---|---|---:|---:|---:|"
     );
@@ -702,6 +755,27 @@ pub fn stop_digest(r: &StopRow) -> String {
         s(&r.rb_gap),
         s(&r.apply_base)
     );
+    let _ = writeln!(
+        w,
+        "  gap overlapping a stop: limit {} | apply {} ({}) | rollback {} ({}) | baseline {}",
+        s(&r.limit_sgap),
+        s(&r.apply_sgap),
+        fmt_ratio(ratio(stat(&r.apply_sgap), stat(&r.limit_sgap))),
+        s(&r.rb_sgap),
+        fmt_ratio(ratio(stat(&r.rb_sgap), stat(&r.limit_sgap))),
+        s(&r.apply_base_sgap)
+    );
+    let _ = writeln!(
+        w,
+        "  held in a stop: limit {} | apply {} | rollback {} | baseline {}",
+        s(&r.limit_sheld),
+        s(&r.apply_sheld),
+        s(&r.rb_sheld),
+        s(&r.apply_base_sheld)
+    );
+    for i in &r.inexact {
+        let _ = writeln!(w, "  gap log did not reach back to the stop: {i}");
+    }
     let _ = writeln!(
         w,
         "  stop window: limit {} | apply {} ({}) | rollback {}",

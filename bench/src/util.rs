@@ -109,6 +109,14 @@ impl Run {
             _ => Vec::new(),
         }
     }
+    /// Each stop of every thread (`stops`), as CLOCK_MONOTONIC (start, end) in ns.
+    pub fn stops(&self) -> Vec<(u64, u64)> {
+        let j = self.json();
+        let Some(list) = j.get("stops").and_then(|v| v.as_array()) else { return Vec::new() };
+        list.iter()
+            .filter_map(|s| Some((s.get("start_monotonic_ns")?.as_u64()?, s.get("end_monotonic_ns")?.as_u64()?)))
+            .collect()
+    }
     pub fn timing(&self, key: &str) -> Option<f64> {
         self.timings().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -174,6 +182,22 @@ impl Pannus {
         assert!(r.ok(), "pannus manifest new failed: {}\n{}", r.stdout, r.stderr);
         out.to_path_buf()
     }
+}
+
+/// A worker target's `report`; µs.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    /// The largest gap over all workers since the reset.
+    pub gap: f64,
+    /// The median of the per-worker largest gaps.
+    pub median: f64,
+    /// The largest time a worker was held (its gap minus its waits for a CPU).
+    pub held: f64,
+    /// The largest gap, and time held, among those that overlap a window asked about.
+    pub window_gap: f64,
+    pub window_held: f64,
+    /// Workers whose gap log did not reach back to the first window.
+    pub lost: usize,
 }
 
 /// A running benchmark target that answers commands on stdin, one line each.
@@ -253,16 +277,27 @@ impl Target {
         }
     }
 
-    /// `reset`, acknowledged.
-    pub fn reset(&mut self) {
+    /// `reset`, acknowledged; returns the target's CLOCK_MONOTONIC at the reset, in ns.
+    pub fn reset(&mut self) -> u64 {
         let a = self.ask("reset");
-        assert_eq!(a, "ok", "reset answered {a:?}");
+        a.strip_prefix("ok now=").and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("reset answered {a:?}"))
     }
 
     /// `report`: (largest gap over all workers, median of the per-worker maxima, largest time a
     /// worker was held: its gap minus its waits for a CPU), in µs.
     pub fn report(&mut self) -> (f64, f64, f64) {
-        let a = self.ask("report");
+        let r = self.report_in(&[]);
+        (r.gap, r.median, r.held)
+    }
+
+    /// `report`, with the largest gap and time held among the gaps that overlap one of
+    /// `windows` (CLOCK_MONOTONIC ns).
+    pub fn report_in(&mut self, windows: &[(u64, u64)]) -> Report {
+        let mut cmd = String::from("report");
+        for (a, b) in windows {
+            cmd += &format!(" {a} {b}");
+        }
+        let a = self.ask(&cmd);
         let field = |k: &str| -> f64 {
             a.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
@@ -270,7 +305,15 @@ impl Target {
                 .unwrap_or_else(|| panic!("bad report {a:?}"))
         };
         self.eintr = field("eintr=") as u64;
-        (field("max=") / 1000.0, field("median=") / 1000.0, field("held=") / 1000.0)
+        let windowed = !windows.is_empty();
+        Report {
+            gap: field("max=") / 1000.0,
+            median: field("median=") / 1000.0,
+            held: field("held=") / 1000.0,
+            window_gap: if windowed { field("window_max=") / 1000.0 } else { f64::NAN },
+            window_held: if windowed { field("window_held=") / 1000.0 } else { f64::NAN },
+            lost: if windowed { field("lost=") as usize } else { 0 },
+        }
     }
 
     /// `len` bytes of the target's memory at `addr`.
