@@ -51,10 +51,12 @@ struct slot {
     char pad[64 - 3 * sizeof(uint64_t)];
 } __attribute__((aligned(64)));
 
-/* Each worker's log of its gaps over 20 us since the last reset: a ring of LOG entries. */
-#define LOG 4096
+/* Each worker's log of its gaps over 20 us since the last reset: a ring of LOG entries, each
+ * the gap's end and (its length << 32 | the time held in it), in ns (clamped to 4.29 s). A
+ * sleeping worker logs every iteration, about 5000 a second: the ring holds several seconds. */
+#define LOG 32768
 struct gap {
-    _Atomic uint64_t end, len, held;
+    _Atomic uint64_t end, len_held;
 };
 struct log {
     _Atomic uint64_t count; /* entries written since the reset; entry i is at i % LOG */
@@ -95,9 +97,9 @@ static uint64_t run_delay(int fd)
 static void note(struct log *log, uint64_t *logged, uint64_t end, uint64_t len, uint64_t held)
 {
     struct gap *e = &log->gaps[*logged % LOG];
+    uint64_t l = len < UINT32_MAX ? len : UINT32_MAX, h = held < UINT32_MAX ? held : UINT32_MAX;
     atomic_store_explicit(&e->end, end, memory_order_relaxed);
-    atomic_store_explicit(&e->len, len, memory_order_relaxed);
-    atomic_store_explicit(&e->held, held, memory_order_relaxed);
+    atomic_store_explicit(&e->len_held, l << 32 | h, memory_order_relaxed);
     atomic_store_explicit(&log->count, ++*logged, memory_order_release);
 }
 
@@ -179,8 +181,8 @@ static int in_windows(struct log *log, const uint64_t *w, int nw, uint64_t *gap_
     for (uint64_t i = from; i < n; i++) {
         struct gap *e = &log->gaps[i % LOG];
         uint64_t end = atomic_load_explicit(&e->end, memory_order_relaxed);
-        uint64_t len = atomic_load_explicit(&e->len, memory_order_relaxed);
-        uint64_t held = atomic_load_explicit(&e->held, memory_order_relaxed);
+        uint64_t lh = atomic_load_explicit(&e->len_held, memory_order_relaxed);
+        uint64_t len = lh >> 32, held = lh & UINT32_MAX;
         if (i == from && from > 0 && end - len > first)
             complete = 0;
         for (int k = 0; k < nw; k++) {
