@@ -1395,7 +1395,7 @@ impl<'e> Session<'e> {
             // stacks inside it costs no page faults.
             let expected = pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4;
             if stack_buf.len() < expected * STACK_SCAN {
-                stack_buf = vec![0u8; expected * STACK_SCAN];
+                stack_buf = touched(expected * STACK_SCAN);
             }
             // Attaching costs the target nothing: its threads run on until they are stopped.
             let seized = World::seize(pid)?;
@@ -1779,6 +1779,10 @@ impl<'e> Session<'e> {
             attempt += 1;
             let last = attempt > retries;
             if last || worth_a_stop(pid, &clear, &in_the_way) {
+                let expected = pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4;
+                if stack_buf.len() < expected * STACK_SCAN {
+                    stack_buf = touched(expected * STACK_SCAN);
+                }
                 let seized = World::seize(pid)?;
                 let start_monotonic_ns = monotonic_ns();
                 let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
@@ -1893,6 +1897,18 @@ fn stop_reading_stacks(
     let got = target.mem.read_many(&spans, buf);
     let ranges = spans.into_iter().zip(got).map(|((_, r), n)| r.start..r.start + n).collect();
     Ok((world, ranges))
+}
+
+/// A zeroed buffer of `len` bytes with every page already backed. Fresh zeroed memory is not:
+/// its first write to each page faults, and where the buffer is written inside the stop (the
+/// stacks read there) each of those faults lengthens it.
+fn touched(len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    for page in buf.chunks_mut(4096) {
+        // An opaque value: a store of a known zero to zeroed memory could be left out.
+        page[0] = std::hint::black_box(0);
+    }
+    buf
 }
 
 /// Whether stopping the threads of `pid` again can clear anything ([`Session::wait_module_idle`]):
