@@ -1391,12 +1391,7 @@ impl<'e> Session<'e> {
             if last && unwinder.is_none() {
                 unwinder = Some(Unwinder::new(&mut self.target));
             }
-            // Room for every stack, allocated and touched before the stop so that reading the
-            // stacks inside it costs no page faults.
-            let expected = pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4;
-            if stack_buf.len() < expected * STACK_SCAN {
-                stack_buf = touched(expected * STACK_SCAN);
-            }
+            make_room_for_stacks(pid, &mut stack_buf);
             // Attaching costs the target nothing: its threads run on until they are stopped.
             let seized = World::seize(pid)?;
             let stopped_at = Instant::now();
@@ -1779,10 +1774,7 @@ impl<'e> Session<'e> {
             attempt += 1;
             let last = attempt > retries;
             if last || worth_a_stop(pid, &clear, &in_the_way) {
-                let expected = pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4;
-                if stack_buf.len() < expected * STACK_SCAN {
-                    stack_buf = touched(expected * STACK_SCAN);
-                }
+                make_room_for_stacks(pid, &mut stack_buf);
                 let seized = World::seize(pid)?;
                 let start_monotonic_ns = monotonic_ns();
                 let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
@@ -1899,16 +1891,20 @@ fn stop_reading_stacks(
     Ok((world, ranges))
 }
 
-/// A zeroed buffer of `len` bytes with every page already backed. Fresh zeroed memory is not:
-/// its first write to each page faults, and where the buffer is written inside the stop (the
-/// stacks read there) each of those faults lengthens it.
-fn touched(len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
+/// Makes `buf` room for a [`STACK_SCAN`] of every thread of `pid` (and a few created meanwhile),
+/// before the stop: the stacks are read into it inside the stop, which must not be where it
+/// grows. Every page is backed here too: fresh zeroed memory faults on its first write to each
+/// page, and inside the stop each of those faults would lengthen it.
+fn make_room_for_stacks(pid: i32, buf: &mut Vec<u8>) {
+    let len = (pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4) * STACK_SCAN;
+    if buf.len() >= len {
+        return;
+    }
+    *buf = vec![0u8; len];
     for page in buf.chunks_mut(4096) {
         // An opaque value: a store of a known zero to zeroed memory could be left out.
         page[0] = std::hint::black_box(0);
     }
-    buf
 }
 
 /// Whether stopping the threads of `pid` again can clear anything ([`Session::wait_module_idle`]):
