@@ -13,7 +13,7 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use util::{hex, loadavg, us, Herd, Pannus, Run, Target};
 
@@ -152,6 +152,10 @@ pub struct PsRow {
     pub patched_found: usize,
     pub ps: Vec<f64>,
     pub ps_all: Vec<f64>,
+    /// The console over the same processes: time from a key to the screen's answer (µs), and
+    /// how many of its refreshes (a new process table every second) the measurement spanned.
+    pub console_keys: Vec<f64>,
+    pub console_seconds: f64,
     pub failures: Vec<String>,
 }
 
@@ -723,8 +727,100 @@ fn bench_ps(pannus: &Pannus, b: &Built, runs: usize) -> PsRow {
         }
         row.ps_all.push(us(r.wall));
     }
+    match console_keys(pannus, &b.dir, runs * 6) {
+        Ok((keys, seconds)) => {
+            row.console_keys = keys;
+            row.console_seconds = seconds;
+        }
+        Err(e) => row.failures.push(format!("console: {e}")),
+    }
     herd.kill_all();
     row
+}
+
+/// Runs `pannus console` in a pseudo-terminal (120×40) and presses `?` `presses` times, at
+/// random moments 150-400 ms apart, so that some land while its collector reads the process
+/// table: each press opens or closes the help screen, a redraw of most of the screen. Returns,
+/// per press, the time from writing the key to reading the first 256 bytes of the redraw (µs),
+/// and the seconds from the first press to the last.
+fn console_keys(pannus: &Pannus, dir: &Path, presses: usize) -> Result<(Vec<f64>, f64), String> {
+    use std::io::{Read, Write};
+    let size = nix::pty::Winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(&size, None).map_err(|e| format!("openpty: {e}"))?;
+    let slave = |fd: &std::os::fd::OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| format!("pty: {e}"));
+    let manifests = dir.join("console-manifests");
+    std::fs::create_dir_all(&manifests).map_err(|e| format!("{}: {e}", manifests.display()))?;
+    let mut child = Command::new(&pannus.exe)
+        .args(["console", "--manifests", &manifests.to_string_lossy()])
+        .env("PANNUS_STATE_DIR", &pannus.state)
+        .env("TERM", "xterm-256color")
+        .stdin(slave(&pty.slave)?)
+        .stdout(slave(&pty.slave)?)
+        .stderr(slave(&pty.slave)?)
+        .spawn()
+        .map_err(|e| format!("pannus console: {e}"))?;
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().map_err(|e| format!("pty: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, usize)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send((Instant::now(), n)).is_err() {
+                break;
+            }
+        }
+    });
+    // The first frame, with the first snapshot of every process: until the output has been
+    // quiet for half a second.
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end && rx.recv_timeout(Duration::from_millis(500)).is_ok() {}
+    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(presses);
+    let mut failure = None;
+    let first = Instant::now();
+    for _ in 0..presses {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(150 + seed % 250));
+        while rx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        if let Err(e) = master.write_all(b"?").and_then(|_| master.flush()) {
+            failure = Some(format!("writing a key: {e}"));
+            break;
+        }
+        let mut got = 0;
+        let answered = loop {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok((at, n)) => {
+                    got += n;
+                    if got >= 256 {
+                        break Some(at);
+                    }
+                }
+                Err(_) => break None,
+            }
+        };
+        match answered {
+            Some(at) => out.push(us(at - t0)),
+            None => {
+                failure = Some(format!("no redraw within 5 s of a key ({got} bytes)"));
+                break;
+            }
+        }
+    }
+    let _ = master.write_all(b"q");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    match failure {
+        Some(f) => Err(f),
+        None => Ok((out, first.elapsed().as_secs_f64())),
+    }
 }
 
 /// 4c. `pannus apply --all` and `rollback --all` over FLEET processes of one binary.
