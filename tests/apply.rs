@@ -458,6 +458,11 @@ fn module_stays_mapped_while_a_thread_is_inside_it_and_goes_once_it_left() {
     assert_eq!(t.ask("c 5"), "6");
 }
 
+fn mono() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
 /// The stop windows `--json` reports are when the target's threads really were stopped: a
 /// thread of the target watching the clock sees a gap in each of them.
 #[test]
@@ -467,10 +472,6 @@ fn json_reports_when_the_threads_were_stopped() {
     assert_eq!(t.ask("C"), "started");
     let m = state.manifest("stop-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     let pid = t.pid.to_string();
-    let mono = || {
-        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-    };
     let check = |t: &mut Proc, args: &[&str]| {
         let before = mono();
         let v = state.pannus(args).ok().json();
@@ -494,4 +495,69 @@ fn json_reports_when_the_threads_were_stopped() {
     assert_eq!(t.ask("c 5"), "500");
     check(&mut t, &["rollback", "--pid", &pid, "--yes", "--json"]);
     assert_eq!(t.ask("c 5"), "6");
+}
+
+/// Stages 1 to 3 borrow one thread of the target (its main thread) for their system calls; every
+/// other thread is stopped only inside the stops `--json` reports. A poller watches the state of
+/// four busy threads through the whole apply and rollback, and each time it finds one stopped by
+/// the tracer (`t`), that must be within a reported stop.
+#[test]
+fn other_threads_are_stopped_only_in_the_reported_stops() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("w"), "started");
+    let pid = t.pid;
+    let workers: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&tid| tid != pid)
+        .collect();
+    assert_eq!(workers.len(), 4);
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            // (before, after, tid): the read that found `tid` stopped happened in between.
+            let mut seen: Vec<(u64, u64, i32)> = Vec::new();
+            let mut looks = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                for &tid in &workers {
+                    let before = mono();
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+                    let after = mono();
+                    looks += 1;
+                    if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('t')) {
+                        seen.push((before, after, tid));
+                    }
+                }
+            }
+            (seen, looks)
+        })
+    };
+    let m = state.manifest("held-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let ps = pid.to_string();
+    let mut stops: Vec<(u64, u64)> = Vec::new();
+    for args in [
+        vec!["apply", &*m.to_string_lossy(), "--pid", &ps, "--yes", "--json"],
+        vec!["rollback", "--pid", &ps, "--yes", "--json"],
+    ] {
+        let v = state.pannus(&args).ok().json();
+        for w in v["stops"].as_array().unwrap() {
+            stops.push((w["start_monotonic_ns"].as_u64().unwrap(), w["end_monotonic_ns"].as_u64().unwrap()));
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let (seen, looks) = poller.join().unwrap();
+    assert!(looks > 100, "the poller looked {looks} times");
+    for (before, after, tid) in &seen {
+        assert!(
+            stops.iter().any(|&(a, b)| *before <= b && *after >= a),
+            "thread {tid} was stopped between {before} and {after}, outside every reported stop {stops:?}"
+        );
+    }
+    let counts = t.ask("r");
+    let wrong = counts.split(' ').nth(3).unwrap_or_default();
+    assert_eq!(wrong, "0", "calls, old, new, wrong answers, EINTRs: {counts}");
 }
