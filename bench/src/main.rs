@@ -91,7 +91,6 @@ pub struct StopRow {
     pub apply_base_sheld: Vec<f64>,
     pub rb_sgap: Vec<f64>,
     pub rb_sheld: Vec<f64>,
-    pub rb_base_sgap: Vec<f64>,
     /// Reports whose gap logs did not reach back to the first window: which, and for how many
     /// workers.
     pub inexact: Vec<String>,
@@ -153,7 +152,7 @@ pub struct PsRow {
     pub ps: Vec<f64>,
     pub ps_all: Vec<f64>,
     /// The console over the same processes: time from a key to the screen's answer (µs), and
-    /// how many of its refreshes (a new process table every second) the measurement spanned.
+    /// the seconds the presses spanned (it reads a new process table every second).
     pub console_keys: Vec<f64>,
     pub console_seconds: f64,
     pub failures: Vec<String>,
@@ -547,12 +546,9 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
         for (k, v) in r.timings() {
             row.rb_stages.entry(k).or_default().push(v);
         }
-        let base_at = t.reset();
+        t.reset();
         std::thread::sleep(r.wall);
-        let rep = t.report_in(&shifted(&stops, reset_at, base_at));
-        note_lost(&mut row, "rollback baseline", rep.lost);
-        row.rb_base.push(rep.gap);
-        row.rb_base_sgap.push(rep.window_gap);
+        row.rb_base.push(t.report().0);
     }
     row.eintr = t.eintr;
     if t.eintr > 0 {
