@@ -518,7 +518,7 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
         row.apply_base_sgap.push(rep.window_gap);
         row.apply_base_sheld.push(rep.window_held);
         // rollback, then its baseline.
-        let reset_at = t.reset();
+        t.reset();
         let r = pannus.rollback(t.pid);
         if !r.ok() {
             t.report();
