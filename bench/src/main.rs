@@ -65,41 +65,77 @@ pub struct StopRow {
     pub mode: &'static str,
     pub runs: usize,
     pub load: String,
+    /// The bare limit: the largest gap of any worker, the largest time a worker was held (gap
+    /// minus waits for a CPU), the same two among the gaps that overlap its stop, and its stop
+    /// as it measures it.
     pub limit_gap: Vec<f64>,
-    pub limit_self: Vec<f64>,
-    pub apply_gap: Vec<f64>,
-    pub apply_base: Vec<f64>,
-    pub apply_stopped: Vec<f64>,
-    pub apply_wall: Vec<f64>,
-    pub rb_gap: Vec<f64>,
-    pub rb_base: Vec<f64>,
-    pub rb_stopped: Vec<f64>,
-    pub rb_wall: Vec<f64>,
-    /// The largest time a worker was held (gap minus waits for a CPU), for the same windows.
     pub limit_held: Vec<f64>,
-    pub apply_held: Vec<f64>,
-    pub apply_base_held: Vec<f64>,
-    pub rb_held: Vec<f64>,
-    /// The largest gap, and time held, among the gaps that overlap a stop of every thread (the
-    /// limit's one stop, pannus's `stops`); the baselines over windows placed as the apply's and
-    /// the rollback's were, in the same length of time after a reset.
     pub limit_sgap: Vec<f64>,
     pub limit_sheld: Vec<f64>,
-    pub apply_sgap: Vec<f64>,
-    pub apply_sheld: Vec<f64>,
+    pub limit_self: Vec<f64>,
+    pub apply: CommandFigures,
+    pub rb: CommandFigures,
+    /// The baselines: the same workers unpatched, over a window as long as the apply (and the
+    /// overlap figures over windows placed as the apply's stops were, as long after a reset),
+    /// and as long as the rollback.
+    pub apply_base: Vec<f64>,
+    pub apply_base_held: Vec<f64>,
     pub apply_base_sgap: Vec<f64>,
     pub apply_base_sheld: Vec<f64>,
-    pub rb_sgap: Vec<f64>,
-    pub rb_sheld: Vec<f64>,
+    pub rb_base: Vec<f64>,
     /// Reports whose gap logs did not reach back to the first window: which, and for how many
     /// workers.
     pub inexact: Vec<String>,
-    /// pannus's own stage timings (`timings_us`) of each apply and rollback.
-    pub apply_stages: BTreeMap<String, Vec<f64>>,
-    pub rb_stages: BTreeMap<String, Vec<f64>>,
     /// Reads of the target's stdin (main thread, the one pannus borrows) that failed with EINTR.
     pub eintr: u64,
     pub failures: Vec<String>,
+}
+
+impl StopRow {
+    /// Notes what is wrong with a report on pannus's `what`: no stops to look at, or gap logs
+    /// that did not reach back to them.
+    fn check(&mut self, what: &str, stops: &[(u64, u64)], rep: &util::Report) {
+        if stops.is_empty() {
+            self.failures.push(format!("{what} --json reported no `stops`"));
+        }
+        self.lost(what, rep);
+    }
+
+    /// Notes a report on `what` whose gap logs did not reach back to the first window.
+    fn lost(&mut self, what: &str, rep: &util::Report) {
+        if rep.lost > 0 {
+            self.inexact.push(format!("{what}: {} worker(s)", rep.lost));
+        }
+    }
+}
+
+/// What the workers saw, and pannus said, over the runs of one command (apply or rollback); µs.
+#[derive(Default)]
+pub struct CommandFigures {
+    /// The largest gap of any worker over the whole command, and the largest time held.
+    pub gap: Vec<f64>,
+    pub held: Vec<f64>,
+    /// The same among the gaps that overlap one of the stops pannus reported.
+    pub sgap: Vec<f64>,
+    pub sheld: Vec<f64>,
+    pub wall: Vec<f64>,
+    /// `timings_us.stopped`, and every stage timing.
+    pub stopped: Vec<f64>,
+    pub stages: BTreeMap<String, Vec<f64>>,
+}
+
+impl CommandFigures {
+    fn record(&mut self, r: &Run, rep: &util::Report) {
+        self.gap.push(rep.gap);
+        self.held.push(rep.held);
+        self.sgap.push(rep.window_gap);
+        self.sheld.push(rep.window_held);
+        self.wall.push(us(r.wall));
+        self.stopped.extend(r.timing("stopped"));
+        for (k, v) in r.timings() {
+            self.stages.entry(k).or_default().push(v);
+        }
+    }
 }
 
 /// Stage timings of apply and rollback for one patch size; µs.
@@ -452,13 +488,6 @@ fn run_limit(b: &Built, t: &Target, original: &[u8]) -> Result<(f64, (u64, u64))
     }
 }
 
-/// Notes a report whose gap logs did not reach back to the first window for `lost` workers.
-fn note_lost(row: &mut StopRow, what: &str, lost: usize) {
-    if lost > 0 {
-        row.inexact.push(format!("{what}: {lost} worker(s)"));
-    }
-}
-
 /// `windows` moved from a window that began at `from` to one that begins at `to`.
 fn shifted(windows: &[(u64, u64)], from: u64, to: u64) -> Vec<(u64, u64)> {
     windows.iter().map(|&(a, b)| (a.saturating_sub(from) + to, b.saturating_sub(from) + to)).collect()
@@ -477,7 +506,7 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
         match run_limit(b, &t, &original) {
             Ok((own, window)) => {
                 let r = t.report_in(&[window]);
-                note_lost(&mut row, "limit", r.lost);
+                row.lost("limit", &r);
                 row.limit_gap.push(r.gap);
                 row.limit_held.push(r.held);
                 row.limit_sgap.push(r.window_gap);
@@ -495,24 +524,13 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
             continue;
         }
         let stops = r.stops();
-        if stops.is_empty() {
-            row.failures.push("apply --json reported no `stops`".into());
-        }
         let rep = t.report_in(&stops);
-        note_lost(&mut row, "apply", rep.lost);
-        row.apply_gap.push(rep.gap);
-        row.apply_held.push(rep.held);
-        row.apply_sgap.push(rep.window_gap);
-        row.apply_sheld.push(rep.window_held);
-        row.apply_wall.push(us(r.wall));
-        row.apply_stopped.extend(r.timing("stopped"));
-        for (k, v) in r.timings() {
-            row.apply_stages.entry(k).or_default().push(v);
-        }
+        row.check("apply", &stops, &rep);
+        row.apply.record(&r, &rep);
         let base_at = t.reset();
         std::thread::sleep(r.wall);
         let rep = t.report_in(&shifted(&stops, reset_at, base_at));
-        note_lost(&mut row, "apply baseline", rep.lost);
+        row.lost("apply baseline", &rep);
         row.apply_base.push(rep.gap);
         row.apply_base_held.push(rep.held);
         row.apply_base_sgap.push(rep.window_gap);
@@ -532,20 +550,9 @@ fn bench_stop(pannus: &Pannus, b: &Built, n: usize, mode: &'static str, runs: us
             continue;
         }
         let stops = r.stops();
-        if stops.is_empty() {
-            row.failures.push("rollback --json reported no `stops`".into());
-        }
         let rep = t.report_in(&stops);
-        note_lost(&mut row, "rollback", rep.lost);
-        row.rb_gap.push(rep.gap);
-        row.rb_held.push(rep.held);
-        row.rb_sgap.push(rep.window_gap);
-        row.rb_sheld.push(rep.window_held);
-        row.rb_wall.push(us(r.wall));
-        row.rb_stopped.extend(r.timing("stopped"));
-        for (k, v) in r.timings() {
-            row.rb_stages.entry(k).or_default().push(v);
-        }
+        row.check("rollback", &stops, &rep);
+        row.rb.record(&r, &rep);
         t.reset();
         std::thread::sleep(r.wall);
         row.rb_base.push(t.report().0);

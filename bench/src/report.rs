@@ -111,11 +111,11 @@ fn goals(res: &Results) -> Vec<Goal> {
         worst
     };
     let q = |a: &[f64], b: &[f64]| ratio(stat(a), stat(b));
-    let apply = worst(&|r| q(&r.apply_sgap, &r.limit_sgap));
-    let rb = worst(&|r| q(&r.rb_sgap, &r.limit_sgap));
-    let whole = worst(&|r| q(&r.apply_gap, &r.limit_gap));
-    let whole_base = worst(&|r| q(&r.apply_gap, &r.apply_base));
-    let worst_self = worst(&|r| q(&r.apply_stopped, &r.limit_self));
+    let apply = worst(&|r| q(&r.apply.sgap, &r.limit_sgap));
+    let rb = worst(&|r| q(&r.rb.sgap, &r.limit_sgap));
+    let whole = worst(&|r| q(&r.apply.gap, &r.limit_gap));
+    let whole_base = worst(&|r| q(&r.apply.gap, &r.apply_base));
+    let worst_self = worst(&|r| q(&r.apply.stopped, &r.limit_self));
     g.push(Goal {
         what: "stop seen by the target during activation (largest gap of a worker that overlaps a stop of every thread) ≤ 1.5× the bare limit's, every thread count and mode".into(),
         figure: format!("worst median ratio {} ({})", fmt_ratio(apply.0), apply.1),
@@ -147,16 +147,16 @@ fn goals(res: &Results) -> Vec<Goal> {
         reference: false,
     });
     if let Some(r) = stop_row(res, 8, "spin") {
-        let stopped = stat(&r.apply_stopped);
-        let gap = stat(&r.apply_gap);
+        let stopped = stat(&r.apply.stopped);
+        let gap = stat(&r.apply.gap);
         let base = stat(&r.apply_base);
         g.push(Goal {
             what: "8 busy threads: stop ≤ 1 ms median (pannus's own stop window)".into(),
-            figure: format!("{} apply, {} rollback", fmt_us(stopped.med), fmt_us(stat(&r.rb_stopped).med)),
-            met: stopped.med <= 1000.0 && stat(&r.rb_stopped).med <= 1000.0,
+            figure: format!("{} apply, {} rollback", fmt_us(stopped.med), fmt_us(stat(&r.rb.stopped).med)),
+            met: stopped.med <= 1000.0 && stat(&r.rb.stopped).med <= 1000.0,
             reference: false,
         });
-        let held = stat(&r.apply_held);
+        let held = stat(&r.apply.held);
         g.push(Goal {
             what: "8 busy threads: stop the target lives during apply ≤ 1 ms median (largest time a worker was held)".into(),
             figure: format!(
@@ -302,21 +302,21 @@ fn reference(w: &mut String, res: &Results) {
         );
     }
     if let Some(r) = stop_row(res, 8, "spin") {
-        let _ = writeln!(w, "| patch with 8 busy threads (wall) | ~125 ms | {} |", fmt_us(stat(&r.apply_wall).med));
+        let _ = writeln!(w, "| patch with 8 busy threads (wall) | ~125 ms | {} |", fmt_us(stat(&r.apply.wall).med));
         let _ = writeln!(
             w,
             "| … of which threads stopped | ~100 ms | {} (largest gap of a worker overlapping it, time slicing included: {}) |",
-            fmt_us(stat(&r.apply_stopped).med),
-            fmt_us(stat(&r.apply_sgap).med)
+            fmt_us(stat(&r.apply.stopped).med),
+            fmt_us(stat(&r.apply.sgap).med)
         );
-        let tried = r.rb_wall.len() + r.failures.iter().filter(|f| f.starts_with("rollback:")).count();
+        let tried = r.rb.wall.len() + r.failures.iter().filter(|f| f.starts_with("rollback:")).count();
         let _ = writeln!(
             w,
             "| unpatch with 8 busy threads | could not | {} of {} rollbacks succeeded, {} wall, threads stopped {} |",
-            r.rb_wall.len(),
+            r.rb.wall.len(),
             tried,
-            fmt_us(stat(&r.rb_wall).med),
-            fmt_us(stat(&r.rb_stopped).med)
+            fmt_us(stat(&r.rb.wall).med),
+            fmt_us(stat(&r.rb.stopped).med)
         );
     }
     let _ = writeln!(w);
@@ -382,7 +382,7 @@ fn stops(w: &mut String, res: &Results) {
          |---:|---|---:|---|---|---|---|---:|---:|---|---|"
     );
     for r in &res.stops {
-        let cells = against_limit(&r.apply_base_sgap, &r.limit_sgap, &r.apply_sgap, &r.rb_sgap);
+        let cells = against_limit(&r.apply_base_sgap, &r.limit_sgap, &r.apply.sgap, &r.rb.sgap);
         let _ = writeln!(
             w,
             "| {} | {} | {} | {cells} | {} | {} |",
@@ -390,7 +390,7 @@ fn stops(w: &mut String, res: &Results) {
             r.mode,
             r.runs,
             fmt_stat(stat(&r.limit_sheld)),
-            fmt_stat(stat(&r.apply_sheld))
+            fmt_stat(stat(&r.apply.sheld))
         );
     }
     let inexact: Vec<String> = res
@@ -415,8 +415,8 @@ fn stops(w: &mut String, res: &Results) {
          |---:|---|---:|---|---|---|---|---|---:|---:|---:|"
     );
     for r in &res.stops {
-        let cells = against_limit(&r.apply_base, &r.limit_gap, &r.apply_gap, &r.rb_gap);
-        let base = fmt_ratio(ratio(stat(&r.apply_gap), stat(&r.apply_base)));
+        let cells = against_limit(&r.apply_base, &r.limit_gap, &r.apply.gap, &r.rb.gap);
+        let base = fmt_ratio(ratio(stat(&r.apply.gap), stat(&r.apply_base)));
         let _ = writeln!(w, "| {} | {} | {} | {} | {cells} | {base} |", r.workers, r.mode, r.runs, r.load);
     }
     let _ = writeln!(
@@ -434,7 +434,7 @@ fn stops(w: &mut String, res: &Results) {
          |---:|---|---|---|---|---|---:|---:|"
     );
     for r in &res.stops {
-        let cells = against_limit(&r.apply_base_held, &r.limit_held, &r.apply_held, &r.rb_held);
+        let cells = against_limit(&r.apply_base_held, &r.limit_held, &r.apply.held, &r.rb.held);
         let _ = writeln!(w, "| {} | {} | {cells} |", r.workers, r.mode);
     }
     let _ = writeln!(
@@ -454,11 +454,11 @@ fn stops(w: &mut String, res: &Results) {
             r.workers,
             r.mode,
             fmt_stat(lim),
-            fmt_stat(stat(&r.apply_stopped)),
-            fmt_ratio(ratio(stat(&r.apply_stopped), lim)),
-            fmt_stat(stat(&r.rb_stopped)),
-            fmt_stat(stat(&r.apply_wall)),
-            fmt_stat(stat(&r.rb_wall)),
+            fmt_stat(stat(&r.apply.stopped)),
+            fmt_ratio(ratio(stat(&r.apply.stopped), lim)),
+            fmt_stat(stat(&r.rb.stopped)),
+            fmt_stat(stat(&r.apply.wall)),
+            fmt_stat(stat(&r.rb.wall)),
         );
     }
     let _ = writeln!(w);
@@ -479,25 +479,25 @@ fn stop_stages(w: &mut String, res: &Results) {
         };
         let sum: f64 = ["preflight", "load", "link", "init", "activate"]
             .iter()
-            .map(|k| m(&r.apply_stages, k))
+            .map(|k| m(&r.apply.stages, k))
             .filter(|v| v.is_finite())
             .sum();
-        let wall = stat(&r.apply_wall).med;
+        let wall = stat(&r.apply.wall).med;
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.workers,
             r.mode,
-            fmt_us(m(&r.apply_stages, "preflight")),
-            fmt_us(m(&r.apply_stages, "load")),
-            fmt_us(m(&r.apply_stages, "link")),
-            fmt_us(m(&r.apply_stages, "init")),
-            fmt_us(m(&r.apply_stages, "activate")),
+            fmt_us(m(&r.apply.stages, "preflight")),
+            fmt_us(m(&r.apply.stages, "load")),
+            fmt_us(m(&r.apply.stages, "link")),
+            fmt_us(m(&r.apply.stages, "init")),
+            fmt_us(m(&r.apply.stages, "activate")),
             fmt_us(wall - sum),
             fmt_us(wall),
-            fmt_us(m(&r.rb_stages, "restore")),
-            fmt_us(m(&r.rb_stages, "unload")),
-            fmt_us(stat(&r.rb_wall).med),
+            fmt_us(m(&r.rb.stages, "restore")),
+            fmt_us(m(&r.rb.stages, "unload")),
+            fmt_us(stat(&r.rb.wall).med),
         );
     }
     let _ = writeln!(
@@ -510,7 +510,7 @@ fn stop_stages(w: &mut String, res: &Results) {
          |---:|---|---|---|---|---|---|"
     );
     for r in &res.stops {
-        let m = |k: &str| fmt_us(stat(r.apply_stages.get(k).map(Vec::as_slice).unwrap_or(&[])).med);
+        let m = |k: &str| fmt_us(stat(r.apply.stages.get(k).map(Vec::as_slice).unwrap_or(&[])).med);
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -781,26 +781,26 @@ pub fn stop_digest(r: &StopRow) -> String {
         w,
         "  gap seen by the target: limit {} | apply {} | rollback {} | baseline {}",
         s(&r.limit_gap),
-        s(&r.apply_gap),
-        s(&r.rb_gap),
+        s(&r.apply.gap),
+        s(&r.rb.gap),
         s(&r.apply_base)
     );
     let _ = writeln!(
         w,
         "  gap overlapping a stop: limit {} | apply {} ({}) | rollback {} ({}) | baseline {}",
         s(&r.limit_sgap),
-        s(&r.apply_sgap),
-        fmt_ratio(ratio(stat(&r.apply_sgap), stat(&r.limit_sgap))),
-        s(&r.rb_sgap),
-        fmt_ratio(ratio(stat(&r.rb_sgap), stat(&r.limit_sgap))),
+        s(&r.apply.sgap),
+        fmt_ratio(ratio(stat(&r.apply.sgap), stat(&r.limit_sgap))),
+        s(&r.rb.sgap),
+        fmt_ratio(ratio(stat(&r.rb.sgap), stat(&r.limit_sgap))),
         s(&r.apply_base_sgap)
     );
     let _ = writeln!(
         w,
         "  held in a stop: limit {} | apply {} | rollback {} | baseline {}",
         s(&r.limit_sheld),
-        s(&r.apply_sheld),
-        s(&r.rb_sheld),
+        s(&r.apply.sheld),
+        s(&r.rb.sheld),
         s(&r.apply_base_sheld)
     );
     for i in &r.inexact {
@@ -810,20 +810,20 @@ pub fn stop_digest(r: &StopRow) -> String {
         w,
         "  stop window: limit {} | apply {} ({}) | rollback {}",
         s(&r.limit_self),
-        s(&r.apply_stopped),
-        fmt_ratio(ratio(stat(&r.apply_stopped), stat(&r.limit_self))),
-        s(&r.rb_stopped)
+        s(&r.apply.stopped),
+        fmt_ratio(ratio(stat(&r.apply.stopped), stat(&r.limit_self))),
+        s(&r.rb.stopped)
     );
     let _ = writeln!(
         w,
         "  held: limit {} | apply {} | rollback {} | baseline {}",
         s(&r.limit_held),
-        s(&r.apply_held),
-        s(&r.rb_held),
+        s(&r.apply.held),
+        s(&r.rb.held),
         s(&r.apply_base_held)
     );
-    let _ = writeln!(w, "  wall: apply {} | rollback {}", s(&r.apply_wall), s(&r.rb_wall));
-    for (label, stages) in [("apply", &r.apply_stages), ("rollback", &r.rb_stages)] {
+    let _ = writeln!(w, "  wall: apply {} | rollback {}", s(&r.apply.wall), s(&r.rb.wall));
+    for (label, stages) in [("apply", &r.apply.stages), ("rollback", &r.rb.stages)] {
         let steps: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {}", fmt_us(stat(v).med))).collect();
         let _ = writeln!(w, "  {label} steps (medians): {}", steps.join(", "));
     }
