@@ -242,16 +242,7 @@ pub fn plan_apply(m: &Manifest) -> Result<Plan> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::bad_input(format!("target object {}: cannot read: {e}", path.display())))?;
     let object = Object::load(path, "target object")?;
-    let file_id = object.build_id.clone().unwrap_or_default();
-    if file_id != m.target.build_id {
-        return Err(Error::precondition(format!(
-            "build-id mismatch: {} has {}, the manifest is for {}",
-            path.display(),
-            if file_id.is_empty() { "no build-id" } else { &file_id },
-            m.target.build_id
-        ))
-        .hint("this patch was built for another build of the program; do not apply it here"));
-    }
+    crate::engine::build_id_matches(path, &object, &m.target.build_id)?;
     let dev = meta.dev();
     let dev = (nix::sys::stat::major(dev) as i32, nix::sys::stat::minor(dev) as i32);
     let ino = meta.ino();
@@ -386,17 +377,22 @@ pub fn apply(
             continue;
         }
         progress(&format!("process {pid} ({}): applying `{}`", member.name, m.patch));
-        match Session::open(engine, pid).and_then(|mut session| session.apply(m, &mut Quiet)) {
-            Ok(rec) => {
+        let applied = Session::open(engine, pid).and_then(|session| match options.watch {
+            true => crate::trial::apply_watched(session, m, &mut Quiet).map(|w| (w.applied, Some(w.watcher))),
+            false => {
+                let mut session = session;
+                session.apply(m, &mut Quiet).map(|a| (a, None))
+            }
+        });
+        match applied {
+            Ok((applied, watcher)) => {
                 s.patched.push(pid);
-                progress(&format!("process {pid}: patched, state {}", rec.state));
-                if options.watch {
-                    if let Err(e) = engine::spawn_trial_watcher(engine, pid, &rec.patch) {
-                        s.warnings.push(format!(
-                            "process {pid}: {}; the trial's on_expiry policy will not run unattended",
-                            e.message
-                        ));
-                    }
+                progress(&format!("process {pid}: patched, state {}", applied.record.state));
+                if let Some(Err(e)) = watcher {
+                    s.warnings.push(format!(
+                        "process {pid}: {}; the trial's on_expiry policy will not run unattended",
+                        e.message
+                    ));
                 }
             }
             Err(error) => {
@@ -460,7 +456,7 @@ pub fn rollback(engine: &Engine, plan: &Plan, cascade: bool, progress: &mut dyn 
         {
             Ok(ids) => {
                 s.rolled_back.push(pid);
-                progress(&format!("process {pid}: rolled back {}", ids.join(", ")));
+                progress(&format!("process {pid}: rolled back {}", ids.ids.join(", ")));
             }
             Err(error) => {
                 s.skip_or_fail(pid, &plan.patch, Operation::Rollback, error, progress);

@@ -13,5 +13,6 @@ pub mod registry;
 pub mod safety;
 pub mod seccomp;
 pub mod target;
+pub mod trial;
 pub mod tui;
 pub mod unwind;

@@ -168,7 +168,7 @@ pub fn run(engine: &Engine, yes: bool) -> Result<()> {
         {
             let mut s = Session::open(engine, pid)?;
             let mut obs = super::CliObserver { yes: true, quiet: false };
-            let rec = s.apply(&m, &mut obs)?;
+            let rec = s.apply(&m, &mut obs)?.record;
             println!("patch `{}` is {}", rec.patch, rec.state);
         }
         while rx.try_recv().is_ok() {}

@@ -4,8 +4,9 @@
 //! `pannus man` print shell completions and the man page.
 
 use crate::elf::{Object, SymKind};
+use crate::engine::{build_id_matches, module_checks, replacement_symbol, target_symbol};
 use crate::error::{Error, Kind, Result};
-use crate::manifest::{valid_patch_id, Manifest, OnExpiry, DEFAULT_TRIAL, MAX_PATCH_ID_LEN};
+use crate::manifest::{valid_patch_id, LoadMethod, Manifest, OnExpiry, DEFAULT_TRIAL, MAX_PATCH_ID_LEN};
 use clap::{Args, CommandFactory, Subcommand};
 use serde_json::json;
 use std::io::Write;
@@ -118,35 +119,14 @@ fn module_functions(module: &Object) -> Vec<String> {
     names
 }
 
-/// Why `name` cannot be replaced in `object`, if it cannot.
+/// Why `name` cannot be a function to replace in `object`, if it cannot (the rule apply uses).
 fn target_problem(object: &Object, name: &str) -> Option<String> {
-    let path = object.path.display();
-    match object.lookup(name) {
-        Ok(None) => Some(format!("symbol `{name}` not found in target object {path}")),
-        Err(addrs) => Some(format!(
-            "symbol `{name}` is ambiguous in target object {path}: {} file-local definitions at {}",
-            addrs.len(),
-            addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
-        )),
-        Ok(Some(s)) if s.kind != SymKind::Func => {
-            Some(format!("symbol `{name}` in target object {path} is not a function ({:?})", s.kind))
-        }
-        Ok(Some(s)) if s.size == 0 => {
-            Some(format!("function `{name}` in target object {path} has no size in the symbol table"))
-        }
-        Ok(Some(_)) => None,
-    }
+    target_symbol(object, &object.path, name).err().map(|e| e.message)
 }
 
-/// Why `name` cannot be a replacement from `module`, if it cannot.
-fn module_problem(module: &Object, name: &str) -> Option<String> {
-    match module.lookup(name) {
-        Ok(Some(s)) if s.kind == SymKind::Func => None,
-        Ok(Some(s)) => {
-            Some(format!("symbol `{name}` in patch module {} is not a function ({:?})", module.path.display(), s.kind))
-        }
-        _ => Some(format!("patch module {} does not define function `{name}`", module.path.display())),
-    }
+/// Why `name` cannot be a replacement from `module`, if it cannot (the rule apply uses).
+fn module_problem(module: &Object, name: &str, load: LoadMethod) -> Option<String> {
+    replacement_symbol(module, name, load).err().map(|e| e.message)
 }
 
 /// One error out of several messages of the same kind.
@@ -171,7 +151,7 @@ fn pair(object: &Object, module: &Object, maps: &[(String, String)]) -> Result<V
                 .hint("replace each target function once"));
         }
         problems.extend(target_problem(object, old));
-        problems.extend(module_problem(module, new));
+        problems.extend(module_problem(module, new, LoadMethod::default()));
     }
     if !problems.is_empty() {
         return Err(several(Kind::Precondition, "--map", problems).hint(
@@ -412,58 +392,36 @@ struct Line {
     detail: String,
 }
 
+fn push_line(lines: &mut Vec<Line>, check: &str, detail: String) {
+    lines.push(Line { check: check.into(), detail });
+}
+
 /// Every check on `path` that needs no process: what passed, and the problems.
 fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
     let mut lines = Vec::new();
     let mut problems = Vec::new();
-    let mut ok = |check: &str, detail: String| lines.push(Line { check: check.into(), detail });
     let m = match Manifest::load(path) {
         Ok(m) => m,
         Err(e) => return (None, lines, vec![e]),
     };
     let n = m.functions.len();
-    ok("manifest", format!("patch `{}` {} ({n} function{})", m.patch, m.version, if n == 1 { "" } else { "s" }));
+    push_line(
+        &mut lines,
+        "manifest",
+        format!("patch `{}` {} ({n} function{})", m.patch, m.version, if n == 1 { "" } else { "s" }),
+    );
 
     // The module.
-    let mpath = &m.module.path;
-    let mut module = None;
-    match crate::elf::sha256_file(mpath) {
-        Err(e) => problems.push(
-            Error::bad_input(format!("patch module {}: cannot read: {e}", mpath.display()))
-                .hint("check module.path; a relative path is taken from the manifest's folder"),
-        ),
-        Ok(sum) => {
-            if sum == m.module.sha256 {
-                ok("module checksum", format!("sha256 {sum}"));
-            } else {
-                problems.push(
-                    Error::bad_input(format!(
-                        "patch module {}: checksum mismatch: the manifest says sha256 {}, the file has {sum}",
-                        mpath.display(),
-                        m.module.sha256
-                    ))
-                    .hint(
-                        "the module is not the one the manifest was written for; get the right file or a new manifest",
-                    ),
-                );
-            }
-            match Object::load(mpath, "patch module") {
-                Err(e) => problems.push(e),
-                Ok(o) if !o.is_dyn => problems.push(
-                    Error::bad_input(format!("patch module {}: not a shared object", mpath.display()))
-                        .hint("build it with gcc -shared -fPIC"),
-                ),
-                Ok(o) if o.has_tls => problems.push(Error::bad_input(format!(
-                    "patch module {}: uses thread-local storage, which load: mmap does not support",
-                    mpath.display()
-                ))),
-                Ok(o) => {
-                    ok("module", format!("{} (ELF x86-64 shared object)", mpath.display()));
-                    module = Some(o);
-                }
-            }
+    let module = match module_checks(&m) {
+        Ok((o, passed)) => {
+            lines.extend(passed.into_iter().map(|l| Line { check: l.check, detail: l.detail }));
+            Some(o)
         }
-    }
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
 
     // The target object.
     let tpath = &m.target.object;
@@ -473,19 +431,13 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
             None
         }
         Ok(o) => {
-            match o.build_id.as_deref() {
-                Some(id) if id == m.target.build_id => {
-                    ok("target object", format!("{}, build-id {id}", tpath.display()));
-                }
-                found => problems.push(
-                    Error::precondition(format!(
-                        "build-id mismatch: {} has {}, the manifest is for {}",
-                        tpath.display(),
-                        found.unwrap_or("no build-id"),
-                        m.target.build_id
-                    ))
-                    .hint("this patch was built for another build of the program; do not apply it here"),
+            match build_id_matches(tpath, &o, &m.target.build_id) {
+                Ok(()) => push_line(
+                    &mut lines,
+                    "target object",
+                    format!("{}, build-id {}", tpath.display(), m.target.build_id),
                 ),
+                Err(e) => problems.push(e),
             }
             Some(o)
         }
@@ -494,7 +446,7 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
     // The functions.
     for f in &m.functions {
         let t = object.as_ref().map(|o| target_problem(o, &f.target));
-        let r = module.as_ref().map(|o| module_problem(o, &f.replacement));
+        let r = module.as_ref().map(|o| module_problem(o, &f.replacement, m.module.load));
         for why in [&t, &r].into_iter().flatten().flatten() {
             problems.push(
                 Error::precondition(why.clone()).hint(
@@ -504,7 +456,7 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
         }
         if let (Some(None), Some(None), Some(o)) = (&t, &r, &object) {
             let size = o.lookup(&f.target).ok().flatten().map_or(0, |s| s.size);
-            ok("function", format!("{} ({size} bytes) -> {}", f.target, f.replacement));
+            push_line(&mut lines, "function", format!("{} ({size} bytes) -> {}", f.target, f.replacement));
         }
     }
     (Some(m), lines, problems)

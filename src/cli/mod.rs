@@ -1,10 +1,11 @@
 //! The command line: every console action as a scriptable command with `--json` output and
 //! the documented exit codes (0 done, 1 other, 2 bad input, 3 busy, 4 precondition).
 
-use crate::engine::{self, CheckLine, Engine, Observer, Session, Stage};
+use crate::engine::{self, Applied, CheckLine, Engine, Observer, Session, Stage};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::registry::{PatchRecord, State};
+use crate::trial;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Write};
@@ -221,7 +222,7 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Manifest { command } => manifest_cmd::run(command),
         Command::Completions { shell } => manifest_cmd::completions(shell),
         Command::Man => manifest_cmd::man(),
-        Command::TrialWatch { pid, patch } => engine::watch_trial(engine, pid, &patch).map(|_| ()),
+        Command::TrialWatch { pid, patch } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
     }
 }
 
@@ -273,17 +274,6 @@ fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
         .hint("pass --yes to confirm every stage in advance"))
 }
 
-/// Step durations in microseconds, as `{"load": 812, ...}` (a step repeated, such as
-/// `stopped` over several patches, is summed).
-fn timings_json(t: &[(&'static str, std::time::Duration)]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for (k, d) in t {
-        let prev = m.get(*k).and_then(|v| v.as_u64()).unwrap_or(0);
-        m.insert((*k).to_string(), json!(prev + d.as_micros() as u64));
-    }
-    serde_json::Value::Object(m)
-}
-
 fn hex_addr(a: u64) -> String {
     format!("{a:#x}")
 }
@@ -324,20 +314,21 @@ pub fn patch_json(p: &PatchRecord) -> serde_json::Value {
 fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: bool, json: bool) -> Result<()> {
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "apply")?;
-    let mut s = Session::open(engine, pid)?;
+    let s = Session::open(engine, pid)?;
     let mut obs = CliObserver { yes, quiet: json };
     if !json {
         println!("applying `{}` {} to process {pid} ({})", m.patch, m.version, s.target.name);
     }
-    let rec = s.apply(&m, &mut obs)?;
-    let timings = timings_json(&s.timings);
-    let stops = json!(s.stops);
-    drop(s);
-    if !wait {
-        if let Err(e) = engine::spawn_trial_watcher(engine, pid, &rec.patch) {
+    let Applied { record: rec, measured } = if wait {
+        let mut s = s;
+        s.apply(&m, &mut obs)?
+    } else {
+        let watched = trial::apply_watched(s, &m, &mut obs)?;
+        if let Err(e) = watched.watcher {
             eprintln!("pannus: warning: {e}; the trial's on_expiry policy will not run unattended");
         }
-    }
+        watched.applied
+    };
     if !json {
         println!(
             "patch `{}` active in process {pid}: state {}, trial ends in {} ({} on expiry)",
@@ -350,7 +341,7 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
     let mut final_state = rec.state;
     if wait {
         let mut last = u64::MAX;
-        final_state = engine::wait_trial(engine, pid, &rec.patch, |left| {
+        final_state = trial::wait_trial(engine, pid, &rec.patch, |left| {
             if !json && left != last {
                 last = left;
                 print!("\r  trial: {:02}:{:02} left ", left / 60, left % 60);
@@ -365,8 +356,8 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         let mut v = patch_json(&rec);
         v["pid"] = json!(pid);
         v["state"] = json!(final_state);
-        v["timings_us"] = timings;
-        v["stops"] = stops;
+        v["timings_us"] = json!(measured.timings);
+        v["stops"] = json!(measured.stops);
         println!("{v}");
     }
     Ok(())
@@ -480,10 +471,10 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     if json {
         println!(
             "{}",
-            json!({"pid": pid, "rolled_back": done, "timings_us": timings_json(&s.timings), "stops": s.stops})
+            json!({"pid": pid, "rolled_back": done.ids, "timings_us": done.measured.timings, "stops": done.measured.stops})
         );
     } else {
-        println!("rolled back in process {pid}: {}", done.join(", "));
+        println!("rolled back in process {pid}: {}", done.ids.join(", "));
     }
     Ok(())
 }

@@ -524,12 +524,7 @@ impl App {
         let policy = rec.on_expiry;
         self.expiry_handled = Some((pid, id.clone()));
         self.busy = Some(format!("trial of `{id}` expired: applying its policy ({policy})"));
-        Some(match policy {
-            crate::manifest::OnExpiry::Commit => {
-                Job::Commit { pid, patch: id, note: "trial expired: committed by policy".into() }
-            }
-            crate::manifest::OnExpiry::Rollback => Job::Rollback { pid, patch: Some(id) },
-        })
+        Some(Job::Expire { pid, patch: id })
     }
 
     /// Takes a report from the job thread.
@@ -538,7 +533,7 @@ impl App {
             Event::Progress { stage, msg } => {
                 if let Some(w) = self.wizard.as_mut() {
                     if let Some(s) = stage {
-                        if !w.done.contains(&s) && !msg.starts_with("busy") {
+                        if !w.done.contains(&s) {
                             w.done.push(s);
                             w.current = None;
                         }
@@ -584,6 +579,15 @@ impl App {
                 match result {
                     Ok(ids) => self.say(true, format!("rolled back in process {pid}: {}", ids.join(", "))),
                     Err(e) => self.say(false, format!("rollback in process {pid} failed: {}", e.message)),
+                }
+            }
+            Event::Expired { pid, patch, result } => {
+                self.busy = None;
+                match result {
+                    Ok(state) => {
+                        self.say(true, format!("trial of `{patch}` expired in process {pid}: {state} by policy"))
+                    }
+                    Err(e) => self.say(false, format!("expiry policy of `{patch}` failed: {}", e.message)),
                 }
             }
             Event::Committed { pid, patch, result } => {

@@ -2,7 +2,7 @@
 //! refreshing and the countdown keeps ticking while a stage runs or retries. The engine's
 //! per-stage confirmations travel to the UI and back over channels.
 
-use crate::engine::{self, CheckLine, Engine, Observer, Session, Stage};
+use crate::engine::{CheckLine, Engine, Observer, Session, Stage};
 use crate::error::Error;
 use crate::manifest::Manifest;
 use std::path::PathBuf;
@@ -13,10 +13,28 @@ use std::time::Duration;
 /// Work the console asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
-    Check { pid: i32, manifest: PathBuf },
-    Apply { pid: i32, manifest: PathBuf },
-    Rollback { pid: i32, patch: Option<String> },
-    Commit { pid: i32, patch: String, note: String },
+    Check {
+        pid: i32,
+        manifest: PathBuf,
+    },
+    Apply {
+        pid: i32,
+        manifest: PathBuf,
+    },
+    Rollback {
+        pid: i32,
+        patch: Option<String>,
+    },
+    Commit {
+        pid: i32,
+        patch: String,
+        note: String,
+    },
+    /// A trial ran out with no trial watcher acting on it: its `on_expiry` policy.
+    Expire {
+        pid: i32,
+        patch: String,
+    },
 }
 
 /// What the worker reports.
@@ -50,6 +68,11 @@ pub enum Event {
         pid: i32,
         patch: String,
         result: Result<(), Error>,
+    },
+    Expired {
+        pid: i32,
+        patch: String,
+        result: Result<crate::registry::State, Error>,
     },
 }
 
@@ -129,22 +152,28 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>, watchers: &mut Watchers) -
         },
         Job::Apply { pid, manifest } => {
             let result = Manifest::load(&manifest).and_then(|m| {
-                let rec = Session::open(engine, pid)?.apply(&m, &mut obs)?;
-                match engine::spawn_trial_watcher(engine, pid, &rec.patch) {
+                let watched = crate::trial::apply_watched(Session::open(engine, pid)?, &m, &mut obs)?;
+                match watched.watcher {
                     Ok(child) => watchers.keep(child),
                     Err(e) => obs.progress(None, &format!("warning: {e}")),
                 }
-                Ok(rec.patch)
+                Ok(watched.applied.record.patch)
             });
             Event::Applied { pid, result }
         }
         Job::Rollback { pid, patch } => {
-            let result = Session::open(engine, pid).and_then(|mut s| s.rollback(patch.as_deref(), true, &mut obs));
+            let result = Session::open(engine, pid)
+                .and_then(|mut s| s.rollback(patch.as_deref(), true, &mut obs))
+                .map(|r| r.ids);
             Event::RolledBack { pid, result }
         }
         Job::Commit { pid, patch, note } => {
             let result = Session::open(engine, pid).and_then(|mut s| s.commit(&patch, &note)).map(|_| ());
             Event::Committed { pid, patch, result }
+        }
+        Job::Expire { pid, patch } => {
+            let result = crate::trial::expire(engine, pid, &patch);
+            Event::Expired { pid, patch, result }
         }
     }
 }

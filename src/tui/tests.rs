@@ -324,7 +324,7 @@ fn expired_trial_on_screen_gets_its_policy_once() {
     a.screen = Screen::Trial;
     assert_eq!(a.tick(), None);
     a.now = NOW + 252 + 6;
-    assert!(matches!(a.tick(), Some(Job::Commit { .. })));
+    assert_eq!(a.tick(), Some(Job::Expire { pid: 812, patch: "invite-fix".into() }));
     a.busy = None;
     assert_eq!(a.tick(), None, "not twice");
 }

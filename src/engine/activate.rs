@@ -1,0 +1,396 @@
+//! Stage 4, activate: with every thread stopped, prove the switch is safe (the rules of
+//! [`crate::safety`]) and write a jump at the entry of each target function, all functions of
+//! one patch in the same stop; while a thread is in the way, resume, back off and retry within
+//! the manifest's budget. The same stop machinery writes the original bytes back on rollback.
+
+use super::undo::{Step, UndoLog};
+use super::{cancelled, Measured, Observer, Prepared, Session, Stage, StopTimes, StopWindow};
+use crate::error::{Error, Result};
+use crate::manifest::Consistency;
+use crate::registry::{self, FunctionRecord, Registry, State};
+use crate::safety::{self, EntryPlan, ThreadView};
+use crate::target::Target;
+use crate::unwind::{Backtrace, Unwinder};
+use pannus_kernel::{nr, page_ceil, World};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+impl Session<'_> {
+    /// Stage 4: routes far replacements through jump stubs, plans each entry from its current
+    /// bytes, confirms, records the functions, and switches them all in one stop.
+    pub(super) fn stage_activate(
+        &mut self,
+        p: &Prepared,
+        replacements: &[u64],
+        reg: &mut Registry,
+        obs: &mut dyn Observer,
+        log: &mut UndoLog,
+        measured: &mut Measured,
+    ) -> Result<()> {
+        let m = &p.manifest;
+        let in_stage = |e: Error| e.context(Stage::Activate);
+        let targets = self.trampolines(p, replacements, reg, log).map_err(in_stage)?;
+        let plans = self.entry_plans(p, &targets).map_err(in_stage)?;
+        let plan = p
+            .functions
+            .iter()
+            .zip(&plans)
+            .map(|(f, pl)| format!("{} -> {}: {}", f.target, f.replacement, pl.describe()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let plan = format!("stop every thread, check none is inside the bytes to overwrite, write: {plan}");
+        if !obs.confirm(Stage::Activate, &plan) {
+            return Err(cancelled(Stage::Activate));
+        }
+        if let Some(r) = reg.get_mut(&m.patch) {
+            r.state = State::Activating;
+            r.functions = p
+                .functions
+                .iter()
+                .zip(&plans)
+                .zip(replacements.iter().zip(&targets))
+                .map(|((f, pl), (&to, &via))| FunctionRecord {
+                    target: f.target.clone(),
+                    replacement: f.replacement.clone(),
+                    address: f.address,
+                    replacement_address: to,
+                    replacement_size: f.replacement_size,
+                    via: if via == to { 0 } else { via },
+                    jump: pl.jump,
+                    patch_address: pl.patch_address,
+                    original: hex::encode(&pl.original),
+                    written: hex::encode(&pl.written),
+                })
+                .collect();
+        }
+        self.write_registry(reg)?;
+        let sw = Switch {
+            names: p.functions.iter().map(|f| f.target.clone()).collect(),
+            writes: plans.iter().map(|pl| (pl.patch_address, pl.written.clone())).collect(),
+            plans,
+            retries: m.safety.retries,
+            interval: m.safety.retry_interval,
+            consistency: m.safety.consistency,
+            busy_ranges: old_code_ranges(p, reg),
+            module_code: Vec::new(),
+        };
+        let t0 = Instant::now();
+        let switched = self.switch(&sw, obs, measured);
+        measured.timings.activate = Some(t0.elapsed());
+        let (attempts, _) = switched.map_err(in_stage)?;
+        obs.progress(
+            Some(Stage::Activate),
+            &format!("{} function(s) switched in one stop (attempt {attempts})", sw.plans.len()),
+        );
+        Ok(())
+    }
+
+    /// Where each entry jumps: the replacement itself when a `jmp rel32` reaches it (always, for
+    /// the `mmap` method, which places the module near), else a 14-byte `jmp [rip+0]` stub in a
+    /// page mapped near the target object (read and execute only; written through
+    /// /proc/PID/mem), recorded so that rollback unmaps it.
+    fn trampolines(
+        &mut self,
+        p: &Prepared,
+        replacements: &[u64],
+        reg: &mut Registry,
+        log: &mut UndoLog,
+    ) -> Result<Vec<u64>> {
+        let far: Vec<usize> = p
+            .functions
+            .iter()
+            .zip(replacements)
+            .enumerate()
+            .filter(|(_, (f, &to))| i32::try_from(to.wrapping_sub(f.address + 5) as i64).is_err())
+            .map(|(i, _)| i)
+            .collect();
+        if far.is_empty() {
+            return Ok(replacements.to_vec());
+        }
+        let size = page_ceil(16 * far.len() as u64);
+        let hint = self.choose_base(p, size).ok_or_else(|| {
+            Error::precondition(format!(
+                "process {}: no free page within reach of the target for jump stubs",
+                self.target.pid
+            ))
+        })?;
+        use super::mmap::*;
+        let page = {
+            let mut h = self.hijack()?;
+            let r =
+                h.syscall(nr::MMAP, &[hint, size, 5, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0])?;
+            h.release()?;
+            if r < 0 {
+                return Err(registry::syscall_error("mapping the jump stubs (mmap)", r));
+            }
+            r as u64
+        };
+        log.push(Step::Stubs { page, size });
+        if let Some(rec) = reg.get_mut(&p.manifest.patch) {
+            rec.trampoline = page;
+            rec.trampoline_size = size;
+        }
+        self.write_registry(reg)?;
+        let mut targets = replacements.to_vec();
+        for (k, &i) in far.iter().enumerate() {
+            let stub = page + 16 * k as u64;
+            let mut code = vec![0xff, 0x25, 0, 0, 0, 0];
+            code.extend_from_slice(&replacements[i].to_le_bytes());
+            self.target.mem.write(stub, &code)?;
+            targets[i] = stub;
+        }
+        self.target.refresh_maps()?;
+        Ok(targets)
+    }
+
+    /// The entry plan of each function, from its current bytes in the process.
+    pub(super) fn entry_plans(&self, p: &Prepared, replacements: &[u64]) -> Result<Vec<EntryPlan>> {
+        p.functions
+            .iter()
+            .zip(replacements)
+            .map(|(f, &to)| {
+                let size = f.size.min(1 << 20) as usize;
+                let code = self.target.mem.read_vec(f.address, size)?;
+                let pad = self.target.mem.read_partial(f.address.saturating_sub(16), 16);
+                safety::plan_entry(&f.target, f.address, &code, &pad, to)
+            })
+            .collect()
+    }
+
+    /// The one place where code bytes change: in a single stop of every thread, after checking
+    /// the safety rules, write each `(address, bytes)` of `sw.writes`; while a thread is in the
+    /// way, resume, back off and retry within the budget. Returns the attempts made and, when
+    /// `sw.module_code` is given, what that same stop saw of the module. When giving up, names
+    /// the blocking threads and functions with each blocking thread's backtrace.
+    pub(super) fn switch(
+        &mut self,
+        sw: &Switch,
+        obs: &mut dyn Observer,
+        measured: &mut Measured,
+    ) -> Result<(u32, ModuleSeen)> {
+        let pid = self.target.pid;
+        let names: Vec<&str> = sw.names.iter().map(String::as_str).collect();
+        let function_rule = sw.consistency == Consistency::Function;
+        let mut unwinder = function_rule.then(|| Unwinder::new(&mut self.target));
+        let mut attempt = 0;
+        let mut stack_buf: Vec<u8> = Vec::new();
+        loop {
+            attempt += 1;
+            let last = attempt > sw.retries;
+            if last && unwinder.is_none() {
+                unwinder = Some(Unwinder::new(&mut self.target));
+            }
+            make_room_for_stacks(pid, &mut stack_buf);
+            // Attaching costs the target nothing: its threads run on until they are stopped.
+            let seized = World::seize(pid)?;
+            let stopped_at = Instant::now();
+            let start_monotonic_ns = StopWindow::now();
+            // On rollback the whole live stack (up to UNLOAD_SCAN) is read, for the module check.
+            let scan = if sw.module_code.is_empty() { STACK_SCAN } else { UNLOAD_SCAN };
+            let (world, ranges) = stop_reading_stacks(&self.target, seized, |_| scan, &mut stack_buf)?;
+            let halted_at = Instant::now();
+            let stacks: Vec<(i32, &pannus_kernel::Regs, &[u8])> = world
+                .threads()
+                .iter()
+                .zip(&ranges)
+                .map(|(t, range)| (t.tid, &t.regs, &stack_buf[range.clone()]))
+                .collect();
+            let views: Vec<ThreadView> = stacks
+                .iter()
+                .map(|(tid, r, stack)| ThreadView { tid: *tid, rip: r.rip, stack_base: r.rsp, stack })
+                .collect();
+            let mut conflicts = safety::entry_conflicts(names.iter().copied().zip(sw.plans.iter()), &views);
+            let mut traces: Vec<(i32, Backtrace)> = Vec::new();
+            if let Some(u) = unwinder.as_mut().filter(|_| function_rule || last) {
+                for (tid, r, stack) in &stacks {
+                    let bt = u.backtrace(&self.target.mem, r.rip, r.rsp, r.rbp, stack);
+                    if function_rule {
+                        conflicts.extend(safety::function_conflicts(*tid, &bt, &sw.busy_ranges));
+                    }
+                    traces.push((*tid, bt));
+                }
+            }
+            if conflicts.is_empty() {
+                let checked_at = Instant::now();
+                let mut result = Ok(());
+                for (addr, bytes) in &sw.writes {
+                    if let Err(e) = self.target.mem.write(*addr, bytes) {
+                        result = Err(e);
+                        break;
+                    }
+                    pannus_kernel::fault::point("entry bytes written");
+                }
+                let written_at = Instant::now();
+                let resumed_at = world.resume()?;
+                measured.stops.push(StopWindow::since(start_monotonic_ns));
+                measured.timings.add_stop(StopTimes {
+                    stopped: resumed_at - stopped_at,
+                    halt: halted_at - stopped_at,
+                    check: checked_at - halted_at,
+                    write: written_at - checked_at,
+                    resume: resumed_at - written_at,
+                });
+                result?;
+                // Judged after the threads run again, from what the stop saw: the jumps into the
+                // module went in that same stop, so a thread clear then stays clear.
+                let seen = if sw.module_code.is_empty() {
+                    ModuleSeen::default()
+                } else {
+                    module_idle(&views, &sw.module_code)
+                };
+                return Ok((attempt, seen));
+            }
+            world.resume()?;
+            measured.stops.push(StopWindow::since(start_monotonic_ns));
+            if last {
+                let mut text = format!(
+                    "busy: after {attempt} attempts over {:?}, thread(s) {} still in the way:",
+                    sw.interval * sw.retries,
+                    conflicts.iter().map(|c| c.tid.to_string()).collect::<Vec<_>>().join(", ")
+                );
+                for c in &conflicts {
+                    text.push_str(&format!("\n  {c}"));
+                }
+                let mut shown = Vec::new();
+                for c in &conflicts {
+                    if shown.contains(&c.tid) {
+                        continue;
+                    }
+                    shown.push(c.tid);
+                    if let (Some(u), Some((_, bt))) = (unwinder.as_ref(), traces.iter().find(|(t, _)| *t == c.tid)) {
+                        let comm =
+                            std::fs::read_to_string(format!("/proc/{pid}/task/{}/comm", c.tid)).unwrap_or_default();
+                        text.push_str(&format!("\n  backtrace of thread {} ({}):", c.tid, comm.trim()));
+                        for l in u.describe(bt) {
+                            text.push_str(&format!("\n    {l}"));
+                        }
+                    }
+                }
+                return Err(Error::busy(text).hint(
+                    "the service keeps these threads in the function; retry at a quieter moment, or raise safety.retries",
+                ));
+            }
+            if attempt == 1 || attempt % 20 == 0 {
+                obs.retrying(Stage::Activate, &conflicts[0].to_string());
+            }
+            std::thread::sleep(sw.interval);
+        }
+    }
+}
+
+/// Code that is "the old function" for the `function` rule: each target function, and the
+/// replacement an applied patch currently sends it to.
+fn old_code_ranges(p: &Prepared, reg: &Registry) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for f in &p.functions {
+        out.push((f.target.clone(), f.address, f.address + f.size));
+        for r in reg.applied() {
+            for g in r.functions.iter().filter(|g| g.address == f.address && g.replacement_size > 0) {
+                out.push((g.replacement.clone(), g.replacement_address, g.replacement_address + g.replacement_size));
+            }
+        }
+    }
+    out
+}
+
+/// One switch of code bytes, checked and written in a single stop of every thread.
+pub(super) struct Switch {
+    /// The function of each plan, for messages.
+    pub(super) names: Vec<String>,
+    pub(super) plans: Vec<EntryPlan>,
+    pub(super) writes: Vec<(u64, Vec<u8>)>,
+    pub(super) retries: u32,
+    pub(super) interval: Duration,
+    pub(super) consistency: Consistency,
+    /// Code no thread may be in under the `function` rule: (function, start, end).
+    pub(super) busy_ranges: Vec<(String, u64, u64)>,
+    /// On rollback, the module's code (and its jump stubs): the stop that writes the original
+    /// bytes back also looks whether any thread is in it or has a return address into it, so
+    /// that the module can be unmapped without another stop. Empty on apply.
+    pub(super) module_code: Vec<(u64, u64)>,
+}
+
+/// Stops the seized threads and reads each one's live stack (at most `most(tid)` bytes) into
+/// `buf`; returns the stopped world and, in the order of its threads, the part of `buf` holding
+/// each stack. Each thread's registers are read as soon as it is stopped, while the others are
+/// on their way; the stacks are read once all are stopped, with one system call for up to 1024
+/// threads rather than one each.
+pub(super) fn stop_reading_stacks(
+    target: &Target,
+    seized: pannus_kernel::Seized,
+    most: impl Fn(i32) -> usize,
+    buf: &mut Vec<u8>,
+) -> Result<(World, Vec<std::ops::Range<usize>>)> {
+    let mut spans = Vec::new();
+    let mut used = 0;
+    let world = seized.stop_with(|t| {
+        let len = target.stack_extent(&t.regs, most(t.tid));
+        spans.push((t.regs.rsp, used..used + len));
+        used += len;
+    })?;
+    if buf.len() < used {
+        buf.resize(used, 0);
+    }
+    let got = target.mem.read_many(&spans, buf);
+    let ranges = spans.into_iter().zip(got).map(|((_, r), n)| r.start..r.start + n).collect();
+    Ok((world, ranges))
+}
+
+/// Makes `buf` room for a [`STACK_SCAN`] of every thread of `pid` (and a few created meanwhile),
+/// before the stop: the stacks are read into it inside the stop, which must not be where it
+/// grows. Every page is backed here too: fresh zeroed memory faults on its first write to each
+/// page, and inside the stop each of those faults would lengthen it.
+pub(super) fn make_room_for_stacks(pid: i32, buf: &mut Vec<u8>) {
+    let len = (pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4) * STACK_SCAN;
+    if buf.len() >= len {
+        return;
+    }
+    *buf = vec![0u8; len];
+    for page in buf.chunks_mut(4096) {
+        // An opaque value: a store of a known zero to zeroed memory could be left out.
+        page[0] = std::hint::black_box(0);
+    }
+}
+
+/// What one stop saw of a module's code ([`module_idle`]).
+#[derive(Debug, Default)]
+pub(super) struct ModuleSeen {
+    /// Threads neither in the code nor with a return address into it.
+    pub(super) clear: HashSet<i32>,
+    /// Why the code is not idle (one thread's story), if it is not.
+    pub(super) busy: Option<String>,
+}
+
+/// Which of the stopped threads are clear of `code` (ranges): not executing in it, and no
+/// word of the stack read points into it (return addresses, signal frames; other words that
+/// happen to point there only make this more careful).
+pub(super) fn module_idle(threads: &[ThreadView], code: &[(u64, u64)]) -> ModuleSeen {
+    let inside = |a: u64| code.iter().any(|&(s, e)| a >= s && a < e);
+    let mut seen = ModuleSeen::default();
+    for t in threads {
+        if inside(t.rip) {
+            seen.busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.rip));
+            continue;
+        }
+        let word =
+            t.stack.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())).find(|&v| inside(v));
+        if let Some(v) = word {
+            seen.busy = Some(format!("thread {} has a return address into the module ({v:#x})", t.tid));
+            continue;
+        }
+        seen.clear.insert(t.tid);
+    }
+    seen
+}
+
+/// How many bytes of each thread's stack, from its stack pointer up, are scanned for return
+/// addresses and signal frames while the threads are stopped. The bytes to overwrite hold no
+/// call, so only a signal frame can hold an address inside them, and signal frames sit at the
+/// young end of the stack. At most 16 KiB, and no more than the live stack (see
+/// `Target::stack_extent`): most threads' reads are a page.
+const STACK_SCAN: usize = 16 << 10;
+
+/// How many bytes of each thread's stack are scanned for return addresses into a module before
+/// it is unmapped: real return addresses can sit deep, and a miss would let a thread return into
+/// unmapped memory, so this scan is wide (bounded by the live stack, so most reads are small).
+pub(super) const UNLOAD_SCAN: usize = 512 << 10;

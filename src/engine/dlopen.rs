@@ -1,0 +1,157 @@
+//! Stages 1 to 3 through the target's own loader (`load: dlopen`): one call of its `dlopen`,
+//! so that its dynamic linker maps, links (TLS, ifuncs, symbol versions) and initialises the
+//! module and registers its exception tables; the replacements are then found with `dlsym`.
+//! Unloading is the target's `dlclose`.
+
+use super::load::retire;
+use super::symbols::exported_function;
+use super::undo::{Step, UndoLog};
+use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
+use crate::error::{Error, Result};
+use crate::registry::{self, PatchRecord, Registry, State};
+use pannus_kernel::{nr, Hijack};
+use std::time::Instant;
+
+impl Session<'_> {
+    /// Stages 1 to 3 of the `dlopen` method, confirmed once. Returns the run-time address of
+    /// each replacement.
+    pub(super) fn stage_dlopen(
+        &mut self,
+        p: &Prepared,
+        reg: &mut Registry,
+        mut record: PatchRecord,
+        obs: &mut dyn Observer,
+        log: &mut UndoLog,
+        measured: &mut Measured,
+    ) -> Result<Vec<u64>> {
+        let m = &p.manifest;
+        let plan = format!(
+            "call dlopen(\"{}\", RTLD_NOW) inside process {} on one borrowed thread: its dynamic linker loads, \
+             links and initialises the module (stages 1 to 3 in one call)",
+            m.module.path.display(),
+            self.target.pid
+        );
+        if !obs.confirm(Stage::Load, &plan) {
+            return Err(cancelled(Stage::Load));
+        }
+        let t0 = Instant::now();
+        let names: Vec<&str> = p.functions.iter().map(|f| f.replacement.as_str()).collect();
+        // Nothing of the module stays when this fails.
+        let (handle, addrs) = self.dlopen(&m.module.path, &names).map_err(|e| e.context(Stage::Load))?;
+        for stage in [Stage::Load, Stage::Link, Stage::Init] {
+            log.touched(stage);
+        }
+        log.push(Step::Dlopened { handle });
+        self.target.refresh_maps()?;
+        let loaded = self.target.find_object(&m.module.path);
+        record.handle = handle;
+        record.state = State::Initialized;
+        if let Ok(l) = &loaded {
+            record.module_base = l.lo;
+            record.module_size = l.hi - l.lo;
+        }
+        reg.next_seq = record.seq;
+        retire(reg, &m.patch);
+        reg.patches.push(record);
+        self.write_registry(reg)?;
+        log.recorded();
+        measured.timings.load = Some(t0.elapsed());
+        let at = loaded.map(|l| format!(" at {:#x}", l.lo)).unwrap_or_default();
+        obs.progress(Some(Stage::Load), &format!("module loaded by the target's dlopen{at}"));
+        obs.progress(Some(Stage::Link), "linked by the target's dynamic linker");
+        obs.progress(Some(Stage::Init), "initialised by the target's dynamic linker");
+        Ok(addrs)
+    }
+
+    /// Calls the target's `dlopen` on `path`, then `dlsym` for each name. Returns the handle
+    /// and the addresses; on failure, what `dlerror` said.
+    fn dlopen(&mut self, path: &std::path::Path, names: &[&str]) -> Result<(u64, Vec<u64>)> {
+        let objects = self.target.loaded_objects();
+        let find = |candidates: &[&str]| exported_function(&objects, candidates);
+        let missing = |what: &str| {
+            Error::precondition(format!("process {}: no `{what}` in its C library", self.target.pid))
+                .hint("use load: mmap")
+        };
+        let dlopen = find(&["dlopen", "__libc_dlopen_mode"]).ok_or_else(|| missing("dlopen"))?;
+        let dlsym = find(&["dlsym", "__libc_dlsym"]).ok_or_else(|| missing("dlsym"))?;
+        let dlclose = find(&["dlclose", "__libc_dlclose"]).ok_or_else(|| missing("dlclose"))?;
+        let dlerror = find(&["dlerror"]);
+        let need_registry = registry::locate(&self.target.maps).is_none();
+        let timeout = self.engine.init_timeout;
+        let pid = self.target.pid;
+        let mut h = self.hijack()?;
+        const SCRATCH: u64 = 8192;
+        let scratch = h.syscall(
+            nr::MMAP,
+            &[0, SCRATCH, super::mmap::PROT_READ, super::mmap::MAP_PRIVATE | super::mmap::MAP_ANONYMOUS, u64::MAX, 0],
+        )?;
+        if scratch < 0 {
+            return Err(registry::syscall_error("mmap of a scratch page", scratch));
+        }
+        let scratch = scratch as u64;
+        let mem = pannus_kernel::Mem::open(pid)?;
+        let result = (|| -> Result<(u64, Vec<u64>)> {
+            if need_registry {
+                registry::create(&mut h, &mem, scratch)?;
+            }
+            let mut cpath = path.as_os_str().as_encoded_bytes().to_vec();
+            cpath.push(0);
+            if cpath.len() as u64 > SCRATCH {
+                return Err(Error::bad_input(format!("module path {} is too long", path.display())));
+            }
+            mem.write(scratch, &cpath)?;
+            const RTLD_NOW: u64 = 2;
+            let handle = h.call_for_address(dlopen, &[scratch, RTLD_NOW], timeout, "the target's dlopen")?;
+            let why = |h: &mut Hijack| -> String {
+                let Some(f) = dlerror else { return "no reason given".into() };
+                match h.call_for_address(f, &[], timeout, "dlerror") {
+                    Ok(0) | Err(_) => "no reason given".into(),
+                    Ok(text) => {
+                        let bytes = mem.read_partial(text, 512);
+                        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                        String::from_utf8_lossy(&bytes[..end]).into_owned()
+                    }
+                }
+            };
+            if handle == 0 {
+                return Err(Error::precondition(format!(
+                    "the target's dlopen refused {}: {}",
+                    path.display(),
+                    why(&mut h)
+                )));
+            }
+            let mut addrs = Vec::with_capacity(names.len());
+            for n in names {
+                let mut cname = n.as_bytes().to_vec();
+                cname.push(0);
+                mem.write(scratch, &cname)?;
+                let a = h.call_for_address(dlsym, &[handle, scratch], timeout, "the target's dlsym")?;
+                if a == 0 {
+                    let reason = why(&mut h);
+                    let _ = h.call(dlclose, &[handle], timeout, "the target's dlclose");
+                    return Err(Error::precondition(format!(
+                        "the target's dlsym does not find `{n}` in {}: {reason}",
+                        path.display()
+                    )));
+                }
+                addrs.push(a);
+            }
+            Ok((handle, addrs))
+        })();
+        let _ = h.syscall(nr::MUNMAP, &[scratch, SCRATCH]);
+        h.release()?;
+        result
+    }
+
+    /// The target's dlclose on `handle`.
+    pub(super) fn dlclose(&mut self, handle: u64) -> Result<()> {
+        let f = exported_function(&self.target.loaded_objects(), &["dlclose", "__libc_dlclose"]).ok_or_else(|| {
+            Error::precondition(format!("process {}: no `dlclose` in its C library", self.target.pid))
+        })?;
+        let timeout = self.engine.init_timeout;
+        let mut h = self.hijack()?;
+        h.call(f, &[handle], timeout, "the target's dlclose")?;
+        h.release()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! Stage 3, init (the `mmap` method): the module's exception tables registered with the
+//! target's unwinder when it has one (C++ programs), then its `DT_INIT` and `DT_INIT_ARRAY`
+//! functions run on one borrowed thread, signal-handler style, each with a deadline.
+
+use super::symbols::exported_function;
+use super::undo::{Step, UndoLog};
+use super::{cancelled, link::set_state, Measured, Observer, Prepared, Session, Stage};
+use crate::error::{Error, Result};
+use crate::registry::{Registry, State};
+use std::time::Instant;
+
+impl Session<'_> {
+    /// Stage 3: confirms, registers the module's exception tables and runs its init functions.
+    pub(super) fn stage_init(
+        &mut self,
+        p: &Prepared,
+        bias: u64,
+        reg: &mut Registry,
+        obs: &mut dyn Observer,
+        log: &mut UndoLog,
+        measured: &mut Measured,
+    ) -> Result<()> {
+        let id = &p.manifest.patch;
+        let inits = self.init_functions(p, bias)?;
+        let eh_frame = self.frame_registration(p, bias);
+        let plan = if inits.is_empty() {
+            "the module has no init functions: nothing runs".to_string()
+        } else {
+            format!(
+                "run {} init function(s) of the module inside process {} on one borrowed thread",
+                inits.len(),
+                self.target.pid
+            )
+        };
+        if !obs.confirm(Stage::Init, &plan) {
+            return Err(cancelled(Stage::Init));
+        }
+        let t0 = Instant::now();
+        if let Some((_, table)) = eh_frame {
+            // Recorded before registering, so that whoever unloads the module deregisters it.
+            if let Some(r) = reg.get_mut(id) {
+                r.eh_frame = table;
+            }
+            self.write_registry(reg)?;
+        }
+        log.touched(Stage::Init);
+        self.run_inits(&inits, eh_frame, log).map_err(|e| e.context(Stage::Init))?;
+        set_state(reg, id, State::Initialized);
+        self.write_registry(reg)?;
+        measured.timings.init = Some(t0.elapsed());
+        obs.progress(Some(Stage::Init), &format!("{} init function(s) ran", inits.len()));
+        Ok(())
+    }
+
+    /// `__register_frame` in the target and where the module's `.eh_frame` is, when both exist.
+    fn frame_registration(&mut self, p: &Prepared, bias: u64) -> Option<(u64, u64)> {
+        let (range, _) = p.module.section(".eh_frame")?;
+        let f = exported_function(&self.target.loaded_objects(), &["__register_frame"])?;
+        Some((f, bias.wrapping_add(range.start)))
+    }
+
+    /// Takes the module's exception tables back from the target's unwinder before unmapping.
+    pub(super) fn deregister_frames(&mut self, table: u64) -> Result<()> {
+        let Some(f) = exported_function(&self.target.loaded_objects(), &["__deregister_frame"]) else { return Ok(()) };
+        let timeout = self.engine.init_timeout;
+        let mut h = self.hijack()?;
+        h.call(f, &[table], timeout, "__deregister_frame for the module's exception tables")?;
+        h.release().map_err(Error::from)
+    }
+
+    fn init_functions(&self, p: &Prepared, bias: u64) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        if let Some(init) = p.module.init {
+            out.push(bias.wrapping_add(init));
+        }
+        if let Some((arr, len)) = p.module.init_array {
+            for i in 0..(len / 8).min(4096) {
+                let f = self.target.mem.read_u64(bias.wrapping_add(arr + 8 * i))?;
+                if f != 0 && f != u64::MAX {
+                    out.push(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Registers the module's exception tables with the target's unwinder (`__register_frame`),
+    /// so that C++ exceptions thrown by replacements unwind through the target, then runs the
+    /// module's init functions.
+    fn run_inits(&mut self, inits: &[u64], eh_frame: Option<(u64, u64)>, log: &mut UndoLog) -> Result<()> {
+        if inits.is_empty() && eh_frame.is_none() {
+            return Ok(());
+        }
+        let timeout = self.engine.init_timeout;
+        let mut h = self.hijack()?;
+        if let Some((register, table)) = eh_frame {
+            h.call(register, &[table], timeout, "__register_frame for the module's exception tables")?;
+            log.push(Step::Frames { table });
+        }
+        for (k, &f) in inits.iter().enumerate() {
+            h.call(f, &[0, 0, 0], timeout, &format!("init function #{} at {f:#x}", k + 1))?;
+        }
+        h.release()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Stage 1, load (the `mmap` method): the module's segments mapped into the target, in a hole
+//! within ±2 GiB of the target object so that `jmp rel32` and PC-relative relocations reach,
+//! each with its final protection (W^X: never writable and executable).
+
+use super::undo::{Step, UndoLog};
+use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
+use crate::error::{Error, Result};
+use crate::registry::{self, PatchRecord, Registry};
+use pannus_kernel::{maps, nr, page_ceil, page_floor};
+use std::time::Instant;
+
+impl Session<'_> {
+    /// Stage 1: confirms, reserves the module's range (recorded before anything is mapped in
+    /// it), then maps its segments. Returns the load bias.
+    pub(super) fn stage_load(
+        &mut self,
+        p: &Prepared,
+        reg: &mut Registry,
+        mut record: PatchRecord,
+        obs: &mut dyn Observer,
+        log: &mut UndoLog,
+        measured: &mut Measured,
+    ) -> Result<u64> {
+        let m = &p.manifest;
+        let (lo, hi) = p.module.span();
+        let size = hi - lo;
+        let base_hint = self.choose_base(p, size).ok_or_else(|| {
+            Error::precondition(format!("process {}: no free address range of {size} bytes", self.target.pid))
+        })?;
+        let plan = format!(
+            "map {} ({} bytes, {} segments) into process {} near {} at {:#x}",
+            m.module.path.display(),
+            size,
+            p.module.segments.len(),
+            self.target.pid,
+            p.object.mapped_path,
+            base_hint
+        );
+        if !obs.confirm(Stage::Load, &plan) {
+            return Err(cancelled(Stage::Load));
+        }
+        let t0 = Instant::now();
+        let base = self.reserve(base_hint, size).map_err(|e| e.context(Stage::Load))?;
+        log.touched(Stage::Load);
+        log.push(Step::Mapped { base, size });
+        self.target.refresh_maps()?;
+        record.module_base = base;
+        record.module_size = size;
+        reg.next_seq = record.seq;
+        retire(reg, &m.patch);
+        reg.patches.push(record);
+        self.write_registry(reg)?;
+        log.recorded();
+        self.map_segments(p, base).map_err(|e| e.context(Stage::Load))?;
+        self.target.refresh_maps()?;
+        measured.timings.load = Some(t0.elapsed());
+        obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
+        Ok(base.wrapping_sub(lo))
+    }
+
+    /// A free range for the module (or its jump stubs) within ±2 GiB of the target object, or
+    /// anywhere.
+    pub(super) fn choose_base(&self, p: &Prepared, size: u64) -> Option<u64> {
+        const REACH: u64 = 0x7ff0_0000;
+        let o = &p.object;
+        maps::find_hole(
+            &self.target.maps,
+            size,
+            o.hi.saturating_sub(REACH),
+            o.lo.saturating_add(REACH).saturating_sub(size),
+            o.lo,
+        )
+        .or_else(|| maps::find_hole(&self.target.maps, size, 0, u64::MAX, o.lo))
+    }
+
+    /// Reserves the module's range (and creates the registry when the process has none yet).
+    /// Only the reservation can be left behind by a pannus killed before the registry records
+    /// it: an empty, read-only range.
+    fn reserve(&mut self, hint: u64, size: u64) -> Result<u64> {
+        use super::mmap::*;
+        let need_registry = registry::locate(&self.target.maps).is_none();
+        let mem_pid = self.target.pid;
+        let mut h = self.hijack()?;
+        let r = h.syscall(
+            nr::MMAP,
+            &[hint, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0],
+        )?;
+        if r < 0 {
+            return Err(registry::syscall_error("reserving the module's address range (mmap)", r));
+        }
+        let base = r as u64;
+        if base != hint {
+            let _ = h.syscall(nr::MUNMAP, &[base, size]);
+            return Err(Error::other(format!(
+                "process {mem_pid}: the kernel placed the module at {base:#x} instead of {hint:#x}"
+            )));
+        }
+        if need_registry {
+            let mem = pannus_kernel::Mem::open(mem_pid)?;
+            if let Err(e) = registry::create(&mut h, &mem, base) {
+                let _ = h.syscall(nr::MUNMAP, &[base, size]);
+                return Err(e);
+            }
+        }
+        h.release()?;
+        Ok(base)
+    }
+
+    /// Maps the module's segments into the reserved range from the module file, with their
+    /// final protections (anonymous memory filled through /proc/PID/mem when the target cannot
+    /// open the file, e.g. from another mount namespace).
+    fn map_segments(&mut self, p: &Prepared, base: u64) -> Result<()> {
+        use super::mmap::*;
+        let module = p.module.clone();
+        let (lo, _) = module.span();
+        let bias = base.wrapping_sub(lo);
+        let mut cpath = p.manifest.module.path.as_os_str().as_encoded_bytes().to_vec();
+        cpath.push(0);
+        let mem_pid = self.target.pid;
+        let mut h = self.hijack()?;
+        let mem = pannus_kernel::Mem::open(mem_pid)?;
+        // The path goes into the reservation, which the segments then replace.
+        let fd = if (cpath.len() as u64) < module.span().1 - lo {
+            mem.write(base, &cpath)?;
+            h.syscall(nr::OPENAT, &[AT_FDCWD as u64, base, O_RDONLY_CLOEXEC, 0])?
+        } else {
+            -1
+        };
+        let anonymous = |h: &mut pannus_kernel::Hijack, start: u64, len: u64, prot: u64, what: &str| -> Result<()> {
+            let r = h.syscall(
+                nr::MMAP,
+                &[start, len, prot, MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_POPULATE, u64::MAX, 0],
+            )?;
+            if r < 0 {
+                return Err(registry::syscall_error(what, r));
+            }
+            Ok(())
+        };
+        let result = (|| -> Result<()> {
+            for s in &module.segments {
+                let start = bias.wrapping_add(page_floor(s.vaddr));
+                let file_end = bias.wrapping_add(s.vaddr + s.filesz);
+                let mem_end = bias.wrapping_add(page_ceil(s.vaddr + s.memsz));
+                if fd >= 0 && s.filesz > 0 {
+                    let len = page_ceil(file_end) - start;
+                    let r = h.syscall(
+                        nr::MMAP,
+                        &[
+                            start,
+                            len,
+                            s.prot(),
+                            MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
+                            fd as u64,
+                            page_floor(s.offset),
+                        ],
+                    )?;
+                    if r < 0 {
+                        return Err(registry::syscall_error("mapping a module segment (mmap)", r));
+                    }
+                    // The file's page may hold other bytes past the segment: zero them (bss).
+                    if s.memsz > s.filesz && page_ceil(file_end) > file_end {
+                        mem.write(file_end, &vec![0u8; (page_ceil(file_end) - file_end) as usize])?;
+                    }
+                    if mem_end > page_ceil(file_end) {
+                        let bss = page_ceil(file_end);
+                        anonymous(&mut h, bss, mem_end - bss, s.prot(), "mapping the module's bss (mmap)")?;
+                    }
+                } else {
+                    anonymous(&mut h, start, mem_end - start, s.prot(), "mapping a module segment (mmap)")?;
+                    if let Some(bytes) = module.bytes_at(s.vaddr, s.filesz) {
+                        mem.write(bias.wrapping_add(s.vaddr), bytes)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if fd >= 0 {
+            let _ = h.syscall(nr::CLOSE, &[fd as u64]);
+        }
+        h.release()?;
+        result
+    }
+}
+
+/// Makes room for a new record of patch `id`: an old rolled-back record is dropped, unless its
+/// module is still mapped (a thread was inside it at rollback), in which case it is kept under
+/// `id@seq` so that a later rollback can still unload it.
+pub(super) fn retire(reg: &mut Registry, id: &str) {
+    if let Some(old) = reg.get_mut(id) {
+        if old.module_mapped {
+            old.patch = format!("{id}@{}", old.seq);
+            return;
+        }
+    }
+    reg.patches.retain(|r| r.patch != id);
+}

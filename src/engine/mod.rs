@@ -1,0 +1,288 @@
+//! The engine: the four PANNUS stages, rollback, commit and status, as one API that the CLI and
+//! the console both call. Every operation takes the per-process lock, reads the truth from the
+//! target's registry, and records what it did in the journal.
+//!
+//! One file per concern (ARCHITECTURE.md has the map): [`session`] opens a process and owns
+//! what every operation shares; [`preflight`] checks everything before anything is done;
+//! stage 1 is [`load`], stage 2 [`link`] (with the pure [`symbols`]), stage 3 [`init`], or
+//! all three through the target's own loader in [`dlopen`]; stage 4 is [`activate`];
+//! [`apply`] runs them in order, recording each step in an [`undo`] log that a failure, a
+//! cancellation and [`rollback`] all unwind the same way.
+
+mod activate;
+mod apply;
+mod dlopen;
+mod init;
+mod link;
+mod load;
+mod preflight;
+mod rollback;
+mod session;
+pub mod symbols;
+mod undo;
+
+pub use apply::Applied;
+pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared, PreparedFn};
+pub use rollback::RolledBack;
+pub use session::{Session, StopWindow};
+
+use crate::error::{Error, Kind, Result};
+use crate::journal::Journal;
+use crate::registry::{PatchRecord, Registry};
+use crate::target::Target;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The four stages of applying a patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Load,
+    Link,
+    Init,
+    Activate,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Load, Stage::Link, Stage::Init, Stage::Activate];
+    pub fn number(self) -> usize {
+        self as usize + 1
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Load => "load",
+            Stage::Link => "link",
+            Stage::Init => "init",
+            Stage::Activate => "activate",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stage {} ({})", self.number(), self.name())
+    }
+}
+
+/// What the engine tells its caller while it works, and asks before each stage.
+pub trait Observer {
+    /// Asked before each stage with exactly what it will do; `false` cancels the apply, which
+    /// then undoes the stages already done.
+    fn confirm(&mut self, _stage: Stage, _plan: &str) -> bool {
+        true
+    }
+    /// A line of progress; with a stage, that stage is done.
+    fn progress(&mut self, _stage: Option<Stage>, _msg: &str) {}
+    /// `stage` found a thread in the way and will try again after a pause: not done yet.
+    fn retrying(&mut self, stage: Stage, why: &str) {
+        self.progress(None, &format!("{stage}: busy ({why}), retrying"));
+    }
+}
+
+/// An observer that says yes to everything and prints nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// One pre-flight check and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckLine {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub state_dir: PathBuf,
+    /// How long stage 3 may run the module's init functions before it is stopped.
+    pub init_timeout: Duration,
+    /// How long to wait for another pannus working on the same process.
+    pub lock_wait: Duration,
+}
+
+impl Engine {
+    pub fn new(state_dir: PathBuf) -> Engine {
+        Engine { state_dir, init_timeout: Duration::from_secs(5), lock_wait: Duration::from_secs(10) }
+    }
+    pub fn journal(&self) -> Journal {
+        Journal::open(&self.state_dir)
+    }
+}
+
+/// How long each step of an apply or rollback took, confirmations excluded. A step that ran
+/// several times (a rollback with `--cascade` restores several patches) is summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub preflight: Option<Duration>,
+    pub load: Option<Duration>,
+    pub link: Option<Duration>,
+    pub init: Option<Duration>,
+    pub activate: Option<Duration>,
+    /// Rollback: the stop that writes the original bytes back, with its retries.
+    pub restore: Option<Duration>,
+    pub unload: Option<Duration>,
+    /// The stop of every thread that switched code (the successful attempt), and its parts.
+    pub stop: Option<StopTimes>,
+}
+
+/// The parts of one stop of every thread that switched code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopTimes {
+    /// From the first interrupt to the last thread let go.
+    pub stopped: Duration,
+    /// Until every thread was stopped and its stack read.
+    pub halt: Duration,
+    /// The safety rules.
+    pub check: Duration,
+    /// The bytes written.
+    pub write: Duration,
+    /// Every thread let go.
+    pub resume: Duration,
+}
+
+impl Timings {
+    pub(super) fn add(slot: &mut Option<Duration>, d: Duration) {
+        *slot = Some(slot.unwrap_or_default() + d);
+    }
+
+    pub(super) fn add_stop(&mut self, s: StopTimes) {
+        let t = self.stop.get_or_insert_with(StopTimes::default);
+        t.stopped += s.stopped;
+        t.halt += s.halt;
+        t.check += s.check;
+        t.write += s.write;
+        t.resume += s.resume;
+    }
+
+    /// Each measured step by name, as `--json` gives them (`timings_us`).
+    pub fn steps(&self) -> Vec<(&'static str, Duration)> {
+        let mut out: Vec<(&'static str, Duration)> = [
+            ("preflight", self.preflight),
+            ("load", self.load),
+            ("link", self.link),
+            ("init", self.init),
+            ("activate", self.activate),
+            ("restore", self.restore),
+            ("unload", self.unload),
+        ]
+        .into_iter()
+        .filter_map(|(k, d)| Some((k, d?)))
+        .collect();
+        if let Some(s) = self.stop {
+            out.extend([
+                ("stopped", s.stopped),
+                ("stop_halt", s.halt),
+                ("stop_check", s.check),
+                ("stop_write", s.write),
+                ("stop_resume", s.resume),
+            ]);
+        }
+        out
+    }
+}
+
+impl Serialize for Timings {
+    /// Microseconds per step: `{"load": 812, ...}`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let steps = self.steps();
+        let mut map = s.serialize_map(Some(steps.len()))?;
+        for (k, d) in steps {
+            map.serialize_entry(k, &(d.as_micros() as u64))?;
+        }
+        map.end()
+    }
+}
+
+/// What an apply or rollback measured: its steps' times and every stop of every thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Measured {
+    #[serde(rename = "timings_us")]
+    pub timings: Timings,
+    /// Every stop of every thread (retries included), on `CLOCK_MONOTONIC`: what a service's
+    /// own latency figures can be matched against.
+    pub stops: Vec<StopWindow>,
+}
+
+/// Flags of mmap(2) and open(2), as the target's kernel takes them.
+mod mmap {
+    /// Readable: the target's own system calls read the scratch strings placed in a reservation.
+    pub const PROT_READ: u64 = 1;
+    pub const MAP_PRIVATE: u64 = 0x02;
+    pub const MAP_FIXED: u64 = 0x10;
+    pub const MAP_ANONYMOUS: u64 = 0x20;
+    pub const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+    /// The module's pages are faulted in when mapped, not by the service's threads when they
+    /// first run the patched code right after the switch.
+    pub const MAP_POPULATE: u64 = 0x8000;
+    pub const O_RDONLY_CLOEXEC: u64 = 0o2000000;
+    pub const AT_FDCWD: i64 = -100;
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn cancelled(stage: Stage) -> Error {
+    Error::new(Kind::Other, format!("cancelled before {stage}"))
+}
+
+/// The journal's word for an error.
+pub fn outcome_of(e: &Error) -> &'static str {
+    match e.kind {
+        Kind::BadInput | Kind::Precondition => "refused",
+        Kind::Busy => "busy",
+        Kind::Other => "failed",
+    }
+}
+
+/// Reads the registry of a process without locking or stopping it.
+pub fn read_status(pid: i32) -> Result<(Target, Registry)> {
+    let target = Target::open(pid)?;
+    let reg = crate::registry::read_from(&target.mem, &target.maps)?;
+    Ok((target, reg))
+}
+
+/// Seconds left in a trial, 0 when past.
+pub fn remaining(rec: &PatchRecord) -> Option<u64> {
+    rec.trial_deadline.map(|d| d.saturating_sub(now_secs()))
+}
+
+/// A process pannus can see, with its patches.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub name: String,
+    pub exe: String,
+    pub patches: Vec<PatchRecord>,
+}
+
+/// Every process with patches (all processes with `all`).
+pub fn list_processes(all: bool) -> Vec<ProcessInfo> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let me = std::process::id() as i32;
+    let mut pids: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    pids.sort_unstable();
+    for pid in pids {
+        if pid == me {
+            continue;
+        }
+        let patches = crate::registry::read_process(pid);
+        if patches.is_none() && !all {
+            continue;
+        }
+        let patches = patches.unwrap_or_default();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        if !all && !patches.iter().any(|p| p.state.is_applied()) {
+            continue;
+        }
+        out.push(ProcessInfo { pid, name, exe, patches });
+    }
+    out
+}

@@ -1,0 +1,377 @@
+//! Pre-flight: every check that apply and check make, touching nothing, in four parts: the
+//! module, the target object, the functions, and the process. The parts that need no process
+//! are also what `pannus manifest check` and `apply --all`'s planning run, so that each rule is
+//! written once.
+
+use super::symbols::{self, Library, RequiredPatch, Scope, TargetObject, Value};
+use super::{CheckLine, Session};
+use crate::elf::{Object, SymKind, Symbol};
+use crate::error::{Error, Result};
+use crate::manifest::{LoadMethod, Manifest};
+use crate::registry::{self, Registry};
+use crate::target::Loaded;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How a function of the patch resolves in the target.
+#[derive(Debug, Clone)]
+pub struct PreparedFn {
+    pub target: String,
+    pub replacement: String,
+    pub address: u64,
+    pub size: u64,
+    pub replacement_vaddr: u64,
+    pub replacement_size: u64,
+}
+
+/// Everything checked and resolved before anything is done to the target.
+pub struct Prepared {
+    pub manifest: Manifest,
+    pub module: Arc<Object>,
+    pub object: Loaded,
+    pub functions: Vec<PreparedFn>,
+    /// Module globals bound to the target's own data instead.
+    pub dropped: Vec<String>,
+    /// Where each symbol the module's relocations name comes from (load: mmap), by index
+    /// into the module's `.dynsym`.
+    pub(super) symbols: HashMap<usize, Value>,
+}
+
+// ---------------------------------------------------------------- the module
+
+/// The module: its checksum is the manifest's, it is a shared object, and the manifest's load
+/// method can load it. Returns it with the lines of the checks passed.
+pub fn module_checks(m: &Manifest) -> Result<(Object, Vec<CheckLine>)> {
+    let path = &m.module.path;
+    let sum = crate::elf::sha256_file(path).map_err(|e| {
+        Error::bad_input(format!("patch module {}: cannot read: {e}", path.display()))
+            .hint("check module.path; a relative path is taken from the manifest's folder")
+    })?;
+    if sum != m.module.sha256 {
+        return Err(Error::bad_input(format!(
+            "patch module {}: checksum mismatch: the manifest says sha256 {}, the file has {sum}",
+            path.display(),
+            m.module.sha256
+        ))
+        .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
+    }
+    let module = Object::load(path, "patch module")?;
+    if !module.is_dyn {
+        return Err(Error::bad_input(format!("patch module {}: not a shared object", path.display()))
+            .hint("build it with gcc -shared -fPIC"));
+    }
+    if module.has_tls && m.module.load != LoadMethod::Dlopen {
+        return Err(Error::bad_input(format!(
+            "patch module {}: uses thread-local storage, which load: mmap does not support",
+            path.display()
+        ))
+        .hint("use load: dlopen, where the target's dynamic linker sets up the module's TLS"));
+    }
+    let lines = vec![
+        ok("module checksum", format!("sha256 {sum}")),
+        ok("module", format!("{} (ELF x86-64 shared object, {} relocations)", path.display(), module.relocs.len())),
+    ];
+    Ok((module, lines))
+}
+
+/// The function `name` of the patch module, as a replacement: a function (or, where the
+/// target's dynamic linker resolves it, `load: dlopen`, an indirect function).
+pub fn replacement_symbol<'o>(module: &'o Object, name: &str, load: LoadMethod) -> Result<&'o Symbol> {
+    match module.lookup(name) {
+        Ok(Some(s)) if s.kind == SymKind::Func || (load == LoadMethod::Dlopen && s.kind == SymKind::Ifunc) => Ok(s),
+        Ok(Some(s)) => Err(Error::precondition(format!(
+            "symbol `{name}` in patch module {} is not a function ({:?})",
+            module.path.display(),
+            s.kind
+        ))),
+        _ => Err(Error::precondition(format!(
+            "patch module {} does not define function `{name}`",
+            module.path.display()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------- the target object
+
+/// The one build-id rule: the target object on disk is the build the manifest was made for.
+pub fn build_id_matches(path: &Path, object: &Object, want: &str) -> Result<()> {
+    match object.build_id.as_deref() {
+        Some(id) if id == want => Ok(()),
+        found => Err(Error::precondition(format!(
+            "build-id mismatch: {} has {}, the manifest is for {want}",
+            path.display(),
+            found.unwrap_or("no build-id")
+        ))
+        .hint("this patch was built for another build of the program; do not apply it here")),
+    }
+}
+
+/// The function `name` of the target object, as a function to replace: defined once, a
+/// function, with a size.
+pub fn target_symbol<'o>(object: &'o Object, path: &Path, name: &str) -> Result<&'o Symbol> {
+    let path = path.display();
+    let sym = match object.lookup(name) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(Error::precondition(format!("symbol `{name}` not found in {path}")).hint(
+            "check functions[].target; the object must keep its symbol table (not stripped) for file-local functions",
+        )),
+        Err(addrs) => {
+            return Err(Error::precondition(format!(
+                "symbol `{name}` is ambiguous in {path}: {} file-local definitions at {}",
+                addrs.len(),
+                addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    if sym.kind != SymKind::Func {
+        return Err(Error::precondition(format!("symbol `{name}` in {path} is not a function ({:?})", sym.kind)));
+    }
+    if sym.size == 0 {
+        return Err(Error::precondition(format!("function `{name}` in {path} has no size in the symbol table")));
+    }
+    Ok(sym)
+}
+
+fn ok(check: &str, detail: String) -> CheckLine {
+    CheckLine { check: check.into(), ok: true, detail }
+}
+
+impl Session<'_> {
+    /// Pre-flight only: the checks and the entry decisions, as `pannus check` shows them.
+    pub fn check(&mut self, m: &Manifest) -> (Vec<CheckLine>, Result<()>) {
+        let mut lines = Vec::new();
+        let result = (|| -> Result<()> {
+            let reg = self.registry()?;
+            let p = self.prepare(m, &reg, &mut lines)?;
+            let (lo, span) = p.module.span();
+            let replacements: Vec<u64> = match m.module.load {
+                LoadMethod::Mmap => {
+                    let bias = self.choose_base(&p, span - lo).unwrap_or(0).wrapping_sub(lo);
+                    p.functions.iter().map(|f| bias.wrapping_add(f.replacement_vaddr)).collect()
+                }
+                // Where the target's dynamic linker will put the module is known only after
+                // loading: plan for the far case (the 14-byte jump), which needs the most room.
+                LoadMethod::Dlopen => p.functions.iter().map(|_| 0x7f00_0000_0000).collect(),
+            };
+            let plans = self.entry_plans(&p, &replacements)?;
+            for (f, plan) in p.functions.iter().zip(&plans) {
+                lines.push(CheckLine { check: format!("entry {}", f.target), ok: true, detail: plan.describe() });
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            lines.push(CheckLine { check: "refused".into(), ok: false, detail: e.message.clone() });
+        }
+        (lines, result)
+    }
+
+    /// Every check apply makes, touching nothing. Each check passed is pushed to `lines`; the
+    /// first that fails is returned as the error.
+    pub fn prepare(&mut self, m: &Manifest, reg: &Registry, lines: &mut Vec<CheckLine>) -> Result<Prepared> {
+        let (module, passed) = module_checks(m)?;
+        lines.extend(passed);
+        let module = Arc::new(module);
+        let object = self.object_checks(m, lines)?;
+        lines.push(ok("process", self.process_checks(registry::locate(&self.target.maps).is_some())?));
+        self.registry_checks(m, reg, lines)?;
+        let functions = function_checks(m, &module, &object, lines)?;
+        if m.module.load == LoadMethod::Dlopen {
+            // The target's dynamic linker links the module, by its own rules.
+            lines.push(ok("symbols", "resolved by the target's dynamic linker (load: dlopen)".into()));
+            let (dropped, symbols) = (Vec::new(), HashMap::new());
+            return Ok(Prepared { manifest: m.clone(), module, object, functions, dropped, symbols });
+        }
+        let (dropped, symbols) = self.symbol_checks(m, reg, &module, &object, lines)?;
+        Ok(Prepared { manifest: m.clone(), module, object, functions, dropped, symbols })
+    }
+
+    /// The target object: mapped by the process, the manifest's build on disk and in memory.
+    fn object_checks(&mut self, m: &Manifest, lines: &mut Vec<CheckLine>) -> Result<Loaded> {
+        let object = self.target.find_object(&m.target.object)?;
+        build_id_matches(&m.target.object, &object.object, &m.target.build_id)?;
+        if self.target.build_id_in_memory(&object).is_none() {
+            return Err(Error::precondition(format!(
+                "process {} runs another copy of {} than the file on disk (build-id in memory differs)",
+                self.target.pid,
+                m.target.object.display()
+            ))
+            .hint("the file was replaced after the process started; restart it or patch the running build"));
+        }
+        lines.push(ok(
+            "target object",
+            format!("{} mapped at {:#x}, build-id {}", object.mapped_path, object.lo, m.target.build_id),
+        ));
+        Ok(object)
+    }
+
+    /// What can make patching impossible whatever the patch: another tracer, and seccomp filters
+    /// that would refuse the system calls pannus makes inside the process. Found before anything
+    /// is done, and explained.
+    fn process_checks(&self, has_registry: bool) -> Result<String> {
+        let pid = self.target.pid;
+        if let Some(t) = pannus_kernel::tracer_of(pid).filter(|&t| t != 0) {
+            let name = std::fs::read_to_string(format!("/proc/{t}/comm")).unwrap_or_default();
+            return Err(Error::precondition(format!("process {pid} is being traced by process {t} ({})", name.trim()))
+                .hint("a debugger or tracer holds it: detach it first, then patch"));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(str::trim).unwrap_or("0");
+        let seccomp = match mode {
+            "0" => "no seccomp filter".to_string(),
+            "1" => {
+                return Err(Error::precondition(format!(
+                    "process {pid} runs in seccomp strict mode: only read, write, exit and sigreturn are allowed"
+                ))
+                .hint("this process cannot be patched live; restart it with the fix"))
+            }
+            _ => {
+                let filters = pannus_kernel::read_seccomp_filters(pid).map_err(|e| {
+                    Error::precondition(format!("process {pid} has seccomp filters that pannus cannot read: {e}"))
+                        .hint("run pannus as root (reading filters needs CAP_SYS_ADMIN)")
+                })?;
+                let calls: Vec<crate::seccomp::Call> = crate::seccomp::pannus_calls()
+                    .into_iter()
+                    .filter(|c| !has_registry || !matches!(c.name, "memfd_create" | "ftruncate"))
+                    .collect();
+                let blocked = crate::seccomp::blocked(&filters, &calls);
+                if !blocked.is_empty() {
+                    let list: Vec<String> = blocked
+                        .iter()
+                        .map(|(c, v)| match v {
+                            crate::seccomp::Verdict::Deny(what) => format!("{} (the filter would {what})", c.name),
+                            _ => format!("{} (the filter cannot be evaluated)", c.name),
+                        })
+                        .collect();
+                    return Err(Error::precondition(format!(
+                        "process {pid}'s seccomp filter refuses system calls pannus must make inside it: {}",
+                        list.join(", ")
+                    ))
+                    .hint("this process cannot be patched live with its current filter; nothing was done"));
+                }
+                format!("{} seccomp filter(s) allow pannus's system calls", filters.len())
+            }
+        };
+        Ok(format!("not traced; {seccomp}; W^X: no mapping is ever writable and executable"))
+    }
+
+    /// The process's registry: the patch is not applied twice, and what it requires is active.
+    fn registry_checks(&self, m: &Manifest, reg: &Registry, lines: &mut Vec<CheckLine>) -> Result<()> {
+        let pid = self.target.pid;
+        if let Some(p) = reg.get(&m.patch).filter(|p| p.state.is_applied()) {
+            return Err(Error::precondition(format!(
+                "patch `{}` is already applied to process {pid} (state {})",
+                m.patch, p.state
+            ))
+            .hint(format!("roll it back first: pannus rollback --pid {pid} {}", m.patch)));
+        }
+        for r in &m.requires {
+            match reg.get(r) {
+                Some(p) if p.state.is_active() => {}
+                Some(p) => {
+                    return Err(Error::precondition(format!(
+                        "patch `{}` requires `{r}`, which is {} in process {pid}",
+                        m.patch, p.state
+                    )))
+                }
+                None => {
+                    return Err(Error::precondition(format!(
+                        "patch `{}` requires `{r}`, which is not applied in process {pid}",
+                        m.patch
+                    ))
+                    .hint(format!("apply `{r}` first")))
+                }
+            }
+        }
+        if !m.requires.is_empty() {
+            lines.push(ok("dependencies", m.requires.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Stage 2's symbols (load: mmap): the module's globals the target already has, bound to
+    /// the target's; every relocation of a supported type; every symbol they name resolved.
+    fn symbol_checks(
+        &mut self,
+        m: &Manifest,
+        reg: &Registry,
+        module: &Object,
+        object: &Loaded,
+        lines: &mut Vec<CheckLine>,
+    ) -> Result<(Vec<String>, HashMap<usize, Value>)> {
+        let mut dropped = Vec::new();
+        for s in module.dynsyms.iter().filter(|s| s.defined && s.global && s.kind == SymKind::Object) {
+            if let Ok(Some(t)) = object.object.lookup(&s.name) {
+                if t.kind == SymKind::Object {
+                    dropped.push(s.name.clone());
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            lines.push(ok("shared data", format!("bound to the target's own: {}", dropped.join(", "))));
+        }
+        let required: Vec<RequiredPatch> = m
+            .requires
+            .iter()
+            .filter_map(|r| reg.get(r))
+            .filter_map(|p| {
+                let o = Object::load(Path::new(&p.module), "module").ok()?;
+                let bias = p.module_base.wrapping_sub(o.span().0);
+                Some(RequiredPatch { object: Arc::new(o), bias })
+            })
+            .collect();
+        let others = self.target.loaded_objects();
+        let libraries: Vec<Library> = others.iter().filter(|o| o.lo != object.lo).map(Library).collect();
+        let target = TargetObject(object);
+        let mut scopes: Vec<&dyn Scope> = required.iter().map(|r| r as &dyn Scope).collect();
+        scopes.push(&target);
+        scopes.extend(libraries.iter().map(|l| l as &dyn Scope));
+        let in_module = |e: Error| e.context(format!("patch module {}", m.module.path.display()));
+        let mut symbols = HashMap::new();
+        for r in &module.relocs {
+            if !symbols::SUPPORTED.contains(&r.rtype) {
+                let what = r.sym.map(|i| format!(" for `{}`", module.dynsyms[i].name)).unwrap_or_default();
+                return Err(in_module(Error::bad_input(format!(
+                    "relocation {} at {:#x}{what} is not supported by load: mmap",
+                    symbols::reloc_name(r.rtype),
+                    r.offset
+                ))));
+            }
+            let Some(i) = r.sym else { continue };
+            if symbols.contains_key(&i) {
+                continue;
+            }
+            let s = &module.dynsyms[i];
+            let value = symbols::resolve(s, &dropped, &scopes, &object.mapped_path).map_err(in_module)?;
+            symbols.insert(i, value);
+        }
+        lines.push(ok("symbols", format!("{} resolved", symbols.len())));
+        Ok((dropped, symbols))
+    }
+}
+
+/// The functions: each target a sized function of the target object, each replacement a
+/// function of the module.
+fn function_checks(
+    m: &Manifest,
+    module: &Object,
+    object: &Loaded,
+    lines: &mut Vec<CheckLine>,
+) -> Result<Vec<PreparedFn>> {
+    let mut functions = Vec::new();
+    for f in &m.functions {
+        let sym = target_symbol(&object.object, &m.target.object, &f.target)?;
+        let rep = replacement_symbol(module, &f.replacement, m.module.load)?;
+        let address = object.addr(sym.value);
+        lines.push(ok("function", format!("{} at {address:#x} ({} bytes) -> {}", f.target, sym.size, f.replacement)));
+        functions.push(PreparedFn {
+            target: f.target.clone(),
+            replacement: f.replacement.clone(),
+            address,
+            size: sym.size,
+            replacement_vaddr: rep.value,
+            replacement_size: rep.size,
+        });
+    }
+    Ok(functions)
+}

@@ -1,0 +1,357 @@
+//! Rollback: the original bytes written back in one stop (or handed to a later patch stacked on
+//! the same entry), newest patch first with `--cascade`, then the module unloaded through the
+//! undo log read back from its record ([`UndoLog::of_record`]) once no thread can be inside it.
+
+use super::activate::{make_room_for_stacks, module_idle, stop_reading_stacks, ModuleSeen, Switch, UNLOAD_SCAN};
+use super::undo::UndoLog;
+use super::{now_secs, outcome_of, Measured, Observer, Session, StopWindow, Timings};
+use crate::error::{Error, Result};
+use crate::registry::{PatchRecord, Registry, State};
+use crate::safety::{EntryPlan, ThreadView};
+use pannus_kernel::World;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// Patches rolled back: their ids, newest first, and what the rollback measured.
+#[derive(Debug, Clone)]
+pub struct RolledBack {
+    pub ids: Vec<String>,
+    pub measured: Measured,
+}
+
+impl Session<'_> {
+    /// Rolls back `patch` (the most recently applied one when `None`); with `cascade`, the
+    /// patches that require it are rolled back first, newest first. Returns the ids rolled back.
+    pub fn rollback(&mut self, patch: Option<&str>, cascade: bool, obs: &mut dyn Observer) -> Result<RolledBack> {
+        self.rollback_because(patch, cascade, "", obs)
+    }
+
+    /// [`Session::rollback`], recording `why` in the journal and in the patches' records.
+    pub fn rollback_because(
+        &mut self,
+        patch: Option<&str>,
+        cascade: bool,
+        why: &str,
+        obs: &mut dyn Observer,
+    ) -> Result<RolledBack> {
+        let mut measured = Measured::default();
+        match self.rollback_inner(patch, cascade, obs, &mut measured) {
+            Ok(ids) => {
+                if !why.is_empty() {
+                    if let Ok(mut reg) = self.registry() {
+                        for id in &ids {
+                            if let Some(r) = reg.get_mut(id) {
+                                r.note = Some(why.to_string());
+                            }
+                        }
+                        let _ = self.write_registry(&reg);
+                    }
+                }
+                for id in &ids {
+                    self.journal("rollback", Some(id), "ok", why);
+                }
+                Ok(RolledBack { ids, measured })
+            }
+            Err(e) => {
+                self.journal("rollback", patch, outcome_of(&e), &e.message);
+                Err(e)
+            }
+        }
+    }
+
+    fn rollback_inner(
+        &mut self,
+        patch: Option<&str>,
+        cascade: bool,
+        obs: &mut dyn Observer,
+        measured: &mut Measured,
+    ) -> Result<Vec<String>> {
+        let pid = self.target.pid;
+        let mut reg = self.registry()?;
+        let id = match patch {
+            Some(id) => {
+                match reg.get(id) {
+                    Some(p) if p.state.is_applied() => {}
+                    Some(p) if p.module_mapped => {
+                        // Rolled back, but its module is still mapped (a pannus was killed
+                        // before unmapping it, or a thread was inside): finish the unload.
+                        self.unload(&mut reg, id, None, obs, measured)?;
+                        return Ok(vec![id.to_string()]);
+                    }
+                    Some(_) => {
+                        return Err(Error::precondition(format!(
+                            "patch `{id}` is already rolled back in process {pid}"
+                        )))
+                    }
+                    None => {
+                        return Err(Error::precondition(format!("patch `{id}` is not applied in process {pid}"))
+                            .hint(format!("see pannus status --pid {pid}")))
+                    }
+                }
+                id.to_string()
+            }
+            None => match reg.applied().max_by_key(|p| p.seq) {
+                Some(p) => p.patch.clone(),
+                None => {
+                    let pending: Vec<String> =
+                        reg.patches.iter().filter(|p| p.module_mapped).map(|p| p.patch.clone()).collect();
+                    if pending.is_empty() {
+                        return Err(Error::precondition(format!("process {pid} has no patch applied")));
+                    }
+                    for id in &pending {
+                        self.unload(&mut reg, id, None, obs, measured)?;
+                    }
+                    return Ok(pending);
+                }
+            },
+        };
+        // Everything that depends on it, transitively.
+        let mut order = vec![id.clone()];
+        let mut k = 0;
+        while k < order.len() {
+            let cur = order[k].clone();
+            for p in reg.applied() {
+                if p.requires.contains(&cur) && !order.contains(&p.patch) {
+                    order.push(p.patch.clone());
+                }
+            }
+            k += 1;
+        }
+        let dependents: Vec<String> = order[1..].to_vec();
+        if !dependents.is_empty() && !cascade {
+            return Err(Error::precondition(format!(
+                "patch `{id}` is required by {} applied in process {pid}",
+                dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+            ))
+            .hint("roll those back first, or use --cascade to roll them back together, newest first"));
+        }
+        order.sort_by_key(|i| std::cmp::Reverse(reg.get(i).map(|p| p.seq).unwrap_or(0)));
+        let mut done = Vec::new();
+        for i in order {
+            self.rollback_one(&mut reg, &i, obs, measured)?;
+            obs.progress(None, &format!("rolled back `{i}`"));
+            done.push(i);
+        }
+        Ok(done)
+    }
+
+    fn rollback_one(
+        &mut self,
+        reg: &mut Registry,
+        id: &str,
+        obs: &mut dyn Observer,
+        measured: &mut Measured,
+    ) -> Result<()> {
+        let rec = reg.get(id).cloned().ok_or_else(|| Error::other(format!("patch `{id}` vanished")))?;
+        let retries = rec.retries;
+        let interval = Duration::from_millis(rec.retry_interval_ms);
+        // 1. Restore entry bytes (or hand them to a later patch stacked on the same function).
+        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut plans = Vec::new();
+        let mut names = Vec::new();
+        for f in rec.functions.iter().rev() {
+            let original = hex::decode(&f.original).unwrap_or_default();
+            let written = hex::decode(&f.written).unwrap_or_default();
+            let later = reg
+                .patches
+                .iter_mut()
+                .filter(|p| p.state.is_applied() && p.seq > rec.seq)
+                .flat_map(|p| p.functions.iter_mut().map(|g| (p.seq, g)))
+                .filter(|(_, g)| g.patch_address == f.patch_address)
+                .min_by_key(|(seq, _)| *seq);
+            if let Some((_, g)) = later {
+                // A later patch overwrote this entry and saved our jump as its "original":
+                // from now on its original is the true original.
+                let theirs = hex::decode(&g.original).unwrap_or_default();
+                let mut merged = original.clone();
+                if theirs.len() > merged.len() {
+                    merged.extend_from_slice(&theirs[merged.len()..]);
+                }
+                g.original = hex::encode(merged);
+                continue;
+            }
+            let current = self.target.mem.read_vec(f.patch_address, written.len())?;
+            if current == written {
+                writes.push((f.patch_address, original.clone()));
+                // The bytes now there are our jump: a single instruction (or a pad jump pair),
+                // so a thread can only stand at its start.
+                plans.push(EntryPlan {
+                    jump: f.jump,
+                    patch_address: f.patch_address,
+                    original: written.clone(),
+                    written: original,
+                    starts: vec![f.patch_address, f.address],
+                });
+                names.push(f.target.clone());
+            }
+        }
+        let mut seen = None;
+        if !writes.is_empty() {
+            // Under the `function` rule, no thread may be inside the replacements being removed.
+            let busy_ranges = rec
+                .functions
+                .iter()
+                .filter(|f| f.replacement_size > 0)
+                .map(|f| (f.replacement.clone(), f.replacement_address, f.replacement_address + f.replacement_size))
+                .collect();
+            let module_code = if rec.module_mapped { self.module_code(&rec) } else { Vec::new() };
+            let consistency = rec.consistency;
+            let sw = Switch { names, plans, writes, retries, interval, consistency, busy_ranges, module_code };
+            let t0 = Instant::now();
+            seen = Some(self.switch(&sw, obs, measured)?.1);
+            Timings::add(&mut measured.timings.restore, t0.elapsed());
+        }
+        if let Some(r) = reg.get_mut(id) {
+            r.state = State::RolledBack;
+            r.ended_at = Some(now_secs());
+            r.trial_deadline = None;
+        }
+        self.write_registry(reg)?;
+        // 2. Unload once no thread can be inside the module.
+        if rec.module_mapped {
+            let t0 = Instant::now();
+            let _paused = pannus_kernel::SpareCpu::pause();
+            self.unload(reg, id, seen, obs, measured)?;
+            Timings::add(&mut measured.timings.unload, t0.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Unmaps the module of rolled-back patch `id` once no thread can be inside it; when one
+    /// stays inside for the whole budget, the module is kept mapped (harmless: nothing jumps
+    /// to it any more) and a later rollback tries again.
+    fn unload(
+        &mut self,
+        reg: &mut Registry,
+        id: &str,
+        seen: Option<ModuleSeen>,
+        obs: &mut dyn Observer,
+        measured: &mut Measured,
+    ) -> Result<()> {
+        let Some(rec) = reg.get(id).cloned() else { return Ok(()) };
+        let idle = match seen {
+            Some(ModuleSeen { busy: None, .. }) => Ok(()),
+            Some(ModuleSeen { clear, .. }) => self.wait_module_idle(&rec, clear, measured),
+            None => self.wait_module_idle(&rec, HashSet::new(), measured),
+        };
+        match idle {
+            Ok(()) => {
+                self.unwind(reg, id, &UndoLog::of_record(&rec))?;
+                if let Some(r) = reg.get_mut(id) {
+                    r.module_mapped = false;
+                    r.note = None;
+                }
+            }
+            Err(e) => {
+                obs.progress(None, &format!("module of `{id}` kept mapped: {}", e.message));
+                if let Some(r) = reg.get_mut(id) {
+                    r.note = Some(format!("module kept mapped: {}", e.message));
+                }
+            }
+        }
+        self.write_registry(reg)
+    }
+
+    /// The module's code as mapped, and its jump stubs: what no thread may be in when the
+    /// module is unmapped.
+    fn module_code(&self, rec: &PatchRecord) -> Vec<(u64, u64)> {
+        let (base, size) = (rec.module_base, rec.module_size);
+        let mut code: Vec<(u64, u64)> = self
+            .target
+            .maps
+            .iter()
+            .filter(|m| m.exec && m.start >= base && m.end <= base + size)
+            .map(|m| (m.start, m.end))
+            .collect();
+        if rec.trampoline != 0 {
+            code.push((rec.trampoline, rec.trampoline + rec.trampoline_size));
+        }
+        code
+    }
+
+    /// Waits until no thread executes in the module's code or has a return address into it.
+    /// A thread seen clear of it once cannot come back (nothing jumps there any more), so
+    /// threads are cleared one by one across attempts, starting with `clear`: a busy process
+    /// need not have every thread clear in one and the same stop.
+    ///
+    /// A thread in the way leaves only by running, so the threads are stopped again only once
+    /// every thread in the way at the last stop has run since (or blocked, or exited), or a new
+    /// thread appeared: on a machine where threads wait long for a CPU, stopping sooner would
+    /// only hold the others again for nothing. The last attempt always stops, for an exact
+    /// answer.
+    fn wait_module_idle(&mut self, rec: &PatchRecord, mut clear: HashSet<i32>, measured: &mut Measured) -> Result<()> {
+        let (retries, interval) = (rec.retries, Duration::from_millis(rec.retry_interval_ms));
+        let code = self.module_code(rec);
+        let pid = self.target.pid;
+        let mut stack_buf: Vec<u8> = Vec::new();
+        // The threads in the way at the last stop, with the CPU time each had used by then: to
+        // begin with, those the caller's stop did not see clear, if it looked.
+        let mut in_the_way: Vec<(i32, Option<u64>)> = if clear.is_empty() {
+            Vec::new()
+        } else {
+            let tids = pannus_kernel::list_threads(pid).unwrap_or_default();
+            tids.into_iter().filter(|t| !clear.contains(t)).map(|t| (t, pannus_kernel::cpu_time(pid, t))).collect()
+        };
+        let mut why = String::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt > retries;
+            if last || worth_a_stop(pid, &clear, &in_the_way) {
+                make_room_for_stacks(pid, &mut stack_buf);
+                let seized = World::seize(pid)?;
+                let start_monotonic_ns = StopWindow::now();
+                let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
+                let (world, ranges) = stop_reading_stacks(&self.target, seized, most, &mut stack_buf)?;
+                let views: Vec<ThreadView> = world
+                    .threads()
+                    .iter()
+                    .zip(&ranges)
+                    .filter(|(t, _)| !clear.contains(&t.tid))
+                    .map(|(t, r)| ThreadView {
+                        tid: t.tid,
+                        rip: t.regs.rip,
+                        stack_base: t.regs.rsp,
+                        stack: &stack_buf[r.clone()],
+                    })
+                    .collect();
+                let seen = module_idle(&views, &code);
+                let busy: Vec<i32> = views.iter().map(|v| v.tid).filter(|t| !seen.clear.contains(t)).collect();
+                drop(views);
+                world.resume()?;
+                measured.stops.push(StopWindow::since(start_monotonic_ns));
+                clear.extend(seen.clear);
+                match seen.busy {
+                    None => return Ok(()),
+                    Some(w) => why = w,
+                }
+                // Read after the threads run again: entering and leaving the stop counts as CPU
+                // time too, and only a run after it can take a thread out of the module.
+                in_the_way = busy.into_iter().map(|t| (t, pannus_kernel::cpu_time(pid, t))).collect();
+            }
+            if last {
+                return Err(Error::busy(why));
+            }
+            std::thread::sleep(interval);
+        }
+    }
+}
+
+/// Whether stopping the threads of `pid` again can clear anything ([`Session::wait_module_idle`]):
+/// a thread appeared that is not known clear nor known in the way (with nothing known yet, every
+/// thread), or every thread in the way at the last stop has run since, blocked or exited. When
+/// in doubt, yes.
+fn worth_a_stop(pid: i32, clear: &HashSet<i32>, in_the_way: &[(i32, Option<u64>)]) -> bool {
+    let Ok(tids) = pannus_kernel::list_threads(pid) else {
+        return true;
+    };
+    if tids.iter().any(|t| !clear.contains(t) && !in_the_way.iter().any(|(w, _)| w == t)) {
+        return true;
+    }
+    // A thread blocked in a system call does not run until it is woken, but it may have left the
+    // module before it blocked: worth looking at.
+    in_the_way.iter().all(|&(tid, then)| match (then, pannus_kernel::cpu_time(pid, tid)) {
+        (Some(then), Some(now)) => now != then || pannus_kernel::thread_state(pid, tid).is_none_or(|s| s != 'R'),
+        _ => true,
+    })
+}

@@ -1,0 +1,154 @@
+//! A process opened for one command, under its lock: what every operation shares (the
+//! borrowed-thread helper, registry reads and writes, the journal), and commit.
+
+use super::{now_secs, outcome_of, Engine};
+use crate::error::{Error, Result};
+use crate::lock::ProcessLock;
+use crate::registry::{self, PatchRecord, Registry, State};
+use crate::target::Target;
+use pannus_kernel::{maps, Hijack};
+use serde::Serialize;
+
+/// A process opened for one command, under its lock.
+pub struct Session<'e> {
+    pub engine: &'e Engine,
+    pub target: Target,
+    _lock: ProcessLock,
+    gadgets: Option<pannus_kernel::Gadgets>,
+}
+
+/// One stop of every thread of the target, from the first interrupt to the last thread let go,
+/// on the system's `CLOCK_MONOTONIC` (the clock services time their own latency with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StopWindow {
+    pub start_monotonic_ns: u64,
+    pub end_monotonic_ns: u64,
+}
+
+impl StopWindow {
+    /// `CLOCK_MONOTONIC` now, in nanoseconds (read through the vDSO: no system call).
+    pub fn now() -> u64 {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0)
+    }
+
+    /// The stop that began at `start` (from [`StopWindow::now`]) and ends now.
+    pub fn since(start: u64) -> StopWindow {
+        StopWindow { start_monotonic_ns: start, end_monotonic_ns: StopWindow::now() }
+    }
+}
+
+impl<'e> Session<'e> {
+    pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
+        let target = Target::open(pid)?;
+        let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
+        Ok(Session { engine, target, _lock: lock, gadgets: None })
+    }
+
+    pub fn registry(&self) -> Result<Registry> {
+        registry::read_from(&self.target.mem, &self.target.maps)
+    }
+
+    pub(super) fn journal(&self, action: &str, patch: Option<&str>, outcome: &str, detail: &str) {
+        let _ = self.engine.journal().record(action, self.target.pid, &self.target.name, patch, outcome, detail);
+    }
+
+    /// Borrows one thread of the target: the main thread (most often idle in an event loop),
+    /// or the first live thread when the main thread has exited.
+    pub(super) fn hijack(&mut self) -> Result<Hijack<'_>> {
+        let gadgets = match self.gadgets {
+            Some(g) => g,
+            None => {
+                let cached = self
+                    .registry()
+                    .ok()
+                    .and_then(|r| r.gadgets)
+                    .map(|[syscall_ret, ret, restorer]| pannus_kernel::Gadgets { syscall_ret, ret, restorer })
+                    .filter(|g| maps::verify_gadgets(&self.target.mem, g));
+                let g = cached.map(Ok).unwrap_or_else(|| {
+                    maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
+                        Error::precondition(format!(
+                            "process {}: no rt_sigreturn restorer and `syscall; ret` found in its C library",
+                            self.target.pid
+                        ))
+                        .hint("pannus patches dynamically linked glibc or musl programs")
+                    })
+                })?;
+                self.gadgets = Some(g);
+                g
+            }
+        };
+        let pid = self.target.pid;
+        let tid = if thread_alive(pid, pid) {
+            pid
+        } else {
+            pannus_kernel::list_threads(pid)?
+                .into_iter()
+                .find(|&t| thread_alive(pid, t))
+                .ok_or(Error::precondition(format!("process {pid} has no live thread")))?
+        };
+        Ok(Hijack::attach(&self.target.mem, tid, gadgets)?)
+    }
+
+    pub(super) fn write_registry(&mut self, reg: &Registry) -> Result<()> {
+        let loc = registry::locate(&self.target.maps)
+            .ok_or_else(|| Error::other(format!("process {}: registry mapping missing", self.target.pid)))?;
+        match self.gadgets {
+            Some(g) if reg.gadgets.is_none() => {
+                let mut with = reg.clone();
+                with.gadgets = Some([g.syscall_ret, g.ret, g.restorer]);
+                registry::write(&self.target.mem, loc, &with)?;
+            }
+            _ => registry::write(&self.target.mem, loc, reg)?,
+        }
+        pannus_kernel::fault::point("registry written");
+        Ok(())
+    }
+
+    /// Records a health-check result of `patch` in the process's registry.
+    pub fn record_health(&mut self, patch: &str, health: &crate::registry::Health) -> Result<()> {
+        let mut reg = self.registry()?;
+        if let Some(r) = reg.get_mut(patch) {
+            r.health = Some(health.clone());
+            self.write_registry(&reg)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the trial of `patch`: trial → committed.
+    pub fn commit(&mut self, patch: &str, note: &str) -> Result<PatchRecord> {
+        let pid = self.target.pid;
+        let result = (|| {
+            let mut reg = self.registry()?;
+            let rec = reg
+                .get_mut(patch)
+                .ok_or_else(|| Error::precondition(format!("patch `{patch}` is not applied in process {pid}")))?;
+            match rec.state {
+                State::Trial => {}
+                State::Committed => return Ok(rec.clone()),
+                s => {
+                    return Err(Error::precondition(format!(
+                        "patch `{patch}` is {s} in process {pid}; only a patch on trial can be committed"
+                    )))
+                }
+            }
+            rec.state = State::Committed;
+            rec.trial_deadline = None;
+            rec.ended_at = Some(now_secs());
+            rec.note = Some(note.to_string());
+            let out = rec.clone();
+            self.write_registry(&reg)?;
+            Ok(out)
+        })();
+        match &result {
+            Ok(_) => self.journal("commit", Some(patch), "ok", note),
+            Err(e) => self.journal("commit", Some(patch), outcome_of(e), &e.message),
+        }
+        result
+    }
+}
+
+fn thread_alive(pid: i32, tid: i32) -> bool {
+    pannus_kernel::thread_state(pid, tid).is_some_and(|s| s != 'Z')
+}

@@ -1,0 +1,161 @@
+//! The one undo path. Each step of an apply that leaves something in the target pushes what it
+//! left to an [`UndoLog`] as soon as it is done; a failed apply, a cancelled one (`n` at a
+//! prompt, `Esc` in the console's wizard) and a rollback's unload all take those things back
+//! with [`Session::unwind`], newest first. A rollback's log is read back from the patch's record
+//! in the process ([`UndoLog::of_record`]), which holds the same steps: whoever finds a patch,
+//! this pannus or a later one, undoes it the same way.
+
+use super::{Session, Stage};
+use crate::error::{Error, Result};
+use crate::manifest::LoadMethod;
+use crate::registry::{self, PatchRecord, Registry};
+
+/// One thing an apply left in the target, which an undo takes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// The module's address range, reserved then filled with its segments (load: mmap).
+    Mapped { base: u64, size: u64 },
+    /// The module, loaded by the target's own `dlopen`.
+    Dlopened { handle: u64 },
+    /// The module's exception tables, registered with the target's unwinder.
+    Frames { table: u64 },
+    /// A page of jump stubs near the target object.
+    Stubs { page: u64, size: u64 },
+}
+
+/// What an apply has done so far, in order.
+#[derive(Debug, Clone, Default)]
+pub(super) struct UndoLog {
+    steps: Vec<Step>,
+    /// The stages that changed the target, in order: what an error says was undone.
+    stages: Vec<Stage>,
+    /// Whether the process had a registry before this apply (if not, the apply created it and
+    /// its undo removes it).
+    had_registry: bool,
+    /// Whether the patch's record was added to the registry.
+    recorded: bool,
+}
+
+impl UndoLog {
+    pub(super) fn new(had_registry: bool) -> UndoLog {
+        UndoLog { had_registry, ..UndoLog::default() }
+    }
+
+    pub(super) fn push(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    /// `stage` has begun changing the target.
+    pub(super) fn touched(&mut self, stage: Stage) {
+        if !self.stages.contains(&stage) {
+            self.stages.push(stage);
+        }
+    }
+
+    /// The patch's record is in the registry.
+    pub(super) fn recorded(&mut self) {
+        self.recorded = true;
+    }
+
+    /// What loading the module of `rec` left in the process, read from its record: the steps
+    /// its apply pushed, and recorded there as they were done.
+    pub(super) fn of_record(rec: &PatchRecord) -> UndoLog {
+        let mut log = UndoLog { had_registry: true, ..UndoLog::default() };
+        match rec.load {
+            LoadMethod::Mmap if rec.module_size > 0 => {
+                log.push(Step::Mapped { base: rec.module_base, size: rec.module_size })
+            }
+            LoadMethod::Dlopen if rec.handle != 0 => log.push(Step::Dlopened { handle: rec.handle }),
+            _ => {}
+        }
+        if rec.eh_frame != 0 {
+            log.push(Step::Frames { table: rec.eh_frame });
+        }
+        if rec.trampoline != 0 {
+            log.push(Step::Stubs { page: rec.trampoline, size: rec.trampoline_size });
+        }
+        log
+    }
+}
+
+/// Forgets `step` in the record once it is undone, so that nothing is undone twice (a table
+/// deregistered twice aborts the target's unwinder).
+fn forget(rec: &mut PatchRecord, step: Step) {
+    match step {
+        Step::Mapped { .. } | Step::Dlopened { .. } => {
+            rec.module_mapped = false;
+            rec.handle = 0;
+        }
+        Step::Frames { .. } => rec.eh_frame = 0,
+        Step::Stubs { .. } => (rec.trampoline, rec.trampoline_size) = (0, 0),
+    }
+}
+
+impl Session<'_> {
+    /// Takes back every step of `log` for patch `id`, newest first, noting each in the patch's
+    /// record in `reg` as it goes. Stops at the first step that fails (a module whose tables
+    /// could not be deregistered must stay mapped); the registry then says what is left, for a
+    /// later rollback to finish.
+    pub(super) fn unwind(&mut self, reg: &mut Registry, id: &str, log: &UndoLog) -> Result<()> {
+        self.target.refresh_maps()?;
+        for &step in log.steps.iter().rev() {
+            let done = match step {
+                Step::Stubs { page, size } => {
+                    let mut h = self.hijack()?;
+                    // Harmless when left: nothing jumps to it any more.
+                    let _ = h.syscall(pannus_kernel::nr::MUNMAP, &[page, size]);
+                    h.release().map_err(Error::from)
+                }
+                Step::Frames { table } => self.deregister_frames(table),
+                Step::Mapped { base, size } => {
+                    let mut h = self.hijack()?;
+                    let r = h.syscall(pannus_kernel::nr::MUNMAP, &[base, size])?;
+                    h.release()?;
+                    if r < 0 {
+                        Err(registry::syscall_error("munmap of the module", r))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Step::Dlopened { handle } => self.dlclose(handle),
+            };
+            if let Err(e) = done {
+                if log.recorded || log.had_registry {
+                    let _ = self.write_registry(reg);
+                }
+                return Err(e);
+            }
+            if let Some(rec) = reg.get_mut(id) {
+                forget(rec, step);
+            }
+        }
+        self.target.refresh_maps()
+    }
+
+    /// Undoes a failed or cancelled apply of `id`: every step of `log`, then its record, then
+    /// the registry if this apply created it. Returns `e`, saying what was undone.
+    pub(super) fn undo_apply(&mut self, reg: &mut Registry, id: &str, log: &UndoLog, mut e: Error) -> Error {
+        let undone = (|| -> Result<()> {
+            self.unwind(reg, id, log)?;
+            reg.patches.retain(|r| r.patch != id);
+            if log.had_registry {
+                self.write_registry(reg)?;
+            } else if let Some(loc) = registry::locate(&self.target.maps) {
+                let mut h = self.hijack()?;
+                let _ = h.syscall(pannus_kernel::nr::MUNMAP, &[loc.addr, registry::SIZE]);
+                h.release()?;
+                self.target.refresh_maps()?;
+            }
+            Ok(())
+        })();
+        match undone {
+            Ok(()) if log.stages.is_empty() => {}
+            Ok(()) => {
+                let stages: Vec<&str> = log.stages.iter().rev().map(|s| s.name()).collect();
+                e.message.push_str(&format!("\n  undone: {} (the process is as it was)", stages.join(", ")));
+            }
+            Err(u) => e.message.push_str(&format!("\n  undoing failed too: {u}")),
+        }
+        e
+    }
+}

@@ -1,0 +1,192 @@
+//! The trial: a countdown after activation, during which the patch's health check runs and
+//! at whose end its `on_expiry` policy commits or rolls it back. A detached trial watcher
+//! (`pannus trial-watch`) carries the policy out even when no pannus runs in the foreground;
+//! the CLI's `--wait` and the console use the same functions.
+
+use crate::engine::{now_secs, outcome_of, read_status, remaining, Applied, Engine, Observer, Quiet, Session};
+use crate::error::{Error, Result};
+use crate::manifest::{HealthCheck, Manifest, OnExpiry};
+use crate::registry::{Health, State};
+use std::time::{Duration, Instant};
+
+/// A patch applied, and its trial watcher: started, or why not (then the trial's `on_expiry`
+/// policy will not run unattended).
+pub struct Watched {
+    pub applied: Applied,
+    pub watcher: Result<std::process::Child>,
+}
+
+/// Applies `m` in the session's process, then starts the trial watcher. The process's lock is
+/// let go before the watcher starts.
+pub fn apply_watched(mut session: Session, m: &Manifest, obs: &mut dyn Observer) -> Result<Watched> {
+    let (engine, pid) = (session.engine, session.target.pid);
+    let applied = session.apply(m, obs)?;
+    drop(session);
+    let watcher = spawn_trial_watcher(engine, pid, &applied.record.patch);
+    Ok(Watched { applied, watcher })
+}
+
+/// Carries out the `on_expiry` policy of `patch`, whose trial has run out: commit, or roll
+/// back with the patches that require it. Returns the state the patch is in afterwards (as it
+/// was, if it had already left its trial).
+pub fn expire(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
+    let mut s = Session::open(engine, pid)?;
+    let reg = s.registry()?;
+    match reg.get(patch).map(|r| (r.state, r.on_expiry)) {
+        Some((State::Trial, OnExpiry::Commit)) => {
+            s.commit(patch, "trial expired: committed by policy")?;
+            Ok(State::Committed)
+        }
+        Some((State::Trial, OnExpiry::Rollback)) => {
+            s.rollback_because(Some(patch), true, "trial expired: rolled back by policy", &mut Quiet)?;
+            Ok(State::RolledBack)
+        }
+        Some((st, _)) => Ok(st),
+        None => Ok(State::RolledBack),
+    }
+}
+
+/// Runs a health check once: `Ok(())` when the command exits 0 within the timeout.
+pub fn run_health_check(h: &HealthCheck, pid: i32, patch: &str) -> std::result::Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &h.command])
+        .env("PANNUS_PID", pid.to_string())
+        .env("PANNUS_PATCH", patch)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run the health check: {e}"))?;
+    let deadline = Instant::now() + Duration::from_millis(h.timeout_ms);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("`{}` failed ({st})", h.command)),
+            Ok(None) if Instant::now() >= deadline => {
+                // The whole process group: the shell and what it started.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+                return Err(format!("`{}` timed out after {} ms", h.command, h.timeout_ms));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("health check: {e}")),
+        }
+    }
+}
+
+/// Waits for the trial of `patch` to end and applies its `on_expiry` policy; `tick` is called
+/// about twice a second with the seconds left. While waiting, runs the patch's health check at
+/// its interval, records each result in the process, and rolls the patch back when the check
+/// fails the given number of times in a row. Returns the final state.
+///
+/// A caller started at `SCHED_IDLE` (the trial watcher) watches the clock at that policy and
+/// returns to the normal one before it runs the health check or the expiry policy, which have to
+/// happen on time.
+pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u64)) -> Result<State> {
+    let on_duty = || {
+        pannus_kernel::foreground();
+    };
+    let mut next_check: Option<Instant> = None;
+    let mut health = Health::default();
+    loop {
+        let (_, reg) = read_status(pid)?;
+        let Some(rec) = reg.get(patch) else {
+            return Ok(State::RolledBack);
+        };
+        if rec.state != State::Trial {
+            return Ok(rec.state);
+        }
+        let left = remaining(rec).unwrap_or(0);
+        tick(left);
+        if let Some(h) = rec.health_check.clone().filter(|_| left > 0) {
+            let interval = Duration::from_millis(h.interval_ms);
+            let due = *next_check.get_or_insert_with(|| Instant::now() + interval);
+            if Instant::now() >= due {
+                on_duty();
+                next_check = Some(Instant::now() + interval);
+                let result = run_health_check(&h, pid, patch);
+                health.runs += 1;
+                health.last_at = now_secs();
+                match &result {
+                    Ok(()) => {
+                        health.failing = 0;
+                        health.last = "ok".into();
+                    }
+                    Err(why) => {
+                        health.failing += 1;
+                        health.last = why.clone();
+                    }
+                }
+                let mut s = Session::open(engine, pid)?;
+                s.record_health(patch, &health)?;
+                if health.failing >= h.failures {
+                    let why = format!(
+                        "health check failed {} time(s) in a row during the trial: {}",
+                        health.failing, health.last
+                    );
+                    s.rollback_because(Some(patch), true, &why, &mut Quiet)?;
+                    return Ok(State::RolledBack);
+                }
+            }
+        }
+        if left == 0 {
+            on_duty();
+            return expire(engine, pid, patch);
+        }
+        let mut nap = Duration::from_millis(500).min(Duration::from_secs(left));
+        if let Some(due) = next_check {
+            nap = nap.min(due.saturating_duration_since(Instant::now()));
+        }
+        std::thread::sleep(nap.max(Duration::from_millis(10)));
+    }
+}
+
+/// Starts a detached `pannus trial-watch` for `patch`: it carries out the trial's `on_expiry`
+/// policy at the deadline even when no pannus runs in the foreground (the engineer's terminal
+/// may have dropped), and exits as soon as the patch leaves trial by any other way.
+pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
+    let child = Command::new(exe)
+        .args(["trial-watch", "--pid", &pid.to_string(), patch])
+        .env("PANNUS_STATE_DIR", &engine.state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))?;
+    // Its start-up takes a CPU for a millisecond or two right when the patch went live, and a
+    // thread of the service woken on that CPU would wait behind it for up to a time slice. It
+    // runs at SCHED_IDLE, and keeps to it while it only watches the clock (see wait_trial): from
+    // before its exec when started under a `SpareCpu` guard (whose watchdog gives a starved
+    // child the normal policy back), else from here on.
+    pannus_kernel::background(child.id() as i32);
+    Ok(child)
+}
+
+/// The trial watcher's body ([`spawn_trial_watcher`] starts it at `SCHED_IDLE`): leaves the
+/// terminal's session, then waits for the trial to end.
+pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
+    let _ = nix::unistd::setsid();
+    // Whatever it was started at (from a pannus that was given the normal policy back, it
+    // starts at the normal policy): it waits at SCHED_IDLE.
+    pannus_kernel::background(0);
+    match wait_trial(engine, pid, patch, |_| {}) {
+        Ok(s) => Ok(s),
+        Err(e) if !pannus_kernel::process_exists(pid) => {
+            let _ = e;
+            Ok(State::RolledBack)
+        }
+        Err(e) => {
+            let _ = engine.journal().record("trial-watch", pid, "", Some(patch), outcome_of(&e), &e.message);
+            Err(e)
+        }
+    }
+}
