@@ -83,6 +83,8 @@ impl From<pannus_kernel::Error> for Error {
         let kind = match e {
             pannus_kernel::Error::NoProcess { .. } => Kind::Precondition,
             pannus_kernel::Error::Permission { .. } => Kind::Precondition,
+            // A system call the target's kernel refused, as any other failure inside it.
+            pannus_kernel::Error::Syscall { .. } => Kind::Other,
             _ => Kind::Other,
         };
         let hint = match &e {

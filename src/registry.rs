@@ -291,30 +291,16 @@ pub fn write(mem: &Mem, loc: Location, reg: &Registry) -> Result<()> {
 /// Creates the registry mapping in the process through a borrowed thread. `scratch` is an
 /// address of at least 64 writable-by-pannus bytes in the target for the mapping's name.
 pub fn create(h: &mut Hijack, mem: &Mem, scratch: u64) -> Result<Location> {
-    use pannus_kernel::nr;
+    use pannus_kernel::{MapFlags, MemFdCreateFlag, ProtFlags};
     let mut name = MAPPING_NAME.as_bytes().to_vec();
     name.push(0);
     mem.write(scratch, &name)?;
-    const MFD_CLOEXEC: u64 = 1;
-    let fd = h.syscall(nr::MEMFD_CREATE, &[scratch, MFD_CLOEXEC])?;
-    if fd < 0 {
-        return Err(syscall_error("memfd_create", fd));
-    }
-    let fd = fd as u64;
+    let fd = h.memfd_create(scratch, MemFdCreateFlag::MFD_CLOEXEC)?;
     let result = (|| {
-        let r = h.syscall(nr::FTRUNCATE, &[fd, SIZE])?;
-        if r < 0 {
-            return Err(syscall_error("ftruncate", r));
-        }
-        const PROT_READ: u64 = 1;
-        const MAP_PRIVATE: u64 = 2;
-        let addr = h.syscall(nr::MMAP, &[0, SIZE, PROT_READ, MAP_PRIVATE, fd, 0])?;
-        if addr < 0 {
-            return Err(syscall_error("mmap", addr));
-        }
-        Ok(addr as u64)
+        h.ftruncate(fd, SIZE)?;
+        h.mmap(0, SIZE, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE, Some(fd), 0)
     })();
-    let _ = h.syscall(nr::CLOSE, &[fd]);
+    let _ = h.close(fd);
     let addr = result?;
     let mut header = Vec::with_capacity(40);
     header.extend_from_slice(MAGIC);

@@ -16,6 +16,9 @@ pub enum Error {
     Timeout { tid: i32, what: String, after: Duration },
     #[error("{what} in thread {tid} crashed with {signal} at {rip:#x}")]
     Crashed { tid: i32, what: String, signal: String, rip: u64 },
+    /// A system call run inside the target (see [`crate::Hijack`]) returned an error.
+    #[error("{call} inside process {pid} failed: {errno}")]
+    Syscall { pid: i32, call: &'static str, errno: Errno },
     #[error("{op} of {len} bytes at {addr:#x} in process {pid} failed: {source}")]
     Mem { pid: i32, op: &'static str, addr: u64, len: usize, source: std::io::Error },
     #[error("{0}")]

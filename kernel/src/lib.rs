@@ -9,6 +9,8 @@
 //!   `syscall` instruction that already exists in the target (`mmap3` and friends), or to call a
 //!   function, signal-handler style: its whole state saved in a signal frame on its own stack and
 //!   restored by `rt_sigreturn`, even if pannus is killed meanwhile.
+//!   Each system call pannus makes has a typed method there ([`Hijack::mmap`],
+//!   [`Hijack::openat`], ...) taking nix's flag types and [`RemoteFd`]s.
 //! - [`World`]: every thread of the target stopped at once, with its registers, then resumed.
 //! - [`maps`]: the target's address space and the holes in it near an address.
 //!
@@ -20,6 +22,7 @@ mod frame;
 mod hijack;
 pub mod maps;
 mod mem;
+mod remote;
 mod sched;
 mod thread;
 mod world;
@@ -28,7 +31,11 @@ pub use error::{Error, Result};
 pub use hijack::Hijack;
 pub use maps::{Gadgets, Mapping};
 pub use mem::Mem;
+pub use nix::fcntl::OFlag;
 pub use nix::libc::user_regs_struct as Regs;
+pub use nix::sys::memfd::MemFdCreateFlag;
+pub use nix::sys::mman::{MapFlags, ProtFlags};
+pub use remote::RemoteFd;
 pub use sched::{background, foreground, Paused, RealtimeGuard, SpareCpu};
 pub use thread::{cpu_time, list_threads, process_exists, read_seccomp_filters, thread_state, tracer_of};
 pub use world::{Seized, StoppedThread, World};
