@@ -24,9 +24,14 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// `PROT_*` bits for mmap.
-    pub fn prot(&self) -> u64 {
-        (self.read as u64) | (self.write as u64) << 1 | (self.exec as u64) << 2
+    /// Its protection, for mmap.
+    pub fn prot(&self) -> pannus_kernel::ProtFlags {
+        use pannus_kernel::ProtFlags;
+        let mut prot = ProtFlags::PROT_NONE;
+        prot.set(ProtFlags::PROT_READ, self.read);
+        prot.set(ProtFlags::PROT_WRITE, self.write);
+        prot.set(ProtFlags::PROT_EXEC, self.exec);
+        prot
     }
 }
 

@@ -310,9 +310,3 @@ pub fn create(h: &mut Hijack, mem: &Mem, scratch: u64) -> Result<Location> {
     mem.write(addr, &header)?;
     Ok(Location { addr })
 }
-
-/// An error for a failed remote system call.
-pub fn syscall_error(what: &str, r: i64) -> Error {
-    let errno = nix::errno::Errno::from_raw((-r) as i32);
-    Error::other(format!("{what} inside the target failed: {errno}"))
-}

@@ -212,11 +212,10 @@ impl<'m> Hijack<'m> {
     }
 
     /// Runs system call `nr` with up to six arguments in the target and returns its raw result
-    /// (a negative errno on failure).
-    ///
-    /// The typed methods ([`Hijack::mmap`], [`Hijack::openat`], ...) are the way in: they take
-    /// flag types, and a failure is an [`Error::Syscall`] naming the call and its errno.
-    pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
+    /// (a negative errno on failure). Crate-private: callers use the typed methods of
+    /// `remote.rs` ([`Hijack::mmap`], [`Hijack::openat`], ...), which take flag types and turn a
+    /// failure into an [`Error::Syscall`] naming the call and its errno.
+    pub(crate) fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
         loop {
             let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 8, args);
             r.rax = nr as u64;

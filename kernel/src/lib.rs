@@ -41,7 +41,7 @@ pub use thread::{cpu_time, list_threads, process_exists, read_seccomp_filters, t
 pub use world::{Seized, StoppedThread, World};
 
 /// Linux x86-64 system call numbers used by pannus.
-pub mod nr {
+pub(crate) mod nr {
     pub use nix::libc::{
         SYS_close as CLOSE, SYS_ftruncate as FTRUNCATE, SYS_memfd_create as MEMFD_CREATE, SYS_mmap as MMAP,
         SYS_mprotect as MPROTECT, SYS_munmap as MUNMAP, SYS_openat as OPENAT,

@@ -7,11 +7,11 @@ use super::undo::{Step, UndoLog};
 use super::{cancelled, Measured, Observer, Prepared, Session, Stage, StopTimes, StopWindow};
 use crate::error::{Error, Result};
 use crate::manifest::Consistency;
-use crate::registry::{self, FunctionRecord, Registry, State};
+use crate::registry::{FunctionRecord, Registry, State};
 use crate::safety::{self, EntryPlan, ThreadView};
 use crate::target::Target;
 use crate::unwind::{Backtrace, Unwinder};
-use pannus_kernel::{nr, page_ceil, World};
+use pannus_kernel::{page_ceil, ProtFlags, World};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -114,16 +114,12 @@ impl Session<'_> {
                 self.target.pid
             ))
         })?;
-        use super::mmap::*;
         let page = {
             let mut h = self.hijack()?;
-            let r =
-                h.syscall(nr::MMAP, &[hint, size, 5, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0])?;
+            let prot = ProtFlags::PROT_READ | ProtFlags::PROT_EXEC;
+            let page = h.mmap(hint, size, prot, super::load::RESERVE, None, 0);
             h.release()?;
-            if r < 0 {
-                return Err(registry::syscall_error("mapping the jump stubs (mmap)", r));
-            }
-            r as u64
+            page.map_err(|e| Error::from(e).context("mapping the jump stubs"))?
         };
         log.push(Step::Stubs { page, size });
         if let Some(rec) = reg.get_mut(&p.manifest.patch) {

@@ -9,7 +9,7 @@ use super::undo::{Step, UndoLog};
 use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
 use crate::error::{Error, Result};
 use crate::registry::{self, PatchRecord, Registry, State};
-use pannus_kernel::{nr, Hijack};
+use pannus_kernel::{Hijack, MapFlags, ProtFlags};
 use std::time::Instant;
 
 impl Session<'_> {
@@ -81,14 +81,9 @@ impl Session<'_> {
         let pid = self.target.pid;
         let mut h = self.hijack()?;
         const SCRATCH: u64 = 8192;
-        let scratch = h.syscall(
-            nr::MMAP,
-            &[0, SCRATCH, super::mmap::PROT_READ, super::mmap::MAP_PRIVATE | super::mmap::MAP_ANONYMOUS, u64::MAX, 0],
-        )?;
-        if scratch < 0 {
-            return Err(registry::syscall_error("mmap of a scratch page", scratch));
-        }
-        let scratch = scratch as u64;
+        let scratch = h
+            .mmap(0, SCRATCH, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS, None, 0)
+            .map_err(|e| Error::from(e).context("mapping a scratch page"))?;
         let mem = pannus_kernel::Mem::open(pid)?;
         let result = (|| -> Result<(u64, Vec<u64>)> {
             if need_registry {
@@ -138,7 +133,7 @@ impl Session<'_> {
             }
             Ok((handle, addrs))
         })();
-        let _ = h.syscall(nr::MUNMAP, &[scratch, SCRATCH]);
+        let _ = h.munmap(scratch, SCRATCH);
         h.release()?;
         result
     }

@@ -7,8 +7,8 @@ use super::symbols::{self, Value};
 use super::undo::UndoLog;
 use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
 use crate::error::Result;
-use crate::registry::{self, Registry, State};
-use pannus_kernel::{nr, page_floor};
+use crate::registry::{Registry, State};
+use pannus_kernel::page_floor;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -68,11 +68,9 @@ impl Session<'_> {
             let (s, e) = (page_floor(bias.wrapping_add(vaddr)), page_floor(bias.wrapping_add(vaddr + len)));
             if e > s {
                 let mut h = self.hijack()?;
-                let r = h.syscall(nr::MPROTECT, &[s, e - s, 1])?;
+                let r = h.mprotect(s, e - s, pannus_kernel::ProtFlags::PROT_READ);
                 h.release()?;
-                if r < 0 {
-                    return Err(registry::syscall_error("mprotect of the module's RELRO", r));
-                }
+                r.map_err(|e| crate::error::Error::from(e).context("making the module's RELRO read-only"))?;
             }
         }
         Ok(())

@@ -6,7 +6,7 @@ use super::undo::{Step, UndoLog};
 use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
 use crate::error::{Error, Result};
 use crate::registry::{self, PatchRecord, Registry};
-use pannus_kernel::{maps, nr, page_ceil, page_floor};
+use pannus_kernel::{maps, page_ceil, page_floor, MapFlags, OFlag, ProtFlags};
 use std::time::Instant;
 
 impl Session<'_> {
@@ -77,20 +77,15 @@ impl Session<'_> {
     /// Only the reservation can be left behind by a pannus killed before the registry records
     /// it: an empty, read-only range.
     fn reserve(&mut self, hint: u64, size: u64) -> Result<u64> {
-        use super::mmap::*;
         let need_registry = registry::locate(&self.target.maps).is_none();
         let mem_pid = self.target.pid;
         let mut h = self.hijack()?;
-        let r = h.syscall(
-            nr::MMAP,
-            &[hint, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, u64::MAX, 0],
-        )?;
-        if r < 0 {
-            return Err(registry::syscall_error("reserving the module's address range (mmap)", r));
-        }
-        let base = r as u64;
+        // Readable: the target's own system calls read the scratch strings placed in it.
+        let base = h
+            .mmap(hint, size, ProtFlags::PROT_READ, RESERVE, None, 0)
+            .map_err(|e| Error::from(e).context("reserving the module's address range"))?;
         if base != hint {
-            let _ = h.syscall(nr::MUNMAP, &[base, size]);
+            let _ = h.munmap(base, size);
             return Err(Error::other(format!(
                 "process {mem_pid}: the kernel placed the module at {base:#x} instead of {hint:#x}"
             )));
@@ -98,7 +93,7 @@ impl Session<'_> {
         if need_registry {
             let mem = pannus_kernel::Mem::open(mem_pid)?;
             if let Err(e) = registry::create(&mut h, &mem, base) {
-                let _ = h.syscall(nr::MUNMAP, &[base, size]);
+                let _ = h.munmap(base, size);
                 return Err(e);
             }
         }
@@ -110,7 +105,6 @@ impl Session<'_> {
     /// final protections (anonymous memory filled through /proc/PID/mem when the target cannot
     /// open the file, e.g. from another mount namespace).
     fn map_segments(&mut self, p: &Prepared, base: u64) -> Result<()> {
-        use super::mmap::*;
         let module = p.module.clone();
         let (lo, _) = module.span();
         let bias = base.wrapping_sub(lo);
@@ -122,65 +116,56 @@ impl Session<'_> {
         // The path goes into the reservation, which the segments then replace.
         let fd = if (cpath.len() as u64) < module.span().1 - lo {
             mem.write(base, &cpath)?;
-            h.syscall(nr::OPENAT, &[AT_FDCWD as u64, base, O_RDONLY_CLOEXEC, 0])?
+            h.openat(None, base, OFlag::O_RDONLY | OFlag::O_CLOEXEC).ok()
         } else {
-            -1
+            None
         };
-        let anonymous = |h: &mut pannus_kernel::Hijack, start: u64, len: u64, prot: u64, what: &str| -> Result<()> {
-            let r = h.syscall(
-                nr::MMAP,
-                &[start, len, prot, MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_POPULATE, u64::MAX, 0],
-            )?;
-            if r < 0 {
-                return Err(registry::syscall_error(what, r));
-            }
-            Ok(())
-        };
+        let mapping = |e: pannus_kernel::Error| Error::from(e).context("mapping the module's segments");
         let result = (|| -> Result<()> {
             for s in &module.segments {
                 let start = bias.wrapping_add(page_floor(s.vaddr));
                 let file_end = bias.wrapping_add(s.vaddr + s.filesz);
                 let mem_end = bias.wrapping_add(page_ceil(s.vaddr + s.memsz));
-                if fd >= 0 && s.filesz > 0 {
-                    let len = page_ceil(file_end) - start;
-                    let r = h.syscall(
-                        nr::MMAP,
-                        &[
-                            start,
-                            len,
-                            s.prot(),
-                            MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
-                            fd as u64,
-                            page_floor(s.offset),
-                        ],
-                    )?;
-                    if r < 0 {
-                        return Err(registry::syscall_error("mapping a module segment (mmap)", r));
+                match fd.filter(|_| s.filesz > 0) {
+                    Some(fd) => {
+                        let len = page_ceil(file_end) - start;
+                        h.mmap(start, len, s.prot(), SEGMENT, Some(fd), page_floor(s.offset)).map_err(mapping)?;
+                        // The file's page may hold other bytes past the segment: zero them (bss).
+                        if s.memsz > s.filesz && page_ceil(file_end) > file_end {
+                            mem.write(file_end, &vec![0u8; (page_ceil(file_end) - file_end) as usize])?;
+                        }
+                        if mem_end > page_ceil(file_end) {
+                            let bss = page_ceil(file_end);
+                            h.mmap(bss, mem_end - bss, s.prot(), SEGMENT | MapFlags::MAP_ANONYMOUS, None, 0)
+                                .map_err(mapping)?;
+                        }
                     }
-                    // The file's page may hold other bytes past the segment: zero them (bss).
-                    if s.memsz > s.filesz && page_ceil(file_end) > file_end {
-                        mem.write(file_end, &vec![0u8; (page_ceil(file_end) - file_end) as usize])?;
-                    }
-                    if mem_end > page_ceil(file_end) {
-                        let bss = page_ceil(file_end);
-                        anonymous(&mut h, bss, mem_end - bss, s.prot(), "mapping the module's bss (mmap)")?;
-                    }
-                } else {
-                    anonymous(&mut h, start, mem_end - start, s.prot(), "mapping a module segment (mmap)")?;
-                    if let Some(bytes) = module.bytes_at(s.vaddr, s.filesz) {
-                        mem.write(bias.wrapping_add(s.vaddr), bytes)?;
+                    None => {
+                        h.mmap(start, mem_end - start, s.prot(), SEGMENT | MapFlags::MAP_ANONYMOUS, None, 0)
+                            .map_err(mapping)?;
+                        if let Some(bytes) = module.bytes_at(s.vaddr, s.filesz) {
+                            mem.write(bias.wrapping_add(s.vaddr), bytes)?;
+                        }
                     }
                 }
             }
             Ok(())
         })();
-        if fd >= 0 {
-            let _ = h.syscall(nr::CLOSE, &[fd as u64]);
+        if let Some(fd) = fd {
+            let _ = h.close(fd);
         }
         h.release()?;
         result
     }
 }
+
+/// A fresh private range where pannus asks for it, never over an existing mapping.
+pub(super) const RESERVE: MapFlags =
+    MapFlags::MAP_PRIVATE.union(MapFlags::MAP_ANONYMOUS).union(MapFlags::MAP_FIXED_NOREPLACE);
+
+/// A module segment, over its reservation. Its pages are faulted in when mapped, not by the
+/// service's threads when they first run the patched code right after the switch.
+const SEGMENT: MapFlags = MapFlags::MAP_PRIVATE.union(MapFlags::MAP_FIXED).union(MapFlags::MAP_POPULATE);
 
 /// Makes room for a new record of patch `id`: an old rolled-back record is dropped, unless its
 /// module is still mapped (a thread was inside it at rollback), in which case it is kept under

@@ -206,21 +206,6 @@ pub struct Measured {
     pub stops: Vec<StopWindow>,
 }
 
-/// Flags of mmap(2) and open(2), as the target's kernel takes them.
-mod mmap {
-    /// Readable: the target's own system calls read the scratch strings placed in a reservation.
-    pub const PROT_READ: u64 = 1;
-    pub const MAP_PRIVATE: u64 = 0x02;
-    pub const MAP_FIXED: u64 = 0x10;
-    pub const MAP_ANONYMOUS: u64 = 0x20;
-    pub const MAP_FIXED_NOREPLACE: u64 = 0x100000;
-    /// The module's pages are faulted in when mapped, not by the service's threads when they
-    /// first run the patched code right after the switch.
-    pub const MAP_POPULATE: u64 = 0x8000;
-    pub const O_RDONLY_CLOEXEC: u64 = 0o2000000;
-    pub const AT_FDCWD: i64 = -100;
-}
-
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

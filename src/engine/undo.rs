@@ -103,19 +103,15 @@ impl Session<'_> {
                 Step::Stubs { page, size } => {
                     let mut h = self.hijack()?;
                     // Harmless when left: nothing jumps to it any more.
-                    let _ = h.syscall(pannus_kernel::nr::MUNMAP, &[page, size]);
+                    let _ = h.munmap(page, size);
                     h.release().map_err(Error::from)
                 }
                 Step::Frames { table } => self.deregister_frames(table),
                 Step::Mapped { base, size } => {
                     let mut h = self.hijack()?;
-                    let r = h.syscall(pannus_kernel::nr::MUNMAP, &[base, size])?;
+                    let r = h.munmap(base, size);
                     h.release()?;
-                    if r < 0 {
-                        Err(registry::syscall_error("munmap of the module", r))
-                    } else {
-                        Ok(())
-                    }
+                    r.map_err(|e| Error::from(e).context("unmapping the module"))
                 }
                 Step::Dlopened { handle } => self.dlclose(handle),
             };
@@ -142,7 +138,7 @@ impl Session<'_> {
                 self.write_registry(reg)?;
             } else if let Some(loc) = registry::locate(&self.target.maps) {
                 let mut h = self.hijack()?;
-                let _ = h.syscall(pannus_kernel::nr::MUNMAP, &[loc.addr, registry::SIZE]);
+                let _ = h.munmap(loc.addr, registry::SIZE);
                 h.release()?;
                 self.target.refresh_maps()?;
             }
