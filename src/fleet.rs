@@ -12,9 +12,10 @@
 //! input); 4 when there was nothing to do at all (no process with the right build-id in memory).
 
 use crate::elf::Object;
-use crate::engine::{self, Engine, ProcessInfo, Quiet, Session};
+use crate::engine::{self, Engine, Quiet, Session};
 use crate::error::{Error, Kind, Result};
 use crate::manifest::Manifest;
+use crate::processes::{self, Pid, Process, Scope};
 use crate::registry;
 use crate::target::Target;
 use pannus_kernel::maps;
@@ -34,8 +35,14 @@ pub const EXITED: &str = "exited";
 /// A process a fleet command will work on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub pid: i32,
+    pub pid: Pid,
     pub name: String,
+}
+
+impl From<Process> for Member {
+    fn from(p: Process) -> Member {
+        Member { pid: p.pid, name: p.name }
+    }
 }
 
 /// A process left alone, and why.
@@ -68,7 +75,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn pids(&self) -> Vec<i32> {
-        self.members.iter().map(|m| m.pid).collect()
+        self.members.iter().map(|m| m.pid.get()).collect()
     }
 }
 
@@ -215,17 +222,6 @@ impl Summary {
     }
 }
 
-/// Every pid in /proc but pannus's own, in increasing order.
-fn other_pids() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
-        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    pids.retain(|&p| p != me);
-    pids.sort_unstable();
-    pids
-}
-
 fn gone(pid: i32) -> bool {
     !pannus_kernel::process_exists(pid)
 }
@@ -249,7 +245,8 @@ pub fn plan_apply(m: &Manifest) -> Result<Plan> {
 
     let mut plan = Plan { patch: m.patch.clone(), members: Vec::new(), skipped: Vec::new(), failed: Vec::new() };
     let mut mapped = false;
-    for pid in other_pids() {
+    for pid in processes::pids() {
+        let pid = pid.get();
         let Ok(pmaps) = maps::read(pid) else { continue };
         if !pmaps.iter().any(|x| x.inode == ino && x.dev == dev && !x.path.is_empty()) {
             continue;
@@ -302,7 +299,7 @@ pub fn plan_apply(m: &Manifest) -> Result<Plan> {
                 ))
                 .hint(format!("roll it back first: pannus rollback --pid {pid} {}", m.patch)),
             }),
-            None => plan.members.push(Member { pid, name: target.name.clone() }),
+            None => plan.members.push(Member { pid: pid.into(), name: target.name.clone() }),
         }
     }
     if !mapped {
@@ -316,9 +313,9 @@ pub fn plan_apply(m: &Manifest) -> Result<Plan> {
 /// registry without stopping the process. Refused when there is none.
 pub fn plan_rollback(patch: &str) -> Result<Plan> {
     let mut plan = Plan { patch: patch.to_string(), members: Vec::new(), skipped: Vec::new(), failed: Vec::new() };
-    for p in engine::list_processes(false) {
-        if p.patches.iter().any(|r| r.patch == patch && r.state.is_applied()) {
-            plan.members.push(Member { pid: p.pid, name: p.name });
+    for p in processes::list(Scope::Patched, None) {
+        if p.applied().any(|r| r.patch == patch) {
+            plan.members.push(p.into());
         }
     }
     if plan.members.is_empty() {
@@ -371,7 +368,7 @@ pub fn apply(
     let mut s = Summary::new(Operation::Apply, plan);
     let mut stopped_by = if options.rollback_on_failure { s.failed.first().map(|f| f.pid) } else { None };
     for member in &plan.members {
-        let pid = member.pid;
+        let pid = member.pid.get();
         if let Some(culprit) = stopped_by {
             s.skipped.push(skipped(pid, format!("not attempted: process {culprit} failed"), false));
             continue;
@@ -449,7 +446,7 @@ impl Summary {
 pub fn rollback(engine: &Engine, plan: &Plan, cascade: bool, progress: &mut dyn FnMut(&str)) -> Summary {
     let mut s = Summary::new(Operation::Rollback, plan);
     for member in &plan.members {
-        let pid = member.pid;
+        let pid = member.pid.get();
         progress(&format!("process {pid} ({}): rolling back `{}`", member.name, plan.patch));
         match Session::open(engine, pid)
             .and_then(|mut session| session.rollback(Some(&plan.patch), cascade, &mut Quiet))
@@ -468,8 +465,8 @@ pub fn rollback(engine: &Engine, plan: &Plan, cascade: bool, progress: &mut dyn 
 
 /// Every process that has a patch applied, with all its patch records, read from each process
 /// without stopping it.
-pub fn status() -> Vec<ProcessInfo> {
-    engine::list_processes(false)
+pub fn status() -> Vec<Process> {
+    processes::list(Scope::Patched, None)
 }
 
 /// How long to wait for another pannus holding a process, from `PANNUS_LOCK_WAIT` (a duration

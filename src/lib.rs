@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
+pub mod processes;
 pub mod registry;
 pub mod safety;
 pub mod seccomp;

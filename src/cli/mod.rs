@@ -4,6 +4,7 @@
 use crate::engine::{self, Applied, CheckLine, Engine, Observer, Session, Stage};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
+use crate::processes::{self, Scope};
 use crate::registry::{PatchRecord, State};
 use crate::trial;
 use clap::{Parser, Subcommand};
@@ -425,13 +426,13 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
 }
 
 fn ps(all: bool, json: bool) -> Result<()> {
-    let procs = engine::list_processes(all);
+    let procs = processes::list(if all { Scope::All } else { Scope::Patched }, None);
     if json {
         let list: Vec<_> = procs
             .iter()
             .map(|p| {
                 json!({"pid": p.pid, "name": p.name, "exe": p.exe,
-                       "patches": p.patches.iter().filter(|r| r.state.is_applied()).map(patch_json).collect::<Vec<_>>()})
+                       "patches": p.applied().map(patch_json).collect::<Vec<_>>()})
             })
             .collect();
         println!("{}", json!({"processes": list}));
@@ -439,8 +440,7 @@ fn ps(all: bool, json: bool) -> Result<()> {
     }
     println!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
     for p in &procs {
-        let applied: Vec<String> =
-            p.patches.iter().filter(|r| r.state.is_applied()).map(|r| format!("{}({})", r.patch, r.state)).collect();
+        let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, r.state)).collect();
         println!(
             "{:>8}  {:<16} {:<10} {}{}",
             p.pid,
@@ -590,7 +590,7 @@ fn fleet_status(json: bool) -> Result<()> {
         println!("no process has patches");
     }
     for p in &procs {
-        print_status(p.pid, &p.name, &p.exe, &p.patches);
+        print_status(p.pid.get(), &p.name, &p.exe, &p.patches);
     }
     Ok(())
 }

@@ -2,10 +2,11 @@
 //! this state; work on processes is handed to the job thread as [`Job`]s.
 
 use super::jobs::{Event, Job};
-use super::snapshot::{ProcRow, Snapshot};
+use super::snapshot::Snapshot;
 use crate::engine::{CheckLine, Stage};
 use crate::journal::Entry;
 use crate::manifest::Manifest;
+use crate::processes::Process;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -140,7 +141,7 @@ impl App {
     }
 
     /// The rows the process list shows, after the filter and the patched-only toggle.
-    pub fn visible(&self) -> Vec<&ProcRow> {
+    pub fn visible(&self) -> Vec<&Process> {
         let f = self.filter.to_lowercase();
         self.snapshot
             .rows
@@ -157,12 +158,12 @@ impl App {
 
     pub fn selected_index(&self) -> Option<usize> {
         let v = self.visible();
-        self.selected.and_then(|pid| v.iter().position(|r| r.pid == pid))
+        self.selected.and_then(|pid| v.iter().position(|r| r.pid.get() == pid))
     }
 
-    pub fn selected_row(&self) -> Option<&ProcRow> {
+    pub fn selected_row(&self) -> Option<&Process> {
         let pid = self.selected?;
-        self.snapshot.rows.iter().find(|r| r.pid == pid)
+        self.snapshot.rows.iter().find(|r| r.pid.get() == pid)
     }
 
     /// Takes a new snapshot; the selection stays on the same pid when it is still listed.
@@ -180,7 +181,7 @@ impl App {
     fn fix_selection(&mut self) {
         let v = self.visible();
         if self.selected_index().is_none() {
-            self.selected = v.first().map(|r| r.pid);
+            self.selected = v.first().map(|r| r.pid.get());
         }
     }
 
@@ -191,7 +192,7 @@ impl App {
         }
         let i = self.selected_index().unwrap_or(0) as isize;
         let j = (i + delta).clamp(0, v.len() as isize - 1) as usize;
-        self.selected = Some(v[j].pid);
+        self.selected = Some(v[j].pid.get());
     }
 
     fn say(&mut self, ok: bool, text: impl Into<String>) {
@@ -227,7 +228,7 @@ impl App {
                 KeyCode::Char(c) => {
                     self.filter.push(c);
                     // The selection follows the first match as you type.
-                    self.selected = self.visible().first().map(|r| r.pid);
+                    self.selected = self.visible().first().map(|r| r.pid.get());
                 }
                 KeyCode::Up | KeyCode::Down => self.move_selection(if key.code == KeyCode::Up { -1 } else { 1 }),
                 _ => {}
@@ -284,7 +285,7 @@ impl App {
     /// The emergency rollback and commit keys shared by the list and detail screens.
     fn action_key(&mut self, key: KeyEvent) -> Option<Job> {
         let row = self.selected_row()?;
-        let pid = row.pid;
+        let pid = row.pid.get();
         match key.code {
             KeyCode::Char('R') => {
                 if self.busy.is_some() {
@@ -393,7 +394,7 @@ impl App {
             KeyCode::Enter => {
                 let trial = self
                     .selected_row()
-                    .and_then(|r| r.patches.get(self.detail_patch).map(|p| (r.pid, p)))
+                    .and_then(|r| r.patches.get(self.detail_patch).map(|p| (r.pid.get(), p)))
                     .filter(|(_, p)| p.state == crate::registry::State::Trial)
                     .map(|(pid, p)| (pid, p.patch.clone()));
                 if let Some(t) = trial {
@@ -517,7 +518,7 @@ impl App {
         if self.expiry_handled.as_ref() == Some(&(pid, id.clone())) {
             return None;
         }
-        let rec = self.snapshot.rows.iter().find(|r| r.pid == pid)?.patches.iter().find(|p| p.patch == id)?;
+        let rec = self.snapshot.rows.iter().find(|r| r.pid.get() == pid)?.patches.iter().find(|p| p.patch == id)?;
         if rec.state != crate::registry::State::Trial || self.now < rec.trial_deadline? + 5 {
             return None;
         }

@@ -15,13 +15,13 @@ mod tests;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::journal::Entry;
+use crate::processes::UserNames;
 use app::App;
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
 use crossterm::execute;
 use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,7 +68,7 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
     std::thread::Builder::new()
         .name("pannus-snapshot".into())
         .spawn(move || {
-            let mut users = HashMap::new();
+            let mut users = UserNames::default();
             loop {
                 let snapshot = snapshot::collect(&mut users);
                 let entries = journal.entries();

@@ -4,10 +4,11 @@
 use super::app::{App, ManifestFile, Phase, Screen, Wizard};
 use super::jobs::{Event, Job};
 use super::render::{self, Theme};
-use super::snapshot::{ProcRow, Snapshot};
+use super::snapshot::Snapshot;
 use crate::engine::{CheckLine, Stage};
 use crate::journal::Entry;
 use crate::manifest::OnExpiry;
+use crate::processes::Process;
 use crate::registry::{FunctionRecord, JumpKind, PatchRecord, State};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
@@ -64,8 +65,16 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
     }
 }
 
-fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> ProcRow {
-    ProcRow { pid, name: name.into(), user: "telco".into(), threads: 12, exe: format!("/usr/sbin/{name}"), patches }
+fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
+    Process {
+        pid: pid.into(),
+        name: name.into(),
+        uid: 1001,
+        user: Some("telco".into()),
+        threads: 12,
+        exe: format!("/usr/sbin/{name}"),
+        patches,
+    }
 }
 
 fn app() -> App {

@@ -43,7 +43,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(
         Paragraph::new(Line::from(vec![
             Span::styled(format!(" {} ", row.pid), theme.title()),
-            Span::raw(format!("{}  user {}  {} threads  {}", row.name, row.user, row.threads, row.exe)),
+            Span::raw(format!("{}  user {}  {} threads  {}", row.name, row.owner(), row.threads, row.exe)),
         ])),
         info,
     );

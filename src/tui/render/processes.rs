@@ -48,7 +48,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let body: Vec<Row> = rows
         .iter()
         .map(|r| {
-            let badge = r.badge(app.now);
+            let badge = Badge::of(r, app.now);
             let style = match badge {
                 Badge::Trial(_) => theme.warn(),
                 Badge::Active => theme.ok(),
@@ -62,7 +62,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 Cell::from(r.name.clone()),
                 Cell::from(if patches == 0 { "-".to_string() } else { patches.to_string() }),
                 Cell::from(r.threads.to_string()),
-                Cell::from(r.user.clone()),
+                Cell::from(r.owner()),
                 Cell::from(r.exe.clone()),
             ]))
         })

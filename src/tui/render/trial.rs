@@ -42,7 +42,7 @@ pub fn big(text: &str) -> Vec<String> {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let Some((pid, id)) = &app.trial else { return };
-    let row = app.snapshot.rows.iter().find(|r| r.pid == *pid);
+    let row = app.snapshot.rows.iter().find(|r| r.pid.get() == *pid);
     let rec = row.and_then(|r| r.patches.iter().find(|p| &p.patch == id));
     let block = Block::bordered().title(format!(" Trial of {id} in process {pid} "));
     let inner = block.inner(area);

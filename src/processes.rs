@@ -1,0 +1,229 @@
+//! The processes pannus can see: one walk of `/proc`, one row per process. Nothing here stops
+//! a process: a registry is found in `/proc/PID/maps` and read through `/proc/PID/mem`.
+//!
+//! pannus's own process is never listed, and rows come in increasing pid order.
+
+use crate::registry::{self, PatchRecord};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::num::ParseIntError;
+use std::str::FromStr;
+
+/// A process id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Pid(i32);
+
+impl Pid {
+    pub const fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl From<i32> for Pid {
+    fn from(pid: i32) -> Pid {
+        Pid(pid)
+    }
+}
+
+impl FromStr for Pid {
+    type Err = ParseIntError;
+    fn from_str(s: &str) -> Result<Pid, ParseIntError> {
+        s.parse().map(Pid)
+    }
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A process, with the patches of its registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Process {
+    pub pid: Pid,
+    /// The command name (`Name:` of `/proc/PID/status`).
+    pub name: String,
+    /// The real user id.
+    pub uid: u32,
+    /// The user name of `uid`, when the walk was asked to resolve names.
+    pub user: Option<String>,
+    pub threads: u32,
+    /// The path of the executable; empty when it cannot be read.
+    pub exe: String,
+    /// Every patch in the process's registry, in application order (rolled-back ones included).
+    pub patches: Vec<PatchRecord>,
+}
+
+impl Process {
+    /// The patches whose code is (or may be) reachable in the process.
+    pub fn applied(&self) -> impl Iterator<Item = &PatchRecord> {
+        self.patches.iter().filter(|p| p.state.is_applied())
+    }
+
+    /// The most recently applied patch.
+    pub fn latest(&self) -> Option<&PatchRecord> {
+        self.applied().max_by_key(|p| p.seq)
+    }
+
+    /// The owner's user name, or the uid when names were not looked up.
+    pub fn owner(&self) -> String {
+        self.user.clone().unwrap_or_else(|| self.uid.to_string())
+    }
+}
+
+/// Which processes a walk lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process.
+    All,
+    /// Only processes with at least one applied patch.
+    Patched,
+}
+
+/// User names by uid, looked up once each.
+#[derive(Debug, Clone, Default)]
+pub struct UserNames(HashMap<u32, String>);
+
+impl UserNames {
+    /// The name of `uid`, or the number itself when it has none.
+    pub fn name(&mut self, uid: u32) -> &str {
+        self.0.entry(uid).or_insert_with(|| {
+            nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+        })
+    }
+}
+
+/// Every pid in `/proc` but pannus's own, in increasing order.
+pub fn pids() -> Vec<Pid> {
+    let me = Pid(std::process::id() as i32);
+    let mut pids: Vec<Pid> = std::fs::read_dir("/proc")
+        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    pids.retain(|&p| p != me);
+    pids.sort_unstable();
+    pids
+}
+
+/// The processes of `scope`, with user names looked up in `users` when given.
+///
+/// Costs two small reads per process (`maps`, whose text tells whether there is a registry,
+/// and `status`) and the executable's link, plus the registry of each process that has one.
+/// With [`Scope::Patched`], a process without a registry costs the `maps` read only.
+pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
+    let mut out = Vec::new();
+    for pid in pids() {
+        let patches = registry::read_process(pid.get());
+        let patches = match scope {
+            Scope::All => patches.unwrap_or_default(),
+            Scope::Patched => match patches {
+                Some(p) if p.iter().any(|r| r.state.is_applied()) => p,
+                _ => continue,
+            },
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let status = Status::parse(&text);
+        let user = users.as_deref_mut().map(|u| u.name(status.uid).to_string());
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        out.push(Process {
+            pid,
+            name: status.name.to_string(),
+            uid: status.uid,
+            user,
+            threads: status.threads,
+            exe,
+            patches,
+        });
+    }
+    out
+}
+
+/// The fields of `/proc/PID/status` a row shows.
+#[derive(Debug, PartialEq, Eq)]
+struct Status<'a> {
+    name: &'a str,
+    uid: u32,
+    threads: u32,
+}
+
+impl<'a> Status<'a> {
+    /// Reads the text of `/proc/PID/status`; a missing or unreadable field is empty or 0.
+    fn parse(text: &'a str) -> Status<'a> {
+        let mut s = Status { name: "", uid: 0, threads: 0 };
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            match key {
+                "Name" => s.name = value,
+                "Uid" => s.uid = value.split_whitespace().next().and_then(|u| u.parse().ok()).unwrap_or(0),
+                "Threads" => {
+                    s.threads = value.parse().unwrap_or(0);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields() {
+        let text = "Name:\tsip proxy\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t812\nPid:\t812\n\
+                    Uid:\t1001\t1002\t1002\t1002\nGid:\t100\t100\t100\t100\nThreads:\t12\nSigQ:\t0/63\n";
+        assert_eq!(Status::parse(text), Status { name: "sip proxy", uid: 1001, threads: 12 });
+    }
+
+    #[test]
+    fn status_missing_fields() {
+        assert_eq!(Status::parse(""), Status { name: "", uid: 0, threads: 0 });
+        assert_eq!(Status::parse("Name:\tx\nUid:\tbad\n"), Status { name: "x", uid: 0, threads: 0 });
+    }
+
+    #[test]
+    fn pid_forms() {
+        let pid: Pid = "812".parse().unwrap();
+        assert_eq!(pid, Pid::from(812));
+        assert_eq!(pid.get(), 812);
+        assert_eq!(pid.to_string(), "812");
+        assert_eq!(serde_json::to_string(&pid).unwrap(), "812");
+        assert!("self".parse::<Pid>().is_err());
+    }
+
+    #[test]
+    fn owner_is_the_name_or_the_uid() {
+        let mut p = Process {
+            pid: Pid(812),
+            name: "sipd".into(),
+            uid: 1001,
+            user: None,
+            threads: 1,
+            exe: String::new(),
+            patches: vec![],
+        };
+        assert_eq!(p.owner(), "1001");
+        p.user = Some("telco".into());
+        assert_eq!(p.owner(), "telco");
+    }
+
+    #[test]
+    fn walk_skips_pannus_and_sorts() {
+        let me = Pid::from(std::process::id() as i32);
+        let all = list(Scope::All, None);
+        assert!(!all.iter().any(|p| p.pid == me));
+        assert!(all.windows(2).all(|w| w[0].pid < w[1].pid));
+        assert!(all.iter().all(|p| p.user.is_none()));
+        let mut users = UserNames::default();
+        let named = list(Scope::All, Some(&mut users));
+        assert!(named.iter().all(|p| p.user.is_some()));
+        assert!(list(Scope::Patched, None).iter().all(|p| p.applied().next().is_some()));
+    }
+}
