@@ -163,11 +163,6 @@ impl Target {
         None
     }
 
-    /// The mapping containing `addr`.
-    pub fn mapping_at(&self, addr: u64) -> Option<&Mapping> {
-        self.mapping_index(addr).map(|k| &self.maps[k])
-    }
-
     /// Where in `maps` (sorted by address, as the kernel lists them) the mapping containing
     /// `addr` is: a binary search, as this runs for every thread while they are all stopped.
     fn mapping_index(&self, addr: u64) -> Option<usize> {

@@ -1,7 +1,7 @@
 //! Stop-the-world over every thread of a process.
 //!
 //! In two steps, so that the stop itself is as short as it can be: [`World::seize`] attaches to
-//! every thread while the process keeps running, then [`Seized::stop`] interrupts them all
+//! every thread while the process keeps running, then [`Seized::stop_with`] interrupts them all
 //! before waiting for any. Threads created in between are traced from birth (they were created
 //! by a thread already seized, which follows its clones) and are stopped with the rest.
 
@@ -40,11 +40,6 @@ pub struct Seized {
 }
 
 impl World {
-    /// Seizes and stops every thread of `pid`.
-    pub fn stop(pid: i32) -> Result<World> {
-        World::seize(pid)?.stop()
-    }
-
     /// Attaches to every thread of `pid` without stopping any: `/proc/PID/task` is read again
     /// until it lists no thread not yet attached. From then on every thread the process creates
     /// is traced from its birth.
@@ -122,14 +117,10 @@ impl Seized {
     }
 
     /// Stops every attached thread, and every thread they created since they were attached:
-    /// all are interrupted before any is waited for.
-    pub fn stop(self) -> Result<World> {
-        self.stop_with(|_| {})
-    }
-
-    /// Like [`Seized::stop`], calling `each` with every thread as soon as it is stopped (in the
-    /// order of [`World::threads`]), while the others are still on their way to their stop: work
-    /// done there (reading the thread's stack) overlaps with the stop instead of adding to it.
+    /// all are interrupted before any is waited for. `each` is called with every thread as soon
+    /// as it is stopped (in the order of [`World::threads`]), while the others are still on
+    /// their way to their stop: work done there (reading the thread's stack) overlaps with the
+    /// stop instead of adding to it.
     pub fn stop_with(mut self, mut each: impl FnMut(&StoppedThread)) -> Result<World> {
         self.stop_all(&mut each)
     }
