@@ -226,12 +226,18 @@ pub fn entry_conflicts<'p>(
     out
 }
 
-/// The `function` consistency rule for one thread: none of its frames may be in the old code
-/// (`(function, start, end)` ranges), and a stack that could not be unwound to its end counts
-/// as busy ("unknown"), never as safe.
-pub fn function_conflicts(tid: i32, bt: &crate::unwind::Backtrace, old: &[(String, u64, u64)]) -> Vec<Conflict> {
+/// A function's code in the target, by name: what the `function` rule keeps threads out of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRange {
+    pub function: String,
+    pub range: std::ops::Range<u64>,
+}
+
+/// The `function` consistency rule for one thread: none of its frames may be in the old code,
+/// and a stack that could not be unwound to its end counts as busy ("unknown"), never as safe.
+pub fn function_conflicts(tid: i32, bt: &crate::unwind::Backtrace, old: &[CodeRange]) -> Vec<Conflict> {
     for (depth, a) in bt.code_addresses().enumerate() {
-        if let Some((name, _, _)) = old.iter().find(|(_, s, e)| a >= *s && a < *e) {
+        if let Some(CodeRange { function: name, .. }) = old.iter().find(|c| c.range.contains(&a)) {
             let reason = if depth == 0 {
                 format!("is executing at {a:#x}")
             } else {
@@ -241,7 +247,7 @@ pub fn function_conflicts(tid: i32, bt: &crate::unwind::Backtrace, old: &[(Strin
         }
     }
     match old.first() {
-        Some((name, _, _)) if !bt.complete => vec![Conflict {
+        Some(CodeRange { function: name, .. }) if !bt.complete => vec![Conflict {
             tid,
             function: name.clone(),
             reason: format!(

@@ -8,11 +8,12 @@ use super::{cancelled, Measured, Observer, Prepared, Session, Stage, StopTimes, 
 use crate::error::{Error, Result};
 use crate::manifest::Consistency;
 use crate::registry::{FunctionRecord, Registry, State};
-use crate::safety::{self, EntryPlan, ThreadView};
+use crate::safety::{self, CodeRange, EntryPlan, ThreadView};
 use crate::target::Target;
 use crate::unwind::{Backtrace, Unwinder};
 use pannus_kernel::{page_ceil, ProtFlags, World};
 use std::collections::HashSet;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 impl Session<'_> {
@@ -276,17 +277,22 @@ impl Session<'_> {
 
 /// Code that is "the old function" for the `function` rule: each target function, and the
 /// replacement an applied patch currently sends it to.
-fn old_code_ranges(p: &Prepared, reg: &Registry) -> Vec<(String, u64, u64)> {
+fn old_code_ranges(p: &Prepared, reg: &Registry) -> Vec<CodeRange> {
     let mut out = Vec::new();
     for f in &p.functions {
-        out.push((f.target.clone(), f.address, f.address + f.size));
+        out.push(CodeRange { function: f.target.clone(), range: f.address..f.address + f.size });
         for r in reg.applied() {
-            for g in r.functions.iter().filter(|g| g.address == f.address && g.replacement_size > 0) {
-                out.push((g.replacement.clone(), g.replacement_address, g.replacement_address + g.replacement_size));
-            }
+            out.extend(r.functions.iter().filter(|g| g.address == f.address).filter_map(replacement_code));
         }
     }
     out
+}
+
+/// The code of the replacement `g` sends its function to, when its size is known.
+pub(super) fn replacement_code(g: &FunctionRecord) -> Option<CodeRange> {
+    let start = g.replacement_address;
+    (g.replacement_size > 0)
+        .then(|| CodeRange { function: g.replacement.clone(), range: start..start + g.replacement_size })
 }
 
 /// One switch of code bytes, checked and written in a single stop of every thread.
@@ -299,11 +305,11 @@ pub(super) struct Switch {
     pub(super) interval: Duration,
     pub(super) consistency: Consistency,
     /// Code no thread may be in under the `function` rule: (function, start, end).
-    pub(super) busy_ranges: Vec<(String, u64, u64)>,
+    pub(super) busy_ranges: Vec<CodeRange>,
     /// On rollback, the module's code (and its jump stubs): the stop that writes the original
     /// bytes back also looks whether any thread is in it or has a return address into it, so
     /// that the module can be unmapped without another stop. Empty on apply.
-    pub(super) module_code: Vec<(u64, u64)>,
+    pub(super) module_code: Vec<Range<u64>>,
 }
 
 /// Stops the seized threads and reads each one's live stack (at most `most(tid)` bytes) into
@@ -360,8 +366,8 @@ pub(super) struct ModuleSeen {
 /// Which of the stopped threads are clear of `code` (ranges): not executing in it, and no
 /// word of the stack read points into it (return addresses, signal frames; other words that
 /// happen to point there only make this more careful).
-pub(super) fn module_idle(threads: &[ThreadView], code: &[(u64, u64)]) -> ModuleSeen {
-    let inside = |a: u64| code.iter().any(|&(s, e)| a >= s && a < e);
+pub(super) fn module_idle(threads: &[ThreadView], code: &[Range<u64>]) -> ModuleSeen {
+    let inside = |a: u64| code.iter().any(|c| c.contains(&a));
     let mut seen = ModuleSeen::default();
     for t in threads {
         if inside(t.rip) {

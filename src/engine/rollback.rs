@@ -2,7 +2,9 @@
 //! the same entry), newest patch first with `--cascade`, then the module unloaded through the
 //! undo log read back from its record ([`UndoLog::of_record`]) once no thread can be inside it.
 
-use super::activate::{make_room_for_stacks, module_idle, stop_reading_stacks, ModuleSeen, Switch, UNLOAD_SCAN};
+use super::activate::{
+    make_room_for_stacks, module_idle, replacement_code, stop_reading_stacks, ModuleSeen, Switch, UNLOAD_SCAN,
+};
 use super::undo::UndoLog;
 use super::{now_secs, outcome_of, Measured, Observer, Session, StopWindow, Timings};
 use crate::error::{Error, Result};
@@ -10,6 +12,7 @@ use crate::registry::{PatchRecord, Registry, State};
 use crate::safety::{EntryPlan, ThreadView};
 use pannus_kernel::World;
 use std::collections::HashSet;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// Patches rolled back: their ids, newest first, and what the rollback measured.
@@ -188,12 +191,7 @@ impl Session<'_> {
         let mut seen = None;
         if !writes.is_empty() {
             // Under the `function` rule, no thread may be inside the replacements being removed.
-            let busy_ranges = rec
-                .functions
-                .iter()
-                .filter(|f| f.replacement_size > 0)
-                .map(|f| (f.replacement.clone(), f.replacement_address, f.replacement_address + f.replacement_size))
-                .collect();
+            let busy_ranges = rec.functions.iter().filter_map(replacement_code).collect();
             let module_code = if rec.module_mapped { self.module_code(&rec) } else { Vec::new() };
             let consistency = rec.consistency;
             let sw = Switch { names, plans, writes, retries, interval, consistency, busy_ranges, module_code };
@@ -254,17 +252,17 @@ impl Session<'_> {
 
     /// The module's code as mapped, and its jump stubs: what no thread may be in when the
     /// module is unmapped.
-    fn module_code(&self, rec: &PatchRecord) -> Vec<(u64, u64)> {
+    fn module_code(&self, rec: &PatchRecord) -> Vec<Range<u64>> {
         let (base, size) = (rec.module_base, rec.module_size);
-        let mut code: Vec<(u64, u64)> = self
+        let mut code: Vec<Range<u64>> = self
             .target
             .maps
             .iter()
             .filter(|m| m.exec && m.start >= base && m.end <= base + size)
-            .map(|m| (m.start, m.end))
+            .map(|m| m.start..m.end)
             .collect();
         if rec.trampoline != 0 {
-            code.push((rec.trampoline, rec.trampoline + rec.trampoline_size));
+            code.push(rec.trampoline..rec.trampoline + rec.trampoline_size);
         }
         code
     }
