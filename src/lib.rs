@@ -1,19 +1,42 @@
 #![forbid(unsafe_code)]
 //! pannus: live patching of running Linux x86-64 processes, in the four stages of NTT's PANNUS.
+//!
+//! The modules are private; this is the surface the binary, the tests, the benchmarks and the
+//! fuzz targets use. ARCHITECTURE.md maps the modules behind it.
+//!
+//! - [`Session`] opens a process under its lock; [`Session::check`], [`Session::apply`] (the four
+//!   [`Stage`]s, each confirmed by an [`Observer`]), [`Session::rollback`] and
+//!   [`Session::commit`] are what the CLI and the console do to it.
+//! - [`Manifest`] is a validated patch manifest; [`Object`] an ELF file; [`Target`] a running
+//!   process as pannus reads it; [`processes::list`] every process, with its patches.
+//! - [`plan_entry`] and [`symbols`] are stage 4's and stage 2's pure decisions.
 
 pub mod cli;
-pub mod elf;
-pub mod engine;
-pub mod error;
-pub mod fleet;
-pub mod journal;
-pub mod lock;
-pub mod manifest;
+mod elf;
+mod engine;
+mod error;
+mod fleet;
+mod journal;
+mod lock;
+mod manifest;
 pub mod processes;
-pub mod registry;
-pub mod safety;
-pub mod seccomp;
-pub mod target;
+mod registry;
+mod safety;
+mod seccomp;
+mod target;
 pub mod trial;
-pub mod tui;
-pub mod unwind;
+mod tui;
+mod unwind;
+
+pub use elf::{sha256_file, Object, Reloc, SymKind, Symbol};
+pub use engine::symbols;
+pub use engine::{
+    outcome_of, read_status, remaining, Applied, CheckLine, Engine, Measured, Observer, Quiet, RolledBack, Session,
+    Stage, StopTimes, StopWindow, Timings,
+};
+pub use error::{Error, Kind, Result};
+pub use lock::ProcessLock;
+pub use manifest::Manifest;
+pub use registry::{PatchRecord, State};
+pub use safety::{plan_entry, EntryPlan};
+pub use target::Target;

@@ -62,8 +62,8 @@ fn branch_target(i: &Instruction) -> Option<u64> {
 
 /// Plans the jump for function `name` at `entry` (`size` bytes, `code` its current bytes in the
 /// process) to `replacement`. `pad` holds the bytes just before the entry (for a nop pad left by
-/// `-fpatchable-function-entry`). Refuses, naming the function, when the rules of DESIGN.md are
-/// not met.
+/// `-fpatchable-function-entry`). Refuses, naming the function, when stage 4's entry rules
+/// (ARCHITECTURE.md, `safety.rs` in the code map) are not met.
 pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: u64) -> Result<EntryPlan> {
     let refuse =
         |why: String| Error::precondition(format!("function `{name}` at {entry:#x} cannot be patched safely: {why}"));

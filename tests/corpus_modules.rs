@@ -14,7 +14,7 @@ fn corpus() -> PathBuf {
 /// checksum.
 fn manifest_for(state: &State, module: &Path) -> PathBuf {
     let object = bin("target_pie");
-    let sha = pannus::elf::sha256_file(module).unwrap();
+    let sha = pannus::sha256_file(module).unwrap();
     let name = module.file_name().unwrap().to_string_lossy();
     let patch: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
@@ -90,7 +90,7 @@ fn elf_fuzz_regressions_do_not_panic() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
-        if let Ok(o) = pannus::elf::Object::parse(Path::new("fuzz.so"), data) {
+        if let Ok(o) = pannus::Object::parse(Path::new("fuzz.so"), data) {
             let _ = o.span();
             for s in o.dynsyms.iter().chain(&o.symtab) {
                 let _ = o.bytes_at(s.value, s.size);

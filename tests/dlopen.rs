@@ -96,7 +96,7 @@ fn dlopen_failure_is_reported_with_the_dynamic_linkers_reason() {
         "-lghost",
     ]);
     std::fs::remove_file(&lib).unwrap();
-    let sha = pannus::elf::sha256_file(&so).unwrap();
+    let sha = pannus::sha256_file(&so).unwrap();
     let object = common::bin("target_pie");
     let text = format!(
         "patch: needs\nversion: '1'\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {sha}\n  load: dlopen\nfunctions:\n  - target: compute\n    replacement: compute_needs\n",

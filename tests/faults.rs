@@ -255,7 +255,7 @@ fn a_second_pannus_waits_or_is_refused_and_a_killed_ones_lock_is_stale() {
     let mut t = Proc::start("target_pie");
     let m = state.manifest("lock-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     // Another pannus holds the process.
-    let held = pannus::lock::ProcessLock::acquire(state.path(), t.pid, Duration::ZERO).unwrap();
+    let held = pannus::ProcessLock::acquire(state.path(), t.pid, Duration::ZERO).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pannus"))
         .args(["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"])
         .env("PANNUS_STATE_DIR", state.path())

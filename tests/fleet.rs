@@ -134,7 +134,7 @@ fn a_failure_rolls_back_the_processes_already_patched() {
     let m = compute_fix(&state);
     let last = procs[2].pid;
     // Another pannus (this test) holds the last process: it is busy.
-    let lock = pannus::lock::ProcessLock::acquire(state.path(), last, Duration::ZERO).unwrap();
+    let lock = pannus::ProcessLock::acquire(state.path(), last, Duration::ZERO).unwrap();
     let wait = [("PANNUS_LOCK_WAIT", "0")];
 
     let args = ["apply", &m.to_string_lossy(), "--all", "--yes", "--json", "--rollback-on-failure"];

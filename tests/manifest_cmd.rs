@@ -42,12 +42,12 @@ fn new_pairs_by_name_and_the_engine_accepts_it() {
     assert!(text.starts_with("# Written by `pannus manifest new"), "{text}");
     assert!(text.contains("  - target: compute\n    replacement: compute_v2\n"), "{text}");
     assert!(text.contains("trial:\n  duration: 5m"), "{text}");
-    let m = pannus::manifest::Manifest::load(&path).unwrap();
+    let m = pannus::Manifest::load(&path).unwrap();
     assert_eq!(m.patch, "patch_compute");
     assert_eq!(m.target.object, bin("target_pie"));
     assert_eq!(m.target.build_id, common::build_id(&bin("target_pie")));
     assert_eq!(m.module.path, bin("patch_compute.so"));
-    assert_eq!(m.module.sha256, pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap());
+    assert_eq!(m.module.sha256, pannus::sha256_file(&bin("patch_compute.so")).unwrap());
     assert_eq!(m.functions.len(), 1);
 
     // The module is outside the manifest's folder: its path is absolute.
@@ -76,7 +76,7 @@ fn new_pairs_by_name_and_the_engine_accepts_it() {
         "compute.yaml",
     );
     r.ok();
-    let m = pannus::manifest::Manifest::load(&path).unwrap();
+    let m = pannus::Manifest::load(&path).unwrap();
     assert_eq!((m.patch.as_str(), m.version.as_str()), ("compute-fix", "2.0"));
 }
 
@@ -90,7 +90,7 @@ fn new_to_stdout_with_module_path_relative_to_the_output_folder() {
         .pannus(&["manifest", "new", "--target", target.to_str().unwrap(), "--module", module.to_str().unwrap()])
         .ok();
     assert!(r.stdout.contains("  - target: tiny\n    replacement: tiny_v2\n"), "{}", r.stdout);
-    pannus::manifest::Manifest::parse(&r.stdout, Path::new("x.yaml")).unwrap();
+    pannus::Manifest::parse(&r.stdout, Path::new("x.yaml")).unwrap();
 
     // A manifest written next to the module names it relatively.
     let dir = state.path().join("patches");
@@ -120,7 +120,7 @@ fn new_with_map() {
     let state = State::new();
     let (r, path) = new_manifest(&state, "patch_libc.so", &["--map", "compute=compute_libc"], "libc.yaml");
     r.ok();
-    let m = pannus::manifest::Manifest::load(&path).unwrap();
+    let m = pannus::Manifest::load(&path).unwrap();
     assert_eq!(m.functions.len(), 1);
     assert_eq!(m.functions[0].target, "compute");
     assert_eq!(m.functions[0].replacement, "compute_libc");
@@ -160,7 +160,7 @@ fn check_refuses_wrong_checksum_and_build_id() {
     let (r, path) = new_manifest(&state, "patch_compute.so", &[], "good.yaml");
     r.ok();
     let text = std::fs::read_to_string(&path).unwrap();
-    let sha = pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap();
+    let sha = pannus::sha256_file(&bin("patch_compute.so")).unwrap();
     let id = common::build_id(&bin("target_pie"));
     let flip = |s: &str| {
         let first = if s.starts_with('0') { "1" } else { "0" };

@@ -41,7 +41,7 @@ fn wrong_checksum() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
     let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
-    let sha = pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap();
+    let sha = pannus::sha256_file(&bin("patch_compute.so")).unwrap();
     edit(&m, &sha, &"0".repeat(64));
     refused(&state, &mut t, &m, 2, "checksum mismatch");
 }
@@ -94,8 +94,8 @@ fn module_that_is_not_elf() {
     let m = state.manifest("x", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     let fake = state.path().join("fake.so");
     std::fs::write(&fake, b"this is not a shared object").unwrap();
-    let sha = pannus::elf::sha256_file(&fake).unwrap();
-    let real_sha = pannus::elf::sha256_file(&bin("patch_compute.so")).unwrap();
+    let sha = pannus::sha256_file(&fake).unwrap();
+    let real_sha = pannus::sha256_file(&bin("patch_compute.so")).unwrap();
     edit(&m, &bin("patch_compute.so").display().to_string(), &fake.display().to_string());
     edit(&m, &real_sha, &sha);
     refused(&state, &mut t, &m, 2, "not an ELF file");

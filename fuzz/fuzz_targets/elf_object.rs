@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pannus::elf::Object;
+use pannus::Object;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {

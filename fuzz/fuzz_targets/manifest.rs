@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pannus::error::Kind;
-use pannus::manifest::Manifest;
+use pannus::Kind;
+use pannus::Manifest;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {

@@ -22,7 +22,7 @@ pub mod symbols;
 mod undo;
 
 pub use apply::Applied;
-pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared, PreparedFn};
+pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
 pub use rollback::RolledBack;
 pub use session::{Session, StopWindow};
 

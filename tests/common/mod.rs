@@ -205,7 +205,7 @@ impl State {
 }
 
 pub fn build_id(path: &Path) -> String {
-    pannus::elf::Object::load(path, "test object").unwrap().build_id.unwrap()
+    pannus::Object::load(path, "test object").unwrap().build_id.unwrap()
 }
 
 pub fn manifest_in(
@@ -218,7 +218,7 @@ pub fn manifest_in(
 ) -> PathBuf {
     let object = bin(object);
     let module = bin(module);
-    let sha = pannus::elf::sha256_file(&module).unwrap();
+    let sha = pannus::sha256_file(&module).unwrap();
     let mut text = format!(
         "patch: {patch}\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {sha}\nfunctions:\n",
         object.display(),
@@ -236,7 +236,7 @@ pub fn manifest_in(
 
 /// The current bytes of `symbol` (of `object`) in process `pid`.
 pub fn code_bytes(pid: i32, object: &str, symbol: &str) -> Vec<u8> {
-    let mut t = pannus::target::Target::open(pid).unwrap();
+    let mut t = pannus::Target::open(pid).unwrap();
     let l = t.find_object(&bin(object)).unwrap();
     let s = l.object.lookup(symbol).unwrap().unwrap().clone();
     let start = l.addr(s.value) - 16;
