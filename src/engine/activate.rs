@@ -3,8 +3,9 @@
 //! one patch in the same stop; while a thread is in the way, resume, back off and retry within
 //! the manifest's budget. The same stop machinery writes the original bytes back on rollback.
 
-use super::undo::{Step, UndoLog};
-use super::{cancelled, Measured, Observer, Prepared, Session, Stage, StopTimes, StopWindow};
+use super::apply::Applying;
+use super::undo::Step;
+use super::{Measured, Observer, Prepared, Session, Stage, StopTimes, StopWindow};
 use crate::error::{Error, Result};
 use crate::manifest::Consistency;
 use crate::registry::{FunctionRecord, Registry, State};
@@ -19,18 +20,10 @@ use std::time::{Duration, Instant};
 impl Session<'_> {
     /// Stage 4: routes far replacements through jump stubs, plans each entry from its current
     /// bytes, confirms, records the functions, and switches them all in one stop.
-    pub(super) fn stage_activate(
-        &mut self,
-        p: &Prepared,
-        replacements: &[u64],
-        reg: &mut Registry,
-        obs: &mut dyn Observer,
-        log: &mut UndoLog,
-        measured: &mut Measured,
-    ) -> Result<()> {
+    pub(super) fn stage_activate(&mut self, p: &Prepared, replacements: &[u64], run: &mut Applying) -> Result<()> {
         let m = &p.manifest;
         let in_stage = |e: Error| e.context(Stage::Activate);
-        let targets = self.trampolines(p, replacements, reg, log).map_err(in_stage)?;
+        let targets = self.trampolines(p, replacements, run).map_err(in_stage)?;
         let plans = self.entry_plans(p, &targets).map_err(in_stage)?;
         let plan = p
             .functions
@@ -40,10 +33,8 @@ impl Session<'_> {
             .collect::<Vec<_>>()
             .join("; ");
         let plan = format!("stop every thread, check none is inside the bytes to overwrite, write: {plan}");
-        if !obs.confirm(Stage::Activate, &plan) {
-            return Err(cancelled(Stage::Activate));
-        }
-        if let Some(r) = reg.get_mut(&m.patch) {
+        run.confirm(Stage::Activate, &plan)?;
+        if let Some(r) = run.reg.get_mut(&m.patch) {
             r.state = State::Activating;
             r.functions = p
                 .functions
@@ -64,7 +55,7 @@ impl Session<'_> {
                 })
                 .collect();
         }
-        self.write_registry(reg)?;
+        self.write_registry(&run.reg)?;
         let sw = Switch {
             names: p.functions.iter().map(|f| f.target.clone()).collect(),
             writes: plans.iter().map(|pl| (pl.patch_address, pl.written.clone())).collect(),
@@ -72,14 +63,14 @@ impl Session<'_> {
             retries: m.safety.retries,
             interval: m.safety.retry_interval,
             consistency: m.safety.consistency,
-            busy_ranges: old_code_ranges(p, reg),
+            busy_ranges: old_code_ranges(p, &run.reg),
             module_code: Vec::new(),
         };
         let t0 = Instant::now();
-        let switched = self.switch(&sw, obs, measured);
-        measured.timings.activate = Some(t0.elapsed());
+        let switched = self.switch(&sw, run.obs, &mut run.measured);
+        run.measured.timings.activate = Some(t0.elapsed());
         let (attempts, _) = switched.map_err(in_stage)?;
-        obs.progress(
+        run.obs.progress(
             Some(Stage::Activate),
             &format!("{} function(s) switched in one stop (attempt {attempts})", sw.plans.len()),
         );
@@ -90,13 +81,7 @@ impl Session<'_> {
     /// the `mmap` method, which places the module near), else a 14-byte `jmp [rip+0]` stub in a
     /// page mapped near the target object (read and execute only; written through
     /// /proc/PID/mem), recorded so that rollback unmaps it.
-    fn trampolines(
-        &mut self,
-        p: &Prepared,
-        replacements: &[u64],
-        reg: &mut Registry,
-        log: &mut UndoLog,
-    ) -> Result<Vec<u64>> {
+    fn trampolines(&mut self, p: &Prepared, replacements: &[u64], run: &mut Applying) -> Result<Vec<u64>> {
         let far: Vec<usize> = p
             .functions
             .iter()
@@ -122,12 +107,12 @@ impl Session<'_> {
             h.release()?;
             page.map_err(|e| Error::from(e).context("mapping the jump stubs"))?
         };
-        log.push(Step::Stubs { page, size });
-        if let Some(rec) = reg.get_mut(&p.manifest.patch) {
+        run.log.push(Step::Stubs { page, size });
+        if let Some(rec) = run.reg.get_mut(&p.manifest.patch) {
             rec.trampoline = page;
             rec.trampoline_size = size;
         }
-        self.write_registry(reg)?;
+        self.write_registry(&run.reg)?;
         let mut targets = replacements.to_vec();
         for (k, &i) in far.iter().enumerate() {
             let stub = page + 16 * k as u64;

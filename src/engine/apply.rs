@@ -3,11 +3,32 @@
 //! or cancellation the log is unwound and the target is left as it was.
 
 use super::undo::UndoLog;
-use super::{now_secs, outcome_of, Measured, Observer, Prepared, Session};
+use super::{cancelled, now_secs, outcome_of, Measured, Observer, Prepared, Session, Stage};
 use crate::error::{Error, Result};
 use crate::manifest::{LoadMethod, Manifest};
 use crate::registry::{self, PatchRecord, Registry, State};
 use std::time::Instant;
+
+/// An apply in progress: what its stages read and add to.
+pub(super) struct Applying<'o> {
+    /// The process's registry as this apply last wrote it.
+    pub(super) reg: Registry,
+    pub(super) obs: &'o mut dyn Observer,
+    /// What the stages left in the target so far.
+    pub(super) log: UndoLog,
+    pub(super) measured: Measured,
+}
+
+impl Applying<'_> {
+    /// Asks the observer before `stage`, showing `plan`: a "no" cancels the apply. Returns when
+    /// the stage's work began.
+    pub(super) fn confirm(&mut self, stage: Stage, plan: &str) -> Result<Instant> {
+        if !self.obs.confirm(stage, plan) {
+            return Err(cancelled(stage));
+        }
+        Ok(Instant::now())
+    }
+}
 
 /// A patch applied: its record in the process, and what the apply measured.
 #[derive(Debug, Clone)]
@@ -30,54 +51,48 @@ impl Session<'_> {
     }
 
     fn apply_inner(&mut self, m: &Manifest, obs: &mut dyn Observer) -> Result<Applied> {
-        let mut measured = Measured::default();
         let t0 = Instant::now();
-        let mut reg = self.registry()?;
+        let reg = self.registry()?;
         let mut lines = Vec::new();
         let p = self.prepare(m, &reg, &mut lines)?;
-        measured.timings.preflight = Some(t0.elapsed());
         for l in &lines {
             obs.progress(None, &format!("ok  {}: {}", l.check, l.detail));
         }
-        let mut log = UndoLog::new(registry::locate(&self.target.maps).is_some());
-        match self.stages(&p, &mut reg, obs, &mut log, &mut measured) {
-            Ok(record) => Ok(Applied { record, measured }),
-            Err(e) => Err(self.undo_apply(&mut reg, &m.patch, &log, e)),
+        let log = UndoLog::new(registry::locate(&self.target.maps).is_some());
+        let mut run = Applying { reg, obs, log, measured: Measured::default() };
+        run.measured.timings.preflight = Some(t0.elapsed());
+        match self.stages(&p, &mut run) {
+            Ok(record) => Ok(Applied { record, measured: run.measured }),
+            Err(e) => Err(self.undo_apply(&mut run.reg, &m.patch, &run.log, e)),
         }
     }
 
     /// Stages 1 to 4, then the trial.
-    fn stages(
-        &mut self,
-        p: &Prepared,
-        reg: &mut Registry,
-        obs: &mut dyn Observer,
-        log: &mut UndoLog,
-        measured: &mut Measured,
-    ) -> Result<PatchRecord> {
+    fn stages(&mut self, p: &Prepared, run: &mut Applying) -> Result<PatchRecord> {
         let m = &p.manifest;
-        let record = new_record(p, reg);
+        let record = new_record(p, &run.reg);
         // Stages 1 to 3 mostly wait for the borrowed thread: at the normal policy (see
         // SpareCpu::pause).
         let paused = pannus_kernel::SpareCpu::pause();
         let replacements = match m.module.load {
             LoadMethod::Mmap => {
-                let bias = self.stage_load(p, reg, record, obs, log, measured)?;
-                self.stage_link(p, bias, reg, obs, log, measured)?;
-                self.stage_init(p, bias, reg, obs, log, measured)?;
+                let bias = self.stage_load(p, record, run)?;
+                self.stage_link(p, bias, run)?;
+                self.stage_init(p, bias, run)?;
                 p.functions.iter().map(|f| bias.wrapping_add(f.replacement_vaddr)).collect()
             }
-            LoadMethod::Dlopen => self.stage_dlopen(p, reg, record, obs, log, measured)?,
+            LoadMethod::Dlopen => self.stage_dlopen(p, record, run)?,
         };
         drop(paused);
-        self.stage_activate(p, &replacements, reg, obs, log, measured)?;
+        self.stage_activate(p, &replacements, run)?;
         let deadline = now_secs() + m.trial.duration.as_secs();
-        if let Some(r) = reg.get_mut(&m.patch) {
+        if let Some(r) = run.reg.get_mut(&m.patch) {
             r.state = State::Trial;
             r.trial_deadline = Some(deadline);
         }
-        self.write_registry(reg)?;
-        reg.get(&m.patch).cloned().ok_or_else(|| Error::other(format!("the registry lost the record of `{}`", m.patch)))
+        self.write_registry(&run.reg)?;
+        let id = &m.patch;
+        run.reg.get(id).cloned().ok_or_else(|| Error::other(format!("the registry lost the record of `{id}`")))
     }
 }
 

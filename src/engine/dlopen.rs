@@ -3,14 +3,14 @@
 //! module and registers its exception tables; the replacements are then found with `dlsym`.
 //! Unloading is the target's `dlclose`.
 
+use super::apply::Applying;
 use super::load::retire;
 use super::symbols::exported_function;
-use super::undo::{Step, UndoLog};
-use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
+use super::undo::Step;
+use super::{Prepared, Session, Stage};
 use crate::error::{Error, Result};
-use crate::registry::{self, PatchRecord, Registry, State};
+use crate::registry::{self, PatchRecord, State};
 use pannus_kernel::{Hijack, MapFlags, ProtFlags};
-use std::time::Instant;
 
 impl Session<'_> {
     /// Stages 1 to 3 of the `dlopen` method, confirmed once. Returns the run-time address of
@@ -18,11 +18,8 @@ impl Session<'_> {
     pub(super) fn stage_dlopen(
         &mut self,
         p: &Prepared,
-        reg: &mut Registry,
         mut record: PatchRecord,
-        obs: &mut dyn Observer,
-        log: &mut UndoLog,
-        measured: &mut Measured,
+        run: &mut Applying,
     ) -> Result<Vec<u64>> {
         let m = &p.manifest;
         let plan = format!(
@@ -31,17 +28,14 @@ impl Session<'_> {
             m.module.path.display(),
             self.target.pid
         );
-        if !obs.confirm(Stage::Load, &plan) {
-            return Err(cancelled(Stage::Load));
-        }
-        let t0 = Instant::now();
+        let t0 = run.confirm(Stage::Load, &plan)?;
         let names: Vec<&str> = p.functions.iter().map(|f| f.replacement.as_str()).collect();
         // Nothing of the module stays when this fails.
         let (handle, addrs) = self.dlopen(&m.module.path, &names).map_err(|e| e.context(Stage::Load))?;
         for stage in [Stage::Load, Stage::Link, Stage::Init] {
-            log.touched(stage);
+            run.log.touched(stage);
         }
-        log.push(Step::Dlopened { handle });
+        run.log.push(Step::Dlopened { handle });
         self.target.refresh_maps()?;
         let loaded = self.target.find_object(&m.module.path);
         record.handle = handle;
@@ -50,16 +44,16 @@ impl Session<'_> {
             record.module_base = l.lo;
             record.module_size = l.hi - l.lo;
         }
-        reg.next_seq = record.seq;
-        retire(reg, &m.patch);
-        reg.patches.push(record);
-        self.write_registry(reg)?;
-        log.recorded();
-        measured.timings.load = Some(t0.elapsed());
+        run.reg.next_seq = record.seq;
+        retire(&mut run.reg, &m.patch);
+        run.reg.patches.push(record);
+        self.write_registry(&run.reg)?;
+        run.log.recorded();
+        run.measured.timings.load = Some(t0.elapsed());
         let at = loaded.map(|l| format!(" at {:#x}", l.lo)).unwrap_or_default();
-        obs.progress(Some(Stage::Load), &format!("module loaded by the target's dlopen{at}"));
-        obs.progress(Some(Stage::Link), "linked by the target's dynamic linker");
-        obs.progress(Some(Stage::Init), "initialised by the target's dynamic linker");
+        run.obs.progress(Some(Stage::Load), &format!("module loaded by the target's dlopen{at}"));
+        run.obs.progress(Some(Stage::Link), "linked by the target's dynamic linker");
+        run.obs.progress(Some(Stage::Init), "initialised by the target's dynamic linker");
         Ok(addrs)
     }
 

@@ -2,24 +2,16 @@
 //! target's unwinder when it has one (C++ programs), then its `DT_INIT` and `DT_INIT_ARRAY`
 //! functions run on one borrowed thread, signal-handler style, each with a deadline.
 
+use super::apply::Applying;
 use super::symbols::exported_function;
-use super::undo::{Step, UndoLog};
-use super::{cancelled, link::set_state, Measured, Observer, Prepared, Session, Stage};
+use super::undo::Step;
+use super::{link::set_state, Prepared, Session, Stage};
 use crate::error::{Error, Result};
-use crate::registry::{Registry, State};
-use std::time::Instant;
+use crate::registry::State;
 
 impl Session<'_> {
     /// Stage 3: confirms, registers the module's exception tables and runs its init functions.
-    pub(super) fn stage_init(
-        &mut self,
-        p: &Prepared,
-        bias: u64,
-        reg: &mut Registry,
-        obs: &mut dyn Observer,
-        log: &mut UndoLog,
-        measured: &mut Measured,
-    ) -> Result<()> {
+    pub(super) fn stage_init(&mut self, p: &Prepared, bias: u64, run: &mut Applying) -> Result<()> {
         let id = &p.manifest.patch;
         let inits = self.init_functions(p, bias)?;
         let eh_frame = self.frame_registration(p, bias);
@@ -32,23 +24,20 @@ impl Session<'_> {
                 self.target.pid
             )
         };
-        if !obs.confirm(Stage::Init, &plan) {
-            return Err(cancelled(Stage::Init));
-        }
-        let t0 = Instant::now();
+        let t0 = run.confirm(Stage::Init, &plan)?;
         if let Some((_, table)) = eh_frame {
             // Recorded before registering, so that whoever unloads the module deregisters it.
-            if let Some(r) = reg.get_mut(id) {
+            if let Some(r) = run.reg.get_mut(id) {
                 r.eh_frame = table;
             }
-            self.write_registry(reg)?;
+            self.write_registry(&run.reg)?;
         }
-        log.touched(Stage::Init);
-        self.run_inits(&inits, eh_frame, log).map_err(|e| e.context(Stage::Init))?;
-        set_state(reg, id, State::Initialized);
-        self.write_registry(reg)?;
-        measured.timings.init = Some(t0.elapsed());
-        obs.progress(Some(Stage::Init), &format!("{} init function(s) ran", inits.len()));
+        run.log.touched(Stage::Init);
+        self.run_inits(&inits, eh_frame, &mut run.log).map_err(|e| e.context(Stage::Init))?;
+        set_state(&mut run.reg, id, State::Initialized);
+        self.write_registry(&run.reg)?;
+        run.measured.timings.init = Some(t0.elapsed());
+        run.obs.progress(Some(Stage::Init), &format!("{} init function(s) ran", inits.len()));
         Ok(())
     }
 
@@ -87,7 +76,7 @@ impl Session<'_> {
     /// Registers the module's exception tables with the target's unwinder (`__register_frame`),
     /// so that C++ exceptions thrown by replacements unwind through the target, then runs the
     /// module's init functions.
-    fn run_inits(&mut self, inits: &[u64], eh_frame: Option<(u64, u64)>, log: &mut UndoLog) -> Result<()> {
+    fn run_inits(&mut self, inits: &[u64], eh_frame: Option<(u64, u64)>, log: &mut super::undo::UndoLog) -> Result<()> {
         if inits.is_empty() && eh_frame.is_none() {
             return Ok(());
         }

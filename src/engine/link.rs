@@ -3,26 +3,17 @@
 //! written to the target in one batch, a write per run of changed pages. Indirect functions
 //! are resolved by calling their resolvers in the target, as ld.so does.
 
+use super::apply::Applying;
 use super::symbols::{self, Value};
-use super::undo::UndoLog;
-use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
+use super::{Prepared, Session, Stage};
 use crate::error::Result;
 use crate::registry::{Registry, State};
 use pannus_kernel::page_floor;
 use std::collections::HashMap;
-use std::time::Instant;
 
 impl Session<'_> {
     /// Stage 2: confirms, relocates the module loaded at `bias`, and records the stage.
-    pub(super) fn stage_link(
-        &mut self,
-        p: &Prepared,
-        bias: u64,
-        reg: &mut Registry,
-        obs: &mut dyn Observer,
-        log: &mut UndoLog,
-        measured: &mut Measured,
-    ) -> Result<()> {
+    pub(super) fn stage_link(&mut self, p: &Prepared, bias: u64, run: &mut Applying) -> Result<()> {
         let m = &p.manifest;
         let plan = format!(
             "apply {} relocations of {} ({} symbols resolved; shared data: {})",
@@ -31,16 +22,13 @@ impl Session<'_> {
             p.symbols.len(),
             if p.dropped.is_empty() { "none".to_string() } else { p.dropped.join(", ") }
         );
-        if !obs.confirm(Stage::Link, &plan) {
-            return Err(cancelled(Stage::Link));
-        }
-        let t0 = Instant::now();
-        log.touched(Stage::Link);
+        let t0 = run.confirm(Stage::Link, &plan)?;
+        run.log.touched(Stage::Link);
         self.relocate(p, bias).map_err(|e| e.context(Stage::Link))?;
-        set_state(reg, &m.patch, State::Linked);
-        self.write_registry(reg)?;
-        measured.timings.link = Some(t0.elapsed());
-        obs.progress(Some(Stage::Link), "relocations applied");
+        set_state(&mut run.reg, &m.patch, State::Linked);
+        self.write_registry(&run.reg)?;
+        run.measured.timings.link = Some(t0.elapsed());
+        run.obs.progress(Some(Stage::Link), "relocations applied");
         Ok(())
     }
 

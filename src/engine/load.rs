@@ -2,25 +2,17 @@
 //! within ±2 GiB of the target object so that `jmp rel32` and PC-relative relocations reach,
 //! each with its final protection (W^X: never writable and executable).
 
-use super::undo::{Step, UndoLog};
-use super::{cancelled, Measured, Observer, Prepared, Session, Stage};
+use super::apply::Applying;
+use super::undo::Step;
+use super::{Prepared, Session, Stage};
 use crate::error::{Error, Result};
 use crate::registry::{self, PatchRecord, Registry};
 use pannus_kernel::{maps, page_ceil, page_floor, MapFlags, OFlag, ProtFlags};
-use std::time::Instant;
 
 impl Session<'_> {
     /// Stage 1: confirms, reserves the module's range (recorded before anything is mapped in
     /// it), then maps its segments. Returns the load bias.
-    pub(super) fn stage_load(
-        &mut self,
-        p: &Prepared,
-        reg: &mut Registry,
-        mut record: PatchRecord,
-        obs: &mut dyn Observer,
-        log: &mut UndoLog,
-        measured: &mut Measured,
-    ) -> Result<u64> {
+    pub(super) fn stage_load(&mut self, p: &Prepared, mut record: PatchRecord, run: &mut Applying) -> Result<u64> {
         let m = &p.manifest;
         let (lo, hi) = p.module.span();
         let size = hi - lo;
@@ -36,25 +28,22 @@ impl Session<'_> {
             p.object.mapped_path,
             base_hint
         );
-        if !obs.confirm(Stage::Load, &plan) {
-            return Err(cancelled(Stage::Load));
-        }
-        let t0 = Instant::now();
+        let t0 = run.confirm(Stage::Load, &plan)?;
         let base = self.reserve(base_hint, size).map_err(|e| e.context(Stage::Load))?;
-        log.touched(Stage::Load);
-        log.push(Step::Mapped { base, size });
+        run.log.touched(Stage::Load);
+        run.log.push(Step::Mapped { base, size });
         self.target.refresh_maps()?;
         record.module_base = base;
         record.module_size = size;
-        reg.next_seq = record.seq;
-        retire(reg, &m.patch);
-        reg.patches.push(record);
-        self.write_registry(reg)?;
-        log.recorded();
+        run.reg.next_seq = record.seq;
+        retire(&mut run.reg, &m.patch);
+        run.reg.patches.push(record);
+        self.write_registry(&run.reg)?;
+        run.log.recorded();
         self.map_segments(p, base).map_err(|e| e.context(Stage::Load))?;
         self.target.refresh_maps()?;
-        measured.timings.load = Some(t0.elapsed());
-        obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
+        run.measured.timings.load = Some(t0.elapsed());
+        run.obs.progress(Some(Stage::Load), &format!("module mapped at {base:#x}"));
         Ok(base.wrapping_sub(lo))
     }
 

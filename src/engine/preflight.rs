@@ -3,7 +3,7 @@
 //! are also what `pannus manifest check` and `apply --all`'s planning run, so that each rule is
 //! written once.
 
-use super::symbols::{self, Library, RequiredPatch, Scope, TargetObject, Value};
+use super::symbols::{self, InProcess, RequiredPatch, Role, Scope, Value};
 use super::{CheckLine, Session};
 use crate::elf::{Object, SymKind, Symbol};
 use crate::error::{Error, Result};
@@ -321,8 +321,9 @@ impl Session<'_> {
             })
             .collect();
         let others = self.target.loaded_objects();
-        let libraries: Vec<Library> = others.iter().filter(|o| o.lo != object.lo).map(Library).collect();
-        let target = TargetObject(object);
+        let libraries: Vec<InProcess> =
+            others.iter().filter(|o| o.lo != object.lo).map(|o| InProcess { object: o, role: Role::Library }).collect();
+        let target = InProcess { object, role: Role::TargetObject };
         let mut scopes: Vec<&dyn Scope> = required.iter().map(|r| r as &dyn Scope).collect();
         scopes.push(&target);
         scopes.extend(libraries.iter().map(|l| l as &dyn Scope));

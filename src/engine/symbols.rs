@@ -219,39 +219,32 @@ impl Scope for RequiredPatch {
     }
 }
 
-/// The target object: every definition, file-local ones included (its `.symtab`).
-pub struct TargetObject<'a>(pub &'a Loaded);
-
-impl Scope for TargetObject<'_> {
-    fn origin(&self) -> String {
-        self.0.mapped_path.clone()
-    }
-    fn role(&self) -> Role {
-        Role::TargetObject
-    }
-    fn find(&self, name: &str, _version: Option<&str>) -> Found {
-        match self.0.object.lookup(name) {
-            Ok(Some(d)) => Found::Definition(d.kind, self.0.addr(d.value)),
-            Ok(None) => Found::Nothing,
-            Err(addrs) => Found::Ambiguous(addrs.len()),
-        }
-    }
+/// An object the process has loaded, as a place of lookup: the target object gives every
+/// definition, file-local ones included (its `.symtab`); another library its exported
+/// definitions, as ld.so binds them, symbol versions respected.
+pub struct InProcess<'a> {
+    pub object: &'a Loaded,
+    /// [`Role::TargetObject`] or [`Role::Library`].
+    pub role: Role,
 }
 
-/// Another object the process has loaded: its exported definitions, as ld.so binds them.
-pub struct Library<'a>(pub &'a Loaded);
-
-impl Scope for Library<'_> {
+impl Scope for InProcess<'_> {
     fn origin(&self) -> String {
-        self.0.mapped_path.clone()
+        self.object.mapped_path.clone()
     }
     fn role(&self) -> Role {
-        Role::Library
+        self.role
     }
     fn find(&self, name: &str, version: Option<&str>) -> Found {
-        match self.0.object.lookup_dynamic(name, version) {
-            Some(d) => Found::Definition(d.kind, self.0.addr(d.value)),
-            None => Found::Nothing,
+        let o = self.object;
+        let found = match self.role {
+            Role::TargetObject => o.object.lookup(name),
+            _ => Ok(o.object.lookup_dynamic(name, version)),
+        };
+        match found {
+            Ok(Some(d)) => Found::Definition(d.kind, o.addr(d.value)),
+            Ok(None) => Found::Nothing,
+            Err(addrs) => Found::Ambiguous(addrs.len()),
         }
     }
 }
