@@ -1,14 +1,14 @@
 //! One process: its patches in application order, the functions the selected one redirects,
 //! and the dependency graph of its patches.
 
-use super::{fit_columns, Theme};
+use super::{Columns, Theme};
 use crate::registry::{PatchRecord, State};
 use crate::tui::app::{App, Pane};
 use crate::tui::snapshot::mmss;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Block, Cell, Paragraph, Row, TableState};
 use ratatui::Frame;
 
 fn state_style(s: State, theme: Theme) -> Style {
@@ -49,7 +49,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     );
 
     // Patches, in application order.
-    let cols: [(u16, u8, &str); 7] = [
+    const COLS: [(u16, u8, &str); 7] = [
         (3, 0, "#"),
         (16, 0, "PATCH"),
         (8, 3, "VERSION"),
@@ -58,16 +58,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         (10, 5, "ON EXPIRY"),
         (16, 4, "REQUIRES"),
     ];
-    let shown = fit_columns(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), patches_area.width.saturating_sub(3));
-    let pick = |cells: Vec<Cell<'static>>| -> Row<'static> {
-        Row::new(cells.into_iter().zip(&shown).filter(|(_, s)| **s).map(|(c, _)| c).collect::<Vec<_>>())
-    };
-    let widths: Vec<Constraint> = cols
-        .iter()
-        .zip(&shown)
-        .filter(|(_, s)| **s)
-        .map(|(c, _)| if c.2 == "REQUIRES" { Constraint::Fill(1) } else { Constraint::Length(c.0) })
-        .collect();
+    let cols = Columns::fit(&COLS, patches_area.width.saturating_sub(3));
     let mut ordered: Vec<&PatchRecord> = row.patches.iter().collect();
     ordered.sort_by_key(|p| p.seq);
     let rows: Vec<Row> = row
@@ -78,7 +69,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 (State::Trial, Some(d)) => mmss(d.saturating_sub(app.now)),
                 _ => "-".into(),
             };
-            pick(vec![
+            cols.row(vec![
                 Cell::from(p.seq.to_string()),
                 Cell::from(p.patch.clone()),
                 Cell::from(p.version.clone()),
@@ -94,12 +85,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else {
         " Patches (application order) ".to_string()
     };
-    let header = pick(cols.iter().map(|c| Cell::from(c.2)).collect()).style(theme.title());
-    let table = Table::new(rows, widths)
-        .header(header)
-        .row_highlight_style(theme.selected())
-        .highlight_symbol("▶")
-        .block(focus(Block::bordered().title(title), app.pane == Pane::Patches, theme));
+    let table = cols.table(rows, theme).highlight_symbol("▶").block(focus(
+        Block::bordered().title(title),
+        app.pane == Pane::Patches,
+        theme,
+    ));
     let mut state = TableState::default().with_selected((!row.patches.is_empty()).then_some(app.detail_patch));
     f.render_stateful_widget(table, patches_area, &mut state);
 

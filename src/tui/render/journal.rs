@@ -1,13 +1,13 @@
 //! The audit journal, newest at the bottom, scrollable.
 
-use super::{fit_columns, Theme};
+use super::{Columns, Theme};
 use crate::tui::app::App;
-use ratatui::layout::{Constraint, Rect};
-use ratatui::widgets::{Block, Cell, Row, Table, TableState};
+use ratatui::layout::Rect;
+use ratatui::widgets::{Block, Cell, Row, TableState};
 use ratatui::Frame;
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let cols: [(u16, u8, &str); 7] = [
+    const COLS: [(u16, u8, &str); 7] = [
         (20, 3, "TIME (UTC)"),
         (8, 4, "USER"),
         (9, 0, "ACTION"),
@@ -16,17 +16,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         (8, 0, "OUTCOME"),
         (20, 5, "DETAIL"),
     ];
-    let shown = fit_columns(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), area.width.saturating_sub(2));
-    let widths: Vec<Constraint> = cols
-        .iter()
-        .zip(&shown)
-        .filter(|(_, s)| **s)
-        .map(|(c, _)| if c.2 == "DETAIL" { Constraint::Fill(1) } else { Constraint::Length(c.0) })
-        .collect();
-    let pick = |cells: Vec<Cell<'static>>| -> Row<'static> {
-        Row::new(cells.into_iter().zip(&shown).filter(|(_, s)| **s).map(|(c, _)| c).collect::<Vec<_>>())
-    };
-    let header = pick(cols.iter().map(|c| Cell::from(c.2)).collect()).style(theme.title());
+    let cols = Columns::fit(&COLS, area.width.saturating_sub(2));
     let rows: Vec<Row> = app
         .journal
         .iter()
@@ -36,7 +26,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 "busy" => theme.warn(),
                 _ => theme.bad(),
             };
-            pick(vec![
+            cols.row(vec![
                 Cell::from(e.time.replace('T', " ").trim_end_matches('Z').to_string()),
                 Cell::from(e.user.clone()),
                 Cell::from(e.action.clone()),
@@ -49,10 +39,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .collect();
     let n = rows.len();
     let title = if n == 0 { " Journal: empty ".to_string() } else { format!(" Journal ({n} entries) ") };
-    let table = Table::new(rows, widths)
-        .header(header)
-        .row_highlight_style(theme.selected())
-        .block(Block::bordered().title(title));
+    let table = cols.table(rows, theme).block(Block::bordered().title(title));
     let sel = if n == 0 { None } else { Some(app.journal_offset.min(n - 1)) };
     let mut state = TableState::default().with_selected(sel);
     f.render_stateful_widget(table, area, &mut state);

@@ -23,7 +23,7 @@ use super::keys;
 use ratatui::layout::{Constraint, Flex, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
 /// Styles, with colour only as an addition to words and symbols; `NO_COLOR` drops colour.
@@ -205,6 +205,37 @@ pub fn fit_columns(widths: &[(u16, u8)], available: u16) -> Vec<bool> {
         }
     }
     shown
+}
+
+/// A table's columns, `(width, priority, title)`: those that fit the width are shown (see
+/// [`fit_columns`]), and the last column, when shown, takes what is left.
+pub struct Columns {
+    cols: &'static [(u16, u8, &'static str)],
+    shown: Vec<bool>,
+}
+
+impl Columns {
+    /// The columns of `cols` that fit in `width`.
+    pub fn fit(cols: &'static [(u16, u8, &'static str)], width: u16) -> Columns {
+        let shown = fit_columns(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), width);
+        Columns { cols, shown }
+    }
+
+    /// A row of the shown columns' cells, out of one cell per column.
+    pub fn row(&self, cells: Vec<Cell<'static>>) -> Row<'static> {
+        Row::new(cells.into_iter().zip(&self.shown).filter(|(_, s)| **s).map(|(c, _)| c).collect::<Vec<_>>())
+    }
+
+    /// The table of `rows` under the shown columns' titles, the selected row highlighted.
+    pub fn table(&self, rows: Vec<Row<'static>>, theme: Theme) -> Table<'static> {
+        let last = self.cols.len() - 1;
+        let widths: Vec<Constraint> = (0..self.cols.len())
+            .filter(|&i| self.shown[i])
+            .map(|i| if i == last { Constraint::Fill(1) } else { Constraint::Length(self.cols[i].0) })
+            .collect();
+        let header = self.row(self.cols.iter().map(|c| Cell::from(c.2)).collect()).style(theme.title());
+        Table::new(rows, widths).header(header).row_highlight_style(theme.selected())
+    }
 }
 
 /// The dependency graph as plain text lines.
