@@ -179,22 +179,16 @@ impl Summary {
     pub fn text(&self) -> String {
         let mut out = String::new();
         let list = |pids: &[i32]| pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
-        match self.operation {
-            Operation::Apply => out.push_str(&format!(
-                "`{}`: {} patched, {} skipped, {} failed",
-                self.patch,
-                self.patched.len(),
-                self.skipped.len(),
-                self.failed.len()
-            )),
-            Operation::Rollback => out.push_str(&format!(
-                "`{}`: {} rolled back, {} skipped, {} failed",
-                self.patch,
-                self.rolled_back.len(),
-                self.skipped.len(),
-                self.failed.len()
-            )),
-        }
+        let (done, verb) = match self.operation {
+            Operation::Apply => (self.patched.len(), "patched"),
+            Operation::Rollback => (self.rolled_back.len(), "rolled back"),
+        };
+        out.push_str(&format!(
+            "`{}`: {done} {verb}, {} skipped, {} failed",
+            self.patch,
+            self.skipped.len(),
+            self.failed.len()
+        ));
         out.push('\n');
         if self.operation == Operation::Apply && !self.patched.is_empty() {
             out.push_str(&format!("  patched:     {}\n", list(&self.patched)));
