@@ -180,6 +180,24 @@ mod tests {
         }
     }
 
+    /// Fresh private anonymous read-write memory in the target, where the kernel chooses.
+    fn anonymous(h: &mut Hijack, len: u64) -> u64 {
+        h.mmap(0, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, ANON, None, 0).unwrap()
+    }
+
+    const ANON: MapFlags = MapFlags::MAP_PRIVATE.union(MapFlags::MAP_ANONYMOUS);
+
+    /// Runs `body` with the only thread of a fresh `cat` borrowed, then lets it go and checks
+    /// that `cat` still echoes.
+    fn with_borrowed_cat(body: impl FnOnce(&mut Hijack, &Mem, i32)) {
+        let mut cat = Cat::start();
+        let mem = Mem::open(cat.pid).unwrap();
+        let mut h = hijack(&mem);
+        body(&mut h, &mem, cat.pid);
+        h.release().unwrap();
+        cat.echo("still there");
+    }
+
     /// Borrows the target's thread the way the engine does.
     fn hijack(mem: &Mem) -> Hijack<'_> {
         let pid = mem.pid();
@@ -210,115 +228,95 @@ mod tests {
 
     #[test]
     fn anonymous_memory_is_mapped_protected_and_unmapped_in_the_target() {
-        let mut cat = Cat::start();
-        let pid = cat.pid;
-        let mem = Mem::open(pid).unwrap();
-        let mut h = hijack(&mem);
+        with_borrowed_cat(|h, mem, pid| {
+            let addr = anonymous(h, 2 * PAGE);
+            assert_eq!(addr % PAGE, 0);
+            let m = mapping_at(pid, addr).expect("mapped");
+            assert_eq!((perms(&m), m.path.as_str()), (String::from("rw-p"), ""));
+            assert!(m.end >= addr + 2 * PAGE);
+            mem.write(addr + PAGE, b"pannus").unwrap();
+            assert_eq!(mem.read_vec(addr + PAGE, 6).unwrap(), b"pannus");
 
-        let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-        let anon = MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS;
-        let addr = h.mmap(0, 2 * PAGE, rw, anon, None, 0).unwrap();
-        assert_eq!(addr % PAGE, 0);
-        let m = mapping_at(pid, addr).expect("mapped");
-        assert_eq!((perms(&m), m.path.as_str()), (String::from("rw-p"), ""));
-        assert!(m.end >= addr + 2 * PAGE);
-        mem.write(addr + PAGE, b"pannus").unwrap();
-        assert_eq!(mem.read_vec(addr + PAGE, 6).unwrap(), b"pannus");
+            h.mprotect(addr, PAGE, ProtFlags::PROT_READ).unwrap();
+            let low = mapping_at(pid, addr).unwrap();
+            assert_eq!((perms(&low), low.end), (String::from("r--p"), addr + PAGE));
+            assert_eq!(perms(&mapping_at(pid, addr + PAGE).unwrap()), "rw-p");
 
-        h.mprotect(addr, PAGE, ProtFlags::PROT_READ).unwrap();
-        let low = mapping_at(pid, addr).unwrap();
-        assert_eq!((perms(&low), low.end), (String::from("r--p"), addr + PAGE));
-        assert_eq!(perms(&mapping_at(pid, addr + PAGE).unwrap()), "rw-p");
-
-        h.munmap(addr, 2 * PAGE).unwrap();
-        assert_eq!(mapping_at(pid, addr), None);
-        assert_eq!(mapping_at(pid, addr + PAGE), None);
-
-        h.release().unwrap();
-        cat.echo("still there");
+            h.munmap(addr, 2 * PAGE).unwrap();
+            assert_eq!(mapping_at(pid, addr), None);
+            assert_eq!(mapping_at(pid, addr + PAGE), None);
+        });
     }
 
     #[test]
     fn a_failing_call_is_an_error_naming_the_call_and_its_errno() {
-        let mut cat = Cat::start();
-        let pid = cat.pid;
-        let mem = Mem::open(pid).unwrap();
-        let mut h = hijack(&mem);
+        with_borrowed_cat(|h, mem, pid| {
+            let addr = anonymous(h, PAGE);
+            mem.write(addr, b"kept").unwrap();
 
-        let anon = MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS;
-        let addr = h.mmap(0, PAGE, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, anon, None, 0).unwrap();
-        mem.write(addr, b"kept").unwrap();
+            let over = h.mmap(addr, PAGE, ProtFlags::PROT_READ, ANON | MapFlags::MAP_FIXED_NOREPLACE, None, 0);
+            let shown = over.as_ref().map_err(|e| e.to_string()).unwrap_err();
+            assert_eq!(shown, format!("mmap inside process {pid} failed: EEXIST: File exists"));
+            assert_eq!(errno_of(over), ("mmap", Errno::EEXIST));
+            assert_eq!(perms(&mapping_at(pid, addr).unwrap()), "rw-p", "the mapping in place is untouched");
+            assert_eq!(mem.read_vec(addr, 4).unwrap(), b"kept");
 
-        let over = h.mmap(addr, PAGE, ProtFlags::PROT_READ, anon | MapFlags::MAP_FIXED_NOREPLACE, None, 0);
-        let shown = over.as_ref().map_err(|e| e.to_string()).unwrap_err();
-        assert_eq!(shown, format!("mmap inside process {pid} failed: EEXIST: File exists"));
-        assert_eq!(errno_of(over), ("mmap", Errno::EEXIST));
-        assert_eq!(perms(&mapping_at(pid, addr).unwrap()), "rw-p", "the mapping in place is untouched");
-        assert_eq!(mem.read_vec(addr, 4).unwrap(), b"kept");
+            assert_eq!(errno_of(h.munmap(addr + 1, PAGE)), ("munmap", Errno::EINVAL));
+            assert_eq!(errno_of(h.mprotect(addr + 1, PAGE, ProtFlags::PROT_READ)), ("mprotect", Errno::EINVAL));
+            assert!(mapping_at(pid, addr).is_some(), "nothing was unmapped");
+            match h.munmap(addr + 1, PAGE) {
+                Err(Error::Syscall { pid: p, .. }) => assert_eq!(p, pid),
+                other => panic!("{other:?}"),
+            }
 
-        assert_eq!(errno_of(h.munmap(addr + 1, PAGE)), ("munmap", Errno::EINVAL));
-        assert_eq!(errno_of(h.mprotect(addr + 1, PAGE, ProtFlags::PROT_READ)), ("mprotect", Errno::EINVAL));
-        assert!(mapping_at(pid, addr).is_some(), "nothing was unmapped");
-        match h.munmap(addr + 1, PAGE) {
-            Err(Error::Syscall { pid: p, .. }) => assert_eq!(p, pid),
-            other => panic!("{other:?}"),
-        }
-
-        h.munmap(addr, PAGE).unwrap();
-        h.release().unwrap();
-        cat.echo("still there");
+            h.munmap(addr, PAGE).unwrap();
+        });
     }
 
     #[test]
     fn files_are_created_opened_mapped_and_closed_in_the_target() {
-        let mut cat = Cat::start();
-        let pid = cat.pid;
-        let mem = Mem::open(pid).unwrap();
-        let mut h = hijack(&mem);
+        with_borrowed_cat(|h, mem, pid| {
+            // Strings for the target's system calls, in its memory.
+            let scratch = anonymous(h, PAGE);
+            let (name, root, etc, missing) = (scratch, scratch + 64, scratch + 128, scratch + 192);
+            mem.write(name, b"pannus-remote-test\0").unwrap();
+            mem.write(root, b"/\0").unwrap();
+            mem.write(etc, b"etc\0").unwrap();
+            mem.write(missing, b"/nonexistent/pannus\0").unwrap();
 
-        // Strings for the target's system calls, in its memory.
-        let anon = MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS;
-        let scratch = h.mmap(0, PAGE, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, anon, None, 0).unwrap();
-        let (name, root, etc, missing) = (scratch, scratch + 64, scratch + 128, scratch + 192);
-        mem.write(name, b"pannus-remote-test\0").unwrap();
-        mem.write(root, b"/\0").unwrap();
-        mem.write(etc, b"etc\0").unwrap();
-        mem.write(missing, b"/nonexistent/pannus\0").unwrap();
+            let fd = h.memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+            assert_eq!(fd_link(pid, fd).as_deref(), Some("/memfd:pannus-remote-test (deleted)"));
+            let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+            let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+            let flags = c_int::from_str_radix(flags, 8).unwrap();
+            assert_ne!(flags & libc::O_CLOEXEC, 0, "close-on-exec, as asked: {fdinfo}");
 
-        let fd = h.memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).unwrap();
-        assert_eq!(fd_link(pid, fd).as_deref(), Some("/memfd:pannus-remote-test (deleted)"));
-        let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
-        let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
-        let flags = c_int::from_str_radix(flags, 8).unwrap();
-        assert_ne!(flags & libc::O_CLOEXEC, 0, "close-on-exec, as asked: {fdinfo}");
+            h.ftruncate(fd, 2 * PAGE).unwrap();
+            assert_eq!(std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).unwrap().len(), 2 * PAGE);
+            let at = h.mmap(0, PAGE, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, Some(fd), PAGE).unwrap();
+            let m = mapping_at(pid, at).unwrap();
+            assert_eq!((perms(&m), m.offset, m.len()), (String::from("r--s"), PAGE, PAGE));
+            assert_eq!(m.path, "/memfd:pannus-remote-test (deleted)");
 
-        h.ftruncate(fd, 2 * PAGE).unwrap();
-        assert_eq!(std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).unwrap().len(), 2 * PAGE);
-        let at = h.mmap(0, PAGE, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, Some(fd), PAGE).unwrap();
-        let m = mapping_at(pid, at).unwrap();
-        assert_eq!((perms(&m), m.offset, m.len()), (String::from("r--s"), PAGE, PAGE));
-        assert_eq!(m.path, "/memfd:pannus-remote-test (deleted)");
+            h.close(fd).unwrap();
+            assert_eq!(fd_link(pid, fd), None);
+            assert!(mapping_at(pid, at).is_some(), "the mapping outlives the descriptor");
+            assert_eq!(errno_of(h.close(fd)), ("close", Errno::EBADF));
+            assert_eq!(errno_of(h.ftruncate(fd, PAGE)), ("ftruncate", Errno::EBADF));
 
-        h.close(fd).unwrap();
-        assert_eq!(fd_link(pid, fd), None);
-        assert!(mapping_at(pid, at).is_some(), "the mapping outlives the descriptor");
-        assert_eq!(errno_of(h.close(fd)), ("close", Errno::EBADF));
-        assert_eq!(errno_of(h.ftruncate(fd, PAGE)), ("ftruncate", Errno::EBADF));
+            let dir = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let rootfd = h.openat(None, root, dir).unwrap();
+            assert_eq!(fd_link(pid, rootfd).as_deref(), Some("/"));
+            let etcfd = h.openat(Some(rootfd), etc, dir).unwrap();
+            assert_eq!(fd_link(pid, etcfd).as_deref(), Some("/etc"), "relative to the directory descriptor");
+            assert_eq!(errno_of(h.openat(None, missing, OFlag::O_RDONLY)), ("openat", Errno::ENOENT));
+            let stdin = RemoteFd::from_raw(0);
+            assert_eq!(errno_of(h.openat(Some(stdin), etc, dir)), ("openat", Errno::ENOTDIR), "a pipe is no directory");
+            h.close(etcfd).unwrap();
+            h.close(rootfd).unwrap();
 
-        let dir = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let rootfd = h.openat(None, root, dir).unwrap();
-        assert_eq!(fd_link(pid, rootfd).as_deref(), Some("/"));
-        let etcfd = h.openat(Some(rootfd), etc, dir).unwrap();
-        assert_eq!(fd_link(pid, etcfd).as_deref(), Some("/etc"), "relative to the directory descriptor");
-        assert_eq!(errno_of(h.openat(None, missing, OFlag::O_RDONLY)), ("openat", Errno::ENOENT));
-        let stdin = RemoteFd::from_raw(0);
-        assert_eq!(errno_of(h.openat(Some(stdin), etc, dir)), ("openat", Errno::ENOTDIR), "a pipe is no directory");
-        h.close(etcfd).unwrap();
-        h.close(rootfd).unwrap();
-
-        h.munmap(at, PAGE).unwrap();
-        h.munmap(scratch, PAGE).unwrap();
-        h.release().unwrap();
-        cat.echo("still there");
+            h.munmap(at, PAGE).unwrap();
+            h.munmap(scratch, PAGE).unwrap();
+        });
     }
 }
