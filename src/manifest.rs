@@ -1069,6 +1069,19 @@ functions:
     }
 
     /// Parses `text`, expecting an error; returns its message with the hint.
+    /// The message of the refusal of the minimal manifest followed by `extra`, which starts with
+    /// `prefix`.
+    fn fails_after(extra: &str, prefix: &str) -> String {
+        fails_at(&format!("{}{extra}", minimal()), prefix)
+    }
+
+    /// The message of the refusal of `text`, which starts with `prefix`.
+    fn fails_at(text: &str, prefix: &str) -> String {
+        let msg = fails(text);
+        assert!(msg.starts_with(prefix), "{msg}");
+        msg
+    }
+
     fn fails(text: &str) -> String {
         match parse(text) {
             Ok(m) => panic!("accepted: {m:?}"),
@@ -1200,8 +1213,10 @@ functions:
             "{msg}"
         );
         assert!(msg.contains("did you mean `build_id`?"), "{msg}");
-        let msg = fails(&replace(&minimal(), "  replacement: g", "  replacement: g\n  extra: 1"));
-        assert!(msg.starts_with("manifests/x.yaml:12:3: unknown key `extra` in functions[0]"), "{msg}");
+        fails_at(
+            &replace(&minimal(), "  replacement: g", "  replacement: g\n  extra: 1"),
+            "manifests/x.yaml:12:3: unknown key `extra` in functions[0]",
+        );
     }
 
     #[test]
@@ -1215,17 +1230,20 @@ functions:
         let text = minimal();
         let msg = fails(&text[..text.find("functions:").unwrap()]);
         assert_eq!(msg, "manifests/x.yaml:1:1: functions: missing");
-        let msg = fails(&replace(&minimal(), "version: 1.2", "version: ''"));
-        assert!(msg.starts_with("manifests/x.yaml:2:10: version: must not be empty"), "{msg}");
+        fails_at(
+            &replace(&minimal(), "version: 1.2", "version: ''"),
+            "manifests/x.yaml:2:10: version: must not be empty",
+        );
     }
 
     #[test]
     fn bad_patch_id() {
-        let msg = fails(&replace(&minimal(), "patch: p", "patch: Invite_Fix"));
-        assert!(msg.starts_with("manifests/x.yaml:1:8: patch: invalid patch id `Invite_Fix`"), "{msg}");
+        let msg = fails_at(
+            &replace(&minimal(), "patch: p", "patch: Invite_Fix"),
+            "manifests/x.yaml:1:8: patch: invalid patch id `Invite_Fix`",
+        );
         assert!(msg.contains("hint: a patch id is"), "{msg}");
-        let msg = fails(&format!("{}requires:\n  - ok\n  - Bad\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:14:5: requires[1]: invalid patch id `Bad`"), "{msg}");
+        fails_after("requires:\n  - ok\n  - Bad\n", "manifests/x.yaml:14:5: requires[1]: invalid patch id `Bad`");
     }
 
     #[test]
@@ -1246,36 +1264,41 @@ functions:
 
     #[test]
     fn bad_sha256() {
-        let msg = fails(&replace(&minimal(), SHA, &SHA[..63]));
-        assert!(msg.starts_with("manifests/x.yaml:8:11: module.sha256: expected 64 hex digits, found 63"), "{msg}");
-        let msg = fails(&replace(&minimal(), SHA, &format!("{}zz", &SHA[..62])));
-        assert!(msg.starts_with("manifests/x.yaml:8:11: module.sha256:"), "{msg}");
+        fails_at(
+            &replace(&minimal(), SHA, &SHA[..63]),
+            "manifests/x.yaml:8:11: module.sha256: expected 64 hex digits, found 63",
+        );
+        let msg =
+            fails_at(&replace(&minimal(), SHA, &format!("{}zz", &SHA[..62])), "manifests/x.yaml:8:11: module.sha256:");
         assert!(msg.contains("is not hex"), "{msg}");
     }
 
     #[test]
     fn bad_duration() {
-        let msg = fails(&format!("{}trial:\n  duration: 5 parsecs\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:13:13: trial.duration: invalid duration `5 parsecs`"), "{msg}");
-        let msg = fails(&format!("{}trial:\n  duration: 0s\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:13:13: trial.duration: 0s is out of range"), "{msg}");
-        let msg = fails(&format!("{}trial:\n  duration: 31days\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:13:13: trial.duration:"), "{msg}");
-        let msg = fails(&format!("{}safety:\n  retry_interval: 11s\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:13:19: safety.retry_interval: 11s is too long"), "{msg}");
-        let msg = fails(&format!("{}safety:\n  retries: -1\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:13:12: safety.retries: invalid"), "{msg}");
+        fails_after(
+            "trial:\n  duration: 5 parsecs\n",
+            "manifests/x.yaml:13:13: trial.duration: invalid duration `5 parsecs`",
+        );
+        fails_after("trial:\n  duration: 0s\n", "manifests/x.yaml:13:13: trial.duration: 0s is out of range");
+        fails_after("trial:\n  duration: 31days\n", "manifests/x.yaml:13:13: trial.duration:");
+        fails_after(
+            "safety:\n  retry_interval: 11s\n",
+            "manifests/x.yaml:13:19: safety.retry_interval: 11s is too long",
+        );
+        fails_after("safety:\n  retries: -1\n", "manifests/x.yaml:13:12: safety.retries: invalid");
         let m = parse(&format!("{}trial:\n  duration: 30days\n", minimal())).unwrap();
         assert_eq!(m.trial.duration, MAX_TRIAL);
     }
 
     #[test]
     fn bad_enum_values() {
-        let msg = fails(&format!("{}trial:\n  on_expiry: keep\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:13:14: trial.on_expiry: invalid value `keep`"), "{msg}");
+        let msg =
+            fails_after("trial:\n  on_expiry: keep\n", "manifests/x.yaml:13:14: trial.on_expiry: invalid value `keep`");
         assert!(msg.contains("hint: valid values: commit, rollback"), "{msg}");
-        let msg = fails(&replace(&minimal(), "sha256:", "load: preload\n  sha256:"));
-        assert!(msg.starts_with("manifests/x.yaml:8:9: module.load: invalid value `preload`"), "{msg}");
+        let msg = fails_at(
+            &replace(&minimal(), "sha256:", "load: preload\n  sha256:"),
+            "manifests/x.yaml:8:9: module.load: invalid value `preload`",
+        );
         assert!(msg.contains("valid values: mmap, dlopen"), "{msg}");
         let msg = fails(&format!("{}safety:\n  consistency: none\n", minimal()));
         assert!(msg.contains("valid values: entry, function"), "{msg}");
@@ -1283,51 +1306,47 @@ functions:
 
     #[test]
     fn duplicate_function_target() {
-        let msg = fails(&format!("{}- target: other\n  replacement: o\n- target: f\n  replacement: g2\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:14:11: functions[2].target: duplicate target `f`"), "{msg}");
+        let msg = fails_after(
+            "- target: other\n  replacement: o\n- target: f\n  replacement: g2\n",
+            "manifests/x.yaml:14:11: functions[2].target: duplicate target `f`",
+        );
         assert!(msg.contains("functions[0], line 10"), "{msg}");
     }
 
     #[test]
     fn duplicate_key() {
-        let msg = fails(&format!("{}patch: q\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:12:1: patch: duplicate key (first set on line 1)"), "{msg}");
+        fails_after("patch: q\n", "manifests/x.yaml:12:1: patch: duplicate key (first set on line 1)");
     }
 
     #[test]
     fn requires_rules() {
-        let msg = fails(&format!("{}requires:\n- base\n- p\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:14:3: requires[1]: patch `p` cannot require itself"), "{msg}");
-        let msg = fails(&format!("{}requires: [p]\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:12:11: requires[0]: patch `p` cannot require itself"), "{msg}");
-        let msg = fails(&format!("{}requires: [a, a]\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:12:11: requires[1]: `a` is listed twice"), "{msg}");
+        fails_after("requires:\n- base\n- p\n", "manifests/x.yaml:14:3: requires[1]: patch `p` cannot require itself");
+        fails_after("requires: [p]\n", "manifests/x.yaml:12:11: requires[0]: patch `p` cannot require itself");
+        fails_after("requires: [a, a]\n", "manifests/x.yaml:12:11: requires[1]: `a` is listed twice");
     }
 
     #[test]
     fn empty_functions() {
         let text = minimal();
         let cut = &text[..text.find("functions:").unwrap()];
-        let msg = fails(&format!("{cut}functions: []\n"));
-        assert!(msg.starts_with("manifests/x.yaml:9:12: functions: must list at least one function"), "{msg}");
-        let msg = fails(&replace(&minimal(), "  replacement: g", "  replacement: has space"));
-        assert!(msg.starts_with("manifests/x.yaml:11:16: functions[0].replacement: invalid symbol name"), "{msg}");
+        fails_at(&format!("{cut}functions: []\n"), "manifests/x.yaml:9:12: functions: must list at least one function");
+        fails_at(
+            &replace(&minimal(), "  replacement: g", "  replacement: has space"),
+            "manifests/x.yaml:11:16: functions[0].replacement: invalid symbol name",
+        );
     }
 
     #[test]
     fn empty_file() {
         for text in ["", "\n\n", "# only a comment\n", "---\n"] {
-            let msg = fails(text);
-            assert!(msg.starts_with("manifests/x.yaml:1: manifest is empty"), "{msg}");
+            fails_at(text, "manifests/x.yaml:1: manifest is empty");
         }
     }
 
     #[test]
     fn not_a_mapping() {
-        let msg = fails("# c\n- patch: a\n");
-        assert!(msg.starts_with("manifests/x.yaml:2:1: top level: expected a mapping of keys, found a list"), "{msg}");
-        let msg = fails("just text\n");
-        assert!(msg.starts_with("manifests/x.yaml:1:1: top level: expected a mapping"), "{msg}");
+        fails_at("# c\n- patch: a\n", "manifests/x.yaml:2:1: top level: expected a mapping of keys, found a list");
+        fails_at("just text\n", "manifests/x.yaml:1:1: top level: expected a mapping");
         let msg = fails(&replace(&minimal(), "target:\n  object: /bin/x\n  build_id: ab", "target: /bin/x"));
         assert!(
             msg.starts_with("manifests/x.yaml:3:9: target: invalid type: string \"/bin/x\", expected a mapping"),
@@ -1337,14 +1356,14 @@ functions:
 
     #[test]
     fn syntax_errors() {
-        let msg = fails(&replace(&minimal(), "  build_id: ab", "\tbuild_id: ab"));
-        assert!(msg.starts_with("manifests/x.yaml:5:1: YAML syntax error"), "{msg}");
+        let msg = fails_at(
+            &replace(&minimal(), "  build_id: ab", "\tbuild_id: ab"),
+            "manifests/x.yaml:5:1: YAML syntax error",
+        );
         assert!(msg.contains("tab"), "{msg}");
-        let msg = fails("patch: 'a\nversion: 1\n");
-        assert!(msg.starts_with("manifests/x.yaml:"), "{msg}");
+        let msg = fails_at("patch: 'a\nversion: 1\n", "manifests/x.yaml:");
         assert!(msg.contains("YAML syntax error"), "{msg}");
-        let msg = fails(&format!("{}---\npatch: q\n", minimal()));
-        assert!(msg.starts_with("manifests/x.yaml:12: YAML syntax error"), "{msg}");
+        fails_after("---\npatch: q\n", "manifests/x.yaml:12: YAML syntax error");
     }
 
     #[test]
