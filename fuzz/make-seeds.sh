@@ -8,8 +8,8 @@ root=..
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-rm -f corpus/manifest/seed-* corpus/elf_object/seed-* corpus/entry_plan/seed-*
-mkdir -p corpus/manifest corpus/elf_object corpus/entry_plan
+rm -f corpus/manifest/seed-* corpus/elf_object/seed-* corpus/entry_plan/seed-* corpus/relocate/seed-*
+mkdir -p corpus/manifest corpus/elf_object corpus/entry_plan corpus/relocate
 
 # manifest
 for f in "$root"/tests/corpus/manifests/*.yaml "$root"/manifests/example.yaml; do
@@ -65,4 +65,9 @@ for fn in compute tiny padded early_call loop sys back_branch; do
     { printf "\\x$sel$pad"; cat "$tmp/$fn.bin"; } >"corpus/entry_plan/seed-$fn-$sel"
   done
 done
+# relocate: two header bytes (image pages, bias page), then relocations of 16 bytes each
+# (offset, type, symbol, addend, spare; see fuzz_targets/relocate.rs): two of them.
+printf '\x01\x00\x00\x10\x00\x00\x08\x00\x34\x12\x00\x00\x00\x00\x00\x00\x00\x00\x08\x10\x00\x00\x01\x01\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00' \
+  >corpus/relocate/seed-two-relocs
+
 ls -l corpus/*/ | awk '$5 > 20480 { print "too large:", $0; bad=1 } END { exit bad }'
