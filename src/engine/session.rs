@@ -41,8 +41,11 @@ impl StopWindow {
 
 impl<'e> Session<'e> {
     pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
-        let target = Target::open(pid)?;
+        let mut target = Target::open(pid)?;
         let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
+        // Another pannus may have changed the process while this one waited for the lock:
+        // everything planned from here on (holes, registry, entries) reads it as it is now.
+        target.refresh_maps()?;
         Ok(Session { engine, target, _lock: lock, gadgets: None })
     }
 
