@@ -122,27 +122,65 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
                         health.last = why.clone();
                     }
                 }
-                let mut s = Session::open(engine, pid)?;
-                s.record_health(patch, &health)?;
                 if health.failing >= h.failures {
                     let why = format!(
                         "health check failed {} time(s) in a row during the trial: {}",
                         health.failing, health.last
                     );
-                    s.rollback_because(Some(patch), true, &why, &mut Quiet)?;
-                    return Ok(State::RolledBack);
+                    return until_done(engine, pid, patch, "health-check rollback", || {
+                        let mut s = Session::open(engine, pid)?;
+                        let _ = s.record_health(patch, &health);
+                        match s.registry()?.get(patch).map(|r| r.state) {
+                            Some(State::Trial) => {
+                                s.rollback_because(Some(patch), true, &why, &mut Quiet)?;
+                                Ok(State::RolledBack)
+                            }
+                            Some(state) => Ok(state),
+                            None => Ok(State::RolledBack),
+                        }
+                    });
                 }
+                // A result not recorded (the process is busy with another pannus) is recorded
+                // with the next one.
+                let _ = Session::open(engine, pid).and_then(|mut s| s.record_health(patch, &health));
             }
         }
         if left == 0 {
             on_duty();
-            return expire(engine, pid, patch);
+            return until_done(engine, pid, patch, "expiry policy", || expire(engine, pid, patch));
         }
         let mut nap = Duration::from_millis(500).min(Duration::from_secs(left));
         if let Some(due) = next_check {
             nap = nap.min(due.saturating_duration_since(Instant::now()));
         }
         std::thread::sleep(nap.max(Duration::from_millis(10)));
+    }
+}
+
+/// Runs `action` (the trial's end, by policy or by health check) until it is done: each failure
+/// (another pannus holds the process, a thread stays in the way) is recorded in the journal and
+/// tried again after a pause that doubles up to 30 s, for as long as the process lives.
+fn until_done(
+    engine: &Engine,
+    pid: i32,
+    patch: &str,
+    what: &str,
+    mut action: impl FnMut() -> Result<State>,
+) -> Result<State> {
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        match action() {
+            Ok(state) => return Ok(state),
+            Err(_) if !pannus_kernel::process_exists(pid) => return Ok(State::RolledBack),
+            Err(e) => {
+                let detail = format!("{what}, attempt {attempt}: {}; trying again in {pause:?}", e.message);
+                let _ = engine.journal().record("trial-watch", pid, "", Some(patch), outcome_of(&e), &detail);
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -38,3 +38,46 @@ fn concurrent_applies_and_rollbacks_of_different_patches_all_succeed() {
     assert_eq!(t.ask("c 5"), "6");
     assert!(!t.maps().contains("patch_compute.so"), "every module unloaded");
 }
+
+/// Polls `what` every 50 ms for up to 30 s (a loaded machine is slow) until it is `Some`.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "never happened: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The trial watcher meets the process locked by another pannus (an engineer at a prompt)
+/// when the trial runs out: it keeps trying, says so in the journal, and rolls the patch back
+/// once the lock is free.
+#[test]
+fn the_trial_watcher_retries_until_its_policy_is_carried_out() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "retry-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 1s\n  on_expiry: rollback\n",
+    );
+    let args = ["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"];
+    state.pannus_env(&args, &[("PANNUS_LOCK_WAIT", "100ms")]).ok();
+    assert_eq!(t.ask("c 5"), "500");
+    // Held by "another pannus" from before the deadline.
+    let held = pannus::ProcessLock::acquire(state.path(), t.pid, std::time::Duration::from_secs(5)).unwrap();
+    eventually("the watcher found the process busy and said so", || {
+        let j = state.pannus(&["journal", "--json"]).ok().json();
+        j["entries"].as_array().unwrap().iter().any(|e| e["action"] == "trial-watch").then_some(())
+    });
+    assert_eq!(t.ask("c 5"), "500", "still patched while the lock is held");
+    drop(held);
+    eventually("the patch was rolled back by its policy", || {
+        (state.status(t.pid)["patches"][0]["state"] == "rolled-back").then_some(())
+    });
+    assert_eq!(t.ask("c 5"), "6");
+}
