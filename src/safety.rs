@@ -71,35 +71,44 @@ pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: 
     let near = rel32(entry + 5, replacement).is_some();
     let needed = if near { 5 } else { 14 };
 
-    let (jump, patch_address, cover_from, need_here, written, starts) = if (code.len() as u64) >= needed {
-        if near {
-            let mut w = vec![0xe9];
-            w.extend_from_slice(&rel32(entry + 5, replacement).unwrap_or_default().to_le_bytes());
-            (JumpKind::Rel32, entry, entry, 5u64, w, vec![entry])
-        } else {
-            let mut w = vec![0xff, 0x25, 0, 0, 0, 0];
-            w.extend_from_slice(&replacement.to_le_bytes());
-            (JumpKind::Abs64, entry, entry, 14u64, w, vec![entry])
-        }
-    } else {
-        let nops = pad.iter().rev().take_while(|&&b| b == 0x90).count();
-        let pad_at = entry - 5;
-        match rel32(entry, replacement) {
-            Some(r) if nops >= 5 && code.len() >= 2 => {
+    // A nop pad of 5 bytes before the entry takes the jump, and the entry only a 2-byte jump into
+    // it: whatever the body begins with (a call, say), only the entry's first instructions are
+    // covered. So does a pad already holding such a jump (a patch applied earlier: the same
+    // bytes are then rewritten, and rollback hands them on). An entry that already holds a
+    // jump of its own (an earlier patch's, at the entry) keeps that form.
+    let nops = pad.iter().rev().take_while(|&&b| b == 0x90).count();
+    let pad_jump = pad.len() >= 5 && pad[pad.len() - 5] == 0xe9 && code.starts_with(&[0xeb, 0xf9]);
+    let entry_jump = code.first() == Some(&0xe9) || code.starts_with(&[0xff, 0x25]);
+    let use_pad = (nops >= 5 && !entry_jump) || pad_jump;
+    let (jump, patch_address, cover_from, need_here, written, starts) =
+        if (code.len() as u64) >= needed && !(use_pad && rel32(entry, replacement).is_some() && code.len() >= 2) {
+            if near {
                 let mut w = vec![0xe9];
-                w.extend_from_slice(&r.to_le_bytes());
-                w.extend_from_slice(&[0xeb, 0xf9]); // jmp -7: back to the pad
-                (JumpKind::Pad, pad_at, entry, 2u64, w, vec![pad_at, entry])
+                w.extend_from_slice(&rel32(entry + 5, replacement).unwrap_or_default().to_le_bytes());
+                (JumpKind::Rel32, entry, entry, 5u64, w, vec![entry])
+            } else {
+                let mut w = vec![0xff, 0x25, 0, 0, 0, 0];
+                w.extend_from_slice(&replacement.to_le_bytes());
+                (JumpKind::Abs64, entry, entry, 14u64, w, vec![entry])
             }
-            _ => {
-                return Err(refuse(format!(
+        } else {
+            let pad_at = entry - 5;
+            match rel32(entry, replacement) {
+                Some(r) if use_pad && code.len() >= 2 => {
+                    let mut w = vec![0xe9];
+                    w.extend_from_slice(&r.to_le_bytes());
+                    w.extend_from_slice(&[0xeb, 0xf9]); // jmp -7: back to the pad
+                    (JumpKind::Pad, pad_at, entry, 2u64, w, vec![pad_at, entry])
+                }
+                _ => {
+                    return Err(refuse(format!(
                 "it is {} bytes long and the jump needs {needed}, and it has no nop pad of 5 bytes before its entry",
                 code.len()
             ))
-                .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead"))
+                    .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead"))
+                }
             }
-        }
-    };
+        };
 
     // Whole instructions covering the bytes written at the entry.
     let mut covered = 0u64;
@@ -303,6 +312,35 @@ mod tests {
         assert_eq!(&p.written[5..], &[0xeb, 0xf9]);
         assert!(!p.is_unsafe_spot(0x1000));
         assert!(p.is_unsafe_spot(0x1001));
+    }
+
+    /// -fpatchable-function-entry=7,5: 5 nops before the entry, 2 at it, then the body.
+    const PADDED_CALL: &[u8] = &[0x90, 0x90, 0xe8, 0, 0, 0, 0, 0xc3]; // nop; nop; call; ret
+
+    #[test]
+    fn a_pad_takes_the_jump_whatever_the_body_begins_with() {
+        let p = plan_entry("padded", 0x1000, PADDED_CALL, &[0x90; 5], 0x2000).unwrap();
+        assert_eq!(p.jump, JumpKind::Pad);
+        assert_eq!(p.patch_address, 0x1000 - 5);
+        assert_eq!(p.original, vec![0x90; 7], "the pad and the two nops at the entry, not the call");
+        assert_eq!(i32::from_le_bytes(p.written[1..5].try_into().unwrap()), 0x2000 - 0x1000);
+        // A pad already holding such a jump (an earlier patch) is rewritten in place, so that
+        // rollback hands the bytes on between the two patches.
+        let mut pad = vec![0xe9];
+        pad.extend_from_slice(&(0x3000i32 - 0x1000).to_le_bytes());
+        let mut code = vec![0xeb, 0xf9];
+        code.extend_from_slice(&PADDED_CALL[2..]);
+        let q = plan_entry("padded", 0x1000, &code, &pad, 0x2000).unwrap();
+        assert_eq!((q.jump, q.patch_address), (JumpKind::Pad, p.patch_address));
+        assert_eq!(&q.original[..5], &pad[..]);
+        // An entry holding an earlier patch's jump of its own keeps that form.
+        let mut code = vec![0xe9, 0, 0x10, 0, 0];
+        code.extend_from_slice(&PADDED_CALL[2..]);
+        let r = plan_entry("padded", 0x1000, &code, &[0x90; 5], 0x2000).unwrap();
+        assert_eq!((r.jump, r.patch_address), (JumpKind::Rel32, 0x1000));
+        // A call right at the entry is still covered by the short jump: refused.
+        let e = plan_entry("c", 0x1000, &PADDED_CALL[2..], &[0x90; 5], 0x2000).unwrap_err();
+        assert!(e.message.contains("a call"), "{e}");
     }
 
     #[test]

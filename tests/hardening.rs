@@ -81,3 +81,27 @@ fn the_trial_watcher_retries_until_its_policy_is_carried_out() {
     });
     assert_eq!(t.ask("c 5"), "6");
 }
+
+/// A function with a nop pad around its entry whose body begins with a call: the 2 nops at the
+/// entry take a short jump into the pad, and the call is never touched.
+#[test]
+fn a_padded_function_whose_body_begins_with_a_call_is_patched_through_its_pad() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("g 4"), "12");
+    let m = state.manifest("padcall-fix", "target_pie", "patch_tiny.so", &[("padded_call", "tiny_v2")], "");
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(t.ask("g 4"), "5");
+    assert_eq!(state.status(t.pid)["patches"][0]["functions"][0]["jump"], "pad");
+    // A second patch stacks on the same pad; the first rolled back first hands it the
+    // original bytes.
+    let m2 = state.manifest("padcall-fix2", "target_pie", "patch_compute.so", &[("padded_call", "compute_v2")], "");
+    state.apply(&m2, t.pid).ok();
+    assert_eq!(t.ask("g 4"), "400");
+    state.rollback(t.pid, Some("padcall-fix")).ok();
+    assert_eq!(t.ask("g 4"), "400");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("g 4"), "12");
+    assert!(!t.maps().contains("patch_tiny.so") && !t.maps().contains("patch_compute.so"));
+}

@@ -5,7 +5,7 @@
 
 use super::apply::Applying;
 use super::undo::Step;
-use super::{Measured, Observer, Prepared, Session, Stage, StopTimes, StopWindow};
+use super::{Measured, Observer, Prepared, Session, Stage, StopStart, StopTimes};
 use crate::error::{Error, Result};
 use crate::manifest::Consistency;
 use crate::registry::{FunctionRecord, Registry, State};
@@ -165,8 +165,8 @@ impl Session<'_> {
             make_room_for_stacks(pid, &mut stack_buf);
             // Attaching costs the target nothing: its threads run on until they are stopped.
             let seized = World::seize(pid)?;
-            let stopped_at = Instant::now();
-            let start_monotonic_ns = StopWindow::now();
+            let start = StopStart::now();
+            let stopped_at = start.at;
             // On rollback the whole live stack (up to UNLOAD_SCAN) is read, for the module check.
             let scan = if sw.module_code.is_empty() { STACK_SCAN } else { UNLOAD_SCAN };
             let (world, ranges) = stop_reading_stacks(&self.target, seized, |_| scan, &mut stack_buf)?;
@@ -204,7 +204,7 @@ impl Session<'_> {
                 }
                 let written_at = Instant::now();
                 let resumed_at = world.resume()?;
-                measured.stops.push(StopWindow::since(start_monotonic_ns));
+                measured.stops.push(start.until(resumed_at));
                 measured.timings.add_stop(StopTimes {
                     stopped: resumed_at - stopped_at,
                     halt: halted_at - stopped_at,
@@ -222,8 +222,8 @@ impl Session<'_> {
                 };
                 return Ok((attempt, seen));
             }
-            world.resume()?;
-            measured.stops.push(StopWindow::since(start_monotonic_ns));
+            let resumed_at = world.resume()?;
+            measured.stops.push(start.until(resumed_at));
             if last {
                 let mut text = format!(
                     "busy: after {attempt} attempts over {:?}, thread(s) {} still in the way:",

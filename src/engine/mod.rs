@@ -24,7 +24,7 @@ mod undo;
 pub use apply::Applied;
 pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
 pub use rollback::RolledBack;
-pub use session::{Session, StopWindow};
+pub use session::{Session, StopStart, StopWindow};
 
 use crate::error::{Error, Kind, Result};
 use crate::journal::Journal;

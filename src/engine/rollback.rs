@@ -6,7 +6,7 @@ use super::activate::{
     make_room_for_stacks, module_idle, replacement_code, stop_reading_stacks, ModuleSeen, Switch, UNLOAD_SCAN,
 };
 use super::undo::UndoLog;
-use super::{now_secs, outcome_of, Measured, Observer, Session, StopWindow, Timings};
+use super::{now_secs, outcome_of, Measured, Observer, Session, StopStart, Timings};
 use crate::error::{Error, Result};
 use crate::registry::{PatchRecord, Registry, State};
 use crate::safety::{EntryPlan, ThreadView};
@@ -298,7 +298,7 @@ impl Session<'_> {
             if last || worth_a_stop(pid, &clear, &in_the_way) {
                 make_room_for_stacks(pid, &mut stack_buf);
                 let seized = World::seize(pid)?;
-                let start_monotonic_ns = StopWindow::now();
+                let start = StopStart::now();
                 let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
                 let (world, ranges) = stop_reading_stacks(&self.target, seized, most, &mut stack_buf)?;
                 let views: Vec<ThreadView> = world
@@ -316,8 +316,8 @@ impl Session<'_> {
                 let seen = module_idle(&views, &code);
                 let busy: Vec<i32> = views.iter().map(|v| v.tid).filter(|t| !seen.clear.contains(t)).collect();
                 drop(views);
-                world.resume()?;
-                measured.stops.push(StopWindow::since(start_monotonic_ns));
+                let resumed_at = world.resume()?;
+                measured.stops.push(start.until(resumed_at));
                 clear.extend(seen.clear);
                 match seen.busy {
                     None => return Ok(()),

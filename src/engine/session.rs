@@ -8,6 +8,7 @@ use crate::registry::{self, PatchRecord, Registry, State};
 use crate::target::Target;
 use pannus_kernel::{maps, Hijack};
 use serde::Serialize;
+use std::time::Instant;
 
 /// A process opened for one command, under its lock.
 pub struct Session<'e> {
@@ -25,17 +26,29 @@ pub struct StopWindow {
     pub end_monotonic_ns: u64,
 }
 
-impl StopWindow {
-    /// `CLOCK_MONOTONIC` now, in nanoseconds (read through the vDSO: no system call).
-    pub fn now() -> u64 {
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+/// When a stop began, on `CLOCK_MONOTONIC` and as an `Instant`.
+#[derive(Debug, Clone, Copy)]
+pub struct StopStart {
+    ns: u64,
+    pub at: Instant,
+}
+
+impl StopStart {
+    pub fn now() -> StopStart {
+        let at = Instant::now();
+        // Read through the vDSO: no system call.
+        let ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        StopStart { ns, at }
     }
 
-    /// The stop that began at `start` (from [`StopWindow::now`]) and ends now.
-    pub fn since(start: u64) -> StopWindow {
-        StopWindow { start_monotonic_ns: start, end_monotonic_ns: StopWindow::now() }
+    /// The stop from here to `resumed` (when the last thread was let go, as the world's
+    /// `resume` returns it): measured on one clock while pannus still ran at real-time
+    /// priority, so that a pannus preempted after the stop does not lengthen it.
+    pub fn until(self, resumed: Instant) -> StopWindow {
+        let len = resumed.saturating_duration_since(self.at).as_nanos() as u64;
+        StopWindow { start_monotonic_ns: self.ns, end_monotonic_ns: self.ns + len }
     }
 }
 
