@@ -386,6 +386,22 @@ mod tests {
         nix::unistd::gettid().as_raw()
     }
 
+    /// At `SCHED_IDLE`, or given the normal policy back by its watchdog because the machine is
+    /// loaded and starved it there: under load, both are right. (The watchdog sets the policy
+    /// before it notes the starvation: a thread found at the normal policy waits for the note.)
+    fn idle_unless_starved() -> bool {
+        let starved =
+            || WATCHDOG.with(|w| w.borrow().as_ref().is_some_and(|w| w.shared.starved.load(Ordering::Relaxed)));
+        if policy(0) == libc::SCHED_IDLE {
+            return true;
+        }
+        let t0 = Instant::now();
+        while !starved() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        starved()
+    }
+
     /// Without CAP_SYS_NICE the guard does nothing: there is nothing to test.
     fn privileged() -> bool {
         let ok = may_leave_idle();
@@ -424,8 +440,8 @@ mod tests {
         }
         assert_eq!(policy(0), libc::SCHED_OTHER);
         let guard = SpareCpu::enter_whatever_the_load();
-        assert_eq!(policy(0), libc::SCHED_IDLE);
-        assert!(SpareCpu::active());
+        assert!(guard.entered);
+        assert!(idle_unless_starved());
         drop(guard);
         assert_eq!(policy(0), libc::SCHED_OTHER);
         assert!(!SpareCpu::active());
@@ -444,11 +460,17 @@ mod tests {
         let paused = SpareCpu::pause();
         assert_eq!(policy(0), libc::SCHED_OTHER);
         assert!(!watching(), "no watchdog thread while paused");
+        if !paused.resume {
+            // Starved before the pause (a loaded machine): the normal policy is for good.
+            drop(paused);
+            assert_eq!(policy(0), libc::SCHED_OTHER);
+            return;
+        }
         drop(paused);
-        assert_eq!(policy(0), libc::SCHED_IDLE);
+        assert!(idle_unless_starved());
         assert!(watching());
         assert!(!SpareCpu::enter_whatever_the_load().entered, "a guard inside a guard does nothing");
-        assert_eq!(policy(0), libc::SCHED_IDLE);
+        assert!(idle_unless_starved());
         drop(guard);
         assert_eq!(policy(0), libc::SCHED_OTHER);
         assert!(!watching());
@@ -524,8 +546,8 @@ mod tests {
         assert!(!normal_again(me()), "a thread in the stop window is left alone");
         assert_eq!(policy(0), libc::SCHED_FIFO);
         drop(window);
-        assert_eq!(policy(0), libc::SCHED_IDLE, "the window ends at the policy it started from");
-        assert!(normal_again(me()));
+        assert!(idle_unless_starved(), "the window ends at the policy it started from");
+        normal_again(me());
         assert_eq!(policy(0), libc::SCHED_OTHER);
         drop(guard);
         assert_eq!(policy(0), libc::SCHED_OTHER);
