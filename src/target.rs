@@ -111,17 +111,15 @@ impl Target {
     }
 
     /// Every ELF file the process maps (executable, ld.so, libraries), each once, in address
-    /// order. Files that cannot be read or parsed are skipped.
+    /// order. Each is read through `/proc/PID/map_files`, so as the process maps it: the file
+    /// itself even when it was deleted or replaced since, or lies in another mount namespace,
+    /// and never a FIFO planted at its path. Files that cannot be read or parsed are skipped.
     pub fn loaded_objects(&mut self) -> Vec<Loaded> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         let maps = self.maps.clone();
         for m in &maps {
-            if m.inode == 0
-                || !m.path.starts_with('/')
-                || m.path.ends_with(" (deleted)")
-                || m.path.starts_with("/memfd:")
-            {
+            if m.inode == 0 || !m.path.starts_with('/') || m.path.starts_with("/memfd:") {
                 continue;
             }
             let key = (m.dev.0, m.dev.1, m.inode);
@@ -131,7 +129,7 @@ impl Target {
             let object = match self.objects.get(&key) {
                 Some(o) => o.clone(),
                 None => {
-                    let path = PathBuf::from(&m.path);
+                    let path = PathBuf::from(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end));
                     match Object::load_tables(&path, "object") {
                         Ok(o) => {
                             let o = Arc::new(o);
@@ -148,6 +146,16 @@ impl Target {
             }
         }
         out
+    }
+
+    /// The vDSO the kernel maps into the process, read from its memory (it has no file).
+    pub fn vdso(&self) -> Option<Loaded> {
+        let m = self.maps.iter().find(|m| m.path == "[vdso]")?;
+        let bytes = self.mem.read_vec(m.start, (m.end - m.start).min(1 << 20) as usize).ok()?;
+        let object = Object::parse(Path::new("[vdso]"), bytes).ok()?;
+        let first = object.segments.iter().map(|s| s.vaddr).min()?;
+        let bias = m.start.wrapping_sub(pannus_kernel::page_floor(first));
+        Some(Loaded { object: Arc::new(object), bias, lo: m.start, hi: m.end, mapped_path: m.path.clone() })
     }
 
     /// The build-id of a loaded object as it is in the process's memory (its PT_NOTE segments).

@@ -1,7 +1,9 @@
 //! Backtraces of the target's stopped threads: DWARF CFI from each loaded object's `.eh_frame`
 //! (framehop over gimli), frame pointers where there is none, and function names from the
-//! objects' symbol tables. A stack that cannot be unwound to its end says so: the `function`
-//! consistency rule treats "unknown" as busy, never as safe.
+//! objects' symbol tables. A stack that cannot be unwound to its end says so, and so does one
+//! with a frame in code no unwinding table describes (anonymous code such as a JIT's, an object
+//! that could not be read): what lies below such a frame was guessed from frame pointers. The
+//! `function` consistency rule treats "unknown" as busy, never as safe.
 
 use crate::target::{Loaded, Target};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
@@ -33,19 +35,26 @@ pub struct Unwinder {
     inner: UnwinderX86_64<Vec<u8>>,
     cache: CacheX86_64,
     objects: Vec<Loaded>,
+    /// The address ranges whose code an unwinding table (`.eh_frame`) describes.
+    described: Vec<std::ops::Range<u64>>,
 }
 
 impl Unwinder {
     /// An unwinder over every object the process maps (its executable, libraries, and the patch
     /// modules pannus loaded).
     pub fn new(target: &mut Target) -> Unwinder {
-        let objects = target.loaded_objects();
+        let mut objects = target.loaded_objects();
+        objects.extend(target.vdso());
         let mut inner = UnwinderX86_64::new();
+        let mut described = Vec::new();
         for o in &objects {
             let obj = &o.object;
             let sect = |n: &str| obj.section(n).map(|(r, b)| (r, b.to_vec()));
             let text = sect(".text");
             let eh = sect(".eh_frame");
+            if eh.as_ref().is_some_and(|(_, b)| !b.is_empty()) {
+                described.push(o.lo..o.hi);
+            }
             let hdr = sect(".eh_frame_hdr");
             let got = obj.section(".got").map(|(r, _)| r);
             let info = ExplicitModuleSectionInfo {
@@ -61,7 +70,7 @@ impl Unwinder {
             };
             inner.add_module(Module::new(o.mapped_path.clone(), o.lo..o.hi, o.bias, info));
         }
-        Unwinder { inner, cache: CacheX86_64::new(), objects }
+        Unwinder { inner, cache: CacheX86_64::new(), objects, described }
     }
 
     /// Unwinds a stopped thread. `stack` holds the memory from `rsp` up, read beforehand; other
@@ -78,7 +87,7 @@ impl Unwinder {
         };
         let mut frames = Vec::new();
         let mut it = self.inner.iter_frames(rip, UnwindRegsX86_64::new(rip, rsp, rbp), &mut self.cache, &mut read);
-        let complete = loop {
+        let reached_the_end = loop {
             match it.next() {
                 Ok(Some(FrameAddress::InstructionPointer(a))) => frames.push(a),
                 Ok(Some(FrameAddress::ReturnAddress(a))) => frames.push(a.get()),
@@ -89,7 +98,11 @@ impl Unwinder {
                 break false;
             }
         };
-        Backtrace { frames, complete }
+        let mut bt = Backtrace { frames, complete: reached_the_end };
+        // Past a frame in undescribed code the unwinder guessed from frame pointers.
+        let described = bt.code_addresses().all(|a| self.described.iter().any(|r| r.contains(&a)));
+        bt.complete &= described;
+        bt
     }
 
     /// `function+0xoff (object)` for an address, or the bare address.

@@ -105,3 +105,31 @@ fn a_padded_function_whose_body_begins_with_a_call_is_patched_through_its_pad() 
     assert_eq!(t.ask("g 4"), "12");
     assert!(!t.maps().contains("patch_tiny.so") && !t.maps().contains("patch_compute.so"));
 }
+
+/// Under `consistency: function`, a thread whose stack passes through code no unwinding table
+/// describes (here an anonymous executable mapping, as a JIT's) may hide the old function
+/// below that frame: its backtrace is unknown, so the switch is refused as busy.
+#[test]
+fn a_stack_through_unknown_code_counts_as_busy_under_the_function_rule() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("J"), "started");
+    eventually("the thread spins in the anonymous code", || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", t.pid)).unwrap();
+        tasks
+            .flatten()
+            .any(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let syscall = std::fs::read_to_string(e.path().join("syscall")).unwrap_or_default();
+                stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('R'))
+                    && syscall.starts_with("running")
+            })
+            .then_some(())
+    });
+    let extra = "safety:\n  consistency: function\n  retries: 3\n  retry_interval: 10ms\n";
+    let m = state.manifest("jit-fix", "target_pie", "patch_compute.so", &[("calls_out", "compute_v2")], extra);
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 3, "busy expected:\n{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("cannot be unwound") || r.stderr.contains("unknown"), "{}", r.stderr);
+    assert_eq!(t.ask("c 5"), "6", "untouched");
+}
