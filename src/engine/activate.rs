@@ -6,8 +6,7 @@
 use super::undo::{Step, UndoLog};
 use super::{cancelled, Measured, Observer, Prepared, Session, Stage, StopTimes, StopWindow};
 use crate::error::{Error, Result};
-use crate::manifest::Consistency;
-use crate::registry::{FunctionRecord, Registry, State};
+use crate::registry::{Consistency, FunctionRecord, Registry, State};
 use crate::safety::{self, EntryPlan, ThreadView};
 use crate::target::Target;
 use crate::unwind::{Backtrace, Unwinder};
@@ -70,7 +69,7 @@ impl Session<'_> {
             plans,
             retries: m.safety.retries,
             interval: m.safety.retry_interval,
-            consistency: m.safety.consistency,
+            consistency: m.safety.consistency.into(),
             busy_ranges: old_code_ranges(p, reg),
             module_code: Vec::new(),
         };

@@ -7,8 +7,7 @@
 
 use super::{Session, Stage};
 use crate::error::{Error, Result};
-use crate::manifest::LoadMethod;
-use crate::registry::{self, PatchRecord, Registry};
+use crate::registry::{self, LoadMethod, PatchRecord, Registry};
 
 /// One thing an apply left in the target, which an undo takes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
