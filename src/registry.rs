@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::manifest;
 use pannus_kernel::{Hijack, Mapping, Mem};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub const MAPPING_NAME: &str = "pannus-registry";
 const MAGIC: &[u8; 8] = b"PANNUSRG";
@@ -90,12 +90,12 @@ pub struct FunctionRecord {
     /// Run-time address of the target function's entry.
     pub address: u64,
     pub replacement_address: u64,
-    /// Size of the replacement function (0 when unknown).
-    #[serde(default)]
-    pub replacement_size: u64,
-    /// The jump stub the entry jumps to, when the replacement is out of reach (0: none).
-    #[serde(default)]
-    pub via: u64,
+    /// Size of the replacement function, when known.
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub replacement_size: Option<u64>,
+    /// The jump stub the entry jumps to, when the replacement is out of reach.
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub via: Option<u64>,
     pub jump: JumpKind,
     /// Where the bytes are written (the entry, or the pad before it).
     pub patch_address: u64,
@@ -103,6 +103,14 @@ pub struct FunctionRecord {
     pub original: String,
     /// The bytes this patch writes there (hex).
     pub written: String,
+}
+
+impl FunctionRecord {
+    /// The replacement's code as (name, start, end), when its size is known.
+    pub fn replacement_code(&self) -> Option<(String, u64, u64)> {
+        let size = self.replacement_size?;
+        Some((self.replacement.clone(), self.replacement_address, self.replacement_address + size))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,19 +165,24 @@ pub struct PatchRecord {
     /// How the module was loaded.
     #[serde(default)]
     pub load: LoadMethod,
-    /// The target's dlopen handle (load: dlopen).
-    #[serde(default)]
-    pub handle: u64,
+    /// The target's dlopen handle (load: dlopen), until the module is closed.
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
     /// A page of jump stubs near the target object (when the module lies out of `jmp rel32`
-    /// reach), unmapped with the module.
-    #[serde(default)]
-    pub trampoline: u64,
-    #[serde(default)]
-    pub trampoline_size: u64,
+    /// reach), unmapped with the module. Kept as the fields `trampoline` and `trampoline_size`.
+    #[serde(flatten, with = "stubs_fields")]
+    pub stubs: Option<Stubs>,
     /// The module's `.eh_frame` as registered with the target's unwinder (load: mmap), taken
     /// back before unmapping.
-    #[serde(default)]
-    pub eh_frame: u64,
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub eh_frame: Option<u64>,
+}
+
+/// A page of jump stubs mapped near the target object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stubs {
+    pub addr: u64,
+    pub size: u64,
 }
 
 /// What happens when a trial ends without an operator decision.
@@ -271,6 +284,35 @@ impl From<&manifest::HealthCheck> for HealthCheck {
     fn from(h: &manifest::HealthCheck) -> HealthCheck {
         let manifest::HealthCheck { command, interval_ms, timeout_ms, failures } = h.clone();
         HealthCheck { command, interval_ms, timeout_ms, failures }
+    }
+}
+
+/// An address or size that an earlier pannus wrote as 0 for none.
+fn zero_is_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.filter(|&v| v != 0))
+}
+
+/// [`Stubs`] as the fields `trampoline` and `trampoline_size` of a record: absent when there
+/// are none, and read as none when 0.
+mod stubs_fields {
+    use super::Stubs;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Fields {
+        #[serde(default)]
+        trampoline: u64,
+        #[serde(default)]
+        trampoline_size: u64,
+    }
+
+    pub fn serialize<S: Serializer>(stubs: &Option<Stubs>, s: S) -> Result<S::Ok, S::Error> {
+        stubs.map(|st| Fields { trampoline: st.addr, trampoline_size: st.size }).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stubs>, D::Error> {
+        let f = Fields::deserialize(d)?;
+        Ok((f.trampoline != 0).then_some(Stubs { addr: f.trampoline, size: f.trampoline_size }))
     }
 }
 
@@ -459,16 +501,50 @@ mod tests {
         assert_eq!(mmap.consistency, Consistency::Function);
         let check = HealthCheck { command: "true".into(), interval_ms: 1000, timeout_ms: 500, failures: 3 };
         assert_eq!(mmap.health_check, Some(check));
-        assert_eq!((mmap.trampoline, mmap.trampoline_size, mmap.eh_frame), (0x5555_5556_0000, 4096, 0x7f12_3456_3000));
+        assert_eq!(mmap.handle, None);
+        assert_eq!(mmap.stubs, Some(Stubs { addr: 0x5555_5556_0000, size: 4096 }));
+        assert_eq!(mmap.eh_frame, Some(0x7f12_3456_3000));
+        let f = &mmap.functions[0];
+        assert_eq!((f.replacement_size, f.via), (Some(42), Some(0x5555_5556_0000)));
+        assert_eq!(f.replacement_code(), Some(("compute_v2".into(), 0x7f12_3456_1100, 0x7f12_3456_112a)));
 
         let dl = reg.get("dl-fix").unwrap();
         assert_eq!((dl.state, dl.load, dl.on_expiry), (State::RolledBack, LoadMethod::Dlopen, OnExpiry::Commit));
+        assert_eq!((dl.handle, dl.stubs, dl.eh_frame), (None, None, None));
+        assert_eq!((dl.functions[0].replacement_size, dl.functions[0].via), (None, None));
+        assert_eq!(dl.functions[0].replacement_code(), None);
     }
 
     #[test]
-    fn writes_the_same_bytes() {
+    fn writes_what_the_previous_pannus_reads() {
         let reg: Registry = serde_json::from_str(WRITTEN_BEFORE).unwrap();
-        assert_eq!(serde_json::to_string(&reg).unwrap(), WRITTEN_BEFORE);
+        // The same bytes, without the fields that said none with a 0: the previous pannus
+        // reads each of them as 0 when absent.
+        let mut want = WRITTEN_BEFORE.to_string();
+        for zero in [
+            r#","handle":0,"trampoline":0,"trampoline_size":0,"eh_frame":0"#,
+            r#""handle":0,"#,
+            r#""replacement_size":0,"via":0,"#,
+        ] {
+            assert!(want.contains(zero), "{zero}");
+            want = want.replace(zero, "");
+        }
+        assert_eq!(serde_json::to_string(&reg).unwrap(), want);
+        assert_eq!(serde_json::from_str::<Registry>(&want).unwrap(), reg);
+    }
+
+    #[test]
+    fn zero_reads_as_none() {
+        #[derive(Deserialize)]
+        struct Field {
+            #[serde(default, deserialize_with = "zero_is_none")]
+            v: Option<u64>,
+        }
+        let read = |s: &str| serde_json::from_str::<Field>(s).unwrap().v;
+        assert_eq!(read(r#"{"v":0}"#), None);
+        assert_eq!(read(r#"{"v":null}"#), None);
+        assert_eq!(read("{}"), None);
+        assert_eq!(read(r#"{"v":140737488347136}"#), Some(0x7fff_ffff_e000));
     }
 
     #[test]

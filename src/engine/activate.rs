@@ -6,7 +6,7 @@
 use super::undo::{Step, UndoLog};
 use super::{cancelled, Measured, Observer, Prepared, Session, Stage, StopTimes, StopWindow};
 use crate::error::{Error, Result};
-use crate::registry::{Consistency, FunctionRecord, Registry, State};
+use crate::registry::{Consistency, FunctionRecord, Registry, State, Stubs};
 use crate::safety::{self, EntryPlan, ThreadView};
 use crate::target::Target;
 use crate::unwind::{Backtrace, Unwinder};
@@ -53,8 +53,8 @@ impl Session<'_> {
                     replacement: f.replacement.clone(),
                     address: f.address,
                     replacement_address: to,
-                    replacement_size: f.replacement_size,
-                    via: if via == to { 0 } else { via },
+                    replacement_size: Some(f.replacement_size).filter(|&s| s > 0),
+                    via: (via != to).then_some(via),
                     jump: pl.jump,
                     patch_address: pl.patch_address,
                     original: hex::encode(&pl.original),
@@ -120,10 +120,10 @@ impl Session<'_> {
             h.release()?;
             page.map_err(|e| Error::from(e).context("mapping the jump stubs"))?
         };
-        log.push(Step::Stubs { page, size });
+        let stubs = Stubs { addr: page, size };
+        log.push(Step::Stubs(stubs));
         if let Some(rec) = reg.get_mut(&p.manifest.patch) {
-            rec.trampoline = page;
-            rec.trampoline_size = size;
+            rec.stubs = Some(stubs);
         }
         self.write_registry(reg)?;
         let mut targets = replacements.to_vec();
@@ -280,9 +280,7 @@ fn old_code_ranges(p: &Prepared, reg: &Registry) -> Vec<(String, u64, u64)> {
     for f in &p.functions {
         out.push((f.target.clone(), f.address, f.address + f.size));
         for r in reg.applied() {
-            for g in r.functions.iter().filter(|g| g.address == f.address && g.replacement_size > 0) {
-                out.push((g.replacement.clone(), g.replacement_address, g.replacement_address + g.replacement_size));
-            }
+            out.extend(r.functions.iter().filter(|g| g.address == f.address).filter_map(|g| g.replacement_code()));
         }
     }
     out

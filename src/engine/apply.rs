@@ -113,9 +113,8 @@ fn new_record(p: &Prepared, reg: &Registry) -> PatchRecord {
         health_check: m.trial.health_check.as_ref().map(Into::into),
         health: None,
         load: m.module.load.into(),
-        handle: 0,
-        trampoline: 0,
-        trampoline_size: 0,
-        eh_frame: 0,
+        handle: None,
+        stubs: None,
+        eh_frame: None,
     }
 }

@@ -188,12 +188,7 @@ impl Session<'_> {
         let mut seen = None;
         if !writes.is_empty() {
             // Under the `function` rule, no thread may be inside the replacements being removed.
-            let busy_ranges = rec
-                .functions
-                .iter()
-                .filter(|f| f.replacement_size > 0)
-                .map(|f| (f.replacement.clone(), f.replacement_address, f.replacement_address + f.replacement_size))
-                .collect();
+            let busy_ranges = rec.functions.iter().filter_map(|f| f.replacement_code()).collect();
             let module_code = if rec.module_mapped { self.module_code(&rec) } else { Vec::new() };
             let consistency = rec.consistency;
             let sw = Switch { names, plans, writes, retries, interval, consistency, busy_ranges, module_code };
@@ -263,8 +258,8 @@ impl Session<'_> {
             .filter(|m| m.exec && m.start >= base && m.end <= base + size)
             .map(|m| (m.start, m.end))
             .collect();
-        if rec.trampoline != 0 {
-            code.push((rec.trampoline, rec.trampoline + rec.trampoline_size));
+        if let Some(s) = rec.stubs {
+            code.push((s.addr, s.addr + s.size));
         }
         code
     }
