@@ -19,7 +19,6 @@ use crate::processes::{self, Pid, Process, Scope};
 use crate::registry;
 use crate::target::Target;
 use pannus_kernel::maps;
-use serde_json::json;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
@@ -143,35 +142,6 @@ impl Summary {
             0
         } else {
             Kind::Precondition.exit_code()
-        }
-    }
-
-    /// The JSON form: `{"patch", "patched", "skipped", "failed", "rolled_back", "rollback_failed"}`
-    /// for apply, `{"patch", "rolled_back", "skipped", "failed"}` for rollback.
-    pub fn to_json(&self) -> serde_json::Value {
-        let skipped: Vec<_> = self.skipped.iter().map(|s| json!({"pid": s.pid, "reason": s.reason})).collect();
-        let failed = |list: &[Failed]| -> Vec<serde_json::Value> {
-            list.iter()
-                .map(|f| json!({"pid": f.pid, "kind": f.error.kind, "message": f.error.message, "hint": f.error.hint}))
-                .collect()
-        };
-        match self.operation {
-            Operation::Apply => json!({
-                "patch": self.patch,
-                "patched": self.patched,
-                "skipped": skipped,
-                "failed": failed(&self.failed),
-                "rolled_back": self.rolled_back,
-                "rollback_failed": failed(&self.rollback_failed),
-                "exit": self.exit_code(),
-            }),
-            Operation::Rollback => json!({
-                "patch": self.patch,
-                "rolled_back": self.rolled_back,
-                "skipped": skipped,
-                "failed": failed(&self.failed),
-                "exit": self.exit_code(),
-            }),
         }
     }
 

@@ -8,9 +8,9 @@
 //! and a child it forks keeps its own copy.
 
 use crate::error::{Error, Result};
-use crate::manifest::OnExpiry;
+use crate::manifest;
 use pannus_kernel::{Hijack, Mapping, Mem};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub const MAPPING_NAME: &str = "pannus-registry";
 const MAGIC: &[u8; 8] = b"PANNUSRG";
@@ -90,12 +90,12 @@ pub struct FunctionRecord {
     /// Run-time address of the target function's entry.
     pub address: u64,
     pub replacement_address: u64,
-    /// Size of the replacement function (0 when unknown).
-    #[serde(default)]
-    pub replacement_size: u64,
-    /// The jump stub the entry jumps to, when the replacement is out of reach (0: none).
-    #[serde(default)]
-    pub via: u64,
+    /// Size of the replacement function, when known.
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub replacement_size: Option<u64>,
+    /// The jump stub the entry jumps to, when the replacement is out of reach.
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub via: Option<u64>,
     pub jump: JumpKind,
     /// Where the bytes are written (the entry, or the pad before it).
     pub patch_address: u64,
@@ -147,29 +147,165 @@ pub struct PatchRecord {
     #[serde(default)]
     pub retry_interval_ms: u64,
     #[serde(default)]
-    pub consistency: crate::manifest::Consistency,
+    pub consistency: Consistency,
     /// The manifest's trial health check, run by the trial watcher.
     #[serde(default)]
-    pub health_check: Option<crate::manifest::HealthCheck>,
+    pub health_check: Option<HealthCheck>,
     /// What the health check found so far.
     #[serde(default)]
     pub health: Option<Health>,
     /// How the module was loaded.
     #[serde(default)]
-    pub load: crate::manifest::LoadMethod,
-    /// The target's dlopen handle (load: dlopen).
-    #[serde(default)]
-    pub handle: u64,
+    pub load: LoadMethod,
+    /// The target's dlopen handle (load: dlopen), until the module is closed.
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
     /// A page of jump stubs near the target object (when the module lies out of `jmp rel32`
-    /// reach), unmapped with the module.
-    #[serde(default)]
-    pub trampoline: u64,
-    #[serde(default)]
-    pub trampoline_size: u64,
+    /// reach), unmapped with the module. Kept as the fields `trampoline` and `trampoline_size`.
+    #[serde(flatten, with = "stubs_fields")]
+    pub stubs: Option<Stubs>,
     /// The module's `.eh_frame` as registered with the target's unwinder (load: mmap), taken
     /// back before unmapping.
-    #[serde(default)]
-    pub eh_frame: u64,
+    #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
+    pub eh_frame: Option<u64>,
+}
+
+/// A page of jump stubs mapped near the target object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stubs {
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// What happens when a trial ends without an operator decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    #[default]
+    Commit,
+    Rollback,
+}
+
+impl OnExpiry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExpiry::Commit => "commit",
+            OnExpiry::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for OnExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which safety check decides that functions may be switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// No thread may be inside the first bytes of a replaced function.
+    #[default]
+    Entry,
+    /// No thread may be anywhere inside a replaced function.
+    Function,
+}
+
+/// How the module was brought into the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadMethod {
+    /// Mapped by pannus itself.
+    #[default]
+    Mmap,
+    /// Loaded through the process's own `dlopen`.
+    Dlopen,
+}
+
+impl LoadMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadMethod::Mmap => "mmap",
+            LoadMethod::Dlopen => "dlopen",
+        }
+    }
+}
+
+/// A command run during the trial to tell whether the service is healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Shell command; exit status 0 means healthy.
+    pub command: String,
+    /// Milliseconds between two runs.
+    pub interval_ms: u64,
+    /// Milliseconds a run may take before it counts as failed.
+    pub timeout_ms: u64,
+    /// Failures in a row that roll the patch back.
+    pub failures: u32,
+}
+
+impl From<manifest::OnExpiry> for OnExpiry {
+    fn from(e: manifest::OnExpiry) -> OnExpiry {
+        match e {
+            manifest::OnExpiry::Commit => OnExpiry::Commit,
+            manifest::OnExpiry::Rollback => OnExpiry::Rollback,
+        }
+    }
+}
+
+impl From<manifest::Consistency> for Consistency {
+    fn from(c: manifest::Consistency) -> Consistency {
+        match c {
+            manifest::Consistency::Entry => Consistency::Entry,
+            manifest::Consistency::Function => Consistency::Function,
+        }
+    }
+}
+
+impl From<manifest::LoadMethod> for LoadMethod {
+    fn from(l: manifest::LoadMethod) -> LoadMethod {
+        match l {
+            manifest::LoadMethod::Mmap => LoadMethod::Mmap,
+            manifest::LoadMethod::Dlopen => LoadMethod::Dlopen,
+        }
+    }
+}
+
+impl From<&manifest::HealthCheck> for HealthCheck {
+    fn from(h: &manifest::HealthCheck) -> HealthCheck {
+        let manifest::HealthCheck { command, interval_ms, timeout_ms, failures } = h.clone();
+        HealthCheck { command, interval_ms, timeout_ms, failures }
+    }
+}
+
+/// An address or size that an earlier pannus wrote as 0 for none.
+fn zero_is_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.filter(|&v| v != 0))
+}
+
+/// [`Stubs`] as the fields `trampoline` and `trampoline_size` of a record: absent when there
+/// are none, and read as none when 0.
+mod stubs_fields {
+    use super::Stubs;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Fields {
+        #[serde(default)]
+        trampoline: u64,
+        #[serde(default)]
+        trampoline_size: u64,
+    }
+
+    pub fn serialize<S: Serializer>(stubs: &Option<Stubs>, s: S) -> Result<S::Ok, S::Error> {
+        stubs.map(|st| Fields { trampoline: st.addr, trampoline_size: st.size }).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stubs>, D::Error> {
+        let f = Fields::deserialize(d)?;
+        Ok((f.trampoline != 0).then_some(Stubs { addr: f.trampoline, size: f.trampoline_size }))
+    }
 }
 
 /// The results of a patch's health check during its trial.
@@ -309,4 +445,107 @@ pub fn create(h: &mut Hijack, mem: &Mem, scratch: u64) -> Result<Location> {
     header.extend_from_slice(&[0u8; 24]);
     mem.write(addr, &header)?;
     Ok(Location { addr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry as the previous pannus wrote it (format 1): every field present, 0 for none.
+    /// `compute-fix` is an mmap patch in trial whose replacement is reached through a jump stub;
+    /// `dl-fix` a dlopen patch rolled back, its module closed.
+    const WRITTEN_BEFORE: &str = concat!(
+        r#"{"format":1,"next_seq":2,"patches":[{"patch":"compute-fix","version":"1.0","#,
+        r#""description":"d","state":"trial","seq":1,"requires":[],"manifest":"/srv/compute.yaml","#,
+        r#""manifest_digest":"ab","module":"/srv/compute.so","module_sha256":"cd","#,
+        r#""target_object":"/usr/bin/target","build_id":"3f2a","module_base":139716164190208,"#,
+        r#""module_size":20480,"functions":[{"target":"compute","replacement":"compute_v2","#,
+        r#""address":93824992219449,"replacement_address":139716164194560,"replacement_size":42,"#,
+        r#""via":93824992280576,"jump":"rel32","patch_address":93824992219449,"original":"554889e589","#,
+        r#""written":"e9c2ee0a00"}],"applied_at":1800000000,"trial_deadline":1800000300,"#,
+        r#""trial_seconds":300,"on_expiry":"rollback","ended_at":null,"note":null,"module_mapped":true,"#,
+        r#""retries":100,"retry_interval_ms":10,"consistency":"function","#,
+        r#""health_check":{"command":"true","interval_ms":1000,"timeout_ms":500,"failures":3},"#,
+        r#""health":{"runs":2,"failing":0,"last":"ok","last_at":1800000100},"load":"mmap","handle":0,"#,
+        r#""trampoline":93824992280576,"trampoline_size":4096,"eh_frame":139716164202496},"#,
+        r#"{"patch":"dl-fix","version":"1.0","description":null,"state":"rolled-back","seq":2,"#,
+        r#""requires":[],"manifest":"/srv/compute.yaml","manifest_digest":"ab","#,
+        r#""module":"/srv/compute.so","module_sha256":"cd","target_object":"/usr/bin/target","#,
+        r#""build_id":"3f2a","module_base":139716164190208,"module_size":20480,"#,
+        r#""functions":[{"target":"compute","replacement":"compute_v2","address":93824992219449,"#,
+        r#""replacement_address":139716164194560,"replacement_size":0,"via":0,"jump":"abs64","#,
+        r#""patch_address":93824992219449,"original":"554889e589","written":"e9c2ee0a00"}],"#,
+        r#""applied_at":1800000000,"trial_deadline":null,"trial_seconds":300,"on_expiry":"commit","#,
+        r#""ended_at":1800000200,"note":"rolled back by hand","module_mapped":false,"retries":100,"#,
+        r#""retry_interval_ms":10,"consistency":"entry","health_check":null,"health":null,"#,
+        r#""load":"dlopen","handle":0,"trampoline":0,"trampoline_size":0,"eh_frame":0}],"#,
+        r#""gadgets":[1,2,3]}"#,
+    );
+
+    #[test]
+    fn reads_a_registry_written_by_the_previous_pannus() {
+        let reg: Registry = serde_json::from_str(WRITTEN_BEFORE).unwrap();
+        assert_eq!((reg.format, reg.next_seq, reg.gadgets), (1, 2, Some([1, 2, 3])));
+        let mmap = reg.get("compute-fix").unwrap();
+        assert_eq!(mmap.state, State::Trial);
+        assert_eq!(mmap.load, LoadMethod::Mmap);
+        assert_eq!(mmap.on_expiry, OnExpiry::Rollback);
+        assert_eq!(mmap.consistency, Consistency::Function);
+        let check = HealthCheck { command: "true".into(), interval_ms: 1000, timeout_ms: 500, failures: 3 };
+        assert_eq!(mmap.health_check, Some(check));
+        assert_eq!(mmap.handle, None);
+        assert_eq!(mmap.stubs, Some(Stubs { addr: 0x5555_5556_0000, size: 4096 }));
+        assert_eq!(mmap.eh_frame, Some(0x7f12_3456_3000));
+        let f = &mmap.functions[0];
+        assert_eq!((f.replacement_size, f.via), (Some(42), Some(0x5555_5556_0000)));
+        assert_eq!(f.replacement_address, 0x7f12_3456_1100);
+
+        let dl = reg.get("dl-fix").unwrap();
+        assert_eq!((dl.state, dl.load, dl.on_expiry), (State::RolledBack, LoadMethod::Dlopen, OnExpiry::Commit));
+        assert_eq!((dl.handle, dl.stubs, dl.eh_frame), (None, None, None));
+        assert_eq!((dl.functions[0].replacement_size, dl.functions[0].via), (None, None));
+    }
+
+    #[test]
+    fn writes_what_the_previous_pannus_reads() {
+        let reg: Registry = serde_json::from_str(WRITTEN_BEFORE).unwrap();
+        // The same bytes, without the fields that said none with a 0: the previous pannus
+        // reads each of them as 0 when absent.
+        let mut want = WRITTEN_BEFORE.to_string();
+        for zero in [
+            r#","handle":0,"trampoline":0,"trampoline_size":0,"eh_frame":0"#,
+            r#""handle":0,"#,
+            r#""replacement_size":0,"via":0,"#,
+        ] {
+            assert!(want.contains(zero), "{zero}");
+            want = want.replace(zero, "");
+        }
+        assert_eq!(serde_json::to_string(&reg).unwrap(), want);
+        assert_eq!(serde_json::from_str::<Registry>(&want).unwrap(), reg);
+    }
+
+    #[test]
+    fn zero_reads_as_none() {
+        #[derive(Deserialize)]
+        struct Field {
+            #[serde(default, deserialize_with = "zero_is_none")]
+            v: Option<u64>,
+        }
+        let read = |s: &str| serde_json::from_str::<Field>(s).unwrap().v;
+        assert_eq!(read(r#"{"v":0}"#), None);
+        assert_eq!(read(r#"{"v":null}"#), None);
+        assert_eq!(read("{}"), None);
+        assert_eq!(read(r#"{"v":140737488347136}"#), Some(0x7fff_ffff_e000));
+    }
+
+    #[test]
+    fn manifest_types_convert() {
+        assert_eq!(OnExpiry::from(manifest::OnExpiry::Rollback), OnExpiry::Rollback);
+        assert_eq!(Consistency::from(manifest::Consistency::Function), Consistency::Function);
+        assert_eq!(LoadMethod::from(manifest::LoadMethod::Dlopen), LoadMethod::Dlopen);
+        let h =
+            manifest::HealthCheck { command: "curl -f localhost".into(), interval_ms: 1, timeout_ms: 2, failures: 3 };
+        let recorded = HealthCheck::from(&h);
+        assert_eq!(serde_json::to_value(&recorded).unwrap(), serde_json::to_value(&h).unwrap());
+    }
 }

@@ -5,8 +5,8 @@
 
 use crate::engine::{now_secs, outcome_of, read_status, remaining, Applied, Engine, Observer, Quiet, Session};
 use crate::error::{Error, Result};
-use crate::manifest::{HealthCheck, Manifest, OnExpiry};
-use crate::registry::{Health, State};
+use crate::manifest::Manifest;
+use crate::registry::{Health, HealthCheck, OnExpiry, State};
 use std::time::{Duration, Instant};
 
 /// A patch applied, and its trial watcher: started, or why not (then the trial's `on_expiry`

@@ -3,12 +3,12 @@
 //! `pannus manifest schema` prints the manifest's JSON Schema; `pannus completions` and
 //! `pannus man` print shell completions and the man page.
 
+use super::output::{self, write_stdout};
 use crate::elf::{Object, SymKind};
 use crate::engine::{build_id_matches, module_checks, replacement_symbol, target_symbol};
 use crate::error::{Error, Kind, Result};
 use crate::manifest::{valid_patch_id, LoadMethod, Manifest, OnExpiry, DEFAULT_TRIAL, MAX_PATCH_ID_LEN};
 use clap::{Args, CommandFactory, Subcommand};
-use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -386,8 +386,9 @@ fn new(a: NewArgs) -> Result<()> {
 // ---------------------------------------------------------------------------
 // manifest check
 
-#[derive(serde::Serialize)]
-struct Line {
+/// A check `manifest check` passed.
+#[derive(Debug, serde::Serialize)]
+pub struct Line {
     check: String,
     detail: String,
 }
@@ -497,25 +498,14 @@ fn check(path: &Path, json: bool) -> Result<()> {
         )
     });
     if json {
-        let problems: Vec<_> =
-            problems.iter().map(|p| json!({"kind": p.kind, "message": p.message, "hint": p.hint})).collect();
-        let mut out = json!({
-            "manifest": path,
-            "ok": problems.is_empty(),
-            "problems": problems,
-            "checks": lines,
-        });
-        if let Some(m) = &m {
-            out["patch"] = json!(m.patch);
-            out["version"] = json!(m.version);
-            out["target"] = json!(m.target);
-            out["module"] = json!(m.module);
-            out["functions"] = json!(m.functions);
-        }
-        if let Some(s) = &summary {
-            out["summary"] = json!(s);
-        }
-        write_stdout(format!("{out}\n").as_bytes())?;
+        output::print(&output::ManifestCheck {
+            manifest: path,
+            ok: problems.is_empty(),
+            problems: problems.iter().map(Into::into).collect(),
+            checks: &lines,
+            read: m.as_ref().map(Into::into),
+            summary: summary.as_deref(),
+        })?;
         return result;
     }
     let mut text = String::new();
@@ -564,16 +554,6 @@ pub fn man() -> Result<()> {
         .render(&mut buf)
         .map_err(|e| Error::other(format!("cannot render the man page: {e}")))?;
     write_stdout(&buf)
-}
-
-/// Writes to standard output; a reader that went away is not an error.
-fn write_stdout(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::other(format!("cannot write to standard output: {e}"))),
-    }
 }
 
 #[cfg(test)]

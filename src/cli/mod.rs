@@ -3,17 +3,18 @@
 
 use crate::engine::{self, Applied, CheckLine, Engine, Observer, Session, Stage};
 use crate::error::{Error, Result};
+use crate::fleet::Operation;
 use crate::manifest::Manifest;
-use crate::processes::{self, Scope};
+use crate::processes::{self, Process, Scope};
 use crate::registry::{PatchRecord, State};
 use crate::trial;
 use clap::{Parser, Subcommand};
-use serde_json::json;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 pub mod demo;
 pub mod manifest_cmd;
+pub mod output;
 
 #[derive(Parser, Debug)]
 #[command(name = "pannus", version, about = "Live patching of running Linux x86-64 processes", long_about = None)]
@@ -184,8 +185,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Ok(code) => code,
         Err(e) => {
             if json {
-                let out = json!({"error": {"kind": e.kind, "message": e.message, "hint": e.hint}, "exit": e.kind.exit_code()});
-                println!("{out}");
+                let _ = output::print(&output::Failure::from(&e));
             }
             eprintln!("pannus: {e}");
             e.kind.exit_code()
@@ -205,7 +205,7 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
             let mut s = Session::open(engine, pid)?;
             let rec = s.commit(&patch, "committed by hand")?;
             if json {
-                println!("{}", json!({"pid": pid, "patch": patch, "state": rec.state}));
+                output::print(&output::Commit { pid, patch: &patch, state: rec.state })?;
             } else {
                 println!("patch `{patch}` committed in process {pid}");
             }
@@ -275,43 +275,6 @@ fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
         .hint("pass --yes to confirm every stage in advance"))
 }
 
-fn hex_addr(a: u64) -> String {
-    format!("{a:#x}")
-}
-
-fn deadline_text(d: Option<u64>) -> Option<String> {
-    d.map(|s| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)).to_string())
-}
-
-/// The JSON form of a patch record, as `status --json` documents it.
-pub fn patch_json(p: &PatchRecord) -> serde_json::Value {
-    json!({
-        "patch": p.patch,
-        "version": p.version,
-        "description": p.description,
-        "state": p.state,
-        "requires": p.requires,
-        "functions": p.functions.iter().map(|f| json!({
-            "target": f.target,
-            "replacement": f.replacement,
-            "address": hex_addr(f.address),
-            "replacement_address": hex_addr(f.replacement_address),
-            "jump": f.jump,
-        })).collect::<Vec<_>>(),
-        "trial_deadline": deadline_text(p.trial_deadline),
-        "trial_remaining_s": engine::remaining(p),
-        "on_expiry": p.on_expiry,
-        "module": p.module,
-        "module_base": hex_addr(p.module_base),
-        "target_object": p.target_object,
-        "build_id": p.build_id,
-        "applied_at": deadline_text(Some(p.applied_at)),
-        "health_check": p.health_check,
-        "health": p.health,
-        "note": p.note,
-    })
-}
-
 fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: bool, json: bool) -> Result<()> {
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "apply")?;
@@ -354,12 +317,8 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         }
     }
     if json {
-        let mut v = patch_json(&rec);
-        v["pid"] = json!(pid);
-        v["state"] = json!(final_state);
-        v["timings_us"] = json!(measured.timings);
-        v["stops"] = json!(measured.stops);
-        println!("{v}");
+        let patch = output::Patch { state: final_state, ..output::Patch::from(&rec) };
+        output::print(&output::Apply { pid, patch, measured: &measured })?;
     }
     Ok(())
 }
@@ -369,8 +328,7 @@ fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Resul
     let mut s = Session::open(engine, pid)?;
     let (lines, result) = s.check(&m);
     if json {
-        let ok = result.is_ok();
-        println!("{}", json!({"pid": pid, "patch": m.patch, "ok": ok, "checks": lines}));
+        output::print(&output::Check { pid, patch: &m.patch, ok: result.is_ok(), checks: &lines })?;
         return result;
     }
     print_checks(&lines);
@@ -390,9 +348,7 @@ fn print_checks(lines: &[CheckLine]) {
 fn status(pid: i32, json: bool) -> Result<()> {
     let (target, reg) = engine::read_status(pid)?;
     if json {
-        let patches: Vec<_> = reg.patches.iter().map(patch_json).collect();
-        println!("{}", json!({"pid": pid, "name": target.name, "exe": target.exe, "patches": patches}));
-        return Ok(());
+        return output::print(&output::ProcessPatches::new(pid, &target.name, &target.exe, &reg.patches));
     }
     print_status(pid, &target.name, &target.exe, &reg.patches);
     Ok(())
@@ -428,15 +384,7 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
 fn ps(all: bool, json: bool) -> Result<()> {
     let procs = processes::list(if all { Scope::All } else { Scope::Patched }, None);
     if json {
-        let list: Vec<_> = procs
-            .iter()
-            .map(|p| {
-                json!({"pid": p.pid, "name": p.name, "exe": p.exe,
-                       "patches": p.applied().map(patch_json).collect::<Vec<_>>()})
-            })
-            .collect();
-        println!("{}", json!({"processes": list}));
-        return Ok(());
+        return output::print(&output::Processes::new(&procs, Process::applied));
     }
     println!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
     for p in &procs {
@@ -469,10 +417,7 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     let mut obs = CliObserver { yes: true, quiet: json };
     let done = s.rollback(patch.as_deref(), cascade, &mut obs)?;
     if json {
-        println!(
-            "{}",
-            json!({"pid": pid, "rolled_back": done.ids, "timings_us": done.measured.timings, "stops": done.measured.stops})
-        );
+        output::print(&output::Rollback { pid, rolled_back: &done.ids, measured: &done.measured })?;
     } else {
         println!("rolled back in process {pid}: {}", done.ids.join(", "));
     }
@@ -483,8 +428,7 @@ fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
     let j = engine.journal();
     let entries: Vec<_> = j.entries().into_iter().filter(|e| pid.is_none_or(|p| e.pid == p)).collect();
     if json {
-        println!("{}", json!({"journal": j.path(), "entries": entries}));
-        return Ok(());
+        return output::print(&output::Journal { journal: j.path(), entries: &entries });
     }
     for e in entries {
         println!(
@@ -522,16 +466,17 @@ fn processes_text(pids: &[i32]) -> String {
     format!("{} process{}: pids {list}", pids.len(), if pids.len() == 1 { "" } else { "es" })
 }
 
-fn print_summary(summary: &crate::fleet::Summary, json: bool) {
-    if json {
-        println!("{}", summary.to_json());
-    } else {
-        print!("{}", summary.text());
+fn print_summary(summary: &crate::fleet::Summary, json: bool) -> Result<()> {
+    match (json, summary.operation) {
+        (true, Operation::Apply) => output::print(&output::FleetApply::from(summary))?,
+        (true, Operation::Rollback) => output::print(&output::FleetRollback::from(summary))?,
+        (false, _) => print!("{}", summary.text()),
     }
     if !summary.failed.is_empty() {
         let pids: Vec<i32> = summary.failed.iter().map(|f| f.pid).collect();
         eprintln!("pannus: `{}` failed in {}", summary.patch, processes_text(&pids));
     }
+    Ok(())
 }
 
 fn fleet_apply(
@@ -556,7 +501,7 @@ fn fleet_apply(
             println!("{line}");
         }
     });
-    print_summary(&summary, json);
+    print_summary(&summary, json)?;
     Ok(summary.exit_code())
 }
 
@@ -572,19 +517,14 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
             println!("{line}");
         }
     });
-    print_summary(&summary, json);
+    print_summary(&summary, json)?;
     Ok(summary.exit_code())
 }
 
 fn fleet_status(json: bool) -> Result<()> {
     let procs = crate::fleet::status();
     if json {
-        let list: Vec<_> = procs
-            .iter()
-            .map(|p| json!({"pid": p.pid, "name": p.name, "exe": p.exe, "patches": p.patches.iter().map(patch_json).collect::<Vec<_>>()}))
-            .collect();
-        println!("{}", json!({"processes": list}));
-        return Ok(());
+        return output::print(&output::Processes::new(&procs, |p| &p.patches));
     }
     if procs.is_empty() {
         println!("no process has patches");

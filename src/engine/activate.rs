@@ -7,8 +7,7 @@ use super::apply::Applying;
 use super::undo::Step;
 use super::{Measured, Observer, Prepared, Session, Stage, StopStart, StopTimes};
 use crate::error::{Error, Result};
-use crate::manifest::Consistency;
-use crate::registry::{FunctionRecord, Registry, State};
+use crate::registry::{Consistency, FunctionRecord, Registry, State, Stubs};
 use crate::safety::{self, CodeRange, EntryPlan, ThreadView};
 use crate::target::Target;
 use crate::unwind::{Backtrace, Unwinder};
@@ -46,8 +45,8 @@ impl Session<'_> {
                     replacement: f.replacement.clone(),
                     address: f.address,
                     replacement_address: to,
-                    replacement_size: f.replacement_size,
-                    via: if via == to { 0 } else { via },
+                    replacement_size: Some(f.replacement_size).filter(|&s| s > 0),
+                    via: (via != to).then_some(via),
                     jump: pl.jump,
                     patch_address: pl.patch_address,
                     original: hex::encode(&pl.original),
@@ -62,7 +61,7 @@ impl Session<'_> {
             plans,
             retries: m.safety.retries,
             interval: m.safety.retry_interval,
-            consistency: m.safety.consistency,
+            consistency: m.safety.consistency.into(),
             busy_ranges: old_code_ranges(p, &run.reg),
             module_code: Vec::new(),
         };
@@ -107,10 +106,10 @@ impl Session<'_> {
             h.release()?;
             page.map_err(|e| Error::from(e).context("mapping the jump stubs"))?
         };
-        run.log.push(Step::Stubs { page, size });
+        let stubs = Stubs { addr: page, size };
+        run.log.push(Step::Stubs(stubs));
         if let Some(rec) = run.reg.get_mut(&p.manifest.patch) {
-            rec.trampoline = page;
-            rec.trampoline_size = size;
+            rec.stubs = Some(stubs);
         }
         self.write_registry(&run.reg)?;
         let mut targets = replacements.to_vec();
@@ -275,9 +274,8 @@ fn old_code_ranges(p: &Prepared, reg: &Registry) -> Vec<CodeRange> {
 
 /// The code of the replacement `g` sends its function to, when its size is known.
 pub(super) fn replacement_code(g: &FunctionRecord) -> Option<CodeRange> {
-    let start = g.replacement_address;
-    (g.replacement_size > 0)
-        .then(|| CodeRange { function: g.replacement.clone(), range: start..start + g.replacement_size })
+    let (start, size) = (g.replacement_address, g.replacement_size?);
+    Some(CodeRange { function: g.replacement.clone(), range: start..start + size })
 }
 
 /// One switch of code bytes, checked and written in a single stop of every thread.

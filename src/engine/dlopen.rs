@@ -38,7 +38,7 @@ impl Session<'_> {
         run.log.push(Step::Dlopened { handle });
         self.target.refresh_maps()?;
         let loaded = self.target.find_object(&m.module.path);
-        record.handle = handle;
+        record.handle = Some(handle);
         record.state = State::Initialized;
         if let Ok(l) = &loaded {
             record.module_base = l.lo;

@@ -28,7 +28,7 @@ impl Session<'_> {
         if let Some((_, table)) = eh_frame {
             // Recorded before registering, so that whoever unloads the module deregisters it.
             if let Some(r) = run.reg.get_mut(id) {
-                r.eh_frame = table;
+                r.eh_frame = Some(table);
             }
             self.write_registry(&run.reg)?;
         }

@@ -261,8 +261,8 @@ impl Session<'_> {
             .filter(|m| m.exec && m.start >= base && m.end <= base + size)
             .map(|m| m.start..m.end)
             .collect();
-        if rec.trampoline != 0 {
-            code.push(rec.trampoline..rec.trampoline + rec.trampoline_size);
+        if let Some(s) = rec.stubs {
+            code.push(s.addr..s.addr + s.size);
         }
         code
     }

@@ -7,8 +7,7 @@
 
 use super::{Session, Stage};
 use crate::error::{Error, Result};
-use crate::manifest::LoadMethod;
-use crate::registry::{self, PatchRecord, Registry};
+use crate::registry::{self, LoadMethod, PatchRecord, Registry, Stubs};
 
 /// One thing an apply left in the target, which an undo takes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +19,7 @@ pub(super) enum Step {
     /// The module's exception tables, registered with the target's unwinder.
     Frames { table: u64 },
     /// A page of jump stubs near the target object.
-    Stubs { page: u64, size: u64 },
+    Stubs(Stubs),
 }
 
 /// What an apply has done so far, in order.
@@ -61,18 +60,18 @@ impl UndoLog {
     /// its apply pushed, and recorded there as they were done.
     pub(super) fn of_record(rec: &PatchRecord) -> UndoLog {
         let mut log = UndoLog { had_registry: true, ..UndoLog::default() };
-        match rec.load {
-            LoadMethod::Mmap if rec.module_size > 0 => {
+        match (rec.load, rec.handle) {
+            (LoadMethod::Mmap, _) if rec.module_size > 0 => {
                 log.push(Step::Mapped { base: rec.module_base, size: rec.module_size })
             }
-            LoadMethod::Dlopen if rec.handle != 0 => log.push(Step::Dlopened { handle: rec.handle }),
+            (LoadMethod::Dlopen, Some(handle)) => log.push(Step::Dlopened { handle }),
             _ => {}
         }
-        if rec.eh_frame != 0 {
-            log.push(Step::Frames { table: rec.eh_frame });
+        if let Some(table) = rec.eh_frame {
+            log.push(Step::Frames { table });
         }
-        if rec.trampoline != 0 {
-            log.push(Step::Stubs { page: rec.trampoline, size: rec.trampoline_size });
+        if let Some(stubs) = rec.stubs {
+            log.push(Step::Stubs(stubs));
         }
         log
     }
@@ -84,10 +83,10 @@ fn forget(rec: &mut PatchRecord, step: Step) {
     match step {
         Step::Mapped { .. } | Step::Dlopened { .. } => {
             rec.module_mapped = false;
-            rec.handle = 0;
+            rec.handle = None;
         }
-        Step::Frames { .. } => rec.eh_frame = 0,
-        Step::Stubs { .. } => (rec.trampoline, rec.trampoline_size) = (0, 0),
+        Step::Frames { .. } => rec.eh_frame = None,
+        Step::Stubs(_) => rec.stubs = None,
     }
 }
 
@@ -100,10 +99,10 @@ impl Session<'_> {
         self.target.refresh_maps()?;
         for &step in log.steps.iter().rev() {
             let done = match step {
-                Step::Stubs { page, size } => {
+                Step::Stubs(Stubs { addr, size }) => {
                     let mut h = self.hijack()?;
                     // Harmless when left: nothing jumps to it any more.
-                    let _ = h.munmap(page, size);
+                    let _ = h.munmap(addr, size);
                     h.release().map_err(Error::from)
                 }
                 Step::Frames { table } => self.deregister_frames(table),

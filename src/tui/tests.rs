@@ -7,9 +7,8 @@ use super::render::{self, Theme};
 use super::snapshot::Snapshot;
 use crate::engine::{CheckLine, Stage};
 use crate::journal::Entry;
-use crate::manifest::OnExpiry;
 use crate::processes::Process;
-use crate::registry::{FunctionRecord, JumpKind, PatchRecord, State};
+use crate::registry::{FunctionRecord, JumpKind, OnExpiry, PatchRecord, State};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -38,8 +37,8 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
             replacement: format!("handle_{}_fixed", id.replace('-', "_")),
             address: 0x5555_5555_1000 + seq * 0x40,
             replacement_address: 0x5555_0000_1100 + seq * 0x10000,
-            replacement_size: 0x20,
-            via: 0,
+            replacement_size: Some(0x20),
+            via: None,
             jump: JumpKind::Rel32,
             patch_address: 0x5555_5555_1000 + seq * 0x40,
             original: "5548".into(),
@@ -58,10 +57,9 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         health_check: None,
         health: None,
         load: Default::default(),
-        handle: 0,
-        trampoline: 0,
-        trampoline_size: 0,
-        eh_frame: 0,
+        handle: None,
+        stubs: None,
+        eh_frame: None,
     }
 }
 

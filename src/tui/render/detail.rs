@@ -123,7 +123,7 @@ fn functions(f: &mut Frame, area: Rect, p: Option<&PatchRecord>, focused: bool, 
                 Span::styled(fr.replacement.clone(), theme.title()),
                 Span::raw(format!(" {:#x}", fr.replacement_address)),
             ]));
-            let via = if fr.via != 0 { format!(", via a stub at {:#x}", fr.via) } else { String::new() };
+            let via = fr.via.map(|v| format!(", via a stub at {v:#x}")).unwrap_or_default();
             lines.push(Line::styled(
                 format!(
                     "  {} at {:#x}, {} bytes saved{via}",
