@@ -8,8 +8,8 @@ root=..
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-rm -f corpus/manifest/seed-* corpus/elf_object/seed-* corpus/entry_plan/seed-* corpus/relocate/seed-*
-mkdir -p corpus/manifest corpus/elf_object corpus/entry_plan corpus/relocate
+rm -f corpus/manifest/seed-* corpus/elf_object/seed-* corpus/entry_plan/seed-* corpus/relocate/seed-* corpus/registry/seed-*
+mkdir -p corpus/manifest corpus/elf_object corpus/entry_plan corpus/relocate corpus/registry
 
 # manifest
 for f in "$root"/tests/corpus/manifests/*.yaml "$root"/manifests/example.yaml; do
@@ -69,5 +69,9 @@ done
 # (offset, type, symbol, addend, spare; see fuzz_targets/relocate.rs): two of them.
 printf '\x01\x00\x00\x10\x00\x00\x08\x00\x34\x12\x00\x00\x00\x00\x00\x00\x00\x00\x08\x10\x00\x00\x01\x01\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00' \
   >corpus/relocate/seed-two-relocs
+
+# registry: a 40-byte header (magic, format 1, active slot 0 of 38 bytes), then the slot.
+{ printf 'PANNUSRG\x01\x00\x00\x00\x00\x00\x00\x00'; printf '\x00%.0s' $(seq 8); printf '\x26'; printf '\x00%.0s' $(seq 15)
+  printf '{"format":1,"next_seq":0,"patches":[]}'; } >corpus/registry/seed-empty
 
 ls -l corpus/*/ | awk '$5 > 20480 { print "too large:", $0; bad=1 } END { exit bad }'

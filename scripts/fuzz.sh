@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets of fuzz/ and runs each for SECONDS (default 30):
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]      # targets: manifest elf_object entry_plan relocate
+#   scripts/fuzz.sh [SECONDS] [TARGET...]      # targets: manifest elf_object entry_plan relocate registry
 #
 # Each run starts from the committed seeds in fuzz/corpus/TARGET/ (rebuilt by
 # fuzz/make-seeds.sh) and the inputs of past crashes in fuzz/regressions/TARGET/ (also replayed
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(manifest elf_object entry_plan relocate)
+[ ${#targets[@]} -gt 0 ] || targets=(manifest elf_object entry_plan relocate registry)
 
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   fuzz=(cargo +nightly fuzz)

@@ -9,7 +9,8 @@
 //!   [`Session::commit`] are what the CLI and the console do to it.
 //! - [`Manifest`] is a validated patch manifest; [`Object`] an ELF file; [`Target`] a running
 //!   process as pannus reads it; [`processes::list`] every process, with its patches.
-//! - [`plan_entry`] and [`symbols`] are stage 4's and stage 2's pure decisions.
+//! - [`plan_entry`] and [`symbols`] are stage 4's and stage 2's pure decisions; [`registry`] the
+//!   record of patches kept inside each process, and its format.
 
 pub mod cli;
 mod elf;
@@ -20,7 +21,7 @@ mod journal;
 mod lock;
 mod manifest;
 pub mod processes;
-mod registry;
+pub mod registry;
 mod safety;
 mod seccomp;
 mod target;

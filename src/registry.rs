@@ -358,34 +358,62 @@ pub fn locate(maps: &[Mapping]) -> Option<Location> {
 
 /// Reads the registry at `loc`.
 pub fn read(mem: &Mem, loc: Location) -> Result<Registry> {
-    let header = mem.read_vec(loc.addr, 40)?;
-    if &header[..8] != MAGIC {
-        return Err(Error::other(format!(
-            "process {}: the pannus registry mapping at {:#x} has no valid header",
-            mem.pid(),
-            loc.addr
-        )));
+    let pid = mem.pid();
+    let in_process = |e: Error| e.context(format!("process {pid}: the pannus registry mapping at {:#x}", loc.addr));
+    let header = mem.read_vec(loc.addr, HEADER_LEN)?;
+    match slot_of(&header).map_err(in_process)? {
+        None => Ok(Registry { format: FORMAT, ..Default::default() }),
+        Some((offset, len)) => {
+            let payload = mem.read_vec(loc.addr + offset, len)?;
+            decode(&payload).map_err(in_process)
+        }
     }
-    let format = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
+}
+
+/// Bytes of the header that say which slot is active and how long it is.
+const HEADER_LEN: usize = 40;
+
+/// Where the active slot's record lies in the mapping (offset, length), from the header's
+/// bytes; `None` when the registry is empty. The header is the target's memory: every value is
+/// checked, and a corrupt one is an error, never a panic or an out-of-bounds read.
+pub fn slot_of(header: &[u8]) -> Result<Option<(u64, usize)>> {
+    let Some(header) = header.get(..HEADER_LEN) else {
+        return Err(Error::other(format!("the header is {} bytes, not {HEADER_LEN}", header.len())));
+    };
+    if &header[..8] != MAGIC {
+        return Err(Error::other("no valid header"));
+    }
+    let word = |i: usize| header.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+    let format = word(8) as u32;
     if format != FORMAT {
         return Err(Error::other(format!(
-            "process {}: registry format {format} is not understood by this pannus (format {FORMAT})",
-            mem.pid()
+            "registry format {format} is not understood by this pannus (format {FORMAT})"
         ))
         .hint("use the pannus release that applied these patches"));
     }
-    let word = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
     let active = word(16) & 1;
     let len = word(24 + 8 * active as usize);
     if len == 0 {
-        return Ok(Registry { format: FORMAT, ..Default::default() });
+        return Ok(None);
     }
     if len > SLOT {
-        return Err(Error::other(format!("process {}: registry slot length {len} is corrupt", mem.pid())));
+        return Err(Error::other(format!("registry slot length {len} is corrupt")));
     }
-    let payload = mem.read_vec(loc.addr + HEADER + active * SLOT, len as usize)?;
-    serde_json::from_slice(&payload)
-        .map_err(|e| Error::other(format!("process {}: registry is unreadable: {e}", mem.pid())))
+    Ok(Some((HEADER + active * SLOT, len as usize)))
+}
+
+/// The bytes of a slot holding `reg`; refused when they would not fit in one.
+pub fn encode(reg: &Registry) -> Result<Vec<u8>> {
+    let payload = serde_json::to_vec(reg).map_err(|e| Error::other(format!("registry encoding: {e}")))?;
+    if payload.len() as u64 > SLOT {
+        return Err(Error::other("the registry is full: roll back or remove old patches first"));
+    }
+    Ok(payload)
+}
+
+/// The record of a slot, from its bytes (the target's memory: read with suspicion).
+pub fn decode(payload: &[u8]) -> Result<Registry> {
+    serde_json::from_slice(payload).map_err(|e| Error::other(format!("registry is unreadable: {e}")))
 }
 
 /// Reads the registry of a process without touching it; an empty one if it has none.
@@ -411,11 +439,8 @@ pub fn read_process(pid: i32) -> Option<Vec<PatchRecord>> {
 
 /// Writes `reg` into the inactive slot, then makes it the active one.
 pub fn write(mem: &Mem, loc: Location, reg: &Registry) -> Result<()> {
-    let payload = serde_json::to_vec(reg).map_err(|e| Error::other(format!("registry encoding: {e}")))?;
-    if payload.len() as u64 > SLOT {
-        return Err(Error::other("the registry is full: roll back or remove old patches first"));
-    }
-    let header = mem.read_vec(loc.addr, 40)?;
+    let payload = encode(reg)?;
+    let header = mem.read_vec(loc.addr, HEADER_LEN)?;
     let active = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default()) & 1;
     let next = 1 - active;
     mem.write(loc.addr + HEADER + next * SLOT, &payload)?;
@@ -481,6 +506,31 @@ mod tests {
         r#""load":"dlopen","handle":0,"trampoline":0,"trampoline_size":0,"eh_frame":0}],"#,
         r#""gadgets":[1,2,3]}"#,
     );
+
+    fn header(format: u32, active: u64, lens: [u64; 2]) -> Vec<u8> {
+        let mut h = MAGIC.to_vec();
+        h.extend_from_slice(&format.to_le_bytes());
+        h.extend_from_slice(&[0; 4]);
+        for w in [active, lens[0], lens[1]] {
+            h.extend_from_slice(&w.to_le_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn a_header_from_the_target_is_checked_before_it_is_used() {
+        assert_eq!(slot_of(&header(1, 0, [0, 0])).unwrap(), None, "empty");
+        assert_eq!(slot_of(&header(1, 1, [7, 120])).unwrap(), Some((HEADER + SLOT, 120)), "the active slot");
+        assert_eq!(slot_of(&header(1, 3, [7, 120])).unwrap(), Some((HEADER + SLOT, 120)), "one bit says which");
+        let corrupt = slot_of(&header(1, 0, [SLOT + 1, 0])).unwrap_err();
+        assert!(corrupt.message.contains("is corrupt"), "{corrupt}");
+        assert!(slot_of(&header(2, 0, [0, 0])).unwrap_err().message.contains("format 2"));
+        assert!(slot_of(&header(1, 0, [0, 0])[..39]).is_err(), "short");
+        let mut bad = header(1, 0, [0, 0]);
+        bad[0] = b'X';
+        assert!(slot_of(&bad).unwrap_err().message.contains("no valid header"));
+        assert!(decode(b"{not json").unwrap_err().message.contains("unreadable"));
+    }
 
     #[test]
     fn reads_a_registry_written_by_the_previous_pannus() {
