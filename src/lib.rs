@@ -23,6 +23,7 @@ pub mod processes;
 mod registry;
 mod safety;
 mod seccomp;
+mod state_dir;
 mod target;
 pub mod trial;
 mod tui;
