@@ -2,8 +2,11 @@
 //! audit only; the target's registry is the truth about what is applied.
 
 use crate::error::{Error, Result};
+use crate::state_dir::StateDir;
+use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Default folder for the journal and the per-process locks.
@@ -35,7 +38,11 @@ pub struct Entry {
     pub detail: String,
 }
 
+/// The journal's file name in the state folder.
+const FILE: &str = "journal.jsonl";
+
 pub struct Journal {
+    dir: PathBuf,
     path: PathBuf,
 }
 
@@ -51,7 +58,22 @@ pub fn who() -> (String, u32) {
 
 impl Journal {
     pub fn open(dir: &Path) -> Journal {
-        Journal { path: dir.join("journal.jsonl") }
+        Journal { dir: dir.to_path_buf(), path: dir.join(FILE) }
+    }
+
+    /// The journal file opened with `flags`, in the checked state folder, never through a link.
+    fn file(&self, flags: OFlag) -> Result<File> {
+        StateDir::open(&self.dir)?.file(FILE, flags)
+    }
+
+    fn append(&self) -> Result<File> {
+        self.file(OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT)
+    }
+
+    /// Checks that the journal can be appended to (creating it): a state folder others can
+    /// write to, or a link in place of the journal, is refused here, before any work.
+    pub fn check(&self) -> Result<()> {
+        self.append().map(drop)
     }
 
     pub fn path(&self) -> &Path {
@@ -83,23 +105,19 @@ impl Journal {
         };
         let mut line = serde_json::to_string(&entry).map_err(|e| Error::other(e.to_string()))?;
         line.push('\n');
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::other(format!("journal folder {}: {e}", dir.display())))?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))?;
+        let mut f = self.append()?;
         f.write_all(line.as_bytes()).map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))
     }
 
-    /// Every entry, oldest first; lines that do not parse are skipped.
-    pub fn entries(&self) -> Vec<Entry> {
-        std::fs::read_to_string(&self.path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+    /// Every entry, oldest first (none before the first); lines that do not parse are skipped.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut text = String::new();
+        self.file(OFlag::O_RDONLY | OFlag::O_CREAT)?
+            .read_to_string(&mut text)
+            .map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))?;
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 }

@@ -24,6 +24,7 @@ pub mod processes;
 pub mod registry;
 mod safety;
 mod seccomp;
+mod state_dir;
 mod target;
 pub mod trial;
 mod tui;

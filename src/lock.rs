@@ -3,8 +3,11 @@
 //! dies, so a lock left by a killed pannus is never stale.
 
 use crate::error::{Error, Result};
-use nix::fcntl::{Flock, FlockArg};
+use crate::state_dir::StateDir;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,30 +23,30 @@ fn start_time(pid: i32) -> u64 {
 }
 
 impl ProcessLock {
-    /// Takes the lock for `pid`, waiting up to `wait` for another pannus to finish.
+    /// Takes the lock for `pid` (`STATE_DIR/locks/PID-STARTTIME.lock`), waiting up to `wait`
+    /// for another pannus to finish. The file is opened once, without following a link, and
+    /// the holder's pid is written through the locked descriptor.
     pub fn acquire(state_dir: &Path, pid: i32, wait: Duration) -> Result<ProcessLock> {
-        let dir = state_dir.join("locks");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::other(format!("cannot create the lock folder {}: {e}", dir.display())))?;
-        let path = dir.join(format!("{pid}-{}.lock", start_time(pid)));
+        let dir = StateDir::open(state_dir)?.subdir("locks")?;
+        let name = format!("{pid}-{}.lock", start_time(pid));
+        let path = dir.path().join(&name);
+        let mut file = dir.file(&name, OFlag::O_RDWR | OFlag::O_CREAT)?;
         let start = Instant::now();
         loop {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::other(format!("lock {}: {e}", path.display())))?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => {
-                    let _ = std::fs::write(&path, format!("{}\n", std::process::id()));
+                    // Written over the old holder's pid, then cut to length: never empty.
+                    let me = format!("{}\n", std::process::id());
+                    let _ = lock.write_all_at(me.as_bytes(), 0).and_then(|()| lock.set_len(me.len() as u64));
                     return Ok(ProcessLock { _lock: lock });
                 }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < wait => {
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < wait => {
+                    file = f;
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let mut holder = String::new();
+                    let _ = f.read_to_string(&mut holder);
                     return Err(Error::busy(format!(
                         "another pannus (pid {}) is working on process {pid}",
                         holder.trim()

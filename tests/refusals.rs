@@ -206,6 +206,31 @@ fn seccomp_filter_allowing_pannus_and_memory_deny_write_execute_are_patched() {
     }
 }
 
+/// What the seccomp refusals above are decided on: the target's filter, read whole.
+#[test]
+fn the_seccomp_filter_is_read_whole_from_the_process() {
+    let mut t = Proc::start("target_seccomp_memfd");
+    let filters = pannus_kernel::read_seccomp_filters(t.pid).unwrap();
+    // struct sock_filter: code (u16), jt, jf (u8), k (u32), little-endian.
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut i = [0u8; 8];
+        i[..2].copy_from_slice(&code.to_le_bytes());
+        i[2] = jt;
+        i[3] = jf;
+        i[4..].copy_from_slice(&k.to_le_bytes());
+        i
+    };
+    // tests/fixtures/target.c's filter.
+    let expected = [
+        insn(0x20, 0, 0, 0),               // ld [nr]
+        insn(0x15, 0, 1, 319),             // jeq #319 (memfd_create), 0, 1
+        insn(0x06, 0, 0, 0x0005_0000 | 1), // ret ERRNO | EPERM
+        insn(0x06, 0, 0, 0x7fff_0000),     // ret ALLOW
+    ];
+    assert_eq!(filters.first().map(Vec::as_slice), Some(&expected[..]), "the most recent filter first");
+    assert_eq!(t.ask("c 5"), "6", "the target runs on");
+}
+
 #[test]
 fn a_process_under_a_debugger_is_refused_naming_it() {
     let state = State::new();

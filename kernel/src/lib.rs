@@ -19,6 +19,7 @@
 mod error;
 pub mod fault;
 mod frame;
+mod fs;
 mod hijack;
 pub mod maps;
 mod mem;
@@ -28,6 +29,7 @@ mod thread;
 mod world;
 
 pub use error::{Error, Result};
+pub use fs::open_nofollow;
 pub use hijack::Hijack;
 pub use maps::{Gadgets, Mapping};
 pub use mem::Mem;

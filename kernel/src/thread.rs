@@ -332,19 +332,29 @@ pub(crate) fn signal_waiting(pid: i32, tid: i32) -> bool {
     (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:") != 0
 }
 
+/// The most instructions a classic-BPF program can have (`BPF_MAXINSNS`): the kernel refuses to
+/// install a longer seccomp filter.
+const BPF_MAXINSNS: usize = 4096;
+
 /// The seccomp filters of a stopped, traced thread, each as its classic-BPF instructions
 /// (8 bytes each), the most recently installed first. Needs CAP_SYS_ADMIN.
 pub(crate) fn seccomp_filters(tid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
     const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    // Room for the longest filter there can be, not for the length a first call reported:
+    // another thread of the target can install a filter on this one (SECCOMP_FILTER_FLAG_TSYNC)
+    // between two calls, and filter `index` is then another, maybe longer, one.
+    let mut buf = vec![[0u8; 8]; BPF_MAXINSNS];
     let mut out = Vec::new();
     for index in 0usize.. {
-        // SAFETY: with a null buffer the kernel only returns the filter's length.
+        // SAFETY: the kernel copies filter `index` whole into `buf` (struct sock_filter, 8 bytes
+        // an instruction); `buf` holds BPF_MAXINSNS instructions, and no installed filter has
+        // more, so the copy stays inside `buf` whichever filter `index` is by then.
         let n = unsafe {
             libc::ptrace(
                 PTRACE_SECCOMP_GET_FILTER,
                 tid,
                 index as *mut libc::c_void,
-                std::ptr::null_mut::<libc::c_void>(),
+                buf.as_mut_ptr().cast::<libc::c_void>(),
             )
         };
         if n < 0 {
@@ -353,24 +363,18 @@ pub(crate) fn seccomp_filters(tid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
                 e => return Err(Error::ptrace(tid, "read the seccomp filters of", e)),
             }
         }
-        let mut buf = vec![[0u8; 8]; n as usize];
-        // SAFETY: `buf` holds `n` instructions of 8 bytes (struct sock_filter), as many as the
-        // kernel just said the filter has; it writes at most that many.
-        let m = unsafe {
-            libc::ptrace(
-                PTRACE_SECCOMP_GET_FILTER,
-                tid,
-                index as *mut libc::c_void,
-                buf.as_mut_ptr().cast::<libc::c_void>(),
-            )
-        };
-        if m < 0 {
-            return Err(Error::ptrace(tid, "read the seccomp filters of", Errno::last()));
-        }
-        buf.truncate(m as usize);
-        out.push(buf);
+        out.push(buf[..filter_len(tid, n, buf.len())?].to_vec());
     }
     Ok(out)
+}
+
+/// The length `PTRACE_SECCOMP_GET_FILTER` returned (non-negative), checked against the
+/// `buffer` instructions it was given.
+fn filter_len(tid: i32, returned: libc::c_long, buffer: usize) -> Result<usize> {
+    usize::try_from(returned).ok().filter(|&n| n <= buffer).ok_or_else(|| {
+        let what = format!("a seccomp filter of {returned} instructions, more than the buffer of {buffer} holds");
+        Error::Other(format!("thread {tid}: the kernel reported {what}"))
+    })
 }
 
 /// Stops thread `tid` briefly to read its seccomp filters.
@@ -396,6 +400,15 @@ pub fn read_seccomp_filters(tid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_length_beyond_the_buffer_is_refused() {
+        assert_eq!(filter_len(7, 4, BPF_MAXINSNS).unwrap(), 4);
+        assert_eq!(filter_len(7, 4096, BPF_MAXINSNS).unwrap(), 4096, "the longest filter fits");
+        let e = filter_len(7, 4097, BPF_MAXINSNS).unwrap_err().to_string();
+        assert!(e.contains("4097") && e.contains("thread 7"), "{e}");
+        assert!(filter_len(7, 5, 4).is_err());
+    }
 
     #[test]
     fn cpu_time_grows_while_a_thread_runs_and_not_while_it_sleeps() {

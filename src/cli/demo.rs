@@ -89,6 +89,26 @@ pub fn start(b: &DemoBuild) -> Result<Child> {
         .map_err(|e| Error::other(format!("cannot start the demo service: {e}")))
 }
 
+/// The demo's folder: fresh and private (`mkdtemp`: mode 0700, a name no one can guess) under
+/// the temporary folder, so that nobody else can have prepared it or change what root builds
+/// and runs there. Removed when dropped.
+struct DemoDir(PathBuf);
+
+impl DemoDir {
+    fn new() -> Result<DemoDir> {
+        let tmp = std::env::temp_dir();
+        let dir = nix::unistd::mkdtemp(&tmp.join("pannus-demo-XXXXXX"))
+            .map_err(|e| Error::other(format!("cannot create a folder for the demo in {}: {e}", tmp.display())))?;
+        Ok(DemoDir(dir))
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn pause(yes: bool, what: &str) {
     if yes {
         println!("\n== {what}");
@@ -104,9 +124,10 @@ fn pause(yes: bool, what: &str) {
 /// ready in the apply wizard. The service's output goes to a log whose last line the console
 /// shows, so the patch's effect is visible.
 pub fn console(engine: &Engine) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("pannus-demo-{}", std::process::id()));
+    let demo = DemoDir::new()?;
+    let dir = &demo.0;
     eprintln!("building the demo service and its patch in {}", dir.display());
-    let b = build(&dir, "2m")?;
+    let b = build(dir, "2m")?;
     let log = dir.join("greeter.log");
     let out = std::fs::File::create(&log).map_err(|e| Error::other(format!("{}: {e}", log.display())))?;
     let mut child = Command::new(&b.service)
@@ -132,14 +153,13 @@ pub fn console(engine: &Engine) -> Result<()> {
         });
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
 pub fn run(engine: &Engine, yes: bool) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("pannus-demo-{}", std::process::id()));
-    println!("building the demo service and its patch in {}", dir.display());
-    let b = build(&dir, "2m")?;
+    let demo = DemoDir::new()?;
+    println!("building the demo service and its patch in {}", demo.0.display());
+    let b = build(&demo.0, "2m")?;
     let mut child = start(&b)?;
     let pid = child.id() as i32;
     let lines = child.stdout.take().map(BufReader::new);
@@ -188,6 +208,5 @@ pub fn run(engine: &Engine, yes: bool) -> Result<()> {
     })();
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }

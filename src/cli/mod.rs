@@ -426,7 +426,7 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
 
 fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
     let j = engine.journal();
-    let entries: Vec<_> = j.entries().into_iter().filter(|e| pid.is_none_or(|p| e.pid == p)).collect();
+    let entries: Vec<_> = j.entries()?.into_iter().filter(|e| pid.is_none_or(|p| e.pid == p)).collect();
     if json {
         return output::print(&output::Journal { journal: j.path(), entries: &entries });
     }

@@ -55,6 +55,7 @@ impl StopStart {
 impl<'e> Session<'e> {
     pub fn open(engine: &'e Engine, pid: i32) -> Result<Session<'e>> {
         let mut target = Target::open(pid)?;
+        engine.journal().check()?;
         let lock = ProcessLock::acquire(&engine.state_dir, pid, engine.lock_wait)?;
         // Another pannus may have changed the process while this one waited for the lock:
         // everything planned from here on (holes, registry, entries) reads it as it is now.

@@ -71,7 +71,7 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
             let mut users = UserNames::default();
             loop {
                 let snapshot = snapshot::collect(&mut users);
-                let entries = journal.entries();
+                let entries = journal.entries().unwrap_or_default();
                 let out = output
                     .as_ref()
                     .and_then(|p| std::fs::read_to_string(p).ok().and_then(|t| t.lines().last().map(str::to_string)));
