@@ -18,6 +18,7 @@ mod engine;
 mod error;
 mod fleet;
 mod journal;
+mod ledger;
 mod lock;
 mod manifest;
 pub mod processes;

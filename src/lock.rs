@@ -15,20 +15,13 @@ pub struct ProcessLock {
     _lock: Flock<File>,
 }
 
-fn start_time(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()))
-        .unwrap_or(0)
-}
-
 impl ProcessLock {
     /// Takes the lock for `pid` (`STATE_DIR/locks/PID-STARTTIME.lock`), waiting up to `wait`
     /// for another pannus to finish. The file is opened once, without following a link, and
     /// the holder's pid is written through the locked descriptor.
     pub fn acquire(state_dir: &Path, pid: i32, wait: Duration) -> Result<ProcessLock> {
         let dir = StateDir::open(state_dir)?.subdir("locks")?;
-        let name = format!("{pid}-{}.lock", start_time(pid));
+        let name = format!("{pid}-{}.lock", crate::processes::start_time(pid).unwrap_or(0));
         let path = dir.path().join(&name);
         let mut file = dir.file(&name, OFlag::O_RDWR | OFlag::O_CREAT)?;
         let start = Instant::now();

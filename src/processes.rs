@@ -171,6 +171,13 @@ impl<'a> Status<'a> {
     }
 }
 
+/// When process `pid` started (clock ticks after boot, field 22 of `/proc/PID/stat`): with the
+/// pid, what names one process, as pids are reused. `None` when it does not exist.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

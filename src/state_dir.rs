@@ -52,6 +52,17 @@ impl StateDir {
         Ok(File::from(fd))
     }
 
+    /// Whether this folder has an entry `name` (of any kind, a link not followed).
+    pub fn has(&self, name: &str) -> bool {
+        nix::sys::stat::fstatat(Some(self.fd.as_raw_fd()), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    /// Removes the file `name` of this folder (a link is removed, never followed); nothing when
+    /// there is none.
+    pub fn remove(&self, name: &str) {
+        let _ = nix::unistd::unlinkat(Some(self.fd.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+
     /// The folder's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path

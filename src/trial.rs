@@ -3,8 +3,9 @@
 //! (`pannus trial-watch`) carries the policy out even when no pannus runs in the foreground;
 //! the CLI's `--wait` and the console use the same functions.
 
-use crate::engine::{now_secs, outcome_of, read_status, remaining, Applied, Engine, Observer, Quiet, Session};
+use crate::engine::{now_secs, outcome_of, read_status, Applied, Engine, Observer, Quiet, Session};
 use crate::error::{Error, Result};
+use crate::ledger;
 use crate::manifest::Manifest;
 use crate::registry::{Health, HealthCheck, OnExpiry, State};
 use std::time::{Duration, Instant};
@@ -32,18 +33,35 @@ pub fn apply_watched(mut session: Session, m: &Manifest, obs: &mut dyn Observer)
 pub fn expire(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     let mut s = Session::open(engine, pid)?;
     let reg = s.registry()?;
-    match reg.get(patch).map(|r| (r.state, r.on_expiry)) {
-        Some((State::Trial, OnExpiry::Commit)) => {
+    let Some(rec) = reg.get(patch) else { return Ok(State::RolledBack) };
+    if rec.state != State::Trial {
+        return Ok(rec.state);
+    }
+    let entry = ledger::required(&engine.state_dir, pid, patch)?;
+    if entry.manifest_digest != rec.manifest_digest {
+        return Err(another_application(pid, patch));
+    }
+    match (rec.state, entry.on_expiry) {
+        (State::Trial, OnExpiry::Commit) => {
             s.commit(patch, "trial expired: committed by policy")?;
             Ok(State::Committed)
         }
-        Some((State::Trial, OnExpiry::Rollback)) => {
+        (State::Trial, OnExpiry::Rollback) => {
             s.rollback_because(Some(patch), true, "trial expired: rolled back by policy", &mut Quiet)?;
             Ok(State::RolledBack)
         }
-        Some((st, _)) => Ok(st),
-        None => Ok(State::RolledBack),
+        (st, _) => Ok(st),
     }
+}
+
+/// The patch in the process is not the one root recorded (rolled back and applied again from
+/// another manifest, or its record rewritten by the process).
+fn another_application(pid: i32, patch: &str) -> Error {
+    Error::precondition(format!(
+        "patch `{patch}` in process {pid} is not the application this host recorded (its manifest digest differs): \
+         its trial is not carried out from here"
+    ))
+    .hint(format!("see pannus status --pid {pid}; commit or roll it back by hand"))
 }
 
 /// Runs a health check once: `Ok(())` when the command exits 0 within the timeout.
@@ -84,6 +102,10 @@ pub fn run_health_check(h: &HealthCheck, pid: i32, patch: &str) -> std::result::
 /// its interval, records each result in the process, and rolls the patch back when the check
 /// fails the given number of times in a row. Returns the final state.
 ///
+/// The deadline, the policy and the health check are root's record of the trial (see
+/// `ledger.rs`), never the process's registry, which only says whether the patch is still on
+/// trial.
+///
 /// A caller started at `SCHED_IDLE` (the trial watcher) watches the clock at that policy and
 /// returns to the normal one before it runs the health check or the expiry policy, which have to
 /// happen on time.
@@ -93,6 +115,7 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
     };
     let mut next_check: Option<Instant> = None;
     let mut health = Health::default();
+    let entry = ledger::required(&engine.state_dir, pid, patch)?;
     loop {
         let (_, reg) = read_status(pid)?;
         let Some(rec) = reg.get(patch) else {
@@ -101,9 +124,12 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
         if rec.state != State::Trial {
             return Ok(rec.state);
         }
-        let left = remaining(rec).unwrap_or(0);
+        if rec.manifest_digest != entry.manifest_digest {
+            return Err(another_application(pid, patch));
+        }
+        let left = entry.deadline.saturating_sub(now_secs());
         tick(left);
-        if let Some(h) = rec.health_check.clone().filter(|_| left > 0) {
+        if let Some(h) = entry.health_check.clone().filter(|_| left > 0) {
             let interval = Duration::from_millis(h.interval_ms);
             let due = *next_check.get_or_insert_with(|| Instant::now() + interval);
             if Instant::now() >= due {

@@ -133,3 +133,33 @@ fn a_stack_through_unknown_code_counts_as_busy_under_the_function_rule() {
     assert!(r.stderr.contains("cannot be unwound") || r.stderr.contains("unknown"), "{}", r.stderr);
     assert_eq!(t.ask("c 5"), "6", "untouched");
 }
+
+/// A compromised target rewrites the health check in its registry record (a private mapping
+/// it can make writable): the trial watcher, root, must not run it. It runs the check it was
+/// given by the manifest, kept in the state folder.
+#[test]
+fn the_trial_watcher_never_runs_a_command_read_from_the_target() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let marker = state.path().join("run-by-root");
+    let m = state.manifest(
+        "hc-trust",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n  health_check:\n    command: \"true\"\n    interval: 100ms\n",
+    );
+    state.apply(&m, t.pid).ok();
+    // What the target can do to itself: rewrite its registry.
+    let mem = pannus_kernel::Mem::open(t.pid).unwrap();
+    let loc = pannus::registry::locate(&pannus_kernel::maps::read(t.pid).unwrap()).unwrap();
+    let mut reg = pannus::registry::read(&mem, loc).unwrap();
+    let evil = format!("touch {}", marker.display());
+    reg.patches[0].health_check.as_mut().unwrap().command = evil.clone();
+    pannus::registry::write(&mem, loc, &reg).unwrap();
+    let runs = |st: &serde_json::Value| st["patches"][0]["health"]["runs"].as_u64().unwrap_or(0);
+    let before = runs(&state.status(t.pid));
+    eventually("the health check ran three more times", || (runs(&state.status(t.pid)) >= before + 3).then_some(()));
+    assert!(!marker.exists(), "root ran `{evil}`, a command the target wrote into its registry");
+    assert_eq!(state.status(t.pid)["patches"][0]["health"]["last"], "ok");
+}

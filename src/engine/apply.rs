@@ -61,10 +61,37 @@ impl Session<'_> {
         let log = UndoLog::new(registry::locate(&self.target.maps).is_some());
         let mut run = Applying { reg, obs, log, measured: Measured::default() };
         run.measured.timings.preflight = Some(t0.elapsed());
-        match self.stages(&p, &mut run) {
-            Ok(record) => Ok(Applied { record, measured: run.measured }),
-            Err(e) => Err(self.undo_apply(&mut run.reg, &m.patch, &run.log, e)),
-        }
+        let record = match self.stages(&p, &mut run) {
+            Ok(record) => record,
+            Err(e) => return Err(self.undo_apply(&mut run.reg, &m.patch, &run.log, e)),
+        };
+        // The patch is live: from here on a failure says so, and nothing is undone.
+        self.record_trial(m, &record)?;
+        Ok(Applied { record, measured: run.measured })
+    }
+
+    /// Root's record of the trial, which the trial watcher acts on (see `ledger.rs`).
+    fn record_trial(&self, m: &Manifest, record: &PatchRecord) -> Result<()> {
+        let entry = crate::ledger::Entry {
+            patch: m.patch.clone(),
+            manifest_digest: m.digest.clone(),
+            module: m.module.path.clone(),
+            module_sha256: m.module.sha256.clone(),
+            deadline: record.trial_deadline.unwrap_or_else(now_secs),
+            on_expiry: m.trial.on_expiry.into(),
+            health_check: m.trial.health_check.as_ref().map(Into::into),
+        };
+        crate::ledger::save(&self.engine.state_dir, self.target.pid, &entry).map_err(|e| {
+            let pid = self.target.pid;
+            e.context(format!(
+                "patch `{}` is active in process {pid}, but its trial could not be recorded in the state folder",
+                m.patch
+            ))
+            .hint(format!(
+                "its trial will not be watched: commit or roll it back by hand (pannus rollback --pid {pid} {})",
+                m.patch
+            ))
+        })
     }
 
     /// Stages 1 to 4, then the trial.

@@ -44,23 +44,7 @@ pub struct Prepared {
 /// method can load it. Returns it with the lines of the checks passed.
 pub fn module_checks(m: &Manifest) -> Result<(Object, Vec<CheckLine>)> {
     let path = &m.module.path;
-    let sum = crate::elf::sha256_file(path).map_err(|e| {
-        Error::bad_input(format!("patch module {}: cannot read: {e}", path.display()))
-            .hint("check module.path; a relative path is taken from the manifest's folder")
-    })?;
-    if sum != m.module.sha256 {
-        return Err(Error::bad_input(format!(
-            "patch module {}: checksum mismatch: the manifest says sha256 {}, the file has {sum}",
-            path.display(),
-            m.module.sha256
-        ))
-        .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
-    }
-    let module = Object::load(path, "patch module")?;
-    if !module.is_dyn {
-        return Err(Error::bad_input(format!("patch module {}: not a shared object", path.display()))
-            .hint("build it with gcc -shared -fPIC"));
-    }
+    let (module, sum) = verified_module(path, &m.module.sha256, "the manifest")?;
     if module.has_tls && m.module.load != LoadMethod::Dlopen {
         return Err(Error::bad_input(format!(
             "patch module {}: uses thread-local storage, which load: mmap does not support",
@@ -73,6 +57,29 @@ pub fn module_checks(m: &Manifest) -> Result<(Object, Vec<CheckLine>)> {
         ok("module", format!("{} (ELF x86-64 shared object, {} relocations)", path.display(), module.relocs.len())),
     ];
     Ok((module, lines))
+}
+
+/// The patch module file at `path`, whose checksum must be `sha256` (as `whose` says: the
+/// manifest, or root's record of an applied patch), and a shared object. Returns it and its
+/// checksum.
+fn verified_module(path: &Path, sha256: &str, whose: &str) -> Result<(Object, String)> {
+    let sum = crate::elf::sha256_file(path).map_err(|e| {
+        Error::bad_input(format!("patch module {}: cannot read: {e}", path.display()))
+            .hint("check module.path; a relative path is taken from the manifest's folder")
+    })?;
+    if sum != sha256 {
+        return Err(Error::bad_input(format!(
+            "patch module {}: checksum mismatch: {whose} says sha256 {sha256}, the file has {sum}",
+            path.display()
+        ))
+        .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
+    }
+    let module = Object::load(path, "patch module")?;
+    if !module.is_dyn {
+        return Err(Error::bad_input(format!("patch module {}: not a shared object", path.display()))
+            .hint("build it with gcc -shared -fPIC"));
+    }
+    Ok((module, sum))
 }
 
 /// The function `name` of the patch module, as a replacement: a function (or, where the
@@ -310,16 +317,16 @@ impl Session<'_> {
         if !dropped.is_empty() {
             lines.push(ok("shared data", format!("bound to the target's own: {}", dropped.join(", "))));
         }
-        let required: Vec<RequiredPatch> = m
-            .requires
-            .iter()
-            .filter_map(|r| reg.get(r))
-            .filter_map(|p| {
-                let o = Object::load(Path::new(&p.module), "module").ok()?;
-                let bias = p.module_base.wrapping_sub(o.span().0);
-                Some(RequiredPatch { object: Arc::new(o), bias })
-            })
-            .collect();
+        // A required patch's module file is root's record of it (the path in the process's
+        // registry is the target's to write), checked against the checksum recorded with it.
+        let mut required = Vec::new();
+        for p in m.requires.iter().filter_map(|r| reg.get(r)) {
+            let entry = crate::ledger::required(&self.engine.state_dir, self.target.pid, &p.patch)?;
+            let whose = format!("the record of `{}` in the state folder", p.patch);
+            let (o, _) = verified_module(&entry.module, &entry.module_sha256, &whose)?;
+            let bias = p.module_base.wrapping_sub(o.span().0);
+            required.push(RequiredPatch { object: Arc::new(o), bias });
+        }
         let others = self.target.loaded_objects();
         let libraries: Vec<InProcess> =
             others.iter().filter(|o| o.lo != object.lo).map(|o| InProcess { object: o, role: Role::Library }).collect();

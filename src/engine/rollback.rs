@@ -52,6 +52,7 @@ impl Session<'_> {
                 }
                 for id in &ids {
                     self.journal("rollback", Some(id), "ok", why);
+                    crate::ledger::forget(&self.engine.state_dir, self.target.pid, id);
                 }
                 Ok(RolledBack { ids, measured })
             }
