@@ -135,16 +135,14 @@ fn sym_kind(st_type: u8) -> SymKind {
 impl Object {
     /// Reads and parses `path`. Any problem is bad input naming the file.
     pub fn load(path: &Path, role: &str) -> Result<Object> {
-        let bad = |what: String| Error::bad_input(format!("{role} {}: {what}", path.display()));
-        let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        if !meta.is_file() {
-            return Err(bad("not a regular file".into()));
-        }
-        if meta.len() > MAX_OBJECT_SIZE {
-            return Err(bad(format!("too large ({} bytes)", meta.len())));
-        }
-        let data = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        Object::parse(path, data).map_err(bad)
+        let data = read_file(path, role)?;
+        Object::parse(path, data).map_err(|what| Error::bad_input(format!("{role} {}: {what}", path.display())))
+    }
+
+    /// The whole file, for an object read whole ([`Object::load`], [`Object::parse`]): the very
+    /// bytes that were parsed (and, for a module, checksummed).
+    pub fn whole_file(&self) -> Option<&[u8]> {
+        self.resident.is_none().then_some(self.data.as_slice())
     }
 
     /// Like [`Object::load`], reading only what the parse needs: headers, symbol, string,
@@ -543,9 +541,27 @@ fn name_hash(name: &str) -> u64 {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    Ok(sha256(&std::fs::read(path)?))
+}
+
+/// SHA-256 of `data`, lowercase hex.
+pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
-    let data = std::fs::read(path)?;
-    Ok(hex::encode(sha2::Sha256::digest(&data)))
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The bytes of the file at `path`, a regular file (never a FIFO or a device to block on) of at
+/// most the largest object size. `role` names it in errors (bad input).
+pub fn read_file(path: &Path, role: &str) -> Result<Vec<u8>> {
+    let bad = |what: String| Error::bad_input(format!("{role} {}: {what}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_OBJECT_SIZE {
+        return Err(bad(format!("too large ({} bytes)", meta.len())));
+    }
+    std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))
 }
 
 #[cfg(test)]

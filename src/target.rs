@@ -119,7 +119,9 @@ impl Target {
         let mut out = Vec::new();
         let maps = self.maps.clone();
         for m in &maps {
-            if m.inode == 0 || !m.path.starts_with('/') || m.path.starts_with("/memfd:") {
+            // Patch modules are handed over as memfds (`/memfd:NAME`); the registry is not code.
+            let registry = m.path.starts_with(&format!("/memfd:{}", crate::registry::MAPPING_NAME));
+            if m.inode == 0 || !m.path.starts_with('/') || registry {
                 continue;
             }
             let key = (m.dev.0, m.dev.1, m.inode);

@@ -163,3 +163,37 @@ fn the_trial_watcher_never_runs_a_command_read_from_the_target() {
     assert!(!marker.exists(), "root ran `{evil}`, a command the target wrote into its registry");
     assert_eq!(state.status(t.pid)["patches"][0]["health"]["last"], "ok");
 }
+
+/// The target sees another file at the module's path (its own mount namespace, as in a
+/// container): what it maps is the module pannus verified, never the file it would open.
+#[test]
+fn the_target_maps_the_verified_module_not_the_file_at_its_path() {
+    for load in ["mmap", "dlopen"] {
+        let state = State::new();
+        let (module, other) = (common::bin("patch_compute.so"), common::bin("patch_other.so"));
+        let mut wrapper = std::process::Command::new("unshare");
+        wrapper.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount --bind "$1" "$2" && exec "$3""#,
+            "sh",
+        ]);
+        wrapper.args([&other, &module, &common::bin("target_pie")]);
+        let mut t = Proc::spawn(wrapper);
+        let m =
+            state.manifest(&format!("ns-{load}"), "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+        let text = std::fs::read_to_string(&m).unwrap().replace("  sha256:", &format!("  load: {load}\n  sha256:"));
+        std::fs::write(&m, text).unwrap();
+        let r = state.apply(&m, t.pid);
+        assert_eq!(r.code, 0, "{load}: {}", r.stderr);
+        assert_eq!(t.ask("c 5"), "500", "{load}: the verified module runs, not the file the target sees");
+        assert!(t.maps().contains("/memfd:patch_compute.so"), "{load}: mapped from the handed-over memfd");
+        let st = state.status(t.pid);
+        assert_ne!(st["patches"][0]["module_base"], "0x0", "{load}: the module's range is recorded: {st}");
+        state.rollback(t.pid, None).ok();
+        assert_eq!(t.ask("c 5"), "6");
+    }
+}

@@ -4,13 +4,15 @@
 //! Unloading is the target's `dlclose`.
 
 use super::apply::Applying;
-use super::load::retire;
+use super::load::{hand_over, retire};
 use super::symbols::exported_function;
 use super::undo::Step;
 use super::{Prepared, Session, Stage};
+use crate::elf::Object;
 use crate::error::{Error, Result};
 use crate::registry::{self, PatchRecord, State};
-use pannus_kernel::{Hijack, MapFlags, ProtFlags};
+use pannus_kernel::{Hijack, MapFlags, ProtFlags, RemoteFd};
+use std::path::PathBuf;
 
 impl Session<'_> {
     /// Stages 1 to 3 of the `dlopen` method, confirmed once. Returns the run-time address of
@@ -23,21 +25,26 @@ impl Session<'_> {
     ) -> Result<Vec<u64>> {
         let m = &p.manifest;
         let plan = format!(
-            "call dlopen(\"{}\", RTLD_NOW) inside process {} on one borrowed thread: its dynamic linker loads, \
-             links and initialises the module (stages 1 to 3 in one call)",
+            "hand {} over to process {} (a memfd holding the verified bytes) and call dlopen on it, RTLD_NOW, on \
+             one borrowed thread: its dynamic linker loads, links and initialises the module (stages 1 to 3 in \
+             one call)",
             m.module.path.display(),
             self.target.pid
         );
         let t0 = run.confirm(Stage::Load, &plan)?;
         let names: Vec<&str> = p.functions.iter().map(|f| f.replacement.as_str()).collect();
         // Nothing of the module stays when this fails.
-        let (handle, addrs) = self.dlopen(&m.module.path, &names).map_err(|e| e.context(Stage::Load))?;
+        let (handle, addrs, fd) = self.dlopen(&p.module, &names).map_err(|e| e.context(Stage::Load))?;
         for stage in [Stage::Load, Stage::Link, Stage::Init] {
             run.log.touched(stage);
         }
         run.log.push(Step::Dlopened { handle });
         self.target.refresh_maps()?;
-        let loaded = self.target.find_object(&m.module.path);
+        // The module as the process maps it: the memfd, found by its inode while it is open.
+        let loaded = self.target.find_object(&fd.1);
+        let mut h = self.hijack()?;
+        let _ = h.close(fd.0);
+        h.release()?;
         record.handle = Some(handle);
         record.state = State::Initialized;
         if let Ok(l) = &loaded {
@@ -57,9 +64,12 @@ impl Session<'_> {
         Ok(addrs)
     }
 
-    /// Calls the target's `dlopen` on `path`, then `dlsym` for each name. Returns the handle
-    /// and the addresses; on failure, what `dlerror` said.
-    fn dlopen(&mut self, path: &std::path::Path, names: &[&str]) -> Result<(u64, Vec<u64>)> {
+    /// Hands `module` over to the target ([`hand_over`]) and calls its `dlopen` on the memfd
+    /// (`/proc/self/fd/N`), then `dlsym` for each name. Returns the handle, the addresses and
+    /// the memfd (still open in the target, and how pannus reaches it); on failure, what
+    /// `dlerror` said, with the memfd closed.
+    fn dlopen(&mut self, module: &Object, names: &[&str]) -> Result<(u64, Vec<u64>, (RemoteFd, PathBuf))> {
+        let path = &module.path;
         let objects = self.target.loaded_objects();
         let find = |candidates: &[&str]| exported_function(&objects, candidates);
         let missing = |what: &str| {
@@ -79,16 +89,14 @@ impl Session<'_> {
             .mmap(0, SCRATCH, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS, None, 0)
             .map_err(|e| Error::from(e).context("mapping a scratch page"))?;
         let mem = pannus_kernel::Mem::open(pid)?;
+        let mut memfd = None;
         let result = (|| -> Result<(u64, Vec<u64>)> {
             if need_registry {
                 registry::create(&mut h, &mem, scratch)?;
             }
-            let mut cpath = path.as_os_str().as_encoded_bytes().to_vec();
-            cpath.push(0);
-            if cpath.len() as u64 > SCRATCH {
-                return Err(Error::bad_input(format!("module path {} is too long", path.display())));
-            }
-            mem.write(scratch, &cpath)?;
+            let (fd, reached) = hand_over(&mut h, &mem, scratch, module)?;
+            memfd = Some((fd, reached));
+            mem.write(scratch, format!("/proc/self/fd/{fd}\0").as_bytes())?;
             const RTLD_NOW: u64 = 2;
             let handle = h.call_for_address(dlopen, &[scratch, RTLD_NOW], timeout, "the target's dlopen")?;
             let why = |h: &mut Hijack| -> String {
@@ -128,8 +136,19 @@ impl Session<'_> {
             Ok((handle, addrs))
         })();
         let _ = h.munmap(scratch, SCRATCH);
-        h.release()?;
-        result
+        match (result, memfd) {
+            (Ok((handle, addrs)), Some(fd)) => {
+                h.release()?;
+                Ok((handle, addrs, fd))
+            }
+            (result, fd) => {
+                if let Some((fd, _)) = fd {
+                    let _ = h.close(fd);
+                }
+                h.release()?;
+                Err(result.err().unwrap_or_else(|| Error::other("the module was not handed over")))
+            }
+        }
     }
 
     /// The target's dlclose on `handle`.

@@ -7,7 +7,7 @@ use super::undo::Step;
 use super::{Prepared, Session, Stage};
 use crate::error::{Error, Result};
 use crate::registry::{self, PatchRecord, Registry};
-use pannus_kernel::{maps, page_ceil, page_floor, MapFlags, OFlag, ProtFlags};
+use pannus_kernel::{maps, page_ceil, page_floor, MapFlags, ProtFlags};
 
 impl Session<'_> {
     /// Stage 1: confirms, reserves the module's range (recorded before anything is mapped in
@@ -90,25 +90,18 @@ impl Session<'_> {
         Ok(base)
     }
 
-    /// Maps the module's segments into the reserved range from the module file, with their
-    /// final protections (anonymous memory filled through /proc/PID/mem when the target cannot
-    /// open the file, e.g. from another mount namespace).
+    /// Maps the module's segments into the reserved range with their final protections, from
+    /// the verified module handed over as a memfd ([`hand_over`]); anonymous memory filled
+    /// with the same bytes through /proc/PID/mem if that fails.
     fn map_segments(&mut self, p: &Prepared, base: u64) -> Result<()> {
         let module = p.module.clone();
         let (lo, _) = module.span();
         let bias = base.wrapping_sub(lo);
-        let mut cpath = p.manifest.module.path.as_os_str().as_encoded_bytes().to_vec();
-        cpath.push(0);
         let mem_pid = self.target.pid;
         let mut h = self.hijack()?;
         let mem = pannus_kernel::Mem::open(mem_pid)?;
-        // The path goes into the reservation, which the segments then replace.
-        let fd = if (cpath.len() as u64) < module.span().1 - lo {
-            mem.write(base, &cpath)?;
-            h.openat(None, base, OFlag::O_RDONLY | OFlag::O_CLOEXEC).ok()
-        } else {
-            None
-        };
+        // The memfd's name goes into the reservation, which the segments then replace.
+        let fd = hand_over(&mut h, &mem, base, &module).ok().map(|(fd, _)| fd);
         let mapping = |e: pannus_kernel::Error| Error::from(e).context("mapping the module's segments");
         let result = (|| -> Result<()> {
             for s in &module.segments {
@@ -146,6 +139,37 @@ impl Session<'_> {
         h.release()?;
         result
     }
+}
+
+/// Hands the verified module to the target: a memfd created through the borrowed thread `h`
+/// (named after the module file, so that `/proc/PID/maps` shows `/memfd:NAME`; the name is
+/// written at `scratch`, 256 bytes of the target's memory pannus may write), filled by pannus
+/// with the very bytes it checksummed and parsed. The target never opens the module's path: in
+/// its own mount namespace, or after the file was swapped, that could be another file.
+/// Returns the target's descriptor and the path pannus reaches the memfd by
+/// (`/proc/PID/fd/N`).
+pub(super) fn hand_over(
+    h: &mut pannus_kernel::Hijack,
+    mem: &pannus_kernel::Mem,
+    scratch: u64,
+    module: &crate::elf::Object,
+) -> Result<(pannus_kernel::RemoteFd, std::path::PathBuf)> {
+    use std::io::Write;
+    let bytes = module.whole_file().ok_or_else(|| Error::other("the patch module was not read whole"))?;
+    let file = module.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut name: Vec<u8> = file.bytes().filter(|&b| b != b'/').take(200).collect();
+    name.push(0);
+    mem.write(scratch, &name)?;
+    let fd = h
+        .memfd_create(scratch, pannus_kernel::MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(|e| Error::from(e).context("handing the module over"))?;
+    let path = std::path::PathBuf::from(format!("/proc/{}/fd/{fd}", mem.pid()));
+    let filled = std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| f.write_all(bytes));
+    if let Err(e) = filled {
+        let _ = h.close(fd);
+        return Err(Error::other(format!("handing the module over: writing {}: {e}", path.display())));
+    }
+    Ok((fd, path))
 }
 
 /// A fresh private range where pannus asks for it, never over an existing mapping.

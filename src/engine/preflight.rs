@@ -63,10 +63,10 @@ pub fn module_checks(m: &Manifest) -> Result<(Object, Vec<CheckLine>)> {
 /// manifest, or root's record of an applied patch), and a shared object. Returns it and its
 /// checksum.
 fn verified_module(path: &Path, sha256: &str, whose: &str) -> Result<(Object, String)> {
-    let sum = crate::elf::sha256_file(path).map_err(|e| {
-        Error::bad_input(format!("patch module {}: cannot read: {e}", path.display()))
-            .hint("check module.path; a relative path is taken from the manifest's folder")
-    })?;
+    // Read once: the bytes checksummed are the bytes parsed, and the bytes handed to the target.
+    let bytes = crate::elf::read_file(path, "patch module")
+        .map_err(|e| e.hint("check module.path; a relative path is taken from the manifest's folder"))?;
+    let sum = crate::elf::sha256(&bytes);
     if sum != sha256 {
         return Err(Error::bad_input(format!(
             "patch module {}: checksum mismatch: {whose} says sha256 {sha256}, the file has {sum}",
@@ -74,7 +74,8 @@ fn verified_module(path: &Path, sha256: &str, whose: &str) -> Result<(Object, St
         ))
         .hint("the module is not the one the manifest was written for; get the right file or a new manifest"));
     }
-    let module = Object::load(path, "patch module")?;
+    let module = Object::parse(path, bytes)
+        .map_err(|what| Error::bad_input(format!("patch module {}: {what}", path.display())))?;
     if !module.is_dyn {
         return Err(Error::bad_input(format!("patch module {}: not a shared object", path.display()))
             .hint("build it with gcc -shared -fPIC"));
@@ -237,9 +238,10 @@ impl Session<'_> {
                     Error::precondition(format!("process {pid} has seccomp filters that pannus cannot read: {e}"))
                         .hint("run pannus as root (reading filters needs CAP_SYS_ADMIN)")
                 })?;
+                // memfd_create hands every module over; ftruncate only sizes a new registry.
                 let calls: Vec<crate::seccomp::Call> = crate::seccomp::pannus_calls()
                     .into_iter()
-                    .filter(|c| !has_registry || !matches!(c.name, "memfd_create" | "ftruncate"))
+                    .filter(|c| !has_registry || c.name != "ftruncate")
                     .collect();
                 let blocked = crate::seccomp::blocked(&filters, &calls);
                 if !blocked.is_empty() {

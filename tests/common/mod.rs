@@ -79,7 +79,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str) -> Proc {
-        let mut child = Command::new(bin(name))
+        Proc::spawn(Command::new(bin(name)))
+    }
+
+    /// Starts `command` (a target, or a wrapper that execs one) answering as [`Proc::start`]'s.
+    pub fn spawn(mut command: Command) -> Proc {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
