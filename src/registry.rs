@@ -18,6 +18,8 @@ const FORMAT: u32 = 1;
 const HEADER: u64 = 4096;
 const SLOT: u64 = 4 << 20;
 pub const SIZE: u64 = HEADER + 2 * SLOT;
+/// How the registry is mapped: private, so that a child the target forks keeps its own copy.
+pub const MAP: pannus_kernel::MapFlags = pannus_kernel::MapFlags::MAP_PRIVATE;
 
 /// Where a patch is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,14 +454,14 @@ pub fn write(mem: &Mem, loc: Location, reg: &Registry) -> Result<()> {
 /// Creates the registry mapping in the process through a borrowed thread. `scratch` is an
 /// address of at least 64 writable-by-pannus bytes in the target for the mapping's name.
 pub fn create(h: &mut Hijack, mem: &Mem, scratch: u64) -> Result<Location> {
-    use pannus_kernel::{MapFlags, MemFdCreateFlag, ProtFlags};
+    use pannus_kernel::{MemFdCreateFlag, ProtFlags};
     let mut name = MAPPING_NAME.as_bytes().to_vec();
     name.push(0);
     mem.write(scratch, &name)?;
     let fd = h.memfd_create(scratch, MemFdCreateFlag::MFD_CLOEXEC)?;
     let result = (|| {
         h.ftruncate(fd, SIZE)?;
-        h.mmap(0, SIZE, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE, Some(fd), 0)
+        h.mmap(0, SIZE, ProtFlags::PROT_READ, MAP, Some(fd), 0)
     })();
     let _ = h.close(fd);
     let addr = result?;

@@ -10,26 +10,40 @@ pub struct Call {
     pub args: [u64; 6],
 }
 
-/// The system calls of an apply and a rollback (with the `mmap` protections pannus uses: never
-/// writable and executable at once).
+/// The system calls of an apply and a rollback, as the kernel's seccomp sees them: the numbers
+/// and the very protection and flag words pannus passes (its own constants, so that the two
+/// cannot drift), and -1, which is what seccomp sees of every call pannus skips under ptrace
+/// (each remote function call ends with one).
 pub fn pannus_calls() -> Vec<Call> {
-    const PROT_R: u64 = 1;
-    const PROT_RW: u64 = 3;
-    const PROT_RX: u64 = 5;
+    use crate::engine::{REGISTRY_MAP, RESERVE, SCRATCH_MAP, SEGMENT};
+    use nix::sys::mman::{MapFlags, ProtFlags};
+    let prot = |p: ProtFlags| p.bits() as u32 as u64;
+    let (r, rw, rx) = (
+        prot(ProtFlags::PROT_READ),
+        prot(ProtFlags::PROT_READ | ProtFlags::PROT_WRITE),
+        prot(ProtFlags::PROT_READ | ProtFlags::PROT_EXEC),
+    );
+    let flags = |f: MapFlags| f.bits() as u32 as u64;
+    let anon = SEGMENT | MapFlags::MAP_ANONYMOUS;
+    let (fd, none) = (3, u64::MAX);
     let c = |name, nr, args| Call { name, nr, args };
     vec![
-        c("mmap (reserve)", 9, [0, 0, PROT_R, 0x100022, u64::MAX, 0]),
-        c("mmap (code)", 9, [0, 0, PROT_RX, 0x12, 3, 0]),
-        c("mmap (data)", 9, [0, 0, PROT_RW, 0x12, 3, 0]),
-        c("mmap (read-only data)", 9, [0, 0, PROT_R, 0x12, 3, 0]),
-        c("mmap (bss)", 9, [0, 0, PROT_RW, 0x32, u64::MAX, 0]),
-        c("mprotect (RELRO)", 10, [0, 0, PROT_R, 0, 0, 0]),
+        c("mmap (reserve)", 9, [0, 0, r, flags(RESERVE), none, 0]),
+        c("mmap (jump stubs)", 9, [0, 0, rx, flags(RESERVE), none, 0]),
+        c("mmap (code)", 9, [0, 0, rx, flags(SEGMENT), fd, 0]),
+        c("mmap (data)", 9, [0, 0, rw, flags(SEGMENT), fd, 0]),
+        c("mmap (read-only data)", 9, [0, 0, r, flags(SEGMENT), fd, 0]),
+        c("mmap (bss)", 9, [0, 0, rw, flags(anon), none, 0]),
+        c("mmap (code, anonymous)", 9, [0, 0, rx, flags(anon), none, 0]),
+        c("mmap (scratch)", 9, [0, 0, r, flags(SCRATCH_MAP), none, 0]),
+        c("mmap (registry)", 9, [0, 0, r, flags(REGISTRY_MAP), fd, 0]),
+        c("mprotect (RELRO)", 10, [0, 0, r, 0, 0, 0]),
         c("munmap", 11, [0; 6]),
-        c("openat", 257, [(-100i64) as u64, 0, 0o2000000, 0, 0, 0]),
-        c("close", 3, [0; 6]),
+        c("close", 3, [fd, 0, 0, 0, 0, 0]),
         c("memfd_create", 319, [0, 1, 0, 0, 0, 0]),
-        c("ftruncate", 77, [0; 6]),
+        c("ftruncate", 77, [fd, 0, 0, 0, 0, 0]),
         c("rt_sigreturn", 15, [0; 6]),
+        c("a call skipped under ptrace (number -1)", u32::MAX, [0; 6]),
     ]
 }
 

@@ -197,3 +197,19 @@ fn the_target_maps_the_verified_module_not_the_file_at_its_path() {
         assert_eq!(t.ask("c 5"), "6");
     }
 }
+
+/// A seccomp filter that kills the process on a system call number it does not list (as an
+/// allowlist does) sees -1 whenever pannus skips a call made under ptrace: pre-flight must
+/// refuse such a process, naming it, and leave it running, rather than have it killed halfway.
+#[test]
+fn a_filter_that_kills_on_a_skipped_call_is_refused_up_front() {
+    let state = State::new();
+    let mut t = Proc::start("target_seccomp_kill_skipped");
+    let m =
+        state.manifest("skip-fix", "target_seccomp_kill_skipped", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let r = state.apply(&m, t.pid);
+    assert!(t.alive(), "the target was killed by its own filter: {}", r.stderr);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("seccomp filter refuses"), "{}", r.stderr);
+    assert_eq!(t.ask("c 5"), "6");
+}

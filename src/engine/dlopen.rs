@@ -14,6 +14,9 @@ use crate::registry::{self, PatchRecord, State};
 use pannus_kernel::{Hijack, MapFlags, ProtFlags, RemoteFd};
 use std::path::PathBuf;
 
+/// The scratch page for dlopen's strings: private anonymous memory where the kernel chooses.
+pub(crate) const SCRATCH_MAP: MapFlags = MapFlags::MAP_PRIVATE.union(MapFlags::MAP_ANONYMOUS);
+
 impl Session<'_> {
     /// Stages 1 to 3 of the `dlopen` method, confirmed once. Returns the run-time address of
     /// each replacement.
@@ -86,7 +89,7 @@ impl Session<'_> {
         let mut h = self.hijack()?;
         const SCRATCH: u64 = 8192;
         let scratch = h
-            .mmap(0, SCRATCH, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS, None, 0)
+            .mmap(0, SCRATCH, ProtFlags::PROT_READ, SCRATCH_MAP, None, 0)
             .map_err(|e| Error::from(e).context("mapping a scratch page"))?;
         let mem = pannus_kernel::Mem::open(pid)?;
         let mut memfd = None;

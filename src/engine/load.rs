@@ -173,12 +173,12 @@ pub(super) fn hand_over(
 }
 
 /// A fresh private range where pannus asks for it, never over an existing mapping.
-pub(super) const RESERVE: MapFlags =
+pub(crate) const RESERVE: MapFlags =
     MapFlags::MAP_PRIVATE.union(MapFlags::MAP_ANONYMOUS).union(MapFlags::MAP_FIXED_NOREPLACE);
 
 /// A module segment, over its reservation. Its pages are faulted in when mapped, not by the
 /// service's threads when they first run the patched code right after the switch.
-const SEGMENT: MapFlags = MapFlags::MAP_PRIVATE.union(MapFlags::MAP_FIXED).union(MapFlags::MAP_POPULATE);
+pub(crate) const SEGMENT: MapFlags = MapFlags::MAP_PRIVATE.union(MapFlags::MAP_FIXED).union(MapFlags::MAP_POPULATE);
 
 /// Makes room for a new record of patch `id`: an old rolled-back record is dropped, unless its
 /// module is still mapped (a thread was inside it at rollback), in which case it is kept under

@@ -21,7 +21,10 @@ mod session;
 pub mod symbols;
 mod undo;
 
+pub(crate) use crate::registry::MAP as REGISTRY_MAP;
 pub use apply::Applied;
+pub(crate) use dlopen::SCRATCH_MAP;
+pub(crate) use load::{RESERVE, SEGMENT};
 pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
 pub use rollback::RolledBack;
 pub use session::{Session, StopStart, StopWindow};

@@ -35,6 +35,18 @@ pub fn built() -> &'static Path {
         gcc(&["-O2", "-g", "-pthread", "-DWITH_SECCOMP=319", "-o", &o("target_seccomp_memfd"), &s("target.c")]);
         gcc(&["-O2", "-g", "-pthread", "-DWITH_SECCOMP=41", "-o", &o("target_seccomp_socket"), &s("target.c")]);
         gcc(&["-O2", "-g", "-pthread", "-DWITH_MDWE", "-o", &o("target_mdwe"), &s("target.c")]);
+        // Kills itself on the system call number -1, as an allowlist that lists only real
+        // calls does: what the kernel's seccomp sees of a call skipped under ptrace.
+        gcc(&[
+            "-O2",
+            "-g",
+            "-pthread",
+            "-DWITH_SECCOMP=-1",
+            "-DWITH_SECCOMP_ACTION=SECCOMP_RET_KILL_PROCESS",
+            "-o",
+            &o("target_seccomp_kill_skipped"),
+            &s("target.c"),
+        ]);
         let gxx = |args: &[&str]| {
             let out = Command::new("g++").args(args).output().expect("g++ runs");
             assert!(out.status.success(), "g++ {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
