@@ -111,6 +111,9 @@ pub struct Object {
     pub relocs: Vec<Reloc>,
     pub init: Option<u64>,
     pub init_array: Option<(u64, u64)>,
+    /// `DT_FINI` and `DT_FINI_ARRAY` (address, size in bytes): what `dlclose` runs.
+    pub fini: Option<u64>,
+    pub fini_array: Option<(u64, u64)>,
     /// Section headers: name, address, file offset, size.
     pub sections: Vec<(String, u64, u64, u64)>,
     /// Defined symbols by name: (hash of the name, in `.dynsym`, index), sorted. Built once per
@@ -293,17 +296,23 @@ impl Object {
         }
         // goblin's DynamicInfo turns some addresses into file offsets: read the raw entries.
         let (mut init, mut init_array, mut init_arraysz) = (None, None, 0u64);
+        let (mut fini, mut fini_array, mut fini_arraysz) = (None, None, 0u64);
         if let Some(d) = &elf.dynamic {
+            use goblin::elf::dynamic::*;
             for e in &d.dyns {
                 match e.d_tag {
-                    goblin::elf::dynamic::DT_INIT if e.d_val != 0 => init = Some(e.d_val),
-                    goblin::elf::dynamic::DT_INIT_ARRAY if e.d_val != 0 => init_array = Some(e.d_val),
-                    goblin::elf::dynamic::DT_INIT_ARRAYSZ => init_arraysz = e.d_val,
+                    DT_INIT if e.d_val != 0 => init = Some(e.d_val),
+                    DT_INIT_ARRAY if e.d_val != 0 => init_array = Some(e.d_val),
+                    DT_INIT_ARRAYSZ => init_arraysz = e.d_val,
+                    DT_FINI if e.d_val != 0 => fini = Some(e.d_val),
+                    DT_FINI_ARRAY if e.d_val != 0 => fini_array = Some(e.d_val),
+                    DT_FINI_ARRAYSZ => fini_arraysz = e.d_val,
                     _ => {}
                 }
             }
         }
         let init_array = init_array.filter(|_| init_arraysz != 0).map(|a| (a, init_arraysz));
+        let fini_array = fini_array.filter(|_| fini_arraysz != 0).map(|a| (a, fini_arraysz));
         let mut by_name: Vec<(u64, bool, u32)> = Vec::with_capacity(dynsyms.len() + symtab.len());
         for (dynamic, table) in [(true, &dynsyms), (false, &symtab)] {
             for (i, s) in table.iter().enumerate() {
@@ -335,6 +344,8 @@ impl Object {
             relocs,
             init,
             init_array,
+            fini,
+            fini_array,
             sections,
             by_name,
             functions: OnceLock::new(),

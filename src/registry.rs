@@ -170,6 +170,11 @@ pub struct PatchRecord {
     /// back before unmapping.
     #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
     pub eh_frame: Option<u64>,
+    /// The module's finalisers (`DT_FINI_ARRAY` in the order they run, then `DT_FINI`; load:
+    /// mmap), recorded before its init functions run and run before it is unmapped, as
+    /// `dlclose` would: they take back what init registered (exit handlers, above all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fini: Vec<u64>,
 }
 
 /// A page of jump stubs mapped near the target object.

@@ -213,3 +213,21 @@ fn a_filter_that_kills_on_a_skipped_call_is_refused_up_front() {
     assert!(r.stderr.contains("seccomp filter refuses"), "{}", r.stderr);
     assert_eq!(t.ask("c 5"), "6");
 }
+
+/// A module whose constructor registered an exit handler: rollback runs the module's
+/// finalisers (which take the handler back, as `dlclose` would) before unmapping it, so the
+/// process later exits cleanly instead of jumping into unmapped memory.
+#[test]
+fn rollback_runs_the_module_finalisers_before_unmapping_it() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("atexit-fix", "target_pie", "patch_atexit.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 5"), "500");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.line(), "exit handler of the module ran", "run by the rollback, where the module was");
+    assert!(!t.maps().contains("patch_atexit.so"), "unmapped");
+    assert_eq!(t.ask("c 5"), "6");
+    let status = t.quit();
+    assert!(status.success(), "the process exits cleanly: {status}");
+}

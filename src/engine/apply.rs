@@ -158,5 +158,6 @@ fn new_record(p: &Prepared, reg: &Registry) -> PatchRecord {
         handle: None,
         stubs: None,
         eh_frame: None,
+        fini: Vec::new(),
     }
 }

@@ -14,6 +14,7 @@ impl Session<'_> {
     pub(super) fn stage_init(&mut self, p: &Prepared, bias: u64, run: &mut Applying) -> Result<()> {
         let id = &p.manifest.patch;
         let inits = self.init_functions(p, bias)?;
+        let finis = self.fini_functions(p, bias)?;
         let eh_frame = self.frame_registration(p, bias);
         let plan = if inits.is_empty() {
             "the module has no init functions: nothing runs".to_string()
@@ -25,15 +26,20 @@ impl Session<'_> {
             )
         };
         let t0 = run.confirm(Stage::Init, &plan)?;
-        if let Some((_, table)) = eh_frame {
-            // Recorded before registering, so that whoever unloads the module deregisters it.
+        if eh_frame.is_some() || !finis.is_empty() {
+            // Recorded before registering and running anything, so that whoever unloads the
+            // module deregisters it and runs its finalisers.
             if let Some(r) = run.reg.get_mut(id) {
-                r.eh_frame = Some(table);
+                r.eh_frame = eh_frame.map(|(_, table)| table);
+                r.fini = finis.clone();
             }
             self.write_registry(&run.reg)?;
         }
         run.log.touched(Stage::Init);
         self.run_inits(&inits, eh_frame, &mut run.log).map_err(|e| e.context(Stage::Init))?;
+        if !finis.is_empty() {
+            run.log.push(Step::Fini(finis));
+        }
         set_state(&mut run.reg, id, State::Initialized);
         self.write_registry(&run.reg)?;
         run.measured.timings.init = Some(t0.elapsed());
@@ -57,12 +63,26 @@ impl Session<'_> {
         h.release().map_err(Error::from)
     }
 
+    /// `DT_INIT`, then `DT_INIT_ARRAY` in order, as ld.so runs them.
     fn init_functions(&self, p: &Prepared, bias: u64) -> Result<Vec<u64>> {
+        let mut out: Vec<u64> = p.module.init.map(|f| bias.wrapping_add(f)).into_iter().collect();
+        out.extend(self.function_array(p.module.init_array, bias)?);
+        Ok(out)
+    }
+
+    /// `DT_FINI_ARRAY` in reverse order, then `DT_FINI`, as `dlclose` runs them.
+    fn fini_functions(&self, p: &Prepared, bias: u64) -> Result<Vec<u64>> {
+        let mut out = self.function_array(p.module.fini_array, bias)?;
+        out.reverse();
+        out.extend(p.module.fini.map(|f| bias.wrapping_add(f)));
+        Ok(out)
+    }
+
+    /// The function pointers of an init or fini array of the module loaded at `bias`, as
+    /// relocated in the process.
+    fn function_array(&self, array: Option<(u64, u64)>, bias: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
-        if let Some(init) = p.module.init {
-            out.push(bias.wrapping_add(init));
-        }
-        if let Some((arr, len)) = p.module.init_array {
+        if let Some((arr, len)) = array {
             for i in 0..(len / 8).min(4096) {
                 let f = self.target.mem.read_u64(bias.wrapping_add(arr + 8 * i))?;
                 if f != 0 && f != u64::MAX {
@@ -71,6 +91,17 @@ impl Session<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// Runs the module's finalisers (see [`Self::fini_functions`]) on a borrowed thread.
+    pub(super) fn run_finis(&mut self, finis: &[u64]) -> Result<()> {
+        let timeout = self.engine.init_timeout;
+        let mut h = self.hijack()?;
+        for (k, &f) in finis.iter().enumerate() {
+            h.call(f, &[], timeout, &format!("finaliser #{} of the module at {f:#x}", k + 1))?;
+        }
+        h.release()?;
+        Ok(())
     }
 
     /// Registers the module's exception tables with the target's unwinder (`__register_frame`),

@@ -7,10 +7,10 @@
 
 use super::{Session, Stage};
 use crate::error::{Error, Result};
-use crate::registry::{self, LoadMethod, PatchRecord, Registry, Stubs};
+use crate::registry::{self, LoadMethod, PatchRecord, Registry, State, Stubs};
 
 /// One thing an apply left in the target, which an undo takes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Step {
     /// The module's address range, reserved then filled with its segments (load: mmap).
     Mapped { base: u64, size: u64 },
@@ -20,6 +20,9 @@ pub(super) enum Step {
     Frames { table: u64 },
     /// A page of jump stubs near the target object.
     Stubs(Stubs),
+    /// The module's init functions ran: its finalisers (in the order they run) take back what
+    /// they registered, exit handlers above all, before it is unmapped.
+    Fini(Vec<u64>),
 }
 
 /// What an apply has done so far, in order.
@@ -70,6 +73,10 @@ impl UndoLog {
         if let Some(table) = rec.eh_frame {
             log.push(Step::Frames { table });
         }
+        // Only once init has run: a finaliser of objects never constructed could crash.
+        if !rec.fini.is_empty() && !matches!(rec.state, State::Loaded | State::Linked) {
+            log.push(Step::Fini(rec.fini.clone()));
+        }
         if let Some(stubs) = rec.stubs {
             log.push(Step::Stubs(stubs));
         }
@@ -79,7 +86,7 @@ impl UndoLog {
 
 /// Forgets `step` in the record once it is undone, so that nothing is undone twice (a table
 /// deregistered twice aborts the target's unwinder).
-fn forget(rec: &mut PatchRecord, step: Step) {
+fn forget(rec: &mut PatchRecord, step: &Step) {
     match step {
         Step::Mapped { .. } | Step::Dlopened { .. } => {
             rec.module_mapped = false;
@@ -87,6 +94,7 @@ fn forget(rec: &mut PatchRecord, step: Step) {
         }
         Step::Frames { .. } => rec.eh_frame = None,
         Step::Stubs(_) => rec.stubs = None,
+        Step::Fini(_) => rec.fini.clear(),
     }
 }
 
@@ -97,8 +105,16 @@ impl Session<'_> {
     /// later rollback to finish.
     pub(super) fn unwind(&mut self, reg: &mut Registry, id: &str, log: &UndoLog) -> Result<()> {
         self.target.refresh_maps()?;
-        for &step in log.steps.iter().rev() {
-            let done = match step {
+        for step in log.steps.iter().rev() {
+            let done = match *step {
+                Step::Fini(ref finis) => {
+                    // Forgotten before they run: run twice, a finaliser could free twice. One
+                    // that fails leaves the module mapped (what it registered may remain).
+                    if let Some(rec) = reg.get_mut(id) {
+                        forget(rec, step);
+                    }
+                    self.write_registry(reg).and_then(|()| self.run_finis(finis))
+                }
                 Step::Stubs(Stubs { addr, size }) => {
                     let mut h = self.hijack()?;
                     // Harmless when left: nothing jumps to it any more.

@@ -60,6 +60,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         handle: None,
         stubs: None,
         eh_frame: None,
+        fini: Vec::new(),
     }
 }
 

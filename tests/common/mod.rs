@@ -133,6 +133,12 @@ impl Proc {
         self.stdin.flush().unwrap();
     }
 
+    /// Asks the target to quit (`q`) and returns how it ended.
+    pub fn quit(&mut self) -> std::process::ExitStatus {
+        self.send("q");
+        self.child.wait().expect("the target is waited for")
+    }
+
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
