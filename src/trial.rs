@@ -41,6 +41,13 @@ pub fn expire(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     if entry.manifest_digest != rec.manifest_digest {
         return Err(another_application(pid, patch));
     }
+    // The deadline is root's, not the one the process's record says.
+    let left = entry.deadline.saturating_sub(now_secs());
+    if left > 0 {
+        return Err(Error::precondition(format!(
+            "the trial of `{patch}` in process {pid} ends in {left} s by this host's record, not yet"
+        )));
+    }
     match (rec.state, entry.on_expiry) {
         (State::Trial, OnExpiry::Commit) => {
             s.commit(patch, "trial expired: committed by policy")?;

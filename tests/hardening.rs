@@ -231,3 +231,71 @@ fn rollback_runs_the_module_finalisers_before_unmapping_it() {
     let status = t.quit();
     assert!(status.success(), "the process exits cleanly: {status}");
 }
+
+/// Runs `pannus ARGS` with `env`, returning its stderr.
+fn pannus_stderr(state: &State, args: &[&str], env: &[(&str, &str)]) -> String {
+    state.pannus_env(args, env).stderr
+}
+
+/// Patch A is on trial; an apply of B on the same function is killed after it recorded B as
+/// `activating` but before it wrote its jump. Rolling A back restores A's bytes itself (its
+/// jump is still the one in place) instead of handing them to B's record, which never wrote.
+#[test]
+fn a_rollback_does_not_hand_its_bytes_to_a_patch_that_never_wrote_its_jump() {
+    let state = State::new();
+    let a = state.manifest("fix-a", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let b = state.manifest("fix-b", "target_pie", "patch_tiny.so", &[("compute", "tiny_v2")], "");
+    let (a, b) = (a.to_string_lossy().into_owned(), b.to_string_lossy().into_owned());
+    // Where B's apply writes its `activating` record: the last registry write before the jump.
+    let kill_at = {
+        let t = Proc::start("target_pie");
+        let pid = t.pid.to_string();
+        state.pannus(&["apply", &a, "--pid", &pid, "--yes"]).ok();
+        let err = pannus_stderr(&state, &["apply", &b, "--pid", &pid, "--yes"], &[("PANNUS_TEST_POINTS", "1")]);
+        let points: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("pannus: test point ")).collect();
+        let jump = points.iter().position(|p| p.ends_with(": entry bytes written")).expect("a jump written");
+        points[..jump].iter().rposition(|p| p.ends_with(": registry written")).expect("a registry write") + 1
+    };
+    let mut t = Proc::start("target_pie");
+    let pid = t.pid.to_string();
+    state.pannus(&["apply", &a, "--pid", &pid, "--yes"]).ok();
+    let err =
+        pannus_stderr(&state, &["apply", &b, "--pid", &pid, "--yes"], &[("PANNUS_TEST_KILL_AT", &kill_at.to_string())]);
+    assert!(err.contains("killed at test point"), "{err}");
+    assert_eq!(t.ask("c 5"), "500", "A still answers");
+    state.pannus(&["rollback", "--pid", &pid, "--yes", "fix-a"]).ok();
+    assert!(t.alive(), "the target lives");
+    assert_eq!(t.ask("c 5"), "6", "A's bytes were restored");
+    state.pannus(&["rollback", "--pid", &pid, "--yes", "fix-b"]).ok();
+    assert_eq!(t.ask("c 5"), "6");
+    assert!(!t.maps().contains("patch_compute.so") && !t.maps().contains("patch_tiny.so"), "both unloaded");
+}
+
+/// A patch rolled back while a thread was inside its module keeps the module mapped, and its
+/// record says so. A later apply of the same patch that fails before recording anything (here
+/// the target's dlopen refuses the module) leaves that record alone, so that a rollback can
+/// still unload the module once the thread has left.
+#[test]
+fn a_failed_apply_keeps_the_record_of_a_module_still_mapped() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let extra = "safety:\n  retries: 3\n  retry_interval: 10ms\n";
+    let m = state.manifest("linger", "target_pie", "patch_linger.so", &[("compute", "compute_v2")], extra);
+    state.apply(&m, t.pid).ok();
+    t.send("c 1500"); // sleeps 1.5 s inside the replacement
+    eventually("the main thread is inside the module", || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", t.pid)).unwrap_or_default();
+        stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('S')).then_some(())
+    });
+    let run = state.rollback(t.pid, None).ok();
+    assert!(run.stdout.contains("kept mapped"), "{}", run.stdout);
+    // The same patch again, from a module the target's dlopen refuses.
+    let again = state.manifest("linger", "target_pie", "patch_missing.so", &[("compute", "compute_missing")], "");
+    let text = std::fs::read_to_string(&again).unwrap().replace("  sha256:", "  load: dlopen\n  sha256:");
+    std::fs::write(&again, text).unwrap();
+    let r = state.apply(&again, t.pid);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_eq!(t.line(), "150000", "the thread came back out of the module");
+    state.rollback(t.pid, None).ok();
+    assert!(!t.maps().contains("patch_linger.so"), "the module kept mapped is unloaded at last");
+}

@@ -61,41 +61,48 @@ impl Session<'_> {
         let log = UndoLog::new(registry::locate(&self.target.maps).is_some());
         let mut run = Applying { reg, obs, log, measured: Measured::default() };
         run.measured.timings.preflight = Some(t0.elapsed());
-        let record = match self.stages(&p, &mut run) {
-            Ok(record) => record,
-            Err(e) => return Err(self.undo_apply(&mut run.reg, &m.patch, &run.log, e)),
+        if let Err(e) = self.stages(&p, &mut run) {
+            crate::ledger::forget(&self.engine.state_dir, self.target.pid, &m.patch);
+            return Err(self.undo_apply(&mut run.reg, &m.patch, &run.log, e));
+        }
+        // The jumps are written: from here on a failure says so, and nothing is undone (the
+        // record stays `activating`, which rollback finishes).
+        let deadline = now_secs() + m.trial.duration.as_secs();
+        if let Some(r) = run.reg.get_mut(&m.patch) {
+            r.state = State::Trial;
+            r.trial_deadline = Some(deadline);
+        }
+        let pid = self.target.pid;
+        let live = |e: Error| {
+            e.context(format!("patch `{}` is active in process {pid}, but", m.patch)).hint(format!(
+                "roll it back (pannus rollback --pid {pid} {}) or see pannus status --pid {pid}",
+                m.patch
+            ))
         };
-        // The patch is live: from here on a failure says so, and nothing is undone.
-        self.record_trial(m, &record)?;
+        self.write_registry(&run.reg).map_err(live)?;
+        let id = &m.patch;
+        let record = run.reg.get(id).cloned().ok_or_else(|| live(Error::other("the registry lost its record")))?;
         Ok(Applied { record, measured: run.measured })
     }
 
-    /// Root's record of the trial, which the trial watcher acts on (see `ledger.rs`).
-    fn record_trial(&self, m: &Manifest, record: &PatchRecord) -> Result<()> {
+    /// Root's record of the trial, which the trial watcher acts on (see `ledger.rs`), saved
+    /// before the jumps are written: a pannus killed after them leaves a trial that is watched.
+    fn record_trial(&self, m: &Manifest) -> Result<()> {
         let entry = crate::ledger::Entry {
             patch: m.patch.clone(),
             manifest_digest: m.digest.clone(),
             module: m.module.path.clone(),
             module_sha256: m.module.sha256.clone(),
-            deadline: record.trial_deadline.unwrap_or_else(now_secs),
+            deadline: now_secs() + m.trial.duration.as_secs(),
             on_expiry: m.trial.on_expiry.into(),
             health_check: m.trial.health_check.as_ref().map(Into::into),
         };
-        crate::ledger::save(&self.engine.state_dir, self.target.pid, &entry).map_err(|e| {
-            let pid = self.target.pid;
-            e.context(format!(
-                "patch `{}` is active in process {pid}, but its trial could not be recorded in the state folder",
-                m.patch
-            ))
-            .hint(format!(
-                "its trial will not be watched: commit or roll it back by hand (pannus rollback --pid {pid} {})",
-                m.patch
-            ))
-        })
+        crate::ledger::save(&self.engine.state_dir, self.target.pid, &entry)
+            .map_err(|e| e.context("recording the trial in the state folder"))
     }
 
-    /// Stages 1 to 4, then the trial.
-    fn stages(&mut self, p: &Prepared, run: &mut Applying) -> Result<PatchRecord> {
+    /// Stages 1 to 4, the trial recorded before stage 4.
+    fn stages(&mut self, p: &Prepared, run: &mut Applying) -> Result<()> {
         let m = &p.manifest;
         let record = new_record(p, &run.reg);
         // Stages 1 to 3 mostly wait for the borrowed thread: at the normal policy (see
@@ -111,15 +118,8 @@ impl Session<'_> {
             LoadMethod::Dlopen => self.stage_dlopen(p, record, run)?,
         };
         drop(paused);
-        self.stage_activate(p, &replacements, run)?;
-        let deadline = now_secs() + m.trial.duration.as_secs();
-        if let Some(r) = run.reg.get_mut(&m.patch) {
-            r.state = State::Trial;
-            r.trial_deadline = Some(deadline);
-        }
-        self.write_registry(&run.reg)?;
-        let id = &m.patch;
-        run.reg.get(id).cloned().ok_or_else(|| Error::other(format!("the registry lost the record of `{id}`")))
+        self.record_trial(m)?;
+        self.stage_activate(p, &replacements, run)
     }
 }
 

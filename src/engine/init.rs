@@ -114,8 +114,15 @@ impl Session<'_> {
         let timeout = self.engine.init_timeout;
         let mut h = self.hijack()?;
         if let Some((register, table)) = eh_frame {
-            h.call(register, &[table], timeout, "__register_frame for the module's exception tables")?;
-            log.push(Step::Frames { table });
+            match h.call(register, &[table], timeout, "__register_frame for the module's exception tables") {
+                Ok(()) => log.push(Step::Frames { table }),
+                Err(e) => {
+                    // Registered or not, nobody knows: taking the tables back could abort the
+                    // target's unwinder, unmapping the module could leave it pointing there.
+                    log.push(Step::Unknown(format!("the registration of its exception tables failed halfway ({e})")));
+                    return Err(e.into());
+                }
+            }
         }
         for (k, &f) in inits.iter().enumerate() {
             h.call(f, &[0, 0, 0], timeout, &format!("init function #{} at {f:#x}", k + 1))?;

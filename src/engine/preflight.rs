@@ -324,6 +324,14 @@ impl Session<'_> {
         let mut required = Vec::new();
         for p in m.requires.iter().filter_map(|r| reg.get(r)) {
             let entry = crate::ledger::required(&self.engine.state_dir, self.target.pid, &p.patch)?;
+            if entry.manifest_digest != p.manifest_digest || entry.module_sha256 != p.module_sha256 {
+                return Err(Error::precondition(format!(
+                    "required patch `{}` in process {} is not the application this host recorded (another manifest \
+                     or module)",
+                    p.patch, self.target.pid
+                ))
+                .hint("apply the required patch again with this host's pannus and state folder"));
+            }
             let whose = format!("the record of `{}` in the state folder", p.patch);
             let (o, _) = verified_module(&entry.module, &entry.module_sha256, &whose)?;
             let bias = p.module_base.wrapping_sub(o.span().0);

@@ -156,6 +156,23 @@ impl Session<'_> {
         for f in rec.functions.iter().rev() {
             let original = hex::decode(&f.original).unwrap_or_default();
             let written = hex::decode(&f.written).unwrap_or_default();
+            // Our jump still in place (whatever a later record says: an apply killed before it
+            // wrote its own leaves a record that never did): we restore the bytes ourselves.
+            let current = self.target.mem.read_vec(f.patch_address, written.len())?;
+            if current == written {
+                writes.push((f.patch_address, original.clone()));
+                // The bytes now there are our jump: a single instruction (or a pad jump pair),
+                // so a thread can only stand at its start.
+                plans.push(EntryPlan {
+                    jump: f.jump,
+                    patch_address: f.patch_address,
+                    original: written.clone(),
+                    written: original,
+                    starts: vec![f.patch_address, f.address],
+                });
+                names.push(f.target.clone());
+                continue;
+            }
             let later = reg
                 .patches
                 .iter_mut()
@@ -172,21 +189,6 @@ impl Session<'_> {
                     merged.extend_from_slice(&theirs[merged.len()..]);
                 }
                 g.original = hex::encode(merged);
-                continue;
-            }
-            let current = self.target.mem.read_vec(f.patch_address, written.len())?;
-            if current == written {
-                writes.push((f.patch_address, original.clone()));
-                // The bytes now there are our jump: a single instruction (or a pad jump pair),
-                // so a thread can only stand at its start.
-                plans.push(EntryPlan {
-                    jump: f.jump,
-                    patch_address: f.patch_address,
-                    original: written.clone(),
-                    written: original,
-                    starts: vec![f.patch_address, f.address],
-                });
-                names.push(f.target.clone());
             }
         }
         let mut seen = None;

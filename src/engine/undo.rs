@@ -23,6 +23,9 @@ pub(super) enum Step {
     /// The module's init functions ran: its finalisers (in the order they run) take back what
     /// they registered, exit handlers above all, before it is unmapped.
     Fini(Vec<u64>),
+    /// Something whose outcome is not known (a registration that failed halfway): the module
+    /// stays mapped, since undoing it could be worse than leaving it.
+    Unknown(String),
 }
 
 /// What an apply has done so far, in order.
@@ -95,6 +98,7 @@ fn forget(rec: &mut PatchRecord, step: &Step) {
         Step::Frames { .. } => rec.eh_frame = None,
         Step::Stubs(_) => rec.stubs = None,
         Step::Fini(_) => rec.fini.clear(),
+        Step::Unknown(_) => {}
     }
 }
 
@@ -105,42 +109,54 @@ impl Session<'_> {
     /// later rollback to finish.
     pub(super) fn unwind(&mut self, reg: &mut Registry, id: &str, log: &UndoLog) -> Result<()> {
         self.target.refresh_maps()?;
+        let record = log.recorded || log.had_registry;
         for step in log.steps.iter().rev() {
-            let done = match *step {
-                Step::Fini(ref finis) => {
-                    // Forgotten before they run: run twice, a finaliser could free twice. One
-                    // that fails leaves the module mapped (what it registered may remain).
-                    if let Some(rec) = reg.get_mut(id) {
-                        forget(rec, step);
-                    }
-                    self.write_registry(reg).and_then(|()| self.run_finis(finis))
+            if let Step::Fini(_) = step {
+                // Forgotten before they run: run twice, a finaliser could free twice. One that
+                // fails leaves the module mapped (what it registered may remain).
+                if let Some(rec) = reg.get_mut(id) {
+                    forget(rec, step);
                 }
-                Step::Stubs(Stubs { addr, size }) => {
-                    let mut h = self.hijack()?;
-                    // Harmless when left: nothing jumps to it any more.
-                    let _ = h.munmap(addr, size);
-                    h.release().map_err(Error::from)
+                if record {
+                    self.write_registry(reg)?;
                 }
-                Step::Frames { table } => self.deregister_frames(table),
-                Step::Mapped { base, size } => {
-                    let mut h = self.hijack()?;
-                    let r = h.munmap(base, size);
-                    h.release()?;
-                    r.map_err(|e| Error::from(e).context("unmapping the module"))
-                }
-                Step::Dlopened { handle } => self.dlclose(handle),
-            };
-            if let Err(e) = done {
-                if log.recorded || log.had_registry {
-                    let _ = self.write_registry(reg);
-                }
-                return Err(e);
             }
-            if let Some(rec) = reg.get_mut(id) {
-                forget(rec, step);
+            let done = self.undo_step(step);
+            if done.is_ok() {
+                if let Some(rec) = reg.get_mut(id) {
+                    forget(rec, step);
+                }
             }
+            // Each step's outcome is in the registry before the next begins: a pannus killed
+            // or failing from here on leaves a record that undoes nothing twice.
+            if record {
+                self.write_registry(reg)?;
+            }
+            done?;
         }
         self.target.refresh_maps()
+    }
+
+    /// Takes back one step.
+    fn undo_step(&mut self, step: &Step) -> Result<()> {
+        match *step {
+            Step::Fini(ref finis) => self.run_finis(finis),
+            Step::Stubs(Stubs { addr, size }) => {
+                let mut h = self.hijack()?;
+                // Harmless when left: nothing jumps to it any more.
+                let _ = h.munmap(addr, size);
+                h.release().map_err(Error::from)
+            }
+            Step::Frames { table } => self.deregister_frames(table),
+            Step::Mapped { base, size } => {
+                let mut h = self.hijack()?;
+                let r = h.munmap(base, size);
+                h.release()?;
+                r.map_err(|e| Error::from(e).context("unmapping the module"))
+            }
+            Step::Dlopened { handle } => self.dlclose(handle),
+            Step::Unknown(ref why) => Err(Error::other(format!("the module is kept mapped: {why}"))),
+        }
     }
 
     /// Undoes a failed or cancelled apply of `id`: every step of `log`, then its record, then
@@ -148,7 +164,9 @@ impl Session<'_> {
     pub(super) fn undo_apply(&mut self, reg: &mut Registry, id: &str, log: &UndoLog, mut e: Error) -> Error {
         let undone = (|| -> Result<()> {
             self.unwind(reg, id, log)?;
-            reg.patches.retain(|r| r.patch != id);
+            // This apply's record only: an earlier, rolled-back record of the same patch (whose
+            // module a thread kept mapped) stays, for a later rollback to unload.
+            reg.patches.retain(|r| r.patch != id || r.state == State::RolledBack);
             if log.had_registry {
                 self.write_registry(reg)?;
             } else if let Some(loc) = registry::locate(&self.target.maps) {
