@@ -68,6 +68,7 @@ impl World {
             seized.done = true;
             return Err(Error::NoProcess { pid });
         }
+        crate::fault::point("every thread seized");
         Ok(seized)
     }
 
