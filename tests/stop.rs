@@ -1,8 +1,10 @@
-//! The stop of every thread against what gets in its way: socket calls that a stop ends with
-//! `EINTR` when their socket has a timeout.
+//! The stop of every thread against what gets in its way: a thread created untraced while the
+//! threads are seized, and socket calls that a stop ends with `EINTR` when their socket has a
+//! timeout.
 
 mod common;
 use common::{Proc, State};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Waits until `cond` holds, looking every millisecond, for up to 20 s.
@@ -19,14 +21,145 @@ fn task_file(pid: i32, tid: i32, name: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{name}")).unwrap_or_default()
 }
 
+/// The state letter of a thread (`t` when stopped by its tracer), `None` when gone.
+fn state_of(pid: i32, tid: i32) -> Option<char> {
+    let stat = task_file(pid, tid, "stat");
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+fn tracer_of(pid: i32, tid: i32) -> Option<i32> {
+    let status = task_file(pid, tid, "status");
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
+}
+
 /// The system call a thread is blocked in, from `/proc/PID/task/TID/syscall`.
 fn blocked_in(pid: i32, tid: i32) -> Option<u64> {
     task_file(pid, tid, "syscall").split_whitespace().next()?.parse().ok()
 }
 
+fn threads(pid: i32) -> Vec<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// After pannus is gone: no thread of `pid` is traced or stopped.
+fn assert_all_let_go(pid: i32) {
+    for tid in threads(pid) {
+        let (tracer, state) = (tracer_of(pid, tid), state_of(pid, tid));
+        assert!(tracer.unwrap_or(0) == 0 && state != Some('t'), "thread {tid}: traced by {tracer:?}, state {state:?}");
+    }
+}
+
 fn manifest(state: &State, patch: &str, module: &str, retries: u32) -> std::path::PathBuf {
     let extra = format!("safety:\n  retries: {retries}\n  retry_interval: 10ms\n");
     state.manifest(patch, "stop_target", module, &[("compute", "compute_v2")], &extra)
+}
+
+/// Runs `pannus ARGS` to its end with `PANNUS_TEST_PAUSE_AT=labels`: at each point where it
+/// stops itself, calls `at` with the label and how many pauses came before, then lets it go on.
+/// Returns its exit code and standard error.
+fn run_pausing(state: &State, args: &[&str], labels: &str, mut at: impl FnMut(&str, usize)) -> (i32, String) {
+    use std::io::BufRead;
+    let mut pannus = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(args)
+        .env("PANNUS_STATE_DIR", state.path())
+        .env("PANNUS_TEST_PAUSE_AT", labels)
+        .env("PANNUS_TEST_POINTS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pannus runs");
+    let pid = pannus.id() as i32;
+    let mut stderr = String::new();
+    let mut paused = 0;
+    // Each point is printed before pannus stops there.
+    for line in std::io::BufReader::new(pannus.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        stderr.push_str(&line);
+        stderr.push('\n');
+        let Some(label) = line.strip_prefix("pannus: test point ").and_then(|l| l.split_once(": ")).map(|(_, l)| l)
+        else {
+            continue;
+        };
+        if !labels.split(',').any(|l| l == label) {
+            continue;
+        }
+        wait_until("pannus pauses", || state_of(pid, pid) == Some('T'));
+        at(label, paused);
+        paused += 1;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+    (pannus.wait().unwrap().code().unwrap_or(-1), stderr)
+}
+
+/// The threads of `pid` that run while every thread should be stopped, with their states.
+fn running(pid: i32) -> Vec<(i32, Option<char>)> {
+    threads(pid)
+        .into_iter()
+        .map(|tid| (tid, state_of(pid, tid)))
+        .filter(|(_, s)| !matches!(s, None | Some('t' | 'Z' | 'X')))
+        .collect()
+}
+
+/// A thread whose creator was seized after the kernel decided not to trace the new thread, and
+/// that appears only after the threads were listed for the last time, is stopped with the rest.
+/// The target holds a creation at that instant: its pidfd goes to a page registered with
+/// userfaultfd, which the kernel writes between that decision and listing the new thread.
+#[test]
+fn a_thread_created_untraced_while_the_threads_are_seized_is_stopped_too() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    let creator: i32 = t.ask("u").parse().unwrap();
+    wait_until("the creation waits in clone3", || blocked_in(t.pid, creator) == Some(435));
+    let m = manifest(&state, "untraced", "patch_compute.so", 20);
+    let args = ["apply", &*m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"];
+    let mut seen_running = Vec::new();
+    let (code, stderr) = run_pausing(&state, &args, "every thread seized,every thread stopped", |label, _| {
+        if label == "every thread seized" {
+            // Every thread is seized and runs on: the creation completes now, untraced.
+            let created: i32 = t.ask("U").parse().unwrap();
+            assert!(created > 0, "clone3 failed: {created}");
+            assert_eq!(tracer_of(t.pid, created), Some(0), "the new thread is not traced from its birth");
+        } else {
+            seen_running.extend(running(t.pid));
+        }
+    });
+    assert!(
+        seen_running.is_empty(),
+        "threads running while every thread was said stopped (tid, state): {seen_running:?}"
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(t.ask("c 5"), "500");
+    assert_all_let_go(t.pid);
+}
+
+/// Threads created in a tight loop (each calls the patched function and exits) while pannus
+/// applies and rolls back: at every stop, every thread listed is stopped.
+#[test]
+fn threads_created_in_a_tight_loop_are_all_stopped_at_every_stop() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("T"), "started");
+    let m = state.manifest("churn", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let (m, pid) = (m.to_string_lossy().into_owned(), t.pid.to_string());
+    let (mut stops, mut seen_running) = (0, Vec::new());
+    for _ in 0..10 {
+        for args in [&["apply", &*m, "--pid", &pid, "--yes"][..], &["rollback", "--pid", &pid, "--yes"]] {
+            let (code, stderr) = run_pausing(&state, args, "every thread stopped", |_, _| {
+                stops += 1;
+                seen_running.extend(running(t.pid));
+            });
+            assert_eq!(code, 0, "{stderr}");
+        }
+    }
+    assert!(
+        seen_running.is_empty(),
+        "threads running while every thread was said stopped (tid, state): {seen_running:?}"
+    );
+    assert!(stops >= 20, "{stops} stops");
+    let r: Vec<i64> = t.ask("r").split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(r[3], 0, "no short-lived thread saw a wrong answer: {r:?}");
 }
 
 /// The socket calls of the target (tests/fixtures/stop_target.c) and their system call numbers.

@@ -3,7 +3,9 @@
 //! In two steps, so that the stop itself is as short as it can be: [`World::seize`] attaches to
 //! every thread while the process keeps running, then [`Seized::stop_with`] interrupts them all
 //! before waiting for any. Threads created in between are traced from birth (they were created
-//! by a thread already seized, which follows its clones) and are stopped with the rest.
+//! by a thread already seized, which follows its clones) and are stopped with the rest; a thread
+//! whose creation was under way, untraced, as its creator was seized is found by listing the
+//! threads once more when all are stopped.
 
 use crate::error::{Error, Result};
 use crate::sched::RealtimeGuard;
@@ -44,7 +46,6 @@ impl World {
     /// until it lists no thread not yet attached. From then on every thread the process creates
     /// is traced from its birth.
     pub fn seize(pid: i32) -> Result<Seized> {
-        let me = std::process::id() as i32;
         let mut seized = Seized { pid, tids: Vec::new(), rt: Some(RealtimeGuard::raise()), done: false };
         let mut seen: HashSet<i32> = HashSet::new();
         loop {
@@ -53,14 +54,8 @@ impl World {
                 break;
             }
             for tid in fresh {
-                match thread::seize_following_clones(tid) {
-                    Ok(()) => seized.tids.push(tid),
-                    Err(Error::NoProcess { .. }) => {} // exited meanwhile
-                    // Created by a thread already seized: traced since its birth.
-                    Err(_) if thread::tracer_of(tid) == Some(me) => seized.tids.push(tid),
-                    // Exiting: the kernel refuses to attach (EPERM) to a thread on its way out.
-                    Err(_) if thread::thread_state(pid, tid).is_none_or(|s| s == 'Z' || s == 'X') => {}
-                    Err(e) => return Err(e),
+                if attach(pid, tid)? {
+                    seized.tids.push(tid);
                 }
             }
         }
@@ -118,7 +113,8 @@ impl Seized {
     }
 
     /// Stops every attached thread, and every thread they created since they were attached:
-    /// all are interrupted before any is waited for. `each` is called with every thread as soon
+    /// all are interrupted before any is waited for; then `/proc/PID/task` is read again, and
+    /// any thread not seen yet stopped too, until it lists none. `each` is called with every thread as soon
     /// as it is stopped (in the order of [`World::threads`]), while the others are still on
     /// their way to their stop: work done there (reading the thread's stack) overlaps with the
     /// stop instead of adding to it.
@@ -133,52 +129,73 @@ impl Seized {
             World { pid, threads: Vec::with_capacity(self.tids.len()), resumed: false, _rt: self.rt.take() };
         let mut first_err = None;
         let mut queue: VecDeque<i32> = VecDeque::with_capacity(self.tids.len());
-        for &tid in &self.tids {
-            match thread::interrupt(tid) {
-                Ok(()) => queue.push_back(tid),
-                Err(Error::NoProcess { .. }) => {} // exited since it was attached
-                // Not waited for (it may never stop); it is detached when pannus exits.
-                Err(e) => {
-                    first_err.get_or_insert(e);
+        interrupt_all(&self.tids, &mut queue, &mut first_err);
+        let mut known: HashSet<i32> = self.tids.iter().copied().collect();
+        loop {
+            while let Some(tid) = queue.pop_front() {
+                let pending = match thread::wait_world(tid) {
+                    Ok(WorldStop::Stopped(sig)) => sig,
+                    Ok(WorldStop::Cloned(child)) => {
+                        // The child stops on its own as it starts; the parent stays at this stop.
+                        if known.insert(child) {
+                            queue.push_back(child);
+                        }
+                        0
+                    }
+                    Ok(WorldStop::Gone) => continue,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        continue;
+                    }
+                };
+                // Registered before reading registers so that it is resumed on any error.
+                world.threads.push(StoppedThread { tid, regs: crate::hijack::zero_regs(), pending });
+                let regs = thread::getregs(tid).and_then(|mut regs| {
+                    if crate::frame::hide_stop_eintr(&mut regs, || pending != 0 || thread::signal_waiting(pid, tid)) {
+                        thread::setregs(tid, regs)?;
+                    }
+                    Ok(regs)
+                });
+                match regs {
+                    Ok(regs) => {
+                        if let Some(t) = world.threads.last_mut() {
+                            t.regs = regs;
+                            each(t);
+                        }
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
-        }
-        let mut known: HashSet<i32> = self.tids.iter().copied().collect();
-        while let Some(tid) = queue.pop_front() {
-            let pending = match thread::wait_world(tid) {
-                Ok(WorldStop::Stopped(sig)) => sig,
-                Ok(WorldStop::Cloned(child)) => {
-                    // The child stops on its own as it starts; the parent stays at this stop.
-                    if known.insert(child) {
-                        queue.push_back(child);
-                    }
-                    0
-                }
-                Ok(WorldStop::Gone) => continue,
+            if first_err.is_some() {
+                break;
+            }
+            // Every thread known is stopped. A thread created by one that was seized after the
+            // kernel had decided not to trace the new thread, and listed only after the seize's
+            // last look, runs untraced: look again, and stop every thread not seen yet, until
+            // none appears. Once every thread listed is stopped, none is left to create one.
+            let fresh = match thread::list_threads(pid) {
+                Ok(tids) => tids.into_iter().filter(|t| known.insert(*t)).collect::<Vec<i32>>(),
                 Err(e) => {
                     first_err.get_or_insert(e);
-                    continue;
+                    break;
                 }
             };
-            // Registered before reading registers so that it is resumed on any error.
-            world.threads.push(StoppedThread { tid, regs: crate::hijack::zero_regs(), pending });
-            let regs = thread::getregs(tid).and_then(|mut regs| {
-                if crate::frame::hide_stop_eintr(&mut regs, || pending != 0 || thread::signal_waiting(pid, tid)) {
-                    thread::setregs(tid, regs)?;
-                }
-                Ok(regs)
-            });
-            match regs {
-                Ok(regs) => {
-                    if let Some(t) = world.threads.last_mut() {
-                        t.regs = regs;
-                        each(t);
+            if fresh.is_empty() {
+                break;
+            }
+            let mut attached = Vec::with_capacity(fresh.len());
+            for tid in fresh {
+                match attach(pid, tid) {
+                    Ok(true) => attached.push(tid),
+                    Ok(false) => {}
+                    Err(e) => {
+                        first_err.get_or_insert(e);
                     }
                 }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
             }
+            interrupt_all(&attached, &mut queue, &mut first_err);
         }
         if let Some(e) = first_err {
             return Err(e); // `world` resumes what it holds as it drops
@@ -188,6 +205,35 @@ impl Seized {
         }
         crate::fault::point("every thread stopped");
         Ok(world)
+    }
+}
+
+/// Attaches to thread `tid` of `pid`, following its clones, without stopping it; `Ok(false)`
+/// when there is no thread to attach to.
+fn attach(pid: i32, tid: i32) -> Result<bool> {
+    match thread::seize_following_clones(tid) {
+        Ok(()) => Ok(true),
+        Err(Error::NoProcess { .. }) => Ok(false), // exited meanwhile
+        // Created by a thread already seized: traced since its birth.
+        Err(_) if thread::tracer_of(tid) == Some(std::process::id() as i32) => Ok(true),
+        // Exiting: the kernel refuses to attach (EPERM) to a thread on its way out.
+        Err(_) if thread::thread_state(pid, tid).is_none_or(|s| s == 'Z' || s == 'X') => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Interrupts each of `tids` and queues it to be waited for; a thread that exited meanwhile is
+/// left out.
+fn interrupt_all(tids: &[i32], queue: &mut VecDeque<i32>, first_err: &mut Option<Error>) {
+    for &tid in tids {
+        match thread::interrupt(tid) {
+            Ok(()) => queue.push_back(tid),
+            Err(Error::NoProcess { .. }) => {} // exited since it was attached
+            // Not waited for (it may never stop); it is detached when pannus exits.
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
     }
 }
 
