@@ -1,9 +1,9 @@
-//! The stop of every thread against what gets in its way: a thread created untraced while the
-//! threads are seized, and socket calls that a stop ends with `EINTR` when their socket has a
-//! timeout.
+//! The stop of every thread against what gets in its way: a thread no stop reaches (a `vfork`
+//! parent waiting for its child), a thread created untraced while the threads are seized, and
+//! socket calls that a stop ends with `EINTR` when their socket has a timeout.
 
 mod common;
-use common::{Proc, State};
+use common::{Proc, Run, State};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,88 @@ fn assert_all_let_go(pid: i32) {
 fn manifest(state: &State, patch: &str, module: &str, retries: u32) -> std::path::PathBuf {
     let extra = format!("safety:\n  retries: {retries}\n  retry_interval: 10ms\n");
     state.manifest(patch, "stop_target", module, &[("compute", "compute_v2")], &extra)
+}
+
+/// Applies a patch, with a budget of `retries` attempts 10 ms apart, to a fresh target while one
+/// of its threads waits in `vfork` for a child that sleeps `ms`, where no stop reaches it; checks
+/// that the other threads were held less than a second. Returns the target, the manifest, that
+/// thread and the run of `apply --json`.
+fn apply_during_vfork(state: &State, ms: u32, retries: u32) -> (Proc, std::path::PathBuf, i32, Run) {
+    let mut t = Proc::start("stop_target");
+    assert_eq!(t.ask("C"), "started");
+    let tid: i32 = t.ask(&format!("v {ms}")).parse().unwrap();
+    wait_until("the vfork parent waits for its child", || state_of(t.pid, tid) == Some('D'));
+    let m = manifest(state, "vfork-fix", "patch_compute.so", retries);
+    t.ask("g");
+    let run = state.pannus(&["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--json"]);
+    let held: u64 = t.ask("g").parse().unwrap();
+    assert!(held < 1000, "the other threads were held {held} ms (exit {}: {}{})", run.code, run.stdout, run.stderr);
+    (t, m, tid, run)
+}
+
+/// A thread blocked where no stop reaches it (a `vfork` parent waiting for its child, which
+/// sleeps 5 s) holds the other threads only for the stop's timeout, not until it moves: the
+/// apply retries without stopping them again, then gives up as busy, naming the thread and its
+/// state, and every thread runs on, untraced.
+#[test]
+fn a_thread_no_stop_reaches_holds_the_others_only_briefly() {
+    let state = State::new();
+    let (mut t, m, tid, run) = apply_during_vfork(&state, 5000, 20);
+    assert_eq!(run.code, 3, "busy: {}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains(&format!("thread {tid} ")) && message.contains("state D"), "{message}");
+    assert_all_let_go(t.pid);
+    // The thread goes on once its child is gone, and then the patch goes in.
+    wait_until("the vfork returned", || t.ask("V") == "1");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 5"), "500");
+}
+
+/// With a budget longer than the thread's wait, the apply goes through once the thread moved;
+/// meanwhile the other threads were held only briefly.
+#[test]
+fn an_apply_waits_out_a_vfork_by_retrying() {
+    let state = State::new();
+    let (mut t, _, _, run) = apply_during_vfork(&state, 2000, 1000);
+    let v = run.ok().json();
+    assert_eq!(t.ask("V"), "1", "the apply went through after the vfork returned: {v}");
+    for w in v["stops"].as_array().unwrap() {
+        let ns = w["end_monotonic_ns"].as_u64().unwrap() - w["start_monotonic_ns"].as_u64().unwrap();
+        assert!(ns < 1_000_000_000, "a stop of {ns} ns: {v}");
+    }
+    assert_eq!(t.ask("c 5"), "500");
+}
+
+/// The unload's wait for an idle module stops the threads again and again: a thread no stop
+/// reaches holds the others only briefly there too, and the module goes once the thread moved
+/// and no thread is inside it any more.
+#[test]
+fn an_unload_waits_out_a_thread_no_stop_reaches() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    let m = manifest(&state, "linger", "patch_linger.so", 1000);
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 2"), "200");
+    assert_eq!(t.ask("C"), "started");
+    // A thread sleeps 1.5 s inside the replacement while the patch is rolled back.
+    let inside: i32 = t.ask("b 1500").parse().unwrap();
+    wait_until("a thread sleeps inside the module", || state_of(t.pid, inside) == Some('S'));
+    t.ask("g");
+    let pid = t.pid.to_string();
+    let run = std::thread::scope(|s| {
+        let rollback = s.spawn(|| state.pannus(&["rollback", "--pid", &pid, "--yes", "--json"]));
+        // Once the entry is restored, the unload waits for the module to be idle; then a thread
+        // starts waiting for a child where no stop reaches it.
+        wait_until("the original code answers", || t.ask("c 5") == "6");
+        let tid: i32 = t.ask("v 3000").parse().unwrap();
+        wait_until("the vfork parent waits for its child", || state_of(t.pid, tid) == Some('D'));
+        rollback.join().unwrap()
+    });
+    let held: u64 = t.ask("g").parse().unwrap();
+    assert!(held < 1000, "the other threads were held {held} ms (exit {}: {}{})", run.code, run.stdout, run.stderr);
+    run.ok();
+    assert_eq!(t.ask("V"), "1", "the unload waited for the vfork to return");
+    assert!(!t.maps().contains("patch_linger.so"), "the module is unloaded");
 }
 
 /// Runs `pannus ARGS` to its end with `PANNUS_TEST_PAUSE_AT=labels`: at each point where it
