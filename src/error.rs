@@ -83,6 +83,8 @@ impl From<pannus_kernel::Error> for Error {
         let kind = match e {
             pannus_kernel::Error::NoProcess { .. } => Kind::Precondition,
             pannus_kernel::Error::Permission { .. } => Kind::Precondition,
+            // Like a thread in the way: every thread runs again, and a later attempt may succeed.
+            pannus_kernel::Error::NotStopped { .. } => Kind::Busy,
             // A system call the target's kernel refused, as any other failure inside it.
             pannus_kernel::Error::Syscall { .. } => Kind::Other,
             _ => Kind::Other,
@@ -91,6 +93,12 @@ impl From<pannus_kernel::Error> for Error {
             pannus_kernel::Error::Permission { .. } => {
                 Some("run pannus as root or with CAP_SYS_PTRACE; check kernel.yama.ptrace_scope".to_string())
             }
+            pannus_kernel::Error::NotStopped { .. } => Some(
+                "the thread is blocked where no stop reaches it (a vfork parent waiting for its child, an \
+                 uninterruptible sleep on a dead NFS or FUSE mount); retry once it has moved on, or raise \
+                 safety.retries or --stop-timeout"
+                    .to_string(),
+            ),
             _ => None,
         };
         Error { kind, message: e.to_string(), hint }

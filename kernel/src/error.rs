@@ -12,6 +12,12 @@ pub enum Error {
     Ptrace { tid: i32, op: &'static str, errno: Errno },
     #[error("process {pid} exited while pannus was working on it ({how})")]
     Exited { pid: i32, how: String },
+    /// Threads still on their way to a stop when the time allowed for it ran out, each with
+    /// where it is ([`crate::thread::whereabouts`]): blocked where no stop reaches it, such as a
+    /// `vfork` parent waiting for its child or an uninterruptible sleep. Every other thread was
+    /// let go.
+    #[error("{} of process {pid} did not stop within {after:?}", late_threads(threads))]
+    NotStopped { pid: i32, threads: Vec<(i32, String)>, after: Duration },
     #[error("{what} in thread {tid} did not finish within {after:?}")]
     Timeout { tid: i32, what: String, after: Duration },
     #[error("{what} in thread {tid} crashed with {signal} at {rip:#x}")]
@@ -26,6 +32,11 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn late_threads(threads: &[(i32, String)]) -> String {
+    let each: Vec<String> = threads.iter().map(|(tid, whereabouts)| format!("thread {tid} ({whereabouts})")).collect();
+    each.join(", ")
+}
 
 impl Error {
     pub(crate) fn ptrace(tid: i32, op: &'static str, errno: Errno) -> Error {

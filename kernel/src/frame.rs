@@ -41,7 +41,19 @@ pub fn pre_restart(mut r: user_regs_struct) -> user_regs_struct {
 
 /// System calls the kernel ends with a plain `EINTR`, not restarted, when the thread is merely
 /// stopped and resumed (signal(7)): a ptrace interrupt would show through to the program.
-const EINTR_ON_STOP: [u64; 9] = [
+///
+/// The socket calls do so only on a socket with a timeout (`SO_RCVTIMEO` for the receiving
+/// calls and `accept`, `SO_SNDTIMEO` for the sending calls and `connect`), and so do `read`,
+/// `write`, `readv` and `writev` on such a socket (the same kernel path); on any other file those
+/// end with a restart code, not `EINTR`, and are left to the kernel. Each of them fails with
+/// `EINTR` only when it has transferred nothing (a partial transfer returns its count instead), so
+/// issuing it again loses and repeats nothing. A call issued again starts its timeout afresh: the
+/// socket's timeouts are per call, and `recvmmsg` writes its remaining `timeout` back only when it
+/// returns datagrams. So a stop can make a call wait up to one timeout longer than asked, never
+/// shorter, as `epoll_wait` with its timeout does here. `connect` issued again goes on waiting for
+/// the connection already under way; should its timeout then run out, it fails with `EALREADY`
+/// where it would have failed with `EINPROGRESS`: both say the connection is still being made.
+const EINTR_ON_STOP: [u64; 22] = [
     232, // epoll_wait
     281, // epoll_pwait
     441, // epoll_pwait2
@@ -51,6 +63,19 @@ const EINTR_ON_STOP: [u64; 9] = [
     208, // io_getevents
     333, // io_pgetevents
     34,  // pause
+    43,  // accept
+    288, // accept4
+    45,  // recvfrom (and recv)
+    47,  // recvmsg
+    299, // recvmmsg
+    42,  // connect
+    44,  // sendto (and send)
+    46,  // sendmsg
+    307, // sendmmsg
+    0,   // read (on a socket)
+    1,   // write (on a socket)
+    19,  // readv (on a socket)
+    20,  // writev (on a socket)
 ];
 const EINTR: i64 = 4;
 
@@ -168,5 +193,22 @@ mod tests {
         r.orig_rax = u64::MAX; // not in a system call
         r.rax = (-ERESTARTSYS) as u64;
         assert_eq!(pre_restart(r).rip, 0x1002);
+    }
+
+    #[test]
+    fn calls_a_stop_ends_with_eintr_are_issued_again_unless_a_signal_waits() {
+        let mut r = crate::hijack::zero_regs();
+        r.orig_rax = 45; // recvfrom on a socket with a timeout
+        r.rax = (-EINTR) as u64;
+        r.rip = 0x1002;
+        let mut again = r;
+        assert!(hide_stop_eintr(&mut again, || false));
+        assert_eq!((again.rax, again.rip), (45, 0x1000));
+        let mut mine = r;
+        assert!(!hide_stop_eintr(&mut mine, || true), "a signal of the program's own ends it");
+        assert_eq!((mine.rax, mine.rip), (r.rax, r.rip));
+        let mut restart = r;
+        restart.rax = (-ERESTARTSYS) as u64; // without a timeout: the kernel restarts it
+        assert!(!hide_stop_eintr(&mut restart, || false));
     }
 }

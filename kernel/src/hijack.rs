@@ -63,6 +63,9 @@ const RESTORER_LEN: u64 = 9;
 impl<'m> Hijack<'m> {
     /// Stops thread `tid` of the process `mem` belongs to and writes its signal frame.
     pub fn attach(mem: &'m Mem, tid: i32, gadgets: Gadgets) -> Result<Hijack<'m>> {
+        // A thread an earlier stop gave up waiting for goes on now if it has stopped since; if
+        // it is this one and has not, it is still where no stop reaches it.
+        crate::world::still_late(mem.pid(), Some(tid))?;
         thread::seize_for_syscalls(tid)?;
         let mut h = Hijack {
             mem,

@@ -40,7 +40,7 @@ pub use nix::sys::mman::{MapFlags, ProtFlags};
 pub use remote::RemoteFd;
 pub use sched::{background, foreground, Paused, RealtimeGuard, SpareCpu};
 pub use thread::{cpu_time, list_threads, process_exists, read_seccomp_filters, thread_state, tracer_of};
-pub use world::{Seized, StoppedThread, World};
+pub use world::{Seized, StoppedThread, World, STOP_TIMEOUT};
 
 /// Linux x86-64 system call numbers used by pannus.
 pub(crate) mod nr {

@@ -166,21 +166,24 @@ fn decode(status: libc::c_int) -> Option<Stop> {
     None
 }
 
+/// One `waitpid` for thread `tid`; `Err(EINTR)` when a signal ended it.
+fn waitpid_once(tid: i32, flags: libc::c_int) -> std::result::Result<Option<libc::c_int>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid, writable c_int for the duration of the call.
+    let r = unsafe { libc::waitpid(tid, &mut status, flags | libc::__WALL) };
+    match r {
+        r if r < 0 => Err(Errno::last()),
+        0 => Ok(None),
+        _ => Ok(Some(status)),
+    }
+}
+
 fn waitpid_status(tid: i32, flags: libc::c_int) -> std::result::Result<Option<libc::c_int>, Errno> {
     loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: `status` is a valid, writable c_int for the duration of the call.
-        let r = unsafe { libc::waitpid(tid, &mut status, flags | libc::__WALL) };
-        if r < 0 {
-            match Errno::last() {
-                Errno::EINTR => continue,
-                e => return Err(e),
-            }
+        match waitpid_once(tid, flags) {
+            Err(Errno::EINTR) => continue,
+            r => return r,
         }
-        if r == 0 {
-            return Ok(None);
-        }
-        return Ok(Some(status));
     }
 }
 
@@ -204,26 +207,80 @@ pub(crate) fn seize_following_clones(tid: i32) -> Result<()> {
     seize_with(tid, ptrace::Options::PTRACE_O_TRACECLONE)
 }
 
-/// Waits until thread `tid`, seized with [`seize_following_clones`], reports.
-pub(crate) fn wait_world(tid: i32) -> Result<WorldStop> {
+/// Waits until thread `tid`, seized with [`seize_following_clones`], reports, or until
+/// `deadline` passes (`None` then); past it, only a report already there is taken. A wait
+/// blocked at the deadline ends only if the calling thread holds an [`Alarm`] for it.
+pub(crate) fn wait_world(tid: i32, deadline: Instant) -> Result<Option<WorldStop>> {
     loop {
-        let status = match waitpid_status(tid, 0) {
+        let flags = if Instant::now() >= deadline { libc::WNOHANG } else { 0 };
+        let status = match waitpid_once(tid, flags) {
             Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(Errno::ECHILD) => return Ok(WorldStop::Gone),
+            Ok(None) => return Ok(None),
+            Err(Errno::EINTR) => continue, // the alarm: look at the clock again
+            Err(Errno::ECHILD) => return Ok(Some(WorldStop::Gone)),
             Err(e) => return Err(Error::ptrace(tid, "wait", e)),
         };
         if libc::WIFSTOPPED(status) && (status >> 16) & 0xff == libc::PTRACE_EVENT_CLONE {
             let child =
                 ptrace::getevent(Pid::from_raw(tid)).map_err(|e| Error::ptrace(tid, "read the new thread of", e))?;
-            return Ok(WorldStop::Cloned(child as i32));
+            return Ok(Some(WorldStop::Cloned(child as i32)));
         }
-        return Ok(match decode(status) {
+        return Ok(Some(match decode(status) {
             Some(Stop::Event(_) | Stop::Syscall) => WorldStop::Stopped(0),
             Some(Stop::Signal(sig)) => WorldStop::Stopped(sig),
             Some(Stop::Gone(..)) => WorldStop::Gone,
             None => continue,
+        }));
+    }
+}
+
+/// A timer that sends the calling thread `SIGALRM` once `after` has passed, then every
+/// millisecond until it is dropped. The signal's handler does nothing and is installed without
+/// `SA_RESTART`, so a blocking wait of that thread still under way then ends with `EINTR` (and
+/// one that begins just after a signal is ended by the next). `None` when the kernel cannot make
+/// the timer: a blocking wait then lasts until its thread reports, and the deadline is only
+/// looked at between two waits.
+pub(crate) struct Alarm {
+    _timer: nix::sys::timer::Timer,
+}
+
+impl Alarm {
+    pub(crate) fn after(after: Duration) -> Option<Alarm> {
+        use nix::sys::signal::{SigAction, SigEvent, SigHandler, SigSet, SigevNotify, Signal};
+        use nix::sys::timer::{Expiration, Timer, TimerSetTimeFlags};
+        static HANDLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        extern "C" fn wake(_: libc::c_int) {}
+        let handled = *HANDLED.get_or_init(|| {
+            let action = SigAction::new(SigHandler::Handler(wake), nix::sys::signal::SaFlags::empty(), SigSet::empty());
+            // SAFETY: the handler does nothing, so it is async-signal-safe; it replaces SIGALRM's
+            // default action (ending the process), which nothing in pannus uses.
+            unsafe { nix::sys::signal::sigaction(Signal::SIGALRM, &action) }.is_ok()
         });
+        if !handled {
+            return None;
+        }
+        let to_me = SigevNotify::SigevThreadId {
+            signal: Signal::SIGALRM,
+            thread_id: nix::unistd::gettid().as_raw(),
+            si_value: 0,
+        };
+        let mut timer = Timer::new(nix::time::ClockId::CLOCK_MONOTONIC, SigEvent::new(to_me)).ok()?;
+        // A zero first expiry would disarm the timer.
+        let first = after.max(Duration::from_nanos(1)).into();
+        let then = Duration::from_millis(1).into();
+        timer.set(Expiration::IntervalDelayed(first, then), TimerSetTimeFlags::empty()).ok()?;
+        Some(Alarm { _timer: timer })
+    }
+}
+
+/// Where thread `tid` of `pid` is, for messages: its state letter and, when the kernel tells,
+/// the kernel function it waits in ("state D, in kernel_clone").
+pub(crate) fn whereabouts(pid: i32, tid: i32) -> String {
+    let Some(state) = thread_state(pid, tid) else { return "gone".to_string() };
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default();
+    match wchan.trim() {
+        "" | "0" => format!("state {state}"),
+        wchan => format!("state {state}, in {wchan}"),
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Cli {
     /// How long stage 3 may run the module's init functions before they are stopped
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub init_timeout: Option<std::time::Duration>,
+    /// How long a stop of every thread waits for each thread before it lets them all go and counts the attempt as busy [default: 100ms]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stop_timeout: Option<std::time::Duration>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -158,6 +161,9 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
     engine.lock_wait = crate::fleet::lock_wait_from_env().unwrap_or(engine.lock_wait);
     if let Some(t) = cli.init_timeout {
         engine.init_timeout = t;
+    }
+    if let Some(t) = cli.stop_timeout {
+        engine.stop_timeout = t;
     }
     let command = cli.command.unwrap_or(Command::Console { manifests: PathBuf::from("manifests") });
     let json = matches!(

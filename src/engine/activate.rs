@@ -6,10 +6,9 @@
 use super::apply::Applying;
 use super::undo::Step;
 use super::{Measured, Observer, Prepared, Session, Stage, StopStart, StopTimes};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::registry::{Consistency, FunctionRecord, Registry, State, Stubs};
 use crate::safety::{self, CodeRange, EntryPlan, ThreadView};
-use crate::target::Target;
 use crate::unwind::{Backtrace, Unwinder};
 use pannus_kernel::{page_ceil, ProtFlags, World};
 use std::collections::HashSet;
@@ -161,14 +160,23 @@ impl Session<'_> {
             if last && unwinder.is_none() {
                 unwinder = Some(Unwinder::new(&mut self.target));
             }
-            make_room_for_stacks(pid, &mut stack_buf);
-            // Attaching costs the target nothing: its threads run on until they are stopped.
-            let seized = World::seize(pid)?;
-            let start = StopStart::now();
-            let stopped_at = start.at;
             // On rollback the whole live stack (up to UNLOAD_SCAN) is read, for the module check.
             let scan = if sw.module_code.is_empty() { STACK_SCAN } else { UNLOAD_SCAN };
-            let (world, ranges) = stop_reading_stacks(&self.target, seized, |_| scan, &mut stack_buf)?;
+            let stopped = self.stop_reading_stacks(|_| scan, &mut stack_buf, measured);
+            let Stopped { world, ranges, start } = match stopped {
+                Ok(stopped) => stopped,
+                // A thread that did not stop in time: every thread runs again, as after a
+                // thread in the way.
+                Err(e) if e.kind == Kind::Busy && !last => {
+                    back_off(obs, attempt, &e.message, sw.interval);
+                    continue;
+                }
+                Err(e) if e.kind == Kind::Busy => {
+                    return Err(e.context(format!("busy: after {attempt} attempts over {:?}", sw.interval * sw.retries)))
+                }
+                Err(e) => return Err(e),
+            };
+            let stopped_at = start.at;
             let halted_at = Instant::now();
             let stacks: Vec<(i32, &pannus_kernel::Regs, &[u8])> = world
                 .threads()
@@ -251,12 +259,17 @@ impl Session<'_> {
                     "the service keeps these threads in the function; retry at a quieter moment, or raise safety.retries",
                 ));
             }
-            if attempt == 1 || attempt % 20 == 0 {
-                obs.retrying(Stage::Activate, &conflicts[0].to_string());
-            }
-            std::thread::sleep(sw.interval);
+            back_off(obs, attempt, &conflicts[0].to_string(), sw.interval);
         }
     }
+}
+
+/// Between two attempts of [`Session::switch`]: says why now and then, and pauses.
+fn back_off(obs: &mut dyn Observer, attempt: u32, why: &str, interval: Duration) {
+    if attempt == 1 || attempt % 20 == 0 {
+        obs.retrying(Stage::Activate, why);
+    }
+    std::thread::sleep(interval);
 }
 
 /// Code that is "the old function" for the `function` rule: each target function, and the
@@ -295,37 +308,58 @@ pub(super) struct Switch {
     pub(super) module_code: Vec<Range<u64>>,
 }
 
-/// Stops the seized threads and reads each one's live stack (at most `most(tid)` bytes) into
-/// `buf`; returns the stopped world and, in the order of its threads, the part of `buf` holding
-/// each stack. Each thread's registers are read as soon as it is stopped, while the others are
-/// on their way; the stacks are read once all are stopped, with one system call for up to 1024
-/// threads rather than one each.
-pub(super) fn stop_reading_stacks(
-    target: &Target,
-    seized: pannus_kernel::Seized,
-    most: impl Fn(i32) -> usize,
-    buf: &mut Vec<u8>,
-) -> Result<(World, Vec<std::ops::Range<usize>>)> {
-    let mut spans = Vec::new();
-    let mut used = 0;
-    let world = seized.stop_with(|t| {
-        let len = target.stack_extent(&t.regs, most(t.tid));
-        spans.push((t.regs.rsp, used..used + len));
-        used += len;
-    })?;
-    if buf.len() < used {
-        buf.resize(used, 0);
+/// One stop of every thread, with each thread's live stack read
+/// ([`Session::stop_reading_stacks`]).
+pub(super) struct Stopped {
+    pub(super) world: World,
+    /// In the order of `world`'s threads, the part of the buffer holding each stack.
+    pub(super) ranges: Vec<Range<usize>>,
+    /// When the stop began, once every thread was seized.
+    pub(super) start: StopStart,
+}
+
+impl Session<'_> {
+    /// Seizes every thread of the target, stops them all, and reads each one's live stack (at
+    /// most `most(tid)` bytes) into `buf`. Each thread's registers are read as soon as it is
+    /// stopped, while the others are on their way; the stacks are read once all are stopped,
+    /// with one system call for up to 1024 threads rather than one each.
+    ///
+    /// A thread that has not stopped within the engine's `stop_timeout`, or that an earlier stop
+    /// gave up waiting for and that has not stopped since, makes it fail as busy, like a thread in
+    /// the way: every thread runs again by then, and the stop, if there was one, is in
+    /// `measured.stops`.
+    pub(super) fn stop_reading_stacks(
+        &self,
+        most: impl Fn(i32) -> usize,
+        buf: &mut Vec<u8>,
+        measured: &mut Measured,
+    ) -> Result<Stopped> {
+        make_room_for_stacks(self.target.pid, buf);
+        // Attaching costs the target nothing: its threads run on until they are stopped.
+        let seized = World::seize(self.target.pid)?;
+        let start = StopStart::now();
+        let mut spans = Vec::new();
+        let mut used = 0;
+        let stopped = seized.stop_with(self.engine.stop_timeout, |t| {
+            let len = self.target.stack_extent(&t.regs, most(t.tid));
+            spans.push((t.regs.rsp, used..used + len));
+            used += len;
+        });
+        let world = stopped.inspect_err(|_| measured.stops.push(start.until(Instant::now())))?;
+        if buf.len() < used {
+            buf.resize(used, 0);
+        }
+        let got = self.target.mem.read_many(&spans, buf);
+        let ranges = spans.into_iter().zip(got).map(|((_, r), n)| r.start..r.start + n).collect();
+        Ok(Stopped { world, ranges, start })
     }
-    let got = target.mem.read_many(&spans, buf);
-    let ranges = spans.into_iter().zip(got).map(|((_, r), n)| r.start..r.start + n).collect();
-    Ok((world, ranges))
 }
 
 /// Makes `buf` room for a [`STACK_SCAN`] of every thread of `pid` (and a few created meanwhile),
 /// before the stop: the stacks are read into it inside the stop, which must not be where it
 /// grows. Every page is backed here too: fresh zeroed memory faults on its first write to each
 /// page, and inside the stop each of those faults would lengthen it.
-pub(super) fn make_room_for_stacks(pid: i32, buf: &mut Vec<u8>) {
+fn make_room_for_stacks(pid: i32, buf: &mut Vec<u8>) {
     let len = (pannus_kernel::list_threads(pid).map(|t| t.len()).unwrap_or(1) + 4) * STACK_SCAN;
     if buf.len() >= len {
         return;

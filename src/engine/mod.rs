@@ -103,11 +103,21 @@ pub struct Engine {
     pub init_timeout: Duration,
     /// How long to wait for another pannus working on the same process.
     pub lock_wait: Duration,
+    /// How long a stop of every thread waits for each thread to stop
+    /// ([`pannus_kernel::STOP_TIMEOUT`] by default). A thread that has not stopped by then (a
+    /// `vfork` parent waiting for its child, an uninterruptible sleep) counts as in the way: every
+    /// thread runs again and the attempt is retried within the manifest's `safety` budget.
+    pub stop_timeout: Duration,
 }
 
 impl Engine {
     pub fn new(state_dir: PathBuf) -> Engine {
-        Engine { state_dir, init_timeout: Duration::from_secs(5), lock_wait: Duration::from_secs(10) }
+        Engine {
+            state_dir,
+            init_timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(10),
+            stop_timeout: pannus_kernel::STOP_TIMEOUT,
+        }
     }
     pub fn journal(&self) -> Journal {
         Journal::open(&self.state_dir)

@@ -2,15 +2,12 @@
 //! the same entry), newest patch first with `--cascade`, then the module unloaded through the
 //! undo log read back from its record ([`UndoLog::of_record`]) once no thread can be inside it.
 
-use super::activate::{
-    make_room_for_stacks, module_idle, replacement_code, stop_reading_stacks, ModuleSeen, Switch, UNLOAD_SCAN,
-};
+use super::activate::{module_idle, replacement_code, ModuleSeen, Stopped, Switch, UNLOAD_SCAN};
 use super::undo::UndoLog;
-use super::{now_secs, outcome_of, Measured, Observer, Session, StopStart, Timings};
-use crate::error::{Error, Result};
+use super::{now_secs, outcome_of, Measured, Observer, Session, Timings};
+use crate::error::{Error, Kind, Result};
 use crate::registry::{PatchRecord, Registry, State};
 use crate::safety::{EntryPlan, ThreadView};
-use pannus_kernel::World;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -299,11 +296,18 @@ impl Session<'_> {
             attempt += 1;
             let last = attempt > retries;
             if last || worth_a_stop(pid, &clear, &in_the_way) {
-                make_room_for_stacks(pid, &mut stack_buf);
-                let seized = World::seize(pid)?;
-                let start = StopStart::now();
                 let most = |tid: i32| if clear.contains(&tid) { 0 } else { UNLOAD_SCAN };
-                let (world, ranges) = stop_reading_stacks(&self.target, seized, most, &mut stack_buf)?;
+                let stopped = self.stop_reading_stacks(most, &mut stack_buf, measured);
+                let Stopped { world, ranges, start } = match stopped {
+                    Ok(stopped) => stopped,
+                    // A thread that did not stop in time: every thread runs again, and nothing
+                    // was seen.
+                    Err(e) if e.kind == Kind::Busy && !last => {
+                        std::thread::sleep(interval);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let views: Vec<ThreadView> = world
                     .threads()
                     .iter()

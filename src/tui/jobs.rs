@@ -104,7 +104,13 @@ pub fn spawn(engine: Engine) -> (Sender<Job>, Receiver<Event>) {
             loop {
                 match job_rx.recv_timeout(Duration::from_secs(1)) {
                     Ok(job) => {
-                        let ev = run(&engine, job, &ev_tx, &mut watchers);
+                        // Each job on a thread that ends with it: a thread of the target that a
+                        // stop gave up waiting for, still attached when the job ends, is let go
+                        // by the kernel then, instead of staying stopped until the next job.
+                        let ev = std::thread::scope(|s| {
+                            let job = s.spawn(|| run(&engine, job, &ev_tx, &mut watchers));
+                            job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                        });
                         if ev_tx.send(ev).is_err() {
                             break;
                         }

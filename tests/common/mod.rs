@@ -47,6 +47,7 @@ pub fn built() -> &'static Path {
             &o("target_seccomp_kill_skipped"),
             &s("target.c"),
         ]);
+        gcc(&["-O2", "-g", "-pthread", "-o", &o("stop_target"), &s("stop_target.c")]);
         let gxx = |args: &[&str]| {
             let out = Command::new("g++").args(args).output().expect("g++ runs");
             assert!(out.status.success(), "g++ {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
