@@ -162,6 +162,11 @@ pub struct PatchRecord {
     /// The target's dlopen handle (load: dlopen), until the module is closed.
     #[serde(default, deserialize_with = "zero_is_none", skip_serializing_if = "Option::is_none")]
     pub handle: Option<u64>,
+    /// The memfd holding the module (load: dlopen), kept open in the process until `dlclose`:
+    /// its `/proc/self/fd/N` name is then unique among the modules loaded, which the loader
+    /// matches by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_fd: Option<i32>,
     /// A page of jump stubs near the target object (when the module lies out of `jmp rel32`
     /// reach), unmapped with the module. Kept as the fields `trampoline` and `trampoline_size`.
     #[serde(flatten, with = "stubs_fields")]

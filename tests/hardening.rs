@@ -299,3 +299,30 @@ fn a_failed_apply_keeps_the_record_of_a_module_still_mapped() {
     state.rollback(t.pid, None).ok();
     assert!(!t.maps().contains("patch_linger.so"), "the module kept mapped is unloaded at last");
 }
+
+/// Two patches loaded with `load: dlopen` at once, stacked on one function: the second is its
+/// own module (the loader matches modules by name, and each memfd's name stays unique while it
+/// is loaded), and each rolls back to the one before.
+#[test]
+fn two_dlopen_patches_at_once_are_two_modules() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let dlopen = |id: &str, module: &str, f: (&str, &str)| {
+        let m = state.manifest(id, "target_pie", module, &[f], "");
+        let text = std::fs::read_to_string(&m).unwrap().replace("  sha256:", "  load: dlopen\n  sha256:");
+        std::fs::write(&m, text).unwrap();
+        m
+    };
+    let tls = dlopen("tls-fix", "patch_tls.so", ("compute", "compute_tls"));
+    let ifunc = dlopen("ifunc-fix", "patch_ifunc.so", ("compute", "compute_ifunc"));
+    state.apply(&tls, t.pid).ok();
+    assert_eq!(t.ask("c 5"), "5001");
+    let r = state.apply(&ifunc, t.pid);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(t.ask("c 5"), "35", "the second module's function");
+    state.rollback(t.pid, Some("ifunc-fix")).ok();
+    assert_eq!(t.ask("c 5"), "5002");
+    state.rollback(t.pid, Some("tls-fix")).ok();
+    assert_eq!(t.ask("c 5"), "6");
+    assert!(!t.maps().contains("/memfd:patch_"), "both modules closed");
+}

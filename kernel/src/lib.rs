@@ -29,7 +29,7 @@ mod thread;
 mod world;
 
 pub use error::{Error, Result};
-pub use fs::open_nofollow;
+pub use fs::{open_nofollow, take_fd};
 pub use hijack::Hijack;
 pub use maps::{Gadgets, Mapping};
 pub use mem::Mem;

@@ -159,5 +159,6 @@ fn new_record(p: &Prepared, reg: &Registry) -> PatchRecord {
         stubs: None,
         eh_frame: None,
         fini: Vec::new(),
+        module_fd: None,
     }
 }

@@ -41,26 +41,31 @@ impl Session<'_> {
         for stage in [Stage::Load, Stage::Link, Stage::Init] {
             run.log.touched(stage);
         }
-        run.log.push(Step::Dlopened { handle });
-        self.target.refresh_maps()?;
-        // The module as the process maps it: the memfd, found by its inode while it is open.
-        let loaded = self.target.find_object(&fd.1);
-        let mut h = self.hijack()?;
-        let _ = h.close(fd.0);
-        h.release()?;
-        record.handle = Some(handle);
-        record.state = State::Initialized;
-        if let Ok(l) = &loaded {
-            record.module_base = l.lo;
-            record.module_size = l.hi - l.lo;
+        run.log.push(Step::Dlopened { handle, fd: Some(fd.0) });
+        // The loader answers a name it has seen with the module it loaded then: a handle of
+        // another patch means the verified bytes were not loaded.
+        if run.reg.applied().any(|r| r.handle == Some(handle)) {
+            return Err(Error::other(format!(
+                "the target's dlopen returned the handle of a module already loaded for another patch ({handle:#x})"
+            ))
+            .context(Stage::Load));
         }
+        self.target.refresh_maps()?;
+        // The module as the process maps it: the memfd, found by its inode (it stays open until
+        // dlclose). Without its range, rollback could not tell whether a thread is inside it.
+        let loaded = self.target.find_object(&fd.1).map_err(|e| e.context(Stage::Load))?;
+        record.handle = Some(handle);
+        record.module_fd = Some(fd.0.as_raw());
+        record.state = State::Initialized;
+        record.module_base = loaded.lo;
+        record.module_size = loaded.hi - loaded.lo;
         run.reg.next_seq = record.seq;
         retire(&mut run.reg, &m.patch);
         run.reg.patches.push(record);
         self.write_registry(&run.reg)?;
         run.log.recorded();
         run.measured.timings.load = Some(t0.elapsed());
-        let at = loaded.map(|l| format!(" at {:#x}", l.lo)).unwrap_or_default();
+        let at = format!(" at {:#x}", loaded.lo);
         run.obs.progress(Some(Stage::Load), &format!("module loaded by the target's dlopen{at}"));
         run.obs.progress(Some(Stage::Link), "linked by the target's dynamic linker");
         run.obs.progress(Some(Stage::Init), "initialised by the target's dynamic linker");

@@ -146,8 +146,10 @@ impl Session<'_> {
 /// written at `scratch`, 256 bytes of the target's memory pannus may write), filled by pannus
 /// with the very bytes it checksummed and parsed. The target never opens the module's path: in
 /// its own mount namespace, or after the file was swapped, that could be another file.
-/// Returns the target's descriptor and the path pannus reaches the memfd by
-/// (`/proc/PID/fd/N`).
+/// pannus takes the memfd itself from the process (`pidfd_getfd`, never by opening a path), and
+/// writes only into a file that is what it created: a regular, empty, unlinked file on the
+/// kernel's shared-memory file system. Returns the target's descriptor and the path the memfd
+/// is known by (`/proc/PID/fd/N`).
 pub(super) fn hand_over(
     h: &mut pannus_kernel::Hijack,
     mem: &pannus_kernel::Mem,
@@ -164,10 +166,27 @@ pub(super) fn hand_over(
         .memfd_create(scratch, pannus_kernel::MemFdCreateFlag::MFD_CLOEXEC)
         .map_err(|e| Error::from(e).context("handing the module over"))?;
     let path = std::path::PathBuf::from(format!("/proc/{}/fd/{fd}", mem.pid()));
-    let filled = std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| f.write_all(bytes));
+    let filled = (|| -> Result<()> {
+        let taken = pannus_kernel::take_fd(mem.pid(), fd)
+            .map_err(|e| Error::other(format!("taking the memfd from the process: {e}")))?;
+        let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&taken))
+            .map_err(|e| Error::other(format!("the memfd: {e}")))?;
+        let fs = nix::sys::statfs::fstatfs(&taken).map_err(|e| Error::other(format!("the memfd: {e}")))?;
+        let memfd = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG
+            && st.st_nlink == 0
+            && st.st_size == 0
+            && fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC;
+        if !memfd {
+            return Err(Error::other(format!(
+                "descriptor {fd} of process {} is not the memfd pannus created (it was replaced meanwhile)",
+                mem.pid()
+            )));
+        }
+        std::fs::File::from(taken).write_all(bytes).map_err(|e| Error::other(format!("writing the memfd: {e}")))
+    })();
     if let Err(e) = filled {
         let _ = h.close(fd);
-        return Err(Error::other(format!("handing the module over: writing {}: {e}", path.display())));
+        return Err(e.context("handing the module over"));
     }
     Ok((fd, path))
 }

@@ -8,6 +8,7 @@
 use super::{Session, Stage};
 use crate::error::{Error, Result};
 use crate::registry::{self, LoadMethod, PatchRecord, Registry, State, Stubs};
+use pannus_kernel::RemoteFd;
 
 /// One thing an apply left in the target, which an undo takes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +16,7 @@ pub(super) enum Step {
     /// The module's address range, reserved then filled with its segments (load: mmap).
     Mapped { base: u64, size: u64 },
     /// The module, loaded by the target's own `dlopen`.
-    Dlopened { handle: u64 },
+    Dlopened { handle: u64, fd: Option<RemoteFd> },
     /// The module's exception tables, registered with the target's unwinder.
     Frames { table: u64 },
     /// A page of jump stubs near the target object.
@@ -70,7 +71,9 @@ impl UndoLog {
             (LoadMethod::Mmap, _) if rec.module_size > 0 => {
                 log.push(Step::Mapped { base: rec.module_base, size: rec.module_size })
             }
-            (LoadMethod::Dlopen, Some(handle)) => log.push(Step::Dlopened { handle }),
+            (LoadMethod::Dlopen, Some(handle)) => {
+                log.push(Step::Dlopened { handle, fd: rec.module_fd.map(RemoteFd::from_raw) })
+            }
             _ => {}
         }
         if let Some(table) = rec.eh_frame {
@@ -94,6 +97,7 @@ fn forget(rec: &mut PatchRecord, step: &Step) {
         Step::Mapped { .. } | Step::Dlopened { .. } => {
             rec.module_mapped = false;
             rec.handle = None;
+            rec.module_fd = None;
         }
         Step::Frames { .. } => rec.eh_frame = None,
         Step::Stubs(_) => rec.stubs = None,
@@ -154,7 +158,15 @@ impl Session<'_> {
                 h.release()?;
                 r.map_err(|e| Error::from(e).context("unmapping the module"))
             }
-            Step::Dlopened { handle } => self.dlclose(handle),
+            Step::Dlopened { handle, fd } => {
+                self.dlclose(handle)?;
+                if let Some(fd) = fd {
+                    let mut h = self.hijack()?;
+                    let _ = h.close(fd);
+                    h.release()?;
+                }
+                Ok(())
+            }
             Step::Unknown(ref why) => Err(Error::other(format!("the module is kept mapped: {why}"))),
         }
     }

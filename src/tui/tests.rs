@@ -61,6 +61,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         stubs: None,
         eh_frame: None,
         fini: Vec::new(),
+        module_fd: None,
     }
 }
 
