@@ -4,8 +4,10 @@
 //!
 //! Layout: a header page, then two slots. A write fills the inactive slot and then flips the
 //! active slot number with one 8-byte write, so a pannus killed mid-write leaves the previous
-//! record intact. The mapping is private and read-only for the target: it cannot scribble on it,
-//! and a child it forks keeps its own copy.
+//! record intact. The mapping is private and read-only in the target's address space, which
+//! guards against accidents (a stray write), not against a compromised target, which can remap
+//! it: what is read here is checked (ARCHITECTURE.md, *Trust*). A child the target forks keeps
+//! its own copy.
 
 use crate::error::{Error, Result};
 use crate::manifest;
