@@ -80,6 +80,10 @@ pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: 
     let pad_jump = pad.len() >= 5 && pad[pad.len() - 5] == 0xe9 && code.starts_with(&[0xeb, 0xf9]);
     let entry_jump = code.first() == Some(&0xe9) || code.starts_with(&[0xff, 0x25]);
     let use_pad = (nops >= 5 && !entry_jump) || pad_jump;
+    if pad_jump && rel32(entry, replacement).is_none() {
+        // Two forms on one entry would break the hand-over of bytes between stacked patches.
+        return Err(refuse("its nop pad holds a jump already, and the replacement is out of its reach".into()));
+    }
     let (jump, patch_address, cover_from, need_here, written, starts) =
         if (code.len() as u64) >= needed && !(use_pad && rel32(entry, replacement).is_some() && code.len() >= 2) {
             if near {

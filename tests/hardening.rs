@@ -326,3 +326,17 @@ fn two_dlopen_patches_at_once_are_two_modules() {
     assert_eq!(t.ask("c 5"), "6");
     assert!(!t.maps().contains("/memfd:patch_"), "both modules closed");
 }
+
+/// `pannus check` plans a `load: dlopen` patch as apply makes it (a jump to a stub near the
+/// target object when the module lands far): a padded function passes through its pad.
+#[test]
+fn check_plans_a_dlopen_patch_as_apply_makes_it() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest("padcall-dl", "target_pie", "patch_tiny.so", &[("padded_call", "tiny_v2")], "");
+    let text = std::fs::read_to_string(&m).unwrap().replace("  sha256:", "  load: dlopen\n  sha256:");
+    std::fs::write(&m, text).unwrap();
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("pad jmp"), "{}", r.stdout);
+}

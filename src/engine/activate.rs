@@ -85,7 +85,10 @@ impl Session<'_> {
             .iter()
             .zip(replacements)
             .enumerate()
-            .filter(|(_, (f, &to))| i32::try_from(to.wrapping_sub(f.address + 5) as i64).is_err())
+            // Out of reach of a `jmp rel32` at the entry, or in its nop pad (which ends there).
+            .filter(|(_, (f, &to))| {
+                [f.address + 5, f.address].iter().any(|&end| i32::try_from(to.wrapping_sub(end) as i64).is_err())
+            })
             .map(|(i, _)| i)
             .collect();
         if far.is_empty() {

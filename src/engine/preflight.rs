@@ -158,9 +158,10 @@ impl Session<'_> {
                     let bias = self.choose_base(&p, span - lo).unwrap_or(0).wrapping_sub(lo);
                     p.functions.iter().map(|f| bias.wrapping_add(f.replacement_vaddr)).collect()
                 }
-                // Where the target's dynamic linker will put the module is known only after
-                // loading: plan for the far case (the 14-byte jump), which needs the most room.
-                LoadMethod::Dlopen => p.functions.iter().map(|_| 0x7f00_0000_0000).collect(),
+                // Where the target's dynamic linker puts the module is known only after loading;
+                // a replacement out of reach is then reached through a stub near the target
+                // object: plan for a jump to there.
+                LoadMethod::Dlopen => p.functions.iter().map(|_| p.object.lo).collect(),
             };
             let plans = self.entry_plans(&p, &replacements)?;
             for (f, plan) in p.functions.iter().zip(&plans) {
@@ -181,7 +182,8 @@ impl Session<'_> {
         lines.extend(passed);
         let module = Arc::new(module);
         let object = self.object_checks(m, lines)?;
-        lines.push(ok("process", self.process_checks(registry::locate(&self.target.maps).is_some())?));
+        let has_registry = registry::locate(&self.target.maps).is_some();
+        lines.push(ok("process", self.process_checks(has_registry, m.module.load)?));
         self.registry_checks(m, reg, lines)?;
         let functions = function_checks(m, &module, &object, lines)?;
         if m.module.load == LoadMethod::Dlopen {
@@ -216,7 +218,7 @@ impl Session<'_> {
     /// What can make patching impossible whatever the patch: another tracer, and seccomp filters
     /// that would refuse the system calls pannus makes inside the process. Found before anything
     /// is done, and explained.
-    fn process_checks(&self, has_registry: bool) -> Result<String> {
+    fn process_checks(&self, has_registry: bool, load: LoadMethod) -> Result<String> {
         let pid = self.target.pid;
         if let Some(t) = pannus_kernel::tracer_of(pid).filter(|&t| t != 0) {
             let name = std::fs::read_to_string(format!("/proc/{t}/comm")).unwrap_or_default();
@@ -238,10 +240,16 @@ impl Session<'_> {
                     Error::precondition(format!("process {pid} has seccomp filters that pannus cannot read: {e}"))
                         .hint("run pannus as root (reading filters needs CAP_SYS_ADMIN)")
                 })?;
-                // memfd_create hands every module over; ftruncate only sizes a new registry.
                 let calls: Vec<crate::seccomp::Call> = crate::seccomp::pannus_calls()
                     .into_iter()
-                    .filter(|c| !has_registry || c.name != "ftruncate")
+                    // memfd_create makes the registry and hands the module over (load: mmap can
+                    // do without: anonymous memory filled with the same bytes); ftruncate only
+                    // sizes a new registry.
+                    .filter(|c| match c.name {
+                        "ftruncate" => !has_registry,
+                        "memfd_create" => !has_registry || load == LoadMethod::Dlopen,
+                        _ => true,
+                    })
                     .collect();
                 let blocked = crate::seccomp::blocked(&filters, &calls);
                 if !blocked.is_empty() {
