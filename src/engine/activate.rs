@@ -205,15 +205,30 @@ impl Session<'_> {
             if conflicts.is_empty() {
                 let checked_at = Instant::now();
                 let mut result = Ok(());
+                let mut done = 0;
                 for (addr, bytes) in &sw.writes {
                     if let Err(e) = self.target.mem.write(*addr, bytes) {
                         result = Err(e);
                         break;
                     }
+                    done += 1;
                     pannus_kernel::fault::point("entry bytes written");
                 }
+                // All or nothing, in the same stop: the bytes of a switch that fails are put
+                // back before any thread runs, so that nothing jumps into a module about to be
+                // unloaded (each plan's `original` is what its write replaced).
+                let put_back = |upto: usize| {
+                    for (w, plan) in sw.writes[..upto].iter().zip(&sw.plans).rev() {
+                        let _ = self.target.mem.write(w.0, &plan.original);
+                    }
+                };
+                if result.is_err() {
+                    put_back(done);
+                }
                 let written_at = Instant::now();
-                let resumed_at = world.resume()?;
+                // The bytes are what they must be now, whatever the resume says: a failure to let
+                // a thread go (it exited meanwhile) does not make the switch undone.
+                let resumed_at = world.resume().unwrap_or_else(|_| Instant::now());
                 measured.stops.push(start.until(resumed_at));
                 measured.timings.add_stop(StopTimes {
                     stopped: resumed_at - stopped_at,
