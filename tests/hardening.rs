@@ -185,8 +185,7 @@ fn the_target_maps_the_verified_module_not_the_file_at_its_path() {
         let mut t = Proc::spawn(wrapper);
         let m =
             state.manifest(&format!("ns-{load}"), "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
-        let text = std::fs::read_to_string(&m).unwrap().replace("  sha256:", &format!("  load: {load}\n  sha256:"));
-        std::fs::write(&m, text).unwrap();
+        common::set_load(&m, load);
         let r = state.apply(&m, t.pid);
         assert_eq!(r.code, 0, "{load}: {}", r.stderr);
         assert_eq!(t.ask("c 5"), "500", "{load}: the verified module runs, not the file the target sees");
@@ -291,8 +290,7 @@ fn a_failed_apply_keeps_the_record_of_a_module_still_mapped() {
     assert!(run.stdout.contains("kept mapped"), "{}", run.stdout);
     // The same patch again, from a module the target's dlopen refuses.
     let again = state.manifest("linger", "target_pie", "patch_missing.so", &[("compute", "compute_missing")], "");
-    let text = std::fs::read_to_string(&again).unwrap().replace("  sha256:", "  load: dlopen\n  sha256:");
-    std::fs::write(&again, text).unwrap();
+    common::set_load(&again, "dlopen");
     let r = state.apply(&again, t.pid);
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert_eq!(t.line(), "150000", "the thread came back out of the module");
@@ -309,8 +307,7 @@ fn two_dlopen_patches_at_once_are_two_modules() {
     let mut t = Proc::start("target_pie");
     let dlopen = |id: &str, module: &str, f: (&str, &str)| {
         let m = state.manifest(id, "target_pie", module, &[f], "");
-        let text = std::fs::read_to_string(&m).unwrap().replace("  sha256:", "  load: dlopen\n  sha256:");
-        std::fs::write(&m, text).unwrap();
+        common::set_load(&m, "dlopen");
         m
     };
     let tls = dlopen("tls-fix", "patch_tls.so", ("compute", "compute_tls"));
@@ -334,8 +331,7 @@ fn check_plans_a_dlopen_patch_as_apply_makes_it() {
     let state = State::new();
     let t = Proc::start("target_pie");
     let m = state.manifest("padcall-dl", "target_pie", "patch_tiny.so", &[("padded_call", "tiny_v2")], "");
-    let text = std::fs::read_to_string(&m).unwrap().replace("  sha256:", "  load: dlopen\n  sha256:");
-    std::fs::write(&m, text).unwrap();
+    common::set_load(&m, "dlopen");
     let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("pad jmp"), "{}", r.stdout);

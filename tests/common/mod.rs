@@ -258,6 +258,12 @@ pub fn manifest_in(
     path
 }
 
+/// Sets the manifest at `path` to load its module with `load` (`mmap` or `dlopen`).
+pub fn set_load(path: &Path, load: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, text.replacen("  sha256:", &format!("  load: {load}\n  sha256:"), 1)).unwrap();
+}
+
 /// The current bytes of `symbol` (of `object`) in process `pid`.
 pub fn code_bytes(pid: i32, object: &str, symbol: &str) -> Vec<u8> {
     let mut t = pannus::Target::open(pid).unwrap();
