@@ -122,7 +122,7 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
     };
     let mut next_check: Option<Instant> = None;
     let mut health = Health::default();
-    let entry = ledger::required(&engine.state_dir, pid, patch)?;
+    let mut entry: Option<ledger::Entry> = None;
     loop {
         let (_, reg) = read_status(pid)?;
         let Some(rec) = reg.get(patch) else {
@@ -131,6 +131,19 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
         if rec.state != State::Trial {
             return Ok(rec.state);
         }
+        let entry = match &entry {
+            Some(e) => e,
+            None => match ledger::load(&engine.state_dir, pid, patch)? {
+                Some(e) => entry.insert(e),
+                // Forgotten by a rollback since the registry was read: look again.
+                None if read_status(pid)?.1.get(patch).is_none_or(|r| r.state != State::Trial) => continue,
+                None => {
+                    return Err(ledger::required(&engine.state_dir, pid, patch).err().unwrap_or_else(|| {
+                        Error::other(format!("patch `{patch}` in process {pid}: no record in the state folder"))
+                    }))
+                }
+            },
+        };
         if rec.manifest_digest != entry.manifest_digest {
             return Err(another_application(pid, patch));
         }

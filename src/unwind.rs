@@ -105,6 +105,17 @@ impl Unwinder {
         bt
     }
 
+    /// The function holding `addr` and the file name of its object, when known.
+    pub fn symbol(&self, addr: u64) -> (Option<&str>, Option<&str>) {
+        match self.objects.iter().find(|o| addr >= o.lo && addr < o.hi) {
+            Some(o) => {
+                let file = o.mapped_path.rsplit('/').next().unwrap_or(&o.mapped_path);
+                (o.object.function_at(addr.wrapping_sub(o.bias)).map(|(f, _)| f), Some(file))
+            }
+            None => (None, None),
+        }
+    }
+
     /// `function+0xoff (object)` for an address, or the bare address.
     pub fn name(&self, addr: u64) -> String {
         for o in &self.objects {

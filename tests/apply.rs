@@ -386,8 +386,15 @@ fn failing_health_check_rolls_the_patch_back() {
     assert_eq!(t.ask("c 3"), "4", "rolled back by the watcher");
     let note = st["patches"][0]["note"].as_str().unwrap_or_default().to_string();
     assert!(note.contains("health check failed 2 time(s) in a row"), "{st}");
-    let journal = state.pannus(&["journal", "--json"]).ok().json();
-    let last = journal["entries"].as_array().unwrap().last().unwrap().clone();
+    // The watcher writes the journal once the rollback is done: look until it has.
+    let t0 = std::time::Instant::now();
+    let last = loop {
+        let journal = state.pannus(&["journal", "--json"]).ok().json();
+        let last = journal["entries"].as_array().unwrap().last().unwrap().clone();
+        if last["action"] == "rollback" || t0.elapsed() > std::time::Duration::from_secs(20) {
+            break last;
+        }
+    };
     assert_eq!(last["action"], "rollback");
     assert!(last["detail"].as_str().unwrap().contains("health check failed"), "{last}");
 }

@@ -336,3 +336,21 @@ fn check_plans_a_dlopen_patch_as_apply_makes_it() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("pad jmp"), "{}", r.stdout);
 }
+
+/// The main thread lives in malloc and free; another thread sleeps in application code. Code
+/// pannus runs in the target (here a constructor that allocates) runs on the sleeping thread,
+/// never on top of the allocator's lock, where it would wait forever.
+#[test]
+fn code_run_in_the_target_runs_at_a_safe_point_not_inside_malloc() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("P"), "started");
+    assert_eq!(t.ask("A"), "allocating");
+    let m = state.manifest("alloc-fix", "target_pie", "patch_mallocinit.so", &[("compute", "compute_v2")], "");
+    for round in 0..3 {
+        let r = state.pannus_env(&["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"], &[]);
+        assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
+        state.rollback(t.pid, None).ok();
+    }
+    assert!(t.alive());
+}

@@ -210,6 +210,16 @@ impl<'m> Hijack<'m> {
     }
 
     /// The process the borrowed thread belongs to.
+    /// The borrowed thread's own registers, as it was stopped.
+    pub fn regs(&self) -> &user_regs_struct {
+        &self.saved
+    }
+
+    /// The borrowed thread.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
     pub fn pid(&self) -> i32 {
         self.mem.pid()
     }

@@ -91,7 +91,7 @@ impl Session<'_> {
         let need_registry = registry::locate(&self.target.maps).is_none();
         let timeout = self.engine.init_timeout;
         let pid = self.target.pid;
-        let mut h = self.hijack()?;
+        let mut h = self.hijack_for_code()?;
         const SCRATCH: u64 = 8192;
         let scratch = h
             .mmap(0, SCRATCH, ProtFlags::PROT_READ, SCRATCH_MAP, None, 0)
@@ -165,7 +165,7 @@ impl Session<'_> {
             Error::precondition(format!("process {}: no `dlclose` in its C library", self.target.pid))
         })?;
         let timeout = self.engine.init_timeout;
-        let mut h = self.hijack()?;
+        let mut h = self.hijack_for_code()?;
         h.call(f, &[handle], timeout, "the target's dlclose")?;
         h.release()?;
         Ok(())

@@ -58,7 +58,7 @@ impl Session<'_> {
     pub(super) fn deregister_frames(&mut self, table: u64) -> Result<()> {
         let Some(f) = exported_function(&self.target.loaded_objects(), &["__deregister_frame"]) else { return Ok(()) };
         let timeout = self.engine.init_timeout;
-        let mut h = self.hijack()?;
+        let mut h = self.hijack_for_code()?;
         h.call(f, &[table], timeout, "__deregister_frame for the module's exception tables")?;
         h.release().map_err(Error::from)
     }
@@ -96,7 +96,7 @@ impl Session<'_> {
     /// Runs the module's finalisers (see [`Self::fini_functions`]) on a borrowed thread.
     pub(super) fn run_finis(&mut self, finis: &[u64]) -> Result<()> {
         let timeout = self.engine.init_timeout;
-        let mut h = self.hijack()?;
+        let mut h = self.hijack_for_code()?;
         for (k, &f) in finis.iter().enumerate() {
             h.call(f, &[], timeout, &format!("finaliser #{} of the module at {f:#x}", k + 1))?;
         }
@@ -112,7 +112,7 @@ impl Session<'_> {
             return Ok(());
         }
         let timeout = self.engine.init_timeout;
-        let mut h = self.hijack()?;
+        let mut h = self.hijack_for_code()?;
         if let Some((register, table)) = eh_frame {
             match h.call(register, &[table], timeout, "__register_frame for the module's exception tables") {
                 Ok(()) => log.push(Step::Frames { table }),

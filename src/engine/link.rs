@@ -78,7 +78,7 @@ impl Session<'_> {
             .collect();
         if !ifuncs.is_empty() {
             let timeout = self.engine.init_timeout;
-            let mut h = self.hijack()?;
+            let mut h = self.hijack_for_code()?;
             for (i, resolver) in ifuncs {
                 let name = &p.module.dynsyms[i].name;
                 let v = h.call_for_address(resolver, &[], timeout, &format!("the resolver of `{name}`"))?;

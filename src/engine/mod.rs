@@ -17,6 +17,7 @@ mod link;
 mod load;
 mod preflight;
 mod rollback;
+mod safe_point;
 mod session;
 pub mod symbols;
 mod undo;

@@ -12,6 +12,9 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+/// How the note of a rolled-back patch whose module stayed mapped begins.
+const KEPT_MAPPED: &str = "module kept mapped: ";
+
 /// Patches rolled back: their ids, newest first, and what the rollback measured.
 #[derive(Debug, Clone)]
 pub struct RolledBack {
@@ -35,7 +38,7 @@ impl Session<'_> {
         obs: &mut dyn Observer,
     ) -> Result<RolledBack> {
         let mut measured = Measured::default();
-        match self.rollback_inner(patch, cascade, obs, &mut measured) {
+        match self.rollback_inner(patch, cascade, why, obs, &mut measured) {
             Ok(ids) => {
                 if !why.is_empty() {
                     if let Ok(mut reg) = self.registry() {
@@ -64,6 +67,7 @@ impl Session<'_> {
         &mut self,
         patch: Option<&str>,
         cascade: bool,
+        why: &str,
         obs: &mut dyn Observer,
         measured: &mut Measured,
     ) -> Result<Vec<String>> {
@@ -129,7 +133,7 @@ impl Session<'_> {
         order.sort_by_key(|i| std::cmp::Reverse(reg.get(i).map(|p| p.seq).unwrap_or(0)));
         let mut done = Vec::new();
         for i in order {
-            self.rollback_one(&mut reg, &i, obs, measured)?;
+            self.rollback_one(&mut reg, &i, why, obs, measured)?;
             obs.progress(None, &format!("rolled back `{i}`"));
             done.push(i);
         }
@@ -140,6 +144,7 @@ impl Session<'_> {
         &mut self,
         reg: &mut Registry,
         id: &str,
+        why: &str,
         obs: &mut dyn Observer,
         measured: &mut Measured,
     ) -> Result<()> {
@@ -201,6 +206,8 @@ impl Session<'_> {
         }
         if let Some(r) = reg.get_mut(id) {
             r.state = State::RolledBack;
+            // In the same write as the state: whoever sees it rolled back sees why.
+            r.note = Some(why.to_string()).filter(|w| !w.is_empty());
             r.ended_at = Some(now_secs());
             r.trial_deadline = None;
         }
@@ -237,13 +244,16 @@ impl Session<'_> {
                 self.unwind(reg, id, &UndoLog::of_record(&rec))?;
                 if let Some(r) = reg.get_mut(id) {
                     r.module_mapped = false;
-                    r.note = None;
+                    // Only the note that said the module stayed: the reason for the rollback stays.
+                    if r.note.as_deref().is_some_and(|n| n.starts_with(KEPT_MAPPED)) {
+                        r.note = None;
+                    }
                 }
             }
             Err(e) => {
                 obs.progress(None, &format!("module of `{id}` kept mapped: {}", e.message));
                 if let Some(r) = reg.get_mut(id) {
-                    r.note = Some(format!("module kept mapped: {}", e.message));
+                    r.note = Some(format!("{KEPT_MAPPED}{}", e.message));
                 }
             }
         }

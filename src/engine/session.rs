@@ -16,6 +16,8 @@ pub struct Session<'e> {
     pub target: Target,
     _lock: ProcessLock,
     gadgets: Option<pannus_kernel::Gadgets>,
+    /// The unwinder that tells a safe point for code pannus runs in the target (built once).
+    pub(super) unwinder: Option<crate::unwind::Unwinder>,
 }
 
 /// One stop of every thread of the target, from the first interrupt to the last thread let go,
@@ -60,7 +62,7 @@ impl<'e> Session<'e> {
         // Another pannus may have changed the process while this one waited for the lock:
         // everything planned from here on (holes, registry, entries) reads it as it is now.
         target.refresh_maps()?;
-        Ok(Session { engine, target, _lock: lock, gadgets: None })
+        Ok(Session { engine, target, _lock: lock, gadgets: None, unwinder: None })
     }
 
     pub fn registry(&self) -> Result<Registry> {
@@ -74,7 +76,23 @@ impl<'e> Session<'e> {
     /// Borrows one thread of the target: the main thread (most often idle in an event loop),
     /// or the first live thread when the main thread has exited.
     pub(super) fn hijack(&mut self) -> Result<Hijack<'_>> {
-        let gadgets = match self.gadgets {
+        let gadgets = self.gadgets()?;
+        let pid = self.target.pid;
+        let tid = if thread_alive(pid, pid) {
+            pid
+        } else {
+            pannus_kernel::list_threads(pid)?
+                .into_iter()
+                .find(|&t| thread_alive(pid, t))
+                .ok_or(Error::precondition(format!("process {pid} has no live thread")))?
+        };
+        Ok(Hijack::attach(&self.target.mem, tid, gadgets)?)
+    }
+
+    /// The code a borrowed thread is pointed at: found once per session (or read back, checked,
+    /// from the registry).
+    pub(super) fn gadgets(&mut self) -> Result<pannus_kernel::Gadgets> {
+        Ok(match self.gadgets {
             Some(g) => g,
             None => {
                 let cached = self
@@ -95,17 +113,7 @@ impl<'e> Session<'e> {
                 self.gadgets = Some(g);
                 g
             }
-        };
-        let pid = self.target.pid;
-        let tid = if thread_alive(pid, pid) {
-            pid
-        } else {
-            pannus_kernel::list_threads(pid)?
-                .into_iter()
-                .find(|&t| thread_alive(pid, t))
-                .ok_or(Error::precondition(format!("process {pid} has no live thread")))?
-        };
-        Ok(Hijack::attach(&self.target.mem, tid, gadgets)?)
+        })
     }
 
     pub(super) fn write_registry(&mut self, reg: &Registry) -> Result<()> {
@@ -166,6 +174,6 @@ impl<'e> Session<'e> {
     }
 }
 
-fn thread_alive(pid: i32, tid: i32) -> bool {
+pub(super) fn thread_alive(pid: i32, tid: i32) -> bool {
     pannus_kernel::thread_state(pid, tid).is_some_and(|s| s != 'Z')
 }
