@@ -239,9 +239,12 @@ impl Session<'_> {
             Some(ModuleSeen { clear, .. }) => self.wait_module_idle(&rec, clear, measured),
             None => self.wait_module_idle(&rec, HashSet::new(), measured),
         };
+        // The function is rolled back by now: a module that cannot be unloaded yet (a thread
+        // inside it, or none at a safe point to run its finalisers on) is kept mapped,
+        // harmless, for a later rollback to unload; the rollback itself has succeeded.
+        let idle = idle.and_then(|()| self.unwind(reg, id, &UndoLog::of_record(&rec)));
         match idle {
             Ok(()) => {
-                self.unwind(reg, id, &UndoLog::of_record(&rec))?;
                 if let Some(r) = reg.get_mut(id) {
                     r.module_mapped = false;
                     // Only the note that said the module stayed: the reason for the rollback stays.
