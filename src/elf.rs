@@ -123,6 +123,9 @@ pub struct Object {
     /// Defined functions by address: (start, size, in `.dynsym`, index), for naming addresses
     /// in backtraces; built on first use.
     functions: OnceLock<Vec<(u64, u64, bool, u32)>>,
+    /// With [`Object::load_tables`]: each section's bytes, read alone on its first need (the
+    /// unwinder wants `.eh_frame`, not the whole of a library).
+    section_data: Vec<OnceLock<Vec<u8>>>,
 }
 
 fn sym_kind(st_type: u8) -> SymKind {
@@ -166,9 +169,19 @@ impl Object {
             Some((data, resident)) => {
                 let mut o = Object::parse(path, data).map_err(bad)?;
                 o.resident = Some(resident);
+                o.section_data = o.sections.iter().map(|_| OnceLock::new()).collect();
                 Ok(o)
             }
             None => Object::load(path, role),
+        }
+    }
+
+    /// Whether the bytes at `start..start + len` were read with the tables.
+    fn is_resident(&self, start: u64, len: u64) -> bool {
+        let Some(end) = start.checked_add(len) else { return false };
+        match &self.resident {
+            None => true,
+            Some(r) => r.partition_point(|x| x.0 <= start).checked_sub(1).is_some_and(|k| end <= r[k].1),
         }
     }
 
@@ -349,6 +362,7 @@ impl Object {
             sections,
             by_name,
             functions: OnceLock::new(),
+            section_data: Vec::new(),
         }
         .with_data(data))
     }
@@ -434,8 +448,21 @@ impl Object {
 
     /// The address range and bytes of section `name`, when the file holds it.
     pub fn section(&self, name: &str) -> Option<(std::ops::Range<u64>, &[u8])> {
-        let (_, addr, off, size) = self.sections.iter().find(|s| s.0 == name)?;
-        let bytes = self.file_bytes(*off, *size)?;
+        let k = self.sections.iter().position(|s| s.0 == name)?;
+        let (_, addr, off, size) = &self.sections[k];
+        let bytes = match self.section_data.get(k) {
+            Some(cell) if !self.is_resident(*off, *size) => {
+                let read = || -> Option<Vec<u8>> {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; usize::try_from(*size).ok().filter(|&n| n as u64 <= MAX_OBJECT_SIZE)?];
+                    std::fs::File::open(&self.path).ok()?.read_exact_at(&mut buf, *off).ok()?;
+                    Some(buf)
+                };
+                let data = cell.get_or_init(|| read().unwrap_or_default());
+                Some(data.as_slice()).filter(|d| d.len() as u64 == *size)?
+            }
+            _ => self.file_bytes(*off, *size)?,
+        };
         Some((*addr..*addr + *size, bytes))
     }
 

@@ -50,7 +50,8 @@ impl Unwinder {
         for o in &objects {
             let obj = &o.object;
             let sect = |n: &str| obj.section(n).map(|(r, b)| (r, b.to_vec()));
-            let text = sect(".text");
+            // Unwinding tables only: no code bytes (reading a library's whole text to guess at
+            // prologues costs milliseconds, and `.eh_frame` describes every instruction).
             let eh = sect(".eh_frame");
             if eh.as_ref().is_some_and(|(_, b)| !b.is_empty()) {
                 described.push(o.lo..o.hi);
@@ -59,8 +60,6 @@ impl Unwinder {
             let got = obj.section(".got").map(|(r, _)| r);
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
-                text_svma: text.as_ref().map(|t| t.0.clone()),
-                text: text.map(|t| t.1),
                 got_svma: got,
                 eh_frame_svma: eh.as_ref().map(|t| t.0.clone()),
                 eh_frame: eh.map(|t| t.1),
