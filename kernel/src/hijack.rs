@@ -215,11 +215,6 @@ impl<'m> Hijack<'m> {
         &self.saved
     }
 
-    /// The borrowed thread.
-    pub fn tid(&self) -> i32 {
-        self.tid
-    }
-
     pub fn pid(&self) -> i32 {
         self.mem.pid()
     }
