@@ -114,11 +114,12 @@ pub fn run_health_check(h: &HealthCheck, pid: i32, patch: &str) -> std::result::
 /// trial.
 ///
 /// A caller started at `SCHED_IDLE` (the trial watcher) watches the clock at that policy and
-/// returns to the normal one before it runs the health check or the expiry policy, which have to
-/// happen on time.
+/// returns to the normal one (the urgent one on a machine with no CPU time to spare, see
+/// `pannus_kernel::on_duty`) before it runs the health check or the expiry policy, which have
+/// to happen on time.
 pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u64)) -> Result<State> {
     let on_duty = || {
-        pannus_kernel::foreground();
+        pannus_kernel::on_duty();
     };
     let mut next_check: Option<Instant> = None;
     let mut health = Health::default();
@@ -195,6 +196,7 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
             on_duty();
             return until_done(engine, pid, patch, "expiry policy", || expire(engine, pid, patch));
         }
+        pannus_kernel::keep_up();
         let mut nap = Duration::from_millis(500).min(Duration::from_secs(left));
         if let Some(due) = next_check {
             nap = nap.min(due.saturating_duration_since(Instant::now()));
@@ -237,7 +239,9 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    pannus_kernel::keep_urgent(&mut command);
+    let child = command
         .args(["trial-watch", "--pid", &pid.to_string(), patch])
         .env("PANNUS_STATE_DIR", &engine.state_dir)
         .stdin(Stdio::null())
@@ -250,8 +254,11 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     // thread of the service woken on that CPU would wait behind it for up to a time slice. It
     // runs at SCHED_IDLE, and keeps to it while it only watches the clock (see wait_trial): from
     // before its exec when started under a `SpareCpu` guard (whose watchdog gives a starved
-    // child the normal policy back), else from here on.
-    pannus_kernel::background(child.id() as i32);
+    // child the normal policy back), else from here on. On a machine with no CPU time to spare
+    // it starts at the urgent policy instead (see `pannus_kernel::keep_urgent`) and keeps it.
+    if !pannus_kernel::is_urgent() {
+        pannus_kernel::background(child.id() as i32);
+    }
     Ok(child)
 }
 
@@ -260,8 +267,11 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
 pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     let _ = nix::unistd::setsid();
     // Whatever it was started at (from a pannus that was given the normal policy back, it
-    // starts at the normal policy): it waits at SCHED_IDLE.
-    pannus_kernel::background(0);
+    // starts at the normal policy): it waits at SCHED_IDLE, unless the machine has no CPU time
+    // to spare (see `pannus_kernel::keep_up`).
+    if !pannus_kernel::is_urgent() {
+        pannus_kernel::background(0);
+    }
     match wait_trial(engine, pid, patch, |_| {}) {
         Ok(s) => Ok(s),
         Err(e) if !pannus_kernel::process_exists(pid) => {

@@ -317,3 +317,35 @@ fn a_socket_timeout_still_runs_out_after_a_stop() {
     let latest = (stopped_by + Duration::from_millis(3000 + 500)).as_millis() as i64;
     assert!(r[2] <= latest, "no later than its timeout after the stop ({latest} ms): {ended}");
 }
+
+/// The nice value of a thread, from `/proc/PID/task/TID/stat` (field 19).
+fn nice_of(pid: i32, tid: i32) -> i32 {
+    let stat = task_file(pid, tid, "stat");
+    let fields = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default();
+    fields.split_whitespace().nth(16).and_then(|n| n.parse().ok()).expect("a nice value")
+}
+
+/// The thread pannus borrows does pannus's work at nice -20 (on CPUs the service keeps busy, each
+/// system call it makes for pannus would otherwise wait behind the service's threads for a CPU),
+/// and gets its own nice value back when it is let go.
+#[test]
+fn a_borrowed_thread_works_for_pannus_at_nice_minus_20_and_gets_its_own_nice_back() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    let renice = Command::new("renice").args(["-n", "7", "-p", &t.pid.to_string()]).output().expect("renice runs");
+    assert!(renice.status.success(), "{}", String::from_utf8_lossy(&renice.stderr));
+    assert_eq!(nice_of(t.pid, t.pid), 7);
+    let m = manifest(&state, "hasten", "patch_compute.so", 20);
+    let args = ["apply", &*m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"];
+    let mut while_borrowed = Vec::new();
+    let (code, stderr) = run_pausing(&state, &args, "system call entered", |_, _| {
+        while_borrowed.push(nice_of(t.pid, t.pid));
+    });
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!while_borrowed.is_empty(), "the main thread was borrowed: {stderr}");
+    assert!(while_borrowed.iter().all(|&n| n == -20), "nice while borrowed: {while_borrowed:?}");
+    assert_eq!(nice_of(t.pid, t.pid), 7, "the thread's own nice value is back");
+    assert_eq!(t.ask("c 5"), "500");
+    assert_eq!(nice_of(t.pid, t.pid), 7);
+    assert_all_let_go(t.pid);
+}

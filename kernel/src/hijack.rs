@@ -6,6 +6,7 @@ use crate::fault;
 use crate::frame::{self, Frame};
 use crate::maps::Gadgets;
 use crate::mem::Mem;
+use crate::sched::Hastened;
 use crate::thread::{self, Stop};
 use nix::libc::{self, user_regs_struct};
 use std::time::{Duration, Instant};
@@ -44,6 +45,8 @@ pub struct Hijack<'m> {
     /// Whether the thread runs pannus's work with asynchronous signals held (see [`Hijack::run`]).
     holding: bool,
     attached: bool,
+    /// The thread's own nice value while it runs pannus's work at nice -20.
+    hastened: Option<Hastened>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,7 @@ impl<'m> Hijack<'m> {
         // it is this one and has not, it is still where no stop reaches it.
         crate::world::still_late(mem.pid(), Some(tid))?;
         thread::seize_for_syscalls(tid)?;
+        let hastened = Hastened::thread(tid);
         let mut h = Hijack {
             mem,
             tid,
@@ -79,6 +83,7 @@ impl<'m> Hijack<'m> {
             blocked: 0,
             holding: false,
             attached: false,
+            hastened,
         };
         let prepared = (|| -> Result<()> {
             thread::interrupt(tid)?;
@@ -87,6 +92,9 @@ impl<'m> Hijack<'m> {
         })();
         if let Err(e) = prepared {
             // Nothing was changed in the thread: let it go as it was.
+            if let Some(h) = h.hastened.take() {
+                h.restore();
+            }
             let _ = thread::detach(tid, 0);
             return Err(e);
         }
@@ -365,6 +373,20 @@ impl<'m> Hijack<'m> {
             return Ok(());
         }
         self.attached = false;
+        let home = self.send_home();
+        // While attached, whatever failed: after the detach, the thread could be gone and its tid
+        // another's.
+        if let Some(h) = self.hastened.take() {
+            h.restore();
+        }
+        home?;
+        thread::detach(self.tid, self.pending)?;
+        fault::point("thread released");
+        Ok(())
+    }
+
+    /// Puts the thread back in the exact state it was borrowed in, still attached.
+    fn send_home(&mut self) -> Result<()> {
         fault::point("about to release the thread");
         // First the state from which the thread goes home through the restorer on its own.
         let mut home = self.saved;
@@ -395,8 +417,6 @@ impl<'m> Hijack<'m> {
         thread::set_xstate(self.tid, &self.xstate)?;
         thread::setregs(self.tid, self.saved)?;
         fault::point("exact state restored");
-        thread::detach(self.tid, self.pending)?;
-        fault::point("thread released");
         Ok(())
     }
 }

@@ -38,7 +38,7 @@ pub use nix::libc::user_regs_struct as Regs;
 pub use nix::sys::memfd::MemFdCreateFlag;
 pub use nix::sys::mman::{MapFlags, ProtFlags};
 pub use remote::RemoteFd;
-pub use sched::{background, foreground, Paused, RealtimeGuard, SpareCpu};
+pub use sched::{background, foreground, is_urgent, keep_up, keep_urgent, on_duty, Paused, RealtimeGuard, SpareCpu};
 pub use thread::{cpu_time, list_threads, process_exists, read_seccomp_filters, thread_state, tracer_of};
 pub use world::{Seized, StoppedThread, World, STOP_TIMEOUT};
 

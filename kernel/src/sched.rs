@@ -72,6 +72,118 @@ pub fn background(pid: i32) -> bool {
     unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &param) == 0 }
 }
 
+/// pannus's policy when the machine has no CPU time to spare: `SCHED_FIFO` at the lowest
+/// priority (the stop window runs above it, at [`RealtimeGuard`]'s), with `SCHED_RESET_ON_FORK`
+/// so that the processes and threads it starts (a health check) begin at the normal policy.
+///
+/// With a thousand of the service's threads runnable on two CPUs, a thread at the normal policy
+/// gets a thousandth of a CPU: pannus's few milliseconds of work would take seconds, each of
+/// them a second the service lives with a half-done patch or waits for a rollback. At this
+/// policy pannus runs as soon as it is runnable and is done in milliseconds; it mostly waits
+/// for the target, and its CPU time, all it takes from the service, is the same as at any
+/// other policy.
+fn urgent(tid: i32) -> bool {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler reads the `sched_param` passed by valid pointer; a wrong tid
+    // only makes it fail.
+    unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) == 0 }
+}
+
+/// Whether the calling thread runs at the urgent policy (see [`urgent`]), or at another
+/// real-time one (pannus started with `chrt`).
+pub fn is_urgent() -> bool {
+    let policy = current_policy() & !libc::SCHED_RESET_ON_FORK;
+    policy == libc::SCHED_FIFO || policy == libc::SCHED_RR
+}
+
+/// Gets the calling thread ready for work that has to happen on time (a trial's health check
+/// or expiry): from `SCHED_IDLE` to the normal policy, or to the urgent one (see [`urgent`])
+/// when the machine has no CPU time to spare. Returns whether it now runs at a policy other
+/// than `SCHED_IDLE`.
+pub fn on_duty() -> bool {
+    if !some_cpu_to_spare() && !is_urgent() && (SpareCpu::active() || current_policy() == libc::SCHED_OTHER) {
+        let _policy = policy_lock();
+        if urgent(0) {
+            return true;
+        }
+    }
+    foreground()
+}
+
+/// [`on_duty`] when the machine has no CPU time to spare now, for a thread that mostly sleeps
+/// (the trial watcher between two looks at the process): at `SCHED_IDLE`, or even at the normal
+/// policy, each of its wake-ups would wait for seconds on saturated CPUs, and the deadline with
+/// them. At the urgent policy a wake-up takes the CPU for the few microseconds it needs.
+pub fn keep_up() {
+    if !some_cpu_to_spare() {
+        on_duty();
+    }
+}
+
+/// Makes `command` start at the urgent policy (see [`urgent`]) when the calling thread runs at
+/// it: `SCHED_RESET_ON_FORK` would start it at the normal policy, and the caller waits for its
+/// `exec`, which on saturated CPUs takes seconds there.
+pub fn keep_urgent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    if !is_urgent() {
+        return;
+    }
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls may be made: it makes one system call (sched_setscheduler, with a
+    // `sched_param` on its own stack) and touches nothing a thread of the parent could have left
+    // locked.
+    unsafe {
+        command.pre_exec(|| {
+            urgent(0);
+            Ok(())
+        });
+    }
+}
+
+fn current_policy() -> libc::c_int {
+    // SAFETY: sched_getscheduler on pid 0 (the calling thread) only reads its policy.
+    unsafe { libc::sched_getscheduler(0) }
+}
+
+/// A thread of the target borrowed by pannus, run at nice -20 while it does pannus's work (see
+/// [`Hastened::thread`]).
+pub(crate) struct Hastened {
+    tid: i32,
+    nice: libc::c_int,
+}
+
+impl Hastened {
+    /// Gives thread `tid` (which the caller has attached: its tid cannot be reused meanwhile)
+    /// nice -20 if it runs at the normal or batch policy: each system call pannus has it make
+    /// is a round trip that waits for the thread to get a CPU, and on CPUs the service keeps
+    /// saturated a thread at its usual weight waits behind hundreds of others each time. At
+    /// nice -20 it runs as soon as it wakes, does pannus's few microseconds of work, and stops
+    /// again. `None` when there was nothing to do, or no privilege to do it.
+    pub(crate) fn thread(tid: i32) -> Option<Hastened> {
+        // SAFETY: sched_getscheduler only reads the policy of `tid`; a wrong tid makes it fail.
+        let policy = unsafe { libc::sched_getscheduler(tid) } & !libc::SCHED_RESET_ON_FORK;
+        if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
+            return None;
+        }
+        nix::errno::Errno::clear();
+        // SAFETY: getpriority only reads the nice value of thread `tid` (PRIO_PROCESS names a
+        // thread on Linux); -1 is a valid answer, told from an error by errno.
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+        if nice == -1 && nix::errno::Errno::last_raw() != 0 || nice <= -20 {
+            return None;
+        }
+        // SAFETY: setpriority changes the nice value of thread `tid` only.
+        (unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -20) } == 0)
+            .then_some(Hastened { tid, nice })
+    }
+
+    /// Gives the thread its own nice value back; called while the thread is still attached.
+    pub(crate) fn restore(self) {
+        // SAFETY: as in `thread`; `nice` is the thread's own value, read there.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, self.tid as libc::id_t, self.nice) };
+    }
+}
+
 /// Moves the calling thread from `SCHED_IDLE` (see [`background`]) back to the normal
 /// policy (`SCHED_OTHER`, its nice value unchanged) before it does work that has to happen on
 /// time. A thread under any other policy is left as it is. Returns whether it now runs at a
@@ -110,14 +222,29 @@ const SPARE_STUCK: Duration = Duration::from_millis(12);
 ///
 /// It is only entered from the normal policy, when pannus may return to it (`CAP_SYS_NICE`,
 /// which it has as root), and when the machine has CPU time to spare at all (no more runnable
-/// threads than twice the CPUs). A watchdog thread at the normal policy makes sure pannus is
-/// never starved on CPUs the service keeps busy: once the thread, or a process it started, has
-/// waited for a CPU 3 ms longer than it has run (from `/proc/.../schedstat`), or has been
-/// waiting for one for 12 ms, the watchdog gives it the normal policy back for good.
+/// threads than twice the CPUs). A watchdog thread makes sure pannus is never starved on CPUs
+/// the service keeps busy: once the thread, or a process it started, has waited for a CPU 3 ms
+/// longer than it has run (from `/proc/.../schedstat`), or has been waiting for one for 12 ms,
+/// the watchdog gives it the normal policy back for good, or the urgent one (see [`urgent`])
+/// when the machine has no CPU time to spare by then. The watchdog itself runs at the urgent
+/// policy: at the normal one, it would be starved exactly when it is needed.
+///
+/// On a machine with no CPU time to spare when it is entered, the guard runs the thread at the
+/// urgent policy instead, for as long as it lives.
 pub struct SpareCpu {
-    entered: bool,
+    entered: Entered,
     /// The policy belongs to the thread that entered: the guard must be dropped there.
     _thread: PhantomData<*const ()>,
+}
+
+/// What [`SpareCpu::enter`] did.
+#[derive(Clone, Copy)]
+enum Entered {
+    Nothing,
+    /// `SCHED_IDLE`, under a watchdog.
+    Idle,
+    /// The urgent policy; the policy and parameter to restore.
+    Urgent(libc::c_int, libc::sched_param),
 }
 
 /// A running watchdog, and what it tells the thread it watches.
@@ -145,22 +272,34 @@ impl SpareCpu {
     /// nothing.
     pub fn enter() -> SpareCpu {
         if !some_cpu_to_spare() {
-            return SpareCpu::none();
+            return SpareCpu::enter_urgent();
         }
         SpareCpu::enter_whatever_the_load()
     }
 
     fn enter_whatever_the_load() -> SpareCpu {
-        // SAFETY: sched_getscheduler on pid 0 (the calling thread) only reads its policy.
-        if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER || !may_leave_idle() {
+        if current_policy() != libc::SCHED_OTHER || !may_leave_idle() {
             return SpareCpu::none();
         }
         let entered = WATCHDOG.with(|w| w.borrow().is_none()) && start();
-        SpareCpu { entered, _thread: PhantomData }
+        SpareCpu { entered: if entered { Entered::Idle } else { Entered::Nothing }, _thread: PhantomData }
+    }
+
+    /// The urgent policy for as long as the guard lives (see [`urgent`]), entered from the
+    /// normal policy only.
+    fn enter_urgent() -> SpareCpu {
+        let policy = current_policy();
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_getparam on pid 0 (the calling thread) writes the `sched_param` passed
+        // by valid pointer.
+        if policy != libc::SCHED_OTHER || unsafe { libc::sched_getparam(0, &mut param) } != 0 || !urgent(0) {
+            return SpareCpu::none();
+        }
+        SpareCpu { entered: Entered::Urgent(policy, param), _thread: PhantomData }
     }
 
     fn none() -> SpareCpu {
-        SpareCpu { entered: false, _thread: PhantomData }
+        SpareCpu { entered: Entered::Nothing, _thread: PhantomData }
     }
 
     /// Whether the calling thread runs at `SCHED_IDLE` now.
@@ -184,9 +323,27 @@ impl SpareCpu {
 
 impl Drop for SpareCpu {
     fn drop(&mut self) {
-        if self.entered {
-            if let Some(watchdog) = WATCHDOG.with(|w| w.borrow_mut().take()) {
-                finish(watchdog);
+        match self.entered {
+            Entered::Nothing => {}
+            Entered::Idle => {
+                if let Some(watchdog) = WATCHDOG.with(|w| w.borrow_mut().take()) {
+                    finish(watchdog);
+                }
+                // Given the urgent policy by the watchdog: back to the one the guard was entered
+                // from.
+                if current_policy() == libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    // SAFETY: sched_setscheduler on the calling thread reads the `sched_param`
+                    // passed by valid pointer.
+                    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+                }
+            }
+            Entered::Urgent(policy, param) => {
+                if is_urgent() {
+                    // SAFETY: sched_setscheduler on the calling thread reads the `sched_param`
+                    // saved by `enter_urgent`, passed by valid pointer.
+                    unsafe { libc::sched_setscheduler(0, policy, &param) };
+                }
             }
         }
     }
@@ -249,6 +406,8 @@ fn finish(watchdog: Watchdog) -> bool {
 /// The watchdog of [`SpareCpu`]: gives thread `tid`, and each process it started, the normal
 /// policy back once it is starved at `SCHED_IDLE` (see [`Starving`]).
 fn watch(pid: i32, tid: i32, shared: &Shared) {
+    // Without the privilege it stays at the normal policy, and its guard is not entered at all.
+    urgent(0);
     let mut me = Starving::new(pid, tid);
     let mut children: HashMap<i32, Starving> = HashMap::new();
     let mut tick = SPARE_TICK;
@@ -324,14 +483,18 @@ impl Starving {
     }
 }
 
-/// Moves `tid` from `SCHED_IDLE` to the normal policy. Returns whether it did: a thread under
-/// another policy is left as it is (inside the stop window, or not yet at `SCHED_IDLE`), to be
-/// looked at again on the next tick.
+/// Moves `tid` from `SCHED_IDLE` to the normal policy, or to the urgent one (see [`urgent`])
+/// when the machine has no CPU time to spare. Returns whether it did: a thread under another
+/// policy is left as it is (inside the stop window, or not yet at `SCHED_IDLE`), to be looked
+/// at again on the next tick.
 fn normal_again(tid: i32) -> bool {
     let _policy = policy_lock();
     // SAFETY: sched_getscheduler only reads the policy of `tid`; a wrong tid makes it fail.
     if unsafe { libc::sched_getscheduler(tid) } != libc::SCHED_IDLE {
         return false;
+    }
+    if !some_cpu_to_spare() && urgent(tid) {
+        return true;
     }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads the `sched_param` passed by valid pointer.
@@ -384,6 +547,14 @@ mod tests {
 
     fn me() -> i32 {
         nix::unistd::gettid().as_raw()
+    }
+
+    const URGENT: i32 = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+
+    /// The normal policy, or the urgent one a watchdog gives a starved thread on a loaded
+    /// machine.
+    fn running(policy: i32) -> bool {
+        policy == libc::SCHED_OTHER || policy == URGENT
     }
 
     /// At `SCHED_IDLE`, or given the normal policy back by its watchdog because the machine is
@@ -440,7 +611,7 @@ mod tests {
         }
         assert_eq!(policy(0), libc::SCHED_OTHER);
         let guard = SpareCpu::enter_whatever_the_load();
-        assert!(guard.entered);
+        assert!(matches!(guard.entered, Entered::Idle));
         assert!(idle_unless_starved());
         drop(guard);
         assert_eq!(policy(0), libc::SCHED_OTHER);
@@ -458,18 +629,22 @@ mod tests {
         let guard = SpareCpu::enter_whatever_the_load();
         assert!(watching());
         let paused = SpareCpu::pause();
-        assert_eq!(policy(0), libc::SCHED_OTHER);
+        assert!(running(policy(0)));
         assert!(!watching(), "no watchdog thread while paused");
         if !paused.resume {
-            // Starved before the pause (a loaded machine): the normal policy is for good.
+            // Starved before the pause (a loaded machine): the normal policy, or the urgent one,
+            // is for good.
             drop(paused);
-            assert_eq!(policy(0), libc::SCHED_OTHER);
+            assert!(running(policy(0)));
             return;
         }
         drop(paused);
         assert!(idle_unless_starved());
         assert!(watching());
-        assert!(!SpareCpu::enter_whatever_the_load().entered, "a guard inside a guard does nothing");
+        assert!(
+            matches!(SpareCpu::enter_whatever_the_load().entered, Entered::Nothing),
+            "a guard inside a guard does nothing"
+        );
         assert!(idle_unless_starved());
         drop(guard);
         assert_eq!(policy(0), libc::SCHED_OTHER);
@@ -500,8 +675,9 @@ mod tests {
         drop(guard);
         done.store(true, Ordering::Relaxed);
         spinners.into_iter().for_each(|s| s.join().unwrap());
-        assert_eq!(inside, libc::SCHED_OTHER, "the watchdog gave the starved thread the normal policy back");
-        assert_eq!(after_pause, libc::SCHED_OTHER, "for good: a pause does not resume SCHED_IDLE");
+        // Two threads keep its only CPU busy: no CPU time to spare, the urgent policy.
+        assert_eq!(inside, URGENT, "the watchdog gave the starved thread a policy it runs at");
+        assert_eq!(after_pause, URGENT, "for good: a pause does not resume SCHED_IDLE");
         assert_eq!(policy(0), libc::SCHED_OTHER);
     }
 
@@ -529,7 +705,7 @@ mod tests {
         spinners.into_iter().for_each(|s| s.join().unwrap());
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(seen, libc::SCHED_OTHER, "the watchdog gave the starved child the normal policy back");
+        assert!(running(seen), "the watchdog gave the starved child a policy it runs at");
     }
 
     #[test]
@@ -548,7 +724,7 @@ mod tests {
         drop(window);
         assert!(idle_unless_starved(), "the window ends at the policy it started from");
         normal_again(me());
-        assert_eq!(policy(0), libc::SCHED_OTHER);
+        assert!(running(policy(0)));
         drop(guard);
         assert_eq!(policy(0), libc::SCHED_OTHER);
     }
