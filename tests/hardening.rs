@@ -354,3 +354,24 @@ fn code_run_in_the_target_runs_at_a_safe_point_not_inside_malloc() {
     }
     assert!(t.alive());
 }
+
+/// gcc splits a function into `foo` and `foo.cold`; the cold part may jump back into the first
+/// bytes of `foo`, which the jump overwrites. A thread waiting inside `split.cold` while the
+/// jump went in would come back into the middle of it: the apply is refused, naming the cold
+/// part, and the thread comes back to split as it was.
+#[test]
+fn a_cold_part_jumping_back_into_the_entry_bytes_is_refused() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("i -3"), "4");
+    assert_eq!(t.ask("Y"), "started", "a thread waits inside split.cold");
+    let m = state.manifest("cold-fix", "target_pie", "patch_compute.so", &[("split", "compute_v2")], "");
+    let check = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(check.code, 4, "check refuses too:\n{}{}", check.stdout, check.stderr);
+    let r = state.apply(&m, t.pid);
+    assert_eq!(t.ask("y"), "5", "the thread in split.cold came back through split's own bytes");
+    assert_eq!(r.code, 4, "refused:\n{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("split.cold"), "names the cold part: {}", r.stderr);
+    assert_eq!(t.ask("i -3"), "4", "untouched");
+    assert!(!t.maps().contains("patch_compute.so"));
+}

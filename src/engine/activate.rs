@@ -6,9 +6,11 @@
 use super::apply::Applying;
 use super::undo::Step;
 use super::{Measured, Observer, Prepared, Session, Stage, StopStart, StopTimes};
+use crate::elf::SymKind;
 use crate::error::{Error, Kind, Result};
 use crate::registry::{Consistency, FunctionRecord, Registry, State, Stubs};
 use crate::safety::{self, CodeRange, EntryPlan, ThreadView};
+use crate::target::Loaded;
 use crate::unwind::{Backtrace, Unwinder};
 use pannus_kernel::{page_ceil, ProtFlags, World};
 use std::collections::HashSet;
@@ -135,9 +137,37 @@ impl Session<'_> {
                 let size = f.size.min(1 << 20) as usize;
                 let code = self.target.mem.read_vec(f.address, size)?;
                 let pad = self.target.mem.read_partial(f.address.saturating_sub(16), 16);
-                safety::plan_entry(&f.target, f.address, &code, &pad, to)
+                let plan = safety::plan_entry(&f.target, f.address, &code, &pad, to)?;
+                let parts = self.parts_of(&p.object, &f.target);
+                let parts: Vec<safety::Part> =
+                    parts.iter().map(|(name, address, code)| safety::Part { name, address: *address, code }).collect();
+                safety::check_parts(&f.target, &plan, &parts)?;
+                Ok(plan)
             })
             .collect()
+    }
+
+    /// The parts of function `name` that the compiler placed apart in `object` (`name.cold`,
+    /// `name.part.0`, `name.part.0.cold`, ...: gcc's names), each with its address and current
+    /// bytes in the process (as much as is readable).
+    fn parts_of(&self, object: &Loaded, name: &str) -> Vec<(String, u64, Vec<u8>)> {
+        let prefix = format!("{name}.");
+        let o = &object.object;
+        let mut parts: Vec<(String, u64, Vec<u8>)> = Vec::new();
+        for s in o.symtab.iter().chain(&o.dynsyms) {
+            let Some(suffix) = s.name.strip_prefix(&prefix) else { continue };
+            let placed_apart = suffix.split('.').any(|w| w == "cold" || w == "part");
+            if !placed_apart || !s.defined || s.kind != SymKind::Func || s.size == 0 {
+                continue;
+            }
+            let address = object.addr(s.value);
+            if parts.iter().any(|(_, a, _)| *a == address) {
+                continue;
+            }
+            let code = self.target.mem.read_partial(address, s.size.min(1 << 20) as usize);
+            parts.push((s.name.clone(), address, code));
+        }
+        parts
     }
 
     /// The one place where code bytes change: in a single stop of every thread, after checking
