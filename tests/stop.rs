@@ -317,3 +317,28 @@ fn a_socket_timeout_still_runs_out_after_a_stop() {
     let latest = (stopped_by + Duration::from_millis(3000 + 500)).as_millis() as i64;
     assert!(r[2] <= latest, "no later than its timeout after the stop ({latest} ms): {ended}");
 }
+
+/// Another tool (or the program itself) rewrites a function's entry after pannus planned its
+/// jump there and before the stop: in the stop, pannus finds bytes other than those it planned
+/// from, and writes nothing; the other tool's change stays.
+#[test]
+fn entry_bytes_changed_after_planning_are_found_in_the_stop() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    assert_eq!(t.ask("c 5"), "6");
+    let m = manifest(&state, "rewritten", "patch_compute.so", 3);
+    let args = ["apply", &*m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"];
+    let pid = t.pid;
+    let (code, stderr) = run_pausing(&state, &args, "entries planned", |_, _| {
+        // compute(x) becomes 3x: lea (%rdi,%rdi,2),%eax; ret
+        let mut target = pannus::Target::open(pid).unwrap();
+        let l = target.find_object(&common::bin("stop_target")).unwrap();
+        let at = l.addr(l.object.lookup("compute").unwrap().unwrap().value);
+        target.mem.write(at, &[0x8d, 0x04, 0x7f, 0xc3]).unwrap();
+    });
+    assert_eq!(t.ask("c 5"), "15", "the other tool's change stays (exit {code}): {stderr}");
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("changed since"), "{stderr}");
+    assert!(!t.maps().contains("patch_compute.so"), "the module is unloaded");
+    assert_all_let_go(t.pid);
+}
