@@ -375,3 +375,35 @@ fn a_cold_part_jumping_back_into_the_entry_bytes_is_refused() {
     assert_eq!(t.ask("i -3"), "4", "untouched");
     assert!(!t.maps().contains("patch_compute.so"));
 }
+
+/// The system call thread `tid` of `pid` is blocked in (`/proc/PID/task/TID/syscall`).
+fn blocked_in(pid: i32, tid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Signals sent to the target by another process while pannus runs an init function on its
+/// main thread (which sleeps in it): a SIGUSR1, and a SIGSEGV that is no fault of the call. Both
+/// reach the program's handlers, and the apply goes on.
+#[test]
+fn signals_sent_during_a_remote_call_reach_the_program() {
+    use nix::sys::signal::{kill, Signal};
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("u"), "0 0");
+    let m = state.manifest("slow-init", "target_pie", "patch_init_slow.so", &[("compute", "compute_slow")], "");
+    let r = std::thread::scope(|s| {
+        let apply = s.spawn(|| state.apply(&m, t.pid));
+        // The init function sleeps 3 s on the main thread, which otherwise waits in read.
+        eventually("the init function sleeps on the main thread", || {
+            matches!(blocked_in(t.pid, t.pid), Some(35 | 230)).then_some(())
+        });
+        let pid = nix::unistd::Pid::from_raw(t.pid);
+        kill(pid, Signal::SIGUSR1).unwrap();
+        kill(pid, Signal::SIGSEGV).unwrap();
+        apply.join().unwrap()
+    });
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(t.ask("u"), "1 1", "each signal handled once");
+    assert_eq!(t.ask("c 5"), "5", "patched");
+}

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 /// order and with its siginfo: between two system calls the thread is given back its own state
 /// to take it (handler, default action, restart rules, all as without pannus), then borrowed
 /// afresh; during a function call it interrupts the function like any signal interrupts code.
+/// A fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, ...) raised by pannus's work fails that work
+/// ([`Error::Crashed`]) and the thread is restored; one sent by another process is no crash and
+/// is the program's to take, like any other signal.
 pub struct Hijack<'m> {
     mem: &'m Mem,
     tid: i32,
@@ -199,6 +202,13 @@ impl<'m> Hijack<'m> {
         }
     }
 
+    /// Whether the signal the thread stopped to take means pannus's work crashed: a fault signal
+    /// raised by the work itself. One another process sent (`kill -SEGV`) is the program's to
+    /// take, as any signal: it is delivered, never swallowed.
+    fn is_crash(&self, sig: i32) -> bool {
+        is_fault(sig) && !thread::sent_from_outside(self.mem.pid(), self.tid)
+    }
+
     fn crashed(&mut self, what: String, sig: i32) -> Result<Error> {
         self.at = At::SignalPath;
         Ok(Error::Crashed {
@@ -232,7 +242,9 @@ impl<'m> Hijack<'m> {
             thread::cont_syscall(self.tid, 0)?;
             match self.next_stop(None)? {
                 Some(Stop::Syscall) => break,
-                Some(Stop::Signal(sig)) if is_fault(sig) => return Err(self.crashed(format!("system call {nr}"), sig)?),
+                Some(Stop::Signal(sig)) if self.is_crash(sig) => {
+                    return Err(self.crashed(format!("system call {nr}"), sig)?)
+                }
                 // A signal came before the call ran: take it on the thread's own context, then
                 // run the call afresh.
                 Some(Stop::Signal(sig)) => self.step_aside(sig)?,
@@ -329,7 +341,9 @@ impl<'m> Hijack<'m> {
                     entry = !entry;
                     thread::cont_syscall(self.tid, 0)?;
                 }
-                Stop::Signal(sig) if is_fault(sig) => return Err(self.crashed(what.to_string(), sig)?),
+                Stop::Signal(sig) if self.is_crash(sig) => return Err(self.crashed(what.to_string(), sig)?),
+                // Not held (a fault signal another process sent, SIGKILL aside): it interrupts
+                // the function as it would interrupt any code of the thread.
                 Stop::Signal(sig) => thread::cont_syscall(self.tid, sig)?,
                 _ => thread::cont_syscall(self.tid, 0)?,
             }
@@ -342,7 +356,7 @@ impl<'m> Hijack<'m> {
             Stop::Event(_) => self.at = At::SignalPath,
             Stop::Syscall => self.at = At::SyscallExit,
             Stop::Signal(sig) => {
-                if !is_fault(sig) {
+                if !self.is_crash(sig) {
                     self.pending = sig;
                 }
                 self.at = At::SignalPath;
