@@ -407,3 +407,24 @@ fn signals_sent_during_a_remote_call_reach_the_program() {
     assert_eq!(t.ask("u"), "1 1", "each signal handled once");
     assert_eq!(t.ask("c 5"), "5", "patched");
 }
+
+/// The main thread waits on a coroutine's small stack, some 500 bytes above a read-only page of
+/// the program's: there is no room below its stack pointer for pannus's signal frame, let alone
+/// for a function call. pannus borrows another thread instead, and the page stays as it was.
+#[test]
+fn a_thread_without_room_below_its_stack_pointer_is_not_borrowed() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("P"), "started", "another thread, sleeping in application code");
+    assert_eq!(t.ask("Z"), "deep");
+    eventually("the main thread waits in read on the small stack", || {
+        (blocked_in(t.pid, t.pid) == Some(0)).then_some(())
+    });
+    let m = state.manifest("deep-fix", "target_pie", "patch_mallocinit.so", &[("compute", "compute_v2")], "");
+    let r = state.apply(&m, t.pid);
+    assert_eq!(t.ask("z"), "table intact", "apply (exit {}): {}", r.code, r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(t.ask("c 5"), "500");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 5"), "6");
+}

@@ -46,8 +46,16 @@ pub struct Hijack<'m> {
     blocked: u64,
     /// Whether the thread runs pannus's work with asynchronous signals held (see [`Hijack::run`]).
     holding: bool,
+    /// Writable bytes below the thread's stack pointer, as its mappings were at capture (up to
+    /// [`CALL_ROOM`] past the frame): what the frame and a function call may use.
+    room: u64,
     attached: bool,
 }
+
+/// The stack a function pannus calls in the target may use below its signal frame: `dlopen` and
+/// init functions run there. A thread with less room (a small coroutine or alternate signal
+/// stack near its bottom) is not asked to call anything.
+pub const CALL_ROOM: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum At {
@@ -81,6 +89,7 @@ impl<'m> Hijack<'m> {
             pending: 0,
             blocked: 0,
             holding: false,
+            room: 0,
             attached: false,
         };
         let prepared = (|| -> Result<()> {
@@ -122,6 +131,14 @@ impl<'m> Hijack<'m> {
         self.xstate = thread::xstate(self.tid)?;
         self.blocked = thread::sigmask(self.tid)?;
         let (f, image) = frame::build(&self.saved, &self.xstate, self.blocked, self.gadgets.restorer)?;
+        // The frame goes only where the thread itself could write: /proc/PID/mem would write
+        // through a read-only page or a guard page just as well, into the program's data.
+        let rsp = self.saved.rsp;
+        let needed = rsp - f.bottom;
+        self.room = crate::maps::writable_below(&crate::maps::read(pid)?, rsp, needed + CALL_ROOM);
+        if self.room < needed {
+            return Err(Error::NoRoom { tid: self.tid, rsp, what: "pannus's signal frame", room: self.room, needed });
+        }
         self.mem.write(f.bottom, &image)?;
         self.frame = f;
         self.at = At::SignalPath;
@@ -138,7 +155,11 @@ impl<'m> Hijack<'m> {
         thread::cont(self.tid, sig)?;
         thread::interrupt(self.tid)?;
         self.wait_event()?;
-        self.capture()
+        self.capture().inspect_err(|_| {
+            // Stopped with its own state and no frame of pannus's: let it go as it is.
+            self.attached = false;
+            let _ = thread::detach(self.tid, 0);
+        })
     }
 
     /// Points the thread at pannus's work (`regs`), with asynchronous signals held while it
@@ -219,7 +240,17 @@ impl<'m> Hijack<'m> {
         })
     }
 
-    /// The process the borrowed thread belongs to.
+    /// Whether the thread has room below its signal frame for a function call ([`CALL_ROOM`]);
+    /// the error says how much it has.
+    pub fn room_for_calls(&self) -> Result<()> {
+        let needed = self.saved.rsp - self.frame.bottom + CALL_ROOM;
+        if self.room < needed {
+            let (tid, rsp, room) = (self.tid, self.saved.rsp, self.room);
+            return Err(Error::NoRoom { tid, rsp, what: "a function call in it", room, needed });
+        }
+        Ok(())
+    }
+
     /// The borrowed thread's own registers, as it was stopped.
     pub fn regs(&self) -> &user_regs_struct {
         &self.saved
@@ -267,6 +298,7 @@ impl<'m> Hijack<'m> {
     /// catches that `rt_sigreturn` and skips it, so that the thread stays borrowed. A call that
     /// crashes or runs longer than `timeout` is stopped; the thread is restored on release.
     pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<()> {
+        self.room_for_calls()?;
         let r = self.regs_for(func, self.frame.uc - 8, args);
         self.run(r)?;
         // Ours is the rt_sigreturn with the stack pointer at our frame: a signal handler that
@@ -282,6 +314,7 @@ impl<'m> Hijack<'m> {
     /// pannus gone, an address is no system call number (ENOSYS) and the thread is restored all
     /// the same.
     pub fn call_for_address(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
+        self.room_for_calls()?;
         let uc = self.frame.uc;
         let mut bytes = Vec::with_capacity(16);
         for a in [self.gadgets.syscall_ret, self.gadgets.ret] {

@@ -73,6 +73,24 @@ pub fn read(pid: i32) -> Result<Vec<Mapping>> {
         .collect())
 }
 
+/// How many bytes below `addr`, up to `most`, lie in writable memory with no gap: the mapping
+/// holding `addr - 1` and those right below it, as long as each is writable. Below the start of
+/// the main thread's `[stack]`, which the kernel grows as the thread uses it, all of `most`.
+pub fn writable_below(maps: &[Mapping], addr: u64, most: u64) -> u64 {
+    let mut at = addr;
+    while addr - at < most {
+        let Some(m) = at.checked_sub(1).and_then(|a| maps.iter().find(|m| m.contains(a))) else { break };
+        if !m.write {
+            break;
+        }
+        if m.path == "[stack]" {
+            return most;
+        }
+        at = m.start;
+    }
+    (addr - at).min(most)
+}
+
 /// Lowest address pannus maps at (above `vm.mmap_min_addr`).
 const LOW_LIMIT: u64 = 0x10000;
 /// Top of the x86-64 user address space with 4-level paging, less a guard page.
@@ -204,4 +222,29 @@ pub fn find_gadgets(mem: &Mem, maps: &[Mapping]) -> Option<Gadgets> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(start: u64, end: u64, write: bool, path: &str) -> Mapping {
+        let (read, exec, shared, offset, dev, inode) = (true, false, false, 0, (0, 0), 0);
+        Mapping { start, end, read, write, exec, shared, offset, dev, inode, path: path.into() }
+    }
+
+    #[test]
+    fn writable_memory_below_an_address_ends_at_a_gap_or_a_page_the_thread_cannot_write() {
+        let maps = [
+            mapping(0x1000, 0x2000, false, ""),
+            mapping(0x2000, 0x4000, true, ""),
+            mapping(0x4000, 0x6000, true, ""),
+            mapping(0x8000, 0x9000, true, "[stack]"),
+        ];
+        assert_eq!(writable_below(&maps, 0x5800, 1 << 20), 0x3800, "down to the read-only page");
+        assert_eq!(writable_below(&maps, 0x5800, 0x100), 0x100, "no more than asked");
+        assert_eq!(writable_below(&maps, 0x2000, 1 << 20), 0, "nothing writable right below");
+        assert_eq!(writable_below(&maps, 0x7000, 1 << 20), 0, "unmapped right below");
+        assert_eq!(writable_below(&maps, 0x8800, 1 << 20), 1 << 20, "the main stack grows");
+    }
 }
