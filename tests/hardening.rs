@@ -428,3 +428,32 @@ fn a_thread_without_room_below_its_stack_pointer_is_not_borrowed() {
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("c 5"), "6");
 }
+
+/// pannus is killed just as the target starts running the resolver of an indirect function
+/// (here one that finds nothing: it returns NULL, leaving the registers of a read of stdin
+/// behind it). The value goes nowhere a system call would take it for its number: the thread
+/// goes home, and the next command the target reads is its own.
+#[test]
+fn a_null_returned_after_pannus_is_killed_is_no_system_call() {
+    let state = State::new();
+    let m = state.manifest("pick-fix", "target_pie", "patch_pick.so", &[("compute", "compute_pick")], "");
+    let args = ["apply", &*m.to_string_lossy(), "--pid", "", "--yes"];
+    // Where the resolver's call is set up, counted on a process of its own.
+    let kill_at = {
+        let t = Proc::start("target_pie");
+        let pid = t.pid.to_string();
+        let mut args = args;
+        args[3] = &pid;
+        let err = pannus_stderr(&state, &args, &[("PANNUS_TEST_POINTS", "1")]);
+        let points: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("pannus: test point ")).collect();
+        points.iter().position(|p| p.ends_with(": call set up")).expect("a call is made") + 1
+    };
+    let mut t = Proc::start("target_pie");
+    let pid = t.pid.to_string();
+    let mut args = args;
+    args[3] = &pid;
+    let err = pannus_stderr(&state, &args, &[("PANNUS_TEST_KILL_AT", &kill_at.to_string())]);
+    assert!(err.contains("killed at test point") && err.contains("call set up"), "{err}");
+    assert_eq!(t.ask("c 5"), "6", "the command reached the program");
+    assert_eq!(t.ask("c 7"), "8");
+}

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::frame::{self, Frame};
-use crate::maps::Gadgets;
+use crate::maps::{Base, Gadgets};
 use crate::mem::Mem;
 use crate::thread::{self, Stop};
 use nix::libc::{self, user_regs_struct};
@@ -83,7 +83,7 @@ impl<'m> Hijack<'m> {
             tid,
             saved: zero_regs(),
             gadgets,
-            frame: Frame { uc: 0, bottom: 0 },
+            frame: Frame { uc: 0, bottom: 0, scratch: 0 },
             xstate: Vec::new(),
             at: At::SignalPath,
             pending: 0,
@@ -309,12 +309,59 @@ impl<'m> Hijack<'m> {
     }
 
     /// Calls a function that returns an address or null (an ifunc resolver, dlopen, dlsym) and
-    /// returns it. The function returns into a `syscall; ret`, where pannus reads the value as
-    /// the system call number and skips the call, then into a `ret` and the restorer: with
-    /// pannus gone, an address is no system call number (ENOSYS) and the thread is restored all
-    /// the same.
+    /// returns it. The function returns into code of the target that stores `%rax` through a
+    /// register it preserves ([`crate::maps::Store`]), pointed at a word of the signal frame,
+    /// then returns on into the restorer, whose `rt_sigreturn` pannus catches and skips as for
+    /// [`Hijack::call`]. With pannus gone the value lands in that word all the same and the
+    /// thread goes home: no system call ever sees it (as a `syscall` would see a null return as
+    /// `read` of the registers the function left behind).
+    ///
+    /// Where the target holds no such code, the function returns into a `syscall; ret` instead,
+    /// where pannus reads the value as the system call number and skips the call: with pannus
+    /// gone, an address is no system call number (ENOSYS), but a null return is `read`.
     pub fn call_for_address(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
         self.room_for_calls()?;
+        let Some(store) = self.gadgets.store else {
+            return self.call_for_address_through_syscall(func, args, timeout, what);
+        };
+        let (uc, scratch) = (self.frame.uc, self.frame.scratch);
+        // The return chain below the frame: the store, a word for each of its pops, a `ret`
+        // when needed to keep the function's stack aligned (16 bytes less 8 at its entry), the
+        // restorer; `uc` on top of it all, for rt_sigreturn.
+        let mut chain = vec![store.addr];
+        chain.extend(std::iter::repeat_n(0u64, store.pops as usize));
+        if chain.len() % 2 == 1 {
+            chain.push(self.gadgets.ret);
+        }
+        chain.push(self.gadgets.restorer);
+        let top = uc - 8 * chain.len() as u64;
+        let bytes: Vec<u8> = chain.iter().flat_map(|a| a.to_le_bytes()).collect();
+        self.mem.write(top, &bytes)?;
+        self.mem.write(scratch, &[0; 8])?;
+        let mut r = self.regs_for(func, top, args);
+        let at = scratch.wrapping_sub(store.disp as i64 as u64);
+        match store.base {
+            Base::Rbx => r.rbx = at,
+            Base::Rbp => r.rbp = at,
+            Base::R12 => r.r12 = at,
+            Base::R13 => r.r13 = at,
+            Base::R14 => r.r14 = at,
+            Base::R15 => r.r15 = at,
+        }
+        self.run(r)?;
+        let restorer_end = self.gadgets.restorer + RESTORER_LEN;
+        self.run_until(timeout, what, |r| r.orig_rax == NR_RT_SIGRETURN && r.rip == restorer_end && r.rsp == uc)?;
+        self.mem.read_u64(scratch)
+    }
+
+    /// [`Hijack::call_for_address`] where the target holds no store of `%rax`.
+    fn call_for_address_through_syscall(
+        &mut self,
+        func: u64,
+        args: &[u64],
+        timeout: Duration,
+        what: &str,
+    ) -> Result<u64> {
         let uc = self.frame.uc;
         let mut bytes = Vec::with_capacity(16);
         for a in [self.gadgets.syscall_ret, self.gadgets.ret] {

@@ -105,7 +105,11 @@ impl<'e> Session<'e> {
                     .registry()
                     .ok()
                     .and_then(|r| r.gadgets)
-                    .map(|[syscall_ret, ret, restorer]| pannus_kernel::Gadgets { syscall_ret, ret, restorer })
+                    .map(|[syscall_ret, ret, restorer]| {
+                        // The registry keeps the three above; a store of `%rax` is found anew.
+                        let store = maps::find_store(&self.target.mem, &self.target.maps);
+                        pannus_kernel::Gadgets { syscall_ret, ret, restorer, store }
+                    })
                     .filter(|g| maps::verify_gadgets(&self.target.mem, g));
                 let g = cached.map(Ok).unwrap_or_else(|| {
                     maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
