@@ -342,3 +342,43 @@ fn entry_bytes_changed_after_planning_are_found_in_the_stop() {
     assert!(!t.maps().contains("patch_compute.so"), "the module is unloaded");
     assert_all_let_go(t.pid);
 }
+
+/// The main thread waits in `vfork` for its child, where no stop reaches it (the child waits
+/// for a line on stdin). Code pannus runs in the target needs a borrowed thread and the apply a
+/// stop of every thread: the apply waits for the main thread only so long, then is busy, naming
+/// it and its state, instead of waiting for it forever; the target is left as it was.
+#[test]
+fn a_main_thread_waiting_in_vfork_makes_the_apply_busy_not_hang() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    assert_eq!(t.ask("C"), "started", "another thread, napping");
+    assert_eq!(t.ask("m"), "waiting");
+    wait_until("the main thread waits for its child", || state_of(t.pid, t.pid) == Some('D'));
+    let m = manifest(&state, "vfork-main", "patch_compute.so", 3);
+    let mut pannus = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pannus runs");
+    let t0 = Instant::now();
+    while pannus.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let finished = pannus.try_wait().unwrap().is_some();
+    if !finished {
+        let _ = pannus.kill();
+    }
+    let out = pannus.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(finished, "pannus still waited for the main thread after 60 s: {stderr}");
+    assert_eq!(out.status.code(), Some(3), "busy: {stderr}");
+    assert!(stderr.contains(&format!("thread {} (state D", t.pid)), "names the thread and its state: {stderr}");
+    assert_all_let_go(t.pid);
+    t.send("go");
+    assert_eq!(t.line(), "back", "the vfork returned");
+    assert_eq!(t.ask("c 5"), "6", "untouched");
+    assert!(!t.maps().contains("patch_compute.so"));
+}

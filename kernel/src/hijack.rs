@@ -66,6 +66,11 @@ enum At {
     SyscallExit,
 }
 
+/// How long [`Hijack::attach`] waits for the thread to stop: a thread that does not is where no
+/// stop reaches it (a `vfork` parent waiting for its child, an uninterruptible sleep), and is
+/// left alone (see `world.rs` on late threads) rather than waited for without end.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// rt_sigreturn.
 const NR_RT_SIGRETURN: u64 = 15;
 /// Length of the restorer (`mov $15, %rax; syscall`).
@@ -92,15 +97,31 @@ impl<'m> Hijack<'m> {
             room: 0,
             attached: false,
         };
-        let prepared = (|| -> Result<()> {
+        let prepared = (|| -> Result<bool> {
             thread::interrupt(tid)?;
-            h.wait_event()?;
-            h.capture()
+            if !h.wait_event(Some(Instant::now() + ATTACH_TIMEOUT))? {
+                return Ok(false);
+            }
+            h.capture().map(|()| true)
         })();
-        if let Err(e) = prepared {
-            // Nothing was changed in the thread: let it go as it was.
-            let _ = thread::detach(tid, 0);
-            return Err(e);
+        match prepared {
+            Ok(true) => {}
+            Ok(false) => {
+                // Where no stop reaches it (a vfork parent, an uninterruptible sleep): the
+                // kernel lets go only of a stopped thread, so it stays attached until it stops.
+                crate::world::keep_late(mem.pid(), tid, ATTACH_TIMEOUT);
+                let whereabouts = thread::whereabouts(mem.pid(), tid);
+                return Err(Error::NotStopped {
+                    pid: mem.pid(),
+                    threads: vec![(tid, whereabouts)],
+                    after: ATTACH_TIMEOUT,
+                });
+            }
+            Err(e) => {
+                // Nothing was changed in the thread: let it go as it was.
+                let _ = thread::detach(tid, 0);
+                return Err(e);
+            }
         }
         h.attached = true;
         fault::point("thread borrowed, signal frame written");
@@ -108,11 +129,19 @@ impl<'m> Hijack<'m> {
     }
 
     /// Waits for the event-stop of a PTRACE_INTERRUPT; a real signal met on the way is delivered
-    /// on the thread's own context first.
-    fn wait_event(&mut self) -> Result<()> {
+    /// on the thread's own context first. False when `deadline` passed first (the thread still
+    /// runs, the interrupt pending).
+    fn wait_event(&mut self, deadline: Option<Instant>) -> Result<bool> {
         loop {
-            match thread::wait(self.tid)? {
-                Stop::Event(_) => return Ok(()),
+            let stop = match deadline {
+                None => thread::wait(self.tid)?,
+                Some(d) => match thread::wait_timeout(self.tid, d.saturating_duration_since(Instant::now()))? {
+                    Some(stop) => stop,
+                    None => return Ok(false),
+                },
+            };
+            match stop {
+                Stop::Event(_) => return Ok(true),
                 Stop::Signal(sig) => {
                     thread::cont(self.tid, sig)?;
                     thread::interrupt(self.tid)?;
@@ -154,7 +183,7 @@ impl<'m> Hijack<'m> {
         fault::point("stepping aside for a signal");
         thread::cont(self.tid, sig)?;
         thread::interrupt(self.tid)?;
-        self.wait_event()?;
+        self.wait_event(None)?;
         self.capture().inspect_err(|_| {
             // Stopped with its own state and no frame of pannus's: let it go as it is.
             self.attached = false;
