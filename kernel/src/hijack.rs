@@ -71,6 +71,10 @@ enum At {
 /// left alone (see `world.rs` on late threads) rather than waited for without end.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A stack pointer below this is no stack (the lowest address a process may map is 64 KiB at
+/// most, `vm.mmap_min_addr`): the frame, laid out below it, would wrap around.
+const LOWEST_STACK: u64 = 64 << 10;
+
 /// rt_sigreturn.
 const NR_RT_SIGRETURN: u64 = 15;
 /// Length of the restorer (`mov $15, %rax; syscall`).
@@ -159,10 +163,15 @@ impl<'m> Hijack<'m> {
         frame::hide_stop_eintr(&mut self.saved, || thread::signal_waiting(pid, self.tid));
         self.xstate = thread::xstate(self.tid)?;
         self.blocked = thread::sigmask(self.tid)?;
+        let rsp = self.saved.rsp;
+        if rsp < LOWEST_STACK {
+            // No stack at all (the program's own code set this): nothing is written below it.
+            let (tid, needed) = (self.tid, LOWEST_STACK);
+            return Err(Error::NoRoom { tid, rsp, what: "pannus's signal frame", room: rsp, needed });
+        }
         let (f, image) = frame::build(&self.saved, &self.xstate, self.blocked, self.gadgets.restorer)?;
         // The frame goes only where the thread itself could write: /proc/PID/mem would write
         // through a read-only page or a guard page just as well, into the program's data.
-        let rsp = self.saved.rsp;
         let needed = rsp - f.bottom;
         self.room = crate::maps::writable_below(&crate::maps::read(pid)?, rsp, needed + CALL_ROOM);
         if self.room < needed {
