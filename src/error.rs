@@ -85,6 +85,8 @@ impl From<pannus_kernel::Error> for Error {
             pannus_kernel::Error::Permission { .. } => Kind::Precondition,
             // Like a thread in the way: every thread runs again, and a later attempt may succeed.
             pannus_kernel::Error::NotStopped { .. } => Kind::Busy,
+            // The thread has moved on by a later attempt, most often.
+            pannus_kernel::Error::NoRoom { .. } => Kind::Busy,
             // A system call the target's kernel refused, as any other failure inside it.
             pannus_kernel::Error::Syscall { .. } => Kind::Other,
             _ => Kind::Other,
@@ -97,6 +99,11 @@ impl From<pannus_kernel::Error> for Error {
                 "the thread is blocked where no stop reaches it (a vfork parent waiting for its child, an \
                  uninterruptible sleep on a dead NFS or FUSE mount); retry once it has moved on, or raise \
                  safety.retries or --stop-timeout"
+                    .to_string(),
+            ),
+            pannus_kernel::Error::NoRoom { .. } => Some(
+                "the thread runs on a small stack near its bottom (a coroutine's, an alternate signal stack); \
+                 retry once it has moved on"
                     .to_string(),
             ),
             _ => None,

@@ -161,6 +161,39 @@ pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: 
     Ok(EntryPlan { jump, patch_address, original, written, starts })
 }
 
+/// Code of a function that the compiler placed apart from it: its cold part (`foo.cold`) or an
+/// outlined part (`foo.part.0`), in the process.
+pub struct Part<'a> {
+    pub name: &'a str,
+    pub address: u64,
+    pub code: &'a [u8],
+}
+
+/// The entry rule for the parts of function `name` placed apart (see [`Part`]): as for the
+/// function's own branches, none may land strictly inside the bytes `plan` overwrites. A thread
+/// in a cold part jumping back to just after the entry would land in the middle of the jump.
+pub fn check_parts(name: &str, plan: &EntryPlan, parts: &[Part]) -> Result<()> {
+    for part in parts {
+        for i in decode_all(part.code, part.address) {
+            let Some(t) = branch_target(&i) else { continue };
+            if plan.is_unsafe_spot(t) {
+                return Err(Error::precondition(format!(
+                    "function `{name}` at {:#x} cannot be patched safely: the branch at {:#x} ({i}) in `{}`, a part \
+                     of it the compiler placed apart, lands at {t:#x}, inside the bytes the jump overwrites",
+                    plan.starts.last().copied().unwrap_or(plan.patch_address),
+                    i.ip(),
+                    part.name
+                ))
+                .hint(format!(
+                    "rebuild the target with -fpatchable-function-entry=7,5 (the jump then goes in the pad), or \
+                     -fno-reorder-blocks-and-partition; or patch the callers of `{name}` instead"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why a stopped thread blocks the switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
@@ -360,6 +393,23 @@ mod tests {
         let code = [0x55, 0x48, 0x89, 0xe5, 0x90, 0x90, 0xeb, 0xf9, 0xc3];
         let e = plan_entry("loop", 0x1000, &code, &[], 0x2000).unwrap_err();
         assert!(e.message.contains("lands at 0x1001"), "{e}");
+    }
+
+    #[test]
+    fn a_cold_part_branching_into_the_entry_bytes_is_refused() {
+        let p = plan_entry("f", 0x1000, FUNC, &[], 0x2000).unwrap();
+        // push rdi; pop rdi; jmp 0x1001 (rel32 from 0x5002 + 5)
+        let mut cold = vec![0x57, 0x5f, 0xe9];
+        cold.extend_from_slice(&(0x1001i32 - 0x5007).to_le_bytes());
+        let part = Part { name: "f.cold", address: 0x5000, code: &cold };
+        let e = check_parts("f", &p, &[part]).unwrap_err();
+        assert!(e.message.contains("`f.cold`") && e.message.contains("lands at 0x1001"), "{e}");
+        // Back to the entry itself, or past the overwritten bytes: fine.
+        for to in [0x1000i32, 0x1006] {
+            let mut cold = vec![0xe9];
+            cold.extend_from_slice(&(to - 0x5005).to_le_bytes());
+            check_parts("f", &p, &[Part { name: "f.cold", address: 0x5000, code: &cold }]).unwrap();
+        }
     }
 
     #[test]

@@ -354,3 +354,106 @@ fn code_run_in_the_target_runs_at_a_safe_point_not_inside_malloc() {
     }
     assert!(t.alive());
 }
+
+/// gcc splits a function into `foo` and `foo.cold`; the cold part may jump back into the first
+/// bytes of `foo`, which the jump overwrites. A thread waiting inside `split.cold` while the
+/// jump went in would come back into the middle of it: the apply is refused, naming the cold
+/// part, and the thread comes back to split as it was.
+#[test]
+fn a_cold_part_jumping_back_into_the_entry_bytes_is_refused() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("i -3"), "4");
+    assert_eq!(t.ask("Y"), "started", "a thread waits inside split.cold");
+    let m = state.manifest("cold-fix", "target_pie", "patch_compute.so", &[("split", "compute_v2")], "");
+    let check = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(check.code, 4, "check refuses too:\n{}{}", check.stdout, check.stderr);
+    let r = state.apply(&m, t.pid);
+    assert_eq!(t.ask("y"), "5", "the thread in split.cold came back through split's own bytes");
+    assert_eq!(r.code, 4, "refused:\n{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("split.cold"), "names the cold part: {}", r.stderr);
+    assert_eq!(t.ask("i -3"), "4", "untouched");
+    assert!(!t.maps().contains("patch_compute.so"));
+}
+
+/// The system call thread `tid` of `pid` is blocked in (`/proc/PID/task/TID/syscall`).
+fn blocked_in(pid: i32, tid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Signals sent to the target by another process while pannus runs an init function on its
+/// main thread (which sleeps in it): a SIGUSR1, and a SIGSEGV that is no fault of the call. Both
+/// reach the program's handlers, and the apply goes on.
+#[test]
+fn signals_sent_during_a_remote_call_reach_the_program() {
+    use nix::sys::signal::{kill, Signal};
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("u"), "0 0");
+    let m = state.manifest("slow-init", "target_pie", "patch_init_slow.so", &[("compute", "compute_slow")], "");
+    let r = std::thread::scope(|s| {
+        let apply = s.spawn(|| state.apply(&m, t.pid));
+        // The init function sleeps 3 s on the main thread, which otherwise waits in read.
+        eventually("the init function sleeps on the main thread", || {
+            matches!(blocked_in(t.pid, t.pid), Some(35 | 230)).then_some(())
+        });
+        let pid = nix::unistd::Pid::from_raw(t.pid);
+        kill(pid, Signal::SIGUSR1).unwrap();
+        kill(pid, Signal::SIGSEGV).unwrap();
+        apply.join().unwrap()
+    });
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(t.ask("u"), "1 1", "each signal handled once");
+    assert_eq!(t.ask("c 5"), "5", "patched");
+}
+
+/// The main thread waits on a coroutine's small stack, some 500 bytes above a read-only page of
+/// the program's: there is no room below its stack pointer for pannus's signal frame, let alone
+/// for a function call. pannus borrows another thread instead, and the page stays as it was.
+#[test]
+fn a_thread_without_room_below_its_stack_pointer_is_not_borrowed() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("P"), "started", "another thread, sleeping in application code");
+    assert_eq!(t.ask("Z"), "deep");
+    eventually("the main thread waits in read on the small stack", || {
+        (blocked_in(t.pid, t.pid) == Some(0)).then_some(())
+    });
+    let m = state.manifest("deep-fix", "target_pie", "patch_mallocinit.so", &[("compute", "compute_v2")], "");
+    let r = state.apply(&m, t.pid);
+    assert_eq!(t.ask("z"), "table intact", "apply (exit {}): {}", r.code, r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(t.ask("c 5"), "500");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+/// pannus is killed just as the target starts running the resolver of an indirect function
+/// (here one that finds nothing: it returns NULL, leaving the registers of a read of stdin
+/// behind it). The value goes nowhere a system call would take it for its number: the thread
+/// goes home, and the next command the target reads is its own.
+#[test]
+fn a_null_returned_after_pannus_is_killed_is_no_system_call() {
+    let state = State::new();
+    let m = state.manifest("pick-fix", "target_pie", "patch_pick.so", &[("compute", "compute_pick")], "");
+    let args = ["apply", &*m.to_string_lossy(), "--pid", "", "--yes"];
+    // Where the resolver's call is set up, counted on a process of its own.
+    let kill_at = {
+        let t = Proc::start("target_pie");
+        let pid = t.pid.to_string();
+        let mut args = args;
+        args[3] = &pid;
+        let err = pannus_stderr(&state, &args, &[("PANNUS_TEST_POINTS", "1")]);
+        let points: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("pannus: test point ")).collect();
+        points.iter().position(|p| p.ends_with(": call set up")).expect("a call is made") + 1
+    };
+    let mut t = Proc::start("target_pie");
+    let pid = t.pid.to_string();
+    let mut args = args;
+    args[3] = &pid;
+    let err = pannus_stderr(&state, &args, &[("PANNUS_TEST_KILL_AT", &kill_at.to_string())]);
+    assert!(err.contains("killed at test point") && err.contains("call set up"), "{err}");
+    assert_eq!(t.ask("c 5"), "6", "the command reached the program");
+    assert_eq!(t.ask("c 7"), "8");
+}

@@ -349,3 +349,68 @@ fn a_borrowed_thread_works_for_pannus_at_nice_minus_20_and_gets_its_own_nice_bac
     assert_eq!(nice_of(t.pid, t.pid), 7);
     assert_all_let_go(t.pid);
 }
+
+/// Another tool (or the program itself) rewrites a function's entry after pannus planned its
+/// jump there and before the stop: in the stop, pannus finds bytes other than those it planned
+/// from, and writes nothing; the other tool's change stays.
+#[test]
+fn entry_bytes_changed_after_planning_are_found_in_the_stop() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    assert_eq!(t.ask("c 5"), "6");
+    let m = manifest(&state, "rewritten", "patch_compute.so", 3);
+    let args = ["apply", &*m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"];
+    let pid = t.pid;
+    let (code, stderr) = run_pausing(&state, &args, "entries planned", |_, _| {
+        // compute(x) becomes 3x: lea (%rdi,%rdi,2),%eax; ret
+        let mut target = pannus::Target::open(pid).unwrap();
+        let l = target.find_object(&common::bin("stop_target")).unwrap();
+        let at = l.addr(l.object.lookup("compute").unwrap().unwrap().value);
+        target.mem.write(at, &[0x8d, 0x04, 0x7f, 0xc3]).unwrap();
+    });
+    assert_eq!(t.ask("c 5"), "15", "the other tool's change stays (exit {code}): {stderr}");
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("changed since"), "{stderr}");
+    assert!(!t.maps().contains("patch_compute.so"), "the module is unloaded");
+    assert_all_let_go(t.pid);
+}
+
+/// The main thread waits in `vfork` for its child, where no stop reaches it (the child waits
+/// for a line on stdin). Code pannus runs in the target needs a borrowed thread and the apply a
+/// stop of every thread: the apply waits for the main thread only so long, then is busy, naming
+/// it and its state, instead of waiting for it forever; the target is left as it was.
+#[test]
+fn a_main_thread_waiting_in_vfork_makes_the_apply_busy_not_hang() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    assert_eq!(t.ask("C"), "started", "another thread, napping");
+    assert_eq!(t.ask("m"), "waiting");
+    wait_until("the main thread waits for its child", || state_of(t.pid, t.pid) == Some('D'));
+    let m = manifest(&state, "vfork-main", "patch_compute.so", 3);
+    let mut pannus = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pannus runs");
+    let t0 = Instant::now();
+    while pannus.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let finished = pannus.try_wait().unwrap().is_some();
+    if !finished {
+        let _ = pannus.kill();
+    }
+    let out = pannus.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(finished, "pannus still waited for the main thread after 60 s: {stderr}");
+    assert_eq!(out.status.code(), Some(3), "busy: {stderr}");
+    assert!(stderr.contains(&format!("thread {} (state D", t.pid)), "names the thread and its state: {stderr}");
+    assert_all_let_go(t.pid);
+    t.send("go");
+    assert_eq!(t.line(), "back", "the vfork returned");
+    assert_eq!(t.ask("c 5"), "6", "untouched");
+    assert!(!t.maps().contains("patch_compute.so"));
+}

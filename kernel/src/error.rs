@@ -18,6 +18,13 @@ pub enum Error {
     /// let go.
     #[error("{} of process {pid} did not stop within {after:?}", late_threads(threads))]
     NotStopped { pid: i32, threads: Vec<(i32, String)>, after: Duration },
+    /// The memory below a thread's stack pointer cannot take what pannus would put there (its
+    /// signal frame, or the stack of a function it calls): the writable memory ends sooner (a
+    /// small coroutine or alternate signal stack near its bottom, a guard page, another mapping).
+    #[error(
+        "thread {tid} has {room} bytes of writable stack below its stack pointer {rsp:#x}, and {what} needs {needed}"
+    )]
+    NoRoom { tid: i32, rsp: u64, what: &'static str, room: u64, needed: u64 },
     #[error("{what} in thread {tid} did not finish within {after:?}")]
     Timeout { tid: i32, what: String, after: Duration },
     #[error("{what} in thread {tid} crashed with {signal} at {rip:#x}")]

@@ -99,6 +99,9 @@ pub struct Frame {
     pub uc: u64,
     /// Lowest address the frame uses; code run on the thread uses the stack below it.
     pub bottom: u64,
+    /// Eight bytes of the frame that `rt_sigreturn` does not read (its siginfo's room): where a
+    /// function's return value is stored (see `Hijack::call_for_address`).
+    pub scratch: u64,
 }
 
 /// Lays out the frame below `regs.rsp` (and its red zone) and returns its bytes and place.
@@ -170,7 +173,7 @@ pub fn build(regs: &user_regs_struct, xstate: &[u8], blocked: u64, restorer: u64
     // The XSAVE area, then MAGIC2 right after it.
     put(&mut img, fp, &xsave);
     put(&mut img, fp + xstate_size as u64, &FP_XSTATE_MAGIC2.to_le_bytes());
-    Ok((Frame { uc, bottom }, img))
+    Ok((Frame { uc, bottom, scratch: uc + UCONTEXT_SIZE }, img))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::frame::{self, Frame};
-use crate::maps::Gadgets;
+use crate::maps::{Base, Gadgets};
 use crate::mem::Mem;
 use crate::sched::Hastened;
 use crate::thread::{self, Stop};
@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 /// order and with its siginfo: between two system calls the thread is given back its own state
 /// to take it (handler, default action, restart rules, all as without pannus), then borrowed
 /// afresh; during a function call it interrupts the function like any signal interrupts code.
+/// A fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, ...) raised by pannus's work fails that work
+/// ([`Error::Crashed`]) and the thread is restored; one sent by another process is no crash and
+/// is the program's to take, like any other signal.
 pub struct Hijack<'m> {
     mem: &'m Mem,
     tid: i32,
@@ -44,10 +47,18 @@ pub struct Hijack<'m> {
     blocked: u64,
     /// Whether the thread runs pannus's work with asynchronous signals held (see [`Hijack::run`]).
     holding: bool,
+    /// Writable bytes below the thread's stack pointer, as its mappings were at capture (up to
+    /// [`CALL_ROOM`] past the frame): what the frame and a function call may use.
+    room: u64,
     attached: bool,
     /// The thread's own nice value while it runs pannus's work at nice -20.
     hastened: Option<Hastened>,
 }
+
+/// The stack a function pannus calls in the target may use below its signal frame: `dlopen` and
+/// init functions run there. A thread with less room (a small coroutine or alternate signal
+/// stack near its bottom) is not asked to call anything.
+pub const CALL_ROOM: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum At {
@@ -57,6 +68,15 @@ enum At {
     /// A syscall-exit stop.
     SyscallExit,
 }
+
+/// How long [`Hijack::attach`] waits for the thread to stop: a thread that does not is where no
+/// stop reaches it (a `vfork` parent waiting for its child, an uninterruptible sleep), and is
+/// left alone (see `world.rs` on late threads) rather than waited for without end.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A stack pointer below this is no stack (the lowest address a process may map is 64 KiB at
+/// most, `vm.mmap_min_addr`): the frame, laid out below it, would wrap around.
+const LOWEST_STACK: u64 = 64 << 10;
 
 /// rt_sigreturn.
 const NR_RT_SIGRETURN: u64 = 15;
@@ -76,27 +96,47 @@ impl<'m> Hijack<'m> {
             tid,
             saved: zero_regs(),
             gadgets,
-            frame: Frame { uc: 0, bottom: 0 },
+            frame: Frame { uc: 0, bottom: 0, scratch: 0 },
             xstate: Vec::new(),
             at: At::SignalPath,
             pending: 0,
             blocked: 0,
             holding: false,
+            room: 0,
             attached: false,
             hastened,
         };
-        let prepared = (|| -> Result<()> {
+        let prepared = (|| -> Result<bool> {
             thread::interrupt(tid)?;
-            h.wait_event()?;
-            h.capture()
-        })();
-        if let Err(e) = prepared {
-            // Nothing was changed in the thread: let it go as it was.
-            if let Some(h) = h.hastened.take() {
-                h.restore();
+            if !h.wait_event(Some(Instant::now() + ATTACH_TIMEOUT))? {
+                return Ok(false);
             }
-            let _ = thread::detach(tid, 0);
-            return Err(e);
+            h.capture().map(|()| true)
+        })();
+        match prepared {
+            Ok(true) => {}
+            Ok(false) => {
+                // Where no stop reaches it (a vfork parent, an uninterruptible sleep): the
+                // kernel lets go only of a stopped thread, so it stays attached until it stops.
+                if let Some(h) = h.hastened.take() {
+                    h.restore();
+                }
+                crate::world::keep_late(mem.pid(), tid, ATTACH_TIMEOUT);
+                let whereabouts = thread::whereabouts(mem.pid(), tid);
+                return Err(Error::NotStopped {
+                    pid: mem.pid(),
+                    threads: vec![(tid, whereabouts)],
+                    after: ATTACH_TIMEOUT,
+                });
+            }
+            Err(e) => {
+                // Nothing was changed in the thread: let it go as it was.
+                if let Some(h) = h.hastened.take() {
+                    h.restore();
+                }
+                let _ = thread::detach(tid, 0);
+                return Err(e);
+            }
         }
         h.attached = true;
         fault::point("thread borrowed, signal frame written");
@@ -104,11 +144,19 @@ impl<'m> Hijack<'m> {
     }
 
     /// Waits for the event-stop of a PTRACE_INTERRUPT; a real signal met on the way is delivered
-    /// on the thread's own context first.
-    fn wait_event(&mut self) -> Result<()> {
+    /// on the thread's own context first. False when `deadline` passed first (the thread still
+    /// runs, the interrupt pending).
+    fn wait_event(&mut self, deadline: Option<Instant>) -> Result<bool> {
         loop {
-            match thread::wait(self.tid)? {
-                Stop::Event(_) => return Ok(()),
+            let stop = match deadline {
+                None => thread::wait(self.tid)?,
+                Some(d) => match thread::wait_timeout(self.tid, d.saturating_duration_since(Instant::now()))? {
+                    Some(stop) => stop,
+                    None => return Ok(false),
+                },
+            };
+            match stop {
+                Stop::Event(_) => return Ok(true),
                 Stop::Signal(sig) => {
                     thread::cont(self.tid, sig)?;
                     thread::interrupt(self.tid)?;
@@ -126,7 +174,20 @@ impl<'m> Hijack<'m> {
         frame::hide_stop_eintr(&mut self.saved, || thread::signal_waiting(pid, self.tid));
         self.xstate = thread::xstate(self.tid)?;
         self.blocked = thread::sigmask(self.tid)?;
+        let rsp = self.saved.rsp;
+        if rsp < LOWEST_STACK {
+            // No stack at all (the program's own code set this): nothing is written below it.
+            let (tid, needed) = (self.tid, LOWEST_STACK);
+            return Err(Error::NoRoom { tid, rsp, what: "pannus's signal frame", room: rsp, needed });
+        }
         let (f, image) = frame::build(&self.saved, &self.xstate, self.blocked, self.gadgets.restorer)?;
+        // The frame goes only where the thread itself could write: /proc/PID/mem would write
+        // through a read-only page or a guard page just as well, into the program's data.
+        let needed = rsp - f.bottom;
+        self.room = crate::maps::writable_below(&crate::maps::read(pid)?, rsp, needed + CALL_ROOM);
+        if self.room < needed {
+            return Err(Error::NoRoom { tid: self.tid, rsp, what: "pannus's signal frame", room: self.room, needed });
+        }
         self.mem.write(f.bottom, &image)?;
         self.frame = f;
         self.at = At::SignalPath;
@@ -142,8 +203,12 @@ impl<'m> Hijack<'m> {
         fault::point("stepping aside for a signal");
         thread::cont(self.tid, sig)?;
         thread::interrupt(self.tid)?;
-        self.wait_event()?;
-        self.capture()
+        self.wait_event(None)?;
+        self.capture().inspect_err(|_| {
+            // Stopped with its own state and no frame of pannus's: let it go as it is.
+            self.attached = false;
+            let _ = thread::detach(self.tid, 0);
+        })
     }
 
     /// Points the thread at pannus's work (`regs`), with asynchronous signals held while it
@@ -207,6 +272,13 @@ impl<'m> Hijack<'m> {
         }
     }
 
+    /// Whether the signal the thread stopped to take means pannus's work crashed: a fault signal
+    /// raised by the work itself. One another process sent (`kill -SEGV`) is the program's to
+    /// take, as any signal: it is delivered, never swallowed.
+    fn is_crash(&self, sig: i32) -> bool {
+        is_fault(sig) && !thread::sent_from_outside(self.mem.pid(), self.tid)
+    }
+
     fn crashed(&mut self, what: String, sig: i32) -> Result<Error> {
         self.at = At::SignalPath;
         Ok(Error::Crashed {
@@ -217,7 +289,17 @@ impl<'m> Hijack<'m> {
         })
     }
 
-    /// The process the borrowed thread belongs to.
+    /// Whether the thread has room below its signal frame for a function call ([`CALL_ROOM`]);
+    /// the error says how much it has.
+    pub fn room_for_calls(&self) -> Result<()> {
+        let needed = self.saved.rsp - self.frame.bottom + CALL_ROOM;
+        if self.room < needed {
+            let (tid, rsp, room) = (self.tid, self.saved.rsp, self.room);
+            return Err(Error::NoRoom { tid, rsp, what: "a function call in it", room, needed });
+        }
+        Ok(())
+    }
+
     /// The borrowed thread's own registers, as it was stopped.
     pub fn regs(&self) -> &user_regs_struct {
         &self.saved
@@ -240,7 +322,9 @@ impl<'m> Hijack<'m> {
             thread::cont_syscall(self.tid, 0)?;
             match self.next_stop(None)? {
                 Some(Stop::Syscall) => break,
-                Some(Stop::Signal(sig)) if is_fault(sig) => return Err(self.crashed(format!("system call {nr}"), sig)?),
+                Some(Stop::Signal(sig)) if self.is_crash(sig) => {
+                    return Err(self.crashed(format!("system call {nr}"), sig)?)
+                }
                 // A signal came before the call ran: take it on the thread's own context, then
                 // run the call afresh.
                 Some(Stop::Signal(sig)) => self.step_aside(sig)?,
@@ -263,6 +347,7 @@ impl<'m> Hijack<'m> {
     /// catches that `rt_sigreturn` and skips it, so that the thread stays borrowed. A call that
     /// crashes or runs longer than `timeout` is stopped; the thread is restored on release.
     pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<()> {
+        self.room_for_calls()?;
         let r = self.regs_for(func, self.frame.uc - 8, args);
         self.run(r)?;
         // Ours is the rt_sigreturn with the stack pointer at our frame: a signal handler that
@@ -273,11 +358,59 @@ impl<'m> Hijack<'m> {
     }
 
     /// Calls a function that returns an address or null (an ifunc resolver, dlopen, dlsym) and
-    /// returns it. The function returns into a `syscall; ret`, where pannus reads the value as
-    /// the system call number and skips the call, then into a `ret` and the restorer: with
-    /// pannus gone, an address is no system call number (ENOSYS) and the thread is restored all
-    /// the same.
+    /// returns it. The function returns into code of the target that stores `%rax` through a
+    /// register it preserves ([`crate::maps::Store`]), pointed at a word of the signal frame,
+    /// then returns on into the restorer, whose `rt_sigreturn` pannus catches and skips as for
+    /// [`Hijack::call`]. With pannus gone the value lands in that word all the same and the
+    /// thread goes home: no system call ever sees it (as a `syscall` would see a null return as
+    /// `read` of the registers the function left behind).
+    ///
+    /// Where the target holds no such code, the function returns into a `syscall; ret` instead,
+    /// where pannus reads the value as the system call number and skips the call: with pannus
+    /// gone, an address is no system call number (ENOSYS), but a null return is `read`.
     pub fn call_for_address(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
+        self.room_for_calls()?;
+        let Some(store) = self.gadgets.store else {
+            return self.call_for_address_through_syscall(func, args, timeout, what);
+        };
+        let (uc, scratch) = (self.frame.uc, self.frame.scratch);
+        // The return chain below the frame: the store, a word for each of its pops, a `ret`
+        // when needed to keep the function's stack aligned (16 bytes less 8 at its entry), the
+        // restorer; `uc` on top of it all, for rt_sigreturn.
+        let mut chain = vec![store.addr];
+        chain.extend(std::iter::repeat_n(0u64, store.pops as usize));
+        if chain.len() % 2 == 1 {
+            chain.push(self.gadgets.ret);
+        }
+        chain.push(self.gadgets.restorer);
+        let top = uc - 8 * chain.len() as u64;
+        let bytes: Vec<u8> = chain.iter().flat_map(|a| a.to_le_bytes()).collect();
+        self.mem.write(top, &bytes)?;
+        self.mem.write(scratch, &[0; 8])?;
+        let mut r = self.regs_for(func, top, args);
+        let at = scratch.wrapping_sub(store.disp as i64 as u64);
+        match store.base {
+            Base::Rbx => r.rbx = at,
+            Base::Rbp => r.rbp = at,
+            Base::R12 => r.r12 = at,
+            Base::R13 => r.r13 = at,
+            Base::R14 => r.r14 = at,
+            Base::R15 => r.r15 = at,
+        }
+        self.run(r)?;
+        let restorer_end = self.gadgets.restorer + RESTORER_LEN;
+        self.run_until(timeout, what, |r| r.orig_rax == NR_RT_SIGRETURN && r.rip == restorer_end && r.rsp == uc)?;
+        self.mem.read_u64(scratch)
+    }
+
+    /// [`Hijack::call_for_address`] where the target holds no store of `%rax`.
+    fn call_for_address_through_syscall(
+        &mut self,
+        func: u64,
+        args: &[u64],
+        timeout: Duration,
+        what: &str,
+    ) -> Result<u64> {
         let uc = self.frame.uc;
         let mut bytes = Vec::with_capacity(16);
         for a in [self.gadgets.syscall_ret, self.gadgets.ret] {
@@ -337,7 +470,9 @@ impl<'m> Hijack<'m> {
                     entry = !entry;
                     thread::cont_syscall(self.tid, 0)?;
                 }
-                Stop::Signal(sig) if is_fault(sig) => return Err(self.crashed(what.to_string(), sig)?),
+                Stop::Signal(sig) if self.is_crash(sig) => return Err(self.crashed(what.to_string(), sig)?),
+                // Not held (a fault signal another process sent, SIGKILL aside): it interrupts
+                // the function as it would interrupt any code of the thread.
                 Stop::Signal(sig) => thread::cont_syscall(self.tid, sig)?,
                 _ => thread::cont_syscall(self.tid, 0)?,
             }
@@ -350,7 +485,7 @@ impl<'m> Hijack<'m> {
             Stop::Event(_) => self.at = At::SignalPath,
             Stop::Syscall => self.at = At::SyscallExit,
             Stop::Signal(sig) => {
-                if !is_fault(sig) {
+                if !self.is_crash(sig) {
                     self.pending = sig;
                 }
                 self.at = At::SignalPath;

@@ -315,6 +315,24 @@ pub(crate) fn wait_timeout(tid: i32, timeout: Duration) -> Result<Option<Stop>> 
     }
 }
 
+/// Whether the signal thread `tid` of process `pid` is stopped to take (it sits in its
+/// signal-delivery-stop) was sent by another process (`kill`, `tgkill`, `sigqueue`: a code of
+/// zero or less, and a sender other than `pid`), rather than raised by what the thread itself
+/// did (a fault, or `raise`/`abort` in the code it runs). Unknown (the siginfo cannot be read)
+/// counts as raised by the thread.
+pub(crate) fn sent_from_outside(pid: i32, tid: i32) -> bool {
+    match ptrace::getsiginfo(Pid::from_raw(tid)) {
+        Ok(info) if info.si_code <= 0 => {
+            // SAFETY: for a signal with a code of zero or less (SI_USER, SI_QUEUE, SI_TKILL,
+            // ...) the kernel fills the `_kill`/`_rt` member of the siginfo union, whose first
+            // field is the sender's pid, which `si_pid` reads; the value is only compared.
+            let sender = unsafe { info.si_pid() };
+            sender != pid
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn signal_name(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(s) => s.as_str().to_string(),

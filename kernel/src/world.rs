@@ -69,6 +69,12 @@ fn release_late() -> Vec<Late> {
     })
 }
 
+/// Keeps thread `tid` of `pid`, attached and interrupted by this thread of pannus but not
+/// stopped within `timeout`, among the late threads: it is let go once it stops.
+pub(crate) fn keep_late(pid: i32, tid: i32, timeout: Duration) {
+    LATE.with(|late| late.borrow_mut().push(Late { pid, tid, timeout }));
+}
+
 /// Lets go of the late threads that have stopped since ([`release_late`]); fails with
 /// [`Error::NotStopped`] when any of those that have not is of process `pid` (and is thread
 /// `tid`, if given).

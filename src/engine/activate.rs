@@ -6,9 +6,11 @@
 use super::apply::Applying;
 use super::undo::Step;
 use super::{Measured, Observer, Prepared, Session, Stage, StopStart, StopTimes};
+use crate::elf::SymKind;
 use crate::error::{Error, Kind, Result};
 use crate::registry::{Consistency, FunctionRecord, Registry, State, Stubs};
 use crate::safety::{self, CodeRange, EntryPlan, ThreadView};
+use crate::target::Loaded;
 use crate::unwind::{Backtrace, Unwinder};
 use pannus_kernel::{page_ceil, ProtFlags, World};
 use std::collections::HashSet;
@@ -64,6 +66,7 @@ impl Session<'_> {
             busy_ranges: old_code_ranges(p, &run.reg),
             module_code: Vec::new(),
         };
+        pannus_kernel::fault::point("entries planned");
         let t0 = Instant::now();
         let switched = self.switch(&sw, run.obs, &mut run.measured);
         run.measured.timings.activate = Some(t0.elapsed());
@@ -135,9 +138,37 @@ impl Session<'_> {
                 let size = f.size.min(1 << 20) as usize;
                 let code = self.target.mem.read_vec(f.address, size)?;
                 let pad = self.target.mem.read_partial(f.address.saturating_sub(16), 16);
-                safety::plan_entry(&f.target, f.address, &code, &pad, to)
+                let plan = safety::plan_entry(&f.target, f.address, &code, &pad, to)?;
+                let parts = self.parts_of(&p.object, &f.target);
+                let parts: Vec<safety::Part> =
+                    parts.iter().map(|(name, address, code)| safety::Part { name, address: *address, code }).collect();
+                safety::check_parts(&f.target, &plan, &parts)?;
+                Ok(plan)
             })
             .collect()
+    }
+
+    /// The parts of function `name` that the compiler placed apart in `object` (`name.cold`,
+    /// `name.part.0`, `name.part.0.cold`, ...: gcc's names), each with its address and current
+    /// bytes in the process (as much as is readable).
+    fn parts_of(&self, object: &Loaded, name: &str) -> Vec<(String, u64, Vec<u8>)> {
+        let prefix = format!("{name}.");
+        let o = &object.object;
+        let mut parts: Vec<(String, u64, Vec<u8>)> = Vec::new();
+        for s in o.symtab.iter().chain(&o.dynsyms) {
+            let Some(suffix) = s.name.strip_prefix(&prefix) else { continue };
+            let placed_apart = suffix.split('.').any(|w| w == "cold" || w == "part");
+            if !placed_apart || !s.defined || s.kind != SymKind::Func || s.size == 0 {
+                continue;
+            }
+            let address = object.addr(s.value);
+            if parts.iter().any(|(_, a, _)| *a == address) {
+                continue;
+            }
+            let code = self.target.mem.read_partial(address, s.size.min(1 << 20) as usize);
+            parts.push((s.name.clone(), address, code));
+        }
+        parts
     }
 
     /// The one place where code bytes change: in a single stop of every thread, after checking
@@ -201,6 +232,15 @@ impl Session<'_> {
                     }
                     traces.push((*tid, bt));
                 }
+            }
+            // The bytes each plan was made from are still there: another tool, or the program
+            // itself, may have rewritten them since. All read in one system call.
+            let changed = if conflicts.is_empty() { self.changed_since_planned(sw) } else { None };
+            if let Some(what) = changed {
+                let resumed_at = world.resume()?;
+                measured.stops.push(start.until(resumed_at));
+                return Err(Error::precondition(format!("{what}; nothing was written"))
+                    .hint("something else writes code in this process; run the command again once it is done"));
             }
             if conflicts.is_empty() {
                 let checked_at = Instant::now();
@@ -279,6 +319,38 @@ impl Session<'_> {
             }
             back_off(obs, attempt, &conflicts[0].to_string(), sw.interval);
         }
+    }
+}
+
+impl Session<'_> {
+    /// Whether the bytes at any plan's place differ from those it was made from (its
+    /// `original`): the first one that does, described. One `process_vm_readv` for them all, as
+    /// it runs while every thread is stopped.
+    fn changed_since_planned(&self, sw: &Switch) -> Option<String> {
+        let mut order: Vec<usize> = (0..sw.plans.len()).collect();
+        order.sort_by_key(|&i| sw.plans[i].patch_address);
+        let mut spans = Vec::with_capacity(order.len());
+        let mut used = 0;
+        for &i in &order {
+            let len = sw.plans[i].original.len();
+            spans.push((sw.plans[i].patch_address, used..used + len));
+            used += len;
+        }
+        let mut buf = vec![0u8; used];
+        let got = self.target.mem.read_many(&spans, &mut buf);
+        order.iter().zip(&spans).zip(got).find_map(|((&i, (addr, range)), n)| {
+            let plan = &sw.plans[i];
+            let now = &buf[range.start..range.start + n];
+            (now != plan.original.as_slice()).then(|| {
+                format!(
+                    "the bytes at {addr:#x} (entry of `{}`) changed since the switch was planned: {} expected, {} \
+                     found",
+                    sw.names.get(i).map(String::as_str).unwrap_or("?"),
+                    hex::encode(&plan.original),
+                    if n == 0 { "nothing readable".to_string() } else { hex::encode(now) }
+                )
+            })
+        })
     }
 }
 

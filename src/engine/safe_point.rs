@@ -119,6 +119,11 @@ impl Session<'_> {
                         continue;
                     }
                 };
+                if let Err(e) = h.room_for_calls() {
+                    why.push(format!("thread {tid}: {e}"));
+                    h.release()?;
+                    continue;
+                }
                 let r = *h.regs();
                 let len = self.target.stack_extent(&r, STACK_READ);
                 let stack = self.target.mem.read_partial(r.rsp, len);

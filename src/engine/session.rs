@@ -73,20 +73,26 @@ impl<'e> Session<'e> {
         let _ = self.engine.journal().record(action, self.target.pid, &self.target.name, patch, outcome, detail);
     }
 
-    /// Borrows one thread of the target: the main thread (most often idle in an event loop),
-    /// or the first live thread when the main thread has exited.
+    /// Borrows one thread of the target for system calls: the main thread (most often idle in
+    /// an event loop), else the first live thread that can be borrowed (the main thread may
+    /// have exited, be where no stop reaches it, or have no room for a signal frame below its
+    /// stack pointer). When none can, the main thread's reason is the error.
     pub(super) fn hijack(&mut self) -> Result<Hijack<'_>> {
         let gadgets = self.gadgets()?;
         let pid = self.target.pid;
-        let tid = if thread_alive(pid, pid) {
-            pid
-        } else {
-            pannus_kernel::list_threads(pid)?
-                .into_iter()
-                .find(|&t| thread_alive(pid, t))
-                .ok_or(Error::precondition(format!("process {pid} has no live thread")))?
-        };
-        Ok(Hijack::attach(&self.target.mem, tid, gadgets)?)
+        let mut tids: Vec<i32> =
+            pannus_kernel::list_threads(pid)?.into_iter().filter(|&t| thread_alive(pid, t)).collect();
+        tids.sort_by_key(|&t| (t != pid, t));
+        let mut first = None;
+        for tid in tids {
+            match Hijack::attach(&self.target.mem, tid, gadgets) {
+                Ok(h) => return Ok(h),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.map(Error::from).unwrap_or_else(|| Error::precondition(format!("process {pid} has no live thread"))))
     }
 
     /// The code a borrowed thread is pointed at: found once per session (or read back, checked,
@@ -99,7 +105,11 @@ impl<'e> Session<'e> {
                     .registry()
                     .ok()
                     .and_then(|r| r.gadgets)
-                    .map(|[syscall_ret, ret, restorer]| pannus_kernel::Gadgets { syscall_ret, ret, restorer })
+                    .map(|[syscall_ret, ret, restorer]| {
+                        // The registry keeps the three above; a store of `%rax` is found anew.
+                        let store = maps::find_store(&self.target.mem, &self.target.maps);
+                        pannus_kernel::Gadgets { syscall_ret, ret, restorer, store }
+                    })
                     .filter(|g| maps::verify_gadgets(&self.target.mem, g));
                 let g = cached.map(Ok).unwrap_or_else(|| {
                     maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
