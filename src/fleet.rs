@@ -106,7 +106,7 @@ pub struct Summary {
 /// The order of severity of the exit codes: 1 > 3 > 4 > 2.
 fn severity(kind: Kind) -> u8 {
     match kind {
-        Kind::Other => 4,
+        Kind::Other | Kind::Cancelled => 4,
         Kind::Busy => 3,
         Kind::Precondition => 2,
         Kind::BadInput => 1,

@@ -13,8 +13,28 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 pub mod demo;
+pub mod interrupt;
 pub mod manifest_cmd;
 pub mod output;
+
+/// `println!` that never panics: standard output may be a terminal that hung up, or a pipe
+/// whose reader left, while pannus still has work to finish or undo.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that never panics (see [`say!`]), flushed.
+macro_rules! say_part {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout();
+        let _ = write!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "pannus", version, about = "Live patching of running Linux x86-64 processes", long_about = None)]
@@ -181,6 +201,9 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
     )
     .then_some(spare);
+    if matches!(command, Command::Apply { pid: Some(_), .. } | Command::Rollback { pid: Some(_), .. }) {
+        interrupt::catch();
+    }
     let result = match command {
         Command::Apply { all: true, .. } | Command::Rollback { all: true, .. } | Command::Status { all: true, .. } => {
             fleet_dispatch(&engine, command)
@@ -193,7 +216,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
             if json {
                 let _ = output::print(&output::Failure::from(&e));
             }
-            eprintln!("pannus: {e}");
+            let _ = writeln!(std::io::stderr(), "pannus: {e}");
             e.kind.exit_code()
         }
     }
@@ -213,7 +236,7 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
             if json {
                 output::print(&output::Commit { pid, patch: &patch, state: rec.state })?;
             } else {
-                println!("patch `{patch}` committed in process {pid}");
+                say!("patch `{patch}` committed in process {pid}");
             }
             Ok(())
         }
@@ -234,7 +257,8 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
 }
 
 /// The command line's observer: prints each stage's plan and progress, and asks on the
-/// terminal before each stage unless told yes in advance (`--yes`).
+/// terminal before each stage unless told yes in advance (`--yes`). A signal that means "no"
+/// (see [`interrupt`]) is the answer to every question from then on, `--yes` or not.
 pub struct CliObserver {
     pub yes: bool,
     pub quiet: bool,
@@ -242,35 +266,76 @@ pub struct CliObserver {
 
 impl Observer for CliObserver {
     fn confirm(&mut self, stage: Stage, plan: &str) -> bool {
+        if interrupt::received().is_some() {
+            return false;
+        }
         if self.yes {
             if !self.quiet {
-                println!("{stage}: {plan}");
+                say!("{stage}: {plan}");
             }
             return true;
         }
-        println!("{stage}: {plan}");
+        say!("{stage}: {plan}");
         ask(&format!("Proceed with {stage}?"))
+    }
+    fn why_not(&self) -> Option<String> {
+        interrupt::received().map(|sig| format!("{sig} received"))
     }
     fn progress(&mut self, stage: Option<Stage>, msg: &str) {
         if self.quiet {
             return;
         }
         match stage {
-            Some(s) => println!("  {s}: {msg}"),
-            None => println!("  {msg}"),
+            Some(s) => say!("  {s}: {msg}"),
+            None => say!("  {msg}"),
         }
     }
 }
 
-/// A yes/no question on the terminal; anything but y/yes is no.
+/// A yes/no question on the terminal; anything but y/yes is no, and so are the end of the
+/// input, a terminal that hung up and a signal that means "no" (see [`interrupt`]).
 fn ask(question: &str) -> bool {
-    print!("{question} [y/N] ");
-    let _ = std::io::stdout().flush();
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line).is_err() {
-        return false;
+    say_part!("{question} [y/N] ");
+    let answer = answer();
+    if answer.is_none() {
+        say!();
     }
-    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    matches!(answer.unwrap_or_default().trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// The next line typed on standard input; `None` at its end or once a signal that means "no"
+/// came. The line is read on a thread of its own, so that the wait ends at the signal (whose
+/// handler restarts the read).
+fn answer() -> Option<String> {
+    use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+    use std::sync::{Mutex, OnceLock};
+    static LINES: OnceLock<Mutex<Receiver<Option<String>>>> = OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || loop {
+            let mut line = String::new();
+            let got = match std::io::stdin().lock().read_line(&mut line) {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(line),
+            };
+            let end = got.is_none();
+            if tx.send(got).is_err() || end {
+                break;
+            }
+        });
+        Mutex::new(rx)
+    });
+    let lines = lines.lock().ok()?;
+    loop {
+        if interrupt::received().is_some() {
+            return None;
+        }
+        match lines.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(line) => return line,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
 }
 
 fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
@@ -284,23 +349,27 @@ fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
 fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: bool, json: bool) -> Result<()> {
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "apply")?;
-    let s = Session::open(engine, pid)?;
+    let mut s = Session::open(engine, pid)?;
     let mut obs = CliObserver { yes, quiet: json };
     if !json {
-        println!("applying `{}` {} to process {pid} ({})", m.patch, m.version, s.target.name);
+        say!("applying `{}` {} to process {pid} ({})", m.patch, m.version, s.target.name);
     }
-    let Applied { record: rec, measured } = if wait {
-        let mut s = s;
-        s.apply(&m, &mut obs)?
-    } else {
-        let watched = trial::apply_watched(s, &m, &mut obs)?;
-        if let Err(e) = watched.watcher {
-            eprintln!("pannus: warning: {e}; the trial's on_expiry policy will not run unattended");
+    let Applied { record: rec, measured } = s.apply(&m, &mut obs)?;
+    if let Some(sig) = interrupt::received() {
+        // The signal came while stage 4 ran, which finished: "no" all the same.
+        return cancel_applied(s, &rec.patch, sig);
+    }
+    drop(s);
+    if !wait {
+        if let Err(e) = trial::spawn_trial_watcher(engine, pid, &rec.patch) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "pannus: warning: {e}; the trial's on_expiry policy will not run unattended"
+            );
         }
-        watched.applied
-    };
+    }
     if !json {
-        println!(
+        say!(
             "patch `{}` active in process {pid}: state {}, trial ends in {} ({} on expiry)",
             rec.patch,
             rec.state,
@@ -314,12 +383,11 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         final_state = trial::wait_trial(engine, pid, &rec.patch, |left| {
             if !json && left != last {
                 last = left;
-                print!("\r  trial: {:02}:{:02} left ", left / 60, left % 60);
-                let _ = std::io::stdout().flush();
+                say_part!("\r  trial: {:02}:{:02} left ", left / 60, left % 60);
             }
         })?;
         if !json {
-            println!("\rtrial ended: patch `{}` is {final_state}          ", rec.patch);
+            say!("\rtrial ended: patch `{}` is {final_state}          ", rec.patch);
         }
     }
     if json {
@@ -327,6 +395,31 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         output::print(&output::Apply { pid, patch, measured: &measured })?;
     }
     Ok(())
+}
+
+/// A signal that means "no" came while the last stage ran: the patch just activated is rolled
+/// back, and the apply journaled as cancelled. When the rollback fails, the patch stays in its
+/// trial with a trial watcher, and the error says so.
+fn cancel_applied(mut s: Session, patch: &str, sig: &str) -> Result<()> {
+    let (engine, pid, name) = (s.engine, s.target.pid, s.target.name.clone());
+    let why = format!("cancelled: {sig} received during the apply");
+    match s.rollback_because(Some(patch), false, &why, &mut engine::Quiet) {
+        Ok(_) => {
+            let detail = format!("{sig} received during stage 4 (activate): rolled back, the process is as it was");
+            let _ = engine.journal().record("apply", pid, &name, Some(patch), "cancelled", &detail);
+            Err(Error::cancelled(format!("apply of `{patch}` to process {pid} cancelled: {detail}")))
+        }
+        Err(e) => {
+            drop(s);
+            let watched = match trial::spawn_trial_watcher(engine, pid, patch) {
+                Ok(_) => "its trial watcher carries out its on_expiry policy".to_string(),
+                Err(w) => format!("and no trial watcher runs ({w})"),
+            };
+            Err(e.context(format!(
+                "{sig} received during the apply; rolling `{patch}` back failed, it is in its trial in process {pid} and {watched}"
+            )))
+        }
+    }
 }
 
 fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Result<()> {
@@ -339,7 +432,7 @@ fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Resul
     }
     print_checks(&lines);
     if result.is_ok() {
-        println!("all checks passed: `{}` can be applied to process {pid}", m.patch);
+        say!("all checks passed: `{}` can be applied to process {pid}", m.patch);
     }
     result
 }
@@ -347,7 +440,7 @@ fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Resul
 fn print_checks(lines: &[CheckLine]) {
     for l in lines {
         let mark = if l.ok { "ok  " } else { "FAIL" };
-        println!("{mark} {:<18} {}", l.check, l.detail);
+        say!("{mark} {:<18} {}", l.check, l.detail);
     }
 }
 
@@ -361,9 +454,9 @@ fn status(pid: i32, json: bool) -> Result<()> {
 }
 
 fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
-    println!("process {pid} ({name}) {exe}");
+    say!("process {pid} ({name}) {exe}");
     if patches.is_empty() {
-        println!("  no patches");
+        say!("  no patches");
     }
     for p in patches {
         let trial = match (p.state, engine::remaining(p)) {
@@ -371,10 +464,10 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
             _ => String::new(),
         };
         let req = if p.requires.is_empty() { String::new() } else { format!(", requires {}", p.requires.join(", ")) };
-        println!("  {} {} [{}{trial}{req}]", p.patch, p.version, p.state);
+        say!("  {} {} [{}{trial}{req}]", p.patch, p.version, p.state);
         if p.state.is_applied() {
             for f in &p.functions {
-                println!(
+                say!(
                     "    {} {:#x} -> {} {:#x} ({})",
                     f.target,
                     f.address,
@@ -392,10 +485,10 @@ fn ps(all: bool, json: bool) -> Result<()> {
     if json {
         return output::print(&output::Processes::new(&procs, Process::applied));
     }
-    println!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
+    say!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
     for p in &procs {
         let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, r.state)).collect();
-        println!(
+        say!(
             "{:>8}  {:<16} {:<10} {}{}",
             p.pid,
             p.name,
@@ -425,7 +518,7 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     if json {
         output::print(&output::Rollback { pid, rolled_back: &done.ids, measured: &done.measured })?;
     } else {
-        println!("rolled back in process {pid}: {}", done.ids.join(", "));
+        say!("rolled back in process {pid}: {}", done.ids.join(", "));
     }
     Ok(())
 }
@@ -437,7 +530,7 @@ fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
         return output::print(&output::Journal { journal: j.path(), entries: &entries });
     }
     for e in entries {
-        println!(
+        say!(
             "{} {:<10} {:<9} pid {:<7} {:<16} {:<8} {}",
             e.time,
             e.user,
@@ -476,11 +569,11 @@ fn print_summary(summary: &crate::fleet::Summary, json: bool) -> Result<()> {
     match (json, summary.operation) {
         (true, Operation::Apply) => output::print(&output::FleetApply::from(summary))?,
         (true, Operation::Rollback) => output::print(&output::FleetRollback::from(summary))?,
-        (false, _) => print!("{}", summary.text()),
+        (false, _) => say_part!("{}", summary.text()),
     }
     if !summary.failed.is_empty() {
         let pids: Vec<i32> = summary.failed.iter().map(|f| f.pid).collect();
-        eprintln!("pannus: `{}` failed in {}", summary.patch, processes_text(&pids));
+        let _ = writeln!(std::io::stderr(), "pannus: `{}` failed in {}", summary.patch, processes_text(&pids));
     }
     Ok(())
 }
@@ -504,7 +597,7 @@ fn fleet_apply(
     let options = crate::fleet::ApplyOptions { rollback_on_failure, watch: true };
     let summary = crate::fleet::apply(engine, &m, &plan, options, &mut |line| {
         if !json {
-            println!("{line}");
+            say!("{line}");
         }
     });
     print_summary(&summary, json)?;
@@ -520,7 +613,7 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
     }
     let summary = crate::fleet::rollback(engine, &plan, cascade, &mut |line| {
         if !json {
-            println!("{line}");
+            say!("{line}");
         }
     });
     print_summary(&summary, json)?;
@@ -533,7 +626,7 @@ fn fleet_status(json: bool) -> Result<()> {
         return output::print(&output::Processes::new(&procs, |p| &p.patches));
     }
     if procs.is_empty() {
-        println!("no process has patches");
+        say!("no process has patches");
     }
     for p in &procs {
         print_status(p.pid.get(), &p.name, &p.exe, &p.patches);

@@ -76,6 +76,10 @@ pub trait Observer {
     fn confirm(&mut self, _stage: Stage, _plan: &str) -> bool {
         true
     }
+    /// Why the last confirmation was refused, when there is more to say than "no" (a signal).
+    fn why_not(&self) -> Option<String> {
+        None
+    }
     /// A line of progress; with a stage, that stage is done.
     fn progress(&mut self, _stage: Option<Stage>, _msg: &str) {}
     /// `stage` found a thread in the way and will try again after a pause: not done yet.
@@ -225,7 +229,7 @@ pub(crate) fn now_secs() -> u64 {
 }
 
 fn cancelled(stage: Stage) -> Error {
-    Error::new(Kind::Other, format!("cancelled before {stage}"))
+    Error::new(Kind::Cancelled, format!("cancelled before {stage}"))
 }
 
 /// The journal's word for an error.
@@ -234,6 +238,7 @@ pub fn outcome_of(e: &Error) -> &'static str {
         Kind::BadInput | Kind::Precondition => "refused",
         Kind::Busy => "busy",
         Kind::Other => "failed",
+        Kind::Cancelled => "cancelled",
     }
 }
 
