@@ -228,8 +228,8 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
             apply(engine, &manifest, one_pid(pid)?, yes, wait, json)
         }
         Command::Check { manifest, pid, json } => check(engine, &manifest, pid, json),
-        Command::Status { pid, json, .. } => status(one_pid(pid)?, json),
-        Command::Ps { all, json } => ps(all, json),
+        Command::Status { pid, json, .. } => status(engine, one_pid(pid)?, json),
+        Command::Ps { all, json } => ps(engine, all, json),
         Command::Commit { pid, patch, json } => {
             let mut s = Session::open(engine, pid)?;
             let rec = s.commit(&patch, "committed by hand")?;
@@ -360,13 +360,10 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         return cancel_applied(s, &rec.patch, sig);
     }
     drop(s);
-    if !wait {
-        if let Err(e) = trial::spawn_trial_watcher(engine, pid, &rec.patch) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "pannus: warning: {e}; the trial's on_expiry policy will not run unattended"
-            );
-        }
+    // Every trial is watched, --wait or not: the foreground may be gone before the deadline.
+    if let Err(e) = trial::spawn_trial_watcher(engine, pid, &rec.patch) {
+        let _ =
+            writeln!(std::io::stderr(), "pannus: warning: {e}; the trial's on_expiry policy will not run unattended");
     }
     if !json {
         say!(
@@ -380,7 +377,7 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
     let mut final_state = rec.state;
     if wait {
         let mut last = u64::MAX;
-        final_state = trial::wait_trial(engine, pid, &rec.patch, |left| {
+        final_state = trial::follow_trial(engine, pid, &rec.patch, interrupt::received, |left| {
             if !json && left != last {
                 last = left;
                 say_part!("\r  trial: {:02}:{:02} left ", left / 60, left % 60);
@@ -391,7 +388,8 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
         }
     }
     if json {
-        let patch = output::Patch { state: final_state, ..output::Patch::from(&rec) };
+        let from = output::Patch::from(&rec);
+        let patch = output::Patch { state: final_state, overdue: from.overdue && final_state == State::Trial, ..from };
         output::print(&output::Apply { pid, patch, measured: &measured })?;
     }
     Ok(())
@@ -444,7 +442,9 @@ fn print_checks(lines: &[CheckLine]) {
     }
 }
 
-fn status(pid: i32, json: bool) -> Result<()> {
+fn status(engine: &Engine, pid: i32, json: bool) -> Result<()> {
+    let (_, reg) = engine::read_status(pid)?;
+    carry_out_overdue(engine, pid, &reg.patches);
     let (target, reg) = engine::read_status(pid)?;
     if json {
         return output::print(&output::ProcessPatches::new(pid, &target.name, &target.exe, &reg.patches));
@@ -453,13 +453,37 @@ fn status(pid: i32, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Carries out the policy of the overdue trials among `patches` (see
+/// [`trial::carry_out_overdue`]), saying on standard error what was done; `true` when any was.
+fn carry_out_overdue(engine: &Engine, pid: i32, patches: &[PatchRecord]) -> bool {
+    let done = trial::carry_out_overdue(engine, pid, patches);
+    for (patch, result) in &done {
+        let _ = match result {
+            Ok(state) => writeln!(
+                std::io::stderr(),
+                "pannus: the trial of `{patch}` in process {pid} was overdue: its policy was carried out, it is {state}"
+            ),
+            Err(e) => writeln!(
+                std::io::stderr(),
+                "pannus: the trial of `{patch}` in process {pid} is overdue, and its policy could not be carried out now: {}",
+                e.message
+            ),
+        };
+    }
+    !done.is_empty()
+}
+
 fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
     say!("process {pid} ({name}) {exe}");
     if patches.is_empty() {
         say!("  no patches");
     }
+    let now = crate::engine::now_secs();
     for p in patches {
         let trial = match (p.state, engine::remaining(p)) {
+            (State::Trial, _) if trial::is_overdue(p, now) => {
+                format!(", OVERDUE: {} on expiry not carried out yet", p.on_expiry)
+            }
             (State::Trial, Some(left)) => format!(", {:02}:{:02} left, then {}", left / 60, left % 60, p.on_expiry),
             _ => String::new(),
         };
@@ -480,14 +504,37 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
     }
 }
 
-fn ps(all: bool, json: bool) -> Result<()> {
-    let procs = processes::list(if all { Scope::All } else { Scope::Patched }, None);
+/// [`carry_out_overdue`] for each of `procs`; `true` when any was carried out.
+fn carry_out_overdue_all(engine: &Engine, procs: &[Process]) -> bool {
+    let mut any = false;
+    for p in procs {
+        any |= carry_out_overdue(engine, p.pid.get(), &p.patches);
+    }
+    any
+}
+
+/// The word for a patch's state in a list: `OVERDUE` for a trial past its deadline.
+fn state_word(p: &PatchRecord, now: u64) -> String {
+    if trial::is_overdue(p, now) {
+        "OVERDUE".to_string()
+    } else {
+        p.state.to_string()
+    }
+}
+
+fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
+    let scope = || if all { Scope::All } else { Scope::Patched };
+    let mut procs = processes::list(scope(), None);
+    if carry_out_overdue_all(engine, &procs) {
+        procs = processes::list(scope(), None);
+    }
     if json {
         return output::print(&output::Processes::new(&procs, Process::applied));
     }
+    let now = crate::engine::now_secs();
     say!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
     for p in &procs {
-        let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, r.state)).collect();
+        let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, state_word(r, now))).collect();
         say!(
             "{:>8}  {:<16} {:<10} {}{}",
             p.pid,
@@ -555,7 +602,7 @@ fn fleet_dispatch(engine: &Engine, command: Command) -> Result<i32> {
             fleet_apply(engine, &manifest, yes, rollback_on_failure, json)
         }
         Command::Rollback { patch, yes, cascade, json, .. } => fleet_rollback(engine, patch, yes, cascade, json),
-        Command::Status { json, .. } => fleet_status(json).map(|()| 0),
+        Command::Status { json, .. } => fleet_status(engine, json).map(|()| 0),
         _ => Err(Error::bad_input("--all is not an option of this command")),
     }
 }
@@ -620,8 +667,11 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
     Ok(summary.exit_code())
 }
 
-fn fleet_status(json: bool) -> Result<()> {
-    let procs = crate::fleet::status();
+fn fleet_status(engine: &Engine, json: bool) -> Result<()> {
+    let mut procs = crate::fleet::status();
+    if carry_out_overdue_all(engine, &procs) {
+        procs = crate::fleet::status();
+    }
     if json {
         return output::print(&output::Processes::new(&procs, |p| &p.patches));
     }

@@ -49,6 +49,8 @@ pub struct Patch<'a> {
     pub trial_deadline: Option<Time>,
     /// Seconds left in the trial, 0 when past.
     pub trial_remaining_s: Option<u64>,
+    /// A trial past its deadline whose policy has not been carried out yet (`OVERDUE`).
+    pub overdue: bool,
     pub on_expiry: OnExpiry,
     pub module: &'a str,
     pub module_base: Addr,
@@ -93,6 +95,7 @@ impl<'a> From<&'a PatchRecord> for Patch<'a> {
             functions: p.functions.iter().map(Function::from).collect(),
             trial_deadline: p.trial_deadline.map(Time),
             trial_remaining_s: engine::remaining(p),
+            overdue: crate::trial::is_overdue(p, engine::now_secs()),
             on_expiry: p.on_expiry,
             module: &p.module,
             module_base: Addr(p.module_base),
@@ -400,6 +403,7 @@ mod tests {
                 }],
                 "trial_deadline": "2020-09-13T12:26:40Z",
                 "trial_remaining_s": 0,
+                "overdue": true,
                 "on_expiry": "rollback",
                 "module": "/srv/compute.so",
                 "module_base": "0x7f1234560000",

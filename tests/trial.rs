@@ -1,0 +1,92 @@
+//! Every trial is watched: `apply --wait` leaves a trial watcher too, so that the policy is
+//! carried out at the deadline when the CLI is gone; a trial past its deadline shows `OVERDUE`,
+//! and any pannus that sees one carries out its policy.
+
+mod common;
+use common::{wait_until, Proc, State, Terminal};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// The pid of the `pannus trial-watch` process watching a patch of `pid`.
+fn watcher_of(pid: i32) -> Option<i32> {
+    let want = ["trial-watch".to_string(), "--pid".to_string(), pid.to_string()];
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(|p| {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        args.windows(3).any(|w| w == want)
+    })
+}
+
+fn patch_state(state: &State, pid: i32) -> String {
+    state.status(pid)["patches"][0]["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn apply_wait_interrupted_leaves_the_trial_watched() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "wait-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 3s\n  on_expiry: rollback\n",
+    );
+    let mut term =
+        Terminal::spawn(&state, &["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--wait"], &[]);
+    term.expect("trial: ");
+    assert_eq!(t.ask("c 3"), "300");
+    wait_until("a trial watcher runs for the patch", || watcher_of(t.pid).is_some());
+    // The CLI is gone for good (no chance to clean up), well before the deadline.
+    term.signal(Signal::SIGKILL);
+    term.wait();
+    assert_eq!(patch_state(&state, t.pid), "trial");
+    wait_until("the watcher rolls the patch back at the deadline", || t.ask("c 3") == "4");
+    assert_eq!(patch_state(&state, t.pid), "rolled-back");
+}
+
+#[test]
+fn an_overdue_trial_shows_overdue_and_the_next_pannus_carries_out_its_policy() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "late-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 1s\n  on_expiry: rollback\n",
+    );
+    state.apply(&m, t.pid).ok();
+    // Its watcher dies before the deadline (killed by an operator, an OOM kill, a reboot of the
+    // watcher's host session...).
+    let mut watcher = None;
+    wait_until("a trial watcher runs for the patch", || {
+        watcher = watcher_of(t.pid);
+        watcher.is_some()
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(watcher.unwrap()), Signal::SIGKILL).unwrap();
+    wait_until("the watcher is gone", || watcher_of(t.pid).is_none());
+
+    // While another pannus holds the process, the policy cannot be carried out: the trial is
+    // shown overdue.
+    let lock = pannus::ProcessLock::acquire(state.path(), t.pid, Duration::from_secs(5)).unwrap();
+    wait_until("the deadline passes", || {
+        let st = state.status(t.pid);
+        st["patches"][0]["overdue"] == true
+    });
+    let st = state.status(t.pid);
+    assert_eq!(st["patches"][0]["state"], "trial", "{st}");
+    assert_eq!(st["patches"][0]["trial_remaining_s"], 0, "{st}");
+    let text = state.pannus(&["status", "--pid", &t.pid.to_string()]).ok();
+    assert!(text.stdout.contains("OVERDUE"), "{}", text.stdout);
+    let ps = state.pannus(&["ps"]).ok();
+    assert!(ps.stdout.contains("OVERDUE"), "{}", ps.stdout);
+    assert_eq!(t.ask("c 3"), "300");
+    drop(lock);
+
+    // The next pannus that sees it carries out its policy.
+    let st = state.status(t.pid);
+    assert_eq!(st["patches"][0]["state"], "rolled-back", "{st}");
+    assert_eq!(st["patches"][0]["overdue"], false, "{st}");
+    assert_eq!(t.ask("c 3"), "4");
+}
