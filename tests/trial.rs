@@ -90,3 +90,95 @@ fn an_overdue_trial_shows_overdue_and_the_next_pannus_carries_out_its_policy() {
     assert_eq!(st["patches"][0]["overdue"], false, "{st}");
     assert_eq!(t.ask("c 3"), "4");
 }
+
+/// `base-fix` and `dep-fix` (which requires it), each with its own trial.
+fn base_and_dep(state: &State, t: &Proc, base_trial: &str, dep_trial: &str) {
+    let base = state.manifest("base-fix", "target_pie", "patch_base.so", &[("compute", "compute_base")], base_trial);
+    let dep = state.manifest(
+        "dep-fix",
+        "target_pie",
+        "patch_dep.so",
+        &[("helper", "helper_v2")],
+        &format!("requires: [base-fix]\n{dep_trial}"),
+    );
+    state.apply(&base, t.pid).ok();
+    state.apply(&dep, t.pid).ok();
+}
+
+fn states(state: &State, pid: i32) -> Vec<(String, String)> {
+    state.status(pid)["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["patch"].as_str().unwrap().to_string(), p["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn pair(a: &str, b: &str) -> Vec<(String, String)> {
+    vec![("base-fix".into(), a.into()), ("dep-fix".into(), b.into())]
+}
+
+#[test]
+fn commit_is_refused_while_what_it_requires_is_in_trial() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let trial = "trial:\n  duration: 10m\n  on_expiry: rollback\n";
+    base_and_dep(&state, &t, trial, trial);
+    let pid = t.pid.to_string();
+
+    let r = state.pannus(&["commit", "--pid", &pid, "dep-fix"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("`base-fix`"), "the refusal names what it requires: {}", r.stderr);
+    assert_eq!(states(&state, t.pid), pair("trial", "trial"));
+    assert_eq!(t.ask("h 3"), "10006");
+
+    // On a terminal, one question names both; yes commits both, what is required first.
+    let mut term = Terminal::spawn(&state, &["commit", "--pid", &pid, "dep-fix"], &[]);
+    term.expect("[y/N]");
+    assert!(term.output.contains("`dep-fix`") && term.output.contains("`base-fix`"), "{}", term.output);
+    term.type_keys("n\r");
+    assert_ne!(term.wait(), 0);
+    assert_eq!(states(&state, t.pid), pair("trial", "trial"));
+    let mut term = Terminal::spawn(&state, &["commit", "--pid", &pid, "dep-fix"], &[]);
+    term.expect("[y/N]");
+    term.type_keys("y\r");
+    assert_eq!(term.wait(), 0, "{}", term.output);
+    assert_eq!(states(&state, t.pid), pair("committed", "committed"));
+}
+
+#[test]
+fn commit_yes_commits_what_it_requires_too() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let trial = "trial:\n  duration: 10m\n  on_expiry: rollback\n";
+    base_and_dep(&state, &t, trial, trial);
+    let r = state.pannus(&["commit", "--pid", &t.pid.to_string(), "dep-fix", "--yes", "--json"]).ok();
+    assert_eq!(r.json()["committed"], serde_json::json!(["base-fix", "dep-fix"]), "{}", r.stdout);
+    assert_eq!(states(&state, t.pid), pair("committed", "committed"));
+}
+
+#[test]
+fn a_cascade_rollback_is_journaled_as_a_cascade() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    base_and_dep(
+        &state,
+        &t,
+        "trial:\n  duration: 2s\n  on_expiry: rollback\n",
+        "trial:\n  duration: 10m\n  on_expiry: rollback\n",
+    );
+    wait_until("base-fix's watcher rolls both back", || states(&state, t.pid) == pair("rolled-back", "rolled-back"));
+    assert_eq!(t.ask("h 3"), "6");
+    let mut entry = None;
+    wait_until("the rollback of dep-fix is journaled", || {
+        entry = common::journal(&state)
+            .into_iter()
+            .find(|e| e["action"] == "rollback" && e["patch"] == "dep-fix" && e["outcome"] == "ok");
+        entry.is_some()
+    });
+    let detail = entry.unwrap()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("cascade") && detail.contains("`base-fix`"), "{detail}");
+    assert!(!detail.contains("trial expired"), "dep-fix's own trial did not expire: {detail}");
+    let note = state.status(t.pid)["patches"][1]["note"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("cascade"), "{note}");
+}

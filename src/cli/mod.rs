@@ -106,6 +106,9 @@ pub enum Command {
         #[arg(long)]
         pid: i32,
         patch: String,
+        /// Commit the patches PATCH requires that are still in trial too, without asking
+        #[arg(long, short)]
+        yes: bool,
         #[arg(long)]
         json: bool,
     },
@@ -230,16 +233,7 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Check { manifest, pid, json } => check(engine, &manifest, pid, json),
         Command::Status { pid, json, .. } => status(engine, one_pid(pid)?, json),
         Command::Ps { all, json } => ps(engine, all, json),
-        Command::Commit { pid, patch, json } => {
-            let mut s = Session::open(engine, pid)?;
-            let rec = s.commit(&patch, "committed by hand")?;
-            if json {
-                output::print(&output::Commit { pid, patch: &patch, state: rec.state })?;
-            } else {
-                say!("patch `{patch}` committed in process {pid}");
-            }
-            Ok(())
-        }
+        Command::Commit { pid, patch, yes, json } => commit(engine, pid, &patch, yes, json),
         Command::Rollback { pid, patch, yes, cascade, json, .. } => {
             rollback(engine, one_pid(pid)?, patch, yes, cascade, json)
         }
@@ -418,6 +412,69 @@ fn cancel_applied(mut s: Session, patch: &str, sig: &str) -> Result<()> {
             )))
         }
     }
+}
+
+/// Commits `patch`. What it requires must be committed first: a required patch still in trial
+/// would, rolled back at its deadline, take `patch` with it. Such patches are named, and
+/// committed together with `patch` after one question (or `--yes`); without a terminal and
+/// without `--yes` the commit is refused.
+fn commit(engine: &Engine, pid: i32, patch: &str, yes: bool, json: bool) -> Result<()> {
+    let mut s = Session::open(engine, pid)?;
+    let required = required_in_trial(&s.registry()?, patch);
+    if !required.is_empty() && !yes {
+        let names = required.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ");
+        let (them, it) = if required.len() == 1 { ("it", "is") } else { ("they", "are") };
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::precondition(format!(
+                "patch `{patch}` requires {names}, which {it} still in trial in process {pid}: \
+                 rolled back at {} deadline, {them} would take `{patch}` with {}",
+                if required.len() == 1 { "its" } else { "their" },
+                if required.len() == 1 { "it" } else { "them" },
+            ))
+            .hint(format!("commit {names} first, or commit them together: pannus commit --pid {pid} {patch} --yes")));
+        }
+        let question = format!(
+            "`{patch}` requires {names}, still in trial. Commit {names} and `{patch}` together in process {pid} ({})?",
+            s.target.name
+        );
+        if !ask(&question) {
+            return Err(Error::cancelled("commit cancelled: nothing was committed"));
+        }
+    }
+    let mut committed = Vec::new();
+    for id in &required {
+        s.commit(id, &format!("committed by hand with `{patch}`, which requires it"))?;
+        committed.push(id.clone());
+    }
+    let rec = s.commit(patch, "committed by hand")?;
+    committed.push(patch.to_string());
+    if json {
+        output::print(&output::Commit { pid, patch, state: rec.state, committed: &committed })?;
+    } else {
+        say!(
+            "committed in process {pid}: {}",
+            committed.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The patches `patch` requires, directly or not, that are still in trial, those applied first
+/// first.
+fn required_in_trial(reg: &crate::registry::Registry, patch: &str) -> Vec<String> {
+    let mut seen: Vec<&PatchRecord> = Vec::new();
+    let mut todo: Vec<&str> = vec![patch];
+    while let Some(id) = todo.pop() {
+        for req in reg.get(id).map(|r| r.requires.as_slice()).unwrap_or_default() {
+            if let Some(r) = reg.get(req).filter(|r| r.state.is_applied() && !seen.iter().any(|s| s.patch == r.patch)) {
+                seen.push(r);
+                todo.push(&r.patch);
+            }
+        }
+    }
+    seen.retain(|r| r.state == State::Trial);
+    seen.sort_by_key(|r| r.seq);
+    seen.into_iter().map(|r| r.patch.clone()).collect()
 }
 
 fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Result<()> {

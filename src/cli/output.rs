@@ -167,12 +167,14 @@ impl<'a> Processes<'a> {
     }
 }
 
-/// `commit --json`.
+/// `commit --json`: the patch, its state, and every patch committed (with `--yes`, those it
+/// requires that were in trial come first).
 #[derive(Debug, Serialize)]
 pub struct Commit<'a> {
     pub pid: i32,
     pub patch: &'a str,
     pub state: State,
+    pub committed: &'a [String],
 }
 
 /// `rollback --json`: the patches rolled back, newest first, and what the rollback measured.

@@ -40,18 +40,24 @@ impl Session<'_> {
         let mut measured = Measured::default();
         match self.rollback_inner(patch, cascade, why, obs, &mut measured) {
             Ok(ids) => {
-                if !why.is_empty() {
+                // A patch rolled back because it requires `patch` is a cascade, whatever ended
+                // `patch` (its own trial did not expire, its own health check did not fail).
+                let why_of = |id: &str| match patch {
+                    Some(root) if root != id => format!("cascade: rolled back with `{root}`, which it requires"),
+                    _ => why.to_string(),
+                };
+                if ids.iter().any(|id| !why_of(id).is_empty()) {
                     if let Ok(mut reg) = self.registry() {
                         for id in &ids {
-                            if let Some(r) = reg.get_mut(id) {
-                                r.note = Some(why.to_string());
+                            if let Some(r) = reg.get_mut(id).filter(|_| !why_of(id).is_empty()) {
+                                r.note = Some(why_of(id));
                             }
                         }
                         let _ = self.write_registry(&reg);
                     }
                 }
                 for id in &ids {
-                    self.journal("rollback", Some(id), "ok", why);
+                    self.journal("rollback", Some(id), "ok", &why_of(id));
                     crate::ledger::forget(&self.engine.state_dir, self.target.pid, id);
                 }
                 Ok(RolledBack { ids, measured })
