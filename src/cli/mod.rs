@@ -216,7 +216,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            if json {
+            if json && !output::printed() {
                 let _ = output::print(&output::Failure::from(&e));
             }
             let _ = writeln!(std::io::stderr(), "pannus: {e}");
@@ -482,7 +482,15 @@ fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Resul
     let mut s = Session::open(engine, pid)?;
     let (lines, result) = s.check(&m);
     if json {
-        output::print(&output::Check { pid, patch: &m.patch, ok: result.is_ok(), checks: &lines })?;
+        let error = result.as_ref().err();
+        output::print(&output::Check {
+            pid,
+            patch: &m.patch,
+            ok: result.is_ok(),
+            checks: &lines,
+            error: error.map(Into::into),
+            exit: error.map(|e| e.kind.exit_code()),
+        })?;
         return result;
     }
     print_checks(&lines);

@@ -120,13 +120,18 @@ pub struct Apply<'a> {
     pub measured: &'a Measured,
 }
 
-/// `check --json`.
+/// `check --json`: with the refusal's `error` and `exit` when a check failed, in the one
+/// document.
 #[derive(Debug, Serialize)]
 pub struct Check<'a> {
     pub pid: i32,
     pub patch: &'a str,
     pub ok: bool,
     pub checks: &'a [CheckLine],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorFields<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
 }
 
 /// A process and its patches: `status --json`, and each of `ps --json`'s and
@@ -309,6 +314,9 @@ pub struct ManifestCheck<'a> {
     /// One sentence, when the manifest is valid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<&'a str>,
+    /// The exit code, when the manifest is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
 }
 
 /// The parts of a manifest `manifest check --json` reports.
@@ -333,8 +341,18 @@ impl<'a> From<&'a Manifest> for ManifestRead<'a> {
     }
 }
 
+/// Whether a command printed its document (see [`printed`]).
+static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a document was printed already: a command prints exactly one, so an error after it
+/// is not printed as a second (the document says what went wrong).
+pub fn printed() -> bool {
+    PRINTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Prints `doc` as one line of JSON.
 pub fn print<T: Serialize>(doc: &T) -> Result<()> {
+    PRINTED.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut line =
         serde_json::to_string(doc).map_err(|e| Error::other(format!("cannot write the JSON output: {e}")))?;
     line.push('\n');
