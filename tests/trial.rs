@@ -182,3 +182,29 @@ fn a_cascade_rollback_is_journaled_as_a_cascade() {
     let note = state.status(t.pid)["patches"][1]["note"].as_str().unwrap_or_default().to_string();
     assert!(note.contains("cascade"), "{note}");
 }
+
+#[test]
+fn rollback_checks_first_then_asks_once_naming_every_patch() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let trial = "trial:\n  duration: 10m\n  on_expiry: rollback\n";
+    base_and_dep(&state, &t, trial, trial);
+    let pid = t.pid.to_string();
+
+    // Without --cascade: refused before any question.
+    let mut term = Terminal::spawn(&state, &["rollback", "--pid", &pid, "base-fix"], &[]);
+    assert_eq!(term.wait(), 4, "{}", term.output);
+    assert!(!term.output.contains("[y/N]"), "no question before a refusal: {}", term.output);
+    assert!(term.output.contains("`dep-fix`"), "{}", term.output);
+    assert_eq!(states(&state, t.pid), pair("trial", "trial"));
+
+    // With --cascade: one question, naming both.
+    let mut term = Terminal::spawn(&state, &["rollback", "--pid", &pid, "base-fix", "--cascade"], &[]);
+    term.expect("[y/N]");
+    assert!(term.output.contains("`base-fix`") && term.output.contains("`dep-fix`"), "{}", term.output);
+    term.type_keys("y\r");
+    assert_eq!(term.wait(), 0, "{}", term.output);
+    assert_eq!(term.output.matches("[y/N]").count(), 1, "{}", term.output);
+    assert_eq!(states(&state, t.pid), pair("rolled-back", "rolled-back"));
+    assert_eq!(t.ask("h 3"), "6");
+}

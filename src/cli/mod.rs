@@ -615,14 +615,27 @@ fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
 fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade: bool, json: bool) -> Result<()> {
     require_terminal_or_yes(yes, "rollback")?;
     let mut s = Session::open(engine, pid)?;
+    // Check first, then ask once, naming every patch the rollback takes back.
+    let reg = s.registry()?;
+    let which = patch.clone().or_else(|| reg.applied().max_by_key(|p| p.seq).map(|p| p.patch.clone()));
+    let dependents = which.as_deref().map(|w| reg.dependents(w)).unwrap_or_default();
+    if let Some(w) = which.as_deref().filter(|_| !dependents.is_empty() && !cascade) {
+        return Err(engine::still_required(pid, w, &dependents));
+    }
     if !yes {
-        let reg = s.registry()?;
-        let which = patch
-            .clone()
-            .or_else(|| reg.applied().max_by_key(|p| p.seq).map(|p| p.patch.clone()))
-            .unwrap_or_else(|| "(none)".into());
-        if !ask(&format!("Roll back `{which}` in process {pid} ({})?", s.target.name)) {
-            return Err(Error::other("rollback cancelled"));
+        let question = match which.as_deref() {
+            // Nothing applied: the rollback says so (or finishes an unload left half-done).
+            None => format!("Roll back in process {pid} ({})?", s.target.name),
+            Some(w) if dependents.is_empty() => format!("Roll back `{w}` in process {pid} ({})?", s.target.name),
+            Some(w) => format!(
+                "Roll back `{w}` and {}, which require{} it, newest first, in process {pid} ({})?",
+                dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
+                if dependents.len() == 1 { "s" } else { "" },
+                s.target.name
+            ),
+        };
+        if !ask(&question) {
+            return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
         }
     }
     let mut obs = CliObserver { yes: true, quiet: json };
@@ -704,7 +717,7 @@ fn fleet_apply(
         && !plan.members.is_empty()
         && !ask(&format!("Apply `{}` {} to {}?", m.patch, m.version, processes_text(&plan.pids())))
     {
-        return Err(Error::other("apply cancelled"));
+        return Err(Error::cancelled("apply cancelled: nothing was applied"));
     }
     let options = crate::fleet::ApplyOptions { rollback_on_failure, watch: true };
     let summary = crate::fleet::apply(engine, &m, &plan, options, &mut |line| {
@@ -720,8 +733,24 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
     let patch = patch.ok_or_else(|| Error::bad_input("rollback --all needs the PATCH to roll back"))?;
     require_terminal_or_yes(yes, "rollback")?;
     let plan = crate::fleet::plan_rollback(&patch)?;
-    if !yes && !ask(&format!("Roll back `{patch}` in {}?", processes_text(&plan.pids()))) {
-        return Err(Error::other("rollback cancelled"));
+    if !yes {
+        // Every patch the rollback takes back with PATCH, or where it will be refused, named.
+        let mut notes = Vec::new();
+        for pid in plan.pids() {
+            let dependents = engine::read_status(pid).map(|(_, reg)| reg.dependents(&patch)).unwrap_or_default();
+            if dependents.is_empty() {
+                continue;
+            }
+            let names = dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+            notes.push(match cascade {
+                true => format!("in process {pid} with {names}, which require it"),
+                false => format!("refused in process {pid}, where {names} require it (see --cascade)"),
+            });
+        }
+        let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
+        if !ask(&format!("Roll back `{patch}` in {}{notes}?", processes_text(&plan.pids()))) {
+            return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
+        }
     }
     let summary = crate::fleet::rollback(engine, &plan, cascade, &mut |line| {
         if !json {
