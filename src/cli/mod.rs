@@ -130,11 +130,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The audit journal: who did what, when, with what outcome
+    /// The audit journal: who did what, when, from where, with what outcome
     Journal {
         /// Only entries about this process
         #[arg(long)]
         pid: Option<i32>,
+        /// Only entries about this patch
+        #[arg(long)]
+        patch: Option<String>,
+        /// Only entries from this time on: RFC 3339 (2027-01-15T08:00:00Z) or a duration ago (90m, 2h, 1d)
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only the last N entries (of those the other filters keep)
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+        /// Then print each new entry as it is journaled, until interrupted (with --json: one document a line)
+        #[arg(long, short)]
+        follow: bool,
         #[arg(long)]
         json: bool,
     },
@@ -189,6 +201,11 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         engine.stop_timeout = t;
     }
     let command = cli.command.unwrap_or(Command::Console { manifests: PathBuf::from("manifests") });
+    crate::journal::set_source(match command {
+        Command::Console { .. } | Command::Demo { script: false, .. } => crate::journal::Source::Console,
+        Command::TrialWatch { .. } => crate::journal::Source::Watcher,
+        _ => crate::journal::Source::Cli,
+    });
     let json = matches!(
         command,
         Command::Apply { json: true, .. }
@@ -237,7 +254,10 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Rollback { pid, patch, yes, cascade, json, .. } => {
             rollback(engine, one_pid(pid)?, patch, yes, cascade, json)
         }
-        Command::Journal { pid, json } => journal(engine, pid, json),
+        Command::Journal { pid, patch, since, lines, follow, json } => {
+            let filter = JournalFilter { pid, patch, since: since.as_deref().map(parse_since).transpose()? };
+            journal(engine, &filter, lines, follow, json)
+        }
         Command::Console { manifests } => {
             crate::tui::run(engine, crate::tui::Options { manifests, ..Default::default() })
         }
@@ -648,25 +668,88 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     Ok(())
 }
 
-fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
+/// Which journal entries to show.
+struct JournalFilter {
+    pid: Option<i32>,
+    patch: Option<String>,
+    since: Option<std::time::SystemTime>,
+}
+
+impl JournalFilter {
+    fn keeps(&self, r: &crate::journal::Recorded) -> bool {
+        let e = &r.entry;
+        self.pid.is_none_or(|p| e.pid == p)
+            && self.patch.as_ref().is_none_or(|p| e.patch.as_ref() == Some(p))
+            && self.since.is_none_or(|since| humantime::parse_rfc3339_weak(&e.time).map(|t| t >= since).unwrap_or(true))
+    }
+}
+
+/// `--since`: an RFC 3339 time, or a duration before now.
+fn parse_since(text: &str) -> Result<std::time::SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        Error::bad_input(format!("--since `{text}` is neither a time nor a duration"))
+            .hint("give an RFC 3339 time (2027-01-15T08:00:00Z) or a duration ago (90m, 2h, 1d)")
+    })?;
+    Ok(std::time::SystemTime::now().checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH))
+}
+
+fn journal(engine: &Engine, filter: &JournalFilter, lines: Option<usize>, follow: bool, json: bool) -> Result<()> {
     let j = engine.journal();
-    let entries: Vec<_> = j.entries()?.into_iter().filter(|e| pid.is_none_or(|p| e.pid == p)).collect();
-    if json {
+    let (all, mut offset) = j.entries_from(0)?;
+    let mut entries: Vec<_> = all.into_iter().filter(|r| filter.keeps(r)).collect();
+    if let Some(n) = lines {
+        entries.drain(..entries.len().saturating_sub(n));
+    }
+    if json && !follow {
         return output::print(&output::Journal { journal: j.path(), entries: &entries });
     }
-    for e in entries {
-        say!(
-            "{} {:<10} {:<9} pid {:<7} {:<16} {:<8} {}",
-            e.time,
-            e.user,
-            e.action,
-            e.pid,
-            e.patch.unwrap_or_default(),
-            e.outcome,
-            e.detail.lines().next().unwrap_or("")
-        );
+    if !print_journal(&entries, json) || !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (new, next) = j.entries_from(offset)?;
+        offset = next;
+        let new: Vec<_> = new.into_iter().filter(|r| filter.keeps(r)).collect();
+        if !print_journal(&new, json) {
+            break;
+        }
     }
     Ok(())
+}
+
+/// Prints journal entries, one a line (as JSON documents with `json`); `false` once standard
+/// output is gone (a reader that left).
+fn print_journal(entries: &[crate::journal::Recorded], json: bool) -> bool {
+    let mut text = String::new();
+    for r in entries {
+        if json {
+            text.push_str(&serde_json::to_string(r).unwrap_or_default());
+            text.push('\n');
+            continue;
+        }
+        let e = &r.entry;
+        text.push_str(&format!(
+            "{} {:<10} {:<8} {:<9} pid {:<7} {:<16} {:<9} {}\n",
+            e.time,
+            e.user,
+            if r.source.is_empty() { "-" } else { &r.source },
+            e.action,
+            e.pid,
+            e.patch.as_deref().unwrap_or_default(),
+            e.outcome,
+            e.detail.lines().next().unwrap_or("")
+        ));
+    }
+    if text.is_empty() {
+        return true;
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
 }
 
 fn one_pid(pid: Option<i32>) -> Result<i32> {

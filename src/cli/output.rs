@@ -7,7 +7,7 @@ use super::manifest_cmd::Line;
 use crate::engine::{self, CheckLine, Measured};
 use crate::error::{Error, Kind, Result};
 use crate::fleet::{Failed, Summary};
-use crate::journal::Entry;
+use crate::journal::Recorded;
 use crate::manifest::{FunctionSpec, Manifest, ModuleSpec, TargetSpec};
 use crate::processes::Process;
 use crate::registry::{FunctionRecord, Health, HealthCheck, JumpKind, OnExpiry, PatchRecord, State};
@@ -195,7 +195,7 @@ pub struct Rollback<'a> {
 #[derive(Debug, Serialize)]
 pub struct Journal<'a> {
     pub journal: &'a Path,
-    pub entries: &'a [Entry],
+    pub entries: &'a [Recorded],
 }
 
 /// An error: `kind`, `message`, `hint`.
