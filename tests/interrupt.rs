@@ -3,8 +3,7 @@
 //! exits non-zero with the target as it was.
 
 mod common;
-use common::Proc;
-use common::{journal, thread_state, threads, wait_until, State, Terminal};
+use common::{journal, signal_while_paused, thread_state, threads, Proc, State, Terminal};
 use nix::sys::signal::Signal;
 
 /// The target as an apply that never happened leaves it: its old behaviour, no module mapped,
@@ -66,29 +65,6 @@ fn a_dropped_session_at_a_prompt_undoes_the_stages_done() {
     let code = term.wait();
     assert_ne!(code, 0);
     as_it_was(&state, &mut t);
-}
-
-/// Runs `pannus ARGS` on a terminal with `PANNUS_TEST_PAUSE_AT=label`: the first time it stops
-/// itself there, sends it `signal`; each time, lets it go on. Returns its exit code and output.
-fn signal_while_paused(state: &State, args: &[&str], label: &str, signal: Signal) -> (i32, String) {
-    let env = [("PANNUS_TEST_PAUSE_AT", label), ("PANNUS_TEST_POINTS", "1")];
-    let mut term = Terminal::spawn(state, args, &env);
-    let mark = format!(": {label}\r\n");
-    let mut paused = 0;
-    // Each point is printed before pannus stops there.
-    while term.poll_output_or_end() {
-        while term.output.matches(&mark).count() > paused {
-            wait_until("pannus pauses", || thread_state(term.pid, term.pid) == Some('T'));
-            if paused == 0 {
-                term.signal(signal);
-            }
-            paused += 1;
-            term.signal(Signal::SIGCONT);
-        }
-    }
-    assert!(paused > 0, "pannus reached `{label}`: {}", term.output);
-    let code = term.wait();
-    (code, term.output.clone())
 }
 
 #[test]

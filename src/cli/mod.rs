@@ -221,7 +221,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
     )
     .then_some(spare);
-    if matches!(command, Command::Apply { pid: Some(_), .. } | Command::Rollback { pid: Some(_), .. }) {
+    if matches!(command, Command::Apply { .. } | Command::Rollback { pid: Some(_), .. }) {
         interrupt::catch();
     }
     let result = match command {
@@ -802,7 +802,8 @@ fn fleet_apply(
     {
         return Err(Error::cancelled("apply cancelled: nothing was applied"));
     }
-    let options = crate::fleet::ApplyOptions { rollback_on_failure, watch: true };
+    let options =
+        crate::fleet::ApplyOptions { rollback_on_failure, watch: true, interrupted: Some(interrupt::received) };
     let summary = crate::fleet::apply(engine, &m, &plan, options, &mut |line| {
         if !json {
             say!("{line}");

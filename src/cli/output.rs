@@ -268,6 +268,8 @@ pub struct FleetApply<'a> {
     /// With `--rollback-on-failure`: the processes patched, then rolled back again.
     pub rolled_back: &'a [i32],
     pub rollback_failed: Vec<FailedProcess<'a>>,
+    /// The signal that cancelled the run, when one did: the processes patched are rolled back.
+    pub cancelled: Option<&'a str>,
     pub exit: i32,
 }
 
@@ -279,6 +281,7 @@ impl<'a> From<&'a Summary> for FleetApply<'a> {
             not_done: s.into(),
             rolled_back: &s.rolled_back,
             rollback_failed: failed(&s.rollback_failed),
+            cancelled: s.cancelled.as_deref(),
             exit: s.exit_code(),
         }
     }
@@ -496,6 +499,7 @@ mod tests {
             rolled_back: vec![102, 101],
             rollback_failed: vec![failed(106, Kind::Other, "gone", None)],
             warnings: vec!["not in the JSON".into()],
+            cancelled: None,
         }
     }
 
@@ -513,6 +517,7 @@ mod tests {
                 "failed": failed,
                 "rolled_back": [102, 101],
                 "rollback_failed": [{"pid": 106, "kind": "other", "message": "gone", "hint": null}],
+                "cancelled": null,
                 "exit": 1,
             })
         );

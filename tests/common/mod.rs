@@ -407,3 +407,31 @@ pub fn threads(pid: i32) -> Vec<i32> {
 pub fn journal(state: &State) -> Vec<serde_json::Value> {
     state.pannus(&["journal", "--json"]).ok().json()["entries"].as_array().cloned().unwrap_or_default()
 }
+
+/// Runs `pannus ARGS` on a terminal with `PANNUS_TEST_PAUSE_AT=label`: the first time it stops
+/// itself there, sends it `signal`; each time, lets it go on. Returns its exit code and output.
+pub fn signal_while_paused(
+    state: &State,
+    args: &[&str],
+    label: &str,
+    signal: nix::sys::signal::Signal,
+) -> (i32, String) {
+    let env = [("PANNUS_TEST_PAUSE_AT", label), ("PANNUS_TEST_POINTS", "1")];
+    let mut term = Terminal::spawn(state, args, &env);
+    let mark = format!(": {label}\r\n");
+    let mut paused = 0;
+    // Each point is printed before pannus stops there.
+    while term.poll_output_or_end() {
+        while term.output.matches(&mark).count() > paused {
+            wait_until("pannus pauses", || thread_state(term.pid, term.pid) == Some('T'));
+            if paused == 0 {
+                term.signal(signal);
+            }
+            paused += 1;
+            term.signal(nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    assert!(paused > 0, "pannus reached `{label}`: {}", term.output);
+    let code = term.wait();
+    (code, term.output.clone())
+}
