@@ -208,3 +208,36 @@ fn rollback_checks_first_then_asks_once_naming_every_patch() {
     assert_eq!(states(&state, t.pid), pair("rolled-back", "rolled-back"));
     assert_eq!(t.ask("h 3"), "6");
 }
+
+#[test]
+fn an_apply_that_sees_an_overdue_trial_carries_out_its_policy_first() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let late = state.manifest(
+        "late-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 1s\n  on_expiry: rollback\n",
+    );
+    let r = state.pannus(&["apply", &late.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--json"]).ok();
+    let deadline = humantime::parse_rfc3339(r.json()["trial_deadline"].as_str().unwrap()).unwrap();
+    let mut watcher = None;
+    wait_until("a trial watcher runs for the patch", || {
+        watcher = watcher_of(t.pid);
+        watcher.is_some()
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(watcher.unwrap()), Signal::SIGKILL).unwrap();
+    wait_until("the watcher is gone", || watcher_of(t.pid).is_none());
+    wait_until("the deadline is past", || std::time::SystemTime::now() > deadline + Duration::from_secs(1));
+    assert_eq!(t.ask("c 3"), "300", "nobody carried out the policy yet");
+
+    let other = state.manifest("lib-fix", "target_pie", "patch_tiny.so", &[("tiny_padded", "tiny_v2")], "");
+    state.apply(&other, t.pid).ok();
+    assert_eq!(t.ask("c 3"), "4", "late-fix was rolled back by its policy");
+    assert_eq!(t.ask("p 4"), "5", "and the new patch applied");
+    assert_eq!(
+        states(&state, t.pid),
+        vec![("late-fix".into(), "rolled-back".into()), ("lib-fix".into(), "trial".into())]
+    );
+}

@@ -363,6 +363,7 @@ fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
 fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: bool, json: bool) -> Result<()> {
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "apply")?;
+    overdue_first(engine, pid);
     let mut s = Session::open(engine, pid)?;
     let mut obs = CliObserver { yes, quiet: json };
     if !json {
@@ -439,6 +440,7 @@ fn cancel_applied(mut s: Session, patch: &str, sig: &str) -> Result<()> {
 /// committed together with `patch` after one question (or `--yes`); without a terminal and
 /// without `--yes` the commit is refused.
 fn commit(engine: &Engine, pid: i32, patch: &str, yes: bool, json: bool) -> Result<()> {
+    overdue_first(engine, pid);
     let mut s = Session::open(engine, pid)?;
     let required = required_in_trial(&s.registry()?, patch);
     if !required.is_empty() && !yes {
@@ -589,6 +591,15 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
     }
 }
 
+/// Before a command changes process `pid`: the policies of its overdue trials first, as the
+/// trial watcher would have carried them out at their deadlines. (A process that cannot be read
+/// is left to the command, which says why.)
+fn overdue_first(engine: &Engine, pid: i32) {
+    if let Ok((_, reg)) = engine::read_status(pid) {
+        carry_out_overdue(engine, pid, &reg.patches);
+    }
+}
+
 /// [`carry_out_overdue`] for each of `procs`; `true` when any was carried out.
 fn carry_out_overdue_all(engine: &Engine, procs: &[Process]) -> bool {
     let mut any = false;
@@ -634,6 +645,7 @@ fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
 
 fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade: bool, json: bool) -> Result<()> {
     require_terminal_or_yes(yes, "rollback")?;
+    overdue_first(engine, pid);
     let mut s = Session::open(engine, pid)?;
     // Check first, then ask once, naming every patch the rollback takes back.
     let reg = s.registry()?;
