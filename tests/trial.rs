@@ -22,6 +22,29 @@ fn patch_state(state: &State, pid: i32) -> String {
 }
 
 #[test]
+fn ctrl_c_during_apply_wait_stops_waiting_and_leaves_the_trial_watched() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "wait-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 3s\n  on_expiry: rollback\n",
+    );
+    let mut term =
+        Terminal::spawn(&state, &["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--wait"], &[]);
+    term.expect("trial: ");
+    term.type_keys("\x03");
+    assert_eq!(term.wait(), 1, "{}", term.output);
+    assert!(term.output.contains("stopped waiting"), "{}", term.output);
+    assert_eq!(patch_state(&state, t.pid), "trial");
+    assert!(watcher_of(t.pid).is_some(), "the trial is watched");
+    wait_until("the watcher rolls the patch back at the deadline", || patch_state(&state, t.pid) == "rolled-back");
+    assert_eq!(t.ask("c 3"), "4");
+}
+
+#[test]
 fn apply_wait_interrupted_leaves_the_trial_watched() {
     let state = State::new();
     let mut t = Proc::start("target_pie");
@@ -41,8 +64,8 @@ fn apply_wait_interrupted_leaves_the_trial_watched() {
     term.signal(Signal::SIGKILL);
     term.wait();
     assert_eq!(patch_state(&state, t.pid), "trial");
-    wait_until("the watcher rolls the patch back at the deadline", || t.ask("c 3") == "4");
-    assert_eq!(patch_state(&state, t.pid), "rolled-back");
+    wait_until("the watcher rolls the patch back at the deadline", || patch_state(&state, t.pid) == "rolled-back");
+    assert_eq!(t.ask("c 3"), "4");
 }
 
 #[test]

@@ -221,7 +221,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
     )
     .then_some(spare);
-    if matches!(command, Command::Apply { .. } | Command::Rollback { pid: Some(_), .. }) {
+    if matches!(command, Command::Apply { .. } | Command::Rollback { pid: Some(_), .. } | Command::Commit { .. }) {
         interrupt::catch();
     }
     let result = match command {
