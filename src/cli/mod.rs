@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 pub mod demo;
 pub mod interrupt;
+mod journal_cmd;
 pub mod manifest_cmd;
 pub mod output;
 
@@ -255,8 +256,9 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
             rollback(engine, one_pid(pid)?, patch, yes, cascade, json)
         }
         Command::Journal { pid, patch, since, lines, follow, json } => {
-            let filter = JournalFilter { pid, patch, since: since.as_deref().map(parse_since).transpose()? };
-            journal(engine, &filter, lines, follow, json)
+            let since = since.as_deref().map(journal_cmd::parse_since).transpose()?;
+            let filter = journal_cmd::Filter { pid, patch, since };
+            journal_cmd::run(engine, &filter, lines, follow, json)
         }
         Command::Console { manifests } => {
             crate::tui::run(engine, crate::tui::Options { manifests, ..Default::default() })
@@ -678,90 +680,6 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
         say!("rolled back in process {pid}: {}", done.ids.join(", "));
     }
     Ok(())
-}
-
-/// Which journal entries to show.
-struct JournalFilter {
-    pid: Option<i32>,
-    patch: Option<String>,
-    since: Option<std::time::SystemTime>,
-}
-
-impl JournalFilter {
-    fn keeps(&self, r: &crate::journal::Recorded) -> bool {
-        let e = &r.entry;
-        self.pid.is_none_or(|p| e.pid == p)
-            && self.patch.as_ref().is_none_or(|p| e.patch.as_ref() == Some(p))
-            && self.since.is_none_or(|since| humantime::parse_rfc3339_weak(&e.time).map(|t| t >= since).unwrap_or(true))
-    }
-}
-
-/// `--since`: an RFC 3339 time, or a duration before now.
-fn parse_since(text: &str) -> Result<std::time::SystemTime> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
-        return Ok(t);
-    }
-    let ago = humantime::parse_duration(text).map_err(|_| {
-        Error::bad_input(format!("--since `{text}` is neither a time nor a duration"))
-            .hint("give an RFC 3339 time (2027-01-15T08:00:00Z) or a duration ago (90m, 2h, 1d)")
-    })?;
-    Ok(std::time::SystemTime::now().checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH))
-}
-
-fn journal(engine: &Engine, filter: &JournalFilter, lines: Option<usize>, follow: bool, json: bool) -> Result<()> {
-    let j = engine.journal();
-    let (all, mut offset) = j.entries_from(0)?;
-    let mut entries: Vec<_> = all.into_iter().filter(|r| filter.keeps(r)).collect();
-    if let Some(n) = lines {
-        entries.drain(..entries.len().saturating_sub(n));
-    }
-    if json && !follow {
-        return output::print(&output::Journal { journal: j.path(), entries: &entries });
-    }
-    if !print_journal(&entries, json) || !follow {
-        return Ok(());
-    }
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let (new, next) = j.entries_from(offset)?;
-        offset = next;
-        let new: Vec<_> = new.into_iter().filter(|r| filter.keeps(r)).collect();
-        if !print_journal(&new, json) {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Prints journal entries, one a line (as JSON documents with `json`); `false` once standard
-/// output is gone (a reader that left).
-fn print_journal(entries: &[crate::journal::Recorded], json: bool) -> bool {
-    let mut text = String::new();
-    for r in entries {
-        if json {
-            text.push_str(&serde_json::to_string(r).unwrap_or_default());
-            text.push('\n');
-            continue;
-        }
-        let e = &r.entry;
-        text.push_str(&format!(
-            "{} {:<10} {:<8} {:<9} pid {:<7} {:<16} {:<9} {}\n",
-            e.time,
-            e.user,
-            if r.source.is_empty() { "-" } else { &r.source },
-            e.action,
-            e.pid,
-            e.patch.as_deref().unwrap_or_default(),
-            e.outcome,
-            e.detail.lines().next().unwrap_or("")
-        ));
-    }
-    if text.is_empty() {
-        return true;
-    }
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
 }
 
 fn one_pid(pid: Option<i32>) -> Result<i32> {
