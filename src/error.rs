@@ -15,12 +15,14 @@ pub enum Kind {
     Precondition,
     /// Anything else (exit 1).
     Other,
+    /// Cancelled by the operator: "no" at a prompt, or Ctrl-C, SIGTERM or SIGHUP (exit 1).
+    Cancelled,
 }
 
 impl Kind {
     pub fn exit_code(self) -> i32 {
         match self {
-            Kind::Other => 1,
+            Kind::Other | Kind::Cancelled => 1,
             Kind::BadInput => 2,
             Kind::Busy => 3,
             Kind::Precondition => 4,
@@ -53,6 +55,9 @@ impl Error {
     }
     pub fn other(message: impl Into<String>) -> Self {
         Self::new(Kind::Other, message)
+    }
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        Self::new(Kind::Cancelled, message)
     }
     /// Adds what the operator should do next.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {

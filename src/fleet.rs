@@ -12,7 +12,7 @@
 //! input); 4 when there was nothing to do at all (no process with the right build-id in memory).
 
 use crate::elf::Object;
-use crate::engine::{self, Engine, Quiet, Session};
+use crate::engine::{self, Engine, Observer, Quiet, Session};
 use crate::error::{Error, Kind, Result};
 use crate::manifest::Manifest;
 use crate::processes::{self, Pid, Process, Scope};
@@ -101,12 +101,14 @@ pub struct Summary {
     pub rollback_failed: Vec<Failed>,
     /// Things that went wrong without failing a process (e.g. a trial watcher not started).
     pub warnings: Vec<String>,
+    /// The signal that cancelled the run (apply): every process it patched is rolled back.
+    pub cancelled: Option<String>,
 }
 
 /// The order of severity of the exit codes: 1 > 3 > 4 > 2.
 fn severity(kind: Kind) -> u8 {
     match kind {
-        Kind::Other => 4,
+        Kind::Other | Kind::Cancelled => 4,
         Kind::Busy => 3,
         Kind::Precondition => 2,
         Kind::BadInput => 1,
@@ -124,11 +126,15 @@ impl Summary {
             rolled_back: Vec::new(),
             rollback_failed: Vec::new(),
             warnings: Vec::new(),
+            cancelled: None,
         }
     }
 
     /// The command's exit code (see the module documentation).
     pub fn exit_code(&self) -> i32 {
+        if self.cancelled.is_some() && self.rollback_failed.is_empty() {
+            return Kind::Cancelled.exit_code();
+        }
         if let Some(kind) =
             self.failed.iter().chain(&self.rollback_failed).map(|f| f.error.kind).max_by_key(|k| severity(*k))
         {
@@ -296,6 +302,28 @@ pub struct ApplyOptions {
     pub rollback_on_failure: bool,
     /// Start the detached trial watcher after each successful apply (the pannus binary only).
     pub watch: bool,
+    /// Looked at before each stage and each process: `Some(signal)` (Ctrl-C, SIGTERM, SIGHUP
+    /// received) means "no": the stage under way finishes, the process's apply is undone, the
+    /// remaining processes are not attempted and those this command patched are rolled back.
+    pub interrupted: Option<fn() -> Option<&'static str>>,
+}
+
+/// The observer of a fleet apply: says no once [`ApplyOptions::interrupted`] says so.
+struct Stoppable(Option<fn() -> Option<&'static str>>);
+
+impl Stoppable {
+    fn received(&self) -> Option<&'static str> {
+        self.0.and_then(|f| f())
+    }
+}
+
+impl Observer for Stoppable {
+    fn confirm(&mut self, _stage: engine::Stage, _plan: &str) -> bool {
+        self.received().is_none()
+    }
+    fn why_not(&self) -> Option<String> {
+        self.received().map(|sig| format!("{sig} received"))
+    }
 }
 
 /// After a failure on `pid`: the reason to count it as skipped instead (it exited, or the
@@ -331,19 +359,28 @@ pub fn apply(
 ) -> Summary {
     let mut s = Summary::new(Operation::Apply, plan);
     let mut stopped_by = if options.rollback_on_failure { s.failed.first().map(|f| f.pid) } else { None };
+    let mut obs = Stoppable(options.interrupted);
     for member in &plan.members {
         let pid = member.pid.get();
+        if let Some(sig) = s.cancelled.as_deref() {
+            s.skipped.push(skipped(pid, format!("not attempted: cancelled, {sig}"), false));
+            continue;
+        }
         if let Some(culprit) = stopped_by {
             s.skipped.push(skipped(pid, format!("not attempted: process {culprit} failed"), false));
             continue;
         }
         progress(&format!("process {pid} ({}): applying `{}`", member.name, m.patch));
-        let applied = Session::open(engine, pid).and_then(|session| match options.watch {
-            true => crate::trial::apply_watched(session, m, &mut Quiet).map(|w| (w.applied, Some(w.watcher))),
-            false => {
-                let mut session = session;
-                session.apply(m, &mut Quiet).map(|a| (a, None))
+        let applied = Session::open(engine, pid).and_then(|mut session| session.apply(m, &mut obs));
+        // A signal while this process's last stage ran: it is rolled back with the others.
+        let sig = obs.received();
+        s.cancelled = sig.map(|sig| format!("{sig} received"));
+        let applied = applied.map(|a| match options.watch && sig.is_none() {
+            true => {
+                let watcher = crate::trial::spawn_trial_watcher(engine, pid, &a.record.patch);
+                (a, Some(watcher))
             }
+            false => (a, None),
         });
         match applied {
             Ok((applied, watcher)) => {
@@ -363,12 +400,24 @@ pub fn apply(
             }
         }
     }
-    if options.rollback_on_failure && !s.failed.is_empty() {
+    if (options.rollback_on_failure && !s.failed.is_empty()) || s.cancelled.is_some() {
+        let why = s.cancelled.as_ref().map(|sig| format!("cancelled: {sig} during apply --all"));
         for &pid in s.patched.iter().rev() {
             progress(&format!("process {pid}: rolling back `{}`", m.patch));
-            match Session::open(engine, pid).and_then(|mut session| session.rollback(Some(&m.patch), false, &mut Quiet))
-            {
-                Ok(_) => s.rolled_back.push(pid),
+            let rollback = |mut session: Session| match &why {
+                Some(why) => session.rollback_because(Some(&m.patch), false, why, &mut Quiet),
+                None => session.rollback(Some(&m.patch), false, &mut Quiet),
+            };
+            match Session::open(engine, pid).and_then(rollback) {
+                Ok(_) => {
+                    if let Some(why) = &why {
+                        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                        let detail = format!("{why}: rolled back, the process is as it was");
+                        let _ =
+                            engine.journal().record("apply", pid, name.trim(), Some(&m.patch), "cancelled", &detail);
+                    }
+                    s.rolled_back.push(pid)
+                }
                 Err(error) => {
                     progress(&format!("process {pid}: rollback failed: {}", error.message));
                     s.rollback_failed.push(Failed { pid, error });

@@ -20,12 +20,46 @@ pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
+/// Which part of pannus acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The command line (`apply`, `rollback`, `commit`, ...).
+    Cli,
+    /// The full-screen console.
+    Console,
+    /// A detached trial watcher (expiry policy, health check).
+    Watcher,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cli => "cli",
+            Source::Console => "console",
+            Source::Watcher => "watcher",
+        }
+    }
+}
+
+static SOURCE: std::sync::OnceLock<Source> = std::sync::OnceLock::new();
+
+/// Says which part of pannus this process is, for every entry it journals (the command line
+/// when never said). Set once, at start-up; a later call changes nothing.
+pub fn set_source(source: Source) {
+    let _ = SOURCE.set(source);
+}
+
+fn source() -> Source {
+    SOURCE.get().copied().unwrap_or(Source::Cli)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// RFC 3339, UTC.
     pub time: String,
     pub user: String,
     pub uid: u32,
+
     pub action: String,
     pub pid: i32,
     #[serde(default)]
@@ -36,6 +70,16 @@ pub struct Entry {
     pub outcome: String,
     #[serde(default)]
     pub detail: String,
+}
+
+/// An entry as the journal holds it: with the part of pannus that acted (`cli`, `console`,
+/// `watcher`; empty in entries written before it was recorded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    #[serde(flatten)]
+    pub entry: Entry,
+    #[serde(default)]
+    pub source: String,
 }
 
 /// The journal's file name in the state folder.
@@ -103,7 +147,8 @@ impl Journal {
             outcome: outcome.to_string(),
             detail: detail.to_string(),
         };
-        let mut line = serde_json::to_string(&entry).map_err(|e| Error::other(e.to_string()))?;
+        let recorded = Recorded { entry, source: source().as_str().to_string() };
+        let mut line = serde_json::to_string(&recorded).map_err(|e| Error::other(e.to_string()))?;
         line.push('\n');
         let mut f = self.append()?;
         f.write_all(line.as_bytes()).map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))
@@ -111,13 +156,28 @@ impl Journal {
 
     /// Every entry, oldest first (none before the first); lines that do not parse are skipped.
     pub fn entries(&self) -> Result<Vec<Entry>> {
+        Ok(self.entries_from(0)?.0.into_iter().map(|r| r.entry).collect())
+    }
+
+    /// The entries whose lines begin at byte `offset` or later and are complete, oldest first,
+    /// and the offset just past the last of them (where to read from next: a line still being
+    /// written is read then).
+    pub fn entries_from(&self, offset: u64) -> Result<(Vec<Recorded>, u64)> {
+        use std::io::{Seek, SeekFrom};
         if !self.dir.exists() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), offset));
         }
-        let mut text = String::new();
-        self.file(OFlag::O_RDONLY | OFlag::O_CREAT)?
-            .read_to_string(&mut text)
-            .map_err(|e| Error::other(format!("journal {}: {e}", self.path.display())))?;
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        let io = |e: std::io::Error| Error::other(format!("journal {}: {e}", self.path.display()));
+        let mut f = self.file(OFlag::O_RDONLY | OFlag::O_CREAT)?;
+        // A journal that shrank (replaced by hand) is read again from its start.
+        let len = f.metadata().map_err(io)?.len();
+        let offset = if len < offset { 0 } else { offset };
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io)?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let text = String::from_utf8_lossy(&bytes[..complete]);
+        let entries = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        Ok((entries, offset + complete as u64))
     }
 }

@@ -356,6 +356,22 @@ impl Registry {
     pub fn applied(&self) -> impl Iterator<Item = &PatchRecord> {
         self.patches.iter().filter(|p| p.state.is_applied())
     }
+    /// The applied patches that require `id`, directly or not: what a rollback of `id` with
+    /// `--cascade` rolls back with it.
+    pub fn dependents(&self, id: &str) -> Vec<String> {
+        let mut order = vec![id.to_string()];
+        let mut k = 0;
+        while k < order.len() {
+            let cur = order[k].clone();
+            for p in self.applied() {
+                if p.requires.contains(&cur) && !order.contains(&p.patch) {
+                    order.push(p.patch.clone());
+                }
+            }
+            k += 1;
+        }
+        order.split_off(1)
+    }
 }
 
 /// Where the registry lives in a process.

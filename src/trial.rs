@@ -7,7 +7,7 @@ use crate::engine::{now_secs, outcome_of, read_status, Applied, Engine, Observer
 use crate::error::{Error, Result};
 use crate::ledger;
 use crate::manifest::Manifest;
-use crate::registry::{Health, HealthCheck, OnExpiry, State};
+use crate::registry::{Health, HealthCheck, OnExpiry, PatchRecord, State};
 use std::time::{Duration, Instant};
 
 /// A patch applied, and its trial watcher: started, or why not (then the trial's `on_expiry`
@@ -25,6 +25,71 @@ pub fn apply_watched(mut session: Session, m: &Manifest, obs: &mut dyn Observer)
     drop(session);
     let watcher = spawn_trial_watcher(engine, pid, &applied.record.patch);
     Ok(Watched { applied, watcher })
+}
+
+/// Whether `rec` is a trial whose deadline (as the process's record says) is past at `now`
+/// (Unix seconds): its policy is overdue, its watcher gone or held up. Shown as `OVERDUE`.
+pub fn is_overdue(rec: &PatchRecord, now: u64) -> bool {
+    rec.state == State::Trial && rec.trial_deadline.is_some_and(|d| now > d)
+}
+
+/// How long a pannus that only happens to see an overdue trial waits for another pannus holding
+/// the process before it leaves the policy to that one (or to the next pannus).
+const OVERDUE_LOCK_WAIT: Duration = Duration::from_millis(200);
+
+/// Carries out the policy of every overdue trial among `patches` of process `pid` (see
+/// [`is_overdue`]), as any pannus does that sees one. Returns each patch it acted on, with the
+/// outcome; a trial it could not act on (another pannus holds the process, this host has no
+/// record of it) stays overdue, for the next one.
+pub fn carry_out_overdue(engine: &Engine, pid: i32, patches: &[PatchRecord]) -> Vec<(String, Result<State>)> {
+    let now = now_secs();
+    let overdue: Vec<&str> = patches.iter().filter(|r| is_overdue(r, now)).map(|r| r.patch.as_str()).collect();
+    if overdue.is_empty() {
+        return Vec::new();
+    }
+    let mut quick = engine.clone();
+    quick.lock_wait = quick.lock_wait.min(OVERDUE_LOCK_WAIT);
+    overdue.into_iter().map(|p| (p.to_string(), expire(&quick, pid, p))).collect()
+}
+
+/// Follows the trial of `patch` from the foreground (`apply --wait`) while its trial watcher
+/// runs the health check and, at the deadline, the policy; `tick` is called about twice a
+/// second with the seconds left. Once the trial is overdue it carries out the policy itself (the
+/// watcher may be gone). Returns the final state; stops early, with a cancelled error, at a
+/// signal that means "no" (the trial goes on, watched).
+pub fn follow_trial(
+    engine: &Engine,
+    pid: i32,
+    patch: &str,
+    interrupted: impl Fn() -> Option<&'static str>,
+    mut tick: impl FnMut(u64),
+) -> Result<State> {
+    loop {
+        let (_, reg) = read_status(pid)?;
+        let Some(rec) = reg.get(patch) else {
+            return Ok(State::RolledBack);
+        };
+        if rec.state != State::Trial {
+            return Ok(rec.state);
+        }
+        if let Some(sig) = interrupted() {
+            return Err(Error::cancelled(format!(
+                "{sig} received: stopped waiting; patch `{patch}` stays in its trial in process {pid}, \
+                 and its trial watcher carries out its {} policy at the deadline",
+                rec.on_expiry
+            ))
+            .hint(format!("see pannus status --pid {pid}")));
+        }
+        tick(crate::engine::remaining(rec).unwrap_or(0));
+        if is_overdue(rec, now_secs()) {
+            match expire(engine, pid, patch) {
+                Ok(state) if state != State::Trial => return Ok(state),
+                // The host's deadline is a moment later, or another pannus is at it.
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Carries out the `on_expiry` policy of `patch`, whose trial has run out: commit, or roll

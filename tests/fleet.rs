@@ -212,3 +212,29 @@ fn refusals() {
     let st = state.pannus(&["status", "--all", "--json"]).ok().json();
     assert!(!st["processes"].as_array().unwrap().iter().any(|p| p["pid"] == t.pid));
 }
+
+#[test]
+fn a_signal_during_apply_all_leaves_every_process_as_it_was() {
+    let _serial = serial();
+    let state = State::new();
+    let mut a = Proc::start("target_pie");
+    let mut b = Proc::start("target_pie");
+    let m = compute_fix(&state);
+    let args = ["apply", &*m.to_string_lossy(), "--all", "--yes"];
+    // SIGTERM inside the first process's stop of every thread, in stage 4.
+    let (code, out) =
+        common::signal_while_paused(&state, &args, "every thread stopped", nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 1, "{out}");
+    for p in [&mut a, &mut b] {
+        assert_eq!(p.ask("c 5"), "6", "process {} is as it was", p.pid);
+        assert!(!p.maps().contains("patch_compute.so"), "process {}: no module left", p.pid);
+    }
+    let entries = common::journal(&state);
+    let applies: Vec<&Value> = entries.iter().filter(|e| e["action"] == "apply").collect();
+    assert!(!applies.is_empty(), "{entries:?}");
+    for pid in [a.pid, b.pid] {
+        if let Some(last) = applies.iter().rev().find(|e| e["pid"] == pid) {
+            assert_eq!(last["outcome"], "cancelled", "{entries:?}");
+        }
+    }
+}

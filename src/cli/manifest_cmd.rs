@@ -505,6 +505,7 @@ fn check(path: &Path, json: bool) -> Result<()> {
             checks: &lines,
             read: m.as_ref().map(Into::into),
             summary: summary.as_deref(),
+            exit: result.as_ref().err().map(|e| e.kind.exit_code()),
         })?;
         return result;
     }

@@ -13,8 +13,29 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 pub mod demo;
+pub mod interrupt;
+mod journal_cmd;
 pub mod manifest_cmd;
 pub mod output;
+
+/// `println!` that never panics: standard output may be a terminal that hung up, or a pipe
+/// whose reader left, while pannus still has work to finish or undo.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that never panics (see [`say!`]), flushed.
+macro_rules! say_part {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout();
+        let _ = write!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "pannus", version, about = "Live patching of running Linux x86-64 processes", long_about = None)]
@@ -86,6 +107,9 @@ pub enum Command {
         #[arg(long)]
         pid: i32,
         patch: String,
+        /// Commit the patches PATCH requires that are still in trial too, without asking
+        #[arg(long, short)]
+        yes: bool,
         #[arg(long)]
         json: bool,
     },
@@ -107,11 +131,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The audit journal: who did what, when, with what outcome
+    /// The audit journal: who did what, when, from where, with what outcome
     Journal {
         /// Only entries about this process
         #[arg(long)]
         pid: Option<i32>,
+        /// Only entries about this patch
+        #[arg(long)]
+        patch: Option<String>,
+        /// Only entries from this time on: RFC 3339 (2027-01-15T08:00:00Z) or a duration ago (90m, 2h, 1d)
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only the last N entries (of those the other filters keep)
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+        /// Then print each new entry as it is journaled, until interrupted (with --json: one document a line)
+        #[arg(long, short)]
+        follow: bool,
         #[arg(long)]
         json: bool,
     },
@@ -166,6 +202,11 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         engine.stop_timeout = t;
     }
     let command = cli.command.unwrap_or(Command::Console { manifests: PathBuf::from("manifests") });
+    crate::journal::set_source(match command {
+        Command::Console { .. } | Command::Demo { script: false, .. } => crate::journal::Source::Console,
+        Command::TrialWatch { .. } => crate::journal::Source::Watcher,
+        _ => crate::journal::Source::Cli,
+    });
     let json = matches!(
         command,
         Command::Apply { json: true, .. }
@@ -181,6 +222,9 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
     )
     .then_some(spare);
+    if matches!(command, Command::Apply { .. } | Command::Rollback { pid: Some(_), .. } | Command::Commit { .. }) {
+        interrupt::catch();
+    }
     let result = match command {
         Command::Apply { all: true, .. } | Command::Rollback { all: true, .. } | Command::Status { all: true, .. } => {
             fleet_dispatch(&engine, command)
@@ -190,10 +234,10 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            if json {
+            if json && !output::printed() {
                 let _ = output::print(&output::Failure::from(&e));
             }
-            eprintln!("pannus: {e}");
+            let _ = writeln!(std::io::stderr(), "pannus: {e}");
             e.kind.exit_code()
         }
     }
@@ -205,22 +249,17 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
             apply(engine, &manifest, one_pid(pid)?, yes, wait, json)
         }
         Command::Check { manifest, pid, json } => check(engine, &manifest, pid, json),
-        Command::Status { pid, json, .. } => status(one_pid(pid)?, json),
-        Command::Ps { all, json } => ps(all, json),
-        Command::Commit { pid, patch, json } => {
-            let mut s = Session::open(engine, pid)?;
-            let rec = s.commit(&patch, "committed by hand")?;
-            if json {
-                output::print(&output::Commit { pid, patch: &patch, state: rec.state })?;
-            } else {
-                println!("patch `{patch}` committed in process {pid}");
-            }
-            Ok(())
-        }
+        Command::Status { pid, json, .. } => status(engine, one_pid(pid)?, json),
+        Command::Ps { all, json } => ps(engine, all, json),
+        Command::Commit { pid, patch, yes, json } => commit(engine, pid, &patch, yes, json),
         Command::Rollback { pid, patch, yes, cascade, json, .. } => {
             rollback(engine, one_pid(pid)?, patch, yes, cascade, json)
         }
-        Command::Journal { pid, json } => journal(engine, pid, json),
+        Command::Journal { pid, patch, since, lines, follow, json } => {
+            let since = since.as_deref().map(journal_cmd::parse_since).transpose()?;
+            let filter = journal_cmd::Filter { pid, patch, since };
+            journal_cmd::run(engine, &filter, lines, follow, json)
+        }
         Command::Console { manifests } => {
             crate::tui::run(engine, crate::tui::Options { manifests, ..Default::default() })
         }
@@ -234,7 +273,8 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
 }
 
 /// The command line's observer: prints each stage's plan and progress, and asks on the
-/// terminal before each stage unless told yes in advance (`--yes`).
+/// terminal before each stage unless told yes in advance (`--yes`). A signal that means "no"
+/// (see [`interrupt`]) is the answer to every question from then on, `--yes` or not.
 pub struct CliObserver {
     pub yes: bool,
     pub quiet: bool,
@@ -242,35 +282,76 @@ pub struct CliObserver {
 
 impl Observer for CliObserver {
     fn confirm(&mut self, stage: Stage, plan: &str) -> bool {
+        if interrupt::received().is_some() {
+            return false;
+        }
         if self.yes {
             if !self.quiet {
-                println!("{stage}: {plan}");
+                say!("{stage}: {plan}");
             }
             return true;
         }
-        println!("{stage}: {plan}");
+        say!("{stage}: {plan}");
         ask(&format!("Proceed with {stage}?"))
+    }
+    fn why_not(&self) -> Option<String> {
+        interrupt::received().map(|sig| format!("{sig} received"))
     }
     fn progress(&mut self, stage: Option<Stage>, msg: &str) {
         if self.quiet {
             return;
         }
         match stage {
-            Some(s) => println!("  {s}: {msg}"),
-            None => println!("  {msg}"),
+            Some(s) => say!("  {s}: {msg}"),
+            None => say!("  {msg}"),
         }
     }
 }
 
-/// A yes/no question on the terminal; anything but y/yes is no.
+/// A yes/no question on the terminal; anything but y/yes is no, and so are the end of the
+/// input, a terminal that hung up and a signal that means "no" (see [`interrupt`]).
 fn ask(question: &str) -> bool {
-    print!("{question} [y/N] ");
-    let _ = std::io::stdout().flush();
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line).is_err() {
-        return false;
+    say_part!("{question} [y/N] ");
+    let answer = answer();
+    if answer.is_none() {
+        say!();
     }
-    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    matches!(answer.unwrap_or_default().trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// The next line typed on standard input; `None` at its end or once a signal that means "no"
+/// came. The line is read on a thread of its own, so that the wait ends at the signal (whose
+/// handler restarts the read).
+fn answer() -> Option<String> {
+    use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+    use std::sync::{Mutex, OnceLock};
+    static LINES: OnceLock<Mutex<Receiver<Option<String>>>> = OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || loop {
+            let mut line = String::new();
+            let got = match std::io::stdin().lock().read_line(&mut line) {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(line),
+            };
+            let end = got.is_none();
+            if tx.send(got).is_err() || end {
+                break;
+            }
+        });
+        Mutex::new(rx)
+    });
+    let lines = lines.lock().ok()?;
+    loop {
+        if interrupt::received().is_some() {
+            return None;
+        }
+        match lines.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(line) => return line,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
 }
 
 fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
@@ -284,23 +365,25 @@ fn require_terminal_or_yes(yes: bool, what: &str) -> Result<()> {
 fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: bool, json: bool) -> Result<()> {
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "apply")?;
-    let s = Session::open(engine, pid)?;
+    overdue_first(engine, pid);
+    let mut s = Session::open(engine, pid)?;
     let mut obs = CliObserver { yes, quiet: json };
     if !json {
-        println!("applying `{}` {} to process {pid} ({})", m.patch, m.version, s.target.name);
+        say!("applying `{}` {} to process {pid} ({})", m.patch, m.version, s.target.name);
     }
-    let Applied { record: rec, measured } = if wait {
-        let mut s = s;
-        s.apply(&m, &mut obs)?
-    } else {
-        let watched = trial::apply_watched(s, &m, &mut obs)?;
-        if let Err(e) = watched.watcher {
-            eprintln!("pannus: warning: {e}; the trial's on_expiry policy will not run unattended");
-        }
-        watched.applied
-    };
+    let Applied { record: rec, measured } = s.apply(&m, &mut obs)?;
+    if let Some(sig) = interrupt::received() {
+        // The signal came while stage 4 ran, which finished: "no" all the same.
+        return cancel_applied(s, &rec.patch, sig);
+    }
+    drop(s);
+    // Every trial is watched, --wait or not: the foreground may be gone before the deadline.
+    if let Err(e) = trial::spawn_trial_watcher(engine, pid, &rec.patch) {
+        let _ =
+            writeln!(std::io::stderr(), "pannus: warning: {e}; the trial's on_expiry policy will not run unattended");
+    }
     if !json {
-        println!(
+        say!(
             "patch `{}` active in process {pid}: state {}, trial ends in {} ({} on expiry)",
             rec.patch,
             rec.state,
@@ -311,22 +394,111 @@ fn apply(engine: &Engine, path: &std::path::Path, pid: i32, yes: bool, wait: boo
     let mut final_state = rec.state;
     if wait {
         let mut last = u64::MAX;
-        final_state = trial::wait_trial(engine, pid, &rec.patch, |left| {
+        final_state = trial::follow_trial(engine, pid, &rec.patch, interrupt::received, |left| {
             if !json && left != last {
                 last = left;
-                print!("\r  trial: {:02}:{:02} left ", left / 60, left % 60);
-                let _ = std::io::stdout().flush();
+                say_part!("\r  trial: {:02}:{:02} left ", left / 60, left % 60);
             }
         })?;
         if !json {
-            println!("\rtrial ended: patch `{}` is {final_state}          ", rec.patch);
+            say!("\rtrial ended: patch `{}` is {final_state}          ", rec.patch);
         }
     }
     if json {
-        let patch = output::Patch { state: final_state, ..output::Patch::from(&rec) };
+        let from = output::Patch::from(&rec);
+        let patch = output::Patch { state: final_state, overdue: from.overdue && final_state == State::Trial, ..from };
         output::print(&output::Apply { pid, patch, measured: &measured })?;
     }
     Ok(())
+}
+
+/// A signal that means "no" came while the last stage ran: the patch just activated is rolled
+/// back, and the apply journaled as cancelled. When the rollback fails, the patch stays in its
+/// trial with a trial watcher, and the error says so.
+fn cancel_applied(mut s: Session, patch: &str, sig: &str) -> Result<()> {
+    let (engine, pid, name) = (s.engine, s.target.pid, s.target.name.clone());
+    let why = format!("cancelled: {sig} received during the apply");
+    match s.rollback_because(Some(patch), false, &why, &mut engine::Quiet) {
+        Ok(_) => {
+            let detail = format!("{sig} received during stage 4 (activate): rolled back, the process is as it was");
+            let _ = engine.journal().record("apply", pid, &name, Some(patch), "cancelled", &detail);
+            Err(Error::cancelled(format!("apply of `{patch}` to process {pid} cancelled: {detail}")))
+        }
+        Err(e) => {
+            drop(s);
+            let watched = match trial::spawn_trial_watcher(engine, pid, patch) {
+                Ok(_) => "its trial watcher carries out its on_expiry policy".to_string(),
+                Err(w) => format!("and no trial watcher runs ({w})"),
+            };
+            Err(e.context(format!(
+                "{sig} received during the apply; rolling `{patch}` back failed, it is in its trial in process {pid} and {watched}"
+            )))
+        }
+    }
+}
+
+/// Commits `patch`. What it requires must be committed first: a required patch still in trial
+/// would, rolled back at its deadline, take `patch` with it. Such patches are named, and
+/// committed together with `patch` after one question (or `--yes`); without a terminal and
+/// without `--yes` the commit is refused.
+fn commit(engine: &Engine, pid: i32, patch: &str, yes: bool, json: bool) -> Result<()> {
+    overdue_first(engine, pid);
+    let mut s = Session::open(engine, pid)?;
+    let required = required_in_trial(&s.registry()?, patch);
+    if !required.is_empty() && !yes {
+        let names = required.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ");
+        let (them, it) = if required.len() == 1 { ("it", "is") } else { ("they", "are") };
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::precondition(format!(
+                "patch `{patch}` requires {names}, which {it} still in trial in process {pid}: \
+                 rolled back at {} deadline, {them} would take `{patch}` with {}",
+                if required.len() == 1 { "its" } else { "their" },
+                if required.len() == 1 { "it" } else { "them" },
+            ))
+            .hint(format!("commit {names} first, or commit them together: pannus commit --pid {pid} {patch} --yes")));
+        }
+        let question = format!(
+            "`{patch}` requires {names}, still in trial. Commit {names} and `{patch}` together in process {pid} ({})?",
+            s.target.name
+        );
+        if !ask(&question) {
+            return Err(Error::cancelled("commit cancelled: nothing was committed"));
+        }
+    }
+    let mut committed = Vec::new();
+    for id in &required {
+        s.commit(id, &format!("committed by hand with `{patch}`, which requires it"))?;
+        committed.push(id.clone());
+    }
+    let rec = s.commit(patch, "committed by hand")?;
+    committed.push(patch.to_string());
+    if json {
+        output::print(&output::Commit { pid, patch, state: rec.state, committed: &committed })?;
+    } else {
+        say!(
+            "committed in process {pid}: {}",
+            committed.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The patches `patch` requires, directly or not, that are still in trial, those applied first
+/// first.
+fn required_in_trial(reg: &crate::registry::Registry, patch: &str) -> Vec<String> {
+    let mut seen: Vec<&PatchRecord> = Vec::new();
+    let mut todo: Vec<&str> = vec![patch];
+    while let Some(id) = todo.pop() {
+        for req in reg.get(id).map(|r| r.requires.as_slice()).unwrap_or_default() {
+            if let Some(r) = reg.get(req).filter(|r| r.state.is_applied() && !seen.iter().any(|s| s.patch == r.patch)) {
+                seen.push(r);
+                todo.push(&r.patch);
+            }
+        }
+    }
+    seen.retain(|r| r.state == State::Trial);
+    seen.sort_by_key(|r| r.seq);
+    seen.into_iter().map(|r| r.patch.clone()).collect()
 }
 
 fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Result<()> {
@@ -334,12 +506,20 @@ fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Resul
     let mut s = Session::open(engine, pid)?;
     let (lines, result) = s.check(&m);
     if json {
-        output::print(&output::Check { pid, patch: &m.patch, ok: result.is_ok(), checks: &lines })?;
+        let error = result.as_ref().err();
+        output::print(&output::Check {
+            pid,
+            patch: &m.patch,
+            ok: result.is_ok(),
+            checks: &lines,
+            error: error.map(Into::into),
+            exit: error.map(|e| e.kind.exit_code()),
+        })?;
         return result;
     }
     print_checks(&lines);
     if result.is_ok() {
-        println!("all checks passed: `{}` can be applied to process {pid}", m.patch);
+        say!("all checks passed: `{}` can be applied to process {pid}", m.patch);
     }
     result
 }
@@ -347,11 +527,13 @@ fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Resul
 fn print_checks(lines: &[CheckLine]) {
     for l in lines {
         let mark = if l.ok { "ok  " } else { "FAIL" };
-        println!("{mark} {:<18} {}", l.check, l.detail);
+        say!("{mark} {:<18} {}", l.check, l.detail);
     }
 }
 
-fn status(pid: i32, json: bool) -> Result<()> {
+fn status(engine: &Engine, pid: i32, json: bool) -> Result<()> {
+    let (_, reg) = engine::read_status(pid)?;
+    carry_out_overdue(engine, pid, &reg.patches);
     let (target, reg) = engine::read_status(pid)?;
     if json {
         return output::print(&output::ProcessPatches::new(pid, &target.name, &target.exe, &reg.patches));
@@ -360,21 +542,45 @@ fn status(pid: i32, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
-    println!("process {pid} ({name}) {exe}");
-    if patches.is_empty() {
-        println!("  no patches");
+/// Carries out the policy of the overdue trials among `patches` (see
+/// [`trial::carry_out_overdue`]), saying on standard error what was done; `true` when any was.
+fn carry_out_overdue(engine: &Engine, pid: i32, patches: &[PatchRecord]) -> bool {
+    let done = trial::carry_out_overdue(engine, pid, patches);
+    for (patch, result) in &done {
+        let _ = match result {
+            Ok(state) => writeln!(
+                std::io::stderr(),
+                "pannus: the trial of `{patch}` in process {pid} was overdue: its policy was carried out, it is {state}"
+            ),
+            Err(e) => writeln!(
+                std::io::stderr(),
+                "pannus: the trial of `{patch}` in process {pid} is overdue, and its policy could not be carried out now: {}",
+                e.message
+            ),
+        };
     }
+    !done.is_empty()
+}
+
+fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
+    say!("process {pid} ({name}) {exe}");
+    if patches.is_empty() {
+        say!("  no patches");
+    }
+    let now = crate::engine::now_secs();
     for p in patches {
         let trial = match (p.state, engine::remaining(p)) {
+            (State::Trial, _) if trial::is_overdue(p, now) => {
+                format!(", OVERDUE: {} on expiry not carried out yet", p.on_expiry)
+            }
             (State::Trial, Some(left)) => format!(", {:02}:{:02} left, then {}", left / 60, left % 60, p.on_expiry),
             _ => String::new(),
         };
         let req = if p.requires.is_empty() { String::new() } else { format!(", requires {}", p.requires.join(", ")) };
-        println!("  {} {} [{}{trial}{req}]", p.patch, p.version, p.state);
+        say!("  {} {} [{}{trial}{req}]", p.patch, p.version, p.state);
         if p.state.is_applied() {
             for f in &p.functions {
-                println!(
+                say!(
                     "    {} {:#x} -> {} {:#x} ({})",
                     f.target,
                     f.address,
@@ -387,15 +593,47 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
     }
 }
 
-fn ps(all: bool, json: bool) -> Result<()> {
-    let procs = processes::list(if all { Scope::All } else { Scope::Patched }, None);
+/// Before a command changes process `pid`: the policies of its overdue trials first, as the
+/// trial watcher would have carried them out at their deadlines. (A process that cannot be read
+/// is left to the command, which says why.)
+fn overdue_first(engine: &Engine, pid: i32) {
+    if let Ok((_, reg)) = engine::read_status(pid) {
+        carry_out_overdue(engine, pid, &reg.patches);
+    }
+}
+
+/// [`carry_out_overdue`] for each of `procs`; `true` when any was carried out.
+fn carry_out_overdue_all(engine: &Engine, procs: &[Process]) -> bool {
+    let mut any = false;
+    for p in procs {
+        any |= carry_out_overdue(engine, p.pid.get(), &p.patches);
+    }
+    any
+}
+
+/// The word for a patch's state in a list: `OVERDUE` for a trial past its deadline.
+fn state_word(p: &PatchRecord, now: u64) -> String {
+    if trial::is_overdue(p, now) {
+        "OVERDUE".to_string()
+    } else {
+        p.state.to_string()
+    }
+}
+
+fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
+    let scope = || if all { Scope::All } else { Scope::Patched };
+    let mut procs = processes::list(scope(), None);
+    if carry_out_overdue_all(engine, &procs) {
+        procs = processes::list(scope(), None);
+    }
     if json {
         return output::print(&output::Processes::new(&procs, Process::applied));
     }
-    println!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
+    let now = crate::engine::now_secs();
+    say!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
     for p in &procs {
-        let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, r.state)).collect();
-        println!(
+        let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, state_word(r, now))).collect();
+        say!(
             "{:>8}  {:<16} {:<10} {}{}",
             p.pid,
             p.name,
@@ -409,15 +647,29 @@ fn ps(all: bool, json: bool) -> Result<()> {
 
 fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade: bool, json: bool) -> Result<()> {
     require_terminal_or_yes(yes, "rollback")?;
+    overdue_first(engine, pid);
     let mut s = Session::open(engine, pid)?;
+    // Check first, then ask once, naming every patch the rollback takes back.
+    let reg = s.registry()?;
+    let which = patch.clone().or_else(|| reg.applied().max_by_key(|p| p.seq).map(|p| p.patch.clone()));
+    let dependents = which.as_deref().map(|w| reg.dependents(w)).unwrap_or_default();
+    if let Some(w) = which.as_deref().filter(|_| !dependents.is_empty() && !cascade) {
+        return Err(engine::still_required(pid, w, &dependents));
+    }
     if !yes {
-        let reg = s.registry()?;
-        let which = patch
-            .clone()
-            .or_else(|| reg.applied().max_by_key(|p| p.seq).map(|p| p.patch.clone()))
-            .unwrap_or_else(|| "(none)".into());
-        if !ask(&format!("Roll back `{which}` in process {pid} ({})?", s.target.name)) {
-            return Err(Error::other("rollback cancelled"));
+        let question = match which.as_deref() {
+            // Nothing applied: the rollback says so (or finishes an unload left half-done).
+            None => format!("Roll back in process {pid} ({})?", s.target.name),
+            Some(w) if dependents.is_empty() => format!("Roll back `{w}` in process {pid} ({})?", s.target.name),
+            Some(w) => format!(
+                "Roll back `{w}` and {}, which require{} it, newest first, in process {pid} ({})?",
+                dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
+                if dependents.len() == 1 { "s" } else { "" },
+                s.target.name
+            ),
+        };
+        if !ask(&question) {
+            return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
         }
     }
     let mut obs = CliObserver { yes: true, quiet: json };
@@ -425,28 +677,7 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     if json {
         output::print(&output::Rollback { pid, rolled_back: &done.ids, measured: &done.measured })?;
     } else {
-        println!("rolled back in process {pid}: {}", done.ids.join(", "));
-    }
-    Ok(())
-}
-
-fn journal(engine: &Engine, pid: Option<i32>, json: bool) -> Result<()> {
-    let j = engine.journal();
-    let entries: Vec<_> = j.entries()?.into_iter().filter(|e| pid.is_none_or(|p| e.pid == p)).collect();
-    if json {
-        return output::print(&output::Journal { journal: j.path(), entries: &entries });
-    }
-    for e in entries {
-        println!(
-            "{} {:<10} {:<9} pid {:<7} {:<16} {:<8} {}",
-            e.time,
-            e.user,
-            e.action,
-            e.pid,
-            e.patch.unwrap_or_default(),
-            e.outcome,
-            e.detail.lines().next().unwrap_or("")
-        );
+        say!("rolled back in process {pid}: {}", done.ids.join(", "));
     }
     Ok(())
 }
@@ -462,7 +693,7 @@ fn fleet_dispatch(engine: &Engine, command: Command) -> Result<i32> {
             fleet_apply(engine, &manifest, yes, rollback_on_failure, json)
         }
         Command::Rollback { patch, yes, cascade, json, .. } => fleet_rollback(engine, patch, yes, cascade, json),
-        Command::Status { json, .. } => fleet_status(json).map(|()| 0),
+        Command::Status { json, .. } => fleet_status(engine, json).map(|()| 0),
         _ => Err(Error::bad_input("--all is not an option of this command")),
     }
 }
@@ -476,11 +707,11 @@ fn print_summary(summary: &crate::fleet::Summary, json: bool) -> Result<()> {
     match (json, summary.operation) {
         (true, Operation::Apply) => output::print(&output::FleetApply::from(summary))?,
         (true, Operation::Rollback) => output::print(&output::FleetRollback::from(summary))?,
-        (false, _) => print!("{}", summary.text()),
+        (false, _) => say_part!("{}", summary.text()),
     }
     if !summary.failed.is_empty() {
         let pids: Vec<i32> = summary.failed.iter().map(|f| f.pid).collect();
-        eprintln!("pannus: `{}` failed in {}", summary.patch, processes_text(&pids));
+        let _ = writeln!(std::io::stderr(), "pannus: `{}` failed in {}", summary.patch, processes_text(&pids));
     }
     Ok(())
 }
@@ -499,12 +730,13 @@ fn fleet_apply(
         && !plan.members.is_empty()
         && !ask(&format!("Apply `{}` {} to {}?", m.patch, m.version, processes_text(&plan.pids())))
     {
-        return Err(Error::other("apply cancelled"));
+        return Err(Error::cancelled("apply cancelled: nothing was applied"));
     }
-    let options = crate::fleet::ApplyOptions { rollback_on_failure, watch: true };
+    let options =
+        crate::fleet::ApplyOptions { rollback_on_failure, watch: true, interrupted: Some(interrupt::received) };
     let summary = crate::fleet::apply(engine, &m, &plan, options, &mut |line| {
         if !json {
-            println!("{line}");
+            say!("{line}");
         }
     });
     print_summary(&summary, json)?;
@@ -515,25 +747,44 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
     let patch = patch.ok_or_else(|| Error::bad_input("rollback --all needs the PATCH to roll back"))?;
     require_terminal_or_yes(yes, "rollback")?;
     let plan = crate::fleet::plan_rollback(&patch)?;
-    if !yes && !ask(&format!("Roll back `{patch}` in {}?", processes_text(&plan.pids()))) {
-        return Err(Error::other("rollback cancelled"));
+    if !yes {
+        // Every patch the rollback takes back with PATCH, or where it will be refused, named.
+        let mut notes = Vec::new();
+        for pid in plan.pids() {
+            let dependents = engine::read_status(pid).map(|(_, reg)| reg.dependents(&patch)).unwrap_or_default();
+            if dependents.is_empty() {
+                continue;
+            }
+            let names = dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+            notes.push(match cascade {
+                true => format!("in process {pid} with {names}, which require it"),
+                false => format!("refused in process {pid}, where {names} require it (see --cascade)"),
+            });
+        }
+        let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
+        if !ask(&format!("Roll back `{patch}` in {}{notes}?", processes_text(&plan.pids()))) {
+            return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
+        }
     }
     let summary = crate::fleet::rollback(engine, &plan, cascade, &mut |line| {
         if !json {
-            println!("{line}");
+            say!("{line}");
         }
     });
     print_summary(&summary, json)?;
     Ok(summary.exit_code())
 }
 
-fn fleet_status(json: bool) -> Result<()> {
-    let procs = crate::fleet::status();
+fn fleet_status(engine: &Engine, json: bool) -> Result<()> {
+    let mut procs = crate::fleet::status();
+    if carry_out_overdue_all(engine, &procs) {
+        procs = crate::fleet::status();
+    }
     if json {
         return output::print(&output::Processes::new(&procs, |p| &p.patches));
     }
     if procs.is_empty() {
-        println!("no process has patches");
+        say!("no process has patches");
     }
     for p in &procs {
         print_status(p.pid.get(), &p.name, &p.exe, &p.patches);

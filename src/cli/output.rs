@@ -7,7 +7,7 @@ use super::manifest_cmd::Line;
 use crate::engine::{self, CheckLine, Measured};
 use crate::error::{Error, Kind, Result};
 use crate::fleet::{Failed, Summary};
-use crate::journal::Entry;
+use crate::journal::Recorded;
 use crate::manifest::{FunctionSpec, Manifest, ModuleSpec, TargetSpec};
 use crate::processes::Process;
 use crate::registry::{FunctionRecord, Health, HealthCheck, JumpKind, OnExpiry, PatchRecord, State};
@@ -49,6 +49,8 @@ pub struct Patch<'a> {
     pub trial_deadline: Option<Time>,
     /// Seconds left in the trial, 0 when past.
     pub trial_remaining_s: Option<u64>,
+    /// A trial past its deadline whose policy has not been carried out yet (`OVERDUE`).
+    pub overdue: bool,
     pub on_expiry: OnExpiry,
     pub module: &'a str,
     pub module_base: Addr,
@@ -93,6 +95,7 @@ impl<'a> From<&'a PatchRecord> for Patch<'a> {
             functions: p.functions.iter().map(Function::from).collect(),
             trial_deadline: p.trial_deadline.map(Time),
             trial_remaining_s: engine::remaining(p),
+            overdue: crate::trial::is_overdue(p, engine::now_secs()),
             on_expiry: p.on_expiry,
             module: &p.module,
             module_base: Addr(p.module_base),
@@ -117,13 +120,18 @@ pub struct Apply<'a> {
     pub measured: &'a Measured,
 }
 
-/// `check --json`.
+/// `check --json`: with the refusal's `error` and `exit` when a check failed, in the one
+/// document.
 #[derive(Debug, Serialize)]
 pub struct Check<'a> {
     pub pid: i32,
     pub patch: &'a str,
     pub ok: bool,
     pub checks: &'a [CheckLine],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorFields<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
 }
 
 /// A process and its patches: `status --json`, and each of `ps --json`'s and
@@ -164,12 +172,14 @@ impl<'a> Processes<'a> {
     }
 }
 
-/// `commit --json`.
+/// `commit --json`: the patch, its state, and every patch committed (with `--yes`, those it
+/// requires that were in trial come first).
 #[derive(Debug, Serialize)]
 pub struct Commit<'a> {
     pub pid: i32,
     pub patch: &'a str,
     pub state: State,
+    pub committed: &'a [String],
 }
 
 /// `rollback --json`: the patches rolled back, newest first, and what the rollback measured.
@@ -185,7 +195,7 @@ pub struct Rollback<'a> {
 #[derive(Debug, Serialize)]
 pub struct Journal<'a> {
     pub journal: &'a Path,
-    pub entries: &'a [Entry],
+    pub entries: &'a [Recorded],
 }
 
 /// An error: `kind`, `message`, `hint`.
@@ -258,6 +268,8 @@ pub struct FleetApply<'a> {
     /// With `--rollback-on-failure`: the processes patched, then rolled back again.
     pub rolled_back: &'a [i32],
     pub rollback_failed: Vec<FailedProcess<'a>>,
+    /// The signal that cancelled the run, when one did: the processes patched are rolled back.
+    pub cancelled: Option<&'a str>,
     pub exit: i32,
 }
 
@@ -269,6 +281,7 @@ impl<'a> From<&'a Summary> for FleetApply<'a> {
             not_done: s.into(),
             rolled_back: &s.rolled_back,
             rollback_failed: failed(&s.rollback_failed),
+            cancelled: s.cancelled.as_deref(),
             exit: s.exit_code(),
         }
     }
@@ -304,6 +317,9 @@ pub struct ManifestCheck<'a> {
     /// One sentence, when the manifest is valid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<&'a str>,
+    /// The exit code, when the manifest is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
 }
 
 /// The parts of a manifest `manifest check --json` reports.
@@ -328,8 +344,18 @@ impl<'a> From<&'a Manifest> for ManifestRead<'a> {
     }
 }
 
+/// Whether a command printed its document (see [`printed`]).
+static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a document was printed already: a command prints exactly one, so an error after it
+/// is not printed as a second (the document says what went wrong).
+pub fn printed() -> bool {
+    PRINTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Prints `doc` as one line of JSON.
 pub fn print<T: Serialize>(doc: &T) -> Result<()> {
+    PRINTED.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut line =
         serde_json::to_string(doc).map_err(|e| Error::other(format!("cannot write the JSON output: {e}")))?;
     line.push('\n');
@@ -400,6 +426,7 @@ mod tests {
                 }],
                 "trial_deadline": "2020-09-13T12:26:40Z",
                 "trial_remaining_s": 0,
+                "overdue": true,
                 "on_expiry": "rollback",
                 "module": "/srv/compute.so",
                 "module_base": "0x7f1234560000",
@@ -472,6 +499,7 @@ mod tests {
             rolled_back: vec![102, 101],
             rollback_failed: vec![failed(106, Kind::Other, "gone", None)],
             warnings: vec!["not in the JSON".into()],
+            cancelled: None,
         }
     }
 
@@ -489,6 +517,7 @@ mod tests {
                 "failed": failed,
                 "rolled_back": [102, 101],
                 "rollback_failed": [{"pid": 106, "kind": "other", "message": "gone", "hint": null}],
+                "cancelled": null,
                 "exit": 1,
             })
         );

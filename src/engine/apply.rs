@@ -24,7 +24,11 @@ impl Applying<'_> {
     /// the stage's work began.
     pub(super) fn confirm(&mut self, stage: Stage, plan: &str) -> Result<Instant> {
         if !self.obs.confirm(stage, plan) {
-            return Err(cancelled(stage));
+            let e = cancelled(stage);
+            return Err(match self.obs.why_not() {
+                Some(why) => e.context(why),
+                None => e,
+            });
         }
         Ok(Instant::now())
     }

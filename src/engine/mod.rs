@@ -27,7 +27,7 @@ pub use apply::Applied;
 pub(crate) use dlopen::SCRATCH_MAP;
 pub(crate) use load::{RESERVE, SEGMENT};
 pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
-pub use rollback::RolledBack;
+pub use rollback::{still_required, RolledBack};
 pub use session::{Session, StopStart, StopWindow};
 
 use crate::error::{Error, Kind, Result};
@@ -75,6 +75,10 @@ pub trait Observer {
     /// then undoes the stages already done.
     fn confirm(&mut self, _stage: Stage, _plan: &str) -> bool {
         true
+    }
+    /// Why the last confirmation was refused, when there is more to say than "no" (a signal).
+    fn why_not(&self) -> Option<String> {
+        None
     }
     /// A line of progress; with a stage, that stage is done.
     fn progress(&mut self, _stage: Option<Stage>, _msg: &str) {}
@@ -225,7 +229,7 @@ pub(crate) fn now_secs() -> u64 {
 }
 
 fn cancelled(stage: Stage) -> Error {
-    Error::new(Kind::Other, format!("cancelled before {stage}"))
+    Error::new(Kind::Cancelled, format!("cancelled before {stage}"))
 }
 
 /// The journal's word for an error.
@@ -234,6 +238,7 @@ pub fn outcome_of(e: &Error) -> &'static str {
         Kind::BadInput | Kind::Precondition => "refused",
         Kind::Busy => "busy",
         Kind::Other => "failed",
+        Kind::Cancelled => "cancelled",
     }
 }
 

@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 /// How the note of a rolled-back patch whose module stayed mapped begins.
 const KEPT_MAPPED: &str = "module kept mapped: ";
 
+/// The refusal of a rollback of `id` without `--cascade` while `dependents` require it.
+pub fn still_required(pid: i32, id: &str, dependents: &[String]) -> Error {
+    Error::precondition(format!(
+        "patch `{id}` is required by {} applied in process {pid}",
+        dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+    ))
+    .hint("roll those back first, or use --cascade to roll them back together, newest first")
+}
+
 /// Patches rolled back: their ids, newest first, and what the rollback measured.
 #[derive(Debug, Clone)]
 pub struct RolledBack {
@@ -40,18 +49,24 @@ impl Session<'_> {
         let mut measured = Measured::default();
         match self.rollback_inner(patch, cascade, why, obs, &mut measured) {
             Ok(ids) => {
-                if !why.is_empty() {
+                // A patch rolled back because it requires `patch` is a cascade, whatever ended
+                // `patch` (its own trial did not expire, its own health check did not fail).
+                let why_of = |id: &str| match patch {
+                    Some(root) if root != id => format!("cascade: rolled back with `{root}`, which it requires"),
+                    _ => why.to_string(),
+                };
+                if ids.iter().any(|id| !why_of(id).is_empty()) {
                     if let Ok(mut reg) = self.registry() {
                         for id in &ids {
-                            if let Some(r) = reg.get_mut(id) {
-                                r.note = Some(why.to_string());
+                            if let Some(r) = reg.get_mut(id).filter(|_| !why_of(id).is_empty()) {
+                                r.note = Some(why_of(id));
                             }
                         }
                         let _ = self.write_registry(&reg);
                     }
                 }
                 for id in &ids {
-                    self.journal("rollback", Some(id), "ok", why);
+                    self.journal("rollback", Some(id), "ok", &why_of(id));
                     crate::ledger::forget(&self.engine.state_dir, self.target.pid, id);
                 }
                 Ok(RolledBack { ids, measured })
@@ -111,25 +126,12 @@ impl Session<'_> {
             },
         };
         // Everything that depends on it, transitively.
-        let mut order = vec![id.clone()];
-        let mut k = 0;
-        while k < order.len() {
-            let cur = order[k].clone();
-            for p in reg.applied() {
-                if p.requires.contains(&cur) && !order.contains(&p.patch) {
-                    order.push(p.patch.clone());
-                }
-            }
-            k += 1;
-        }
-        let dependents: Vec<String> = order[1..].to_vec();
+        let dependents = reg.dependents(&id);
         if !dependents.is_empty() && !cascade {
-            return Err(Error::precondition(format!(
-                "patch `{id}` is required by {} applied in process {pid}",
-                dependents.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
-            ))
-            .hint("roll those back first, or use --cascade to roll them back together, newest first"));
+            return Err(still_required(pid, &id, &dependents));
         }
+        let mut order = vec![id.clone()];
+        order.extend(dependents);
         order.sort_by_key(|i| std::cmp::Reverse(reg.get(i).map(|p| p.seq).unwrap_or(0)));
         let mut done = Vec::new();
         for i in order {

@@ -272,3 +272,166 @@ pub fn code_bytes(pid: i32, object: &str, symbol: &str) -> Vec<u8> {
     let start = l.addr(s.value) - 16;
     t.mem.read_vec(start, s.size as usize + 16).unwrap()
 }
+
+/// `pannus ARGS` on a terminal of its own, as an engineer runs it over SSH: a pseudo-terminal
+/// that is its controlling terminal (`setsid --ctty`), so that Ctrl-C typed there is SIGINT and
+/// closing it is the hang-up of a dropped session.
+pub struct Terminal {
+    child: Child,
+    master: Option<std::os::fd::OwnedFd>,
+    /// Everything pannus wrote so far.
+    pub output: String,
+    pub pid: i32,
+}
+
+impl Terminal {
+    pub fn spawn(state: &State, args: &[&str], env: &[(&str, &str)]) -> Terminal {
+        let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+        // pannus must not inherit the terminal's other end: closing it is the hang-up.
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&pty.master),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .unwrap();
+        let slave = pty.slave;
+        let child = Command::new("setsid")
+            .arg("--ctty")
+            .arg(env!("CARGO_BIN_EXE_pannus"))
+            .args(args)
+            .env("PANNUS_STATE_DIR", state.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .expect("pannus runs");
+        // `setsid` execs pannus in place (it is no group leader), so this is pannus's pid.
+        let pid = child.id() as i32;
+        Terminal { child, master: Some(pty.master), output: String::new(), pid }
+    }
+
+    /// Reads what pannus wrote until the output holds `text`, for up to 60 s.
+    pub fn expect(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.output.contains(text) {
+            assert!(std::time::Instant::now() < deadline, "`{text}` never came; pannus wrote:\n{}", self.output);
+            self.read_some(Duration::from_millis(200));
+        }
+    }
+
+    fn read_some(&mut self, wait: Duration) {
+        use std::os::fd::AsFd;
+        let Some(master) = &self.master else { return };
+        let mut fds = [nix::poll::PollFd::new(master.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        if !matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0) {
+            std::thread::sleep(Duration::from_millis(10));
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(master), &mut buf) {
+            Ok(n) if n > 0 => self.output.push_str(&String::from_utf8_lossy(&buf[..n])),
+            // EIO: every slave descriptor is closed (pannus ended).
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+
+    /// Reads what pannus wrote for a moment; `false` once it has ended.
+    pub fn poll_output_or_end(&mut self) -> bool {
+        self.read_some(Duration::from_millis(20));
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Types `text` on the terminal (`\r` is Enter, `\x03` Ctrl-C).
+    pub fn type_keys(&mut self, text: &str) {
+        let master = self.master.as_ref().expect("the terminal is open");
+        nix::unistd::write(master, text.as_bytes()).expect("the terminal takes the keys");
+    }
+
+    /// Closes the terminal, as a dropped SSH session does: the kernel hangs it up (SIGHUP).
+    pub fn hang_up(&mut self) {
+        self.master = None;
+    }
+
+    /// Sends `signal` to pannus.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal).unwrap();
+    }
+
+    /// Waits up to 60 s for pannus to end, reading what it writes; its exit code, or 128 + the
+    /// signal that ended it.
+    pub fn wait(&mut self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.read_some(Duration::from_millis(50));
+                return st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+            }
+            assert!(std::time::Instant::now() < deadline, "pannus never ended; it wrote:\n{}", self.output);
+            self.read_some(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 10 ms for up to 30 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The state letter of thread `tid` of `pid` (`/proc/PID/task/TID/stat`).
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The threads of `pid`.
+pub fn threads(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The journal's entries, as `pannus journal --json` gives them.
+pub fn journal(state: &State) -> Vec<serde_json::Value> {
+    state.pannus(&["journal", "--json"]).ok().json()["entries"].as_array().cloned().unwrap_or_default()
+}
+
+/// Runs `pannus ARGS` on a terminal with `PANNUS_TEST_PAUSE_AT=label`: the first time it stops
+/// itself there, sends it `signal`; each time, lets it go on. Returns its exit code and output.
+pub fn signal_while_paused(
+    state: &State,
+    args: &[&str],
+    label: &str,
+    signal: nix::sys::signal::Signal,
+) -> (i32, String) {
+    let env = [("PANNUS_TEST_PAUSE_AT", label), ("PANNUS_TEST_POINTS", "1")];
+    let mut term = Terminal::spawn(state, args, &env);
+    let mark = format!(": {label}\r\n");
+    let mut paused = 0;
+    // Each point is printed before pannus stops there.
+    while term.poll_output_or_end() {
+        while term.output.matches(&mark).count() > paused {
+            wait_until("pannus pauses", || thread_state(term.pid, term.pid) == Some('T'));
+            if paused == 0 {
+                term.signal(signal);
+            }
+            paused += 1;
+            term.signal(nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    assert!(paused > 0, "pannus reached `{label}`: {}", term.output);
+    let code = term.wait();
+    (code, term.output.clone())
+}
