@@ -130,3 +130,86 @@ fn a_trial_survives_the_console_restarting() {
     }
     state.rollback(t.pid, None).ok();
 }
+
+/// A copy of `target_pie` under a name of its own (so that the console's filter finds this test's
+/// processes and no other), started twice; both patched by one manifest. Returns the manifest.
+fn service_of_two(state: &State, name: &str) -> (Proc, Proc, std::path::PathBuf) {
+    let exe = state.path().join(name);
+    std::fs::copy(common::bin("target_pie"), &exe).unwrap();
+    let a = Proc::spawn(Command::new(&exe));
+    let b = Proc::spawn(Command::new(&exe));
+    let m = state.manifest(
+        "svc-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n",
+    );
+    let text = std::fs::read_to_string(&m).unwrap();
+    let original = common::bin("target_pie").display().to_string();
+    std::fs::write(&m, text.replace(&format!("object: {original}\n"), &format!("object: {}\n", exe.display())))
+        .unwrap();
+    state.apply(&m, a.pid).ok();
+    state.apply(&m, b.pid).ok();
+    (a, b, m)
+}
+
+fn patch_state(state: &State, pid: i32, patch: &str) -> String {
+    let st = state.status(pid);
+    st["patches"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["patch"] == patch))
+        .map(|p| p["state"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Issue 15, item 1: in the patched-only list, a view opened on one process stays on it after
+/// `R` rolls it back; a second `R` must not roll back another process's patch.
+#[test]
+fn r_never_acts_on_a_process_that_is_not_on_screen() {
+    let state = State::new();
+    let name = format!("svc{}", std::process::id() % 100_000);
+    let (mut a, mut b, _m) = service_of_two(&state, &name);
+    assert_eq!(a.ask("c 5"), "500");
+    assert_eq!(b.ask("c 5"), "500");
+    let (first, second) = if a.pid < b.pid { (&mut a, &mut b) } else { (&mut b, &mut a) };
+
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in name.chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.keys(&["Enter", "p"]);
+    tmux.wait_for("2 match(es)");
+    tmux.keys(&["Enter"]); // opens the first listed: the lower pid
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains(&format!(" {} ", first.pid)), "the view is on {}:\n{s}", first.pid);
+    tmux.keys(&["R"]);
+    tmux.wait_for(&format!("rolled back in process {}", first.pid));
+    assert_eq!(first.ask("c 5"), "6", "the process on screen is rolled back");
+    // Once the console has seen the rollback (the view shows it, or shows something else).
+    let start = Instant::now();
+    loop {
+        let s = tmux.screen();
+        if s.contains("rolled-back") || s.contains(&format!(" {} ", second.pid)) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the console never refreshed:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tmux.keys(&["R"]);
+    let start = Instant::now();
+    let s = loop {
+        let s = tmux.screen();
+        if s.contains("nothing to roll back") || s.contains(&format!("rolled back in process {}", second.pid)) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the second R had no outcome:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(patch_state(&state, second.pid, "svc-fix"), "trial", "the other process keeps its patch:\n{s}");
+    assert_eq!(second.ask("c 5"), "500", "and its behaviour");
+    assert!(s.contains(&format!(" {} ", first.pid)), "the view is still on {}:\n{s}", first.pid);
+    state.rollback(second.pid, None).ok();
+}

@@ -89,6 +89,8 @@ pub struct App {
     pub patched_only: bool,
     /// The selected process, by pid so that it survives refreshes.
     pub selected: Option<i32>,
+    /// The process the detail view was opened for: it stays on it whatever the list shows.
+    pub detail: Option<i32>,
     pub detail_patch: usize,
     pub pane: Pane,
     pub wizard: Option<Wizard>,
@@ -122,6 +124,7 @@ impl App {
             filtering: false,
             patched_only: false,
             selected: None,
+            detail: None,
             detail_patch: 0,
             pane: Pane::Patches,
             wizard: None,
@@ -166,11 +169,26 @@ impl App {
         self.snapshot.rows.iter().find(|r| r.pid.get() == pid)
     }
 
+    /// The process the detail view shows, listed or not; `None` once it has exited.
+    pub fn detail_row(&self) -> Option<&Process> {
+        let pid = self.detail?;
+        self.snapshot.rows.iter().find(|r| r.pid.get() == pid)
+    }
+
+    /// The process the keys of the current screen act on: the one the detail view was opened
+    /// for, or the selected row of the list.
+    fn acted_on(&self) -> Option<&Process> {
+        match self.screen {
+            Screen::Detail => self.detail_row(),
+            _ => self.selected_row(),
+        }
+    }
+
     /// Takes a new snapshot; the selection stays on the same pid when it is still listed.
     pub fn set_snapshot(&mut self, s: Snapshot) {
         self.snapshot = s;
         self.fix_selection();
-        if let Some(row) = self.selected_row() {
+        if let Some(row) = self.detail_row() {
             let n = row.patches.len();
             if self.detail_patch >= n {
                 self.detail_patch = n.saturating_sub(1);
@@ -178,10 +196,16 @@ impl App {
         }
     }
 
+    /// Keeps the selection on a listed process; when the selected one left the list (rolled
+    /// back under "patched only", exited), says so rather than move silently.
     fn fix_selection(&mut self) {
-        let v = self.visible();
-        if self.selected_index().is_none() {
-            self.selected = v.first().map(|r| r.pid.get());
+        if self.selected_index().is_some() {
+            return;
+        }
+        let gone = self.selected;
+        self.selected = self.visible().first().map(|r| r.pid.get());
+        if let (Some(gone), Some(now), Screen::Processes) = (gone, self.selected, self.screen) {
+            self.say(true, format!("process {gone} is no longer listed: the selection moved to process {now}"));
         }
     }
 
@@ -284,7 +308,18 @@ impl App {
 
     /// The emergency rollback and commit keys shared by the list and detail screens.
     fn action_key(&mut self, key: KeyEvent) -> Option<Job> {
-        let row = self.selected_row()?;
+        if key.code == KeyCode::Char('J') {
+            self.screen = Screen::Journal;
+            self.journal_offset = usize::MAX;
+            return None;
+        }
+        let Some(row) = self.acted_on() else {
+            if self.screen == Screen::Detail && matches!(key.code, KeyCode::Char('R' | 'C' | 'a' | 't')) {
+                let pid = self.detail.unwrap_or(0);
+                self.say(false, format!("process {pid} has exited: nothing to act on (Esc goes back)"));
+            }
+            return None;
+        };
         let pid = row.pid.get();
         match key.code {
             KeyCode::Char('R') => {
@@ -293,7 +328,7 @@ impl App {
                     return None;
                 }
                 let Some(latest) = row.latest() else {
-                    self.say(false, format!("process {pid} has no patch to roll back"));
+                    self.say(false, format!("process {pid} has no patch applied: nothing to roll back"));
                     return None;
                 };
                 let patch = latest.patch.clone();
@@ -302,7 +337,10 @@ impl App {
             }
             KeyCode::Char('C') => {
                 let patch = if self.screen == Screen::Detail {
-                    row.patches.get(self.detail_patch).map(|p| p.patch.clone())
+                    row.patches
+                        .get(self.detail_patch)
+                        .filter(|p| p.state == crate::registry::State::Trial)
+                        .map(|p| p.patch.clone())
                 } else {
                     row.applied()
                         .filter(|p| p.state == crate::registry::State::Trial)
@@ -330,11 +368,6 @@ impl App {
                     }
                     None => self.say(false, format!("process {pid} has no patch on trial")),
                 }
-                None
-            }
-            KeyCode::Char('J') => {
-                self.screen = Screen::Journal;
-                self.journal_offset = usize::MAX;
                 None
             }
             _ => None,
@@ -367,9 +400,10 @@ impl App {
                 self.fix_selection();
             }
             KeyCode::Enter => {
-                if self.selected_row().is_some() {
+                if let Some((pid, n)) = self.selected_row().map(|r| (r.pid.get(), r.patches.len())) {
+                    self.detail_patch = n.saturating_sub(1);
+                    self.detail = Some(pid);
                     self.screen = Screen::Detail;
-                    self.detail_patch = self.selected_row().map(|r| r.patches.len().saturating_sub(1)).unwrap_or(0);
                     self.pane = Pane::Patches;
                 }
             }
@@ -379,9 +413,14 @@ impl App {
     }
 
     fn on_detail_key(&mut self, key: KeyEvent) -> Option<Job> {
-        let n = self.selected_row().map(|r| r.patches.len()).unwrap_or(0);
+        let n = self.detail_row().map(|r| r.patches.len()).unwrap_or(0);
         match key.code {
-            KeyCode::Esc => self.screen = Screen::Processes,
+            KeyCode::Esc => {
+                self.screen = Screen::Processes;
+                if self.detail.is_some_and(|pid| self.visible().iter().any(|r| r.pid.get() == pid)) {
+                    self.selected = self.detail;
+                }
+            }
             KeyCode::Tab => {
                 self.pane = match self.pane {
                     Pane::Patches => Pane::Functions,
@@ -393,7 +432,7 @@ impl App {
             KeyCode::Down | KeyCode::Char('j') => self.detail_patch = (self.detail_patch + 1).min(n.saturating_sub(1)),
             KeyCode::Enter => {
                 let trial = self
-                    .selected_row()
+                    .detail_row()
                     .and_then(|r| r.patches.get(self.detail_patch).map(|p| (r.pid.get(), p)))
                     .filter(|(_, p)| p.state == crate::registry::State::Trial)
                     .map(|(pid, p)| (pid, p.patch.clone()));
@@ -441,6 +480,7 @@ impl App {
                 return Some(job);
             }
             (Phase::Pick, KeyCode::Esc) => {
+                self.detail = Some(w.pid);
                 self.wizard = None;
                 self.screen = Screen::Detail;
             }
@@ -462,6 +502,7 @@ impl App {
                 self.wizard = None;
             }
             (Phase::Done { .. }, KeyCode::Esc | KeyCode::Enter) => {
+                self.detail = Some(w.pid);
                 self.wizard = None;
                 self.screen = Screen::Detail;
             }
@@ -474,7 +515,7 @@ impl App {
         let (pid, patch) = self.trial.clone()?;
         match key.code {
             KeyCode::Esc => {
-                self.screen = if self.selected == Some(pid) { Screen::Detail } else { Screen::Processes };
+                self.screen = if self.detail == Some(pid) { Screen::Detail } else { Screen::Processes };
                 None
             }
             KeyCode::Char('C') => self.commit(pid, patch),

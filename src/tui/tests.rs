@@ -348,3 +348,28 @@ fn dependency_graph_shows_both_directions() {
     assert_eq!(lines[2], "└─▶ ○ cdr-fix [trial]");
     assert!(lines.iter().any(|l| l == "needed by:  invite-fix, cdr-fix"));
 }
+
+#[test]
+fn the_detail_view_stays_on_its_process_after_a_rollback() {
+    let mut a = app();
+    a.on_key(ch('p'));
+    a.selected = Some(812);
+    a.on_key(key(KeyCode::Enter));
+    assert!(matches!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, .. })));
+    a.on_event(Event::RolledBack { pid: 812, result: Ok(vec!["cdr-fix".into()]) });
+    // The process's patches all rolled back: it leaves the patched-only list.
+    let mut rows = a.snapshot.rows.clone();
+    for p in &mut rows.iter_mut().find(|r| r.pid.get() == 812).unwrap().patches {
+        p.state = State::RolledBack;
+    }
+    a.set_snapshot(Snapshot { rows });
+    assert_eq!(a.screen, Screen::Detail);
+    let s = screen(&a, 80, 24);
+    assert!(s.contains(" 812 ") && s.contains("NO LONGER PATCHED"), "{s}");
+    assert_eq!(a.on_key(ch('R')), None, "nothing on screen to roll back");
+    assert!(a.message.as_ref().is_some_and(|m| m.1.contains("nothing to roll back")), "{:?}", a.message);
+    assert_eq!(a.on_key(ch('C')), None);
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(a.screen, Screen::Processes);
+    assert_ne!(a.selected, Some(812), "no longer listed");
+}
