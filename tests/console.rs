@@ -213,3 +213,44 @@ fn r_never_acts_on_a_process_that_is_not_on_screen() {
     assert!(s.contains(&format!(" {} ", first.pid)), "the view is still on {}:\n{s}", first.pid);
     state.rollback(second.pid, None).ok();
 }
+
+/// Issue 15, item 2: in the process view, `R` acts on the highlighted patch, as `C` does, and
+/// when other patches require it the one confirmation names them before they go too.
+#[test]
+fn r_rolls_back_the_highlighted_patch_and_names_its_dependents() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let base = state.manifest("base-fix", "target_pie", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep =
+        state.manifest("dep-fix", "target_pie", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
+    let pad = state.manifest("pad-fix", "target_pie", "patch_tiny.so", &[("tiny_padded", "tiny_v2")], "");
+    for m in [&base, &dep, &pad] {
+        state.apply(m, t.pid).ok();
+    }
+    assert_eq!((t.ask("c 5"), t.ask("h 5"), t.ask("p 5")), ("5005".into(), "10010".into(), "6".into()));
+
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "Enter"]);
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains("R roll back pad-fix"), "the footer names the newest, highlighted:\n{s}");
+    tmux.keys(&["Up", "Up"]);
+    let s = tmux.wait_for("R roll back base-fix");
+    assert!(s.contains("C commit base-fix"), "R and C name the same patch:\n{s}");
+    tmux.keys(&["R"]);
+    let s = tmux.wait_for("requires it");
+    assert!(s.contains("dep-fix") && s.contains("base-fix"), "the confirmation names both:\n{s}");
+    assert_eq!(t.ask("c 5"), "5005", "nothing is done before Enter");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("rolled back in process");
+    assert_eq!(t.ask("c 5"), "6", "base-fix rolled back");
+    assert_eq!(t.ask("h 5"), "10", "dep-fix with it");
+    assert_eq!(t.ask("p 5"), "6", "pad-fix, not highlighted, stays");
+    assert_eq!(patch_state(&state, t.pid, "pad-fix"), "trial");
+    state.rollback(t.pid, None).ok();
+}

@@ -7,6 +7,7 @@ use crate::engine::{CheckLine, Stage};
 use crate::journal::Entry;
 use crate::manifest::Manifest;
 use crate::processes::Process;
+use crate::registry::PatchRecord;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -112,6 +113,34 @@ pub struct App {
     pub output: Option<String>,
     /// The expired trial the console already acted on.
     expiry_handled: Option<(i32, String)>,
+    /// A confirmation on screen, and the job Enter starts.
+    pub pending: Option<Pending>,
+}
+
+/// A confirmation: what will be done, and the job that does it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub title: String,
+    pub lines: Vec<String>,
+    pub job: Job,
+}
+
+/// The applied patches of `patches` that require `id`, directly or not, newest first.
+pub fn dependents(patches: &[PatchRecord], id: &str) -> Vec<String> {
+    let mut order = vec![id.to_string()];
+    let mut k = 0;
+    while k < order.len() {
+        let cur = order[k].clone();
+        for p in patches.iter().filter(|p| p.state.is_applied()) {
+            if p.requires.contains(&cur) && !order.contains(&p.patch) {
+                order.push(p.patch.clone());
+            }
+        }
+        k += 1;
+    }
+    order.remove(0);
+    order.sort_by_key(|d| std::cmp::Reverse(patches.iter().find(|p| &p.patch == d).map(|p| p.seq).unwrap_or(0)));
+    order
 }
 
 impl App {
@@ -140,6 +169,7 @@ impl App {
             page: 10,
             output: None,
             expiry_handled: None,
+            pending: None,
         }
     }
 
@@ -235,8 +265,11 @@ impl App {
             }
             return None;
         }
-        // A stage confirmation takes every key until it is answered.
+        // A confirmation takes every key until it is answered.
         if let Some(job) = self.on_confirm_key(key) {
+            return job;
+        }
+        if let Some(job) = self.on_pending_key(key) {
             return job;
         }
         if self.filtering {
@@ -322,39 +355,8 @@ impl App {
         };
         let pid = row.pid.get();
         match key.code {
-            KeyCode::Char('R') => {
-                if self.busy.is_some() {
-                    self.say(false, "busy: wait for the running action to finish");
-                    return None;
-                }
-                let Some(latest) = row.latest() else {
-                    self.say(false, format!("process {pid} has no patch applied: nothing to roll back"));
-                    return None;
-                };
-                let patch = latest.patch.clone();
-                self.busy = Some(format!("rolling back `{patch}` in {pid}"));
-                Some(Job::Rollback { pid, patch: Some(patch) })
-            }
-            KeyCode::Char('C') => {
-                let patch = if self.screen == Screen::Detail {
-                    row.patches
-                        .get(self.detail_patch)
-                        .filter(|p| p.state == crate::registry::State::Trial)
-                        .map(|p| p.patch.clone())
-                } else {
-                    row.applied()
-                        .filter(|p| p.state == crate::registry::State::Trial)
-                        .max_by_key(|p| p.seq)
-                        .map(|p| p.patch.clone())
-                };
-                match patch {
-                    Some(patch) => self.commit(pid, patch),
-                    None => {
-                        self.say(false, format!("process {pid} has no patch on trial to commit"));
-                        None
-                    }
-                }
-            }
+            KeyCode::Char('R') => self.rollback_key(),
+            KeyCode::Char('C') => self.commit_key(),
             KeyCode::Char('a') => {
                 self.open_wizard(pid);
                 None
@@ -374,13 +376,115 @@ impl App {
         }
     }
 
-    fn commit(&mut self, pid: i32, patch: String) -> Option<Job> {
+    /// The patch `R` and `C` act on here, with its process: the highlighted patch in the process
+    /// view, the trial's patch on the trial screen, the newest applied patch of the selected row
+    /// in the list. The footer names it.
+    pub fn key_target(&self) -> Option<(i32, &PatchRecord)> {
+        let (row, rec) = match self.screen {
+            Screen::Detail => {
+                let row = self.detail_row()?;
+                (row, row.patches.get(self.detail_patch)?)
+            }
+            Screen::Trial => {
+                let (pid, id) = self.trial.as_ref()?;
+                let row = self.snapshot.rows.iter().find(|r| r.pid.get() == *pid)?;
+                (row, row.patches.iter().find(|p| &p.patch == id)?)
+            }
+            Screen::Processes => {
+                let row = self.selected_row()?;
+                (row, row.latest()?)
+            }
+            _ => return None,
+        };
+        Some((row.pid.get(), rec))
+    }
+
+    fn refuse_busy(&mut self) -> bool {
         if self.busy.is_some() {
             self.say(false, "busy: wait for the running action to finish");
+        }
+        self.busy.is_some()
+    }
+
+    /// `R`: rolls back [`App::key_target`] at once; when other patches require it, asks first,
+    /// naming them (they are rolled back with it, newest first).
+    fn rollback_key(&mut self) -> Option<Job> {
+        if self.refuse_busy() {
+            return None;
+        }
+        let Some((pid, rec)) = self.key_target() else {
+            let what = self.acted_on().map(|r| format!("process {}", r.pid)).unwrap_or("this screen".into());
+            self.say(false, format!("{what} has no patch applied: nothing to roll back"));
+            return None;
+        };
+        let patch = rec.patch.clone();
+        if !rec.state.is_applied() {
+            self.say(false, format!("`{patch}` is already rolled back in process {pid}: nothing to roll back"));
+            return None;
+        }
+        let cascade = self
+            .snapshot
+            .rows
+            .iter()
+            .find(|r| r.pid.get() == pid)
+            .map(|r| dependents(&r.patches, &patch))
+            .unwrap_or_default();
+        let job = Job::Rollback { pid, patch: patch.clone(), cascade: cascade.clone() };
+        if cascade.is_empty() {
+            self.busy = Some(format!("rolling back `{patch}` in {pid}"));
+            return Some(job);
+        }
+        let names = cascade.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+        self.pending = Some(Pending {
+            title: format!("Roll back {patch} in process {pid}"),
+            lines: vec![
+                format!("{names} requires it (directly or through another patch)."),
+                format!("Enter rolls back {names} and then `{patch}`, newest first."),
+            ],
+            job,
+        });
+        None
+    }
+
+    /// `C`: commits [`App::key_target`], when it is on trial.
+    fn commit_key(&mut self) -> Option<Job> {
+        if self.refuse_busy() {
+            return None;
+        }
+        let Some((pid, rec)) = self.key_target() else {
+            let what = self.acted_on().map(|r| format!("process {}", r.pid)).unwrap_or("this screen".into());
+            self.say(false, format!("{what} has no patch on trial to commit"));
+            return None;
+        };
+        let patch = rec.patch.clone();
+        if rec.state != crate::registry::State::Trial {
+            let state = rec.state;
+            let more = if self.screen == Screen::Processes { " (Enter opens the process to pick another)" } else { "" };
+            self.say(false, format!("`{patch}` in process {pid} is {state}: only a patch on trial is committed{more}"));
             return None;
         }
         self.busy = Some(format!("committing `{patch}` in {pid}"));
         Some(Job::Commit { pid, patch, note: "committed from the console".into() })
+    }
+
+    /// Keys while a confirmation waits: Enter (or `y`) does what it says, Esc (or `n`) nothing.
+    fn on_pending_key(&mut self, key: KeyEvent) -> Option<Option<Job>> {
+        self.pending.as_ref()?;
+        match key.code {
+            KeyCode::Enter | KeyCode::Char('y') => {
+                let p = self.pending.take()?;
+                if let Job::Rollback { pid, patch, .. } = &p.job {
+                    self.busy = Some(format!("rolling back `{patch}` and what requires it in {pid}"));
+                }
+                Some(Some(p.job))
+            }
+            KeyCode::Esc | KeyCode::Char('n') => {
+                self.pending = None;
+                self.say(true, "cancelled: nothing was done");
+                Some(None)
+            }
+            _ => Some(None),
+        }
     }
 
     fn on_processes_key(&mut self, key: KeyEvent) -> Option<Job> {
@@ -512,21 +616,14 @@ impl App {
     }
 
     fn on_trial_key(&mut self, key: KeyEvent) -> Option<Job> {
-        let (pid, patch) = self.trial.clone()?;
+        let (pid, _) = self.trial.clone()?;
         match key.code {
             KeyCode::Esc => {
                 self.screen = if self.detail == Some(pid) { Screen::Detail } else { Screen::Processes };
                 None
             }
-            KeyCode::Char('C') => self.commit(pid, patch),
-            KeyCode::Char('R') => {
-                if self.busy.is_some() {
-                    self.say(false, "busy: wait for the running action to finish");
-                    return None;
-                }
-                self.busy = Some(format!("rolling back `{patch}` in {pid}"));
-                Some(Job::Rollback { pid, patch: Some(patch) })
-            }
+            KeyCode::Char('C') => self.commit_key(),
+            KeyCode::Char('R') => self.rollback_key(),
             _ => None,
         }
     }

@@ -21,9 +21,12 @@ pub enum Job {
         pid: i32,
         manifest: PathBuf,
     },
+    /// Roll back `patch` and, when not empty, `cascade`: the patches that require it, as the
+    /// operator confirmed them. Refused when what requires it is no longer exactly that.
     Rollback {
         pid: i32,
-        patch: Option<String>,
+        patch: String,
+        cascade: Vec<String>,
     },
     Commit {
         pid: i32,
@@ -167,9 +170,22 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>, watchers: &mut Watchers) -
             });
             Event::Applied { pid, result }
         }
-        Job::Rollback { pid, patch } => {
+        Job::Rollback { pid, patch, cascade } => {
             let result = Session::open(engine, pid)
-                .and_then(|mut s| s.rollback(patch.as_deref(), true, &mut obs))
+                .and_then(|mut s| {
+                    let mut now = super::app::dependents(&s.registry()?.patches, &patch);
+                    let mut confirmed = cascade.clone();
+                    now.sort();
+                    confirmed.sort();
+                    if now != confirmed {
+                        return Err(Error::precondition(format!(
+                            "what requires `{patch}` in process {pid} changed since it was shown ({}): nothing was rolled back",
+                            if now.is_empty() { "nothing now".to_string() } else { now.join(", ") }
+                        ))
+                        .hint("look at the process again and press R again"));
+                    }
+                    s.rollback(Some(&patch), !cascade.is_empty(), &mut obs)
+                })
                 .map(|r| r.ids);
             Event::RolledBack { pid, result }
         }

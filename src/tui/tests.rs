@@ -285,7 +285,7 @@ fn filter_selects_the_first_match_as_you_type() {
 #[test]
 fn r_rolls_back_the_most_recent_patch_at_once() {
     let mut a = app();
-    assert_eq!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, patch: Some("cdr-fix".into()) }));
+    assert_eq!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, patch: "cdr-fix".into(), cascade: vec![] }));
     assert!(a.busy.is_some());
     // One action at a time.
     assert_eq!(a.on_key(ch('R')), None);
@@ -372,4 +372,45 @@ fn the_detail_view_stays_on_its_process_after_a_rollback() {
     a.on_key(key(KeyCode::Esc));
     assert_eq!(a.screen, Screen::Processes);
     assert_ne!(a.selected, Some(812), "no longer listed");
+}
+
+#[test]
+fn r_and_c_act_on_the_same_named_patch() {
+    let mut a = app();
+    // The list: the newest patch of the selected row, for both keys, named in the footer.
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("C commit cdr-fix") && s.contains("R roll back cdr-fix"), "{s}");
+    assert_eq!(
+        a.on_key(ch('C')),
+        Some(Job::Commit { pid: 812, patch: "cdr-fix".into(), note: "committed from the console".into() })
+    );
+    a.busy = None;
+    // The process view: the highlighted one.
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(key(KeyCode::Up));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("C commit invite-fix") && s.contains("R roll back invite-fix"), "{s}");
+    assert_eq!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, patch: "invite-fix".into(), cascade: vec![] }));
+    a.busy = None;
+    // A patch others require: one confirmation naming them, nothing before Enter.
+    a.on_key(key(KeyCode::Up));
+    let s = screen(&a, 120, 40);
+    assert!(!s.contains("C commit"), "base-fix is committed: no C offered:\n{s}");
+    assert_eq!(a.on_key(ch('R')), None);
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("`cdr-fix`, `invite-fix` requires it"), "{s}");
+    assert_eq!(a.on_key(ch('x')), None, "other keys wait");
+    assert_eq!(
+        a.on_key(key(KeyCode::Enter)),
+        Some(Job::Rollback {
+            pid: 812,
+            patch: "base-fix".into(),
+            cascade: vec!["cdr-fix".into(), "invite-fix".into()]
+        })
+    );
+    assert!(a.pending.is_none());
+    a.busy = None;
+    a.on_key(ch('R'));
+    assert_eq!(a.on_key(key(KeyCode::Esc)), None);
+    assert!(a.pending.is_none() && a.busy.is_none());
 }

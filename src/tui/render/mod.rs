@@ -114,6 +114,9 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     if app.screen == Screen::Wizard {
         wizard::draw_confirm(f, body, app, theme);
     }
+    if let Some(p) = &app.pending {
+        pending(f, body, p, theme);
+    }
     if app.help {
         help(f, body, app, theme);
     }
@@ -159,12 +162,51 @@ fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         spans.push(Span::styled("Esc", theme.key()));
         spans.push(Span::raw(" clear filter"));
     } else {
+        let target = app.key_target();
         for b in keys::for_screen(app.screen).filter(|b| b.footer) {
+            let on = if b.on_patch {
+                // Only when there is a patch it can act on, and then named.
+                let Some((_, rec)) = target else { continue };
+                let fits = match b.keys {
+                    "C" => rec.state == crate::registry::State::Trial,
+                    _ => rec.state.is_applied(),
+                };
+                if !fits {
+                    continue;
+                }
+                format!(" {}", rec.patch)
+            } else {
+                String::new()
+            };
             spans.push(Span::styled(b.keys, theme.key()));
-            spans.push(Span::raw(format!(" {}  ", b.action)));
+            spans.push(Span::raw(format!(" {}{on}  ", b.action)));
         }
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// A confirmation the operator asked for (a rollback that takes others with it).
+fn pending(f: &mut Frame, area: Rect, p: &super::app::Pending, theme: Theme) {
+    let width = area.width.saturating_sub(4).min(80);
+    let mut text = vec![Line::styled(p.title.clone(), theme.title()), Line::raw("")];
+    text.extend(p.lines.iter().map(|l| Line::raw(l.clone())));
+    text.push(Line::raw(""));
+    text.push(Line::from(vec![
+        Span::styled("Enter", theme.key()),
+        Span::raw(" proceed    "),
+        Span::styled("Esc", theme.key()),
+        Span::raw(" cancel (nothing is done)"),
+    ]));
+    let inner_w = width.saturating_sub(2).max(1) as usize;
+    let wrapped: usize = text.iter().map(|l| l.width().max(1).div_ceil(inner_w)).sum();
+    let r = centered(area, width, wrapped as u16 + 2);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(text)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(" Confirm ").border_style(theme.warn())),
+        r,
+    );
 }
 
 /// A rectangle of `w` x `h` centred in `area`, clipped to it.
