@@ -41,15 +41,27 @@ impl Tmux {
     }
     /// Waits until the screen contains `text`.
     fn wait_for(&self, text: &str) -> String {
+        self.wait_until(&format!("`{text}`"), |s| s.contains(text))
+    }
+    /// Waits until `ready` holds for the screen.
+    fn wait_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let s = self.screen();
-            if s.contains(text) {
+            if ready(&s) {
                 return s;
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "`{text}` never appeared on:\n{s}");
+            assert!(start.elapsed() < Duration::from_secs(15), "{what} never appeared on:\n{s}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+    fn resize(&self, w: u16, h: u16) {
+        let ok = Command::new("tmux")
+            .args(["-L", &self.socket, "resize-window", "-t", "t", "-x", &w.to_string(), "-y", &h.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux resizes the window");
     }
     fn alive(&self) -> bool {
         Command::new("tmux")
@@ -253,4 +265,51 @@ fn r_rolls_back_the_highlighted_patch_and_names_its_dependents() {
     assert_eq!(t.ask("p 5"), "6", "pad-fix, not highlighted, stays");
     assert_eq!(patch_state(&state, t.pid, "pad-fix"), "trial");
     state.rollback(t.pid, None).ok();
+}
+
+/// Opens the apply wizard on `pid` (the manifests folder holds one manifest) and goes through the
+/// pre-flight to the first stage's confirmation.
+fn wizard_to_stage_1(tmux: &Tmux, pid: i32) {
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "a"]);
+    tmux.wait_for("Pick a manifest");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Pre-flight passed");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Stage 1 of 4: LOAD");
+}
+
+/// Issue 15, item 4: on a terminal too small to show a stage's confirmation, Enter does not
+/// confirm it; the screen asks for a larger terminal, and Esc still cancels.
+#[test]
+fn a_confirmation_that_does_not_fit_cannot_be_confirmed() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    state.manifest("small-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start(&state, 100, 30);
+    wizard_to_stage_1(&tmux, t.pid);
+    tmux.resize(40, 10);
+    // Drawn at the new size: the header cut at 40 columns.
+    tmux.wait_until("the console at 40x10", |s| {
+        s.lines().next().is_some_and(|l| l.contains("pannus") && l.chars().count() <= 40)
+    });
+    tmux.keys(&["Enter"]);
+    tmux.resize(100, 30);
+    let s = tmux.wait_for(" of 4: ");
+    assert!(s.contains("Stage 1 of 4: LOAD"), "Enter on the small terminal confirmed nothing:\n{s}");
+    tmux.resize(40, 10);
+    let small = tmux.wait_for("larger");
+    assert!(small.contains("Esc"), "the small screen says what still acts:\n{small}");
+    tmux.resize(100, 30);
+    tmux.wait_for("Stage 1 of 4: LOAD");
+    assert!(!t.maps().contains("patch_compute"), "nothing mapped");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("cancelled");
+    assert_eq!(t.ask("c 5"), "6");
+    assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
 }

@@ -67,6 +67,16 @@ pub enum Phase {
     },
 }
 
+impl Wizard {
+    /// The stage waiting for Enter or Esc, and its plan.
+    pub fn confirming(&self) -> Option<(Stage, &str)> {
+        match &self.phase {
+            Phase::Running { confirm: Some((stage, plan)) } => Some((*stage, plan.as_str())),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wizard {
     pub pid: i32,
@@ -79,6 +89,8 @@ pub struct Wizard {
     /// The stage running now.
     pub current: Option<Stage>,
     pub log: Vec<String>,
+    /// The first line of the pre-flight report shown.
+    pub scroll: usize,
 }
 
 pub struct App {
@@ -115,6 +127,8 @@ pub struct App {
     expiry_handled: Option<(i32, String)>,
     /// A confirmation on screen, and the job Enter starts.
     pub pending: Option<Pending>,
+    /// The terminal's size as last drawn (columns, rows).
+    pub size: (u16, u16),
 }
 
 /// A confirmation: what will be done, and the job that does it.
@@ -170,6 +184,7 @@ impl App {
             output: None,
             expiry_handled: None,
             pending: None,
+            size: (80, 24),
         }
     }
 
@@ -249,6 +264,20 @@ impl App {
         self.selected = Some(v[j].pid.get());
     }
 
+    /// The terminal as last drawn.
+    pub fn area(&self) -> ratatui::layout::Rect {
+        ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1)
+    }
+
+    /// Whether Enter may confirm what is on screen: only when it shows whole.
+    fn may_confirm(&mut self) -> bool {
+        let ok = super::render::confirmable(self, self.area());
+        if !ok {
+            self.say(false, "the confirmation does not fit: make the terminal larger (Esc cancels)");
+        }
+        ok
+    }
+
     fn say(&mut self, ok: bool, text: impl Into<String>) {
         self.message = Some((ok, text.into()));
     }
@@ -257,6 +286,10 @@ impl App {
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Job> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             self.quit = true;
+            return None;
+        }
+        // Below the minimum size nothing on screen can be read whole: only q and Esc act.
+        if super::render::too_small(self.area()) && !matches!(key.code, KeyCode::Esc | KeyCode::Char('q')) {
             return None;
         }
         if self.help {
@@ -316,16 +349,14 @@ impl App {
     }
 
     fn on_confirm_key(&mut self, key: KeyEvent) -> Option<Option<Job>> {
-        let w = self.wizard.as_mut()?;
-        let Phase::Running { confirm: Some((stage, _)) } = &w.phase else {
-            return None;
-        };
-        let stage = *stage;
+        let stage = self.wizard.as_ref()?.confirming()?.0;
         let answer = match key.code {
+            KeyCode::Enter | KeyCode::Char('y') if !self.may_confirm() => return Some(None),
             KeyCode::Enter | KeyCode::Char('y') => true,
             KeyCode::Esc | KeyCode::Char('n') => false,
             _ => return Some(None),
         };
+        let w = self.wizard.as_mut()?;
         w.phase = Phase::Running { confirm: None };
         if answer {
             w.current = Some(stage);
@@ -472,6 +503,9 @@ impl App {
         self.pending.as_ref()?;
         match key.code {
             KeyCode::Enter | KeyCode::Char('y') => {
+                if !self.may_confirm() {
+                    return Some(None);
+                }
                 let p = self.pending.take()?;
                 if let Job::Rollback { pid, patch, .. } = &p.job {
                     self.busy = Some(format!("rolling back `{patch}` and what requires it in {pid}"));
@@ -561,12 +595,20 @@ impl App {
             done: Vec::new(),
             current: None,
             log: Vec::new(),
+            scroll: 0,
         });
         self.screen = Screen::Wizard;
     }
 
     fn on_wizard_key(&mut self, key: KeyEvent) -> Option<Job> {
         let busy = self.busy.is_some();
+        let verdict_shown = super::render::verdict_shown(self, self.area());
+        let page = self.page.max(1);
+        let report = matches!(self.wizard.as_ref().map(|w| &w.phase), Some(Phase::Report { error: None, .. }));
+        if report && key.code == KeyCode::Enter && !verdict_shown {
+            self.say(false, "the pre-flight verdict does not fit: make the terminal larger");
+            return None;
+        }
         let w = self.wizard.as_mut()?;
         match (&w.phase, key.code) {
             (Phase::Pick, KeyCode::Up | KeyCode::Char('k')) => w.index = w.index.saturating_sub(1),
@@ -588,6 +630,13 @@ impl App {
                 self.wizard = None;
                 self.screen = Screen::Detail;
             }
+            (Phase::Report { .. }, KeyCode::Up | KeyCode::Char('k')) => w.scroll = w.scroll.saturating_sub(1),
+            (Phase::Report { .. }, KeyCode::Down | KeyCode::Char('j')) => w.scroll = w.scroll.saturating_add(1),
+            (Phase::Report { .. }, KeyCode::PageUp) => w.scroll = w.scroll.saturating_sub(page),
+            (Phase::Report { .. }, KeyCode::PageDown) => w.scroll = w.scroll.saturating_add(page),
+            (Phase::Report { .. }, KeyCode::Home) => w.scroll = 0,
+            // Drawing stops at the last line.
+            (Phase::Report { .. }, KeyCode::End) => w.scroll = usize::MAX / 2,
             (Phase::Report { error: None, .. }, KeyCode::Enter) => {
                 if busy {
                     return None;
@@ -599,7 +648,10 @@ impl App {
                 self.busy = Some(format!("applying `{}`", w.patch));
                 return Some(job);
             }
-            (Phase::Report { .. }, KeyCode::Esc) => w.phase = Phase::Pick,
+            (Phase::Report { .. }, KeyCode::Esc) => {
+                w.phase = Phase::Pick;
+                w.scroll = 0;
+            }
             (Phase::Done { ok: true, .. }, KeyCode::Enter) => {
                 self.trial = Some((w.pid, w.patch.clone()));
                 self.screen = Screen::Trial;

@@ -119,6 +119,9 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
 
     loop {
         app.now = now_secs();
+        if let Ok(size) = term.size() {
+            app.size = (size.width, size.height);
+        }
         term.draw(|f| render::draw(f, &app, theme)).map_err(|e| Error::other(format!("terminal: {e}")))?;
         if event::poll(Duration::from_millis(200)).unwrap_or(false) {
             match event::read() {

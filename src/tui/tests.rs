@@ -169,6 +169,7 @@ fn wizard_app(phase: Phase) -> App {
             "stage 1 (load): module mapped at 0x555500010000".into(),
             "stage 2 (link): relocations applied".into(),
         ],
+        scroll: 0,
     });
     a
 }
@@ -413,4 +414,88 @@ fn r_and_c_act_on_the_same_named_patch() {
     a.on_key(ch('R'));
     assert_eq!(a.on_key(key(KeyCode::Esc)), None);
     assert!(a.pending.is_none() && a.busy.is_none());
+}
+
+fn at(mut a: App, w: u16, h: u16) -> App {
+    a.size = (w, h);
+    a
+}
+
+#[test]
+fn below_the_minimum_size_only_q_and_esc_act() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut a = at(wizard_app(Phase::Running { confirm: None }), 40, 10);
+    a.on_event(Event::Confirm { stage: Stage::Load, plan: "map it".into(), reply: tx });
+    let s = screen(&a, 40, 10);
+    assert!(s.contains("larger") && s.contains("Esc"), "{s}");
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(ch('y'));
+    assert!(rx.try_recv().is_err(), "not confirmed");
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(rx.try_recv(), Ok(false), "Esc cancels");
+    let mut list = at(app(), 59, 24);
+    assert_eq!(list.on_key(ch('R')), None, "no rollback below the minimum");
+    assert_eq!(list.on_key(key(KeyCode::Enter)), None);
+    assert_eq!(list.screen, Screen::Processes);
+    list.on_key(ch('q'));
+    assert!(list.quit);
+}
+
+#[test]
+fn a_confirmation_that_does_not_fit_is_not_confirmable() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut a = at(wizard_app(Phase::Running { confirm: None }), 60, 16);
+    let plan = (0..40).map(|i| format!("handle_{i} at 0x5555555551c0: jmp rel32")).collect::<Vec<_>>().join("; ");
+    a.on_event(Event::Confirm { stage: Stage::Activate, plan, reply: tx });
+    let s = screen(&a, 60, 16);
+    assert!(s.contains("does not fit"), "{s}");
+    assert!(!s.contains("Enter proceed"), "{s}");
+    a.on_key(key(KeyCode::Enter));
+    assert!(rx.try_recv().is_err(), "not confirmed");
+    assert!(a.message.as_ref().is_some_and(|m| m.1.contains("does not fit")));
+    a.size = (200, 60);
+    assert!(screen(&a, 200, 60).contains("Enter proceed"));
+    a.on_key(key(KeyCode::Enter));
+    assert_eq!(rx.try_recv(), Ok(true));
+}
+
+fn long_report(error: Option<String>) -> App {
+    let lines = (0..30)
+        .map(|i| CheckLine {
+            check: format!("entry handle_{i}"),
+            ok: true,
+            detail: "jmp rel32 at 0x5555555551c0, 8 bytes overwritten (5 written)".into(),
+        })
+        .collect();
+    at(wizard_app(Phase::Report { lines, error }), 80, 24)
+}
+
+#[test]
+fn the_pre_flight_verdict_and_hints_show_at_80x24_and_the_checks_scroll() {
+    let mut a = long_report(None);
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("Pre-flight passed") && s.contains("Enter starts stage 1"), "{s}");
+    assert!(s.contains("lines 1-"), "{s}");
+    assert!(!s.contains("handle_29"), "{s}");
+    a.on_key(key(KeyCode::PageDown));
+    assert!(screen(&a, 80, 24).contains("lines 11-"));
+    a.on_key(key(KeyCode::End));
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("handle_29"), "scrolled to the end:\n{s}");
+    assert_eq!(
+        a.on_key(key(KeyCode::Enter)),
+        Some(Job::Apply { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() })
+    );
+
+    let refused = long_report(Some(
+        "symbol `handle_7` not found in /usr/sbin/sipd\nhint: check the manifest's target.build_id".into(),
+    ));
+    let s = screen(&refused, 80, 24);
+    assert!(s.contains("Refused: nothing was done"), "{s}");
+    assert!(s.contains("hint: check the manifest's target.build_id"), "{s}");
+
+    // A verdict too long for the terminal says so rather than show part of it.
+    let many = (0..12).map(|i| format!("hint {i}")).collect::<Vec<_>>().join("\n");
+    let low = at(long_report(Some(many)), 60, 16);
+    assert!(screen(&low, 60, 16).contains("verdict does not fit"), "{}", screen(&low, 60, 16));
 }

@@ -77,21 +77,43 @@ impl Theme {
     }
 }
 
-/// Draws the whole console.
-pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
-    let area = f.area();
-    if area.width < 20 || area.height < 6 {
-        f.render_widget(Paragraph::new("pannus: enlarge the terminal"), area);
-        return;
-    }
-    let [head, body, out, msg, keys_area] = Layout::vertical([
+/// The smallest terminal the console works in: below it, the screen asks for a larger one and
+/// only `q` and `Esc` act.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 16;
+
+pub fn too_small(area: Rect) -> bool {
+    area.width < MIN_WIDTH || area.height < MIN_HEIGHT
+}
+
+/// Header, body, service output, message and keys.
+fn areas(app: &App, area: Rect) -> [Rect; 5] {
+    Layout::vertical([
         Constraint::Length(1),
         Constraint::Fill(1),
         Constraint::Length(u16::from(app.output.is_some())),
         Constraint::Length(1),
         Constraint::Length(1),
     ])
-    .areas(area);
+    .areas(area)
+}
+
+/// Draws the whole console.
+pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
+    let area = f.area();
+    if too_small(area) {
+        let waiting = app.pending.is_some() || app.wizard.as_ref().is_some_and(|w| w.confirming().is_some());
+        let text = format!(
+            "Please make the terminal larger: pannus needs at least {MIN_WIDTH}x{MIN_HEIGHT} (this one is {}x{}). \
+             Until then only q (quit) and Esc (back{}) act.",
+            area.width,
+            area.height,
+            if waiting { "; a confirmation is waiting: Esc cancels it" } else { "" }
+        );
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    let [head, body, out, msg, keys_area] = areas(app, area);
     if let Some(o) = &app.output {
         f.render_widget(
             Paragraph::new(Line::from(vec![
@@ -111,12 +133,7 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     }
     message(f, msg, app, theme);
     footer(f, keys_area, app, theme);
-    if app.screen == Screen::Wizard {
-        wizard::draw_confirm(f, body, app, theme);
-    }
-    if let Some(p) = &app.pending {
-        pending(f, body, p, theme);
-    }
+    confirmation(f, body, app, theme);
     if app.help {
         help(f, body, app, theme);
     }
@@ -185,28 +202,139 @@ fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-/// A confirmation the operator asked for (a rollback that takes others with it).
-fn pending(f: &mut Frame, area: Rect, p: &super::app::Pending, theme: Theme) {
-    let width = area.width.saturating_sub(4).min(80);
-    let mut text = vec![Line::styled(p.title.clone(), theme.title()), Line::raw("")];
-    text.extend(p.lines.iter().map(|l| Line::raw(l.clone())));
-    text.push(Line::raw(""));
-    text.push(Line::from(vec![
-        Span::styled("Enter", theme.key()),
-        Span::raw(" proceed    "),
-        Span::styled("Esc", theme.key()),
-        Span::raw(" cancel (nothing is done)"),
-    ]));
-    let inner_w = width.saturating_sub(2).max(1) as usize;
-    let wrapped: usize = text.iter().map(|l| l.width().max(1).div_ceil(inner_w)).sum();
-    let r = centered(area, width, wrapped as u16 + 2);
-    f.render_widget(Clear, r);
-    f.render_widget(
-        Paragraph::new(text)
-            .wrap(Wrap { trim: false })
-            .block(Block::bordered().title(" Confirm ").border_style(theme.warn())),
-        r,
-    );
+/// A confirmation on screen: a stage's, or one the operator's key asked for.
+struct Confirmation {
+    title: String,
+    text: Vec<String>,
+    cancel: &'static str,
+}
+
+fn confirmation_of(app: &App) -> Option<Confirmation> {
+    if let Some(p) = &app.pending {
+        return Some(Confirmation {
+            title: p.title.clone(),
+            text: p.lines.clone(),
+            cancel: " cancel (nothing is done)",
+        });
+    }
+    let w = app.wizard.as_ref().filter(|_| app.screen == Screen::Wizard)?;
+    let (stage, plan) = w.confirming()?;
+    Some(Confirmation {
+        title: format!("Stage {} of 4: {}", stage.number(), stage.name().to_uppercase()),
+        text: vec![plan.to_string()],
+        cancel: if w.done.is_empty() { " cancel (nothing done yet)" } else { " cancel and undo the stages done" },
+    })
+}
+
+const PROCEED: &str = "Enter proceed    ";
+
+/// Where the confirmation goes in `body` and its text wrapped to it; `Err` with the box when
+/// the text does not fit (then it cannot be confirmed).
+fn confirmation_layout(c: &Confirmation, body: Rect) -> Result<(Rect, Vec<String>), Rect> {
+    let width = body.width.saturating_sub(4).min(90);
+    let inner = width.saturating_sub(2) as usize;
+    let mut lines = wrap_text(&c.title, inner, 0);
+    lines.push(String::new());
+    for t in &c.text {
+        lines.extend(wrap_text(t, inner, 2));
+    }
+    lines.push(String::new());
+    let keys = PROCEED.len() + 3 + c.cancel.len();
+    let h = lines.len() + 1 + 2;
+    if keys > inner || h > body.height as usize {
+        return Err(centered(body, width, body.height));
+    }
+    Ok((centered(body, width, h as u16), lines))
+}
+
+/// Whether the apply wizard's pre-flight verdict shows whole on a terminal of `area`: only then
+/// does Enter start the stages.
+pub fn verdict_shown(app: &App, area: Rect) -> bool {
+    if too_small(area) {
+        return false;
+    }
+    let [_, body, ..] = areas(app, area);
+    app.wizard.as_ref().is_some_and(|w| wizard::verdict_shown(body, w))
+}
+
+/// Whether the confirmation on screen, if any, shows whole on a terminal of `area`: only then
+/// does Enter confirm it.
+pub fn confirmable(app: &App, area: Rect) -> bool {
+    if too_small(area) {
+        return false;
+    }
+    let [_, body, ..] = areas(app, area);
+    confirmation_of(app).is_none_or(|c| confirmation_layout(&c, body).is_ok())
+}
+
+fn confirmation(f: &mut Frame, body: Rect, app: &App, theme: Theme) {
+    let Some(c) = confirmation_of(app) else { return };
+    let block = Block::bordered().title(" Confirm ").border_style(theme.warn());
+    match confirmation_layout(&c, body) {
+        Ok((r, lines)) => {
+            let mut text: Vec<Line> = lines.into_iter().map(Line::raw).collect();
+            if let Some(first) = text.first_mut() {
+                *first = first.clone().style(theme.title());
+            }
+            text.push(Line::from(vec![
+                Span::styled("Enter", theme.key()),
+                Span::raw(&PROCEED[5..]),
+                Span::styled("Esc", theme.key()),
+                Span::raw(c.cancel),
+            ]));
+            f.render_widget(Clear, r);
+            f.render_widget(Paragraph::new(text).block(block), r);
+        }
+        Err(r) => {
+            f.render_widget(Clear, r);
+            f.render_widget(
+                Paragraph::new(vec![
+                    Line::styled(c.title, theme.title()),
+                    Line::raw(""),
+                    Line::raw("This confirmation does not fit: make the terminal larger to read it."),
+                    Line::from(vec![Span::styled("Esc", theme.key()), Span::raw(c.cancel)]),
+                ])
+                .wrap(Wrap { trim: false })
+                .block(block),
+                r,
+            );
+        }
+    }
+}
+
+/// `text` word-wrapped to `width` columns, its own line breaks kept; a word longer than a line
+/// is cut; continuation lines are indented by `indent`.
+pub fn wrap_text(text: &str, width: usize, indent: usize) -> Vec<String> {
+    let width = width.max(1);
+    let ind = indent.min(width - 1);
+    let mut out = Vec::new();
+    for para in text.split('\n') {
+        let (mut line, mut len, mut fresh) = (String::new(), 0usize, true);
+        for word in para.split(' ') {
+            let wlen = word.chars().count();
+            if !fresh && len + 1 + wlen > width {
+                out.push(std::mem::take(&mut line));
+                line = " ".repeat(ind);
+                (len, fresh) = (ind, true);
+            }
+            if !fresh {
+                line.push(' ');
+                len += 1;
+            }
+            for c in word.chars() {
+                if len >= width {
+                    out.push(std::mem::take(&mut line));
+                    line = " ".repeat(ind);
+                    len = ind;
+                }
+                line.push(c);
+                len += 1;
+            }
+            fresh = false;
+        }
+        out.push(line);
+    }
+    out
 }
 
 /// A rectangle of `w` x `h` centred in `area`, clipped to it.
