@@ -13,13 +13,17 @@ struct Tmux {
 
 impl Tmux {
     fn start(state: &State, w: u16, h: u16) -> Tmux {
+        Tmux::start_env(state, w, h, "")
+    }
+    /// [`Tmux::start`] with more environment variables (`NAME=VALUE ...`, shell-quoted).
+    fn start_env(state: &State, w: u16, h: u16, env: &str) -> Tmux {
         let socket =
             format!("pannus-test-{}-{}", std::process::id(), state.path().file_name().unwrap().to_string_lossy());
+        // The console's exit status goes to `console.exit` in the state folder.
         let cmd = format!(
-            "env NO_COLOR=1 PANNUS_STATE_DIR={} {} console --manifests {}",
-            state.path().display(),
+            "env NO_COLOR=1 PANNUS_STATE_DIR={dir} {env} {} console --manifests {dir}; echo $? > {dir}/console.exit",
             env!("CARGO_BIN_EXE_pannus"),
-            state.path().display()
+            dir = state.path().display(),
         );
         let ok = Command::new("tmux")
             .args(["-L", &socket, "new-session", "-d", "-s", "t", "-x", &w.to_string(), "-y", &h.to_string(), &cmd])
@@ -62,6 +66,24 @@ impl Tmux {
             .unwrap()
             .success();
         assert!(ok, "tmux resizes the window");
+    }
+    /// The console's pid: the `pannus` process under the pane's shell.
+    fn console_pid(&self) -> i32 {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "display-message", "-p", "-t", "t", "#{pane_pid}"])
+            .output()
+            .unwrap();
+        let shell: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the pane's pid");
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+            let ppid: i32 = rest.split(' ').nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            if ppid == shell && stat.contains("(pannus)") {
+                return pid;
+            }
+        }
+        panic!("no pannus under the pane's shell {shell}");
     }
     fn alive(&self) -> bool {
         Command::new("tmux")
@@ -312,4 +334,107 @@ fn a_confirmation_that_does_not_fit_cannot_be_confirmed() {
     tmux.wait_for("cancelled");
     assert_eq!(t.ask("c 5"), "6");
     assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
+}
+
+/// The console's exit status, once it has exited.
+fn console_exit(state: &State) -> i32 {
+    let path = state.path().join("console.exit");
+    let start = Instant::now();
+    loop {
+        if let Some(code) = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()) {
+            return code;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the console never exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The outcome the journal gives the last apply in process `pid`.
+fn last_apply_outcome(state: &State, pid: i32) -> String {
+    let j = state.pannus(&["journal", "--json"]).ok().json();
+    j["entries"]
+        .as_array()
+        .and_then(|es| es.iter().rev().find(|e| e["action"] == "apply" && e["pid"] == pid))
+        .map(|e| e["outcome"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Interrupts the console at the second stage's confirmation, the first stage done, with
+/// `interrupt`, and checks that the target is as it was, the journal says cancelled and the
+/// console exits non-zero.
+fn interrupted_at_a_stage_confirmation(interrupt: impl FnOnce(&Tmux)) {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    state.manifest("int-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start(&state, 100, 30);
+    wizard_to_stage_1(&tmux, t.pid);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Stage 2 of 4: LINK");
+    assert!(t.maps().contains("patch_compute"), "stage 1 mapped the module");
+    interrupt(&tmux);
+    let code = console_exit(&state);
+    assert_ne!(code, 0, "the console exits non-zero");
+    let maps = t.maps();
+    assert!(!maps.contains("patch_compute"), "nothing of the module is left mapped:\n{maps}");
+    assert_eq!(t.ask("c 5"), "6", "the target behaves as before");
+    assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
+    assert_eq!(last_apply_outcome(&state, t.pid), "cancelled");
+}
+
+/// Issue 15, item 3: Ctrl-C at a stage confirmation means no.
+#[test]
+fn ctrl_c_at_a_stage_confirmation_undoes_the_stages_done() {
+    interrupted_at_a_stage_confirmation(|tmux| tmux.keys(&["C-c"]));
+}
+
+/// Issue 15, item 3: a dropped SSH session (SIGHUP to the console) means no too.
+#[test]
+fn sighup_at_a_stage_confirmation_undoes_the_stages_done() {
+    interrupted_at_a_stage_confirmation(|tmux| {
+        let pid = tmux.console_pid();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
+    });
+}
+
+fn run_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next())
+}
+
+/// Issue 15, item 3: SIGTERM while a stage runs (no confirmation on screen) means no to the
+/// stages after it: the one running ends, and all are undone.
+#[test]
+fn sigterm_while_a_stage_runs_undoes_the_stages_done() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    state.manifest("term-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start_env(&state, 100, 30, "'PANNUS_TEST_PAUSE_AT=registry written'");
+    wizard_to_stage_1(&tmux, t.pid);
+    let console = Pid::from_raw(tmux.console_pid());
+    tmux.keys(&["Enter"]);
+    // Stage 1 stops the console once it has recorded its reservation: mid-stage.
+    let start = Instant::now();
+    while run_state(console.as_raw()) != Some('T') {
+        assert!(start.elapsed() < Duration::from_secs(30), "the console never reached stage 1's record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(console, Signal::SIGTERM).unwrap();
+    // Let it go on at this stop and every later one (the undo writes the registry too).
+    let exit = state.path().join("console.exit");
+    let start = Instant::now();
+    while !exit.exists() {
+        if run_state(console.as_raw()) == Some('T') {
+            let _ = kill(console, Signal::SIGCONT);
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the console never exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(console_exit(&state), 0, "the console exits non-zero");
+    let maps = t.maps();
+    assert!(!maps.contains("patch_compute"), "nothing of the module is left mapped:\n{maps}");
+    assert_eq!(t.ask("c 5"), "6", "the target behaves as before");
+    assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
+    assert_eq!(last_apply_outcome(&state, t.pid), "cancelled");
 }

@@ -224,12 +224,22 @@ pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+const CANCELLED: &str = "cancelled before ";
+
 fn cancelled(stage: Stage) -> Error {
-    Error::new(Kind::Other, format!("cancelled before {stage}"))
+    Error::new(Kind::Other, format!("{CANCELLED}{stage}"))
+}
+
+/// Whether `e` is a "no" to a stage's confirmation (the apply was cancelled and undone).
+pub fn is_cancelled(e: &Error) -> bool {
+    e.kind == Kind::Other && e.message.starts_with(CANCELLED)
 }
 
 /// The journal's word for an error.
 pub fn outcome_of(e: &Error) -> &'static str {
+    if is_cancelled(e) {
+        return "cancelled";
+    }
     match e.kind {
         Kind::BadInput | Kind::Precondition => "refused",
         Kind::Busy => "busy",

@@ -129,6 +129,9 @@ pub struct App {
     pub pending: Option<Pending>,
     /// The terminal's size as last drawn (columns, rows).
     pub size: (u16, u16),
+    /// Why the console was interrupted (Ctrl-C during an action, a signal): it exits, non-zero,
+    /// once the running job has ended.
+    pub interrupted: Option<String>,
 }
 
 /// A confirmation: what will be done, and the job that does it.
@@ -185,6 +188,7 @@ impl App {
             expiry_handled: None,
             pending: None,
             size: (80, 24),
+            interrupted: None,
         }
     }
 
@@ -282,10 +286,41 @@ impl App {
         self.message = Some((ok, text.into()));
     }
 
+    /// Whether a job runs or a confirmation waits: what Ctrl-C interrupts.
+    pub fn working(&self) -> bool {
+        self.busy.is_some() || self.pending.is_some() || self.confirm_reply.is_some()
+    }
+
+    /// Ctrl-C during an action, SIGINT, SIGTERM or SIGHUP: "no" to any confirmation waiting
+    /// and to every later one of the running apply, which then undoes the stages it did; the
+    /// console exits once the running job has ended. The caller also has the job thread answer
+    /// "no" from now on.
+    pub fn interrupt(&mut self, why: &str) {
+        self.pending = None;
+        if let Some(w) = self.wizard.as_mut() {
+            if let Some((stage, _)) = w.confirming() {
+                w.log.push(format!("{stage}: {why}: cancelled; undoing the stages already done"));
+                w.phase = Phase::Running { confirm: None };
+            }
+        }
+        if let Some(reply) = self.confirm_reply.take() {
+            let _ = reply.send(false);
+        }
+        self.interrupted.get_or_insert_with(|| why.to_string());
+        self.quit = true;
+    }
+
     /// Handles a key; returns the job to start, if any.
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Job> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            self.quit = true;
+            if self.working() {
+                self.interrupt("Ctrl-C");
+            } else {
+                self.quit = true;
+            }
+            return None;
+        }
+        if self.interrupted.is_some() {
             return None;
         }
         // Below the minimum size nothing on screen can be read whole: only q and Esc act.
@@ -328,6 +363,10 @@ impl App {
         match key.code {
             KeyCode::Char('?') => {
                 self.help = true;
+                return None;
+            }
+            KeyCode::Char('q') if self.busy.is_some() => {
+                self.say(false, "an action is running: wait for it, or Ctrl-C cancels it (stages done are undone)");
                 return None;
             }
             KeyCode::Char('q') => {
@@ -736,6 +775,9 @@ impl App {
                 } else {
                     self.say(true, msg);
                 }
+            }
+            Event::Confirm { reply, .. } if self.interrupted.is_some() => {
+                let _ = reply.send(false);
             }
             Event::Confirm { stage, plan, reply } => match self.wizard.as_mut() {
                 Some(w) => {

@@ -7,7 +7,9 @@ use crate::error::Error;
 use crate::manifest::Manifest;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Work the console asks for.
@@ -81,10 +83,15 @@ pub enum Event {
 
 struct Forward<'a> {
     tx: &'a Sender<Event>,
+    /// Set once the console is interrupted: every later confirmation is a "no".
+    cancel: &'a AtomicBool,
 }
 
 impl Observer for Forward<'_> {
     fn confirm(&mut self, stage: Stage, plan: &str) -> bool {
+        if self.cancel.load(Ordering::SeqCst) {
+            return false;
+        }
         let (reply, answer) = channel();
         if self.tx.send(Event::Confirm { stage, plan: plan.to_string(), reply }).is_err() {
             return false;
@@ -96,8 +103,9 @@ impl Observer for Forward<'_> {
     }
 }
 
-/// Starts the worker; it ends when the job sender is dropped.
-pub fn spawn(engine: Engine) -> (Sender<Job>, Receiver<Event>) {
+/// Starts the worker; it ends when the job sender is dropped. Once `cancel` is set, the running
+/// apply's confirmations are answered "no", so that it stops and undoes its stages.
+pub fn spawn(engine: Engine, cancel: Arc<AtomicBool>) -> (Sender<Job>, Receiver<Event>) {
     let (job_tx, job_rx) = channel::<Job>();
     let (ev_tx, ev_rx) = channel::<Event>();
     std::thread::Builder::new()
@@ -111,7 +119,7 @@ pub fn spawn(engine: Engine) -> (Sender<Job>, Receiver<Event>) {
                         // stop gave up waiting for, still attached when the job ends, is let go
                         // by the kernel then, instead of staying stopped until the next job.
                         let ev = std::thread::scope(|s| {
-                            let job = s.spawn(|| run(&engine, job, &ev_tx, &mut watchers));
+                            let job = s.spawn(|| run(&engine, job, &ev_tx, &cancel, &mut watchers));
                             job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                         });
                         if ev_tx.send(ev).is_err() {
@@ -144,10 +152,10 @@ impl Watchers {
     }
 }
 
-fn run(engine: &Engine, job: Job, tx: &Sender<Event>, watchers: &mut Watchers) -> Event {
+fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watchers: &mut Watchers) -> Event {
     // As for the CLI's commands: spare CPU time only, on this thread (the screen's keeps its own).
     let _spare = pannus_kernel::SpareCpu::enter();
-    let mut obs = Forward { tx };
+    let mut obs = Forward { tx, cancel };
     match job {
         Job::Check { pid, manifest } => match Manifest::load(&manifest) {
             Err(e) => Event::Checked { pid, patch: String::new(), lines: Vec::new(), error: Some(e) },

@@ -499,3 +499,25 @@ fn the_pre_flight_verdict_and_hints_show_at_80x24_and_the_checks_scroll() {
     let low = at(long_report(Some(many)), 60, 16);
     assert!(screen(&low, 60, 16).contains("verdict does not fit"), "{}", screen(&low, 60, 16));
 }
+
+#[test]
+fn ctrl_c_during_an_apply_says_no_and_waits_for_the_undo() {
+    let mut a = wizard_app(Phase::Running { confirm: None });
+    a.busy = Some("applying `invite-fix`".into());
+    assert_eq!(a.on_key(ch('q')), None);
+    assert!(!a.quit, "q does not walk away from a running apply");
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.on_event(Event::Confirm { stage: Stage::Init, plan: "run init".into(), reply: tx });
+    a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert_eq!(rx.try_recv(), Ok(false), "no to the confirmation waiting");
+    assert!(a.quit && a.interrupted.as_deref() == Some("Ctrl-C"));
+    assert!(screen(&a, 80, 24).contains("interrupted (Ctrl-C)"));
+    // A confirmation that crossed the interruption is answered no too.
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.on_event(Event::Confirm { stage: Stage::Activate, plan: "write".into(), reply: tx });
+    assert_eq!(rx.try_recv(), Ok(false));
+    // Idle, Ctrl-C just quits.
+    let mut idle = app();
+    idle.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(idle.quit && idle.interrupted.is_none());
+}

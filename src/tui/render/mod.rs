@@ -160,7 +160,12 @@ fn header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
 }
 
 fn message(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let line = if let Some(b) = &app.busy {
+    let line = if let Some(why) = &app.interrupted {
+        Line::from(vec![
+            Span::styled("✖ ", theme.bad()),
+            Span::raw(format!("interrupted ({why}): the running action ends (an apply is undone), then pannus exits")),
+        ])
+    } else if let Some(b) = &app.busy {
         Line::from(vec![Span::styled("… ", theme.warn()), Span::raw(format!("{b} (working)"))])
     } else if let Some((ok, m)) = &app.message {
         let (mark, style) = if *ok { ("✔ ", theme.ok()) } else { ("✖ ", theme.bad()) };
