@@ -7,7 +7,7 @@ use crate::engine::{now_secs, outcome_of, read_status, Applied, Engine, Observer
 use crate::error::{Error, Result};
 use crate::ledger;
 use crate::manifest::Manifest;
-use crate::registry::{Health, HealthCheck, OnExpiry, State};
+use crate::registry::{Health, HealthCheck, OnExpiry, PatchRecord, State};
 use std::time::{Duration, Instant};
 
 /// A patch applied, and its trial watcher: started, or why not (then the trial's `on_expiry`
@@ -25,6 +25,12 @@ pub fn apply_watched(mut session: Session, m: &Manifest, obs: &mut dyn Observer)
     drop(session);
     let watcher = spawn_trial_watcher(engine, pid, &applied.record.patch);
     Ok(Watched { applied, watcher })
+}
+
+/// Whether `rec` is still on trial at `now` (Unix seconds) with its deadline reached: its
+/// `on_expiry` policy is due and nobody has carried it out yet.
+pub fn overdue(rec: &PatchRecord, now: u64) -> bool {
+    rec.state == State::Trial && rec.trial_deadline.is_some_and(|d| now >= d)
 }
 
 /// Carries out the `on_expiry` policy of `patch`, whose trial has run out: commit, or roll

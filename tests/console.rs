@@ -438,3 +438,58 @@ fn sigterm_while_a_stage_runs_undoes_the_stages_done() {
     assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
     assert_eq!(last_apply_outcome(&state, t.pid), "cancelled");
 }
+
+/// The trial watcher `pannus apply` started for `patch` in process `pid`.
+fn trial_watcher(pid: i32, patch: &str) -> Option<i32> {
+    let want = format!("trial-watch\0--pid\0{pid}\0{patch}\0");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let p: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains(&want).then_some(p)
+    })
+}
+
+/// Issue 15, item 5: a trial whose deadline passed with nobody carrying out its policy shows
+/// OVERDUE in the list and the process view, not a countdown stuck at 00:00.
+#[test]
+fn a_trial_past_its_deadline_shows_overdue() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest(
+        "late-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 2s\n  on_expiry: rollback\n",
+    );
+    state.apply(&m, t.pid).ok();
+    // Nobody watches this trial: its watcher is gone.
+    let start = Instant::now();
+    let watcher = loop {
+        if let Some(w) = trial_watcher(t.pid, "late-fix") {
+            break w;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "apply started no trial watcher");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(watcher), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let start = Instant::now();
+    while state.status(t.pid)["patches"][0]["trial_remaining_s"].as_u64() != Some(0) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the deadline never passed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(patch_state(&state, t.pid, "late-fix"), "trial", "still on trial, past its deadline");
+
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    let s = tmux.wait_for("1 match(es)");
+    assert!(s.contains("OVERDUE") && !s.contains("TRIAL 00:00"), "the list says OVERDUE:\n{s}");
+    tmux.keys(&["Enter", "Enter"]);
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains("OVERDUE") && !s.contains("00:00"), "the process view says OVERDUE:\n{s}");
+    state.rollback(t.pid, None).ok();
+}

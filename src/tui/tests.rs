@@ -521,3 +521,36 @@ fn ctrl_c_during_an_apply_says_no_and_waits_for_the_undo() {
     idle.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(idle.quit && idle.interrupted.is_none());
 }
+
+#[test]
+fn trials_show_their_deadline_in_clock_time_overdue_and_never_00_00_once_over() {
+    let mut a = app();
+    a.trial = Some((812, "invite-fix".into()));
+    a.screen = Screen::Trial;
+    // NOW is 08:00:00 UTC; invite-fix ends 252 s later.
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("04:12 of 05:00 left: commits at 08:04:12 UTC"), "{s}");
+    a.now = NOW + 240;
+    assert!(screen(&a, 80, 24).contains("in under 30 s"), "near the deadline, in words");
+    a.now = NOW + 300;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("OVERDUE") && s.contains("deadline 08:04:12 UTC passed 00:48 ago"), "{s}");
+    assert!(!s.contains("00:00"), "{s}");
+    a.screen = Screen::Processes;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("OVERDUE") && !s.contains("TRIAL 00:00"), "{s}");
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(key(KeyCode::Up));
+    assert!(screen(&a, 120, 40).contains("OVERDUE"));
+    // Committed: the trial is over, no countdown.
+    let mut rows = a.snapshot.rows.clone();
+    if let Some(p) = rows.iter_mut().find(|r| r.pid.get() == 812).and_then(|r| r.patches.get_mut(1)) {
+        p.state = State::Committed;
+        p.ended_at = Some(NOW + 10);
+    }
+    a.set_snapshot(Snapshot { rows });
+    a.screen = Screen::Trial;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("COMMITTED") && s.contains("trial over: committed at 08:00:10 UTC"), "{s}");
+    assert!(!s.contains("00:00 of") && !s.contains("OVERDUE"), "{s}");
+}

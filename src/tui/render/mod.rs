@@ -139,7 +139,11 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     }
 }
 
-fn clock(now: u64) -> String {
+/// Seconds before a trial's deadline from which its countdown is drawn as urgent (with words).
+pub const NEAR_DEADLINE: u64 = 30;
+
+/// Unix seconds as a UTC time of day.
+pub fn clock(now: u64) -> String {
     let t = now % 86400;
     format!("{:02}:{:02}:{:02} UTC", t / 3600, t / 60 % 60, t % 60)
 }

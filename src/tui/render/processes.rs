@@ -40,9 +40,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .map(|r| {
             let badge = Badge::of(r, app.now);
             let style = match badge {
+                Badge::Trial(left) if left <= super::NEAR_DEADLINE => theme.bad(),
                 Badge::Trial(_) => theme.warn(),
                 Badge::Active => theme.ok(),
-                Badge::Partial => theme.bad(),
+                Badge::Partial | Badge::Overdue => theme.bad(),
                 Badge::None => theme.dim(),
             };
             let patches = r.applied().count();
