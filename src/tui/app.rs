@@ -2,7 +2,7 @@
 //! this state; work on processes is handed to the job thread as [`Job`]s.
 
 use super::jobs::{Event, Job};
-use super::snapshot::Snapshot;
+use super::snapshot::{Badge, Snapshot};
 use crate::engine::{CheckLine, Stage};
 use crate::journal::Entry;
 use crate::manifest::Manifest;
@@ -100,6 +100,8 @@ pub struct App {
     pub filter: String,
     pub filtering: bool,
     pub patched_only: bool,
+    /// Kernel threads listed too (hidden by default: nothing to patch there).
+    pub kernel_threads: bool,
     /// The selected process, by pid so that it survives refreshes.
     pub selected: Option<i32>,
     /// The process the detail view was opened for: it stays on it whatever the list shows.
@@ -142,6 +144,17 @@ pub struct Pending {
     pub job: Job,
 }
 
+/// A process without an executable: a kernel thread (or a zombie), with nothing to patch.
+pub fn is_kernel_thread(p: &Process) -> bool {
+    p.exe.is_empty()
+}
+
+/// A process whose executable was replaced or removed on disk since it started: what it runs
+/// is no longer the file at its path.
+pub fn binary_replaced(p: &Process) -> bool {
+    p.exe.ends_with(" (deleted)")
+}
+
 /// The applied patches of `patches` that require `id`, directly or not, newest first.
 pub fn dependents(patches: &[PatchRecord], id: &str) -> Vec<String> {
     let mut order = vec![id.to_string()];
@@ -169,6 +182,7 @@ impl App {
             filter: String::new(),
             filtering: false,
             patched_only: false,
+            kernel_threads: false,
             selected: None,
             detail: None,
             detail_patch: 0,
@@ -192,12 +206,16 @@ impl App {
         }
     }
 
-    /// The rows the process list shows, after the filter and the patched-only toggle.
+    /// The rows the process list shows, after the filter and the patched-only and kernel-thread
+    /// toggles: processes with a patch in trial (or stopped between stages) first, then those
+    /// with committed patches, then the others, each in pid order.
     pub fn visible(&self) -> Vec<&Process> {
         let f = self.filter.to_lowercase();
-        self.snapshot
+        let mut rows: Vec<&Process> = self
+            .snapshot
             .rows
             .iter()
+            .filter(|r| self.kernel_threads || !is_kernel_thread(r))
             .filter(|r| !self.patched_only || r.applied().next().is_some())
             .filter(|r| {
                 f.is_empty()
@@ -205,7 +223,13 @@ impl App {
                     || r.name.to_lowercase().contains(&f)
                     || r.patches.iter().any(|p| p.patch.contains(&f))
             })
-            .collect()
+            .collect();
+        rows.sort_by_key(|r| match Badge::of(r, self.now) {
+            Badge::Partial | Badge::Overdue | Badge::Trial(_) => 0,
+            Badge::Active => 1,
+            Badge::None => 2,
+        });
+        rows
     }
 
     pub fn selected_index(&self) -> Option<usize> {
@@ -266,6 +290,11 @@ impl App {
         let i = self.selected_index().unwrap_or(0) as isize;
         let j = (i + delta).clamp(0, v.len() as isize - 1) as usize;
         self.selected = Some(v[j].pid.get());
+    }
+
+    /// Whether `a` has a process to apply a patch to here.
+    pub fn can_apply(&self) -> bool {
+        self.acted_on().is_some_and(|r| !is_kernel_thread(r))
     }
 
     /// The terminal as last drawn.
@@ -427,6 +456,10 @@ impl App {
         match key.code {
             KeyCode::Char('R') => self.rollback_key(),
             KeyCode::Char('C') => self.commit_key(),
+            KeyCode::Char('a') if is_kernel_thread(row) => {
+                self.say(false, format!("process {pid} has no executable (a kernel thread): nothing to patch"));
+                None
+            }
             KeyCode::Char('a') => {
                 self.open_wizard(pid);
                 None
@@ -574,6 +607,10 @@ impl App {
             KeyCode::Esc => self.filter.clear(),
             KeyCode::Char('p') => {
                 self.patched_only = !self.patched_only;
+                self.fix_selection();
+            }
+            KeyCode::Char('K') => {
+                self.kernel_threads = !self.kernel_threads;
                 self.fix_selection();
             }
             KeyCode::Enter => {

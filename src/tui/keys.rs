@@ -62,6 +62,13 @@ pub const BINDINGS: &[Binding] = &[
     },
     Binding { keys: "p", action: "patched only", footer: false, on_patch: false, screens: &[Screen::Processes] },
     Binding {
+        keys: "K",
+        action: "kernel threads shown or hidden",
+        footer: false,
+        on_patch: false,
+        screens: &[Screen::Processes],
+    },
+    Binding {
         keys: "J",
         action: "journal",
         footer: false,

@@ -80,8 +80,13 @@ fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
 fn app() -> App {
     let mut a = App::new(PathBuf::from("/srv/manifests"));
     a.now = NOW;
+    let mut kthreadd = row(2, "kthreadd", vec![]);
+    kthreadd.exe.clear();
+    let mut legacyd = row(1500, "legacyd", vec![]);
+    legacyd.exe.push_str(" (deleted)");
     let mut rows = vec![
         row(1, "systemd", vec![]),
+        kthreadd,
         row(
             812,
             "sipd",
@@ -94,6 +99,7 @@ fn app() -> App {
         row(901, "mediad", vec![patch("rtp-fix", 1, State::Linked, &[], 0)]),
         row(1200, "billingd", vec![patch("old-fix", 1, State::RolledBack, &[], 0)]),
     ];
+    rows.push(legacyd);
     for pid in 2000..2030 {
         rows.push(row(pid, "worker", vec![]));
     }
@@ -553,4 +559,22 @@ fn trials_show_their_deadline_in_clock_time_overdue_and_never_00_00_once_over() 
     let s = screen(&a, 80, 24);
     assert!(s.contains("COMMITTED") && s.contains("trial over: committed at 08:00:10 UTC"), "{s}");
     assert!(!s.contains("00:00 of") && !s.contains("OVERDUE"), "{s}");
+}
+
+#[test]
+fn patched_processes_first_kernel_threads_hidden_replaced_binaries_marked() {
+    let mut a = app();
+    let order: Vec<i32> = a.visible().iter().map(|r| r.pid.get()).take(5).collect();
+    assert_eq!(order, vec![812, 901, 1, 1200, 1500], "trial and partial first, then the others by pid");
+    assert!(a.visible().iter().all(|r| r.pid.get() != 2), "kernel threads hidden");
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("REPLACED ON DISK /usr/sbin/legacyd"), "{s}");
+    a.on_key(ch('K'));
+    assert!(a.visible().iter().any(|r| r.pid.get() == 2), "K shows them");
+    a.selected = Some(2);
+    let s = screen(&a, 120, 40);
+    assert!(!s.contains("a apply"), "no apply offered on a kernel thread:\n{s}");
+    assert_eq!(a.on_key(ch('a')), None);
+    assert_eq!(a.screen, Screen::Processes);
+    assert!(a.wizard.is_none());
 }

@@ -55,7 +55,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             } else {
                 Span::raw("")
             },
-            Span::raw(row.exe.clone()),
+            if crate::tui::app::binary_replaced(row) {
+                Span::styled("REPLACED ON DISK ", theme.warn())
+            } else {
+                Span::raw("")
+            },
+            Span::raw(row.exe.trim_end_matches(" (deleted)").to_string()),
         ])),
         info,
     );

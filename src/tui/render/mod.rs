@@ -150,12 +150,14 @@ pub fn clock(now: u64) -> String {
 
 fn header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let patched = app.snapshot.rows.iter().filter(|r| r.applied().next().is_some()).count();
+    let kernel = app.snapshot.rows.iter().filter(|r| super::app::is_kernel_thread(r)).count();
     let left = format!(
-        " pannus · {} · {} processes, {} patched{}",
+        " pannus · {} · {} processes, {} patched{}{}",
         app.screen.title(),
         app.snapshot.rows.len(),
         patched,
-        if app.patched_only { " (showing patched only)" } else { "" }
+        if app.patched_only { " (showing patched only)" } else { "" },
+        if app.kernel_threads || kernel == 0 { String::new() } else { format!(", {kernel} kernel hidden (K)") }
     );
     let right = format!("{} ", clock(app.now));
     let pad = (area.width as usize).saturating_sub(left.chars().count() + right.len());
@@ -190,6 +192,9 @@ fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else {
         let target = app.key_target();
         for b in keys::for_screen(app.screen).filter(|b| b.footer) {
+            if b.keys == "a" && !app.can_apply() {
+                continue;
+            }
             let on = if b.on_patch {
                 // Only when there is a patch it can act on, and then named.
                 let Some((_, rec)) = target else { continue };
