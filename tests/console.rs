@@ -493,3 +493,30 @@ fn a_trial_past_its_deadline_shows_overdue() {
     assert!(s.contains("OVERDUE") && !s.contains("00:00"), "the process view says OVERDUE:\n{s}");
     state.rollback(t.pid, None).ok();
 }
+
+/// Issue 15, "what an operator expects": a commit made by another pannus while the console
+/// watches raises a notice.
+#[test]
+fn a_commit_made_elsewhere_raises_a_notice() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest(
+        "elsewhere-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n",
+    );
+    state.apply(&m, t.pid).ok();
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("TRIAL 09:");
+    state.pannus(&["commit", "--pid", &t.pid.to_string(), "elsewhere-fix"]).ok();
+    let s = tmux.wait_for("NOTICE: `elsewhere-fix` was committed in process");
+    assert!(s.contains("ACTIVE"), "{s}");
+    state.rollback(t.pid, None).ok();
+}

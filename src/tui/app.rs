@@ -7,7 +7,7 @@ use crate::engine::{CheckLine, Stage};
 use crate::journal::Entry;
 use crate::manifest::Manifest;
 use crate::processes::Process;
-use crate::registry::PatchRecord;
+use crate::registry::{PatchRecord, State};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -112,8 +112,15 @@ pub struct App {
     pub trial: Option<(i32, String)>,
     pub journal: Vec<Entry>,
     pub journal_offset: usize,
-    /// The last outcome, shown in the footer.
+    /// The last outcome, shown in the footer, and when (Unix seconds): a success for
+    /// [`MESSAGE_OK_SECS`], a failure for [`NOTICE_SECS`].
     pub message: Option<(bool, String)>,
+    pub message_at: u64,
+    /// A change to a patch that this console did not make (a trial watcher's commit or
+    /// rollback, another pannus), and when it was seen; shown for [`NOTICE_SECS`].
+    pub notice: Option<(u64, String)>,
+    /// Patches this console's own jobs changed, not to be reported as notices.
+    own: Vec<(i32, String)>,
     /// A job is running (one at a time).
     pub busy: Option<String>,
     pub manifests_dir: PathBuf,
@@ -143,6 +150,11 @@ pub struct Pending {
     pub lines: Vec<String>,
     pub job: Job,
 }
+
+/// How long a success stays in the footer, in seconds.
+pub const MESSAGE_OK_SECS: u64 = 10;
+/// How long a failure or a notice stays in the footer, in seconds.
+pub const NOTICE_SECS: u64 = 60;
 
 /// A process without an executable: a kernel thread (or a zombie), with nothing to patch.
 pub fn is_kernel_thread(p: &Process) -> bool {
@@ -192,6 +204,9 @@ impl App {
             journal: Vec::new(),
             journal_offset: 0,
             message: None,
+            message_at: 0,
+            notice: None,
+            own: Vec::new(),
             busy: None,
             manifests_dir,
             now: 0,
@@ -259,6 +274,7 @@ impl App {
 
     /// Takes a new snapshot; the selection stays on the same pid when it is still listed.
     pub fn set_snapshot(&mut self, s: Snapshot) {
+        self.notice_changes(&s);
         self.snapshot = s;
         self.fix_selection();
         if let Some(row) = self.detail_row() {
@@ -313,6 +329,63 @@ impl App {
 
     fn say(&mut self, ok: bool, text: impl Into<String>) {
         self.message = Some((ok, text.into()));
+        self.message_at = self.now;
+    }
+
+    /// The footer's message line now: the newer of the last outcome and the last notice, while
+    /// it is fresh. `(ok, notice, text)`.
+    pub fn message_line(&self) -> Option<(bool, bool, &str)> {
+        let msg = self.message.as_ref().filter(|(ok, _)| {
+            self.now.saturating_sub(self.message_at) < if *ok { MESSAGE_OK_SECS } else { NOTICE_SECS }
+        });
+        let notice = self.notice.as_ref().filter(|(at, _)| self.now.saturating_sub(*at) < NOTICE_SECS);
+        match (msg, notice) {
+            (Some(_), Some((at, n))) if *at >= self.message_at => Some((true, true, n)),
+            (Some((ok, m)), _) => Some((*ok, false, m)),
+            (None, Some((_, n))) => Some((true, true, n)),
+            (None, None) => None,
+        }
+    }
+
+    /// What changed in the patches between the last snapshot and `new` that this console did
+    /// not do itself, as one notice.
+    fn notice_changes(&mut self, new: &Snapshot) {
+        if self.snapshot.rows.is_empty() {
+            return;
+        }
+        let mut seen = Vec::new();
+        for row in &new.rows {
+            let Some(old) = self.snapshot.rows.iter().find(|r| r.pid == row.pid) else { continue };
+            let pid = row.pid.get();
+            for p in &row.patches {
+                let before = old.patches.iter().find(|o| o.patch == p.patch && o.seq == p.seq).map(|o| o.state);
+                if before == Some(p.state) {
+                    continue;
+                }
+                if let Some(i) = self.own.iter().position(|(op, id)| *op == pid && *id == p.patch) {
+                    if matches!(p.state, State::Committed | State::RolledBack | State::Trial) {
+                        self.own.remove(i);
+                    }
+                    continue;
+                }
+                let why = p.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+                let what = match (before, p.state) {
+                    (_, State::Committed) => format!("`{}` was committed in process {pid}{why}", p.patch),
+                    (_, State::RolledBack) => format!("`{}` was rolled back in process {pid}{why}", p.patch),
+                    (None, State::Trial) => format!("`{}` was applied to process {pid} by another pannus", p.patch),
+                    _ => continue,
+                };
+                seen.push(what);
+            }
+        }
+        if let Some(first) = seen.first() {
+            let more = if seen.len() > 1 {
+                format!(" (and {} more: see the journal, J)", seen.len() - 1)
+            } else {
+                String::new()
+            };
+            self.notice = Some((self.now, format!("NOTICE: {first}{more}")));
+        }
     }
 
     /// Whether a job runs or a confirmation waits: what Ctrl-C interrupts.
@@ -834,6 +907,9 @@ impl App {
             }
             Event::Applied { pid, result } => {
                 self.busy = None;
+                if let Ok(patch) = &result {
+                    self.own.push((pid, patch.clone()));
+                }
                 let (ok, message) = match &result {
                     Ok(patch) => (true, format!("patch `{patch}` is active in process {pid}: trial started")),
                     Err(e) => (false, e.to_string()),
@@ -846,6 +922,9 @@ impl App {
             }
             Event::RolledBack { pid, result } => {
                 self.busy = None;
+                if let Ok(ids) = &result {
+                    self.own.extend(ids.iter().map(|id| (pid, id.clone())));
+                }
                 match result {
                     Ok(ids) => self.say(true, format!("rolled back in process {pid}: {}", ids.join(", "))),
                     Err(e) => self.say(false, format!("rollback in process {pid} failed: {}", e.message)),
@@ -853,6 +932,7 @@ impl App {
             }
             Event::Expired { pid, patch, result } => {
                 self.busy = None;
+                self.own.push((pid, patch.clone()));
                 match result {
                     Ok(state) => {
                         self.say(true, format!("trial of `{patch}` expired in process {pid}: {state} by policy"))
@@ -862,6 +942,7 @@ impl App {
             }
             Event::Committed { pid, patch, result } => {
                 self.busy = None;
+                self.own.push((pid, patch.clone()));
                 match result {
                     Ok(()) => self.say(true, format!("`{patch}` committed in process {pid}")),
                     Err(e) => self.say(false, format!("commit of `{patch}` failed: {}", e.message)),

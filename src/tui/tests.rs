@@ -1,7 +1,7 @@
 //! The console drawn on ratatui's TestBackend: every screen at 80x24 and 120x40 (insta
 //! snapshots), every screen at tiny sizes without a panic, and what the keys do.
 
-use super::app::{App, ManifestFile, Phase, Screen, Wizard};
+use super::app::{App, ManifestFile, Phase, Screen, Wizard, MESSAGE_OK_SECS, NOTICE_SECS};
 use super::jobs::{Event, Job};
 use super::render::{self, Theme};
 use super::snapshot::Snapshot;
@@ -230,6 +230,7 @@ fn every_screen() -> Vec<(&'static str, App)> {
             message: "stage 4 (activate): busy: after 101 attempts, thread(s) 905 still in the way\n  undone: init, link, load (the process is as it was)".into(),
         });
         w.message = Some((false, "stage 4 (activate): busy".into()));
+        w.message_at = NOW;
         w
     }));
     let mut trial = app();
@@ -577,4 +578,44 @@ fn patched_processes_first_kernel_threads_hidden_replaced_binaries_marked() {
     assert_eq!(a.on_key(ch('a')), None);
     assert_eq!(a.screen, Screen::Processes);
     assert!(a.wizard.is_none());
+}
+
+#[test]
+fn changes_made_elsewhere_raise_a_notice_and_old_successes_leave_the_footer() {
+    let mut a = app();
+    let changed = |a: &App, f: &dyn Fn(&mut PatchRecord)| {
+        let mut rows = a.snapshot.rows.clone();
+        if let Some(p) = rows.iter_mut().find(|r| r.pid.get() == 812).and_then(|r| r.patches.get_mut(1)) {
+            f(p);
+        }
+        Snapshot { rows }
+    };
+    // The trial watcher rolled invite-fix back.
+    let s = changed(&a, &|p| {
+        p.state = State::RolledBack;
+        p.note = Some("trial expired: rolled back by policy".into());
+    });
+    a.set_snapshot(s);
+    let text = screen(&a, 120, 40);
+    assert!(
+        text.contains("NOTICE: `invite-fix` was rolled back in process 812 (trial expired: rolled back by policy)"),
+        "{text}"
+    );
+    a.now += NOTICE_SECS;
+    assert!(!screen(&a, 120, 40).contains("NOTICE"), "a notice goes after a while");
+
+    // This console's own commit is no notice; its success message goes after 10 s.
+    let mut b = app();
+    b.on_key(ch('C'));
+    b.on_event(Event::Committed { pid: 812, patch: "cdr-fix".into(), result: Ok(()) });
+    let s = {
+        let mut rows = b.snapshot.rows.clone();
+        rows.iter_mut().find(|r| r.pid.get() == 812).unwrap().patches[2].state = State::Committed;
+        Snapshot { rows }
+    };
+    b.set_snapshot(s);
+    let text = screen(&b, 120, 40);
+    assert!(text.contains("`cdr-fix` committed in process 812") && !text.contains("NOTICE"), "{text}");
+    b.now += MESSAGE_OK_SECS;
+    assert!(screen(&b, 120, 40).contains("\nready\n"), "no stale success");
 }

@@ -173,9 +173,13 @@ fn message(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         ])
     } else if let Some(b) = &app.busy {
         Line::from(vec![Span::styled("… ", theme.warn()), Span::raw(format!("{b} (working)"))])
-    } else if let Some((ok, m)) = &app.message {
-        let (mark, style) = if *ok { ("✔ ", theme.ok()) } else { ("✖ ", theme.bad()) };
-        Line::from(vec![Span::styled(mark, style), Span::raw(m.clone())])
+    } else if let Some((ok, notice, m)) = app.message_line() {
+        let (mark, style) = match (ok, notice) {
+            (_, true) => ("! ", theme.warn()),
+            (true, false) => ("✔ ", theme.ok()),
+            (false, false) => ("✖ ", theme.bad()),
+        };
+        Line::from(vec![Span::styled(mark, style), Span::raw(m.to_string())])
     } else {
         Line::from(Span::styled("ready", theme.dim()))
     };
