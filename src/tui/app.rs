@@ -91,6 +91,10 @@ pub struct Wizard {
     pub log: Vec<String>,
     /// The first line of the pre-flight report shown.
     pub scroll: usize,
+    /// The trial stage 4 starts, in words (from the manifest, once checked).
+    pub trial: String,
+    /// Stages done, then undone (a failure or a cancellation after them).
+    pub undone: Vec<Stage>,
 }
 
 pub struct App {
@@ -332,19 +336,19 @@ impl App {
         self.message_at = self.now;
     }
 
-    /// The footer's message line now: the newer of the last outcome and the last notice, while
-    /// it is fresh. `(ok, notice, text)`.
-    pub fn message_line(&self) -> Option<(bool, bool, &str)> {
-        let msg = self.message.as_ref().filter(|(ok, _)| {
-            self.now.saturating_sub(self.message_at) < if *ok { MESSAGE_OK_SECS } else { NOTICE_SECS }
-        });
-        let notice = self.notice.as_ref().filter(|(at, _)| self.now.saturating_sub(*at) < NOTICE_SECS);
-        match (msg, notice) {
-            (Some(_), Some((at, n))) if *at >= self.message_at => Some((true, true, n)),
-            (Some((ok, m)), _) => Some((*ok, false, m)),
-            (None, Some((_, n))) => Some((true, true, n)),
-            (None, None) => None,
-        }
+    /// The footer's outcome line now, while it is fresh: `(ok, text)`.
+    pub fn message_line(&self) -> Option<(bool, &str)> {
+        self.message
+            .as_ref()
+            .filter(|(ok, _)| {
+                self.now.saturating_sub(self.message_at) < if *ok { MESSAGE_OK_SECS } else { NOTICE_SECS }
+            })
+            .map(|(ok, m)| (*ok, m.as_str()))
+    }
+
+    /// The last notice, while it is fresh: shown on a line of its own above the outcome line.
+    pub fn fresh_notice(&self) -> Option<&str> {
+        self.notice.as_ref().filter(|(at, _)| self.now.saturating_sub(*at) < NOTICE_SECS).map(|(_, n)| n.as_str())
     }
 
     /// What changed in the patches between the last snapshot and `new` that this console did
@@ -745,6 +749,8 @@ impl App {
             current: None,
             log: Vec::new(),
             scroll: 0,
+            trial: String::new(),
+            undone: Vec::new(),
         });
         self.screen = Screen::Wizard;
     }
@@ -898,10 +904,11 @@ impl App {
                     let _ = reply.send(false);
                 }
             },
-            Event::Checked { pid, patch, lines, error } => {
+            Event::Checked { pid, patch, trial, lines, error } => {
                 self.busy = None;
                 if let Some(w) = self.wizard.as_mut().filter(|w| w.pid == pid) {
                     w.patch = patch;
+                    w.trial = trial;
                     w.phase = Phase::Report { lines, error: error.map(|e| e.to_string()) };
                 }
             }
@@ -917,6 +924,10 @@ impl App {
                 if let Some(w) = self.wizard.as_mut() {
                     w.phase = Phase::Done { ok, message: message.clone() };
                     w.current = None;
+                    // A failed or cancelled apply undid its stages, unless it says otherwise.
+                    if !ok && !message.contains("undoing failed") {
+                        w.undone = std::mem::take(&mut w.done);
+                    }
                 }
                 self.say(ok, message.lines().next().unwrap_or("").to_string());
             }

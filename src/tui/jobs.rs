@@ -58,6 +58,8 @@ pub enum Event {
     Checked {
         pid: i32,
         patch: String,
+        /// What the trial after stage 4 will be, from the manifest.
+        trial: String,
         lines: Vec<CheckLine>,
         error: Option<Error>,
     },
@@ -152,20 +154,45 @@ impl Watchers {
     }
 }
 
+/// The trial a manifest asks for, in words.
+pub fn trial_text(m: &Manifest) -> String {
+    let end = match m.trial.on_expiry {
+        crate::manifest::OnExpiry::Commit => "committed",
+        crate::manifest::OnExpiry::Rollback => "rolled back",
+    };
+    let health = match &m.trial.health_check {
+        Some(h) => format!(
+            "; health check `{}` every {} ms, rolled back after {} failure(s) in a row",
+            h.command, h.interval_ms, h.failures
+        ),
+        None => "; no health check".to_string(),
+    };
+    format!(
+        "then a trial of {}: at its end the patch is {end} (on_expiry: {}){health}",
+        humantime::format_duration(m.trial.duration),
+        m.trial.on_expiry
+    )
+}
+
 fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watchers: &mut Watchers) -> Event {
     // As for the CLI's commands: spare CPU time only, on this thread (the screen's keeps its own).
     let _spare = pannus_kernel::SpareCpu::enter();
     let mut obs = Forward { tx, cancel };
     match job {
         Job::Check { pid, manifest } => match Manifest::load(&manifest) {
-            Err(e) => Event::Checked { pid, patch: String::new(), lines: Vec::new(), error: Some(e) },
-            Ok(m) => match Session::open(engine, pid) {
-                Err(e) => Event::Checked { pid, patch: m.patch, lines: Vec::new(), error: Some(e) },
-                Ok(mut s) => {
-                    let (lines, result) = s.check(&m);
-                    Event::Checked { pid, patch: m.patch, lines, error: result.err() }
+            Err(e) => {
+                Event::Checked { pid, patch: String::new(), trial: String::new(), lines: Vec::new(), error: Some(e) }
+            }
+            Ok(m) => {
+                let trial = trial_text(&m);
+                match Session::open(engine, pid) {
+                    Err(e) => Event::Checked { pid, patch: m.patch, trial, lines: Vec::new(), error: Some(e) },
+                    Ok(mut s) => {
+                        let (lines, result) = s.check(&m);
+                        Event::Checked { pid, patch: m.patch, trial, lines, error: result.err() }
+                    }
                 }
-            },
+            }
         },
         Job::Apply { pid, manifest } => {
             let result = Manifest::load(&manifest).and_then(|m| {

@@ -176,6 +176,8 @@ fn wizard_app(phase: Phase) -> App {
             "stage 2 (link): relocations applied".into(),
         ],
         scroll: 0,
+        trial: "then a trial of 5m: at its end the patch is committed (on_expiry: commit); no health check".into(),
+        undone: vec![],
     });
     a
 }
@@ -231,6 +233,9 @@ fn every_screen() -> Vec<(&'static str, App)> {
         });
         w.message = Some((false, "stage 4 (activate): busy".into()));
         w.message_at = NOW;
+        if let Some(wz) = w.wizard.as_mut() {
+            wz.undone = std::mem::take(&mut wz.done);
+        }
         w
     }));
     let mut trial = app();
@@ -318,7 +323,13 @@ fn wizard_confirms_each_stage_and_esc_cancels() {
     let mut a = wizard_app(Phase::Pick);
     let job = a.on_key(key(KeyCode::Enter));
     assert_eq!(job, Some(Job::Check { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() }));
-    a.on_event(Event::Checked { pid: 812, patch: "invite-fix".into(), lines: vec![], error: None });
+    a.on_event(Event::Checked {
+        pid: 812,
+        patch: "invite-fix".into(),
+        trial: "then a trial of 5m".into(),
+        lines: vec![],
+        error: None,
+    });
     let job = a.on_key(key(KeyCode::Enter));
     assert_eq!(job, Some(Job::Apply { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() }));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -618,4 +629,26 @@ fn changes_made_elsewhere_raise_a_notice_and_old_successes_leave_the_footer() {
     assert!(text.contains("`cdr-fix` committed in process 812") && !text.contains("NOTICE"), "{text}");
     b.now += MESSAGE_OK_SECS;
     assert!(screen(&b, 120, 40).contains("\nready\n"), "no stale success");
+}
+
+#[test]
+fn the_wizard_names_the_trial_at_stage_4_says_what_was_undone_and_its_footer_matches_its_box() {
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let mut a = wizard_app(Phase::Running { confirm: None });
+    a.on_event(Event::Confirm { stage: Stage::Activate, plan: "write the jumps".into(), reply: tx });
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("then a trial of 5m: at its end the patch is committed (on_expiry: commit)"), "{s}");
+    let footer = s.lines().last().unwrap_or("");
+    assert!(footer.starts_with("Enter proceed  Esc cancel and undo the stages done"), "{footer}");
+    assert!(s.contains("Enter proceed    Esc cancel and undo the stages done"), "the box says the same:\n{s}");
+    a.on_key(key(KeyCode::Esc));
+    a.on_event(Event::Applied {
+        pid: 812,
+        result: Err(crate::error::Error::other(
+            "cancelled before stage 4 (activate)\n  undone: init, link, load (the process is as it was)",
+        )),
+    });
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("↺ 1 load") && s.contains("↺ 2 link") && !s.contains("✓ 1 load"), "{s}");
+    assert!(s.lines().last().unwrap_or("").starts_with("Enter Esc back"), "{s}");
 }

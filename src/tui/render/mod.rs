@@ -18,7 +18,7 @@ mod processes;
 mod trial;
 mod wizard;
 
-use super::app::{App, Screen};
+use super::app::{App, Phase, Screen};
 use super::keys;
 use ratatui::layout::{Constraint, Flex, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -86,12 +86,13 @@ pub fn too_small(area: Rect) -> bool {
     area.width < MIN_WIDTH || area.height < MIN_HEIGHT
 }
 
-/// Header, body, service output, message and keys.
-fn areas(app: &App, area: Rect) -> [Rect; 5] {
+/// Header, body, service output, notice, message and keys.
+fn areas(app: &App, area: Rect) -> [Rect; 6] {
     Layout::vertical([
         Constraint::Length(1),
         Constraint::Fill(1),
         Constraint::Length(u16::from(app.output.is_some())),
+        Constraint::Length(u16::from(app.fresh_notice().is_some())),
         Constraint::Length(1),
         Constraint::Length(1),
     ])
@@ -113,7 +114,16 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
         return;
     }
-    let [head, body, out, msg, keys_area] = areas(app, area);
+    let [head, body, out, notice, msg, keys_area] = areas(app, area);
+    if let Some(n) = app.fresh_notice() {
+        f.render_widget(
+            Paragraph::new(Line::from(vec![
+                Span::styled("! ", theme.warn()),
+                Span::styled(n.to_string(), theme.warn()),
+            ])),
+            notice,
+        );
+    }
     if let Some(o) = &app.output {
         f.render_widget(
             Paragraph::new(Line::from(vec![
@@ -173,12 +183,8 @@ fn message(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         ])
     } else if let Some(b) = &app.busy {
         Line::from(vec![Span::styled("… ", theme.warn()), Span::raw(format!("{b} (working)"))])
-    } else if let Some((ok, notice, m)) = app.message_line() {
-        let (mark, style) = match (ok, notice) {
-            (_, true) => ("! ", theme.warn()),
-            (true, false) => ("✔ ", theme.ok()),
-            (false, false) => ("✖ ", theme.bad()),
-        };
+    } else if let Some((ok, m)) = app.message_line() {
+        let (mark, style) = if ok { ("✔ ", theme.ok()) } else { ("✖ ", theme.bad()) };
         Line::from(vec![Span::styled(mark, style), Span::raw(m.to_string())])
     } else {
         Line::from(Span::styled("ready", theme.dim()))
@@ -186,9 +192,44 @@ fn message(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(Paragraph::new(line), area);
 }
 
+/// The keys that act now where the screen offers a choice of its own (a confirmation, a step of
+/// the apply wizard), as the screen itself words them; `None` elsewhere (the key table's).
+pub fn contextual_keys(app: &App) -> Option<Vec<(&'static str, String)>> {
+    if let Some(c) = confirmation_of(app) {
+        let cancel = c.cancel.trim().to_string();
+        return Some(if confirmable(app, app.area()) {
+            vec![("Enter", "proceed".into()), ("Esc", cancel)]
+        } else {
+            vec![("Esc", cancel), ("", "(a larger terminal shows the whole confirmation)".into())]
+        });
+    }
+    let w = app.wizard.as_ref().filter(|_| app.screen == Screen::Wizard)?;
+    let mut keys: Vec<(&'static str, String)> = match &w.phase {
+        Phase::Pick => vec![("Enter", "pre-flight".into()), ("↑↓", "choose".into()), ("Esc", "back".into())],
+        Phase::Checking => vec![],
+        Phase::Report { error: None, .. } => {
+            vec![("Enter", "start stage 1".into()), ("↑↓ PgUp PgDn", "scroll".into()), ("Esc", "pick another".into())]
+        }
+        Phase::Report { .. } => vec![("↑↓ PgUp PgDn", "scroll".into()), ("Esc", "pick another".into())],
+        Phase::Running { .. } => vec![("Ctrl-C", "cancel, undo the stages done and quit".into())],
+        Phase::Done { ok: true, .. } => vec![("Enter", "open the trial".into()), ("Esc", "back".into())],
+        Phase::Done { .. } => vec![("Enter Esc", "back".into())],
+    };
+    if !matches!(w.phase, Phase::Running { .. } | Phase::Checking) {
+        keys.push(("?", "help".into()));
+        keys.push(("q", "quit".into()));
+    }
+    Some(keys)
+}
+
 fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let mut spans = Vec::new();
-    if app.filtering {
+    if let Some(keys) = contextual_keys(app) {
+        for (k, action) in keys {
+            spans.push(Span::styled(k, theme.key()));
+            spans.push(Span::raw(format!(" {action}  ")));
+        }
+    } else if app.filtering {
         spans.push(Span::styled("Enter", theme.key()));
         spans.push(Span::raw(" keep filter  "));
         spans.push(Span::styled("Esc", theme.key()));
@@ -237,9 +278,13 @@ fn confirmation_of(app: &App) -> Option<Confirmation> {
     }
     let w = app.wizard.as_ref().filter(|_| app.screen == Screen::Wizard)?;
     let (stage, plan) = w.confirming()?;
+    let mut text = vec![plan.to_string()];
+    if stage == crate::engine::Stage::Activate && !w.trial.is_empty() {
+        text.push(w.trial.clone());
+    }
     Some(Confirmation {
         title: format!("Stage {} of 4: {}", stage.number(), stage.name().to_uppercase()),
-        text: vec![plan.to_string()],
+        text,
         cancel: if w.done.is_empty() { " cancel (nothing done yet)" } else { " cancel and undo the stages done" },
     })
 }

@@ -14,6 +14,8 @@ fn stage_bar(w: &Wizard, theme: Theme) -> Line<'static> {
     for s in Stage::ALL {
         let (mark, style) = if w.done.contains(&s) {
             ("✓", theme.ok())
+        } else if w.undone.contains(&s) {
+            ("↺", theme.dim())
         } else if w.current == Some(s) || matches!(&w.phase, Phase::Running { confirm: Some((c, _)) } if *c == s) {
             ("●", theme.warn())
         } else {
@@ -22,7 +24,12 @@ fn stage_bar(w: &Wizard, theme: Theme) -> Line<'static> {
         spans.push(Span::styled(format!("{mark} {} {}", s.number(), s.name()), style));
         spans.push(Span::raw("   "));
     }
-    spans.push(Span::styled("(✓ done  ● now  ○ to do)", theme.dim()));
+    let legend = if w.undone.is_empty() {
+        "(✓ done  ● now  ○ to do)"
+    } else {
+        "(✓ done  ● now  ○ to do  ↺ undone)"
+    };
+    spans.push(Span::styled(legend, theme.dim()));
     Line::from(spans)
 }
 
