@@ -100,6 +100,8 @@ pub struct Wizard {
 pub struct App {
     pub screen: Screen,
     pub help: bool,
+    /// The first line of the help shown.
+    pub help_scroll: usize,
     pub snapshot: Snapshot,
     pub filter: String,
     pub filtering: bool,
@@ -194,6 +196,7 @@ impl App {
         App {
             screen: Screen::Processes,
             help: false,
+            help_scroll: 0,
             snapshot: Snapshot::default(),
             filter: String::new(),
             filtering: false,
@@ -434,9 +437,23 @@ impl App {
             return None;
         }
         if self.help {
-            if matches!(key.code, KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter) {
-                self.help = false;
+            match key.code {
+                KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter => {
+                    self.help = false;
+                    self.help_scroll = 0;
+                }
+                KeyCode::Up | KeyCode::Char('k') => self.help_scroll = self.help_scroll.saturating_sub(1),
+                KeyCode::Down | KeyCode::Char('j') => self.help_scroll = self.help_scroll.saturating_add(1),
+                KeyCode::PageUp => self.help_scroll = self.help_scroll.saturating_sub(self.page.max(1)),
+                KeyCode::PageDown => self.help_scroll = self.help_scroll.saturating_add(self.page.max(1)),
+                KeyCode::Home => self.help_scroll = 0,
+                KeyCode::End => self.help_scroll = usize::MAX,
+                _ => {}
             }
+            // At most the help's length (drawing stops at its last screenful).
+            let len =
+                super::keys::for_screen(self.screen).count() + super::keys::NOTES.len() + super::keys::LEGEND.len() + 4;
+            self.help_scroll = self.help_scroll.min(len);
             return None;
         }
         // A confirmation takes every key until it is answered.

@@ -93,3 +93,17 @@ pub const NOTES: &[&str] = &[
 pub fn for_screen(screen: Screen) -> impl Iterator<Item = &'static Binding> {
     BINDINGS.iter().filter(move |b| b.screens.contains(&screen))
 }
+
+/// The words the screens use for states, as the help screen explains them.
+pub const LEGEND: &[(&str, &str)] = &[
+    ("TRIAL 04:12", "a patch on trial: time left before its expiry policy"),
+    ("", "  (drawn as urgent, \"in under 30 s\", near the deadline)"),
+    ("OVERDUE", "on trial past its deadline: nobody carried out its policy"),
+    ("ACTIVE", "patches applied and committed"),
+    ("PARTIAL!", "a patch left between stages by a killed pannus: roll back"),
+    ("-", "no patch applied"),
+    ("NO LONGER PATCHED", "the process on view has had its patches rolled back"),
+    ("REPLACED ON DISK", "the executable changed on disk since the process started"),
+    ("NOTICE", "a change made elsewhere (a trial watcher, another pannus)"),
+    ("✓ ● ○ ↺", "apply stages: done, now, to do, undone"),
+];

@@ -652,3 +652,27 @@ fn the_wizard_names_the_trial_at_stage_4_says_what_was_undone_and_its_footer_mat
     assert!(s.contains("↺ 1 load") && s.contains("↺ 2 link") && !s.contains("✓ 1 load"), "{s}");
     assert!(s.lines().last().unwrap_or("").starts_with("Enter Esc back"), "{s}");
 }
+
+#[test]
+fn help_has_a_legend_says_which_patch_keys_act_on_and_scrolls_at_80x24() {
+    let mut a = app();
+    a.help = true;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("the patch named in the footer"), "{s}");
+    assert!(s.contains("lines 1-"), "it says there is more:\n{s}");
+    a.on_key(key(KeyCode::End));
+    let s = screen(&a, 80, 24);
+    for word in ["OVERDUE", "PARTIAL!", "REPLACED ON DISK", "NOTICE"] {
+        assert!(s.contains(word), "{word}:\n{s}");
+    }
+    a.on_key(key(KeyCode::Up));
+    assert!(a.help);
+    a.on_key(key(KeyCode::Esc));
+    assert!(!a.help && a.help_scroll == 0);
+    let big = {
+        let mut b = app();
+        b.help = true;
+        screen(&b, 120, 60)
+    };
+    assert!(big.contains("TRIAL 04:12") && big.contains("ACTIVE"), "{big}");
+}

@@ -410,17 +410,42 @@ pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
 fn help(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let mut lines = vec![Line::from(Span::styled(format!("Keys on the {} screen", app.screen.title()), theme.title()))];
     for b in keys::for_screen(app.screen) {
-        lines.push(Line::from(vec![Span::styled(format!("{:>18}  ", b.keys), theme.key()), Span::raw(b.action)]));
+        let on = if b.on_patch { " (the patch named in the footer)" } else { "" };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>18}  ", b.keys), theme.key()),
+            Span::raw(format!("{}{on}", b.action)),
+        ]));
     }
     lines.push(Line::raw(""));
     for n in keys::NOTES {
         lines.push(Line::raw(*n));
     }
-    lines.push(Line::from(Span::styled("Esc, ? or q closes this help", theme.dim())));
-    let h = lines.len() as u16 + 2;
-    let r = centered(area, 80, h);
+    lines.push(Line::raw(""));
+    lines.push(Line::styled("What the words on screen mean (never colour alone):", theme.title()));
+    for (word, meaning) in keys::LEGEND {
+        lines.push(Line::from(vec![Span::styled(format!("{word:>18}  "), theme.title()), Span::raw(*meaning)]));
+    }
+    let r = centered(area, 80, lines.len() as u16 + 2);
+    let inner = r.width.saturating_sub(2) as usize;
+    let total: usize = lines
+        .iter()
+        .map(|l| wrap_text(&l.spans.iter().map(|s| s.content.as_ref()).collect::<String>(), inner, 0).len())
+        .sum();
+    let visible = r.height.saturating_sub(2) as usize;
+    let off = app.help_scroll.min(total.saturating_sub(visible));
+    let title = if total > visible {
+        format!(" Help: lines {}-{} of {total} (↑↓ PgUp PgDn scroll; Esc, ? or q close) ", off + 1, off + visible)
+    } else {
+        " Help (Esc, ? or q close) ".to_string()
+    };
     f.render_widget(Clear, r);
-    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(Block::bordered().title(" Help ")), r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .scroll((off.min(u16::MAX as usize) as u16, 0))
+            .block(Block::bordered().title(title)),
+        r,
+    );
 }
 
 /// Columns that fit: each `(width, priority)`; lower priority numbers are kept first. Returns
