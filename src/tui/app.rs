@@ -118,6 +118,11 @@ pub struct App {
     pub trial: Option<(i32, String)>,
     pub journal: Vec<Entry>,
     pub journal_offset: usize,
+    /// The journal's search (`/`), and whether it is being typed.
+    pub journal_search: String,
+    pub journal_searching: bool,
+    /// The selected entry shown whole.
+    pub journal_open: bool,
     /// The last outcome, shown in the footer, and when (Unix seconds): a success for
     /// [`MESSAGE_OK_SECS`], a failure for [`NOTICE_SECS`].
     pub message: Option<(bool, String)>,
@@ -210,6 +215,9 @@ impl App {
             trial: None,
             journal: Vec::new(),
             journal_offset: 0,
+            journal_search: String::new(),
+            journal_searching: false,
+            journal_open: false,
             message: None,
             message_at: 0,
             notice: None,
@@ -481,6 +489,10 @@ impl App {
                 KeyCode::Up | KeyCode::Down => self.move_selection(if key.code == KeyCode::Up { -1 } else { 1 }),
                 _ => {}
             }
+            return None;
+        }
+        if self.journal_searching && self.screen == Screen::Journal {
+            self.on_journal_search_key(key);
             return None;
         }
         match key.code {
@@ -852,12 +864,70 @@ impl App {
         }
     }
 
+    /// The journal entries shown: those matching the search (any field, any case), oldest first.
+    pub fn journal_visible(&self) -> Vec<&Entry> {
+        let q = self.journal_search.to_lowercase();
+        self.journal
+            .iter()
+            .filter(|e| {
+                q.is_empty()
+                    || [&e.time, &e.user, &e.action, &e.process, &e.outcome, &e.detail]
+                        .iter()
+                        .any(|f| f.to_lowercase().contains(&q))
+                    || e.pid.to_string().contains(&q)
+                    || e.patch.as_ref().is_some_and(|p| p.to_lowercase().contains(&q))
+            })
+            .collect()
+    }
+
+    /// The journal entry selected, among those shown.
+    pub fn journal_selected(&self) -> Option<&Entry> {
+        let v = self.journal_visible();
+        let i = self.journal_offset.min(v.len().checked_sub(1)?);
+        v.get(i).copied()
+    }
+
+    fn on_journal_search_key(&mut self, key: KeyEvent) {
+        match key.code {
+            KeyCode::Esc => {
+                self.journal_searching = false;
+                self.journal_search.clear();
+            }
+            KeyCode::Enter => self.journal_searching = false,
+            KeyCode::Backspace => {
+                self.journal_search.pop();
+            }
+            KeyCode::Char(c) => self.journal_search.push(c),
+            _ => {}
+        }
+        // The newest match selected.
+        self.journal_offset = usize::MAX;
+    }
+
     fn on_journal_key(&mut self, key: KeyEvent) {
-        let max = self.journal.len().saturating_sub(1);
+        if self.journal_open {
+            if matches!(key.code, KeyCode::Esc | KeyCode::Enter) {
+                self.journal_open = false;
+            }
+            return;
+        }
+        let max = self.journal_visible().len().saturating_sub(1);
         let off = self.journal_offset.min(max);
         self.journal_offset = match key.code {
+            KeyCode::Esc if !self.journal_search.is_empty() => {
+                self.journal_search.clear();
+                usize::MAX
+            }
             KeyCode::Esc => {
                 self.screen = Screen::Processes;
+                off
+            }
+            KeyCode::Char('/') => {
+                self.journal_searching = true;
+                off
+            }
+            KeyCode::Enter => {
+                self.journal_open = self.journal_selected().is_some();
                 off
             }
             KeyCode::Up | KeyCode::Char('k') => off.saturating_sub(1),

@@ -20,13 +20,19 @@ const LIST: &[Screen] = &[Screen::Processes, Screen::Detail];
 
 pub const BINDINGS: &[Binding] = &[
     Binding { keys: "?", action: "help", footer: true, on_patch: false, screens: ALL },
-    Binding { keys: "/", action: "filter", footer: true, on_patch: false, screens: &[Screen::Processes] },
+    Binding {
+        keys: "/",
+        action: "filter",
+        footer: true,
+        on_patch: false,
+        screens: &[Screen::Processes, Screen::Journal],
+    },
     Binding {
         keys: "Enter",
         action: "open",
         footer: true,
         on_patch: false,
-        screens: &[Screen::Processes, Screen::Wizard],
+        screens: &[Screen::Processes, Screen::Wizard, Screen::Journal],
     },
     Binding {
         keys: "Esc",

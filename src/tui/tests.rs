@@ -245,6 +245,11 @@ fn every_screen() -> Vec<(&'static str, App)> {
     let mut journal = app();
     journal.screen = Screen::Journal;
     list.push(("journal", journal));
+    let mut entry = app();
+    entry.screen = Screen::Journal;
+    entry.journal_offset = 1;
+    entry.journal_open = true;
+    list.push(("journal-entry", entry));
     let mut help = app();
     help.help = true;
     list.push(("help", help));
@@ -675,4 +680,32 @@ fn help_has_a_legend_says_which_patch_keys_act_on_and_scrolls_at_80x24() {
         screen(&b, 120, 60)
     };
     assert!(big.contains("TRIAL 04:12") && big.contains("ACTIVE"), "{big}");
+}
+
+#[test]
+fn the_journal_searches_as_you_type_and_shows_an_entry_whole() {
+    let mut a = app();
+    a.on_key(ch('J'));
+    assert_eq!(a.screen, Screen::Journal);
+    a.on_key(ch('/'));
+    for c in "busy".chars() {
+        a.on_key(ch(c));
+    }
+    assert!(!a.quit, "typing is not a command");
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("1 of 2 entries match") && s.contains("rtp-fix") && !s.contains("invite-fix"), "{s}");
+    a.on_key(key(KeyCode::Enter)); // keeps the search
+    a.on_key(key(KeyCode::Enter)); // opens the entry
+    let s = screen(&a, 80, 24);
+    assert!(
+        s.contains("Journal entry") && s.contains("busy: after 101 attempts, thread(s) 905 still in the way"),
+        "{s}"
+    );
+    assert!(s.contains("bob (uid 1001)"), "{s}");
+    a.on_key(key(KeyCode::Esc));
+    assert!(!a.journal_open);
+    a.on_key(key(KeyCode::Esc));
+    assert!(a.journal_search.is_empty() && a.screen == Screen::Journal, "Esc clears the search first");
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(a.screen, Screen::Processes);
 }

@@ -143,6 +143,9 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     }
     message(f, msg, app, theme);
     footer(f, keys_area, app, theme);
+    if app.screen == Screen::Journal {
+        journal::draw_entry(f, body, app, theme);
+    }
     confirmation(f, body, app, theme);
     if app.help {
         help(f, body, app, theme);
@@ -203,6 +206,9 @@ pub fn contextual_keys(app: &App) -> Option<Vec<(&'static str, String)>> {
             vec![("Esc", cancel), ("", "(a larger terminal shows the whole confirmation)".into())]
         });
     }
+    if app.screen == Screen::Journal && app.journal_open {
+        return Some(vec![("Esc Enter", "close".into())]);
+    }
     let w = app.wizard.as_ref().filter(|_| app.screen == Screen::Wizard)?;
     let mut keys: Vec<(&'static str, String)> = match &w.phase {
         Phase::Pick => vec![("Enter", "pre-flight".into()), ("↑↓", "choose".into()), ("Esc", "back".into())],
@@ -229,7 +235,7 @@ fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             spans.push(Span::styled(k, theme.key()));
             spans.push(Span::raw(format!(" {action}  ")));
         }
-    } else if app.filtering {
+    } else if app.filtering || (app.journal_searching && app.screen == Screen::Journal) {
         spans.push(Span::styled("Enter", theme.key()));
         spans.push(Span::raw(" keep filter  "));
         spans.push(Span::styled("Esc", theme.key()));
