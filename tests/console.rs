@@ -520,3 +520,30 @@ fn a_commit_made_elsewhere_raises_a_notice() {
     assert!(s.contains("ACTIVE"), "{s}");
     state.rollback(t.pid, None).ok();
 }
+
+/// Issue 15, "what an operator expects": the manifest picker lists first the manifests whose
+/// object the process maps with the manifest's build-id.
+#[test]
+fn the_manifest_picker_lists_the_manifests_for_this_process_first() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    // Alphabetically first, but for a library the process does not map.
+    let other = state.manifest("a-lib-fix", "libtarget.so", "patch_lib.so", &[("lib_compute", "lib_compute_v2")], "");
+    assert!(other.exists());
+    state.manifest("z-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "a"]);
+    let s = tmux.wait_for("Pick a manifest");
+    let z = s.find("z-fix.yaml").expect("z-fix listed");
+    let a = s.find("a-lib-fix.yaml").expect("a-lib-fix listed");
+    assert!(z < a, "the manifest for this process comes first:\n{s}");
+    assert!(s.contains("[matches this process]") && s.contains("[not for this process's objects]"), "{s}");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Pre-flight passed");
+}

@@ -46,6 +46,59 @@ pub enum Pane {
 pub struct ManifestFile {
     pub path: PathBuf,
     pub summary: Result<String, String>,
+    /// How it fits the process the wizard is for.
+    pub fit: Fit,
+}
+
+/// How a manifest fits a process, best first: the picker lists them in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fit {
+    /// The process maps the manifest's object, and the file has the manifest's build-id.
+    Matches,
+    /// The process maps the object, but the file has another build-id.
+    OtherBuild,
+    /// The process does not map the manifest's object.
+    NotMapped,
+    /// The manifest is unusable, or the process could not be read.
+    Unknown,
+}
+
+impl Fit {
+    pub fn text(self) -> &'static str {
+        match self {
+            Fit::Matches => "[matches this process]",
+            Fit::OtherBuild => "[other build than this process's]",
+            Fit::NotMapped => "[not for this process's objects]",
+            Fit::Unknown => "",
+        }
+    }
+}
+
+/// How `m` fits process `pid`, whose mapped files are `mapped`.
+fn fit(m: &Manifest, mapped: &[String]) -> Fit {
+    let object = std::fs::canonicalize(&m.target.object).unwrap_or_else(|_| m.target.object.clone());
+    if !mapped.iter().any(|p| Path::new(p) == object) {
+        return Fit::NotMapped;
+    }
+    let on_disk = crate::elf::Object::load_tables(&object, "target object").ok().and_then(|o| o.build_id);
+    if on_disk.is_some_and(|b| b.eq_ignore_ascii_case(&m.target.build_id)) {
+        Fit::Matches
+    } else {
+        Fit::OtherBuild
+    }
+}
+
+/// The files process `pid` maps, from `/proc/PID/maps`.
+fn mapped_files(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut files: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5).map(|_| l))
+        .filter_map(|l| l.find('/').map(|i| l[i..].trim_end_matches(" (deleted)").to_string()))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Where the apply wizard is.
@@ -770,7 +823,7 @@ impl App {
     pub fn open_wizard(&mut self, pid: i32) {
         self.wizard = Some(Wizard {
             pid,
-            files: list_manifests(&self.manifests_dir),
+            files: list_manifests(&self.manifests_dir, Some(pid)),
             index: 0,
             phase: Phase::Pick,
             patch: String::new(),
@@ -1050,8 +1103,10 @@ impl App {
     }
 }
 
-/// The manifests in `dir` (and one level of sub-folders), each with its summary or problem.
-pub fn list_manifests(dir: &Path) -> Vec<ManifestFile> {
+/// The manifests in `dir` (and one level of sub-folders), each with its summary or problem;
+/// with `pid`, those that fit the process first (see [`Fit`]).
+pub fn list_manifests(dir: &Path, pid: Option<i32>) -> Vec<ManifestFile> {
+    let mapped = pid.map(mapped_files).unwrap_or_default();
     let mut paths = Vec::new();
     let walk = |d: &Path, paths: &mut Vec<PathBuf>, deeper: bool| -> Vec<PathBuf> {
         let mut subdirs = Vec::new();
@@ -1071,16 +1126,23 @@ pub fn list_manifests(dir: &Path) -> Vec<ManifestFile> {
         walk(&sub, &mut paths, false);
     }
     paths.sort();
-    paths
+    let mut files: Vec<ManifestFile> = paths
         .into_iter()
         .filter(|p| !p.to_string_lossy().ends_with(".schema.json"))
-        .map(|path| {
-            let summary = Manifest::load(&path)
-                .map(|m| {
-                    format!("{} {}{}", m.patch, m.version, m.description.map(|d| format!(" — {d}")).unwrap_or_default())
-                })
-                .map_err(|e| e.message);
-            ManifestFile { path, summary }
+        .map(|path| match Manifest::load(&path) {
+            Ok(m) => {
+                let fit = if pid.is_some() { fit(&m, &mapped) } else { Fit::Unknown };
+                let summary = format!(
+                    "{} {}{}",
+                    m.patch,
+                    m.version,
+                    m.description.map(|d| format!(" — {d}")).unwrap_or_default()
+                );
+                ManifestFile { path, summary: Ok(summary), fit }
+            }
+            Err(e) => ManifestFile { path, summary: Err(e.message), fit: Fit::Unknown },
         })
-        .collect()
+        .collect();
+    files.sort_by_key(|f| f.fit);
+    files
 }

@@ -1,7 +1,7 @@
 //! The console drawn on ratatui's TestBackend: every screen at 80x24 and 120x40 (insta
 //! snapshots), every screen at tiny sizes without a panic, and what the keys do.
 
-use super::app::{App, ManifestFile, Phase, Screen, Wizard, MESSAGE_OK_SECS, NOTICE_SECS};
+use super::app::{App, Fit, ManifestFile, Phase, Screen, Wizard, MESSAGE_OK_SECS, NOTICE_SECS};
 use super::jobs::{Event, Job};
 use super::render::{self, Theme};
 use super::snapshot::Snapshot;
@@ -160,10 +160,12 @@ fn wizard_app(phase: Phase) -> App {
             ManifestFile {
                 path: "/srv/manifests/invite-fix.yaml".into(),
                 summary: Ok("invite-fix 1.0.2 — Fix crash on INVITE".into()),
+                fit: Fit::Matches,
             },
             ManifestFile {
                 path: "/srv/manifests/broken.yaml".into(),
                 summary: Err("broken.yaml:3:1: unknown key `targt`".into()),
+                fit: Fit::Unknown,
             },
         ],
         index: 0,

@@ -3,7 +3,7 @@
 
 use super::{wrap_text, Theme};
 use crate::engine::Stage;
-use crate::tui::app::{App, Phase, Wizard};
+use crate::tui::app::{App, Fit, Phase, Wizard};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
@@ -210,10 +210,15 @@ fn pick(f: &mut Frame, area: Rect, app: &App, w: &Wizard, theme: Theme) {
         .map(|m| {
             let name = m.path.strip_prefix(&app.manifests_dir).unwrap_or(&m.path).display().to_string();
             let detail = match &m.summary {
-                Ok(s) => Span::raw(format!("  {s}")),
+                Ok(s) => Span::raw(format!("  {s}  ")),
                 Err(e) => Span::styled(format!("  invalid: {}", e.lines().next().unwrap_or("")), theme.bad()),
             };
-            ListItem::new(Line::from(vec![Span::styled(name, theme.title()), detail]))
+            let fit = match m.fit {
+                Fit::Matches => Span::styled(m.fit.text(), theme.ok()),
+                Fit::OtherBuild => Span::styled(m.fit.text(), theme.warn()),
+                _ => Span::styled(m.fit.text(), theme.dim()),
+            };
+            ListItem::new(Line::from(vec![Span::styled(name, theme.title()), detail, fit]))
         })
         .collect();
     let list = List::new(items).highlight_style(theme.selected()).highlight_symbol("▶ ").block(
