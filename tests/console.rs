@@ -547,3 +547,44 @@ fn the_manifest_picker_lists_the_manifests_for_this_process_first() {
     tmux.keys(&["Enter"]);
     tmux.wait_for("Pre-flight passed");
 }
+
+/// Issue 15, "what an operator expects": an action waiting for another pannus says which one
+/// holds the process and what it runs.
+#[test]
+fn a_lock_wait_names_the_pannus_holding_the_process() {
+    use std::process::Stdio;
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("held-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, t.pid).ok();
+    // A commit that stops itself while it holds the process's lock.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["commit", "--pid", &t.pid.to_string(), "held-fix"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .env("PANNUS_TEST_PAUSE_AT", "registry written")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hp = holder.id() as i32;
+    let start = Instant::now();
+    while run_state(hp) != Some('T') {
+        assert!(start.elapsed() < Duration::from_secs(30), "the commit never stopped holding the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tmux = Tmux::start_env(&state, 160, 30, "PANNUS_LOCK_WAIT=60s");
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "R"]);
+    let s = tmux.wait_for(&format!("waiting for pannus pid {hp}"));
+    assert!(s.contains("(`pannus commit --pid") && s.contains(&format!("holds process {}", t.pid)), "{s}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hp), nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(holder.wait().unwrap().success(), "the commit finished");
+    tmux.wait_for(&format!("rolled back in process {}", t.pid));
+    assert_eq!(t.ask("c 5"), "6");
+}

@@ -1032,6 +1032,10 @@ impl App {
                     self.say(true, msg);
                 }
             }
+            Event::Waiting { pid, holder } => {
+                let what = self.busy.take().unwrap_or_else(|| "the action".into());
+                self.busy = Some(format!("{what}: waiting for {holder}, which holds process {pid}"));
+            }
             Event::Confirm { reply, .. } if self.interrupted.is_some() => {
                 let _ = reply.send(false);
             }

@@ -55,6 +55,11 @@ pub enum Event {
         plan: String,
         reply: Sender<bool>,
     },
+    /// Another pannus holds the process: the job waits for it (at most the lock wait).
+    Waiting {
+        pid: i32,
+        holder: String,
+    },
     Checked {
         pid: i32,
         patch: String,
@@ -174,10 +179,44 @@ pub fn trial_text(m: &Manifest) -> String {
     )
 }
 
+/// Says who holds process `pid`, when another pannus does, before the job waits for it.
+fn say_holder(engine: &Engine, pid: i32, tx: &Sender<Event>) {
+    if let Some(h) = crate::lock::holder(&engine.state_dir, pid) {
+        // Its command line, the program by its file name only.
+        let cmd = std::fs::read(format!("/proc/{h}/cmdline"))
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let a = String::from_utf8_lossy(a).into_owned();
+                        if i == 0 {
+                            a.rsplit('/').next().unwrap_or_default().to_string()
+                        } else {
+                            a
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let holder = if cmd.is_empty() { format!("pannus pid {h}") } else { format!("pannus pid {h} (`{cmd}`)") };
+        let _ = tx.send(Event::Waiting { pid, holder });
+    }
+}
+
 fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watchers: &mut Watchers) -> Event {
     // As for the CLI's commands: spare CPU time only, on this thread (the screen's keeps its own).
     let _spare = pannus_kernel::SpareCpu::enter();
     let mut obs = Forward { tx, cancel };
+    let pid = match &job {
+        Job::Check { pid, .. }
+        | Job::Apply { pid, .. }
+        | Job::Rollback { pid, .. }
+        | Job::Commit { pid, .. }
+        | Job::Expire { pid, .. } => *pid,
+    };
+    say_holder(engine, pid, tx);
     match job {
         Job::Check { pid, manifest } => match Manifest::load(&manifest) {
             Err(e) => {

@@ -202,7 +202,8 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
         let mut poked = false;
         events.extend(job_rx.try_iter());
         for ev in events {
-            let finished = !matches!(ev, jobs::Event::Progress { .. } | jobs::Event::Confirm { .. });
+            let finished =
+                !matches!(ev, jobs::Event::Progress { .. } | jobs::Event::Confirm { .. } | jobs::Event::Waiting { .. });
             app.on_event(ev);
             poked |= finished;
         }
