@@ -711,3 +711,18 @@ fn the_journal_searches_as_you_type_and_shows_an_entry_whole() {
     a.on_key(key(KeyCode::Esc));
     assert_eq!(a.screen, Screen::Processes);
 }
+
+#[test]
+fn a_failed_apply_shows_its_whole_message_and_hint_at_80x24() {
+    let mut a = wizard_app(Phase::Running { confirm: None });
+    a.on_event(Event::Applied {
+        pid: 812,
+        result: Err(crate::error::Error::precondition(
+            "stage 4 (activate): function `handle_invite` cannot be patched safely: a branch at 0x5555555551c3 lands inside the bytes to overwrite\n  undone: init, link, load (the process is as it was)",
+        )
+        .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead")),
+    });
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("lands inside the bytes") && s.contains("undone: init, link, load"), "{s}");
+    assert!(s.contains("hint: rebuild the target with") && s.contains("its caller instead"), "{s}");
+}

@@ -22,13 +22,10 @@ fn stage_bar(w: &Wizard, theme: Theme) -> Line<'static> {
             ("○", theme.dim())
         };
         spans.push(Span::styled(format!("{mark} {} {}", s.number(), s.name()), style));
-        spans.push(Span::raw("   "));
+        spans.push(Span::raw("  "));
     }
-    let legend = if w.undone.is_empty() {
-        "(✓ done  ● now  ○ to do)"
-    } else {
-        "(✓ done  ● now  ○ to do  ↺ undone)"
-    };
+    let legend =
+        if w.undone.is_empty() { "(✓ done ● now ○ to do)" } else { "(✓ done ● now ○ to do ↺ undone)" };
     spans.push(Span::styled(legend, theme.dim()));
     Line::from(spans)
 }
@@ -161,28 +158,31 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Phase::Checking => f.render_widget(Paragraph::new("running the pre-flight checks…"), body),
         Phase::Report { .. } => report(f, body, w, theme),
         Phase::Running { .. } | Phase::Done { .. } => {
-            let [status, log] = Layout::vertical([Constraint::Length(4), Constraint::Fill(1)]).areas(body);
-            let line = match &w.phase {
-                Phase::Done { ok: true, message } => Line::from(vec![
-                    Span::styled("✓ ", theme.ok()),
-                    Span::raw(message.clone()),
-                    Span::raw(" — "),
-                    Span::styled("Enter", theme.key()),
-                    Span::raw(" opens the trial"),
-                ]),
-                Phase::Done { ok: false, message } => Line::from(vec![
-                    Span::styled("✖ ", theme.bad()),
-                    Span::raw(message.lines().collect::<Vec<_>>().join(" / ")),
-                ]),
+            // The result whole (a failure's message, hint and what was undone), the log below.
+            let inner = body.width.saturating_sub(2) as usize;
+            let (mark, style, text) = match &w.phase {
+                Phase::Done { ok: true, message } => ("✓ ", theme.ok(), format!("{message} — Enter opens the trial")),
+                Phase::Done { ok: false, message } => ("✖ ", theme.bad(), message.clone()),
                 _ => match w.current {
-                    Some(s) => Line::from(vec![Span::styled("… ", theme.warn()), Span::raw(format!("{s} running"))]),
-                    None => Line::from(vec![Span::styled("… ", theme.warn()), Span::raw("waiting")]),
+                    Some(s) => ("… ", theme.warn(), format!("{s} running")),
+                    None => ("… ", theme.warn(), "waiting".to_string()),
                 },
             };
-            f.render_widget(
-                Paragraph::new(line).wrap(Wrap { trim: false }).block(Block::bordered().title(" Result ")),
-                status,
-            );
+            let mut lines: Vec<Line> = Vec::new();
+            for (i, l) in text.lines().enumerate() {
+                for (j, t) in wrap_text(l, inner.saturating_sub(2), 2).into_iter().enumerate() {
+                    lines.push(if i == 0 && j == 0 {
+                        Line::from(vec![Span::styled(mark, style), Span::raw(t)])
+                    } else {
+                        Line::raw(format!("  {t}"))
+                    });
+                }
+            }
+            let most = body.height.saturating_sub(3).max(3);
+            let [status, log] =
+                Layout::vertical([Constraint::Length((lines.len() as u16 + 2).clamp(3, most)), Constraint::Fill(1)])
+                    .areas(body);
+            f.render_widget(Paragraph::new(lines).block(Block::bordered().title(" Result ")), status);
             let h = log.height.saturating_sub(2) as usize;
             let start = w.log.len().saturating_sub(h);
             let items: Vec<Line> = w.log[start..].iter().map(|l| Line::raw(l.clone())).collect();
