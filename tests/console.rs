@@ -125,7 +125,8 @@ fn find_open_and_emergency_rollback_in_the_real_console() {
     assert!(s.contains("trial"), "{s}");
     assert!(s.contains("compute") && s.contains("compute_v2"), "{s}");
     tmux.keys(&["R"]);
-    tmux.wait_for("rolled back in process");
+    // Its own outcome (a notice of another process rolled back says "was rolled back in").
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
     assert_eq!(t.ask("c 5"), "6", "the target's behaviour is back to the original");
     tmux.keys(&["q"]);
     let start = Instant::now();
@@ -220,7 +221,7 @@ fn r_never_acts_on_a_process_that_is_not_on_screen() {
     let s = tmux.wait_for("Patches (application order)");
     assert!(s.contains(&format!(" {} ", first.pid)), "the view is on {}:\n{s}", first.pid);
     tmux.keys(&["R"]);
-    tmux.wait_for(&format!("rolled back in process {}", first.pid));
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", first.pid));
     assert_eq!(first.ask("c 5"), "6", "the process on screen is rolled back");
     // Once the console has seen the rollback (the view shows it, or shows something else).
     let start = Instant::now();
@@ -236,7 +237,7 @@ fn r_never_acts_on_a_process_that_is_not_on_screen() {
     let start = Instant::now();
     let s = loop {
         let s = tmux.screen();
-        if s.contains("nothing to roll back") || s.contains(&format!("rolled back in process {}", second.pid)) {
+        if s.contains("nothing to roll back") || s.contains(&format!("✔ rolled back in process {}: ", second.pid)) {
             break s;
         }
         assert!(start.elapsed() < Duration::from_secs(15), "the second R had no outcome:\n{s}");
@@ -281,7 +282,7 @@ fn r_rolls_back_the_highlighted_patch_and_names_its_dependents() {
     assert!(s.contains("dep-fix") && s.contains("base-fix"), "the confirmation names both:\n{s}");
     assert_eq!(t.ask("c 5"), "5005", "nothing is done before Enter");
     tmux.keys(&["Enter"]);
-    tmux.wait_for("rolled back in process");
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
     assert_eq!(t.ask("c 5"), "6", "base-fix rolled back");
     assert_eq!(t.ask("h 5"), "10", "dep-fix with it");
     assert_eq!(t.ask("p 5"), "6", "pad-fix, not highlighted, stays");
@@ -585,6 +586,6 @@ fn a_lock_wait_names_the_pannus_holding_the_process() {
     assert!(s.contains("(`pannus commit --pid") && s.contains(&format!("holds process {}", t.pid)), "{s}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(hp), nix::sys::signal::Signal::SIGCONT).unwrap();
     assert!(holder.wait().unwrap().success(), "the commit finished");
-    tmux.wait_for(&format!("rolled back in process {}", t.pid));
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
     assert_eq!(t.ask("c 5"), "6");
 }
