@@ -66,7 +66,7 @@ pub struct Entry {
     pub process: String,
     #[serde(default)]
     pub patch: Option<String>,
-    /// `ok`, `refused`, `failed`, `busy`.
+    /// `ok`, `refused`, `failed`, `busy`, `cancelled`.
     pub outcome: String,
     #[serde(default)]
     pub detail: String,

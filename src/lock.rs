@@ -51,3 +51,20 @@ impl ProcessLock {
         }
     }
 }
+
+/// The pid of the pannus holding the lock for process `pid` at this moment, when another one
+/// holds it (to say whom a wait is for; it may let go at any time).
+pub fn holder(state_dir: &Path, pid: i32) -> Option<i32> {
+    let dir = StateDir::open(state_dir).ok()?.subdir("locks").ok()?;
+    let name = format!("{pid}-{}.lock", crate::processes::start_time(pid).unwrap_or(0));
+    let file = dir.file(&name, OFlag::O_RDONLY).ok()?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_free) => None,
+        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            f.read_to_string(&mut holder).ok()?;
+            holder.trim().parse().ok()
+        }
+        Err(_) => None,
+    }
+}

@@ -13,13 +13,17 @@ struct Tmux {
 
 impl Tmux {
     fn start(state: &State, w: u16, h: u16) -> Tmux {
+        Tmux::start_env(state, w, h, "")
+    }
+    /// [`Tmux::start`] with more environment variables (`NAME=VALUE ...`, shell-quoted).
+    fn start_env(state: &State, w: u16, h: u16, env: &str) -> Tmux {
         let socket =
             format!("pannus-test-{}-{}", std::process::id(), state.path().file_name().unwrap().to_string_lossy());
+        // The console's exit status goes to `console.exit` in the state folder.
         let cmd = format!(
-            "env NO_COLOR=1 PANNUS_STATE_DIR={} {} console --manifests {}",
-            state.path().display(),
+            "env NO_COLOR=1 PANNUS_STATE_DIR={dir} {env} {} console --manifests {dir}; echo $? > {dir}/console.exit",
             env!("CARGO_BIN_EXE_pannus"),
-            state.path().display()
+            dir = state.path().display(),
         );
         let ok = Command::new("tmux")
             .args(["-L", &socket, "new-session", "-d", "-s", "t", "-x", &w.to_string(), "-y", &h.to_string(), &cmd])
@@ -41,15 +45,45 @@ impl Tmux {
     }
     /// Waits until the screen contains `text`.
     fn wait_for(&self, text: &str) -> String {
+        self.wait_until(&format!("`{text}`"), |s| s.contains(text))
+    }
+    /// Waits until `ready` holds for the screen.
+    fn wait_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let s = self.screen();
-            if s.contains(text) {
+            if ready(&s) {
                 return s;
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "`{text}` never appeared on:\n{s}");
+            assert!(start.elapsed() < Duration::from_secs(15), "{what} never appeared on:\n{s}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+    fn resize(&self, w: u16, h: u16) {
+        let ok = Command::new("tmux")
+            .args(["-L", &self.socket, "resize-window", "-t", "t", "-x", &w.to_string(), "-y", &h.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux resizes the window");
+    }
+    /// The console's pid: the `pannus` process under the pane's shell.
+    fn console_pid(&self) -> i32 {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "display-message", "-p", "-t", "t", "#{pane_pid}"])
+            .output()
+            .unwrap();
+        let shell: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the pane's pid");
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+            let ppid: i32 = rest.split(' ').nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            if ppid == shell && stat.contains("(pannus)") {
+                return pid;
+            }
+        }
+        panic!("no pannus under the pane's shell {shell}");
     }
     fn alive(&self) -> bool {
         Command::new("tmux")
@@ -91,7 +125,8 @@ fn find_open_and_emergency_rollback_in_the_real_console() {
     assert!(s.contains("trial"), "{s}");
     assert!(s.contains("compute") && s.contains("compute_v2"), "{s}");
     tmux.keys(&["R"]);
-    tmux.wait_for("rolled back in process");
+    // Its own outcome (a notice of another process rolled back says "was rolled back in").
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
     assert_eq!(t.ask("c 5"), "6", "the target's behaviour is back to the original");
     tmux.keys(&["q"]);
     let start = Instant::now();
@@ -129,4 +164,428 @@ fn a_trial_survives_the_console_restarting() {
         tmux.keys(&["q"]);
     }
     state.rollback(t.pid, None).ok();
+}
+
+/// A copy of `target_pie` under a name of its own (so that the console's filter finds this test's
+/// processes and no other), started twice; both patched by one manifest. Returns the manifest.
+fn service_of_two(state: &State, name: &str) -> (Proc, Proc, std::path::PathBuf) {
+    let exe = state.path().join(name);
+    std::fs::copy(common::bin("target_pie"), &exe).unwrap();
+    let a = Proc::spawn(Command::new(&exe));
+    let b = Proc::spawn(Command::new(&exe));
+    let m = state.manifest(
+        "svc-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n",
+    );
+    let text = std::fs::read_to_string(&m).unwrap();
+    let original = common::bin("target_pie").display().to_string();
+    std::fs::write(&m, text.replace(&format!("object: {original}\n"), &format!("object: {}\n", exe.display())))
+        .unwrap();
+    state.apply(&m, a.pid).ok();
+    state.apply(&m, b.pid).ok();
+    (a, b, m)
+}
+
+fn patch_state(state: &State, pid: i32, patch: &str) -> String {
+    let st = state.status(pid);
+    st["patches"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["patch"] == patch))
+        .map(|p| p["state"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Issue 15, item 1: in the patched-only list, a view opened on one process stays on it after
+/// `R` rolls it back; a second `R` must not roll back another process's patch.
+#[test]
+fn r_never_acts_on_a_process_that_is_not_on_screen() {
+    let state = State::new();
+    let name = format!("svc{}", std::process::id() % 100_000);
+    let (mut a, mut b, _m) = service_of_two(&state, &name);
+    assert_eq!(a.ask("c 5"), "500");
+    assert_eq!(b.ask("c 5"), "500");
+    let (first, second) = if a.pid < b.pid { (&mut a, &mut b) } else { (&mut b, &mut a) };
+
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in name.chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.keys(&["Enter", "p"]);
+    tmux.wait_for("2 match(es)");
+    tmux.keys(&["Enter"]); // opens the first listed: the lower pid
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains(&format!(" {} ", first.pid)), "the view is on {}:\n{s}", first.pid);
+    tmux.keys(&["R"]);
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", first.pid));
+    assert_eq!(first.ask("c 5"), "6", "the process on screen is rolled back");
+    // Once the console has seen the rollback (the view shows it, or shows something else).
+    let start = Instant::now();
+    loop {
+        let s = tmux.screen();
+        if s.contains("rolled-back") || s.contains(&format!(" {} ", second.pid)) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the console never refreshed:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tmux.keys(&["R"]);
+    let start = Instant::now();
+    let s = loop {
+        let s = tmux.screen();
+        if s.contains("nothing to roll back") || s.contains(&format!("✔ rolled back in process {}: ", second.pid)) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the second R had no outcome:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(patch_state(&state, second.pid, "svc-fix"), "trial", "the other process keeps its patch:\n{s}");
+    assert_eq!(second.ask("c 5"), "500", "and its behaviour");
+    assert!(s.contains(&format!(" {} ", first.pid)), "the view is still on {}:\n{s}", first.pid);
+    state.rollback(second.pid, None).ok();
+}
+
+/// Issue 15, item 2: in the process view, `R` acts on the highlighted patch, as `C` does, and
+/// when other patches require it the one confirmation names them before they go too.
+#[test]
+fn r_rolls_back_the_highlighted_patch_and_names_its_dependents() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let base = state.manifest("base-fix", "target_pie", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep =
+        state.manifest("dep-fix", "target_pie", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
+    let pad = state.manifest("pad-fix", "target_pie", "patch_tiny.so", &[("tiny_padded", "tiny_v2")], "");
+    for m in [&base, &dep, &pad] {
+        state.apply(m, t.pid).ok();
+    }
+    assert_eq!((t.ask("c 5"), t.ask("h 5"), t.ask("p 5")), ("5005".into(), "10010".into(), "6".into()));
+
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "Enter"]);
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains("R roll back pad-fix"), "the footer names the newest, highlighted:\n{s}");
+    tmux.keys(&["Up", "Up"]);
+    let s = tmux.wait_for("R roll back base-fix");
+    assert!(s.contains("C commit base-fix"), "R and C name the same patch:\n{s}");
+    tmux.keys(&["R"]);
+    let s = tmux.wait_for("requires it");
+    assert!(s.contains("dep-fix") && s.contains("base-fix"), "the confirmation names both:\n{s}");
+    assert_eq!(t.ask("c 5"), "5005", "nothing is done before Enter");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
+    assert_eq!(t.ask("c 5"), "6", "base-fix rolled back");
+    assert_eq!(t.ask("h 5"), "10", "dep-fix with it");
+    assert_eq!(t.ask("p 5"), "6", "pad-fix, not highlighted, stays");
+    assert_eq!(patch_state(&state, t.pid, "pad-fix"), "trial");
+    state.rollback(t.pid, None).ok();
+}
+
+/// Opens the apply wizard on `pid` (the manifests folder holds one manifest) and goes through the
+/// pre-flight to the first stage's confirmation.
+fn wizard_to_stage_1(tmux: &Tmux, pid: i32) {
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "a"]);
+    tmux.wait_for("Pick a manifest");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Pre-flight passed");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Stage 1 of 4: LOAD");
+}
+
+/// Issue 15, item 4: on a terminal too small to show a stage's confirmation, Enter does not
+/// confirm it; the screen asks for a larger terminal, and Esc still cancels.
+#[test]
+fn a_confirmation_that_does_not_fit_cannot_be_confirmed() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    state.manifest("small-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start(&state, 100, 30);
+    wizard_to_stage_1(&tmux, t.pid);
+    tmux.resize(40, 10);
+    // Drawn at the new size: the header cut at 40 columns.
+    tmux.wait_until("the console at 40x10", |s| {
+        s.lines().next().is_some_and(|l| l.contains("pannus") && l.chars().count() <= 40)
+    });
+    tmux.keys(&["Enter"]);
+    tmux.resize(100, 30);
+    let s = tmux.wait_for(" of 4: ");
+    assert!(s.contains("Stage 1 of 4: LOAD"), "Enter on the small terminal confirmed nothing:\n{s}");
+    tmux.resize(40, 10);
+    let small = tmux.wait_for("larger");
+    assert!(small.contains("Esc"), "the small screen says what still acts:\n{small}");
+    tmux.resize(100, 30);
+    tmux.wait_for("Stage 1 of 4: LOAD");
+    assert!(!t.maps().contains("patch_compute"), "nothing mapped");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("cancelled");
+    assert_eq!(t.ask("c 5"), "6");
+    assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
+}
+
+/// The console's exit status, once it has exited.
+fn console_exit(state: &State) -> i32 {
+    let path = state.path().join("console.exit");
+    let start = Instant::now();
+    loop {
+        if let Some(code) = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()) {
+            return code;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the console never exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The outcome the journal gives the last apply in process `pid`.
+fn last_apply_outcome(state: &State, pid: i32) -> String {
+    let j = state.pannus(&["journal", "--json"]).ok().json();
+    j["entries"]
+        .as_array()
+        .and_then(|es| es.iter().rev().find(|e| e["action"] == "apply" && e["pid"] == pid))
+        .map(|e| e["outcome"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Interrupts the console at the second stage's confirmation, the first stage done, with
+/// `interrupt`, and checks that the target is as it was, the journal says cancelled and the
+/// console exits non-zero.
+fn interrupted_at_a_stage_confirmation(interrupt: impl FnOnce(&Tmux)) {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    state.manifest("int-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start(&state, 100, 30);
+    wizard_to_stage_1(&tmux, t.pid);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Stage 2 of 4: LINK");
+    assert!(t.maps().contains("patch_compute"), "stage 1 mapped the module");
+    interrupt(&tmux);
+    let code = console_exit(&state);
+    assert_ne!(code, 0, "the console exits non-zero");
+    let maps = t.maps();
+    assert!(!maps.contains("patch_compute"), "nothing of the module is left mapped:\n{maps}");
+    assert_eq!(t.ask("c 5"), "6", "the target behaves as before");
+    assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
+    assert_eq!(last_apply_outcome(&state, t.pid), "cancelled");
+}
+
+/// Issue 15, item 3: Ctrl-C at a stage confirmation means no.
+#[test]
+fn ctrl_c_at_a_stage_confirmation_undoes_the_stages_done() {
+    interrupted_at_a_stage_confirmation(|tmux| tmux.keys(&["C-c"]));
+}
+
+/// Issue 15, item 3: a dropped SSH session (SIGHUP to the console) means no too.
+#[test]
+fn sighup_at_a_stage_confirmation_undoes_the_stages_done() {
+    interrupted_at_a_stage_confirmation(|tmux| {
+        let pid = tmux.console_pid();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
+    });
+}
+
+fn run_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next())
+}
+
+/// Issue 15, item 3: SIGTERM while a stage runs (no confirmation on screen) means no to the
+/// stages after it: the one running ends, and all are undone.
+#[test]
+fn sigterm_while_a_stage_runs_undoes_the_stages_done() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    state.manifest("term-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start_env(&state, 100, 30, "'PANNUS_TEST_PAUSE_AT=registry written'");
+    wizard_to_stage_1(&tmux, t.pid);
+    let console = Pid::from_raw(tmux.console_pid());
+    tmux.keys(&["Enter"]);
+    // Stage 1 stops the console once it has recorded its reservation: mid-stage.
+    let start = Instant::now();
+    while run_state(console.as_raw()) != Some('T') {
+        assert!(start.elapsed() < Duration::from_secs(30), "the console never reached stage 1's record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(console, Signal::SIGTERM).unwrap();
+    // Let it go on at this stop and every later one (the undo writes the registry too).
+    let exit = state.path().join("console.exit");
+    let start = Instant::now();
+    while !exit.exists() {
+        if run_state(console.as_raw()) == Some('T') {
+            let _ = kill(console, Signal::SIGCONT);
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the console never exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(console_exit(&state), 0, "the console exits non-zero");
+    let maps = t.maps();
+    assert!(!maps.contains("patch_compute"), "nothing of the module is left mapped:\n{maps}");
+    assert_eq!(t.ask("c 5"), "6", "the target behaves as before");
+    assert!(state.status(t.pid)["patches"].as_array().is_none_or(|p| p.is_empty()), "no patch recorded");
+    assert_eq!(last_apply_outcome(&state, t.pid), "cancelled");
+}
+
+/// The trial watcher `pannus apply` started for `patch` in process `pid`.
+fn trial_watcher(pid: i32, patch: &str) -> Option<i32> {
+    let want = format!("trial-watch\0--pid\0{pid}\0{patch}\0");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let p: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains(&want).then_some(p)
+    })
+}
+
+/// Issue 15, item 5: a trial whose deadline passed with nobody carrying out its policy shows
+/// OVERDUE in the list and the process view, not a countdown stuck at 00:00.
+#[test]
+fn a_trial_past_its_deadline_shows_overdue() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest(
+        "late-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 2s\n  on_expiry: rollback\n",
+    );
+    state.apply(&m, t.pid).ok();
+    // Nobody watches this trial: its watcher is gone.
+    let start = Instant::now();
+    let watcher = loop {
+        if let Some(w) = trial_watcher(t.pid, "late-fix") {
+            break w;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "apply started no trial watcher");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(watcher), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let start = Instant::now();
+    while state.status(t.pid)["patches"][0]["trial_remaining_s"].as_u64() != Some(0) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the deadline never passed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(patch_state(&state, t.pid, "late-fix"), "trial", "still on trial, past its deadline");
+
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    let s = tmux.wait_for("1 match(es)");
+    assert!(s.contains("OVERDUE") && !s.contains("TRIAL 00:00"), "the list says OVERDUE:\n{s}");
+    tmux.keys(&["Enter", "Enter"]);
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains("OVERDUE") && !s.contains("00:00"), "the process view says OVERDUE:\n{s}");
+    state.rollback(t.pid, None).ok();
+}
+
+/// Issue 15, "what an operator expects": a commit made by another pannus while the console
+/// watches raises a notice.
+#[test]
+fn a_commit_made_elsewhere_raises_a_notice() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let m = state.manifest(
+        "elsewhere-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n",
+    );
+    state.apply(&m, t.pid).ok();
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("TRIAL 09:");
+    state.pannus(&["commit", "--pid", &t.pid.to_string(), "elsewhere-fix"]).ok();
+    let s = tmux.wait_for("NOTICE: `elsewhere-fix` was committed in process");
+    assert!(s.contains("ACTIVE"), "{s}");
+    state.rollback(t.pid, None).ok();
+}
+
+/// Issue 15, "what an operator expects": the manifest picker lists first the manifests whose
+/// object the process maps with the manifest's build-id.
+#[test]
+fn the_manifest_picker_lists_the_manifests_for_this_process_first() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    // Alphabetically first, but for a library the process does not map.
+    let other = state.manifest("a-lib-fix", "libtarget.so", "patch_lib.so", &[("lib_compute", "lib_compute_v2")], "");
+    assert!(other.exists());
+    state.manifest("z-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "a"]);
+    let s = tmux.wait_for("Pick a manifest");
+    let z = s.find("z-fix.yaml").expect("z-fix listed");
+    let a = s.find("a-lib-fix.yaml").expect("a-lib-fix listed");
+    assert!(z < a, "the manifest for this process comes first:\n{s}");
+    assert!(s.contains("[matches this process]") && s.contains("[not for this process's objects]"), "{s}");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Pre-flight passed");
+}
+
+/// Issue 15, "what an operator expects": an action waiting for another pannus says which one
+/// holds the process and what it runs.
+#[test]
+fn a_lock_wait_names_the_pannus_holding_the_process() {
+    use std::process::Stdio;
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("held-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, t.pid).ok();
+    // A commit that stops itself while it holds the process's lock.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["commit", "--pid", &t.pid.to_string(), "held-fix"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .env("PANNUS_TEST_PAUSE_AT", "registry written")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hp = holder.id() as i32;
+    let start = Instant::now();
+    while run_state(hp) != Some('T') {
+        assert!(start.elapsed() < Duration::from_secs(30), "the commit never stopped holding the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tmux = Tmux::start_env(&state, 160, 30, "PANNUS_LOCK_WAIT=60s");
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "R"]);
+    let s = tmux.wait_for(&format!("waiting for pannus pid {hp}"));
+    assert!(s.contains("(`pannus commit --pid") && s.contains(&format!("holds process {}", t.pid)), "{s}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hp), nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(holder.wait().unwrap().success(), "the commit finished");
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
+    assert_eq!(t.ask("c 5"), "6");
 }

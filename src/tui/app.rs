@@ -2,11 +2,12 @@
 //! this state; work on processes is handed to the job thread as [`Job`]s.
 
 use super::jobs::{Event, Job};
-use super::snapshot::Snapshot;
+use super::snapshot::{Badge, Snapshot};
 use crate::engine::{CheckLine, Stage};
 use crate::journal::Entry;
 use crate::manifest::Manifest;
 use crate::processes::Process;
+use crate::registry::{PatchRecord, State};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -45,6 +46,59 @@ pub enum Pane {
 pub struct ManifestFile {
     pub path: PathBuf,
     pub summary: Result<String, String>,
+    /// How it fits the process the wizard is for.
+    pub fit: Fit,
+}
+
+/// How a manifest fits a process, best first: the picker lists them in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fit {
+    /// The process maps the manifest's object, and the file has the manifest's build-id.
+    Matches,
+    /// The process maps the object, but the file has another build-id.
+    OtherBuild,
+    /// The process does not map the manifest's object.
+    NotMapped,
+    /// The manifest is unusable, or the process could not be read.
+    Unknown,
+}
+
+impl Fit {
+    pub fn text(self) -> &'static str {
+        match self {
+            Fit::Matches => "[matches this process]",
+            Fit::OtherBuild => "[other build than this process's]",
+            Fit::NotMapped => "[not for this process's objects]",
+            Fit::Unknown => "",
+        }
+    }
+}
+
+/// How `m` fits process `pid`, whose mapped files are `mapped`.
+fn fit(m: &Manifest, mapped: &[String]) -> Fit {
+    let object = std::fs::canonicalize(&m.target.object).unwrap_or_else(|_| m.target.object.clone());
+    if !mapped.iter().any(|p| Path::new(p) == object) {
+        return Fit::NotMapped;
+    }
+    let on_disk = crate::elf::Object::load_tables(&object, "target object").ok().and_then(|o| o.build_id);
+    if on_disk.is_some_and(|b| b.eq_ignore_ascii_case(&m.target.build_id)) {
+        Fit::Matches
+    } else {
+        Fit::OtherBuild
+    }
+}
+
+/// The files process `pid` maps, from `/proc/PID/maps`.
+fn mapped_files(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut files: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5).map(|_| l))
+        .filter_map(|l| l.find('/').map(|i| l[i..].trim_end_matches(" (deleted)").to_string()))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Where the apply wizard is.
@@ -66,6 +120,16 @@ pub enum Phase {
     },
 }
 
+impl Wizard {
+    /// The stage waiting for Enter or Esc, and its plan.
+    pub fn confirming(&self) -> Option<(Stage, &str)> {
+        match &self.phase {
+            Phase::Running { confirm: Some((stage, plan)) } => Some((*stage, plan.as_str())),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wizard {
     pub pid: i32,
@@ -78,25 +142,49 @@ pub struct Wizard {
     /// The stage running now.
     pub current: Option<Stage>,
     pub log: Vec<String>,
+    /// The first line of the pre-flight report shown.
+    pub scroll: usize,
+    /// The trial stage 4 starts, in words (from the manifest, once checked).
+    pub trial: String,
+    /// Stages done, then undone (a failure or a cancellation after them).
+    pub undone: Vec<Stage>,
 }
 
 pub struct App {
     pub screen: Screen,
     pub help: bool,
+    /// The first line of the help shown.
+    pub help_scroll: usize,
     pub snapshot: Snapshot,
     pub filter: String,
     pub filtering: bool,
     pub patched_only: bool,
+    /// Kernel threads listed too (hidden by default: nothing to patch there).
+    pub kernel_threads: bool,
     /// The selected process, by pid so that it survives refreshes.
     pub selected: Option<i32>,
+    /// The process the detail view was opened for: it stays on it whatever the list shows.
+    pub detail: Option<i32>,
     pub detail_patch: usize,
     pub pane: Pane,
     pub wizard: Option<Wizard>,
     pub trial: Option<(i32, String)>,
     pub journal: Vec<Entry>,
     pub journal_offset: usize,
-    /// The last outcome, shown in the footer.
+    /// The journal's search (`/`), and whether it is being typed.
+    pub journal_search: String,
+    pub journal_searching: bool,
+    /// The selected entry shown whole.
+    pub journal_open: bool,
+    /// The last outcome, shown in the footer, and when (Unix seconds): a success for
+    /// [`MESSAGE_OK_SECS`], a failure for [`NOTICE_SECS`].
     pub message: Option<(bool, String)>,
+    pub message_at: u64,
+    /// A change to a patch that this console did not make (a trial watcher's commit or
+    /// rollback, another pannus), and when it was seen; shown for [`NOTICE_SECS`].
+    pub notice: Option<(u64, String)>,
+    /// Patches this console's own jobs changed, not to be reported as notices.
+    own: Vec<(i32, String)>,
     /// A job is running (one at a time).
     pub busy: Option<String>,
     pub manifests_dir: PathBuf,
@@ -110,6 +198,55 @@ pub struct App {
     pub output: Option<String>,
     /// The expired trial the console already acted on.
     expiry_handled: Option<(i32, String)>,
+    /// A confirmation on screen, and the job Enter starts.
+    pub pending: Option<Pending>,
+    /// The terminal's size as last drawn (columns, rows).
+    pub size: (u16, u16),
+    /// Why the console was interrupted (Ctrl-C during an action, a signal): it exits, non-zero,
+    /// once the running job has ended.
+    pub interrupted: Option<String>,
+}
+
+/// A confirmation: what will be done, and the job that does it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub title: String,
+    pub lines: Vec<String>,
+    pub job: Job,
+}
+
+/// How long a success stays in the footer, in seconds.
+pub const MESSAGE_OK_SECS: u64 = 10;
+/// How long a failure or a notice stays in the footer, in seconds.
+pub const NOTICE_SECS: u64 = 60;
+
+/// A process without an executable: a kernel thread (or a zombie), with nothing to patch.
+pub fn is_kernel_thread(p: &Process) -> bool {
+    p.exe.is_empty()
+}
+
+/// A process whose executable was replaced or removed on disk since it started: what it runs
+/// is no longer the file at its path.
+pub fn binary_replaced(p: &Process) -> bool {
+    p.exe.ends_with(" (deleted)")
+}
+
+/// The applied patches of `patches` that require `id`, directly or not, newest first.
+pub fn dependents(patches: &[PatchRecord], id: &str) -> Vec<String> {
+    let mut order = vec![id.to_string()];
+    let mut k = 0;
+    while k < order.len() {
+        let cur = order[k].clone();
+        for p in patches.iter().filter(|p| p.state.is_applied()) {
+            if p.requires.contains(&cur) && !order.contains(&p.patch) {
+                order.push(p.patch.clone());
+            }
+        }
+        k += 1;
+    }
+    order.remove(0);
+    order.sort_by_key(|d| std::cmp::Reverse(patches.iter().find(|p| &p.patch == d).map(|p| p.seq).unwrap_or(0)));
+    order
 }
 
 impl App {
@@ -117,18 +254,27 @@ impl App {
         App {
             screen: Screen::Processes,
             help: false,
+            help_scroll: 0,
             snapshot: Snapshot::default(),
             filter: String::new(),
             filtering: false,
             patched_only: false,
+            kernel_threads: false,
             selected: None,
+            detail: None,
             detail_patch: 0,
             pane: Pane::Patches,
             wizard: None,
             trial: None,
             journal: Vec::new(),
             journal_offset: 0,
+            journal_search: String::new(),
+            journal_searching: false,
+            journal_open: false,
             message: None,
+            message_at: 0,
+            notice: None,
+            own: Vec::new(),
             busy: None,
             manifests_dir,
             now: 0,
@@ -137,15 +283,22 @@ impl App {
             page: 10,
             output: None,
             expiry_handled: None,
+            pending: None,
+            size: (80, 24),
+            interrupted: None,
         }
     }
 
-    /// The rows the process list shows, after the filter and the patched-only toggle.
+    /// The rows the process list shows, after the filter and the patched-only and kernel-thread
+    /// toggles: processes with a patch in trial (or stopped between stages) first, then those
+    /// with committed patches, then the others, each in pid order.
     pub fn visible(&self) -> Vec<&Process> {
         let f = self.filter.to_lowercase();
-        self.snapshot
+        let mut rows: Vec<&Process> = self
+            .snapshot
             .rows
             .iter()
+            .filter(|r| self.kernel_threads || !is_kernel_thread(r))
             .filter(|r| !self.patched_only || r.applied().next().is_some())
             .filter(|r| {
                 f.is_empty()
@@ -153,7 +306,13 @@ impl App {
                     || r.name.to_lowercase().contains(&f)
                     || r.patches.iter().any(|p| p.patch.contains(&f))
             })
-            .collect()
+            .collect();
+        rows.sort_by_key(|r| match Badge::of(r, self.now) {
+            Badge::Partial | Badge::Overdue | Badge::Trial(_) => 0,
+            Badge::Active => 1,
+            Badge::None => 2,
+        });
+        rows
     }
 
     pub fn selected_index(&self) -> Option<usize> {
@@ -166,11 +325,27 @@ impl App {
         self.snapshot.rows.iter().find(|r| r.pid.get() == pid)
     }
 
+    /// The process the detail view shows, listed or not; `None` once it has exited.
+    pub fn detail_row(&self) -> Option<&Process> {
+        let pid = self.detail?;
+        self.snapshot.rows.iter().find(|r| r.pid.get() == pid)
+    }
+
+    /// The process the keys of the current screen act on: the one the detail view was opened
+    /// for, or the selected row of the list.
+    fn acted_on(&self) -> Option<&Process> {
+        match self.screen {
+            Screen::Detail => self.detail_row(),
+            _ => self.selected_row(),
+        }
+    }
+
     /// Takes a new snapshot; the selection stays on the same pid when it is still listed.
     pub fn set_snapshot(&mut self, s: Snapshot) {
+        self.notice_changes(&s);
         self.snapshot = s;
         self.fix_selection();
-        if let Some(row) = self.selected_row() {
+        if let Some(row) = self.detail_row() {
             let n = row.patches.len();
             if self.detail_patch >= n {
                 self.detail_patch = n.saturating_sub(1);
@@ -178,10 +353,16 @@ impl App {
         }
     }
 
+    /// Keeps the selection on a listed process; when the selected one left the list (rolled
+    /// back under "patched only", exited), says so rather than move silently.
     fn fix_selection(&mut self) {
-        let v = self.visible();
-        if self.selected_index().is_none() {
-            self.selected = v.first().map(|r| r.pid.get());
+        if self.selected_index().is_some() {
+            return;
+        }
+        let gone = self.selected;
+        self.selected = self.visible().first().map(|r| r.pid.get());
+        if let (Some(gone), Some(now), Screen::Processes) = (gone, self.selected, self.screen) {
+            self.say(true, format!("process {gone} is no longer listed: the selection moved to process {now}"));
         }
     }
 
@@ -195,24 +376,152 @@ impl App {
         self.selected = Some(v[j].pid.get());
     }
 
+    /// Whether `a` has a process to apply a patch to here.
+    pub fn can_apply(&self) -> bool {
+        self.acted_on().is_some_and(|r| !is_kernel_thread(r))
+    }
+
+    /// The terminal as last drawn.
+    pub fn area(&self) -> ratatui::layout::Rect {
+        ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1)
+    }
+
+    /// Whether Enter may confirm what is on screen: only when it shows whole.
+    fn may_confirm(&mut self) -> bool {
+        let ok = super::render::confirmable(self, self.area());
+        if !ok {
+            self.say(false, "the confirmation does not fit: make the terminal larger (Esc cancels)");
+        }
+        ok
+    }
+
     fn say(&mut self, ok: bool, text: impl Into<String>) {
         self.message = Some((ok, text.into()));
+        self.message_at = self.now;
+    }
+
+    /// The footer's outcome line now, while it is fresh: `(ok, text)`.
+    pub fn message_line(&self) -> Option<(bool, &str)> {
+        self.message
+            .as_ref()
+            .filter(|(ok, _)| {
+                self.now.saturating_sub(self.message_at) < if *ok { MESSAGE_OK_SECS } else { NOTICE_SECS }
+            })
+            .map(|(ok, m)| (*ok, m.as_str()))
+    }
+
+    /// The last notice, while it is fresh: shown on a line of its own above the outcome line.
+    pub fn fresh_notice(&self) -> Option<&str> {
+        self.notice.as_ref().filter(|(at, _)| self.now.saturating_sub(*at) < NOTICE_SECS).map(|(_, n)| n.as_str())
+    }
+
+    /// What changed in the patches between the last snapshot and `new` that this console did
+    /// not do itself, as one notice.
+    fn notice_changes(&mut self, new: &Snapshot) {
+        if self.snapshot.rows.is_empty() {
+            return;
+        }
+        let mut seen = Vec::new();
+        for row in &new.rows {
+            let Some(old) = self.snapshot.rows.iter().find(|r| r.pid == row.pid) else { continue };
+            let pid = row.pid.get();
+            for p in &row.patches {
+                let before = old.patches.iter().find(|o| o.patch == p.patch && o.seq == p.seq).map(|o| o.state);
+                if before == Some(p.state) {
+                    continue;
+                }
+                if let Some(i) = self.own.iter().position(|(op, id)| *op == pid && *id == p.patch) {
+                    if matches!(p.state, State::Committed | State::RolledBack | State::Trial) {
+                        self.own.remove(i);
+                    }
+                    continue;
+                }
+                let why = p.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+                let what = match (before, p.state) {
+                    (_, State::Committed) => format!("`{}` was committed in process {pid}{why}", p.patch),
+                    (_, State::RolledBack) => format!("`{}` was rolled back in process {pid}{why}", p.patch),
+                    (None, State::Trial) => format!("`{}` was applied to process {pid} by another pannus", p.patch),
+                    _ => continue,
+                };
+                seen.push(what);
+            }
+        }
+        if let Some(first) = seen.first() {
+            let more = if seen.len() > 1 {
+                format!(" (and {} more: see the journal, J)", seen.len() - 1)
+            } else {
+                String::new()
+            };
+            self.notice = Some((self.now, format!("NOTICE: {first}{more}")));
+        }
+    }
+
+    /// Whether a job runs or a confirmation waits: what Ctrl-C interrupts.
+    pub fn working(&self) -> bool {
+        self.busy.is_some() || self.pending.is_some() || self.confirm_reply.is_some()
+    }
+
+    /// Ctrl-C during an action, SIGINT, SIGTERM or SIGHUP: "no" to any confirmation waiting
+    /// and to every later one of the running apply, which then undoes the stages it did; the
+    /// console exits once the running job has ended. The caller also has the job thread answer
+    /// "no" from now on.
+    pub fn interrupt(&mut self, why: &str) {
+        self.pending = None;
+        if let Some(w) = self.wizard.as_mut() {
+            if let Some((stage, _)) = w.confirming() {
+                w.log.push(format!("{stage}: {why}: cancelled; undoing the stages already done"));
+                w.phase = Phase::Running { confirm: None };
+            }
+        }
+        if let Some(reply) = self.confirm_reply.take() {
+            let _ = reply.send(false);
+        }
+        self.interrupted.get_or_insert_with(|| why.to_string());
+        self.quit = true;
     }
 
     /// Handles a key; returns the job to start, if any.
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Job> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            self.quit = true;
-            return None;
-        }
-        if self.help {
-            if matches!(key.code, KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter) {
-                self.help = false;
+            if self.working() {
+                self.interrupt("Ctrl-C");
+            } else {
+                self.quit = true;
             }
             return None;
         }
-        // A stage confirmation takes every key until it is answered.
+        if self.interrupted.is_some() {
+            return None;
+        }
+        // Below the minimum size nothing on screen can be read whole: only q and Esc act.
+        if super::render::too_small(self.area()) && !matches!(key.code, KeyCode::Esc | KeyCode::Char('q')) {
+            return None;
+        }
+        if self.help {
+            match key.code {
+                KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter => {
+                    self.help = false;
+                    self.help_scroll = 0;
+                }
+                KeyCode::Up | KeyCode::Char('k') => self.help_scroll = self.help_scroll.saturating_sub(1),
+                KeyCode::Down | KeyCode::Char('j') => self.help_scroll = self.help_scroll.saturating_add(1),
+                KeyCode::PageUp => self.help_scroll = self.help_scroll.saturating_sub(self.page.max(1)),
+                KeyCode::PageDown => self.help_scroll = self.help_scroll.saturating_add(self.page.max(1)),
+                KeyCode::Home => self.help_scroll = 0,
+                KeyCode::End => self.help_scroll = usize::MAX,
+                _ => {}
+            }
+            // At most the help's length (drawing stops at its last screenful).
+            let len =
+                super::keys::for_screen(self.screen).count() + super::keys::NOTES.len() + super::keys::LEGEND.len() + 4;
+            self.help_scroll = self.help_scroll.min(len);
+            return None;
+        }
+        // A confirmation takes every key until it is answered.
         if let Some(job) = self.on_confirm_key(key) {
+            return job;
+        }
+        if let Some(job) = self.on_pending_key(key) {
             return job;
         }
         if self.filtering {
@@ -235,9 +544,17 @@ impl App {
             }
             return None;
         }
+        if self.journal_searching && self.screen == Screen::Journal {
+            self.on_journal_search_key(key);
+            return None;
+        }
         match key.code {
             KeyCode::Char('?') => {
                 self.help = true;
+                return None;
+            }
+            KeyCode::Char('q') if self.busy.is_some() => {
+                self.say(false, "an action is running: wait for it, or Ctrl-C cancels it (stages done are undone)");
                 return None;
             }
             KeyCode::Char('q') => {
@@ -259,16 +576,14 @@ impl App {
     }
 
     fn on_confirm_key(&mut self, key: KeyEvent) -> Option<Option<Job>> {
-        let w = self.wizard.as_mut()?;
-        let Phase::Running { confirm: Some((stage, _)) } = &w.phase else {
-            return None;
-        };
-        let stage = *stage;
+        let stage = self.wizard.as_ref()?.confirming()?.0;
         let answer = match key.code {
+            KeyCode::Enter | KeyCode::Char('y') if !self.may_confirm() => return Some(None),
             KeyCode::Enter | KeyCode::Char('y') => true,
             KeyCode::Esc | KeyCode::Char('n') => false,
             _ => return Some(None),
         };
+        let w = self.wizard.as_mut()?;
         w.phase = Phase::Running { confirm: None };
         if answer {
             w.current = Some(stage);
@@ -284,38 +599,25 @@ impl App {
 
     /// The emergency rollback and commit keys shared by the list and detail screens.
     fn action_key(&mut self, key: KeyEvent) -> Option<Job> {
-        let row = self.selected_row()?;
+        if key.code == KeyCode::Char('J') {
+            self.screen = Screen::Journal;
+            self.journal_offset = usize::MAX;
+            return None;
+        }
+        let Some(row) = self.acted_on() else {
+            if self.screen == Screen::Detail && matches!(key.code, KeyCode::Char('R' | 'C' | 'a' | 't')) {
+                let pid = self.detail.unwrap_or(0);
+                self.say(false, format!("process {pid} has exited: nothing to act on (Esc goes back)"));
+            }
+            return None;
+        };
         let pid = row.pid.get();
         match key.code {
-            KeyCode::Char('R') => {
-                if self.busy.is_some() {
-                    self.say(false, "busy: wait for the running action to finish");
-                    return None;
-                }
-                let Some(latest) = row.latest() else {
-                    self.say(false, format!("process {pid} has no patch to roll back"));
-                    return None;
-                };
-                let patch = latest.patch.clone();
-                self.busy = Some(format!("rolling back `{patch}` in {pid}"));
-                Some(Job::Rollback { pid, patch: Some(patch) })
-            }
-            KeyCode::Char('C') => {
-                let patch = if self.screen == Screen::Detail {
-                    row.patches.get(self.detail_patch).map(|p| p.patch.clone())
-                } else {
-                    row.applied()
-                        .filter(|p| p.state == crate::registry::State::Trial)
-                        .max_by_key(|p| p.seq)
-                        .map(|p| p.patch.clone())
-                };
-                match patch {
-                    Some(patch) => self.commit(pid, patch),
-                    None => {
-                        self.say(false, format!("process {pid} has no patch on trial to commit"));
-                        None
-                    }
-                }
+            KeyCode::Char('R') => self.rollback_key(),
+            KeyCode::Char('C') => self.commit_key(),
+            KeyCode::Char('a') if is_kernel_thread(row) => {
+                self.say(false, format!("process {pid} has no executable (a kernel thread): nothing to patch"));
+                None
             }
             KeyCode::Char('a') => {
                 self.open_wizard(pid);
@@ -332,22 +634,122 @@ impl App {
                 }
                 None
             }
-            KeyCode::Char('J') => {
-                self.screen = Screen::Journal;
-                self.journal_offset = usize::MAX;
-                None
-            }
             _ => None,
         }
     }
 
-    fn commit(&mut self, pid: i32, patch: String) -> Option<Job> {
+    /// The patch `R` and `C` act on here, with its process: the highlighted patch in the process
+    /// view, the trial's patch on the trial screen, the newest applied patch of the selected row
+    /// in the list. The footer names it.
+    pub fn key_target(&self) -> Option<(i32, &PatchRecord)> {
+        let (row, rec) = match self.screen {
+            Screen::Detail => {
+                let row = self.detail_row()?;
+                (row, row.patches.get(self.detail_patch)?)
+            }
+            Screen::Trial => {
+                let (pid, id) = self.trial.as_ref()?;
+                let row = self.snapshot.rows.iter().find(|r| r.pid.get() == *pid)?;
+                (row, row.patches.iter().find(|p| &p.patch == id)?)
+            }
+            Screen::Processes => {
+                let row = self.selected_row()?;
+                (row, row.latest()?)
+            }
+            _ => return None,
+        };
+        Some((row.pid.get(), rec))
+    }
+
+    fn refuse_busy(&mut self) -> bool {
         if self.busy.is_some() {
             self.say(false, "busy: wait for the running action to finish");
+        }
+        self.busy.is_some()
+    }
+
+    /// `R`: rolls back [`App::key_target`] at once; when other patches require it, asks first,
+    /// naming them (they are rolled back with it, newest first).
+    fn rollback_key(&mut self) -> Option<Job> {
+        if self.refuse_busy() {
+            return None;
+        }
+        let Some((pid, rec)) = self.key_target() else {
+            let what = self.acted_on().map(|r| format!("process {}", r.pid)).unwrap_or("this screen".into());
+            self.say(false, format!("{what} has no patch applied: nothing to roll back"));
+            return None;
+        };
+        let patch = rec.patch.clone();
+        if !rec.state.is_applied() {
+            self.say(false, format!("`{patch}` is already rolled back in process {pid}: nothing to roll back"));
+            return None;
+        }
+        let cascade = self
+            .snapshot
+            .rows
+            .iter()
+            .find(|r| r.pid.get() == pid)
+            .map(|r| dependents(&r.patches, &patch))
+            .unwrap_or_default();
+        let job = Job::Rollback { pid, patch: patch.clone(), cascade: cascade.clone() };
+        if cascade.is_empty() {
+            self.busy = Some(format!("rolling back `{patch}` in {pid}"));
+            return Some(job);
+        }
+        let names = cascade.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+        self.pending = Some(Pending {
+            title: format!("Roll back {patch} in process {pid}"),
+            lines: vec![
+                format!("{names} requires it (directly or through another patch)."),
+                format!("Enter rolls back {names} and then `{patch}`, newest first."),
+            ],
+            job,
+        });
+        None
+    }
+
+    /// `C`: commits [`App::key_target`], when it is on trial.
+    fn commit_key(&mut self) -> Option<Job> {
+        if self.refuse_busy() {
+            return None;
+        }
+        let Some((pid, rec)) = self.key_target() else {
+            let what = self.acted_on().map(|r| format!("process {}", r.pid)).unwrap_or("this screen".into());
+            self.say(false, format!("{what} has no patch on trial to commit"));
+            return None;
+        };
+        let patch = rec.patch.clone();
+        if rec.state != crate::registry::State::Trial {
+            let state = rec.state;
+            let more = if self.screen == Screen::Processes { " (Enter opens the process to pick another)" } else { "" };
+            self.say(false, format!("`{patch}` in process {pid} is {state}: only a patch on trial is committed{more}"));
             return None;
         }
         self.busy = Some(format!("committing `{patch}` in {pid}"));
         Some(Job::Commit { pid, patch, note: "committed from the console".into() })
+    }
+
+    /// Keys while a confirmation waits: Enter (or `y`) does what it says, Esc (or `n`) nothing.
+    fn on_pending_key(&mut self, key: KeyEvent) -> Option<Option<Job>> {
+        self.pending.as_ref()?;
+        match key.code {
+            KeyCode::Enter | KeyCode::Char('y') => {
+                if !self.may_confirm() {
+                    return Some(None);
+                }
+                let p = self.pending.take()?;
+                if let Job::Rollback { pid, patch, .. } = &p.job {
+                    self.busy = Some(format!("rolling back `{patch}` and what requires it in {pid}"));
+                }
+                Some(Some(p.job))
+            }
+            KeyCode::Esc | KeyCode::Char('n') => {
+                self.pending = None;
+                self.say(true, "cancelled: nothing was done");
+                Some(None)
+            }
+            _ => Some(None),
+        }
     }
 
     fn on_processes_key(&mut self, key: KeyEvent) -> Option<Job> {
@@ -366,10 +768,15 @@ impl App {
                 self.patched_only = !self.patched_only;
                 self.fix_selection();
             }
+            KeyCode::Char('K') => {
+                self.kernel_threads = !self.kernel_threads;
+                self.fix_selection();
+            }
             KeyCode::Enter => {
-                if self.selected_row().is_some() {
+                if let Some((pid, n)) = self.selected_row().map(|r| (r.pid.get(), r.patches.len())) {
+                    self.detail_patch = n.saturating_sub(1);
+                    self.detail = Some(pid);
                     self.screen = Screen::Detail;
-                    self.detail_patch = self.selected_row().map(|r| r.patches.len().saturating_sub(1)).unwrap_or(0);
                     self.pane = Pane::Patches;
                 }
             }
@@ -379,9 +786,14 @@ impl App {
     }
 
     fn on_detail_key(&mut self, key: KeyEvent) -> Option<Job> {
-        let n = self.selected_row().map(|r| r.patches.len()).unwrap_or(0);
+        let n = self.detail_row().map(|r| r.patches.len()).unwrap_or(0);
         match key.code {
-            KeyCode::Esc => self.screen = Screen::Processes,
+            KeyCode::Esc => {
+                self.screen = Screen::Processes;
+                if self.detail.is_some_and(|pid| self.visible().iter().any(|r| r.pid.get() == pid)) {
+                    self.selected = self.detail;
+                }
+            }
             KeyCode::Tab => {
                 self.pane = match self.pane {
                     Pane::Patches => Pane::Functions,
@@ -393,7 +805,7 @@ impl App {
             KeyCode::Down | KeyCode::Char('j') => self.detail_patch = (self.detail_patch + 1).min(n.saturating_sub(1)),
             KeyCode::Enter => {
                 let trial = self
-                    .selected_row()
+                    .detail_row()
                     .and_then(|r| r.patches.get(self.detail_patch).map(|p| (r.pid.get(), p)))
                     .filter(|(_, p)| p.state == crate::registry::State::Trial)
                     .map(|(pid, p)| (pid, p.patch.clone()));
@@ -411,19 +823,29 @@ impl App {
     pub fn open_wizard(&mut self, pid: i32) {
         self.wizard = Some(Wizard {
             pid,
-            files: list_manifests(&self.manifests_dir),
+            files: list_manifests(&self.manifests_dir, Some(pid)),
             index: 0,
             phase: Phase::Pick,
             patch: String::new(),
             done: Vec::new(),
             current: None,
             log: Vec::new(),
+            scroll: 0,
+            trial: String::new(),
+            undone: Vec::new(),
         });
         self.screen = Screen::Wizard;
     }
 
     fn on_wizard_key(&mut self, key: KeyEvent) -> Option<Job> {
         let busy = self.busy.is_some();
+        let verdict_shown = super::render::verdict_shown(self, self.area());
+        let page = self.page.max(1);
+        let report = matches!(self.wizard.as_ref().map(|w| &w.phase), Some(Phase::Report { error: None, .. }));
+        if report && key.code == KeyCode::Enter && !verdict_shown {
+            self.say(false, "the pre-flight verdict does not fit: make the terminal larger");
+            return None;
+        }
         let w = self.wizard.as_mut()?;
         match (&w.phase, key.code) {
             (Phase::Pick, KeyCode::Up | KeyCode::Char('k')) => w.index = w.index.saturating_sub(1),
@@ -441,9 +863,17 @@ impl App {
                 return Some(job);
             }
             (Phase::Pick, KeyCode::Esc) => {
+                self.detail = Some(w.pid);
                 self.wizard = None;
                 self.screen = Screen::Detail;
             }
+            (Phase::Report { .. }, KeyCode::Up | KeyCode::Char('k')) => w.scroll = w.scroll.saturating_sub(1),
+            (Phase::Report { .. }, KeyCode::Down | KeyCode::Char('j')) => w.scroll = w.scroll.saturating_add(1),
+            (Phase::Report { .. }, KeyCode::PageUp) => w.scroll = w.scroll.saturating_sub(page),
+            (Phase::Report { .. }, KeyCode::PageDown) => w.scroll = w.scroll.saturating_add(page),
+            (Phase::Report { .. }, KeyCode::Home) => w.scroll = 0,
+            // Drawing stops at the last line.
+            (Phase::Report { .. }, KeyCode::End) => w.scroll = usize::MAX / 2,
             (Phase::Report { error: None, .. }, KeyCode::Enter) => {
                 if busy {
                     return None;
@@ -455,13 +885,17 @@ impl App {
                 self.busy = Some(format!("applying `{}`", w.patch));
                 return Some(job);
             }
-            (Phase::Report { .. }, KeyCode::Esc) => w.phase = Phase::Pick,
+            (Phase::Report { .. }, KeyCode::Esc) => {
+                w.phase = Phase::Pick;
+                w.scroll = 0;
+            }
             (Phase::Done { ok: true, .. }, KeyCode::Enter) => {
                 self.trial = Some((w.pid, w.patch.clone()));
                 self.screen = Screen::Trial;
                 self.wizard = None;
             }
             (Phase::Done { .. }, KeyCode::Esc | KeyCode::Enter) => {
+                self.detail = Some(w.pid);
                 self.wizard = None;
                 self.screen = Screen::Detail;
             }
@@ -471,31 +905,82 @@ impl App {
     }
 
     fn on_trial_key(&mut self, key: KeyEvent) -> Option<Job> {
-        let (pid, patch) = self.trial.clone()?;
+        let (pid, _) = self.trial.clone()?;
         match key.code {
             KeyCode::Esc => {
-                self.screen = if self.selected == Some(pid) { Screen::Detail } else { Screen::Processes };
+                self.screen = if self.detail == Some(pid) { Screen::Detail } else { Screen::Processes };
                 None
             }
-            KeyCode::Char('C') => self.commit(pid, patch),
-            KeyCode::Char('R') => {
-                if self.busy.is_some() {
-                    self.say(false, "busy: wait for the running action to finish");
-                    return None;
-                }
-                self.busy = Some(format!("rolling back `{patch}` in {pid}"));
-                Some(Job::Rollback { pid, patch: Some(patch) })
-            }
+            KeyCode::Char('C') => self.commit_key(),
+            KeyCode::Char('R') => self.rollback_key(),
             _ => None,
         }
     }
 
+    /// The journal entries shown: those matching the search (any field, any case), oldest first.
+    pub fn journal_visible(&self) -> Vec<&Entry> {
+        let q = self.journal_search.to_lowercase();
+        self.journal
+            .iter()
+            .filter(|e| {
+                q.is_empty()
+                    || [&e.time, &e.user, &e.action, &e.process, &e.outcome, &e.detail]
+                        .iter()
+                        .any(|f| f.to_lowercase().contains(&q))
+                    || e.pid.to_string().contains(&q)
+                    || e.patch.as_ref().is_some_and(|p| p.to_lowercase().contains(&q))
+            })
+            .collect()
+    }
+
+    /// The journal entry selected, among those shown.
+    pub fn journal_selected(&self) -> Option<&Entry> {
+        let v = self.journal_visible();
+        let i = self.journal_offset.min(v.len().checked_sub(1)?);
+        v.get(i).copied()
+    }
+
+    fn on_journal_search_key(&mut self, key: KeyEvent) {
+        match key.code {
+            KeyCode::Esc => {
+                self.journal_searching = false;
+                self.journal_search.clear();
+            }
+            KeyCode::Enter => self.journal_searching = false,
+            KeyCode::Backspace => {
+                self.journal_search.pop();
+            }
+            KeyCode::Char(c) => self.journal_search.push(c),
+            _ => {}
+        }
+        // The newest match selected.
+        self.journal_offset = usize::MAX;
+    }
+
     fn on_journal_key(&mut self, key: KeyEvent) {
-        let max = self.journal.len().saturating_sub(1);
+        if self.journal_open {
+            if matches!(key.code, KeyCode::Esc | KeyCode::Enter) {
+                self.journal_open = false;
+            }
+            return;
+        }
+        let max = self.journal_visible().len().saturating_sub(1);
         let off = self.journal_offset.min(max);
         self.journal_offset = match key.code {
+            KeyCode::Esc if !self.journal_search.is_empty() => {
+                self.journal_search.clear();
+                usize::MAX
+            }
             KeyCode::Esc => {
                 self.screen = Screen::Processes;
+                off
+            }
+            KeyCode::Char('/') => {
+                self.journal_searching = true;
+                off
+            }
+            KeyCode::Enter => {
+                self.journal_open = self.journal_selected().is_some();
                 off
             }
             KeyCode::Up | KeyCode::Char('k') => off.saturating_sub(1),
@@ -547,6 +1032,13 @@ impl App {
                     self.say(true, msg);
                 }
             }
+            Event::Waiting { pid, holder } => {
+                let what = self.busy.take().unwrap_or_else(|| "the action".into());
+                self.busy = Some(format!("{what}: waiting for {holder}, which holds process {pid}"));
+            }
+            Event::Confirm { reply, .. } if self.interrupted.is_some() => {
+                let _ = reply.send(false);
+            }
             Event::Confirm { stage, plan, reply } => match self.wizard.as_mut() {
                 Some(w) => {
                     w.phase = Phase::Running { confirm: Some((stage, plan)) };
@@ -556,15 +1048,19 @@ impl App {
                     let _ = reply.send(false);
                 }
             },
-            Event::Checked { pid, patch, lines, error } => {
+            Event::Checked { pid, patch, trial, lines, error } => {
                 self.busy = None;
                 if let Some(w) = self.wizard.as_mut().filter(|w| w.pid == pid) {
                     w.patch = patch;
+                    w.trial = trial;
                     w.phase = Phase::Report { lines, error: error.map(|e| e.to_string()) };
                 }
             }
             Event::Applied { pid, result } => {
                 self.busy = None;
+                if let Ok(patch) = &result {
+                    self.own.push((pid, patch.clone()));
+                }
                 let (ok, message) = match &result {
                     Ok(patch) => (true, format!("patch `{patch}` is active in process {pid}: trial started")),
                     Err(e) => (false, e.to_string()),
@@ -572,11 +1068,18 @@ impl App {
                 if let Some(w) = self.wizard.as_mut() {
                     w.phase = Phase::Done { ok, message: message.clone() };
                     w.current = None;
+                    // A failed or cancelled apply undid its stages, unless it says otherwise.
+                    if !ok && !message.contains("undoing failed") {
+                        w.undone = std::mem::take(&mut w.done);
+                    }
                 }
                 self.say(ok, message.lines().next().unwrap_or("").to_string());
             }
             Event::RolledBack { pid, result } => {
                 self.busy = None;
+                if let Ok(ids) = &result {
+                    self.own.extend(ids.iter().map(|id| (pid, id.clone())));
+                }
                 match result {
                     Ok(ids) => self.say(true, format!("rolled back in process {pid}: {}", ids.join(", "))),
                     Err(e) => self.say(false, format!("rollback in process {pid} failed: {}", e.message)),
@@ -584,6 +1087,7 @@ impl App {
             }
             Event::Expired { pid, patch, result } => {
                 self.busy = None;
+                self.own.push((pid, patch.clone()));
                 match result {
                     Ok(state) => {
                         self.say(true, format!("trial of `{patch}` expired in process {pid}: {state} by policy"))
@@ -593,6 +1097,7 @@ impl App {
             }
             Event::Committed { pid, patch, result } => {
                 self.busy = None;
+                self.own.push((pid, patch.clone()));
                 match result {
                     Ok(()) => self.say(true, format!("`{patch}` committed in process {pid}")),
                     Err(e) => self.say(false, format!("commit of `{patch}` failed: {}", e.message)),
@@ -602,8 +1107,10 @@ impl App {
     }
 }
 
-/// The manifests in `dir` (and one level of sub-folders), each with its summary or problem.
-pub fn list_manifests(dir: &Path) -> Vec<ManifestFile> {
+/// The manifests in `dir` (and one level of sub-folders), each with its summary or problem;
+/// with `pid`, those that fit the process first (see [`Fit`]).
+pub fn list_manifests(dir: &Path, pid: Option<i32>) -> Vec<ManifestFile> {
+    let mapped = pid.map(mapped_files).unwrap_or_default();
     let mut paths = Vec::new();
     let walk = |d: &Path, paths: &mut Vec<PathBuf>, deeper: bool| -> Vec<PathBuf> {
         let mut subdirs = Vec::new();
@@ -623,16 +1130,23 @@ pub fn list_manifests(dir: &Path) -> Vec<ManifestFile> {
         walk(&sub, &mut paths, false);
     }
     paths.sort();
-    paths
+    let mut files: Vec<ManifestFile> = paths
         .into_iter()
         .filter(|p| !p.to_string_lossy().ends_with(".schema.json"))
-        .map(|path| {
-            let summary = Manifest::load(&path)
-                .map(|m| {
-                    format!("{} {}{}", m.patch, m.version, m.description.map(|d| format!(" — {d}")).unwrap_or_default())
-                })
-                .map_err(|e| e.message);
-            ManifestFile { path, summary }
+        .map(|path| match Manifest::load(&path) {
+            Ok(m) => {
+                let fit = if pid.is_some() { fit(&m, &mapped) } else { Fit::Unknown };
+                let summary = format!(
+                    "{} {}{}",
+                    m.patch,
+                    m.version,
+                    m.description.map(|d| format!(" — {d}")).unwrap_or_default()
+                );
+                ManifestFile { path, summary: Ok(summary), fit }
+            }
+            Err(e) => ManifestFile { path, summary: Err(e.message), fit: Fit::Unknown },
         })
-        .collect()
+        .collect();
+    files.sort_by_key(|f| f.fit);
+    files
 }

@@ -7,7 +7,9 @@ use crate::error::Error;
 use crate::manifest::Manifest;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Work the console asks for.
@@ -21,9 +23,12 @@ pub enum Job {
         pid: i32,
         manifest: PathBuf,
     },
+    /// Roll back `patch` and, when not empty, `cascade`: the patches that require it, as the
+    /// operator confirmed them. Refused when what requires it is no longer exactly that.
     Rollback {
         pid: i32,
-        patch: Option<String>,
+        patch: String,
+        cascade: Vec<String>,
     },
     Commit {
         pid: i32,
@@ -50,9 +55,16 @@ pub enum Event {
         plan: String,
         reply: Sender<bool>,
     },
+    /// Another pannus holds the process: the job waits for it (at most the lock wait).
+    Waiting {
+        pid: i32,
+        holder: String,
+    },
     Checked {
         pid: i32,
         patch: String,
+        /// What the trial after stage 4 will be, from the manifest.
+        trial: String,
         lines: Vec<CheckLine>,
         error: Option<Error>,
     },
@@ -78,10 +90,15 @@ pub enum Event {
 
 struct Forward<'a> {
     tx: &'a Sender<Event>,
+    /// Set once the console is interrupted: every later confirmation is a "no".
+    cancel: &'a AtomicBool,
 }
 
 impl Observer for Forward<'_> {
     fn confirm(&mut self, stage: Stage, plan: &str) -> bool {
+        if self.cancel.load(Ordering::SeqCst) {
+            return false;
+        }
         let (reply, answer) = channel();
         if self.tx.send(Event::Confirm { stage, plan: plan.to_string(), reply }).is_err() {
             return false;
@@ -93,8 +110,9 @@ impl Observer for Forward<'_> {
     }
 }
 
-/// Starts the worker; it ends when the job sender is dropped.
-pub fn spawn(engine: Engine) -> (Sender<Job>, Receiver<Event>) {
+/// Starts the worker; it ends when the job sender is dropped. Once `cancel` is set, the running
+/// apply's confirmations are answered "no", so that it stops and undoes its stages.
+pub fn spawn(engine: Engine, cancel: Arc<AtomicBool>) -> (Sender<Job>, Receiver<Event>) {
     let (job_tx, job_rx) = channel::<Job>();
     let (ev_tx, ev_rx) = channel::<Event>();
     std::thread::Builder::new()
@@ -108,7 +126,7 @@ pub fn spawn(engine: Engine) -> (Sender<Job>, Receiver<Event>) {
                         // stop gave up waiting for, still attached when the job ends, is let go
                         // by the kernel then, instead of staying stopped until the next job.
                         let ev = std::thread::scope(|s| {
-                            let job = s.spawn(|| run(&engine, job, &ev_tx, &mut watchers));
+                            let job = s.spawn(|| run(&engine, job, &ev_tx, &cancel, &mut watchers));
                             job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                         });
                         if ev_tx.send(ev).is_err() {
@@ -141,20 +159,79 @@ impl Watchers {
     }
 }
 
-fn run(engine: &Engine, job: Job, tx: &Sender<Event>, watchers: &mut Watchers) -> Event {
+/// The trial a manifest asks for, in words.
+pub fn trial_text(m: &Manifest) -> String {
+    let end = match m.trial.on_expiry {
+        crate::manifest::OnExpiry::Commit => "committed",
+        crate::manifest::OnExpiry::Rollback => "rolled back",
+    };
+    let health = match &m.trial.health_check {
+        Some(h) => format!(
+            "; health check `{}` every {} ms, rolled back after {} failure(s) in a row",
+            h.command, h.interval_ms, h.failures
+        ),
+        None => "; no health check".to_string(),
+    };
+    format!(
+        "then a trial of {}: at its end the patch is {end} (on_expiry: {}){health}",
+        humantime::format_duration(m.trial.duration),
+        m.trial.on_expiry
+    )
+}
+
+/// Says who holds process `pid`, when another pannus does, before the job waits for it.
+fn say_holder(engine: &Engine, pid: i32, tx: &Sender<Event>) {
+    if let Some(h) = crate::lock::holder(&engine.state_dir, pid) {
+        // Its command line, the program by its file name only.
+        let cmd = std::fs::read(format!("/proc/{h}/cmdline"))
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let a = String::from_utf8_lossy(a).into_owned();
+                        if i == 0 {
+                            a.rsplit('/').next().unwrap_or_default().to_string()
+                        } else {
+                            a
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let holder = if cmd.is_empty() { format!("pannus pid {h}") } else { format!("pannus pid {h} (`{cmd}`)") };
+        let _ = tx.send(Event::Waiting { pid, holder });
+    }
+}
+
+fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watchers: &mut Watchers) -> Event {
     // As for the CLI's commands: spare CPU time only, on this thread (the screen's keeps its own).
     let _spare = pannus_kernel::SpareCpu::enter();
-    let mut obs = Forward { tx };
+    let mut obs = Forward { tx, cancel };
+    let pid = match &job {
+        Job::Check { pid, .. }
+        | Job::Apply { pid, .. }
+        | Job::Rollback { pid, .. }
+        | Job::Commit { pid, .. }
+        | Job::Expire { pid, .. } => *pid,
+    };
+    say_holder(engine, pid, tx);
     match job {
         Job::Check { pid, manifest } => match Manifest::load(&manifest) {
-            Err(e) => Event::Checked { pid, patch: String::new(), lines: Vec::new(), error: Some(e) },
-            Ok(m) => match Session::open(engine, pid) {
-                Err(e) => Event::Checked { pid, patch: m.patch, lines: Vec::new(), error: Some(e) },
-                Ok(mut s) => {
-                    let (lines, result) = s.check(&m);
-                    Event::Checked { pid, patch: m.patch, lines, error: result.err() }
+            Err(e) => {
+                Event::Checked { pid, patch: String::new(), trial: String::new(), lines: Vec::new(), error: Some(e) }
+            }
+            Ok(m) => {
+                let trial = trial_text(&m);
+                match Session::open(engine, pid) {
+                    Err(e) => Event::Checked { pid, patch: m.patch, trial, lines: Vec::new(), error: Some(e) },
+                    Ok(mut s) => {
+                        let (lines, result) = s.check(&m);
+                        Event::Checked { pid, patch: m.patch, trial, lines, error: result.err() }
+                    }
                 }
-            },
+            }
         },
         Job::Apply { pid, manifest } => {
             let result = Manifest::load(&manifest).and_then(|m| {
@@ -167,9 +244,22 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>, watchers: &mut Watchers) -
             });
             Event::Applied { pid, result }
         }
-        Job::Rollback { pid, patch } => {
+        Job::Rollback { pid, patch, cascade } => {
             let result = Session::open(engine, pid)
-                .and_then(|mut s| s.rollback(patch.as_deref(), true, &mut obs))
+                .and_then(|mut s| {
+                    let mut now = super::app::dependents(&s.registry()?.patches, &patch);
+                    let mut confirmed = cascade.clone();
+                    now.sort();
+                    confirmed.sort();
+                    if now != confirmed {
+                        return Err(Error::precondition(format!(
+                            "what requires `{patch}` in process {pid} changed since it was shown ({}): nothing was rolled back",
+                            if now.is_empty() { "nothing now".to_string() } else { now.join(", ") }
+                        ))
+                        .hint("look at the process again and press R again"));
+                    }
+                    s.rollback(Some(&patch), !cascade.is_empty(), &mut obs)
+                })
                 .map(|r| r.ids);
             Event::RolledBack { pid, result }
         }

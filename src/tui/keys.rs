@@ -10,6 +10,8 @@ pub struct Binding {
     pub action: &'static str,
     /// Shown in the footer (the help screen shows every binding).
     pub footer: bool,
+    /// Acts on one patch ([`super::app::App::key_target`]), which the footer names.
+    pub on_patch: bool,
     pub screens: &'static [Screen],
 }
 
@@ -17,36 +19,78 @@ const ALL: &[Screen] = &[Screen::Processes, Screen::Detail, Screen::Wizard, Scre
 const LIST: &[Screen] = &[Screen::Processes, Screen::Detail];
 
 pub const BINDINGS: &[Binding] = &[
-    Binding { keys: "?", action: "help", footer: true, screens: ALL },
-    Binding { keys: "/", action: "filter", footer: true, screens: &[Screen::Processes] },
-    Binding { keys: "Enter", action: "open", footer: true, screens: &[Screen::Processes, Screen::Wizard] },
+    Binding { keys: "?", action: "help", footer: true, on_patch: false, screens: ALL },
+    Binding {
+        keys: "/",
+        action: "filter",
+        footer: true,
+        on_patch: false,
+        screens: &[Screen::Processes, Screen::Journal],
+    },
+    Binding {
+        keys: "Enter",
+        action: "open",
+        footer: true,
+        on_patch: false,
+        screens: &[Screen::Processes, Screen::Wizard, Screen::Journal],
+    },
     Binding {
         keys: "Esc",
         action: "back",
         footer: true,
+        on_patch: false,
         screens: &[Screen::Detail, Screen::Wizard, Screen::Trial, Screen::Journal],
     },
-    Binding { keys: "↑↓ j k", action: "move", footer: false, screens: ALL },
-    Binding { keys: "PgUp PgDn Home End", action: "move by page, to the ends", footer: false, screens: ALL },
-    Binding { keys: "Tab", action: "next pane", footer: true, screens: &[Screen::Detail] },
-    Binding { keys: "a", action: "apply", footer: true, screens: LIST },
-    Binding { keys: "t", action: "trial", footer: false, screens: LIST },
-    Binding { keys: "C", action: "commit", footer: true, screens: &[Screen::Processes, Screen::Detail, Screen::Trial] },
+    Binding { keys: "↑↓ j k", action: "move", footer: false, on_patch: false, screens: ALL },
     Binding {
-        keys: "R",
-        action: "ROLLBACK",
+        keys: "PgUp PgDn Home End",
+        action: "move by page, to the ends",
+        footer: false,
+        on_patch: false,
+        screens: ALL,
+    },
+    Binding { keys: "Tab", action: "next pane", footer: true, on_patch: false, screens: &[Screen::Detail] },
+    Binding { keys: "a", action: "apply", footer: true, on_patch: false, screens: LIST },
+    Binding { keys: "t", action: "trial", footer: false, on_patch: false, screens: LIST },
+    Binding {
+        keys: "C",
+        action: "commit",
         footer: true,
+        on_patch: true,
         screens: &[Screen::Processes, Screen::Detail, Screen::Trial],
     },
-    Binding { keys: "p", action: "patched only", footer: false, screens: &[Screen::Processes] },
-    Binding { keys: "J", action: "journal", footer: false, screens: &[Screen::Processes, Screen::Detail] },
-    Binding { keys: "q", action: "quit", footer: true, screens: ALL },
+    Binding {
+        keys: "R",
+        action: "roll back",
+        footer: true,
+        on_patch: true,
+        screens: &[Screen::Processes, Screen::Detail, Screen::Trial],
+    },
+    Binding { keys: "p", action: "patched only", footer: false, on_patch: false, screens: &[Screen::Processes] },
+    Binding {
+        keys: "K",
+        action: "kernel threads shown or hidden",
+        footer: false,
+        on_patch: false,
+        screens: &[Screen::Processes],
+    },
+    Binding {
+        keys: "J",
+        action: "journal",
+        footer: false,
+        on_patch: false,
+        screens: &[Screen::Processes, Screen::Detail],
+    },
+    Binding { keys: "q", action: "quit", footer: true, on_patch: false, screens: ALL },
 ];
 
 /// What the help screen says about `R` and the other destructive keys.
 pub const NOTES: &[&str] = &[
-    "R rolls back the selected process's most recent patch at once, with no dialog",
-    "  (rollback is the safe direction); its outcome shows in the footer.",
+    "R and C act on one patch, named in the footer: in the list, the newest patch",
+    "  of the selected process; in the process view, the highlighted one; on the",
+    "  trial screen, the trial's.",
+    "R rolls it back at once (rollback is the safe direction), unless other patches",
+    "  require it: one confirmation names them; Enter rolls them back too.",
     "Every stage of an apply shows exactly what it will do and waits for Enter;",
     "  Esc at a confirmation cancels and undoes the stages already done.",
 ];
@@ -55,3 +99,17 @@ pub const NOTES: &[&str] = &[
 pub fn for_screen(screen: Screen) -> impl Iterator<Item = &'static Binding> {
     BINDINGS.iter().filter(move |b| b.screens.contains(&screen))
 }
+
+/// The words the screens use for states, as the help screen explains them.
+pub const LEGEND: &[(&str, &str)] = &[
+    ("TRIAL 04:12", "a patch on trial: time left before its expiry policy"),
+    ("", "  (drawn as urgent, \"in under 30 s\", near the deadline)"),
+    ("OVERDUE", "on trial past its deadline: nobody carried out its policy"),
+    ("ACTIVE", "patches applied and committed"),
+    ("PARTIAL!", "a patch left between stages by a killed pannus: roll back"),
+    ("-", "no patch applied"),
+    ("NO LONGER PATCHED", "the process on view has had its patches rolled back"),
+    ("REPLACED ON DISK", "the executable changed on disk since the process started"),
+    ("NOTICE", "a change made elsewhere (a trial watcher, another pannus)"),
+    ("✓ ● ○ ↺", "apply stages: done, now, to do, undone"),
+];

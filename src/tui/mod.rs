@@ -20,10 +20,13 @@ use app::App;
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
 use crossterm::execute;
 use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How the console starts.
@@ -88,7 +91,49 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
     (poke_tx, rx)
 }
 
-/// Runs the console until the user quits.
+/// SIGINT, SIGTERM and SIGHUP, blocked in every thread of the console and read by one thread
+/// of their own: each means "no" to the running apply (see [`App::interrupt`]) rather than an
+/// end that would leave its stages done in the process. The mask is restored when dropped.
+struct Signals {
+    old: SigSet,
+    rx: Receiver<Signal>,
+}
+
+impl Signals {
+    /// Blocks the signals; call before any other thread starts, so that all inherit the block.
+    /// (Processes the console starts, the trial watchers, begin with no signal blocked.)
+    fn block() -> Result<Signals> {
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            set.add(s);
+        }
+        let mut old = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+            .map_err(|e| Error::other(format!("blocking SIGINT, SIGTERM and SIGHUP: {e}")))?;
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("pannus-signals".into())
+            .spawn(move || {
+                while let Ok(sig) = set.wait() {
+                    if tx.send(sig).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::other(format!("starting the signal thread: {e}")))?;
+        Ok(Signals { old, rx })
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
+    }
+}
+
+/// Runs the console until the user quits. Interrupted (Ctrl-C during an action, SIGINT, SIGTERM,
+/// SIGHUP), it says no to the running apply, waits for it to undo its stages, and returns an
+/// error.
 pub fn run(engine: &Engine, opts: Options) -> Result<()> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() {
@@ -96,7 +141,9 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
             .hint("use the pannus subcommands (status, apply, rollback, …) from scripts"));
     }
     let theme = render::Theme::from_env();
-    let (job_tx, job_rx) = jobs::spawn(engine.clone());
+    let signals = Signals::block()?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (job_tx, job_rx) = jobs::spawn(engine.clone(), cancel.clone());
     let (poke, refresh_rx) = spawn_collector(engine, opts.watch_output.clone());
     let mut app = App::new(opts.manifests.clone());
     app.selected = opts.select;
@@ -117,10 +164,22 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
     let mut term =
         Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(|e| Error::other(format!("terminal: {e}")))?;
 
+    // Once the terminal fails (a dropped SSH session), the loop only waits for the running job.
+    let mut gone = false;
     loop {
         app.now = now_secs();
-        term.draw(|f| render::draw(f, &app, theme)).map_err(|e| Error::other(format!("terminal: {e}")))?;
-        if event::poll(Duration::from_millis(200)).unwrap_or(false) {
+        if !gone {
+            if let Ok(size) = term.size() {
+                app.size = (size.width, size.height);
+            }
+            gone = term.draw(|f| render::draw(f, &app, theme)).is_err();
+        }
+        let mut events = Vec::new();
+        if gone {
+            if let Ok(ev) = job_rx.recv_timeout(Duration::from_millis(200)) {
+                events.push(ev);
+            }
+        } else if event::poll(Duration::from_millis(200)).unwrap_or(false) {
             match event::read() {
                 Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
                     if let Some(job) = app.on_key(k) {
@@ -128,12 +187,23 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return Err(Error::other(format!("terminal: {e}"))),
+                Err(_) => gone = true,
             }
         }
+        if gone && app.interrupted.is_none() {
+            app.interrupt("the terminal closed");
+        }
+        while let Ok(sig) = signals.rx.try_recv() {
+            app.interrupt(sig.as_str());
+        }
+        if app.interrupted.is_some() {
+            cancel.store(true, Ordering::SeqCst);
+        }
         let mut poked = false;
-        while let Ok(ev) = job_rx.try_recv() {
-            let finished = !matches!(ev, jobs::Event::Progress { .. } | jobs::Event::Confirm { .. });
+        events.extend(job_rx.try_iter());
+        for ev in events {
+            let finished =
+                !matches!(ev, jobs::Event::Progress { .. } | jobs::Event::Confirm { .. } | jobs::Event::Waiting { .. });
             app.on_event(ev);
             poked |= finished;
         }
@@ -147,14 +217,27 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
         if let Some(r) = latest {
             apply_refresh(&mut app, r);
         }
-        if let Some(job) = app.tick() {
-            let _ = job_tx.send(job);
+        if !app.quit {
+            if let Some(job) = app.tick() {
+                let _ = job_tx.send(job);
+            }
         }
-        if app.quit {
+        // Quitting waits for the running job: an apply ends undone, a rollback or commit whole.
+        if app.quit && app.busy.is_none() {
             break;
         }
     }
-    Ok(())
+    match app.interrupted {
+        None => Ok(()),
+        Some(why) => {
+            let what = match app.wizard.as_ref().map(|w| &w.phase) {
+                Some(app::Phase::Done { ok: false, message }) => format!(": {message}"),
+                Some(app::Phase::Done { ok: true, message }) => format!(" after it finished: {message}"),
+                _ => String::new(),
+            };
+            Err(Error::other(format!("the console was interrupted ({why}){what}")))
+        }
+    }
 }
 
 fn apply_refresh(app: &mut App, r: Refresh) {

@@ -10,6 +10,8 @@ pub enum Badge {
     None,
     /// Seconds left in the soonest trial.
     Trial(u64),
+    /// A trial past its deadline whose policy nobody has carried out.
+    Overdue,
     Active,
     /// A patch stopped between stages (a pannus was killed): roll it back.
     Partial,
@@ -20,9 +22,11 @@ impl Badge {
     pub fn of(row: &Process, now: u64) -> Badge {
         let mut trial: Option<u64> = None;
         let mut partial = false;
+        let mut overdue = false;
         let mut active = false;
         for p in row.applied() {
             match p.state {
+                State::Trial if crate::trial::is_overdue(p, now) => overdue = true,
                 State::Trial => {
                     let left = p.trial_deadline.unwrap_or(now).saturating_sub(now);
                     trial = Some(trial.map_or(left, |t: u64| t.min(left)));
@@ -33,6 +37,8 @@ impl Badge {
         }
         if partial {
             Badge::Partial
+        } else if overdue {
+            Badge::Overdue
         } else if let Some(left) = trial {
             Badge::Trial(left)
         } else if active {
@@ -46,6 +52,7 @@ impl Badge {
         match self {
             Badge::None => "-".into(),
             Badge::Trial(left) => format!("TRIAL {}", mmss(left)),
+            Badge::Overdue => "OVERDUE".into(),
             Badge::Active => "ACTIVE".into(),
             Badge::Partial => "PARTIAL!".into(),
         }

@@ -1,7 +1,7 @@
 //! The console drawn on ratatui's TestBackend: every screen at 80x24 and 120x40 (insta
 //! snapshots), every screen at tiny sizes without a panic, and what the keys do.
 
-use super::app::{App, ManifestFile, Phase, Screen, Wizard};
+use super::app::{App, Fit, ManifestFile, Phase, Screen, Wizard, MESSAGE_OK_SECS, NOTICE_SECS};
 use super::jobs::{Event, Job};
 use super::render::{self, Theme};
 use super::snapshot::Snapshot;
@@ -80,8 +80,13 @@ fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
 fn app() -> App {
     let mut a = App::new(PathBuf::from("/srv/manifests"));
     a.now = NOW;
+    let mut kthreadd = row(2, "kthreadd", vec![]);
+    kthreadd.exe.clear();
+    let mut legacyd = row(1500, "legacyd", vec![]);
+    legacyd.exe.push_str(" (deleted)");
     let mut rows = vec![
         row(1, "systemd", vec![]),
+        kthreadd,
         row(
             812,
             "sipd",
@@ -94,6 +99,7 @@ fn app() -> App {
         row(901, "mediad", vec![patch("rtp-fix", 1, State::Linked, &[], 0)]),
         row(1200, "billingd", vec![patch("old-fix", 1, State::RolledBack, &[], 0)]),
     ];
+    rows.push(legacyd);
     for pid in 2000..2030 {
         rows.push(row(pid, "worker", vec![]));
     }
@@ -154,10 +160,12 @@ fn wizard_app(phase: Phase) -> App {
             ManifestFile {
                 path: "/srv/manifests/invite-fix.yaml".into(),
                 summary: Ok("invite-fix 1.0.2 — Fix crash on INVITE".into()),
+                fit: Fit::Matches,
             },
             ManifestFile {
                 path: "/srv/manifests/broken.yaml".into(),
                 summary: Err("broken.yaml:3:1: unknown key `targt`".into()),
+                fit: Fit::Unknown,
             },
         ],
         index: 0,
@@ -169,6 +177,9 @@ fn wizard_app(phase: Phase) -> App {
             "stage 1 (load): module mapped at 0x555500010000".into(),
             "stage 2 (link): relocations applied".into(),
         ],
+        scroll: 0,
+        trial: "then a trial of 5m: at its end the patch is committed (on_expiry: commit); no health check".into(),
+        undone: vec![],
     });
     a
 }
@@ -223,6 +234,10 @@ fn every_screen() -> Vec<(&'static str, App)> {
             message: "stage 4 (activate): busy: after 101 attempts, thread(s) 905 still in the way\n  undone: init, link, load (the process is as it was)".into(),
         });
         w.message = Some((false, "stage 4 (activate): busy".into()));
+        w.message_at = NOW;
+        if let Some(wz) = w.wizard.as_mut() {
+            wz.undone = std::mem::take(&mut wz.done);
+        }
         w
     }));
     let mut trial = app();
@@ -232,6 +247,11 @@ fn every_screen() -> Vec<(&'static str, App)> {
     let mut journal = app();
     journal.screen = Screen::Journal;
     list.push(("journal", journal));
+    let mut entry = app();
+    entry.screen = Screen::Journal;
+    entry.journal_offset = 1;
+    entry.journal_open = true;
+    list.push(("journal-entry", entry));
     let mut help = app();
     help.help = true;
     list.push(("help", help));
@@ -285,7 +305,7 @@ fn filter_selects_the_first_match_as_you_type() {
 #[test]
 fn r_rolls_back_the_most_recent_patch_at_once() {
     let mut a = app();
-    assert_eq!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, patch: Some("cdr-fix".into()) }));
+    assert_eq!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, patch: "cdr-fix".into(), cascade: vec![] }));
     assert!(a.busy.is_some());
     // One action at a time.
     assert_eq!(a.on_key(ch('R')), None);
@@ -310,7 +330,13 @@ fn wizard_confirms_each_stage_and_esc_cancels() {
     let mut a = wizard_app(Phase::Pick);
     let job = a.on_key(key(KeyCode::Enter));
     assert_eq!(job, Some(Job::Check { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() }));
-    a.on_event(Event::Checked { pid: 812, patch: "invite-fix".into(), lines: vec![], error: None });
+    a.on_event(Event::Checked {
+        pid: 812,
+        patch: "invite-fix".into(),
+        trial: "then a trial of 5m".into(),
+        lines: vec![],
+        error: None,
+    });
     let job = a.on_key(key(KeyCode::Enter));
     assert_eq!(job, Some(Job::Apply { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() }));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -347,4 +373,356 @@ fn dependency_graph_shows_both_directions() {
     assert_eq!(lines[1], "└─▶ ○ invite-fix [trial]");
     assert_eq!(lines[2], "└─▶ ○ cdr-fix [trial]");
     assert!(lines.iter().any(|l| l == "needed by:  invite-fix, cdr-fix"));
+}
+
+#[test]
+fn the_detail_view_stays_on_its_process_after_a_rollback() {
+    let mut a = app();
+    a.on_key(ch('p'));
+    a.selected = Some(812);
+    a.on_key(key(KeyCode::Enter));
+    assert!(matches!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, .. })));
+    a.on_event(Event::RolledBack { pid: 812, result: Ok(vec!["cdr-fix".into()]) });
+    // The process's patches all rolled back: it leaves the patched-only list.
+    let mut rows = a.snapshot.rows.clone();
+    for p in &mut rows.iter_mut().find(|r| r.pid.get() == 812).unwrap().patches {
+        p.state = State::RolledBack;
+    }
+    a.set_snapshot(Snapshot { rows });
+    assert_eq!(a.screen, Screen::Detail);
+    let s = screen(&a, 80, 24);
+    assert!(s.contains(" 812 ") && s.contains("NO LONGER PATCHED"), "{s}");
+    assert_eq!(a.on_key(ch('R')), None, "nothing on screen to roll back");
+    assert!(a.message.as_ref().is_some_and(|m| m.1.contains("nothing to roll back")), "{:?}", a.message);
+    assert_eq!(a.on_key(ch('C')), None);
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(a.screen, Screen::Processes);
+    assert_ne!(a.selected, Some(812), "no longer listed");
+}
+
+#[test]
+fn r_and_c_act_on_the_same_named_patch() {
+    let mut a = app();
+    // The list: the newest patch of the selected row, for both keys, named in the footer.
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("C commit cdr-fix") && s.contains("R roll back cdr-fix"), "{s}");
+    assert_eq!(
+        a.on_key(ch('C')),
+        Some(Job::Commit { pid: 812, patch: "cdr-fix".into(), note: "committed from the console".into() })
+    );
+    a.busy = None;
+    // The process view: the highlighted one.
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(key(KeyCode::Up));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("C commit invite-fix") && s.contains("R roll back invite-fix"), "{s}");
+    assert_eq!(a.on_key(ch('R')), Some(Job::Rollback { pid: 812, patch: "invite-fix".into(), cascade: vec![] }));
+    a.busy = None;
+    // A patch others require: one confirmation naming them, nothing before Enter.
+    a.on_key(key(KeyCode::Up));
+    let s = screen(&a, 120, 40);
+    assert!(!s.contains("C commit"), "base-fix is committed: no C offered:\n{s}");
+    assert_eq!(a.on_key(ch('R')), None);
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("`cdr-fix`, `invite-fix` requires it"), "{s}");
+    assert_eq!(a.on_key(ch('x')), None, "other keys wait");
+    assert_eq!(
+        a.on_key(key(KeyCode::Enter)),
+        Some(Job::Rollback {
+            pid: 812,
+            patch: "base-fix".into(),
+            cascade: vec!["cdr-fix".into(), "invite-fix".into()]
+        })
+    );
+    assert!(a.pending.is_none());
+    a.busy = None;
+    a.on_key(ch('R'));
+    assert_eq!(a.on_key(key(KeyCode::Esc)), None);
+    assert!(a.pending.is_none() && a.busy.is_none());
+}
+
+fn at(mut a: App, w: u16, h: u16) -> App {
+    a.size = (w, h);
+    a
+}
+
+#[test]
+fn below_the_minimum_size_only_q_and_esc_act() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut a = at(wizard_app(Phase::Running { confirm: None }), 40, 10);
+    a.on_event(Event::Confirm { stage: Stage::Load, plan: "map it".into(), reply: tx });
+    let s = screen(&a, 40, 10);
+    assert!(s.contains("larger") && s.contains("Esc"), "{s}");
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(ch('y'));
+    assert!(rx.try_recv().is_err(), "not confirmed");
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(rx.try_recv(), Ok(false), "Esc cancels");
+    let mut list = at(app(), 59, 24);
+    assert_eq!(list.on_key(ch('R')), None, "no rollback below the minimum");
+    assert_eq!(list.on_key(key(KeyCode::Enter)), None);
+    assert_eq!(list.screen, Screen::Processes);
+    list.on_key(ch('q'));
+    assert!(list.quit);
+}
+
+#[test]
+fn a_confirmation_that_does_not_fit_is_not_confirmable() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut a = at(wizard_app(Phase::Running { confirm: None }), 60, 16);
+    let plan = (0..40).map(|i| format!("handle_{i} at 0x5555555551c0: jmp rel32")).collect::<Vec<_>>().join("; ");
+    a.on_event(Event::Confirm { stage: Stage::Activate, plan, reply: tx });
+    let s = screen(&a, 60, 16);
+    assert!(s.contains("does not fit"), "{s}");
+    assert!(!s.contains("Enter proceed"), "{s}");
+    a.on_key(key(KeyCode::Enter));
+    assert!(rx.try_recv().is_err(), "not confirmed");
+    assert!(a.message.as_ref().is_some_and(|m| m.1.contains("does not fit")));
+    a.size = (200, 60);
+    assert!(screen(&a, 200, 60).contains("Enter proceed"));
+    a.on_key(key(KeyCode::Enter));
+    assert_eq!(rx.try_recv(), Ok(true));
+}
+
+fn long_report(error: Option<String>) -> App {
+    let lines = (0..30)
+        .map(|i| CheckLine {
+            check: format!("entry handle_{i}"),
+            ok: true,
+            detail: "jmp rel32 at 0x5555555551c0, 8 bytes overwritten (5 written)".into(),
+        })
+        .collect();
+    at(wizard_app(Phase::Report { lines, error }), 80, 24)
+}
+
+#[test]
+fn the_pre_flight_verdict_and_hints_show_at_80x24_and_the_checks_scroll() {
+    let mut a = long_report(None);
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("Pre-flight passed") && s.contains("Enter starts stage 1"), "{s}");
+    assert!(s.contains("lines 1-"), "{s}");
+    assert!(!s.contains("handle_29"), "{s}");
+    a.on_key(key(KeyCode::PageDown));
+    assert!(screen(&a, 80, 24).contains("lines 11-"));
+    a.on_key(key(KeyCode::End));
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("handle_29"), "scrolled to the end:\n{s}");
+    assert_eq!(
+        a.on_key(key(KeyCode::Enter)),
+        Some(Job::Apply { pid: 812, manifest: "/srv/manifests/invite-fix.yaml".into() })
+    );
+
+    let refused = long_report(Some(
+        "symbol `handle_7` not found in /usr/sbin/sipd\nhint: check the manifest's target.build_id".into(),
+    ));
+    let s = screen(&refused, 80, 24);
+    assert!(s.contains("Refused: nothing was done"), "{s}");
+    assert!(s.contains("hint: check the manifest's target.build_id"), "{s}");
+
+    // A verdict too long for the terminal says so rather than show part of it.
+    let many = (0..12).map(|i| format!("hint {i}")).collect::<Vec<_>>().join("\n");
+    let low = at(long_report(Some(many)), 60, 16);
+    assert!(screen(&low, 60, 16).contains("verdict does not fit"), "{}", screen(&low, 60, 16));
+}
+
+#[test]
+fn ctrl_c_during_an_apply_says_no_and_waits_for_the_undo() {
+    let mut a = wizard_app(Phase::Running { confirm: None });
+    a.busy = Some("applying `invite-fix`".into());
+    assert_eq!(a.on_key(ch('q')), None);
+    assert!(!a.quit, "q does not walk away from a running apply");
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.on_event(Event::Confirm { stage: Stage::Init, plan: "run init".into(), reply: tx });
+    a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert_eq!(rx.try_recv(), Ok(false), "no to the confirmation waiting");
+    assert!(a.quit && a.interrupted.as_deref() == Some("Ctrl-C"));
+    assert!(screen(&a, 80, 24).contains("interrupted (Ctrl-C)"));
+    // A confirmation that crossed the interruption is answered no too.
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.on_event(Event::Confirm { stage: Stage::Activate, plan: "write".into(), reply: tx });
+    assert_eq!(rx.try_recv(), Ok(false));
+    // Idle, Ctrl-C just quits.
+    let mut idle = app();
+    idle.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(idle.quit && idle.interrupted.is_none());
+}
+
+#[test]
+fn trials_show_their_deadline_in_clock_time_overdue_and_never_00_00_once_over() {
+    let mut a = app();
+    a.trial = Some((812, "invite-fix".into()));
+    a.screen = Screen::Trial;
+    // NOW is 08:00:00 UTC; invite-fix ends 252 s later.
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("04:12 of 05:00 left: commits at 08:04:12 UTC"), "{s}");
+    a.now = NOW + 240;
+    assert!(screen(&a, 80, 24).contains("in under 30 s"), "near the deadline, in words");
+    a.now = NOW + 300;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("OVERDUE") && s.contains("deadline 08:04:12 UTC passed 00:48 ago"), "{s}");
+    assert!(!s.contains("00:00"), "{s}");
+    a.screen = Screen::Processes;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("OVERDUE") && !s.contains("TRIAL 00:00"), "{s}");
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(key(KeyCode::Up));
+    assert!(screen(&a, 120, 40).contains("OVERDUE"));
+    // Committed: the trial is over, no countdown.
+    let mut rows = a.snapshot.rows.clone();
+    if let Some(p) = rows.iter_mut().find(|r| r.pid.get() == 812).and_then(|r| r.patches.get_mut(1)) {
+        p.state = State::Committed;
+        p.ended_at = Some(NOW + 10);
+    }
+    a.set_snapshot(Snapshot { rows });
+    a.screen = Screen::Trial;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("COMMITTED") && s.contains("trial over: committed at 08:00:10 UTC"), "{s}");
+    assert!(!s.contains("00:00 of") && !s.contains("OVERDUE"), "{s}");
+}
+
+#[test]
+fn patched_processes_first_kernel_threads_hidden_replaced_binaries_marked() {
+    let mut a = app();
+    let order: Vec<i32> = a.visible().iter().map(|r| r.pid.get()).take(5).collect();
+    assert_eq!(order, vec![812, 901, 1, 1200, 1500], "trial and partial first, then the others by pid");
+    assert!(a.visible().iter().all(|r| r.pid.get() != 2), "kernel threads hidden");
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("REPLACED ON DISK /usr/sbin/legacyd"), "{s}");
+    a.on_key(ch('K'));
+    assert!(a.visible().iter().any(|r| r.pid.get() == 2), "K shows them");
+    a.selected = Some(2);
+    let s = screen(&a, 120, 40);
+    assert!(!s.contains("a apply"), "no apply offered on a kernel thread:\n{s}");
+    assert_eq!(a.on_key(ch('a')), None);
+    assert_eq!(a.screen, Screen::Processes);
+    assert!(a.wizard.is_none());
+}
+
+#[test]
+fn changes_made_elsewhere_raise_a_notice_and_old_successes_leave_the_footer() {
+    let mut a = app();
+    let changed = |a: &App, f: &dyn Fn(&mut PatchRecord)| {
+        let mut rows = a.snapshot.rows.clone();
+        if let Some(p) = rows.iter_mut().find(|r| r.pid.get() == 812).and_then(|r| r.patches.get_mut(1)) {
+            f(p);
+        }
+        Snapshot { rows }
+    };
+    // The trial watcher rolled invite-fix back.
+    let s = changed(&a, &|p| {
+        p.state = State::RolledBack;
+        p.note = Some("trial expired: rolled back by policy".into());
+    });
+    a.set_snapshot(s);
+    let text = screen(&a, 120, 40);
+    assert!(
+        text.contains("NOTICE: `invite-fix` was rolled back in process 812 (trial expired: rolled back by policy)"),
+        "{text}"
+    );
+    a.now += NOTICE_SECS;
+    assert!(!screen(&a, 120, 40).contains("NOTICE"), "a notice goes after a while");
+
+    // This console's own commit is no notice; its success message goes after 10 s.
+    let mut b = app();
+    b.on_key(ch('C'));
+    b.on_event(Event::Committed { pid: 812, patch: "cdr-fix".into(), result: Ok(()) });
+    let s = {
+        let mut rows = b.snapshot.rows.clone();
+        rows.iter_mut().find(|r| r.pid.get() == 812).unwrap().patches[2].state = State::Committed;
+        Snapshot { rows }
+    };
+    b.set_snapshot(s);
+    let text = screen(&b, 120, 40);
+    assert!(text.contains("`cdr-fix` committed in process 812") && !text.contains("NOTICE"), "{text}");
+    b.now += MESSAGE_OK_SECS;
+    assert!(screen(&b, 120, 40).contains("\nready\n"), "no stale success");
+}
+
+#[test]
+fn the_wizard_names_the_trial_at_stage_4_says_what_was_undone_and_its_footer_matches_its_box() {
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let mut a = wizard_app(Phase::Running { confirm: None });
+    a.on_event(Event::Confirm { stage: Stage::Activate, plan: "write the jumps".into(), reply: tx });
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("then a trial of 5m: at its end the patch is committed (on_expiry: commit)"), "{s}");
+    let footer = s.lines().last().unwrap_or("");
+    assert!(footer.starts_with("Enter proceed  Esc cancel and undo the stages done"), "{footer}");
+    assert!(s.contains("Enter proceed    Esc cancel and undo the stages done"), "the box says the same:\n{s}");
+    a.on_key(key(KeyCode::Esc));
+    a.on_event(Event::Applied {
+        pid: 812,
+        result: Err(crate::error::Error::other(
+            "cancelled before stage 4 (activate)\n  undone: init, link, load (the process is as it was)",
+        )),
+    });
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("↺ 1 load") && s.contains("↺ 2 link") && !s.contains("✓ 1 load"), "{s}");
+    assert!(s.lines().last().unwrap_or("").starts_with("Enter Esc back"), "{s}");
+}
+
+#[test]
+fn help_has_a_legend_says_which_patch_keys_act_on_and_scrolls_at_80x24() {
+    let mut a = app();
+    a.help = true;
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("the patch named in the footer"), "{s}");
+    assert!(s.contains("lines 1-"), "it says there is more:\n{s}");
+    a.on_key(key(KeyCode::End));
+    let s = screen(&a, 80, 24);
+    for word in ["OVERDUE", "PARTIAL!", "REPLACED ON DISK", "NOTICE"] {
+        assert!(s.contains(word), "{word}:\n{s}");
+    }
+    a.on_key(key(KeyCode::Up));
+    assert!(a.help);
+    a.on_key(key(KeyCode::Esc));
+    assert!(!a.help && a.help_scroll == 0);
+    let big = {
+        let mut b = app();
+        b.help = true;
+        screen(&b, 120, 60)
+    };
+    assert!(big.contains("TRIAL 04:12") && big.contains("ACTIVE"), "{big}");
+}
+
+#[test]
+fn the_journal_searches_as_you_type_and_shows_an_entry_whole() {
+    let mut a = app();
+    a.on_key(ch('J'));
+    assert_eq!(a.screen, Screen::Journal);
+    a.on_key(ch('/'));
+    for c in "busy".chars() {
+        a.on_key(ch(c));
+    }
+    assert!(!a.quit, "typing is not a command");
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("1 of 2 entries match") && s.contains("rtp-fix") && !s.contains("invite-fix"), "{s}");
+    a.on_key(key(KeyCode::Enter)); // keeps the search
+    a.on_key(key(KeyCode::Enter)); // opens the entry
+    let s = screen(&a, 80, 24);
+    assert!(
+        s.contains("Journal entry") && s.contains("busy: after 101 attempts, thread(s) 905 still in the way"),
+        "{s}"
+    );
+    assert!(s.contains("bob (uid 1001)"), "{s}");
+    a.on_key(key(KeyCode::Esc));
+    assert!(!a.journal_open);
+    a.on_key(key(KeyCode::Esc));
+    assert!(a.journal_search.is_empty() && a.screen == Screen::Journal, "Esc clears the search first");
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(a.screen, Screen::Processes);
+}
+
+#[test]
+fn a_failed_apply_shows_its_whole_message_and_hint_at_80x24() {
+    let mut a = wizard_app(Phase::Running { confirm: None });
+    a.on_event(Event::Applied {
+        pid: 812,
+        result: Err(crate::error::Error::precondition(
+            "stage 4 (activate): function `handle_invite` cannot be patched safely: a branch at 0x5555555551c3 lands inside the bytes to overwrite\n  undone: init, link, load (the process is as it was)",
+        )
+        .hint("rebuild the target with -fpatchable-function-entry=7,5, or patch its caller instead")),
+    });
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("lands inside the bytes") && s.contains("undone: init, link, load"), "{s}");
+    assert!(s.contains("hint: rebuild the target with") && s.contains("its caller instead"), "{s}");
 }

@@ -8,7 +8,7 @@ use crate::tui::snapshot::mmss;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row, TableState};
+use ratatui::widgets::{Block, Cell, Paragraph, Row, TableState, Wrap};
 use ratatui::Frame;
 
 fn state_style(s: State, theme: Theme) -> Style {
@@ -29,8 +29,14 @@ fn focus(block: Block<'static>, on: bool, theme: Theme) -> Block<'static> {
 }
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let Some(row) = app.selected_row() else {
-        f.render_widget(Paragraph::new("the process is gone; Esc goes back").block(Block::bordered()), area);
+    let Some(row) = app.detail_row() else {
+        let pid = app.detail.map(|p| p.to_string()).unwrap_or_default();
+        f.render_widget(
+            Paragraph::new(format!("process {pid} has exited; Esc goes back to the list"))
+                .wrap(Wrap { trim: false })
+                .block(Block::bordered()),
+            area,
+        );
         return;
     };
     let n = row.patches.len() as u16;
@@ -43,7 +49,18 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(
         Paragraph::new(Line::from(vec![
             Span::styled(format!(" {} ", row.pid), theme.title()),
-            Span::raw(format!("{}  user {}  {} threads  {}", row.name, row.owner(), row.threads, row.exe)),
+            Span::raw(format!("{}  user {}  {} threads  ", row.name, row.owner(), row.threads)),
+            if row.applied().next().is_none() && !row.patches.is_empty() {
+                Span::styled("NO LONGER PATCHED  ", theme.warn())
+            } else {
+                Span::raw("")
+            },
+            if crate::tui::app::binary_replaced(row) {
+                Span::styled("REPLACED ON DISK ", theme.warn())
+            } else {
+                Span::raw("")
+            },
+            Span::raw(row.exe.trim_end_matches(" (deleted)").to_string()),
         ])),
         info,
     );
@@ -66,6 +83,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .iter()
         .map(|p| {
             let trial = match (p.state, p.trial_deadline) {
+                (State::Trial, Some(_)) if crate::trial::is_overdue(p, app.now) => "OVERDUE".into(),
                 (State::Trial, Some(d)) => mmss(d.saturating_sub(app.now)),
                 _ => "-".into(),
             };

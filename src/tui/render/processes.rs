@@ -1,7 +1,7 @@
 //! The home screen: every process, htop-style, with a patch-state badge.
 
 use super::{Columns, Theme};
-use crate::tui::app::App;
+use crate::tui::app::{binary_replaced, App};
 use crate::tui::snapshot::Badge;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
@@ -40,9 +40,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .map(|r| {
             let badge = Badge::of(r, app.now);
             let style = match badge {
+                Badge::Trial(left) if left <= super::NEAR_DEADLINE => theme.bad(),
                 Badge::Trial(_) => theme.warn(),
                 Badge::Active => theme.ok(),
-                Badge::Partial => theme.bad(),
+                Badge::Partial | Badge::Overdue => theme.bad(),
                 Badge::None => theme.dim(),
             };
             let patches = r.applied().count();
@@ -53,7 +54,14 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 Cell::from(if patches == 0 { "-".to_string() } else { patches.to_string() }),
                 Cell::from(r.threads.to_string()),
                 Cell::from(r.owner()),
-                Cell::from(r.exe.clone()),
+                Cell::from(if binary_replaced(r) {
+                    Line::from(vec![
+                        Span::styled("REPLACED ON DISK ", theme.warn()),
+                        Span::raw(r.exe.trim_end_matches(" (deleted)").to_string()),
+                    ])
+                } else {
+                    Line::raw(r.exe.clone())
+                }),
             ])
         })
         .collect();

@@ -1,6 +1,6 @@
 //! The trial: a large countdown with a gauge, the patch and process, and the two actions.
 
-use super::Theme;
+use super::{clock, Theme, NEAR_DEADLINE};
 use crate::registry::State;
 use crate::tui::app::App;
 use crate::tui::snapshot::mmss;
@@ -55,9 +55,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Layout::vertical([Constraint::Length(6), Constraint::Length(1), Constraint::Fill(1), Constraint::Length(2)])
             .areas(inner);
     let left = rec.trial_deadline.map(|d| d.saturating_sub(app.now)).unwrap_or(0);
+    let overdue = crate::trial::is_overdue(rec, app.now);
+    let near = rec.state == State::Trial && !overdue && left <= NEAR_DEADLINE;
     let (headline, style) = match rec.state {
-        State::Trial if left > 0 => (mmss(left), theme.warn()),
-        State::Trial => ("00:00".to_string(), theme.warn()),
+        State::Trial if overdue => ("OVERDUE".to_string(), theme.bad()),
+        State::Trial if near => (mmss(left), theme.bad()),
+        State::Trial => (mmss(left), theme.warn()),
         State::Committed => ("COMMITTED".to_string(), theme.ok()),
         State::RolledBack => ("ROLLED BACK".to_string(), theme.dim()),
         _ => (rec.state.as_str().to_uppercase(), theme.bad()),
@@ -70,18 +73,38 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(Paragraph::new(big_lines), digits);
     let total = rec.trial_seconds.max(1);
     let ratio = if rec.state == State::Trial { left as f64 / total as f64 } else { 0.0 };
-    f.render_widget(Gauge::default().ratio(ratio.clamp(0.0, 1.0)).label("").gauge_style(theme.warn()), gauge);
+    f.render_widget(Gauge::default().ratio(ratio.clamp(0.0, 1.0)).label("").gauge_style(style), gauge);
+    let verb = if rec.on_expiry.as_str() == "commit" { "commits" } else { "rolls back" };
+    let at = rec.trial_deadline.map(clock).unwrap_or_else(|| "?".into());
+    // The countdown only while there is one: never 00:00 once the trial is over.
+    let summary = match rec.state {
+        State::Trial if overdue => format!(
+            "deadline {at} passed {} ago: the policy ({verb}) is overdue",
+            mmss(app.now.saturating_sub(rec.trial_deadline.unwrap_or(app.now)))
+        ),
+        State::Trial if near => {
+            format!("{} of {} left: {verb} at {at}, in under {NEAR_DEADLINE} s", mmss(left), mmss(total))
+        }
+        State::Trial => format!("{} of {} left: {verb} at {at}", mmss(left), mmss(total)),
+        st => match rec.ended_at {
+            Some(t) => format!("trial over: {st} at {}", clock(t)),
+            None => format!("trial over: {st}"),
+        },
+    };
     let expiry = match rec.state {
-        State::Trial if left == 0 => format!("expired: applying the policy ({})…", rec.on_expiry),
+        State::Trial if overdue => format!(
+            "no trial watcher carried out the policy ({}): on this screen the console does, within 5 s",
+            rec.on_expiry
+        ),
         State::Trial => format!(
-            "at 00:00 the patch will be {} (manifest's on_expiry)",
+            "at {at} the patch will be {} (manifest's on_expiry)",
             if rec.on_expiry.as_str() == "commit" { "committed" } else { "rolled back" }
         ),
         _ => rec.note.clone().unwrap_or_else(|| format!("trial over: {}", rec.state)),
     };
     let name = row.map(|r| r.name.clone()).unwrap_or_default();
     let lines = vec![
-        Line::styled(format!("{} of {} left", mmss(left), mmss(total)), theme.title()).centered(),
+        Line::styled(summary, if overdue || near { theme.bad() } else { theme.title() }).centered(),
         Line::from(vec![
             Span::styled("patch    ", theme.dim()),
             Span::styled(format!("{} {}", rec.patch, rec.version), theme.title()),
@@ -114,7 +137,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else {
         Line::from(vec![Span::styled(" Esc", theme.key()), Span::raw(" back")])
     };
-    f.render_widget(Paragraph::new(acts), actions);
+    f.render_widget(Paragraph::new(acts).wrap(Wrap { trim: false }), actions);
 }
 
 fn health_line(rec: &crate::registry::PatchRecord, theme: Theme) -> Line<'static> {
