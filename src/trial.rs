@@ -52,6 +52,17 @@ pub fn carry_out_overdue(engine: &Engine, pid: i32, patches: &[PatchRecord]) -> 
     overdue.into_iter().map(|p| (p.to_string(), expire(&quick, pid, p))).collect()
 }
 
+/// The registry of process `pid` while `patch` is on trial there; else the state the trial
+/// ended in (rolled back when the patch is gone).
+fn still_on_trial(pid: i32, patch: &str) -> Result<std::result::Result<crate::registry::Registry, State>> {
+    let (_, reg) = read_status(pid)?;
+    Ok(match reg.get(patch).map(|r| r.state) {
+        None => Err(State::RolledBack),
+        Some(State::Trial) => Ok(reg),
+        Some(state) => Err(state),
+    })
+}
+
 /// Follows the trial of `patch` from the foreground (`apply --wait`) while its trial watcher
 /// runs the health check and, at the deadline, the policy; `tick` is called about twice a
 /// second with the seconds left. Once the trial is overdue it carries out the policy itself (the
@@ -65,13 +76,11 @@ pub fn follow_trial(
     mut tick: impl FnMut(u64),
 ) -> Result<State> {
     loop {
-        let (_, reg) = read_status(pid)?;
-        let Some(rec) = reg.get(patch) else {
-            return Ok(State::RolledBack);
+        let reg = match still_on_trial(pid, patch)? {
+            Ok(reg) => reg,
+            Err(state) => return Ok(state),
         };
-        if rec.state != State::Trial {
-            return Ok(rec.state);
-        }
+        let Some(rec) = reg.get(patch) else { continue };
         if let Some(sig) = interrupted() {
             return Err(Error::cancelled(format!(
                 "{sig} received: stopped waiting; patch `{patch}` stays in its trial in process {pid}, \
@@ -190,13 +199,11 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
     let mut health = Health::default();
     let mut entry: Option<ledger::Entry> = None;
     loop {
-        let (_, reg) = read_status(pid)?;
-        let Some(rec) = reg.get(patch) else {
-            return Ok(State::RolledBack);
+        let reg = match still_on_trial(pid, patch)? {
+            Ok(reg) => reg,
+            Err(state) => return Ok(state),
         };
-        if rec.state != State::Trial {
-            return Ok(rec.state);
-        }
+        let Some(rec) = reg.get(patch) else { continue };
         let entry = match &entry {
             Some(e) => e,
             None => match ledger::load(&engine.state_dir, pid, patch)? {

@@ -21,10 +21,11 @@ fn patch_state(state: &State, pid: i32) -> String {
     state.status(pid)["patches"][0]["state"].as_str().unwrap_or_default().to_string()
 }
 
-#[test]
-fn ctrl_c_during_apply_wait_stops_waiting_and_leaves_the_trial_watched() {
+/// A fresh target, and `apply --yes --wait` of a 3 s trial that rolls back at its deadline, run
+/// in a terminal until its countdown shows.
+fn apply_wait_in_a_terminal() -> (State, Proc, Terminal) {
     let state = State::new();
-    let mut t = Proc::start("target_pie");
+    let t = Proc::start("target_pie");
     let m = state.manifest(
         "wait-fix",
         "target_pie",
@@ -35,6 +36,12 @@ fn ctrl_c_during_apply_wait_stops_waiting_and_leaves_the_trial_watched() {
     let mut term =
         Terminal::spawn(&state, &["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--wait"], &[]);
     term.expect("trial: ");
+    (state, t, term)
+}
+
+#[test]
+fn ctrl_c_during_apply_wait_stops_waiting_and_leaves_the_trial_watched() {
+    let (state, mut t, mut term) = apply_wait_in_a_terminal();
     term.type_keys("\x03");
     assert_eq!(term.wait(), 1, "{}", term.output);
     assert!(term.output.contains("stopped waiting"), "{}", term.output);
@@ -46,18 +53,7 @@ fn ctrl_c_during_apply_wait_stops_waiting_and_leaves_the_trial_watched() {
 
 #[test]
 fn apply_wait_interrupted_leaves_the_trial_watched() {
-    let state = State::new();
-    let mut t = Proc::start("target_pie");
-    let m = state.manifest(
-        "wait-fix",
-        "target_pie",
-        "patch_compute.so",
-        &[("compute", "compute_v2")],
-        "trial:\n  duration: 3s\n  on_expiry: rollback\n",
-    );
-    let mut term =
-        Terminal::spawn(&state, &["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes", "--wait"], &[]);
-    term.expect("trial: ");
+    let (state, mut t, mut term) = apply_wait_in_a_terminal();
     assert_eq!(t.ask("c 3"), "300");
     wait_until("a trial watcher runs for the patch", || watcher_of(t.pid).is_some());
     // The CLI is gone for good (no chance to clean up), well before the deadline.
