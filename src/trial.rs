@@ -188,7 +188,7 @@ pub fn run_health_check(h: &HealthCheck, pid: i32, patch: &str) -> std::result::
 /// trial.
 ///
 /// A caller started at `SCHED_IDLE` (the trial watcher) watches the clock at that policy and
-/// returns to the normal one (the urgent one on a machine with no CPU time to spare, see
+/// returns to the normal one (the urgent one on saturated CPUs, see
 /// `pannus_kernel::on_duty`) before it runs the health check or the expiry policy, which have
 /// to happen on time.
 pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u64)) -> Result<State> {
@@ -326,8 +326,8 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     // thread of the service woken on that CPU would wait behind it for up to a time slice. It
     // runs at SCHED_IDLE, and keeps to it while it only watches the clock (see wait_trial): from
     // before its exec when started under a `SpareCpu` guard (whose watchdog gives a starved
-    // child the normal policy back), else from here on. On a machine with no CPU time to spare
-    // it starts at the urgent policy instead (see `pannus_kernel::keep_urgent`) and keeps it.
+    // child the normal policy back), else from here on. On saturated CPUs it starts at the
+    // urgent policy instead (see `pannus_kernel::keep_urgent`) and keeps it.
     if !pannus_kernel::is_urgent() {
         pannus_kernel::background(child.id() as i32);
     }

@@ -21,6 +21,10 @@ const WORKER_TARGET_C: &str = include_str!("../c/worker_target.c");
 const WORK_PATCH_C: &str = include_str!("../c/work_patch.c");
 const LIMIT_C: &str = include_str!("../c/limit.c");
 const CALL_OVERHEAD_C: &str = include_str!("../c/call_overhead.c");
+const SATURATE_C: &str = include_str!("../c/saturate.c");
+/// The saturated machine: this many threads, each waking every [`SATURATE_PERIOD_US`].
+const SATURATE_THREADS: usize = 1400;
+const SATURATE_PERIOD_US: u64 = 1000;
 
 /// Functions in the many-function target.
 const FUNCS: usize = 100;
@@ -49,6 +53,8 @@ pub struct Built {
     pub work_patch: PathBuf,
     pub limit: PathBuf,
     pub call_overhead: PathBuf,
+    pub saturate: PathBuf,
+    pub saturate_patch: PathBuf,
     pub funcs: PathBuf,
     pub funcs_all: PathBuf,
     /// `stack_K.so` replaces `fK` (K = 1..=STACK).
@@ -224,6 +230,27 @@ pub struct Results {
     pub ps: PsRow,
     pub fleet: FleetRow,
     pub restart: RestartRow,
+    pub saturated: SaturatedRow,
+}
+
+/// One function applied to and rolled back from a process whose threads keep every CPU busy;
+/// values in µs.
+#[derive(Default)]
+pub struct SaturatedRow {
+    pub threads: usize,
+    pub period_us: u64,
+    pub runs: usize,
+    pub load_start: String,
+    pub load_end: String,
+    /// Runnable threads on the machine, sampled before the runs.
+    pub runnable: Vec<f64>,
+    pub apply_wall: Vec<f64>,
+    pub apply_stages: Vec<f64>,
+    pub stopped: Vec<f64>,
+    pub rb_wall: Vec<f64>,
+    pub rb_stages: Vec<f64>,
+    pub version_wall: Vec<f64>,
+    pub failures: Vec<String>,
 }
 
 fn main() {
@@ -285,6 +312,9 @@ fn main() {
             res.stops.push(bench_stop(&pannus, &b, n, mode, r));
         }
     }
+    // Last: its threads keep the load average up for minutes after they end.
+    eprintln!("pannus-bench: a saturated machine, {SATURATE_THREADS} threads (load {})", loadavg());
+    res.saturated = bench_saturated(&pannus, &b, if opts.quick { 2 } else { 5 });
     res.load_end = loadavg();
     res.elapsed = t_all.elapsed();
 
@@ -398,6 +428,8 @@ fn build(dir: &Path) -> Built {
     write("work_patch.c", WORK_PATCH_C);
     write("limit.c", LIMIT_C);
     write("call_overhead.c", CALL_OVERHEAD_C);
+    write("saturate.c", SATURATE_C);
+    write("saturate_patch.c", "static volatile int one_v2 = 1;\nint work_v2(int x) { return x + one_v2 + 1; }\n");
 
     // The many-function target: f1..f100, single-threaded, answering on stdin.
     let mut funcs = String::from(
@@ -445,6 +477,8 @@ fn build(dir: &Path) -> Built {
         so("work_patch.so", "work_patch.c"),
         exe("limit", "limit.c", &[]),
         exe("call_overhead", "call_overhead.c", &[]),
+        exe("saturate", "saturate.c", &[]),
+        so("saturate_patch.so", "saturate_patch.c"),
         exe("funcs", "funcs.c", &[]),
         so("funcs_all.so", "funcs_all.c"),
         exe("sleeper_ps", "sleeper.c", &[]),
@@ -461,6 +495,8 @@ fn build(dir: &Path) -> Built {
         work_patch: p("work_patch.so"),
         limit: p("limit"),
         call_overhead: p("call_overhead"),
+        saturate: p("saturate"),
+        saturate_patch: p("saturate_patch.so"),
         funcs: p("funcs"),
         funcs_all: p("funcs_all.so"),
         stack: (1..=STACK).map(|k| p(&format!("stack_{k}.so"))).collect(),
@@ -605,6 +641,66 @@ fn bench_stages(pannus: &Pannus, b: &Built, label: &str, functions: usize, runs:
         }
     }
     t.quit("q");
+    row
+}
+
+/// 5. A saturated machine: [`SATURATE_THREADS`] threads each waking every
+/// [`SATURATE_PERIOD_US`]; one function applied and rolled back, pannus started by a process at
+/// `SCHED_FIFO` 1 (this one, for the section), as `chrt -f 1 pannus` starts it: the `exec` of a
+/// process at the normal policy waits seconds for a CPU there, before pannus's first
+/// instruction.
+fn bench_saturated(pannus: &Pannus, b: &Built, runs: usize) -> SaturatedRow {
+    let mut row = SaturatedRow { threads: SATURATE_THREADS, period_us: SATURATE_PERIOD_US, runs, ..Default::default() };
+    let me = std::process::id().to_string();
+    let policy = |args: &[&str]| Command::new("chrt").args(args).arg(&me).status().is_ok_and(|s| s.success());
+    if !policy(&["-f", "-p", "1"]) {
+        row.failures.push("chrt -f -p 1 failed: no SCHED_FIFO for the harness".into());
+        return row;
+    }
+    let manifest =
+        pannus.manifest(&b.saturate, &b.saturate_patch, "bench-saturated", &b.dir.join("bench-saturated.yaml"));
+    let mut t = Target::start(&b.saturate, &[&SATURATE_THREADS.to_string(), &SATURATE_PERIOD_US.to_string()]);
+    // Let the wake-ups fill the run queues, then count the runnable threads (the fourth field
+    // of /proc/loadavg) a few times: the load average itself lags by a minute.
+    std::thread::sleep(Duration::from_secs(3));
+    row.load_start = loadavg();
+    for _ in 0..20 {
+        let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        if let Some(r) =
+            text.split_whitespace().nth(3).and_then(|f| f.split_once('/')).and_then(|(r, _)| r.parse().ok())
+        {
+            row.runnable.push(r);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sum = |r: &Run, keys: &[&str]| -> f64 {
+        r.timings().into_iter().filter(|(k, _)| keys.contains(&k.as_str())).map(|(_, v)| v).sum()
+    };
+    for _ in 0..runs {
+        let r = pannus.apply(&manifest, t.pid);
+        if !r.ok() {
+            row.failures.push(format!("apply: {}", r.why()));
+            continue;
+        }
+        row.apply_wall.push(us(r.wall));
+        row.apply_stages.push(sum(&r, &["preflight", "load", "link", "init", "activate"]));
+        row.stopped.push(sum(&r, &["stopped"]));
+        let patched = t.ask("c");
+        if patched != "3" {
+            row.failures.push(format!("apply: the target computes {patched}, not the patched 3"));
+        }
+        let r = pannus.rollback(t.pid);
+        if !r.ok() {
+            row.failures.push(format!("rollback: {}", r.why()));
+            break;
+        }
+        row.rb_wall.push(us(r.wall));
+        row.rb_stages.push(sum(&r, &["restore", "unload"]));
+        row.version_wall.push(us(pannus.run(&["--version"]).wall));
+    }
+    row.load_end = loadavg();
+    t.quit("q");
+    policy(&["-o", "-p", "0"]);
     row
 }
 

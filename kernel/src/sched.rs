@@ -72,7 +72,7 @@ pub fn background(pid: i32) -> bool {
     unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &param) == 0 }
 }
 
-/// pannus's policy when the machine has no CPU time to spare: `SCHED_FIFO` at the lowest
+/// pannus's policy when the CPUs are saturated (see [`saturated`]): `SCHED_FIFO` at the lowest
 /// priority (the stop window runs above it, at [`RealtimeGuard`]'s), with `SCHED_RESET_ON_FORK`
 /// so that the processes and threads it starts (a health check) begin at the normal policy.
 ///
@@ -98,10 +98,10 @@ pub fn is_urgent() -> bool {
 
 /// Gets the calling thread ready for work that has to happen on time (a trial's health check
 /// or expiry): from `SCHED_IDLE` to the normal policy, or to the urgent one (see [`urgent`])
-/// when the machine has no CPU time to spare. Returns whether it now runs at a policy other
+/// when the CPUs are saturated. Returns whether it now runs at a policy other
 /// than `SCHED_IDLE`.
 pub fn on_duty() -> bool {
-    if !some_cpu_to_spare() && !is_urgent() && (SpareCpu::active() || current_policy() == libc::SCHED_OTHER) {
+    if saturated() && !is_urgent() && (SpareCpu::active() || current_policy() == libc::SCHED_OTHER) {
         let _policy = policy_lock();
         if urgent(0) {
             return true;
@@ -110,12 +110,12 @@ pub fn on_duty() -> bool {
     foreground()
 }
 
-/// [`on_duty`] when the machine has no CPU time to spare now, for a thread that mostly sleeps
+/// [`on_duty`] when the CPUs are saturated now, for a thread that mostly sleeps
 /// (the trial watcher between two looks at the process): at `SCHED_IDLE`, or even at the normal
 /// policy, each of its wake-ups would wait for seconds on saturated CPUs, and the deadline with
 /// them. At the urgent policy a wake-up takes the CPU for the few microseconds it needs.
 pub fn keep_up() {
-    if !some_cpu_to_spare() {
+    if saturated() {
         on_duty();
     }
 }
@@ -226,11 +226,11 @@ const SPARE_STUCK: Duration = Duration::from_millis(12);
 /// the service keeps busy: once the thread, or a process it started, has waited for a CPU 3 ms
 /// longer than it has run (from `/proc/.../schedstat`), or has been waiting for one for 12 ms,
 /// the watchdog gives it the normal policy back for good, or the urgent one (see [`urgent`])
-/// when the machine has no CPU time to spare by then. The watchdog itself runs at the urgent
+/// when the CPUs are saturated by then. The watchdog itself runs at the urgent
 /// policy: at the normal one, it would be starved exactly when it is needed.
 ///
-/// On a machine with no CPU time to spare when it is entered, the guard runs the thread at the
-/// urgent policy instead, for as long as it lives.
+/// On saturated CPUs (see [`saturated`]) the guard runs the thread at the urgent policy
+/// instead, for as long as it lives; on CPUs merely busy, at the normal policy.
 pub struct SpareCpu {
     entered: Entered,
     /// The policy belongs to the thread that entered: the guard must be dropped there.
@@ -271,8 +271,11 @@ impl SpareCpu {
     /// CPU time to spare at all (see the type's documentation); otherwise the guard does
     /// nothing.
     pub fn enter() -> SpareCpu {
-        if !some_cpu_to_spare() {
+        if saturated() {
             return SpareCpu::enter_urgent();
+        }
+        if !some_cpu_to_spare() {
+            return SpareCpu::none();
         }
         SpareCpu::enter_whatever_the_load()
     }
@@ -484,7 +487,7 @@ impl Starving {
 }
 
 /// Moves `tid` from `SCHED_IDLE` to the normal policy, or to the urgent one (see [`urgent`])
-/// when the machine has no CPU time to spare. Returns whether it did: a thread under another
+/// when the CPUs are saturated. Returns whether it did: a thread under another
 /// policy is left as it is (inside the stop window, or not yet at `SCHED_IDLE`), to be looked
 /// at again on the next tick.
 fn normal_again(tid: i32) -> bool {
@@ -493,7 +496,7 @@ fn normal_again(tid: i32) -> bool {
     if unsafe { libc::sched_getscheduler(tid) } != libc::SCHED_IDLE {
         return false;
     }
-    if !some_cpu_to_spare() && urgent(tid) {
+    if saturated() && urgent(tid) {
         return true;
     }
     let param = libc::sched_param { sched_priority: 0 };
@@ -501,16 +504,31 @@ fn normal_again(tid: i32) -> bool {
     unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) == 0 }
 }
 
+/// Whether the CPUs are saturated: more runnable threads on the machine than 16 for each CPU
+/// this thread may use. A thread at the normal policy then gets a few percent of a CPU at
+/// best; between that and [`some_cpu_to_spare`], pannus runs at the normal policy, where it
+/// gets its share without taking the CPU from a service thread the moment that thread is
+/// runnable (right after the stop, for one).
+fn saturated() -> bool {
+    runnable_per_cpu().is_some_and(|(runnable, cpus)| runnable > 16 * cpus)
+}
+
 /// Whether there is CPU time to spare at all: no more runnable threads on the machine (the
 /// fourth field of `/proc/loadavg`, which counts this one) than twice the CPUs this thread may
 /// use. On CPUs the service keeps saturated, `SCHED_IDLE` would only starve pannus until the
 /// watchdog gives it the normal policy back, and make the command that much longer.
 fn some_cpu_to_spare() -> bool {
-    let Ok(cpus) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else { return false };
+    runnable_per_cpu().is_some_and(|(runnable, cpus)| runnable <= 2 * cpus)
+}
+
+/// The runnable threads on the machine now (the fourth field of `/proc/loadavg`, which counts
+/// this one), and the CPUs this thread may use.
+fn runnable_per_cpu() -> Option<(usize, usize)> {
+    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
     let allowed = (0..nix::sched::CpuSet::count()).filter(|&c| cpus.is_set(c).unwrap_or(false)).count();
-    let Ok(loadavg) = std::fs::read_to_string("/proc/loadavg") else { return false };
-    let runnable = loadavg.split_whitespace().nth(3).and_then(|f| f.split_once('/')).and_then(|(r, _)| r.parse().ok());
-    runnable.is_some_and(|r: usize| r <= 2 * allowed)
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let runnable = loadavg.split_whitespace().nth(3)?.split_once('/')?.0.parse().ok()?;
+    Some((runnable, allowed))
 }
 
 /// Whether this thread may go back from `SCHED_IDLE` to the normal policy on its own:
@@ -675,9 +693,9 @@ mod tests {
         drop(guard);
         done.store(true, Ordering::Relaxed);
         spinners.into_iter().for_each(|s| s.join().unwrap());
-        // Two threads keep its only CPU busy: no CPU time to spare, the urgent policy.
-        assert_eq!(inside, URGENT, "the watchdog gave the starved thread a policy it runs at");
-        assert_eq!(after_pause, URGENT, "for good: a pause does not resume SCHED_IDLE");
+        // The normal policy, or the urgent one if the machine is saturated meanwhile.
+        assert!(running(inside), "the watchdog gave the starved thread a policy it runs at");
+        assert!(running(after_pause), "for good: a pause does not resume SCHED_IDLE");
         assert_eq!(policy(0), libc::SCHED_OTHER);
     }
 
