@@ -28,9 +28,16 @@ pub fn apply_watched(mut session: Session, m: &Manifest, obs: &mut dyn Observer)
 }
 
 /// Whether `rec` is a trial whose deadline (as the process's record says) is past at `now`
-/// (Unix seconds): its policy is overdue, its watcher gone or held up. Shown as `OVERDUE`.
+/// (Unix seconds): its policy is overdue, its watcher gone or held up, and any pannus that sees
+/// it carries the policy out.
 pub fn is_overdue(rec: &PatchRecord, now: u64) -> bool {
     rec.state == State::Trial && rec.trial_deadline.is_some_and(|d| now > d)
+}
+
+/// Whether `rec` is still on trial at `now` with its deadline reached: shown as `OVERDUE`, never
+/// as a countdown at 00:00 (its policy is carried out within the second, see [`is_overdue`]).
+pub fn deadline_reached(rec: &PatchRecord, now: u64) -> bool {
+    rec.state == State::Trial && rec.trial_deadline.is_some_and(|d| now >= d)
 }
 
 /// How long a pannus that only happens to see an overdue trial waits for another pannus holding

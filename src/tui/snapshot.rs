@@ -26,7 +26,7 @@ impl Badge {
         let mut active = false;
         for p in row.applied() {
             match p.state {
-                State::Trial if crate::trial::is_overdue(p, now) => overdue = true,
+                State::Trial if crate::trial::deadline_reached(p, now) => overdue = true,
                 State::Trial => {
                     let left = p.trial_deadline.unwrap_or(now).saturating_sub(now);
                     trial = Some(trial.map_or(left, |t: u64| t.min(left)));

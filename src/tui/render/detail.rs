@@ -83,7 +83,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .iter()
         .map(|p| {
             let trial = match (p.state, p.trial_deadline) {
-                (State::Trial, Some(_)) if crate::trial::is_overdue(p, app.now) => "OVERDUE".into(),
+                (State::Trial, Some(_)) if crate::trial::deadline_reached(p, app.now) => "OVERDUE".into(),
                 (State::Trial, Some(d)) => mmss(d.saturating_sub(app.now)),
                 _ => "-".into(),
             };

@@ -55,7 +55,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Layout::vertical([Constraint::Length(6), Constraint::Length(1), Constraint::Fill(1), Constraint::Length(2)])
             .areas(inner);
     let left = rec.trial_deadline.map(|d| d.saturating_sub(app.now)).unwrap_or(0);
-    let overdue = crate::trial::is_overdue(rec, app.now);
+    let overdue = crate::trial::deadline_reached(rec, app.now);
     let near = rec.state == State::Trial && !overdue && left <= NEAR_DEADLINE;
     let (headline, style) = match rec.state {
         State::Trial if overdue => ("OVERDUE".to_string(), theme.bad()),
