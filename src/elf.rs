@@ -59,6 +59,9 @@ pub struct Symbol {
     pub version: Option<Arc<str>>,
     /// A definition that is the default version (`sym@@VER`), or unversioned.
     pub default_version: bool,
+    /// For a file-local `.symtab` symbol: the source file it belongs to (the `STT_FILE` entry
+    /// before it), which `FILE::NAME` names it by.
+    pub file: Option<Arc<str>>,
 }
 
 impl Symbol {
@@ -73,6 +76,7 @@ impl Symbol {
             defined: s.st_shndx != 0,
             version,
             default_version,
+            file: None,
         }
     }
 }
@@ -126,6 +130,69 @@ pub struct Object {
     /// With [`Object::load_tables`]: each section's bytes, read alone on its first need (the
     /// unwinder wants `.eh_frame`, not the whole of a library).
     section_data: Vec<OnceLock<Vec<u8>>>,
+}
+
+/// The section in which `pannus build` lists the relocations of a module that a shared object's
+/// dynamic relocations cannot express: PC-relative and 32-bit references to the target's data and
+/// file-local functions (`FILE::NAME`), which the module reaches because pannus maps it within
+/// ±2 GiB of the target. Stage 2 applies them with the dynamic relocations.
+pub const FIXUPS: &str = ".pannus.fixups";
+
+/// One entry of [`FIXUPS`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixup {
+    /// The virtual address of the place in the module.
+    pub offset: u64,
+    /// `R_X86_64_PC32`, `R_X86_64_32` or `R_X86_64_32S`.
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub symbol: String,
+    pub addend: i64,
+}
+
+/// Adds the fixups listed in `bytes` (a JSON array of [`Fixup`]) as relocations against
+/// undefined symbols appended to `dynsyms`, one per name.
+fn add_fixups(bytes: &[u8], dynsyms: &mut Vec<Symbol>, relocs: &mut Vec<Reloc>) -> std::result::Result<(), String> {
+    let fixups: Vec<Fixup> =
+        serde_json::from_slice(bytes).map_err(|e| format!("section {FIXUPS} is not a list of fixups: {e}"))?;
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for f in fixups {
+        let rtype = match f.rtype.as_str() {
+            "R_X86_64_PC32" => 2,
+            "R_X86_64_32" => 10,
+            "R_X86_64_32S" => 11,
+            other => return Err(format!("section {FIXUPS}: relocation type `{other}` is not one pannus fixes up")),
+        };
+        if f.symbol.is_empty() || f.symbol.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("section {FIXUPS}: invalid symbol name `{}`", f.symbol.escape_debug()));
+        }
+        let next = dynsyms.len();
+        let i = *index.entry(f.symbol.clone()).or_insert(next);
+        if i == next {
+            dynsyms.push(Symbol {
+                name: f.symbol,
+                value: 0,
+                size: 0,
+                kind: SymKind::Other,
+                global: true,
+                weak: false,
+                defined: false,
+                version: None,
+                default_version: true,
+                file: None,
+            });
+        }
+        relocs.push(Reloc { offset: f.offset, rtype, sym: Some(i), addend: f.addend });
+    }
+    Ok(())
+}
+
+/// Whether `STT_FILE` name `recorded` is the source file `given` names: equal, or one ends with
+/// the other at a path separator.
+fn same_source(recorded: &str, given: &str) -> bool {
+    let tail = |long: &str, short: &str| long.strip_suffix(short).is_some_and(|head| head.ends_with('/'));
+    recorded == given || tail(recorded, given) || tail(given, recorded)
 }
 
 fn sym_kind(st_type: u8) -> SymKind {
@@ -288,12 +355,21 @@ impl Object {
             dynsyms.push(Symbol::from_elf(name, &s, version, default_version));
         }
         let mut symtab = Vec::with_capacity(elf.syms.len());
+        let mut file: Option<Arc<str>> = None;
         for s in elf.syms.iter() {
             let name = elf.strtab.get_at(s.st_name).unwrap_or("");
-            if name.is_empty() || s.st_type() == sym::STT_SECTION || s.st_type() == sym::STT_FILE {
+            if s.st_type() == sym::STT_FILE {
+                file = (!name.is_empty()).then(|| Arc::from(name));
                 continue;
             }
-            symtab.push(Symbol::from_elf(name.to_string(), &s, None, true));
+            if name.is_empty() || s.st_type() == sym::STT_SECTION {
+                continue;
+            }
+            let mut symbol = Symbol::from_elf(name.to_string(), &s, None, true);
+            if !symbol.global {
+                symbol.file = file.clone();
+            }
+            symtab.push(symbol);
         }
 
         let mut relocs = Vec::new();
@@ -303,6 +379,15 @@ impl Object {
                 return Err(format!("relocation at {:#x} names symbol #{} beyond .dynsym", r.r_offset, r.r_sym));
             }
             relocs.push(Reloc { offset: r.r_offset, rtype: r.r_type, sym, addend: r.r_addend.unwrap_or(0) });
+        }
+        for sh in &elf.section_headers {
+            if elf.shdr_strtab.get_at(sh.sh_name) == Some(FIXUPS) {
+                let bytes = sh
+                    .file_range()
+                    .and_then(|r| data.get(r))
+                    .ok_or_else(|| format!("section {FIXUPS} lies outside the file"))?;
+                add_fixups(bytes, &mut dynsyms, &mut relocs)?;
+            }
         }
         if elf.dynamic.as_ref().is_some_and(|d| d.info.rel != 0 && d.info.relsz != 0) {
             return Err("REL relocations (without addends) are not used on x86-64 and not supported".into());
@@ -405,7 +490,21 @@ impl Object {
 
     /// The single definition of `name`: a global one if there is one, else a file-local one if it
     /// is unique. `Err` lists the addresses when several file-local symbols share the name.
+    /// `FILE::NAME` names the file-local `NAME` of source file `FILE` (as the compiler was
+    /// given it, or its last components): no ELF symbol contains `::`.
     pub fn lookup(&self, name: &str) -> std::result::Result<Option<&Symbol>, Vec<u64>> {
+        if let Some((file, local)) = name.rsplit_once("::") {
+            let defs: Vec<&Symbol> = self
+                .definitions(local)
+                .into_iter()
+                .filter(|s| !s.global && s.file.as_deref().is_some_and(|f| same_source(f, file)))
+                .collect();
+            return match defs.len() {
+                0 => Ok(None),
+                1 => Ok(Some(defs[0])),
+                _ => Err(defs.iter().map(|s| s.value).collect()),
+            };
+        }
         let defs = self.definitions(name);
         if let Some(g) = defs.iter().find(|s| s.global && s.default_version) {
             return Ok(Some(g));

@@ -12,6 +12,7 @@
 //! - [`plan_entry`] and [`symbols`] are stage 4's and stage 2's pure decisions; [`registry`] the
 //!   record of patches kept inside each process, and its format.
 
+mod build;
 pub mod cli;
 mod elf;
 mod engine;
@@ -30,6 +31,12 @@ mod target;
 pub mod trial;
 mod tui;
 mod unwind;
+
+/// When pannus runs as one of `pannus build`'s compiler wrappers: records the compilation and
+/// runs the real compiler (`None` when pannus runs as itself).
+pub fn build_wrapper() -> Option<i32> {
+    build::wrap::run_if_wrapper()
+}
 
 pub use elf::{sha256_file, Object, Reloc, SymKind, Symbol};
 pub use engine::symbols;

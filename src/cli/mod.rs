@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
+mod build_cmd;
 pub mod demo;
 pub mod interrupt;
 mod journal_cmd;
@@ -173,6 +174,35 @@ pub enum Command {
         #[arg(long, short)]
         yes: bool,
     },
+    /// Build a patch module and its manifest from a source diff (see "Making a patch from a fix")
+    Build {
+        /// The executable or shared library as it runs, with its debug information (DWARF)
+        #[arg(long, value_name = "BINARY")]
+        object: PathBuf,
+        /// The source tree it was built from (never modified)
+        #[arg(long, value_name = "DIR")]
+        source: PathBuf,
+        /// The fix: a unified diff against DIR, as `git diff` writes it (`patch -p1` paths)
+        #[arg(long, value_name = "FIX.patch")]
+        diff: PathBuf,
+        /// The project's own build command, run in pannus's copy of the tree (e.g. "make")
+        #[arg(long, value_name = "CMD", required_unless_present = "compile_commands")]
+        build: Option<String>,
+        /// The patch id [default: the diff's file name]
+        #[arg(long, value_name = "ID")]
+        patch: Option<String>,
+        /// The patch's version in the manifest
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+        /// Where ID.so, ID.yaml and ID.build.log go
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+        /// How each file is compiled, instead of running the build command with compiler wrappers
+        #[arg(long, value_name = "FILE")]
+        compile_commands: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a manifest for a module, or validate one without a process
     Manifest {
         #[command(subcommand)]
@@ -216,6 +246,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
             | Command::Commit { json: true, .. }
             | Command::Rollback { json: true, .. }
             | Command::Journal { json: true, .. }
+            | Command::Build { json: true, .. }
     );
     let _spare = matches!(
         command,
@@ -266,6 +297,11 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Demo { script: true, yes } => demo::run(engine, yes),
         Command::Demo { script: false, .. } => demo::console(engine),
         Command::Manifest { command } => manifest_cmd::run(command),
+        Command::Build { object, source, diff, build, patch, version, output, compile_commands, json } => {
+            let options =
+                crate::build::Options { object, source, diff, build, patch, version, output, compile_commands };
+            build_cmd::run(&options, json)
+        }
         Command::Completions { shell } => manifest_cmd::completions(shell),
         Command::Man => manifest_cmd::man(),
         Command::TrialWatch { pid, patch } => trial::watch_trial(engine, pid, &patch).map(|_| ()),

@@ -18,9 +18,12 @@ pub const R_PLT32: u32 = 4;
 pub const R_GLOB_DAT: u32 = 6;
 pub const R_JUMP_SLOT: u32 = 7;
 pub const R_RELATIVE: u32 = 8;
+pub const R_32: u32 = 10;
+pub const R_32S: u32 = 11;
 
 /// The relocation types the `mmap` method applies; a module with any other is refused.
-pub const SUPPORTED: [u32; 7] = [R_NONE, R_64, R_PC32, R_PLT32, R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE];
+/// `R_32` and `R_32S` come only from a module's fixups (see [`crate::elf::FIXUPS`]).
+pub const SUPPORTED: [u32; 9] = [R_NONE, R_64, R_PC32, R_PLT32, R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE, R_32, R_32S];
 
 /// The ELF name of an x86-64 relocation type, for messages.
 pub fn reloc_name(t: u32) -> String {
@@ -158,7 +161,7 @@ pub fn relocate(
         }
         let s = r.sym.map(&value).unwrap_or(0);
         let at = r.offset.wrapping_sub(lo) as usize;
-        let width = if matches!(r.rtype, R_PC32 | R_PLT32) { 4 } else { 8 };
+        let width = if matches!(r.rtype, R_PC32 | R_PLT32 | R_32 | R_32S) { 4 } else { 8 };
         if at.checked_add(width).is_none_or(|e| e > size) {
             return Err(Error::bad_input(format!("relocation at {:#x} lies outside the module", r.offset)));
         }
@@ -176,6 +179,18 @@ pub fn relocate(
                     ))
                 })?;
                 v.to_le_bytes().to_vec()
+            }
+            R_32 | R_32S => {
+                let v = s.wrapping_add_signed(r.addend);
+                let fits = if r.rtype == R_32 { u32::try_from(v).is_ok() } else { i32::try_from(v as i64).is_ok() };
+                if !fits {
+                    return Err(Error::precondition(format!(
+                        "`{}` at {v:#x} does not fit the 32-bit field of a {} relocation",
+                        r.sym.map(&name).unwrap_or_default(),
+                        reloc_name(r.rtype)
+                    )));
+                }
+                (v as u32).to_le_bytes().to_vec()
             }
             t => return Err(Error::bad_input(format!("relocation {} is not supported by load: mmap", reloc_name(t)))),
         };
@@ -298,6 +313,7 @@ mod tests {
             defined,
             version: None,
             default_version: true,
+            file: None,
         }
     }
 

@@ -1,0 +1,712 @@
+//! `pannus build`: the patch module and manifest from a source diff.
+//!
+//! The tree is copied twice and never touched. In the first copy the project's own build
+//! command runs with pannus's compiler wrappers ([`wrap`]) first on `PATH`, which record how
+//! each file is compiled and add `-ffunction-sections -fdata-sections`. In the second copy the
+//! diff is applied and only the units it affects are compiled again, the same way. Each
+//! affected unit's two builds are compared function by function, code and relocation targets,
+//! not text ([`compare`]); the running binary's debug information closes the set over inlining
+//! ([`dwarf`]); data whose layout or initial value the fix changes is refused; and the changed
+//! functions go into a module whose references to what the process already has bind to it
+//! ([`module`]).
+
+pub mod compare;
+pub mod diff;
+mod dwarf;
+mod module;
+mod objfile;
+pub mod wrap;
+
+use crate::elf::{Object, SymKind};
+use crate::error::{Error, Result};
+use objfile::{Kind, Unit};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// What `pannus build` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub object: PathBuf,
+    pub source: PathBuf,
+    pub diff: PathBuf,
+    pub build: Option<String>,
+    pub patch: Option<String>,
+    pub version: Option<String>,
+    pub output: PathBuf,
+    pub compile_commands: Option<PathBuf>,
+}
+
+/// One decision about a function or a variable, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub name: String,
+    pub file: String,
+    /// `replaced`, `replaced-inlines-changed`, `unchanged`, `new`, `copied`, `inlined-away`,
+    /// `bound`, `refused`.
+    pub decision: &'static str,
+    pub reason: String,
+}
+
+/// What `pannus build` did, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub patch: String,
+    pub object: PathBuf,
+    pub build_id: String,
+    pub module: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    /// The build command's own output.
+    pub log: PathBuf,
+    /// The units compiled again with the fix.
+    pub compiled: Vec<String>,
+    pub functions: Vec<Decision>,
+    pub data: Vec<Decision>,
+    pub refused: Vec<Decision>,
+    pub timings_ms: BTreeMap<&'static str, u64>,
+}
+
+/// Progress, for a terminal: a step, and how far into it.
+pub trait Progress {
+    fn step(&mut self, what: &str);
+}
+
+/// Removes the work folder however the build ends.
+struct Work(PathBuf);
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::other(format!("{what}: {e}"))
+}
+
+/// `path` without `.` and `..` components (no file system access).
+fn normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Copies the tree at `from` to `to` (without `.git`), then marks every source file as just
+/// written, so that the build compiles every unit whatever objects the tree already holds.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(io(to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(io(from.display()))?;
+    let mut args: Vec<PathBuf> = Vec::new();
+    for e in entries.flatten() {
+        if e.file_name() != ".git" {
+            args.push(e.path());
+        }
+    }
+    if !args.is_empty() {
+        let out = Command::new("cp").arg("-a").args(&args).arg(to).output().map_err(io("cp"))?;
+        if !out.status.success() {
+            return Err(Error::other(format!(
+                "copying {}: {}",
+                from.display(),
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            )));
+        }
+    }
+    let out = Command::new("find")
+        .arg(to)
+        .args([
+            "-type", "f", "(", "-name", "*.c", "-o", "-name", "*.cc", "-o", "-name", "*.cpp", "-o", "-name", "*.cxx",
+            ")",
+        ])
+        .args(["-exec", "touch", "{}", "+"])
+        .output()
+        .map_err(io("find"))?;
+    if !out.status.success() {
+        return Err(Error::other(format!(
+            "marking the sources of {}: {}",
+            to.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs the project's build command in `root` with the wrappers, its output to `log`.
+fn run_build(command: &str, root: &Path, work: &Path, log: &Path) -> Result<Vec<wrap::Compile>> {
+    let wrappers = work.join("wrappers");
+    std::fs::create_dir_all(&wrappers).map_err(io(wrappers.display()))?;
+    let me = std::env::current_exe().map_err(io("finding pannus's own executable"))?;
+    for name in wrap::COMPILERS {
+        let link = wrappers.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&me, &link).map_err(io(link.display()))?;
+    }
+    let records = work.join("compilations.jsonl");
+    let out = std::fs::File::create(log).map_err(io(log.display()))?;
+    let err = out.try_clone().map_err(io(log.display()))?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![wrappers.clone()];
+    dirs.extend(std::env::split_paths(&path));
+    let path = std::env::join_paths(dirs).map_err(|e| Error::other(e.to_string()))?;
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(root)
+        .env("PATH", path)
+        .env("CC", wrappers.join("cc"))
+        .env("CXX", wrappers.join("c++"))
+        .env(wrap::LOG_ENV, &records)
+        .env(wrap::DIR_ENV, &wrappers)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .map_err(io(format!("running the build command `{command}`")))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        return Err(Error::bad_input(format!(
+            "the build command `{command}` failed ({status}) in pannus's copy of the tree; its last lines:\n{}",
+            tail(&text, 15)
+        ))
+        .hint(format!("the whole output is in {}", log.display())));
+    }
+    Ok(wrap::read_records(&records))
+}
+
+/// Applies the diff to the tree at `root` with `patch -p1`, checking first that it applies.
+fn apply_diff(diff: &Path, root: &Path) -> Result<()> {
+    for dry in [true, false] {
+        let mut c = Command::new("patch");
+        c.args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-r", "-", "-d"])
+            .arg(root)
+            .arg("-i")
+            .arg(diff);
+        if dry {
+            c.arg("--dry-run");
+        }
+        let out = c.output().map_err(io("running patch (install the `patch` package)"))?;
+        if !out.status.success() {
+            return Err(Error::bad_input(format!(
+                "the diff {} does not apply to the tree:\n{}",
+                diff.display(),
+                tail(&String::from_utf8_lossy(&out.stdout), 15)
+            ))
+            .hint("make the diff against this very tree, with a/ and b/ prefixes as `git diff` writes them"));
+        }
+    }
+    Ok(())
+}
+
+/// The files a compilation reads, relative to `root`: its dependencies as the compiler lists them.
+fn dependencies(c: &wrap::Compile, root: &Path) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut it = c.args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" | "-MF" | "-MT" | "-MQ" => {
+                it.next();
+            }
+            "-c" | "-MD" | "-MMD" | "-MP" => {}
+            a if a.starts_with("-o") => {}
+            a => args.push(a.to_string()),
+        }
+    }
+    let Ok(out) = Command::new(&c.compiler).args(&args).arg("-M").current_dir(&c.cwd).output() else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&out.stdout).replace("\\\n", " ");
+    let list = text.split_once(':').map_or("", |(_, deps)| deps);
+    list.split_whitespace()
+        .filter_map(|d| normal(&c.cwd.join(d)).strip_prefix(root).ok().map(|p| p.to_string_lossy().into_owned()))
+        .collect()
+}
+
+fn ms(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
+}
+
+/// How the layouts of one structure differ.
+fn layout_change(name: &str, old: &dwarf::Layout, new: &dwarf::Layout) -> String {
+    let mut parts = Vec::new();
+    for (m, off, ty) in &new.1 {
+        match old.1.iter().find(|o| &o.0 == m) {
+            None => parts.push(format!("gains the field `{m}` ({ty}) at offset {off}")),
+            Some(o) if o.1 != *off => parts.push(format!("moves `{m}` from offset {} to {off}", o.1)),
+            Some(o) if o.2 != *ty => parts.push(format!("changes the type of `{m}` from {} to {ty}", o.2)),
+            _ => {}
+        }
+    }
+    for (m, _, _) in &old.1 {
+        if !new.1.iter().any(|n| &n.0 == m) {
+            parts.push(format!("loses the field `{m}`"));
+        }
+    }
+    if old.0 != new.0 {
+        parts.push(format!("grows from {} to {} bytes", old.0, new.0));
+    }
+    if parts.is_empty() {
+        parts.push("changes layout".into());
+    }
+    format!("`{name}` {}", parts.join(", "))
+}
+
+/// Builds the module and manifest.
+pub fn build(o: &Options, progress: &mut dyn Progress) -> Result<Report> {
+    let started = Instant::now();
+    let mut timings = BTreeMap::new();
+    let object_path =
+        o.object.canonicalize().map_err(|e| Error::bad_input(format!("--object {}: {e}", o.object.display())))?;
+    let bin = Object::load(&object_path, "--object")?;
+    let build_id = bin.build_id.clone().ok_or_else(|| {
+        Error::bad_input(format!("{} has no GNU build-id, which the manifest names it by", object_path.display()))
+            .hint("link it with -Wl,--build-id")
+    })?;
+    progress.step("reading the running binary's debug information");
+    let debug = dwarf::binary(&object_path).or_else(|e| {
+        let separate = PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &build_id[..2], &build_id[2..]));
+        if separate.is_file() {
+            dwarf::binary(&separate)
+        } else {
+            Err(e.hint(format!(
+                "pannus build needs the binary's DWARF: build it with -g, or install its debug file as {}",
+                separate.display()
+            )))
+        }
+    })?;
+    let source =
+        o.source.canonicalize().map_err(|e| Error::bad_input(format!("--source {}: {e}", o.source.display())))?;
+    if !source.is_dir() {
+        return Err(Error::bad_input(format!("--source {} is not a folder", source.display())));
+    }
+    let changes = diff::read(&o.diff)?;
+    let diff_path = o.diff.canonicalize().map_err(|e| Error::bad_input(format!("--diff {}: {e}", o.diff.display())))?;
+    let id = match &o.patch {
+        Some(id) => id.clone(),
+        None => o
+            .diff
+            .file_stem()
+            .map(|s| {
+                s.to_string_lossy()
+                    .to_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.', "-")
+            })
+            .unwrap_or_default(),
+    };
+    if !crate::manifest::valid_patch_id(&id) {
+        return Err(
+            Error::bad_input(format!("`{id}` is not a valid patch id")).hint("pass --patch ID: [a-z0-9][a-z0-9._-]*")
+        );
+    }
+    std::fs::create_dir_all(&o.output)
+        .map_err(|e| Error::bad_input(format!("--output {}: {e}", o.output.display())))?;
+    let output =
+        o.output.canonicalize().map_err(|e| Error::bad_input(format!("--output {}: {e}", o.output.display())))?;
+    let work = Work(std::env::temp_dir().join(format!("pannus-build-{id}-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&work.0);
+    let (orig, patched) = (work.0.join("original"), work.0.join("fixed"));
+    let log = output.join(format!("{id}.build.log"));
+
+    let t = Instant::now();
+    progress.step(&format!("copying {} twice", source.display()));
+    copy_tree(&source, &orig)?;
+    copy_tree(&source, &patched)?;
+    apply_diff(&diff_path, &patched)?;
+    timings.insert("copy", ms(t));
+
+    let t = Instant::now();
+    let prefix = |copy: &Path| format!("{}={}", copy.display(), source.display());
+    let records: Vec<(wrap::Compile, PathBuf)> = match (&o.compile_commands, &o.build) {
+        (Some(cc), _) => wrap::from_compile_commands(cc)?
+            .into_iter()
+            .map(|c| {
+                let rel = c.cwd.strip_prefix(&source).map(Path::to_path_buf).unwrap_or_default();
+                let mut c2 = c.clone();
+                c2.cwd = orig.join(rel);
+                (c2, source.clone())
+            })
+            .collect(),
+        (None, Some(cmd)) => {
+            progress.step(&format!("running `{cmd}` with pannus's compiler wrappers (output in {})", log.display()));
+            run_build(cmd, &orig, &work.0, &log)?.into_iter().map(|c| (c, orig.clone())).collect()
+        }
+        (None, None) => {
+            return Err(Error::bad_input("give the build command (--build \"CMD\") or --compile-commands FILE"))
+        }
+    };
+    timings.insert("build", ms(t));
+    if records.is_empty() {
+        return Err(Error::bad_input(
+            "the build command compiled nothing through pannus's wrappers (gcc, cc, g++, c++ on PATH, CC, CXX)",
+        )
+        .hint("let the build find the compiler on PATH or in CC/CXX rather than by absolute path, or pass --compile-commands"));
+    }
+
+    // The units of the binary the diff affects.
+    let touched: Vec<&diff::FileChange> = changes.iter().collect();
+    let in_binary_unit = |rel: &Path| {
+        let full = source.join(rel);
+        debug.units.iter().any(|(name, dir)| {
+            let p = normal(&Path::new(dir).join(name));
+            p == full || p.ends_with(rel)
+        })
+    };
+    let mut affected: Vec<(wrap::Compile, PathBuf, String)> = Vec::new();
+    for (c, from) in &records {
+        let Ok(rel) = normal(&c.source_path()).strip_prefix(&orig).map(Path::to_path_buf) else { continue };
+        let rel_s = rel.to_string_lossy().into_owned();
+        if !in_binary_unit(&rel) {
+            continue;
+        }
+        let direct = touched.iter().any(|f| f.path == rel_s);
+        let via_header = !direct
+            && touched.iter().any(|f| !f.path.ends_with(".c") && !f.path.ends_with(".cpp") && !f.path.ends_with(".cc"))
+            && dependencies(c, &orig).iter().any(|d| touched.iter().any(|f| &f.path == d));
+        if (direct || via_header) && !affected.iter().any(|a| a.2 == rel_s) {
+            affected.push((c.clone(), from.clone(), rel_s));
+        }
+    }
+    if affected.is_empty() {
+        let files: Vec<&str> = touched.iter().map(|f| f.path.as_str()).collect();
+        return Err(Error::bad_input(format!(
+            "the diff touches {} but no unit of {} that the build compiled",
+            files.join(", "),
+            object_path.display()
+        ))
+        .hint("check that --object is the binary this tree builds, and that the diff is against this tree"));
+    }
+
+    let t = Instant::now();
+    let n = affected.len();
+    let mut pairs: Vec<(Unit, Unit, String)> = Vec::new();
+    for (k, (c, from, rel)) in affected.iter().enumerate() {
+        progress.step(&format!("compiling {rel} with the fix ({} of {n})", k + 1));
+        if o.compile_commands.is_some() {
+            let mut in_orig = c.clone();
+            in_orig.cwd = c.cwd.clone();
+            in_orig.rerun_in(&source, &orig, &prefix(&orig))?;
+        }
+        c.rerun_in(from, &patched, &prefix(&patched)).map_err(|e| e.context(format!("the fixed {rel}")))?;
+        let orig_obj = Unit::read(&c.output_path())?;
+        let fixed_path = wrap::Compile::moved(&c.output_path(), from, &patched);
+        let fixed_obj = Unit::read(&fixed_path)?;
+        pairs.push((orig_obj, fixed_obj, rel.clone()));
+    }
+    timings.insert("compile", ms(t));
+
+    let t = Instant::now();
+    progress.step("comparing the two builds function by function");
+    let moved = |a: i64, b: i64| {
+        a != b && changes.iter().any(|f| u32::try_from(a).ok().and_then(|a| f.moved(a)).map(i64::from) == Some(b))
+    };
+    let lookup_fn = |name: &str| bin.lookup(name).ok().flatten().filter(|s| s.kind == SymKind::Func && s.size > 0);
+    let mut report = Report {
+        patch: id.clone(),
+        object: object_path.clone(),
+        build_id: build_id.clone(),
+        module: None,
+        manifest: None,
+        log: log.clone(),
+        compiled: affected.iter().map(|a| a.2.clone()).collect(),
+        functions: Vec::new(),
+        data: Vec::new(),
+        refused: Vec::new(),
+        timings_ms: BTreeMap::new(),
+    };
+    // Functions by address in the binary, for the owners of inlined copies.
+    let mut at: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for s in bin.symtab.iter().filter(|s| s.defined && s.kind == SymKind::Func) {
+        at.entry(s.value).or_default().push(&s.name);
+    }
+    // (unit index, symbol in the fixed unit) → reason, for what is replaced.
+    let mut replaced: BTreeMap<(usize, usize), String> = BTreeMap::new();
+    let mut changed_names: BTreeSet<String> = BTreeSet::new();
+    // (function, unit, the __LINE__ values that moved)
+    #[allow(clippy::type_complexity)]
+    let mut line_only: Vec<(String, String, Vec<(u32, u32)>)> = Vec::new();
+    let mut touched_fns: BTreeSet<String> = BTreeSet::new();
+    for (u, (ou, pu, rel)) in pairs.iter().enumerate() {
+        // Sanity: the original build is the running binary's code.
+        let mut mismatches = Vec::new();
+        let mut compared = 0;
+        for (sym, _) in ou.functions() {
+            let name = module::binary_name(ou, ou, sym).unwrap_or_default();
+            let Some(s) = lookup_fn(&name) else { continue };
+            let Some(bytes) = bin.bytes_at(s.value, s.size) else { continue };
+            compared += 1;
+            if let Err(why) = compare::matches_binary(ou, sym, bytes) {
+                mismatches.push(format!("`{}`: {why}", ou.symbols[sym].name));
+            }
+        }
+        if !mismatches.is_empty() {
+            return Err(Error::precondition(format!(
+                "{} of the {compared} functions of {rel} compiled here differ from {} ({}): this tree, compiler or \
+                 flags are not the ones the running binary was built with{}",
+                mismatches.len(),
+                object_path.display(),
+                mismatches.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                debug.producer.as_ref().map(|p| format!(" (it was built by: {p})")).unwrap_or_default()
+            ))
+            .hint("build the patch from the exact source tree, compiler and build command of the running binary"));
+        }
+        // Data the process already has.
+        let (oi, pi) = (dwarf::unit(ou), dwarf::unit(pu));
+        for (name, old) in &oi.layouts {
+            if let Some(new) = pi.layouts.get(name).filter(|new| *new != old) {
+                report.refused.push(Decision {
+                    name: name.clone(),
+                    file: rel.clone(),
+                    decision: "refused",
+                    reason: format!(
+                        "{}: a live patch cannot change the layout of objects that already exist in the process; \
+                         restart the service, or keep the layout and put the new state in a new variable of its own \
+                         (a shadow variable)",
+                        layout_change(name, old, new)
+                    ),
+                });
+            }
+        }
+        for (sym, sec) in ou.variables() {
+            let key = ou.variable_key(sym);
+            let Some(p) = pu.find(&key, ou.symbols[sym].kind) else { continue };
+            let (a, b) = (&ou.symbols[sym], &pu.symbols[p]);
+            let (sa, sb) = (&ou.sections[sec], b.section.map(|i| &pu.sections[i]));
+            let why = if a.size != b.size {
+                Some(format!("changes size from {} to {} bytes (its type changed)", a.size, b.size))
+            } else {
+                let bytes = |s: &objfile::Section, v: u64, n: u64| -> Vec<u8> {
+                    s.data.get(v as usize..(v + n) as usize).map(<[u8]>::to_vec).unwrap_or_else(|| vec![0; n as usize])
+                };
+                let init_a = bytes(sa, a.value, a.size);
+                let init_b = sb.map(|s| bytes(s, b.value, b.size)).unwrap_or_default();
+                let refs = |un: &Unit, s: Option<&objfile::Section>, v: u64, n: u64| -> Vec<String> {
+                    s.map(|s| {
+                        s.relocs
+                            .iter()
+                            .filter(|r| r.offset >= v && r.offset < v + n)
+                            .map(|r| format!("{} {}", r.offset - v, un.describe(r)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+                };
+                (init_a != init_b || refs(ou, Some(sa), a.value, a.size) != refs(pu, sb, b.value, b.size))
+                    .then(|| "changes its initial value".to_string())
+            };
+            if let Some(why) = why {
+                report.refused.push(Decision {
+                    name: key.clone(),
+                    file: rel.clone(),
+                    decision: "refused",
+                    reason: format!(
+                        "`{key}` {why}: the process set it up when it started, and a live patch does not change \
+                         data that already exists; keep the variable as it is and make the new code use a new one, \
+                         or restart the service"
+                    ),
+                });
+            }
+        }
+        // Functions: the lines the diff touches in this unit, by the function they fall in.
+        let mut owners: BTreeSet<String> = BTreeSet::new();
+        for f in changes.iter() {
+            let mut defs: Vec<&(String, u32, String)> = oi
+                .functions
+                .iter()
+                .filter(|(file, _, _)| {
+                    let file = normal(Path::new(file));
+                    file.ends_with(&f.path) || Path::new(&f.path).ends_with(&file)
+                })
+                .collect();
+            defs.sort_by_key(|d| d.1);
+            for &line in &f.touched {
+                if let Some(d) = defs.iter().rev().find(|d| d.1 <= line) {
+                    owners.insert(d.2.clone());
+                    touched_fns.insert(d.2.clone());
+                }
+            }
+        }
+        for (sym, _) in pu.functions() {
+            let name = pu.symbols[sym].name.clone();
+            let Some(o) = ou.find(&name, Kind::Func) else {
+                report.functions.push(Decision {
+                    name: name.clone(),
+                    file: rel.clone(),
+                    decision: "new",
+                    reason: "new with the fix: in the module, called by what replaces".into(),
+                });
+                continue;
+            };
+            match compare::compare(ou, o, pu, sym, &moved) {
+                compare::Verdict::Same => {}
+                compare::Verdict::LinesOnly(l) => line_only.push((name, rel.clone(), l)),
+                compare::Verdict::Changed(detail) => {
+                    changed_names.insert(name.clone());
+                    let reason = if owners.contains(&name) {
+                        format!("changed by the diff ({detail})")
+                    } else {
+                        format!("its code changed although the diff touches none of its lines ({detail})")
+                    };
+                    replaced.insert((u, sym), reason);
+                }
+            }
+        }
+    }
+    // Inlining, as the running binary has it: a function whose lines the diff touches, or
+    // whose code changed, may live on only as inlined copies in other functions. Each of those
+    // that the fix changes is replaced (and says why); one outside the units the diff affects
+    // cannot be rebuilt, and is refused.
+    let mut inlined_into: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (addr, inlined) in &debug.inlined {
+        let Some(names) = at.get(addr) else { continue };
+        for f in inlined.iter().filter(|f| touched_fns.contains(*f) || changed_names.contains(*f)) {
+            for owner in names {
+                let found =
+                    pairs.iter().enumerate().find_map(|(u, (_, pu, _))| pu.find(owner, Kind::Func).map(|s| (u, s)));
+                match found {
+                    Some(key) => {
+                        if let Some(r) = replaced.get_mut(&key) {
+                            if !r.starts_with("changed by") && !r.starts_with("inlines") {
+                                *r = format!("inlines the changed `{f}` (an inlined copy in the running binary)");
+                            }
+                            let list = inlined_into.entry(f.clone()).or_default();
+                            if !list.contains(&owner.to_string()) {
+                                list.push(owner.to_string());
+                            }
+                        }
+                    }
+                    None if changed_names.contains(f) => report.refused.push(Decision {
+                        name: owner.to_string(),
+                        file: String::new(),
+                        decision: "refused",
+                        reason: format!(
+                            "`{owner}` carries an inlined copy of the changed `{f}`, but its unit is not one the diff \
+                             affects; make the diff touch it too, or restart the service"
+                        ),
+                    }),
+                    None => {}
+                }
+            }
+        }
+    }
+    for (f, owners) in &inlined_into {
+        let own = pairs.iter().any(|(_, pu, _)| pu.find(f, Kind::Func).is_some());
+        if !own {
+            report.functions.push(Decision {
+                name: f.clone(),
+                file: String::new(),
+                decision: "inlined-away",
+                reason: format!(
+                    "changed by the diff; it has no entry of its own in the running binary, only inlined copies, \
+                     so the functions carrying them are replaced: {}",
+                    owners.join(", ")
+                ),
+            });
+        }
+    }
+    // What each replaced function becomes: a redirected entry, or (a copy gcc specialised, one
+    // inlined everywhere) code its replaced callers reach inside the module.
+    let mut sources: Vec<module::Source<'_>> =
+        pairs.iter().map(|(ou, pu, _)| module::Source { patched: pu, original: ou, replaced: Vec::new() }).collect();
+    for ((u, sym), reason) in &replaced {
+        let (ou, pu, rel) = &pairs[*u];
+        let name = &pu.symbols[*sym].name;
+        let bname = module::binary_name(ou, pu, *sym).unwrap_or_else(|| name.clone());
+        let generated = name.contains('.');
+        if !generated && lookup_fn(&bname).is_some() {
+            sources[*u].replaced.push((*sym, bname.clone()));
+            let decision = if reason.starts_with("inlines") { "replaced-inlines-changed" } else { "replaced" };
+            report.functions.push(Decision { name: bname, file: rel.clone(), decision, reason: reason.clone() });
+        } else {
+            let callers: Vec<String> = pu.users_of(*sym).into_iter().map(|c| pu.symbols[c].name.clone()).collect();
+            let how = if generated {
+                "a copy gcc specialised for its callers: not redirected itself, its callers are"
+            } else {
+                "inlined everywhere in the running binary: no entry of its own, its callers are replaced"
+            };
+            report.functions.push(Decision {
+                name: name.clone(),
+                file: rel.clone(),
+                decision: "inlined-away",
+                reason: format!(
+                    "{reason}; {how} ({})",
+                    if callers.is_empty() { "none".into() } else { callers.join(", ") }
+                ),
+            });
+        }
+    }
+    for (name, rel, lines) in &line_only {
+        let moves: Vec<String> = lines.iter().map(|(a, b)| format!("{a} → {b}")).collect();
+        report.functions.push(Decision {
+            name: name.clone(),
+            file: rel.clone(),
+            decision: "unchanged",
+            reason: format!("only __LINE__ values moved ({}): not replaced", moves.join(", ")),
+        });
+    }
+    timings.insert("analyse", ms(t));
+    if !report.refused.is_empty() {
+        let list: Vec<String> = report.refused.iter().map(|d| format!("  - {}", d.reason)).collect();
+        return Err(Error::precondition(format!("the diff cannot be live-patched:\n{}", list.join("\n")))
+            .hint("each item says what to do instead"));
+    }
+    if sources.iter().all(|s| s.replaced.is_empty()) {
+        let mut why = String::from("the diff changes no function's code in the running binary: nothing to patch");
+        for d in &report.functions {
+            why.push_str(&format!("\n  - {} ({}): {}", d.name, d.file, d.reason));
+        }
+        return Err(Error::precondition(why).hint("a diff of comments, formatting or line positions needs no patch"));
+    }
+
+    let t = Instant::now();
+    progress.step("linking the module");
+    let so = output.join(format!("{id}.so"));
+    let in_binary = |name: &str| bin.lookup(name).ok().flatten().is_some();
+    let made = module::make(&sources, &in_binary, &work.0, &so)?;
+    for (what, why) in &made.copied {
+        report.data.push(Decision { name: what.clone(), file: String::new(), decision: "copied", reason: why.clone() });
+    }
+    for name in &made.bound {
+        report.data.push(Decision {
+            name: name.clone(),
+            file: String::new(),
+            decision: "bound",
+            reason: "the process's own, bound in stage 2".into(),
+        });
+    }
+    let sha = crate::elf::sha256_file(&so).map_err(io(so.display()))?;
+    let manifest = output.join(format!("{id}.yaml"));
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut text = format!(
+        "# Built by `pannus build` from {diff} against {src}.\npatch: {id}\nversion: {version}\ndescription: {desc}\n\
+         target:\n  object: {obj}\n  build_id: {build_id}\nmodule:\n  path: {module}\n  sha256: {sha}\n  load: mmap\nfunctions:\n",
+        diff = diff_path.display(),
+        src = source.display(),
+        version = q(o.version.as_deref().unwrap_or("1")),
+        desc = q(&format!("Built from {}", diff_path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default())),
+        obj = q(&object_path.to_string_lossy()),
+        module = q(&format!("{id}.so")),
+    );
+    for (target, replacement) in &made.functions {
+        text.push_str(&format!("  - target: {}\n    replacement: {}\n", q(target), q(replacement)));
+    }
+    text.push_str("requires: []\ntrial:\n  duration: 5m\n  on_expiry: commit\n");
+    std::fs::write(&manifest, text).map_err(io(manifest.display()))?;
+    crate::manifest::Manifest::load(&manifest).map_err(|e| e.context("the manifest pannus build wrote"))?;
+    timings.insert("link", ms(t));
+    timings.insert("total", ms(started));
+    report.module = Some(so);
+    report.manifest = Some(manifest);
+    report.timings_ms = timings;
+    Ok(report)
+}
