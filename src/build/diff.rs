@@ -84,6 +84,9 @@ pub fn parse(text: &str) -> std::result::Result<Vec<FileChange>, String> {
             let (mut old, mut new) = (a.max(1), c.max(1));
             let mut left = b;
             let mut added = 0u32;
+            // Lines added right after removed ones replace them: the removed lines are the
+            // touched ones. Lines added alone touch the line they come before.
+            let mut replacing = false;
             while let Some((_, l)) = lines.peek() {
                 let l = *l;
                 let op = l.chars().next().unwrap_or(' ');
@@ -93,10 +96,11 @@ pub fn parse(text: &str) -> std::result::Result<Vec<FileChange>, String> {
                 lines.next();
                 match op {
                     ' ' => {
-                        if added > 0 {
+                        if added > 0 && !replacing {
                             file.touched.push(old);
-                            added = 0;
                         }
+                        added = 0;
+                        replacing = false;
                         file.shifts.push((old, new as i64 - old as i64));
                         old += 1;
                         new += 1;
@@ -105,6 +109,7 @@ pub fn parse(text: &str) -> std::result::Result<Vec<FileChange>, String> {
                     '-' => {
                         file.touched.push(old);
                         file.removed.push(old);
+                        replacing = true;
                         old += 1;
                         left = left.saturating_sub(1);
                     }
@@ -115,7 +120,7 @@ pub fn parse(text: &str) -> std::result::Result<Vec<FileChange>, String> {
                     _ => {}
                 }
             }
-            if added > 0 {
+            if added > 0 && !replacing {
                 file.touched.push(old);
             }
             file.shifts.push((old, new as i64 - old as i64));

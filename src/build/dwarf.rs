@@ -246,10 +246,7 @@ pub fn unit(u: &super::objfile::Unit) -> UnitInfo {
                     }
                 }
                 gimli::DW_TAG_subprogram => {
-                    let name = e
-                        .attr_value(gimli::DW_AT_linkage_name)
-                        .or_else(|| e.attr_value(gimli::DW_AT_name))
-                        .and_then(|v| text(&dwarf, &unit, v));
+                    let name = name_of(&dwarf, &unit, e.offset());
                     let line = e.attr_value(gimli::DW_AT_decl_line).and_then(|v| v.udata_value());
                     let file = e.attr_value(gimli::DW_AT_decl_file).and_then(|v| match v {
                         AttributeValue::FileIndex(i) => Some(i),

@@ -104,7 +104,8 @@ impl Session<'_> {
         let fd = hand_over(&mut h, &mem, base, &module).ok().map(|(fd, _)| fd);
         let mapping = |e: pannus_kernel::Error| Error::from(e).context("mapping the module's segments");
         let result = (|| -> Result<()> {
-            for s in &module.segments {
+            // A segment with no bytes (a linker's empty `.eh_frame`) has nothing to map.
+            for s in module.segments.iter().filter(|s| s.memsz > 0) {
                 let start = bias.wrapping_add(page_floor(s.vaddr));
                 let file_end = bias.wrapping_add(s.vaddr + s.filesz);
                 let mem_end = bias.wrapping_add(page_ceil(s.vaddr + s.memsz));

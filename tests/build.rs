@@ -1,0 +1,250 @@
+//! `pannus build` on real multi-file projects built by their own makefiles at -O2 -g: the
+//! module and manifest it makes from a diff are applied with the real engine to the running
+//! program, whose answers change and come back; what cannot be live-patched is refused, naming
+//! it and the way out.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A copy of fixture project `name` (tests/fixtures/build/NAME), built with `make ARGS`.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(name: &str, make_args: &[&str]) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let status =
+            Command::new("cp").arg("-r").arg(fixtures_src().join("build").join(name)).arg(&src).status().unwrap();
+        assert!(status.success());
+        let out = Command::new("make").args(make_args).current_dir(&src).output().expect("make runs");
+        assert!(out.status.success(), "make: {}", String::from_utf8_lossy(&out.stderr));
+        Project { dir }
+    }
+    fn src(&self) -> PathBuf {
+        self.dir.path().join("src")
+    }
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+    fn start(&self, binary: &str) -> Proc {
+        Proc::spawn(Command::new(self.src().join(binary)))
+    }
+    /// Runs `pannus build --json` for `binary` with the diff named `diff`.
+    fn build(&self, state: &State, binary: &str, diff: &str, extra: &[&str]) -> Run {
+        let (bin, src, out) = (self.src().join(binary), self.src(), self.out());
+        let d = diff_path(diff);
+        let mut args = vec![
+            "build",
+            "--object",
+            bin.to_str().unwrap(),
+            "--source",
+            src.to_str().unwrap(),
+            "--diff",
+            d.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        if !extra.contains(&"--build") {
+            args.extend(["--build", "make"]);
+        }
+        args.extend(extra);
+        state.pannus(&args)
+    }
+}
+
+fn diff_path(name: &str) -> PathBuf {
+    fixtures_src().join("build/diffs").join(name)
+}
+
+/// Every file of the tree at `dir` with its contents: to show it was not modified.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn decision<'a>(report: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+    report[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .unwrap_or_else(|| panic!("no decision about `{name}` in {list}: {report}"))
+}
+
+fn manifest_of(report: &serde_json::Value) -> PathBuf {
+    PathBuf::from(report["manifest"].as_str().unwrap())
+}
+
+/// A fix inside one function: only it is replaced, and the new code works on the process's
+/// own file-local data (a value stored before the patch is found after it). The tree itself is
+/// untouched.
+#[test]
+fn a_fix_inside_a_function_works_on_the_process_data() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let before = snapshot(&p.src());
+    let mut t = p.start("kvd");
+    assert_eq!(t.ask("put 40 7"), "7");
+    assert_eq!(t.ask("get 40"), "0", "the bug: key 40 is looked up as 8");
+    let run = p.build(&state, "kvd", "store-mask.patch", &[]).ok();
+    let report = run.json();
+    assert_eq!(decision(&report, "functions", "store_get")["decision"], "replaced", "{report}");
+    assert_eq!(report["functions"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(decision(&report, "data", "store.c::values")["decision"], "bound", "{report}");
+    assert_eq!(snapshot(&p.src()), before, "the source tree is never modified");
+
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("get 40"), "7", "the fixed lookup finds what the process stored before");
+    assert_eq!(t.ask("hits"), "2", "and counts in the process's own counter");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("get 40"), "0");
+}
+
+/// A fix to a static helper gcc inlined into its callers: the helper has no entry to redirect,
+/// so every function carrying an inlined copy is replaced, and every call site sees the fix.
+#[test]
+fn a_fixed_inlined_helper_reaches_every_call_site() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let mut t = p.start("kvd");
+    assert_eq!(t.ask("scale 100"), "499");
+    assert_eq!(t.ask("add 150 0"), "99");
+    let report = p.build(&state, "kvd", "clamp.patch", &[]).ok().json();
+    assert_eq!(decision(&report, "functions", "clamp")["decision"], "inlined-away", "{report}");
+    for caller in ["scale", "bounded_add"] {
+        let d = decision(&report, "functions", caller);
+        assert_eq!(d["decision"], "replaced-inlines-changed", "{report}");
+        assert!(d["reason"].as_str().unwrap().contains("`clamp`"), "{report}");
+    }
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("scale 100"), "500");
+    assert_eq!(t.ask("add 150 0"), "100");
+    assert_eq!(t.ask("level 2"), "1000", "untouched functions still answer");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("scale 100"), "499");
+}
+
+/// A new static variable lives in the module, starting from its initial value, while the
+/// process's existing counter is still the one counted.
+#[test]
+fn a_new_static_variable_lives_in_the_module() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let mut t = p.start("kvd");
+    t.ask("get 1");
+    t.ask("get 2");
+    assert_eq!(t.ask("hits"), "2");
+    let report = p.build(&state, "kvd", "new-static.patch", &[]).ok().json();
+    assert_eq!(decision(&report, "functions", "store_hits")["decision"], "replaced", "{report}");
+    let asked = decision(&report, "data", "asked (static in store_hits)");
+    assert_eq!(asked["decision"], "copied", "{report}");
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("hits"), "1002");
+    t.ask("get 3");
+    assert_eq!(t.ask("hits"), "2003");
+}
+
+/// A diff that only adds comments moves the `__LINE__` an assert passes: the code differs in
+/// that immediate only, which is no change; nothing is built, and the report says why.
+#[test]
+fn a_diff_of_comments_changes_nothing() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let run = p.build(&state, "kvd", "comment.patch", &[]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("nothing to patch"), "{message}");
+    assert!(message.contains("scale") && message.contains("__LINE__"), "{message}");
+    assert!(!p.out().join("comment.so").exists(), "no module is written");
+}
+
+/// A structure gaining a field is refused, naming the structure, the field and the way out.
+#[test]
+fn a_struct_layout_change_is_refused_naming_the_struct() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let run = p.build(&state, "kvd", "layout.patch", &[]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("`struct session` gains the field `flags`"), "{message}");
+    assert!(message.contains("restart the service") && message.contains("shadow variable"), "{message}");
+}
+
+/// A changed initial value of a table the process set up when it started is refused, naming it.
+#[test]
+fn a_changed_constant_table_is_refused_naming_it() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let run = p.build(&state, "kvd", "table.patch", &[]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("`limits` changes its initial value"), "{message}");
+}
+
+/// A binary built with other flags than the tree's build command is refused: the module would
+/// not match it.
+#[test]
+fn a_binary_built_otherwise_is_refused() {
+    let state = State::new();
+    let p = Project::new("kvd", &["CFLAGS=-O1 -g"]);
+    let run = p.build(&state, "kvd", "store-mask.patch", &[]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("not the ones the running binary was built with"), "{message}");
+}
+
+/// Bad input is exit 2, naming the culprit: a diff that does not apply, a missing binary, a
+/// build command that fails (with its last lines and the log's path).
+#[test]
+fn bad_input_is_refused_with_exit_2() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let run = p.build(&state, "kvd", "tally-limit.patch", &[]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.json()["error"]["message"].as_str().unwrap().contains("does not apply"), "{}", run.stdout);
+
+    let run = p.build(&state, "no-such-binary", "store-mask.patch", &[]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.json()["error"]["message"].as_str().unwrap().contains("no-such-binary"), "{}", run.stdout);
+
+    let run = p.build(&state, "kvd", "store-mask.patch", &["--build", "echo broken build >&2; false"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("failed") && message.contains("broken build"), "{message}");
+}
+
+/// C++: a member function, by its mangled name, with its cold part and a string literal the
+/// fix changed.
+#[test]
+fn a_cpp_member_function_is_patched() {
+    let state = State::new();
+    let p = Project::new("tally", &[]);
+    let mut t = p.start("tally");
+    assert_eq!(t.ask("add 50"), "10");
+    let report = p.build(&state, "tally", "tally-limit.patch", &[]).ok().json();
+    assert_eq!(decision(&report, "functions", "_ZN5tally7Counter3addEi")["decision"], "replaced", "{report}");
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("add 50"), "60");
+    assert_eq!(t.ask("show"), "total: 60");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("add 50"), "70");
+    assert_eq!(t.ask("show"), "total 70");
+}
