@@ -8,6 +8,7 @@
 //! figures; the load average is recorded with every measurement.
 #![forbid(unsafe_code)]
 
+mod build;
 mod report;
 mod util;
 
@@ -231,6 +232,7 @@ pub struct Results {
     pub fleet: FleetRow,
     pub restart: RestartRow,
     pub saturated: SaturatedRow,
+    pub build: build::BuildRow,
 }
 
 /// One function applied to and rolled back from a process whose threads keep every CPU busy;
@@ -292,6 +294,8 @@ fn main() {
     let stack_runs = if opts.quick { 1 } else { 3 };
     res.stacks.push(bench_stack(&pannus, &b, false, stack_runs));
     res.stacks.push(bench_stack(&pannus, &b, true, stack_runs));
+    eprintln!("pannus-bench: pannus build, a one-file diff (load {})", loadavg());
+    res.build = build::bench_build(&pannus, tmp.path(), if opts.quick { 1 } else { 3 });
     eprintln!("pannus-bench: pannus ps over {PS_PROCS} processes (load {})", loadavg());
     res.ps = bench_ps(&pannus, &b, if opts.quick { 3 } else { 10 });
     eprintln!("pannus-bench: apply --all over {FLEET} processes (load {})", loadavg());
