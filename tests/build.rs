@@ -173,6 +173,10 @@ fn a_diff_of_comments_changes_nothing() {
     let message = run.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("nothing to patch"), "{message}");
     assert!(message.contains("scale") && message.contains("__LINE__"), "{message}");
+    let report = run.json();
+    let scale = decision(&report, "functions", "scale");
+    assert_eq!(scale["decision"], "unchanged", "{report}");
+    assert!(scale["reason"].as_str().unwrap().contains("__LINE__"), "{report}");
     assert!(!p.out().join("comment.so").exists(), "no module is written");
 }
 
@@ -186,6 +190,9 @@ fn a_struct_layout_change_is_refused_naming_the_struct() {
     let message = run.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("`struct session` gains the field `flags`"), "{message}");
     assert!(message.contains("restart the service") && message.contains("shadow variable"), "{message}");
+    let report = run.json();
+    assert_eq!(decision(&report, "refused", "struct session")["decision"], "refused", "{report}");
+    assert_eq!(report["exit"], 4, "{report}");
 }
 
 /// A changed initial value of a table the process set up when it started is refused, naming it.

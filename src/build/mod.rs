@@ -68,6 +68,20 @@ pub struct Report {
     pub timings_ms: BTreeMap<&'static str, u64>,
 }
 
+/// A build that failed: the error, and the report as far as it got (with every decision, when
+/// the diff was refused after the analysis).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: Error,
+    pub report: Option<Box<Report>>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed { error, report: None }
+    }
+}
+
 /// Progress, for a terminal: a step, and how far into it.
 pub trait Progress {
     fn step(&mut self, what: &str);
@@ -264,7 +278,13 @@ fn layout_change(name: &str, old: &dwarf::Layout, new: &dwarf::Layout) -> String
 }
 
 /// Builds the module and manifest.
-pub fn build(o: &Options, progress: &mut dyn Progress) -> Result<Report> {
+pub fn build(o: &Options, progress: &mut dyn Progress) -> std::result::Result<Report, Failed> {
+    let mut analysed = None;
+    build_reporting(o, progress, &mut analysed).map_err(|error| Failed { error, report: analysed.map(Box::new) })
+}
+
+/// [`build`], leaving in `analysed` the report of a diff refused after the analysis.
+fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Option<Report>) -> Result<Report> {
     let started = Instant::now();
     let mut timings = BTreeMap::new();
     let object_path =
@@ -655,16 +675,20 @@ pub fn build(o: &Options, progress: &mut dyn Progress) -> Result<Report> {
         });
     }
     timings.insert("analyse", ms(t));
+    report.timings_ms = timings.clone();
     if !report.refused.is_empty() {
         let list: Vec<String> = report.refused.iter().map(|d| format!("  - {}", d.reason)).collect();
-        return Err(Error::precondition(format!("the diff cannot be live-patched:\n{}", list.join("\n")))
-            .hint("each item says what to do instead"));
+        let error = Error::precondition(format!("the diff cannot be live-patched:\n{}", list.join("\n")))
+            .hint("each item says what to do instead");
+        *analysed = Some(report);
+        return Err(error);
     }
     if sources.iter().all(|s| s.replaced.is_empty()) {
         let mut why = String::from("the diff changes no function's code in the running binary: nothing to patch");
         for d in &report.functions {
             why.push_str(&format!("\n  - {} ({}): {}", d.name, d.file, d.reason));
         }
+        *analysed = Some(report);
         return Err(Error::precondition(why).hint("a diff of comments, formatting or line positions needs no patch"));
     }
 

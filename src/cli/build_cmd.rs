@@ -15,8 +15,28 @@ impl Progress for Steps {
     }
 }
 
+/// A refused build's report, with the error as every `--json` failure has it.
+#[derive(serde::Serialize)]
+struct RefusedReport<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    #[serde(flatten)]
+    failure: super::output::Failure<'a>,
+}
+
 pub fn run(options: &Options, json: bool) -> Result<()> {
-    let report = build::build(options, &mut Steps(!json && std::io::stderr().is_terminal()))?;
+    let report = match build::build(options, &mut Steps(!json && std::io::stderr().is_terminal())) {
+        Ok(r) => r,
+        Err(build::Failed { error, report: Some(report) }) => {
+            if json {
+                super::output::print(&RefusedReport { report: &report, failure: (&error).into() })?;
+            } else {
+                super::output::write_stdout(text(&report).as_bytes())?;
+            }
+            return Err(error);
+        }
+        Err(build::Failed { error, report: None }) => return Err(error),
+    };
     if json {
         return super::output::print(&report);
     }
