@@ -147,6 +147,8 @@ pub struct Fixup {
     /// `R_X86_64_PC32`, `R_X86_64_32` or `R_X86_64_32S`.
     #[serde(rename = "type")]
     pub rtype: String,
+    /// The symbol; empty for a place in the module itself (`R_X86_64_32`, `R_X86_64_32S`: the
+    /// load bias plus the addend).
     pub symbol: String,
     pub addend: i64,
 }
@@ -164,8 +166,16 @@ fn add_fixups(bytes: &[u8], dynsyms: &mut Vec<Symbol>, relocs: &mut Vec<Reloc>) 
             "R_X86_64_32S" => 11,
             other => return Err(format!("section {FIXUPS}: relocation type `{other}` is not one pannus fixes up")),
         };
-        if f.symbol.is_empty() || f.symbol.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if f.symbol.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("section {FIXUPS}: invalid symbol name `{}`", f.symbol.escape_debug()));
+        }
+        if f.symbol.is_empty() {
+            // A place in the module itself: the load bias plus the addend.
+            if rtype == 2 {
+                return Err(format!("section {FIXUPS}: a PC-relative fixup names no symbol"));
+            }
+            relocs.push(Reloc { offset: f.offset, rtype, sym: None, addend: f.addend });
+            continue;
         }
         let next = dynsyms.len();
         let i = *index.entry(f.symbol.clone()).or_insert(next);

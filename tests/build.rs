@@ -255,3 +255,39 @@ fn a_cpp_member_function_is_patched() {
     assert_eq!(t.ask("add 50"), "70");
     assert_eq!(t.ask("show"), "total 70");
 }
+
+/// A program built without -fPIE: the module's absolute 32-bit references (to its literals, to
+/// the program's data) are filled in by stage 2.
+#[test]
+fn a_non_pie_program_is_patched() {
+    let state = State::new();
+    let flags = "CFLAGS=-O2 -g -fno-pie -no-pie";
+    let p = Project::new("kvd", &[flags]);
+    let mut t = p.start("kvd");
+    assert_eq!(t.ask("scale 100"), "499");
+    let report = p.build(&state, "kvd", "clamp.patch", &["--build", &format!("make '{flags}'")]).ok().json();
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("scale 100"), "500");
+    assert_eq!(t.ask("add 150 0"), "100");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("scale 100"), "499");
+}
+
+/// A shared library as the object: the replaced functions bind to the library's own
+/// file-local data.
+#[test]
+fn a_shared_library_is_patched() {
+    let state = State::new();
+    let p = Project::new("libkv", &[]);
+    let mut t = p.start("kvcli");
+    assert_eq!(t.ask("put 20 5"), "5");
+    assert_eq!(t.ask("get 4"), "5", "the bug: keys 4 and 20 share a slot");
+    let report = p.build(&state, "libkv.so", "slot.patch", &[]).ok().json();
+    assert_eq!(decision(&report, "functions", "slot")["decision"], "inlined-away", "{report}");
+    assert_eq!(decision(&report, "data", "kv.c::table")["decision"], "bound", "{report}");
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("put 20 9"), "9");
+    assert_eq!(t.ask("get 20"), "9");
+    assert_eq!(t.ask("get 4"), "5", "the value stored before the fix is where it was");
+    assert_eq!(t.ask("count"), "2", "counted in the library's own counter");
+}

@@ -31,6 +31,12 @@ pub struct Made {
     pub bound: Vec<String>,
 }
 
+/// What a fixup refers to: a symbol of the process, or a place in the module itself.
+enum FixTo {
+    Process(String, i64),
+    Module(SectionId, i64),
+}
+
 /// Where a reference leads.
 enum To {
     /// A section of the module (unit, section), the addend to use against its start.
@@ -46,7 +52,8 @@ struct Builder<'a, 'b> {
     sections: HashMap<(usize, usize), SectionId>,
     markers: Vec<(SectionId, String)>,
     undefined: HashMap<String, SymbolId>,
-    fixups: Vec<(SectionId, u64, u32, String, i64)>,
+    /// Relocations left for stage 2: (section, offset, type, where to).
+    fixups: Vec<(SectionId, u64, u32, FixTo)>,
     queue: Vec<(usize, usize)>,
     made: Made,
 }
@@ -240,6 +247,12 @@ impl<'b> Builder<'_, 'b> {
                 flags: object::RelocationFlags::Elf { r_type: object::elf::RelocationType(r.rtype) },
             };
             match self.resolve(u, r.sym, r.addend)? {
+                // Absolute 32-bit addresses (code built without -fPIE) cannot be in a shared
+                // object: stage 2 fills them in, the module being mapped near the program.
+                To::Section(tu, tsec, addend) if matches!(r.rtype, objfile::R_32 | objfile::R_32S) => {
+                    let target = self.section(tu, tsec)?;
+                    self.fixups.push((id, r.offset, r.rtype, FixTo::Module(target, addend)));
+                }
                 To::Section(tu, tsec, addend) => {
                     let target = self.section(tu, tsec)?;
                     let symbol = self.out.section_symbol(target);
@@ -247,7 +260,7 @@ impl<'b> Builder<'_, 'b> {
                 }
                 To::Process(name, addend) => match r.rtype {
                     objfile::R_PC32 | objfile::R_32 | objfile::R_32S => {
-                        self.fixups.push((id, r.offset, r.rtype, name, addend));
+                        self.fixups.push((id, r.offset, r.rtype, FixTo::Process(name, addend)));
                     }
                     objfile::R_PLT32 | objfile::R_GOTPCREL | objfile::R_GOTPCRELX | objfile::R_REX_GOTPCRELX | 1 => {
                         let symbol = self.undefined(&name);
@@ -326,19 +339,19 @@ pub fn make(sources: &[Source<'_>], in_binary: &dyn Fn(&str) -> bool, work: &Pat
         let at: HashMap<String, u64> =
             file.symbols().filter_map(|s| Some((s.name().ok()?.to_string(), s.address()))).collect();
         let mut list = Vec::new();
-        for (id, offset, rtype, symbol, addend) in &b.fixups {
-            let marker = &b.markers.iter().find(|(sid, _)| sid == id).map(|m| m.1.clone()).unwrap_or_default();
-            let base =
-                at.get(marker).ok_or_else(|| Error::other(format!("the linked module lost its marker {marker}")))?;
-            list.push(Fixup {
-                offset: base + offset,
-                rtype: objfile::reloc_name(*rtype),
-                symbol: symbol.clone(),
-                addend: *addend,
-            });
-            if !b.made.bound.contains(symbol) {
+        let base = |id: &SectionId| -> Result<u64> {
+            let marker = b.markers.iter().find(|(sid, _)| sid == id).map(|m| m.1.clone()).unwrap_or_default();
+            at.get(&marker).copied().ok_or_else(|| Error::other(format!("the linked module lost its marker {marker}")))
+        };
+        for (id, offset, rtype, to) in &b.fixups {
+            let (symbol, addend) = match to {
+                FixTo::Process(name, addend) => (name.clone(), *addend),
+                FixTo::Module(target, addend) => (String::new(), base(target)? as i64 + addend),
+            };
+            if !symbol.is_empty() && !b.made.bound.contains(&symbol) {
                 b.made.bound.push(symbol.clone());
             }
+            list.push(Fixup { offset: base(id)? + offset, rtype: objfile::reloc_name(*rtype), symbol, addend });
         }
         let table = work.join("fixups.json");
         let json = serde_json::to_vec(&list).map_err(|e| Error::other(e.to_string()))?;

@@ -159,7 +159,12 @@ pub fn relocate(
         if r.rtype == R_NONE {
             continue;
         }
-        let s = r.sym.map(&value).unwrap_or(0);
+        let s = match r.sym {
+            Some(i) => value(i),
+            // A module fixup for a place in the module itself (see [`crate::elf::Fixup`]).
+            None if matches!(r.rtype, R_32 | R_32S) => bias,
+            None => 0,
+        };
         let at = r.offset.wrapping_sub(lo) as usize;
         let width = if matches!(r.rtype, R_PC32 | R_PLT32 | R_32 | R_32S) { 4 } else { 8 };
         if at.checked_add(width).is_none_or(|e| e > size) {
