@@ -291,3 +291,56 @@ fn a_shared_library_is_patched() {
     assert_eq!(t.ask("get 4"), "5", "the value stored before the fix is where it was");
     assert_eq!(t.ask("count"), "2", "counted in the library's own counter");
 }
+
+/// With `--compile-commands`, no build command runs: the affected units are compiled as the
+/// file says, in pannus's copies.
+#[test]
+fn compile_commands_replace_the_build_command() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let mut t = p.start("kvd");
+    let entries: Vec<serde_json::Value> = ["main.c", "store.c", "util.c"]
+        .iter()
+        .map(|f| {
+            let o = f.replace(".c", ".o");
+            serde_json::json!({
+                "directory": p.src(),
+                "arguments": ["cc", "-O2", "-g", "-Wall", "-c", "-o", o, f],
+                "file": f,
+            })
+        })
+        .collect();
+    let db = p.dir.path().join("compile_commands.json");
+    std::fs::write(&db, serde_json::to_string(&entries).unwrap()).unwrap();
+    let report =
+        p.build(&state, "kvd", "store-mask.patch", &["--build", "", "--compile-commands", db.to_str().unwrap()]);
+    let report = report.ok().json();
+    assert_eq!(report["compiled"], serde_json::json!(["store.c"]), "{report}");
+    t.ask("put 40 7");
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("get 40"), "7");
+}
+
+/// The binary's debug information may be in a separate file under /usr/lib/debug/.build-id/,
+/// as distributions install it; without any, the build says so.
+#[test]
+fn debug_information_from_the_build_id_folder_or_a_clear_refusal() {
+    let state = State::new();
+    let p = Project::new("kvd", &[]);
+    let bin = p.src().join("kvd");
+    let id = build_id(&bin);
+    let folder = Path::new("/usr/lib/debug/.build-id").join(&id[..2]);
+    std::fs::create_dir_all(&folder).unwrap();
+    let debug = folder.join(format!("{}.debug", &id[2..]));
+    let run = |args: &[&std::ffi::OsStr]| assert!(Command::new("objcopy").args(args).status().unwrap().success());
+    run(&["--only-keep-debug".as_ref(), bin.as_os_str(), debug.as_os_str()]);
+    run(&["--strip-debug".as_ref(), bin.as_os_str()]);
+    let built = p.build(&state, "kvd", "store-mask.patch", &[]);
+    std::fs::remove_file(&debug).unwrap();
+    assert_eq!(built.code, 0, "{}{}", built.stdout, built.stderr);
+
+    let run = p.build(&state, "kvd", "store-mask.patch", &[]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("has no debug information"), "{message}");
+}

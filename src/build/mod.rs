@@ -160,7 +160,13 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 /// Runs the project's build command in `root` with the wrappers, its output to `log`.
-fn run_build(command: &str, root: &Path, work: &Path, log: &Path) -> Result<Vec<wrap::Compile>> {
+fn run_build(
+    command: &str,
+    root: &Path,
+    work: &Path,
+    log: &Path,
+    progress: &mut dyn Progress,
+) -> Result<Vec<wrap::Compile>> {
     let wrappers = work.join("wrappers");
     std::fs::create_dir_all(&wrappers).map_err(io(wrappers.display()))?;
     let me = std::env::current_exe().map_err(io("finding pannus's own executable"))?;
@@ -176,7 +182,7 @@ fn run_build(command: &str, root: &Path, work: &Path, log: &Path) -> Result<Vec<
     let mut dirs = vec![wrappers.clone()];
     dirs.extend(std::env::split_paths(&path));
     let path = std::env::join_paths(dirs).map_err(|e| Error::other(e.to_string()))?;
-    let status = Command::new("sh")
+    let mut child = Command::new("sh")
         .args(["-c", command])
         .current_dir(root)
         .env("PATH", path)
@@ -187,8 +193,23 @@ fn run_build(command: &str, root: &Path, work: &Path, log: &Path) -> Result<Vec<
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        .status()
+        .spawn()
         .map_err(io(format!("running the build command `{command}`")))?;
+    // Which file the build is compiling, as the wrappers record them, while it runs.
+    let mut seen = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(io("waiting for the build command"))? {
+            break status;
+        }
+        let now = wrap::read_records(&records);
+        if now.len() > seen {
+            seen = now.len();
+            if let Some(last) = now.last() {
+                progress.step(&format!("compiling {} ({seen} compiled so far)", last.source));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         return Err(Error::bad_input(format!(
@@ -349,18 +370,10 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     let t = Instant::now();
     let prefix = |copy: &Path| format!("{}={}", copy.display(), source.display());
     let records: Vec<(wrap::Compile, PathBuf)> = match (&o.compile_commands, &o.build) {
-        (Some(cc), _) => wrap::from_compile_commands(cc)?
-            .into_iter()
-            .map(|c| {
-                let rel = c.cwd.strip_prefix(&source).map(Path::to_path_buf).unwrap_or_default();
-                let mut c2 = c.clone();
-                c2.cwd = orig.join(rel);
-                (c2, source.clone())
-            })
-            .collect(),
+        (Some(cc), _) => wrap::from_compile_commands(cc)?.into_iter().map(|c| (c, source.clone())).collect(),
         (None, Some(cmd)) => {
             progress.step(&format!("running `{cmd}` with pannus's compiler wrappers (output in {})", log.display()));
-            run_build(cmd, &orig, &work.0, &log)?.into_iter().map(|c| (c, orig.clone())).collect()
+            run_build(cmd, &orig, &work.0, &log, progress)?.into_iter().map(|c| (c, orig.clone())).collect()
         }
         (None, None) => {
             return Err(Error::bad_input("give the build command (--build \"CMD\") or --compile-commands FILE"))
@@ -385,7 +398,7 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     };
     let mut affected: Vec<(wrap::Compile, PathBuf, String)> = Vec::new();
     for (c, from) in &records {
-        let Ok(rel) = normal(&c.source_path()).strip_prefix(&orig).map(Path::to_path_buf) else { continue };
+        let Ok(rel) = normal(&c.source_path()).strip_prefix(from).map(Path::to_path_buf) else { continue };
         let rel_s = rel.to_string_lossy().into_owned();
         if !in_binary_unit(&rel) {
             continue;
@@ -393,7 +406,7 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
         let direct = touched.iter().any(|f| f.path == rel_s);
         let via_header = !direct
             && touched.iter().any(|f| !f.path.ends_with(".c") && !f.path.ends_with(".cpp") && !f.path.ends_with(".cc"))
-            && dependencies(c, &orig).iter().any(|d| touched.iter().any(|f| &f.path == d));
+            && dependencies(c, from).iter().any(|d| touched.iter().any(|f| &f.path == d));
         if (direct || via_header) && !affected.iter().any(|a| a.2 == rel_s) {
             affected.push((c.clone(), from.clone(), rel_s));
         }
@@ -413,13 +426,12 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     let mut pairs: Vec<(Unit, Unit, String)> = Vec::new();
     for (k, (c, from, rel)) in affected.iter().enumerate() {
         progress.step(&format!("compiling {rel} with the fix ({} of {n})", k + 1));
-        if o.compile_commands.is_some() {
-            let mut in_orig = c.clone();
-            in_orig.cwd = c.cwd.clone();
-            in_orig.rerun_in(&source, &orig, &prefix(&orig))?;
+        if from != &orig {
+            // From a compile_commands.json: the original is compiled here too, in its copy.
+            c.rerun_in(from, &orig, &prefix(&orig))?;
         }
         c.rerun_in(from, &patched, &prefix(&patched)).map_err(|e| e.context(format!("the fixed {rel}")))?;
-        let orig_obj = Unit::read(&c.output_path())?;
+        let orig_obj = Unit::read(&wrap::Compile::moved(&c.output_path(), from, &orig))?;
         let fixed_path = wrap::Compile::moved(&c.output_path(), from, &patched);
         let fixed_obj = Unit::read(&fixed_path)?;
         pairs.push((orig_obj, fixed_obj, rel.clone()));
