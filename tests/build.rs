@@ -344,3 +344,28 @@ fn debug_information_from_the_build_id_folder_or_a_clear_refusal() {
     let message = run.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("has no debug information"), "{message}");
 }
+
+/// C++: a new object with a dynamic initializer is constructed in the module by the unit's
+/// static initialiser in stage 3, while the objects the process already has are not
+/// constructed again (the event log keeps its events); its destructor runs at the rollback, and
+/// the process exits cleanly.
+#[test]
+fn a_new_cpp_object_is_constructed_in_the_module_and_nothing_else_is() {
+    let state = State::new();
+    let p = Project::new("tally", &[]);
+    let mut t = p.start("tally");
+    assert_eq!(t.ask("add 5"), "5");
+    assert_eq!(t.ask("log"), "log:+");
+    let report = p.build(&state, "tally", "tally-label.patch", &[]).ok().json();
+    let init = report["functions"].as_array().unwrap().iter().find(|d| d["decision"] == "init");
+    assert!(init.is_some(), "the static initialiser runs in stage 3: {report}");
+    state.apply(&manifest_of(&report), t.pid).ok();
+    assert_eq!(t.ask("show"), "counted: 5");
+    assert_eq!(t.ask("log"), "log:+", "the existing std::string was not constructed again");
+    assert_eq!(t.ask("add 1"), "6");
+    assert_eq!(t.ask("log"), "log:++");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("show"), "total 6");
+    let status = t.quit();
+    assert!(status.success(), "the process exits cleanly: {status}");
+}

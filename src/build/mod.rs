@@ -269,6 +269,9 @@ fn dependencies(c: &wrap::Compile, root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The prefix of a unit's static initialiser (C++ objects with dynamic initializers).
+const INITIALISER: &str = "_GLOBAL__sub_I_";
+
 fn ms(t: Instant) -> u64 {
     t.elapsed().as_millis() as u64
 }
@@ -469,6 +472,8 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     #[allow(clippy::type_complexity)]
     let mut line_only: Vec<(String, String, Vec<(u32, u32)>)> = Vec::new();
     let mut touched_fns: BTreeSet<String> = BTreeSet::new();
+    // (unit, static initialiser) changed by the fix.
+    let mut inits: Vec<(usize, usize)> = Vec::new();
     for (u, (ou, pu, rel)) in pairs.iter().enumerate() {
         // Sanity: the original build is the running binary's code.
         let mut mismatches = Vec::new();
@@ -570,6 +575,18 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
         }
         for (sym, _) in pu.functions() {
             let name = pu.symbols[sym].name.clone();
+            if name.starts_with(INITIALISER) {
+                // The unit's static initialiser: never redirected (it ran when the process
+                // started); when the fix changes it (a new object with a dynamic initializer),
+                // the module runs it in stage 3, see `module::Source::init`.
+                let changed = ou
+                    .find(&name, Kind::Func)
+                    .is_none_or(|o| compare::compare(ou, o, pu, sym, &moved) != compare::Verdict::Same);
+                if changed {
+                    inits.push((u, sym));
+                }
+                continue;
+            }
             let Some(o) = ou.find(&name, Kind::Func) else {
                 report.functions.push(Decision {
                     name: name.clone(),
@@ -648,8 +665,27 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     }
     // What each replaced function becomes: a redirected entry, or (a copy gcc specialised, one
     // inlined everywhere) code its replaced callers reach inside the module.
-    let mut sources: Vec<module::Source<'_>> =
-        pairs.iter().map(|(ou, pu, _)| module::Source { patched: pu, original: ou, replaced: Vec::new() }).collect();
+    let mut sources: Vec<module::Source<'_>> = pairs
+        .iter()
+        .map(|(ou, pu, _)| module::Source { patched: pu, original: ou, replaced: Vec::new(), init: Vec::new() })
+        .collect();
+    for &(u, sym) in &inits {
+        let (_, pu, rel) = &pairs[u];
+        let arrays = pu.init_arrays_calling(sym);
+        if arrays.is_empty() {
+            continue;
+        }
+        sources[u].init.extend(arrays);
+        report.functions.push(Decision {
+            name: pu.symbols[sym].name.clone(),
+            file: rel.clone(),
+            decision: "init",
+            reason: "the unit's static initialiser, changed by the fix: the module runs it once in stage 3 (init) \
+                     to construct the new objects; the objects the process already has are constructed into \
+                     scratch copies in the module, never again in place"
+                .into(),
+        });
+    }
     for ((u, sym), reason) in &replaced {
         let (ou, pu, rel) = &pairs[*u];
         let name = &pu.symbols[*sym].name;

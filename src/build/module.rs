@@ -19,6 +19,9 @@ pub struct Source<'a> {
     /// The functions (symbol indexes in `patched`) to replace, each with the name the running
     /// binary knows it by (`NAME`, or `FILE::NAME` when file-local).
     pub replaced: Vec<(usize, String)>,
+    /// `.init_array` sections (of `patched`) to run in stage 3: a static initialiser the fix
+    /// changed. What they reach runs on scratch copies of the objects the process already has.
+    pub init: Vec<usize>,
 }
 
 /// What the module holds and binds, for the report.
@@ -55,6 +58,9 @@ struct Builder<'a, 'b> {
     /// Relocations left for stage 2: (section, offset, type, where to).
     fixups: Vec<(SectionId, u64, u32, FixTo)>,
     queue: Vec<(usize, usize)>,
+    /// Sections reached only from a static initialiser: the objects they refer to that the
+    /// process already has are scratch copies, so that nothing constructs those again in place.
+    scratch: std::collections::HashSet<(usize, usize)>,
     made: Made,
 }
 
@@ -130,7 +136,7 @@ impl<'b> Builder<'_, 'b> {
     }
 
     /// Where a reference of unit `u` to symbol `sym` with `addend` leads.
-    fn resolve(&mut self, u: usize, sym: usize, addend: i64) -> Result<To> {
+    fn resolve(&mut self, u: usize, sym: usize, addend: i64, scratch: bool) -> Result<To> {
         let src = &self.sources[u];
         let unit = src.patched;
         let s = &unit.symbols[sym];
@@ -161,7 +167,7 @@ impl<'b> Builder<'_, 'b> {
                 let generated = t.name.contains('.');
                 let bound = binary_name(src.original, unit, named).filter(|n| (self.in_binary)(n));
                 match bound {
-                    Some(name) if !replaced && !generated => {
+                    Some(name) if !replaced && !generated && !(scratch && !t.global) => {
                         if !self.made.bound.contains(&name) {
                             self.made.bound.push(name.clone());
                         }
@@ -169,7 +175,9 @@ impl<'b> Builder<'_, 'b> {
                     }
                     _ => {
                         if !replaced {
-                            let why = if t.name.ends_with(".cold") {
+                            let why = if scratch {
+                                "code of the static initialiser, run in stage 3 on scratch copies"
+                            } else if t.name.ends_with(".cold") {
                                 "the cold part of a function the module holds"
                             } else if generated {
                                 "a copy gcc specialised for its callers: its calling convention is private to them"
@@ -189,6 +197,13 @@ impl<'b> Builder<'_, 'b> {
                 let existing = src.original.find(&key, Kind::Object).is_some()
                     || (t.global && src.original.find(&t.name, Kind::Object).is_some());
                 let bound = binary_name(src.original, unit, named).filter(|n| existing && (self.in_binary)(n));
+                if scratch && bound.is_some() {
+                    self.note(
+                        &key,
+                        "a scratch copy, constructed by the static initialiser instead of the process's own",
+                    );
+                    return Ok(To::Section(u, t_sec, whole));
+                }
                 match bound {
                     Some(name) => {
                         if !self.made.bound.contains(&name) {
@@ -239,6 +254,7 @@ impl<'b> Builder<'_, 'b> {
     fn relocate(&mut self, u: usize, sec: usize) -> Result<()> {
         let id = self.sections[&(u, sec)];
         let relocs = self.sources[u].patched.sections[sec].relocs.clone();
+        let scratch = self.scratch.contains(&(u, sec));
         for r in relocs {
             let rel = |symbol, addend| write::Relocation {
                 offset: r.offset,
@@ -246,7 +262,27 @@ impl<'b> Builder<'_, 'b> {
                 addend,
                 flags: object::RelocationFlags::Elf { r_type: object::elf::RelocationType(r.rtype) },
             };
-            match self.resolve(u, r.sym, r.addend)? {
+            // The module's own, from crtbeginS: the static initialiser registers the new
+            // objects' destructors against the module, which its finaliser runs at unload.
+            if self.sources[u]
+                .patched
+                .symbols
+                .get(r.sym)
+                .is_some_and(|s| s.name == "__dso_handle" && s.section.is_none())
+            {
+                let symbol = self.undefined("__dso_handle");
+                self.out.add_relocation(id, rel(symbol, r.addend)).map_err(|e| Error::other(e.to_string()))?;
+                continue;
+            }
+            let to = self.resolve(u, r.sym, r.addend, scratch)?;
+            if scratch {
+                if let To::Section(tu, tsec, _) = &to {
+                    if !self.sections.contains_key(&(*tu, *tsec)) {
+                        self.scratch.insert((*tu, *tsec));
+                    }
+                }
+            }
+            match to {
                 // Absolute 32-bit addresses (code built without -fPIE) cannot be in a shared
                 // object: stage 2 fills them in, the module being mapped near the program.
                 To::Section(tu, tsec, addend) if matches!(r.rtype, objfile::R_32 | objfile::R_32S) => {
@@ -292,6 +328,7 @@ pub fn make(sources: &[Source<'_>], in_binary: &dyn Fn(&str) -> bool, work: &Pat
         undefined: HashMap::new(),
         fixups: Vec::new(),
         queue: Vec::new(),
+        scratch: std::collections::HashSet::new(),
         made: Made::default(),
     };
     let mut taken: Vec<String> = Vec::new();
@@ -320,6 +357,12 @@ pub fn make(sources: &[Source<'_>], in_binary: &dyn Fn(&str) -> bool, work: &Pat
             b.made.functions.push((target.clone(), name));
         }
     }
+    for (u, src) in sources.iter().enumerate() {
+        for &sec in &src.init {
+            b.scratch.insert((u, sec));
+            b.section(u, sec)?;
+        }
+    }
     while let Some((u, sec)) = b.queue.pop() {
         b.relocate(u, sec)?;
     }
@@ -328,7 +371,7 @@ pub fn make(sources: &[Source<'_>], in_binary: &dyn Fn(&str) -> bool, work: &Pat
     std::fs::write(&obj, bytes).map_err(|e| Error::other(format!("{}: {e}", obj.display())))?;
     run(
         Command::new("cc")
-            .args(["-shared", "-nostdlib", "-Wl,-z,notext", "-Wl,--build-id", "-Wl,-z,noexecstack", "-o"])
+            .args(["-shared", "-Wl,-z,notext", "-Wl,--build-id", "-Wl,-z,noexecstack", "-o"])
             .arg(so)
             .arg(&obj),
         "linking the module",

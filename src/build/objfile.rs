@@ -163,6 +163,7 @@ impl Unit {
                 _ => Holds::Other,
             };
             let name = s.name().unwrap_or("").to_string();
+            let holds = if name == ".init_array" || name.starts_with(".init_array.") { Holds::Data } else { holds };
             let mut relocs = Vec::new();
             if holds != Holds::Other || name.starts_with(".debug_") {
                 for (offset, r) in s.relocations() {
@@ -299,6 +300,23 @@ impl Unit {
             }
         }
         out
+    }
+
+    /// The `.init_array` sections whose entries call function `sym`.
+    pub fn init_arrays_calling(&self, sym: usize) -> Vec<usize> {
+        let target = self.symbols[sym].section;
+        self.sections
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.name == ".init_array" || s.name.starts_with(".init_array."))
+            .filter(|(_, s)| {
+                s.relocs.iter().any(|r| {
+                    r.sym == sym
+                        || (self.symbols.get(r.sym).is_some_and(|t| t.kind == Kind::Section && t.section == target))
+                })
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The symbol index of the function or variable named `name` (a key from
