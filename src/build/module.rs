@@ -167,7 +167,7 @@ impl<'b> Builder<'_, 'b> {
                 let generated = t.name.contains('.');
                 let bound = binary_name(src.original, unit, named).filter(|n| (self.in_binary)(n));
                 match bound {
-                    Some(name) if !replaced && !generated && !(scratch && !t.global) => {
+                    Some(name) if !replaced && !generated && (!scratch || t.global) => {
                         if !self.made.bound.contains(&name) {
                             self.made.bound.push(name.clone());
                         }
