@@ -85,6 +85,12 @@ impl Tmux {
         }
         panic!("no pannus under the pane's shell {shell}");
     }
+    /// The terminal vanishes: the tmux server and every pane's terminal with it, as when the
+    /// SSH session or the tmux server under the console dies.
+    fn kill_server(&self) {
+        let _ =
+            Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(std::process::Stdio::null()).status();
+    }
     fn alive(&self) -> bool {
         Command::new("tmux")
             .args(["-L", &self.socket, "has-session", "-t", "t"])
@@ -360,9 +366,22 @@ fn last_apply_outcome(state: &State, pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Waits (30 s at most) for process `pid` to end: gone, or a zombie nobody reaps. One still
+/// running at the deadline is killed, so that a failing test leaves no console behind.
+fn wait_ended(pid: i32, what: &str) {
+    let start = Instant::now();
+    while !matches!(run_state(pid), None | Some('Z')) {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            panic!("the console ({pid}) still runs 30 s after {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Interrupts the console at the second stage's confirmation, the first stage done, with
 /// `interrupt`, and checks that the target is as it was, the journal says cancelled and the
-/// console exits non-zero.
+/// console exits (non-zero, when the pane's shell outlives it to say so).
 fn interrupted_at_a_stage_confirmation(interrupt: impl FnOnce(&Tmux)) {
     let state = State::new();
     let mut t = Proc::start("target_pie");
@@ -372,9 +391,12 @@ fn interrupted_at_a_stage_confirmation(interrupt: impl FnOnce(&Tmux)) {
     tmux.keys(&["Enter"]);
     tmux.wait_for("Stage 2 of 4: LINK");
     assert!(t.maps().contains("patch_compute"), "stage 1 mapped the module");
+    let console = tmux.console_pid();
     interrupt(&tmux);
-    let code = console_exit(&state);
-    assert_ne!(code, 0, "the console exits non-zero");
+    wait_ended(console, "it was interrupted at a stage confirmation");
+    if tmux.alive() {
+        assert_ne!(console_exit(&state), 0, "the console exits non-zero");
+    }
     let maps = t.maps();
     assert!(!maps.contains("patch_compute"), "nothing of the module is left mapped:\n{maps}");
     assert_eq!(t.ask("c 5"), "6", "the target behaves as before");
@@ -395,6 +417,37 @@ fn sighup_at_a_stage_confirmation_undoes_the_stages_done() {
         let pid = tmux.console_pid();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
     });
+}
+
+/// The defect: a console whose terminal vanished (the tmux server or the SSH session gone) went
+/// on running as an orphan, spinning on the closed terminal and deaf to SIGTERM. It ends, and
+/// an apply waiting at a confirmation is undone as Ctrl-C undoes it.
+#[test]
+fn a_console_whose_terminal_vanishes_at_a_stage_confirmation_undoes_the_stages_done() {
+    interrupted_at_a_stage_confirmation(|tmux| tmux.kill_server());
+}
+
+/// The same with nothing in progress: the console simply ends.
+#[test]
+fn a_console_whose_terminal_vanishes_exits() {
+    let state = State::new();
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    let console = tmux.console_pid();
+    tmux.kill_server();
+    wait_ended(console, "its terminal vanished");
+}
+
+/// SIGTERM with nothing in progress ends the console, non-zero.
+#[test]
+fn sigterm_with_nothing_in_progress_ends_the_console_non_zero() {
+    let state = State::new();
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    let console = tmux.console_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(console), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_ended(console, "SIGTERM");
+    assert_ne!(console_exit(&state), 0, "the console exits non-zero");
 }
 
 fn run_state(pid: i32) -> Option<char> {
