@@ -645,3 +645,36 @@ fn a_lock_wait_names_the_pannus_holding_the_process() {
     tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
     assert_eq!(t.ask("c 5"), "6");
 }
+
+/// Whether the process list on `screen` has a row for `pid`.
+fn listed(screen: &str, pid: u32) -> bool {
+    let want = format!("{pid} ");
+    screen.lines().any(|l| l.trim_start_matches(['│', '▶', ' ']).starts_with(&want))
+}
+
+/// A zombie has no executable and no command line, as a kernel thread has none: it is listed
+/// all the same, while kernel threads (told by the kernel's own flag) stay hidden.
+#[test]
+fn a_zombie_is_listed_while_kernel_threads_are_hidden() {
+    let state = State::new();
+    // Not waited for until the end: a zombie meanwhile.
+    let mut zombie = Command::new("true").spawn().expect("true runs");
+    let pid = zombie.id();
+    let start = Instant::now();
+    while run_state(pid as i32) != Some('Z') {
+        assert!(start.elapsed() < Duration::from_secs(30), "the child never became a zombie");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    let s = tmux.wait_until("the filtered list", |s| s.contains(&format!("filter: {pid}")));
+    assert!(listed(&s, pid), "the zombie {pid} is listed:\n{s}");
+    tmux.keys(&["Escape", "/", "k", "t", "h", "r", "e", "a", "d", "d"]);
+    let s = tmux.wait_for("filter: kthreadd");
+    assert!(!listed(&s, 2), "kthreadd stays hidden:\n{s}");
+    zombie.wait().unwrap();
+}
