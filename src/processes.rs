@@ -51,8 +51,13 @@ pub struct Process {
     /// The user name of `uid`, when the walk was asked to resolve names.
     pub user: Option<String>,
     pub threads: u32,
-    /// The path of the executable; empty when it cannot be read.
+    /// The path of the executable; empty when it cannot be read (a kernel thread, a zombie).
     pub exe: String,
+    /// A kernel thread: the kernel's `PF_KTHREAD` flag (`/proc/PID/stat`), not the lack of an
+    /// executable, which a zombie shares.
+    pub kernel_thread: bool,
+    /// The state letter of `/proc/PID/stat` (`R`, `S`, `D`, `Z`, `T`, ...); `?` unread.
+    pub state: char,
     /// Every patch in the process's registry, in application order (rolled-back ones included).
     pub patches: Vec<PatchRecord>,
 }
@@ -129,6 +134,8 @@ pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
         let status = Status::parse(&text);
         let user = users.as_deref_mut().map(|u| u.name(status.uid).to_string());
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let (state, flags) = stat.as_deref().and_then(stat_fields).unwrap_or(('?', 0));
         out.push(Process {
             pid,
             name: status.name.to_string(),
@@ -136,6 +143,8 @@ pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
             user,
             threads: status.threads,
             exe,
+            kernel_thread: flags & PF_KTHREAD != 0,
+            state,
             patches,
         });
     }
@@ -171,6 +180,17 @@ impl<'a> Status<'a> {
     }
 }
 
+/// The kernel's flag for its own threads (`include/linux/sched.h`).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The state letter and the flags (fields 3 and 9) of the text of `/proc/PID/stat`.
+fn stat_fields(stat: &str) -> Option<(char, u64)> {
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let flags = rest.nth(5)?.parse().ok()?;
+    Some((state, flags))
+}
+
 /// When process `pid` started (clock ticks after boot, field 22 of `/proc/PID/stat`): with the
 /// pid, what names one process, as pids are reused. `None` when it does not exist.
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -196,6 +216,27 @@ mod tests {
     }
 
     #[test]
+    fn stat_state_and_flags() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 12 0 0";
+        assert_eq!(stat_fields(kthreadd), Some(('S', 2_129_984)));
+        assert_ne!(2_129_984 & PF_KTHREAD, 0);
+        // A name with spaces and parentheses; a zombie, which has no PF_KTHREAD.
+        let zombie = "4242 (a (b) c) Z 1 4242 4242 0 -1 4227084 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0";
+        assert_eq!(stat_fields(zombie), Some(('Z', 4_227_084)));
+        assert_eq!(4_227_084 & PF_KTHREAD, 0);
+        assert_eq!(stat_fields("7 (x) R"), None);
+        assert_eq!(stat_fields(""), None);
+    }
+
+    #[test]
+    fn the_walk_tells_kernel_threads_by_their_flag() {
+        let all = list(Scope::All, None);
+        assert!(all.iter().any(|p| p.pid == Pid(2) && p.kernel_thread), "kthreadd is a kernel thread");
+        let parent = all.iter().find(|p| p.pid.get() == nix::unistd::getppid().as_raw());
+        assert!(parent.is_none_or(|p| !p.kernel_thread), "the test's parent is not");
+    }
+
+    #[test]
     fn pid_forms() {
         let pid: Pid = "812".parse().unwrap();
         assert_eq!(pid, Pid::from(812));
@@ -214,6 +255,8 @@ mod tests {
             user: None,
             threads: 1,
             exe: String::new(),
+            kernel_thread: false,
+            state: 'S',
             patches: vec![],
         };
         assert_eq!(p.owner(), "1001");

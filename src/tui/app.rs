@@ -220,8 +220,13 @@ pub const MESSAGE_OK_SECS: u64 = 10;
 /// How long a failure or a notice stays in the footer, in seconds.
 pub const NOTICE_SECS: u64 = 60;
 
-/// A process without an executable: a kernel thread (or a zombie), with nothing to patch.
+/// A kernel thread: hidden unless asked for (`K`).
 pub fn is_kernel_thread(p: &Process) -> bool {
+    p.kernel_thread
+}
+
+/// A process without an executable (a kernel thread, a zombie): nothing to patch.
+pub fn has_no_executable(p: &Process) -> bool {
     p.exe.is_empty()
 }
 
@@ -378,7 +383,7 @@ impl App {
 
     /// Whether `a` has a process to apply a patch to here.
     pub fn can_apply(&self) -> bool {
-        self.acted_on().is_some_and(|r| !is_kernel_thread(r))
+        self.acted_on().is_some_and(|r| !is_kernel_thread(r) && !has_no_executable(r))
     }
 
     /// The terminal as last drawn.
@@ -615,8 +620,15 @@ impl App {
         match key.code {
             KeyCode::Char('R') => self.rollback_key(),
             KeyCode::Char('C') => self.commit_key(),
-            KeyCode::Char('a') if is_kernel_thread(row) => {
-                self.say(false, format!("process {pid} has no executable (a kernel thread): nothing to patch"));
+            KeyCode::Char('a') if is_kernel_thread(row) || has_no_executable(row) => {
+                let what = if is_kernel_thread(row) {
+                    "is a kernel thread"
+                } else if row.state == 'Z' {
+                    "is a zombie (it has exited)"
+                } else {
+                    "has no executable pannus can read"
+                };
+                self.say(false, format!("process {pid} {what}: nothing to patch"));
                 None
             }
             KeyCode::Char('a') => {

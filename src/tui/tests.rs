@@ -73,6 +73,8 @@ fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
         user: Some("telco".into()),
         threads: 12,
         exe: format!("/usr/sbin/{name}"),
+        kernel_thread: false,
+        state: 'S',
         patches,
     }
 }
@@ -82,6 +84,7 @@ fn app() -> App {
     a.now = NOW;
     let mut kthreadd = row(2, "kthreadd", vec![]);
     kthreadd.exe.clear();
+    kthreadd.kernel_thread = true;
     let mut legacyd = row(1500, "legacyd", vec![]);
     legacyd.exe.push_str(" (deleted)");
     let mut rows = vec![
