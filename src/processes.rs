@@ -58,6 +58,9 @@ pub struct Process {
     pub kernel_thread: bool,
     /// The state letter of `/proc/PID/stat` (`R`, `S`, `D`, `Z`, `T`, ...); `?` unread.
     pub state: char,
+    /// The GNU build-id of the executable it runs, when the walk's caller asked for it
+    /// ([`BuildIds::fill`], the console).
+    pub build_id: Option<String>,
     /// Every patch in the process's registry, in application order (rolled-back ones included).
     pub patches: Vec<PatchRecord>,
 }
@@ -98,6 +101,33 @@ impl UserNames {
         self.0.entry(uid).or_insert_with(|| {
             nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
         })
+    }
+}
+
+/// The build-ids of the executables processes run, each file read once (by device, inode, size
+/// and modification time) for as long as a process runs it.
+#[derive(Debug, Default)]
+pub struct BuildIds(HashMap<(u64, u64, u64, i64), Option<String>>);
+
+impl BuildIds {
+    /// Fills in the build-id of each row's executable (the file it runs, through
+    /// `/proc/PID/exe`, replaced on disk or not): one `stat` per process, and the headers and
+    /// notes of a file not seen before. Forgets the files no row runs any more.
+    pub fn fill(&mut self, rows: &mut [Process]) {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = HashMap::new();
+        for r in rows.iter_mut().filter(|r| !r.exe.is_empty()) {
+            let exe = format!("/proc/{}/exe", r.pid);
+            let Ok(m) = std::fs::metadata(&exe) else { continue };
+            let key = (m.dev(), m.ino(), m.size(), m.mtime());
+            let id = match self.0.get(&key) {
+                Some(id) => id.clone(),
+                None => std::fs::File::open(&exe).ok().and_then(|f| crate::elf::build_id_of(&f)),
+            };
+            r.build_id.clone_from(&id);
+            seen.insert(key, id);
+        }
+        self.0 = seen;
     }
 }
 
@@ -145,6 +175,7 @@ pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
             exe,
             kernel_thread: flags & PF_KTHREAD != 0,
             state,
+            build_id: None,
             patches,
         });
     }
@@ -237,6 +268,17 @@ mod tests {
     }
 
     #[test]
+    fn build_ids_of_the_running_executables() {
+        let mut rows = list(Scope::All, None);
+        BuildIds::default().fill(&mut rows);
+        let me = std::fs::File::open("/proc/self/exe").unwrap();
+        let parent = rows.iter().find(|p| p.pid.get() == nix::unistd::getppid().as_raw()).unwrap();
+        assert!(parent.build_id.as_deref().is_some_and(|id| !id.is_empty()) || parent.exe.is_empty());
+        assert!(crate::elf::build_id_of(&me).is_some(), "the test binary has a build-id");
+        assert!(rows.iter().filter(|p| p.kernel_thread).all(|p| p.build_id.is_none()));
+    }
+
+    #[test]
     fn pid_forms() {
         let pid: Pid = "812".parse().unwrap();
         assert_eq!(pid, Pid::from(812));
@@ -257,6 +299,7 @@ mod tests {
             exe: String::new(),
             kernel_thread: false,
             state: 'S',
+            build_id: None,
             patches: vec![],
         };
         assert_eq!(p.owner(), "1001");

@@ -678,3 +678,27 @@ fn a_zombie_is_listed_while_kernel_threads_are_hidden() {
     assert!(!listed(&s, 2), "kthreadd stays hidden:\n{s}");
     zombie.wait().unwrap();
 }
+
+/// The list shows the build-id of what each process runs, and sorts by the column `s` picks,
+/// marked in the header.
+#[test]
+fn the_list_shows_build_ids_and_sorts_by_the_column_picked() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let id = common::build_id(&common::bin("target_pie"));
+    let tmux = Tmux::start(&state, 120, 30);
+    let s = tmux.wait_for("STATE▲");
+    assert!(s.contains("BUILD-ID"), "{s}");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_until("the filtered list", |s| s.contains(&format!("filter: {}", t.pid)));
+    let row = s.lines().find(|l| l.contains(&format!("{} ", t.pid)) && l.contains("target_pie")).unwrap_or("");
+    assert!(row.contains(&id[..12]), "the row shows build-id {id}, abbreviated:\n{s}");
+    tmux.keys(&["s"]);
+    tmux.wait_for("PID▲");
+    tmux.keys(&["I"]);
+    tmux.wait_for("PID▼");
+}

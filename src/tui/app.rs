@@ -33,6 +33,58 @@ impl Screen {
     }
 }
 
+/// What the process list is sorted by (`s` moves to the next, `I` reverses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortBy {
+    /// Patches on trial (or overdue, or stopped between stages) first, then committed ones,
+    /// then the rest, each in pid order.
+    #[default]
+    State,
+    Pid,
+    Name,
+    Threads,
+    User,
+}
+
+impl SortBy {
+    pub fn next(self) -> SortBy {
+        match self {
+            SortBy::State => SortBy::Pid,
+            SortBy::Pid => SortBy::Name,
+            SortBy::Name => SortBy::Threads,
+            SortBy::Threads => SortBy::User,
+            SortBy::User => SortBy::State,
+        }
+    }
+
+    /// The title of the column sorted by.
+    pub fn column(self) -> &'static str {
+        match self {
+            SortBy::State => "STATE",
+            SortBy::Pid => "PID",
+            SortBy::Name => "NAME",
+            SortBy::Threads => "THR",
+            SortBy::User => "USER",
+        }
+    }
+
+    fn order(self, a: &Process, b: &Process, now: u64) -> std::cmp::Ordering {
+        let rank = |r: &Process| match Badge::of(r, now) {
+            Badge::Partial | Badge::Overdue | Badge::Trial(_) => 0,
+            Badge::Active => 1,
+            Badge::None => 2,
+        };
+        match self {
+            SortBy::State => rank(a).cmp(&rank(b)),
+            SortBy::Pid => std::cmp::Ordering::Equal,
+            SortBy::Name => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
+            SortBy::Threads => a.threads.cmp(&b.threads),
+            SortBy::User => a.owner().cmp(&b.owner()),
+        }
+        .then(a.pid.cmp(&b.pid))
+    }
+}
+
 /// Which pane of the detail screen has the focus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pane {
@@ -161,6 +213,9 @@ pub struct App {
     pub patched_only: bool,
     /// Kernel threads listed too (hidden by default: nothing to patch there).
     pub kernel_threads: bool,
+    /// The process list's order, and whether it is reversed.
+    pub sort: SortBy,
+    pub sort_reversed: bool,
     /// The selected process, by pid so that it survives refreshes.
     pub selected: Option<i32>,
     /// The process the detail view was opened for: it stays on it whatever the list shows.
@@ -265,6 +320,8 @@ impl App {
             filtering: false,
             patched_only: false,
             kernel_threads: false,
+            sort: SortBy::default(),
+            sort_reversed: false,
             selected: None,
             detail: None,
             detail_patch: 0,
@@ -295,8 +352,9 @@ impl App {
     }
 
     /// The rows the process list shows, after the filter and the patched-only and kernel-thread
-    /// toggles: processes with a patch in trial (or stopped between stages) first, then those
-    /// with committed patches, then the others, each in pid order.
+    /// toggles, in the order of [`App::sort`]: by default processes with a patch in trial (or
+    /// stopped between stages) first, then those with committed patches, then the others, each
+    /// in pid order.
     pub fn visible(&self) -> Vec<&Process> {
         let f = self.filter.to_lowercase();
         let mut rows: Vec<&Process> = self
@@ -312,10 +370,13 @@ impl App {
                     || r.patches.iter().any(|p| p.patch.contains(&f))
             })
             .collect();
-        rows.sort_by_key(|r| match Badge::of(r, self.now) {
-            Badge::Partial | Badge::Overdue | Badge::Trial(_) => 0,
-            Badge::Active => 1,
-            Badge::None => 2,
+        rows.sort_by(|a, b| {
+            let o = self.sort.order(a, b, self.now);
+            if self.sort_reversed {
+                o.reverse()
+            } else {
+                o
+            }
         });
         rows
     }
@@ -784,6 +845,9 @@ impl App {
                 self.kernel_threads = !self.kernel_threads;
                 self.fix_selection();
             }
+            // The selection stays on its process, wherever the new order puts it.
+            KeyCode::Char('s') => self.sort = self.sort.next(),
+            KeyCode::Char('I') => self.sort_reversed = !self.sort_reversed,
             KeyCode::Enter => {
                 if let Some((pid, n)) = self.selected_row().map(|r| (r.pid.get(), r.patches.len())) {
                     self.detail_patch = n.saturating_sub(1);

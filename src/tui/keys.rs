@@ -75,6 +75,14 @@ pub const BINDINGS: &[Binding] = &[
         screens: &[Screen::Processes],
     },
     Binding {
+        keys: "s",
+        action: "sort by the next column (state, pid, name, threads, user)",
+        footer: false,
+        on_patch: false,
+        screens: &[Screen::Processes],
+    },
+    Binding { keys: "I", action: "reverse the sort", footer: false, on_patch: false, screens: &[Screen::Processes] },
+    Binding {
         keys: "J",
         action: "journal",
         footer: false,
@@ -110,6 +118,8 @@ pub const LEGEND: &[(&str, &str)] = &[
     ("-", "no patch applied"),
     ("NO LONGER PATCHED", "the process on view has had its patches rolled back"),
     ("REPLACED ON DISK", "the executable changed on disk since the process started"),
+    ("BUILD-ID", "the build-id of the executable it runs (12 digits)"),
+    ("▲ ▼", "the column the list is sorted by, up or down (s, I)"),
     ("NOTICE", "a change made elsewhere (a trial watcher, another pannus)"),
     ("✓ ● ○ ↺", "apply stages: done, now, to do, undone"),
 ];

@@ -17,7 +17,7 @@ mod tests;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::journal::Entry;
-use crate::processes::UserNames;
+use crate::processes::{BuildIds, UserNames};
 use app::App;
 use crossterm::event::{Event as TermEvent, KeyEventKind};
 use crossterm::execute;
@@ -74,8 +74,9 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
         .name("pannus-snapshot".into())
         .spawn(move || {
             let mut users = UserNames::default();
+            let mut build_ids = BuildIds::default();
             loop {
-                let snapshot = snapshot::collect(&mut users);
+                let snapshot = snapshot::collect(&mut users, &mut build_ids);
                 let entries = journal.entries().unwrap_or_default();
                 let out = output
                     .as_ref()

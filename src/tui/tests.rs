@@ -75,6 +75,7 @@ fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
         exe: format!("/usr/sbin/{name}"),
         kernel_thread: false,
         state: 'S',
+        build_id: Some(format!("3f2a{:04x}9c1b0e447d55aa01b2c3d4e5f607182930", pid)),
         patches,
     }
 }
@@ -581,6 +582,44 @@ fn trials_show_their_deadline_in_clock_time_overdue_and_never_00_00_once_over() 
     let s = screen(&a, 80, 24);
     assert!(s.contains("COMMITTED") && s.contains("trial over: committed at 08:00:10 UTC"), "{s}");
     assert!(!s.contains("00:00 of") && !s.contains("OVERDUE"), "{s}");
+}
+
+#[test]
+fn s_cycles_the_sort_column_and_i_reverses_it_shown_in_the_header() {
+    let mut a = app();
+    let pids = |a: &App| a.visible().iter().map(|r| r.pid.get()).take(4).collect::<Vec<_>>();
+    // The default: patches on trial or stopped between stages first.
+    assert_eq!(pids(&a), vec![812, 901, 1, 1200]);
+    assert!(screen(&a, 120, 40).contains("STATE▲"));
+    a.on_key(ch('s'));
+    assert_eq!(pids(&a), vec![1, 812, 901, 1200]);
+    assert!(screen(&a, 120, 40).contains("PID▲"));
+    a.on_key(ch('I'));
+    assert_eq!(pids(&a), vec![2029, 2028, 2027, 2026]);
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("PID▼") && !s.contains("STATE▲"), "{s}");
+    a.on_key(ch('I'));
+    a.on_key(ch('s'));
+    assert_eq!(pids(&a), vec![1200, 1500, 901, 812], "by name: billingd, legacyd, mediad, sipd");
+    a.on_key(ch('s'));
+    assert!(screen(&a, 120, 40).contains("THR▲"));
+    a.on_key(ch('s'));
+    assert!(screen(&a, 120, 40).contains("USER▲"));
+    a.on_key(ch('s'));
+    assert_eq!(a.sort, super::app::SortBy::State);
+    // The selection stays on its process through every order.
+    assert_eq!(a.selected, Some(812));
+}
+
+#[test]
+fn the_list_shows_each_executable_s_build_id_abbreviated() {
+    let a = app();
+    let s = screen(&a, 120, 40);
+    let id = "3f2a032c9c1b"; // process 812's, abbreviated
+    assert!(s.contains("BUILD-ID") && s.contains(id), "{s}");
+    // At 80 columns it stays, and the executable's path is what goes.
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("BUILD-ID") && s.contains(id), "{s}");
 }
 
 #[test]
