@@ -702,3 +702,26 @@ fn the_list_shows_build_ids_and_sorts_by_the_column_picked() {
     tmux.keys(&["I"]);
     tmux.wait_for("PID▼");
 }
+
+/// The journal says which part of pannus acted, and narrows to one process with `i`.
+#[test]
+fn the_journal_shows_the_source_and_narrows_to_one_process() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let other = Proc::start("target_pie");
+    let m = state.manifest("journal-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, other.pid).ok();
+    state.apply(&m, t.pid).ok();
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["J"]);
+    let s = tmux.wait_for("SOURCE");
+    let row = |s: &str, pid: i32| s.lines().any(|l| l.contains(&format!(" {pid} ")) && l.contains(" cli "));
+    assert!(row(&s, t.pid) && row(&s, other.pid), "both applies, made by the command line:\n{s}");
+    // The newest entry is selected: the apply in `t`.
+    tmux.keys(&["i"]);
+    let s = tmux.wait_for(&format!("search: pid:{}", t.pid));
+    assert!(row(&s, t.pid) && !row(&s, other.pid), "only process {}'s entries:\n{s}", t.pid);
+    state.rollback(t.pid, None).ok();
+    state.rollback(other.pid, None).ok();
+}

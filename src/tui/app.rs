@@ -4,7 +4,7 @@
 use super::jobs::{Event, Job};
 use super::snapshot::{Badge, Snapshot};
 use crate::engine::{CheckLine, Stage};
-use crate::journal::Entry;
+use crate::journal::{Entry, Recorded};
 use crate::manifest::Manifest;
 use crate::processes::Process;
 use crate::registry::{PatchRecord, State};
@@ -224,7 +224,8 @@ pub struct App {
     pub pane: Pane,
     pub wizard: Option<Wizard>,
     pub trial: Option<(i32, String)>,
-    pub journal: Vec<Entry>,
+    /// The journal, oldest first, each entry with the part of pannus that acted.
+    pub journal: Vec<Recorded>,
     pub journal_offset: usize,
     /// The journal's search (`/`), and whether it is being typed.
     pub journal_search: String,
@@ -274,6 +275,29 @@ pub struct Pending {
 pub const MESSAGE_OK_SECS: u64 = 10;
 /// How long a failure or a notice stays in the footer, in seconds.
 pub const NOTICE_SECS: u64 = 60;
+
+/// The journal's fields a search word `FIELD:VALUE` names.
+pub const JOURNAL_FIELDS: &[&str] = &["pid", "patch", "outcome", "source", "action", "user"];
+
+/// Whether journal entry `r` matches search word `w` (lower case).
+fn journal_matches(r: &Recorded, w: &str) -> bool {
+    let e: &Entry = &r.entry;
+    if let Some((field, value)) = w.split_once(':').filter(|(f, _)| JOURNAL_FIELDS.contains(f)) {
+        return match field {
+            "pid" => e.pid.to_string() == value,
+            "patch" => e.patch.as_deref().is_some_and(|p| p.to_lowercase() == value),
+            "outcome" => e.outcome.to_lowercase() == value,
+            "source" => r.source.to_lowercase() == value,
+            "action" => e.action.to_lowercase() == value,
+            _ => e.user.to_lowercase() == value,
+        };
+    }
+    [&e.time, &e.user, &e.action, &e.process, &e.outcome, &e.detail, &r.source]
+        .iter()
+        .any(|f| f.to_lowercase().contains(w))
+        || e.pid.to_string().contains(w)
+        || e.patch.as_ref().is_some_and(|p| p.to_lowercase().contains(w))
+}
 
 /// A kernel thread: hidden unless asked for (`K`).
 pub fn is_kernel_thread(p: &Process) -> bool {
@@ -993,27 +1017,46 @@ impl App {
         }
     }
 
-    /// The journal entries shown: those matching the search (any field, any case), oldest first.
-    pub fn journal_visible(&self) -> Vec<&Entry> {
+    /// The journal entries shown, oldest first: those matching every word of the search, a
+    /// word `FIELD:VALUE` (see [`JOURNAL_FIELDS`]) that field exactly, any other word any field
+    /// (any case).
+    pub fn journal_visible(&self) -> Vec<&Recorded> {
         let q = self.journal_search.to_lowercase();
-        self.journal
-            .iter()
-            .filter(|e| {
-                q.is_empty()
-                    || [&e.time, &e.user, &e.action, &e.process, &e.outcome, &e.detail]
-                        .iter()
-                        .any(|f| f.to_lowercase().contains(&q))
-                    || e.pid.to_string().contains(&q)
-                    || e.patch.as_ref().is_some_and(|p| p.to_lowercase().contains(&q))
-            })
-            .collect()
+        self.journal.iter().filter(|r| q.split_whitespace().all(|w| journal_matches(r, w))).collect()
     }
 
     /// The journal entry selected, among those shown.
-    pub fn journal_selected(&self) -> Option<&Entry> {
+    pub fn journal_selected(&self) -> Option<&Recorded> {
         let v = self.journal_visible();
         let i = self.journal_offset.min(v.len().checked_sub(1)?);
         v.get(i).copied()
+    }
+
+    /// Shows only the entries with the selected entry's value of `field` (pid, patch, outcome),
+    /// or, when the search already narrows by that field, no longer narrows by it.
+    fn journal_narrow(&mut self, field: &str) {
+        let prefix = format!("{field}:");
+        let words: Vec<String> = self.journal_search.split_whitespace().map(str::to_string).collect();
+        let (by_field, others): (Vec<String>, Vec<String>) =
+            words.into_iter().partition(|w| w.to_lowercase().starts_with(&prefix));
+        let mut words = others;
+        if by_field.is_empty() {
+            let value = self.journal_selected().map(|r| match field {
+                "pid" => Some(r.entry.pid.to_string()),
+                "patch" => r.entry.patch.clone(),
+                _ => Some(r.entry.outcome.clone()),
+            });
+            match value {
+                None => return,
+                Some(None) => {
+                    self.say(false, "this entry names no patch");
+                    return;
+                }
+                Some(Some(v)) => words.push(format!("{prefix}{v}")),
+            }
+        }
+        self.journal_search = words.join(" ");
+        self.journal_offset = usize::MAX;
     }
 
     fn on_journal_search_key(&mut self, key: KeyEvent) {
@@ -1054,6 +1097,18 @@ impl App {
             KeyCode::Char('/') => {
                 self.journal_searching = true;
                 off
+            }
+            KeyCode::Char('i') => {
+                self.journal_narrow("pid");
+                return;
+            }
+            KeyCode::Char('p') => {
+                self.journal_narrow("patch");
+                return;
+            }
+            KeyCode::Char('o') => {
+                self.journal_narrow("outcome");
+                return;
             }
             KeyCode::Enter => {
                 self.journal_open = self.journal_selected().is_some();

@@ -89,11 +89,21 @@ pub const BINDINGS: &[Binding] = &[
         on_patch: false,
         screens: &[Screen::Processes, Screen::Detail],
     },
+    Binding {
+        keys: "i p o",
+        action: "only the selected entry's pid, patch, outcome (again: all)",
+        footer: false,
+        on_patch: false,
+        screens: &[Screen::Journal],
+    },
     Binding { keys: "q", action: "quit", footer: true, on_patch: false, screens: ALL },
 ];
 
 /// What the help screen says about `R` and the other destructive keys.
 pub const NOTES: &[&str] = &[
+    "The journal's / search keeps the entries that match every word; a word",
+    "  pid:N, patch:ID, outcome:WORD, source:WORD, action:WORD or user:NAME",
+    "  must match that field exactly (source: cli, console or watcher).",
     "R and C act on one patch, named in the footer: in the list, the newest patch",
     "  of the selected process; in the process view, the highlighted one; on the",
     "  trial screen, the trial's.",

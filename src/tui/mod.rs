@@ -16,7 +16,7 @@ mod tests;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::journal::Entry;
+use crate::journal::Recorded;
 use crate::processes::{BuildIds, UserNames};
 use app::App;
 use crossterm::event::{Event as TermEvent, KeyEventKind};
@@ -44,7 +44,7 @@ pub struct Options {
 /// What the collector sends: the process table and the journal.
 pub struct Refresh {
     pub snapshot: snapshot::Snapshot,
-    pub journal: Vec<Entry>,
+    pub journal: Vec<Recorded>,
     pub output: Option<String>,
 }
 
@@ -77,7 +77,7 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
             let mut build_ids = BuildIds::default();
             loop {
                 let snapshot = snapshot::collect(&mut users, &mut build_ids);
-                let entries = journal.entries().unwrap_or_default();
+                let entries = journal.recorded().unwrap_or_default();
                 let out = output
                     .as_ref()
                     .and_then(|p| std::fs::read_to_string(p).ok().and_then(|t| t.lines().last().map(str::to_string)));

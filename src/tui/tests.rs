@@ -6,7 +6,7 @@ use super::jobs::{Event, Job};
 use super::render::{self, Theme};
 use super::snapshot::Snapshot;
 use crate::engine::{CheckLine, Stage};
-use crate::journal::Entry;
+use crate::journal::{Entry, Recorded};
 use crate::processes::Process;
 use crate::registry::{FunctionRecord, JumpKind, OnExpiry, PatchRecord, State};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -110,27 +110,33 @@ fn app() -> App {
     a.set_snapshot(Snapshot { rows });
     a.selected = Some(812);
     a.journal = vec![
-        Entry {
-            time: "2026-11-27T08:00:00Z".into(),
-            user: "alice".into(),
-            uid: 1000,
-            action: "apply".into(),
-            pid: 812,
-            process: "sipd".into(),
-            patch: Some("invite-fix".into()),
-            outcome: "ok".into(),
-            detail: "state trial".into(),
+        Recorded {
+            entry: Entry {
+                time: "2026-11-27T08:00:00Z".into(),
+                user: "alice".into(),
+                uid: 1000,
+                action: "apply".into(),
+                pid: 812,
+                process: "sipd".into(),
+                patch: Some("invite-fix".into()),
+                outcome: "ok".into(),
+                detail: "state trial".into(),
+            },
+            source: "console".into(),
         },
-        Entry {
-            time: "2026-11-27T08:01:00Z".into(),
-            user: "bob".into(),
-            uid: 1001,
-            action: "apply".into(),
-            pid: 901,
-            process: "mediad".into(),
-            patch: Some("rtp-fix".into()),
-            outcome: "busy".into(),
-            detail: "busy: after 101 attempts, thread(s) 905 still in the way".into(),
+        Recorded {
+            entry: Entry {
+                time: "2026-11-27T08:01:00Z".into(),
+                user: "bob".into(),
+                uid: 1001,
+                action: "apply".into(),
+                pid: 901,
+                process: "mediad".into(),
+                patch: Some("rtp-fix".into()),
+                outcome: "busy".into(),
+                detail: "busy: after 101 attempts, thread(s) 905 still in the way".into(),
+            },
+            source: "cli".into(),
         },
     ];
     a
@@ -752,6 +758,55 @@ fn the_journal_searches_as_you_type_and_shows_an_entry_whole() {
     assert!(a.journal_search.is_empty() && a.screen == Screen::Journal, "Esc clears the search first");
     a.on_key(key(KeyCode::Esc));
     assert_eq!(a.screen, Screen::Processes);
+}
+
+#[test]
+fn the_journal_filters_by_pid_patch_and_outcome_and_shows_the_source() {
+    let mut a = app();
+    let mut watcher = a.journal[0].clone();
+    watcher.entry.action = "rollback".into();
+    watcher.entry.outcome = "ok".into();
+    watcher.entry.detail = "trial expired".into();
+    watcher.source = "watcher".into();
+    let mut other = a.journal[0].clone();
+    other.entry.patch = Some("cdr-fix".into());
+    other.entry.outcome = "failed".into();
+    a.journal.push(watcher);
+    a.journal.push(other);
+    a.on_key(ch('J'));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("SOURCE") && s.contains("console") && s.contains("cli") && s.contains("watcher"), "{s}");
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("SOURCE") && s.contains("watcher"), "the source shows at 80x24 too:\n{s}");
+    // The newest entry is selected: process 812, cdr-fix, failed.
+    a.on_key(ch('i'));
+    assert_eq!(a.journal_search, "pid:812");
+    assert_eq!(a.journal_visible().len(), 3);
+    a.on_key(ch('o'));
+    assert_eq!(a.journal_search, "pid:812 outcome:failed");
+    assert_eq!(a.journal_visible().len(), 1);
+    a.on_key(ch('o'));
+    a.on_key(key(KeyCode::Up));
+    a.on_key(ch('p'));
+    assert_eq!(a.journal_search, "pid:812 patch:invite-fix");
+    assert!(a.journal_visible().iter().all(|r| r.entry.patch.as_deref() == Some("invite-fix")));
+    assert_eq!(a.journal_visible().len(), 2);
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("2 of 4 entries match"), "{s}");
+    // Typed, the same words; a source too.
+    a.journal_search = "source:watcher".into();
+    assert_eq!(a.journal_visible().len(), 1);
+    a.journal_search = "pid:81".into();
+    assert!(a.journal_visible().is_empty(), "a field word matches the field exactly");
+    a.on_key(key(KeyCode::Enter));
+    a.journal_search = "source:watcher".into();
+    a.on_key(key(KeyCode::Enter));
+    assert!(screen(&a, 100, 30).contains("watcher"));
+    // Again: all entries.
+    a.on_key(key(KeyCode::Esc));
+    a.on_key(ch('i'));
+    a.on_key(ch('i'));
+    assert_eq!(a.journal_search, "source:watcher");
 }
 
 #[test]
