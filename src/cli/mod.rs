@@ -222,7 +222,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
     )
     .then_some(spare);
-    if matches!(command, Command::Apply { .. } | Command::Rollback { pid: Some(_), .. } | Command::Commit { .. }) {
+    if matches!(command, Command::Apply { .. } | Command::Rollback { .. } | Command::Commit { .. }) {
         interrupt::catch();
     }
     let result = match command {
@@ -766,7 +766,7 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
             return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
         }
     }
-    let summary = crate::fleet::rollback(engine, &plan, cascade, &mut |line| {
+    let summary = crate::fleet::rollback(engine, &plan, cascade, Some(interrupt::received), &mut |line| {
         if !json {
             say!("{line}");
         }
