@@ -411,6 +411,25 @@ fn the_detail_view_stays_on_its_process_after_a_rollback() {
 }
 
 #[test]
+fn ctrl_c_at_a_confirmation_means_no_and_with_nothing_pending_quits() {
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    // The confirmation R raises on a patch others require.
+    let mut a = app();
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(key(KeyCode::Up));
+    a.on_key(key(KeyCode::Up));
+    assert_eq!(a.on_key(ch('R')), None);
+    assert!(a.pending.is_some());
+    assert_eq!(a.on_key(ctrl_c), None, "no rollback starts");
+    assert!(a.pending.is_none() && a.quit, "the confirmation is answered no, and the console ends");
+    assert!(a.interrupted.is_some(), "non-zero: something was pending");
+    // Nothing pending, nothing running: Ctrl-C quits, exit 0.
+    let mut a = app();
+    assert_eq!(a.on_key(ctrl_c), None);
+    assert!(a.quit && a.interrupted.is_none());
+}
+
+#[test]
 fn r_and_c_act_on_the_same_named_patch() {
     let mut a = app();
     // The list: the newest patch of the selected row, for both keys, named in the footer.
