@@ -725,3 +725,45 @@ fn the_journal_shows_the_source_and_narrows_to_one_process() {
     state.rollback(t.pid, None).ok();
     state.rollback(other.pid, None).ok();
 }
+
+/// `C` on a patch that requires a patch still on trial (whose rollback at its deadline would
+/// take the committed one along) commits nothing without a confirmation naming both; Enter
+/// commits them together, what is required first.
+#[test]
+fn c_on_a_patch_whose_requirement_is_on_trial_asks_to_commit_both() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let trial = "trial:\n  duration: 10m\n  on_expiry: rollback\n";
+    let base = state.manifest("base-fix", "target_pie", "patch_base.so", &[("compute", "compute_base")], trial);
+    let dep = state.manifest(
+        "dep-fix",
+        "target_pie",
+        "patch_dep.so",
+        &[("helper", "helper_v2")],
+        &format!("requires: [base-fix]\n{trial}"),
+    );
+    state.apply(&base, t.pid).ok();
+    state.apply(&dep, t.pid).ok();
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("C commit dep-fix");
+    tmux.keys(&["C"]);
+    let s = tmux.wait_until("a confirmation or a commit", |s| s.contains("`base-fix`") || s.contains("committed"));
+    assert_eq!(patch_state(&state, t.pid, "dep-fix"), "trial", "nothing committed before Enter:\n{s}");
+    assert!(s.contains("`base-fix`") && s.contains("Enter"), "the confirmation names what it requires:\n{s}");
+    tmux.keys(&["Escape"]);
+    tmux.keys(&["C"]);
+    tmux.wait_for("`base-fix`");
+    tmux.keys(&["Enter"]);
+    let start = Instant::now();
+    while patch_state(&state, t.pid, "dep-fix") != "committed" {
+        assert!(start.elapsed() < Duration::from_secs(30), "dep-fix never committed:\n{}", tmux.screen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(patch_state(&state, t.pid, "base-fix"), "committed");
+}
