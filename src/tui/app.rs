@@ -822,8 +822,30 @@ impl App {
             self.say(false, format!("`{patch}` in process {pid} is {state}: only a patch on trial is committed{more}"));
             return None;
         }
-        self.busy = Some(format!("committing `{patch}` in {pid}"));
-        Some(Job::Commit { pid, patch, note: "committed from the console".into() })
+        let with = self
+            .snapshot
+            .rows
+            .iter()
+            .find(|r| r.pid.get() == pid)
+            .map(|r| crate::registry::required_in_trial(&r.patches, &patch))
+            .unwrap_or_default();
+        let job =
+            Job::Commit { pid, patch: patch.clone(), with: with.clone(), note: "committed from the console".into() };
+        if with.is_empty() {
+            self.busy = Some(format!("committing `{patch}` in {pid}"));
+            return Some(job);
+        }
+        // Their rollback at their deadline would take the committed patch along: both or none.
+        let names = with.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+        self.pending = Some(Pending {
+            title: format!("Commit {patch} in process {pid}"),
+            lines: vec![
+                format!("`{patch}` requires {names}, still on trial: rolled back at its deadline,"),
+                format!("it would take `{patch}` along. Enter commits {names} and then `{patch}`."),
+            ],
+            job,
+        });
+        None
     }
 
     /// Keys while a confirmation waits: Enter (or `y`) does what it says, Esc (or `n`) nothing.
@@ -835,8 +857,14 @@ impl App {
                     return Some(None);
                 }
                 let p = self.pending.take()?;
-                if let Job::Rollback { pid, patch, .. } = &p.job {
-                    self.busy = Some(format!("rolling back `{patch}` and what requires it in {pid}"));
+                match &p.job {
+                    Job::Rollback { pid, patch, .. } => {
+                        self.busy = Some(format!("rolling back `{patch}` and what requires it in {pid}"))
+                    }
+                    Job::Commit { pid, patch, .. } => {
+                        self.busy = Some(format!("committing `{patch}` and what it requires in {pid}"))
+                    }
+                    _ => {}
                 }
                 Some(Some(p.job))
             }

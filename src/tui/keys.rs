@@ -109,6 +109,8 @@ pub const NOTES: &[&str] = &[
     "  trial screen, the trial's.",
     "R rolls it back at once (rollback is the safe direction), unless other patches",
     "  require it: one confirmation names them; Enter rolls them back too.",
+    "C commits it; when it requires patches still on trial, one confirmation names",
+    "  them; Enter commits them too, first.",
     "Every stage of an apply shows exactly what it will do and waits for Enter;",
     "  Esc at a confirmation cancels and undoes the stages already done.",
 ];

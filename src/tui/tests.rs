@@ -331,7 +331,12 @@ fn commit_on_the_detail_screen_takes_the_selected_patch() {
     a.on_key(key(KeyCode::Up));
     assert_eq!(
         a.on_key(ch('C')),
-        Some(Job::Commit { pid: 812, patch: "invite-fix".into(), note: "committed from the console".into() })
+        Some(Job::Commit {
+            pid: 812,
+            patch: "invite-fix".into(),
+            with: vec![],
+            note: "committed from the console".into()
+        })
     );
 }
 
@@ -430,6 +435,28 @@ fn ctrl_c_at_a_confirmation_means_no_and_with_nothing_pending_quits() {
 }
 
 #[test]
+fn c_on_a_patch_whose_requirement_is_on_trial_asks_first_naming_it() {
+    let mut a = app();
+    let mut rows = a.snapshot.rows.clone();
+    let sipd = rows.iter_mut().find(|r| r.pid.get() == 812).unwrap();
+    sipd.patches[0].state = State::Trial;
+    sipd.patches[0].trial_deadline = Some(NOW + 600);
+    a.set_snapshot(Snapshot { rows });
+    assert_eq!(a.on_key(ch('C')), None, "nothing before the confirmation");
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("`cdr-fix` requires `base-fix`, still on trial") && s.contains("Enter proceed"), "{s}");
+    assert_eq!(
+        a.on_key(key(KeyCode::Enter)),
+        Some(Job::Commit {
+            pid: 812,
+            patch: "cdr-fix".into(),
+            with: vec!["base-fix".into()],
+            note: "committed from the console".into()
+        })
+    );
+}
+
+#[test]
 fn r_and_c_act_on_the_same_named_patch() {
     let mut a = app();
     // The list: the newest patch of the selected row, for both keys, named in the footer.
@@ -437,7 +464,12 @@ fn r_and_c_act_on_the_same_named_patch() {
     assert!(s.contains("C commit cdr-fix") && s.contains("R roll back cdr-fix"), "{s}");
     assert_eq!(
         a.on_key(ch('C')),
-        Some(Job::Commit { pid: 812, patch: "cdr-fix".into(), note: "committed from the console".into() })
+        Some(Job::Commit {
+            pid: 812,
+            patch: "cdr-fix".into(),
+            with: vec![],
+            note: "committed from the console".into()
+        })
     );
     a.busy = None;
     // The process view: the highlighted one.
