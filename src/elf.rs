@@ -680,6 +680,41 @@ fn read_tables(file: &std::fs::File, len: u64) -> Option<(Vec<u8>, FileRanges)> 
     Some((data, ranges))
 }
 
+/// The GNU build-id of the ELF file `file`, reading only its header, program headers and
+/// notes (a few hundred bytes); `None` when it has none or is not a 64-bit little-endian ELF.
+pub fn build_id_of(file: &std::fs::File) -> Option<String> {
+    use goblin::container::{Container, Ctx, Endian};
+    use std::os::unix::fs::FileExt;
+    const MAX_HEADERS: usize = 64 << 10;
+    let mut head = [0u8; 64];
+    file.read_exact_at(&mut head, 0).ok()?;
+    let h = Elf::parse_header(&head).ok()?;
+    if h.e_ident[header::EI_CLASS] != header::ELFCLASS64 || h.e_ident[header::EI_DATA] != header::ELFDATA2LSB {
+        return None;
+    }
+    let phs = usize::from(h.e_phnum).checked_mul(usize::from(h.e_phentsize)).filter(|&n| n <= MAX_HEADERS)?;
+    let mut phbuf = vec![0u8; phs];
+    file.read_exact_at(&mut phbuf, h.e_phoff).ok()?;
+    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let phdrs = goblin::elf::ProgramHeader::parse(&phbuf, 0, usize::from(h.e_phnum), ctx).ok()?;
+    for p in phdrs.iter().filter(|p| p.p_type == ph::PT_NOTE && p.p_filesz > 0) {
+        let Some(len) = usize::try_from(p.p_filesz).ok().filter(|&n| n <= MAX_HEADERS) else { continue };
+        let mut notes = vec![0u8; len];
+        if file.read_exact_at(&mut notes, p.p_offset).is_err() {
+            continue;
+        }
+        let align = usize::try_from(p.p_align).unwrap_or(0);
+        let mut it = goblin::elf::note::NoteDataIterator { data: &notes, offset: 0, size: len, ctx: (align, ctx) };
+        let id = it.by_ref().map_while(|n| n.ok()).find_map(|n| {
+            (n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU").then(|| hex::encode(n.desc))
+        });
+        if id.is_some() {
+            return id;
+        }
+    }
+    None
+}
+
 /// FNV-1a of a symbol name: the key of [`Object`]'s name index, which compares the names
 /// themselves on a match.
 fn name_hash(name: &str) -> u64 {
@@ -744,6 +779,17 @@ mod tests {
         let malloc = full.lookup_dynamic("malloc", None).unwrap().value;
         assert_eq!(full.function_at(malloc + 1), Some(("malloc", 1)));
         assert_eq!(tables.bytes_at(malloc, 16), full.bytes_at(malloc, 16));
+    }
+
+    #[test]
+    fn the_build_id_from_the_notes_alone_is_the_parsed_one() {
+        let path = libc_path();
+        let full = Object::load(&path, "libc").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(full.build_id.is_some());
+        assert_eq!(build_id_of(&file), full.build_id);
+        let text = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(build_id_of(&text), None);
     }
 
     #[test]

@@ -101,7 +101,8 @@ pub struct Summary {
     pub rollback_failed: Vec<Failed>,
     /// Things that went wrong without failing a process (e.g. a trial watcher not started).
     pub warnings: Vec<String>,
-    /// The signal that cancelled the run (apply): every process it patched is rolled back.
+    /// The signal that cancelled the run: an apply rolls back every process it patched; a
+    /// rollback touches no process after the one under way.
     pub cancelled: Option<String>,
 }
 
@@ -187,6 +188,9 @@ impl Summary {
         }
         for w in &self.warnings {
             out.push_str(&format!("  warning: {w}\n"));
+        }
+        if let Some(sig) = &self.cancelled {
+            out.push_str(&format!("  cancelled: {sig}\n"));
         }
         out
     }
@@ -456,10 +460,29 @@ impl Summary {
 
 /// Rolls `plan.patch` back in every member of `plan`, one process after the other (with
 /// `cascade`, the patches that require it first). `progress` receives a line per step.
-pub fn rollback(engine: &Engine, plan: &Plan, cascade: bool, progress: &mut dyn FnMut(&str)) -> Summary {
+///
+/// Once `interrupted` says a signal was received, the rollback under way finishes and no other
+/// process is touched: each is skipped, journaled as cancelled.
+pub fn rollback(
+    engine: &Engine,
+    plan: &Plan,
+    cascade: bool,
+    interrupted: Option<fn() -> Option<&'static str>>,
+    progress: &mut dyn FnMut(&str),
+) -> Summary {
     let mut s = Summary::new(Operation::Rollback, plan);
     for member in &plan.members {
         let pid = member.pid.get();
+        if s.cancelled.is_none() {
+            s.cancelled = interrupted.and_then(|received| received()).map(|sig| format!("{sig} received"));
+        }
+        if let Some(sig) = s.cancelled.as_deref() {
+            let reason = format!("not attempted: cancelled, {sig} during rollback --all");
+            progress(&format!("process {pid}: {reason}"));
+            let _ = engine.journal().record("rollback", pid, &member.name, Some(&plan.patch), "cancelled", &reason);
+            s.skipped.push(skipped(pid, reason, false));
+            continue;
+        }
         progress(&format!("process {pid} ({}): rolling back `{}`", member.name, plan.patch));
         match Session::open(engine, pid)
             .and_then(|mut session| session.rollback(Some(&plan.patch), cascade, &mut Quiet))

@@ -156,7 +156,12 @@ impl Journal {
 
     /// Every entry, oldest first (none before the first); lines that do not parse are skipped.
     pub fn entries(&self) -> Result<Vec<Entry>> {
-        Ok(self.entries_from(0)?.0.into_iter().map(|r| r.entry).collect())
+        Ok(self.recorded()?.into_iter().map(|r| r.entry).collect())
+    }
+
+    /// [`Journal::entries`], each with the part of pannus that acted.
+    pub fn recorded(&self) -> Result<Vec<Recorded>> {
+        Ok(self.entries_from(0)?.0)
     }
 
     /// The entries whose lines begin at byte `offset` or later and are complete, oldest first,

@@ -51,8 +51,16 @@ pub struct Process {
     /// The user name of `uid`, when the walk was asked to resolve names.
     pub user: Option<String>,
     pub threads: u32,
-    /// The path of the executable; empty when it cannot be read.
+    /// The path of the executable; empty when it cannot be read (a kernel thread, a zombie).
     pub exe: String,
+    /// A kernel thread: the kernel's `PF_KTHREAD` flag (`/proc/PID/stat`), not the lack of an
+    /// executable, which a zombie shares.
+    pub kernel_thread: bool,
+    /// The state letter of `/proc/PID/stat` (`R`, `S`, `D`, `Z`, `T`, ...); `?` unread.
+    pub state: char,
+    /// The GNU build-id of the executable it runs, when the walk's caller asked for it
+    /// ([`BuildIds::fill`], the console).
+    pub build_id: Option<String>,
     /// Every patch in the process's registry, in application order (rolled-back ones included).
     pub patches: Vec<PatchRecord>,
 }
@@ -96,6 +104,33 @@ impl UserNames {
     }
 }
 
+/// The build-ids of the executables processes run, each file read once (by device, inode, size
+/// and modification time) for as long as a process runs it.
+#[derive(Debug, Default)]
+pub struct BuildIds(HashMap<(u64, u64, u64, i64), Option<String>>);
+
+impl BuildIds {
+    /// Fills in the build-id of each row's executable (the file it runs, through
+    /// `/proc/PID/exe`, replaced on disk or not): one `stat` per process, and the headers and
+    /// notes of a file not seen before. Forgets the files no row runs any more.
+    pub fn fill(&mut self, rows: &mut [Process]) {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = HashMap::new();
+        for r in rows.iter_mut().filter(|r| !r.exe.is_empty()) {
+            let exe = format!("/proc/{}/exe", r.pid);
+            let Ok(m) = std::fs::metadata(&exe) else { continue };
+            let key = (m.dev(), m.ino(), m.size(), m.mtime());
+            let id = match self.0.get(&key) {
+                Some(id) => id.clone(),
+                None => std::fs::File::open(&exe).ok().and_then(|f| crate::elf::build_id_of(&f)),
+            };
+            r.build_id.clone_from(&id);
+            seen.insert(key, id);
+        }
+        self.0 = seen;
+    }
+}
+
 /// Every pid in `/proc` but pannus's own, in increasing order.
 pub fn pids() -> Vec<Pid> {
     let me = Pid(std::process::id() as i32);
@@ -129,6 +164,8 @@ pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
         let status = Status::parse(&text);
         let user = users.as_deref_mut().map(|u| u.name(status.uid).to_string());
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let (state, flags) = stat.as_deref().and_then(stat_fields).unwrap_or(('?', 0));
         out.push(Process {
             pid,
             name: status.name.to_string(),
@@ -136,6 +173,9 @@ pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
             user,
             threads: status.threads,
             exe,
+            kernel_thread: flags & PF_KTHREAD != 0,
+            state,
+            build_id: None,
             patches,
         });
     }
@@ -171,6 +211,17 @@ impl<'a> Status<'a> {
     }
 }
 
+/// The kernel's flag for its own threads (`include/linux/sched.h`).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The state letter and the flags (fields 3 and 9) of the text of `/proc/PID/stat`.
+fn stat_fields(stat: &str) -> Option<(char, u64)> {
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let flags = rest.nth(5)?.parse().ok()?;
+    Some((state, flags))
+}
+
 /// When process `pid` started (clock ticks after boot, field 22 of `/proc/PID/stat`): with the
 /// pid, what names one process, as pids are reused. `None` when it does not exist.
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -196,6 +247,41 @@ mod tests {
     }
 
     #[test]
+    fn stat_state_and_flags() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 12 0 0";
+        assert_eq!(stat_fields(kthreadd), Some(('S', 2_129_984)));
+        assert_ne!(2_129_984 & PF_KTHREAD, 0);
+        // A name with spaces and parentheses; a zombie, which has no PF_KTHREAD.
+        let zombie = "4242 (a (b) c) Z 1 4242 4242 0 -1 4227084 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0";
+        assert_eq!(stat_fields(zombie), Some(('Z', 4_227_084)));
+        assert_eq!(4_227_084 & PF_KTHREAD, 0);
+        assert_eq!(stat_fields("7 (x) R"), None);
+        assert_eq!(stat_fields(""), None);
+    }
+
+    #[test]
+    fn the_walk_tells_kernel_threads_by_their_flag() {
+        let all = list(Scope::All, None);
+        assert!(all.iter().any(|p| p.pid == Pid(2) && p.kernel_thread), "kthreadd is a kernel thread");
+        let parent = all.iter().find(|p| p.pid.get() == nix::unistd::getppid().as_raw());
+        assert!(parent.is_none_or(|p| !p.kernel_thread), "the test's parent is not");
+    }
+
+    #[test]
+    fn build_ids_of_the_running_executables() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut rows = list(Scope::All, None);
+        BuildIds::default().fill(&mut rows);
+        let row = rows.iter().find(|p| p.pid.get() == child.id() as i32).cloned();
+        let _ = child.kill();
+        let _ = child.wait();
+        let row = row.expect("the child is listed");
+        let parsed = crate::elf::Object::load(std::path::Path::new(&row.exe), "sleep").unwrap().build_id;
+        assert_eq!(row.build_id, parsed, "{}", row.exe);
+        assert!(rows.iter().filter(|p| p.kernel_thread).all(|p| p.build_id.is_none()));
+    }
+
+    #[test]
     fn pid_forms() {
         let pid: Pid = "812".parse().unwrap();
         assert_eq!(pid, Pid::from(812));
@@ -214,6 +300,9 @@ mod tests {
             user: None,
             threads: 1,
             exe: String::new(),
+            kernel_thread: false,
+            state: 'S',
+            build_id: None,
             patches: vec![],
         };
         assert_eq!(p.owner(), "1001");

@@ -374,6 +374,26 @@ impl Registry {
     }
 }
 
+/// The patches of `patches` that `patch` requires, directly or not, that are still in trial,
+/// those applied first first: what a commit of `patch` has to commit with it (their rollback at
+/// their deadline would take `patch` along).
+pub fn required_in_trial(patches: &[PatchRecord], patch: &str) -> Vec<String> {
+    let get = |id: &str| patches.iter().find(|p| p.patch == id);
+    let mut seen: Vec<&PatchRecord> = Vec::new();
+    let mut todo: Vec<&str> = vec![patch];
+    while let Some(id) = todo.pop() {
+        for req in get(id).map(|r| r.requires.as_slice()).unwrap_or_default() {
+            if let Some(r) = get(req).filter(|r| r.state.is_applied() && !seen.iter().any(|s| s.patch == r.patch)) {
+                seen.push(r);
+                todo.push(&r.patch);
+            }
+        }
+    }
+    seen.retain(|r| r.state == State::Trial);
+    seen.sort_by_key(|r| r.seq);
+    seen.into_iter().map(|r| r.patch.clone()).collect()
+}
+
 /// Where the registry lives in a process.
 #[derive(Debug, Clone, Copy)]
 pub struct Location {

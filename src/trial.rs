@@ -129,6 +129,10 @@ pub fn expire(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
             "the trial of `{patch}` in process {pid} ends in {left} s by this host's record, not yet"
         )));
     }
+    let waiting = required_on_trial(&reg, rec);
+    if entry.on_expiry == OnExpiry::Commit && !waiting.is_empty() {
+        return Err(Error::precondition(postponed(pid, patch, &waiting)));
+    }
     match (rec.state, entry.on_expiry) {
         (State::Trial, OnExpiry::Commit) => {
             s.commit(patch, "trial expired: committed by policy")?;
@@ -140,6 +144,21 @@ pub fn expire(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
         }
         (st, _) => Ok(st),
     }
+}
+
+/// The patches `rec` requires that are still on trial in `reg`: while there are any, a commit of
+/// `rec` at its deadline waits (their rollback would take it along).
+fn required_on_trial(reg: &crate::registry::Registry, rec: &PatchRecord) -> Vec<String> {
+    rec.requires.iter().filter(|r| reg.get(r).is_some_and(|p| p.state == State::Trial)).cloned().collect()
+}
+
+/// Why the commit of `patch` at its deadline waits for `waiting`.
+fn postponed(pid: i32, patch: &str, waiting: &[String]) -> String {
+    let names = waiting.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ");
+    format!(
+        "the trial of `{patch}` in process {pid} is over, but it requires {names}, still on trial: it is committed \
+         once {names} is committed, and rolled back with it otherwise"
+    )
 }
 
 /// The patch in the process is not the one root recorded (rolled back and applied again from
@@ -205,6 +224,8 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
     let mut next_check: Option<Instant> = None;
     let mut health = Health::default();
     let mut entry: Option<ledger::Entry> = None;
+    // Whether the journal says the commit waits for a patch it requires.
+    let mut said_postponed = false;
     loop {
         let reg = match still_on_trial(pid, patch)? {
             Ok(reg) => reg,
@@ -270,6 +291,16 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
                 // with the next one.
                 let _ = Session::open(engine, pid).and_then(|mut s| s.record_health(patch, &health));
             }
+        }
+        let waiting = required_on_trial(&reg, rec);
+        if left == 0 && entry.on_expiry == OnExpiry::Commit && !waiting.is_empty() {
+            if !said_postponed {
+                let detail = postponed(pid, patch, &waiting);
+                let _ = engine.journal().record("trial-watch", pid, "", Some(patch), "busy", &detail);
+                said_postponed = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
         }
         if left == 0 {
             on_duty();

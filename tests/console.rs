@@ -85,6 +85,12 @@ impl Tmux {
         }
         panic!("no pannus under the pane's shell {shell}");
     }
+    /// The terminal vanishes: the tmux server and every pane's terminal with it, as when the
+    /// SSH session or the tmux server under the console dies.
+    fn kill_server(&self) {
+        let _ =
+            Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(std::process::Stdio::null()).status();
+    }
     fn alive(&self) -> bool {
         Command::new("tmux")
             .args(["-L", &self.socket, "has-session", "-t", "t"])
@@ -360,9 +366,22 @@ fn last_apply_outcome(state: &State, pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Waits (30 s at most) for process `pid` to end: gone, or a zombie nobody reaps. One still
+/// running at the deadline is killed, so that a failing test leaves no console behind.
+fn wait_ended(pid: i32, what: &str) {
+    let start = Instant::now();
+    while !matches!(run_state(pid), None | Some('Z')) {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            panic!("the console ({pid}) still runs 30 s after {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Interrupts the console at the second stage's confirmation, the first stage done, with
 /// `interrupt`, and checks that the target is as it was, the journal says cancelled and the
-/// console exits non-zero.
+/// console exits (non-zero, when the pane's shell outlives it to say so).
 fn interrupted_at_a_stage_confirmation(interrupt: impl FnOnce(&Tmux)) {
     let state = State::new();
     let mut t = Proc::start("target_pie");
@@ -372,9 +391,12 @@ fn interrupted_at_a_stage_confirmation(interrupt: impl FnOnce(&Tmux)) {
     tmux.keys(&["Enter"]);
     tmux.wait_for("Stage 2 of 4: LINK");
     assert!(t.maps().contains("patch_compute"), "stage 1 mapped the module");
+    let console = tmux.console_pid();
     interrupt(&tmux);
-    let code = console_exit(&state);
-    assert_ne!(code, 0, "the console exits non-zero");
+    wait_ended(console, "it was interrupted at a stage confirmation");
+    if tmux.alive() {
+        assert_ne!(console_exit(&state), 0, "the console exits non-zero");
+    }
     let maps = t.maps();
     assert!(!maps.contains("patch_compute"), "nothing of the module is left mapped:\n{maps}");
     assert_eq!(t.ask("c 5"), "6", "the target behaves as before");
@@ -395,6 +417,37 @@ fn sighup_at_a_stage_confirmation_undoes_the_stages_done() {
         let pid = tmux.console_pid();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
     });
+}
+
+/// The defect: a console whose terminal vanished (the tmux server or the SSH session gone) went
+/// on running as an orphan, spinning on the closed terminal and deaf to SIGTERM. It ends, and
+/// an apply waiting at a confirmation is undone as Ctrl-C undoes it.
+#[test]
+fn a_console_whose_terminal_vanishes_at_a_stage_confirmation_undoes_the_stages_done() {
+    interrupted_at_a_stage_confirmation(|tmux| tmux.kill_server());
+}
+
+/// The same with nothing in progress: the console simply ends.
+#[test]
+fn a_console_whose_terminal_vanishes_exits() {
+    let state = State::new();
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    let console = tmux.console_pid();
+    tmux.kill_server();
+    wait_ended(console, "its terminal vanished");
+}
+
+/// SIGTERM with nothing in progress ends the console, non-zero.
+#[test]
+fn sigterm_with_nothing_in_progress_ends_the_console_non_zero() {
+    let state = State::new();
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    let console = tmux.console_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(console), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_ended(console, "SIGTERM");
+    assert_ne!(console_exit(&state), 0, "the console exits non-zero");
 }
 
 fn run_state(pid: i32) -> Option<char> {
@@ -591,4 +644,126 @@ fn a_lock_wait_names_the_pannus_holding_the_process() {
     assert!(holder.wait().unwrap().success(), "the commit finished");
     tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
     assert_eq!(t.ask("c 5"), "6");
+}
+
+/// Whether the process list on `screen` has a row for `pid`.
+fn listed(screen: &str, pid: u32) -> bool {
+    let want = format!("{pid} ");
+    screen.lines().any(|l| l.trim_start_matches(['│', '▶', ' ']).starts_with(&want))
+}
+
+/// A zombie has no executable and no command line, as a kernel thread has none: it is listed
+/// all the same, while kernel threads (told by the kernel's own flag) stay hidden.
+#[test]
+fn a_zombie_is_listed_while_kernel_threads_are_hidden() {
+    let state = State::new();
+    // Not waited for until the end: a zombie meanwhile.
+    let mut zombie = Command::new("true").spawn().expect("true runs");
+    let pid = zombie.id();
+    let start = Instant::now();
+    while run_state(pid as i32) != Some('Z') {
+        assert!(start.elapsed() < Duration::from_secs(30), "the child never became a zombie");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let tmux = Tmux::start(&state, 100, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    let s = tmux.wait_until("the filtered list", |s| s.contains(&format!("filter: {pid}")));
+    assert!(listed(&s, pid), "the zombie {pid} is listed:\n{s}");
+    tmux.keys(&["Escape", "/", "k", "t", "h", "r", "e", "a", "d", "d"]);
+    let s = tmux.wait_for("filter: kthreadd");
+    assert!(!listed(&s, 2), "kthreadd stays hidden:\n{s}");
+    zombie.wait().unwrap();
+}
+
+/// The list shows the build-id of what each process runs, and sorts by the column `s` picks,
+/// marked in the header.
+#[test]
+fn the_list_shows_build_ids_and_sorts_by_the_column_picked() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let id = common::build_id(&common::bin("target_pie"));
+    let tmux = Tmux::start(&state, 120, 30);
+    let s = tmux.wait_for("STATE▲");
+    assert!(s.contains("BUILD-ID"), "{s}");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_until("the filtered list", |s| s.contains(&format!("filter: {}", t.pid)));
+    let row = s.lines().find(|l| l.contains(&format!("{} ", t.pid)) && l.contains("target_pie")).unwrap_or("");
+    assert!(row.contains(&id[..12]), "the row shows build-id {id}, abbreviated:\n{s}");
+    tmux.keys(&["s"]);
+    tmux.wait_for("PID▲");
+    tmux.keys(&["I"]);
+    tmux.wait_for("PID▼");
+}
+
+/// The journal says which part of pannus acted, and narrows to one process with `i`.
+#[test]
+fn the_journal_shows_the_source_and_narrows_to_one_process() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let other = Proc::start("target_pie");
+    let m = state.manifest("journal-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, other.pid).ok();
+    state.apply(&m, t.pid).ok();
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["J"]);
+    let s = tmux.wait_for("SOURCE");
+    let row = |s: &str, pid: i32| s.lines().any(|l| l.contains(&format!(" {pid} ")) && l.contains(" cli "));
+    assert!(row(&s, t.pid) && row(&s, other.pid), "both applies, made by the command line:\n{s}");
+    // The newest entry is selected: the apply in `t`.
+    tmux.keys(&["i"]);
+    let s = tmux.wait_for(&format!("search: pid:{}", t.pid));
+    assert!(row(&s, t.pid) && !row(&s, other.pid), "only process {}'s entries:\n{s}", t.pid);
+    state.rollback(t.pid, None).ok();
+    state.rollback(other.pid, None).ok();
+}
+
+/// `C` on a patch that requires a patch still on trial (whose rollback at its deadline would
+/// take the committed one along) commits nothing without a confirmation naming both; Enter
+/// commits them together, what is required first.
+#[test]
+fn c_on_a_patch_whose_requirement_is_on_trial_asks_to_commit_both() {
+    let state = State::new();
+    let t = Proc::start("target_pie");
+    let trial = "trial:\n  duration: 10m\n  on_expiry: rollback\n";
+    let base = state.manifest("base-fix", "target_pie", "patch_base.so", &[("compute", "compute_base")], trial);
+    let dep = state.manifest(
+        "dep-fix",
+        "target_pie",
+        "patch_dep.so",
+        &[("helper", "helper_v2")],
+        &format!("requires: [base-fix]\n{trial}"),
+    );
+    state.apply(&base, t.pid).ok();
+    state.apply(&dep, t.pid).ok();
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("C commit dep-fix");
+    tmux.keys(&["C"]);
+    let s = tmux.wait_until("a confirmation or a commit", |s| s.contains("`base-fix`") || s.contains("committed"));
+    assert_eq!(patch_state(&state, t.pid, "dep-fix"), "trial", "nothing committed before Enter:\n{s}");
+    assert!(s.contains("`base-fix`") && s.contains("Enter"), "the confirmation names what it requires:\n{s}");
+    tmux.keys(&["Escape"]);
+    tmux.keys(&["C"]);
+    tmux.wait_for("`base-fix`");
+    tmux.keys(&["Enter"]);
+    let start = Instant::now();
+    while patch_state(&state, t.pid, "dep-fix") != "committed" {
+        assert!(start.elapsed() < Duration::from_secs(30), "dep-fix never committed:\n{}", tmux.screen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(patch_state(&state, t.pid, "base-fix"), "committed");
 }

@@ -238,3 +238,32 @@ fn a_signal_during_apply_all_leaves_every_process_as_it_was() {
         }
     }
 }
+
+/// A signal during `rollback --all` stops it between processes: the rollback under way (here
+/// inside its stop of every thread) finishes, the processes after it are not touched and are
+/// journaled as cancelled, and pannus exits 1.
+#[test]
+fn a_signal_during_rollback_all_stops_between_processes() {
+    let _serial = serial();
+    let state = State::new();
+    let mut a = Proc::start("target_pie");
+    let mut b = Proc::start("target_pie");
+    let m = compute_fix(&state);
+    state.apply(&m, a.pid).ok();
+    state.apply(&m, b.pid).ok();
+    let args = ["rollback", "--all", "compute-fix", "--yes"];
+    let (code, out) =
+        common::signal_while_paused(&state, &args, "every thread stopped", nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cancelled"), "{out}");
+    // One after the other, in pid order.
+    let (first, second) = if a.pid < b.pid { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    assert_eq!(first.ask("c 5"), "6", "the rollback under way finished");
+    assert!(!first.maps().contains("patch_compute.so"), "{}", first.maps());
+    assert_eq!(second.ask("c 5"), "500", "the process after it is untouched");
+    let entries = common::journal(&state);
+    let last = |pid: i32| entries.iter().rev().find(|e| e["action"] == "rollback" && e["pid"] == pid).cloned();
+    assert_eq!(last(first.pid).map(|e| e["outcome"].clone()), Some("ok".into()), "{entries:?}");
+    assert_eq!(last(second.pid).map(|e| e["outcome"].clone()), Some("cancelled".into()), "{entries:?}");
+    state.rollback(second.pid, None).ok();
+}

@@ -260,3 +260,34 @@ fn an_apply_that_sees_an_overdue_trial_carries_out_its_policy_first() {
         vec![("late-fix".into(), "rolled-back".into()), ("lib-fix".into(), "trial".into())]
     );
 }
+
+/// The trial watcher of a patch whose trial commits at its end does not commit it while a patch
+/// it requires is still on trial (whose rollback would take it along): it waits, says so in the
+/// journal, and commits it once what it requires is committed.
+#[test]
+fn the_watcher_commits_a_patch_only_once_what_it_requires_is_committed() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    base_and_dep(
+        &state,
+        &t,
+        "trial:\n  duration: 10m\n  on_expiry: rollback\n",
+        "trial:\n  duration: 1s\n  on_expiry: commit\n",
+    );
+    let pid = t.pid;
+    let dep_state = || state.status(pid)["patches"][1]["state"].as_str().unwrap_or_default().to_string();
+    let postponed = || {
+        common::journal(&state).into_iter().any(|e| {
+            e["action"] == "trial-watch"
+                && e["patch"] == "dep-fix"
+                && e["detail"].as_str().is_some_and(|d| d.contains("`base-fix`"))
+        })
+    };
+    wait_until("dep-fix's watcher acts at its deadline", || postponed() || dep_state() != "trial");
+    assert_eq!(states(&state, t.pid), pair("trial", "trial"), "{:?}", common::journal(&state));
+    assert_eq!(t.ask("h 3"), "10006");
+    state.pannus(&["commit", "--pid", &t.pid.to_string(), "base-fix", "--yes"]).ok();
+    wait_until("dep-fix is committed by its watcher", || dep_state() == "committed");
+    let note = state.status(t.pid)["patches"][1]["note"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("trial expired"), "{note}");
+}

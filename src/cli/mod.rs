@@ -253,7 +253,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
     )
     .then_some(spare);
-    if matches!(command, Command::Apply { .. } | Command::Rollback { pid: Some(_), .. } | Command::Commit { .. }) {
+    if matches!(command, Command::Apply { .. } | Command::Rollback { .. } | Command::Commit { .. }) {
         interrupt::catch();
     }
     let result = match command {
@@ -480,7 +480,7 @@ fn cancel_applied(mut s: Session, patch: &str, sig: &str) -> Result<()> {
 fn commit(engine: &Engine, pid: i32, patch: &str, yes: bool, json: bool) -> Result<()> {
     overdue_first(engine, pid);
     let mut s = Session::open(engine, pid)?;
-    let required = required_in_trial(&s.registry()?, patch);
+    let required = crate::registry::required_in_trial(&s.registry()?.patches, patch);
     if !required.is_empty() && !yes {
         let names = required.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ");
         let (them, it) = if required.len() == 1 { ("it", "is") } else { ("they", "are") };
@@ -517,24 +517,6 @@ fn commit(engine: &Engine, pid: i32, patch: &str, yes: bool, json: bool) -> Resu
         );
     }
     Ok(())
-}
-
-/// The patches `patch` requires, directly or not, that are still in trial, those applied first
-/// first.
-fn required_in_trial(reg: &crate::registry::Registry, patch: &str) -> Vec<String> {
-    let mut seen: Vec<&PatchRecord> = Vec::new();
-    let mut todo: Vec<&str> = vec![patch];
-    while let Some(id) = todo.pop() {
-        for req in reg.get(id).map(|r| r.requires.as_slice()).unwrap_or_default() {
-            if let Some(r) = reg.get(req).filter(|r| r.state.is_applied() && !seen.iter().any(|s| s.patch == r.patch)) {
-                seen.push(r);
-                todo.push(&r.patch);
-            }
-        }
-    }
-    seen.retain(|r| r.state == State::Trial);
-    seen.sort_by_key(|r| r.seq);
-    seen.into_iter().map(|r| r.patch.clone()).collect()
 }
 
 fn check(engine: &Engine, path: &std::path::Path, pid: i32, json: bool) -> Result<()> {
@@ -802,7 +784,7 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
             return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
         }
     }
-    let summary = crate::fleet::rollback(engine, &plan, cascade, &mut |line| {
+    let summary = crate::fleet::rollback(engine, &plan, cascade, Some(interrupt::received), &mut |line| {
         if !json {
             say!("{line}");
         }

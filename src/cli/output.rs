@@ -294,12 +294,20 @@ pub struct FleetRollback<'a> {
     pub rolled_back: &'a [i32],
     #[serde(flatten)]
     pub not_done: NotDone<'a>,
+    /// The signal that stopped the run, when one did: no process after it was touched.
+    pub cancelled: Option<&'a str>,
     pub exit: i32,
 }
 
 impl<'a> From<&'a Summary> for FleetRollback<'a> {
     fn from(s: &'a Summary) -> FleetRollback<'a> {
-        FleetRollback { patch: &s.patch, rolled_back: &s.rolled_back, not_done: s.into(), exit: s.exit_code() }
+        FleetRollback {
+            patch: &s.patch,
+            rolled_back: &s.rolled_back,
+            not_done: s.into(),
+            cancelled: s.cancelled.as_deref(),
+            exit: s.exit_code(),
+        }
     }
 }
 
@@ -523,7 +531,14 @@ mod tests {
         );
         assert_eq!(
             to_value(&FleetRollback::from(&summary(Operation::Rollback))),
-            json!({"patch": "compute-fix", "rolled_back": [102, 101], "skipped": skipped, "failed": failed, "exit": 1})
+            json!({
+                "patch": "compute-fix",
+                "rolled_back": [102, 101],
+                "skipped": skipped,
+                "failed": failed,
+                "cancelled": null,
+                "exit": 1
+            })
         );
     }
 }

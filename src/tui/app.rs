@@ -4,7 +4,7 @@
 use super::jobs::{Event, Job};
 use super::snapshot::{Badge, Snapshot};
 use crate::engine::{CheckLine, Stage};
-use crate::journal::Entry;
+use crate::journal::{Entry, Recorded};
 use crate::manifest::Manifest;
 use crate::processes::Process;
 use crate::registry::{PatchRecord, State};
@@ -30,6 +30,58 @@ impl Screen {
             Screen::Trial => "Trial",
             Screen::Journal => "Journal",
         }
+    }
+}
+
+/// What the process list is sorted by (`s` moves to the next, `I` reverses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortBy {
+    /// Patches on trial (or overdue, or stopped between stages) first, then committed ones,
+    /// then the rest, each in pid order.
+    #[default]
+    State,
+    Pid,
+    Name,
+    Threads,
+    User,
+}
+
+impl SortBy {
+    pub fn next(self) -> SortBy {
+        match self {
+            SortBy::State => SortBy::Pid,
+            SortBy::Pid => SortBy::Name,
+            SortBy::Name => SortBy::Threads,
+            SortBy::Threads => SortBy::User,
+            SortBy::User => SortBy::State,
+        }
+    }
+
+    /// The title of the column sorted by.
+    pub fn column(self) -> &'static str {
+        match self {
+            SortBy::State => "STATE",
+            SortBy::Pid => "PID",
+            SortBy::Name => "NAME",
+            SortBy::Threads => "THR",
+            SortBy::User => "USER",
+        }
+    }
+
+    fn order(self, a: &Process, b: &Process, now: u64) -> std::cmp::Ordering {
+        let rank = |r: &Process| match Badge::of(r, now) {
+            Badge::Partial | Badge::Overdue | Badge::Trial(_) => 0,
+            Badge::Active => 1,
+            Badge::None => 2,
+        };
+        match self {
+            SortBy::State => rank(a).cmp(&rank(b)),
+            SortBy::Pid => std::cmp::Ordering::Equal,
+            SortBy::Name => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
+            SortBy::Threads => a.threads.cmp(&b.threads),
+            SortBy::User => a.owner().cmp(&b.owner()),
+        }
+        .then(a.pid.cmp(&b.pid))
     }
 }
 
@@ -161,6 +213,9 @@ pub struct App {
     pub patched_only: bool,
     /// Kernel threads listed too (hidden by default: nothing to patch there).
     pub kernel_threads: bool,
+    /// The process list's order, and whether it is reversed.
+    pub sort: SortBy,
+    pub sort_reversed: bool,
     /// The selected process, by pid so that it survives refreshes.
     pub selected: Option<i32>,
     /// The process the detail view was opened for: it stays on it whatever the list shows.
@@ -169,7 +224,8 @@ pub struct App {
     pub pane: Pane,
     pub wizard: Option<Wizard>,
     pub trial: Option<(i32, String)>,
-    pub journal: Vec<Entry>,
+    /// The journal, oldest first, each entry with the part of pannus that acted.
+    pub journal: Vec<Recorded>,
     pub journal_offset: usize,
     /// The journal's search (`/`), and whether it is being typed.
     pub journal_search: String,
@@ -220,8 +276,36 @@ pub const MESSAGE_OK_SECS: u64 = 10;
 /// How long a failure or a notice stays in the footer, in seconds.
 pub const NOTICE_SECS: u64 = 60;
 
-/// A process without an executable: a kernel thread (or a zombie), with nothing to patch.
+/// The journal's fields a search word `FIELD:VALUE` names.
+pub const JOURNAL_FIELDS: &[&str] = &["pid", "patch", "outcome", "source", "action", "user"];
+
+/// Whether journal entry `r` matches search word `w` (lower case).
+fn journal_matches(r: &Recorded, w: &str) -> bool {
+    let e: &Entry = &r.entry;
+    if let Some((field, value)) = w.split_once(':').filter(|(f, _)| JOURNAL_FIELDS.contains(f)) {
+        return match field {
+            "pid" => e.pid.to_string() == value,
+            "patch" => e.patch.as_deref().is_some_and(|p| p.to_lowercase() == value),
+            "outcome" => e.outcome.to_lowercase() == value,
+            "source" => r.source.to_lowercase() == value,
+            "action" => e.action.to_lowercase() == value,
+            _ => e.user.to_lowercase() == value,
+        };
+    }
+    [&e.time, &e.user, &e.action, &e.process, &e.outcome, &e.detail, &r.source]
+        .iter()
+        .any(|f| f.to_lowercase().contains(w))
+        || e.pid.to_string().contains(w)
+        || e.patch.as_ref().is_some_and(|p| p.to_lowercase().contains(w))
+}
+
+/// A kernel thread: hidden unless asked for (`K`).
 pub fn is_kernel_thread(p: &Process) -> bool {
+    p.kernel_thread
+}
+
+/// A process without an executable (a kernel thread, a zombie): nothing to patch.
+pub fn has_no_executable(p: &Process) -> bool {
     p.exe.is_empty()
 }
 
@@ -260,6 +344,8 @@ impl App {
             filtering: false,
             patched_only: false,
             kernel_threads: false,
+            sort: SortBy::default(),
+            sort_reversed: false,
             selected: None,
             detail: None,
             detail_patch: 0,
@@ -290,8 +376,9 @@ impl App {
     }
 
     /// The rows the process list shows, after the filter and the patched-only and kernel-thread
-    /// toggles: processes with a patch in trial (or stopped between stages) first, then those
-    /// with committed patches, then the others, each in pid order.
+    /// toggles, in the order of [`App::sort`]: by default processes with a patch in trial (or
+    /// stopped between stages) first, then those with committed patches, then the others, each
+    /// in pid order.
     pub fn visible(&self) -> Vec<&Process> {
         let f = self.filter.to_lowercase();
         let mut rows: Vec<&Process> = self
@@ -307,10 +394,13 @@ impl App {
                     || r.patches.iter().any(|p| p.patch.contains(&f))
             })
             .collect();
-        rows.sort_by_key(|r| match Badge::of(r, self.now) {
-            Badge::Partial | Badge::Overdue | Badge::Trial(_) => 0,
-            Badge::Active => 1,
-            Badge::None => 2,
+        rows.sort_by(|a, b| {
+            let o = self.sort.order(a, b, self.now);
+            if self.sort_reversed {
+                o.reverse()
+            } else {
+                o
+            }
         });
         rows
     }
@@ -378,7 +468,7 @@ impl App {
 
     /// Whether `a` has a process to apply a patch to here.
     pub fn can_apply(&self) -> bool {
-        self.acted_on().is_some_and(|r| !is_kernel_thread(r))
+        self.acted_on().is_some_and(|r| !is_kernel_thread(r) && !has_no_executable(r))
     }
 
     /// The terminal as last drawn.
@@ -615,8 +705,15 @@ impl App {
         match key.code {
             KeyCode::Char('R') => self.rollback_key(),
             KeyCode::Char('C') => self.commit_key(),
-            KeyCode::Char('a') if is_kernel_thread(row) => {
-                self.say(false, format!("process {pid} has no executable (a kernel thread): nothing to patch"));
+            KeyCode::Char('a') if is_kernel_thread(row) || has_no_executable(row) => {
+                let what = if is_kernel_thread(row) {
+                    "is a kernel thread"
+                } else if row.state == 'Z' {
+                    "is a zombie (it has exited)"
+                } else {
+                    "has no executable pannus can read"
+                };
+                self.say(false, format!("process {pid} {what}: nothing to patch"));
                 None
             }
             KeyCode::Char('a') => {
@@ -725,8 +822,30 @@ impl App {
             self.say(false, format!("`{patch}` in process {pid} is {state}: only a patch on trial is committed{more}"));
             return None;
         }
-        self.busy = Some(format!("committing `{patch}` in {pid}"));
-        Some(Job::Commit { pid, patch, note: "committed from the console".into() })
+        let with = self
+            .snapshot
+            .rows
+            .iter()
+            .find(|r| r.pid.get() == pid)
+            .map(|r| crate::registry::required_in_trial(&r.patches, &patch))
+            .unwrap_or_default();
+        let job =
+            Job::Commit { pid, patch: patch.clone(), with: with.clone(), note: "committed from the console".into() };
+        if with.is_empty() {
+            self.busy = Some(format!("committing `{patch}` in {pid}"));
+            return Some(job);
+        }
+        // Their rollback at their deadline would take the committed patch along: both or none.
+        let names = with.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+        self.pending = Some(Pending {
+            title: format!("Commit {patch} in process {pid}"),
+            lines: vec![
+                format!("`{patch}` requires {names}, still on trial: rolled back at its deadline,"),
+                format!("it would take `{patch}` along. Enter commits {names} and then `{patch}`."),
+            ],
+            job,
+        });
+        None
     }
 
     /// Keys while a confirmation waits: Enter (or `y`) does what it says, Esc (or `n`) nothing.
@@ -738,8 +857,14 @@ impl App {
                     return Some(None);
                 }
                 let p = self.pending.take()?;
-                if let Job::Rollback { pid, patch, .. } = &p.job {
-                    self.busy = Some(format!("rolling back `{patch}` and what requires it in {pid}"));
+                match &p.job {
+                    Job::Rollback { pid, patch, .. } => {
+                        self.busy = Some(format!("rolling back `{patch}` and what requires it in {pid}"))
+                    }
+                    Job::Commit { pid, patch, .. } => {
+                        self.busy = Some(format!("committing `{patch}` and what it requires in {pid}"))
+                    }
+                    _ => {}
                 }
                 Some(Some(p.job))
             }
@@ -772,6 +897,9 @@ impl App {
                 self.kernel_threads = !self.kernel_threads;
                 self.fix_selection();
             }
+            // The selection stays on its process, wherever the new order puts it.
+            KeyCode::Char('s') => self.sort = self.sort.next(),
+            KeyCode::Char('I') => self.sort_reversed = !self.sort_reversed,
             KeyCode::Enter => {
                 if let Some((pid, n)) = self.selected_row().map(|r| (r.pid.get(), r.patches.len())) {
                     self.detail_patch = n.saturating_sub(1);
@@ -917,27 +1045,46 @@ impl App {
         }
     }
 
-    /// The journal entries shown: those matching the search (any field, any case), oldest first.
-    pub fn journal_visible(&self) -> Vec<&Entry> {
+    /// The journal entries shown, oldest first: those matching every word of the search, a
+    /// word `FIELD:VALUE` (see [`JOURNAL_FIELDS`]) that field exactly, any other word any field
+    /// (any case).
+    pub fn journal_visible(&self) -> Vec<&Recorded> {
         let q = self.journal_search.to_lowercase();
-        self.journal
-            .iter()
-            .filter(|e| {
-                q.is_empty()
-                    || [&e.time, &e.user, &e.action, &e.process, &e.outcome, &e.detail]
-                        .iter()
-                        .any(|f| f.to_lowercase().contains(&q))
-                    || e.pid.to_string().contains(&q)
-                    || e.patch.as_ref().is_some_and(|p| p.to_lowercase().contains(&q))
-            })
-            .collect()
+        self.journal.iter().filter(|r| q.split_whitespace().all(|w| journal_matches(r, w))).collect()
     }
 
     /// The journal entry selected, among those shown.
-    pub fn journal_selected(&self) -> Option<&Entry> {
+    pub fn journal_selected(&self) -> Option<&Recorded> {
         let v = self.journal_visible();
         let i = self.journal_offset.min(v.len().checked_sub(1)?);
         v.get(i).copied()
+    }
+
+    /// Shows only the entries with the selected entry's value of `field` (pid, patch, outcome),
+    /// or, when the search already narrows by that field, no longer narrows by it.
+    fn journal_narrow(&mut self, field: &str) {
+        let prefix = format!("{field}:");
+        let words: Vec<String> = self.journal_search.split_whitespace().map(str::to_string).collect();
+        let (by_field, others): (Vec<String>, Vec<String>) =
+            words.into_iter().partition(|w| w.to_lowercase().starts_with(&prefix));
+        let mut words = others;
+        if by_field.is_empty() {
+            let value = self.journal_selected().map(|r| match field {
+                "pid" => Some(r.entry.pid.to_string()),
+                "patch" => r.entry.patch.clone(),
+                _ => Some(r.entry.outcome.clone()),
+            });
+            match value {
+                None => return,
+                Some(None) => {
+                    self.say(false, "this entry names no patch");
+                    return;
+                }
+                Some(Some(v)) => words.push(format!("{prefix}{v}")),
+            }
+        }
+        self.journal_search = words.join(" ");
+        self.journal_offset = usize::MAX;
     }
 
     fn on_journal_search_key(&mut self, key: KeyEvent) {
@@ -978,6 +1125,18 @@ impl App {
             KeyCode::Char('/') => {
                 self.journal_searching = true;
                 off
+            }
+            KeyCode::Char('i') => {
+                self.journal_narrow("pid");
+                return;
+            }
+            KeyCode::Char('p') => {
+                self.journal_narrow("patch");
+                return;
+            }
+            KeyCode::Char('o') => {
+                self.journal_narrow("outcome");
+                return;
             }
             KeyCode::Enter => {
                 self.journal_open = self.journal_selected().is_some();

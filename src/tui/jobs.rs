@@ -30,9 +30,12 @@ pub enum Job {
         patch: String,
         cascade: Vec<String>,
     },
+    /// Commit `patch` and first `with`: the patches it requires still on trial, as the
+    /// operator confirmed them. Refused when those are no longer exactly that.
     Commit {
         pid: i32,
         patch: String,
+        with: Vec<String>,
         note: String,
     },
     /// A trial ran out with no trial watcher acting on it: its `on_expiry` policy.
@@ -263,8 +266,21 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watch
                 .map(|r| r.ids);
             Event::RolledBack { pid, result }
         }
-        Job::Commit { pid, patch, note } => {
-            let result = Session::open(engine, pid).and_then(|mut s| s.commit(&patch, &note)).map(|_| ());
+        Job::Commit { pid, patch, with, note } => {
+            let result = Session::open(engine, pid).and_then(|mut s| {
+                let now = crate::registry::required_in_trial(&s.registry()?.patches, &patch);
+                if now != with {
+                    return Err(Error::precondition(format!(
+                        "what `{patch}` requires on trial in process {pid} changed since it was shown ({}): nothing was committed",
+                        if now.is_empty() { "nothing now".to_string() } else { now.join(", ") }
+                    ))
+                    .hint("look at the process again and press C again"));
+                }
+                for id in &with {
+                    s.commit(id, &format!("{note}, with `{patch}`, which requires it"))?;
+                }
+                s.commit(&patch, &note).map(|_| ())
+            });
             Event::Committed { pid, patch, result }
         }
         Job::Expire { pid, patch } => {

@@ -75,22 +75,42 @@ pub const BINDINGS: &[Binding] = &[
         screens: &[Screen::Processes],
     },
     Binding {
+        keys: "s",
+        action: "sort by the next column (state, pid, name, threads, user)",
+        footer: false,
+        on_patch: false,
+        screens: &[Screen::Processes],
+    },
+    Binding { keys: "I", action: "reverse the sort", footer: false, on_patch: false, screens: &[Screen::Processes] },
+    Binding {
         keys: "J",
         action: "journal",
         footer: false,
         on_patch: false,
         screens: &[Screen::Processes, Screen::Detail],
     },
+    Binding {
+        keys: "i p o",
+        action: "only the selected entry's pid, patch, outcome (again: all)",
+        footer: false,
+        on_patch: false,
+        screens: &[Screen::Journal],
+    },
     Binding { keys: "q", action: "quit", footer: true, on_patch: false, screens: ALL },
 ];
 
 /// What the help screen says about `R` and the other destructive keys.
 pub const NOTES: &[&str] = &[
+    "The journal's / search keeps the entries that match every word; a word",
+    "  pid:N, patch:ID, outcome:WORD, source:WORD, action:WORD or user:NAME",
+    "  must match that field exactly (source: cli, console or watcher).",
     "R and C act on one patch, named in the footer: in the list, the newest patch",
     "  of the selected process; in the process view, the highlighted one; on the",
     "  trial screen, the trial's.",
     "R rolls it back at once (rollback is the safe direction), unless other patches",
     "  require it: one confirmation names them; Enter rolls them back too.",
+    "C commits it; when it requires patches still on trial, one confirmation names",
+    "  them; Enter commits them too, first.",
     "Every stage of an apply shows exactly what it will do and waits for Enter;",
     "  Esc at a confirmation cancels and undoes the stages already done.",
 ];
@@ -110,6 +130,8 @@ pub const LEGEND: &[(&str, &str)] = &[
     ("-", "no patch applied"),
     ("NO LONGER PATCHED", "the process on view has had its patches rolled back"),
     ("REPLACED ON DISK", "the executable changed on disk since the process started"),
+    ("BUILD-ID", "the build-id of the executable it runs (12 digits)"),
+    ("▲ ▼", "the column the list is sorted by, up or down (s, I)"),
     ("NOTICE", "a change made elsewhere (a trial watcher, another pannus)"),
     ("✓ ● ○ ↺", "apply stages: done, now, to do, undone"),
 ];

@@ -1,10 +1,12 @@
 //! The maintenance console: a full-screen terminal UI over the same engine API as the CLI.
 //!
-//! Three threads: the UI (this loop: keys, drawing), the snapshot collector (the process table,
-//! each process's registry and the journal, every second or on demand) and the job worker
-//! (apply, rollback, commit). The UI never waits on either.
+//! Five threads: the UI (this loop: keys, drawing), the terminal's input (`input.rs`), the
+//! snapshot collector (the process table, each process's registry and the journal, every second
+//! or on demand), the job worker (apply, rollback, commit) and the signals' reader. The UI
+//! waits on none of them but with a timeout, and never on the terminal.
 
 pub mod app;
+mod input;
 pub mod jobs;
 pub mod keys;
 pub mod render;
@@ -14,10 +16,10 @@ mod tests;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::journal::Entry;
-use crate::processes::UserNames;
+use crate::journal::Recorded;
+use crate::processes::{BuildIds, UserNames};
 use app::App;
-use crossterm::event::{self, Event as TermEvent, KeyEventKind};
+use crossterm::event::{Event as TermEvent, KeyEventKind};
 use crossterm::execute;
 use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
@@ -25,7 +27,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,7 +44,7 @@ pub struct Options {
 /// What the collector sends: the process table and the journal.
 pub struct Refresh {
     pub snapshot: snapshot::Snapshot,
-    pub journal: Vec<Entry>,
+    pub journal: Vec<Recorded>,
     pub output: Option<String>,
 }
 
@@ -72,9 +74,10 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
         .name("pannus-snapshot".into())
         .spawn(move || {
             let mut users = UserNames::default();
+            let mut build_ids = BuildIds::default();
             loop {
-                let snapshot = snapshot::collect(&mut users);
-                let entries = journal.entries().unwrap_or_default();
+                let snapshot = snapshot::collect(&mut users, &mut build_ids);
+                let entries = journal.recorded().unwrap_or_default();
                 let out = output
                     .as_ref()
                     .and_then(|p| std::fs::read_to_string(p).ok().and_then(|t| t.lines().last().map(str::to_string)));
@@ -82,8 +85,8 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
                     break;
                 }
                 match poke_rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         })
@@ -164,34 +167,49 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
     let mut term =
         Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(|e| Error::other(format!("terminal: {e}")))?;
 
-    // Once the terminal fails (a dropped SSH session), the loop only waits for the running job.
-    let mut gone = false;
+    let tty = input::Tty::open();
+    let keys = input::spawn().map_err(|e| Error::other(format!("starting the input thread: {e}")))?;
+    // Once the terminal is gone, the reader's standard input: kept while the console runs
+    // (see `Tty::silence`).
+    let mut silenced: Option<Option<std::os::fd::OwnedFd>> = None;
+    // Once the terminal hangs up or fails (a dropped SSH session, a killed tmux server), the
+    // loop only waits for the running job, which it has answer "no" (see `App::interrupt`).
+    let mut gone: Option<String> = None;
     loop {
         app.now = now_secs();
-        if !gone {
+        if gone.is_none() {
             if let Ok(size) = term.size() {
                 app.size = (size.width, size.height);
             }
-            gone = term.draw(|f| render::draw(f, &app, theme)).is_err();
+            if let Err(e) = term.draw(|f| render::draw(f, &app, theme)) {
+                gone = Some(format!("the terminal cannot be written: {e}"));
+            }
         }
         let mut events = Vec::new();
-        if gone {
+        if gone.is_some() {
             if let Ok(ev) = job_rx.recv_timeout(Duration::from_millis(200)) {
                 events.push(ev);
             }
-        } else if event::poll(Duration::from_millis(200)).unwrap_or(false) {
-            match event::read() {
-                Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
+        } else {
+            match keys.recv_timeout(Duration::from_millis(200)) {
+                Ok(input::Input::Event(TermEvent::Key(k))) if k.kind == KeyEventKind::Press => {
                     if let Some(job) = app.on_key(k) {
                         let _ = job_tx.send(job);
                     }
                 }
-                Ok(_) => {}
-                Err(_) => gone = true,
+                Ok(input::Input::Event(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(input::Input::Gone(why)) => gone = Some(why),
+                Err(RecvTimeoutError::Disconnected) => gone = Some("the terminal cannot be read".into()),
             }
         }
-        if gone && app.interrupted.is_none() {
-            app.interrupt("the terminal closed");
+        if gone.is_none() && tty.hung_up() {
+            gone = Some("the terminal closed".into());
+        }
+        if gone.is_some() && silenced.is_none() {
+            silenced = Some(tty.silence());
+        }
+        if let Some(why) = gone.as_deref().filter(|_| app.interrupted.is_none()) {
+            app.interrupt(why);
         }
         while let Ok(sig) = signals.rx.try_recv() {
             app.interrupt(sig.as_str());

@@ -1,7 +1,7 @@
 //! Snapshots of the processes pannus can see, taken off the UI thread, and the word the list
 //! shows for a process's patch state.
 
-use crate::processes::{self, Process, Scope, UserNames};
+use crate::processes::{self, BuildIds, Process, Scope, UserNames};
 use crate::registry::State;
 
 /// A process's patch state as the list shows it.
@@ -73,7 +73,10 @@ pub struct Snapshot {
     pub rows: Vec<Process>,
 }
 
-/// Reads the process table (see [`processes::list`] for its cost).
-pub fn collect(users: &mut UserNames) -> Snapshot {
-    Snapshot { rows: processes::list(Scope::All, Some(users)) }
+/// Reads the process table (see [`processes::list`] for its cost) with each executable's
+/// build-id.
+pub fn collect(users: &mut UserNames, build_ids: &mut BuildIds) -> Snapshot {
+    let mut rows = processes::list(Scope::All, Some(users));
+    build_ids.fill(&mut rows);
+    Snapshot { rows }
 }

@@ -6,7 +6,7 @@ use super::jobs::{Event, Job};
 use super::render::{self, Theme};
 use super::snapshot::Snapshot;
 use crate::engine::{CheckLine, Stage};
-use crate::journal::Entry;
+use crate::journal::{Entry, Recorded};
 use crate::processes::Process;
 use crate::registry::{FunctionRecord, JumpKind, OnExpiry, PatchRecord, State};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -73,6 +73,9 @@ fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
         user: Some("telco".into()),
         threads: 12,
         exe: format!("/usr/sbin/{name}"),
+        kernel_thread: false,
+        state: 'S',
+        build_id: Some(format!("3f2a{:04x}9c1b0e447d55aa01b2c3d4e5f607182930", pid)),
         patches,
     }
 }
@@ -82,6 +85,7 @@ fn app() -> App {
     a.now = NOW;
     let mut kthreadd = row(2, "kthreadd", vec![]);
     kthreadd.exe.clear();
+    kthreadd.kernel_thread = true;
     let mut legacyd = row(1500, "legacyd", vec![]);
     legacyd.exe.push_str(" (deleted)");
     let mut rows = vec![
@@ -106,27 +110,33 @@ fn app() -> App {
     a.set_snapshot(Snapshot { rows });
     a.selected = Some(812);
     a.journal = vec![
-        Entry {
-            time: "2026-11-27T08:00:00Z".into(),
-            user: "alice".into(),
-            uid: 1000,
-            action: "apply".into(),
-            pid: 812,
-            process: "sipd".into(),
-            patch: Some("invite-fix".into()),
-            outcome: "ok".into(),
-            detail: "state trial".into(),
+        Recorded {
+            entry: Entry {
+                time: "2026-11-27T08:00:00Z".into(),
+                user: "alice".into(),
+                uid: 1000,
+                action: "apply".into(),
+                pid: 812,
+                process: "sipd".into(),
+                patch: Some("invite-fix".into()),
+                outcome: "ok".into(),
+                detail: "state trial".into(),
+            },
+            source: "console".into(),
         },
-        Entry {
-            time: "2026-11-27T08:01:00Z".into(),
-            user: "bob".into(),
-            uid: 1001,
-            action: "apply".into(),
-            pid: 901,
-            process: "mediad".into(),
-            patch: Some("rtp-fix".into()),
-            outcome: "busy".into(),
-            detail: "busy: after 101 attempts, thread(s) 905 still in the way".into(),
+        Recorded {
+            entry: Entry {
+                time: "2026-11-27T08:01:00Z".into(),
+                user: "bob".into(),
+                uid: 1001,
+                action: "apply".into(),
+                pid: 901,
+                process: "mediad".into(),
+                patch: Some("rtp-fix".into()),
+                outcome: "busy".into(),
+                detail: "busy: after 101 attempts, thread(s) 905 still in the way".into(),
+            },
+            source: "cli".into(),
         },
     ];
     a
@@ -321,7 +331,12 @@ fn commit_on_the_detail_screen_takes_the_selected_patch() {
     a.on_key(key(KeyCode::Up));
     assert_eq!(
         a.on_key(ch('C')),
-        Some(Job::Commit { pid: 812, patch: "invite-fix".into(), note: "committed from the console".into() })
+        Some(Job::Commit {
+            pid: 812,
+            patch: "invite-fix".into(),
+            with: vec![],
+            note: "committed from the console".into()
+        })
     );
 }
 
@@ -401,6 +416,47 @@ fn the_detail_view_stays_on_its_process_after_a_rollback() {
 }
 
 #[test]
+fn ctrl_c_at_a_confirmation_means_no_and_with_nothing_pending_quits() {
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    // The confirmation R raises on a patch others require.
+    let mut a = app();
+    a.on_key(key(KeyCode::Enter));
+    a.on_key(key(KeyCode::Up));
+    a.on_key(key(KeyCode::Up));
+    assert_eq!(a.on_key(ch('R')), None);
+    assert!(a.pending.is_some());
+    assert_eq!(a.on_key(ctrl_c), None, "no rollback starts");
+    assert!(a.pending.is_none() && a.quit, "the confirmation is answered no, and the console ends");
+    assert!(a.interrupted.is_some(), "non-zero: something was pending");
+    // Nothing pending, nothing running: Ctrl-C quits, exit 0.
+    let mut a = app();
+    assert_eq!(a.on_key(ctrl_c), None);
+    assert!(a.quit && a.interrupted.is_none());
+}
+
+#[test]
+fn c_on_a_patch_whose_requirement_is_on_trial_asks_first_naming_it() {
+    let mut a = app();
+    let mut rows = a.snapshot.rows.clone();
+    let sipd = rows.iter_mut().find(|r| r.pid.get() == 812).unwrap();
+    sipd.patches[0].state = State::Trial;
+    sipd.patches[0].trial_deadline = Some(NOW + 600);
+    a.set_snapshot(Snapshot { rows });
+    assert_eq!(a.on_key(ch('C')), None, "nothing before the confirmation");
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("`cdr-fix` requires `base-fix`, still on trial") && s.contains("Enter proceed"), "{s}");
+    assert_eq!(
+        a.on_key(key(KeyCode::Enter)),
+        Some(Job::Commit {
+            pid: 812,
+            patch: "cdr-fix".into(),
+            with: vec!["base-fix".into()],
+            note: "committed from the console".into()
+        })
+    );
+}
+
+#[test]
 fn r_and_c_act_on_the_same_named_patch() {
     let mut a = app();
     // The list: the newest patch of the selected row, for both keys, named in the footer.
@@ -408,7 +464,12 @@ fn r_and_c_act_on_the_same_named_patch() {
     assert!(s.contains("C commit cdr-fix") && s.contains("R roll back cdr-fix"), "{s}");
     assert_eq!(
         a.on_key(ch('C')),
-        Some(Job::Commit { pid: 812, patch: "cdr-fix".into(), note: "committed from the console".into() })
+        Some(Job::Commit {
+            pid: 812,
+            patch: "cdr-fix".into(),
+            with: vec![],
+            note: "committed from the console".into()
+        })
     );
     a.busy = None;
     // The process view: the highlighted one.
@@ -581,6 +642,44 @@ fn trials_show_their_deadline_in_clock_time_overdue_and_never_00_00_once_over() 
 }
 
 #[test]
+fn s_cycles_the_sort_column_and_i_reverses_it_shown_in_the_header() {
+    let mut a = app();
+    let pids = |a: &App| a.visible().iter().map(|r| r.pid.get()).take(4).collect::<Vec<_>>();
+    // The default: patches on trial or stopped between stages first.
+    assert_eq!(pids(&a), vec![812, 901, 1, 1200]);
+    assert!(screen(&a, 120, 40).contains("STATE▲"));
+    a.on_key(ch('s'));
+    assert_eq!(pids(&a), vec![1, 812, 901, 1200]);
+    assert!(screen(&a, 120, 40).contains("PID▲"));
+    a.on_key(ch('I'));
+    assert_eq!(pids(&a), vec![2029, 2028, 2027, 2026]);
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("PID▼") && !s.contains("STATE▲"), "{s}");
+    a.on_key(ch('I'));
+    a.on_key(ch('s'));
+    assert_eq!(pids(&a), vec![1200, 1500, 901, 812], "by name: billingd, legacyd, mediad, sipd");
+    a.on_key(ch('s'));
+    assert!(screen(&a, 120, 40).contains("THR▲"));
+    a.on_key(ch('s'));
+    assert!(screen(&a, 120, 40).contains("USER▲"));
+    a.on_key(ch('s'));
+    assert_eq!(a.sort, super::app::SortBy::State);
+    // The selection stays on its process through every order.
+    assert_eq!(a.selected, Some(812));
+}
+
+#[test]
+fn the_list_shows_each_executable_s_build_id_abbreviated() {
+    let a = app();
+    let s = screen(&a, 120, 40);
+    let id = "3f2a032c9c1b"; // process 812's, abbreviated
+    assert!(s.contains("BUILD-ID") && s.contains(id), "{s}");
+    // At 80 columns it stays, and the executable's path is what goes.
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("BUILD-ID") && s.contains(id), "{s}");
+}
+
+#[test]
 fn patched_processes_first_kernel_threads_hidden_replaced_binaries_marked() {
     let mut a = app();
     let order: Vec<i32> = a.visible().iter().map(|r| r.pid.get()).take(5).collect();
@@ -710,6 +809,55 @@ fn the_journal_searches_as_you_type_and_shows_an_entry_whole() {
     assert!(a.journal_search.is_empty() && a.screen == Screen::Journal, "Esc clears the search first");
     a.on_key(key(KeyCode::Esc));
     assert_eq!(a.screen, Screen::Processes);
+}
+
+#[test]
+fn the_journal_filters_by_pid_patch_and_outcome_and_shows_the_source() {
+    let mut a = app();
+    let mut watcher = a.journal[0].clone();
+    watcher.entry.action = "rollback".into();
+    watcher.entry.outcome = "ok".into();
+    watcher.entry.detail = "trial expired".into();
+    watcher.source = "watcher".into();
+    let mut other = a.journal[0].clone();
+    other.entry.patch = Some("cdr-fix".into());
+    other.entry.outcome = "failed".into();
+    a.journal.push(watcher);
+    a.journal.push(other);
+    a.on_key(ch('J'));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("SOURCE") && s.contains("console") && s.contains("cli") && s.contains("watcher"), "{s}");
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("SOURCE") && s.contains("watcher"), "the source shows at 80x24 too:\n{s}");
+    // The newest entry is selected: process 812, cdr-fix, failed.
+    a.on_key(ch('i'));
+    assert_eq!(a.journal_search, "pid:812");
+    assert_eq!(a.journal_visible().len(), 3);
+    a.on_key(ch('o'));
+    assert_eq!(a.journal_search, "pid:812 outcome:failed");
+    assert_eq!(a.journal_visible().len(), 1);
+    a.on_key(ch('o'));
+    a.on_key(key(KeyCode::Up));
+    a.on_key(ch('p'));
+    assert_eq!(a.journal_search, "pid:812 patch:invite-fix");
+    assert!(a.journal_visible().iter().all(|r| r.entry.patch.as_deref() == Some("invite-fix")));
+    assert_eq!(a.journal_visible().len(), 2);
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("2 of 4 entries match"), "{s}");
+    // Typed, the same words; a source too.
+    a.journal_search = "source:watcher".into();
+    assert_eq!(a.journal_visible().len(), 1);
+    a.journal_search = "pid:81".into();
+    assert!(a.journal_visible().is_empty(), "a field word matches the field exactly");
+    a.on_key(key(KeyCode::Enter));
+    a.journal_search = "source:watcher".into();
+    a.on_key(key(KeyCode::Enter));
+    assert!(screen(&a, 100, 30).contains("watcher"));
+    // Again: all entries.
+    a.on_key(key(KeyCode::Esc));
+    a.on_key(ch('i'));
+    a.on_key(ch('i'));
+    assert_eq!(a.journal_search, "source:watcher");
 }
 
 #[test]

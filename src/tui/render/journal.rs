@@ -18,13 +18,21 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Paragraph::new(Line::from(vec![
                 Span::styled("/ ", theme.key()),
                 Span::raw(format!("search: {}{cursor}", app.journal_search)),
-                Span::styled(format!("   {} of {} entries match", shown.len(), app.journal.len()), theme.dim()),
+                Span::styled(
+                    format!(
+                        "   {} of {} entries match (i, p, o: this pid, patch, outcome only)",
+                        shown.len(),
+                        app.journal.len()
+                    ),
+                    theme.dim(),
+                ),
             ])),
             search_area,
         );
     }
-    const COLS: [(u16, u8, &str); 7] = [
+    const COLS: [(u16, u8, &str); 8] = [
         (20, 3, "TIME (UTC)"),
+        (7, 3, "SOURCE"),
         (8, 4, "USER"),
         (9, 0, "ACTION"),
         (7, 2, "PID"),
@@ -35,7 +43,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let cols = Columns::fit(&COLS, area.width.saturating_sub(2));
     let rows: Vec<Row> = shown
         .iter()
-        .map(|e| {
+        .map(|r| {
+            let e = &r.entry;
             let style = match e.outcome.as_str() {
                 "ok" => theme.ok(),
                 "busy" | "cancelled" => theme.warn(),
@@ -43,6 +52,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             };
             cols.row(vec![
                 Cell::from(e.time.replace('T', " ").trim_end_matches('Z').to_string()),
+                Cell::from(if r.source.is_empty() { "-".to_string() } else { r.source.clone() }),
                 Cell::from(e.user.clone()),
                 Cell::from(e.action.clone()),
                 Cell::from(e.pid.to_string()),
@@ -68,7 +78,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
 
 /// The selected entry, every field, the detail whole, over the journal.
 pub fn draw_entry(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let Some(e) = app.journal_selected().filter(|_| app.journal_open) else { return };
+    let Some(r) = app.journal_selected().filter(|_| app.journal_open) else { return };
+    let e = &r.entry;
     let width = area.width.saturating_sub(4).min(100);
     let inner = width.saturating_sub(2) as usize;
     let mut lines: Vec<Line> = Vec::new();
@@ -76,6 +87,7 @@ pub fn draw_entry(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         |name: &str, value: String| Line::from(vec![Span::styled(format!("{name:<9}"), theme.dim()), Span::raw(value)]);
     lines.push(field("time", e.time.clone()));
     lines.push(field("user", format!("{} (uid {})", e.user, e.uid)));
+    lines.push(field("source", if r.source.is_empty() { "-".into() } else { r.source.clone() }));
     lines.push(field("action", e.action.clone()));
     lines.push(field("process", format!("{} {}", e.pid, e.process)));
     lines.push(field("patch", e.patch.clone().unwrap_or_else(|| "-".into())));

@@ -476,13 +476,22 @@ pub fn fit_columns(widths: &[(u16, u8)], available: u16) -> Vec<bool> {
 pub struct Columns {
     cols: &'static [(u16, u8, &'static str)],
     shown: Vec<bool>,
+    titles: Vec<String>,
 }
 
 impl Columns {
     /// The columns of `cols` that fit in `width`.
     pub fn fit(cols: &'static [(u16, u8, &'static str)], width: u16) -> Columns {
         let shown = fit_columns(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(), width);
-        Columns { cols, shown }
+        Columns { cols, shown, titles: cols.iter().map(|c| c.2.to_string()).collect() }
+    }
+
+    /// The column titled `title` titled `new` instead (a sort mark added, say).
+    pub fn retitle(mut self, title: &str, new: String) -> Columns {
+        if let Some(i) = self.cols.iter().position(|c| c.2 == title) {
+            self.titles[i] = new;
+        }
+        self
     }
 
     /// A row of the shown columns' cells, out of one cell per column.
@@ -497,7 +506,7 @@ impl Columns {
             .filter(|&i| self.shown[i])
             .map(|i| if i == last { Constraint::Fill(1) } else { Constraint::Length(self.cols[i].0) })
             .collect();
-        let header = self.row(self.cols.iter().map(|c| Cell::from(c.2)).collect()).style(theme.title());
+        let header = self.row(self.titles.iter().map(|t| Cell::from(t.clone())).collect()).style(theme.title());
         Table::new(rows, widths).header(header).row_highlight_style(theme.selected())
     }
 }

@@ -8,6 +8,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, TableState};
 use ratatui::Frame;
 
+/// How much of a build-id the list shows (as `git log --oneline` shows a commit).
+const BUILD_ID: u16 = 12;
+
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let show_filter = app.filtering || !app.filter.is_empty();
     let [filter_area, table_area] =
@@ -24,17 +27,20 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             filter_area,
         );
     }
-    // PID, STATE, NAME, PATCHES, THR, USER, EXE
-    const COLS: [(u16, u8, &str); 7] = [
+    // PID, STATE, NAME, PATCHES, THR, USER, BUILD-ID, EXE
+    const COLS: [(u16, u8, &str); 8] = [
         (7, 0, "PID"),
         (12, 1, "STATE"),
-        (16, 2, "NAME"),
+        (15, 2, "NAME"),
         (7, 3, "PATCHES"),
-        (4, 4, "THR"),
-        (10, 5, "USER"),
+        (5, 4, "THR"),
+        (9, 5, "USER"),
+        (BUILD_ID, 7, "BUILD-ID"),
         (20, 6, "EXE"),
     ];
-    let cols = Columns::fit(&COLS, table_area.width.saturating_sub(2));
+    let arrow = if app.sort_reversed { "▼" } else { "▲" };
+    let sorted = app.sort.column();
+    let cols = Columns::fit(&COLS, table_area.width.saturating_sub(2)).retitle(sorted, format!("{sorted}{arrow}"));
     let body: Vec<Row> = rows
         .iter()
         .map(|r| {
@@ -54,6 +60,9 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 Cell::from(if patches == 0 { "-".to_string() } else { patches.to_string() }),
                 Cell::from(r.threads.to_string()),
                 Cell::from(r.owner()),
+                Cell::from(
+                    r.build_id.as_deref().map_or("-".to_string(), |id| id.chars().take(BUILD_ID as usize).collect()),
+                ),
                 Cell::from(if binary_replaced(r) {
                     Line::from(vec![
                         Span::styled("REPLACED ON DISK ", theme.warn()),
