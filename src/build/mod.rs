@@ -320,7 +320,8 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     })?;
     progress.step("reading the running binary's debug information");
     let debug = dwarf::binary(&object_path).or_else(|e| {
-        let separate = PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &build_id[..2], &build_id[2..]));
+        let (head, tail) = build_id.split_at(build_id.len().min(2));
+        let separate = PathBuf::from(format!("/usr/lib/debug/.build-id/{head}/{tail}.debug"));
         if separate.is_file() {
             dwarf::binary(&separate)
         } else {

@@ -298,7 +298,11 @@ impl<'b> Builder<'_, 'b> {
                     objfile::R_PC32 | objfile::R_32 | objfile::R_32S => {
                         self.fixups.push((id, r.offset, r.rtype, FixTo::Process(name, addend)));
                     }
-                    objfile::R_PLT32 | objfile::R_GOTPCREL | objfile::R_GOTPCRELX | objfile::R_REX_GOTPCRELX | 1 => {
+                    objfile::R_PLT32
+                    | objfile::R_GOTPCREL
+                    | objfile::R_GOTPCRELX
+                    | objfile::R_REX_GOTPCRELX
+                    | objfile::R_64 => {
                         let symbol = self.undefined(&name);
                         self.out.add_relocation(id, rel(symbol, addend)).map_err(|e| Error::other(e.to_string()))?;
                     }

@@ -74,16 +74,11 @@ pub struct Unit {
     pub symbols: Vec<Sym>,
 }
 
-/// A relocation type's name, for messages.
-pub fn reloc_name(t: u32) -> String {
-    crate::engine::symbols::reloc_name(t)
-}
+pub use crate::engine::symbols::{reloc_name, R_32, R_32S, R_64, R_PC32, R_PLT32};
 
-pub const R_PC32: u32 = 2;
-pub const R_PLT32: u32 = 4;
+/// The relocations of compiled code that go through the global offset table (the linker may
+/// relax them, rewriting the instruction around the field).
 pub const R_GOTPCREL: u32 = 9;
-pub const R_32: u32 = 10;
-pub const R_32S: u32 = 11;
 pub const R_GOTPCRELX: u32 = 41;
 pub const R_REX_GOTPCRELX: u32 = 42;
 
@@ -95,7 +90,7 @@ pub fn pc_relative(t: u32) -> bool {
 /// The width of the field a relocation of type `t` writes.
 pub fn width(t: u32) -> usize {
     match t {
-        1 | 24 | 26 => 8,
+        R_64 | 24 | 26 => 8,
         _ => 4,
     }
 }
