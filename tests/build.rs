@@ -369,3 +369,114 @@ fn a_new_cpp_object_is_constructed_in_the_module_and_nothing_else_is() {
     let status = t.quit();
     assert!(status.success(), "the process exits cleanly: {status}");
 }
+
+/// Builds `diff` for the `edge` project and applies it to the running program; returns the
+/// report.
+fn edge_apply(state: &State, p: &Project, t: &Proc, diff: &str) -> serde_json::Value {
+    let report = p.build(state, "edge", diff, &[]).ok().json();
+    state.apply(&manifest_of(&report), t.pid).ok();
+    report
+}
+
+/// A static local of a helper gcc inlines keeps counting in the process's own variable when
+/// the fix adds a caller (its identity is its function and name, not who uses it).
+#[test]
+fn a_static_local_of_an_inlined_helper_stays_the_process_s() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let mut t = p.start("edge");
+    assert_eq!(t.ask("hit"), "1");
+    assert_eq!(t.ask("hit"), "2");
+    edge_apply(&state, &p, &t, "edge-bump.patch");
+    assert_eq!(t.ask("hit2"), "3", "the process's counter, not a fresh one");
+    assert_eq!(t.ask("hit"), "4");
+}
+
+/// A changed constant in a function whose lines the diff touches is a change, even when a
+/// comment added above shifts lines by as much.
+#[test]
+fn a_changed_constant_is_not_taken_for_a_moved_line() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let mut t = p.start("edge");
+    assert_eq!(t.ask("line 41"), "1");
+    let report = edge_apply(&state, &p, &t, "edge-threshold.patch");
+    assert_eq!(decision(&report, "functions", "line_op")["decision"], "replaced", "{report}");
+    assert_eq!(t.ask("line 41"), "0");
+}
+
+/// A changed string literal changes the function that prints it.
+#[test]
+fn a_changed_string_literal_is_a_change() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let mut t = p.start("edge");
+    assert_eq!(t.ask("greet 5"), "hello 5");
+    edge_apply(&state, &p, &t, "edge-string.patch");
+    assert_eq!(t.ask("greet 5"), "HELLO there 5");
+}
+
+/// A change to a function gcc specialised (`scale.constprop.0`) replaces its callers, which
+/// call the module's new copy.
+#[test]
+fn a_changed_specialised_copy_replaces_its_callers() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let mut t = p.start("edge");
+    assert_eq!(t.ask("cl 1"), "11");
+    let report = edge_apply(&state, &p, &t, "edge-clone.patch");
+    assert_eq!(decision(&report, "functions", "cl_op")["decision"], "replaced", "{report}");
+    assert_eq!(t.ask("cl 1"), "13");
+}
+
+/// A tail call to a neighbouring static function (a short jump in the binary, a long one with
+/// -ffunction-sections) is the same code: an unrelated fix in the same unit goes through.
+#[test]
+fn a_short_tail_call_in_the_binary_is_the_same_code() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let mut t = p.start("edge");
+    assert_eq!(t.ask("other 5"), "4");
+    edge_apply(&state, &p, &t, "edge-other.patch");
+    assert_eq!(t.ask("other 5"), "3");
+    assert_eq!(t.ask("api 4"), "29");
+}
+
+/// A fix to one of two file-local functions of the same name (in two units) touches only its
+/// own: the other, inlined in its unit, is no reason to refuse.
+#[test]
+fn same_named_static_functions_in_two_units_are_told_apart() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let mut t = p.start("edge");
+    assert_eq!(t.ask("a 1"), "1002");
+    edge_apply(&state, &p, &t, "edge-helper.patch");
+    assert_eq!(t.ask("a 1"), "2002");
+    assert_eq!(t.ask("b 1"), "402");
+}
+
+/// A switch gcc turned into a table of constants: the table is the function's literal, not a
+/// variable of the program, and the fixed function carries its own.
+#[test]
+fn a_switch_table_gcc_made_travels_with_its_function() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let mut t = p.start("edge");
+    assert_eq!(t.ask("sw 1"), "27");
+    edge_apply(&state, &p, &t, "edge-switch.patch");
+    assert_eq!(t.ask("sw 1"), "28");
+    assert_eq!(t.ask("sw 2"), "31");
+}
+
+/// Two units whose source files share a name (x/util.c, y/util.c): their file-local data
+/// cannot be told apart by name in the binary, so the build refuses rather than bind the fix
+/// to a fresh copy.
+#[test]
+fn file_local_data_of_same_named_files_is_refused_not_copied() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let run = p.build(&state, "edge", "edge-same-file-name.patch", &[]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("util.c::table") && message.contains("ambiguous"), "{message}");
+}
