@@ -436,9 +436,9 @@ fn a_short_tail_call_in_the_binary_is_the_same_code() {
     let state = State::new();
     let p = Project::new("edge", &[]);
     let mut t = p.start("edge");
-    assert_eq!(t.ask("other 5"), "4");
+    assert_eq!(t.ask("other 5"), "24");
     edge_apply(&state, &p, &t, "edge-other.patch");
-    assert_eq!(t.ask("other 5"), "3");
+    assert_eq!(t.ask("other 5"), "23");
     assert_eq!(t.ask("api 4"), "29");
 }
 
@@ -479,4 +479,16 @@ fn file_local_data_of_same_named_files_is_refused_not_copied() {
     assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
     let message = run.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("util.c::table") && message.contains("ambiguous"), "{message}");
+}
+
+/// A function too short for the jump is refused at build time, saying so and what to do,
+/// rather than at the apply.
+#[test]
+fn a_function_too_short_for_the_jump_is_refused_when_built() {
+    let state = State::new();
+    let p = Project::new("edge", &[]);
+    let run = p.build(&state, "edge", "edge-tiny.patch", &[]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("`tiny`") && message.contains("-fpatchable-function-entry"), "{message}");
 }

@@ -102,27 +102,45 @@ pub fn compare(ua: &Unit, a: usize, ub: &Unit, b: usize, moved: &dyn Fn(i64, i64
 }
 
 /// Whether function `sym` of `unit` is the code `binary` (its bytes in the running binary) has,
-/// relocated fields aside; the difference otherwise.
+/// relocated fields aside; the difference otherwise. Instruction by instruction: a branch to
+/// a function of the same section is a short jump in the binary, where the assembler resolved
+/// it, and a long one with a relocation in the unit built with `-ffunction-sections`.
 pub fn matches_binary(unit: &Unit, sym: usize, binary: &[u8]) -> Result<(), String> {
-    let (code, refs) = masked(unit, sym);
-    if code.len() != binary.len() {
-        return Err(format!("{} bytes here, {} in the running binary", code.len(), binary.len()));
-    }
-    let mut theirs = binary.to_vec();
-    for (off, _) in &refs {
-        let r = unit.relocs_in(sym).into_iter().find(|r| r.offset == *off);
-        let w = r.map_or(4, |r| objfile::width(r.rtype));
-        let from = match r.map(|r| r.rtype) {
-            Some(objfile::R_GOTPCRELX | objfile::R_REX_GOTPCRELX) => off.saturating_sub(3),
-            _ => *off,
-        } as usize;
-        let end = (*off as usize + w).min(theirs.len());
-        if from < end {
-            theirs[from..end].fill(0);
+    let ours = unit.code(sym).unwrap_or_default();
+    let relocs = unit.relocs_in(sym);
+    // The bytes of each relocation's field (and what the linker may rewrite around it).
+    let masked_at = |r: &objfile::Rel| {
+        let from = match r.rtype {
+            objfile::R_GOTPCRELX | objfile::R_REX_GOTPCRELX => r.offset.saturating_sub(3),
+            _ => r.offset,
+        };
+        from as usize..(r.offset as usize + objfile::width(r.rtype))
+    };
+    let mut da = Decoder::with_ip(64, ours, 0, DecoderOptions::NONE);
+    let mut db = Decoder::with_ip(64, binary, 0, DecoderOptions::NONE);
+    while da.can_decode() && db.can_decode() {
+        let (pa, pb) = (da.position(), db.position());
+        let (ia, ib) = (da.decode(), db.decode());
+        let (xa, xb) = (&ours[pa..pa + ia.len()], &binary[pb..pb + ib.len()]);
+        let inside: Vec<std::ops::Range<usize>> = relocs
+            .iter()
+            .map(masked_at)
+            .filter(|m| m.start < pa + ia.len() && m.end > pa)
+            .map(|m| m.start.saturating_sub(pa)..(m.end - pa).min(ia.len()))
+            .collect();
+        let same =
+            xa.len() == xb.len() && (0..xa.len()).all(|k| xa[k] == xb[k] || inside.iter().any(|m| m.contains(&k)));
+        let branch = matches!(
+            ia.flow_control(),
+            iced_x86::FlowControl::UnconditionalBranch | iced_x86::FlowControl::ConditionalBranch
+        );
+        if same || (branch && !inside.is_empty() && ia.mnemonic() == ib.mnemonic()) {
+            continue;
         }
+        return Err(format!("the code differs at offset {pa:#x}"));
     }
-    match code.iter().zip(&theirs).position(|(a, b)| a != b) {
-        None => Ok(()),
-        Some(at) => Err(format!("the code differs at offset {at:#x}")),
+    if da.can_decode() || db.can_decode() {
+        return Err(format!("{} bytes here, {} in the running binary", ours.len(), binary.len()));
     }
+    Ok(())
 }

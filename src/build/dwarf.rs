@@ -17,9 +17,9 @@ pub struct Binary {
     pub producer: Option<String>,
     /// Each compiled unit: its name and folder as the compiler recorded them.
     pub units: Vec<(String, String)>,
-    /// For each out-of-line function (by its start address), the functions inlined into it,
-    /// nested ones included, by name.
-    pub inlined: HashMap<u64, Vec<String>>,
+    /// For each out-of-line function (by its start address), the unit it is in (an index into
+    /// `units`) and the functions inlined into it, nested ones included, by name.
+    pub inlined: HashMap<u64, (usize, Vec<String>)>,
 }
 
 /// A structure's layout: its size, then (member, offset, type) for each member.
@@ -32,6 +32,8 @@ pub struct UnitInfo {
     pub layouts: BTreeMap<String, Layout>,
     /// (file, line, name) where each function is defined.
     pub functions: Vec<(String, u32, String)>,
+    /// Static local variables: (name, the function that declares it).
+    pub statics: Vec<(String, String)>,
 }
 
 fn load<'a>(sections: &'a HashMap<String, Vec<u8>>) -> gimli::Dwarf<R<'a>> {
@@ -116,7 +118,8 @@ pub fn binary(path: &Path) -> Result<Binary> {
                         (owner, e.attr_value(gimli::DW_AT_abstract_origin))
                     {
                         if let Some(n) = name_of(&dwarf, &unit, o) {
-                            let list = out.inlined.entry(owner).or_default();
+                            let cu = out.units.len() - 1;
+                            let (_, list) = out.inlined.entry(owner).or_insert((cu, Vec::new()));
                             if !list.contains(&n) {
                                 list.push(n);
                             }
@@ -207,8 +210,13 @@ pub fn unit(u: &super::objfile::Unit) -> UnitInfo {
         let mut cursor = unit.entries();
         #[allow(clippy::type_complexity)] // (name, size, members, depth)
         let mut layout: Option<(String, u64, Vec<(String, u64, String)>, isize)> = None;
+        // The functions enclosing the current entry: (depth, name).
+        let mut functions: Vec<(isize, String)> = Vec::new();
         while let Ok(Some(e)) = cursor.next_dfs() {
             let depth = e.depth();
+            while functions.last().is_some_and(|(d, _)| *d >= depth) {
+                functions.pop();
+            }
             if let Some((_, _, _, d)) = &layout {
                 if depth <= *d {
                     let (n, size, members, _) = layout.take().unwrap_or_default();
@@ -245,8 +253,18 @@ pub fn unit(u: &super::objfile::Unit) -> UnitInfo {
                         }
                     }
                 }
+                gimli::DW_TAG_variable => {
+                    // A static local: declared in a function, at a fixed address.
+                    let fixed = matches!(e.attr_value(gimli::DW_AT_location),
+                        Some(AttributeValue::Exprloc(x)) if x.0.slice().first() == Some(&gimli::DW_OP_addr.0));
+                    let name = e.attr_value(gimli::DW_AT_name).and_then(|v| text(&dwarf, &unit, v));
+                    if let (true, Some(name), Some((_, owner))) = (fixed, name, functions.last()) {
+                        out.statics.push((name, owner.clone()));
+                    }
+                }
                 gimli::DW_TAG_subprogram => {
                     let name = name_of(&dwarf, &unit, e.offset());
+                    functions.push((depth, name.clone().unwrap_or_default()));
                     let line = e.attr_value(gimli::DW_AT_decl_line).and_then(|v| v.udata_value());
                     let file = e.attr_value(gimli::DW_AT_decl_file).and_then(|v| match v {
                         AttributeValue::FileIndex(i) => Some(i),

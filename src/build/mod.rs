@@ -428,6 +428,7 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     let t = Instant::now();
     let n = affected.len();
     let mut pairs: Vec<(Unit, Unit, String)> = Vec::new();
+    let mut infos: Vec<(dwarf::UnitInfo, dwarf::UnitInfo)> = Vec::new();
     for (k, (c, from, rel)) in affected.iter().enumerate() {
         progress.step(&format!("compiling {rel} with the fix ({} of {n})", k + 1));
         if from != &orig {
@@ -435,19 +436,31 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
             c.rerun_in(from, &orig, &prefix(&orig))?;
         }
         c.rerun_in(from, &patched, &prefix(&patched)).map_err(|e| e.context(format!("the fixed {rel}")))?;
-        let orig_obj = Unit::read(&wrap::Compile::moved(&c.output_path(), from, &orig))?;
+        let mut orig_obj = Unit::read(&wrap::Compile::moved(&c.output_path(), from, &orig))?;
         let fixed_path = wrap::Compile::moved(&c.output_path(), from, &patched);
-        let fixed_obj = Unit::read(&fixed_path)?;
+        let mut fixed_obj = Unit::read(&fixed_path)?;
+        let (oi, pi) = (dwarf::unit(&orig_obj), dwarf::unit(&fixed_obj));
+        orig_obj.statics = oi.statics.clone();
+        fixed_obj.statics = pi.statics.clone();
+        infos.push((oi, pi));
         pairs.push((orig_obj, fixed_obj, rel.clone()));
     }
     timings.insert("compile", ms(t));
 
     let t = Instant::now();
     progress.step("comparing the two builds function by function");
+    // A `__LINE__` the diff moved: a line the original file has, untouched, now at `b`.
+    let lines_in: Vec<usize> =
+        changes.iter().map(|f| std::fs::read_to_string(orig.join(&f.path)).map_or(0, |t| t.lines().count())).collect();
     let moved = |a: i64, b: i64| {
-        a != b && changes.iter().any(|f| u32::try_from(a).ok().and_then(|a| f.moved(a)).map(i64::from) == Some(b))
+        a != b
+            && changes.iter().zip(&lines_in).any(|(f, &n)| {
+                u32::try_from(a).ok().filter(|&a| a >= 1 && a as usize <= n).and_then(|a| f.moved(a)).map(i64::from)
+                    == Some(b)
+            })
     };
     let lookup_fn = |name: &str| bin.lookup(name).ok().flatten().filter(|s| s.kind == SymKind::Func && s.size > 0);
+    let ambiguous = |name: &str| bin.lookup(name).is_err();
     let mut report = Report {
         patch: id.clone(),
         object: object_path.clone(),
@@ -468,11 +481,15 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     }
     // (unit index, symbol in the fixed unit) → reason, for what is replaced.
     let mut replaced: BTreeMap<(usize, usize), String> = BTreeMap::new();
-    let mut changed_names: BTreeSet<String> = BTreeSet::new();
+    // (unit, name) of the functions whose code the fix changes, and of those whose lines it
+    // touches (by the debug information: inlined-only ones included).
+    let mut changed_names: BTreeSet<(usize, String)> = BTreeSet::new();
     // (function, unit, the __LINE__ values that moved)
     #[allow(clippy::type_complexity)]
     let mut line_only: Vec<(String, String, Vec<(u32, u32)>)> = Vec::new();
-    let mut touched_fns: BTreeSet<String> = BTreeSet::new();
+    // (function, unit) whose lines the diff touches and whose code is the same.
+    let mut same_touched: Vec<(String, String)> = Vec::new();
+    let mut touched_fns: BTreeSet<(usize, String)> = BTreeSet::new();
     // (unit, static initialiser) changed by the fix.
     let mut inits: Vec<(usize, usize)> = Vec::new();
     for (u, (ou, pu, rel)) in pairs.iter().enumerate() {
@@ -500,7 +517,7 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
             .hint("build the patch from the exact source tree, compiler and build command of the running binary"));
         }
         // Data the process already has.
-        let (oi, pi) = (dwarf::unit(ou), dwarf::unit(pu));
+        let (oi, pi) = (&infos[u].0, &infos[u].1);
         for (name, old) in &oi.layouts {
             if let Some(new) = pi.layouts.get(name).filter(|new| *new != old) {
                 report.refused.push(Decision {
@@ -517,6 +534,10 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
             }
         }
         for (sym, sec) in ou.variables() {
+            if ou.generated(sym) {
+                // A constant gcc made for a function: part of its code, compared with it.
+                continue;
+            }
             let key = ou.variable_key(sym);
             let Some(p) = pu.find(&key, ou.symbols[sym].kind) else { continue };
             let (a, b) = (&ou.symbols[sym], &pu.symbols[p]);
@@ -570,7 +591,7 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
             for &line in &f.touched {
                 if let Some(d) = defs.iter().rev().find(|d| d.1 <= line) {
                     owners.insert(d.2.clone());
-                    touched_fns.insert(d.2.clone());
+                    touched_fns.insert((u, d.2.clone()));
                 }
             }
         }
@@ -597,12 +618,27 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
                 });
                 continue;
             };
-            match compare::compare(ou, o, pu, sym, &moved) {
-                compare::Verdict::Same => {}
+            // A clone gcc made (`scale.constprop.0`) belongs to the function it was made from.
+            let base = name.split('.').next().unwrap_or(&name).to_string();
+            let touched = owners.contains(&name) || owners.contains(&base);
+            let verdict = match compare::compare(ou, o, pu, sym, &moved) {
+                // The diff touches its own lines: a constant that changed by as much as the
+                // lines moved is still a change.
+                compare::Verdict::LinesOnly(_) if touched => {
+                    compare::Verdict::Changed("its constants changed where the diff touches it".into())
+                }
+                v => v,
+            };
+            match verdict {
+                compare::Verdict::Same => {
+                    if touched {
+                        same_touched.push((name.clone(), rel.clone()));
+                    }
+                }
                 compare::Verdict::LinesOnly(l) => line_only.push((name, rel.clone(), l)),
                 compare::Verdict::Changed(detail) => {
-                    changed_names.insert(name.clone());
-                    let reason = if owners.contains(&name) {
+                    changed_names.insert((u, name.clone()));
+                    let reason = if touched {
                         format!("changed by the diff ({detail})")
                     } else {
                         format!("its code changed although the diff touches none of its lines ({detail})")
@@ -616,26 +652,37 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     // whose code changed, may live on only as inlined copies in other functions. Each of those
     // that the fix changes is replaced (and says why); one outside the units the diff affects
     // cannot be rebuilt, and is refused.
-    let mut inlined_into: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (addr, inlined) in &debug.inlined {
+    // The unit of the binary's debug information each affected unit is.
+    let unit_of_cu = |cu: usize| -> Option<usize> {
+        let (name, dir) = debug.units.get(cu)?;
+        let p = normal(&Path::new(dir).join(name));
+        pairs.iter().position(|(_, _, rel)| p == source.join(rel) || p.ends_with(rel))
+    };
+    let mut inlined_into: BTreeMap<(usize, String), Vec<String>> = BTreeMap::new();
+    for (addr, (cu, inlined)) in &debug.inlined {
         let Some(names) = at.get(addr) else { continue };
-        for f in inlined.iter().filter(|f| touched_fns.contains(*f) || changed_names.contains(*f)) {
+        let u = unit_of_cu(*cu);
+        for f in inlined {
+            let key = (u.unwrap_or(usize::MAX), f.clone());
+            let (is_touched, is_changed) = (touched_fns.contains(&key), changed_names.contains(&key));
+            if !is_touched && !is_changed {
+                continue;
+            }
             for owner in names {
-                let found =
-                    pairs.iter().enumerate().find_map(|(u, (_, pu, _))| pu.find(owner, Kind::Func).map(|s| (u, s)));
+                let found = u.and_then(|u| pairs[u].1.find(owner, Kind::Func).map(|s| (u, s)));
                 match found {
-                    Some(key) => {
-                        if let Some(r) = replaced.get_mut(&key) {
+                    Some(k) => {
+                        if let Some(r) = replaced.get_mut(&k) {
                             if !r.starts_with("changed by") && !r.starts_with("inlines") {
                                 *r = format!("inlines the changed `{f}` (an inlined copy in the running binary)");
                             }
-                            let list = inlined_into.entry(f.clone()).or_default();
+                            let list = inlined_into.entry(key.clone()).or_default();
                             if !list.contains(&owner.to_string()) {
                                 list.push(owner.to_string());
                             }
                         }
                     }
-                    None if changed_names.contains(f) => report.refused.push(Decision {
+                    None if is_changed => report.refused.push(Decision {
                         name: owner.to_string(),
                         file: String::new(),
                         decision: "refused",
@@ -649,12 +696,35 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
             }
         }
     }
-    for (f, owners) in &inlined_into {
-        let own = pairs.iter().any(|(_, pu, _)| pu.find(f, Kind::Func).is_some());
+    // A changed copy gcc specialised, or the cold part of a function, is never redirected
+    // itself: whatever calls it in the unit is replaced and calls the module's copy.
+    loop {
+        let mut more = Vec::new();
+        for ((u, sym), _) in replaced.iter() {
+            let pu = &pairs[*u].1;
+            let name = &pu.symbols[*sym].name;
+            if !name.contains('.') {
+                continue;
+            }
+            for caller in pu.users_of(*sym) {
+                if caller != *sym && !replaced.contains_key(&(*u, caller)) {
+                    more.push(((*u, caller), format!("calls `{name}`, a copy gcc made of a function the fix changes")));
+                }
+            }
+        }
+        if more.is_empty() {
+            break;
+        }
+        for (k, r) in more {
+            replaced.entry(k).or_insert(r);
+        }
+    }
+    for ((u, f), owners) in &inlined_into {
+        let own = pairs.get(*u).is_some_and(|(_, pu, _)| pu.find(f, Kind::Func).is_some());
         if !own {
             report.functions.push(Decision {
                 name: f.clone(),
-                file: String::new(),
+                file: pairs.get(*u).map(|p| p.2.clone()).unwrap_or_default(),
                 decision: "inlined-away",
                 reason: format!(
                     "changed by the diff; it has no entry of its own in the running binary, only inlined copies, \
@@ -692,7 +762,36 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
         let name = &pu.symbols[*sym].name;
         let bname = module::binary_name(ou, pu, *sym).unwrap_or_else(|| name.clone());
         let generated = name.contains('.');
-        if !generated && lookup_fn(&bname).is_some() {
+        if !generated && ambiguous(&bname) {
+            report.refused.push(Decision {
+                name: bname.clone(),
+                file: rel.clone(),
+                decision: "refused",
+                reason: format!(
+                    "`{bname}` is ambiguous in {}: several file-local functions of that name in source files of that \
+                     name, and pannus cannot tell which is this unit's; give the source files distinct names, or \
+                     restart the service",
+                    object_path.display()
+                ),
+            });
+        } else if let Some(entry) = lookup_fn(&bname).filter(|_| !generated) {
+            // Stage 4 writes a jump at its entry: refuse now what it would refuse then.
+            let code = bin.bytes_at(entry.value, entry.size).unwrap_or_default();
+            let pad_len = entry.value.min(16);
+            let pad = bin.bytes_at(entry.value - pad_len, pad_len).unwrap_or_default();
+            if let Err(e) = crate::safety::plan_entry(&bname, entry.value, code, pad, entry.value + 4096) {
+                report.refused.push(Decision {
+                    name: bname.clone(),
+                    file: rel.clone(),
+                    decision: "refused",
+                    reason: format!(
+                        "{}; put the fix in its callers instead, or build the program with \
+                         -fpatchable-function-entry=7,5 (a nop pad before every function) for its next release",
+                        e.message
+                    ),
+                });
+                continue;
+            }
             sources[*u].replaced.push((*sym, bname.clone()));
             let decision = if reason.starts_with("inlines") { "replaced-inlines-changed" } else { "replaced" };
             report.functions.push(Decision { name: bname, file: rel.clone(), decision, reason: reason.clone() });
@@ -713,6 +812,14 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
                 ),
             });
         }
+    }
+    for (name, rel) in &same_touched {
+        report.functions.push(Decision {
+            name: name.clone(),
+            file: rel.clone(),
+            decision: "unchanged",
+            reason: "the diff touches its lines, but its code is the same".into(),
+        });
     }
     for (name, rel, lines) in &line_only {
         let moves: Vec<String> = lines.iter().map(|(a, b)| format!("{a} → {b}")).collect();
@@ -744,10 +851,19 @@ fn build_reporting(o: &Options, progress: &mut dyn Progress, analysed: &mut Opti
     let t = Instant::now();
     progress.step("linking the module");
     let so = output.join(format!("{id}.so"));
-    let in_binary = |name: &str| bin.lookup(name).ok().flatten().is_some();
+    let in_binary = |name: &str| match bin.lookup(name) {
+        Ok(Some(_)) => module::InBinary::Yes,
+        Ok(None) => module::InBinary::No,
+        Err(_) => module::InBinary::Ambiguous,
+    };
     let made = module::make(&sources, &in_binary, &work.0, &so)?;
-    for (what, why) in &made.copied {
-        report.data.push(Decision { name: what.clone(), file: String::new(), decision: "copied", reason: why.clone() });
+    for (what, why, function) in &made.copied {
+        let d = Decision { name: what.clone(), file: String::new(), decision: "copied", reason: why.clone() };
+        if *function {
+            report.functions.push(d);
+        } else {
+            report.data.push(d);
+        }
     }
     for name in &made.bound {
         report.data.push(Decision {

@@ -29,9 +29,20 @@ pub struct Source<'a> {
 pub struct Made {
     /// (target in the binary, replacement in the module).
     pub functions: Vec<(String, String)>,
-    /// Notes: what was copied into the module and why, what binds to the process.
-    pub copied: Vec<(String, String)>,
+    /// What was copied into the module, why, and whether it is a function; what binds to the
+    /// process.
+    pub copied: Vec<(String, String, bool)>,
     pub bound: Vec<String>,
+}
+
+/// Whether the running binary defines a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InBinary {
+    Yes,
+    No,
+    /// Several file-local definitions of that name in source files of that name: which one a
+    /// unit's is cannot be told.
+    Ambiguous,
 }
 
 /// What a fixup refers to: a symbol of the process, or a place in the module itself.
@@ -50,7 +61,7 @@ enum To {
 
 struct Builder<'a, 'b> {
     sources: &'a [Source<'b>],
-    in_binary: &'a dyn Fn(&str) -> bool,
+    in_binary: &'a dyn Fn(&str) -> InBinary,
     out: write::Object<'static>,
     sections: HashMap<(usize, usize), SectionId>,
     markers: Vec<(SectionId, String)>,
@@ -155,6 +166,24 @@ impl<'b> Builder<'_, 'b> {
         let t = &unit.symbols[named];
         let t_sec = t.section.unwrap_or(sec);
         let whole = addend + t.value as i64;
+        if t.kind == Kind::Object && unit.generated(named) {
+            self.note(
+                &t.name,
+                "a constant gcc made for the function (a switch's table, __func__): travels with it",
+                false,
+            );
+            return Ok(To::Section(u, t_sec, whole));
+        }
+        // A name the binary has several file-local definitions of cannot be bound.
+        if let Some(name) =
+            binary_name(src.original, unit, named).filter(|n| (self.in_binary)(n) == InBinary::Ambiguous)
+        {
+            return Err(Error::precondition(format!(
+                "`{name}` is ambiguous in the running binary: several file-local definitions of that name in source \
+                 files of that name, and pannus cannot tell which is this unit's"
+            ))
+            .hint("give the source files distinct names (the binary's symbol table names each by its file), or restart the service"));
+        }
         match t.kind {
             Kind::Tls => Err(Error::precondition(format!(
                 "the fix refers to the thread-local variable `{}` of {}, and a module loaded by pannus has no \
@@ -165,7 +194,7 @@ impl<'b> Builder<'_, 'b> {
             Kind::Func => {
                 let replaced = src.replaced.iter().any(|(i, _)| *i == named);
                 let generated = t.name.contains('.');
-                let bound = binary_name(src.original, unit, named).filter(|n| (self.in_binary)(n));
+                let bound = binary_name(src.original, unit, named).filter(|n| (self.in_binary)(n) == InBinary::Yes);
                 match bound {
                     Some(name) if !replaced && !generated && (!scratch || t.global) => {
                         if !self.made.bound.contains(&name) {
@@ -186,7 +215,7 @@ impl<'b> Builder<'_, 'b> {
                             } else {
                                 "not in the running binary as a function of its own (inlined everywhere)"
                             };
-                            self.note(&t.name, why);
+                            self.note(&t.name, why, true);
                         }
                         Ok(To::Section(u, t_sec, whole))
                     }
@@ -196,11 +225,13 @@ impl<'b> Builder<'_, 'b> {
                 let key = unit.variable_key(named);
                 let existing = src.original.find(&key, Kind::Object).is_some()
                     || (t.global && src.original.find(&t.name, Kind::Object).is_some());
-                let bound = binary_name(src.original, unit, named).filter(|n| existing && (self.in_binary)(n));
+                let bound =
+                    binary_name(src.original, unit, named).filter(|n| existing && (self.in_binary)(n) == InBinary::Yes);
                 if scratch && bound.is_some() {
                     self.note(
                         &key,
                         "a scratch copy, constructed by the static initialiser instead of the process's own",
+                        false,
                     );
                     return Ok(To::Section(u, t_sec, whole));
                 }
@@ -218,7 +249,7 @@ impl<'b> Builder<'_, 'b> {
                         } else {
                             "new with the fix: lives in the module"
                         };
-                        self.note(&key, why);
+                        self.note(&key, why, false);
                         Ok(To::Section(u, t_sec, whole))
                     }
                 }
@@ -226,9 +257,9 @@ impl<'b> Builder<'_, 'b> {
         }
     }
 
-    fn note(&mut self, what: &str, why: &str) {
-        if !self.made.copied.iter().any(|(w, _)| w == what) {
-            self.made.copied.push((what.to_string(), why.to_string()));
+    fn note(&mut self, what: &str, why: &str, function: bool) {
+        if !self.made.copied.iter().any(|(w, _, _)| w == what) {
+            self.made.copied.push((what.to_string(), why.to_string(), function));
         }
     }
 
@@ -322,7 +353,7 @@ impl<'b> Builder<'_, 'b> {
 /// Writes the module for `sources` to `so` (through `work/ID.o`), naming each replacement
 /// `NAME.patched`. `in_binary(name)` says whether the running binary defines `name`
 /// (`FILE::NAME` for file-local symbols).
-pub fn make(sources: &[Source<'_>], in_binary: &dyn Fn(&str) -> bool, work: &Path, so: &Path) -> Result<Made> {
+pub fn make(sources: &[Source<'_>], in_binary: &dyn Fn(&str) -> InBinary, work: &Path, so: &Path) -> Result<Made> {
     let mut b = Builder {
         sources,
         in_binary,

@@ -72,6 +72,9 @@ pub struct Unit {
     pub file: String,
     pub sections: Vec<Section>,
     pub symbols: Vec<Sym>,
+    /// Static local variables by the debug information: (name, declaring function). Set by
+    /// the caller once the unit's debug information is read.
+    pub statics: Vec<(String, String)>,
 }
 
 pub use crate::engine::symbols::{reloc_name, R_32, R_32S, R_64, R_PC32, R_PLT32};
@@ -173,7 +176,7 @@ impl Unit {
             let data = if holds == Holds::Bss { Vec::new() } else { s.data().map(|d| d.to_vec()).unwrap_or_default() };
             sections[s.index().0] = Section { name, holds, data, size: s.size(), align: s.align().max(1), relocs };
         }
-        Ok(Unit { file: unit_file, sections, symbols })
+        Ok(Unit { file: unit_file, sections, symbols, statics: Vec::new() })
     }
 
     /// The defined functions: (symbol index, section index), in symbol order.
@@ -236,17 +239,46 @@ impl Unit {
     /// by its contents, an undefined symbol by its name.
     pub fn describe(&self, r: &Rel) -> String {
         let Some(s) = self.symbols.get(r.sym) else { return "?".into() };
+        if s.kind == Kind::Other && s.section.is_some() {
+            // A label (`.LC0`): what it marks, by contents.
+            return self.describe_place(s.section.unwrap_or(0), r.rtype, r.addend + s.value as i64);
+        }
+        if s.kind == Kind::Object && self.generated(r.sym) {
+            return self.describe_object(r.sym, r.rtype, r.addend);
+        }
         if s.kind != Kind::Section {
             let name = if s.kind == Kind::Object && !s.global { self.variable_key(r.sym) } else { s.name.clone() };
             return format!("{} {name}{:+}", reloc_name(r.rtype), r.addend);
         }
         if let Some(t) = self.named_target(r.sym) {
             let t_sym = &self.symbols[t];
+            if t_sym.kind == Kind::Object && self.generated(t) {
+                return self.describe_object(t, r.rtype, r.addend - t_sym.value as i64);
+            }
             let name =
                 if t_sym.kind == Kind::Object && !t_sym.global { self.variable_key(t) } else { t_sym.name.clone() };
             return format!("{} {name}{:+}", reloc_name(r.rtype), r.addend - t_sym.value as i64);
         }
-        let Some(sec) = s.section.and_then(|i| self.sections.get(i)) else { return "?".into() };
+        self.describe_place(s.section.unwrap_or(usize::MAX), r.rtype, r.addend)
+    }
+
+    /// A constant gcc made, by its contents.
+    fn describe_object(&self, sym: usize, rtype: u32, addend: i64) -> String {
+        let s = &self.symbols[sym];
+        let bytes = s
+            .section
+            .and_then(|i| self.sections.get(i))
+            .and_then(|x| x.data.get(s.value as usize..(s.value + s.size) as usize))
+            .unwrap_or_default();
+        let base = Unit::numbered(&s.name).unwrap_or(&s.name);
+        format!("{} {base} {}{addend:+}", reloc_name(rtype), hex::encode(bytes))
+    }
+
+    /// A place in section `sec` at `addend` (as a relocation of type `rtype` gives it), by its
+    /// contents: a string, a constant, or the section's bytes.
+    fn describe_place(&self, sec: usize, rtype: u32, addend: i64) -> String {
+        let r = Rel { offset: 0, rtype, sym: 0, addend };
+        let Some(sec) = self.sections.get(sec) else { return "?".into() };
         let at = r.addend + if pc_relative(r.rtype) { 4 } else { 0 };
         match sec.holds {
             Holds::Strings => {
@@ -260,22 +292,52 @@ impl Unit {
                 let end = (from + size).min(sec.data.len());
                 format!("{} const {}", reloc_name(r.rtype), hex::encode(&sec.data[from..end]))
             }
+            Holds::ReadOnly => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(&sec.data);
+                format!("{} {}{:+} [{}]", reloc_name(r.rtype), sec.name, r.addend, hex::encode(&digest[..8]))
+            }
             _ => format!("{} {}{:+}", reloc_name(r.rtype), sec.name, r.addend),
         }
     }
 
+    /// The name gcc gave a numbered file-local object (`count.0`, `CSWTCH.5`) without its number.
+    fn numbered(name: &str) -> Option<&str> {
+        match name.rsplit_once('.') {
+            Some((b, n)) if !b.is_empty() && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Whether variable `sym` is a constant gcc made for a function (a switch's table
+    /// `CSWTCH.N`, `__func__`, a compound literal): numbered, file-local, read-only, and no
+    /// variable of the source by the debug information. It belongs to the function's code.
+    pub fn generated(&self, sym: usize) -> bool {
+        let s = &self.symbols[sym];
+        let read_only = s
+            .section
+            .and_then(|i| self.sections.get(i))
+            .is_some_and(|x| matches!(x.holds, Holds::ReadOnly | Holds::Strings));
+        !s.global
+            && s.kind == Kind::Object
+            && read_only
+            && Unit::numbered(&s.name).is_some_and(|b| !self.statics.iter().any(|(n, _)| n == b))
+    }
+
     /// A file-local variable's name without the number gcc appends to static locals
-    /// (`count.0`), with the functions that refer to it: what matches it across two builds of
-    /// the unit, where the numbers may differ.
+    /// (`count.0`), with the function that declares it (by the debug information, else the
+    /// functions that refer to it): what matches it across two builds of the unit, where the
+    /// numbers, and the functions it is inlined into, may differ.
     pub fn variable_key(&self, sym: usize) -> String {
         let s = &self.symbols[sym];
         if s.global {
             return s.name.clone();
         }
-        let base = match s.name.rsplit_once('.') {
-            Some((b, n)) if !b.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => b,
-            _ => return s.name.clone(),
-        };
+        let Some(base) = Unit::numbered(&s.name) else { return s.name.clone() };
+        let owners: Vec<&(String, String)> = self.statics.iter().filter(|(n, _)| n == base).collect();
+        if let [(_, owner)] = owners.as_slice() {
+            return format!("{base} (static in {owner})");
+        }
         let users: BTreeSet<&str> = self.users_of(sym).into_iter().map(|u| self.symbols[u].name.as_str()).collect();
         format!("{base} (static in {})", users.into_iter().collect::<Vec<_>>().join(", "))
     }

@@ -44,7 +44,8 @@ pub fn run(options: &Options, json: bool) -> Result<()> {
 }
 
 fn text(r: &Report) -> String {
-    let mut out = format!("built patch {} for {} (build-id {})\n", r.patch, r.object.display(), r.build_id);
+    let verb = if r.module.is_some() { "built patch" } else { "no patch built:" };
+    let mut out = format!("{verb} {} for {} (build-id {})\n", r.patch, r.object.display(), r.build_id);
     out.push_str(&format!("compiled again with the fix: {}\n", r.compiled.join(", ")));
     let width = r.functions.iter().chain(&r.data).map(|d| d.decision.len()).max().unwrap_or(0);
     for (title, list) in [("functions", &r.functions), ("data", &r.data)] {
