@@ -18,6 +18,7 @@ mod elf;
 mod engine;
 mod error;
 mod fleet;
+pub mod install;
 mod journal;
 mod ledger;
 mod lock;

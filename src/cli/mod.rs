@@ -38,6 +38,8 @@ macro_rules! say_part {
     }};
 }
 
+mod install_cmd;
+
 #[derive(Parser, Debug)]
 #[command(name = "pannus", version, about = "Live patching of running Linux x86-64 processes", long_about = None)]
 pub struct Cli {
@@ -174,6 +176,32 @@ pub enum Command {
         #[arg(long, short)]
         yes: bool,
     },
+    /// Install a patch for its build of its binary: apply it to every process of that build, and (with the daemon) to every new one
+    Install {
+        manifest: PathBuf,
+        /// Do not ask first
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll an installed patch back from every process and forget it
+    Uninstall {
+        patch: String,
+        /// Do not ask first
+        #[arg(long, short)]
+        yes: bool,
+        /// Uninstall the installed patches that require it too
+        #[arg(long)]
+        cascade: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The installed patches, with how many processes of their build have them
+    Installed {
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a patch module and its manifest from a source diff (see "Making a patch from a fix")
     Build {
         /// The executable or shared library as it runs, with its debug information (DWARF)
@@ -247,19 +275,36 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
             | Command::Rollback { json: true, .. }
             | Command::Journal { json: true, .. }
             | Command::Build { json: true, .. }
+            | Command::Install { json: true, .. }
+            | Command::Uninstall { json: true, .. }
+            | Command::Installed { json: true }
     );
     let _spare = matches!(
         command,
-        Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
+        Command::Apply { .. }
+            | Command::Check { .. }
+            | Command::Commit { .. }
+            | Command::Rollback { .. }
+            | Command::Install { .. }
+            | Command::Uninstall { .. }
     )
     .then_some(spare);
-    if matches!(command, Command::Apply { .. } | Command::Rollback { .. } | Command::Commit { .. }) {
+    if matches!(
+        command,
+        Command::Apply { .. }
+            | Command::Rollback { .. }
+            | Command::Commit { .. }
+            | Command::Install { .. }
+            | Command::Uninstall { .. }
+    ) {
         interrupt::catch();
     }
     let result = match command {
         Command::Apply { all: true, .. } | Command::Rollback { all: true, .. } | Command::Status { all: true, .. } => {
             fleet_dispatch(&engine, command)
         }
+        Command::Install { manifest, yes, json, .. } => install_cmd::install(&engine, &manifest, yes, json),
+        Command::Uninstall { patch, yes, cascade, json } => install_cmd::uninstall(&engine, &patch, yes, cascade, json),
         command => dispatch(&engine, command).map(|()| 0),
     };
     match result {
@@ -297,6 +342,10 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Demo { script: true, yes } => demo::run(engine, yes),
         Command::Demo { script: false, .. } => demo::console(engine),
         Command::Manifest { command } => manifest_cmd::run(command),
+        Command::Install { .. } | Command::Uninstall { .. } => {
+            Err(Error::other("install and uninstall run through the fleet dispatch"))
+        }
+        Command::Installed { json } => install_cmd::list(engine, json),
         Command::Build { object, source, diff, build, patch, version, output, compile_commands, json } => {
             let options =
                 crate::build::Options { object, source, diff, build, patch, version, output, compile_commands };

@@ -1,0 +1,247 @@
+//! `pannus install`, `uninstall` and `installed`: patches as the desired state of a build of
+//! a binary (see `crate::install`), applied to and rolled back from every process of it with
+//! `apply --all` and `rollback --all`'s machinery.
+
+use super::{ask, interrupt, output, print_summary, processes_text, require_terminal_or_yes};
+use crate::engine::Engine;
+use crate::error::{Error, Kind, Result};
+use crate::install::{self, Installed, Record, State};
+use crate::manifest::Manifest;
+use serde::Serialize;
+use std::path::Path;
+
+/// An installed patch, as `--json` shows it.
+#[derive(Serialize)]
+struct InstalledDoc<'a> {
+    patch: &'a str,
+    version: &'a str,
+    object: &'a Path,
+    build_id: &'a str,
+    state: State,
+    trial_deadline: Option<&'a str>,
+    trial_remaining_s: Option<u64>,
+    requires: &'a [String],
+    manifest: &'a Path,
+    /// Processes that run this build of the object, and how many of them have the patch.
+    processes: usize,
+    patched: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+fn doc(i: &Installed) -> InstalledDoc<'_> {
+    let (processes, patched) = coverage(&i.manifest);
+    let state = i.record.now(&i.manifest);
+    InstalledDoc {
+        patch: &i.manifest.patch,
+        version: &i.manifest.version,
+        object: &i.manifest.target.object,
+        build_id: &i.manifest.target.build_id,
+        state,
+        trial_deadline: i.record.trial_deadline.as_deref().filter(|_| state == State::Trial),
+        trial_remaining_s: install::remaining(i.record.trial_deadline.as_deref())
+            .filter(|_| state == State::Trial)
+            .map(|d| d.as_secs()),
+        requires: &i.manifest.requires,
+        manifest: &i.manifest_path,
+        processes,
+        patched,
+        reason: i.record.reason.as_deref(),
+    }
+}
+
+/// How many processes run the manifest's build of its object, and how many have the patch
+/// applied (in trial or committed).
+fn coverage(m: &Manifest) -> (usize, usize) {
+    match crate::fleet::plan_apply(m) {
+        Ok(plan) => {
+            let have = plan.skipped.iter().filter(|s| s.settled).count();
+            (plan.members.len() + have + plan.failed.len(), have)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+#[derive(Serialize)]
+struct InstallDoc<'a> {
+    installed: InstalledDoc<'a>,
+    apply: Option<output::FleetApply<'a>>,
+}
+
+pub fn install(engine: &Engine, path: &Path, yes: bool, json: bool) -> Result<i32> {
+    let m = Manifest::load(path)?;
+    require_terminal_or_yes(yes, "install")?;
+    let plan = match crate::fleet::plan_apply(&m) {
+        Ok(plan) => Some(plan),
+        // Installed for the processes to come: none runs it now.
+        Err(e) if e.kind == Kind::Precondition && e.message.starts_with("no process maps") => None,
+        Err(e) => return Err(e),
+    };
+    let members = plan.as_ref().map(|p| p.pids()).unwrap_or_default();
+    if !yes {
+        let now = if members.is_empty() { "no process runs it now".to_string() } else { processes_text(&members) };
+        let q = format!(
+            "Install `{}` {} for {} (build-id {}), new processes of that build included; apply it now to {now}?",
+            m.patch,
+            m.version,
+            m.target.object.display(),
+            m.target.build_id
+        );
+        if !ask(&q) {
+            return Err(Error::cancelled("install cancelled: nothing was installed"));
+        }
+    }
+    let installed = install::install(&engine.state_dir, path, &m)?;
+    let summary = plan.as_ref().map(|plan| {
+        let options = crate::fleet::ApplyOptions {
+            rollback_on_failure: false,
+            watch: true,
+            interrupted: Some(interrupt::received),
+        };
+        crate::fleet::apply(engine, &installed.manifest, plan, options, &mut |line| {
+            if !json {
+                say!("{line}");
+            }
+        })
+    });
+    let code = summary.as_ref().map_or(0, |s| s.exit_code());
+    if json {
+        output::print(&InstallDoc {
+            installed: doc(&installed),
+            apply: summary.as_ref().map(output::FleetApply::from),
+        })?;
+    } else {
+        if let Some(s) = &summary {
+            print_summary(s, false)?;
+        }
+        say!(
+            "installed `{}` for {} (build-id {}): {}",
+            installed.manifest.patch,
+            installed.manifest.target.object.display(),
+            installed.manifest.target.build_id,
+            installed.record.now(&installed.manifest)
+        );
+    }
+    Ok(code)
+}
+
+#[derive(Serialize)]
+struct UninstallDoc<'a> {
+    uninstalled: Vec<String>,
+    kept: Vec<String>,
+    rollback: Vec<output::FleetRollback<'a>>,
+}
+
+pub fn uninstall(engine: &Engine, patch: &str, yes: bool, cascade: bool, json: bool) -> Result<i32> {
+    let state = &engine.state_dir;
+    if install::get(state, patch)?.is_none() {
+        return Err(Error::precondition(format!("`{patch}` is not installed")).hint("see pannus installed"));
+    }
+    // What goes with it: the installed patches that require it, theirs first.
+    let mut order: Vec<String> = Vec::new();
+    let mut queue = vec![patch.to_string()];
+    while let Some(p) = queue.pop() {
+        if order.contains(&p) {
+            continue;
+        }
+        let deps = install::dependents(state, &p)?;
+        if !deps.is_empty() && !cascade {
+            return Err(Error::precondition(format!(
+                "installed {} require{} `{p}`",
+                deps.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
+                if deps.len() == 1 { "s" } else { "" }
+            ))
+            .hint("uninstall them first, or pass --cascade to uninstall them with it"));
+        }
+        order.push(p);
+        queue.extend(deps);
+    }
+    order.reverse();
+    require_terminal_or_yes(yes, "uninstall")?;
+    let plans: Vec<(String, Option<crate::fleet::Plan>)> =
+        order.iter().map(|p| (p.clone(), crate::fleet::plan_rollback(p).ok())).collect();
+    if !yes {
+        let mut pids: Vec<i32> = plans.iter().flat_map(|(_, p)| p.iter().flat_map(|p| p.pids())).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let names = order.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
+        let from = if pids.is_empty() { "no process has it".to_string() } else { processes_text(&pids) };
+        if !ask(&format!("Uninstall {names}: roll back from {from}, and apply to no new process?")) {
+            return Err(Error::cancelled("uninstall cancelled: nothing was changed"));
+        }
+    }
+    // New processes stop getting them first; then every process is rolled back.
+    for p in &order {
+        if let Some(i) = install::get(state, p)? {
+            let record = Record { state: State::RolledBack, trial_deadline: None, reason: Some("uninstall".into()) };
+            install::set_state(state, &i.manifest.patch, &record)?;
+        }
+    }
+    let mut summaries = Vec::new();
+    let mut code = 0;
+    let (mut uninstalled, mut kept) = (Vec::new(), Vec::new());
+    for (p, plan) in &plans {
+        let summary = plan.as_ref().map(|plan| {
+            crate::fleet::rollback(engine, plan, true, Some(interrupt::received), &mut |line| {
+                if !json {
+                    say!("{line}");
+                }
+            })
+        });
+        let failed = summary.as_ref().is_some_and(|s| s.exit_code() != 0);
+        if failed {
+            code = summary.as_ref().map_or(1, |s| s.exit_code());
+            kept.push(p.clone());
+        } else {
+            install::forget(state, p)?;
+            uninstalled.push(p.clone());
+        }
+        if let Some(s) = summary {
+            summaries.push(s);
+        }
+    }
+    if json {
+        let rollback = summaries.iter().map(output::FleetRollback::from).collect();
+        output::print(&UninstallDoc { uninstalled, kept, rollback })?;
+    } else {
+        for s in &summaries {
+            print_summary(s, false)?;
+        }
+        for p in &uninstalled {
+            say!("uninstalled `{p}`");
+        }
+        for p in &kept {
+            say!("`{p}` stays installed, rolled back: some processes still have it (see above); run uninstall again");
+        }
+    }
+    Ok(code)
+}
+
+pub fn list(engine: &Engine, json: bool) -> Result<()> {
+    let all = install::installed(&engine.state_dir)?;
+    let docs: Vec<InstalledDoc<'_>> = all.iter().map(doc).collect();
+    if json {
+        return output::print(&docs);
+    }
+    if docs.is_empty() {
+        say!("no patch is installed");
+    }
+    for d in &docs {
+        let trial = match d.trial_remaining_s {
+            Some(s) => format!(" ({}:{:02} left)", s / 60, s % 60),
+            None => String::new(),
+        };
+        say!(
+            "{} {}  {}{trial}  {}/{} processes  {} (build-id {}){}",
+            d.patch,
+            d.version,
+            d.state,
+            d.patched,
+            d.processes,
+            d.object.display(),
+            d.build_id,
+            d.reason.map(|r| format!("  [{r}]")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}

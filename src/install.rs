@@ -1,0 +1,278 @@
+//! Installed patches: "this build of this binary has these patches", kept in the state folder
+//! as root-owned copies, so that a later pannus (the daemon, for a new process of that build)
+//! applies exactly what was verified, whatever happened to the files it was installed from.
+//!
+//! `STATE/installed/ID/` holds `manifest.yaml` (the manifest, its module path pointing at the
+//! copy next to it), `module.so` (the module, the bytes whose checksum was verified), and
+//! `state.json` (`{"state": "trial" | "committed" | "rolled-back", "trial_deadline": RFC 3339
+//! or null, "reason": ...}`).
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::state_dir::StateDir;
+use nix::fcntl::OFlag;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// The folder of installed patches in the state folder.
+pub const FOLDER: &str = "installed";
+
+/// Where an installed patch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Applied in trial; new processes get it in trial with the same deadline.
+    Trial,
+    /// Committed: new processes get it committed.
+    Committed,
+    /// Rolled back everywhere (a failed health check, an expiry, an uninstall under way): new
+    /// processes do not get it.
+    RolledBack,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Trial => "trial",
+            State::Committed => "committed",
+            State::RolledBack => "rolled-back",
+        })
+    }
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub state: State,
+    /// The end of the trial (RFC 3339), for a patch installed in trial.
+    pub trial_deadline: Option<String>,
+    /// Why it was rolled back, when it was.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Record {
+    /// The state as of now: a trial whose deadline passed is committed or rolled back, as its
+    /// policy says.
+    pub fn now(&self, m: &Manifest) -> State {
+        let past = self
+            .trial_deadline
+            .as_deref()
+            .and_then(|d| humantime::parse_rfc3339(d).ok())
+            .is_some_and(|d| SystemTime::now() >= d);
+        match (self.state, past) {
+            (State::Trial, true) if m.trial.on_expiry == crate::manifest::OnExpiry::Rollback => State::RolledBack,
+            (State::Trial, true) => State::Committed,
+            (s, _) => s,
+        }
+    }
+}
+
+/// One installed patch.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The copy of the manifest (its module: the copy next to it).
+    pub manifest: Manifest,
+    pub manifest_path: PathBuf,
+    pub record: Record,
+}
+
+fn installed_dir(state: &Path) -> Result<StateDir> {
+    StateDir::open(state)?.subdir(FOLDER)
+}
+
+/// Every installed patch, each after those it requires.
+pub fn installed(state: &Path) -> Result<Vec<Installed>> {
+    let dir = installed_dir(state)?;
+    let mut ids: Vec<String> = std::fs::read_dir(dir.path())
+        .map_err(|e| Error::other(format!("{}: {e}", dir.path().display())))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| crate::manifest::valid_patch_id(n))
+        .collect();
+    ids.sort();
+    let mut all = Vec::new();
+    for id in ids {
+        match read(&dir, &id) {
+            Ok(i) => all.push(i),
+            Err(e) => return Err(e.context(format!("installed patch `{id}`"))),
+        }
+    }
+    // Required patches first (the requires graph has no cycles: install refuses one).
+    let mut ordered: Vec<Installed> = Vec::new();
+    while !all.is_empty() {
+        let k = all
+            .iter()
+            .position(|i| i.manifest.requires.iter().all(|r| ordered.iter().any(|o| &o.manifest.patch == r)))
+            .unwrap_or(0);
+        ordered.push(all.remove(k));
+    }
+    Ok(ordered)
+}
+
+fn read(dir: &StateDir, id: &str) -> Result<Installed> {
+    let sub = dir.subdir(id)?;
+    let manifest_path = sub.path().join("manifest.yaml");
+    let manifest = Manifest::load(&manifest_path)?;
+    let mut text = String::new();
+    sub.file("state.json", OFlag::O_RDONLY)?
+        .read_to_string(&mut text)
+        .map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
+    let record: Record =
+        serde_json::from_str(&text).map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
+    Ok(Installed { manifest, manifest_path, record })
+}
+
+/// The installed patch `id`, if any.
+pub fn get(state: &Path, id: &str) -> Result<Option<Installed>> {
+    let dir = installed_dir(state)?;
+    if !crate::manifest::valid_patch_id(id) || !dir.has(id) {
+        return Ok(None);
+    }
+    read(&dir, id).map(Some)
+}
+
+fn write_file(dir: &StateDir, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = format!(".{name}.new");
+    dir.remove(&tmp);
+    let mut f = dir.file(&tmp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::other(format!("{}/{tmp}: {e}", dir.path().display())))?;
+    std::fs::rename(dir.path().join(&tmp), dir.path().join(name))
+        .map_err(|e| Error::other(format!("{}/{name}: {e}", dir.path().display())))
+}
+
+/// Records `state` for installed patch `id`.
+pub fn set_state(state: &Path, id: &str, record: &Record) -> Result<()> {
+    let sub = installed_dir(state)?.subdir(id)?;
+    let json = serde_json::to_vec(record).map_err(|e| Error::other(e.to_string()))?;
+    write_file(&sub, "state.json", &json)
+}
+
+/// Installs the patch of manifest `m` (loaded from `path`): verifies the module's checksum on
+/// the bytes it copies, writes the copies and the record. Refused when a patch it requires is
+/// not installed, or another patch of that id is.
+pub fn install(state: &Path, path: &Path, m: &Manifest) -> Result<Installed> {
+    for r in &m.requires {
+        match get(state, r)? {
+            Some(i) if i.record.now(&i.manifest) != State::RolledBack => {}
+            _ => {
+                return Err(Error::precondition(format!("`{}` requires `{r}`, which is not installed", m.patch))
+                    .hint(format!("install {r} first")))
+            }
+        }
+    }
+    if let Some(i) = get(state, &m.patch)? {
+        if i.manifest.module.sha256 != m.module.sha256 || i.manifest.target.build_id != m.target.build_id {
+            return Err(Error::precondition(format!(
+                "another `{}` is installed (version {}, module sha256 {}…)",
+                m.patch,
+                i.manifest.version,
+                &i.manifest.module.sha256[..12.min(i.manifest.module.sha256.len())]
+            ))
+            .hint(format!("pannus uninstall {} first", m.patch)));
+        }
+        return Ok(i);
+    }
+    // The module: read once, checked, and these very bytes copied.
+    let bytes = std::fs::read(&m.module.path)
+        .map_err(|e| Error::bad_input(format!("module {}: {e}", m.module.path.display())))?;
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    if !sha.eq_ignore_ascii_case(&m.module.sha256) {
+        return Err(Error::bad_input(format!(
+            "module {}: sha256 {sha}, but the manifest says {}",
+            m.module.path.display(),
+            m.module.sha256
+        ))
+        .hint("rebuild the manifest for this module (pannus manifest new), or fix module.path"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::bad_input(format!("{}: {e}", path.display())))?;
+    let copy = rewrite_module_path(&text, "module.so").ok_or_else(|| {
+        Error::bad_input(format!("{}: no `path:` under `module:` to point at the installed copy", path.display()))
+    })?;
+    let dir = installed_dir(state)?;
+    let tmp = format!(".{}.new", m.patch);
+    let _ = std::fs::remove_dir_all(dir.path().join(&tmp));
+    let sub = dir.subdir(&tmp)?;
+    write_file(&sub, "module.so", &bytes)?;
+    write_file(&sub, "manifest.yaml", copy.as_bytes())?;
+    let deadline = (!m.trial.duration.is_zero())
+        .then(|| humantime::format_rfc3339_seconds(SystemTime::now() + m.trial.duration).to_string());
+    let record = Record {
+        state: if deadline.is_some() { State::Trial } else { State::Committed },
+        trial_deadline: deadline,
+        reason: None,
+    };
+    write_file(&sub, "state.json", &serde_json::to_vec(&record).map_err(|e| Error::other(e.to_string()))?)?;
+    std::fs::rename(sub.path(), dir.path().join(&m.patch))
+        .map_err(|e| Error::other(format!("{}: {e}", dir.path().join(&m.patch).display())))?;
+    get(state, &m.patch)?.ok_or_else(|| Error::other(format!("installed patch `{}` vanished", m.patch)))
+}
+
+/// Forgets installed patch `id` (its folder in the state).
+pub fn forget(state: &Path, id: &str) -> Result<()> {
+    let dir = installed_dir(state)?;
+    if !crate::manifest::valid_patch_id(id) || !dir.has(id) {
+        return Ok(());
+    }
+    let sub = dir.subdir(id)?;
+    for f in ["manifest.yaml", "module.so", "state.json"] {
+        sub.remove(f);
+    }
+    std::fs::remove_dir(sub.path()).map_err(|e| Error::other(format!("{}: {e}", sub.path().display())))
+}
+
+/// The installed patches that require `id`.
+pub fn dependents(state: &Path, id: &str) -> Result<Vec<String>> {
+    Ok(installed(state)?
+        .into_iter()
+        .filter(|i| i.manifest.requires.iter().any(|r| r == id))
+        .map(|i| i.manifest.patch)
+        .collect())
+}
+
+/// `text` (a manifest) with the `path:` of its `module:` section set to `new`.
+fn rewrite_module_path(text: &str, new: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut in_module = false;
+    let mut done = false;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            in_module = trimmed.starts_with("module:");
+        }
+        if in_module && !done && indent > 0 && trimmed.starts_with("path:") {
+            out.push_str(&line[..indent]);
+            out.push_str(&format!("path: {}\n", serde_json::to_string(new).unwrap_or_default()));
+            done = true;
+            continue;
+        }
+        out.push_str(line);
+    }
+    done.then_some(out)
+}
+
+/// How long is left of a trial deadline (RFC 3339), if any.
+pub fn remaining(deadline: Option<&str>) -> Option<Duration> {
+    let d = humantime::parse_rfc3339(deadline?).ok()?;
+    d.duration_since(SystemTime::now()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_module_path_is_pointed_at_the_copy() {
+        let text = "patch: a\nmodule:\n  path: /x/a.so   # here\n  sha256: ab\nfunctions: []\n";
+        let out = rewrite_module_path(text, "module.so").unwrap();
+        assert!(out.contains("  path: \"module.so\"\n  sha256: ab"), "{out}");
+        assert!(rewrite_module_path("patch: a\n", "m").is_none());
+    }
+}

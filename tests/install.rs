@@ -1,0 +1,164 @@
+//! `pannus install`, `uninstall` and `installed` on real processes: an installed patch is in
+//! every process of its build, recorded with a verified copy of its module, and taken back
+//! from all of them by `uninstall`.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A copy of the `target_pie` fixture private to one test (its own inode: no other test's
+/// processes run it), and manifests for it.
+struct Build {
+    exe: PathBuf,
+    dir: PathBuf,
+}
+
+impl Build {
+    fn new(state: &State) -> Build {
+        let dir = state.path().join("build");
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("svc");
+        std::fs::copy(bin("target_pie"), &exe).unwrap();
+        Build { exe, dir }
+    }
+    fn start(&self) -> Proc {
+        Proc::spawn(Command::new(&self.exe))
+    }
+    /// A manifest for module fixture `module` replacing `functions`, with `extra` lines.
+    fn manifest(&self, patch: &str, module: &str, functions: &[(&str, &str)], extra: &str) -> PathBuf {
+        let module = bin(module);
+        let sha = pannus::sha256_file(&module).unwrap();
+        let mut text = format!(
+            "patch: {patch}\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {sha}\nfunctions:\n",
+            self.exe.display(),
+            build_id(&self.exe),
+            module.display()
+        );
+        for (t, r) in functions {
+            text.push_str(&format!("  - target: {t}\n    replacement: {r}\n"));
+        }
+        text.push_str(extra);
+        let path = self.dir.join(format!("{patch}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn installed(state: &State) -> Vec<serde_json::Value> {
+    state.pannus(&["installed", "--json"]).ok().json().as_array().unwrap().clone()
+}
+
+fn install(state: &State, manifest: &Path) -> Run {
+    state.pannus(&["install", manifest.to_str().unwrap(), "--yes", "--json"])
+}
+
+/// Install applies the patch to every process of the build and records it with a copy of the
+/// module, which later applies work from even once the original file is gone.
+#[test]
+fn install_applies_to_every_process_of_the_build_and_records_it() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let (mut one, mut two) = (b.start(), b.start());
+    // The module from a file of its own, removed after the install.
+    let module = b.dir.join("fix.so");
+    std::fs::copy(bin("patch_compute.so"), &module).unwrap();
+    let m = b.manifest("inst-fix", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace(&bin("patch_compute.so").display().to_string(), &module.display().to_string());
+    std::fs::write(&m, text).unwrap();
+
+    let run = install(&state, &m).ok();
+    let doc = run.json();
+    assert_eq!(doc["installed"]["patch"], "inst-fix", "{doc}");
+    assert_eq!(doc["apply"]["patched"].as_array().map(|a| a.len()), Some(2), "{doc}");
+    assert_eq!(one.ask("c 5"), "500");
+    assert_eq!(two.ask("c 5"), "500");
+    let list = installed(&state);
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0]["state"].as_str(), list[0]["patched"].as_u64(), list[0]["processes"].as_u64()),
+        (Some("trial"), Some(2), Some(2)),
+        "{list:?}"
+    );
+
+    std::fs::remove_file(&module).unwrap();
+    let mut three = b.start();
+    assert_eq!(three.ask("c 5"), "6", "without the daemon a new process starts unpatched");
+    assert_eq!(installed(&state)[0]["processes"], 3);
+    let copy = PathBuf::from(list[0]["manifest"].as_str().unwrap());
+    state.apply(&copy, three.pid).ok();
+    assert_eq!(three.ask("c 5"), "500", "applied from the installed copy");
+    // Installing it again changes nothing, the original module gone or not.
+    let doc = install(&state, &m).ok().json();
+    assert_eq!(doc["apply"]["patched"].as_array().map(|a| a.len()), Some(0), "{doc}");
+    assert_eq!(installed(&state).len(), 1);
+}
+
+/// A patch whose requirement is not installed is refused; once it is, the install goes on.
+#[test]
+fn install_refuses_a_patch_whose_requirement_is_not_installed() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let mut t = b.start();
+    let base = b.manifest("base-fix", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep = b.manifest("dep-fix", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
+    let run = install(&state, &dep);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("requires `base-fix`, which is not installed"), "{}", run.stderr);
+    assert!(installed(&state).is_empty());
+    install(&state, &base).ok();
+    install(&state, &dep).ok();
+    let names: Vec<String> = installed(&state).iter().map(|i| i["patch"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["base-fix", "dep-fix"]);
+    assert_eq!(state.status(t.pid)["patches"].as_array().unwrap().len(), 2);
+    assert_ne!(t.ask("c 5"), "6");
+}
+
+/// Uninstall rolls the patch back from every process and forgets it; one that others require
+/// is refused, naming them, unless --cascade.
+#[test]
+fn uninstall_rolls_back_everywhere_and_forgets() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let (mut one, mut two) = (b.start(), b.start());
+    let base = b.manifest("base-fix", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep = b.manifest("dep-fix", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
+    install(&state, &base).ok();
+    install(&state, &dep).ok();
+    let run = state.pannus(&["uninstall", "base-fix", "--yes", "--json"]);
+    assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("`dep-fix`"), "{}", run.stderr);
+    assert_eq!(installed(&state).len(), 2, "nothing changed");
+
+    let doc = state.pannus(&["uninstall", "base-fix", "--cascade", "--yes", "--json"]).ok().json();
+    assert_eq!(doc["uninstalled"], serde_json::json!(["dep-fix", "base-fix"]), "{doc}");
+    assert!(installed(&state).is_empty());
+    assert_eq!(one.ask("c 5"), "6");
+    assert_eq!(two.ask("c 5"), "6");
+    assert!(state.status(one.pid)["patches"].as_array().unwrap().iter().all(|p| p["state"] == "rolled-back"));
+}
+
+/// A module whose checksum is not the manifest's is refused before anything is recorded or
+/// applied; a patch for a build no process runs yet is installed for the processes to come.
+#[test]
+fn install_verifies_the_module_and_needs_no_running_process() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let m = b.manifest("inst-fix", "patch_compute.so", &[("compute", "compute_v2")], "");
+    install(&state, &m).ok();
+    assert_eq!(installed(&state)[0]["processes"], 0);
+    let mut t = b.start();
+    assert_eq!(t.ask("c 5"), "6");
+
+    let bad = b.manifest("bad-fix", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let text = std::fs::read_to_string(&bad).unwrap();
+    let sha = text.lines().find_map(|l| l.trim().strip_prefix("sha256: ")).unwrap().to_string();
+    std::fs::write(&bad, text.replace(&sha, &"0".repeat(64))).unwrap();
+    let run = install(&state, &bad);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert_eq!(installed(&state).len(), 1, "bad-fix is not recorded");
+    assert_eq!(t.ask("c 5"), "6");
+}
