@@ -13,6 +13,7 @@
 //!   record of patches kept inside each process, and its format.
 
 mod build;
+mod canary;
 pub mod cli;
 mod elf;
 mod engine;

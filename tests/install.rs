@@ -162,3 +162,73 @@ fn install_verifies_the_module_and_needs_no_running_process() {
     assert_eq!(installed(&state).len(), 1, "bad-fix is not recorded");
     assert_eq!(t.ask("c 5"), "6");
 }
+
+const FAILING_CHECK: &str =
+    "trial:\n  duration: 10m\n  health_check:\n    command: \"false\"\n    interval: 100ms\n    failures: 1\n";
+const PASSING_CHECK: &str =
+    "trial:\n  duration: 10m\n  health_check:\n    command: kill -0 $PANNUS_PID\n    interval: 100ms\n";
+
+/// A canary whose health check fails is rolled back and no other process is touched; the
+/// run says which process was the canary and what happened, and exits non-zero.
+#[test]
+fn a_failing_canary_leaves_every_other_process_untouched() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let mut procs = vec![b.start(), b.start(), b.start()];
+    let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], FAILING_CHECK);
+    let run = state.pannus(&[
+        "apply",
+        m.to_str().unwrap(),
+        "--all",
+        "--canary",
+        "1",
+        "--canary-trial",
+        "10m",
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["canary"], "failed", "{doc}");
+    assert_eq!(doc["canaries"].as_array().map(|a| a.len()), Some(1), "{doc}");
+    assert!(doc["rest_apply"].is_null(), "{doc}");
+    for p in &mut procs {
+        assert_eq!(p.ask("c 5"), "6", "process {} is as it was", p.pid);
+    }
+}
+
+/// Canaries that stay healthy through their trial let the patch reach every process.
+#[test]
+fn a_passing_canary_reaches_all() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let mut procs = vec![b.start(), b.start(), b.start()];
+    let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], PASSING_CHECK);
+    let doc = state
+        .pannus(&["apply", m.to_str().unwrap(), "--all", "--canary", "2", "--canary-trial", "1s", "--yes", "--json"])
+        .ok()
+        .json();
+    assert_eq!(doc["canary"], "passed", "{doc}");
+    assert_eq!(doc["rest_apply"]["patched"].as_array().map(|a| a.len()), Some(1), "{doc}");
+    for p in &mut procs {
+        assert_eq!(p.ask("c 5"), "500");
+    }
+}
+
+/// An install whose canary fails is recorded as rolled back, with the reason, so that no new
+/// process gets it.
+#[test]
+fn an_install_whose_canary_fails_is_rolled_back_for_new_processes_too() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let (mut one, mut two) = (b.start(), b.start());
+    let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], FAILING_CHECK);
+    let run =
+        state.pannus(&["install", m.to_str().unwrap(), "--canary", "1", "--canary-trial", "10m", "--yes", "--json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let list = installed(&state);
+    assert_eq!(list[0]["state"], "rolled-back", "{list:?}");
+    assert!(list[0]["reason"].as_str().unwrap().starts_with("canary failed"), "{list:?}");
+    assert_eq!(one.ask("c 5"), "6");
+    assert_eq!(two.ask("c 5"), "6");
+}

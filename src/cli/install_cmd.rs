@@ -2,7 +2,9 @@
 //! a binary (see `crate::install`), applied to and rolled back from every process of it with
 //! `apply --all` and `rollback --all`'s machinery.
 
-use super::{ask, interrupt, output, print_summary, processes_text, require_terminal_or_yes};
+use super::{
+    ask, interrupt, output, print_rollout, print_summary, processes_text, require_terminal_or_yes, RolloutDoc,
+};
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::install::{self, Installed, Record, State};
@@ -68,7 +70,13 @@ struct InstallDoc<'a> {
     apply: Option<output::FleetApply<'a>>,
 }
 
-pub fn install(engine: &Engine, path: &Path, yes: bool, json: bool) -> Result<i32> {
+pub fn install(
+    engine: &Engine,
+    path: &Path,
+    yes: bool,
+    canary: Option<crate::canary::Canary>,
+    json: bool,
+) -> Result<i32> {
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "install")?;
     let plan = match crate::fleet::plan_apply(&m) {
@@ -92,18 +100,38 @@ pub fn install(engine: &Engine, path: &Path, yes: bool, json: bool) -> Result<i3
         }
     }
     let installed = install::install(&engine.state_dir, path, &m)?;
-    let summary = plan.as_ref().map(|plan| {
-        let options = crate::fleet::ApplyOptions {
-            rollback_on_failure: false,
-            watch: true,
-            interrupted: Some(interrupt::received),
-        };
-        crate::fleet::apply(engine, &installed.manifest, plan, options, &mut |line| {
-            if !json {
-                say!("{line}");
-            }
-        })
-    });
+    let options =
+        crate::fleet::ApplyOptions { rollback_on_failure: false, watch: true, interrupted: Some(interrupt::received) };
+    let mut progress = |line: &str| {
+        if !json {
+            say!("{line}");
+        }
+    };
+    if let (Some(canary), Some(plan)) = (canary, plan.as_ref()) {
+        let rollout = crate::canary::apply(engine, &installed.manifest, plan, canary, options, &mut progress);
+        if let Some(why) = &rollout.failure {
+            // The canaries failed: new processes must not get it either.
+            let record = Record {
+                state: State::RolledBack,
+                trial_deadline: None,
+                reason: Some(format!("canary failed: {why}")),
+            };
+            install::set_state(&engine.state_dir, &installed.manifest.patch, &record)?;
+        }
+        let installed = install::get(&engine.state_dir, &installed.manifest.patch)?.unwrap_or(installed);
+        if json {
+            output::print(&CanaryInstallDoc {
+                installed: doc(&installed),
+                rollout: RolloutDoc::new(&rollout, canary),
+            })?;
+        } else {
+            print_rollout(&rollout, canary, false)?;
+            say!("installed `{}`: {}", installed.manifest.patch, installed.record.now(&installed.manifest));
+        }
+        return Ok(rollout.exit_code());
+    }
+    let summary =
+        plan.as_ref().map(|plan| crate::fleet::apply(engine, &installed.manifest, plan, options, &mut progress));
     let code = summary.as_ref().map_or(0, |s| s.exit_code());
     if json {
         output::print(&InstallDoc {
@@ -123,6 +151,13 @@ pub fn install(engine: &Engine, path: &Path, yes: bool, json: bool) -> Result<i3
         );
     }
     Ok(code)
+}
+
+#[derive(Serialize)]
+struct CanaryInstallDoc<'a> {
+    installed: InstalledDoc<'a>,
+    #[serde(flatten)]
+    rollout: RolloutDoc<'a>,
 }
 
 #[derive(Serialize)]

@@ -56,6 +56,23 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// A canary rollout: N processes first, watched through a trial of their own.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct CanaryArgs {
+    /// Apply to N processes first, keep them through --canary-trial with the manifest's health check running, then to the rest; roll the canaries back and touch no other process if one fails
+    #[arg(long, value_name = "N", requires = "canary_trial", value_parser = clap::value_parser!(u32).range(1..))]
+    pub canary: Option<u32>,
+    /// How long the canaries are watched before the rest get the patch
+    #[arg(long, value_name = "DURATION", requires = "canary", value_parser = humantime::parse_duration)]
+    pub canary_trial: Option<std::time::Duration>,
+}
+
+impl CanaryArgs {
+    fn get(self) -> Option<crate::canary::Canary> {
+        Some(crate::canary::Canary { count: self.canary? as usize, trial: self.canary_trial? })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check, then load, link, init and activate a patch in a running process
@@ -76,6 +93,8 @@ pub enum Command {
         /// With --all: when a process fails, stop and roll back the processes already patched
         #[arg(long, conflicts_with = "pid")]
         rollback_on_failure: bool,
+        #[command(flatten)]
+        canary: CanaryArgs,
         #[arg(long)]
         json: bool,
     },
@@ -182,6 +201,8 @@ pub enum Command {
         /// Do not ask first
         #[arg(long, short)]
         yes: bool,
+        #[command(flatten)]
+        canary: CanaryArgs,
         #[arg(long)]
         json: bool,
     },
@@ -303,7 +324,9 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { all: true, .. } | Command::Rollback { all: true, .. } | Command::Status { all: true, .. } => {
             fleet_dispatch(&engine, command)
         }
-        Command::Install { manifest, yes, json, .. } => install_cmd::install(&engine, &manifest, yes, json),
+        Command::Install { manifest, yes, canary, json } => {
+            install_cmd::install(&engine, &manifest, yes, canary.get(), json)
+        }
         Command::Uninstall { patch, yes, cascade, json } => install_cmd::uninstall(&engine, &patch, yes, cascade, json),
         command => dispatch(&engine, command).map(|()| 0),
     };
@@ -756,8 +779,8 @@ fn one_pid(pid: Option<i32>) -> Result<i32> {
 /// `apply --all`, `rollback --all` and `status --all`; returns the exit code.
 fn fleet_dispatch(engine: &Engine, command: Command) -> Result<i32> {
     match command {
-        Command::Apply { manifest, yes, rollback_on_failure, json, .. } => {
-            fleet_apply(engine, &manifest, yes, rollback_on_failure, json)
+        Command::Apply { manifest, yes, rollback_on_failure, canary, json, .. } => {
+            fleet_apply(engine, &manifest, yes, rollback_on_failure, canary.get(), json)
         }
         Command::Rollback { patch, yes, cascade, json, .. } => fleet_rollback(engine, patch, yes, cascade, json),
         Command::Status { json, .. } => fleet_status(engine, json).map(|()| 0),
@@ -788,6 +811,7 @@ fn fleet_apply(
     path: &std::path::Path,
     yes: bool,
     rollback_on_failure: bool,
+    canary: Option<crate::canary::Canary>,
     json: bool,
 ) -> Result<i32> {
     let m = Manifest::load(path)?;
@@ -801,13 +825,66 @@ fn fleet_apply(
     }
     let options =
         crate::fleet::ApplyOptions { rollback_on_failure, watch: true, interrupted: Some(interrupt::received) };
-    let summary = crate::fleet::apply(engine, &m, &plan, options, &mut |line| {
+    let mut progress = |line: &str| {
         if !json {
             say!("{line}");
         }
-    });
+    };
+    if let Some(canary) = canary {
+        let rollout = crate::canary::apply(engine, &m, &plan, canary, options, &mut progress);
+        print_rollout(&rollout, canary, json)?;
+        return Ok(rollout.exit_code());
+    }
+    let summary = crate::fleet::apply(engine, &m, &plan, options, &mut progress);
     print_summary(&summary, json)?;
     Ok(summary.exit_code())
+}
+
+/// A canary rollout, as `--json` shows it.
+#[derive(serde::Serialize)]
+pub(super) struct RolloutDoc<'a> {
+    canaries: &'a [i32],
+    canary_trial_s: u64,
+    /// `passed` or `failed`.
+    canary: &'static str,
+    reason: Option<&'a str>,
+    canary_apply: output::FleetApply<'a>,
+    canary_rollback: Option<output::FleetRollback<'a>>,
+    rest_apply: Option<output::FleetApply<'a>>,
+}
+
+impl<'a> RolloutDoc<'a> {
+    pub(super) fn new(r: &'a crate::canary::Rollout, canary: crate::canary::Canary) -> RolloutDoc<'a> {
+        RolloutDoc {
+            canaries: &r.canaries,
+            canary_trial_s: canary.trial.as_secs(),
+            canary: if r.failure.is_some() { "failed" } else { "passed" },
+            reason: r.failure.as_deref(),
+            canary_apply: (&r.first).into(),
+            canary_rollback: r.rollback.as_ref().map(Into::into),
+            rest_apply: r.rest.as_ref().map(Into::into),
+        }
+    }
+}
+
+fn print_rollout(r: &crate::canary::Rollout, canary: crate::canary::Canary, json: bool) -> Result<()> {
+    if json {
+        return output::print(&RolloutDoc::new(r, canary));
+    }
+    print_summary(&r.first, false)?;
+    if let Some(s) = &r.rollback {
+        print_summary(s, false)?;
+    }
+    if let Some(s) = &r.rest {
+        print_summary(s, false)?;
+    }
+    match &r.failure {
+        Some(why) => {
+            let _ = writeln!(std::io::stderr(), "pannus: canary rollout of `{}` failed: {why}", r.first.patch);
+        }
+        None => say!("canaries passed: {}", processes_text(&r.canaries)),
+    }
+    Ok(())
 }
 
 fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bool, json: bool) -> Result<i32> {
