@@ -182,6 +182,16 @@ pub struct PatchRecord {
     /// `dlclose` would: they take back what init registered (exit handlers, above all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fini: Vec<u64>,
+    /// The module's code has run in the process (its init functions were called, even if one
+    /// failed): before it is unmapped, nothing may point into it (load: mmap).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_ran: bool,
+    /// Where the module's unwind tables are (`.eh_frame_hdr`, `.eh_frame`,
+    /// `.gcc_except_table`; load: mmap), `[start, end)`: read only by the unwinder, which has
+    /// let go of them before the unload, though stale copies of pointers into them linger in
+    /// freed memory. A pointer there keeps no module mapped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unwind_tables: Vec<[u64; 2]>,
 }
 
 /// A page of jump stubs mapped near the target object.

@@ -300,6 +300,19 @@ impl<'m> Hijack<'m> {
         Ok(())
     }
 
+    /// `len` bytes of the thread's stack below its signal frame, for a system call to write its
+    /// answer into (`rt_sigaction`'s old action): memory the thread itself could write (see
+    /// [`Hijack::capture`]) that nothing of the thread's uses while it is borrowed.
+    pub(crate) fn out_buffer(&self, len: u64) -> Result<u64> {
+        let at = self.frame.bottom.saturating_sub(len) & !15;
+        let needed = self.saved.rsp.saturating_sub(at);
+        if at < LOWEST_STACK || self.room < needed {
+            let (tid, rsp, room) = (self.tid, self.saved.rsp, self.room);
+            return Err(Error::NoRoom { tid, rsp, what: "a system call's answer", room, needed });
+        }
+        Ok(at)
+    }
+
     /// The borrowed thread's own registers, as it was stopped.
     pub fn regs(&self) -> &user_regs_struct {
         &self.saved
@@ -307,6 +320,10 @@ impl<'m> Hijack<'m> {
 
     pub fn pid(&self) -> i32 {
         self.mem.pid()
+    }
+
+    pub(crate) fn mem(&self) -> &'m Mem {
+        self.mem
     }
 
     /// Runs system call `nr` with up to six arguments in the target and returns its raw result
