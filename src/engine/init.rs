@@ -136,7 +136,14 @@ impl Session<'_> {
             }
         }
         for (k, &f) in inits.iter().enumerate() {
-            h.call(f, &[0, 0, 0], timeout, &format!("init function #{} at {f:#x}", k + 1))?;
+            let what = format!("init function #{} at {f:#x}", k + 1);
+            if let Err(e) = h.call(f, &[0, 0, 0], timeout, &what) {
+                if let pannus_kernel::Error::Abandoned { tid, .. } = e {
+                    // The thread runs on inside the module: unmapping it would kill the process.
+                    log.push(Step::Unknown(format!("thread {tid} still runs its {what}")));
+                }
+                return Err(e.into());
+            }
         }
         h.release()?;
         Ok(())

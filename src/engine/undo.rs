@@ -221,7 +221,7 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            Step::Unknown(ref why) => Err(Error::other(format!("the module is kept mapped: {why}"))),
+            Step::Unknown(ref why) => Err(Error::other(format!("{KEPT_MAPPED}{why}"))),
         }
     }
 
@@ -250,15 +250,20 @@ impl Session<'_> {
                 e.message.push_str(&format!("\n  undone: {} (the process is as it was)", stages.join(", ")));
             }
             Err(u) if u.message.starts_with(KEPT_MAPPED) => {
-                // Everything else is undone; the record stays, saying why, for a later rollback
-                // to unload the module once nothing points into it.
+                // Everything else is undone: the patch was never active, and is rolled back. Its
+                // record stays, saying why, for a later rollback to unload the module once
+                // nothing points into it; its finalisers ran on the way here, or must never run
+                // (its init did not finish).
                 if let Some(r) = reg.get_mut(id) {
+                    r.state = State::RolledBack;
                     r.note = Some(u.message.clone());
+                    r.ended_at = Some(super::now_secs());
+                    r.fini.clear();
                 }
                 let _ = self.write_registry(reg);
                 let pid = self.target.pid;
                 e.message.push_str(&format!(
-                    "\n  undone: {} (the process runs its old code), but the {}\n  `pannus rollback --pid {pid} {id}` \
+                    "\n  undone: {} (the process runs its old code); {}\n  `pannus rollback --pid {pid} {id}` \
                      unloads the module once nothing points into it",
                     stages.join(", "),
                     u.message
