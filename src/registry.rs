@@ -596,6 +596,24 @@ mod tests {
         assert_eq!((dl.functions[0].replacement_size, dl.functions[0].via), (None, None));
     }
 
+    /// What the unload needs to look for pointers into a module (its code ran, its unwind
+    /// tables): absent from an older record, kept through a write and a read.
+    #[test]
+    fn what_the_unload_looks_for_reads_back() {
+        let mut reg: Registry = serde_json::from_str(WRITTEN_BEFORE).unwrap();
+        let rec = reg.get_mut("compute-fix").unwrap();
+        assert_eq!((rec.init_ran, rec.unwind_tables.len()), (false, 0), "absent from an older record");
+        rec.init_ran = true;
+        rec.unwind_tables = vec![[0x7f12_3456_2008, 0x7f12_3456_20f0]];
+        let again = decode(&encode(&reg).unwrap()).unwrap();
+        assert_eq!(again, reg);
+        // The fuzz target's seed holding them is a registry this pannus reads.
+        let seed = include_bytes!("../fuzz/corpus/registry/seed-patch");
+        assert_eq!(slot_of(&seed[..HEADER_LEN]).unwrap(), Some((HEADER, seed.len() - HEADER_LEN)));
+        let rec = decode(&seed[HEADER_LEN..]).unwrap().patches.remove(0);
+        assert_eq!((rec.init_ran, rec.unwind_tables, rec.fini), (true, vec![[8200, 8300]], vec![4200]));
+    }
+
     #[test]
     fn writes_what_the_previous_pannus_reads() {
         let reg: Registry = serde_json::from_str(WRITTEN_BEFORE).unwrap();
