@@ -527,3 +527,22 @@ fn a_failed_apply_after_init_keeps_a_module_the_program_points_into() {
     assert!(t.maps().contains("patch_callback.so"), "kept mapped");
     assert_eq!(t.ask("c 5"), "6");
 }
+
+/// A replacement built a C++ object of a class of its own, which the program keeps and calls:
+/// the rollback finds the object's vtable pointer (into the module's read-only data) in the
+/// heap and keeps the module mapped; the object goes on working, and the function is rolled
+/// back.
+#[test]
+fn a_module_holding_the_vtable_of_an_object_the_program_keeps_is_kept_mapped() {
+    let state = State::new();
+    let mut t = Proc::start("cpp_target");
+    let fns = [("_Z12make_greeterv", "_Z15make_greeter_v2v")];
+    let m = state.manifest("loud", "cpp_target", "patch_cpp_vtable.so", &fns, "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!((t.ask("n"), t.ask("g")), ("new".to_string(), "HELLO".to_string()));
+    let (json, reason) = rollback_json(&state, t.pid);
+    assert!(reason.contains("its read-only data"), "{json}");
+    assert_eq!(t.ask("g"), "HELLO", "the object still works");
+    assert!(t.maps().contains("patch_cpp_vtable.so"), "kept mapped");
+    assert_eq!((t.ask("n"), t.ask("g")), ("new".to_string(), "hello".to_string()), "rolled back");
+}
