@@ -448,6 +448,11 @@ fn an_init_function_stuck_in_vfork_is_left_to_finish_and_its_module_kept() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL).unwrap();
     assert_eq!(t.ask("c 5"), "6", "the thread came back home once its init function returned");
     assert_all_let_go(t.pid);
+    let st = state.status(t.pid);
+    assert_eq!(st["patches"][0]["state"], "rolled-back", "{st}");
+    state.rollback(t.pid, None).ok();
+    assert!(!t.maps().contains("patch_init_vfork.so"), "a later rollback unloads the module");
+    assert_eq!(t.ask("c 5"), "6");
 }
 
 /// The main thread waits in `vfork` for its child, where no stop reaches it (the child waits
