@@ -73,5 +73,12 @@ printf '\x01\x00\x00\x10\x00\x00\x08\x00\x34\x12\x00\x00\x00\x00\x00\x00\x00\x00
 # registry: a 40-byte header (magic, format 1, active slot 0 of 38 bytes), then the slot.
 { printf 'PANNUSRG\x01\x00\x00\x00\x00\x00\x00\x00'; printf '\x00%.0s' $(seq 8); printf '\x26'; printf '\x00%.0s' $(seq 15)
   printf '{"format":1,"next_seq":0,"patches":[]}'; } >corpus/registry/seed-empty
+# And one holding an mmap patch on trial whose init ran, with its finalisers and unwind tables:
+# the slot's length is the record's, as two little-endian bytes.
+reg='{"format":1,"next_seq":1,"patches":[{"patch":"fix","version":"1","state":"trial","seq":1,"requires":[],"manifest":"/m.yaml","manifest_digest":"ab","module":"/m.so","module_sha256":"cd","target_object":"/t","build_id":"3f","module_base":4096,"module_size":8192,"functions":[{"target":"f","replacement":"g","address":64,"replacement_address":4160,"jump":"rel32","patch_address":64,"original":"5548","written":"e9c2"}],"applied_at":1,"on_expiry":"commit","module_mapped":true,"fini":[4200],"init_ran":true,"unwind_tables":[[8200,8300]]}]}'
+n=${#reg}
+{ printf 'PANNUSRG\x01\x00\x00\x00\x00\x00\x00\x00'; printf '\x00%.0s' $(seq 8)
+  printf "\\x$(printf %02x $((n & 255)))\\x$(printf %02x $((n >> 8)))"; printf '\x00%.0s' $(seq 14)
+  printf '%s' "$reg"; } >corpus/registry/seed-patch
 
 ls -l corpus/*/ | awk '$5 > 20480 { print "too large:", $0; bad=1 } END { exit bad }'

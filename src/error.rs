@@ -106,6 +106,11 @@ impl From<pannus_kernel::Error> for Error {
                  safety.retries or --stop-timeout"
                     .to_string(),
             ),
+            pannus_kernel::Error::Abandoned { .. } => Some(
+                "nothing more is asked of that thread; see what the process does (pannus status), and retry once \
+                 the thread has moved on"
+                    .to_string(),
+            ),
             pannus_kernel::Error::NoRoom { .. } => Some(
                 "the thread runs on a small stack near its bottom (a coroutine's, an alternate signal stack); \
                  retry once it has moved on"

@@ -182,6 +182,16 @@ pub struct PatchRecord {
     /// `dlclose` would: they take back what init registered (exit handlers, above all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fini: Vec<u64>,
+    /// The module's code has run in the process (its init functions were called, even if one
+    /// failed): before it is unmapped, nothing may point into it (load: mmap).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_ran: bool,
+    /// Where the module's unwind tables are (`.eh_frame_hdr`, `.eh_frame`,
+    /// `.gcc_except_table`; load: mmap), `[start, end)`: read only by the unwinder, which has
+    /// let go of them before the unload, though stale copies of pointers into them linger in
+    /// freed memory. A pointer there keeps no module mapped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unwind_tables: Vec<[u64; 2]>,
 }
 
 /// A page of jump stubs mapped near the target object.
@@ -604,6 +614,24 @@ mod tests {
         assert_eq!((dl.state, dl.load, dl.on_expiry), (State::RolledBack, LoadMethod::Dlopen, OnExpiry::Commit));
         assert_eq!((dl.handle, dl.stubs, dl.eh_frame), (None, None, None));
         assert_eq!((dl.functions[0].replacement_size, dl.functions[0].via), (None, None));
+    }
+
+    /// What the unload needs to look for pointers into a module (its code ran, its unwind
+    /// tables): absent from an older record, kept through a write and a read.
+    #[test]
+    fn what_the_unload_looks_for_reads_back() {
+        let mut reg: Registry = serde_json::from_str(WRITTEN_BEFORE).unwrap();
+        let rec = reg.get_mut("compute-fix").unwrap();
+        assert_eq!((rec.init_ran, rec.unwind_tables.len()), (false, 0), "absent from an older record");
+        rec.init_ran = true;
+        rec.unwind_tables = vec![[0x7f12_3456_2008, 0x7f12_3456_20f0]];
+        let again = decode(&encode(&reg).unwrap()).unwrap();
+        assert_eq!(again, reg);
+        // The fuzz target's seed holding them is a registry this pannus reads.
+        let seed = include_bytes!("../fuzz/corpus/registry/seed-patch");
+        assert_eq!(slot_of(&seed[..HEADER_LEN]).unwrap(), Some((HEADER, seed.len() - HEADER_LEN)));
+        let rec = decode(&seed[HEADER_LEN..]).unwrap().patches.remove(0);
+        assert_eq!((rec.init_ran, rec.unwind_tables, rec.fini), (true, vec![[8200, 8300]], vec![4200]));
     }
 
     #[test]

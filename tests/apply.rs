@@ -471,7 +471,10 @@ fn mono() -> u64 {
 }
 
 /// The stop windows `--json` reports are when the target's threads really were stopped: a
-/// thread of the target watching the clock sees a gap in each of them.
+/// thread of the target watching the clock sees a gap in the stop that wrote the bytes, which
+/// is the one `timings_us.stopped` measures. On a loaded machine a stop may come before it in
+/// which a thread (the watcher itself, maybe) did not stop in time and was let go with the
+/// others: such a window is reported too, in order, but proves nothing about the watcher.
 #[test]
 fn json_reports_when_the_threads_were_stopped() {
     let state = State::new();
@@ -484,28 +487,35 @@ fn json_reports_when_the_threads_were_stopped() {
         let v = state.pannus(args).ok().json();
         let after = mono();
         let stops = v["stops"].as_array().unwrap_or_else(|| panic!("no stops in {v}"));
-        assert!(!stops.is_empty(), "{v}");
-        let mut total = 0;
-        for s in stops {
-            let (a, b) = (s["start_monotonic_ns"].as_u64().unwrap(), s["end_monotonic_ns"].as_u64().unwrap());
-            assert!(before < a && a < b && b < after, "{before} < {a} < {b} < {after}");
-            total += b - a;
-            // On a loaded machine the watcher may not have run since the stop: a gap is noted
-            // once it runs again, so ask until it has read the clock after the window.
-            let t0 = std::time::Instant::now();
-            let seen = loop {
-                let seen = t.ask(&format!("o {a} {b}"));
-                let last: u64 = seen.split(' ').nth(3).unwrap().parse().unwrap();
-                if last > b || t0.elapsed() > std::time::Duration::from_secs(20) {
-                    break seen;
-                }
-            };
-            let gap: u64 = seen.split(' ').next().unwrap().parse().unwrap();
-            assert!(gap > 0, "the target's clock watcher ran through the stop {a}..{b}: {seen}");
+        let windows: Vec<(u64, u64)> = stops
+            .iter()
+            .map(|s| (s["start_monotonic_ns"].as_u64().unwrap(), s["end_monotonic_ns"].as_u64().unwrap()))
+            .collect();
+        let mut previous_end = before;
+        for &(a, b) in &windows {
+            assert!(previous_end < a && a < b && b < after, "{before} < ... {previous_end} < {a} < {b} < {after}: {v}");
+            previous_end = b;
         }
-        // One stop on an idle target, and the same one `timings_us.stopped` measures.
-        let stopped = v["timings_us"]["stopped"].as_u64().unwrap() * 1000;
-        assert!(total.abs_diff(stopped) < 50_000, "windows {total} ns, stopped {stopped} ns");
+        // The stop that wrote the bytes, the last one: the same `timings_us.stopped` measures
+        // (both from one clock reading at each end; the latter in whole microseconds).
+        let &(a, b) = windows.last().unwrap_or_else(|| panic!("no stop in {v}"));
+        let stopped = v["timings_us"]["stopped"].as_u64().unwrap();
+        assert_eq!((b - a) / 1000, stopped, "the last window is the stop `stopped` measures: {v}");
+        // On a loaded machine the watcher may not have run since the stop: a gap is noted once
+        // it runs again, so ask until it has read the clock after the window.
+        let t0 = std::time::Instant::now();
+        let seen = loop {
+            let seen = t.ask(&format!("o {a} {b}"));
+            let last: u64 = seen.split(' ').nth(3).unwrap().parse().unwrap();
+            if last > b {
+                break seen;
+            }
+            // A liveness bound: the watcher gets a CPU within a minute on any machine.
+            assert!(t0.elapsed() < std::time::Duration::from_secs(60), "the clock watcher never ran again: {seen}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let gap: u64 = seen.split(' ').next().unwrap().parse().unwrap();
+        assert!(gap > 0, "the target's clock watcher ran through the stop {a}..{b}: {seen}");
     };
     check(&mut t, &["apply", &m.to_string_lossy(), "--pid", &pid, "--yes", "--json"]);
     assert_eq!(t.ask("c 5"), "500");

@@ -128,4 +128,7 @@ fn mmap_method_registers_the_modules_exception_tables() {
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("c -1"), "exception: negative", "the target's own exceptions still unwind after deregistration");
     assert_eq!(t.ask("c 200"), "400");
+    // Stale copies of pointers into its unwind tables, in memory the unwinder freed, keep no
+    // module mapped.
+    assert!(!t.maps().contains("patch_cpp.so"), "unmapped");
 }

@@ -457,3 +457,92 @@ fn a_null_returned_after_pannus_is_killed_is_no_system_call() {
     assert_eq!(t.ask("c 5"), "6", "the command reached the program");
     assert_eq!(t.ask("c 7"), "8");
 }
+
+/// The rollback's `--json` for one patch, and what it says of the patch's module kept mapped.
+fn rollback_json(state: &State, pid: i32) -> (serde_json::Value, String) {
+    let run = state.pannus(&["rollback", "--pid", &pid.to_string(), "--yes", "--json"]).ok();
+    let json = run.json();
+    let kept = json["kept_mapped"].as_array().cloned().unwrap_or_default();
+    let reason = kept.first().and_then(|k| k["reason"].as_str()).unwrap_or_default().to_string();
+    (json, reason)
+}
+
+/// A module whose init set one of the program's hooks (a global function pointer) to a
+/// function of its own: the rollback restores the replaced function, finds the pointer in the
+/// program's data, and keeps the module mapped, saying where the pointer is; the program goes
+/// on calling its hook.
+#[test]
+fn a_module_the_program_still_points_into_is_kept_mapped() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("hook-fix", "target_pie", "patch_callback.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!((t.ask("c 5"), t.ask("b 3")), ("500".to_string(), "21".to_string()));
+    let (json, reason) = rollback_json(&state, t.pid);
+    assert_eq!(json["rolled_back"], serde_json::json!(["hook-fix"]), "{json}");
+    assert_eq!(json["kept_mapped"][0]["patch"], "hook-fix", "{json}");
+    assert!(reason.contains("target_pie") && reason.contains("points into"), "{json}");
+    assert_eq!(t.ask("c 5"), "6", "the function is rolled back");
+    assert_eq!(t.ask("b 3"), "21", "the hook still works");
+    assert!(t.maps().contains("patch_callback.so"), "kept mapped");
+    let st = state.status(t.pid);
+    let note = st["patches"][0]["note"].as_str().unwrap_or_default();
+    assert!(note.starts_with("module kept mapped: ") && note.contains("points into"), "{st}");
+    let journal = common::journal(&state);
+    let last = journal.iter().rev().find(|e| e["action"] == "rollback").expect("the rollback journaled");
+    assert!(last["detail"].as_str().unwrap_or_default().contains("module kept mapped"), "{last}");
+}
+
+/// A module whose init installed a signal handler of its own (held by the kernel, not in the
+/// program's memory): the rollback asks the kernel for the handlers of the signals the process
+/// catches, keeps the module mapped and says which signal; the handler still runs.
+#[test]
+fn a_module_holding_a_signal_handler_is_kept_mapped() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("pwr-fix", "target_pie", "patch_sighandler.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("x"), "1", "the module's handler counts");
+    let (json, reason) = rollback_json(&state, t.pid);
+    assert!(reason.contains("SIGPWR"), "{json}");
+    assert_eq!(t.ask("c 5"), "6");
+    assert_eq!(t.ask("x"), "2", "the handler still runs");
+    assert!(t.maps().contains("patch_sighandler.so"), "kept mapped");
+}
+
+/// An apply that fails after the module's init ran (here stage 4 stays busy: a thread never
+/// leaves the function) undoes its stages, but the module its init hooked into the program
+/// stays mapped, and the error says so.
+#[test]
+fn a_failed_apply_after_init_keeps_a_module_the_program_points_into() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    assert_eq!(t.ask("P"), "started");
+    let extra = "safety:\n  consistency: function\n  retries: 2\n  retry_interval: 10ms\n";
+    let m = state.manifest("hook-fix", "target_pie", "patch_callback.so", &[("parked", "compute_v2")], extra);
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 3, "busy: {}", r.stderr);
+    assert!(r.stderr.contains("module kept mapped") && r.stderr.contains("points into"), "{}", r.stderr);
+    assert_eq!(t.ask("b 3"), "21", "the hook still works");
+    assert!(t.maps().contains("patch_callback.so"), "kept mapped");
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+/// A replacement built a C++ object of a class of its own, which the program keeps and calls:
+/// the rollback finds the object's vtable pointer (into the module's read-only data) in the
+/// heap and keeps the module mapped; the object goes on working, and the function is rolled
+/// back.
+#[test]
+fn a_module_holding_the_vtable_of_an_object_the_program_keeps_is_kept_mapped() {
+    let state = State::new();
+    let mut t = Proc::start("cpp_target");
+    let fns = [("_Z12make_greeterv", "_Z15make_greeter_v2v")];
+    let m = state.manifest("loud", "cpp_target", "patch_cpp_vtable.so", &fns, "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!((t.ask("n"), t.ask("g")), ("new".to_string(), "HELLO".to_string()));
+    let (json, reason) = rollback_json(&state, t.pid);
+    assert!(reason.contains("its read-only data"), "{json}");
+    assert_eq!(t.ask("g"), "HELLO", "the object still works");
+    assert!(t.maps().contains("patch_cpp_vtable.so"), "kept mapped");
+    assert_eq!((t.ask("n"), t.ask("g")), ("new".to_string(), "hello".to_string()), "rolled back");
+}

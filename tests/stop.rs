@@ -382,20 +382,12 @@ fn entry_bytes_changed_after_planning_are_found_in_the_stop() {
     assert_all_let_go(t.pid);
 }
 
-/// The main thread waits in `vfork` for its child, where no stop reaches it (the child waits
-/// for a line on stdin). Code pannus runs in the target needs a borrowed thread and the apply a
-/// stop of every thread: the apply waits for the main thread only so long, then is busy, naming
-/// it and its state, instead of waiting for it forever; the target is left as it was.
-#[test]
-fn a_main_thread_waiting_in_vfork_makes_the_apply_busy_not_hang() {
-    let state = State::new();
-    let mut t = Proc::start("stop_target");
-    assert_eq!(t.ask("C"), "started", "another thread, napping");
-    assert_eq!(t.ask("m"), "waiting");
-    wait_until("the main thread waits for its child", || state_of(t.pid, t.pid) == Some('D'));
-    let m = manifest(&state, "vfork-main", "patch_compute.so", 3);
+/// Runs `pannus ARGS`, killing it if it has not finished within a minute (a liveness bound: it
+/// must never wait for a thread without end); fails the test then. Returns its exit code and
+/// standard error.
+fn pannus_within_a_minute(state: &State, args: &[&str]) -> (i32, String) {
     let mut pannus = Command::new(env!("CARGO_BIN_EXE_pannus"))
-        .args(["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"])
+        .args(args)
         .env("PANNUS_STATE_DIR", state.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -411,13 +403,81 @@ fn a_main_thread_waiting_in_vfork_makes_the_apply_busy_not_hang() {
         let _ = pannus.kill();
     }
     let out = pannus.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(finished, "pannus still waited for the main thread after 60 s: {stderr}");
-    assert_eq!(out.status.code(), Some(3), "busy: {stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(finished, "pannus still waited after a minute: {stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+/// A process with a seccomp filter whose main thread waits in `vfork` (where no stop reaches
+/// it): reading the filter needs that thread stopped, and the pre-flight waits for it only so
+/// long, then is busy naming it and its state; the thread is let go once it moves on.
+#[test]
+fn reading_the_seccomp_filter_of_a_main_thread_in_vfork_is_busy_not_a_hang() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    assert_eq!(t.ask("F"), "filtered");
+    assert_eq!(t.ask("m"), "waiting");
+    wait_until("the main thread waits for its child", || state_of(t.pid, t.pid) == Some('D'));
+    let m = manifest(&state, "vfork-seccomp", "patch_compute.so", 3);
+    let (code, stderr) = pannus_within_a_minute(&state, &["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(code, 3, "busy: {stderr}");
+    assert!(stderr.contains("seccomp") && stderr.contains(&format!("thread {} (state D", t.pid)), "{stderr}");
+    t.send("go");
+    assert_eq!(t.line(), "back", "the vfork returned");
+    assert_all_let_go(t.pid);
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+/// An init function that times out while waiting in `vfork` (its child never exits by itself):
+/// the thread does not stop when asked, so pannus does not wait for it; it is left to finish the
+/// init function on its own, the module it runs in stays mapped, and the error says so. Once
+/// the child is gone, the thread goes back to what it was doing.
+#[test]
+fn an_init_function_stuck_in_vfork_is_left_to_finish_and_its_module_kept() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("vfork-init", "target_pie", "patch_init_vfork.so", &[("compute", "compute_v2")], "");
+    let pid = t.pid.to_string();
+    let args = ["apply", &m.to_string_lossy(), "--pid", &pid, "--yes", "--init-timeout", "300ms"];
+    let (code, stderr) = pannus_within_a_minute(&state, &args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("did not come back") && stderr.contains("module kept mapped"), "{stderr}");
+    assert!(t.maps().contains("patch_init_vfork.so"), "kept mapped");
+    let children = task_file(t.pid, t.pid, "children");
+    let child: i32 = children.split_whitespace().next().and_then(|c| c.parse().ok()).expect("the init's vfork child");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_eq!(t.ask("c 5"), "6", "the thread came back home once its init function returned");
+    assert_all_let_go(t.pid);
+    let st = state.status(t.pid);
+    assert_eq!(st["patches"][0]["state"], "rolled-back", "{st}");
+    state.rollback(t.pid, None).ok();
+    assert!(!t.maps().contains("patch_init_vfork.so"), "a later rollback unloads the module");
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+/// The main thread waits in `vfork` for its child, where no stop reaches it (the child waits
+/// for a line on stdin). Code pannus runs in the target needs a borrowed thread and the apply a
+/// stop of every thread: the apply waits for the main thread only so long, then is busy, naming
+/// it and its state, instead of waiting for it forever; the target runs its old code.
+#[test]
+fn a_main_thread_waiting_in_vfork_makes_the_apply_busy_not_hang() {
+    let state = State::new();
+    let mut t = Proc::start("stop_target");
+    assert_eq!(t.ask("C"), "started", "another thread, napping");
+    assert_eq!(t.ask("m"), "waiting");
+    wait_until("the main thread waits for its child", || state_of(t.pid, t.pid) == Some('D'));
+    let m = manifest(&state, "vfork-main", "patch_compute.so", 3);
+    let (code, stderr) =
+        pannus_within_a_minute(&state, &["apply", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--yes"]);
+    assert_eq!(code, 3, "busy: {stderr}");
     assert!(stderr.contains(&format!("thread {} (state D", t.pid)), "names the thread and its state: {stderr}");
     assert_all_let_go(t.pid);
     t.send("go");
     assert_eq!(t.line(), "back", "the vfork returned");
     assert_eq!(t.ask("c 5"), "6", "untouched");
-    assert!(!t.maps().contains("patch_compute.so"));
+    // The module's init ran, and no stop could look at the main thread to prove nothing leads
+    // into the module: it stays mapped, and a rollback unloads it once the thread has moved on.
+    assert!(stderr.contains("module kept mapped"), "{stderr}");
+    state.rollback(t.pid, None).ok();
+    assert!(!t.maps().contains("patch_compute.so"), "unloaded at last");
 }

@@ -27,6 +27,15 @@ pub enum Error {
     NoRoom { tid: i32, rsp: u64, what: &'static str, room: u64, needed: u64 },
     #[error("{what} in thread {tid} did not finish within {after:?}")]
     Timeout { tid: i32, what: String, after: Duration },
+    /// A borrowed thread that did not come back to pannus within `after` when it had to (a
+    /// system call that blocks where no stop reaches it, a call that timed out and then did not
+    /// stop when asked): it is left to finish `what` on its own and go home through the
+    /// restorer, as if pannus had gone, and is let go once it stops.
+    #[error(
+        "{what} in thread {tid}: the thread did not come back within {after:?} ({whereabouts}); it finishes \
+         on its own, then goes back to what it was doing"
+    )]
+    Abandoned { tid: i32, what: String, after: Duration, whereabouts: String },
     #[error("{what} in thread {tid} crashed with {signal} at {rip:#x}")]
     Crashed { tid: i32, what: String, signal: String, rip: u64 },
     /// A system call run inside the target (see [`crate::Hijack`]) returned an error.

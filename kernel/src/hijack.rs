@@ -74,6 +74,13 @@ enum At {
 /// left alone (see `world.rs` on late threads) rather than waited for without end.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a system call run in the target may take, and how long the thread may take to reach
+/// a stop pannus waits for (the restorer's, a system call's): a liveness bound, far above what
+/// any takes on a saturated machine. A thread that misses it is where no stop reaches it (a
+/// system call blocked on a lock held by a thread in an uninterruptible sleep) and is left to
+/// come home on its own ([`Error::Abandoned`]).
+pub const SYSCALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A stack pointer below this is no stack (the lowest address a process may map is 64 KiB at
 /// most, `vm.mmap_min_addr`): the frame, laid out below it, would wrap around.
 const LOWEST_STACK: u64 = 64 << 10;
@@ -203,7 +210,12 @@ impl<'m> Hijack<'m> {
         fault::point("stepping aside for a signal");
         thread::cont(self.tid, sig)?;
         thread::interrupt(self.tid)?;
-        self.wait_event(None)?;
+        if !self.wait_event(Some(Instant::now() + ATTACH_TIMEOUT))? {
+            // On its own context (taking the signal, its handler blocked where no stop reaches
+            // it): nothing of pannus's is under way, so it is simply no longer borrowed.
+            let what = format!("taking signal {} between two system calls of pannus's", thread::signal_name(sig));
+            return Err(self.abandon(what, ATTACH_TIMEOUT));
+        }
         self.capture().inspect_err(|_| {
             // Stopped with its own state and no frame of pannus's: let it go as it is.
             self.attached = false;
@@ -249,6 +261,31 @@ impl<'m> Hijack<'m> {
         r.rcx = a(3);
         r.r10 = a(3);
         r
+    }
+
+    /// Leaves the thread, which did not come back within `after`, to finish `what` on its own:
+    /// each piece of work ends in the restorer, so it goes home as if pannus had gone. It stays
+    /// attached with an interrupt pending, since the kernel lets go only of a stopped thread,
+    /// and is let go once it stops (see `world.rs` on late threads), at the latest when pannus
+    /// ends.
+    fn abandon(&mut self, what: String, after: Duration) -> Error {
+        self.attached = false;
+        if let Some(h) = self.hastened.take() {
+            h.restore();
+        }
+        let pid = self.mem.pid();
+        let _ = thread::interrupt(self.tid);
+        crate::world::keep_late(pid, self.tid, after);
+        Error::Abandoned { tid: self.tid, what, after, whereabouts: thread::whereabouts(pid, self.tid) }
+    }
+
+    /// [`Hijack::next_stop`] within `after`; a thread that does not stop by then is abandoned
+    /// ([`Hijack::abandon`]).
+    fn next_stop_within(&mut self, after: Duration, what: impl Fn() -> String) -> Result<Stop> {
+        match self.next_stop(Some(Instant::now() + after))? {
+            Some(stop) => Ok(stop),
+            None => Err(self.abandon(what(), after)),
+        }
     }
 
     /// Waits for the next stop that is not an event-stop (those are resumed), or for `deadline`.
@@ -300,6 +337,19 @@ impl<'m> Hijack<'m> {
         Ok(())
     }
 
+    /// `len` bytes of the thread's stack below its signal frame, for a system call to write its
+    /// answer into (`rt_sigaction`'s old action): memory the thread itself could write (see
+    /// [`Hijack::capture`]) that nothing of the thread's uses while it is borrowed.
+    pub(crate) fn out_buffer(&self, len: u64) -> Result<u64> {
+        let at = self.frame.bottom.saturating_sub(len) & !15;
+        let needed = self.saved.rsp.saturating_sub(at);
+        if at < LOWEST_STACK || self.room < needed {
+            let (tid, rsp, room) = (self.tid, self.saved.rsp, self.room);
+            return Err(Error::NoRoom { tid, rsp, what: "a system call's answer", room, needed });
+        }
+        Ok(at)
+    }
+
     /// The borrowed thread's own registers, as it was stopped.
     pub fn regs(&self) -> &user_regs_struct {
         &self.saved
@@ -307,6 +357,10 @@ impl<'m> Hijack<'m> {
 
     pub fn pid(&self) -> i32 {
         self.mem.pid()
+    }
+
+    pub(crate) fn mem(&self) -> &'m Mem {
+        self.mem
     }
 
     /// Runs system call `nr` with up to six arguments in the target and returns its raw result
@@ -320,21 +374,19 @@ impl<'m> Hijack<'m> {
             self.run(r)?;
             fault::point("system call set up");
             thread::cont_syscall(self.tid, 0)?;
-            match self.next_stop(None)? {
-                Some(Stop::Syscall) => break,
-                Some(Stop::Signal(sig)) if self.is_crash(sig) => {
-                    return Err(self.crashed(format!("system call {nr}"), sig)?)
-                }
+            match self.next_stop_within(SYSCALL_TIMEOUT, || format!("system call {nr}, before it began"))? {
+                Stop::Syscall => break,
+                Stop::Signal(sig) if self.is_crash(sig) => return Err(self.crashed(format!("system call {nr}"), sig)?),
                 // A signal came before the call ran: take it on the thread's own context, then
                 // run the call afresh.
-                Some(Stop::Signal(sig)) => self.step_aside(sig)?,
+                Stop::Signal(sig) => self.step_aside(sig)?,
                 _ => return Err(Error::Other(format!("thread {}: unexpected stop before system call {nr}", self.tid))),
             }
         }
         fault::point("system call entered");
         thread::cont_syscall(self.tid, 0)?;
-        match self.next_stop(None)? {
-            Some(Stop::Syscall) => {}
+        match self.next_stop_within(SYSCALL_TIMEOUT, || format!("system call {nr}"))? {
+            Stop::Syscall => {}
             _ => return Err(Error::Other(format!("thread {}: unexpected stop in system call {nr}", self.tid))),
         }
         self.at = At::SyscallExit;
@@ -440,7 +492,12 @@ impl<'m> Hijack<'m> {
         loop {
             let Some(stop) = self.next_stop(Some(deadline))? else {
                 thread::interrupt(self.tid)?;
-                self.settle()?;
+                if !self.settle()? {
+                    // Inside the call where no stop reaches it (the function waits in a vfork,
+                    // an uninterruptible sleep): it finishes the call on its own and goes home.
+                    let what = format!("{what}, which did not finish within {timeout:?}");
+                    return Err(self.abandon(what, ATTACH_TIMEOUT));
+                }
                 return Err(Error::Timeout { tid: self.tid, what: what.to_string(), after: timeout });
             };
             match stop {
@@ -459,8 +516,8 @@ impl<'m> Hijack<'m> {
                         }
                         thread::setregs(self.tid, skip)?;
                         thread::cont_syscall(self.tid, 0)?;
-                        return match self.next_stop(None)? {
-                            Some(Stop::Syscall) => {
+                        return match self.next_stop_within(SYSCALL_TIMEOUT, || format!("returning from {what}"))? {
+                            Stop::Syscall => {
                                 self.at = At::SyscallExit;
                                 Ok(regs)
                             }
@@ -479,9 +536,11 @@ impl<'m> Hijack<'m> {
         }
     }
 
-    /// After PTRACE_INTERRUPT, waits until the thread is stopped.
-    fn settle(&mut self) -> Result<()> {
-        match thread::wait(self.tid)? {
+    /// After PTRACE_INTERRUPT, waits until the thread is stopped, for [`ATTACH_TIMEOUT`] at
+    /// most: false when it has not stopped by then.
+    fn settle(&mut self) -> Result<bool> {
+        let Some(stop) = thread::wait_timeout(self.tid, ATTACH_TIMEOUT)? else { return Ok(false) };
+        match stop {
             Stop::Event(_) => self.at = At::SignalPath,
             Stop::Syscall => self.at = At::SyscallExit,
             Stop::Signal(sig) => {
@@ -495,7 +554,7 @@ impl<'m> Hijack<'m> {
                 return Err(gone(self.mem.pid(), how, code));
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends the thread back to where it was and lets it go.
@@ -535,7 +594,11 @@ impl<'m> Hijack<'m> {
             thread::interrupt(self.tid)?;
             thread::cont(self.tid, 0)?;
             loop {
-                match thread::wait(self.tid)? {
+                let Some(stop) = thread::wait_timeout(self.tid, SYSCALL_TIMEOUT)? else {
+                    // On its way home through the restorer already: it gets there on its own.
+                    return Err(self.abandon("going back to what it was doing".to_string(), SYSCALL_TIMEOUT));
+                };
+                match stop {
                     Stop::Event(_) => break,
                     Stop::Signal(sig) => {
                         // A real signal: it is delivered below, on the thread's own context.

@@ -37,7 +37,7 @@ pub use nix::fcntl::OFlag;
 pub use nix::libc::user_regs_struct as Regs;
 pub use nix::sys::memfd::MemFdCreateFlag;
 pub use nix::sys::mman::{MapFlags, ProtFlags};
-pub use remote::RemoteFd;
+pub use remote::{RemoteFd, SignalAction};
 pub use sched::{background, foreground, is_urgent, keep_up, keep_urgent, on_duty, Paused, RealtimeGuard, SpareCpu};
 pub use thread::{cpu_time, list_threads, process_exists, read_seccomp_filters, thread_state, tracer_of};
 pub use world::{Seized, StoppedThread, World, STOP_TIMEOUT};
@@ -46,7 +46,7 @@ pub use world::{Seized, StoppedThread, World, STOP_TIMEOUT};
 pub(crate) mod nr {
     pub use nix::libc::{
         SYS_close as CLOSE, SYS_ftruncate as FTRUNCATE, SYS_memfd_create as MEMFD_CREATE, SYS_mmap as MMAP,
-        SYS_mprotect as MPROTECT, SYS_munmap as MUNMAP, SYS_openat as OPENAT,
+        SYS_mprotect as MPROTECT, SYS_munmap as MUNMAP, SYS_openat as OPENAT, SYS_rt_sigaction as RT_SIGACTION,
     };
 }
 

@@ -47,6 +47,16 @@ impl fmt::Display for RemoteFd {
     }
 }
 
+/// A signal's disposition in the target ([`Hijack::signal_handler`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalAction {
+    /// `SIG_DFL` (0), `SIG_IGN` (1), or the handler's address.
+    pub handler: u64,
+    pub flags: u64,
+    /// The `rt_sigreturn` trampoline the handler returns into (`SA_RESTORER`).
+    pub restorer: u64,
+}
+
 /// A C `int` flag word as a system call argument.
 fn flag_arg(bits: c_int) -> u64 {
     u64::from(bits as u32)
@@ -128,6 +138,20 @@ impl Hijack<'_> {
     /// `memfd_create(2)` with the NUL-terminated name at `name_addr` in the target's memory.
     pub fn memfd_create(&mut self, name_addr: u64, flags: MemFdCreateFlag) -> Result<RemoteFd> {
         self.new_fd("memfd_create", nr::MEMFD_CREATE, &[name_addr, u64::from(flags.bits())])
+    }
+
+    /// `rt_sigaction(2)` asking only: the handler of signal `sig` in the target, as the kernel
+    /// holds it (`SIG_DFL` 0, `SIG_IGN` 1, else an address), with its `sa_flags` and restorer.
+    /// Changes nothing.
+    pub fn signal_handler(&mut self, sig: i32) -> Result<SignalAction> {
+        /// `struct kernel_sigaction`: handler, flags, restorer, mask (8 bytes on x86-64).
+        const LEN: u64 = 32;
+        let out = self.out_buffer(LEN)?;
+        self.mem().write(out, &[0; LEN as usize])?;
+        self.checked("rt_sigaction", nr::RT_SIGACTION, &[i64::from(sig) as u64, 0, out, 8])?;
+        let b = self.mem().read_vec(out, LEN as usize)?;
+        let word = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap_or_default());
+        Ok(SignalAction { handler: word(0), flags: word(1), restorer: word(2) })
     }
 
     /// `ftruncate(2)`.

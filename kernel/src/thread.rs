@@ -452,15 +452,25 @@ fn filter_len(tid: i32, returned: libc::c_long, buffer: usize) -> Result<usize> 
     })
 }
 
-/// Stops thread `tid` briefly to read its seccomp filters.
-pub fn read_seccomp_filters(tid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
+/// Stops the main thread of process `pid` briefly to read its seccomp filters. A thread that
+/// does not stop within [`crate::hijack::ATTACH_TIMEOUT`] (a `vfork` parent waiting for its
+/// child) fails it with [`Error::NotStopped`], naming the thread and where it is; it stays
+/// attached with the interrupt pending and is let go once it stops (see `world.rs`).
+pub fn read_seccomp_filters(pid: i32) -> Result<Vec<Vec<[u8; 8]>>> {
+    let tid = pid;
+    crate::world::still_late(pid, Some(tid))?;
     seize(tid)?;
     let result = (|| {
         interrupt(tid)?;
-        let sig = match wait(tid)? {
-            Stop::Event(_) | Stop::Syscall => 0,
-            Stop::Signal(s) => s,
-            Stop::Gone(..) => return Err(Error::NoProcess { pid: tid }),
+        let timeout = crate::hijack::ATTACH_TIMEOUT;
+        let sig = match wait_timeout(tid, timeout)? {
+            Some(Stop::Event(_) | Stop::Syscall) => 0,
+            Some(Stop::Signal(s)) => s,
+            Some(Stop::Gone(..)) => return Err(Error::NoProcess { pid: tid }),
+            None => {
+                crate::world::keep_late(pid, tid, timeout);
+                return Err(Error::NotStopped { pid, threads: vec![(tid, whereabouts(pid, tid))], after: timeout });
+            }
         };
         let filters = seccomp_filters(tid);
         detach(tid, sig)?;

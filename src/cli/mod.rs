@@ -765,7 +765,12 @@ fn rollback(engine: &Engine, pid: i32, patch: Option<String>, yes: bool, cascade
     let mut obs = CliObserver { yes: true, quiet: json };
     let done = s.rollback(patch.as_deref(), cascade, &mut obs)?;
     if json {
-        output::print(&output::Rollback { pid, rolled_back: &done.ids, measured: &done.measured })?;
+        output::print(&output::Rollback {
+            pid,
+            rolled_back: &done.ids,
+            kept_mapped: &done.kept_mapped,
+            measured: &done.measured,
+        })?;
     } else {
         say!("rolled back in process {pid}: {}", done.ids.join(", "));
     }

@@ -187,6 +187,9 @@ pub struct Commit<'a> {
 pub struct Rollback<'a> {
     pub pid: i32,
     pub rolled_back: &'a [String],
+    /// The patches whose module stays mapped, and why.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub kept_mapped: &'a [crate::engine::KeptMapped],
     #[serde(flatten)]
     pub measured: &'a Measured,
 }

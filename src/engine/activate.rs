@@ -468,6 +468,9 @@ pub(super) struct ModuleSeen {
     pub(super) clear: HashSet<i32>,
     /// Why the code is not idle (one thread's story), if it is not.
     pub(super) busy: Option<String>,
+    /// Every thread's stack pointer at that stop: the stacks that the scan for pointers into
+    /// the module skips (`references.rs`), their live part checked here.
+    pub(super) stack_pointers: Vec<u64>,
 }
 
 /// Which of the stopped threads are clear of `code` (ranges): not executing in it, and no
@@ -475,7 +478,7 @@ pub(super) struct ModuleSeen {
 /// happen to point there only make this more careful).
 pub(super) fn module_idle(threads: &[ThreadView], code: &[Range<u64>]) -> ModuleSeen {
     let inside = |a: u64| code.iter().any(|c| c.contains(&a));
-    let mut seen = ModuleSeen::default();
+    let mut seen = ModuleSeen { stack_pointers: threads.iter().map(|t| t.stack_base).collect(), ..Default::default() };
     for t in threads {
         if inside(t.rip) {
             seen.busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.rip));

@@ -163,6 +163,8 @@ fn new_record(p: &Prepared, reg: &Registry) -> PatchRecord {
         stubs: None,
         eh_frame: None,
         fini: Vec::new(),
+        init_ran: false,
+        unwind_tables: Vec::new(),
         module_fd: None,
     }
 }

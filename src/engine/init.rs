@@ -26,16 +26,27 @@ impl Session<'_> {
             )
         };
         let t0 = run.confirm(Stage::Init, &plan)?;
-        if eh_frame.is_some() || !finis.is_empty() {
+        if eh_frame.is_some() || !finis.is_empty() || !inits.is_empty() {
             // Recorded before registering and running anything, so that whoever unloads the
-            // module deregisters it and runs its finalisers.
+            // module deregisters it, runs its finalisers, and looks for what its code left
+            // pointing into it.
+            let tables = [".eh_frame_hdr", ".eh_frame", ".gcc_except_table"]
+                .iter()
+                .filter_map(|s| p.module.section(s))
+                .map(|(r, _)| [bias.wrapping_add(r.start), bias.wrapping_add(r.end)])
+                .collect();
             if let Some(r) = run.reg.get_mut(id) {
                 r.eh_frame = eh_frame.map(|(_, table)| table);
                 r.fini = finis.clone();
+                r.init_ran = !inits.is_empty();
+                r.unwind_tables = tables;
             }
             self.write_registry(&run.reg)?;
         }
         run.log.touched(Stage::Init);
+        if !inits.is_empty() {
+            run.log.code_ran();
+        }
         self.run_inits(&inits, eh_frame, &mut run.log).map_err(|e| e.context(Stage::Init))?;
         if !finis.is_empty() {
             run.log.push(Step::Fini(finis));
@@ -125,7 +136,14 @@ impl Session<'_> {
             }
         }
         for (k, &f) in inits.iter().enumerate() {
-            h.call(f, &[0, 0, 0], timeout, &format!("init function #{} at {f:#x}", k + 1))?;
+            let what = format!("init function #{} at {f:#x}", k + 1);
+            if let Err(e) = h.call(f, &[0, 0, 0], timeout, &what) {
+                if let pannus_kernel::Error::Abandoned { tid, .. } = e {
+                    // The thread runs on inside the module: unmapping it would kill the process.
+                    log.push(Step::Unknown(format!("thread {tid} still runs its {what}")));
+                }
+                return Err(e.into());
+            }
         }
         h.release()?;
         Ok(())

@@ -16,6 +16,7 @@ mod init;
 mod link;
 mod load;
 mod preflight;
+mod references;
 mod rollback;
 mod safe_point;
 mod session;
@@ -27,7 +28,7 @@ pub use apply::Applied;
 pub(crate) use dlopen::SCRATCH_MAP;
 pub(crate) use load::{RESERVE, SEGMENT};
 pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
-pub use rollback::{still_required, RolledBack};
+pub use rollback::{still_required, KeptMapped, RolledBack};
 pub use session::{Session, StopStart, StopWindow};
 
 use crate::error::{Error, Kind, Result};

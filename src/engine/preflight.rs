@@ -236,9 +236,13 @@ impl Session<'_> {
                 .hint("this process cannot be patched live; restart it with the fix"))
             }
             _ => {
-                let filters = pannus_kernel::read_seccomp_filters(pid).map_err(|e| {
-                    Error::precondition(format!("process {pid} has seccomp filters that pannus cannot read: {e}"))
-                        .hint("run pannus as root (reading filters needs CAP_SYS_ADMIN)")
+                let filters = pannus_kernel::read_seccomp_filters(pid).map_err(|e| match e {
+                    // Its main thread did not stop in time: busy, naming it and where it is.
+                    pannus_kernel::Error::NotStopped { .. } => {
+                        Error::from(e).context("reading the process's seccomp filters")
+                    }
+                    e => Error::precondition(format!("process {pid} has seccomp filters that pannus cannot read: {e}"))
+                        .hint("run pannus as root (reading filters needs CAP_SYS_ADMIN)"),
                 })?;
                 let calls: Vec<crate::seccomp::Call> = crate::seccomp::pannus_calls()
                     .into_iter()

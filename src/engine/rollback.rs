@@ -3,7 +3,7 @@
 //! undo log read back from its record ([`UndoLog::of_record`]) once no thread can be inside it.
 
 use super::activate::{module_idle, replacement_code, ModuleSeen, Stopped, Switch, UNLOAD_SCAN};
-use super::undo::UndoLog;
+use super::undo::{UndoLog, KEPT_MAPPED};
 use super::{now_secs, outcome_of, Measured, Observer, Session, Timings};
 use crate::error::{Error, Kind, Result};
 use crate::registry::{PatchRecord, Registry, State};
@@ -11,9 +11,6 @@ use crate::safety::{EntryPlan, ThreadView};
 use std::collections::HashSet;
 use std::ops::Range;
 use std::time::{Duration, Instant};
-
-/// How the note of a rolled-back patch whose module stayed mapped begins.
-const KEPT_MAPPED: &str = "module kept mapped: ";
 
 /// The refusal of a rollback of `id` without `--cascade` while `dependents` require it.
 pub fn still_required(pid: i32, id: &str, dependents: &[String]) -> Error {
@@ -24,11 +21,22 @@ pub fn still_required(pid: i32, id: &str, dependents: &[String]) -> Error {
     .hint("roll those back first, or use --cascade to roll them back together, newest first")
 }
 
-/// Patches rolled back: their ids, newest first, and what the rollback measured.
+/// Patches rolled back: their ids, newest first, the modules kept mapped, and what the
+/// rollback measured.
 #[derive(Debug, Clone)]
 pub struct RolledBack {
     pub ids: Vec<String>,
+    pub kept_mapped: Vec<KeptMapped>,
     pub measured: Measured,
+}
+
+/// A patch rolled back whose module stays mapped, and why (a thread inside it, a pointer into
+/// it the process keeps, ...): its functions run their old code all the same, and a later
+/// rollback unloads it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeptMapped {
+    pub patch: String,
+    pub reason: String,
 }
 
 impl Session<'_> {
@@ -47,7 +55,8 @@ impl Session<'_> {
         obs: &mut dyn Observer,
     ) -> Result<RolledBack> {
         let mut measured = Measured::default();
-        match self.rollback_inner(patch, cascade, why, obs, &mut measured) {
+        let mut kept_mapped = Vec::new();
+        match self.rollback_inner(patch, cascade, why, obs, &mut measured, &mut kept_mapped) {
             Ok(ids) => {
                 // A patch rolled back because it requires `patch` is a cascade, whatever ended
                 // `patch` (its own trial did not expire, its own health check did not fail).
@@ -66,10 +75,15 @@ impl Session<'_> {
                     }
                 }
                 for id in &ids {
-                    self.journal("rollback", Some(id), "ok", &why_of(id));
+                    let mut detail = why_of(id);
+                    if let Some(k) = kept_mapped.iter().find(|k| &k.patch == id) {
+                        let sep = if detail.is_empty() { "" } else { "; " };
+                        detail = format!("{detail}{sep}{KEPT_MAPPED}{}", k.reason);
+                    }
+                    self.journal("rollback", Some(id), "ok", &detail);
                     crate::ledger::forget(&self.engine.state_dir, self.target.pid, id);
                 }
-                Ok(RolledBack { ids, measured })
+                Ok(RolledBack { ids, kept_mapped, measured })
             }
             Err(e) => {
                 self.journal("rollback", patch, outcome_of(&e), &e.message);
@@ -85,6 +99,7 @@ impl Session<'_> {
         why: &str,
         obs: &mut dyn Observer,
         measured: &mut Measured,
+        kept_mapped: &mut Vec<KeptMapped>,
     ) -> Result<Vec<String>> {
         let pid = self.target.pid;
         let mut reg = self.registry()?;
@@ -95,7 +110,7 @@ impl Session<'_> {
                     Some(p) if p.module_mapped => {
                         // Rolled back, but its module is still mapped (a pannus was killed
                         // before unmapping it, or a thread was inside): finish the unload.
-                        self.unload(&mut reg, id, None, obs, measured)?;
+                        kept_mapped.extend(self.unload(&mut reg, id, None, obs, measured)?);
                         return Ok(vec![id.to_string()]);
                     }
                     Some(_) => {
@@ -119,7 +134,7 @@ impl Session<'_> {
                         return Err(Error::precondition(format!("process {pid} has no patch applied")));
                     }
                     for id in &pending {
-                        self.unload(&mut reg, id, None, obs, measured)?;
+                        kept_mapped.extend(self.unload(&mut reg, id, None, obs, measured)?);
                     }
                     return Ok(pending);
                 }
@@ -135,7 +150,7 @@ impl Session<'_> {
         order.sort_by_key(|i| std::cmp::Reverse(reg.get(i).map(|p| p.seq).unwrap_or(0)));
         let mut done = Vec::new();
         for i in order {
-            self.rollback_one(&mut reg, &i, why, obs, measured)?;
+            kept_mapped.extend(self.rollback_one(&mut reg, &i, why, obs, measured)?);
             obs.progress(None, &format!("rolled back `{i}`"));
             done.push(i);
         }
@@ -149,7 +164,7 @@ impl Session<'_> {
         why: &str,
         obs: &mut dyn Observer,
         measured: &mut Measured,
-    ) -> Result<()> {
+    ) -> Result<Option<KeptMapped>> {
         let rec = reg.get(id).cloned().ok_or_else(|| Error::other(format!("patch `{id}` vanished")))?;
         let retries = rec.retries;
         let interval = Duration::from_millis(rec.retry_interval_ms);
@@ -214,19 +229,22 @@ impl Session<'_> {
             r.trial_deadline = None;
         }
         self.write_registry(reg)?;
-        // 2. Unload once no thread can be inside the module.
+        // 2. Unload once no thread can be inside the module and nothing points into it.
+        let mut kept = None;
         if rec.module_mapped {
             let t0 = Instant::now();
             let _paused = pannus_kernel::SpareCpu::pause();
-            self.unload(reg, id, seen, obs, measured)?;
+            kept = self.unload(reg, id, seen, obs, measured)?;
             Timings::add(&mut measured.timings.unload, t0.elapsed());
         }
-        Ok(())
+        Ok(kept)
     }
 
-    /// Unmaps the module of rolled-back patch `id` once no thread can be inside it; when one
-    /// stays inside for the whole budget, the module is kept mapped (harmless: nothing jumps
-    /// to it any more) and a later rollback tries again.
+    /// Unmaps the module of rolled-back patch `id` once no thread can be inside it and nothing
+    /// the process keeps points into it; when a thread stays inside for the whole budget, or a
+    /// pointer is found, the module is kept mapped (harmless: nothing jumps to it any more, and
+    /// what points there still works), and a later rollback tries again. Returns why it was
+    /// kept, if it was.
     fn unload(
         &mut self,
         reg: &mut Registry,
@@ -234,17 +252,18 @@ impl Session<'_> {
         seen: Option<ModuleSeen>,
         obs: &mut dyn Observer,
         measured: &mut Measured,
-    ) -> Result<()> {
-        let Some(rec) = reg.get(id).cloned() else { return Ok(()) };
+    ) -> Result<Option<KeptMapped>> {
+        let Some(rec) = reg.get(id).cloned() else { return Ok(None) };
         let idle = match seen {
-            Some(ModuleSeen { busy: None, .. }) => Ok(()),
+            Some(ModuleSeen { busy: None, stack_pointers, .. }) => Ok(stack_pointers),
             Some(ModuleSeen { clear, .. }) => self.wait_module_idle(&rec, clear, measured),
             None => self.wait_module_idle(&rec, HashSet::new(), measured),
         };
         // The function is rolled back by now: a module that cannot be unloaded yet (a thread
-        // inside it, or none at a safe point to run its finalisers on) is kept mapped,
-        // harmless, for a later rollback to unload; the rollback itself has succeeded.
-        let idle = idle.and_then(|()| self.unwind(reg, id, &UndoLog::of_record(&rec)));
+        // inside it, none at a safe point to run its finalisers on, a pointer into it) is kept
+        // mapped, harmless, for a later rollback to unload; the rollback itself has succeeded.
+        let idle = idle.and_then(|sps| self.unwind(reg, id, &UndoLog::of_record(&rec).with_stack_pointers(sps)));
+        let mut kept = None;
         match idle {
             Ok(()) => {
                 if let Some(r) = reg.get_mut(id) {
@@ -256,13 +275,16 @@ impl Session<'_> {
                 }
             }
             Err(e) => {
-                obs.progress(None, &format!("module of `{id}` kept mapped: {}", e.message));
+                let reason = e.message.strip_prefix(KEPT_MAPPED).unwrap_or(&e.message).to_string();
+                obs.progress(None, &format!("module of `{id}` kept mapped: {reason}"));
                 if let Some(r) = reg.get_mut(id) {
-                    r.note = Some(format!("{KEPT_MAPPED}{}", e.message));
+                    r.note = Some(format!("{KEPT_MAPPED}{reason}"));
                 }
+                kept = Some(KeptMapped { patch: id.to_string(), reason });
             }
         }
-        self.write_registry(reg)
+        self.write_registry(reg)?;
+        Ok(kept)
     }
 
     /// The module's code as mapped, and its jump stubs: what no thread may be in when the
@@ -291,8 +313,13 @@ impl Session<'_> {
     /// every thread in the way at the last stop has run since (or blocked, or exited), or a new
     /// thread appeared: on a machine where threads wait long for a CPU, stopping sooner would
     /// only hold the others again for nothing. The last attempt always stops, for an exact
-    /// answer.
-    fn wait_module_idle(&mut self, rec: &PatchRecord, mut clear: HashSet<i32>, measured: &mut Measured) -> Result<()> {
+    /// answer. Returns every thread's stack pointer at the last stop.
+    pub(super) fn wait_module_idle(
+        &mut self,
+        rec: &PatchRecord,
+        mut clear: HashSet<i32>,
+        measured: &mut Measured,
+    ) -> Result<Vec<u64>> {
         let (retries, interval) = (rec.retries, Duration::from_millis(rec.retry_interval_ms));
         let code = self.module_code(rec);
         let pid = self.target.pid;
@@ -338,11 +365,12 @@ impl Session<'_> {
                 let seen = module_idle(&views, &code);
                 let busy: Vec<i32> = views.iter().map(|v| v.tid).filter(|t| !seen.clear.contains(t)).collect();
                 drop(views);
+                let stack_pointers: Vec<u64> = world.threads().iter().map(|t| t.regs.rsp).collect();
                 let resumed_at = world.resume()?;
                 measured.stops.push(start.until(resumed_at));
                 clear.extend(seen.clear);
                 match seen.busy {
-                    None => return Ok(()),
+                    None => return Ok(stack_pointers),
                     Some(w) => why = w,
                 }
                 // Read after the threads run again: entering and leaving the stop counts as CPU

@@ -5,7 +5,7 @@
 //! in the process ([`UndoLog::of_record`]), which holds the same steps: whoever finds a patch,
 //! this pannus or a later one, undoes it the same way.
 
-use super::{Session, Stage};
+use super::{Measured, Session, Stage};
 use crate::error::{Error, Result};
 use crate::registry::{self, LoadMethod, PatchRecord, Registry, State, Stubs};
 use pannus_kernel::RemoteFd;
@@ -40,7 +40,16 @@ pub(super) struct UndoLog {
     had_registry: bool,
     /// Whether the patch's record was added to the registry.
     recorded: bool,
+    /// Whether the module's code has run (its init functions, or its replacements): then
+    /// nothing may point into it when it is unmapped ([`Session::unreferenced`]).
+    code_ran: bool,
+    /// Every thread's stack pointer at the stop that found the threads clear of the module,
+    /// when there was one; without, the unmapping stops the threads to find out.
+    stack_pointers: Option<Vec<u64>>,
 }
+
+/// How a message that the module stays mapped begins (a rolled-back patch's note, an error).
+pub(super) const KEPT_MAPPED: &str = "module kept mapped: ";
 
 impl UndoLog {
     pub(super) fn new(had_registry: bool) -> UndoLog {
@@ -63,10 +72,22 @@ impl UndoLog {
         self.recorded = true;
     }
 
+    /// The module's code has begun to run.
+    pub(super) fn code_ran(&mut self) {
+        self.code_ran = true;
+    }
+
+    /// The threads were seen clear of the module, with these stack pointers.
+    pub(super) fn with_stack_pointers(mut self, stack_pointers: Vec<u64>) -> UndoLog {
+        self.stack_pointers = Some(stack_pointers);
+        self
+    }
+
     /// What loading the module of `rec` left in the process, read from its record: the steps
     /// its apply pushed, and recorded there as they were done.
     pub(super) fn of_record(rec: &PatchRecord) -> UndoLog {
-        let mut log = UndoLog { had_registry: true, ..UndoLog::default() };
+        let ran = rec.init_ran || !matches!(rec.state, State::Loaded | State::Linked);
+        let mut log = UndoLog { had_registry: true, code_ran: ran, ..UndoLog::default() };
         match (rec.load, rec.handle) {
             (LoadMethod::Mmap, _) if rec.module_size > 0 => {
                 log.push(Step::Mapped { base: rec.module_base, size: rec.module_size })
@@ -125,7 +146,14 @@ impl Session<'_> {
                     self.write_registry(reg)?;
                 }
             }
-            let done = self.undo_step(step);
+            let done = match *step {
+                // The module's code ran: whatever it left pointing into it (a callback in the
+                // program's data or heap, a signal handler) keeps it mapped.
+                Step::Mapped { base, size } if log.code_ran => self
+                    .unreferenced_module(reg, id, base..base.saturating_add(size), log)
+                    .and_then(|()| self.undo_step(step)),
+                _ => self.undo_step(step),
+            };
             if done.is_ok() {
                 if let Some(rec) = reg.get_mut(id) {
                     forget(rec, step);
@@ -139,6 +167,32 @@ impl Session<'_> {
             done?;
         }
         self.target.refresh_maps()
+    }
+
+    /// Succeeds when no thread is inside the module at `module` and nothing the process keeps
+    /// points into it; else fails with a message beginning with [`KEPT_MAPPED`].
+    fn unreferenced_module(
+        &mut self,
+        reg: &Registry,
+        id: &str,
+        module: std::ops::Range<u64>,
+        log: &UndoLog,
+    ) -> Result<()> {
+        let tables: Vec<std::ops::Range<u64>> =
+            reg.get(id).map(|r| r.unwind_tables.iter().map(|&[s, e]| s..e).collect()).unwrap_or_default();
+        let stack_pointers = match (&log.stack_pointers, reg.get(id)) {
+            (Some(sps), _) => sps.clone(),
+            // No stop has looked at the threads yet (an apply undone after its init ran, which
+            // may have handed a thread a way into the module).
+            (None, Some(rec)) => {
+                let rec = rec.clone();
+                self.wait_module_idle(&rec, Default::default(), &mut Measured::default())
+                    .map_err(|e| Error::other(format!("{KEPT_MAPPED}{}", e.message)))?
+            }
+            (None, None) => Vec::new(),
+        };
+        self.unreferenced(module, &tables, &stack_pointers)
+            .map_err(|e| Error::other(format!("{KEPT_MAPPED}{}", e.message)))
     }
 
     /// Takes back one step.
@@ -167,7 +221,7 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            Step::Unknown(ref why) => Err(Error::other(format!("the module is kept mapped: {why}"))),
+            Step::Unknown(ref why) => Err(Error::other(format!("{KEPT_MAPPED}{why}"))),
         }
     }
 
@@ -189,11 +243,31 @@ impl Session<'_> {
             }
             Ok(())
         })();
+        let stages: Vec<&str> = log.stages.iter().rev().map(|s| s.name()).collect();
         match undone {
             Ok(()) if log.stages.is_empty() => {}
             Ok(()) => {
-                let stages: Vec<&str> = log.stages.iter().rev().map(|s| s.name()).collect();
                 e.message.push_str(&format!("\n  undone: {} (the process is as it was)", stages.join(", ")));
+            }
+            Err(u) if u.message.starts_with(KEPT_MAPPED) => {
+                // Everything else is undone: the patch was never active, and is rolled back. Its
+                // record stays, saying why, for a later rollback to unload the module once
+                // nothing points into it; its finalisers ran on the way here, or must never run
+                // (its init did not finish).
+                if let Some(r) = reg.get_mut(id) {
+                    r.state = State::RolledBack;
+                    r.note = Some(u.message.clone());
+                    r.ended_at = Some(super::now_secs());
+                    r.fini.clear();
+                }
+                let _ = self.write_registry(reg);
+                let pid = self.target.pid;
+                e.message.push_str(&format!(
+                    "\n  undone: {} (the process runs its old code); {}\n  `pannus rollback --pid {pid} {id}` \
+                     unloads the module once nothing points into it",
+                    stages.join(", "),
+                    u.message
+                ));
             }
             Err(u) => e.message.push_str(&format!("\n  undoing failed too: {u}")),
         }

@@ -61,6 +61,8 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         stubs: None,
         eh_frame: None,
         fini: Vec::new(),
+        init_ran: false,
+        unwind_tables: Vec::new(),
         module_fd: None,
     }
 }

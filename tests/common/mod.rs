@@ -54,6 +54,7 @@ pub fn built() -> &'static Path {
         };
         gxx(&["-O2", "-g", "-o", &o("cpp_target"), &s("cpp_target.cpp")]);
         gxx(&["-O2", "-shared", "-fPIC", "-o", &o("patch_cpp.so"), &s("patch_cpp.cpp")]);
+        gxx(&["-O2", "-shared", "-fPIC", "-o", &o("patch_cpp_vtable.so"), &s("patch_cpp_vtable.cpp")]);
         let rpath = format!("-Wl,-rpath,{}", dir.display());
         let libdir = format!("-L{}", dir.display());
         gcc(&[
