@@ -236,6 +236,94 @@ pub fn dependents(state: &Path, id: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// What `uninstall` takes along with `id`: the installed patches that require it, directly or
+/// not, theirs first, then `id` itself (last). Without `cascade`, refused while any requires it.
+pub fn uninstall_order(state: &Path, id: &str, cascade: bool) -> Result<Vec<String>> {
+    if get(state, id)?.is_none() {
+        return Err(Error::precondition(format!("`{id}` is not installed")).hint("see pannus installed"));
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut queue = vec![id.to_string()];
+    while let Some(p) = queue.pop() {
+        if order.contains(&p) {
+            continue;
+        }
+        let deps = dependents(state, &p)?;
+        if !deps.is_empty() && !cascade {
+            return Err(Error::precondition(format!(
+                "installed {} require{} `{p}`",
+                deps.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
+                if deps.len() == 1 { "s" } else { "" }
+            ))
+            .hint("uninstall them first, or pass --cascade to uninstall them with it"));
+        }
+        order.push(p);
+        queue.extend(deps);
+    }
+    order.reverse();
+    Ok(order)
+}
+
+/// What an uninstall did.
+#[derive(Debug, Clone)]
+pub struct Uninstalled {
+    /// Rolled back everywhere and forgotten.
+    pub uninstalled: Vec<String>,
+    /// Still in some process (its rollback failed there): kept, recorded rolled back.
+    pub kept: Vec<String>,
+    /// One rollback of every process, for each patch some process had.
+    pub rollbacks: Vec<crate::fleet::Summary>,
+    /// 0, or the exit code of the last failed rollback.
+    pub code: i32,
+}
+
+/// Uninstalls the patches of `order` (see [`uninstall_order`]), in that order: first each is
+/// recorded rolled back (no new process gets it), then each is rolled back from every process
+/// that has it (with `--cascade`: what requires it there goes first), then forgotten, unless its
+/// rollback failed somewhere: then it stays recorded, rolled back, for another uninstall.
+pub fn uninstall(
+    engine: &crate::engine::Engine,
+    order: &[String],
+    interrupted: Option<fn() -> Option<&'static str>>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Uninstalled> {
+    let state = &engine.state_dir;
+    for p in order {
+        if let Some(i) = get(state, p)? {
+            let record = Record { state: State::RolledBack, trial_deadline: None, reason: Some("uninstall".into()) };
+            set_state(state, &i.manifest.patch, &record)?;
+        }
+    }
+    let mut done = Uninstalled { uninstalled: Vec::new(), kept: Vec::new(), rollbacks: Vec::new(), code: 0 };
+    for p in order {
+        let summary = crate::fleet::plan_rollback(p)
+            .ok()
+            .map(|plan| crate::fleet::rollback(engine, &plan, true, interrupted, progress));
+        let failed = summary.as_ref().map_or(0, |s| s.exit_code());
+        if failed != 0 {
+            done.code = failed;
+            done.kept.push(p.clone());
+        } else {
+            forget(state, p)?;
+            done.uninstalled.push(p.clone());
+        }
+        done.rollbacks.extend(summary);
+    }
+    Ok(done)
+}
+
+/// How many processes run the manifest's build of its object, and how many of them have the
+/// patch applied (in trial or committed).
+pub fn coverage(m: &Manifest) -> (usize, usize) {
+    match crate::fleet::plan_apply(m) {
+        Ok(plan) => {
+            let have = plan.skipped.iter().filter(|s| s.settled).count();
+            (plan.members.len() + have + plan.failed.len(), have)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
 /// `text` (a manifest) with the `path:` of its `module:` section set to `new`.
 fn rewrite_module_path(text: &str, new: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());

@@ -32,7 +32,7 @@ struct InstalledDoc<'a> {
 }
 
 fn doc(i: &Installed) -> InstalledDoc<'_> {
-    let (processes, patched) = coverage(&i.manifest);
+    let (processes, patched) = install::coverage(&i.manifest);
     let state = i.record.now(&i.manifest);
     InstalledDoc {
         patch: &i.manifest.patch,
@@ -49,18 +49,6 @@ fn doc(i: &Installed) -> InstalledDoc<'_> {
         processes,
         patched,
         reason: i.record.reason.as_deref(),
-    }
-}
-
-/// How many processes run the manifest's build of its object, and how many have the patch
-/// applied (in trial or committed).
-fn coverage(m: &Manifest) -> (usize, usize) {
-    match crate::fleet::plan_apply(m) {
-        Ok(plan) => {
-            let have = plan.skipped.iter().filter(|s| s.settled).count();
-            (plan.members.len() + have + plan.failed.len(), have)
-        }
-        Err(_) => (0, 0),
     }
 }
 
@@ -168,35 +156,12 @@ struct UninstallDoc<'a> {
 }
 
 pub fn uninstall(engine: &Engine, patch: &str, yes: bool, cascade: bool, json: bool) -> Result<i32> {
-    let state = &engine.state_dir;
-    if install::get(state, patch)?.is_none() {
-        return Err(Error::precondition(format!("`{patch}` is not installed")).hint("see pannus installed"));
-    }
     // What goes with it: the installed patches that require it, theirs first.
-    let mut order: Vec<String> = Vec::new();
-    let mut queue = vec![patch.to_string()];
-    while let Some(p) = queue.pop() {
-        if order.contains(&p) {
-            continue;
-        }
-        let deps = install::dependents(state, &p)?;
-        if !deps.is_empty() && !cascade {
-            return Err(Error::precondition(format!(
-                "installed {} require{} `{p}`",
-                deps.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
-                if deps.len() == 1 { "s" } else { "" }
-            ))
-            .hint("uninstall them first, or pass --cascade to uninstall them with it"));
-        }
-        order.push(p);
-        queue.extend(deps);
-    }
-    order.reverse();
+    let order = install::uninstall_order(&engine.state_dir, patch, cascade)?;
     require_terminal_or_yes(yes, "uninstall")?;
-    let plans: Vec<(String, Option<crate::fleet::Plan>)> =
-        order.iter().map(|p| (p.clone(), crate::fleet::plan_rollback(p).ok())).collect();
     if !yes {
-        let mut pids: Vec<i32> = plans.iter().flat_map(|(_, p)| p.iter().flat_map(|p| p.pids())).collect();
+        let mut pids: Vec<i32> =
+            order.iter().filter_map(|p| crate::fleet::plan_rollback(p).ok()).flat_map(|p| p.pids()).collect();
         pids.sort_unstable();
         pids.dedup();
         let names = order.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
@@ -205,51 +170,26 @@ pub fn uninstall(engine: &Engine, patch: &str, yes: bool, cascade: bool, json: b
             return Err(Error::cancelled("uninstall cancelled: nothing was changed"));
         }
     }
-    // New processes stop getting them first; then every process is rolled back.
-    for p in &order {
-        if let Some(i) = install::get(state, p)? {
-            let record = Record { state: State::RolledBack, trial_deadline: None, reason: Some("uninstall".into()) };
-            install::set_state(state, &i.manifest.patch, &record)?;
+    let done = install::uninstall(engine, &order, Some(interrupt::received), &mut |line| {
+        if !json {
+            say!("{line}");
         }
-    }
-    let mut summaries = Vec::new();
-    let mut code = 0;
-    let (mut uninstalled, mut kept) = (Vec::new(), Vec::new());
-    for (p, plan) in &plans {
-        let summary = plan.as_ref().map(|plan| {
-            crate::fleet::rollback(engine, plan, true, Some(interrupt::received), &mut |line| {
-                if !json {
-                    say!("{line}");
-                }
-            })
-        });
-        let failed = summary.as_ref().is_some_and(|s| s.exit_code() != 0);
-        if failed {
-            code = summary.as_ref().map_or(1, |s| s.exit_code());
-            kept.push(p.clone());
-        } else {
-            install::forget(state, p)?;
-            uninstalled.push(p.clone());
-        }
-        if let Some(s) = summary {
-            summaries.push(s);
-        }
-    }
+    })?;
     if json {
-        let rollback = summaries.iter().map(output::FleetRollback::from).collect();
-        output::print(&UninstallDoc { uninstalled, kept, rollback })?;
+        let rollback = done.rollbacks.iter().map(output::FleetRollback::from).collect();
+        output::print(&UninstallDoc { uninstalled: done.uninstalled, kept: done.kept, rollback })?;
     } else {
-        for s in &summaries {
+        for s in &done.rollbacks {
             print_summary(s, false)?;
         }
-        for p in &uninstalled {
+        for p in &done.uninstalled {
             say!("uninstalled `{p}`");
         }
-        for p in &kept {
+        for p in &done.kept {
             say!("`{p}` stays installed, rolled back: some processes still have it (see above); run uninstall again");
         }
     }
-    Ok(code)
+    Ok(done.code)
 }
 
 pub fn list(engine: &Engine, json: bool) -> Result<()> {
