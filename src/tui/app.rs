@@ -1,6 +1,7 @@
 //! The console's state and what each key does to it. Drawing lives in `render/` and only reads
 //! this state; work on processes is handed to the job thread as [`Job`]s.
 
+use super::installed::{List as InstalledList, Row as InstalledRow};
 use super::jobs::{Event, Job};
 use super::snapshot::{Badge, Snapshot};
 use crate::engine::{CheckLine, Stage};
@@ -19,6 +20,8 @@ pub enum Screen {
     Wizard,
     Trial,
     Journal,
+    /// The installed patches, per binary.
+    Installed,
 }
 
 impl Screen {
@@ -29,6 +32,7 @@ impl Screen {
             Screen::Wizard => "Apply",
             Screen::Trial => "Trial",
             Screen::Journal => "Journal",
+            Screen::Installed => "Installed patches",
         }
     }
 }
@@ -261,6 +265,13 @@ pub struct App {
     /// Why the console was interrupted (Ctrl-C during an action, a signal): it exits, non-zero,
     /// once the running job has ended.
     pub interrupted: Option<String>,
+    /// The installed patches, once read (only while their view is open: see `tui::run`).
+    pub installed: Option<InstalledList>,
+    /// The installed patch selected in their view, by id so that it survives refreshes.
+    pub installed_selected: Option<String>,
+    /// The patches, by process, the running uninstall rolls back: not to be reported as
+    /// notices, whenever the snapshot shows them rolled back.
+    uninstalling: Vec<(i32, String)>,
 }
 
 /// A confirmation: what will be done, and the job that does it.
@@ -372,6 +383,9 @@ impl App {
             pending: None,
             size: (80, 24),
             interrupted: None,
+            installed: None,
+            installed_selected: None,
+            uninstalling: Vec::new(),
         }
     }
 
@@ -662,6 +676,7 @@ impl App {
                 self.on_journal_key(key);
                 None
             }
+            Screen::Installed => self.on_installed_key(key),
         }
     }
 
@@ -864,6 +879,7 @@ impl App {
                     Job::Commit { pid, patch, .. } => {
                         self.busy = Some(format!("committing `{patch}` and what it requires in {pid}"))
                     }
+                    Job::Uninstall { patch, with } => self.start_uninstall(patch.clone(), with.clone()),
                     _ => {}
                 }
                 Some(Some(p.job))
@@ -900,6 +916,10 @@ impl App {
             // The selection stays on its process, wherever the new order puts it.
             KeyCode::Char('s') => self.sort = self.sort.next(),
             KeyCode::Char('I') => self.sort_reversed = !self.sort_reversed,
+            KeyCode::Char('i') => {
+                self.screen = Screen::Installed;
+                self.fix_installed_selection();
+            }
             KeyCode::Enter => {
                 if let Some((pid, n)) = self.selected_row().map(|r| (r.pid.get(), r.patches.len())) {
                     self.detail_patch = n.saturating_sub(1);
@@ -945,6 +965,143 @@ impl App {
             _ => return self.action_key(key),
         }
         None
+    }
+
+    /// The installed patch selected in their view.
+    pub fn installed_row(&self) -> Option<&InstalledRow> {
+        let id = self.installed_selected.as_deref()?;
+        self.installed.as_ref()?.rows.iter().find(|r| r.patch == id)
+    }
+
+    /// Takes a new reading of the installed patches; the selection stays on the same patch
+    /// when it is still installed.
+    pub fn set_installed(&mut self, list: InstalledList) {
+        self.installed = Some(list);
+        self.fix_installed_selection();
+    }
+
+    fn fix_installed_selection(&mut self) {
+        let Some(list) = self.installed.as_ref() else { return };
+        let ordered = list.ordered();
+        let i = self.installed_selected.as_deref().and_then(|id| ordered.iter().position(|r| r.patch == id));
+        if i.is_none() {
+            self.installed_selected = ordered.first().map(|r| r.patch.clone());
+        }
+    }
+
+    fn move_installed(&mut self, delta: isize) {
+        let Some(list) = self.installed.as_ref() else { return };
+        let ordered = list.ordered();
+        if ordered.is_empty() {
+            return;
+        }
+        let i = self.installed_selected.as_deref().and_then(|id| ordered.iter().position(|r| r.patch == id));
+        let j = (i.unwrap_or(0) as isize + delta).clamp(0, ordered.len() as isize - 1) as usize;
+        self.installed_selected = Some(ordered[j].patch.clone());
+    }
+
+    fn on_installed_key(&mut self, key: KeyEvent) -> Option<Job> {
+        match key.code {
+            KeyCode::Esc => self.screen = Screen::Processes,
+            KeyCode::Up | KeyCode::Char('k') => self.move_installed(-1),
+            KeyCode::Down | KeyCode::Char('j') => self.move_installed(1),
+            KeyCode::PageUp => self.move_installed(-(self.page.max(1) as isize)),
+            KeyCode::PageDown => self.move_installed(self.page.max(1) as isize),
+            KeyCode::Home => self.move_installed(isize::MIN / 2),
+            KeyCode::End => self.move_installed(isize::MAX / 2),
+            KeyCode::Char('R') => return self.uninstall_key(),
+            _ => {}
+        }
+        None
+    }
+
+    /// The processes of the snapshot that have any of `patches` applied, each with those it has.
+    fn having(&self, patches: &[String]) -> Vec<(i32, Vec<String>)> {
+        self.snapshot
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let ids: Vec<String> =
+                    r.applied().filter(|p| patches.contains(&p.patch)).map(|p| p.patch.clone()).collect();
+                (!ids.is_empty()).then(|| (r.pid.get(), ids))
+            })
+            .collect()
+    }
+
+    /// `R` in the installed view: one confirmation naming the selected patch, the installed
+    /// patches that require it (uninstalled with it, theirs first) and how many processes it
+    /// touches; Enter uninstalls them (`pannus uninstall --cascade`).
+    fn uninstall_key(&mut self) -> Option<Job> {
+        if self.refuse_busy() {
+            return None;
+        }
+        let Some(row) = self.installed_row() else {
+            self.say(false, "no installed patch is selected: nothing to roll back");
+            return None;
+        };
+        let patch = row.patch.clone();
+        let version = row.version.clone();
+        let with = self.installed.as_ref().map(|l| l.dependents(&patch)).unwrap_or_default();
+        let mut all = with.clone();
+        all.push(patch.clone());
+        let having = self.having(&all);
+        let touched = match having.len() {
+            0 => "no process has it now".to_string(),
+            1 => format!("1 process ({})", having[0].0),
+            n => format!("{n} processes"),
+        };
+        let mut lines = Vec::new();
+        if with.is_empty() {
+            lines.push(format!("Rolls `{patch}` back from every process that has it: {touched}."));
+        } else {
+            let names = with.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+            lines.push(format!(
+                "Installed {names} require{} it: rolled back and uninstalled with it, first.",
+                if with.len() == 1 { "s" } else { "" }
+            ));
+            lines.push(format!("Rolls them and `{patch}` back from every process that has them: {touched}."));
+        }
+        // What a cascade takes along that is not installed: applied by hand, requiring it.
+        let mut others: Vec<String> = Vec::new();
+        for r in &self.snapshot.rows {
+            if r.applied().any(|p| p.patch == patch) {
+                for d in dependents(&r.patches, &patch).into_iter().filter(|d| !all.contains(d)) {
+                    others.push(format!("`{d}` in process {}", r.pid));
+                }
+            }
+        }
+        if !others.is_empty() {
+            lines.push(format!("Also rolled back, as they require it there: {}.", others.join(", ")));
+        }
+        lines.push("No new process of its build gets it; then it is forgotten (a process where the rollback fails keeps it, recorded rolled back).".into());
+        self.pending = Some(Pending {
+            title: format!("Uninstall {patch} {version} everywhere"),
+            lines,
+            job: Job::Uninstall { patch, with },
+        });
+        None
+    }
+
+    /// Marks the uninstall of `patch` and `with` as running.
+    fn start_uninstall(&mut self, patch: String, with: Vec<String>) {
+        let mut all = with.clone();
+        all.push(patch.clone());
+        let mut expected: Vec<(i32, String)> =
+            self.having(&all).into_iter().flat_map(|(pid, ids)| ids.into_iter().map(move |id| (pid, id))).collect();
+        // And what the cascade takes along there.
+        for r in &self.snapshot.rows {
+            if r.applied().any(|p| p.patch == patch) {
+                for d in dependents(&r.patches, &patch) {
+                    if !expected.iter().any(|(pid, id)| *pid == r.pid.get() && *id == d) {
+                        expected.push((r.pid.get(), d));
+                    }
+                }
+            }
+        }
+        self.uninstalling = expected;
+        self.own.extend(self.uninstalling.iter().cloned());
+        let more = if with.is_empty() { String::new() } else { format!(" with {}", with.join(", ")) };
+        self.busy = Some(format!("uninstalling `{patch}`{more}: rolling back from every process"));
     }
 
     /// Opens the apply wizard for `pid` on the manifests folder.
@@ -1252,6 +1409,55 @@ impl App {
                         self.say(true, format!("trial of `{patch}` expired in process {pid}: {state} by policy"))
                     }
                     Err(e) => self.say(false, format!("expiry policy of `{patch}` failed: {}", e.message)),
+                }
+            }
+            Event::Uninstalled { patch, result } => {
+                self.busy = None;
+                // The processes it did not roll back keep their patches: any later change there
+                // is news.
+                let done: Vec<i32> = match &result {
+                    Ok(u) => u.rollbacks.iter().flat_map(|s| s.rolled_back.iter().copied()).collect(),
+                    Err(_) => Vec::new(),
+                };
+                for (pid, id) in std::mem::take(&mut self.uninstalling) {
+                    if !done.contains(&pid) {
+                        if let Some(i) = self.own.iter().position(|(p, o)| *p == pid && *o == id) {
+                            self.own.remove(i);
+                        }
+                    }
+                }
+                match result {
+                    Ok(u) => {
+                        let mut pids: Vec<i32> = done;
+                        pids.sort_unstable();
+                        pids.dedup();
+                        let from = match pids.len() {
+                            0 => "no process had it".to_string(),
+                            1 => format!("rolled back from process {}", pids[0]),
+                            n => format!("rolled back from {n} processes"),
+                        };
+                        let names =
+                            |ids: &[String]| ids.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ");
+                        if u.kept.is_empty() {
+                            self.say(true, format!("uninstalled {}: {from}", names(&u.uninstalled)));
+                        } else {
+                            let why = u
+                                .rollbacks
+                                .iter()
+                                .flat_map(|s| s.failed.iter())
+                                .map(|f| format!("process {}: {}", f.pid, f.error.message))
+                                .next()
+                                .unwrap_or_default();
+                            self.say(
+                                false,
+                                format!(
+                                    "uninstall of `{patch}`: {} still in some processes ({why}): kept installed, rolled back; press R again",
+                                    names(&u.kept)
+                                ),
+                            );
+                        }
+                    }
+                    Err(e) => self.say(false, format!("uninstall of `{patch}` failed: {}", e.message)),
                 }
             }
             Event::Committed { pid, patch, result } => {

@@ -43,6 +43,27 @@ pub enum Job {
         pid: i32,
         patch: String,
     },
+    /// Uninstall installed patch `patch` and `with`: the installed patches that require it,
+    /// theirs first, as the operator confirmed them (`pannus uninstall --cascade`). Refused when
+    /// those are no longer exactly that.
+    Uninstall {
+        patch: String,
+        with: Vec<String>,
+    },
+}
+
+impl Job {
+    /// The one process the job works on, if it is one.
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Job::Check { pid, .. }
+            | Job::Apply { pid, .. }
+            | Job::Rollback { pid, .. }
+            | Job::Commit { pid, .. }
+            | Job::Expire { pid, .. } => Some(*pid),
+            Job::Uninstall { .. } => None,
+        }
+    }
 }
 
 /// What the worker reports.
@@ -88,6 +109,10 @@ pub enum Event {
         pid: i32,
         patch: String,
         result: Result<crate::registry::State, Error>,
+    },
+    Uninstalled {
+        patch: String,
+        result: Result<crate::install::Uninstalled, Error>,
     },
 }
 
@@ -212,14 +237,9 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watch
     // As for the CLI's commands: spare CPU time only, on this thread (the screen's keeps its own).
     let _spare = pannus_kernel::SpareCpu::enter();
     let mut obs = Forward { tx, cancel };
-    let pid = match &job {
-        Job::Check { pid, .. }
-        | Job::Apply { pid, .. }
-        | Job::Rollback { pid, .. }
-        | Job::Commit { pid, .. }
-        | Job::Expire { pid, .. } => *pid,
-    };
-    say_holder(engine, pid, tx);
+    if let Some(pid) = job.pid() {
+        say_holder(engine, pid, tx);
+    }
     match job {
         Job::Check { pid, manifest } => match Manifest::load(&manifest) {
             Err(e) => {
@@ -286,6 +306,24 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watch
         Job::Expire { pid, patch } => {
             let result = crate::trial::expire(engine, pid, &patch);
             Event::Expired { pid, patch, result }
+        }
+        Job::Uninstall { patch, with } => {
+            let result = crate::install::uninstall_order(&engine.state_dir, &patch, true).and_then(|order| {
+                let mut confirmed = with.clone();
+                confirmed.push(patch.clone());
+                if order != confirmed {
+                    let now = &order[..order.len().saturating_sub(1)];
+                    return Err(Error::precondition(format!(
+                        "the installed patches that require `{patch}` changed since they were shown ({}): nothing was changed",
+                        if now.is_empty() { "none now".to_string() } else { now.join(", ") }
+                    ))
+                    .hint("look at the installed patches again and press R again"));
+                }
+                // As a rollback from the console, it finishes whole once started (rollback is
+                // the safe direction); each process's rollback is journaled.
+                crate::install::uninstall(engine, &order, None, &mut |_| {})
+            });
+            Event::Uninstalled { patch, result }
         }
     }
 }

@@ -15,7 +15,8 @@ pub struct Binding {
     pub screens: &'static [Screen],
 }
 
-const ALL: &[Screen] = &[Screen::Processes, Screen::Detail, Screen::Wizard, Screen::Trial, Screen::Journal];
+const ALL: &[Screen] =
+    &[Screen::Processes, Screen::Detail, Screen::Wizard, Screen::Trial, Screen::Journal, Screen::Installed];
 const LIST: &[Screen] = &[Screen::Processes, Screen::Detail];
 
 pub const BINDINGS: &[Binding] = &[
@@ -39,7 +40,7 @@ pub const BINDINGS: &[Binding] = &[
         action: "back",
         footer: true,
         on_patch: false,
-        screens: &[Screen::Detail, Screen::Wizard, Screen::Trial, Screen::Journal],
+        screens: &[Screen::Detail, Screen::Wizard, Screen::Trial, Screen::Journal, Screen::Installed],
     },
     Binding { keys: "↑↓ j k", action: "move", footer: false, on_patch: false, screens: ALL },
     Binding {
@@ -66,6 +67,14 @@ pub const BINDINGS: &[Binding] = &[
         on_patch: true,
         screens: &[Screen::Processes, Screen::Detail, Screen::Trial],
     },
+    Binding {
+        keys: "R",
+        action: "roll back everywhere and uninstall",
+        footer: true,
+        on_patch: false,
+        screens: &[Screen::Installed],
+    },
+    Binding { keys: "i", action: "installed patches", footer: true, on_patch: false, screens: &[Screen::Processes] },
     Binding { keys: "p", action: "patched only", footer: false, on_patch: false, screens: &[Screen::Processes] },
     Binding {
         keys: "K",
@@ -111,6 +120,9 @@ pub const NOTES: &[&str] = &[
     "  require it: one confirmation names them; Enter rolls them back too.",
     "C commits it; when it requires patches still on trial, one confirmation names",
     "  them; Enter commits them too, first.",
+    "In the installed patches (i), R rolls the selected one back from every process",
+    "  and uninstalls it, with the installed patches that require it: one",
+    "  confirmation names them and says how many processes it touches.",
     "Every stage of an apply shows exactly what it will do and waits for Enter;",
     "  Esc at a confirmation cancels and undoes the stages already done.",
 ];
@@ -132,6 +144,9 @@ pub const LEGEND: &[(&str, &str)] = &[
     ("REPLACED ON DISK", "the executable changed on disk since the process started"),
     ("BUILD-ID", "the build-id of the executable it runs (12 digits)"),
     ("▲ ▼", "the column the list is sorted by, up or down (s, I)"),
+    ("COMMITTED", "installed patch committed: new processes get it committed"),
+    ("ROLLED BACK", "installed patch rolled back (why follows): new processes do not get it"),
+    ("2/3", "installed patch: processes of its build that have it, of those running"),
     ("NOTICE", "a change made elsewhere (a trial watcher, another pannus)"),
     ("✓ ● ○ ↺", "apply stages: done, now, to do, undone"),
 ];

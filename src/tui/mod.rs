@@ -1,12 +1,14 @@
 //! The maintenance console: a full-screen terminal UI over the same engine API as the CLI.
 //!
-//! Five threads: the UI (this loop: keys, drawing), the terminal's input (`input.rs`), the
+//! Six threads: the UI (this loop: keys, drawing), the terminal's input (`input.rs`), the
 //! snapshot collector (the process table, each process's registry and the journal, every second
-//! or on demand), the job worker (apply, rollback, commit) and the signals' reader. The UI
+//! or on demand), the installed patches' reader (while their view is open, every 2 s or on
+//! demand), the job worker (apply, rollback, commit, uninstall) and the signals' reader. The UI
 //! waits on none of them but with a timeout, and never on the terminal.
 
 pub mod app;
 mod input;
+pub mod installed;
 pub mod jobs;
 pub mod keys;
 pub mod render;
@@ -94,6 +96,29 @@ fn spawn_collector(engine: &Engine, output: Option<PathBuf>) -> (Sender<()>, Rec
     (poke_tx, rx)
 }
 
+/// How often the installed patches are read again while their view is open.
+const INSTALLED_EVERY: Duration = Duration::from_secs(2);
+
+/// The installed patches' reader: while `wanted` is set, reads them (with each one's processes)
+/// every [`INSTALLED_EVERY`] or when poked; otherwise it only waits to be poked.
+fn spawn_installed(state_dir: PathBuf, wanted: Arc<AtomicBool>) -> (Sender<()>, Receiver<installed::List>) {
+    let (poke_tx, poke_rx) = channel::<()>();
+    let (tx, rx) = channel::<installed::List>();
+    std::thread::Builder::new()
+        .name("pannus-installed".into())
+        .spawn(move || loop {
+            if wanted.load(Ordering::SeqCst) && tx.send(installed::collect(&state_dir)).is_err() {
+                break;
+            }
+            match poke_rx.recv_timeout(INSTALLED_EVERY) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        })
+        .ok();
+    (poke_tx, rx)
+}
+
 /// SIGINT, SIGTERM and SIGHUP, blocked in every thread of the console and read by one thread
 /// of their own: each means "no" to the running apply (see [`App::interrupt`]) rather than an
 /// end that would leave its stages done in the process. The mask is restored when dropped.
@@ -148,6 +173,8 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
     let (job_tx, job_rx) = jobs::spawn(engine.clone(), cancel.clone());
     let (poke, refresh_rx) = spawn_collector(engine, opts.watch_output.clone());
+    let installed_wanted = Arc::new(AtomicBool::new(false));
+    let (poke_installed, installed_rx) = spawn_installed(engine.state_dir.clone(), installed_wanted.clone());
     let mut app = App::new(opts.manifests.clone());
     app.selected = opts.select;
     // First snapshot before the first frame, so the screen starts filled.
@@ -227,6 +254,16 @@ pub fn run(engine: &Engine, opts: Options) -> Result<()> {
         }
         if poked {
             let _ = poke.send(());
+        }
+        // The installed patches are read while their view is open: at once when it opens, and
+        // again once a job ended.
+        let wanted = app.screen == app::Screen::Installed;
+        let was = installed_wanted.swap(wanted, Ordering::SeqCst);
+        if wanted && (!was || poked) {
+            let _ = poke_installed.send(());
+        }
+        if let Some(list) = installed_rx.try_iter().last() {
+            app.set_installed(list);
         }
         let mut latest = None;
         while let Ok(r) = refresh_rx.try_recv() {

@@ -2,10 +2,12 @@
 //! snapshots), every screen at tiny sizes without a panic, and what the keys do.
 
 use super::app::{App, Fit, ManifestFile, Phase, Screen, Wizard, MESSAGE_OK_SECS, NOTICE_SECS};
+use super::installed::{List as InstalledList, Row as InstalledRow};
 use super::jobs::{Event, Job};
 use super::render::{self, Theme};
 use super::snapshot::Snapshot;
 use crate::engine::{CheckLine, Stage};
+use crate::install::State as InstalledState;
 use crate::journal::{Entry, Recorded};
 use crate::processes::Process;
 use crate::registry::{FunctionRecord, JumpKind, OnExpiry, PatchRecord, State};
@@ -267,7 +269,53 @@ fn every_screen() -> Vec<(&'static str, App)> {
     let mut help = app();
     help.help = true;
     list.push(("help", help));
+    list.push(("installed", installed_app()));
     list
+}
+
+fn installed_row(patch: &str, object: &str, build_id: &str, state: InstalledState, requires: &[&str]) -> InstalledRow {
+    InstalledRow {
+        patch: patch.into(),
+        version: "1.0".into(),
+        object: object.into(),
+        build_id: build_id.into(),
+        requires: requires.iter().map(|s| s.to_string()).collect(),
+        state,
+        trial_deadline: None,
+        on_expiry: crate::manifest::OnExpiry::Commit,
+        reason: None,
+        processes: 3,
+        patched: 3,
+        manifest: format!("/var/lib/pannus/installed/{patch}/manifest.yaml").into(),
+    }
+}
+
+/// The installed view on: two binaries, four installed patches (base-fix, invite-fix requiring
+/// it, a rolled-back one, and one in its last seconds of trial in a library).
+fn installed_app() -> App {
+    let mut a = app();
+    let sipd = "/usr/sbin/sipd";
+    let lib = "/usr/lib/libsip.so.2";
+    let sipd_id = "3f2a00009c1b0e447d55aa01b2c3d4e5f6071829";
+    let lib_id = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12";
+    let mut invite = installed_row("invite-fix", sipd, sipd_id, InstalledState::Trial, &["base-fix"]);
+    invite.version = "1.0.2".into();
+    invite.trial_deadline = Some(NOW + 252);
+    invite.patched = 2;
+    let mut old = installed_row("old-fix", sipd, sipd_id, InstalledState::RolledBack, &[]);
+    old.reason = Some("canary failed: process 2001 rolled back by its health check".into());
+    old.patched = 0;
+    let mut libfix = installed_row("lib-fix", lib, lib_id, InstalledState::Trial, &[]);
+    libfix.trial_deadline = Some(NOW + 20);
+    libfix.on_expiry = crate::manifest::OnExpiry::Rollback;
+    libfix.processes = 1;
+    libfix.patched = 1;
+    a.set_installed(InstalledList {
+        rows: vec![libfix, installed_row("base-fix", sipd, sipd_id, InstalledState::Committed, &[]), invite, old],
+        error: None,
+    });
+    a.on_key(ch('i'));
+    a
 }
 
 #[test]
@@ -875,4 +923,146 @@ fn a_failed_apply_shows_its_whole_message_and_hint_at_80x24() {
     let s = screen(&a, 80, 24);
     assert!(s.contains("lands inside the bytes") && s.contains("undone: init, link, load"), "{s}");
     assert!(s.contains("hint: rebuild the target with") && s.contains("its caller instead"), "{s}");
+}
+
+#[test]
+fn the_installed_view_groups_patches_by_binary_with_countdowns_and_n_of_m() {
+    let a = installed_app();
+    assert_eq!(a.screen, Screen::Installed);
+    let s = screen(&a, 100, 30);
+    // Group headers: the object and its build-id, abbreviated; sorted by object.
+    let lib = s.find("/usr/lib/libsip.so.2  build-id ab12cd34ef56").expect(&s);
+    let sipd = s.find("/usr/sbin/sipd  build-id 3f2a00009c1b").expect(&s);
+    assert!(lib < sipd, "{s}");
+    assert!(!s.contains("3f2a00009c1b0"), "12 digits of the build-id:\n{s}");
+    // Under each, its patches: id, version, N/M, state; in the order installed (requires first).
+    let line = |id: &str| s.lines().find(|l| l.contains(&format!(" {id} "))).unwrap_or_else(|| panic!("{id}:\n{s}"));
+    assert!(line("base-fix").contains("3/3") && line("base-fix").contains("COMMITTED"), "{s}");
+    let invite = line("invite-fix");
+    assert!(invite.contains("1.0.2") && invite.contains("2/3"), "{s}");
+    assert!(invite.contains("TRIAL 04:12, commits at 08:04:12 UTC"), "countdown and deadline in clock time:\n{s}");
+    assert!(s.find(" base-fix ").unwrap() < s.find(" invite-fix ").unwrap(), "{s}");
+    assert!(line("old-fix").contains("0/3 ") && line("old-fix").contains("ROLLED BACK: canary failed"), "{s}");
+    assert!(
+        line("lib-fix").contains("1/1")
+            && line("lib-fix").contains("TRIAL 00:20, rolls back at 08:00:20 UTC, in under 30 s"),
+        "{s}"
+    );
+    // The first patch listed is selected, its details below; the footer names it.
+    assert_eq!(a.installed_selected.as_deref(), Some("lib-fix"));
+    assert!(s.contains("R roll back everywhere and uninstall lib-fix") && s.contains("Esc back"), "{s}");
+    // The countdown runs with the clock; past the deadline, the policy's outcome, no 00:00.
+    let mut later = installed_app();
+    later.now = NOW + 10;
+    assert!(screen(&later, 100, 30).contains("TRIAL 04:02, commits at 08:04:12 UTC"));
+    later.now = NOW + 300;
+    let s = screen(&later, 100, 30);
+    assert!(!s.contains("TRIAL") && !s.contains("00:00,"), "{s}");
+    assert!(s.contains("ROLLED BACK: its trial ended (on_expiry: rollback)"), "{s}");
+    assert!(s.lines().any(|l| l.contains(" invite-fix ") && l.contains("COMMITTED")), "{s}");
+    // At 80x24 and the minimum size, nothing panics and the rows still show.
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("invite-fix") && s.contains("2/3"), "{s}");
+    screen(&a, 60, 16);
+}
+
+#[test]
+fn the_installed_view_says_when_there_is_nothing_or_it_cannot_be_read() {
+    let mut a = app();
+    a.on_key(ch('i'));
+    assert!(screen(&a, 80, 24).contains("reading the installed patches"));
+    a.set_installed(InstalledList::default());
+    assert!(screen(&a, 80, 24).contains("No patch is installed."));
+    assert_eq!(a.on_key(ch('R')), None);
+    a.set_installed(InstalledList { rows: vec![], error: Some("/var/lib/pannus: mode 0777".into()) });
+    let s = screen(&a, 80, 24);
+    assert!(s.contains("cannot be read") && s.contains("mode 0777"), "{s}");
+    a.on_key(key(KeyCode::Esc));
+    assert_eq!(a.screen, Screen::Processes);
+}
+
+#[test]
+fn r_in_the_installed_view_asks_once_naming_what_goes_with_it_then_uninstalls() {
+    let mut a = installed_app();
+    a.on_key(key(KeyCode::Down));
+    assert_eq!(a.installed_selected.as_deref(), Some("base-fix"));
+    assert_eq!(a.on_key(ch('R')), None, "nothing before the confirmation");
+    let s = screen(&a, 100, 30);
+    assert!(s.contains("Uninstall base-fix 1.0 everywhere"), "{s}");
+    assert!(s.contains("Installed `invite-fix` requires it"), "the installed patches that require it:\n{s}");
+    assert!(s.contains("1 process (812)"), "how many processes it touches:\n{s}");
+    assert!(s.contains("`cdr-fix` in process 812"), "what the cascade takes along that is not installed:\n{s}");
+    assert!(screen(&a, 80, 24).contains("Enter proceed"), "it fits at 80x24");
+    // Esc, n and Ctrl-C mean no.
+    assert_eq!(a.on_key(key(KeyCode::Esc)), None);
+    assert!(a.pending.is_none() && a.busy.is_none());
+    a.on_key(ch('R'));
+    assert_eq!(a.on_key(ch('n')), None);
+    assert!(a.pending.is_none() && a.busy.is_none());
+    let mut c = installed_app();
+    c.on_key(ch('R'));
+    assert_eq!(c.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)), None);
+    assert!(c.pending.is_none() && c.quit);
+    // Enter: the job, with what was named.
+    a.on_key(ch('R'));
+    assert_eq!(
+        a.on_key(key(KeyCode::Enter)),
+        Some(Job::Uninstall { patch: "base-fix".into(), with: vec!["invite-fix".into()] })
+    );
+    assert!(a.busy.as_deref().is_some_and(|b| b.contains("uninstalling `base-fix` with invite-fix")), "{:?}", a.busy);
+    assert_eq!(a.on_key(ch('R')), None, "one action at a time");
+    // Its own rollbacks, seen by the next snapshot, raise no notice; the outcome shows.
+    let mut rows = a.snapshot.rows.clone();
+    for p in &mut rows.iter_mut().find(|r| r.pid.get() == 812).unwrap().patches {
+        p.state = State::RolledBack;
+    }
+    a.on_event(Event::Uninstalled {
+        patch: "base-fix".into(),
+        result: Ok(crate::install::Uninstalled {
+            uninstalled: vec!["invite-fix".into(), "base-fix".into()],
+            kept: vec![],
+            rollbacks: vec![crate::fleet::Summary {
+                operation: crate::fleet::Operation::Rollback,
+                patch: "base-fix".into(),
+                patched: vec![],
+                skipped: vec![],
+                failed: vec![],
+                rolled_back: vec![812],
+                rollback_failed: vec![],
+                warnings: vec![],
+                cancelled: None,
+            }],
+            code: 0,
+        }),
+    });
+    a.set_snapshot(Snapshot { rows });
+    assert!(a.busy.is_none());
+    assert_eq!(a.message, Some((true, "uninstalled `invite-fix`, `base-fix`: rolled back from process 812".into())));
+    assert_eq!(a.fresh_notice(), None);
+    // A failure says so.
+    a.on_key(ch('R'));
+    a.on_key(key(KeyCode::Enter));
+    a.on_event(Event::Uninstalled {
+        patch: "base-fix".into(),
+        result: Err(crate::error::Error::precondition("the installed patches that require `base-fix` changed")),
+    });
+    assert!(a.message.as_ref().is_some_and(|(ok, m)| !ok && m.contains("uninstall of `base-fix` failed")));
+}
+
+#[test]
+fn the_installed_view_is_in_the_footer_and_the_help() {
+    let mut a = app();
+    a.selected = Some(1);
+    assert!(screen(&a, 120, 40).contains("i installed patches"), "{}", screen(&a, 120, 40));
+    a.help = true;
+    let mut h = String::new();
+    for _ in 0..6 {
+        h.push_str(&screen(&a, 80, 24));
+        a.on_key(key(KeyCode::PageDown));
+    }
+    assert!(h.contains("installed patches") && h.contains("COMMITTED") && h.contains("ROLLED BACK"), "{h}");
+    let mut i = installed_app();
+    i.help = true;
+    let s = screen(&i, 100, 40);
+    assert!(s.contains("roll back everywhere and uninstall"), "{s}");
 }

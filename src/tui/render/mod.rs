@@ -4,8 +4,8 @@
 //! ┌──────────────────────────────────────────────────────────────┐
 //! │ header: pannus · screen · counts                       clock │
 //! ├──────────────────────────────────────────────────────────────┤
-//! │ body: processes | detail | wizard | trial | journal          │
-//! │       (+ help or confirmation drawn over it)                 │
+//! │ body: processes | detail | wizard | trial | journal |        │
+//! │       installed (+ help or confirmation drawn over it)       │
 //! ├──────────────────────────────────────────────────────────────┤
 //! │ footer: last outcome / running action                        │
 //! │ footer: the keys that work here (from the key table)         │
@@ -13,6 +13,7 @@
 //! ```
 
 mod detail;
+mod installed;
 mod journal;
 mod processes;
 mod trial;
@@ -140,6 +141,7 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         Screen::Wizard => wizard::draw(f, body, app, theme),
         Screen::Trial => trial::draw(f, body, app, theme),
         Screen::Journal => journal::draw(f, body, app, theme),
+        Screen::Installed => installed::draw(f, body, app, theme),
     }
     message(f, msg, app, theme);
     footer(f, keys_area, app, theme);
@@ -244,6 +246,13 @@ fn footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         let target = app.key_target();
         for b in keys::for_screen(app.screen).filter(|b| b.footer) {
             if b.keys == "a" && !app.can_apply() {
+                continue;
+            }
+            // In the installed view, R names the installed patch it uninstalls.
+            if app.screen == Screen::Installed && b.keys == "R" {
+                let Some(r) = app.installed_row() else { continue };
+                spans.push(Span::styled(b.keys, theme.key()));
+                spans.push(Span::raw(format!(" {} {}  ", b.action, r.patch)));
                 continue;
             }
             let on = if b.on_patch {
