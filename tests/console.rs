@@ -767,3 +767,52 @@ fn c_on_a_patch_whose_requirement_is_on_trial_asks_to_commit_both() {
     }
     assert_eq!(patch_state(&state, t.pid, "base-fix"), "committed");
 }
+
+/// `pannus install` for a private copy of the fixture (no other test's processes run it), then
+/// in the console: `i` shows the patch under its binary with `1/1`, `R` asks once and uninstalls
+/// it, and the process answers unpatched.
+#[test]
+fn r_in_the_installed_view_uninstalls_the_patch_from_every_process() {
+    let state = State::new();
+    let exe = state.path().join("inst-svc");
+    std::fs::copy(common::bin("target_pie"), &exe).unwrap();
+    let mut t = Proc::spawn(Command::new(&exe));
+    let m = state.manifest(
+        "inst-ui-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 10m\n",
+    );
+    let text = std::fs::read_to_string(&m).unwrap();
+    let original = common::bin("target_pie").display().to_string();
+    std::fs::write(&m, text.replace(&format!("object: {original}\n"), &format!("object: {}\n", exe.display())))
+        .unwrap();
+    state.pannus(&["install", m.to_str().unwrap(), "--yes"]).ok();
+    assert_eq!(t.ask("c 5"), "500", "installed: applied to the running process");
+
+    let tmux = Tmux::start(&state, 120, 30);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["i"]);
+    let s =
+        tmux.wait_until("the patch with 1/1", |s| s.lines().any(|l| l.contains("inst-ui-fix") && l.contains("1/1")));
+    let build_id: String = common::build_id(&exe).chars().take(12).collect();
+    assert!(s.contains(&format!("{}  build-id {build_id}", exe.display())), "the binary as group header:\n{s}");
+    assert!(s.lines().any(|l| l.contains("inst-ui-fix") && l.contains("TRIAL ") && l.contains(", commits at ")), "{s}");
+    tmux.keys(&["R"]);
+    let s = tmux.wait_for("Uninstall inst-ui-fix 1.0 everywhere");
+    assert!(s.contains(&format!("1 process ({})", t.pid)) && s.contains("Enter proceed"), "{s}");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("✔ uninstalled `inst-ui-fix`");
+    assert_eq!(t.ask("c 5"), "6", "the process's behaviour is back to the original");
+    let list = state.pannus(&["installed", "--json"]).ok().json();
+    assert_eq!(list.as_array().map(|a| a.len()), Some(0), "{list}");
+    tmux.wait_for("No patch is installed.");
+    // Journaled as the console's doing.
+    let journal = state.pannus(&["journal", "--json", "--patch", "inst-ui-fix"]).ok().json();
+    let last = journal["entries"].as_array().and_then(|e| e.last()).cloned().unwrap_or_default();
+    assert_eq!((last["action"].as_str(), last["source"].as_str()), (Some("rollback"), Some("console")), "{journal}");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["q"]);
+}
