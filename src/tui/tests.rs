@@ -1066,3 +1066,17 @@ fn the_installed_view_is_in_the_footer_and_the_help() {
     let s = screen(&i, 100, 40);
     assert!(s.contains("roll back everywhere and uninstall"), "{s}");
 }
+
+#[test]
+fn what_goes_with_an_installed_patch_is_everything_that_requires_it_theirs_first() {
+    let row =
+        |id: &str, requires: &[&str]| installed_row(id, "/usr/sbin/sipd", "3f2a", InstalledState::Committed, requires);
+    // In installed order: what a patch requires first.
+    let list = InstalledList {
+        rows: vec![row("a", &[]), row("b", &["a"]), row("c", &["b"]), row("d", &["a"]), row("e", &[])],
+        error: None,
+    };
+    assert_eq!(list.dependents("a"), ["c", "b", "d"], "the order uninstall --cascade takes them in");
+    assert_eq!(list.dependents("b"), ["c"]);
+    assert!(list.dependents("e").is_empty());
+}
