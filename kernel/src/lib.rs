@@ -23,6 +23,7 @@ mod fs;
 mod hijack;
 pub mod maps;
 mod mem;
+pub mod proc_events;
 mod remote;
 mod sched;
 mod thread;
