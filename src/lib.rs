@@ -14,10 +14,12 @@
 
 mod build;
 pub mod cli;
+mod daemon;
 mod elf;
 mod engine;
 mod error;
 mod fleet;
+pub mod install;
 mod journal;
 mod ledger;
 mod lock;

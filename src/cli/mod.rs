@@ -159,6 +159,12 @@ pub enum Command {
         pid: i32,
         patch: String,
     },
+    /// Keep the installed patches applied in every new process of their build (foreground, until SIGTERM)
+    Daemon {
+        /// Walk /proc for new processes instead of listening to the kernel's process-events connector
+        #[arg(long)]
+        poll: bool,
+    },
     /// The full-screen maintenance console (also what `pannus` alone opens)
     Console {
         /// Folder of manifests for the apply wizard
@@ -235,6 +241,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
     crate::journal::set_source(match command {
         Command::Console { .. } | Command::Demo { script: false, .. } => crate::journal::Source::Console,
         Command::TrialWatch { .. } => crate::journal::Source::Watcher,
+        Command::Daemon { .. } => crate::journal::Source::Daemon,
         _ => crate::journal::Source::Cli,
     });
     let json = matches!(
@@ -253,7 +260,10 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         Command::Apply { .. } | Command::Check { .. } | Command::Commit { .. } | Command::Rollback { .. }
     )
     .then_some(spare);
-    if matches!(command, Command::Apply { .. } | Command::Rollback { .. } | Command::Commit { .. }) {
+    if matches!(
+        command,
+        Command::Apply { .. } | Command::Rollback { .. } | Command::Commit { .. } | Command::Daemon { .. }
+    ) {
         interrupt::catch();
     }
     let result = match command {
@@ -305,6 +315,7 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Completions { shell } => manifest_cmd::completions(shell),
         Command::Man => manifest_cmd::man(),
         Command::TrialWatch { pid, patch } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
+        Command::Daemon { poll } => crate::daemon::run(engine, poll, interrupt::received),
     }
 }
 

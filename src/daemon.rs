@@ -1,0 +1,420 @@
+//! `pannus daemon`: keeps the installed patches (see `install.rs`) applied in every new process
+//! of their build. It learns of each `exec` from the kernel's process-events connector (or, where
+//! that cannot be opened, by walking `/proc` every few milliseconds), looks at the new process
+//! until its dynamic loader has mapped the C library, and applies each installed patch whose
+//! object it maps with the manifest's build-id in memory, with the engine every apply uses. A
+//! walk of every process once a second catches libraries mapped later (`dlopen`) and anything the
+//! events missed.
+//!
+//! A patch installed on trial is applied on trial until the same deadline (its trial watcher
+//! started as `apply` starts it); a committed one is applied and committed. Each process is
+//! worked on in a thread of its own, so that one process in the way (a busy stop, a lock held by
+//! another pannus) never delays the others. A process the daemon cannot patch is left as it was
+//! (the engine undoes what it did) and journaled; it is not tried again.
+
+use crate::engine::{now_secs, outcome_of, Engine, Observer, Session, Stage};
+use crate::error::{Error, Kind, Result};
+use crate::install::{self, InstallState, Installed};
+use crate::registry::OnExpiry;
+use crate::target::Target;
+use pannus_kernel::maps;
+use pannus_kernel::proc_events::{Event, ProcEvents};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+/// How long a new process is looked at, from its `exec`, for its loader to map what it needs.
+const FRESH_WINDOW: Duration = Duration::from_secs(2);
+/// How often a new process is looked at meanwhile, and how often `/proc` is walked for new pids
+/// without the connector.
+const FRESH_INTERVAL: Duration = Duration::from_millis(1);
+/// How often every process is looked at (libraries mapped later, missed events), and the
+/// installed patches read again.
+const RESCAN: Duration = Duration::from_secs(1);
+/// How long the daemon waits for another pannus holding a process.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// Attempts on a process that was busy (a thread in the way, another pannus) before it is let go.
+const BUSY_ATTEMPTS: u32 = 3;
+
+/// A line on standard error, which never panics.
+fn log(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "pannus daemon: {msg}");
+}
+
+/// A process, by pid and start time (pids are reused).
+type Key = (i32, u64);
+
+/// An installed patch the daemon keeps applied, with the identity of its object on disk.
+struct Wanted {
+    installed: Installed,
+    dev: (i32, i32),
+    ino: u64,
+}
+
+/// Runs until SIGTERM or SIGINT (see `cli::interrupt`); `poll` walks `/proc` instead of
+/// listening to the process-events connector.
+pub fn run(engine: &Engine, poll: bool, stopped: fn() -> Option<&'static str>) -> Result<()> {
+    let mut engine = engine.clone();
+    engine.lock_wait = engine.lock_wait.min(LOCK_WAIT);
+    engine.journal().check()?;
+    let events = if poll {
+        None
+    } else {
+        match ProcEvents::open() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                log(&format!("{e}; walking /proc for new processes instead"));
+                None
+            }
+        }
+    };
+    log(&format!(
+        "watching for new processes ({}), installed patches in {}",
+        if events.is_some() { "process-events connector" } else { "walking /proc" },
+        engine.state_dir.join(install::FOLDER).display()
+    ));
+    let me = std::fs::metadata("/proc/self/exe").map(|m| (m.dev(), m.ino())).ok();
+    let mut d = Daemon {
+        engine,
+        wanted: Vec::new(),
+        said: HashSet::new(),
+        handled: HashMap::new(),
+        busy: HashMap::new(),
+        working: HashSet::new(),
+        fresh: HashMap::new(),
+        known: HashSet::new(),
+        me,
+    };
+    let (tx, rx) = channel();
+    let mut last_scan: Option<Instant> = None;
+    while stopped().is_none() {
+        if last_scan.is_none_or(|t| t.elapsed() >= RESCAN) {
+            d.reload();
+            d.scan_all(&tx);
+            last_scan = Some(Instant::now());
+        }
+        let wait = if d.fresh.is_empty() { Duration::from_millis(100) } else { FRESH_INTERVAL };
+        match &events {
+            Some(ev) => match ev.next(wait) {
+                Ok(list) => {
+                    for e in list {
+                        match e {
+                            Event::Exec { pid } => d.saw_exec(pid),
+                            Event::Lost => last_scan = None,
+                        }
+                    }
+                }
+                Err(e) => {
+                    log(&e.to_string());
+                    std::thread::sleep(wait);
+                }
+            },
+            None => {
+                std::thread::sleep(FRESH_INTERVAL.max(Duration::from_millis(2)));
+                d.new_pids();
+            }
+        }
+        d.collect(&rx);
+        d.look_at_fresh(&tx);
+    }
+    log(&format!("{} received: finishing the work under way", stopped().unwrap_or("a signal")));
+    while !d.working.is_empty() {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(done) => d.done(done),
+            Err(_) => break,
+        }
+    }
+    log("stopped");
+    Ok(())
+}
+
+/// What a worker did in one process.
+struct Done {
+    key: Key,
+    /// Each patch attempted, and `None` when it was applied, else the error.
+    results: Vec<(String, Option<Error>)>,
+}
+
+struct Daemon {
+    engine: Engine,
+    wanted: Vec<Wanted>,
+    /// Problems already logged (an installed patch that does not read), so each is said once.
+    said: HashSet<String>,
+    /// The patches done (applied, or given up) in each process.
+    handled: HashMap<Key, HashSet<String>>,
+    /// How many times each patch was found busy in each process.
+    busy: HashMap<(Key, String), u32>,
+    /// Processes a worker is on.
+    working: HashSet<Key>,
+    /// New processes, until when they are looked at.
+    fresh: HashMap<i32, Instant>,
+    /// Without the connector: the processes already seen.
+    known: HashSet<Key>,
+    /// pannus's own executable, whose processes (trial watchers) are never patched.
+    me: Option<(u64, u64)>,
+}
+
+impl Daemon {
+    /// Reads the installed patches again.
+    fn reload(&mut self) {
+        let (found, bad) = install::read(&self.engine.state_dir);
+        for (id, e) in bad {
+            if self.said.insert(format!("{id}: {}", e.message)) {
+                log(&format!("installed patch `{id}` left aside: {e}"));
+            }
+        }
+        let mut wanted = Vec::new();
+        for i in found {
+            if i.state == InstallState::RolledBack {
+                continue;
+            }
+            match std::fs::metadata(&i.manifest.target.object) {
+                Ok(meta) => {
+                    let dev = (nix::sys::stat::major(meta.dev()) as i32, nix::sys::stat::minor(meta.dev()) as i32);
+                    wanted.push(Wanted { dev, ino: meta.ino(), installed: i });
+                }
+                Err(e) => {
+                    let obj = i.manifest.target.object.display();
+                    if self.said.insert(format!("{}: {obj}: {e}", i.manifest.patch)) {
+                        log(&format!("installed patch `{}`: target object {obj}: {e}", i.manifest.patch));
+                    }
+                }
+            }
+        }
+        let ids = |w: &[Wanted]| w.iter().map(|w| w.installed.manifest.patch.clone()).collect::<Vec<_>>();
+        if ids(&wanted) != ids(&self.wanted) {
+            let list = ids(&wanted);
+            log(&format!("installed patches: {}", if list.is_empty() { "none".to_string() } else { list.join(", ") }));
+        }
+        self.wanted = wanted;
+    }
+
+    fn saw_exec(&mut self, pid: i32) {
+        if pid != std::process::id() as i32 {
+            self.fresh.insert(pid, Instant::now() + FRESH_WINDOW);
+        }
+    }
+
+    /// Without the connector: pids not seen before are new processes.
+    fn new_pids(&mut self) {
+        let mut now = HashSet::new();
+        for pid in crate::processes::pids() {
+            let pid = pid.get();
+            let Some(start) = crate::processes::start_time(pid) else { continue };
+            if !self.known.contains(&(pid, start)) {
+                self.saw_exec(pid);
+            }
+            now.insert((pid, start));
+        }
+        self.known = now;
+    }
+
+    /// Every process, once.
+    fn scan_all(&mut self, tx: &Sender<Done>) {
+        self.handled.retain(|&(pid, start), _| crate::processes::start_time(pid) == Some(start));
+        if self.wanted.is_empty() {
+            return;
+        }
+        for pid in crate::processes::pids() {
+            self.look_at(pid.get(), tx);
+        }
+    }
+
+    /// The new processes, each until it is ready for the patches it needs or its time is up.
+    fn look_at_fresh(&mut self, tx: &Sender<Done>) {
+        let now = Instant::now();
+        let pids: Vec<i32> = self.fresh.keys().copied().collect();
+        for pid in pids {
+            let settled = self.look_at(pid, tx);
+            if settled || self.fresh.get(&pid).is_none_or(|&until| now >= until) {
+                self.fresh.remove(&pid);
+            }
+        }
+    }
+
+    /// Looks at process `pid` and starts a worker for the patches it needs; `true` once nothing
+    /// more is to be learnt from waiting for its loader (it is being patched, needs nothing, or
+    /// is gone).
+    fn look_at(&mut self, pid: i32, tx: &Sender<Done>) -> bool {
+        if self.wanted.is_empty() {
+            return true;
+        }
+        let Some(start) = crate::processes::start_time(pid) else { return true };
+        let key = (pid, start);
+        if self.working.contains(&key) {
+            return true;
+        }
+        let Ok(pmaps) = maps::read(pid) else { return true };
+        if let Some(me) = self.me {
+            let exe = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino())).ok();
+            if exe == Some(me) {
+                return true;
+            }
+        }
+        // The borrowed thread needs the C library's code: until the loader has mapped it, wait.
+        let libc = pmaps.iter().any(|m| {
+            let name = m.path.rsplit('/').next().unwrap_or("");
+            name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
+        });
+        let handled = self.handled.get(&key);
+        let maps_object = |w: &Wanted| pmaps.iter().any(|m| m.inode == w.ino && m.dev == w.dev && !m.path.is_empty());
+        let needed: Vec<&Wanted> = self
+            .wanted
+            .iter()
+            .filter(|w| !handled.is_some_and(|h| h.contains(&w.installed.manifest.patch)))
+            .filter(|w| maps_object(w))
+            .collect();
+        if !libc {
+            return false;
+        }
+        if needed.is_empty() {
+            return true;
+        }
+        let Some((todo, settled)) = still_needed(pid, &needed) else { return true };
+        self.handled.entry(key).or_default().extend(settled);
+        if todo.is_empty() {
+            return true;
+        }
+        self.working.insert(key);
+        let engine = self.engine.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let results = work(&engine, pid, &todo);
+            let _ = tx.send(Done { key, results });
+        });
+        true
+    }
+
+    /// Takes in what the workers finished.
+    fn collect(&mut self, rx: &Receiver<Done>) {
+        while let Ok(done) = rx.try_recv() {
+            self.done(done);
+        }
+    }
+
+    fn done(&mut self, done: Done) {
+        self.working.remove(&done.key);
+        let handled = self.handled.entry(done.key).or_default();
+        for (patch, error) in done.results {
+            match error {
+                Some(e) if e.kind == Kind::Busy => {
+                    let n = self.busy.entry((done.key, patch.clone())).or_default();
+                    *n += 1;
+                    if *n >= BUSY_ATTEMPTS {
+                        handled.insert(patch);
+                    }
+                }
+                _ => {
+                    handled.insert(patch);
+                }
+            }
+        }
+        // A process with work left (a busy patch) is looked at again soon.
+        if crate::processes::start_time(done.key.0) == Some(done.key.1) {
+            self.fresh.entry(done.key.0).or_insert_with(|| Instant::now() + FRESH_WINDOW);
+        }
+    }
+}
+
+/// Of `needed`, those whose build-id process `pid` has in memory and that its registry does not
+/// hold yet; then the ids of the others, which need nothing more. `None` when the process cannot
+/// be read.
+fn still_needed(pid: i32, needed: &[&Wanted]) -> Option<(Vec<Installed>, Vec<String>)> {
+    let mut target = Target::open(pid).ok()?;
+    let reg = crate::registry::read_from(&target.mem, &target.maps).ok()?;
+    let (mut todo, mut settled) = (Vec::new(), Vec::new());
+    for w in needed {
+        let m = &w.installed.manifest;
+        let same_build = target.find_object(&m.target.object).ok().and_then(|l| target.build_id_in_memory(&l));
+        let applied = reg.get(&m.patch).is_some_and(|r| r.state.is_applied());
+        if same_build.is_none() || applied {
+            settled.push(m.patch.clone());
+        } else {
+            todo.push(w.installed.clone());
+        }
+    }
+    Some((todo, settled))
+}
+
+/// The daemon's observer: says no once SIGTERM or SIGINT came, so that an apply under way is
+/// undone and the process let go as it was.
+struct Unattended;
+
+impl Observer for Unattended {
+    fn confirm(&mut self, _stage: Stage, _plan: &str) -> bool {
+        crate::cli::interrupt::received().is_none()
+    }
+    fn why_not(&self) -> Option<String> {
+        crate::cli::interrupt::received().map(|sig| format!("{sig} received by the daemon"))
+    }
+}
+
+/// Applies `todo` (in requires order) in process `pid`, each as installed.
+fn work(engine: &Engine, pid: i32, todo: &[Installed]) -> Vec<(String, Option<Error>)> {
+    let mut results = Vec::new();
+    for i in todo {
+        let patch = i.manifest.patch.clone();
+        let started = Instant::now();
+        match apply_installed(engine, pid, i) {
+            Ok(state) => {
+                log(&format!("`{patch}` applied to process {pid} ({state}) in {:?}", started.elapsed()));
+                results.push((patch, None));
+            }
+            Err(e) => {
+                log(&format!("`{patch}` not applied to process {pid}: {e}"));
+                results.push((patch, Some(e)));
+            }
+        }
+    }
+    results
+}
+
+/// Applies installed patch `i` to process `pid`: on trial until the installed trial's deadline,
+/// its trial watcher started; or committed.
+fn apply_installed(engine: &Engine, pid: i32, i: &Installed) -> Result<&'static str> {
+    let mut m = i.manifest.clone();
+    if i.state == InstallState::Trial {
+        let left = i.trial_deadline.map_or(m.trial.duration.as_secs(), |d| d.saturating_sub(now_secs()));
+        if left == 0 && OnExpiry::from(m.trial.on_expiry) == OnExpiry::Rollback {
+            let e = Error::precondition(format!(
+                "the trial of installed patch `{}` is over and its policy is to roll back: not applied",
+                m.patch
+            ));
+            let _ = engine.journal().record("apply", pid, &process_name(pid), Some(&m.patch), "refused", &e.message);
+            return Err(e);
+        }
+        m.trial.duration = Duration::from_secs(left);
+    }
+    let mut s = match Session::open(engine, pid) {
+        Ok(s) => s,
+        Err(e) => {
+            if pannus_kernel::process_exists(pid) {
+                let _ = engine.journal().record(
+                    "apply",
+                    pid,
+                    &process_name(pid),
+                    Some(&m.patch),
+                    outcome_of(&e),
+                    &e.message,
+                );
+            }
+            return Err(e);
+        }
+    };
+    s.apply(&m, &mut Unattended)?;
+    if i.state == InstallState::Committed {
+        s.commit(&m.patch, "installed patch: committed, as installed")?;
+        return Ok("committed");
+    }
+    drop(s);
+    if let Err(e) = crate::trial::spawn_trial_watcher(engine, pid, &m.patch) {
+        log(&format!("`{}` in process {pid}: {e}", m.patch));
+    }
+    Ok("trial")
+}
+
+fn process_name(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
