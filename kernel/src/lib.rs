@@ -17,6 +17,8 @@
 //! This is the only crate of pannus with `unsafe`; each use is small and says why it is sound.
 
 mod error;
+pub mod exec_hold;
+pub mod exec_watch;
 pub mod fault;
 mod frame;
 mod fs;
