@@ -17,12 +17,16 @@ use crate::error::{Error, Kind, Result};
 use crate::install::{self, InstallState, Installed};
 use crate::registry::OnExpiry;
 use crate::target::Target;
+use pannus_kernel::exec_hold;
+use pannus_kernel::exec_watch::{ExecWatch, HeldExec};
 use pannus_kernel::maps;
 use pannus_kernel::proc_events::{Event, ProcEvents};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a new process is looked at, from its `exec`, for its loader to map what it needs.
@@ -47,15 +51,25 @@ fn log(msg: &str) {
 type Key = (i32, u64);
 
 /// An installed patch the daemon keeps applied, with the identity of its object on disk.
+#[derive(Clone)]
 struct Wanted {
     installed: Installed,
     dev: (i32, i32),
     ino: u64,
 }
 
-/// Runs until SIGTERM or SIGINT (see `cli::interrupt`); `poll` walks `/proc` instead of
-/// listening to the process-events connector.
-pub fn run(engine: &Engine, poll: bool, stopped: fn() -> Option<&'static str>) -> Result<()> {
+/// How the daemon learns of new processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Walk `/proc` instead of listening to the process-events connector.
+    pub poll: bool,
+    /// Hold each `exec` of an installed patch's program (fanotify) and patch it before `main`.
+    pub hold: bool,
+}
+
+/// Runs until SIGTERM or SIGINT (`stopped` says when one came, see `cli::interrupt`).
+pub fn run(engine: &Engine, options: Options, stopped: fn() -> Option<&'static str>) -> Result<()> {
+    let poll = options.poll;
     let mut engine = engine.clone();
     engine.lock_wait = engine.lock_wait.min(LOCK_WAIT);
     engine.journal().check()?;
@@ -76,8 +90,26 @@ pub fn run(engine: &Engine, poll: bool, stopped: fn() -> Option<&'static str>) -
         engine.state_dir.join(install::FOLDER).display()
     ));
     let me = std::fs::metadata("/proc/self/exe").map(|m| (m.dev(), m.ino())).ok();
+    let (tx, rx) = channel();
+    let shared = Shared::default();
+    let execs = match options.hold.then(ExecWatch::open).transpose() {
+        Ok(None) => None,
+        Ok(Some(w)) => {
+            log("each exec of an installed patch's program held (fanotify): patched before main");
+            let w = Arc::new(w);
+            let (w2, shared2, engine2, tx2) = (Arc::clone(&w), shared.clone(), engine.clone(), tx.clone());
+            std::thread::spawn(move || watch_execs(&w2, &shared2, &engine2, &tx2, stopped));
+            Some(w)
+        }
+        Err(e) => {
+            log(&format!("{e}: new processes are patched after their exec, not before main"));
+            None
+        }
+    };
     let mut d = Daemon {
         engine,
+        shared,
+        execs,
         wanted: Vec::new(),
         said: HashSet::new(),
         handled: HashMap::new(),
@@ -87,7 +119,6 @@ pub fn run(engine: &Engine, poll: bool, stopped: fn() -> Option<&'static str>) -
         known: HashSet::new(),
         me,
     };
-    let (tx, rx) = channel();
     let mut last_scan: Option<Instant> = None;
     while stopped().is_none() {
         if last_scan.is_none_or(|t| t.elapsed() >= RESCAN) {
@@ -120,7 +151,7 @@ pub fn run(engine: &Engine, poll: bool, stopped: fn() -> Option<&'static str>) -
         d.look_at_fresh(&tx);
     }
     log(&format!("{} received: finishing the work under way", stopped().unwrap_or("a signal")));
-    while !d.working.is_empty() {
+    while !d.working.is_empty() || !d.shared.held().is_empty() {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(done) => d.done(done),
             Err(_) => break,
@@ -139,6 +170,10 @@ struct Done {
 
 struct Daemon {
     engine: Engine,
+    /// What the threads holding new processes at their entry point share with the loop.
+    shared: Shared,
+    /// fanotify on the installed patches' objects, where it can be had.
+    execs: Option<Arc<ExecWatch>>,
     wanted: Vec<Wanted>,
     /// Problems already logged (an installed patch that does not read), so each is said once.
     said: HashSet<String>,
@@ -187,6 +222,24 @@ impl Daemon {
         if ids(&wanted) != ids(&self.wanted) {
             let list = ids(&wanted);
             log(&format!("installed patches: {}", if list.is_empty() { "none".to_string() } else { list.join(", ") }));
+        }
+        if let Some(w) = &self.execs {
+            let objects = |ws: &[Wanted]| {
+                let mut o: Vec<PathBuf> = ws.iter().map(|w| w.installed.manifest.target.object.clone()).collect();
+                o.sort();
+                o.dedup();
+                o
+            };
+            let now = objects(&wanted);
+            if now != objects(&self.wanted) || self.wanted.is_empty() {
+                let paths: Vec<&Path> = now.iter().map(PathBuf::as_path).collect();
+                if let Err(e) = w.watch(&paths) {
+                    log(&e.to_string());
+                }
+            }
+        }
+        if let Ok(mut w) = self.shared.wanted.lock() {
+            *w = wanted.clone();
         }
         self.wanted = wanted;
     }
@@ -246,6 +299,9 @@ impl Daemon {
         if self.working.contains(&key) {
             return true;
         }
+        if self.shared.held().contains(&pid) {
+            return false;
+        }
         let Ok(pmaps) = maps::read(pid) else { return true };
         if let Some(me) = self.me {
             let exe = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino())).ok();
@@ -281,7 +337,7 @@ impl Daemon {
         let engine = self.engine.clone();
         let tx = tx.clone();
         std::thread::spawn(move || {
-            let results = work(&engine, pid, &todo);
+            let results = work(&engine, pid, &todo, "after its exec");
             let _ = tx.send(Done { key, results });
         });
         true
@@ -352,14 +408,14 @@ impl Observer for Unattended {
 }
 
 /// Applies `todo` (in requires order) in process `pid`, each as installed.
-fn work(engine: &Engine, pid: i32, todo: &[Installed]) -> Vec<(String, Option<Error>)> {
+fn work(engine: &Engine, pid: i32, todo: &[Installed], when: &str) -> Vec<(String, Option<Error>)> {
     let mut results = Vec::new();
     for i in todo {
         let patch = i.manifest.patch.clone();
         let started = Instant::now();
         match apply_installed(engine, pid, i) {
             Ok(state) => {
-                log(&format!("`{patch}` applied to process {pid} ({state}) in {:?}", started.elapsed()));
+                log(&format!("`{patch}` applied to process {pid} {when} ({state}) in {:?}", started.elapsed()));
                 results.push((patch, None));
             }
             Err(e) => {
@@ -403,7 +459,10 @@ fn apply_installed(engine: &Engine, pid: i32, i: &Installed) -> Result<&'static 
             return Err(e);
         }
     };
-    s.apply(&m, &mut Unattended)?;
+    let applied = s.apply(&m, &mut Unattended)?;
+    let steps: Vec<String> =
+        applied.measured.timings.steps().iter().map(|(k, d)| format!("{k} {:.1} ms", d.as_secs_f64() * 1e3)).collect();
+    log(&format!("`{}` in process {pid}: {}", m.patch, steps.join(", ")));
     if i.state == InstallState::Committed {
         s.commit(&m.patch, "installed patch: committed, as installed")?;
         return Ok("committed");
@@ -417,4 +476,133 @@ fn apply_installed(engine: &Engine, pid: i32, i: &Installed) -> Result<&'static 
 
 fn process_name(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// What the threads that hold new processes share with the daemon's loop.
+#[derive(Clone, Default)]
+struct Shared {
+    /// The installed patches, as last read.
+    wanted: Arc<Mutex<Vec<Wanted>>>,
+    /// The processes held at their entry point (or on their way there): the loop leaves them to
+    /// their holder.
+    held: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Shared {
+    fn held(&self) -> HashSet<i32> {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+    fn set_held(&self, pid: i32, on: bool) {
+        if let Ok(mut h) = self.held.lock() {
+            if on {
+                h.insert(pid);
+            } else {
+                h.remove(&pid);
+            }
+        }
+    }
+}
+
+/// How long a new process may take from its held `exec` to its entry point.
+const HOLD_WAIT: Duration = Duration::from_secs(2);
+
+/// The thread that answers fanotify: each `exec` of a watched program is let go once its thread
+/// is seized, and held at its entry point by a thread of its own.
+fn watch_execs(
+    watch: &Arc<ExecWatch>,
+    shared: &Shared,
+    engine: &Engine,
+    tx: &Sender<Done>,
+    stopped: fn() -> Option<&'static str>,
+) {
+    let me = std::process::id() as i32;
+    while stopped().is_none() {
+        let held = match watch.next(Duration::from_millis(100)) {
+            Ok(h) => h,
+            Err(e) => {
+                log(&e.to_string());
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        for h in held {
+            let tid = h.tid();
+            // A thread other than the leader execs: its pid changes at the exec; the process
+            // is patched after its exec instead.
+            let tgid = std::fs::read_to_string(format!("/proc/{tid}/status"))
+                .ok()
+                .and_then(|st| st.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()));
+            let leader = tgid == Some(tid) && tid != me;
+            if !leader || shared.held().contains(&tid) {
+                let _ = watch.allow(&h);
+                continue;
+            }
+            shared.set_held(tid, true);
+            let (watch, shared, engine, tx) = (Arc::clone(watch), shared.clone(), engine.clone(), tx.clone());
+            std::thread::spawn(move || {
+                hold(&watch, h, &shared, &engine, &tx);
+                shared.set_held(tid, false);
+            });
+        }
+    }
+}
+
+/// Seizes the thread of a held `exec`, lets the `exec` go, runs the new program to its entry
+/// point, applies what it needs there, and lets it go on.
+fn hold(watch: &ExecWatch, h: HeldExec, shared: &Shared, engine: &Engine, tx: &Sender<Done>) {
+    let pid = h.tid();
+    let seized = exec_hold::seize_exec(pid);
+    if let Err(e) = watch.allow(&h) {
+        log(&e.to_string());
+    }
+    drop(h);
+    if let Err(e) = seized {
+        log(&format!("process {pid} not held before main: {e}"));
+        return;
+    }
+    let at = match exec_hold::run_to_entry(pid, Instant::now() + HOLD_WAIT, || park_site(pid)) {
+        Ok(at) => at,
+        Err(e) => {
+            log(&format!("process {pid} not held before main: {e}"));
+            return;
+        }
+    };
+    let wanted = shared.wanted.lock().map(|w| w.clone()).unwrap_or_default();
+    let todo = maps::read(pid).ok().and_then(|pmaps| {
+        let needed: Vec<&Wanted> = wanted
+            .iter()
+            .filter(|w| pmaps.iter().any(|m| m.inode == w.ino && m.dev == w.dev && !m.path.is_empty()))
+            .collect();
+        still_needed(pid, &needed)
+    });
+    let results = match &todo {
+        Some((todo, _)) if !todo.is_empty() => work(engine, pid, todo, "before main"),
+        _ => Vec::new(),
+    };
+    if let Err(e) = exec_hold::release(&at, Duration::from_secs(1)) {
+        log(&format!("process {pid}: {e}"));
+    }
+    if let (Some(start), Some((_, settled))) = (crate::processes::start_time(pid), todo) {
+        let mut results = results;
+        results.extend(settled.into_iter().map(|p| (p, None)));
+        let _ = tx.send(Done { key: (pid, start), results });
+    }
+}
+
+/// Where a process held at its entry point sleeps: the `syscall; ret` of its C library's
+/// `getpid` (`mov $39, %eax; syscall; ret`), a leaf that moves no stack pointer.
+fn park_site(pid: i32) -> Option<u64> {
+    let mut t = Target::open(pid).ok()?;
+    let libc = t.loaded_objects().into_iter().find(|l| {
+        let name = l.mapped_path.rsplit('/').next().unwrap_or("");
+        name.starts_with("libc.so") || name.starts_with("libc-")
+    })?;
+    let sym = libc.object.lookup("getpid").ok()??;
+    let at = libc.addr(sym.value);
+    let code = t.mem.read_vec(at, 16).ok()?;
+    let k = code.windows(3).position(|w| w == [0x0f, 0x05, 0xc3])?;
+    // Nothing before it but `endbr64` and a `mov` of the call's number into %eax.
+    let before = &code[..k];
+    let plain = before == [0xb8, 0x27, 0, 0, 0] || before == [0xf3, 0x0f, 0x1e, 0xfa, 0xb8, 0x27, 0, 0, 0];
+    plain.then_some(at + k as u64)
 }

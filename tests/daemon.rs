@@ -131,6 +131,9 @@ fn twenty_restarts_each_come_up_patched_and_sigterm_ends_the_daemon_with_0() {
     assert!(d.log().contains("process-events connector"), "{}", d.log());
     let (at_once, before_main) = restarts(&state, 20, "committed");
     eprintln!("20 restarts: {at_once} answered patched at once, {before_main} patched before main");
+    // fanotify holds each exec and the daemon patches the program at its entry point.
+    assert!(d.log().contains("(fanotify)"), "{}", d.log());
+    assert_eq!(before_main, 20, "every restart patched before main");
     let daemon_applies = journal(&state)
         .iter()
         .filter(|e| e["action"] == "apply" && e["outcome"] == "ok" && e["source"] == "daemon")
@@ -142,6 +145,19 @@ fn twenty_restarts_each_come_up_patched_and_sigterm_ends_the_daemon_with_0() {
     // Stopped, it patches nothing.
     let mut t = Proc::start("target_pie");
     assert_eq!(t.ask("c 5"), "6");
+}
+
+#[test]
+fn without_holding_the_exec_new_processes_are_patched_just_after_it() {
+    let _one = one_at_a_time();
+    let state = State::new();
+    install(&state, &compute_fix(&state), "committed", None);
+    let mut d = Daemon::start(&state, &["--no-hold"]);
+    assert!(d.log().contains("process-events connector") && !d.log().contains("(fanotify)"), "{}", d.log());
+    let (at_once, before_main) = restarts(&state, 5, "committed");
+    eprintln!("5 restarts after exec: {at_once} answered patched at once, {before_main} patched before main");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait(), 0, "{}", d.log());
 }
 
 #[test]

@@ -161,9 +161,12 @@ pub enum Command {
     },
     /// Keep the installed patches applied in every new process of their build (foreground, until SIGTERM)
     Daemon {
-        /// Walk /proc for new processes instead of listening to the kernel's process-events connector
+        /// Walk /proc for new processes only: no fanotify, no process-events connector
         #[arg(long)]
         poll: bool,
+        /// Do not hold the exec of an installed patch's program (fanotify): patch new processes just after their exec, not before main
+        #[arg(long)]
+        no_hold: bool,
     },
     /// The full-screen maintenance console (also what `pannus` alone opens)
     Console {
@@ -315,7 +318,9 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Completions { shell } => manifest_cmd::completions(shell),
         Command::Man => manifest_cmd::man(),
         Command::TrialWatch { pid, patch } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
-        Command::Daemon { poll } => crate::daemon::run(engine, poll, interrupt::received),
+        Command::Daemon { poll, no_hold } => {
+            crate::daemon::run(engine, crate::daemon::Options { poll, hold: !poll && !no_hold }, interrupt::received)
+        }
     }
 }
 
