@@ -567,6 +567,7 @@ fn hold(watch: &ExecWatch, h: HeldExec, shared: &Shared, engine: &Engine, tx: &S
             return;
         }
     };
+    pannus_kernel::fault::point("process parked at its entry point");
     let wanted = shared.wanted.lock().map(|w| w.clone()).unwrap_or_default();
     let todo = maps::read(pid).ok().and_then(|pmaps| {
         let needed: Vec<&Wanted> = wanted

@@ -41,10 +41,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(state: &State, args: &[&str]) -> Daemon {
+        Daemon::start_env(state, args, &[])
+    }
+
+    fn start_env(state: &State, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pannus"))
             .arg("daemon")
             .args(args)
             .env("PANNUS_STATE_DIR", state.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -274,4 +279,49 @@ fn a_patch_in_a_shared_library_applies_to_new_processes_of_another_program() {
     let mut t = Proc::start("target_lib");
     wait_until("the library is patched", || t.ask("l 5") == "-5");
     assert_eq!(t.ask("c 5"), "6", "the program's own function is untouched");
+}
+
+#[test]
+fn a_process_the_daemon_cannot_patch_is_let_go_unpatched_and_journaled() {
+    let _one = one_at_a_time();
+    let state = State::new();
+    let m = state.manifest("missing-fix", "target_pie", "patch_missing.so", &[("compute", "compute_missing")], "");
+    install(&state, &m, "committed", None);
+    let _d = Daemon::start(&state, &[]);
+    let mut t = Proc::start("target_pie");
+    let refused = |pid: i32| {
+        journal(&state)
+            .into_iter()
+            .filter(|e| e["pid"] == pid && e["action"] == "apply" && e["source"] == "daemon")
+            .collect::<Vec<_>>()
+    };
+    wait_until("the daemon journals the failure", || !refused(t.pid).is_empty());
+    assert_eq!(t.ask("F"), "6");
+    assert_eq!(t.ask("c 5"), "6");
+    assert!(state.status(t.pid)["patches"].as_array().unwrap().is_empty());
+    assert!(!t.maps().contains("patch_missing"), "nothing left in the process");
+    let entries = refused(t.pid);
+    assert_eq!(entries.len(), 1, "tried once: {entries:?}");
+    assert_ne!(entries[0]["outcome"], "ok");
+    assert!(entries[0]["detail"].as_str().unwrap().contains("no_such_symbol"), "{entries:?}");
+}
+
+#[test]
+fn a_process_parked_at_its_entry_point_goes_on_by_itself_when_the_daemon_is_killed() {
+    let _one = one_at_a_time();
+    let state = State::new();
+    install(&state, &compute_fix(&state), "committed", None);
+    let env = [("PANNUS_TEST_PAUSE_AT", "process parked at its entry point"), ("PANNUS_TEST_POINTS", "1")];
+    let mut d = Daemon::start_env(&state, &[], &env);
+    // Proc::start waits for the target's "ready": started on a thread of its own.
+    let started = std::thread::spawn(|| Proc::start("target_pie"));
+    wait_until("the daemon holds the process", || {
+        d.log().contains("process parked at its entry point") && thread_state(d.pid(), d.pid()) == Some('T')
+    });
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(d.wait(), 128 + 9);
+    let mut t = started.join().expect("the target came up without the daemon");
+    assert_eq!(t.ask("F"), "6");
+    assert_eq!(t.ask("c 5"), "6");
+    assert_eq!(t.ask("s"), "7 100", "its data as the program set it");
 }
