@@ -551,6 +551,7 @@ fn watch_execs(
 /// point, applies what it needs there, and lets it go on.
 fn hold(watch: &ExecWatch, h: HeldExec, shared: &Shared, engine: &Engine, tx: &Sender<Done>) {
     let pid = h.tid();
+    let since_exec = Instant::now();
     let seized = exec_hold::seize_exec(pid);
     if let Err(e) = watch.allow(&h) {
         log(&e.to_string());
@@ -580,8 +581,9 @@ fn hold(watch: &ExecWatch, h: HeldExec, shared: &Shared, engine: &Engine, tx: &S
         Some((todo, _)) if !todo.is_empty() => work(engine, pid, todo, "before main"),
         _ => Vec::new(),
     };
-    if let Err(e) = exec_hold::release(&at, Duration::from_secs(1)) {
-        log(&format!("process {pid}: {e}"));
+    match exec_hold::release(&at, Duration::from_secs(1)) {
+        Ok(()) => log(&format!("process {pid} let go at its entry point {:?} after its exec", since_exec.elapsed())),
+        Err(e) => log(&format!("process {pid}: {e}")),
     }
     if let (Some(start), Some((_, settled))) = (crate::processes::start_time(pid), todo) {
         let mut results = results;
