@@ -111,3 +111,57 @@ fn in_requires_order(mut found: Vec<Installed>) -> Vec<Installed> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(state: &Path, id: &str, requires: &[&str], st: &str) {
+        let dir = state.join(FOLDER).join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut m = format!(
+            "patch: {id}\nversion: '1'\ntarget:\n  object: /bin/x\n  build_id: abcd\nmodule:\n  path: module.so\n  \
+             sha256: {}\nfunctions:\n  - target: f\n    replacement: g\n",
+            "0".repeat(64)
+        );
+        if !requires.is_empty() {
+            m.push_str(&format!("requires: [{}]\n", requires.join(", ")));
+        }
+        std::fs::write(dir.join("manifest.yaml"), m).unwrap();
+        std::fs::write(dir.join("state.json"), st).unwrap();
+    }
+
+    #[test]
+    fn each_patch_after_those_it_requires_with_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let trial = r#"{"state": "trial", "trial_deadline": "2030-01-01T00:00:00Z"}"#;
+        put(dir.path(), "a-top", &["m-mid"], r#"{"state": "committed", "trial_deadline": null}"#);
+        put(dir.path(), "m-mid", &["z-base"], trial);
+        put(dir.path(), "z-base", &[], r#"{"state": "rolled-back"}"#);
+        let got = installed(dir.path()).unwrap();
+        let ids: Vec<&str> = got.iter().map(|i| i.manifest.patch.as_str()).collect();
+        assert_eq!(ids, ["z-base", "m-mid", "a-top"]);
+        assert_eq!(got[1].state, InstallState::Trial);
+        assert_eq!(got[1].trial_deadline, Some(1_893_456_000));
+        assert_eq!(got[1].manifest.module.path, dir.path().join(FOLDER).join("m-mid").join("module.so"));
+        assert_eq!(got[0].state, InstallState::RolledBack);
+    }
+
+    #[test]
+    fn a_bad_state_or_a_manifest_of_another_patch_is_named_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), "good", &[], r#"{"state": "committed", "trial_deadline": null}"#);
+        put(dir.path(), "bad-state", &[], r#"{"state": "maybe"}"#);
+        put(dir.path(), "bad-time", &[], r#"{"state": "trial", "trial_deadline": "soon"}"#);
+        put(dir.path(), "other", &[], "{\"state\": \"trial\"}");
+        std::fs::rename(dir.path().join(FOLDER).join("other"), dir.path().join(FOLDER).join("renamed")).unwrap();
+        let (found, mut bad) = read(dir.path());
+        assert_eq!(found.len(), 1);
+        bad.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&str> = bad.iter().map(|b| b.0.as_str()).collect();
+        assert_eq!(names, ["bad-state", "bad-time", "renamed"]);
+        assert!(installed(dir.path()).is_err());
+        // No folder at all: nothing installed.
+        assert!(installed(&dir.path().join("nowhere")).unwrap().is_empty());
+    }
+}
