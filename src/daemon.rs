@@ -430,10 +430,11 @@ fn work(engine: &Engine, pid: i32, todo: &[Installed], when: &str) -> Vec<(Strin
 /// Applies installed patch `i` to process `pid`: on trial until the installed trial's deadline,
 /// its trial watcher started; or committed.
 fn apply_installed(engine: &Engine, pid: i32, i: &Installed) -> Result<&'static str> {
-    let mut m = i.manifest.clone();
+    let m = &i.manifest;
+    let mut engine = engine.clone();
     if i.state == InstallState::Trial {
-        let left = i.trial_deadline.map_or(m.trial.duration.as_secs(), |d| d.saturating_sub(now_secs()));
-        if left == 0 && OnExpiry::from(m.trial.on_expiry) == OnExpiry::Rollback {
+        let deadline = i.trial_deadline.unwrap_or_else(|| now_secs() + m.trial.duration.as_secs());
+        if deadline <= now_secs() && OnExpiry::from(m.trial.on_expiry) == OnExpiry::Rollback {
             let e = Error::precondition(format!(
                 "the trial of installed patch `{}` is over and its policy is to roll back: not applied",
                 m.patch
@@ -441,8 +442,9 @@ fn apply_installed(engine: &Engine, pid: i32, i: &Installed) -> Result<&'static 
             let _ = engine.journal().record("apply", pid, &process_name(pid), Some(&m.patch), "refused", &e.message);
             return Err(e);
         }
-        m.trial.duration = Duration::from_secs(left);
+        engine.trial_until = Some(deadline);
     }
+    let engine = &engine;
     let mut s = match Session::open(engine, pid) {
         Ok(s) => s,
         Err(e) => {
@@ -459,7 +461,7 @@ fn apply_installed(engine: &Engine, pid: i32, i: &Installed) -> Result<&'static 
             return Err(e);
         }
     };
-    let applied = s.apply(&m, &mut Unattended)?;
+    let applied = s.apply(m, &mut Unattended)?;
     let steps: Vec<String> =
         applied.measured.timings.steps().iter().map(|(k, d)| format!("{k} {:.1} ms", d.as_secs_f64() * 1e3)).collect();
     log(&format!("`{}` in process {pid}: {}", m.patch, steps.join(", ")));
