@@ -218,11 +218,6 @@ impl Daemon {
                 }
             }
         }
-        let ids = |w: &[Wanted]| w.iter().map(|w| w.installed.manifest.patch.clone()).collect::<Vec<_>>();
-        if ids(&wanted) != ids(&self.wanted) {
-            let list = ids(&wanted);
-            log(&format!("installed patches: {}", if list.is_empty() { "none".to_string() } else { list.join(", ") }));
-        }
         if let Some(w) = &self.execs {
             let objects = |ws: &[Wanted]| {
                 let mut o: Vec<PathBuf> = ws.iter().map(|w| w.installed.manifest.target.object.clone()).collect();
@@ -240,6 +235,11 @@ impl Daemon {
         }
         if let Ok(mut w) = self.shared.wanted.lock() {
             *w = wanted.clone();
+        }
+        let ids = |w: &[Wanted]| w.iter().map(|w| w.installed.manifest.patch.clone()).collect::<Vec<_>>();
+        if ids(&wanted) != ids(&self.wanted) {
+            let list = ids(&wanted);
+            log(&format!("installed patches: {}", if list.is_empty() { "none".to_string() } else { list.join(", ") }));
         }
         self.wanted = wanted;
     }
