@@ -118,6 +118,7 @@ pub fn run(engine: &Engine, options: Options, stopped: fn() -> Option<&'static s
         fresh: HashMap::new(),
         known: HashSet::new(),
         me,
+        finished: rx,
     };
     let mut last_scan: Option<Instant> = None;
     while stopped().is_none() {
@@ -147,12 +148,12 @@ pub fn run(engine: &Engine, options: Options, stopped: fn() -> Option<&'static s
                 d.new_pids();
             }
         }
-        d.collect(&rx);
+        d.collect();
         d.look_at_fresh(&tx);
     }
     log(&format!("{} received: finishing the work under way", stopped().unwrap_or("a signal")));
     while !d.working.is_empty() || !d.shared.held().is_empty() {
-        match rx.recv_timeout(Duration::from_secs(60)) {
+        match d.finished.recv_timeout(Duration::from_secs(60)) {
             Ok(done) => d.done(done),
             Err(_) => break,
         }
@@ -189,6 +190,8 @@ struct Daemon {
     known: HashSet<Key>,
     /// pannus's own executable, whose processes (trial watchers) are never patched.
     me: Option<(u64, u64)>,
+    /// What the workers and the holders finished.
+    finished: Receiver<Done>,
 }
 
 impl Daemon {
@@ -302,6 +305,9 @@ impl Daemon {
         if self.shared.held().contains(&pid) {
             return false;
         }
+        // A holder sends what it did before it lets go of the process: taken in now, so that a
+        // patch it failed to apply is not tried again.
+        self.collect();
         let Ok(pmaps) = maps::read(pid) else { return true };
         if let Some(me) = self.me {
             let exe = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino())).ok();
@@ -344,8 +350,8 @@ impl Daemon {
     }
 
     /// Takes in what the workers finished.
-    fn collect(&mut self, rx: &Receiver<Done>) {
-        while let Ok(done) = rx.try_recv() {
+    fn collect(&mut self) {
+        while let Ok(done) = self.finished.try_recv() {
             self.done(done);
         }
     }
