@@ -576,6 +576,7 @@ fn hold(watch: &ExecWatch, h: HeldExec, shared: &Shared, engine: &Engine, tx: &S
             return;
         }
     };
+    let started = crate::processes::start_time(pid);
     pannus_kernel::fault::point("process parked at its entry point");
     let wanted = shared.wanted.lock().map(|w| w.clone()).unwrap_or_default();
     let todo = maps::read(pid).ok().and_then(|pmaps| {
@@ -589,6 +590,12 @@ fn hold(watch: &ExecWatch, h: HeldExec, shared: &Shared, engine: &Engine, tx: &S
         Some((todo, _)) if !todo.is_empty() => work(engine, pid, todo, "before main"),
         _ => Vec::new(),
     };
+    // Released only if it is still that process (its pid not taken by another since it exited).
+    let same = started.is_some() && crate::processes::start_time(pid) == started;
+    if !same {
+        log(&format!("process {pid} exited while held"));
+        return;
+    }
     match exec_hold::release(&at, Duration::from_secs(1)) {
         Ok(()) => log(&format!("process {pid} let go at its entry point {:?} after its exec", since_exec.elapsed())),
         Err(e) => log(&format!("process {pid}: {e}")),
