@@ -610,16 +610,39 @@ fn hold(watch: &ExecWatch, h: HeldExec, shared: &Shared, engine: &Engine, tx: &S
 /// Where a process held at its entry point sleeps: the `syscall; ret` of its C library's
 /// `getpid` (`mov $39, %eax; syscall; ret`), a leaf that moves no stack pointer.
 fn park_site(pid: i32) -> Option<u64> {
-    let mut t = Target::open(pid).ok()?;
-    let libc = t.loaded_objects().into_iter().find(|l| {
-        let name = l.mapped_path.rsplit('/').next().unwrap_or("");
+    use std::sync::OnceLock;
+    // Where `getpid` is in each C library file (by device and inode), from its start: found once.
+    type ByFile = HashMap<(i32, i32, u64), u64>;
+    static KNOWN: OnceLock<Mutex<ByFile>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    let is_libc = |path: &str| {
+        let name = path.rsplit('/').next().unwrap_or("");
         name.starts_with("libc.so") || name.starts_with("libc-")
-    })?;
-    let sym = libc.object.lookup("getpid").ok()??;
-    let at = libc.addr(sym.value);
-    let code = t.mem.read_vec(at, 16).ok()?;
+    };
+    let pmaps = maps::read(pid).ok()?;
+    let first = pmaps.iter().find(|m| is_libc(&m.path) && m.offset == 0)?;
+    let key = (first.dev.0, first.dev.1, first.inode);
+    let mem = pannus_kernel::Mem::open(pid).ok()?;
+    if let Some(off) = known.lock().ok().and_then(|k| k.get(&key).copied()) {
+        if let Some(site) = getpid_syscall(&mem, first.start + off) {
+            return Some(site);
+        }
+    }
+    let mut t = Target::open(pid).ok()?;
+    let libc = t.loaded_objects().into_iter().find(|l| is_libc(&l.mapped_path))?;
+    let at = libc.addr(libc.object.lookup("getpid").ok()??.value);
+    let site = getpid_syscall(&mem, at)?;
+    if let Ok(mut k) = known.lock() {
+        k.insert(key, at.wrapping_sub(first.start));
+    }
+    Some(site)
+}
+
+/// The `syscall; ret` of the `getpid` at `at`, when nothing comes before it but `endbr64` and
+/// the `mov` of the call's number into %eax.
+fn getpid_syscall(mem: &pannus_kernel::Mem, at: u64) -> Option<u64> {
+    let code = mem.read_vec(at, 16).ok()?;
     let k = code.windows(3).position(|w| w == [0x0f, 0x05, 0xc3])?;
-    // Nothing before it but `endbr64` and a `mov` of the call's number into %eax.
     let before = &code[..k];
     let plain = before == [0xb8, 0x27, 0, 0, 0] || before == [0xf3, 0x0f, 0x1e, 0xfa, 0xb8, 0x27, 0, 0, 0];
     plain.then_some(at + k as u64)
