@@ -343,7 +343,7 @@ impl Daemon {
         let engine = self.engine.clone();
         let tx = tx.clone();
         std::thread::spawn(move || {
-            let results = work(&engine, pid, &todo, "after its exec");
+            let results = work(&engine, pid, &todo, "after it started");
             let _ = tx.send(Done { key, results });
         });
         true

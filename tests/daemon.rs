@@ -329,3 +329,18 @@ fn a_process_parked_at_its_entry_point_goes_on_by_itself_when_the_daemon_is_kill
     assert_eq!(t.ask("c 5"), "6");
     assert_eq!(t.ask("s"), "7 100", "its data as the program set it");
 }
+
+#[test]
+fn a_library_loaded_later_with_dlopen_is_patched_once_mapped() {
+    let _one = one_at_a_time();
+    let state = State::new();
+    let m = state.manifest("lib-fix", "libtarget.so", "patch_lib.so", &[("lib_compute", "lib_compute_v2")], "");
+    install(&state, &m, "committed", None);
+    let _d = Daemon::start(&state, &[]);
+    let mut t = Proc::start("target_pie");
+    assert!(!t.maps().contains("libtarget.so"));
+    assert_eq!(t.ask(&format!("D {}", bin("libtarget.so").display())), "loaded");
+    wait_until("the library loaded later is patched", || t.ask("L 5") == "-5");
+    assert_eq!(state.status(t.pid)["patches"][0]["patch"], "lib-fix");
+    assert_eq!(t.ask("c 5"), "6", "the program's own function is untouched");
+}
