@@ -82,33 +82,67 @@ fn installed_dir(state: &Path) -> Result<StateDir> {
     StateDir::open(state)?.subdir(FOLDER)
 }
 
-/// Every installed patch, each after those it requires.
-pub fn installed(state: &Path) -> Result<Vec<Installed>> {
-    let dir = installed_dir(state)?;
+/// Every installed patch whose files read, each after those it requires (a patch in a cycle
+/// or requiring one that is missing keeps its place, at the end); those that do not read are
+/// named in the second list, with why.
+pub fn read_all(state: &Path) -> (Vec<Installed>, Vec<(String, Error)>) {
+    let (mut all, mut bad) = (Vec::new(), Vec::new());
+    let dir = match installed_dir(state) {
+        Ok(d) => d,
+        Err(e) => return (all, vec![(FOLDER.to_string(), e)]),
+    };
     let mut ids: Vec<String> = std::fs::read_dir(dir.path())
-        .map_err(|e| Error::other(format!("{}: {e}", dir.path().display())))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| crate::manifest::valid_patch_id(n))
-        .collect();
+        .map(|r| r.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    ids.retain(|n| crate::manifest::valid_patch_id(n));
     ids.sort();
-    let mut all = Vec::new();
     for id in ids {
         match read(&dir, &id) {
-            Ok(i) => all.push(i),
-            Err(e) => return Err(e.context(format!("installed patch `{id}`"))),
+            Ok(i) if i.manifest.patch == id => all.push(i),
+            Ok(i) => bad.push((
+                id.clone(),
+                Error::bad_input(format!("installed/{id}: the manifest is for patch `{}`", i.manifest.patch)),
+            )),
+            Err(e) => bad.push((id.clone(), e.context(format!("installed patch `{id}`")))),
         }
     }
-    // Required patches first (the requires graph has no cycles: install refuses one).
     let mut ordered: Vec<Installed> = Vec::new();
     while !all.is_empty() {
-        let k = all
-            .iter()
-            .position(|i| i.manifest.requires.iter().all(|r| ordered.iter().any(|o| &o.manifest.patch == r)))
-            .unwrap_or(0);
-        ordered.push(all.remove(k));
+        let ready = all.iter().position(|i| {
+            i.manifest
+                .requires
+                .iter()
+                .all(|r| ordered.iter().any(|o| &o.manifest.patch == r) || !all.iter().any(|a| &a.manifest.patch == r))
+        });
+        match ready {
+            Some(k) => ordered.push(all.remove(k)),
+            None => ordered.append(&mut all),
+        }
     }
-    Ok(ordered)
+    (ordered, bad)
+}
+
+/// Every installed patch, each after those it requires; the first that does not read is the
+/// error.
+pub fn installed(state: &Path) -> Result<Vec<Installed>> {
+    let (found, mut bad) = read_all(state);
+    match bad.pop() {
+        Some((_, e)) => Err(e),
+        None => Ok(found),
+    }
+}
+
+impl Installed {
+    /// Where it stands now (see [`Record::now`]).
+    pub fn state(&self) -> State {
+        self.record.now(&self.manifest)
+    }
+
+    /// The end of its trial, Unix seconds, for a patch installed in trial.
+    pub fn trial_deadline_secs(&self) -> Option<u64> {
+        let t = humantime::parse_rfc3339_weak(self.record.trial_deadline.as_deref()?).ok()?;
+        t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
+    }
 }
 
 fn read(dir: &StateDir, id: &str) -> Result<Installed> {

@@ -29,6 +29,8 @@ pub enum Source {
     Console,
     /// A detached trial watcher (expiry policy, health check).
     Watcher,
+    /// `pannus daemon`, applying installed patches to new processes.
+    Daemon,
 }
 
 impl Source {
@@ -37,6 +39,7 @@ impl Source {
             Source::Cli => "cli",
             Source::Console => "console",
             Source::Watcher => "watcher",
+            Source::Daemon => "daemon",
         }
     }
 }

@@ -15,6 +15,7 @@
 mod build;
 mod canary;
 pub mod cli;
+mod daemon;
 mod elf;
 mod engine;
 mod error;

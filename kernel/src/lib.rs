@@ -17,12 +17,15 @@
 //! This is the only crate of pannus with `unsafe`; each use is small and says why it is sound.
 
 mod error;
+pub mod exec_hold;
+pub mod exec_watch;
 pub mod fault;
 mod frame;
 mod fs;
 mod hijack;
 pub mod maps;
 mod mem;
+pub mod proc_events;
 mod remote;
 mod sched;
 mod thread;

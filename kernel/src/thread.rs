@@ -76,7 +76,7 @@ pub(crate) fn seize_for_syscalls(tid: i32) -> Result<()> {
     seize_with(tid, ptrace::Options::PTRACE_O_TRACESYSGOOD)
 }
 
-fn seize_with(tid: i32, options: ptrace::Options) -> Result<()> {
+pub(crate) fn seize_with(tid: i32, options: ptrace::Options) -> Result<()> {
     ptrace::seize(Pid::from_raw(tid), options).map_err(|e| {
         if e == Errno::EPERM {
             if let Some(tracer) = tracer_of(tid).filter(|&t| t != 0) {

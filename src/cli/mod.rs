@@ -180,6 +180,15 @@ pub enum Command {
         pid: i32,
         patch: String,
     },
+    /// Keep the installed patches applied in every new process of their build (foreground, until SIGTERM)
+    Daemon {
+        /// Walk /proc for new processes only: no fanotify, no process-events connector
+        #[arg(long)]
+        poll: bool,
+        /// Do not hold the exec of an installed patch's program (fanotify): patch new processes just after their exec, not before main
+        #[arg(long)]
+        no_hold: bool,
+    },
     /// The full-screen maintenance console (also what `pannus` alone opens)
     Console {
         /// Folder of manifests for the apply wizard
@@ -284,6 +293,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
     crate::journal::set_source(match command {
         Command::Console { .. } | Command::Demo { script: false, .. } => crate::journal::Source::Console,
         Command::TrialWatch { .. } => crate::journal::Source::Watcher,
+        Command::Daemon { .. } => crate::journal::Source::Daemon,
         _ => crate::journal::Source::Cli,
     });
     let json = matches!(
@@ -317,6 +327,7 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
             | Command::Commit { .. }
             | Command::Install { .. }
             | Command::Uninstall { .. }
+            | Command::Daemon { .. }
     ) {
         interrupt::catch();
     }
@@ -377,6 +388,9 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Completions { shell } => manifest_cmd::completions(shell),
         Command::Man => manifest_cmd::man(),
         Command::TrialWatch { pid, patch } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
+        Command::Daemon { poll, no_hold } => {
+            crate::daemon::run(engine, crate::daemon::Options { poll, hold: !poll && !no_hold }, interrupt::received)
+        }
     }
 }
 

@@ -71,7 +71,7 @@ impl Session<'_> {
         }
         // The jumps are written: from here on a failure says so, and nothing is undone (the
         // record stays `activating`, which rollback finishes).
-        let deadline = now_secs() + m.trial.duration.as_secs();
+        let deadline = self.trial_deadline(m);
         if let Some(r) = run.reg.get_mut(&m.patch) {
             r.state = State::Trial;
             r.trial_deadline = Some(deadline);
@@ -89,6 +89,11 @@ impl Session<'_> {
         Ok(Applied { record, measured: run.measured })
     }
 
+    /// When the trial of `m` applied now ends (Unix seconds).
+    fn trial_deadline(&self, m: &Manifest) -> u64 {
+        self.engine.trial_until.unwrap_or_else(|| now_secs() + m.trial.duration.as_secs())
+    }
+
     /// Root's record of the trial, which the trial watcher acts on (see `ledger.rs`), saved
     /// before the jumps are written: a pannus killed after them leaves a trial that is watched.
     fn record_trial(&self, m: &Manifest) -> Result<()> {
@@ -97,7 +102,7 @@ impl Session<'_> {
             manifest_digest: m.digest.clone(),
             module: m.module.path.clone(),
             module_sha256: m.module.sha256.clone(),
-            deadline: now_secs() + m.trial.duration.as_secs(),
+            deadline: self.trial_deadline(m),
             on_expiry: m.trial.on_expiry.into(),
             health_check: m.trial.health_check.as_ref().map(Into::into),
         };

@@ -114,6 +114,10 @@ pub struct Engine {
     /// `vfork` parent waiting for its child, an uninterruptible sleep) counts as in the way: every
     /// thread runs again and the attempt is retried within the manifest's `safety` budget.
     pub stop_timeout: Duration,
+    /// When set, an apply's trial ends at this time (Unix seconds) instead of the manifest's
+    /// `trial.duration` from the activation: the daemon applies an installed patch on trial
+    /// until the installed trial's own deadline.
+    pub trial_until: Option<u64>,
 }
 
 impl Engine {
@@ -123,6 +127,7 @@ impl Engine {
             init_timeout: Duration::from_secs(5),
             lock_wait: Duration::from_secs(10),
             stop_timeout: pannus_kernel::STOP_TIMEOUT,
+            trial_until: None,
         }
     }
     pub fn journal(&self) -> Journal {

@@ -1,0 +1,244 @@
+//! A new process held at its program's entry point, before `main`: the dynamic loader has mapped
+//! and relocated every library, the program has run nothing of its own.
+//!
+//! The daemon seizes the thread inside an `exec` that fanotify holds (`FAN_OPEN_EXEC_PERM`),
+//! with `PTRACE_O_TRACEEXEC`, then lets the `exec` go on. [`run_to_entry`] catches the exec stop,
+//! runs the loader to the entry point (`AT_ENTRY` of `/proc/PID/auxv`, an `int3` there, its byte
+//! put back once hit) and parks the thread there in a `nanosleep` of [`PARK`], detached: the
+//! engine can then patch the process as any other. [`release`] puts the thread back at the entry
+//! point with its registers as the loader left them. Should the daemon die meanwhile, the sleep
+//! ends by itself and returns to the entry point (see [`run_to_entry`]): the process goes on,
+//! unpatched, never left stopped.
+
+use crate::error::{Error, Result};
+use crate::thread::{self, Stop};
+use crate::Mem;
+use nix::libc;
+use nix::sys::ptrace;
+use std::time::{Duration, Instant};
+
+/// How long a parked process sleeps at its entry point at most, should nobody release it.
+pub const PARK: Duration = Duration::from_secs(5);
+
+/// A process parked at its program's entry point.
+#[derive(Debug)]
+pub struct AtEntry {
+    pub pid: i32,
+    pub entry: u64,
+    /// Its registers at the entry point, as the loader jumped there.
+    regs: libc::user_regs_struct,
+}
+
+/// Seizes thread `tid`, which is inside an `exec` fanotify holds, so that the `exec` stops it.
+pub fn seize_exec(tid: i32) -> Result<()> {
+    thread::seize_with(tid, ptrace::Options::PTRACE_O_TRACEEXEC)
+}
+
+/// `AT_ENTRY` of process `pid`.
+fn at_entry(pid: i32) -> Result<u64> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv"))
+        .map_err(|e| Error::Other(format!("cannot read the auxiliary vector of process {pid}: {e}")))?;
+    auxv.chunks_exact(16)
+        .map(|c| {
+            let word = |k: usize| u64::from_ne_bytes(c[k..k + 8].try_into().unwrap_or([0; 8]));
+            (word(0), word(8))
+        })
+        .find(|&(key, _)| key == libc::AT_ENTRY)
+        .map(|(_, v)| v)
+        .ok_or_else(|| Error::Other(format!("process {pid} has no AT_ENTRY")))
+}
+
+/// Waits for the next stop of `tid` until `deadline`, passing on the signals meant for it;
+/// `None` when the time ran out.
+fn next_stop(tid: i32, deadline: Instant, mut is_ours: impl FnMut(Stop) -> bool) -> Result<Option<Stop>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(stop) = thread::wait_timeout(tid, left)? else { return Ok(None) };
+        match stop {
+            Stop::Gone(how, code) => {
+                return Err(Error::Exited { pid: tid, how: format!("{how} {code}") });
+            }
+            s if is_ours(s) => return Ok(Some(s)),
+            Stop::Signal(sig) => thread::cont(tid, sig)?,
+            _ => thread::cont(tid, 0)?,
+        }
+    }
+}
+
+/// Lets a thread this module seized go, stopping it first when it runs (a failure on the way).
+fn let_go(tid: i32, stopped: bool) {
+    if !stopped {
+        if thread::interrupt(tid).is_err() {
+            return;
+        }
+        match thread::wait_timeout(tid, Duration::from_secs(1)) {
+            Ok(Some(Stop::Signal(sig))) => {
+                let _ = thread::detach(tid, sig);
+                return;
+            }
+            Ok(Some(Stop::Gone(..))) | Err(_) => return,
+            _ => {}
+        }
+    }
+    let _ = thread::detach(tid, 0);
+}
+
+/// From the exec stop of `pid` (seized with [`seize_exec`]), runs it to its program's entry
+/// point and parks it there, detached. On any failure the process is let go as it is (an
+/// `int3` planted is taken out first) and the error says why.
+///
+/// `park_at` gives, once the loader is done, the address of a `syscall; ret` that ends a leaf
+/// function of the C library (`getpid`'s): the thread sleeps there with the entry point as its
+/// return address, a stack any unwinder walks (the function, then the entry point).
+pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Option<u64>) -> Result<AtEntry> {
+    let exec = |s: Stop| matches!(s, Stop::Event(_));
+    match next_stop(pid, deadline, exec) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let_go(pid, false);
+            return Err(Error::Other(format!("process {pid}: no exec stop in time")));
+        }
+        Err(e) => {
+            let_go(pid, false);
+            return Err(e);
+        }
+    }
+    let mem = match Mem::open(pid) {
+        Ok(m) => m,
+        Err(e) => {
+            let_go(pid, true);
+            return Err(e);
+        }
+    };
+    let planted = (|| {
+        let entry = at_entry(pid)?;
+        let mut byte = [0u8; 1];
+        mem.read(entry, &mut byte)?;
+        mem.write(entry, &[0xcc])?;
+        Ok::<_, Error>((entry, byte[0]))
+    })();
+    let (entry, byte) = match planted {
+        Ok(p) => p,
+        Err(e) => {
+            let_go(pid, true);
+            return Err(e);
+        }
+    };
+    let put_back = || mem.write(entry, &[byte]);
+    // The int3 reports as SIGTRAP with the instruction pointer just past it.
+    let hit = |s: Stop| s == Stop::Signal(libc::SIGTRAP) && thread::getregs(pid).is_ok_and(|r| r.rip == entry + 1);
+    let reached = thread::cont(pid, 0).and_then(|()| next_stop(pid, deadline, hit));
+    match reached {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let_go_after(pid, entry, put_back);
+            return Err(Error::Other(format!("process {pid}: its entry point {entry:#x} not reached in time")));
+        }
+        Err(e) => {
+            let _ = put_back();
+            let_go(pid, false);
+            return Err(e);
+        }
+    }
+    let parked = (|| {
+        put_back()?;
+        let mut regs = thread::getregs(pid)?;
+        regs.rip = entry;
+        let site = park_at()
+            .filter(|&a| mem.read_vec(a, 3).is_ok_and(|b| b == [0x0f, 0x05, 0xc3]))
+            .ok_or_else(|| Error::Other(format!("process {pid}: no `syscall; ret` to sleep on in its C library")))?;
+        // Where the sleep returns: past the entry point's first instruction when it is one whose
+        // effect is redone here (`endbr64`, or `xor %ebp, %ebp` with %rbp cleared), so that an
+        // unwinder looking up the code before a return address lands inside the entry function,
+        // whose unwinding table ends the stack; else the entry point itself.
+        let first = mem.read_vec(entry, 4)?;
+        let (ret_to, rbp) = if first == [0xf3, 0x0f, 0x1e, 0xfa] {
+            (entry + 4, regs.rbp)
+        } else if first[..2] == [0x31, 0xed] {
+            (entry + 2, 0)
+        } else {
+            (entry, regs.rbp)
+        };
+        // Below the stack pointer, which nothing at the entry point uses: the return address of
+        // the sleep's `ret`, and the sleep's length. The `ret` leaves the stack pointer as the
+        // loader set it; of the registers the entry point reads (%rsp, %rdx: the loader's
+        // finaliser), the call changes none.
+        let ret_at = regs.rsp - 8;
+        let ts_at = regs.rsp - 24;
+        let mut frame = Vec::with_capacity(24);
+        frame.extend_from_slice(&PARK.as_secs().to_ne_bytes());
+        frame.extend_from_slice(&u64::from(PARK.subsec_nanos()).to_ne_bytes());
+        frame.extend_from_slice(&ret_to.to_ne_bytes());
+        mem.write(ts_at, &frame)?;
+        let mut sleep = regs;
+        sleep.rip = site;
+        sleep.rsp = ret_at;
+        sleep.rbp = rbp;
+        sleep.rax = libc::SYS_nanosleep as u64;
+        sleep.rdi = ts_at;
+        sleep.rsi = 0;
+        thread::setregs(pid, sleep)?;
+        Ok::<_, Error>(regs)
+    })();
+    match parked {
+        Ok(regs) => {
+            thread::detach(pid, 0)?;
+            Ok(AtEntry { pid, entry, regs })
+        }
+        Err(e) => {
+            // Back at the entry point, as the loader left it.
+            if let Ok(mut r) = thread::getregs(pid) {
+                if r.rip == entry + 1 {
+                    r.rip = entry;
+                    let _ = thread::setregs(pid, r);
+                }
+            }
+            let_go(pid, true);
+            Err(e)
+        }
+    }
+}
+
+/// The time ran out before the `int3` was hit: stops the thread, takes the `int3` out (and, if
+/// it was hit meanwhile, puts the thread back on the entry point), lets it go.
+fn let_go_after(pid: i32, entry: u64, put_back: impl Fn() -> Result<()>) {
+    let _ = thread::interrupt(pid);
+    let stop = thread::wait_timeout(pid, Duration::from_secs(1));
+    let _ = put_back();
+    let sig = match stop {
+        Ok(Some(Stop::Signal(libc::SIGTRAP))) => match thread::getregs(pid) {
+            Ok(mut r) if r.rip == entry + 1 => {
+                r.rip = entry;
+                let _ = thread::setregs(pid, r);
+                0
+            }
+            _ => libc::SIGTRAP,
+        },
+        Ok(Some(Stop::Signal(sig))) => sig,
+        Ok(Some(Stop::Gone(..))) | Err(_) => return,
+        _ => 0,
+    };
+    let _ = thread::detach(pid, sig);
+}
+
+/// Wakes a parked process: its thread back on the entry point with the loader's registers.
+/// Within `timeout`; a process whose sleep already ended (it runs `main`) is left alone.
+pub fn release(at: &AtEntry, timeout: Duration) -> Result<()> {
+    let pid = at.pid;
+    thread::seize(pid)?;
+    thread::interrupt(pid)?;
+    let deadline = Instant::now() + timeout;
+    let stop = next_stop(pid, deadline, |s| matches!(s, Stop::Event(_) | Stop::Signal(_)))?;
+    let sig = match stop {
+        Some(Stop::Signal(sig)) => sig,
+        Some(_) => 0,
+        None => return Err(Error::Other(format!("process {pid}: did not stop to be released"))),
+    };
+    let regs = thread::getregs(pid)?;
+    // Still in its sleep (its stack pointer where the sleep put it): then to the entry point.
+    let parked = regs.rsp == at.regs.rsp - 8;
+    if parked {
+        thread::setregs(pid, at.regs)?;
+    }
+    thread::detach(pid, sig)
+}
