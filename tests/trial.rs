@@ -291,3 +291,32 @@ fn the_watcher_commits_a_patch_only_once_what_it_requires_is_committed() {
     let note = state.status(t.pid)["patches"][1]["note"].as_str().unwrap_or_default().to_string();
     assert!(note.contains("trial expired"), "{note}");
 }
+
+/// What the forked child of a test target writes: its `compute(5)`.
+fn child_answer(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+/// A child forked after the patch was applied carries the patch and its trial: at the
+/// deadline it follows its parent (rolled back with it here), instead of keeping the patch
+/// with a trial nobody watches.
+#[test]
+fn a_forked_child_follows_its_parent_at_the_end_of_the_trial() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest(
+        "fork-fix",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        "trial:\n  duration: 2s\n  on_expiry: rollback\n",
+    );
+    state.apply(&m, t.pid).ok();
+    let out = state.path().join("child-answer");
+    let child: i32 = t.ask(&format!("K {}", out.display())).parse().unwrap();
+    wait_until("the child answers patched", || child_answer(&out) == "500");
+    wait_until("the parent's trial ends", || t.ask("c 5") == "6");
+    wait_until("the child is rolled back with its parent", || child_answer(&out) == "6");
+    let st = state.status(child);
+    assert_eq!(st["patches"][0]["state"], "rolled-back", "{st}");
+}
