@@ -19,6 +19,7 @@ mod preflight;
 mod rollback;
 mod safe_point;
 mod session;
+mod shared;
 pub mod symbols;
 mod undo;
 
@@ -29,6 +30,7 @@ pub(crate) use load::{RESERVE, SEGMENT};
 pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
 pub use rollback::{still_required, RolledBack};
 pub use session::{Session, StopStart, StopWindow};
+pub use shared::{FileKey, Shared};
 
 use crate::error::{Error, Kind, Result};
 use crate::journal::Journal;
@@ -36,6 +38,7 @@ use crate::registry::{PatchRecord, Registry};
 use crate::target::Target;
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The four stages of applying a patch.
@@ -113,6 +116,9 @@ pub struct Engine {
     /// `vfork` parent waiting for its child, an uninterruptible sleep) counts as in the way: every
     /// thread runs again and the attempt is retried within the manifest's `safety` budget.
     pub stop_timeout: Duration,
+    /// What the processes of one run over many processes share (see [`Shared`]); `None` outside
+    /// such a run.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl Engine {
@@ -122,6 +128,7 @@ impl Engine {
             init_timeout: Duration::from_secs(5),
             lock_wait: Duration::from_secs(10),
             stop_timeout: pannus_kernel::STOP_TIMEOUT,
+            shared: None,
         }
     }
     pub fn journal(&self) -> Journal {
