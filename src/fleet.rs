@@ -21,7 +21,7 @@ use crate::target::Target;
 use pannus_kernel::maps;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 /// Skip reason: the patch is already active in the process.
@@ -494,6 +494,16 @@ pub fn apply_with(
     let engine = &shared(engine);
     let mut s = Summary::new(Operation::Apply, plan);
     let mut stopped_by = if options.rollback_on_failure { s.failed.first().map(|f| f.pid) } else { None };
+    // One trial watcher for the run, started with the first process patched and given each
+    // process as soon as it is patched.
+    let watchers: Mutex<Option<Result<crate::trial::TrialWatchers>>> = Mutex::new(None);
+    let watch = |pid: i32| -> Result<()> {
+        let mut w = watchers.lock().unwrap_or_else(|p| p.into_inner());
+        match w.get_or_insert_with(|| crate::trial::TrialWatchers::spawn(engine, &m.patch)) {
+            Ok(w) => w.watch(pid),
+            Err(e) => Err(e.clone()),
+        }
+    };
     let work = |member: &Member| -> Outcome<(engine::Applied, Option<String>)> {
         let pid = member.pid.get();
         let mut obs = Stoppable(options.interrupted);
@@ -503,8 +513,7 @@ pub fn apply_with(
             // and no trial watcher is started.
             Ok(applied) if !options.watch || obs.received().is_some() => Outcome::Done((applied, None)),
             Ok(applied) => {
-                let watcher = crate::trial::spawn_trial_watcher(engine, pid, &applied.record.patch);
-                let warning = watcher.err().map(|e| {
+                let warning = watch(pid).err().map(|e| {
                     format!("process {pid}: {}; the trial's on_expiry policy will not run unattended", e.message)
                 });
                 Outcome::Done((applied, warning))

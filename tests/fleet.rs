@@ -322,3 +322,28 @@ fn forty_processes_at_once_and_one_that_refuses() {
         assert_eq!((ok("apply"), ok("rollback")), (1, 1), "process {pid}: {entries:?}");
     }
 }
+
+/// `apply --all` starts one trial watcher for the run, given every process patched: at the
+/// deadline it carries out the policy in each of them.
+#[test]
+fn the_trial_watcher_of_a_run_carries_out_the_policy_in_every_process() {
+    let _serial = serial();
+    let state = State::new();
+    let mut procs: Vec<Proc> = (0..3).map(|_| Proc::start("target_pie")).collect();
+    let trial = "trial:\n  duration: 1s\n  on_expiry: rollback\n";
+    let m = state.manifest("compute-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], trial);
+    let v = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok().json();
+    assert_eq!(pids(&v["patched"]), sorted(&procs.iter().collect::<Vec<_>>()), "{v}");
+    // The journal and the processes' answers are looked at, not `status`: a `status` would
+    // carry out an overdue policy itself.
+    let by_watcher = |pid: i32| {
+        common::journal(&state)
+            .iter()
+            .any(|e| e["action"] == "rollback" && e["pid"] == pid && e["outcome"] == "ok" && e["source"] == "watcher")
+    };
+    for p in procs.iter_mut() {
+        common::wait_until("the trial watcher rolls the patch back", || by_watcher(p.pid));
+        assert_eq!(p.ask("c 5"), "6", "process {}", p.pid);
+        assert!(!p.maps().contains("patch_compute.so"), "process {}", p.pid);
+    }
+}

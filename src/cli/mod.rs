@@ -155,8 +155,11 @@ pub enum Command {
     /// Carry out a trial's on_expiry policy at its deadline (started by apply, detached)
     #[command(hide = true)]
     TrialWatch {
-        #[arg(long)]
-        pid: i32,
+        #[arg(long, required_unless_present = "pids_from_stdin")]
+        pid: Option<i32>,
+        /// Watch every process whose pid is read from standard input, one a line
+        #[arg(long, conflicts_with = "pid")]
+        pids_from_stdin: bool,
         patch: String,
     },
     /// The full-screen maintenance console (also what `pannus` alone opens)
@@ -304,7 +307,8 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         }
         Command::Completions { shell } => manifest_cmd::completions(shell),
         Command::Man => manifest_cmd::man(),
-        Command::TrialWatch { pid, patch } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
+        Command::TrialWatch { pid: Some(pid), patch, .. } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
+        Command::TrialWatch { pid: None, patch, .. } => trial::watch_trials(engine, &patch, std::io::stdin().lock()),
     }
 }
 
