@@ -851,9 +851,9 @@ fn fleet(w: &mut String, res: &Results) {
          `pannus apply MANIFEST --all --yes --json` patches `tick` in every one of them, and \
          `pannus rollback --all PATCH --yes --json` rolls it back. The wall time is around the \
          pannus process: planning (the walk of `/proc` and each process's maps, build-id and \
-         registry), every process's pre-flight and stages (the apply also starts one trial watcher \
-         per process) and the summary. Before the next run the bench waits for the trial watchers \
-         to see the rollback and exit. Goal: 1,000 processes patched in ≤ 1.5 s.\n",
+         registry), every process's pre-flight and stages (several processes at a time; the apply \
+         also starts the run's trial watcher) and the summary. Before the next run the bench \
+         waits for the trial watcher to see the rollback and exit. Goal: 1,000 processes patched in ≤ 1.5 s.\n",
         crate::FLEET.map(|n| n.to_string()).join(" and ")
     );
     let _ = writeln!(
