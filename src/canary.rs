@@ -71,7 +71,7 @@ pub fn apply(
     plan: &Plan,
     canary: Canary,
     options: ApplyOptions,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn fleet::Report,
 ) -> Rollout {
     let n = canary.count.min(plan.members.len());
     let first_plan = Plan { members: plan.members[..n].to_vec(), ..plan.clone() };
@@ -82,7 +82,7 @@ pub fn apply(
         failed: Vec::new(),
     };
     let canaries = first_plan.pids();
-    progress(&format!(
+    progress.line(&format!(
         "canaries: {} of {} process(es): {}",
         n,
         plan.members.len(),
@@ -97,7 +97,7 @@ pub fn apply(
         .map(|f| format!("the apply failed in canary process {}: {}", f.pid, f.error.message))
         .or_else(|| first.cancelled.clone().map(|c| format!("cancelled: {c}")));
     if failure.is_none() && !patched.is_empty() {
-        progress(&format!(
+        progress.line(&format!(
             "canary trial: {} ({} process(es) watched)",
             humantime::format_duration(canary.trial),
             patched.len()
@@ -122,7 +122,7 @@ pub fn apply(
         }
     }
     if let Some(why) = failure {
-        progress(&format!("canaries failed: {why}; rolling them back, no other process touched"));
+        progress.line(&format!("canaries failed: {why}; rolling them back, no other process touched"));
         let back = fleet::plan_rollback(&m.patch).ok().map(|mut p| {
             p.members.retain(|member| patched.contains(&member.pid.get()));
             p
@@ -131,7 +131,7 @@ pub fn apply(
             back.filter(|p| !p.members.is_empty()).map(|p| fleet::rollback(engine, &p, true, None, progress));
         return Rollout { canaries, first, failure: Some(why), rollback, rest: None };
     }
-    progress("canaries passed: applying to the rest");
+    progress.line("canaries passed: applying to the rest");
     let rest = (!rest_plan.members.is_empty()).then(|| fleet::apply(engine, m, &rest_plan, options, progress));
     Rollout { canaries, first, failure: None, rollback: None, rest }
 }

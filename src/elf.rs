@@ -102,6 +102,11 @@ pub struct Object {
     /// read on the first need of another range (`full`).
     resident: Option<FileRanges>,
     full: OnceLock<Vec<u8>>,
+    /// With [`Object::load_tables`]: the file the tables were read from, which the reads on
+    /// first need go through: the same file even once its path names another, or (read through
+    /// `/proc/PID/map_files`) once that process has exited, so that one parse can serve every
+    /// process mapping the file.
+    file: Option<std::fs::File>,
     /// ET_DYN (a shared object or a PIE); ET_EXEC otherwise.
     pub is_dyn: bool,
     pub build_id: Option<String>,
@@ -247,6 +252,7 @@ impl Object {
                 let mut o = Object::parse(path, data).map_err(bad)?;
                 o.resident = Some(resident);
                 o.section_data = o.sections.iter().map(|_| OnceLock::new()).collect();
+                o.file = Some(file);
                 Ok(o)
             }
             None => Object::load(path, role),
@@ -272,9 +278,18 @@ impl Object {
                 k.is_some_and(|k| end <= r[k].1)
             }
         };
-        let data =
-            if resident { &self.data } else { self.full.get_or_init(|| std::fs::read(&self.path).unwrap_or_default()) };
+        let data = if resident { &self.data } else { self.full.get_or_init(|| self.read_whole().unwrap_or_default()) };
         data.get(start as usize..end as usize)
+    }
+
+    /// The whole file, read on first need: through the descriptor the tables were read from.
+    fn read_whole(&self) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = self.file.as_ref()?;
+        let len = file.metadata().ok()?.len();
+        let mut buf = vec![0u8; usize::try_from(len).ok().filter(|&n| n as u64 <= MAX_OBJECT_SIZE)?];
+        file.read_exact_at(&mut buf, 0).ok()?;
+        Some(buf)
     }
 
     /// Parses an ELF image; the error text says what is wrong with it.
@@ -441,6 +456,7 @@ impl Object {
             data: Vec::new(),
             resident: None,
             full: OnceLock::new(),
+            file: None,
             is_dyn,
             build_id,
             segments,
@@ -564,7 +580,7 @@ impl Object {
                 let read = || -> Option<Vec<u8>> {
                     use std::os::unix::fs::FileExt;
                     let mut buf = vec![0u8; usize::try_from(*size).ok().filter(|&n| n as u64 <= MAX_OBJECT_SIZE)?];
-                    std::fs::File::open(&self.path).ok()?.read_exact_at(&mut buf, *off).ok()?;
+                    self.file.as_ref()?.read_exact_at(&mut buf, *off).ok()?;
                     Some(buf)
                 };
                 let data = cell.get_or_init(|| read().unwrap_or_default());

@@ -1,6 +1,6 @@
 //! Every process of a binary: one patch applied to, or rolled back from, every process that
-//! maps its target object, one process after the other, with one summary of what was patched,
-//! what was skipped and why, and what failed.
+//! maps its target object, several processes at a time (see [`run_all`]), with one summary of
+//! what was patched, what was skipped and why, and what failed.
 //!
 //! A process matches when it maps the manifest's target object (same device and inode as the
 //! file) and the build-id in its memory is the manifest's. pannus itself is never a member, and
@@ -20,6 +20,8 @@ use crate::registry;
 use crate::target::Target;
 use pannus_kernel::maps;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 /// Skip reason: the patch is already active in the process.
@@ -196,6 +198,13 @@ impl Summary {
     }
 }
 
+/// `engine` with a cache the processes of one run share (see [`engine::Shared`]).
+fn shared(engine: &Engine) -> Engine {
+    let mut engine = engine.clone();
+    engine.shared = Some(std::sync::Arc::new(engine::Shared::default()));
+    engine
+}
+
 fn gone(pid: i32) -> bool {
     !pannus_kernel::process_exists(pid)
 }
@@ -348,66 +357,230 @@ fn skip_instead(pid: i32, patch: &str, operation: Operation, error: &Error) -> O
     }
 }
 
-/// Applies the manifest to every member of `plan`, one process after the other, each with the
-/// full checks and four stages of a single apply. `progress` receives a line per step.
+/// What a fleet command tells its caller while it works.
+pub trait Report {
+    /// A line about one step of one process.
+    fn line(&mut self, text: &str);
+    /// A line about a process that failed.
+    fn failure(&mut self, text: &str) {
+        self.line(text);
+    }
+    /// After each process: `done` of `total` processes done, `failed` of them failed.
+    fn count(&mut self, _done: usize, _total: usize, _failed: usize) {}
+}
+
+impl<F: FnMut(&str)> Report for F {
+    fn line(&mut self, text: &str) {
+        self(text)
+    }
+}
+
+/// How many processes a fleet command works on at once: twice the CPUs pannus may run on (most of
+/// each process's time is spent waiting for its borrowed thread, or for its threads to stop), at
+/// most 16.
+pub fn workers() -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (2 * cpus).clamp(1, 16)
+}
+
+/// What a fleet command did to one process.
+enum Outcome<T> {
+    Done(T),
+    Skipped(Skipped),
+    Failed(Failed),
+}
+
+/// What the calling thread hears from the workers.
+enum Event<T> {
+    Started(usize),
+    Finished(usize, Outcome<T>),
+}
+
+/// Runs `work` on every member, on the calling thread for the first and then on up to `workers`
+/// threads for the rest, in the plan's order; each process is worked on by one thread from its
+/// open to its end, under its own lock, and the stop of one process stops none of the others.
+/// The first runs alone: the run's shared pre-flight (see [`engine::Shared`]) is filled once,
+/// and a failure every process would meet is met once.
+///
+/// `heard` gets every start and end on the calling thread, as they happen, and returns whether
+/// to go on; a new process is started only while it does and `interrupted` says nothing (the
+/// processes under way finish). Returns each member's outcome, in the plan's order; `None` for
+/// a member never started.
+fn run_all<T: Send>(
+    members: &[Member],
+    workers: usize,
+    interrupted: Option<fn() -> Option<&'static str>>,
+    work: &(dyn Fn(&Member) -> Outcome<T> + Sync),
+    heard: &mut dyn FnMut(&Event<T>) -> bool,
+) -> Vec<Option<Outcome<T>>> {
+    let mut out: Vec<Option<Outcome<T>>> = members.iter().map(|_| None).collect();
+    let stopped = || interrupted.and_then(|f| f()).is_some();
+    let Some(first) = members.first().filter(|_| !stopped()) else { return out };
+    let mut go_on = heard(&Event::Started(0));
+    let outcome = work(first);
+    let event = Event::Finished(0, outcome);
+    go_on &= heard(&event);
+    if let Event::Finished(_, o) = event {
+        out[0] = Some(o);
+    }
+    if !go_on || members.len() == 1 {
+        return out;
+    }
+    let next = AtomicUsize::new(1);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<Event<T>>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, members.len() - 1) {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            let worker = move || {
+                // Each worker keeps to pannus's policy on spare CPU time as the first thread
+                // does, under its own guard (a policy belongs to a thread).
+                if pannus_kernel::SpareCpu::active() {
+                    pannus_kernel::foreground();
+                }
+                let _spare = pannus_kernel::SpareCpu::enter();
+                while !stop.load(Ordering::SeqCst) && !stopped() {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(member) = members.get(i) else { break };
+                    if tx.send(Event::Started(i)).is_err() {
+                        break;
+                    }
+                    let outcome = work(member);
+                    if tx.send(Event::Finished(i, outcome)).is_err() {
+                        break;
+                    }
+                }
+            };
+            if std::thread::Builder::new().name("pannus-fleet".into()).spawn_scoped(scope, worker).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        for event in rx {
+            if !heard(&event) {
+                stop.store(true, Ordering::SeqCst);
+            }
+            if let Event::Finished(i, o) = event {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(o);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Applies the manifest to every member of `plan`, each with the full checks and four stages of
+/// a single apply, several processes at a time (see [`run_all`]). `progress` receives a line per
+/// step; the summary lists processes in the plan's order.
 ///
 /// With `rollback_on_failure`, the first failure (including one found while planning) stops
-/// the run: the remaining processes are skipped as not attempted, and those this command
-/// patched are rolled back, newest first.
-pub fn apply(
+/// the run: no other process is started (those under way finish), the remaining processes are
+/// skipped as not attempted, and those this command patched are rolled back, newest first.
+pub fn apply(engine: &Engine, m: &Manifest, plan: &Plan, options: ApplyOptions, progress: &mut dyn Report) -> Summary {
+    apply_with(engine, m, plan, options, workers(), progress)
+}
+
+/// [`apply`] on up to `workers` threads.
+pub fn apply_with(
     engine: &Engine,
     m: &Manifest,
     plan: &Plan,
     options: ApplyOptions,
-    progress: &mut dyn FnMut(&str),
+    workers: usize,
+    progress: &mut dyn Report,
 ) -> Summary {
+    let engine = &shared(engine);
     let mut s = Summary::new(Operation::Apply, plan);
     let mut stopped_by = if options.rollback_on_failure { s.failed.first().map(|f| f.pid) } else { None };
-    let mut obs = Stoppable(options.interrupted);
-    for member in &plan.members {
+    // One trial watcher for the run, started with the first process patched and given each
+    // process as soon as it is patched.
+    let watchers: Mutex<Option<Result<crate::trial::TrialWatchers>>> = Mutex::new(None);
+    let watch = |pid: i32| -> Result<()> {
+        let mut w = watchers.lock().unwrap_or_else(|p| p.into_inner());
+        match w.get_or_insert_with(|| crate::trial::TrialWatchers::spawn(engine, &m.patch)) {
+            Ok(w) => w.watch(pid),
+            Err(e) => Err(e.clone()),
+        }
+    };
+    let work = |member: &Member| -> Outcome<(engine::Applied, Option<String>)> {
         let pid = member.pid.get();
-        if let Some(sig) = s.cancelled.as_deref() {
-            s.skipped.push(skipped(pid, format!("not attempted: cancelled, {sig}"), false));
-            continue;
-        }
-        if let Some(culprit) = stopped_by {
-            s.skipped.push(skipped(pid, format!("not attempted: process {culprit} failed"), false));
-            continue;
-        }
-        progress(&format!("process {pid} ({}): applying `{}`", member.name, m.patch));
+        let mut obs = Stoppable(options.interrupted);
         let applied = Session::open(engine, pid).and_then(|mut session| session.apply(m, &mut obs));
-        // A signal while this process's last stage ran: it is rolled back with the others.
-        let sig = obs.received();
-        s.cancelled = sig.map(|sig| format!("{sig} received"));
-        let applied = applied.map(|a| match options.watch && sig.is_none() {
-            true => {
-                let watcher = crate::trial::spawn_trial_watcher(engine, pid, &a.record.patch);
-                (a, Some(watcher))
-            }
-            false => (a, None),
-        });
         match applied {
-            Ok((applied, watcher)) => {
-                s.patched.push(pid);
-                progress(&format!("process {pid}: patched, state {}", applied.record.state));
-                if let Some(Err(e)) = watcher {
-                    s.warnings.push(format!(
-                        "process {pid}: {}; the trial's on_expiry policy will not run unattended",
-                        e.message
-                    ));
-                }
+            // A signal while this process's last stage ran: it is rolled back with the others,
+            // and no trial watcher is started.
+            Ok(applied) if !options.watch || obs.received().is_some() => Outcome::Done((applied, None)),
+            Ok(applied) => {
+                let warning = watch(pid).err().map(|e| {
+                    format!("process {pid}: {}; the trial's on_expiry policy will not run unattended", e.message)
+                });
+                Outcome::Done((applied, warning))
             }
-            Err(error) => {
-                if s.skip_or_fail(pid, &m.patch, Operation::Apply, error, progress) && options.rollback_on_failure {
-                    stopped_by = Some(pid);
+            Err(error) => match skip_instead(pid, &m.patch, Operation::Apply, &error) {
+                Some(skip) => Outcome::Skipped(skip),
+                None => Outcome::Failed(Failed { pid, error }),
+            },
+        }
+    };
+    let go_on = stopped_by.is_none();
+    let (total, mut done, mut failures) = (plan.members.len(), 0usize, 0usize);
+    let mut heard = |event: &Event<(engine::Applied, Option<String>)>| {
+        match event {
+            Event::Started(i) => {
+                let member = &plan.members[*i];
+                progress.line(&format!("process {} ({}): applying `{}`", member.pid.get(), member.name, m.patch));
+            }
+            Event::Finished(i, outcome) => {
+                let pid = plan.members[*i].pid.get();
+                done += 1;
+                match outcome {
+                    Outcome::Done((applied, _)) => {
+                        progress.line(&format!("process {pid}: patched, state {}", applied.record.state))
+                    }
+                    Outcome::Skipped(skip) => progress.line(&format!("process {pid}: skipped, {}", skip.reason)),
+                    Outcome::Failed(f) => {
+                        failures += 1;
+                        progress.failure(&format!("process {pid}: failed: {}", f.error.message));
+                        if options.rollback_on_failure && stopped_by.is_none() {
+                            stopped_by = Some(pid);
+                        }
+                    }
                 }
+                progress.count(done, total, failures);
+            }
+        }
+        stopped_by.is_none()
+    };
+    let outcomes = match go_on {
+        true => run_all(&plan.members, workers, options.interrupted, &work, &mut heard),
+        false => plan.members.iter().map(|_| None).collect(),
+    };
+    s.cancelled = options.interrupted.and_then(|f| f()).map(|sig| format!("{sig} received"));
+    for (member, outcome) in plan.members.iter().zip(outcomes) {
+        let pid = member.pid.get();
+        match outcome {
+            Some(Outcome::Done((_, warning))) => {
+                s.patched.push(pid);
+                s.warnings.extend(warning);
+            }
+            Some(Outcome::Skipped(skip)) => s.skipped.push(skip),
+            Some(Outcome::Failed(f)) => s.failed.push(f),
+            None => {
+                let reason = match (&s.cancelled, stopped_by) {
+                    (Some(sig), _) => format!("not attempted: cancelled, {sig}"),
+                    (None, Some(culprit)) => format!("not attempted: process {culprit} failed"),
+                    (None, None) => "not attempted".to_string(),
+                };
+                s.skipped.push(skipped(pid, reason, false));
             }
         }
     }
     if (options.rollback_on_failure && !s.failed.is_empty()) || s.cancelled.is_some() {
         let why = s.cancelled.as_ref().map(|sig| format!("cancelled: {sig} during apply --all"));
         for &pid in s.patched.iter().rev() {
-            progress(&format!("process {pid}: rolling back `{}`", m.patch));
+            progress.line(&format!("process {pid}: rolling back `{}`", m.patch));
             let rollback = |mut session: Session| match &why {
                 Some(why) => session.rollback_because(Some(&m.patch), false, why, &mut Quiet),
                 None => session.rollback(Some(&m.patch), false, &mut Quiet),
@@ -423,7 +596,7 @@ pub fn apply(
                     s.rolled_back.push(pid)
                 }
                 Err(error) => {
-                    progress(&format!("process {pid}: rollback failed: {}", error.message));
+                    progress.failure(&format!("process {pid}: rollback failed: {}", error.message));
                     s.rollback_failed.push(Failed { pid, error });
                 }
             }
@@ -432,67 +605,87 @@ pub fn apply(
     s
 }
 
-impl Summary {
-    /// Files `error` for process `pid` as a skip (when it only means there was nothing to do
-    /// there) or as a failure; returns whether it failed.
-    fn skip_or_fail(
-        &mut self,
-        pid: i32,
-        patch: &str,
-        op: Operation,
-        error: Error,
-        progress: &mut dyn FnMut(&str),
-    ) -> bool {
-        match skip_instead(pid, patch, op, &error) {
-            Some(skip) => {
-                progress(&format!("process {pid}: skipped, {}", skip.reason));
-                self.skipped.push(skip);
-                false
-            }
-            None => {
-                progress(&format!("process {pid}: failed: {}", error.message));
-                self.failed.push(Failed { pid, error });
-                true
-            }
-        }
-    }
-}
-
-/// Rolls `plan.patch` back in every member of `plan`, one process after the other (with
-/// `cascade`, the patches that require it first). `progress` receives a line per step.
+/// Rolls `plan.patch` back in every member of `plan` (with `cascade`, the patches that require
+/// it first), several processes at a time (see [`run_all`]). `progress` receives a line per
+/// step; the summary lists processes in the plan's order.
 ///
-/// Once `interrupted` says a signal was received, the rollback under way finishes and no other
+/// Once `interrupted` says a signal was received, the rollbacks under way finish and no other
 /// process is touched: each is skipped, journaled as cancelled.
 pub fn rollback(
     engine: &Engine,
     plan: &Plan,
     cascade: bool,
     interrupted: Option<fn() -> Option<&'static str>>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn Report,
 ) -> Summary {
+    rollback_with(engine, plan, cascade, interrupted, workers(), progress)
+}
+
+/// [`rollback`] on up to `workers` threads.
+pub fn rollback_with(
+    engine: &Engine,
+    plan: &Plan,
+    cascade: bool,
+    interrupted: Option<fn() -> Option<&'static str>>,
+    workers: usize,
+    progress: &mut dyn Report,
+) -> Summary {
+    let engine = &shared(engine);
     let mut s = Summary::new(Operation::Rollback, plan);
-    for member in &plan.members {
+    let work = |member: &Member| -> Outcome<engine::RolledBack> {
         let pid = member.pid.get();
-        if s.cancelled.is_none() {
-            s.cancelled = interrupted.and_then(|received| received()).map(|sig| format!("{sig} received"));
-        }
-        if let Some(sig) = s.cancelled.as_deref() {
-            let reason = format!("not attempted: cancelled, {sig} during rollback --all");
-            progress(&format!("process {pid}: {reason}"));
-            let _ = engine.journal().record("rollback", pid, &member.name, Some(&plan.patch), "cancelled", &reason);
-            s.skipped.push(skipped(pid, reason, false));
-            continue;
-        }
-        progress(&format!("process {pid} ({}): rolling back `{}`", member.name, plan.patch));
         match Session::open(engine, pid)
             .and_then(|mut session| session.rollback(Some(&plan.patch), cascade, &mut Quiet))
         {
-            Ok(ids) => {
-                s.rolled_back.push(pid);
-                progress(&format!("process {pid}: rolled back {}", ids.ids.join(", ")));
+            Ok(done) => Outcome::Done(done),
+            Err(error) => match skip_instead(pid, &plan.patch, Operation::Rollback, &error) {
+                Some(skip) => Outcome::Skipped(skip),
+                None => Outcome::Failed(Failed { pid, error }),
+            },
+        }
+    };
+    let (total, mut done, mut failures) = (plan.members.len(), 0usize, 0usize);
+    let mut heard = |event: &Event<engine::RolledBack>| {
+        match event {
+            Event::Started(i) => {
+                let member = &plan.members[*i];
+                progress.line(&format!(
+                    "process {} ({}): rolling back `{}`",
+                    member.pid.get(),
+                    member.name,
+                    plan.patch
+                ));
             }
-            Err(error) => {
-                s.skip_or_fail(pid, &plan.patch, Operation::Rollback, error, progress);
+            Event::Finished(i, outcome) => {
+                let pid = plan.members[*i].pid.get();
+                done += 1;
+                match outcome {
+                    Outcome::Done(rb) => progress.line(&format!("process {pid}: rolled back {}", rb.ids.join(", "))),
+                    Outcome::Skipped(skip) => progress.line(&format!("process {pid}: skipped, {}", skip.reason)),
+                    Outcome::Failed(f) => {
+                        failures += 1;
+                        progress.failure(&format!("process {pid}: failed: {}", f.error.message));
+                    }
+                }
+                progress.count(done, total, failures);
+            }
+        }
+        true
+    };
+    let outcomes = run_all(&plan.members, workers, interrupted, &work, &mut heard);
+    s.cancelled = interrupted.and_then(|received| received()).map(|sig| format!("{sig} received"));
+    for (member, outcome) in plan.members.iter().zip(outcomes) {
+        let pid = member.pid.get();
+        match outcome {
+            Some(Outcome::Done(_)) => s.rolled_back.push(pid),
+            Some(Outcome::Skipped(skip)) => s.skipped.push(skip),
+            Some(Outcome::Failed(f)) => s.failed.push(f),
+            None => {
+                let sig = s.cancelled.as_deref().unwrap_or("a signal received");
+                let reason = format!("not attempted: cancelled, {sig} during rollback --all");
+                progress.line(&format!("process {pid}: {reason}"));
+                let _ = engine.journal().record("rollback", pid, &member.name, Some(&plan.patch), "cancelled", &reason);
+                s.skipped.push(skipped(pid, reason, false));
             }
         }
     }

@@ -319,7 +319,7 @@ pub fn uninstall(
     engine: &crate::engine::Engine,
     order: &[String],
     interrupted: Option<fn() -> Option<&'static str>>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn crate::fleet::Report,
 ) -> Result<Uninstalled> {
     let state = &engine.state_dir;
     for p in order {

@@ -95,12 +95,17 @@ pub struct Journal {
 
 /// Who is acting: the login behind sudo when there is one.
 pub fn who() -> (String, u32) {
-    let uid = nix::unistd::getuid().as_raw();
-    let name = std::env::var("SUDO_USER")
-        .ok()
-        .or_else(|| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name))
-        .unwrap_or_else(|| uid.to_string());
-    (name, uid)
+    // Looked up once per pannus: a run over many processes journals every one of them.
+    static WHO: std::sync::OnceLock<(String, u32)> = std::sync::OnceLock::new();
+    WHO.get_or_init(|| {
+        let uid = nix::unistd::getuid().as_raw();
+        let name = std::env::var("SUDO_USER")
+            .ok()
+            .or_else(|| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name))
+            .unwrap_or_else(|| uid.to_string());
+        (name, uid)
+    })
+    .clone()
 }
 
 impl Journal {

@@ -1,6 +1,7 @@
 //! A running process as pannus sees it: memory, address space, the objects it maps.
 
 use crate::elf::Object;
+use crate::engine::{FileKey, Shared};
 use crate::error::{Error, Result};
 use pannus_kernel::{maps, Mapping, Mem};
 use std::collections::HashMap;
@@ -35,6 +36,8 @@ pub struct Target {
     pub name: String,
     pub exe: String,
     objects: HashMap<(i32, i32, u64), Arc<Object>>,
+    /// The parses shared with the other processes of a run (see [`Shared`]).
+    shared: Option<Arc<Shared>>,
 }
 
 impl Target {
@@ -50,7 +53,21 @@ impl Target {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Target { pid, mem, maps, name, exe, objects: HashMap::new() })
+        Ok(Target { pid, mem, maps, name, exe, objects: HashMap::new(), shared: None })
+    }
+
+    /// From here on, ELF files are parsed once for every process sharing `shared`.
+    pub fn share(&mut self, shared: Option<Arc<Shared>>) {
+        self.shared = shared;
+    }
+
+    /// The ELF file at `path` (whose metadata is `meta`), tables only: parsed once per run when
+    /// shared.
+    fn load_tables(&self, path: &Path, meta: Option<std::fs::Metadata>, role: &str) -> Result<Arc<Object>> {
+        match (&self.shared, meta) {
+            (Some(shared), Some(meta)) => shared.object(FileKey::of(&meta), || Object::load_tables(path, role)),
+            _ => Object::load_tables(path, role).map(Arc::new),
+        }
     }
 
     pub fn refresh_maps(&mut self) -> Result<()> {
@@ -81,7 +98,7 @@ impl Target {
         let object = match self.objects.get(&key) {
             Some(o) => o.clone(),
             None => {
-                let o = Arc::new(Object::load_tables(path, "target object")?);
+                let o = self.load_tables(path, Some(meta), "target object")?;
                 self.objects.insert(key, o.clone());
                 o
             }
@@ -132,9 +149,9 @@ impl Target {
                 Some(o) => o.clone(),
                 None => {
                     let path = PathBuf::from(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end));
-                    match Object::load_tables(&path, "object") {
+                    let meta = self.shared.as_ref().and_then(|_| std::fs::metadata(&path).ok());
+                    match self.load_tables(&path, meta, "object") {
                         Ok(o) => {
-                            let o = Arc::new(o);
                             self.objects.insert(key, o.clone());
                             o
                         }

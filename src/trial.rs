@@ -372,6 +372,73 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     Ok(child)
 }
 
+/// One detached trial watcher for `patch` in many processes (`apply --all`), instead of one
+/// process each: started with the first process patched, it is given each process as soon as
+/// the patch is on trial there, and once the run is over (or the pannus running it is gone, even
+/// killed) watches each as [`spawn_trial_watcher`]'s watcher watches one (see
+/// [`watch_trials`]).
+pub struct TrialWatchers {
+    child: std::process::Child,
+    pids: std::process::ChildStdin,
+}
+
+impl TrialWatchers {
+    /// Starts the watcher, with no process yet.
+    pub fn spawn(engine: &Engine, patch: &str) -> Result<TrialWatchers> {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
+        let mut command = Command::new(exe);
+        pannus_kernel::keep_urgent(&mut command);
+        let mut child = command
+            .args(["trial-watch", "--pids-from-stdin", patch])
+            .env("PANNUS_STATE_DIR", &engine.state_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))?;
+        // As spawn_trial_watcher's: at SCHED_IDLE unless the CPUs are saturated.
+        if !pannus_kernel::is_urgent() {
+            pannus_kernel::background(child.id() as i32);
+        }
+        let pids = child.stdin.take().ok_or_else(|| Error::other("cannot start the trial watcher: no pipe to it"))?;
+        Ok(TrialWatchers { child, pids })
+    }
+
+    /// Has the watcher watch the trial in process `pid` too.
+    pub fn watch(&mut self, pid: i32) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.pids, "{pid}").map_err(|e| {
+            Error::other(format!("the trial watcher (pid {}) did not take process {pid}: {e}", self.child.id()))
+        })
+    }
+}
+
+/// The body of [`TrialWatchers`]' watcher: leaves the terminal's session, reads the pids of the
+/// processes to watch from `pids` (one a line) until its end (the pannus that started it is done,
+/// or gone), then watches the trial of `patch` in each of them, each on a thread of its own as
+/// [`watch_trial`] does, until every one has ended. Its reads of every process start once that
+/// pannus is done: they do not take CPU time from its work on the others (a trial lasts minutes,
+/// a run over a thousand processes seconds).
+pub fn watch_trials(engine: &Engine, patch: &str, pids: impl std::io::BufRead) -> Result<()> {
+    let _ = nix::unistd::setsid();
+    if !pannus_kernel::is_urgent() {
+        pannus_kernel::background(0);
+    }
+    let pids: Vec<i32> = pids.lines().map_while(|l| l.ok()).filter_map(|l| l.trim().parse().ok()).collect();
+    std::thread::scope(|scope| {
+        for pid in pids {
+            let watch = move || {
+                let _ = watch_one(engine, pid, patch);
+            };
+            let _ = std::thread::Builder::new().name(format!("watch-{pid}")).spawn_scoped(scope, watch);
+        }
+    });
+    Ok(())
+}
+
 /// The trial watcher's body ([`spawn_trial_watcher`] starts it at `SCHED_IDLE`): leaves the
 /// terminal's session, then waits for the trial to end.
 pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
@@ -382,6 +449,12 @@ pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     if !pannus_kernel::is_urgent() {
         pannus_kernel::background(0);
     }
+    watch_one(engine, pid, patch)
+}
+
+/// Waits for the trial of `patch` in process `pid` to end, carrying out its policy; a failure
+/// is journaled.
+fn watch_one(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     match wait_trial(engine, pid, patch, |_| {}) {
         Ok(s) => Ok(s),
         Err(e) if !pannus_kernel::process_exists(pid) => {

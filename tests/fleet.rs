@@ -267,3 +267,83 @@ fn a_signal_during_rollback_all_stops_between_processes() {
     assert_eq!(last(second.pid).map(|e| e["outcome"].clone()), Some("cancelled".into()), "{entries:?}");
     state.rollback(second.pid, None).ok();
 }
+
+/// Forty processes of one binary, worked on several at a time: every one is patched and every
+/// one rolled back, except one that refuses (another tracer holds it), which fails alone, is
+/// reported, and stops no other.
+#[test]
+fn forty_processes_at_once_and_one_that_refuses() {
+    let _serial = serial();
+    let state = State::new();
+    let mut procs: Vec<Proc> = (0..40).map(|_| Proc::start("target_pie")).collect();
+    procs.sort_by_key(|p| p.pid);
+    let m = compute_fix(&state);
+    let refuser = procs[17].pid;
+    // Another tracer (a thread of this test) holds one of them; that thread ending lets it go.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (seized, is_seized) = std::sync::mpsc::channel();
+    let tracer = std::thread::spawn(move || {
+        let pid = nix::unistd::Pid::from_raw(refuser);
+        seized.send(nix::sys::ptrace::seize(pid, nix::sys::ptrace::Options::empty())).unwrap();
+        let _ = released.recv();
+    });
+    is_seized.recv().unwrap().expect("the test traces one process");
+
+    let r = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]);
+    assert_eq!(r.code, 4, "a precondition failed in one process: {r:?}");
+    let v = r.json();
+    let mut others: Vec<i64> = procs.iter().filter(|p| p.pid != refuser).map(|p| p.pid as i64).collect();
+    others.sort_unstable();
+    assert_eq!(pids(&v["patched"]), others, "{v}");
+    assert_eq!(v["failed"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["failed"][0]["pid"], refuser, "{v}");
+    assert!(v["failed"][0]["message"].as_str().unwrap().contains("traced"), "{v}");
+    assert_eq!(v["rolled_back"], json!([]));
+    for p in procs.iter_mut() {
+        let want = if p.pid == refuser { "6" } else { "500" };
+        assert_eq!(p.ask("c 5"), want, "process {}", p.pid);
+    }
+    drop(release);
+    tracer.join().unwrap();
+
+    let v = state.pannus(&["rollback", "--all", "compute-fix", "--yes", "--json"]).ok().json();
+    assert_eq!(pids(&v["rolled_back"]), others, "{v}");
+    assert_eq!(v["failed"], json!([]));
+    for p in procs.iter_mut() {
+        assert_eq!(p.ask("c 5"), "6", "process {}", p.pid);
+        assert!(!p.maps().contains("patch_compute.so"), "process {}: the module is unloaded", p.pid);
+    }
+    // The journal has one apply and one rollback per process patched, each ok.
+    let entries = common::journal(&state);
+    for &pid in &others {
+        let ok = |action: &str| {
+            entries.iter().filter(|e| e["action"] == action && e["pid"] == pid && e["outcome"] == "ok").count()
+        };
+        assert_eq!((ok("apply"), ok("rollback")), (1, 1), "process {pid}: {entries:?}");
+    }
+}
+
+/// `apply --all` starts one trial watcher for the run, given every process patched: at the
+/// deadline it carries out the policy in each of them.
+#[test]
+fn the_trial_watcher_of_a_run_carries_out_the_policy_in_every_process() {
+    let _serial = serial();
+    let state = State::new();
+    let mut procs: Vec<Proc> = (0..3).map(|_| Proc::start("target_pie")).collect();
+    let trial = "trial:\n  duration: 1s\n  on_expiry: rollback\n";
+    let m = state.manifest("compute-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], trial);
+    let v = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok().json();
+    assert_eq!(pids(&v["patched"]), sorted(&procs.iter().collect::<Vec<_>>()), "{v}");
+    // The journal and the processes' answers are looked at, not `status`: a `status` would
+    // carry out an overdue policy itself.
+    let by_watcher = |pid: i32| {
+        common::journal(&state)
+            .iter()
+            .any(|e| e["action"] == "rollback" && e["pid"] == pid && e["outcome"] == "ok" && e["source"] == "watcher")
+    };
+    for p in procs.iter_mut() {
+        common::wait_until("the trial watcher rolls the patch back", || by_watcher(p.pid));
+        assert_eq!(p.ask("c 5"), "6", "process {}", p.pid);
+        assert!(!p.maps().contains("patch_compute.so"), "process {}", p.pid);
+    }
+}

@@ -35,8 +35,10 @@ const STACK: usize = 50;
 const PS_PROCS: usize = 1000;
 /// Of which patched.
 const PS_PATCHED: usize = 5;
-/// Processes for `apply --all`.
-const FLEET: usize = 100;
+/// Processes for `apply --all`, one run of the fleet benchmark each.
+pub const FLEET: [usize; 2] = [100, 1000];
+/// The goal for the largest fleet: every process patched within this (µs).
+pub const FLEET_GOAL_US: f64 = 1_500_000.0;
 
 pub struct Opts {
     pub quick: bool,
@@ -45,6 +47,8 @@ pub struct Opts {
     pub wait_load: bool,
     /// `--stop N:MODE`: only these cases of the stop benchmark, printed, BENCHMARKS.md untouched.
     pub only_stops: Vec<(usize, &'static str)>,
+    /// `--only fleet`: only the fleet benchmark, printed, BENCHMARKS.md untouched.
+    pub only_fleet: bool,
 }
 
 /// Everything built for the run.
@@ -203,6 +207,8 @@ pub struct PsRow {
 
 #[derive(Default)]
 pub struct FleetRow {
+    /// Processes of the binary running.
+    pub processes: usize,
     pub load: String,
     pub apply: Vec<f64>,
     pub rollback: Vec<f64>,
@@ -229,7 +235,7 @@ pub struct Results {
     pub call: CallRow,
     pub stacks: Vec<StackRow>,
     pub ps: PsRow,
-    pub fleet: FleetRow,
+    pub fleet: Vec<FleetRow>,
     pub restart: RestartRow,
     pub saturated: SaturatedRow,
     pub build: build::BuildRow,
@@ -278,6 +284,14 @@ fn main() {
         }
         return;
     }
+    if opts.only_fleet {
+        for n in FLEET {
+            eprintln!("pannus-bench: apply --all over {n} processes (load {})", loadavg());
+            let row = bench_fleet(&pannus, &b, n, if opts.quick { 1 } else { 3 });
+            println!("{}", report::fleet_digest(&row));
+        }
+        return;
+    }
 
     // The light measurements first: the stop measurements' busy workers raise the load average
     // for a minute or more after they end.
@@ -298,8 +312,10 @@ fn main() {
     res.build = build::bench_build(&pannus, tmp.path(), if opts.quick { 1 } else { 3 });
     eprintln!("pannus-bench: pannus ps over {PS_PROCS} processes (load {})", loadavg());
     res.ps = bench_ps(&pannus, &b, if opts.quick { 3 } else { 10 });
-    eprintln!("pannus-bench: apply --all over {FLEET} processes (load {})", loadavg());
-    res.fleet = bench_fleet(&pannus, &b, if opts.quick { 1 } else { 3 });
+    for n in FLEET {
+        eprintln!("pannus-bench: apply --all over {n} processes (load {})", loadavg());
+        res.fleet.push(bench_fleet(&pannus, &b, n, if opts.quick { 1 } else { 3 }));
+    }
     // The small cases are cheap and the noisiest (a single wait for a CPU doubles a gap of a
     // few hundred µs): more runs there.
     let (runs_small, runs, runs_256) = if opts.quick { (3, 3, 2) } else { (30, 10, 5) };
@@ -330,8 +346,14 @@ fn main() {
 
 fn parse_args() -> Opts {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let mut o =
-        Opts { quick: false, out: root.join("BENCHMARKS.md"), pannus: None, wait_load: false, only_stops: Vec::new() };
+    let mut o = Opts {
+        quick: false,
+        out: root.join("BENCHMARKS.md"),
+        pannus: None,
+        wait_load: false,
+        only_stops: Vec::new(),
+        only_fleet: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -349,15 +371,24 @@ fn parse_args() -> Opts {
                     }
                 }
             }
+            "--only" => match args.next().as_deref() {
+                Some("fleet") => o.only_fleet = true,
+                other => {
+                    eprintln!("pannus-bench: --only takes `fleet`, not {other:?}");
+                    std::process::exit(2);
+                }
+            },
             "-h" | "--help" => {
                 println!(
-                    "pannus-bench [--quick] [--out FILE] [--pannus BIN] [--wait-load] [--stop N:MODE]...\n\
+                    "pannus-bench [--quick] [--out FILE] [--pannus BIN] [--wait-load] [--stop N:MODE]... [--only fleet]\n\
                      Runs the benchmarks and rewrites BENCHMARKS.md (default: in the workspace root).\n\
                      --quick      fewer repetitions (about a minute)\n\
                      --pannus     use this pannus binary instead of building the release one\n\
                      --wait-load  first wait (up to 10 minutes) for the 1-minute load average to fall to 1.5\n\
                      --stop       only the stop benchmark for N workers in MODE (spin or sleep), printed\n\
-                     \x20            with pannus's own step timings; BENCHMARKS.md is left as it is"
+                     \x20            with pannus's own step timings; BENCHMARKS.md is left as it is\n\
+                     --only fleet only the `apply --all` / `rollback --all` benchmark, printed;\n\
+                     \x20            BENCHMARKS.md is left as it is"
                 );
                 std::process::exit(0);
             }
@@ -926,13 +957,13 @@ fn console_keys(pannus: &Pannus, dir: &Path, presses: usize) -> Result<(Vec<f64>
     }
 }
 
-/// 4c. `pannus apply --all` and `rollback --all` over FLEET processes of one binary.
-fn bench_fleet(pannus: &Pannus, b: &Built, runs: usize) -> FleetRow {
-    let mut row = FleetRow::default();
+/// 4c. `pannus apply --all` and `rollback --all` over `n` processes of one binary.
+fn bench_fleet(pannus: &Pannus, b: &Built, n: usize, runs: usize) -> FleetRow {
+    let mut row = FleetRow { processes: n, ..Default::default() };
     let manifest = pannus.manifest(&b.sleeper_fleet, &b.tick_patch, "bench-fleet", &b.dir.join("fleet.yaml"));
     let m = manifest.to_string_lossy().into_owned();
     let mut herd = Herd::default();
-    herd.spawn(&b.sleeper_fleet, FLEET);
+    herd.spawn(&b.sleeper_fleet, n);
     herd.wait_exec(&b.sleeper_fleet);
     std::thread::sleep(Duration::from_millis(300));
     row.load = loadavg();
@@ -940,16 +971,19 @@ fn bench_fleet(pannus: &Pannus, b: &Built, runs: usize) -> FleetRow {
     for _ in 0..runs {
         let r = pannus.run(&["apply", &m, "--all", "--yes", "--json"]);
         if !r.ok() {
-            row.failures.push(format!("apply --all: {}", r.why()));
+            row.failures.push(format!("apply --all, {n} processes: {}", r.why()));
         }
         row.apply.push(us(r.wall));
         row.patched.push(count(&r, "patched"));
         let r = pannus.run(&["rollback", "--all", "bench-fleet", "--yes", "--json"]);
         if !r.ok() {
-            row.failures.push(format!("rollback --all: {}", r.why()));
+            row.failures.push(format!("rollback --all, {n} processes: {}", r.why()));
         }
         row.rollback.push(us(r.wall));
         row.rolled_back.push(count(&r, "rolled_back"));
+        // The trial watchers the apply started end once they see the rollback: the next run
+        // starts without them.
+        util::wait_for_trial_watchers(&pannus.exe, Duration::from_secs(30));
     }
     herd.kill_all();
     row

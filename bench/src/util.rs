@@ -393,3 +393,18 @@ impl Drop for Herd {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Waits (up to `limit`) until no `trial-watch` process of the pannus binary `exe` runs any more.
+pub fn wait_for_trial_watchers(exe: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let watching = || {
+        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+            let dir = e.path();
+            std::fs::read_link(dir.join("exe")).is_ok_and(|x| x == exe)
+                && std::fs::read(dir.join("cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"trial-watch"))
+        })
+    };
+    while watching() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

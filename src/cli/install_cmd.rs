@@ -170,7 +170,7 @@ pub fn uninstall(engine: &Engine, patch: &str, yes: bool, cascade: bool, json: b
             return Err(Error::cancelled("uninstall cancelled: nothing was changed"));
         }
     }
-    let done = install::uninstall(engine, &order, Some(interrupt::received), &mut |line| {
+    let done = install::uninstall(engine, &order, Some(interrupt::received), &mut |line: &str| {
         if !json {
             say!("{line}");
         }

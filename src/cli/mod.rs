@@ -176,8 +176,11 @@ pub enum Command {
     /// Carry out a trial's on_expiry policy at its deadline (started by apply, detached)
     #[command(hide = true)]
     TrialWatch {
-        #[arg(long)]
-        pid: i32,
+        #[arg(long, required_unless_present = "pids_from_stdin")]
+        pid: Option<i32>,
+        /// Watch every process whose pid is read from standard input, one a line
+        #[arg(long, conflicts_with = "pid")]
+        pids_from_stdin: bool,
         patch: String,
     },
     /// Keep the installed patches applied in every new process of their build (foreground, until SIGTERM)
@@ -387,7 +390,8 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         }
         Command::Completions { shell } => manifest_cmd::completions(shell),
         Command::Man => manifest_cmd::man(),
-        Command::TrialWatch { pid, patch } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
+        Command::TrialWatch { pid: Some(pid), patch, .. } => trial::watch_trial(engine, pid, &patch).map(|_| ()),
+        Command::TrialWatch { pid: None, patch, .. } => trial::watch_trials(engine, &patch, std::io::stdin().lock()),
         Command::Daemon { poll, no_hold } => {
             crate::daemon::run(engine, crate::daemon::Options { poll, hold: !poll && !no_hold }, interrupt::received)
         }
@@ -825,6 +829,68 @@ fn print_summary(summary: &crate::fleet::Summary, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// From how many processes on a fleet command shows its progress on a terminal.
+const METER_FROM: usize = 10;
+
+/// What `apply --all` and `rollback --all` show while they work, on standard output a line per
+/// step of each process (nothing with `--json`). A long run on a terminal (more than
+/// [`METER_FROM`] processes, standard error a terminal, no `--json`) shows instead one line on
+/// standard error with the processes done of the total and the failures so far, redrawn after
+/// each process, and a line on standard output for each failure.
+struct FleetReport {
+    json: bool,
+    meter: bool,
+    /// The meter's line is on the terminal, to be cleared before another line.
+    drawn: bool,
+    what: &'static str,
+}
+
+impl FleetReport {
+    fn new(what: &'static str, total: usize, json: bool) -> FleetReport {
+        let meter = !json && total > METER_FROM && std::io::stderr().is_terminal();
+        FleetReport { json, meter, drawn: false, what }
+    }
+
+    fn clear(&mut self) {
+        if self.drawn {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+            self.drawn = false;
+        }
+    }
+
+    /// Leaves the meter's last state on its own line, before the summary.
+    fn finish(&mut self) {
+        if self.drawn {
+            let _ = writeln!(std::io::stderr());
+            self.drawn = false;
+        }
+    }
+}
+
+impl crate::fleet::Report for FleetReport {
+    fn line(&mut self, text: &str) {
+        if !self.json && !self.meter {
+            say!("{text}");
+        }
+    }
+
+    fn failure(&mut self, text: &str) {
+        if !self.json {
+            self.clear();
+            say!("{text}");
+        }
+    }
+
+    fn count(&mut self, done: usize, total: usize, failed: usize) {
+        if self.meter {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2K{}: {done} of {total} processes done, {failed} failed", self.what);
+            let _ = err.flush();
+            self.drawn = true;
+        }
+    }
+}
+
 fn fleet_apply(
     engine: &Engine,
     path: &std::path::Path,
@@ -844,17 +910,15 @@ fn fleet_apply(
     }
     let options =
         crate::fleet::ApplyOptions { rollback_on_failure, watch: true, interrupted: Some(interrupt::received) };
-    let mut progress = |line: &str| {
-        if !json {
-            say!("{line}");
-        }
-    };
+    let mut report = FleetReport::new("apply --all", plan.members.len(), json);
     if let Some(canary) = canary {
-        let rollout = crate::canary::apply(engine, &m, &plan, canary, options, &mut progress);
+        let rollout = crate::canary::apply(engine, &m, &plan, canary, options, &mut report);
+        report.finish();
         print_rollout(&rollout, canary, json)?;
         return Ok(rollout.exit_code());
     }
-    let summary = crate::fleet::apply(engine, &m, &plan, options, &mut progress);
+    let summary = crate::fleet::apply(engine, &m, &plan, options, &mut report);
+    report.finish();
     print_summary(&summary, json)?;
     Ok(summary.exit_code())
 }
@@ -929,11 +993,9 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
             return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
         }
     }
-    let summary = crate::fleet::rollback(engine, &plan, cascade, Some(interrupt::received), &mut |line| {
-        if !json {
-            say!("{line}");
-        }
-    });
+    let mut report = FleetReport::new("rollback --all", plan.members.len(), json);
+    let summary = crate::fleet::rollback(engine, &plan, cascade, Some(interrupt::received), &mut report);
+    report.finish();
     print_summary(&summary, json)?;
     Ok(summary.exit_code())
 }

@@ -20,6 +20,7 @@ mod references;
 mod rollback;
 mod safe_point;
 mod session;
+mod shared;
 pub mod symbols;
 mod undo;
 
@@ -30,6 +31,7 @@ pub(crate) use load::{RESERVE, SEGMENT};
 pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
 pub use rollback::{still_required, KeptMapped, RolledBack};
 pub use session::{Session, StopStart, StopWindow};
+pub use shared::{FileKey, Shared};
 
 use crate::error::{Error, Kind, Result};
 use crate::journal::Journal;
@@ -37,6 +39,7 @@ use crate::registry::{PatchRecord, Registry};
 use crate::target::Target;
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The four stages of applying a patch.
@@ -118,6 +121,9 @@ pub struct Engine {
     /// `trial.duration` from the activation: the daemon applies an installed patch on trial
     /// until the installed trial's own deadline.
     pub trial_until: Option<u64>,
+    /// What the processes of one run over many processes share (see [`Shared`]); `None` outside
+    /// such a run.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl Engine {
@@ -128,6 +134,7 @@ impl Engine {
             lock_wait: Duration::from_secs(10),
             stop_timeout: pannus_kernel::STOP_TIMEOUT,
             trial_until: None,
+            shared: None,
         }
     }
     pub fn journal(&self) -> Journal {

@@ -4,7 +4,7 @@
 //! written once.
 
 use super::symbols::{self, InProcess, RequiredPatch, Role, Scope, Value};
-use super::{CheckLine, Session};
+use super::{CheckLine, Session, Shared};
 use crate::elf::{Object, SymKind, Symbol};
 use crate::error::{Error, Result};
 use crate::manifest::{LoadMethod, Manifest};
@@ -43,8 +43,27 @@ pub struct Prepared {
 /// The module: its checksum is the manifest's, it is a shared object, and the manifest's load
 /// method can load it. Returns it with the lines of the checks passed.
 pub fn module_checks(m: &Manifest) -> Result<(Object, Vec<CheckLine>)> {
+    let (module, sum) = verified_module(&m.module.path, &m.module.sha256, "the manifest")?;
+    let lines = module_lines(m, &module, &sum)?;
+    Ok((module, lines))
+}
+
+/// [`module_checks`], the module read, checksummed and parsed once per run when `shared`.
+fn module_checks_shared(m: &Manifest, shared: Option<&Shared>) -> Result<(Arc<Object>, Vec<CheckLine>)> {
+    let Some(shared) = shared else {
+        return module_checks(m).map(|(module, lines)| (Arc::new(module), lines));
+    };
+    let (module, sum) = shared.module(&m.module.path, &m.module.sha256, || {
+        verified_module(&m.module.path, &m.module.sha256, "the manifest")
+    })?;
+    let lines = module_lines(m, &module, &sum)?;
+    Ok((module, lines))
+}
+
+/// The module's checks that need its parse: its load method can load it. Returns the lines of
+/// the checks passed.
+fn module_lines(m: &Manifest, module: &Object, sum: &str) -> Result<Vec<CheckLine>> {
     let path = &m.module.path;
-    let (module, sum) = verified_module(path, &m.module.sha256, "the manifest")?;
     if module.has_tls && m.module.load != LoadMethod::Dlopen {
         return Err(Error::bad_input(format!(
             "patch module {}: uses thread-local storage, which load: mmap does not support",
@@ -52,11 +71,10 @@ pub fn module_checks(m: &Manifest) -> Result<(Object, Vec<CheckLine>)> {
         ))
         .hint("use load: dlopen, where the target's dynamic linker sets up the module's TLS"));
     }
-    let lines = vec![
+    Ok(vec![
         ok("module checksum", format!("sha256 {sum}")),
         ok("module", format!("{} (ELF x86-64 shared object, {} relocations)", path.display(), module.relocs.len())),
-    ];
-    Ok((module, lines))
+    ])
 }
 
 /// The patch module file at `path`, whose checksum must be `sha256` (as `whose` says: the
@@ -178,9 +196,8 @@ impl Session<'_> {
     /// Every check apply makes, touching nothing. Each check passed is pushed to `lines`; the
     /// first that fails is returned as the error.
     pub fn prepare(&mut self, m: &Manifest, reg: &Registry, lines: &mut Vec<CheckLine>) -> Result<Prepared> {
-        let (module, passed) = module_checks(m)?;
+        let (module, passed) = module_checks_shared(m, self.engine.shared.as_deref())?;
         lines.extend(passed);
-        let module = Arc::new(module);
         let object = self.object_checks(m, lines)?;
         let has_registry = registry::locate(&self.target.maps).is_some();
         lines.push(ok("process", self.process_checks(has_registry, m.module.load)?));

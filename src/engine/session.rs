@@ -62,6 +62,7 @@ impl<'e> Session<'e> {
         // Another pannus may have changed the process while this one waited for the lock:
         // everything planned from here on (holes, registry, entries) reads it as it is now.
         target.refresh_maps()?;
+        target.share(engine.shared.clone());
         Ok(Session { engine, target, _lock: lock, gadgets: None, unwinder: None })
     }
 
@@ -101,16 +102,22 @@ impl<'e> Session<'e> {
         Ok(match self.gadgets {
             Some(g) => g,
             None => {
-                let cached = self
-                    .registry()
-                    .ok()
-                    .and_then(|r| r.gadgets)
-                    .map(|[syscall_ret, ret, restorer]| {
-                        // The registry keeps the three above; a store of `%rax` is found anew.
-                        let store = maps::find_store(&self.target.mem, &self.target.maps);
-                        pannus_kernel::Gadgets { syscall_ret, ret, restorer, store }
-                    })
-                    .filter(|g| maps::verify_gadgets(&self.target.mem, g));
+                let shared = self.engine.shared.as_deref();
+                // Where another process of the run had them, in the same files.
+                let elsewhere = shared.and_then(|s| s.gadgets(&self.target.maps));
+                let mem = &self.target.mem;
+                let recorded = self.registry().ok().and_then(|r| r.gadgets).and_then(|[syscall_ret, ret, restorer]| {
+                    let with = |store| pannus_kernel::Gadgets { syscall_ret, ret, restorer, store };
+                    // The registry keeps the three above; a store of `%rax` is found anew (first
+                    // where another process of the run had it).
+                    let valid = |g: &pannus_kernel::Gadgets| maps::verify_gadgets(mem, g);
+                    elsewhere
+                        .and_then(|g| g.store)
+                        .map(|s| with(Some(s)))
+                        .filter(valid)
+                        .or_else(|| Some(with(maps::find_store(mem, &self.target.maps))).filter(valid))
+                });
+                let cached = recorded.or_else(|| elsewhere.filter(|g| maps::verify_gadgets(mem, g)));
                 let g = cached.map(Ok).unwrap_or_else(|| {
                     maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
                         Error::precondition(format!(
@@ -120,6 +127,9 @@ impl<'e> Session<'e> {
                         .hint("pannus patches dynamically linked glibc or musl programs")
                     })
                 })?;
+                if let Some(shared) = shared {
+                    shared.remember_gadgets(&self.target.maps, &g);
+                }
                 self.gadgets = Some(g);
                 g
             }

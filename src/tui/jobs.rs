@@ -321,7 +321,7 @@ fn run(engine: &Engine, job: Job, tx: &Sender<Event>, cancel: &AtomicBool, watch
                 }
                 // As a rollback from the console, it finishes whole once started (rollback is
                 // the safe direction); each process's rollback is journaled.
-                crate::install::uninstall(engine, &order, None, &mut |_| {})
+                crate::install::uninstall(engine, &order, None, &mut |_: &str| {})
             });
             Event::Uninstalled { patch, result }
         }
