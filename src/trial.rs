@@ -342,19 +342,19 @@ fn until_done(
     }
 }
 
-/// Starts a detached `pannus trial-watch` for `patch`: it carries out the trial's `on_expiry`
-/// policy at the deadline even when no pannus runs in the foreground (the engineer's terminal
-/// may have dropped), and exits as soon as the patch leaves trial by any other way.
-pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std::process::Child> {
+/// Starts a detached `pannus trial-watch ARGS`, its standard input `stdin`, at the policy a
+/// watcher keeps (see [`spawn_trial_watcher`]).
+fn start_watcher(engine: &Engine, args: &[&str], stdin: std::process::Stdio) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
     let mut command = Command::new(exe);
     pannus_kernel::keep_urgent(&mut command);
     let child = command
-        .args(["trial-watch", "--pid", &pid.to_string(), patch])
+        .arg("trial-watch")
+        .args(args)
         .env("PANNUS_STATE_DIR", &engine.state_dir)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
@@ -372,6 +372,13 @@ pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std
     Ok(child)
 }
 
+/// Starts a detached `pannus trial-watch` for `patch`: it carries out the trial's `on_expiry`
+/// policy at the deadline even when no pannus runs in the foreground (the engineer's terminal
+/// may have dropped), and exits as soon as the patch leaves trial by any other way.
+pub fn spawn_trial_watcher(engine: &Engine, pid: i32, patch: &str) -> Result<std::process::Child> {
+    start_watcher(engine, &["--pid", &pid.to_string(), patch], std::process::Stdio::null())
+}
+
 /// One detached trial watcher for `patch` in many processes (`apply --all`), instead of one
 /// process each: started with the first process patched, it is given each process as soon as
 /// the patch is on trial there, and once the run is over (or the pannus running it is gone, even
@@ -385,24 +392,7 @@ pub struct TrialWatchers {
 impl TrialWatchers {
     /// Starts the watcher, with no process yet.
     pub fn spawn(engine: &Engine, patch: &str) -> Result<TrialWatchers> {
-        use std::os::unix::process::CommandExt;
-        use std::process::{Command, Stdio};
-        let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the pannus binary: {e}")))?;
-        let mut command = Command::new(exe);
-        pannus_kernel::keep_urgent(&mut command);
-        let mut child = command
-            .args(["trial-watch", "--pids-from-stdin", patch])
-            .env("PANNUS_STATE_DIR", &engine.state_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::other(format!("cannot start the trial watcher: {e}")))?;
-        // As spawn_trial_watcher's: at SCHED_IDLE unless the CPUs are saturated.
-        if !pannus_kernel::is_urgent() {
-            pannus_kernel::background(child.id() as i32);
-        }
+        let mut child = start_watcher(engine, &["--pids-from-stdin", patch], std::process::Stdio::piped())?;
         let pids = child.stdin.take().ok_or_else(|| Error::other("cannot start the trial watcher: no pipe to it"))?;
         Ok(TrialWatchers { child, pids })
     }
