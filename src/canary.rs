@@ -44,9 +44,20 @@ impl Rollout {
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether `patch` is still applied (in trial or committed) in canary `pid`; why not otherwise.
-fn still_patched(pid: i32, patch: &str) -> Result<(), String> {
+/// Root's own record (the ledger, which a rollback forgets) decides first: the process's
+/// registry, which the process can write, can only add a reason to fail.
+fn still_patched(engine: &Engine, pid: i32, patch: &str) -> Result<(), String> {
     if !pannus_kernel::process_exists(pid) {
         return Err(format!("canary process {pid} exited during the canary trial"));
+    }
+    match crate::ledger::load(&engine.state_dir, pid, patch) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(format!(
+                "`{patch}` was rolled back in canary process {pid} (its health check failed, or by hand)"
+            ))
+        }
+        Err(e) => return Err(format!("the record of `{patch}` in canary process {pid} cannot be read: {e}")),
     }
     match engine::read_status(pid) {
         Ok((_, reg)) => match reg.get(patch) {
@@ -105,7 +116,7 @@ pub fn apply(
         let end = Instant::now() + canary.trial;
         'watch: loop {
             for &pid in &patched {
-                if let Err(why) = still_patched(pid, &m.patch) {
+                if let Err(why) = still_patched(engine, pid, &m.patch) {
                     failure = Some(why);
                     break 'watch;
                 }
