@@ -2,9 +2,8 @@
 //! a binary (see `crate::install`), applied to and rolled back from every process of it with
 //! `apply --all` and `rollback --all`'s machinery.
 
-use super::{
-    ask, interrupt, output, print_rollout, print_summary, processes_text, require_terminal_or_yes, RolloutDoc,
-};
+use super::fleet_cmd::{print_rollout, print_summary, processes_text, RolloutDoc};
+use super::{ask, interrupt, output, require_terminal_or_yes};
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::install::{self, Installed, Record, State};
