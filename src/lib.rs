@@ -20,6 +20,7 @@ mod elf;
 mod engine;
 mod error;
 mod fleet;
+mod forks;
 pub mod install;
 mod journal;
 mod ledger;

@@ -76,10 +76,37 @@ impl Process {
         self.applied().max_by_key(|p| p.seq)
     }
 
+    /// The process it was forked from, when its applied patches are copies the fork gave it
+    /// (see [`PatchRecord::forked_from`]).
+    pub fn forked_from(&self) -> Option<i32> {
+        self.applied().find_map(|r| r.forked_from(self.pid.get()))
+    }
+
     /// The owner's user name, or the uid when names were not looked up.
     pub fn owner(&self) -> String {
         self.user.clone().unwrap_or_else(|| self.uid.to_string())
     }
+}
+
+/// `procs` in their order, except that each process forked from another one in the list comes
+/// right after it (see [`Process::forked_from`]).
+pub fn forks_after_parents<T>(procs: Vec<T>, of: impl Fn(&T) -> &Process) -> Vec<T> {
+    let pids: Vec<i32> = procs.iter().map(|p| of(p).pid.get()).collect();
+    let parents: Vec<Option<i32>> =
+        procs.iter().map(|p| of(p).forked_from().filter(|f| pids.contains(f) && *f != of(p).pid.get())).collect();
+    let mut slots: Vec<Option<T>> = procs.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(slots.len());
+    // Each process without a parent in the list, then its children, theirs, and so on.
+    let mut stack: Vec<usize> = (0..slots.len()).rev().filter(|&i| parents[i].is_none()).collect();
+    while let Some(i) = stack.pop() {
+        let Some(p) = slots[i].take() else { continue };
+        let pid = of(&p).pid.get();
+        out.push(p);
+        stack.extend((0..slots.len()).rev().filter(|&j| parents[j] == Some(pid) && slots[j].is_some()));
+    }
+    // What no parent reached (records that name each other): as they were.
+    out.extend(slots.into_iter().flatten());
+    out
 }
 
 /// Which processes a walk lists.

@@ -192,6 +192,19 @@ pub struct PatchRecord {
     /// freed memory. A pointer there keeps no module mapped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unwind_tables: Vec<[u64; 2]>,
+    /// The process the patch was applied to. A process whose record names another one is a
+    /// child forked from it since (or from one of its descendants), carrying a copy of the
+    /// record (see [`PatchRecord::forked_from`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_in: Option<i32>,
+}
+
+impl PatchRecord {
+    /// The process this copy of the record was forked from, when process `pid` holds a copy it
+    /// inherited rather than the record of a patch applied to it.
+    pub fn forked_from(&self, pid: i32) -> Option<i32> {
+        self.applied_in.filter(|&p| p != pid)
+    }
 }
 
 /// A page of jump stubs mapped near the target object.
@@ -342,6 +355,24 @@ pub struct Health {
     pub last: String,
     /// Unix seconds of the last run.
     pub last_at: u64,
+}
+
+impl Health {
+    /// Counts one run of the check that gave `result`.
+    pub fn record(&mut self, result: std::result::Result<(), String>) {
+        self.runs += 1;
+        self.last_at = crate::engine::now_secs();
+        match result {
+            Ok(()) => {
+                self.failing = 0;
+                self.last = "ok".into();
+            }
+            Err(why) => {
+                self.failing += 1;
+                self.last = why;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -223,6 +223,7 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
     };
     let mut next_check: Option<Instant> = None;
     let mut health = Health::default();
+    let mut copies = crate::forks::CopiesHealth::default();
     let mut entry: Option<ledger::Entry> = None;
     // Whether the journal says the commit waits for a patch it requires.
     let mut said_postponed = false;
@@ -256,24 +257,24 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
             if Instant::now() >= due {
                 on_duty();
                 next_check = Some(Instant::now() + interval);
-                let result = run_health_check(&h, pid, patch);
-                health.runs += 1;
-                health.last_at = now_secs();
-                match &result {
-                    Ok(()) => {
-                        health.failing = 0;
-                        health.last = "ok".into();
-                    }
-                    Err(why) => {
-                        health.failing += 1;
-                        health.last = why.clone();
-                    }
-                }
-                if health.failing >= h.failures {
-                    let why = format!(
+                health.record(run_health_check(&h, pid, patch));
+                // The children forked since the patch was applied run its code too.
+                let copy_failed = copies.check(engine, &h, pid, patch, (rec.applied_at, rec.module_base));
+                let why = if health.failing >= h.failures {
+                    Some(format!(
                         "health check failed {} time(s) in a row during the trial: {}",
                         health.failing, health.last
-                    );
+                    ))
+                } else {
+                    copy_failed.map(|(child, ch)| {
+                        format!(
+                            "health check failed {} time(s) in a row during the trial in process {child}, forked \
+                             from this one: {}",
+                            ch.failing, ch.last
+                        )
+                    })
+                };
+                if let Some(why) = why {
                     return until_done(engine, pid, patch, "health-check rollback", || {
                         let mut s = Session::open(engine, pid)?;
                         let _ = s.record_health(patch, &health);
@@ -429,61 +430,6 @@ pub fn watch_trials(engine: &Engine, patch: &str, pids: impl std::io::BufRead) -
     Ok(())
 }
 
-/// The parent of process `pid`, by `/proc/PID/stat`.
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields follow its last `)`.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Whether `pid` descends from `ancestor` (within 64 generations).
-fn descends_from(pid: i32, ancestor: i32) -> bool {
-    let mut at = pid;
-    for _ in 0..64 {
-        match parent_of(at) {
-            Some(p) if p == ancestor => return true,
-            Some(p) if p > 1 => at = p,
-            _ => return false,
-        }
-    }
-    false
-}
-
-/// Ends `patch` in every descendant of `parent` that still carries the copy of its trial the
-/// fork gave it (the same record: applied at `applied.0`, module at `applied.1`), as the trial
-/// ended in `parent`: committed, or rolled back. Journaled per process.
-pub fn follow_forks(engine: &Engine, parent: i32, patch: &str, applied: (u64, u64), outcome: State) {
-    let copies: Vec<i32> = crate::processes::list(crate::processes::Scope::Patched, None)
-        .into_iter()
-        .map(|p| (p.pid.get(), p.patches))
-        .filter(|(pid, patches)| {
-            *pid != parent
-                && patches
-                    .iter()
-                    .any(|r| r.patch == patch && r.state == State::Trial && (r.applied_at, r.module_base) == applied)
-                && descends_from(*pid, parent)
-        })
-        .map(|(pid, _)| pid)
-        .collect();
-    for child in copies {
-        let why = format!("forked from process {parent}, whose trial of `{patch}` ended {outcome}");
-        for attempt in 0..5 {
-            let done = Session::open(engine, child).and_then(|mut s| match outcome {
-                State::Committed => s.commit(patch, &why).map(|_| ()),
-                _ => s.rollback_because(Some(patch), true, &why, &mut Quiet).map(|_| ()),
-            });
-            match done {
-                Ok(()) => break,
-                Err(_) if !pannus_kernel::process_exists(child) => break,
-                Err(e) if attempt == 4 => {
-                    let _ = engine.journal().record("trial-watch", child, "", Some(patch), outcome_of(&e), &e.message);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200 << attempt)),
-            }
-        }
-    }
-}
-
 /// The trial watcher's body ([`spawn_trial_watcher`] starts it at `SCHED_IDLE`): leaves the
 /// terminal's session, then waits for the trial to end.
 pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
@@ -499,13 +445,13 @@ pub fn watch_trial(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
 
 /// Waits for the trial of `patch` in process `pid` to end, carrying out its policy; a failure
 /// is journaled. Children the process forked since the patch was applied carry a copy of it
-/// and of its trial: they end it as the process did ([`follow_forks`]).
+/// and of its trial: they end it as the process did ([`crate::forks::follow`]).
 fn watch_one(engine: &Engine, pid: i32, patch: &str) -> Result<State> {
     let applied = read_status(pid).ok().and_then(|(_, reg)| reg.get(patch).map(|r| (r.applied_at, r.module_base)));
     let outcome = wait_trial(engine, pid, patch, |_| {});
     if let (Some(applied), Ok(state @ (State::Committed | State::RolledBack))) = (applied, &outcome) {
         if pannus_kernel::process_exists(pid) {
-            follow_forks(engine, pid, patch, applied, *state);
+            crate::forks::follow(engine, pid, patch, applied, *state);
         }
     }
     match outcome {

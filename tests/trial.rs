@@ -320,3 +320,74 @@ fn a_forked_child_follows_its_parent_at_the_end_of_the_trial() {
     let st = state.status(child);
     assert_eq!(st["patches"][0]["state"], "rolled-back", "{st}");
 }
+
+/// A forked child is shown with the process it was forked from: `status` and `ps` name the
+/// parent, and `ps` lists the child right after it.
+#[test]
+fn a_forked_child_is_shown_with_its_parent() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let m = state.manifest("fork-shown", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.apply(&m, t.pid).ok();
+    let out = state.path().join("child-answer");
+    let child: i32 = t.ask(&format!("K {}", out.display())).parse().unwrap();
+    wait_until("the child answers patched", || child_answer(&out) == "500");
+
+    let st = state.status(child);
+    assert_eq!(st["forked_from"], t.pid, "{st}");
+    assert_eq!(st["patches"][0]["forked_from"], t.pid, "{st}");
+    assert_eq!(st["patches"][0]["state"], "trial", "{st}");
+    let parent = state.status(t.pid);
+    assert!(parent["forked_from"].is_null(), "{parent}");
+    assert!(parent["patches"][0]["forked_from"].is_null(), "{parent}");
+
+    let text = state.pannus(&["status", "--pid", &child.to_string()]).ok().stdout;
+    assert!(text.contains(&format!("forked from process {}", t.pid)), "{text}");
+
+    let ps = state.pannus(&["ps"]).ok().stdout;
+    let lines: Vec<&str> = ps.lines().collect();
+    let at = |pid: i32| lines.iter().position(|l| l.split_whitespace().next() == Some(&pid.to_string()));
+    let (p, c) = (at(t.pid).expect("parent listed"), at(child).expect("child listed"));
+    assert_eq!(c, p + 1, "the child comes right after its parent:\n{ps}");
+    assert!(lines[c].contains(&format!("(forked from {})", t.pid)), "{ps}");
+}
+
+/// The health check runs in the forked children too: when it fails in a child (here a file
+/// that marks that child unhealthy), the patch is rolled back in the parent and in every
+/// child, and the parent's record says which child failed.
+#[test]
+fn a_health_check_failing_in_a_forked_child_rolls_back_everywhere() {
+    let state = State::new();
+    let mut t = Proc::start("target_pie");
+    let marks = state.path().join("unhealthy");
+    std::fs::create_dir(&marks).unwrap();
+    let m = state.manifest(
+        "fork-health",
+        "target_pie",
+        "patch_compute.so",
+        &[("compute", "compute_v2")],
+        &format!(
+            "trial:\n  duration: 10m\n  on_expiry: commit\n  health_check:\n    command: test ! -e {}/$PANNUS_PID\n    interval: 200ms\n    failures: 2\n",
+            marks.display()
+        ),
+    );
+    state.apply(&m, t.pid).ok();
+    let (out_a, out_b) = (state.path().join("child-a"), state.path().join("child-b"));
+    let a: i32 = t.ask(&format!("K {}", out_a.display())).parse().unwrap();
+    let b: i32 = t.ask(&format!("K {}", out_b.display())).parse().unwrap();
+    wait_until("both children answer patched", || child_answer(&out_a) == "500" && child_answer(&out_b) == "500");
+    // The healthy child's checks are recorded in it.
+    wait_until("the health check runs in a child", || {
+        state.status(a)["patches"][0]["health"]["runs"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(t.ask("c 5"), "500", "the parent stays patched while every check passes");
+
+    std::fs::write(marks.join(b.to_string()), "").unwrap();
+    wait_until("the parent is rolled back", || t.ask("c 5") == "6");
+    wait_until("both children are rolled back", || child_answer(&out_a) == "6" && child_answer(&out_b) == "6");
+    let parent = state.status(t.pid);
+    assert_eq!(parent["patches"][0]["state"], "rolled-back", "{parent}");
+    let note = parent["patches"][0]["note"].as_str().unwrap_or_default();
+    assert!(note.contains(&format!("in process {b}, forked from this one")), "{note}");
+    assert_eq!(state.status(a)["patches"][0]["state"], "rolled-back");
+}

@@ -214,6 +214,7 @@ fn fleet_status(engine: &Engine, json: bool) -> Result<()> {
     if carry_out_overdue_all(engine, &procs) {
         procs = crate::fleet::status();
     }
+    let procs = crate::processes::forks_after_parents(procs, |p| p);
     if json {
         return output::print(&output::Processes::new(&procs, |p| &p.patches));
     }

@@ -685,7 +685,11 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
             _ => String::new(),
         };
         let req = if p.requires.is_empty() { String::new() } else { format!(", requires {}", p.requires.join(", ")) };
-        say!("  {} {} [{}{trial}{req}]", p.patch, p.version, p.state);
+        let forked = match p.forked_from(pid) {
+            Some(parent) if p.state.is_applied() => format!(", forked from process {parent}"),
+            _ => String::new(),
+        };
+        say!("  {} {} [{}{trial}{req}{forked}]", p.patch, p.version, p.state);
         if p.state.is_applied() {
             for f in &p.functions {
                 say!(
@@ -734,6 +738,7 @@ fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
     if carry_out_overdue_all(engine, &procs) {
         procs = processes::list(scope(), None);
     }
+    let procs = processes::forks_after_parents(procs, |p| p);
     if json {
         return output::print(&output::Processes::new(&procs, Process::applied));
     }
@@ -741,10 +746,15 @@ fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
     say!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
     for p in &procs {
         let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, state_word(r, now))).collect();
+        // A child forked from a patched process: under its parent, saying so.
+        let (name, forked) = match p.forked_from() {
+            Some(parent) => (format!("└ {}", p.name), format!("  (forked from {parent})")),
+            None => (p.name.clone(), String::new()),
+        };
         say!(
-            "{:>8}  {:<16} {:<10} {}{}",
+            "{:>8}  {:<16} {:<10} {}{}{forked}",
             p.pid,
-            p.name,
+            name,
             applied.len(),
             p.exe,
             if applied.is_empty() { String::new() } else { format!("  {}", applied.join(" ")) }

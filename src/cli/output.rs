@@ -60,6 +60,9 @@ pub struct Patch<'a> {
     pub health_check: Option<&'a HealthCheck>,
     pub health: Option<&'a Health>,
     pub note: Option<&'a str>,
+    /// The process this one was forked from, when it carries a copy of the patch that the fork
+    /// gave it rather than a patch applied to it.
+    pub forked_from: Option<i32>,
 }
 
 /// A replaced function of a [`Patch`].
@@ -105,6 +108,7 @@ impl<'a> From<&'a PatchRecord> for Patch<'a> {
             health_check: p.health_check.as_ref(),
             health: p.health.as_ref(),
             note: p.note.as_deref(),
+            forked_from: None,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct ProcessPatches<'a> {
     pub pid: i32,
     pub name: &'a str,
     pub exe: &'a str,
+    /// The process it was forked from, when its patches are copies the fork gave it.
+    pub forked_from: Option<i32>,
     pub patches: Vec<Patch<'a>>,
 }
 
@@ -151,7 +157,10 @@ impl<'a> ProcessPatches<'a> {
         exe: &'a str,
         patches: impl IntoIterator<Item = &'a PatchRecord>,
     ) -> ProcessPatches<'a> {
-        ProcessPatches { pid, name, exe, patches: patches.into_iter().map(Patch::from).collect() }
+        let patches: Vec<Patch> =
+            patches.into_iter().map(|r| Patch { forked_from: r.forked_from(pid), ..Patch::from(r) }).collect();
+        let forked_from = patches.iter().find_map(|p| p.forked_from);
+        ProcessPatches { pid, name, exe, forked_from, patches }
     }
 }
 

@@ -113,7 +113,7 @@ impl Session<'_> {
     /// Stages 1 to 4, the trial recorded before stage 4.
     fn stages(&mut self, p: &Prepared, run: &mut Applying) -> Result<()> {
         let m = &p.manifest;
-        let record = new_record(p, &run.reg);
+        let record = new_record(p, &run.reg, self.target.pid);
         // Stages 1 to 3 mostly wait for the borrowed thread: at the normal policy (see
         // SpareCpu::pause).
         let paused = pannus_kernel::SpareCpu::pause();
@@ -133,7 +133,7 @@ impl Session<'_> {
 }
 
 /// The record of a patch about to be loaded, as the registry keeps it.
-fn new_record(p: &Prepared, reg: &Registry) -> PatchRecord {
+fn new_record(p: &Prepared, reg: &Registry, pid: i32) -> PatchRecord {
     let m = &p.manifest;
     PatchRecord {
         patch: m.patch.clone(),
@@ -171,5 +171,6 @@ fn new_record(p: &Prepared, reg: &Registry) -> PatchRecord {
         init_ran: false,
         unwind_tables: Vec::new(),
         module_fd: None,
+        applied_in: Some(pid),
     }
 }

@@ -392,7 +392,7 @@ impl App {
     /// The rows the process list shows, after the filter and the patched-only and kernel-thread
     /// toggles, in the order of [`App::sort`]: by default processes with a patch in trial (or
     /// stopped between stages) first, then those with committed patches, then the others, each
-    /// in pid order.
+    /// in pid order; a child forked from a patched process right under its parent.
     pub fn visible(&self) -> Vec<&Process> {
         let f = self.filter.to_lowercase();
         let mut rows: Vec<&Process> = self
@@ -416,7 +416,7 @@ impl App {
                 o
             }
         });
-        rows
+        crate::processes::forks_after_parents(rows, |r| r)
     }
 
     pub fn selected_index(&self) -> Option<usize> {

@@ -66,6 +66,7 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         init_ran: false,
         unwind_tables: Vec::new(),
         module_fd: None,
+        applied_in: None,
     }
 }
 
@@ -1079,4 +1080,32 @@ fn what_goes_with_an_installed_patch_is_everything_that_requires_it_theirs_first
     assert_eq!(list.dependents("a"), ["c", "b", "d"], "the order uninstall --cascade takes them in");
     assert_eq!(list.dependents("b"), ["c"]);
     assert!(list.dependents("e").is_empty());
+}
+
+#[test]
+fn a_forked_child_is_listed_under_its_parent_and_says_so() {
+    let mut a = app();
+    let copies = |pid| {
+        let mut p = patch("invite-fix", 2, State::Trial, &["base-fix"], 252);
+        p.applied_in = Some(pid);
+        p
+    };
+    let mut rows = a.snapshot.rows.clone();
+    for r in rows.iter_mut().filter(|r| r.pid.get() == 812) {
+        r.patches.iter_mut().for_each(|p| p.applied_in = Some(812));
+    }
+    rows.push(row(3001, "sipd", vec![copies(812)]));
+    a.set_snapshot(Snapshot { rows });
+    let order: Vec<i32> = a.visible().iter().map(|r| r.pid.get()).collect();
+    let at = order.iter().position(|&p| p == 812).unwrap();
+    assert_eq!(order[at + 1], 3001, "{order:?}");
+    let list = screen(&a, 120, 40);
+    let line = list.lines().find(|l| l.contains("3001")).unwrap();
+    assert!(line.contains("└ sipd"), "{list}");
+
+    a.selected = Some(3001);
+    a.on_key(key(KeyCode::Enter));
+    let detail = screen(&a, 120, 40);
+    assert!(detail.contains("FORKED FROM 812"), "{detail}");
+    assert!(detail.contains("a copy forked from process 812"), "{detail}");
 }

@@ -60,6 +60,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             } else {
                 Span::raw("")
             },
+            match row.forked_from() {
+                Some(parent) => Span::styled(format!("FORKED FROM {parent}  "), theme.warn()),
+                None => Span::raw(""),
+            },
             Span::raw(row.exe.trim_end_matches(" (deleted)").to_string()),
         ])),
         info,
@@ -119,11 +123,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         let [a, b] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(rest);
         (a, b)
     };
-    functions(f, fa, selected, app.pane == Pane::Functions, theme);
+    functions(f, fa, row.pid.get(), selected, app.pane == Pane::Functions, theme);
     graph(f, ga, &row.patches, selected.map(|p| p.patch.as_str()), app.pane == Pane::Graph, theme);
 }
 
-fn functions(f: &mut Frame, area: Rect, p: Option<&PatchRecord>, focused: bool, theme: Theme) {
+fn functions(f: &mut Frame, area: Rect, pid: i32, p: Option<&PatchRecord>, focused: bool, theme: Theme) {
     let mut lines = Vec::new();
     let title = match p {
         Some(p) => format!(" Functions of {} ", p.patch),
@@ -158,6 +162,12 @@ fn functions(f: &mut Frame, area: Rect, p: Option<&PatchRecord>, focused: bool, 
         ));
         if let Some(n) = &p.note {
             lines.push(Line::styled(n.clone(), theme.dim()));
+        }
+        if let Some(parent) = p.forked_from(pid).filter(|_| p.state.is_applied()) {
+            lines.push(Line::styled(
+                format!("a copy forked from process {parent}: its trial ends here as it ends there"),
+                theme.warn(),
+            ));
         }
     }
     f.render_widget(Paragraph::new(lines).block(focus(Block::bordered().title(title), focused, theme)), area);

@@ -56,7 +56,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             cols.row(vec![
                 Cell::from(r.pid.to_string()),
                 Cell::from(badge.text()).style(style),
-                Cell::from(r.name.clone()),
+                Cell::from(match r.forked_from() {
+                    Some(_) => format!("└ {}", r.name),
+                    None => r.name.clone(),
+                }),
                 Cell::from(if patches == 0 { "-".to_string() } else { patches.to_string() }),
                 Cell::from(r.threads.to_string()),
                 Cell::from(r.owner()),
