@@ -15,7 +15,7 @@
 use crate::engine::{now_secs, outcome_of, Engine, Observer, Session, Stage};
 use crate::error::{Error, Kind, Result};
 use crate::install::{self, Installed, State as InstallState};
-use crate::registry::OnExpiry;
+use crate::registry::{OnExpiry, State};
 use crate::target::Target;
 use pannus_kernel::exec_hold;
 use pannus_kernel::exec_watch::{ExecWatch, HeldExec};
@@ -391,7 +391,11 @@ fn still_needed(pid: i32, needed: &[&Wanted]) -> Option<(Vec<Installed>, Vec<Str
         let m = &w.installed.manifest;
         let same_build = target.find_object(&m.target.object).ok().and_then(|l| target.build_id_in_memory(&l));
         let applied = reg.get(&m.patch).is_some_and(|r| r.state.is_applied());
-        if same_build.is_none() || applied {
+        // Rolled back in this process (by hand, by its trial, by the `apply` that failed): not
+        // applied again behind the operator's back. A later build of the module still is.
+        let rolled_back =
+            reg.get(&m.patch).is_some_and(|r| r.state == State::RolledBack && r.module_sha256 == m.module.sha256);
+        if same_build.is_none() || applied || rolled_back {
             settled.push(m.patch.clone());
         } else {
             todo.push(w.installed.clone());

@@ -273,6 +273,32 @@ fn a_daemon_killed_with_sigkill_and_started_again_patches_new_processes() {
     restarts(&state, 3, "committed");
 }
 
+/// A patch rolled back by hand in one process stays rolled back there: a daemon started again
+/// (which looks at every process) does not apply it to that process again, while it still
+/// applies it to the others.
+#[test]
+fn a_daemon_started_again_leaves_a_process_rolled_back_by_hand_alone() {
+    let _one = one_at_a_time();
+    let state = State::new();
+    install(&state, &compute_fix(&state), "committed", None);
+    let mut kept_out = Proc::start("target_pie");
+    let mut d = Daemon::start(&state, &[]);
+    wait_until("the running process is patched", || kept_out.ask("c 5") == "500");
+    state.rollback(kept_out.pid, Some("compute-fix")).ok();
+    assert_eq!(kept_out.ask("c 5"), "6");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait(), 0, "{}", d.log());
+
+    let mut other = Proc::start("target_pie");
+    let d = Daemon::start(&state, &[]);
+    wait_until("the other process is patched", || other.ask("c 5") == "500");
+    wait_until("the daemon has looked at every process", || {
+        d.log().contains(&format!("applied to process {}", other.pid))
+    });
+    assert_eq!(kept_out.ask("c 5"), "6", "{}", d.log());
+    assert!(!d.log().contains(&format!("process {}", kept_out.pid)), "{}", d.log());
+}
+
 #[test]
 fn a_patch_in_a_shared_library_applies_to_new_processes_of_another_program() {
     let _one = one_at_a_time();
