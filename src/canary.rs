@@ -75,6 +75,11 @@ fn still_patched(engine: &Engine, pid: i32, patch: &str) -> Result<(), String> {
     }
 }
 
+/// The processes of `plan` that go first.
+pub fn canaries(plan: &Plan, canary: Canary) -> Vec<i32> {
+    plan.members.iter().take(canary.count).map(|m| m.pid.get()).collect()
+}
+
 /// Applies `m` to the processes of `plan`, the first `canary.count` of them first.
 pub fn apply(
     engine: &Engine,

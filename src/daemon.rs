@@ -112,6 +112,7 @@ pub fn run(engine: &Engine, options: Options, stopped: fn() -> Option<&'static s
         execs,
         wanted: Vec::new(),
         said: HashSet::new(),
+        listed: false,
         handled: HashMap::new(),
         busy: HashMap::new(),
         working: HashSet::new(),
@@ -176,6 +177,8 @@ struct Daemon {
     /// fanotify on the installed patches' objects, where it can be had.
     execs: Option<Arc<ExecWatch>>,
     wanted: Vec<Wanted>,
+    /// Whether the installed patches were logged once (then each time they change).
+    listed: bool,
     /// Problems already logged (an installed patch that does not read), so each is said once.
     said: HashSet<String>,
     /// The patches done (applied, or given up) in each process.
@@ -206,6 +209,21 @@ impl Daemon {
         let mut wanted = Vec::new();
         for i in found {
             if i.state() == InstallState::RolledBack {
+                continue;
+            }
+            if let Some(run) = &i.record.canary {
+                let what = if run.running() {
+                    format!("a canary rollout is under way (pannus, pid {})", run.by)
+                } else {
+                    format!(
+                        "its canary rollout was interrupted (pannus, pid {}, is gone): `pannus install` again \
+                         finishes it, `pannus uninstall` ends it",
+                        run.by
+                    )
+                };
+                if self.said.insert(format!("{}: {what}", i.manifest.patch)) {
+                    log(&format!("`{}`: {what}; no other process gets it until it ends", i.manifest.patch));
+                }
                 continue;
             }
             match std::fs::metadata(&i.manifest.target.object) {
@@ -240,7 +258,8 @@ impl Daemon {
             *w = wanted.clone();
         }
         let ids = |w: &[Wanted]| w.iter().map(|w| w.installed.manifest.patch.clone()).collect::<Vec<_>>();
-        if ids(&wanted) != ids(&self.wanted) {
+        if ids(&wanted) != ids(&self.wanted) || !self.listed {
+            self.listed = true;
             let list = ids(&wanted);
             log(&format!("installed patches: {}", if list.is_empty() { "none".to_string() } else { list.join(", ") }));
         }

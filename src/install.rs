@@ -50,6 +50,46 @@ pub struct Record {
     /// Why it was rolled back, when it was.
     #[serde(default)]
     pub reason: Option<String>,
+    /// A canary rollout under way, or interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryRun>,
+}
+
+/// A canary rollout of an installed patch (`install --canary`): until it ends, the patch goes to
+/// no process but the canaries, new processes included (the daemon waits for it). A rollout
+/// whose pannus is gone (killed) was interrupted: the daemon goes on waiting, until `pannus
+/// install` runs again (and finishes the rollout) or the patch is uninstalled.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CanaryRun {
+    pub canaries: Vec<i32>,
+    /// The end of the canary trial (RFC 3339).
+    pub until: String,
+    /// The pannus running the rollout, and its start time (`/proc/PID/stat`).
+    pub by: i32,
+    pub by_start: u64,
+}
+
+impl CanaryRun {
+    /// A rollout run by this pannus, its canary trial starting now.
+    pub fn new(canaries: Vec<i32>, trial: std::time::Duration) -> CanaryRun {
+        let by = std::process::id() as i32;
+        CanaryRun {
+            canaries,
+            until: humantime::format_rfc3339_seconds(SystemTime::now() + trial).to_string(),
+            by,
+            by_start: crate::processes::start_time(by).unwrap_or(0),
+        }
+    }
+
+    /// Whether the pannus running it still runs.
+    pub fn running(&self) -> bool {
+        crate::processes::start_time(self.by) == Some(self.by_start)
+    }
+
+    /// Whether this pannus runs it.
+    pub fn mine(&self) -> bool {
+        self.by == std::process::id() as i32 && self.running()
+    }
 }
 
 impl Record {
@@ -241,6 +281,7 @@ pub fn install(state: &Path, path: &Path, m: &Manifest) -> Result<Installed> {
         state: if deadline.is_some() { State::Trial } else { State::Committed },
         trial_deadline: deadline,
         reason: None,
+        canary: None,
     };
     write_file(&sub, "state.json", &serde_json::to_vec(&record).map_err(|e| Error::other(e.to_string()))?)?;
     std::fs::rename(sub.path(), dir.path().join(&m.patch))
@@ -324,7 +365,12 @@ pub fn uninstall(
     let state = &engine.state_dir;
     for p in order {
         if let Some(i) = get(state, p)? {
-            let record = Record { state: State::RolledBack, trial_deadline: None, reason: Some("uninstall".into()) };
+            let record = Record {
+                state: State::RolledBack,
+                trial_deadline: None,
+                reason: Some("uninstall".into()),
+                canary: None,
+            };
             set_state(state, &i.manifest.patch, &record)?;
         }
     }

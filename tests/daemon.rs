@@ -389,3 +389,71 @@ fn install_then_new_processes_come_up_patched_and_uninstall_ends_it() {
     let mut u = Proc::start("target_pie");
     assert_eq!(u.ask("c 5"), "6", "nothing installed: a new process starts as it is");
 }
+
+/// While `pannus install --canary` keeps its canaries through their trial, the patch goes to no
+/// other process: not the running ones the daemon looks at each second, not the new ones.
+/// `installed` shows the rollout under way. The canary fails here: every other process is
+/// left as it was.
+#[test]
+fn a_canary_rollout_under_way_keeps_the_daemon_off_the_other_processes() {
+    let state = State::new();
+    let exe = state.path().join("svc");
+    std::fs::copy(bin("target_pie"), &exe).unwrap();
+    let module = bin("patch_compute.so");
+    let manifest = state.path().join("canary-fix.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "patch: canary-fix\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {}\n\
+             functions:\n  - target: compute\n    replacement: compute_v2\n\
+             trial:\n  duration: 10m\n  health_check:\n    command: test ! -e {}/unhealthy\n    interval: 200ms\n    failures: 1\n",
+            exe.display(),
+            build_id(&exe),
+            module.display(),
+            pannus::sha256_file(&module).unwrap(),
+            state.path().display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&state, &[]);
+    let mut procs = [Proc::spawn(Command::new(&exe)), Proc::spawn(Command::new(&exe))];
+    let rollout = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["install", manifest.to_str().unwrap(), "--canary", "1", "--canary-trial", "10m", "--yes", "--json"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut canary = None;
+    wait_until("a canary is patched", || {
+        canary = procs.iter_mut().position(|p| p.ask("c 5") == "500");
+        canary.is_some()
+    });
+    let canary = procs[canary.unwrap()].pid;
+    let list = state.pannus(&["installed", "--json"]).ok().json();
+    assert_eq!(list[0]["canary"]["canaries"], serde_json::json!([canary]), "{list}");
+    assert_eq!(list[0]["canary"]["running"], true, "{list}");
+    // A new process during the canary trial, and the daemon's looks at every process.
+    let mut new = Proc::spawn(Command::new(&exe));
+    wait_until("the daemon has looked at the new process", || {
+        d.log().contains("`canary-fix`: a canary rollout is under way") && new.ask("c 5") == "6"
+    });
+    // What must not happen has no event to wait for: the daemon looks at every process once a
+    // second, so the others are watched for two of its rounds.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(2) {
+        for p in procs.iter_mut().filter(|p| p.pid != canary).chain(std::iter::once(&mut new)) {
+            assert_eq!(p.ask("c 5"), "6", "process {} got the patch during the canary trial\n{}", p.pid, d.log());
+        }
+    }
+    std::fs::write(state.path().join("unhealthy"), "").unwrap();
+    let out = rollout.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    for p in procs.iter_mut().chain(std::iter::once(&mut new)) {
+        assert_eq!(p.ask("c 5"), "6", "process {} is as it was\n{}", p.pid, d.log());
+    }
+    let list = state.pannus(&["installed", "--json"]).ok().json();
+    assert_eq!(list[0]["state"], "rolled-back", "{list}");
+    assert!(list[0]["canary"].is_null(), "{list}");
+}

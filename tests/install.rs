@@ -232,3 +232,43 @@ fn an_install_whose_canary_fails_is_rolled_back_for_new_processes_too() {
     assert_eq!(one.ask("c 5"), "6");
     assert_eq!(two.ask("c 5"), "6");
 }
+
+/// An install killed during its canary trial leaves the rollout recorded as interrupted (the
+/// daemon goes on holding the patch back); `install` again finishes it.
+#[test]
+fn an_interrupted_canary_rollout_is_shown_and_install_again_finishes_it() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let mut procs = vec![b.start(), b.start()];
+    let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], PASSING_CHECK);
+    let mut rollout = Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .args(["install", m.to_str().unwrap(), "--canary", "1", "--canary-trial", "10m", "--yes", "--json"])
+        .env("PANNUS_STATE_DIR", state.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the canary trial runs", || installed(&state).first().is_some_and(|i| i["canary"]["running"] == true));
+    let list = installed(&state);
+    let canary = list[0]["canary"]["canaries"][0].as_i64().unwrap() as i32;
+    wait_until("the canary is on trial", || state.status(canary)["patches"][0]["state"] == "trial");
+    assert_eq!(list[0]["canary"]["canaries"].as_array().map(Vec::len), Some(1), "{list:?}");
+    assert!(list[0]["canary"]["remaining_s"].as_u64().unwrap() > 500, "{list:?}");
+    let busy = install(&state, &m);
+    assert_eq!(busy.code, 3, "a second install meanwhile is busy: {}{}", busy.stdout, busy.stderr);
+
+    rollout.kill().unwrap();
+    rollout.wait().unwrap();
+    let list = installed(&state);
+    assert_eq!(list[0]["canary"]["running"], false, "{list:?}");
+    let text = state.pannus(&["installed"]).ok().stdout;
+    assert!(text.contains("canary rollout interrupted"), "{text}");
+
+    let doc = install(&state, &m).ok().json();
+    assert!(doc["installed"]["canary"].is_null(), "{doc}");
+    for p in &mut procs {
+        assert_eq!(p.ask("c 5"), "500", "process {} has it", p.pid);
+    }
+    assert!(installed(&state)[0]["canary"].is_null());
+}

@@ -28,6 +28,17 @@ struct InstalledDoc<'a> {
     patched: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    /// A canary rollout under way (`running`), or interrupted.
+    canary: Option<CanaryDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct CanaryDoc<'a> {
+    canaries: &'a [i32],
+    until: &'a str,
+    remaining_s: Option<u64>,
+    running: bool,
+    by: i32,
 }
 
 fn doc(i: &Installed) -> InstalledDoc<'_> {
@@ -48,6 +59,13 @@ fn doc(i: &Installed) -> InstalledDoc<'_> {
         processes,
         patched,
         reason: i.record.reason.as_deref(),
+        canary: i.record.canary.as_ref().map(|c| CanaryDoc {
+            canaries: &c.canaries,
+            until: &c.until,
+            remaining_s: install::remaining(Some(&c.until)).map(|d| d.as_secs()),
+            running: c.running(),
+            by: c.by,
+        }),
     }
 }
 
@@ -87,6 +105,17 @@ pub fn install(
         }
     }
     let installed = install::install(&engine.state_dir, path, &m)?;
+    // Another pannus's canary rollout of it under way: not two at once. One interrupted (its
+    // pannus gone) is finished by this run.
+    if let Some(run) = installed.record.canary.as_ref().filter(|r| r.running()) {
+        return Err(Error::busy(format!(
+            "a canary rollout of `{}` is under way (pannus, pid {}, canaries {})",
+            m.patch,
+            run.by,
+            run.canaries.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+        ))
+        .hint("wait for it to end (pannus installed shows it)"));
+    }
     let options =
         crate::fleet::ApplyOptions { rollback_on_failure: false, watch: true, interrupted: Some(interrupt::received) };
     let mut progress = |line: &str| {
@@ -94,17 +123,24 @@ pub fn install(
             say!("{line}");
         }
     };
+    let patch = installed.manifest.patch.clone();
+    let record = |canary| Record { canary, ..installed.record.clone() };
     if let (Some(canary), Some(plan)) = (canary, plan.as_ref()) {
+        // Until the canaries pass, the daemon gives it to no new process.
+        let run = install::CanaryRun::new(crate::canary::canaries(plan, canary), canary.trial);
+        install::set_state(&engine.state_dir, &patch, &record(Some(run)))?;
         let rollout = crate::canary::apply(engine, &installed.manifest, plan, canary, options, &mut progress);
-        if let Some(why) = &rollout.failure {
+        let ended = match &rollout.failure {
             // The canaries failed: new processes must not get it either.
-            let record = Record {
+            Some(why) => Record {
                 state: State::RolledBack,
                 trial_deadline: None,
                 reason: Some(format!("canary failed: {why}")),
-            };
-            install::set_state(&engine.state_dir, &installed.manifest.patch, &record)?;
-        }
+                canary: None,
+            },
+            None => record(None),
+        };
+        install::set_state(&engine.state_dir, &patch, &ended)?;
         let installed = install::get(&engine.state_dir, &installed.manifest.patch)?.unwrap_or(installed);
         if json {
             output::print(&CanaryInstallDoc {
@@ -117,6 +153,14 @@ pub fn install(
         }
         return Ok(rollout.exit_code());
     }
+    // An interrupted rollout: this apply to every process finishes it.
+    let installed = match installed.record.canary {
+        Some(_) => {
+            install::set_state(&engine.state_dir, &patch, &record(None))?;
+            install::get(&engine.state_dir, &patch)?.unwrap_or(installed)
+        }
+        None => installed,
+    };
     let summary =
         plan.as_ref().map(|plan| crate::fleet::apply(engine, &installed.manifest, plan, options, &mut progress));
     let code = summary.as_ref().map_or(0, |s| s.exit_code());
@@ -216,6 +260,18 @@ pub fn list(engine: &Engine, json: bool) -> Result<()> {
             d.build_id,
             d.reason.map(|r| format!("  [{r}]")).unwrap_or_default()
         );
+        match &d.canary {
+            Some(c) if c.running => say!(
+                "  canary rollout under way: process(es) {}, {} left; no other process gets it until it ends",
+                c.canaries.iter().map(i32::to_string).collect::<Vec<_>>().join(", "),
+                humantime::format_duration(std::time::Duration::from_secs(c.remaining_s.unwrap_or(0)))
+            ),
+            Some(c) => say!(
+                "  canary rollout interrupted (pannus, pid {}, is gone): install it again to finish, or uninstall",
+                c.by
+            ),
+            None => {}
+        }
     }
     Ok(())
 }

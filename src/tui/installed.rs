@@ -25,6 +25,19 @@ pub struct Row {
     pub processes: usize,
     pub patched: usize,
     pub manifest: PathBuf,
+    /// A canary rollout under way, or interrupted.
+    pub canary: Option<Canary>,
+}
+
+/// A canary rollout of an installed patch, as the view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canary {
+    pub canaries: Vec<i32>,
+    /// The end of the canary trial (Unix seconds).
+    pub until: u64,
+    /// Whether the pannus running it still runs (else it was interrupted).
+    pub running: bool,
+    pub by: i32,
 }
 
 impl Row {
@@ -122,6 +135,12 @@ pub fn collect(state: &Path) -> List {
                         processes,
                         patched,
                         manifest: i.manifest_path,
+                        canary: i.record.canary.map(|c| Canary {
+                            running: c.running(),
+                            until: unix(&c.until).unwrap_or(0),
+                            canaries: c.canaries,
+                            by: c.by,
+                        }),
                     }
                 })
                 .collect(),

@@ -288,6 +288,7 @@ fn installed_row(patch: &str, object: &str, build_id: &str, state: InstalledStat
         processes: 3,
         patched: 3,
         manifest: format!("/var/lib/pannus/installed/{patch}/manifest.yaml").into(),
+        canary: None,
     }
 }
 
@@ -1108,4 +1109,23 @@ fn a_forked_child_is_listed_under_its_parent_and_says_so() {
     let detail = screen(&a, 120, 40);
     assert!(detail.contains("FORKED FROM 812"), "{detail}");
     assert!(detail.contains("a copy forked from process 812"), "{detail}");
+}
+
+#[test]
+fn the_installed_view_shows_a_canary_rollout_and_an_interrupted_one() {
+    let mut a = installed_app();
+    let mut list = a.installed.clone().unwrap();
+    for r in list.rows.iter_mut() {
+        let canary =
+            |running| crate::tui::installed::Canary { canaries: vec![2001, 2002], until: NOW + 180, running, by: 4242 };
+        match r.patch.as_str() {
+            "invite-fix" => r.canary = Some(canary(true)),
+            "lib-fix" => r.canary = Some(canary(false)),
+            _ => {}
+        }
+    }
+    a.set_installed(list);
+    let text = screen(&a, 120, 40);
+    assert!(text.contains("CANARY 2 processes, 03:00 left"), "{text}");
+    assert!(text.contains("CANARY INTERRUPTED (pannus 4242 gone)"), "{text}");
 }

@@ -32,6 +32,23 @@ const BUILD_ID: usize = 12;
 
 /// The state of installed patch `r` at `now` in words, and how to draw it.
 pub fn state_text(r: &Row, now: u64, theme: Theme) -> (String, Style) {
+    match (&r.canary, r.state_at(now)) {
+        (Some(c), State::Trial | State::Committed) if c.running => {
+            let n = c.canaries.len();
+            return (
+                format!(
+                    "CANARY {n} process{}, {} left",
+                    if n == 1 { "" } else { "es" },
+                    mmss(c.until.saturating_sub(now))
+                ),
+                theme.warn(),
+            );
+        }
+        (Some(c), State::Trial | State::Committed) => {
+            return (format!("CANARY INTERRUPTED (pannus {} gone): install again", c.by), theme.bad())
+        }
+        _ => {}
+    }
     match r.state_at(now) {
         State::Trial => match r.trial_deadline {
             Some(d) => {
@@ -164,7 +181,7 @@ fn detail(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         pids.push("none".into());
     }
     let (state, style) = state_text(r, app.now, theme);
-    let lines = vec![
+    let mut lines = vec![
         Line::from(vec![
             Span::styled(state, style),
             Span::raw(format!(" · {} of the {} processes running its build have it", r.patched, r.processes)),
@@ -179,6 +196,20 @@ fn detail(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         ]),
         Line::from(vec![Span::styled("manifest ", theme.dim()), Span::raw(r.manifest.display().to_string())]),
     ];
+    if let Some(c) = &r.canary {
+        let pids = c.canaries.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+        lines.push(Line::styled(
+            if c.running {
+                format!("canaries {pids}: no other process gets it, new ones included, until their trial passes")
+            } else {
+                format!(
+                    "canaries {pids}: the rollout's pannus ({}) is gone; pannus install finishes it, R rolls it back",
+                    c.by
+                )
+            },
+            theme.warn(),
+        ));
+    }
     f.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
