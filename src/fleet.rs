@@ -618,14 +618,20 @@ pub fn rollback(
     interrupted: Option<fn() -> Option<&'static str>>,
     progress: &mut dyn Report,
 ) -> Summary {
-    rollback_with(engine, plan, cascade, interrupted, workers(), progress)
+    rollback_with(engine, plan, cascade, "", interrupted, workers(), progress)
 }
 
-/// [`rollback`] on up to `workers` threads.
-pub fn rollback_with(
+/// [`rollback`] for a reason (`why`), recorded in the journal and each process's record.
+pub fn rollback_because(engine: &Engine, plan: &Plan, cascade: bool, why: &str, progress: &mut dyn Report) -> Summary {
+    rollback_with(engine, plan, cascade, why, None, workers(), progress)
+}
+
+/// [`rollback`] on up to `workers` threads, for a reason when `why` is not empty.
+fn rollback_with(
     engine: &Engine,
     plan: &Plan,
     cascade: bool,
+    why: &str,
     interrupted: Option<fn() -> Option<&'static str>>,
     workers: usize,
     progress: &mut dyn Report,
@@ -635,7 +641,7 @@ pub fn rollback_with(
     let work = |member: &Member| -> Outcome<engine::RolledBack> {
         let pid = member.pid.get();
         match Session::open(engine, pid)
-            .and_then(|mut session| session.rollback(Some(&plan.patch), cascade, &mut Quiet))
+            .and_then(|mut session| session.rollback_because(Some(&plan.patch), cascade, why, &mut Quiet))
         {
             Ok(done) => Outcome::Done(done),
             Err(error) => match skip_instead(pid, &plan.patch, Operation::Rollback, &error) {

@@ -392,6 +392,30 @@ pub fn uninstall(
     Ok(done)
 }
 
+/// The health check of `patch` failed during its trial in process `pid` (`why`), which rolled
+/// it back there. When that very patch (its module) is installed and not rolled back, it is
+/// recorded rolled back, so that no new process gets it, and rolled back from every process
+/// that has it (what requires it there first), each journaled with the reason.
+pub fn health_check_failed(engine: &crate::engine::Engine, pid: i32, patch: &str, module_sha256: &str, why: &str) {
+    let state = &engine.state_dir;
+    let Ok(Some(i)) = get(state, patch) else { return };
+    if i.manifest.module.sha256 != module_sha256 || i.state() == State::RolledBack {
+        return;
+    }
+    let reason = format!("health check failed in process {pid}: {why}");
+    let record = Record { state: State::RolledBack, trial_deadline: None, reason: Some(reason.clone()), canary: None };
+    let outcome = match set_state(state, patch, &record) {
+        Ok(()) => "ok",
+        Err(_) => "failed",
+    };
+    let detail = format!("installed patch rolled back everywhere, no new process gets it: {reason}");
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let _ = engine.journal().record("installed", pid, name.trim(), Some(patch), outcome, &detail);
+    if let Ok(plan) = crate::fleet::plan_rollback(patch) {
+        crate::fleet::rollback_because(engine, &plan, true, &detail, &mut |_: &str| {});
+    }
+}
+
 /// How many processes run the manifest's build of its object, and how many of them have the
 /// patch applied (in trial or committed).
 pub fn coverage(m: &Manifest) -> (usize, usize) {

@@ -275,7 +275,8 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
                     })
                 };
                 if let Some(why) = why {
-                    return until_done(engine, pid, patch, "health-check rollback", || {
+                    let module_sha256 = rec.module_sha256.clone();
+                    let ended = until_done(engine, pid, patch, "health-check rollback", || {
                         let mut s = Session::open(engine, pid)?;
                         let _ = s.record_health(patch, &health);
                         match s.registry()?.get(patch).map(|r| r.state) {
@@ -287,6 +288,11 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
                             None => Ok(State::RolledBack),
                         }
                     });
+                    // An installed patch: everywhere, and for new processes too.
+                    if matches!(ended, Ok(State::RolledBack)) {
+                        crate::install::health_check_failed(engine, pid, patch, &module_sha256, &why);
+                    }
+                    return ended;
                 }
                 // A result not recorded (the process is busy with another pannus) is recorded
                 // with the next one.

@@ -272,3 +272,43 @@ fn an_interrupted_canary_rollout_is_shown_and_install_again_finishes_it() {
     }
     assert!(installed(&state)[0]["canary"].is_null());
 }
+
+/// A health check failing in one process during the trial of an installed patch rolls it back
+/// everywhere and stops it for new processes: `installed` says why, the journal names the
+/// process where it failed.
+#[test]
+fn a_health_check_failing_in_one_process_rolls_an_installed_patch_back_everywhere() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let mut procs = vec![b.start(), b.start(), b.start()];
+    let marks = state.path().join("unhealthy");
+    std::fs::create_dir(&marks).unwrap();
+    let check = format!(
+        "trial:\n  duration: 10m\n  health_check:\n    command: test ! -e {}/$PANNUS_PID\n    interval: 200ms\n    failures: 2\n",
+        marks.display()
+    );
+    let m = b.manifest("health-fix", "patch_compute.so", &[("compute", "compute_v2")], &check);
+    install(&state, &m).ok();
+    for p in &mut procs {
+        assert_eq!(p.ask("c 5"), "500");
+    }
+    let sick = procs[1].pid;
+    std::fs::write(marks.join(sick.to_string()), "").unwrap();
+    for p in &mut procs {
+        wait_until("every process is rolled back", || p.ask("c 5") == "6");
+    }
+    let list = installed(&state);
+    assert_eq!(list[0]["state"], "rolled-back", "{list:?}");
+    let reason = list[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("health check failed in process {sick}")), "{reason}");
+    let others: Vec<i32> = procs.iter().map(|p| p.pid).filter(|&p| p != sick).collect();
+    let journal = journal(&state);
+    for pid in others {
+        assert!(
+            journal.iter().any(|e| e["pid"] == pid
+                && e["action"] == "rollback"
+                && e["detail"].as_str().unwrap_or_default().contains(&format!("in process {sick}"))),
+            "process {pid}'s rollback is journaled with the reason: {journal:#?}"
+        );
+    }
+}
