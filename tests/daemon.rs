@@ -417,14 +417,16 @@ fn a_canary_rollout_under_way_keeps_the_daemon_off_the_other_processes() {
     .unwrap();
     let d = Daemon::start(&state, &[]);
     let mut procs = [Proc::spawn(Command::new(&exe)), Proc::spawn(Command::new(&exe))];
-    let rollout = Command::new(env!("CARGO_BIN_EXE_pannus"))
-        .args(["install", manifest.to_str().unwrap(), "--canary", "1", "--canary-trial", "10m", "--yes", "--json"])
-        .env("PANNUS_STATE_DIR", state.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let rollout = state.spawn_pannus(&[
+        "install",
+        manifest.to_str().unwrap(),
+        "--canary",
+        "1",
+        "--canary-trial",
+        "10m",
+        "--yes",
+        "--json",
+    ]);
     let mut canary = None;
     wait_until("a canary is patched", || {
         canary = procs.iter_mut().position(|p| p.ask("c 5") == "500");

@@ -241,14 +241,16 @@ fn an_interrupted_canary_rollout_is_shown_and_install_again_finishes_it() {
     let b = Build::new(&state);
     let mut procs = vec![b.start(), b.start()];
     let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], PASSING_CHECK);
-    let mut rollout = Command::new(env!("CARGO_BIN_EXE_pannus"))
-        .args(["install", m.to_str().unwrap(), "--canary", "1", "--canary-trial", "10m", "--yes", "--json"])
-        .env("PANNUS_STATE_DIR", state.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut rollout = state.spawn_pannus(&[
+        "install",
+        m.to_str().unwrap(),
+        "--canary",
+        "1",
+        "--canary-trial",
+        "10m",
+        "--yes",
+        "--json",
+    ]);
     wait_until("the canary trial runs", || installed(&state).first().is_some_and(|i| i["canary"]["running"] == true));
     let list = installed(&state);
     let canary = list[0]["canary"]["canaries"][0].as_i64().unwrap() as i32;

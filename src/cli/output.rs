@@ -456,6 +456,7 @@ mod tests {
                 "health_check": {"command": "true", "interval_ms": 1000, "timeout_ms": 500, "failures": 3},
                 "health": {"runs": 2, "failing": 0, "last": "ok", "last_at": 1_599_999_900},
                 "note": null,
+                "forked_from": null,
             })
         );
         let mut ended = rec;

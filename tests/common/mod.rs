@@ -188,6 +188,17 @@ impl State {
     pub fn pannus(&self, args: &[&str]) -> Run {
         self.pannus_env(args, &[])
     }
+    /// `pannus ARGS` started in the background, its output piped.
+    pub fn spawn_pannus(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_pannus"))
+            .args(args)
+            .env("PANNUS_STATE_DIR", self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pannus starts")
+    }
     /// `pannus ARGS` with extra environment variables.
     pub fn pannus_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_pannus"))
