@@ -295,9 +295,19 @@ pub fn plan_apply(m: &Manifest) -> Result<Plan> {
 /// Finds every process where `patch` is applied (in any state but rolled back), reading each
 /// registry without stopping the process. Refused when there is none.
 pub fn plan_rollback(patch: &str) -> Result<Plan> {
+    plan_rollback_where(patch, |_| true)
+}
+
+/// [`plan_rollback`] of the processes that have the patch of manifest `m` itself: its module,
+/// for its build of its object (an installed patch, which is the desired state of that build).
+pub fn plan_rollback_of(m: &Manifest) -> Result<Plan> {
+    plan_rollback_where(&m.patch, |r| r.module_sha256 == m.module.sha256 && r.build_id == m.target.build_id)
+}
+
+fn plan_rollback_where(patch: &str, keep: impl Fn(&registry::PatchRecord) -> bool) -> Result<Plan> {
     let mut plan = Plan { patch: patch.to_string(), members: Vec::new(), skipped: Vec::new(), failed: Vec::new() };
     for p in processes::list(Scope::Patched, None) {
-        if p.applied().any(|r| r.patch == patch) {
+        if p.applied().any(|r| r.patch == patch && keep(r)) {
             plan.members.push(p.into());
         }
     }

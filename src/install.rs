@@ -363,8 +363,10 @@ pub fn uninstall(
     progress: &mut dyn crate::fleet::Report,
 ) -> Result<Uninstalled> {
     let state = &engine.state_dir;
+    let mut manifests = std::collections::HashMap::new();
     for p in order {
         if let Some(i) = get(state, p)? {
+            manifests.insert(p.clone(), i.manifest.clone());
             let record = Record {
                 state: State::RolledBack,
                 trial_deadline: None,
@@ -376,7 +378,7 @@ pub fn uninstall(
     }
     let mut done = Uninstalled { uninstalled: Vec::new(), kept: Vec::new(), rollbacks: Vec::new(), code: 0 };
     for p in order {
-        let summary = crate::fleet::plan_rollback(p)
+        let summary = rollback_plan(p, manifests.get(p))
             .ok()
             .map(|plan| crate::fleet::rollback(engine, &plan, true, interrupted, progress));
         let failed = summary.as_ref().map_or(0, |s| s.exit_code());
@@ -411,8 +413,18 @@ pub fn health_check_failed(engine: &crate::engine::Engine, pid: i32, patch: &str
     let detail = format!("installed patch rolled back everywhere, no new process gets it: {reason}");
     let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let _ = engine.journal().record("installed", pid, name.trim(), Some(patch), outcome, &detail);
-    if let Ok(plan) = crate::fleet::plan_rollback(patch) {
+    if let Ok(plan) = crate::fleet::plan_rollback_of(&i.manifest) {
         crate::fleet::rollback_because(engine, &plan, true, &detail, &mut |_: &str| {});
+    }
+}
+
+/// The processes an installed patch is rolled back from: those that have its module for its
+/// build (see [`crate::fleet::plan_rollback_of`]); every process with patch `id` when its
+/// manifest is not at hand.
+pub fn rollback_plan(id: &str, m: Option<&Manifest>) -> Result<crate::fleet::Plan> {
+    match m {
+        Some(m) => crate::fleet::plan_rollback_of(m),
+        None => crate::fleet::plan_rollback(id),
     }
 }
 

@@ -119,9 +119,9 @@ fn restarts(state: &State, n: usize, expect: &str) -> (usize, usize) {
         let mut t = Proc::start("target_pie");
         at_once += usize::from(patched(&mut t));
         before_main += usize::from(t.ask("F") == "500");
-        let st = state.status(t.pid);
-        assert_eq!(st["patches"][0]["patch"], "compute-fix");
-        assert_eq!(st["patches"][0]["state"], expect, "{st}");
+        // The jump is written before the record says so.
+        wait_until("the record says the patch is in", || state.status(t.pid)["patches"][0]["state"] == expect);
+        assert_eq!(state.status(t.pid)["patches"][0]["patch"], "compute-fix");
         t.quit();
     }
     (at_once, before_main)
@@ -400,11 +400,11 @@ fn a_canary_rollout_under_way_keeps_the_daemon_off_the_other_processes() {
     let exe = state.path().join("svc");
     std::fs::copy(bin("target_pie"), &exe).unwrap();
     let module = bin("patch_compute.so");
-    let manifest = state.path().join("canary-fix.yaml");
+    let manifest = state.path().join("daemon-canary.yaml");
     std::fs::write(
         &manifest,
         format!(
-            "patch: canary-fix\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {}\n\
+            "patch: daemon-canary\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {}\n\
              functions:\n  - target: compute\n    replacement: compute_v2\n\
              trial:\n  duration: 10m\n  health_check:\n    command: test ! -e {}/unhealthy\n    interval: 200ms\n    failures: 1\n",
             exe.display(),
@@ -439,7 +439,7 @@ fn a_canary_rollout_under_way_keeps_the_daemon_off_the_other_processes() {
     // A new process during the canary trial, and the daemon's looks at every process.
     let mut new = Proc::spawn(Command::new(&exe));
     wait_until("the daemon has looked at the new process", || {
-        d.log().contains("`canary-fix`: a canary rollout is under way") && new.ask("c 5") == "6"
+        d.log().contains("`daemon-canary`: a canary rollout is under way") && new.ask("c 5") == "6"
     });
     // What must not happen has no event to wait for: the daemon looks at every process once a
     // second, so the others are watched for two of its rounds.

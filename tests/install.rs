@@ -103,16 +103,16 @@ fn install_refuses_a_patch_whose_requirement_is_not_installed() {
     let state = State::new();
     let b = Build::new(&state);
     let mut t = b.start();
-    let base = b.manifest("base-fix", "patch_base.so", &[("compute", "compute_base")], "");
-    let dep = b.manifest("dep-fix", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
+    let base = b.manifest("req-base", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep = b.manifest("req-dep", "patch_dep.so", &[("helper", "helper_v2")], "requires: [req-base]\n");
     let run = install(&state, &dep);
     assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("requires `base-fix`, which is not installed"), "{}", run.stderr);
+    assert!(run.stderr.contains("requires `req-base`, which is not installed"), "{}", run.stderr);
     assert!(installed(&state).is_empty());
     install(&state, &base).ok();
     install(&state, &dep).ok();
     let names: Vec<String> = installed(&state).iter().map(|i| i["patch"].as_str().unwrap().to_string()).collect();
-    assert_eq!(names, ["base-fix", "dep-fix"]);
+    assert_eq!(names, ["req-base", "req-dep"]);
     assert_eq!(state.status(t.pid)["patches"].as_array().unwrap().len(), 2);
     assert_ne!(t.ask("c 5"), "6");
 }
@@ -124,17 +124,17 @@ fn uninstall_rolls_back_everywhere_and_forgets() {
     let state = State::new();
     let b = Build::new(&state);
     let (mut one, mut two) = (b.start(), b.start());
-    let base = b.manifest("base-fix", "patch_base.so", &[("compute", "compute_base")], "");
-    let dep = b.manifest("dep-fix", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
+    let base = b.manifest("un-base", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep = b.manifest("un-dep", "patch_dep.so", &[("helper", "helper_v2")], "requires: [un-base]\n");
     install(&state, &base).ok();
     install(&state, &dep).ok();
-    let run = state.pannus(&["uninstall", "base-fix", "--yes", "--json"]);
+    let run = state.pannus(&["uninstall", "un-base", "--yes", "--json"]);
     assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("`dep-fix`"), "{}", run.stderr);
+    assert!(run.stderr.contains("`un-dep`"), "{}", run.stderr);
     assert_eq!(installed(&state).len(), 2, "nothing changed");
 
-    let doc = state.pannus(&["uninstall", "base-fix", "--cascade", "--yes", "--json"]).ok().json();
-    assert_eq!(doc["uninstalled"], serde_json::json!(["dep-fix", "base-fix"]), "{doc}");
+    let doc = state.pannus(&["uninstall", "un-base", "--cascade", "--yes", "--json"]).ok().json();
+    assert_eq!(doc["uninstalled"], serde_json::json!(["un-dep", "un-base"]), "{doc}");
     assert!(installed(&state).is_empty());
     assert_eq!(one.ask("c 5"), "6");
     assert_eq!(two.ask("c 5"), "6");
@@ -147,7 +147,7 @@ fn uninstall_rolls_back_everywhere_and_forgets() {
 fn install_verifies_the_module_and_needs_no_running_process() {
     let state = State::new();
     let b = Build::new(&state);
-    let m = b.manifest("inst-fix", "patch_compute.so", &[("compute", "compute_v2")], "");
+    let m = b.manifest("later-fix", "patch_compute.so", &[("compute", "compute_v2")], "");
     install(&state, &m).ok();
     assert_eq!(installed(&state)[0]["processes"], 0);
     let mut t = b.start();
@@ -203,7 +203,7 @@ fn a_passing_canary_reaches_all() {
     let state = State::new();
     let b = Build::new(&state);
     let mut procs = vec![b.start(), b.start(), b.start()];
-    let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], PASSING_CHECK);
+    let m = b.manifest("canary-pass", "patch_compute.so", &[("compute", "compute_v2")], PASSING_CHECK);
     let doc = state
         .pannus(&["apply", m.to_str().unwrap(), "--all", "--canary", "2", "--canary-trial", "1s", "--yes", "--json"])
         .ok()
@@ -222,7 +222,7 @@ fn an_install_whose_canary_fails_is_rolled_back_for_new_processes_too() {
     let state = State::new();
     let b = Build::new(&state);
     let (mut one, mut two) = (b.start(), b.start());
-    let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], FAILING_CHECK);
+    let m = b.manifest("canary-inst", "patch_compute.so", &[("compute", "compute_v2")], FAILING_CHECK);
     let run =
         state.pannus(&["install", m.to_str().unwrap(), "--canary", "1", "--canary-trial", "10m", "--yes", "--json"]);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
@@ -240,7 +240,7 @@ fn an_interrupted_canary_rollout_is_shown_and_install_again_finishes_it() {
     let state = State::new();
     let b = Build::new(&state);
     let mut procs = vec![b.start(), b.start()];
-    let m = b.manifest("canary-fix", "patch_compute.so", &[("compute", "compute_v2")], PASSING_CHECK);
+    let m = b.manifest("canary-intr", "patch_compute.so", &[("compute", "compute_v2")], PASSING_CHECK);
     let mut rollout = state.spawn_pannus(&[
         "install",
         m.to_str().unwrap(),
@@ -304,13 +304,35 @@ fn a_health_check_failing_in_one_process_rolls_an_installed_patch_back_everywher
     let reason = list[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains(&format!("health check failed in process {sick}")), "{reason}");
     let others: Vec<i32> = procs.iter().map(|p| p.pid).filter(|&p| p != sick).collect();
-    let journal = journal(&state);
-    for pid in others {
-        assert!(
-            journal.iter().any(|e| e["pid"] == pid
-                && e["action"] == "rollback"
-                && e["detail"].as_str().unwrap_or_default().contains(&format!("in process {sick}"))),
-            "process {pid}'s rollback is journaled with the reason: {journal:#?}"
-        );
-    }
+    // Each rollback is journaled once it is done, just after the code is back.
+    wait_until("each other process's rollback is journaled with the reason", || {
+        let journal = journal(&state);
+        others.iter().all(|&pid| {
+            journal.iter().any(|e| {
+                e["pid"] == pid
+                    && e["action"] == "rollback"
+                    && e["detail"].as_str().unwrap_or_default().contains(&format!("in process {sick}"))
+            })
+        })
+    });
+}
+
+/// An installed patch is the desired state of one build: uninstalling it rolls it back from
+/// the processes of that build only, not from a process of another program that has a patch of
+/// the same id.
+#[test]
+fn uninstall_leaves_a_patch_of_the_same_id_in_another_build_alone() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let mut mine = b.start();
+    let m = b.manifest("same-id", "patch_compute.so", &[("compute", "compute_v2")], "");
+    install(&state, &m).ok();
+    let mut other = Proc::start("target_nopie");
+    let elsewhere = state.manifest("same-id", "target_nopie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.apply(&elsewhere, other.pid).ok();
+    assert_eq!(other.ask("c 5"), "500");
+
+    state.pannus(&["uninstall", "same-id", "--yes", "--json"]).ok();
+    assert_eq!(mine.ask("c 5"), "6");
+    assert_eq!(other.ask("c 5"), "500", "the other program keeps its patch");
 }

@@ -203,8 +203,14 @@ pub fn uninstall(engine: &Engine, patch: &str, yes: bool, cascade: bool, json: b
     let order = install::uninstall_order(&engine.state_dir, patch, cascade)?;
     require_terminal_or_yes(yes, "uninstall")?;
     if !yes {
-        let mut pids: Vec<i32> =
-            order.iter().filter_map(|p| crate::fleet::plan_rollback(p).ok()).flat_map(|p| p.pids()).collect();
+        let mut pids: Vec<i32> = order
+            .iter()
+            .filter_map(|p| {
+                let m = install::get(&engine.state_dir, p).ok().flatten().map(|i| i.manifest);
+                install::rollback_plan(p, m.as_ref()).ok()
+            })
+            .flat_map(|p| p.pids())
+            .collect();
         pids.sort_unstable();
         pids.dedup();
         let names = order.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
