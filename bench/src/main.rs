@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod build;
+mod daemon;
 mod report;
 mod util;
 
@@ -49,6 +50,8 @@ pub struct Opts {
     pub only_stops: Vec<(usize, &'static str)>,
     /// `--only fleet`: only the fleet benchmark, printed, BENCHMARKS.md untouched.
     pub only_fleet: bool,
+    /// `--only daemon`: only the new-process benchmark, printed, BENCHMARKS.md untouched.
+    pub only_daemon: bool,
 }
 
 /// Everything built for the run.
@@ -239,6 +242,7 @@ pub struct Results {
     pub restart: RestartRow,
     pub saturated: SaturatedRow,
     pub build: build::BuildRow,
+    pub daemon: Vec<daemon::DaemonRow>,
 }
 
 /// One function applied to and rolled back from a process whose threads keep every CPU busy;
@@ -284,6 +288,11 @@ fn main() {
         }
         return;
     }
+    if opts.only_daemon {
+        eprintln!("pannus-bench: new processes under pannus daemon (load {})", loadavg());
+        println!("{}", daemon::digest(&daemon::bench_daemon(&pannus, tmp.path(), if opts.quick { 10 } else { 50 })));
+        return;
+    }
     if opts.only_fleet {
         for n in FLEET {
             eprintln!("pannus-bench: apply --all over {n} processes (load {})", loadavg());
@@ -316,6 +325,8 @@ fn main() {
         eprintln!("pannus-bench: apply --all over {n} processes (load {})", loadavg());
         res.fleet.push(bench_fleet(&pannus, &b, n, if opts.quick { 1 } else { 3 }));
     }
+    eprintln!("pannus-bench: new processes under pannus daemon (load {})", loadavg());
+    res.daemon = daemon::bench_daemon(&pannus, tmp.path(), if opts.quick { 10 } else { 50 });
     // The small cases are cheap and the noisiest (a single wait for a CPU doubles a gap of a
     // few hundred µs): more runs there.
     let (runs_small, runs, runs_256) = if opts.quick { (3, 3, 2) } else { (30, 10, 5) };
@@ -353,6 +364,7 @@ fn parse_args() -> Opts {
         wait_load: false,
         only_stops: Vec::new(),
         only_fleet: false,
+        only_daemon: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -373,14 +385,15 @@ fn parse_args() -> Opts {
             }
             "--only" => match args.next().as_deref() {
                 Some("fleet") => o.only_fleet = true,
+                Some("daemon") => o.only_daemon = true,
                 other => {
-                    eprintln!("pannus-bench: --only takes `fleet`, not {other:?}");
+                    eprintln!("pannus-bench: --only takes `fleet` or `daemon`, not {other:?}");
                     std::process::exit(2);
                 }
             },
             "-h" | "--help" => {
                 println!(
-                    "pannus-bench [--quick] [--out FILE] [--pannus BIN] [--wait-load] [--stop N:MODE]... [--only fleet]\n\
+                    "pannus-bench [--quick] [--out FILE] [--pannus BIN] [--wait-load] [--stop N:MODE]... [--only fleet|daemon]\n\
                      Runs the benchmarks and rewrites BENCHMARKS.md (default: in the workspace root).\n\
                      --quick      fewer repetitions (about a minute)\n\
                      --pannus     use this pannus binary instead of building the release one\n\
@@ -388,6 +401,8 @@ fn parse_args() -> Opts {
                      --stop       only the stop benchmark for N workers in MODE (spin or sleep), printed\n\
                      \x20            with pannus's own step timings; BENCHMARKS.md is left as it is\n\
                      --only fleet only the `apply --all` / `rollback --all` benchmark, printed;\n\
+                     \x20            BENCHMARKS.md is left as it is\n\
+                     --only daemon only the new processes under `pannus daemon`, printed;\n\
                      \x20            BENCHMARKS.md is left as it is"
                 );
                 std::process::exit(0);
