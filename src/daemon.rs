@@ -257,6 +257,17 @@ impl Daemon {
         if let Ok(mut w) = self.shared.wanted.lock() {
             *w = wanted.clone();
         }
+        // A patch no longer wanted, or installed anew: done with in no process any more (a
+        // process its uninstall rolled back gets it again when it is installed again).
+        let installs = |w: &[Wanted]| {
+            w.iter().map(|w| (w.installed.manifest.patch.clone(), w.installed.record.installed_at)).collect::<Vec<_>>()
+        };
+        let now = installs(&wanted);
+        for (id, _) in installs(&self.wanted).into_iter().filter(|old| !now.contains(old)) {
+            self.handled.values_mut().for_each(|done| {
+                done.remove(&id);
+            });
+        }
         let ids = |w: &[Wanted]| w.iter().map(|w| w.installed.manifest.patch.clone()).collect::<Vec<_>>();
         if ids(&wanted) != ids(&self.wanted) || !self.listed {
             self.listed = true;
@@ -410,10 +421,15 @@ fn still_needed(pid: i32, needed: &[&Wanted]) -> Option<(Vec<Installed>, Vec<Str
         let m = &w.installed.manifest;
         let same_build = target.find_object(&m.target.object).ok().and_then(|l| target.build_id_in_memory(&l));
         let applied = reg.get(&m.patch).is_some_and(|r| r.state.is_applied());
-        // Rolled back in this process (by hand, by its trial, by the `apply` that failed): not
-        // applied again behind the operator's back. A later build of the module still is.
-        let rolled_back =
-            reg.get(&m.patch).is_some_and(|r| r.state == State::RolledBack && r.module_sha256 == m.module.sha256);
+        // Rolled back in this process since it was installed (by hand, by its trial, by the
+        // `apply` that failed): not applied again behind the operator's back. A later build of
+        // the module still is, and so is the patch installed again after that rollback.
+        let since = w.installed.record.installed_at.unwrap_or(0);
+        let rolled_back = reg.get(&m.patch).is_some_and(|r| {
+            r.state == State::RolledBack
+                && r.module_sha256 == m.module.sha256
+                && r.ended_at.unwrap_or(u64::MAX) >= since
+        });
         if same_build.is_none() || applied || rolled_back {
             settled.push(m.patch.clone());
         } else {

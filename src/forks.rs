@@ -19,19 +19,35 @@ const MOST_DESCENDANTS: usize = 4096;
 /// How many health checks run at once in copies.
 const CHECKS_AT_ONCE: usize = 16;
 
-/// The direct children of process `pid`, from every thread's list of the children it forked.
+/// How many copies have the health check each round (in turn, when there are more).
+const CHECKS_A_ROUND: usize = 64;
+
+/// The direct children of process `pid`, from every thread's list of the children it forked
+/// (`/proc/PID/task/TID/children`); on a kernel without those lists, from every process's
+/// parent (`/proc/PID/stat`).
 fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
     let mut out = Vec::new();
+    let mut listed = false;
     for task in tasks.flatten() {
-        let path = task.path().join("children");
-        if let Ok(text) = std::fs::read_to_string(path) {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            listed = true;
             out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
         }
+    }
+    if !listed {
+        out = crate::processes::pids().into_iter().map(|p| p.get()).filter(|&p| parent_of(p) == Some(pid)).collect();
     }
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The parent of process `pid`, by `/proc/PID/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields follow its last `)`.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Every descendant of process `pid` (not `pid` itself), parents before their children, at most
@@ -99,14 +115,21 @@ pub fn follow(engine: &Engine, parent: i32, patch: &str, applied: (u64, u64), ou
 /// from.
 #[derive(Default)]
 pub struct CopiesHealth {
-    health: HashMap<i32, Health>,
+    /// By pid and start time (a pid used again is another process).
+    health: HashMap<(i32, u64), Health>,
+    /// Where the next round starts among the copies, when there are more than a round checks.
+    next: usize,
+    /// Whether the journal says that not every copy is checked each round.
+    said_more: bool,
 }
 
 impl CopiesHealth {
-    /// Runs health check `h` in every copy of the trial of `patch` that `parent` has now (see
-    /// [`copies`]), several at once, each with `PANNUS_PID` set to the copy's pid, and records
-    /// each result in that copy. Returns the first copy whose check has now failed `h.failures`
-    /// times in a row, with its health.
+    /// Runs health check `h` in the copies of the trial of `patch` that `parent` has now (see
+    /// [`copies`]): at most [`CHECKS_A_ROUND`] a round, in turn when there are more, several
+    /// at once, each with `PANNUS_PID` set to the copy's pid; records each result in that copy
+    /// (when its lock is free at once). A copy that is gone by the end of its check counts for
+    /// nothing. Returns the first copy whose check has now failed `h.failures` times in a row,
+    /// with its health.
     pub fn check(
         &mut self,
         engine: &Engine,
@@ -115,30 +138,54 @@ impl CopiesHealth {
         patch: &str,
         applied: (u64, u64),
     ) -> Option<(i32, Health)> {
-        let found = copies(parent, patch, applied);
-        self.health.retain(|pid, _| found.contains(pid));
-        for batch in found.chunks(CHECKS_AT_ONCE) {
-            let results: Vec<(i32, std::result::Result<(), String>)> = std::thread::scope(|scope| {
+        let found: Vec<(i32, u64)> = copies(parent, patch, applied)
+            .into_iter()
+            .filter_map(|pid| Some((pid, crate::processes::start_time(pid)?)))
+            .collect();
+        self.health.retain(|key, _| found.contains(key));
+        if found.len() > CHECKS_A_ROUND && !self.said_more {
+            self.said_more = true;
+            let detail = format!(
+                "{} children forked from process {parent} carry the trial of `{patch}`: {CHECKS_A_ROUND} of them \
+                 have the health check each round, in turn",
+                found.len()
+            );
+            let _ = engine.journal().record("trial-watch", parent, "", Some(patch), "ok", &detail);
+        }
+        let round: Vec<(i32, u64)> = if found.len() > CHECKS_A_ROUND {
+            let start = self.next % found.len();
+            self.next = start + CHECKS_A_ROUND;
+            found.iter().cycle().skip(start).take(CHECKS_A_ROUND).copied().collect()
+        } else {
+            found.clone()
+        };
+        // Recording a result waits for no other pannus.
+        let mut quick = engine.clone();
+        quick.lock_wait = Duration::ZERO;
+        for batch in round.chunks(CHECKS_AT_ONCE) {
+            let results: Vec<((i32, u64), std::result::Result<(), String>)> = std::thread::scope(|scope| {
                 let runs: Vec<_> = batch
                     .iter()
-                    .map(|&pid| (pid, scope.spawn(move || crate::trial::run_health_check(h, pid, patch))))
+                    .map(|&key| (key, scope.spawn(move || crate::trial::run_health_check(h, key.0, patch))))
                     .collect();
                 runs.into_iter()
-                    .map(|(pid, run)| {
-                        (pid, run.join().unwrap_or_else(|_| Err("the health check's thread failed".into())))
+                    .map(|(key, run)| {
+                        (key, run.join().unwrap_or_else(|_| Err("the health check's thread failed".into())))
                     })
                     .collect()
             });
-            for (pid, result) in results {
-                let health = self.health.entry(pid).or_default();
+            for (key, result) in results {
+                if crate::processes::start_time(key.0) != Some(key.1) {
+                    self.health.remove(&key);
+                    continue;
+                }
+                let health = self.health.entry(key).or_default();
                 health.record(result);
-                // A result not recorded (the process is busy with another pannus) is recorded
-                // with the next one.
-                let _ = Session::open(engine, pid).and_then(|mut s| s.record_health(patch, health));
+                let _ = Session::open(&quick, key.0).and_then(|mut s| s.record_health(patch, health));
             }
         }
-        found
+        round
             .iter()
-            .find_map(|pid| self.health.get(pid).filter(|h2| h2.failing >= h.failures).map(|x| (*pid, x.clone())))
+            .find_map(|key| self.health.get(key).filter(|x| x.failing >= h.failures).map(|x| (key.0, x.clone())))
     }
 }

@@ -53,6 +53,20 @@ pub struct Record {
     /// A canary rollout under way, or interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryRun>,
+    /// The module's checksum (as the manifest says, and as verified at install), and the
+    /// build-id of the object it is for.
+    #[serde(default)]
+    pub module_sha256: Option<String>,
+    #[serde(default)]
+    pub build_id: Option<String>,
+    /// When it was installed, and when it was recorded rolled back (Unix seconds).
+    #[serde(default)]
+    pub installed_at: Option<u64>,
+    #[serde(default)]
+    pub rolled_back_at: Option<u64>,
+    /// Rolled back because a health check failed somewhere (see [`health_check_failed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub health_failed: bool,
 }
 
 /// A canary rollout of an installed patch (`install --canary`): until it ends, the patch goes to
@@ -84,11 +98,6 @@ impl CanaryRun {
     /// Whether the pannus running it still runs.
     pub fn running(&self) -> bool {
         crate::processes::start_time(self.by) == Some(self.by_start)
-    }
-
-    /// Whether this pannus runs it.
-    pub fn mine(&self) -> bool {
-        self.by == std::process::id() as i32 && self.running()
     }
 }
 
@@ -218,17 +227,46 @@ fn write_file(dir: &StateDir, name: &str, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::other(format!("{}/{name}: {e}", dir.path().display())))
 }
 
-/// Records `state` for installed patch `id`.
-pub fn set_state(state: &Path, id: &str, record: &Record) -> Result<()> {
-    let sub = installed_dir(state)?.subdir(id)?;
-    let json = serde_json::to_vec(record).map_err(|e| Error::other(e.to_string()))?;
-    write_file(&sub, "state.json", &json)
+/// Changes the record of installed patch `id` with `change`, under the lock of its record (a
+/// read, the change, a write: no change is lost to another made meanwhile); the record as
+/// written. Refused when the patch is not installed (uninstalled meanwhile): its folder is
+/// never created again here.
+pub fn update(state: &Path, id: &str, change: impl FnOnce(&mut Record)) -> Result<Record> {
+    let _lock = crate::lock::InstalledLock::record(state, id)?;
+    let gone = || Error::precondition(format!("`{id}` is not installed (uninstalled meanwhile?)"));
+    let dir = installed_dir(state)?;
+    if !crate::manifest::valid_patch_id(id) {
+        return Err(gone());
+    }
+    let sub = dir.existing(id)?.ok_or_else(gone)?;
+    let mut text = String::new();
+    sub.file("state.json", OFlag::O_RDONLY)?
+        .read_to_string(&mut text)
+        .map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
+    let mut record: Record =
+        serde_json::from_str(&text).map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
+    let was = record.state;
+    change(&mut record);
+    if record.state == State::RolledBack && was != State::RolledBack {
+        record.rolled_back_at = Some(crate::engine::now_secs());
+    }
+    let json = serde_json::to_vec(&record).map_err(|e| Error::other(e.to_string()))?;
+    write_file(&sub, "state.json", &json)?;
+    Ok(record)
+}
+
+/// The record alone of installed patch `id` (its `state.json`, not its manifest), if any.
+pub fn record_of(state: &Path, id: &str) -> Option<Record> {
+    let sub = installed_dir(state).ok()?.existing(id).ok()??;
+    let mut text = String::new();
+    sub.file("state.json", OFlag::O_RDONLY).ok()?.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// Installs the patch of manifest `m` (loaded from `path`): verifies the module's checksum on
 /// the bytes it copies, writes the copies and the record. Refused when a patch it requires is
 /// not installed, or another patch of that id is.
-pub fn install(state: &Path, path: &Path, m: &Manifest) -> Result<Installed> {
+pub fn install(state: &Path, path: &Path, m: &Manifest, canary: Option<CanaryRun>) -> Result<Installed> {
     for r in &m.requires {
         match get(state, r)? {
             Some(i) if i.record.now(&i.manifest) != State::RolledBack => {}
@@ -247,6 +285,17 @@ pub fn install(state: &Path, path: &Path, m: &Manifest) -> Result<Installed> {
                 &i.manifest.module.sha256[..12.min(i.manifest.module.sha256.len())]
             ))
             .hint(format!("pannus uninstall {} first", m.patch)));
+        }
+        // Installed again after it was rolled back: a new start, with a new trial.
+        if i.state() == State::RolledBack {
+            let deadline = trial_deadline(m);
+            update(state, &m.patch, |r| {
+                (r.state, r.trial_deadline, r.reason) = (initial_state(&deadline), deadline.clone(), None);
+                (r.installed_at, r.rolled_back_at, r.canary) = (Some(crate::engine::now_secs()), None, canary);
+                r.health_failed = false;
+            })?;
+            return get(state, &m.patch)?
+                .ok_or_else(|| Error::other(format!("installed patch `{}` vanished", m.patch)));
         }
         return Ok(i);
     }
@@ -275,18 +324,37 @@ pub fn install(state: &Path, path: &Path, m: &Manifest) -> Result<Installed> {
     let sub = dir.subdir(&tmp)?;
     write_file(&sub, "module.so", &bytes)?;
     write_file(&sub, "manifest.yaml", copy.as_bytes())?;
-    let deadline = (!m.trial.duration.is_zero())
-        .then(|| humantime::format_rfc3339_seconds(SystemTime::now() + m.trial.duration).to_string());
+    let deadline = trial_deadline(m);
     let record = Record {
-        state: if deadline.is_some() { State::Trial } else { State::Committed },
+        state: initial_state(&deadline),
         trial_deadline: deadline,
         reason: None,
-        canary: None,
+        canary,
+        module_sha256: Some(sha.clone()),
+        build_id: Some(m.target.build_id.clone()),
+        installed_at: Some(crate::engine::now_secs()),
+        rolled_back_at: None,
+        health_failed: false,
     };
     write_file(&sub, "state.json", &serde_json::to_vec(&record).map_err(|e| Error::other(e.to_string()))?)?;
     std::fs::rename(sub.path(), dir.path().join(&m.patch))
         .map_err(|e| Error::other(format!("{}: {e}", dir.path().join(&m.patch).display())))?;
     get(state, &m.patch)?.ok_or_else(|| Error::other(format!("installed patch `{}` vanished", m.patch)))
+}
+
+/// The end of the trial of a patch installed now (RFC 3339), when its manifest has one.
+fn trial_deadline(m: &Manifest) -> Option<String> {
+    (!m.trial.duration.is_zero())
+        .then(|| humantime::format_rfc3339_seconds(SystemTime::now() + m.trial.duration).to_string())
+}
+
+/// A patch installed with a trial ending at `deadline` starts on trial; without one, committed.
+fn initial_state(deadline: &Option<String>) -> State {
+    if deadline.is_some() {
+        State::Trial
+    } else {
+        State::Committed
+    }
 }
 
 /// Forgets installed patch `id` (its folder in the state).
@@ -367,13 +435,12 @@ pub fn uninstall(
     for p in order {
         if let Some(i) = get(state, p)? {
             manifests.insert(p.clone(), i.manifest.clone());
-            let record = Record {
-                state: State::RolledBack,
-                trial_deadline: None,
-                reason: Some("uninstall".into()),
-                canary: None,
-            };
-            set_state(state, &i.manifest.patch, &record)?;
+            update(state, p, |r| {
+                r.state = State::RolledBack;
+                r.trial_deadline = None;
+                r.reason = Some("uninstall".into());
+                r.canary = None;
+            })?;
         }
     }
     let mut done = Uninstalled { uninstalled: Vec::new(), kept: Vec::new(), rollbacks: Vec::new(), code: 0 };
@@ -394,20 +461,30 @@ pub fn uninstall(
     Ok(done)
 }
 
-/// The health check of `patch` failed during its trial in process `pid` (`why`), which rolled
-/// it back there. When that very patch (its module) is installed and not rolled back, it is
-/// recorded rolled back, so that no new process gets it, and rolled back from every process
-/// that has it (what requires it there first), each journaled with the reason.
+/// The health check of `patch` failed `why` during its trial in process `pid` (or a child it
+/// forked), which rolled it back there; `module_sha256` is root's record of the module applied
+/// there. When that very module is installed and on trial, the installed patch is recorded
+/// rolled back, so that no new process gets it, and rolled back from every process that has it
+/// (what requires it there first), each journaled with the reason. A process this misses (busy
+/// now, or patched meanwhile) is rolled back by its own trial watcher, which looks at the
+/// installed record (see [`rolled_back_since`]).
 pub fn health_check_failed(engine: &crate::engine::Engine, pid: i32, patch: &str, module_sha256: &str, why: &str) {
     let state = &engine.state_dir;
     let Ok(Some(i)) = get(state, patch) else { return };
-    if i.manifest.module.sha256 != module_sha256 || i.state() == State::RolledBack {
+    if i.manifest.module.sha256 != module_sha256 || i.state() != State::Trial {
         return;
     }
-    let reason = format!("health check failed in process {pid}: {why}");
-    let record = Record { state: State::RolledBack, trial_deadline: None, reason: Some(reason.clone()), canary: None };
-    let outcome = match set_state(state, patch, &record) {
-        Ok(()) => "ok",
+    let reason = why.to_string();
+    let mut changed = false;
+    let outcome = match update(state, patch, |r| {
+        if r.state != State::RolledBack {
+            (r.state, r.trial_deadline, r.reason, r.canary) = (State::RolledBack, None, Some(reason.clone()), None);
+            r.health_failed = true;
+            changed = true;
+        }
+    }) {
+        Ok(_) if !changed => return,
+        Ok(_) => "ok",
         Err(_) => "failed",
     };
     let detail = format!("installed patch rolled back everywhere, no new process gets it: {reason}");
@@ -416,6 +493,17 @@ pub fn health_check_failed(engine: &crate::engine::Engine, pid: i32, patch: &str
     if let Ok(plan) = crate::fleet::plan_rollback_of(&i.manifest) {
         crate::fleet::rollback_because(engine, &plan, true, &detail, &mut |_: &str| {});
     }
+}
+
+/// Whether installed patch `patch`, with module `module_sha256` for build `build_id`, was
+/// recorded rolled back at or after `since` (Unix seconds) for a failed health check, and why: a
+/// process where it was applied then must not keep it.
+pub fn rolled_back_since(state: &Path, patch: &str, module_sha256: &str, build_id: &str, since: u64) -> Option<String> {
+    let r = record_of(state, patch)?;
+    let at = r.rolled_back_at?;
+    let same = r.module_sha256.as_deref() == Some(module_sha256) && r.build_id.as_deref() == Some(build_id);
+    (r.state == State::RolledBack && same && at >= since && r.health_failed)
+        .then(|| r.reason.unwrap_or_else(|| "rolled back".into()))
 }
 
 /// The processes an installed patch is rolled back from: those that have its module for its

@@ -91,18 +91,27 @@ impl Process {
 /// `procs` in their order, except that each process forked from another one in the list comes
 /// right after it (see [`Process::forked_from`]).
 pub fn forks_after_parents<T>(procs: Vec<T>, of: impl Fn(&T) -> &Process) -> Vec<T> {
-    let pids: Vec<i32> = procs.iter().map(|p| of(p).pid.get()).collect();
-    let parents: Vec<Option<i32>> =
-        procs.iter().map(|p| of(p).forked_from().filter(|f| pids.contains(f) && *f != of(p).pid.get())).collect();
+    let pids: std::collections::HashSet<i32> = procs.iter().map(|p| of(p).pid.get()).collect();
+    let parent_of = |p: &T| of(p).forked_from().filter(|f| pids.contains(f) && *f != of(p).pid.get());
+    // The children of each parent in the list, by index, in the list's order.
+    let mut children: HashMap<i32, Vec<usize>> = HashMap::new();
+    let mut roots = Vec::new();
+    for (i, p) in procs.iter().enumerate() {
+        match parent_of(p) {
+            Some(parent) => children.entry(parent).or_default().push(i),
+            None => roots.push(i),
+        }
+    }
     let mut slots: Vec<Option<T>> = procs.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(slots.len());
     // Each process without a parent in the list, then its children, theirs, and so on.
-    let mut stack: Vec<usize> = (0..slots.len()).rev().filter(|&i| parents[i].is_none()).collect();
+    let mut stack: Vec<usize> = roots.into_iter().rev().collect();
     while let Some(i) = stack.pop() {
         let Some(p) = slots[i].take() else { continue };
-        let pid = of(&p).pid.get();
+        if let Some(kids) = children.get(&of(&p).pid.get()) {
+            stack.extend(kids.iter().rev());
+        }
         out.push(p);
-        stack.extend((0..slots.len()).rev().filter(|&j| parents[j] == Some(pid) && slots[j].is_some()));
     }
     // What no parent reached (records that name each other): as they were.
     out.extend(slots.into_iter().flatten());

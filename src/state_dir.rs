@@ -34,12 +34,21 @@ impl StateDir {
                 Error::other(format!("cannot create the state folder's parent {}: {e}", parent.display()))
             })?;
         }
-        Self::open_in(None, path, path.to_path_buf())
+        Self::open_in(None, path, path.to_path_buf(), true)
     }
 
     /// The subfolder `name`, created 0700, checked as the state folder is.
     pub fn subdir(&self, name: &str) -> Result<StateDir> {
-        Self::open_in(Some(self), Path::new(name), self.path.join(name))
+        Self::open_in(Some(self), Path::new(name), self.path.join(name), true)
+    }
+
+    /// The subfolder `name` if it exists (never created), checked as the state folder is.
+    pub fn existing(&self, name: &str) -> Result<Option<StateDir>> {
+        match Self::open_in(Some(self), Path::new(name), self.path.join(name), false) {
+            Ok(d) => Ok(Some(d)),
+            Err(_) if !self.has(name) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Opens (with `O_CREAT` in `flags`: creates, mode 0600) the file `name` of this folder.
@@ -68,14 +77,16 @@ impl StateDir {
         &self.path
     }
 
-    /// Creates (0700) and opens folder `name` of `parent` (`None`: relative to the current
-    /// folder), then checks what was opened.
-    fn open_in(parent: Option<&StateDir>, name: &Path, path: PathBuf) -> Result<StateDir> {
+    /// Creates (0700, when `create`) and opens folder `name` of `parent` (`None`: relative to
+    /// the current folder), then checks what was opened.
+    fn open_in(parent: Option<&StateDir>, name: &Path, path: PathBuf, create: bool) -> Result<StateDir> {
         let at = parent.map(|p| p.fd.as_raw_fd());
-        let created = match mkdirat(at, name, Mode::S_IRWXU) {
-            Ok(()) => true,
-            Err(Errno::EEXIST) => false,
-            Err(e) => return Err(Error::other(format!("cannot create the state folder {}: {e}", path.display()))),
+        let created = match create.then(|| mkdirat(at, name, Mode::S_IRWXU)) {
+            Some(Ok(())) => true,
+            None | Some(Err(Errno::EEXIST)) => false,
+            Some(Err(e)) => {
+                return Err(Error::other(format!("cannot create the state folder {}: {e}", path.display())))
+            }
         };
         let fd = pannus_kernel::open_nofollow(
             parent.map(|p| p.fd.as_fd()),

@@ -171,6 +171,10 @@ fn another_application(pid: i32, patch: &str) -> Error {
     .hint(format!("see pannus status --pid {pid}; commit or roll it back by hand"))
 }
 
+/// How often a trial watcher looks whether the installed patch it watches was rolled back
+/// everywhere.
+const INSTALLED_LOOK: Duration = Duration::from_secs(2);
+
 /// Runs a health check once: `Ok(())` when the command exits 0 within the timeout.
 pub fn run_health_check(h: &HealthCheck, pid: i32, patch: &str) -> std::result::Result<(), String> {
     use std::os::unix::process::CommandExt;
@@ -224,6 +228,7 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
     let mut next_check: Option<Instant> = None;
     let mut health = Health::default();
     let mut copies = crate::forks::CopiesHealth::default();
+    let mut last_look: Option<Instant> = None;
     let mut entry: Option<ledger::Entry> = None;
     // Whether the journal says the commit waits for a patch it requires.
     let mut said_postponed = false;
@@ -251,6 +256,19 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
         }
         let left = entry.deadline.saturating_sub(now_secs());
         tick(left);
+        // An installed patch rolled back everywhere since it was applied here (a health check
+        // failed elsewhere): this process too, should the rollback everywhere have missed it.
+        if left == 0 || last_look.is_none_or(|t: Instant| t.elapsed() >= INSTALLED_LOOK) {
+            last_look = Some(Instant::now());
+            let (sha, build) = (&entry.module_sha256, &rec.build_id);
+            if let Some(why) = crate::install::rolled_back_since(&engine.state_dir, patch, sha, build, rec.applied_at) {
+                on_duty();
+                let why = format!("the installed patch was rolled back everywhere: {why}");
+                return until_done(engine, pid, patch, "rollback of the installed patch", || {
+                    end_trial_by_rollback(engine, pid, patch, &why, None)
+                });
+            }
+        }
         if let Some(h) = entry.health_check.clone().filter(|_| left > 0) {
             let interval = Duration::from_millis(h.interval_ms);
             let due = *next_check.get_or_insert_with(|| Instant::now() + interval);
@@ -260,37 +278,30 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
                 health.record(run_health_check(&h, pid, patch));
                 // The children forked since the patch was applied run its code too.
                 let copy_failed = copies.check(engine, &h, pid, patch, (rec.applied_at, rec.module_base));
-                let why = if health.failing >= h.failures {
-                    Some(format!(
-                        "health check failed {} time(s) in a row during the trial: {}",
-                        health.failing, health.last
-                    ))
+                // Where it failed, how many times in a row, and the last failure.
+                let failed = if health.failing >= h.failures {
+                    Some((pid, health.failing, health.last.clone()))
                 } else {
-                    copy_failed.map(|(child, ch)| {
-                        format!(
-                            "health check failed {} time(s) in a row during the trial in process {child}, forked \
-                             from this one: {}",
-                            ch.failing, ch.last
-                        )
-                    })
+                    copy_failed.map(|(child, ch)| (child, ch.failing, ch.last))
                 };
-                if let Some(why) = why {
-                    let module_sha256 = rec.module_sha256.clone();
+                if let Some((at, times, last)) = failed {
+                    let why = if at == pid {
+                        format!("health check failed {times} time(s) in a row during the trial: {last}")
+                    } else {
+                        format!(
+                            "health check failed {times} time(s) in a row during the trial in process {at}, \
+                             forked from this one: {last}"
+                        )
+                    };
+                    let forked = if at == pid { String::new() } else { format!(" (forked from process {pid})") };
+                    let everywhere =
+                        format!("health check failed {times} time(s) in a row in process {at}{forked}: {last}");
                     let ended = until_done(engine, pid, patch, "health-check rollback", || {
-                        let mut s = Session::open(engine, pid)?;
-                        let _ = s.record_health(patch, &health);
-                        match s.registry()?.get(patch).map(|r| r.state) {
-                            Some(State::Trial) => {
-                                s.rollback_because(Some(patch), true, &why, &mut Quiet)?;
-                                Ok(State::RolledBack)
-                            }
-                            Some(state) => Ok(state),
-                            None => Ok(State::RolledBack),
-                        }
+                        end_trial_by_rollback(engine, pid, patch, &why, Some(&health))
                     });
                     // An installed patch: everywhere, and for new processes too.
                     if matches!(ended, Ok(State::RolledBack)) {
-                        crate::install::health_check_failed(engine, pid, patch, &module_sha256, &why);
+                        crate::install::health_check_failed(engine, pid, patch, &entry.module_sha256, &everywhere);
                     }
                     return ended;
                 }
@@ -319,6 +330,23 @@ pub fn wait_trial(engine: &Engine, pid: i32, patch: &str, mut tick: impl FnMut(u
             nap = nap.min(due.saturating_duration_since(Instant::now()));
         }
         std::thread::sleep(nap.max(Duration::from_millis(10)));
+    }
+}
+
+/// Rolls `patch` back in process `pid` for `why` if it is still on trial there (recording
+/// `health` first, when given); the state it is in afterwards.
+fn end_trial_by_rollback(engine: &Engine, pid: i32, patch: &str, why: &str, health: Option<&Health>) -> Result<State> {
+    let mut s = Session::open(engine, pid)?;
+    if let Some(h) = health {
+        let _ = s.record_health(patch, h);
+    }
+    match s.registry()?.get(patch).map(|r| r.state) {
+        Some(State::Trial) => {
+            s.rollback_because(Some(patch), true, why, &mut Quiet)?;
+            Ok(State::RolledBack)
+        }
+        Some(state) => Ok(state),
+        None => Ok(State::RolledBack),
     }
 }
 

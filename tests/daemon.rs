@@ -295,8 +295,35 @@ fn a_daemon_started_again_leaves_a_process_rolled_back_by_hand_alone() {
     wait_until("the daemon has looked at every process", || {
         d.log().contains(&format!("applied to process {}", other.pid))
     });
-    assert_eq!(kept_out.ask("c 5"), "6", "{}", d.log());
+    // What must not happen has no event to wait for: the daemon looks at every process once a
+    // second (each on a thread of its own), so the process is watched for two of its rounds.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(2) {
+        assert_eq!(kept_out.ask("c 5"), "6", "{}", d.log());
+    }
     assert!(!d.log().contains(&format!("process {}", kept_out.pid)), "{}", d.log());
+}
+
+/// A process rolled back by an uninstall gets the patch again when it is installed again: the
+/// daemon leaves alone only the processes where it was rolled back since it was installed.
+#[test]
+fn a_patch_installed_again_reaches_a_process_its_uninstall_rolled_back() {
+    let _one = one_at_a_time();
+    let state = State::new();
+    let m = compute_fix(&state);
+    install(&state, &m, "committed", None);
+    let mut t = Proc::start("target_pie");
+    let d = Daemon::start(&state, &[]);
+    wait_until("the process is patched", || t.ask("c 5") == "500");
+    state.pannus(&["uninstall", "compute-fix", "--yes", "--json"]).ok();
+    assert_eq!(t.ask("c 5"), "6");
+    // Installed again, later than that rollback (the record's times are in seconds).
+    install(&state, &m, "committed", None);
+    let state_json = state.path().join("installed/compute-fix/state.json");
+    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    std::fs::write(&state_json, format!("{{\"state\": \"committed\", \"installed_at\": {later}}}")).unwrap();
+    wait_until("the daemon patches it again", || t.ask("c 5") == "500");
+    drop(d);
 }
 
 #[test]
@@ -396,6 +423,7 @@ fn install_then_new_processes_come_up_patched_and_uninstall_ends_it() {
 /// left as it was.
 #[test]
 fn a_canary_rollout_under_way_keeps_the_daemon_off_the_other_processes() {
+    let _one = one_at_a_time();
     let state = State::new();
     let exe = state.path().join("svc");
     std::fs::copy(bin("target_pie"), &exe).unwrap();
@@ -438,8 +466,8 @@ fn a_canary_rollout_under_way_keeps_the_daemon_off_the_other_processes() {
     assert_eq!(list[0]["canary"]["running"], true, "{list}");
     // A new process during the canary trial, and the daemon's looks at every process.
     let mut new = Proc::spawn(Command::new(&exe));
-    wait_until("the daemon has looked at the new process", || {
-        d.log().contains("`daemon-canary`: a canary rollout is under way") && new.ask("c 5") == "6"
+    wait_until("the daemon has read the rollout", || {
+        d.log().contains("`daemon-canary`: a canary rollout is under way")
     });
     // What must not happen has no event to wait for: the daemon looks at every process once a
     // second, so the others are watched for two of its rounds.

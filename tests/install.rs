@@ -259,6 +259,8 @@ fn an_interrupted_canary_rollout_is_shown_and_install_again_finishes_it() {
     assert!(list[0]["canary"]["remaining_s"].as_u64().unwrap() > 500, "{list:?}");
     let busy = install(&state, &m);
     assert_eq!(busy.code, 3, "a second install meanwhile is busy: {}{}", busy.stdout, busy.stderr);
+    let busy = state.pannus(&["uninstall", "canary-intr", "--yes", "--json"]);
+    assert_eq!(busy.code, 3, "so is an uninstall: {}{}", busy.stdout, busy.stderr);
 
     rollout.kill().unwrap();
     rollout.wait().unwrap();
@@ -302,7 +304,7 @@ fn a_health_check_failing_in_one_process_rolls_an_installed_patch_back_everywher
     let list = installed(&state);
     assert_eq!(list[0]["state"], "rolled-back", "{list:?}");
     let reason = list[0]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains(&format!("health check failed in process {sick}")), "{reason}");
+    assert!(reason.contains(&format!("in a row in process {sick}:")), "{reason}");
     let others: Vec<i32> = procs.iter().map(|p| p.pid).filter(|&p| p != sick).collect();
     // Each rollback is journaled once it is done, just after the code is back.
     wait_until("each other process's rollback is journaled with the reason", || {

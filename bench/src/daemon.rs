@@ -84,24 +84,49 @@ impl Daemon {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// SIGTERM, then waits for it to end.
+    /// SIGTERM, then waits (up to 60 s, then SIGKILL) for it to end.
     fn stop(mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let _ = self.child.wait();
+        if !wait_for(&mut self.child, Duration::from_secs(60)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; whether it did.
+fn wait_for(child: &mut Child, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if t0.elapsed() < limit => std::thread::sleep(Duration::from_micros(200)),
+            _ => return false,
+        }
     }
 }
 
 /// Starts `prog` once, and what it saw.
 fn one(prog: &Path, row: &mut DaemonRow) {
     let spawned = now_ns();
-    let out = match Command::new(prog).arg(WAIT_MS.to_string()).stdin(Stdio::null()).output() {
-        Ok(o) => o,
+    let child = Command::new(prog).arg(WAIT_MS.to_string()).stdin(Stdio::null()).stdout(Stdio::piped()).spawn();
+    let mut child = match child {
+        Ok(c) => c,
         Err(e) => return row.failures.push(format!("{}: {e}", prog.display())),
     };
-    let text = String::from_utf8_lossy(&out.stdout);
+    // A process held and never let go must not hold the benchmark up.
+    if !wait_for(&mut child, Duration::from_secs(30)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return row.failures.push(format!("{}: still running after 30 s, killed", prog.display()));
+    }
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+    }
     let f: Vec<i128> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     let [first, main, active] = f[..] else {
         return row.failures.push(format!("{}: printed {text:?}", prog.display()));

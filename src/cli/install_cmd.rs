@@ -6,7 +6,7 @@ use super::fleet_cmd::{print_rollout, print_summary, processes_text, RolloutDoc}
 use super::{ask, interrupt, output, require_terminal_or_yes};
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
-use crate::install::{self, Installed, Record, State};
+use crate::install::{self, Installed, State};
 use crate::manifest::Manifest;
 use serde::Serialize;
 use std::path::Path;
@@ -104,17 +104,21 @@ pub fn install(
             return Err(Error::cancelled("install cancelled: nothing was installed"));
         }
     }
-    let installed = install::install(&engine.state_dir, path, &m)?;
-    // Another pannus's canary rollout of it under way: not two at once. One interrupted (its
-    // pannus gone) is finished by this run.
-    if let Some(run) = installed.record.canary.as_ref().filter(|r| r.running()) {
-        return Err(Error::busy(format!(
-            "a canary rollout of `{}` is under way (pannus, pid {}, canaries {})",
-            m.patch,
-            run.by,
-            run.canaries.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
-        ))
-        .hint("wait for it to end (pannus installed shows it)"));
+    // One install, uninstall or rollout of a patch at a time; a rollout whose pannus is gone
+    // (killed) is finished by this run.
+    let _rollout = crate::lock::InstalledLock::rollout(&engine.state_dir, &m.patch)?;
+    let state = &engine.state_dir;
+    // Until the canaries pass, the daemon gives it to no other process: the record says so
+    // from its first write.
+    let run = match (canary, plan.as_ref()) {
+        (Some(c), Some(p)) => Some(install::CanaryRun::new(crate::canary::canaries(p, c), c.trial)),
+        _ => None,
+    };
+    let mut installed = install::install(state, path, &m, run.clone())?;
+    let patch = installed.manifest.patch.clone();
+    if installed.record.canary != run {
+        install::update(state, &patch, |r| r.canary = run.clone())?;
+        installed = install::get(state, &patch)?.unwrap_or(installed);
     }
     let options =
         crate::fleet::ApplyOptions { rollback_on_failure: false, watch: true, interrupted: Some(interrupt::received) };
@@ -123,25 +127,23 @@ pub fn install(
             say!("{line}");
         }
     };
-    let patch = installed.manifest.patch.clone();
-    let record = |canary| Record { canary, ..installed.record.clone() };
     if let (Some(canary), Some(plan)) = (canary, plan.as_ref()) {
-        // Until the canaries pass, the daemon gives it to no new process.
-        let run = install::CanaryRun::new(crate::canary::canaries(plan, canary), canary.trial);
-        install::set_state(&engine.state_dir, &patch, &record(Some(run)))?;
         let rollout = crate::canary::apply(engine, &installed.manifest, plan, canary, options, &mut progress);
-        let ended = match &rollout.failure {
-            // The canaries failed: new processes must not get it either.
-            Some(why) => Record {
-                state: State::RolledBack,
-                trial_deadline: None,
-                reason: Some(format!("canary failed: {why}")),
-                canary: None,
-            },
-            None => record(None),
-        };
-        install::set_state(&engine.state_dir, &patch, &ended)?;
-        let installed = install::get(&engine.state_dir, &installed.manifest.patch)?.unwrap_or(installed);
+        // The rollout is over; a failure (or a health check that failed meanwhile, recorded as
+        // it happened) keeps the patch from new processes.
+        install::update(state, &patch, |r| {
+            r.canary = None;
+            if let Some(why) = &rollout.failure {
+                // A canary's health check that failed has already said why, as it happened.
+                let why = match (r.state, &r.reason) {
+                    (State::RolledBack, Some(first)) => first.clone(),
+                    _ => why.clone(),
+                };
+                (r.state, r.trial_deadline, r.reason) =
+                    (State::RolledBack, None, Some(format!("canary failed: {why}")));
+            }
+        })?;
+        let installed = install::get(state, &patch)?.unwrap_or(installed);
         if json {
             output::print(&CanaryInstallDoc {
                 installed: doc(&installed),
@@ -153,14 +155,6 @@ pub fn install(
         }
         return Ok(rollout.exit_code());
     }
-    // An interrupted rollout: this apply to every process finishes it.
-    let installed = match installed.record.canary {
-        Some(_) => {
-            install::set_state(&engine.state_dir, &patch, &record(None))?;
-            install::get(&engine.state_dir, &patch)?.unwrap_or(installed)
-        }
-        None => installed,
-    };
     let summary =
         plan.as_ref().map(|plan| crate::fleet::apply(engine, &installed.manifest, plan, options, &mut progress));
     let code = summary.as_ref().map_or(0, |s| s.exit_code());
@@ -202,6 +196,9 @@ pub fn uninstall(engine: &Engine, patch: &str, yes: bool, cascade: bool, json: b
     // What goes with it: the installed patches that require it, theirs first.
     let order = install::uninstall_order(&engine.state_dir, patch, cascade)?;
     require_terminal_or_yes(yes, "uninstall")?;
+    // Not while another pannus installs, uninstalls or rolls out one of them.
+    let _locks =
+        order.iter().map(|p| crate::lock::InstalledLock::rollout(&engine.state_dir, p)).collect::<Result<Vec<_>>>()?;
     if !yes {
         let mut pids: Vec<i32> = order
             .iter()

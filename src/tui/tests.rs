@@ -1129,3 +1129,23 @@ fn the_installed_view_shows_a_canary_rollout_and_an_interrupted_one() {
     assert!(text.contains("CANARY 2 processes, 03:00 left"), "{text}");
     assert!(text.contains("CANARY INTERRUPTED (pannus 4242 gone)"), "{text}");
 }
+
+#[test]
+fn forks_after_parents_keeps_every_process_chains_and_loops_included() {
+    let copy = |from: i32| {
+        let mut p = patch("fix", 1, State::Trial, &[], 100);
+        p.applied_in = Some(from);
+        p
+    };
+    // 30 forked from 10 (whose own copy names 20), a pair naming each other, and strangers.
+    let rows = vec![
+        row(30, "c", vec![copy(10)]),
+        row(5, "a", vec![]),
+        row(10, "b", vec![copy(20)]),
+        row(20, "root", vec![copy(20)]),
+        row(41, "x", vec![copy(42)]),
+        row(42, "y", vec![copy(41)]),
+    ];
+    let order: Vec<i32> = crate::processes::forks_after_parents(rows, |r| r).iter().map(|r| r.pid.get()).collect();
+    assert_eq!(order, [5, 20, 10, 30, 41, 42]);
+}
