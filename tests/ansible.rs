@@ -309,3 +309,54 @@ fn the_collection_documents_its_modules_and_its_example_playbook_parses() {
         assert!(text.contains(part), "the example playbook lacks `{part}`");
     }
 }
+
+/// The sanity tests of `ansible-test` that run offline (the others install their tools with pip
+/// into virtual environments), on a copy of the collection, since ansible-test writes its
+/// output into the collection.
+const OFFLINE_SANITY: &[&str] = &[
+    "action-plugin-docs",
+    "compile",
+    "empty-init",
+    "future-import-boilerplate",
+    "line-endings",
+    "metaclass-boilerplate",
+    "no-assert",
+    "no-basestring",
+    "no-dict-iteritems",
+    "no-dict-iterkeys",
+    "no-dict-itervalues",
+    "no-get-exception",
+    "no-illegal-filenames",
+    "no-main-display",
+    "no-smart-quotes",
+    "no-unicode-literals",
+    "replace-urlopen",
+    "shebang",
+    "symlinks",
+    "use-argspec-type-path",
+    "use-compat-six",
+];
+
+#[test]
+fn the_collection_passes_the_offline_sanity_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("ansible_collections/pannus/livepatch");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let out = Command::new("cp").arg("-r").arg(collection()).arg(&copy).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out =
+        Command::new("python3").args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).output().unwrap();
+    let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut cmd = ansible("ansible-test", &copy);
+    cmd.args(["sanity", "--local", "--python", &python]);
+    for t in OFFLINE_SANITY {
+        cmd.args(["--test", t]);
+    }
+    let out = cmd.output().expect("ansible-test runs");
+    assert!(
+        out.status.success(),
+        "ansible-test sanity:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
