@@ -360,3 +360,47 @@ fn the_collection_passes_the_offline_sanity_tests() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The example playbook itself, on localhost: two processes of the build patched in the first
+/// batch, kept through a one-second trial, checked, then committed.
+#[test]
+fn the_example_rolling_playbook_patches_then_commits() {
+    let state = State::new();
+    let b = Build::new(&state);
+    let mut procs = [b.start(), b.start()];
+    // What an operator ships: the manifest beside its module.
+    let ship = state.path().join("ship");
+    std::fs::create_dir_all(&ship).unwrap();
+    std::fs::copy(bin("patch_compute.so"), ship.join("fix.so")).unwrap();
+    let text = std::fs::read_to_string(b.manifest("rolling-fix"))
+        .unwrap()
+        .replace(&bin("patch_compute.so").display().to_string(), "fix.so");
+    std::fs::write(ship.join("rolling-fix.yaml"), text + "trial:\n  duration: 10m\n").unwrap();
+    // `pannus` on PATH, as the playbook leaves the module's default.
+    let work = tempfile::tempdir().unwrap();
+    let bin_dir = work.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pannus"), bin_dir.join("pannus")).unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let vars = json!({
+        "target_hosts": "localhost",
+        "ansible_connection": "local",
+        "ansible_become": false,
+        "patch_dir": ship,
+        "patches_dir": work.path().join("patches"),
+        "manifest_name": "rolling-fix.yaml",
+        "trial_seconds": 1,
+    });
+    let out = ansible("ansible-playbook", work.path())
+        .env("PATH", path)
+        .env("PANNUS_STATE_DIR", state.path())
+        .args(["-i", "localhost,", "-e", &vars.to_string(), "pannus.livepatch.rolling"])
+        .output()
+        .expect("ansible-playbook runs");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the example playbook failed:\n{log}");
+    for p in procs.iter_mut() {
+        assert_eq!(p.ask("c 5"), "500", "{log}");
+        assert_eq!(state.status(p.pid)["patches"][0]["state"], "committed", "{log}");
+    }
+}
