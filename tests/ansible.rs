@@ -297,6 +297,15 @@ fn the_collection_documents_its_modules_and_its_example_playbook_parses() {
             assert!(text.contains(part), "ansible-doc {module} lacks `{part}`:\n{text}");
         }
     }
+    // It packs, as ansible-galaxy publishes it.
+    let out = ansible("ansible-galaxy", dir.path())
+        .args(["collection", "build", "--output-path"])
+        .arg(dir.path())
+        .arg(collection())
+        .output()
+        .expect("ansible-galaxy runs");
+    assert!(out.status.success(), "ansible-galaxy collection build: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("pannus-livepatch-0.1.0.tar.gz").is_file());
     let playbook = collection().join("playbooks/rolling.yml");
     let out = ansible("ansible-playbook", dir.path())
         .args(["-i", "localhost,", "--syntax-check"])
