@@ -67,7 +67,8 @@ fn the_debian_package_installs_the_binary_man_page_completions_unit_and_state_fo
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("pannus {}", env!("CARGO_PKG_VERSION")));
 
     let man = root.join("usr/share/man");
-    let out = Command::new("man").args(["-w", "pannus"]).env("MANPATH", &man).output().expect("man (man-db) runs");
+    let out = Command::new("man").args(["-w", "pannus"]).env("MANPATH", &man).output();
+    let out = out.unwrap_or_else(|e| panic!("man: {e}: install man-db (.ci/run does)"));
     assert!(out.status.success(), "man -w pannus: {}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), man.join("man1/pannus.1.gz").to_str().unwrap());
     let out = Command::new("man").args(["-P", "cat", "pannus"]).env("MANPATH", &man).env("MANWIDTH", "80").output();

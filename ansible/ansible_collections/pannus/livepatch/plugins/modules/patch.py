@@ -203,7 +203,7 @@ class Run(object):
         self.failed.extend(summary.get("failed") or [])
 
     def apply(self, before):
-        """Applies the patch where it is missing; returns the pids it (would) reach."""
+        """Applies the patch where it is missing (in check mode, checks it there)."""
         p, manifest, pid = self.pannus, self.params["manifest"], self.params["pid"]
         if pid is not None:
             if before.get(pid) in ACTIVE:
