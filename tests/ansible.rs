@@ -370,10 +370,11 @@ fn the_collection_passes_the_offline_sanity_tests() {
     );
 }
 
-/// The example playbook itself, on localhost: two processes of the build patched in the first
-/// batch, kept through a one-second trial, checked, then committed.
+/// The example playbook itself, on this machine: a host that fails stops the rollout before the
+/// next batch; otherwise the processes of the build are patched, kept through a one-second trial,
+/// checked, then committed.
 #[test]
-fn the_example_rolling_playbook_patches_then_commits() {
+fn the_example_rolling_playbook_stops_at_a_failed_host_and_otherwise_commits() {
     let state = State::new();
     let b = Build::new(&state);
     let mut procs = [b.start(), b.start()];
@@ -391,23 +392,44 @@ fn the_example_rolling_playbook_patches_then_commits() {
     std::fs::create_dir_all(&bin_dir).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pannus"), bin_dir.join("pannus")).unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let playbook = |inventory: &str, vars: Value| {
+        let inv = work.path().join("hosts");
+        std::fs::write(&inv, inventory).unwrap();
+        let out = ansible("ansible-playbook", work.path())
+            .env("PATH", &path)
+            .env("PANNUS_STATE_DIR", state.path())
+            .arg("-i")
+            .arg(&inv)
+            .args(["-e", &vars.to_string(), "pannus.livepatch.rolling"])
+            .output()
+            .expect("ansible-playbook runs");
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), log)
+    };
     let vars = json!({
-        "target_hosts": "localhost",
-        "ansible_connection": "local",
+        "target_hosts": "all",
         "ansible_become": false,
         "patch_dir": ship,
         "patches_dir": work.path().join("patches"),
-        "manifest_name": "rolling-fix.yaml",
         "trial_seconds": 1,
     });
-    let out = ansible("ansible-playbook", work.path())
-        .env("PATH", path)
-        .env("PANNUS_STATE_DIR", state.path())
-        .args(["-i", "localhost,", "-e", &vars.to_string(), "pannus.livepatch.rolling"])
-        .output()
-        .expect("ansible-playbook runs");
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the example playbook failed:\n{log}");
+
+    // Two hosts (both this machine): the first, alone in its batch, fails (its manifest names
+    // another patch that does not exist), and the rollout stops there: the second host's run,
+    // which would patch the processes, never happens.
+    let (ok, log) = playbook(
+        "h1 ansible_connection=local manifest_name=nothing-here.yaml\nh2 ansible_connection=local manifest_name=rolling-fix.yaml\n",
+        vars.clone(),
+    );
+    assert!(!ok, "the rollout went on past a failed host:\n{log}");
+    assert!(log.contains("nothing-here.yaml"), "{log}");
+    assert!(!log.contains("h2"), "the second host was never started:\n{log}");
+    for p in procs.iter_mut() {
+        assert_eq!(p.ask("c 5"), "6", "{log}");
+    }
+
+    let (ok, log) = playbook("h1 ansible_connection=local manifest_name=rolling-fix.yaml\n", vars);
+    assert!(ok, "the example playbook failed:\n{log}");
     for p in procs.iter_mut() {
         assert_eq!(p.ask("c 5"), "500", "{log}");
         assert_eq!(state.status(p.pid)["patches"][0]["state"], "committed", "{log}");
