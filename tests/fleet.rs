@@ -397,10 +397,12 @@ fn commit_all_commits_every_trial_of_a_patch() {
     let state = State::new();
     let mut a = Proc::start("target_pie");
     let mut b = Proc::start("target_pie");
-    let m = compute_fix(&state);
+    // Patch ids of this test's own: `commit --all` and `rollback --all` reach every process
+    // on the machine that has the patch, whatever it runs.
+    let m = state.manifest("commit-all-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok();
 
-    let v = state.pannus(&["commit", "--all", "compute-fix", "--json"]).ok().json();
+    let v = state.pannus(&["commit", "--all", "commit-all-fix", "--json"]).ok().json();
     assert_eq!(pids(&v["committed"]), sorted(&[&a, &b]), "{v}");
     assert_eq!(v["failed"], json!([]));
     assert_eq!(v["exit"], 0);
@@ -409,33 +411,38 @@ fn commit_all_commits_every_trial_of_a_patch() {
     }
     assert_eq!(a.ask("c 5"), "500");
     assert_eq!(b.ask("c 5"), "500");
-    let v = state.pannus(&["commit", "--all", "compute-fix", "--json"]).ok().json();
+    let v = state.pannus(&["commit", "--all", "commit-all-fix", "--json"]).ok().json();
     assert_eq!(v["committed"], json!([]));
     assert_eq!(v["skipped"].as_array().unwrap().len(), 2, "{v}");
     assert_eq!(v["skipped"][0]["reason"], "already committed");
 
-    state.pannus(&["rollback", "--all", "compute-fix", "--yes"]).ok();
-    let r = state.pannus(&["commit", "--all", "compute-fix", "--json"]);
+    state.pannus(&["rollback", "--all", "commit-all-fix", "--yes"]).ok();
+    let r = state.pannus(&["commit", "--all", "commit-all-fix", "--json"]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("not applied in any process"));
 
     // What it requires is on trial: refused without --yes, both committed with it.
-    let base = state.manifest("base-fix", "target_pie", "patch_base.so", &[("compute", "compute_base")], "");
-    let dep =
-        state.manifest("dep-fix", "target_pie", "patch_dep.so", &[("helper", "helper_v2")], "requires: [base-fix]\n");
+    let base = state.manifest("commit-base", "target_pie", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep = state.manifest(
+        "commit-dep",
+        "target_pie",
+        "patch_dep.so",
+        &[("helper", "helper_v2")],
+        "requires: [commit-base]\n",
+    );
     state.apply(&base, a.pid).ok();
     state.apply(&dep, a.pid).ok();
-    let r = state.pannus(&["commit", "--all", "dep-fix", "--json"]);
+    let r = state.pannus(&["commit", "--all", "commit-dep", "--json"]);
     assert_eq!(r.code, 4, "{r:?}");
     let v = r.json();
-    assert!(v["failed"][0]["message"].as_str().unwrap().contains("requires `base-fix`"), "{v}");
-    assert_eq!(state_of(&state, a.pid, "base-fix"), "trial");
-    assert_eq!(state_of(&state, a.pid, "dep-fix"), "trial");
-    let v = state.pannus(&["commit", "--all", "dep-fix", "--yes", "--json"]).ok().json();
+    assert!(v["failed"][0]["message"].as_str().unwrap().contains("requires `commit-base`"), "{v}");
+    assert_eq!(state_of(&state, a.pid, "commit-base"), "trial");
+    assert_eq!(state_of(&state, a.pid, "commit-dep"), "trial");
+    let v = state.pannus(&["commit", "--all", "commit-dep", "--yes", "--json"]).ok().json();
     assert_eq!(v["committed"], json!([a.pid]));
-    assert_eq!(state_of(&state, a.pid, "base-fix"), "committed");
-    assert_eq!(state_of(&state, a.pid, "dep-fix"), "committed");
-    let _ = state.pannus(&["rollback", "--pid", &a.pid.to_string(), "base-fix", "--cascade", "--yes"]);
+    assert_eq!(state_of(&state, a.pid, "commit-base"), "committed");
+    assert_eq!(state_of(&state, a.pid, "commit-dep"), "committed");
+    let _ = state.pannus(&["rollback", "--pid", &a.pid.to_string(), "commit-base", "--cascade", "--yes"]);
 }
 
 /// The state of `patch` in process `pid`, as `status` reads it.
