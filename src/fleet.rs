@@ -109,12 +109,25 @@ pub struct Summary {
 }
 
 /// The order of severity of the exit codes: 1 > 3 > 4 > 2.
-fn severity(kind: Kind) -> u8 {
+pub(crate) fn severity(kind: Kind) -> u8 {
     match kind {
         Kind::Other | Kind::Cancelled => 4,
         Kind::Busy => 3,
         Kind::Precondition => 2,
         Kind::BadInput => 1,
+    }
+}
+
+/// A fleet command's exit code (see the module documentation): the most severe of the
+/// failures; else 0 when some process was `done` or already in the wanted state; else 4.
+pub(crate) fn exit_code<'a>(failed: impl IntoIterator<Item = &'a Failed>, done: bool, skipped: &[Skipped]) -> i32 {
+    if let Some(kind) = failed.into_iter().map(|f| f.error.kind).max_by_key(|k| severity(*k)) {
+        return kind.exit_code();
+    }
+    if done || skipped.iter().any(|s| s.settled) {
+        0
+    } else {
+        Kind::Precondition.exit_code()
     }
 }
 
@@ -138,20 +151,11 @@ impl Summary {
         if self.cancelled.is_some() && self.rollback_failed.is_empty() {
             return Kind::Cancelled.exit_code();
         }
-        if let Some(kind) =
-            self.failed.iter().chain(&self.rollback_failed).map(|f| f.error.kind).max_by_key(|k| severity(*k))
-        {
-            return kind.exit_code();
-        }
         let done = match self.operation {
             Operation::Apply => !self.patched.is_empty(),
             Operation::Rollback => !self.rolled_back.is_empty(),
         };
-        if done || self.skipped.iter().any(|s| s.settled) {
-            0
-        } else {
-            Kind::Precondition.exit_code()
-        }
+        exit_code(self.failed.iter().chain(&self.rollback_failed), done, &self.skipped)
     }
 
     /// The summary for a person: one line of counts, then one line per process.
@@ -199,17 +203,17 @@ impl Summary {
 }
 
 /// `engine` with a cache the processes of one run share (see [`engine::Shared`]).
-fn shared(engine: &Engine) -> Engine {
+pub(crate) fn shared(engine: &Engine) -> Engine {
     let mut engine = engine.clone();
     engine.shared = Some(std::sync::Arc::new(engine::Shared::default()));
     engine
 }
 
-fn gone(pid: i32) -> bool {
+pub(crate) fn gone(pid: i32) -> bool {
     !pannus_kernel::process_exists(pid)
 }
 
-fn skipped(pid: i32, reason: impl Into<String>, settled: bool) -> Skipped {
+pub(crate) fn skipped(pid: i32, reason: impl Into<String>, settled: bool) -> Skipped {
     Skipped { pid, reason: reason.into(), settled }
 }
 
@@ -394,14 +398,14 @@ pub fn workers() -> usize {
 }
 
 /// What a fleet command did to one process.
-enum Outcome<T> {
+pub(crate) enum Outcome<T> {
     Done(T),
     Skipped(Skipped),
     Failed(Failed),
 }
 
 /// What the calling thread hears from the workers.
-enum Event<T> {
+pub(crate) enum Event<T> {
     Started(usize),
     Finished(usize, Outcome<T>),
 }
@@ -416,7 +420,7 @@ enum Event<T> {
 /// to go on; a new process is started only while it does and `interrupted` says nothing (the
 /// processes under way finish). Returns each member's outcome, in the plan's order; `None` for
 /// a member never started.
-fn run_all<T: Send>(
+pub(crate) fn run_all<T: Send>(
     members: &[Member],
     workers: usize,
     interrupted: Option<fn() -> Option<&'static str>>,

@@ -20,6 +20,8 @@ mod elf;
 mod engine;
 mod error;
 mod fleet;
+mod fleet_check;
+mod fleet_commit;
 mod forks;
 pub mod install;
 mod journal;

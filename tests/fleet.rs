@@ -347,3 +347,107 @@ fn the_trial_watcher_of_a_run_carries_out_the_policy_in_every_process() {
         assert!(!p.maps().contains("patch_compute.so"), "process {}", p.pid);
     }
 }
+
+/// `check --all`: what `apply --all` would do in each process, touching nothing; a refusal names
+/// each process with its exit code.
+#[test]
+fn check_all_says_what_apply_all_would_do_and_touches_nothing() {
+    let _serial = serial();
+    let state = State::new();
+    let mut a = Proc::start("target_pie");
+    let mut b = Proc::start("target_pie");
+    let mut c = Proc::start("target_pie");
+    let m = compute_fix(&state);
+    state.apply(&m, b.pid).ok();
+    let before = common::code_bytes(a.pid, "target_pie", "compute");
+
+    let v = state.pannus(&["check", &m.to_string_lossy(), "--all", "--json"]).ok().json();
+    assert_eq!(v["patch"], "compute-fix");
+    assert_eq!(pids(&v["passed"]), sorted(&[&a, &c]), "{v}");
+    assert_eq!(v["skipped"], json!([{"pid": b.pid, "reason": "already applied"}]));
+    assert_eq!(v["failed"], json!([]));
+    assert_eq!(v["exit"], 0);
+    assert_eq!(common::code_bytes(a.pid, "target_pie", "compute"), before, "check changes nothing");
+    assert!(!a.maps().contains("patch_compute.so"));
+    assert_eq!(a.ask("c 5"), "6");
+    assert_eq!(c.ask("c 5"), "6");
+    assert_eq!(b.ask("c 5"), "500");
+    let text = state.pannus(&["check", &m.to_string_lossy(), "--all"]).ok();
+    assert!(text.stdout.contains("`compute-fix`: checks passed in 2, 1 skipped, 0 refused"), "{}", text.stdout);
+
+    // A function the object lacks: refused in every process, exit 4, each named.
+    let bad =
+        state.manifest("missing-fix", "target_pie", "patch_compute.so", &[("no_such_function", "compute_v2")], "");
+    let r = state.pannus(&["check", &bad.to_string_lossy(), "--all", "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["passed"], json!([]));
+    let failed = v["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 3, "{v}");
+    assert!(failed.iter().all(|f| f["message"].as_str().unwrap().contains("no_such_function")), "{v}");
+    assert_eq!(v["exit"], 4);
+    state.rollback(b.pid, None).ok();
+}
+
+/// `commit --all`: every trial of the patch ended, committed; a second run has nothing to do
+/// and succeeds; a patch whose requirement is on trial is refused unless `--yes` commits both.
+#[test]
+fn commit_all_commits_every_trial_of_a_patch() {
+    let _serial = serial();
+    let state = State::new();
+    let mut a = Proc::start("target_pie");
+    let mut b = Proc::start("target_pie");
+    // Patch ids of this test's own: `commit --all` and `rollback --all` reach every process
+    // on the machine that has the patch, whatever it runs.
+    let m = state.manifest("commit-all-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
+    state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok();
+
+    let v = state.pannus(&["commit", "--all", "commit-all-fix", "--json"]).ok().json();
+    assert_eq!(pids(&v["committed"]), sorted(&[&a, &b]), "{v}");
+    assert_eq!(v["failed"], json!([]));
+    assert_eq!(v["exit"], 0);
+    for p in [&a, &b] {
+        assert_eq!(state.status(p.pid)["patches"][0]["state"], "committed");
+    }
+    assert_eq!(a.ask("c 5"), "500");
+    assert_eq!(b.ask("c 5"), "500");
+    let v = state.pannus(&["commit", "--all", "commit-all-fix", "--json"]).ok().json();
+    assert_eq!(v["committed"], json!([]));
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["skipped"][0]["reason"], "already committed");
+
+    state.pannus(&["rollback", "--all", "commit-all-fix", "--yes"]).ok();
+    let r = state.pannus(&["commit", "--all", "commit-all-fix", "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("not applied in any process"));
+
+    // What it requires is on trial: refused without --yes, both committed with it.
+    let base = state.manifest("commit-base", "target_pie", "patch_base.so", &[("compute", "compute_base")], "");
+    let dep = state.manifest(
+        "commit-dep",
+        "target_pie",
+        "patch_dep.so",
+        &[("helper", "helper_v2")],
+        "requires: [commit-base]\n",
+    );
+    state.apply(&base, a.pid).ok();
+    state.apply(&dep, a.pid).ok();
+    let r = state.pannus(&["commit", "--all", "commit-dep", "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    let v = r.json();
+    assert!(v["failed"][0]["message"].as_str().unwrap().contains("requires `commit-base`"), "{v}");
+    assert_eq!(state_of(&state, a.pid, "commit-base"), "trial");
+    assert_eq!(state_of(&state, a.pid, "commit-dep"), "trial");
+    let v = state.pannus(&["commit", "--all", "commit-dep", "--yes", "--json"]).ok().json();
+    assert_eq!(v["committed"], json!([a.pid]));
+    assert_eq!(state_of(&state, a.pid, "commit-base"), "committed");
+    assert_eq!(state_of(&state, a.pid, "commit-dep"), "committed");
+    let _ = state.pannus(&["rollback", "--pid", &a.pid.to_string(), "commit-base", "--cascade", "--yes"]);
+}
+
+/// The state of `patch` in process `pid`, as `status` reads it.
+fn state_of(state: &State, pid: i32, patch: &str) -> String {
+    let st = state.status(pid);
+    let p = st["patches"].as_array().unwrap().iter().find(|p| p["patch"] == patch && p["state"] != "rolled-back");
+    p.map_or("absent".to_string(), |p| p["state"].as_str().unwrap().to_string())
+}

@@ -1,4 +1,5 @@
-//! `apply --all`, `rollback --all`, `status --all` and canary rollouts on the command line:
+//! `apply --all`, `rollback --all`, `status --all`, `check --all`, `commit --all` and canary
+//! rollouts on the command line:
 //! the questions, the progress on a terminal, and the summaries.
 
 use super::{ask, carry_out_overdue_all, interrupt, output, print_status, require_terminal_or_yes, Command};
@@ -8,7 +9,8 @@ use crate::fleet::Operation;
 use crate::manifest::Manifest;
 use std::io::{IsTerminal, Write};
 
-/// `apply --all`, `rollback --all` and `status --all`; returns the exit code.
+/// `apply --all`, `rollback --all`, `status --all`, `check --all` and `commit --all`; returns the
+/// exit code.
 pub(super) fn fleet_dispatch(engine: &Engine, command: Command) -> Result<i32> {
     match command {
         Command::Apply { manifest, yes, rollback_on_failure, canary, json, .. } => {
@@ -16,6 +18,8 @@ pub(super) fn fleet_dispatch(engine: &Engine, command: Command) -> Result<i32> {
         }
         Command::Rollback { patch, yes, cascade, json, .. } => fleet_rollback(engine, patch, yes, cascade, json),
         Command::Status { json, .. } => fleet_status(engine, json).map(|()| 0),
+        Command::Check { manifest, json, .. } => fleet_check(engine, &manifest, json),
+        Command::Commit { patch, yes, json, .. } => fleet_commit(engine, &patch, yes, json),
         _ => Err(Error::bad_input("--all is not an option of this command")),
     }
 }
@@ -225,4 +229,58 @@ fn fleet_status(engine: &Engine, json: bool) -> Result<()> {
         print_status(p.pid.get(), &p.name, &p.exe, &p.patches);
     }
     Ok(())
+}
+
+fn fleet_check(engine: &Engine, path: &std::path::Path, json: bool) -> Result<i32> {
+    let m = Manifest::load(path)?;
+    let plan = crate::fleet::plan_apply(&m)?;
+    let mut report = FleetReport::new("check --all", plan.members.len(), json);
+    let summary = crate::fleet_check::check(engine, &m, &plan, &mut report);
+    report.finish();
+    if json {
+        output::print(&output::FleetCheck::from(&summary))?;
+    } else {
+        say_part!("{}", summary.text());
+    }
+    Ok(summary.exit_code())
+}
+
+fn fleet_commit(engine: &Engine, patch: &str, yes: bool, json: bool) -> Result<i32> {
+    let plan = crate::fleet_commit::plan_commit(patch)?;
+    let mut with_required = yes;
+    if !yes && std::io::stdin().is_terminal() {
+        // As `commit --pid` on a terminal: one question names the patches still in trial that
+        // must be committed with it.
+        let required = crate::fleet_commit::required_on_trial(&plan);
+        if !required.is_empty() {
+            let notes: Vec<String> = required
+                .iter()
+                .map(|(pid, ids)| {
+                    format!("{} in process {pid}", ids.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "))
+                })
+                .collect();
+            let question = format!(
+                "`{patch}` requires patches still in trial ({}). Commit them and `{patch}` together in {}?",
+                notes.join("; "),
+                processes_text(&plan.pids())
+            );
+            if !ask(&question) {
+                return Err(Error::cancelled("commit cancelled: nothing was committed"));
+            }
+            with_required = true;
+        }
+    }
+    let mut report = FleetReport::new("commit --all", plan.members.len(), json);
+    let summary = crate::fleet_commit::commit(engine, &plan, with_required, Some(interrupt::received), &mut report);
+    report.finish();
+    if json {
+        output::print(&output::FleetCommit::from(&summary))?;
+    } else {
+        say_part!("{}", summary.text());
+    }
+    if !summary.failed.is_empty() {
+        let pids: Vec<i32> = summary.failed.iter().map(|f| f.pid).collect();
+        let _ = writeln!(std::io::stderr(), "pannus: committing `{patch}` failed in {}", processes_text(&pids));
+    }
+    Ok(summary.exit_code())
 }

@@ -99,10 +99,14 @@ pub enum Command {
         json: bool,
     },
     /// Every check apply would make, touching nothing
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["pid", "all"])))]
     Check {
         manifest: PathBuf,
         #[arg(long)]
-        pid: i32,
+        pid: Option<i32>,
+        /// Every process apply --all would patch: those that map the target object with the manifest's build-id and lack the patch
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -125,9 +129,13 @@ pub enum Command {
         json: bool,
     },
     /// End a patch's trial: trial -> committed
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["pid", "all"])))]
     Commit {
         #[arg(long)]
-        pid: i32,
+        pid: Option<i32>,
+        /// PATCH in every process where it is on trial
+        #[arg(long)]
+        all: bool,
         patch: String,
         /// Commit the patches PATCH requires that are still in trial too, without asking
         #[arg(long, short)]
@@ -335,9 +343,11 @@ pub fn run(cli: Cli, spare: pannus_kernel::SpareCpu) -> i32 {
         interrupt::catch();
     }
     let result = match command {
-        Command::Apply { all: true, .. } | Command::Rollback { all: true, .. } | Command::Status { all: true, .. } => {
-            fleet_cmd::fleet_dispatch(&engine, command)
-        }
+        Command::Apply { all: true, .. }
+        | Command::Rollback { all: true, .. }
+        | Command::Status { all: true, .. }
+        | Command::Check { all: true, .. }
+        | Command::Commit { all: true, .. } => fleet_cmd::fleet_dispatch(&engine, command),
         Command::Install { manifest, yes, canary, json } => {
             install_cmd::install(&engine, &manifest, yes, canary.get(), json)
         }
@@ -361,10 +371,10 @@ fn dispatch(engine: &Engine, command: Command) -> Result<()> {
         Command::Apply { manifest, pid, yes, wait, json, .. } => {
             apply(engine, &manifest, one_pid(pid)?, yes, wait, json)
         }
-        Command::Check { manifest, pid, json } => check(engine, &manifest, pid, json),
+        Command::Check { manifest, pid, json, .. } => check(engine, &manifest, one_pid(pid)?, json),
         Command::Status { pid, json, .. } => status(engine, one_pid(pid)?, json),
         Command::Ps { all, json } => ps(engine, all, json),
-        Command::Commit { pid, patch, yes, json } => commit(engine, pid, &patch, yes, json),
+        Command::Commit { pid, patch, yes, json, .. } => commit(engine, one_pid(pid)?, &patch, yes, json),
         Command::Rollback { pid, patch, yes, cascade, json, .. } => {
             rollback(engine, one_pid(pid)?, patch, yes, cascade, json)
         }

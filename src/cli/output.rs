@@ -323,6 +323,54 @@ impl<'a> From<&'a Summary> for FleetRollback<'a> {
     }
 }
 
+/// `check --all --json`: the processes whose checks all passed (those `apply --all` would
+/// patch), those left alone and why, those refused with the refusal.
+#[derive(Debug, Serialize)]
+pub struct FleetCheck<'a> {
+    pub patch: &'a str,
+    pub passed: Vec<i32>,
+    #[serde(flatten)]
+    pub not_done: NotDone<'a>,
+    pub exit: i32,
+}
+
+impl<'a> From<&'a crate::fleet_check::CheckSummary> for FleetCheck<'a> {
+    fn from(s: &'a crate::fleet_check::CheckSummary) -> FleetCheck<'a> {
+        let skipped = s.skipped.iter().map(|k| SkippedProcess { pid: k.pid, reason: &k.reason }).collect();
+        FleetCheck {
+            patch: &s.patch,
+            passed: s.passed.iter().map(|c| c.pid).collect(),
+            not_done: NotDone { skipped, failed: failed(&s.failed) },
+            exit: s.exit_code(),
+        }
+    }
+}
+
+/// `commit --all --json`: the processes where the patch was committed, those left alone and why,
+/// those it failed in.
+#[derive(Debug, Serialize)]
+pub struct FleetCommit<'a> {
+    pub patch: &'a str,
+    pub committed: Vec<i32>,
+    #[serde(flatten)]
+    pub not_done: NotDone<'a>,
+    pub cancelled: Option<&'a str>,
+    pub exit: i32,
+}
+
+impl<'a> From<&'a crate::fleet_commit::CommitSummary> for FleetCommit<'a> {
+    fn from(s: &'a crate::fleet_commit::CommitSummary) -> FleetCommit<'a> {
+        let skipped = s.skipped.iter().map(|k| SkippedProcess { pid: k.pid, reason: &k.reason }).collect();
+        FleetCommit {
+            patch: &s.patch,
+            committed: s.committed.iter().map(|(pid, _)| *pid).collect(),
+            not_done: NotDone { skipped, failed: failed(&s.failed) },
+            cancelled: s.cancelled.as_deref(),
+            exit: s.exit_code(),
+        }
+    }
+}
+
 /// `manifest check --json`.
 #[derive(Debug, Serialize)]
 pub struct ManifestCheck<'a> {
