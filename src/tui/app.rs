@@ -243,6 +243,8 @@ pub struct App {
     /// A change to a patch that this console did not make (a trial watcher's commit or
     /// rollback, another pannus), and when it was seen; shown for [`NOTICE_SECS`].
     pub notice: Option<(u64, String)>,
+    /// Whether that notice is about the process the engineer looks at (selected, or open).
+    pub notice_focused: bool,
     /// Patches this console's own jobs changed, not to be reported as notices.
     own: Vec<(i32, String)>,
     /// A job is running (one at a time).
@@ -371,6 +373,7 @@ impl App {
             message: None,
             message_at: 0,
             notice: None,
+            notice_focused: false,
             own: Vec::new(),
             busy: None,
             manifests_dir,
@@ -525,6 +528,9 @@ impl App {
         if self.snapshot.rows.is_empty() {
             return;
         }
+        // What happens to the process the engineer is looking at comes first, and a fresh
+        // notice about it is not pushed out by changes in other processes.
+        let focus = self.detail.or(self.selected);
         let mut seen = Vec::new();
         for row in &new.rows {
             let Some(old) = self.snapshot.rows.iter().find(|r| r.pid == row.pid) else { continue };
@@ -547,17 +553,18 @@ impl App {
                     (None, State::Trial) => format!("`{}` was applied to process {pid} by another pannus", p.patch),
                     _ => continue,
                 };
-                seen.push(what);
+                seen.push((Some(pid) == focus, what));
             }
         }
-        if let Some(first) = seen.first() {
-            let more = if seen.len() > 1 {
-                format!(" (and {} more: see the journal, J)", seen.len() - 1)
-            } else {
-                String::new()
-            };
-            self.notice = Some((self.now, format!("NOTICE: {first}{more}")));
+        seen.sort_by_key(|(focused, _)| !focused);
+        let Some((focused, first)) = seen.first() else { return };
+        if !focused && self.notice_focused && self.fresh_notice().is_some() {
+            return;
         }
+        let more =
+            if seen.len() > 1 { format!(" (and {} more: see the journal, J)", seen.len() - 1) } else { String::new() };
+        self.notice = Some((self.now, format!("NOTICE: {first}{more}")));
+        self.notice_focused = *focused;
     }
 
     /// Whether a job runs or a confirmation waits: what Ctrl-C interrupts.

@@ -1149,3 +1149,23 @@ fn forks_after_parents_keeps_every_process_chains_and_loops_included() {
     let order: Vec<i32> = crate::processes::forks_after_parents(rows, |r| r).iter().map(|r| r.pid.get()).collect();
     assert_eq!(order, [5, 20, 10, 30, 41, 42]);
 }
+
+#[test]
+fn a_notice_about_the_selected_process_is_not_pushed_out_by_other_processes() {
+    let mut a = app();
+    a.selected = Some(812);
+    let mut rows = a.snapshot.rows.clone();
+    rows.iter_mut().find(|r| r.pid.get() == 812).unwrap().patches[1].state = State::Committed;
+    a.set_snapshot(Snapshot { rows: rows.clone() });
+    assert!(a.fresh_notice().unwrap().contains("`invite-fix` was committed in process 812"));
+    // Then another process changes: the notice about 812 stays while fresh.
+    rows.iter_mut().find(|r| r.pid.get() == 901).unwrap().patches[0].state = State::RolledBack;
+    a.set_snapshot(Snapshot { rows: rows.clone() });
+    assert!(a.fresh_notice().unwrap().contains("process 812"), "{:?}", a.fresh_notice());
+    // Once it is old, other processes' notices show again.
+    a.now += NOTICE_SECS;
+    rows.iter_mut().find(|r| r.pid.get() == 1200).unwrap().patches[0].state = State::Trial;
+    rows.iter_mut().find(|r| r.pid.get() == 1200).unwrap().patches[0].seq = 9;
+    a.set_snapshot(Snapshot { rows });
+    assert!(a.fresh_notice().unwrap().contains("process 1200"), "{:?}", a.fresh_notice());
+}
