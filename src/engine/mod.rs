@@ -12,6 +12,7 @@
 mod activate;
 mod apply;
 mod dlopen;
+mod ifunc;
 mod init;
 mod link;
 mod load;

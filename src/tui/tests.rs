@@ -37,6 +37,8 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         functions: vec![FunctionRecord {
             target: format!("handle_{}", id.replace('-', "_")),
             replacement: format!("handle_{}_fixed", id.replace('-', "_")),
+            implementation: None,
+            in_use: None,
             address: 0x5555_5555_1000 + seq * 0x40,
             replacement_address: 0x5555_0000_1100 + seq * 0x10000,
             replacement_size: Some(0x20),

@@ -1,0 +1,254 @@
+//! The C library as a target, on this machine's own `libc.so.6` (its path and build-id read
+//! from the running target at test time): an indirect function (`strlen`, which the dynamic
+//! linker chose an implementation of for this CPU), a plain function (`atoi`) and a versioned
+//! one (`realpath@GLIBC_2.2.5`) replaced in one patch; a call from inside the C library
+//! (`puts` measures its string with its own `strlen`) sees the fix; rollback restores every
+//! entry; threads calling them flat out through apply/rollback cycles never see a wrong answer.
+
+mod common;
+use common::{fixtures_src, Proc, State};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Builds tests/fixtures/libc_target.c next to the other fixtures, once.
+fn libc_target() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new("gcc")
+            .args(["-O2", "-g", "-pthread", "-o"])
+            .arg(common::bin("libc_target"))
+            .arg(fixtures_src().join("libc_target.c"))
+            .output()
+            .expect("gcc runs");
+        assert!(out.status.success(), "gcc libc_target.c failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    });
+    "libc_target"
+}
+
+/// The C library process `pid` maps, as its maps name it.
+fn libc_of(pid: i32) -> PathBuf {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("/libc.so")).unwrap();
+    PathBuf::from(path)
+}
+
+/// Where process `pid` maps the C library's first page (its load bias: libc's first segment
+/// is at virtual address 0).
+fn libc_base(pid: i32) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line =
+        maps.lines().find(|l| l.contains("/libc.so") && l.split_whitespace().nth(2) == Some("00000000")).unwrap();
+    u64::from_str_radix(line.split('-').next().unwrap(), 16).unwrap()
+}
+
+/// A manifest for `libc` replacing `functions` with patch_glibc.so's.
+fn manifest(state: &State, patch: &str, libc: &Path, functions: &[(&str, &str)]) -> PathBuf {
+    let module = common::bin("patch_glibc.so");
+    let mut text = format!(
+        "patch: {patch}\nversion: \"1\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {}\nfunctions:\n",
+        libc.display(),
+        common::build_id(libc),
+        module.display(),
+        pannus::sha256_file(&module).unwrap()
+    );
+    for (t, r) in functions {
+        text.push_str(&format!("  - target: \"{t}\"\n    replacement: {r}\n"));
+    }
+    let path = state.path().join(format!("{patch}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const FIX: [(&str, &str); 3] =
+    [("strlen", "strlen_fixed"), ("atoi", "atoi_fixed"), ("realpath@GLIBC_2.2.5", "realpath_compat_fixed")];
+
+/// The target's answers before any patch (or after rollback).
+fn assert_original(t: &mut Proc) {
+    assert_eq!(t.ask("len probe:abc|def"), "13");
+    assert_eq!(t.ask("puts probe:abc|def"), "probe:abc|def");
+    assert_eq!(t.ask("atoi 99999999999"), "1215752191");
+    assert_eq!(t.ask("realpath /"), "EINVAL");
+    assert_eq!(t.ask("len hello"), "5");
+}
+
+/// Bytes at each address in the process.
+fn bytes_at(pid: i32, addrs: &[u64]) -> Vec<Vec<u8>> {
+    let t = pannus::Target::open(pid).unwrap();
+    addrs.iter().map(|&a| t.mem.read_vec(a, 16).unwrap()).collect()
+}
+
+fn hex(v: &serde_json::Value) -> u64 {
+    u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+#[test]
+fn an_ifunc_a_plain_and_a_versioned_function_of_libc_in_one_patch() {
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    assert_original(&mut t);
+    // Where the program's own pointer to strlen points: the implementation ld.so chose.
+    let chosen = u64::from_str_radix(t.ask("addr").trim_start_matches("0x"), 16).unwrap();
+    let m = manifest(&state, "glibc-fix", &libc, &FIX);
+
+    // check names the implementation in use, touching nothing.
+    let check = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]).ok();
+    assert!(check.stdout.contains("strlen → ") && check.stdout.contains(" → strlen_fixed (in use"), "{}", check.stdout);
+    let check_json = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string(), "--json"]).ok();
+    assert!(check_json.stdout.contains("(in use, at"), "{}", check_json.stdout);
+
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("len probe:abc|def"), "9", "the program's own call to strlen");
+    assert_eq!(t.ask("puts probe:abc|def"), "probe:abc", "libc's internal call to strlen, from puts");
+    assert_eq!(t.ask("atoi 99999999999"), "2147483647", "the plain function");
+    assert_eq!(t.ask("realpath /"), "/", "the GLIBC_2.2.5 version of realpath");
+    assert_eq!(t.ask("len hello"), "5");
+
+    // The record names the implementation in use, the one ld.so bound the program to.
+    let st = state.status(t.pid);
+    let functions = st["patches"][0]["functions"].as_array().unwrap().clone();
+    let strlen: Vec<&serde_json::Value> = functions.iter().filter(|f| f["target"] == "strlen").collect();
+    let in_use: Vec<&&serde_json::Value> = strlen.iter().filter(|f| f["in_use"] == true).collect();
+    assert_eq!(in_use.len(), 1, "{functions:#?}");
+    assert_eq!(hex(&in_use[0]["address"]), chosen, "{functions:#?}");
+    assert!(strlen.len() >= 2, "every implementation the resolver can return is patched: {functions:#?}");
+    let implementation = in_use[0]["implementation"].as_str().unwrap().to_string();
+    let debug_file = Path::new("/usr/lib/debug/.build-id")
+        .join(&common::build_id(&libc)[..2])
+        .join(format!("{}.debug", &common::build_id(&libc)[2..]));
+    if debug_file.exists() {
+        assert!(implementation.starts_with("__strlen_"), "{implementation}");
+    } else {
+        assert!(implementation.starts_with("libc.so.6+0x"), "{implementation}");
+    }
+    let plain = functions.iter().find(|f| f["target"] == "atoi").unwrap();
+    assert!(plain.get("implementation").is_none(), "{plain}");
+    let route = format!("strlen → {implementation} → strlen_fixed");
+    let text = state.pannus(&["status", "--pid", &t.pid.to_string()]).ok();
+    assert!(text.stdout.contains(&route), "{}", text.stdout);
+    let journal = state.pannus(&["journal", "--pid", &t.pid.to_string()]).ok();
+    assert!(journal.stdout.contains(&route), "{}", journal.stdout);
+
+    // Rollback restores every entry, the implementations not in use included.
+    let addresses: Vec<u64> = functions.iter().map(|f| hex(&f["address"])).collect();
+    let patched = bytes_at(t.pid, &addresses);
+    state.rollback(t.pid, None).ok();
+    assert_original(&mut t);
+    let restored = bytes_at(t.pid, &addresses);
+    let on_disk = pannus::Object::load(&libc, "libc").unwrap();
+    let base = libc_base(t.pid);
+    for ((f, p), r) in functions.iter().zip(&patched).zip(&restored) {
+        let at = f["address"].as_str().unwrap();
+        assert_ne!(p, r, "{at} was patched");
+        assert_eq!(Some(r.as_slice()), on_disk.bytes_at(hex(&f["address"]) - base, 16), "{at} is restored");
+    }
+    // Applied again, and rolled back again, the same.
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("puts probe:abc|def"), "probe:abc");
+    state.rollback(t.pid, None).ok();
+    assert_original(&mut t);
+    assert_eq!(bytes_at(t.pid, &addresses), restored);
+}
+
+#[test]
+fn a_name_libc_defines_in_several_versions_is_refused_naming_them() {
+    let state = State::new();
+    let t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    let pid = t.pid.to_string();
+    let m = manifest(&state, "unversioned", &libc, &[("realpath", "realpath_compat_fixed")]);
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]);
+    assert_eq!(r.code, 4, "{r:?}");
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("realpath@GLIBC_2.2.5") && all.contains("realpath@@GLIBC_2.3"), "{all}");
+    let r = state.pannus(&["manifest", "check", &m.to_string_lossy()]);
+    assert_eq!(r.code, 4, "{r:?}");
+
+    let m = manifest(&state, "not-default", &libc, &[("realpath@@GLIBC_2.2.5", "realpath_compat_fixed")]);
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("not the default"), "{r:?}");
+
+    // The default version, named, is found.
+    let m = manifest(&state, "default", &libc, &[("realpath@@GLIBC_2.3", "realpath_compat_fixed")]);
+    state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]).ok();
+}
+
+#[test]
+fn threads_calling_libc_flat_out_through_apply_rollback_cycles() {
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    let m = manifest(&state, "glibc-stress", &libc, &FIX[..2]);
+    assert_eq!(t.ask("spin 4"), "spinning 4");
+    let counts = |t: &mut Proc| -> [u64; 3] {
+        let line = t.ask("count");
+        let v: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        v.try_into().unwrap_or_else(|v| panic!("bad count line {v:?}"))
+    };
+    let cycles = 10;
+    let mut busy = 0;
+    for _ in 0..cycles {
+        loop {
+            let r = state.apply(&m, t.pid);
+            match r.code {
+                0 => break,
+                3 if busy < 5 * cycles => busy += 1,
+                _ => panic!("apply failed: {r:?}"),
+            }
+        }
+        // The threads see the fix: their count of fixed answers grows.
+        let seen = counts(&mut t)[1];
+        common::wait_until("the threads see the fix", || counts(&mut t)[1] > seen);
+        assert_eq!(t.ask("puts probe:abc|def"), "probe:abc");
+        loop {
+            let r = state.rollback(t.pid, None);
+            match r.code {
+                0 => break,
+                3 if busy < 5 * cycles => busy += 1,
+                _ => panic!("rollback failed: {r:?}"),
+            }
+        }
+        assert_eq!(t.ask("len probe:abc|def"), "13");
+    }
+    let [calls, patched, wrong] = counts(&mut t);
+    assert_eq!(wrong, 0, "{calls} calls, {patched} with the fix");
+    assert!(calls > patched && patched > 0, "{calls} calls, {patched} with the fix");
+    assert!(t.alive());
+    assert!(!t.maps().contains("patch_glibc.so"), "every module unloaded");
+}
+
+#[test]
+fn a_slot_holding_no_implementation_of_the_function_is_refused() {
+    // What the process's slots hold is a hint, checked against the C library's own tables: a
+    // compromised (or corrupted) process cannot point pannus at the middle of a function.
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    let m = manifest(&state, "glibc-fix", &libc, &FIX[..1]);
+    let exe = common::bin(libc_target());
+    let program = pannus::Object::load(&exe, "program").unwrap();
+    let slot = program
+        .relocs
+        .iter()
+        .find(|r| r.rtype == 1 && r.sym.is_some_and(|i| program.dynsyms[i].name == "strlen"))
+        .expect("the program keeps a pointer to strlen, an R_X86_64_64 slot")
+        .offset;
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", t.pid)).unwrap();
+    let exe_line = maps.lines().find(|l| l.ends_with(&*exe.to_string_lossy())).unwrap();
+    let slot = u64::from_str_radix(exe_line.split('-').next().unwrap(), 16).unwrap() + slot;
+    let target = pannus::Target::open(t.pid).unwrap();
+    let bound = target.mem.read_u64(slot).unwrap();
+    assert_eq!(format!("{bound:#x}"), t.ask("addr"));
+
+    target.mem.write(slot, &(bound + 1).to_le_bytes()).unwrap();
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains(&format!("holds {:#x}, which is no implementation of `strlen`", bound + 1)), "{r:?}");
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 4, "{r:?}");
+    target.mem.write(slot, &bound.to_le_bytes()).unwrap();
+    assert_eq!(t.ask("len probe:abc|def"), "13", "nothing was done");
+    state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]).ok();
+}
