@@ -173,6 +173,19 @@ fn a_name_libc_defines_in_several_versions_is_refused_naming_them() {
     // The default version, named, is found.
     let m = manifest(&state, "default", &libc, &[("realpath@@GLIBC_2.3", "realpath_compat_fixed")]);
     state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]).ok();
+
+    // An internal alias only the debug file names is the same code: found there, and refused
+    // beside the public name in one patch (one entry, one replacement).
+    let id = common::build_id(&libc);
+    if Path::new(&format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..])).exists() {
+        let m = manifest(&state, "internal", &libc, &[("__GI_strlen", "strlen_fixed")]);
+        let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]).ok();
+        assert!(r.stdout.contains("__GI_strlen → __strlen_"), "{}", r.stdout);
+        let m = manifest(&state, "both", &libc, &[("strlen", "strlen_fixed"), ("__GI_strlen", "strlen_fixed")]);
+        let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]);
+        assert_eq!(r.code, 4, "{r:?}");
+        assert!(r.stderr.contains("are the same code"), "{r:?}");
+    }
 }
 
 #[test]
@@ -251,4 +264,78 @@ fn a_slot_holding_no_implementation_of_the_function_is_refused() {
     target.mem.write(slot, &bound.to_le_bytes()).unwrap();
     assert_eq!(t.ask("len probe:abc|def"), "13", "nothing was done");
     state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]).ok();
+}
+
+#[test]
+fn the_demo_glibc_fix_made_as_its_comments_say() {
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/glibc");
+    let module = state.path().join("glibc-fixes.so");
+    let out = Command::new("gcc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&module)
+        .arg(demo.join("glibc-fixes.c"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = state.path().join("glibc-fixes.yaml");
+    let (libc_arg, module_arg, m_arg) = (libc.to_string_lossy(), module.to_string_lossy(), m.to_string_lossy());
+    state
+        .pannus(&[
+            "manifest",
+            "new",
+            "--target",
+            &libc_arg,
+            "--module",
+            &module_arg,
+            "--patch",
+            "glibc-fixes",
+            "--version",
+            "1",
+            "--map",
+            "realpath@GLIBC_2.2.5=realpath_alloc",
+            "--output",
+            &m_arg,
+            "--force",
+        ])
+        .ok();
+    // The manifest written replaces what the shipped one says.
+    let functions = |path: &Path| -> serde_yaml::Value {
+        let v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut f: Vec<(String, String)> = v["functions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|f| (f["target"].as_str().unwrap().into(), f["replacement"].as_str().unwrap().into()))
+            .collect();
+        f.sort();
+        serde_yaml::to_value(f).unwrap()
+    };
+    assert_eq!(functions(&m), functions(&demo.join("glibc-fixes.yaml")));
+
+    assert_eq!(t.ask("realpath /"), "EINVAL");
+    assert_eq!(t.ask("wcsnlen abcdef 3"), "3");
+    let check = state.pannus(&["check", &m_arg, "--pid", &t.pid.to_string()]).ok();
+    assert!(
+        check.stdout.contains("wcsnlen → ") && check.stdout.contains("→ wcsnlen_fixed (in use"),
+        "{}",
+        check.stdout
+    );
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("realpath /"), "/");
+    assert_eq!(t.ask("wcsnlen abcdef 3"), "3");
+    assert_eq!(t.ask("wcsnlen abcdef 100"), "6");
+    assert_eq!(t.ask("wcsnlen abc 4611686018427387904"), "3");
+    let st = state.status(t.pid);
+    let used: Vec<&serde_json::Value> = st["patches"][0]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["target"] == "wcsnlen" && f["in_use"] == true)
+        .collect();
+    assert_eq!(used.len(), 1, "{st:#}");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("realpath /"), "EINVAL");
 }
