@@ -339,3 +339,18 @@ fn the_demo_glibc_fix_made_as_its_comments_say() {
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("realpath /"), "EINVAL");
 }
+
+#[test]
+fn an_ifunc_of_libc_replaced_by_a_module_the_target_dlopens() {
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    let m = manifest(&state, "glibc-dlopen", &libc, &FIX[..1]);
+    common::set_load(&m, "dlopen");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("len probe:abc|def"), "9");
+    assert_eq!(t.ask("puts probe:abc|def"), "probe:abc");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("puts probe:abc|def"), "probe:abc|def");
+    assert_eq!(t.ask("len probe:abc|def"), "13");
+}

@@ -54,11 +54,11 @@ impl Session<'_> {
                     a.record.functions.iter().filter(|f| f.in_use == Some(true)).map(|f| f.route()).collect();
                 let others = a.record.functions.iter().filter(|f| f.in_use == Some(false)).count();
                 let mut detail = format!("state {}", a.record.state);
-                if !routes.is_empty() || others > 0 {
+                if !routes.is_empty() {
                     detail += &format!("; {}", routes.join(", "));
-                    if others > 0 {
-                        detail += &format!(" (and {others} implementation(s) not in use, patched too)");
-                    }
+                }
+                if others > 0 {
+                    detail += &format!("; {others} implementation(s) not in use patched too");
                 }
                 self.journal("apply", Some(&m.patch), "ok", &detail)
             }

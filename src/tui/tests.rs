@@ -1082,3 +1082,37 @@ fn what_goes_with_an_installed_patch_is_everything_that_requires_it_theirs_first
     assert_eq!(list.dependents("b"), ["c"]);
     assert!(list.dependents("e").is_empty());
 }
+
+#[test]
+fn an_indirect_function_shows_the_implementation_its_entry_is() {
+    let mut a = app();
+    let mut p = patch("strlen-fix", 4, State::Trial, &[], 200);
+    let f = p.functions[0].clone();
+    p.functions = vec![
+        FunctionRecord {
+            target: "strlen".into(),
+            replacement: "strlen_fixed".into(),
+            implementation: Some("__strlen_evex".into()),
+            in_use: Some(true),
+            ..f.clone()
+        },
+        FunctionRecord {
+            target: "strlen".into(),
+            replacement: "strlen_fixed".into(),
+            implementation: Some("__strlen_sse2".into()),
+            in_use: Some(false),
+            address: f.address + 0x100,
+            ..f
+        },
+    ];
+    let mut rows = a.snapshot.rows.clone();
+    rows.push(row(3000, "resolverd", vec![p]));
+    a.set_snapshot(Snapshot { rows });
+    a.selected = Some(3000);
+    a.on_key(key(KeyCode::Enter));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("strlen → __strlen_evex 0x") && s.contains("strlen → __strlen_sse2 (not in use) 0x"), "{s}");
+    a.on_key(ch('t'));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("strlen → __strlen_evex → strlen_fixed") && !s.contains("__strlen_sse2"), "{s}");
+}
