@@ -245,9 +245,10 @@ fn a_slot_holding_no_implementation_of_the_function_is_refused() {
     let slot = program
         .relocs
         .iter()
-        .find(|r| r.rtype == 1 && r.sym.is_some_and(|i| program.dynsyms[i].name == "strlen"))
-        .expect("the program keeps a pointer to strlen, an R_X86_64_64 slot")
+        .find(|r| r.rtype == 7 && r.sym.is_some_and(|i| program.dynsyms[i].name == "strlen"))
+        .expect("the program calls strlen through its PLT: a JUMP_SLOT")
         .offset;
+    assert_eq!(t.ask("len abc"), "3", "bound, lazily or not");
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", t.pid)).unwrap();
     let exe_line = maps.lines().find(|l| l.ends_with(&*exe.to_string_lossy())).unwrap();
     let slot = u64::from_str_radix(exe_line.split('-').next().unwrap(), 16).unwrap() + slot;
@@ -255,15 +256,42 @@ fn a_slot_holding_no_implementation_of_the_function_is_refused() {
     let bound = target.mem.read_u64(slot).unwrap();
     assert_eq!(format!("{bound:#x}"), t.ask("addr"));
 
+    // A slot pointing into the middle of the implementation.
     target.mem.write(slot, &(bound + 1).to_le_bytes()).unwrap();
     let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains(&format!("holds {:#x}, which is no implementation of `strlen`", bound + 1)), "{r:?}");
     let r = state.apply(&m, t.pid);
     assert_eq!(r.code, 4, "{r:?}");
+    // A slot pointing out of the C library: the fix would not reach its calls.
+    let elsewhere = t.maps().lines().find(|l| l.contains("[stack]")).unwrap().split('-').next().unwrap().to_string();
+    let elsewhere = u64::from_str_radix(&elsewhere, 16).unwrap() + 64;
+    target.mem.write(slot, &elsewhere.to_le_bytes()).unwrap();
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("in [stack]: calls through it do not reach"), "{r:?}");
+
     target.mem.write(slot, &bound.to_le_bytes()).unwrap();
     assert_eq!(t.ask("len probe:abc|def"), "13", "nothing was done");
     state.pannus(&["check", &m.to_string_lossy(), "--pid", &t.pid.to_string()]).ok();
+}
+
+#[test]
+fn an_ifunc_nothing_has_bound_yet_and_one_bound_to_the_vdso() {
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    let pid = t.pid.to_string();
+    // Nothing in this process calls strstr: every implementation is patched, none in use.
+    let m = manifest(&state, "strstr", &libc, &[("strstr", "strlen_fixed")]);
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]).ok();
+    assert!(r.stdout.contains("strstr is an indirect function not bound in this process yet"), "{}", r.stdout);
+    // time is bound to the kernel's vDSO, which no patch of the C library reaches.
+    assert_eq!(t.ask("time").len(), 10);
+    let m = manifest(&state, "time", &libc, &[("time", "strlen_fixed")]);
+    let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("in [vdso]: calls through it do not reach"), "{r:?}");
 }
 
 #[test]

@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 use crate::target::{Loaded, Target};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
-const R_64: u32 = 1;
 const R_GLOB_DAT: u32 = 6;
 const R_JUMP_SLOT: u32 = 7;
 const R_IRELATIVE: u32 = 37;
@@ -150,10 +149,26 @@ pub fn implementations(
         }
     }
     for (slot, holder, value) in bound_values(target, object, sym, name) {
-        let Some(vaddr) = value.checked_sub(object.bias).filter(|_| (object.lo..object.hi).contains(&value)) else {
-            // Not bound to this object (yet): a lazy binding's PLT stub, or another object's
-            // definition found first.
+        if (holder.lo..holder.hi).contains(&value) && !(object.lo..object.hi).contains(&value) {
+            // Not bound yet: a lazy binding's slot points back into its own object's PLT.
             continue;
+        }
+        let Some(vaddr) = value.checked_sub(object.bias).filter(|_| (object.lo..object.hi).contains(&value)) else {
+            // Bound elsewhere (the vDSO for `time`, or another object's definition found first):
+            // calls through this slot would never reach the object's code, fixed or not.
+            let elsewhere = target.maps.iter().find(|m| m.contains(value)).map_or("no mapping".to_string(), |m| {
+                if m.path.is_empty() {
+                    "anonymous memory".into()
+                } else {
+                    m.path.clone()
+                }
+            });
+            return Err(Error::precondition(format!(
+                "process {}: the slot of `{name}` at {slot:#x} (in {}) holds {value:#x}, in {elsewhere}: calls through it \
+                 do not reach {path}, so replacing `{name}` there would not fix them",
+                target.pid, holder.mapped_path
+            ))
+            .hint("nothing was done; replace the function where the process binds it"));
         };
         if let Some(k) = found.iter().position(|f| f.vaddr == vaddr) {
             found[k].in_use = true;
@@ -163,9 +178,9 @@ pub fn implementations(
             Some((names, size)) => found.push(Implementation { vaddr, size, names, in_use: true }),
             None => {
                 return Err(Error::precondition(format!(
-                    "process {}: the slot of `{name}` at {slot:#x} (in {holder}) holds {value:#x}, which is no \
+                    "process {}: the slot of `{name}` at {slot:#x} (in {}) holds {value:#x}, which is no \
                      implementation of `{name}` in {path}: not a function start its tables know",
-                    target.pid
+                    target.pid, holder.mapped_path
                 ))
                 .hint("nothing was done; the process's binding does not match the file on disk"))
             }
@@ -184,17 +199,18 @@ pub fn implementations(
 
 /// Every relocated slot of the process that binds `sym` (`name`, maybe versioned) of `object`:
 /// `(slot address, the object holding it, the value it holds)`. The object's own
-/// `R_X86_64_IRELATIVE` slots whose addend is the resolver, and the `GLOB_DAT`, `JUMP_SLOT`
-/// and `R_X86_64_64` slots naming the symbol in every object the process maps.
-fn bound_values(target: &mut Target, object: &Loaded, sym: &Symbol, name: &str) -> Vec<(u64, String, u64)> {
+/// `R_X86_64_IRELATIVE` slots whose addend is the resolver, and the `GLOB_DAT` and `JUMP_SLOT`
+/// slots importing the symbol in every object the process maps. (Data a relocation initialised,
+/// `R_X86_64_64`, is the program's to change: no binding.)
+fn bound_values(target: &mut Target, object: &Loaded, sym: &Symbol, name: &str) -> Vec<(u64, Loaded, u64)> {
     let wanted = versions::split(name);
-    let mut slots: Vec<(u64, String)> = Vec::new();
+    let mut slots: Vec<(u64, Loaded)> = Vec::new();
     for r in object.object.relocs.iter().filter(|r| r.rtype == R_IRELATIVE && r.addend as u64 == sym.value) {
-        slots.push((object.addr(r.offset), object.mapped_path.clone()));
+        slots.push((object.addr(r.offset), object.clone()));
     }
     for l in target.loaded_objects() {
         for r in &l.object.relocs {
-            if !matches!(r.rtype, R_GLOB_DAT | R_JUMP_SLOT | R_64) {
+            if !matches!(r.rtype, R_GLOB_DAT | R_JUMP_SLOT) {
                 continue;
             }
             let Some(s) = r.sym.and_then(|i| l.object.dynsyms.get(i)) else { continue };
@@ -203,7 +219,7 @@ fn bound_values(target: &mut Target, object: &Loaded, sym: &Symbol, name: &str) 
                 _ => true,
             };
             if s.name == wanted.name && !s.defined && r.addend == 0 && version_ok {
-                slots.push((l.addr(r.offset), l.mapped_path.clone()));
+                slots.push((l.addr(r.offset), l.clone()));
             }
         }
     }
