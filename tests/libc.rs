@@ -333,3 +333,33 @@ fn an_ifunc_of_libc_replaced_by_a_module_the_target_dlopens() {
     assert_eq!(t.ask("puts probe:abc|def"), "probe:abc|def");
     assert_eq!(t.ask("len probe:abc|def"), "13");
 }
+
+#[test]
+fn an_indirect_function_of_the_program_itself() {
+    // The same for a program's own indirect function: the implementation its resolver chose for
+    // this CPU (told by the answer) is the one recorded in use, and the other is patched too.
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let (chosen, other) = match t.ask("scale 5").as_str() {
+        "10" => ("scale_plain", "scale_avx2"),
+        "15" => ("scale_avx2", "scale_plain"),
+        a => panic!("scale 5 answered {a}"),
+    };
+    let m = common::manifest_in(
+        state.path(),
+        "scale-fix",
+        libc_target(),
+        "patch_scale.so",
+        &[("scale", "scale_fixed")],
+        "",
+    );
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("scale 5"), "500");
+    let st = state.status(t.pid);
+    let f = st["patches"][0]["functions"].as_array().unwrap();
+    let route: Vec<(&str, bool)> =
+        f.iter().map(|f| (f["implementation"].as_str().unwrap(), f["in_use"].as_bool().unwrap())).collect();
+    assert_eq!(route, vec![(chosen, true), (other, false)]);
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("scale 5"), if chosen == "scale_plain" { "10" } else { "15" });
+}
