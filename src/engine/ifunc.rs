@@ -115,10 +115,12 @@ fn function_at(object: &Object, debug: Option<&DebugSymbols>, vaddr: u64) -> Opt
 /// in the order its code computes them, read from the object's file.
 pub fn lea_targets(object: &Object, resolver: u64, size: u64) -> Vec<u64> {
     let len = if size == 0 { 256 } else { size.min(MAX_RESOLVER) };
-    let code = match object.bytes_at(resolver, len) {
-        Some(c) => c,
-        None => return Vec::new(),
+    // Within the segment's bytes in the file (a resolver without a size near its end).
+    let Some(seg) = object.segments.iter().find(|s| s.vaddr <= resolver && resolver < s.vaddr + s.filesz) else {
+        return Vec::new();
     };
+    let len = len.min(seg.vaddr + seg.filesz - resolver);
+    let Some(code) = object.bytes_at(resolver, len) else { return Vec::new() };
     let mut out = Vec::new();
     for i in Decoder::with_ip(64, code, resolver, DecoderOptions::NONE).iter() {
         if i.mnemonic() == Mnemonic::Lea && i.is_ip_rel_memory_operand() {
