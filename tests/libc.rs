@@ -7,6 +7,7 @@
 
 mod common;
 use common::libc::{libc_base, libc_of, libc_target, manifest};
+use common::tmux::Tmux;
 use common::{Proc, State};
 use std::path::Path;
 use std::process::Command;
@@ -362,4 +363,49 @@ fn an_indirect_function_of_the_program_itself() {
     assert_eq!(route, vec![(chosen, true), (other, false)]);
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("scale 5"), if chosen == "scale_plain" { "10" } else { "15" });
+}
+
+/// The console's pre-flight names the implementation of an indirect function of the C library
+/// that the process uses, and its process view shows each implementation patched.
+#[test]
+fn the_pre_flight_names_the_implementation_of_a_libc_ifunc() {
+    let state = State::new();
+    let mut t = Proc::start(libc_target());
+    let libc = libc_of(t.pid);
+    manifest(&state, "glibc-fix", &libc, &[("strlen", "strlen_fixed")]);
+    let tmux = Tmux::start(&state, 200, 50);
+    tmux.wait_for("Processes (");
+    tmux.keys(&["/"]);
+    for c in t.pid.to_string().chars() {
+        tmux.keys(&[&c.to_string()]);
+    }
+    tmux.wait_for("1 match(es)");
+    tmux.keys(&["Enter", "a"]);
+    tmux.wait_for("Pick a manifest");
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_for("Pre-flight passed");
+    assert!(s.contains("strlen → ") && s.contains("→ strlen_fixed (in use, at 0x"), "{s}");
+    for stage in ["Stage 1 of 4", "Stage 2 of 4", "Stage 3 of 4", "Stage 4 of 4"] {
+        tmux.keys(&["Enter"]);
+        tmux.wait_for(stage);
+    }
+    tmux.keys(&["Enter"]);
+    common::wait_until("the fix is in", || t.ask("puts probe:abc|def") == "probe:abc");
+    // The trial screen names the implementation in use.
+    tmux.wait_for("Enter opens the trial");
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_for("Trial of glibc-fix");
+    assert!(s.contains("replaces strlen → ") && s.contains("→ strlen_fixed"), "{s}");
+    tmux.keys(&["Escape"]);
+    let s = tmux.wait_until("a list or the process", |s| {
+        s.contains("Patches (application order)") || s.contains("Processes (")
+    });
+    if !s.contains("Patches (application order)") {
+        tmux.keys(&["Enter"]);
+    }
+    let s = tmux.wait_for("Patches (application order)");
+    assert!(s.contains("strlen → ") && s.contains("(not in use)"), "{s}");
+    tmux.keys(&["R"]);
+    tmux.wait_for(&format!("✔ rolled back in process {}: ", t.pid));
+    assert_eq!(t.ask("puts probe:abc|def"), "probe:abc|def");
 }

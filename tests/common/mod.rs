@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod libc;
+pub mod tmux;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
