@@ -8,6 +8,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub mod extent;
+pub mod versions;
+
 /// Largest file pannus will read as an ELF object.
 const MAX_OBJECT_SIZE: u64 = 1 << 30;
 

@@ -81,7 +81,8 @@ pub struct ModuleSpec {
 /// One replaced function.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FunctionSpec {
-    /// Symbol in the target object (mangled names accepted).
+    /// Symbol in the target object (mangled names accepted; `NAME@VERSION` or `NAME@@VERSION`
+    /// for one version; an indirect function stands for every implementation of it).
     pub target: String,
     /// Symbol defined by the module that takes over.
     pub replacement: String,
@@ -352,7 +353,9 @@ struct RawModule {
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 #[schemars(rename = "Function")]
 struct RawFunction {
-    /// Symbol of the function in the target object (file-local and mangled names accepted).
+    /// Symbol of the function in the target object (file-local and mangled names accepted;
+    /// `NAME@VERSION` or `NAME@@VERSION` selects one version; an indirect function such as
+    /// glibc's `strlen` stands for every implementation its resolver can return).
     #[schemars(required, regex(pattern = r"^\S+$"))]
     target: Option<String>,
     /// Function defined by the module that takes over.

@@ -77,6 +77,18 @@ pub enum JumpKind {
     Pad,
 }
 
+impl FunctionRecord {
+    /// `strlen → __strlen_avx2 → strlen_fixed` for an implementation of an indirect function
+    /// (`(not in use)` after one the process was not using), `compute → compute_fixed` otherwise.
+    pub fn route(&self) -> String {
+        match (&self.implementation, self.in_use) {
+            (Some(i), Some(false)) => format!("{} → {i} (not in use) → {}", self.target, self.replacement),
+            (Some(i), _) => format!("{} → {i} → {}", self.target, self.replacement),
+            (None, _) => format!("{} → {}", self.target, self.replacement),
+        }
+    }
+}
+
 impl JumpKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,6 +103,14 @@ impl JumpKind {
 pub struct FunctionRecord {
     pub target: String,
     pub replacement: String,
+    /// For an indirect function (`strlen`): the implementation whose entry this is
+    /// (`__strlen_avx2`, or `libc.so.6+0x156200` when unnamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implementation: Option<String>,
+    /// For an indirect function: whether the process was using this implementation when the
+    /// patch was applied (the others are patched so that no later binding misses the fix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<bool>,
     /// Run-time address of the target function's entry.
     pub address: u64,
     pub replacement_address: u64,

@@ -456,8 +456,15 @@ fn check_file(path: &Path) -> (Option<Manifest>, Vec<Line>, Vec<Error>) {
             );
         }
         if let (Some(None), Some(None), Some(o)) = (&t, &r, &object) {
-            let size = o.lookup(&f.target).ok().flatten().map_or(0, |s| s.size);
-            push_line(&mut lines, "function", format!("{} ({size} bytes) -> {}", f.target, f.replacement));
+            let detail = match target_symbol(o, &o.path, &f.target) {
+                Ok(s) if s.kind == crate::elf::SymKind::Ifunc => format!(
+                    "{} (an indirect function: its implementations are found in the process) -> {}",
+                    f.target, f.replacement
+                ),
+                Ok(s) => format!("{} ({} bytes) -> {}", f.target, s.size, f.replacement),
+                Err(_) => format!("{} -> {}", f.target, f.replacement),
+            };
+            push_line(&mut lines, "function", detail);
         }
     }
     (Some(m), lines, problems)

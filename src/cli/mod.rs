@@ -702,14 +702,23 @@ fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
         say!("  {} {} [{}{trial}{req}{forked}]", p.patch, p.version, p.state);
         if p.state.is_applied() {
             for f in &p.functions {
-                say!(
-                    "    {} {:#x} -> {} {:#x} ({})",
-                    f.target,
-                    f.address,
-                    f.replacement,
-                    f.replacement_address,
-                    f.jump.as_str()
-                );
+                match &f.implementation {
+                    Some(_) => say!(
+                        "    {} ({:#x} -> {:#x}, {})",
+                        f.route(),
+                        f.address,
+                        f.replacement_address,
+                        f.jump.as_str()
+                    ),
+                    None => say!(
+                        "    {} {:#x} -> {} {:#x} ({})",
+                        f.target,
+                        f.address,
+                        f.replacement,
+                        f.replacement_address,
+                        f.jump.as_str()
+                    ),
+                }
             }
         }
     }

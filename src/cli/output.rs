@@ -70,6 +70,11 @@ pub struct Patch<'a> {
 pub struct Function<'a> {
     pub target: &'a str,
     pub replacement: &'a str,
+    /// An indirect function's implementation, and whether the process used it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub implementation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<bool>,
     pub address: Addr,
     pub replacement_address: Addr,
     pub jump: JumpKind,
@@ -80,6 +85,8 @@ impl<'a> From<&'a FunctionRecord> for Function<'a> {
         Function {
             target: &f.target,
             replacement: &f.replacement,
+            implementation: f.implementation.as_deref(),
+            in_use: f.in_use,
             address: Addr(f.address),
             replacement_address: Addr(f.replacement_address),
             jump: f.jump,

@@ -29,7 +29,7 @@ impl Session<'_> {
             .functions
             .iter()
             .zip(&plans)
-            .map(|(f, pl)| format!("{} -> {}: {}", f.target, f.replacement, pl.describe()))
+            .map(|(f, pl)| format!("{} -> {}: {}", f.label(), f.replacement, pl.describe()))
             .collect::<Vec<_>>()
             .join("; ");
         let plan = format!("stop every thread, check none is inside the bytes to overwrite, write: {plan}");
@@ -44,6 +44,8 @@ impl Session<'_> {
                 .map(|((f, pl), (&to, &via))| FunctionRecord {
                     target: f.target.clone(),
                     replacement: f.replacement.clone(),
+                    implementation: f.implementation.clone(),
+                    in_use: f.in_use,
                     address: f.address,
                     replacement_address: to,
                     replacement_size: Some(f.replacement_size).filter(|&s| s > 0),
@@ -57,7 +59,7 @@ impl Session<'_> {
         }
         self.write_registry(&run.reg)?;
         let sw = Switch {
-            names: p.functions.iter().map(|f| f.target.clone()).collect(),
+            names: p.functions.iter().map(|f| f.label()).collect(),
             writes: plans.iter().map(|pl| (pl.patch_address, pl.written.clone())).collect(),
             plans,
             retries: m.safety.retries,
@@ -138,7 +140,7 @@ impl Session<'_> {
                 let size = f.size.min(1 << 20) as usize;
                 let code = self.target.mem.read_vec(f.address, size)?;
                 let pad = self.target.mem.read_partial(f.address.saturating_sub(16), 16);
-                let plan = safety::plan_entry(&f.target, f.address, &code, &pad, to)?;
+                let plan = safety::plan_entry(&f.label(), f.address, &code, &pad, to)?;
                 let parts = self.parts_of(&p.object, &f.target);
                 let parts: Vec<safety::Part> =
                     parts.iter().map(|(name, address, code)| safety::Part { name, address: *address, code }).collect();

@@ -48,7 +48,20 @@ impl Session<'_> {
     pub fn apply(&mut self, m: &Manifest, obs: &mut dyn Observer) -> Result<Applied> {
         let result = self.apply_inner(m, obs);
         match &result {
-            Ok(a) => self.journal("apply", Some(&m.patch), "ok", &format!("state {}", a.record.state)),
+            Ok(a) => {
+                // An indirect function's implementation in use is part of what was done.
+                let routes: Vec<String> =
+                    a.record.functions.iter().filter(|f| f.in_use == Some(true)).map(|f| f.route()).collect();
+                let others = a.record.functions.iter().filter(|f| f.in_use == Some(false)).count();
+                let mut detail = format!("state {}", a.record.state);
+                if !routes.is_empty() {
+                    detail += &format!("; {}", routes.join(", "));
+                }
+                if others > 0 {
+                    detail += &format!("; {others} implementation(s) not in use patched too");
+                }
+                self.journal("apply", Some(&m.patch), "ok", &detail)
+            }
             Err(e) => self.journal("apply", Some(&m.patch), outcome_of(e), &e.message),
         }
         result

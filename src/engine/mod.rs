@@ -12,6 +12,7 @@
 mod activate;
 mod apply;
 mod dlopen;
+mod ifunc;
 mod init;
 mod link;
 mod load;
@@ -22,16 +23,18 @@ mod safe_point;
 mod session;
 mod shared;
 pub mod symbols;
+mod targets;
 mod undo;
 
 pub(crate) use crate::registry::MAP as REGISTRY_MAP;
 pub use apply::Applied;
 pub(crate) use dlopen::SCRATCH_MAP;
 pub(crate) use load::{RESERVE, SEGMENT};
-pub use preflight::{build_id_matches, module_checks, replacement_symbol, target_symbol, Prepared};
+pub use preflight::{build_id_matches, module_checks, replacement_symbol, Prepared};
 pub use rollback::{still_required, KeptMapped, RolledBack};
 pub use session::{Session, StopStart, StopWindow};
 pub use shared::{FileKey, Shared};
+pub use targets::target_symbol;
 
 use crate::error::{Error, Kind, Result};
 use crate::journal::Journal;

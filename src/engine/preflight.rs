@@ -4,6 +4,7 @@
 //! written once.
 
 use super::symbols::{self, InProcess, RequiredPatch, Role, Scope, Value};
+use super::targets;
 use super::{CheckLine, Session, Shared};
 use crate::elf::{Object, SymKind, Symbol};
 use crate::error::{Error, Result};
@@ -19,10 +20,25 @@ use std::sync::Arc;
 pub struct PreparedFn {
     pub target: String,
     pub replacement: String,
+    /// For an indirect function: the implementation patched (its name, or where it lies in the
+    /// object when unnamed), and whether the process uses it.
+    pub implementation: Option<String>,
+    pub in_use: Option<bool>,
     pub address: u64,
     pub size: u64,
     pub replacement_vaddr: u64,
     pub replacement_size: u64,
+}
+
+impl PreparedFn {
+    /// The entry patched: the target, or `strlen → __strlen_avx2` for an implementation of an
+    /// indirect function.
+    pub fn label(&self) -> String {
+        match &self.implementation {
+            Some(i) => format!("{} → {i}", self.target),
+            None => self.target.clone(),
+        }
+    }
 }
 
 /// Everything checked and resolved before anything is done to the target.
@@ -133,33 +149,7 @@ pub fn build_id_matches(path: &Path, object: &Object, want: &str) -> Result<()> 
     }
 }
 
-/// The function `name` of the target object, as a function to replace: defined once, a
-/// function, with a size.
-pub fn target_symbol<'o>(object: &'o Object, path: &Path, name: &str) -> Result<&'o Symbol> {
-    let path = path.display();
-    let sym = match object.lookup(name) {
-        Ok(Some(s)) => s,
-        Ok(None) => return Err(Error::precondition(format!("symbol `{name}` not found in {path}")).hint(
-            "check functions[].target; the object must keep its symbol table (not stripped) for file-local functions",
-        )),
-        Err(addrs) => {
-            return Err(Error::precondition(format!(
-                "symbol `{name}` is ambiguous in {path}: {} file-local definitions at {}",
-                addrs.len(),
-                addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
-            )))
-        }
-    };
-    if sym.kind != SymKind::Func {
-        return Err(Error::precondition(format!("symbol `{name}` in {path} is not a function ({:?})", sym.kind)));
-    }
-    if sym.size == 0 {
-        return Err(Error::precondition(format!("function `{name}` in {path} has no size in the symbol table")));
-    }
-    Ok(sym)
-}
-
-fn ok(check: &str, detail: String) -> CheckLine {
+pub(super) fn ok(check: &str, detail: String) -> CheckLine {
     CheckLine { check: check.into(), ok: true, detail }
 }
 
@@ -183,7 +173,7 @@ impl Session<'_> {
             };
             let plans = self.entry_plans(&p, &replacements)?;
             for (f, plan) in p.functions.iter().zip(&plans) {
-                lines.push(CheckLine { check: format!("entry {}", f.target), ok: true, detail: plan.describe() });
+                lines.push(CheckLine { check: format!("entry {}", f.label()), ok: true, detail: plan.describe() });
             }
             Ok(())
         })();
@@ -202,7 +192,7 @@ impl Session<'_> {
         let has_registry = registry::locate(&self.target.maps).is_some();
         lines.push(ok("process", self.process_checks(has_registry, m.module.load)?));
         self.registry_checks(m, reg, lines)?;
-        let functions = function_checks(m, &module, &object, lines)?;
+        let functions = targets::function_checks(&mut self.target, m, &module, &object, lines)?;
         if m.module.load == LoadMethod::Dlopen {
             // The target's dynamic linker links the module, by its own rules.
             lines.push(ok("symbols", "resolved by the target's dynamic linker (load: dlopen)".into()));
@@ -395,30 +385,4 @@ impl Session<'_> {
         lines.push(ok("symbols", format!("{} resolved", symbols.len())));
         Ok((dropped, symbols))
     }
-}
-
-/// The functions: each target a sized function of the target object, each replacement a
-/// function of the module.
-fn function_checks(
-    m: &Manifest,
-    module: &Object,
-    object: &Loaded,
-    lines: &mut Vec<CheckLine>,
-) -> Result<Vec<PreparedFn>> {
-    let mut functions = Vec::new();
-    for f in &m.functions {
-        let sym = target_symbol(&object.object, &m.target.object, &f.target)?;
-        let rep = replacement_symbol(module, &f.replacement, m.module.load)?;
-        let address = object.addr(sym.value);
-        lines.push(ok("function", format!("{} at {address:#x} ({} bytes) -> {}", f.target, sym.size, f.replacement)));
-        functions.push(PreparedFn {
-            target: f.target.clone(),
-            replacement: f.replacement.clone(),
-            address,
-            size: sym.size,
-            replacement_vaddr: rep.value,
-            replacement_size: rep.size,
-        });
-    }
-    Ok(functions)
 }

@@ -37,6 +37,8 @@ fn patch(id: &str, seq: u64, state: State, requires: &[&str], left: u64) -> Patc
         functions: vec![FunctionRecord {
             target: format!("handle_{}", id.replace('-', "_")),
             replacement: format!("handle_{}_fixed", id.replace('-', "_")),
+            implementation: None,
+            in_use: None,
             address: 0x5555_5555_1000 + seq * 0x40,
             replacement_address: 0x5555_0000_1100 + seq * 0x10000,
             replacement_size: Some(0x20),
@@ -1168,4 +1170,38 @@ fn a_notice_about_the_selected_process_is_not_pushed_out_by_other_processes() {
     rows.iter_mut().find(|r| r.pid.get() == 1200).unwrap().patches[0].seq = 9;
     a.set_snapshot(Snapshot { rows });
     assert!(a.fresh_notice().unwrap().contains("process 1200"), "{:?}", a.fresh_notice());
+}
+
+#[test]
+fn an_indirect_function_shows_the_implementation_its_entry_is() {
+    let mut a = app();
+    let mut p = patch("strlen-fix", 4, State::Trial, &[], 200);
+    let f = p.functions[0].clone();
+    p.functions = vec![
+        FunctionRecord {
+            target: "strlen".into(),
+            replacement: "strlen_fixed".into(),
+            implementation: Some("__strlen_evex".into()),
+            in_use: Some(true),
+            ..f.clone()
+        },
+        FunctionRecord {
+            target: "strlen".into(),
+            replacement: "strlen_fixed".into(),
+            implementation: Some("__strlen_sse2".into()),
+            in_use: Some(false),
+            address: f.address + 0x100,
+            ..f
+        },
+    ];
+    let mut rows = a.snapshot.rows.clone();
+    rows.push(row(3000, "resolverd", vec![p]));
+    a.set_snapshot(Snapshot { rows });
+    a.selected = Some(3000);
+    a.on_key(key(KeyCode::Enter));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("strlen → __strlen_evex 0x") && s.contains("strlen → __strlen_sse2 (not in use) 0x"), "{s}");
+    a.on_key(ch('t'));
+    let s = screen(&a, 120, 40);
+    assert!(s.contains("strlen → __strlen_evex → strlen_fixed") && !s.contains("__strlen_sse2"), "{s}");
 }

@@ -2,6 +2,9 @@
 //! `pannus` binary against them.
 #![allow(dead_code)]
 
+pub mod libc;
+pub mod tmux;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};

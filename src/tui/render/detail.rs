@@ -138,8 +138,14 @@ fn functions(f: &mut Frame, area: Rect, pid: i32, p: Option<&PatchRecord>, focus
             lines.push(Line::styled("no jump written (state ".to_string() + p.state.as_str() + ")", theme.dim()));
         }
         for fr in &p.functions {
+            let implementation = match (&fr.implementation, fr.in_use) {
+                (Some(i), Some(false)) => format!(" → {i} (not in use)"),
+                (Some(i), _) => format!(" → {i}"),
+                (None, _) => String::new(),
+            };
             lines.push(Line::from(vec![
                 Span::styled(fr.target.clone(), theme.title()),
+                Span::raw(implementation),
                 Span::raw(format!(" {:#x}", fr.address)),
                 Span::styled(" → ", theme.key()),
                 Span::styled(fr.replacement.clone(), theme.title()),

@@ -118,7 +118,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Span::raw(
                 rec.functions
                     .iter()
-                    .map(|f| format!("{} → {}", f.target, f.replacement))
+                    .filter(|f| f.in_use != Some(false))
+                    .map(|f| f.route())
                     .collect::<Vec<_>>()
                     .join(", "),
             ),
