@@ -16,6 +16,7 @@
 //!
 //! This is the only crate of pannus with `unsafe`; each use is small and says why it is sound.
 
+pub mod arch;
 mod error;
 pub mod exec_hold;
 pub mod exec_watch;
@@ -31,6 +32,7 @@ mod sched;
 mod thread;
 mod world;
 
+pub use arch::Arch;
 pub use error::{Error, Result};
 pub use fs::{open_nofollow, take_fd};
 pub use hijack::Hijack;
