@@ -298,11 +298,12 @@ impl Object {
             return Err("not an ELF file".into());
         }
         let elf = Elf::parse(&data).map_err(|e| format!("malformed ELF: {e}"))?;
-        if !elf.is_64 || !elf.little_endian {
-            return Err("not a 64-bit little-endian ELF object".into());
-        }
-        if elf.header.e_machine != header::EM_X86_64 {
-            return Err(format!("built for {}, not x86-64", header::machine_to_str(elf.header.e_machine)));
+        match pannus_kernel::Arch::of_header(&data) {
+            Some(pannus_kernel::Arch::X86_64) => {}
+            // Named by class and machine, as the refusal of a module for a process of another
+            // architecture names them (see ARCHITECTURE.md, 32-bit processes).
+            Some(arch) => return Err(format!("an {arch} object; pannus patches ELF64 x86-64 processes only")),
+            None => return Err("not an ELF file".into()),
         }
         let is_dyn = match elf.header.e_type {
             header::ET_DYN => true,
@@ -697,21 +698,28 @@ fn read_tables(file: &std::fs::File, len: u64) -> Option<(Vec<u8>, FileRanges)> 
 }
 
 /// The GNU build-id of the ELF file `file`, reading only its header, program headers and
-/// notes (a few hundred bytes); `None` when it has none or is not a 64-bit little-endian ELF.
+/// notes (a few hundred bytes); `None` when it has none or is not a little-endian ELF (64-bit,
+/// or 32-bit: the build-id of a 32-bit program is shown and matched the same way).
 pub fn build_id_of(file: &std::fs::File) -> Option<String> {
     use goblin::container::{Container, Ctx, Endian};
     use std::os::unix::fs::FileExt;
     const MAX_HEADERS: usize = 64 << 10;
     let mut head = [0u8; 64];
+    // A 32-bit ELF header is 52 bytes: a file that short holds no notes anyway.
     file.read_exact_at(&mut head, 0).ok()?;
     let h = Elf::parse_header(&head).ok()?;
-    if h.e_ident[header::EI_CLASS] != header::ELFCLASS64 || h.e_ident[header::EI_DATA] != header::ELFDATA2LSB {
+    let container = match h.e_ident[header::EI_CLASS] {
+        header::ELFCLASS64 => Container::Big,
+        header::ELFCLASS32 => Container::Little,
+        _ => return None,
+    };
+    if h.e_ident[header::EI_DATA] != header::ELFDATA2LSB {
         return None;
     }
     let phs = usize::from(h.e_phnum).checked_mul(usize::from(h.e_phentsize)).filter(|&n| n <= MAX_HEADERS)?;
     let mut phbuf = vec![0u8; phs];
     file.read_exact_at(&mut phbuf, h.e_phoff).ok()?;
-    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let ctx = Ctx::new(container, Endian::Little);
     let phdrs = goblin::elf::ProgramHeader::parse(&phbuf, 0, usize::from(h.e_phnum), ctx).ok()?;
     for p in phdrs.iter().filter(|p| p.p_type == ph::PT_NOTE && p.p_filesz > 0) {
         let Some(len) = usize::try_from(p.p_filesz).ok().filter(|&n| n <= MAX_HEADERS) else { continue };

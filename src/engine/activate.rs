@@ -425,6 +425,7 @@ impl Session<'_> {
         measured: &mut Measured,
     ) -> Result<Stopped> {
         make_room_for_stacks(self.target.pid, buf);
+        self.target.require_patchable("stopping its threads")?;
         // Attaching costs the target nothing: its threads run on until they are stopped.
         let seized = World::seize(self.target.pid)?;
         let start = StopStart::now();

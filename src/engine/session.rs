@@ -99,6 +99,9 @@ impl<'e> Session<'e> {
     /// The code a borrowed thread is pointed at: found once per session (or read back, checked,
     /// from the registry).
     pub(super) fn gadgets(&mut self) -> Result<pannus_kernel::Gadgets> {
+        // Every thread pannus borrows is pointed at these: none is borrowed in a process whose
+        // code they would not be.
+        self.target.require_patchable("borrowing one of its threads")?;
         Ok(match self.gadgets {
             Some(g) => g,
             None => {

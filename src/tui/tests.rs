@@ -78,6 +78,7 @@ fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
         user: Some("telco".into()),
         threads: 12,
         exe: format!("/usr/sbin/{name}"),
+        arch: Some(pannus_kernel::Arch::X86_64),
         kernel_thread: false,
         state: 'S',
         build_id: Some(format!("3f2a{:04x}9c1b0e447d55aa01b2c3d4e5f607182930", pid)),
@@ -1128,4 +1129,23 @@ fn the_installed_view_shows_a_canary_rollout_and_an_interrupted_one() {
     let text = screen(&a, 120, 40);
     assert!(text.contains("CANARY 2 processes, 03:00 left"), "{text}");
     assert!(text.contains("CANARY INTERRUPTED (pannus 4242 gone)"), "{text}");
+}
+
+#[test]
+fn a_32_bit_process_is_marked_in_the_list_and_its_detail() {
+    let mut a = app();
+    let mut rows = a.snapshot.rows.clone();
+    let mut legacy = row(1300, "sipd32", vec![]);
+    legacy.arch = Some(pannus_kernel::Arch::I386);
+    rows.push(legacy);
+    a.set_snapshot(Snapshot { rows });
+    let s = screen(&a, 120, 40);
+    let line = s.lines().find(|l| l.contains(" 1300 ")).unwrap_or_else(|| panic!("listed:\n{s}"));
+    assert!(line.contains("sipd32 [i386]"), "{s}");
+    assert!(!s.contains("sipd [x86-64]"), "x86-64 processes carry no mark:\n{s}");
+    a.selected = Some(1300);
+    a.on_key(key(KeyCode::Enter));
+    assert_eq!(a.screen, Screen::Detail);
+    let d = screen(&a, 120, 40);
+    assert!(d.contains("ELF32 i386, NOT PATCHABLE"), "{d}");
 }

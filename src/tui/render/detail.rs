@@ -65,6 +65,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 None => Span::raw(""),
             },
             Span::raw(row.exe.trim_end_matches(" (deleted)").to_string()),
+            // A process pannus cannot patch (32-bit, ...) says what it runs.
+            match row.arch.filter(|a| *a != pannus_kernel::Arch::X86_64) {
+                Some(arch) => Span::styled(format!("  {arch}, NOT PATCHABLE"), theme.warn()),
+                None => Span::raw(""),
+            },
         ])),
         info,
     );
