@@ -24,6 +24,7 @@ pub mod fault;
 mod frame;
 mod fs;
 mod hijack;
+mod i386;
 pub mod maps;
 mod mem;
 pub mod proc_events;
