@@ -35,6 +35,7 @@ mod target;
 pub mod trial;
 mod tui;
 mod unwind;
+mod unwind386;
 
 /// When pannus runs as one of `pannus build`'s compiler wrappers: records the compilation and
 /// runs the real compiler (`None` when pannus runs as itself).

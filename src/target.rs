@@ -59,12 +59,26 @@ impl Target {
         Ok(Target { pid, mem, maps, name, exe, arch, objects: HashMap::new(), shared: None })
     }
 
+    /// The size of the process's words (addresses, stack slots): 4 in a 32-bit process, else 8.
+    pub fn word(&self) -> u64 {
+        self.arch.map_or(8, Arch::word)
+    }
+
+    /// The bitness its code is decoded in: 32 or 64.
+    pub fn bits(&self) -> u32 {
+        if self.word() == 4 {
+            32
+        } else {
+            64
+        }
+    }
+
     /// Refuses, before anything is done to it, a process pannus cannot stop or run code in: one
     /// that does not run x86-64 code (a 32-bit i386 process under the kernel's compatibility
     /// mode, x32, another machine). `doing` names the operation refused.
     pub fn require_patchable(&self, doing: &str) -> Result<()> {
         match self.arch {
-            None | Some(Arch::X86_64) => Ok(()),
+            None | Some(Arch::X86_64 | Arch::I386) => Ok(()),
             Some(arch) => Err(Error::precondition(format!(
                 "process {} ({}) runs {arch} code, which pannus cannot patch: {doing} would have to stop it and run \
                  code in it as {arch}, and this pannus does that for ELF64 x86-64 processes only",

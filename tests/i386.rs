@@ -1,8 +1,7 @@
-//! 32-bit x86 (i386) processes under the x86-64 kernel: shown with their architecture by `ps`,
-//! `status` and `status --all`; a module of another architecture than its process refused with
-//! exit 2 naming both; and, as pannus cannot patch them yet, every operation that would stop a
-//! 32-bit process or run code in it refused with exit 4, the process untouched (its code, its
-//! mappings, its answers, a read it is blocked in).
+//! 32-bit x86 (i386) processes under the x86-64 kernel, built from the same fixtures with
+//! `-m32`: shown with their architecture by `ps`, `status` and `status --all`; a module of
+//! another architecture than its process refused with exit 2 naming both; and patched as x86-64
+//! ones are, the target's answers observed changing and coming back.
 
 mod common;
 use common::{bin_any, Proc, State};
@@ -95,26 +94,277 @@ fn a_32_bit_module_for_a_64_bit_process_is_refused_naming_both() {
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("ELF32 i386"), "{}", r.stdout);
 }
 
-/// A 32-bit process with a 32-bit module: refused before anything is done, PIE or not, with a
-/// main thread blocked in a read that goes on undisturbed.
+fn states(st: &serde_json::Value) -> Vec<(String, String)> {
+    st["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["patch"].as_str().unwrap().to_string(), p["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn apply_and_rollback(exe: &str) {
+    let state = State::new();
+    let mut t = Proc::start(exe);
+    assert_eq!(t.ask("c 5"), "6");
+    let before = text_of(t.pid, &bin_any(exe));
+    let m = state.manifest("compute-fix", exe, "patch32_compute.so", &[("compute", "compute_v2")], "");
+    let run = state.apply(&m, t.pid).ok();
+    assert!(run.stdout.contains("stage 4 (activate)") && run.stdout.contains("ELF32 i386"), "{}", run.stdout);
+    assert_eq!(t.ask("c 5"), "500");
+    assert_eq!(t.ask("c 7"), "700");
+    assert!(t.maps().contains("patch32_compute.so"), "the module is recognisable in /proc/PID/maps");
+    let st = state.status(t.pid);
+    assert_eq!(states(&st), vec![("compute-fix".into(), "trial".into())]);
+    assert_eq!(st["arch"], "i386");
+    assert_eq!(st["patches"][0]["functions"][0]["jump"], "rel32");
+    let base = u64::from_str_radix(st["patches"][0]["module_base"].as_str().unwrap().trim_start_matches("0x"), 16);
+    assert!(base.unwrap() < 1 << 32, "{st}");
+
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 5"), "6");
+    assert_eq!(text_of(t.pid, &bin_any(exe)), before, "original bytes restored");
+    assert!(!t.maps().contains("patch32_compute.so"), "the module is unloaded");
+    assert_eq!(states(&state.status(t.pid)), vec![("compute-fix".into(), "rolled-back".into())]);
+}
+
+/// PIE: `compute` begins with `call __x86.get_pc_thunk.*`, whose return address is the end of
+/// the 5-byte jump.
 #[test]
-fn a_32_bit_process_is_refused_untouched() {
-    for exe in ["target32_pie", "target32_nopie"] {
-        let state = State::new();
-        let mut t = Proc::start(exe);
-        let m = state.manifest("x", exe, "patch32_compute.so", &[("compute", "compute_v2")], "");
-        let pid = t.pid.to_string();
-        refused(&state, &mut t, exe, &m, 4, &[&pid, "ELF32 i386", "cannot patch"]);
-        let r = state.pannus(&["check", &m.to_string_lossy(), "--pid", &pid]);
-        assert_eq!(r.code, 4, "{r:?}");
-        assert!(r.stdout.contains("ELF32 i386") || r.stderr.contains("ELF32 i386"), "{r:?}");
-        // A rollback finds nothing of pannus's there, and stops nothing to say so.
-        let before = text_of(t.pid, &bin_any(exe));
-        let r = state.rollback(t.pid, None);
-        assert!(matches!(r.code, 0 | 4), "{r:?}");
-        assert_eq!(text_of(t.pid, &bin_any(exe)), before);
-        // The read the main thread was blocked in all along returns this line normally.
-        assert_eq!(t.ask("c 41"), "42", "{exe}");
-        assert!(state.status(t.pid)["patches"].as_array().unwrap().is_empty());
+fn pie_executable() {
+    apply_and_rollback("target32_pie");
+}
+
+#[test]
+fn non_pie_executable() {
+    apply_and_rollback("target32_nopie");
+}
+
+#[test]
+fn a_module_calling_libc_and_reading_the_targets_globals() {
+    let state = State::new();
+    let mut t = Proc::start("target32_pie");
+    let m = state.manifest("libc-fix", "target32_pie", "patch32_libc.so", &[("compute", "compute_libc")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 12"), "5", "strlen of snprintf's \"12-12\"");
+    assert_eq!(t.ask("c 1234"), "9");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 12"), "13");
+
+    assert_eq!(t.ask("s"), "7 100");
+    let m = state.manifest("data-fix", "target32_pie", "patch32_data.so", &[("compute", "compute_data")], "");
+    let run = state.apply(&m, t.pid).ok();
+    assert!(run.stdout.contains("counter"), "the dropped global is reported: {}", run.stdout);
+    // x + secret * 1000 + (++counter), with the target's own secret (file-local, 7) and
+    // counter (global, 100).
+    assert_eq!(t.ask("c 1"), "7102");
+    assert_eq!(t.ask("s"), "7 101", "the patch changed the target's own counter");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 1"), "2");
+}
+
+#[test]
+fn init_functions_run_in_the_target() {
+    let state = State::new();
+    let mut t = Proc::start("target32_nopie");
+    let m = state.manifest("init-fix", "target32_nopie", "patch32_init.so", &[("compute", "compute_init")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("s"), "7 555", "the module's constructor ran inside the target");
+    assert_eq!(t.ask("c 1"), "556");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 1"), "2");
+}
+
+#[test]
+fn stacked_patches_with_requires() {
+    let state = State::new();
+    let mut t = Proc::start("target32_pie");
+    assert_eq!(t.ask("h 3"), "6");
+    let base = state.manifest("base-fix", "target32_pie", "patch32_base.so", &[("compute", "compute_base")], "");
+    let dep = state.manifest(
+        "dep-fix",
+        "target32_pie",
+        "patch32_dep.so",
+        &[("helper", "helper_v2")],
+        "requires: [base-fix]\n",
+    );
+    let r = state.apply(&dep, t.pid);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("requires `base-fix`"), "{}", r.stderr);
+
+    state.apply(&base, t.pid).ok();
+    state.apply(&dep, t.pid).ok();
+    assert_eq!(t.ask("c 1"), "5001");
+    assert_eq!(t.ask("h 3"), "10006", "helper (file-local) calls base-fix's helper");
+    let r = state.rollback(t.pid, Some("base-fix"));
+    assert_eq!(r.code, 4, "still required: {r:?}");
+    let pid = t.pid.to_string();
+    let r = state.pannus(&["rollback", "--pid", &pid, "base-fix", "--yes", "--cascade", "--json"]).ok();
+    assert_eq!(r.json()["rolled_back"], serde_json::json!(["dep-fix", "base-fix"]));
+    assert_eq!(t.ask("h 3"), "6");
+    assert_eq!(t.ask("c 1"), "2");
+}
+
+#[test]
+fn busy_threads_see_only_old_or_new_answers_through_repeated_cycles() {
+    let state = State::new();
+    let mut t = Proc::start("target32_pie");
+    assert_eq!(t.ask("w"), "started");
+    let m = state.manifest("busy-fix", "target32_pie", "patch32_compute.so", &[("compute", "compute_v2")], "");
+    for _ in 0..10 {
+        state.apply(&m, t.pid).ok();
+        state.rollback(t.pid, None).ok();
     }
+    state.apply(&m, t.pid).ok();
+    // The workers run on: wait until they have seen the new function too.
+    let mut r: Vec<i64> = Vec::new();
+    common::wait_until("the workers see the new function", || {
+        r = t.ask("r").split(' ').map(|x| x.parse().unwrap()).collect();
+        r[2] > 0
+    });
+    assert!(r[0] > 0 && r[1] > 0, "old and new answers seen: {r:?}");
+    assert_eq!(r[3], 0, "no wrong answers: {r:?}");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+#[test]
+fn a_thread_blocked_in_a_system_call_is_undisturbed() {
+    let state = State::new();
+    let mut t = Proc::start("target32_pie");
+    let m = state.manifest("sleep-fix", "target32_pie", "patch32_compute.so", &[("compute", "compute_v2")], "");
+    // The main thread sleeps 1.5 s in nanosleep while every stage borrows it.
+    t.send("n 1500");
+    common::wait_until("the main thread sleeps", || common::thread_state(t.pid, t.pid) == Some('S'));
+    state.apply(&m, t.pid).ok();
+    let answer = t.line();
+    let parts: Vec<i64> = answer.split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(parts[0], 0, "nanosleep returned {answer} (ret errno ms)");
+    assert!(parts[2] >= 1500, "the sleep was shortened: {answer}");
+    // And the main thread blocked in read() (fgets) goes on: no EINTR, no EOF.
+    assert_eq!(t.ask("c 5"), "500");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 5"), "6");
+    assert!(t.alive());
+}
+
+/// PIE `parked` begins `push %ebx; call __x86.get_pc_thunk.bx`: the call ends a byte past the
+/// jump, so a thread in the thunk would return into the middle of it.
+#[test]
+fn an_unsafe_entry_is_refused_untouched() {
+    let state = State::new();
+    let mut t = Proc::start("target32_pie");
+    let m = state.manifest("parked-fix", "target32_pie", "patch32_parked.so", &[("parked", "parked_v2")], "");
+    let text = text_of(t.pid, &bin_any("target32_pie"));
+    let maps = t.maps();
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("function `parked`") && r.stderr.contains("a call"), "{}", r.stderr);
+    assert_eq!(text_of(t.pid, &bin_any("target32_pie")), text);
+    assert!(!t.maps().contains("patch32_parked.so"), "the module is unloaded: {}", t.maps());
+    // Every mapping as it was, but for the registry the apply made.
+    let without_registry =
+        |m: &str| m.lines().filter(|l| !l.contains("pannus-registry")).collect::<Vec<_>>().join("\n");
+    assert_eq!(without_registry(&t.maps()), without_registry(&maps));
+    assert_eq!(t.ask("c 5"), "6");
+    // The nop pad before `tiny_padded` takes the jump, whatever the entry holds.
+    let m = state.manifest("pad-fix", "target32_pie", "patch32_tiny.so", &[("tiny_padded", "tiny_v2")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("p 4"), "5");
+    assert_eq!(state.status(t.pid)["patches"][0]["functions"][0]["jump"], "pad");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("p 4"), "4");
+}
+
+/// `load: dlopen` on a 32-bit process: through its own 32-bit loader.
+fn dlopen_manifest(state: &State, id: &str, object: &str, module: &str, f: (&str, &str)) -> std::path::PathBuf {
+    let m = state.manifest(id, object, module, &[f], "");
+    common::set_load(&m, "dlopen");
+    m
+}
+
+#[test]
+fn a_cpp_exception_thrown_by_the_replacement_is_caught_by_the_target() {
+    let state = State::new();
+    let mut t = Proc::start("target32_cpp");
+    assert_eq!(t.ask("c 5"), "10");
+    assert_eq!(t.ask("c -1"), "exception: negative");
+    let m = dlopen_manifest(&state, "cpp-fix", "target32_cpp", "patch32_cpp.so", ("_Z5parsei", "_Z8parse_v2i"));
+    let r = state.apply(&m, t.pid).ok();
+    assert!(r.stdout.contains("dlopen"), "{}", r.stdout);
+    assert_eq!(t.ask("c 5"), "15");
+    assert_eq!(t.ask("c 200"), "out_of_range: too big", "the new exception type crosses into the target's catch");
+    assert_eq!(t.ask("c 7"), "21", "and the process keeps running");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 200"), "400");
+    assert!(!t.maps().contains("patch32_cpp.so"), "dlclose unloaded it");
+
+    // load: mmap registers the module's tables with the unwinder C++ throws go through
+    // (libgcc_s's, not the i386 C library's own copy).
+    let m = state.manifest("cpp-mmap", "target32_cpp", "patch32_cpp.so", &[("_Z5parsei", "_Z8parse_v2i")], "");
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 200"), "out_of_range: too big");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c -1"), "exception: negative", "the target's own exceptions still unwind");
+    assert_eq!(t.ask("c 200"), "400");
+    assert!(!t.maps().contains("patch32_cpp.so"), "unmapped");
+}
+
+#[test]
+fn thread_local_storage_through_dlopen_and_refused_with_mmap() {
+    let state = State::new();
+    let mut t = Proc::start("target32_pie");
+    let m = state.manifest("tls-mmap", "target32_pie", "patch32_tls.so", &[("compute", "compute_tls")], "");
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("thread-local storage") && r.stderr.contains("load: dlopen"), "{}", r.stderr);
+    let m = dlopen_manifest(&state, "tls-fix", "target32_pie", "patch32_tls.so", ("compute", "compute_tls"));
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 5"), "5001");
+    assert_eq!(t.ask("c 5"), "5002", "the thread-local counter of the main thread");
+    state.rollback(t.pid, None).ok();
+    assert_eq!(t.ask("c 5"), "6");
+}
+
+/// `consistency: function` unwinds 32-bit stacks (`.eh_frame` through gimli).
+#[test]
+fn the_function_rule_unwinds_32_bit_stacks() {
+    let state = State::new();
+    let mut t = Proc::start("target32_nopie");
+    assert_eq!(t.ask("P"), "started");
+    common::wait_until("the thread is parked", || common::threads(t.pid).len() == 2);
+    let text = text_of(t.pid, &bin_any("target32_nopie"));
+    let rule = "safety:\n  consistency: function\n  retries: 20\n  retry_interval: 5ms\n";
+    let m = state.manifest("park-fix", "target32_nopie", "patch32_parked.so", &[("parked", "parked_v2")], rule);
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 3, "busy: {r:?}");
+    assert!(r.stderr.contains("in `parked`") && r.stderr.contains("has a frame at depth"), "{}", r.stderr);
+    assert!(r.stderr.contains("parked+0x") && r.stderr.contains("(target32_nopie)"), "{}", r.stderr);
+    assert!(!r.stderr.contains("could not be unwound"), "{}", r.stderr);
+    assert_eq!(text_of(t.pid, &bin_any("target32_nopie")), text, "left untouched");
+
+    // No thread stays in compute(): the switch waits for a moment when none is inside.
+    assert_eq!(t.ask("w"), "started");
+    let rule = "safety:\n  consistency: function\n  retries: 1000\n  retry_interval: 1ms\n";
+    let m = state.manifest("fn-fix", "target32_nopie", "patch32_compute.so", &[("compute", "compute_v2")], rule);
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("c 5"), "500");
+    state.rollback(t.pid, None).ok();
+    let r: Vec<i64> = t.ask("r").split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(r[3], 0, "{r:?}");
+}
+
+/// A 32-bit process's seccomp filter sees pannus's calls by their i386 numbers: one refusing
+/// `mmap2` refuses the apply before anything is done.
+#[test]
+fn seccomp_filters_are_read_with_the_i386_numbers() {
+    let state = State::new();
+    let mut t = Proc::start("target32_seccomp_mmap2");
+    let m = state.manifest("x", "target32_seccomp_mmap2", "patch32_compute.so", &[("compute", "compute_v2")], "");
+    let maps = t.maps();
+    let r = state.apply(&m, t.pid);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("seccomp filter refuses") && r.stderr.contains("mmap"), "{}", r.stderr);
+    assert_eq!(t.maps(), maps, "nothing mapped");
+    assert_eq!(t.ask("c 5"), "6");
 }

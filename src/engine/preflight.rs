@@ -73,7 +73,10 @@ fn module_lines(m: &Manifest, module: &Object, sum: &str) -> Result<Vec<CheckLin
     }
     Ok(vec![
         ok("module checksum", format!("sha256 {sum}")),
-        ok("module", format!("{} (ELF x86-64 shared object, {} relocations)", path.display(), module.relocs.len())),
+        ok(
+            "module",
+            format!("{} ({} shared object, {} relocations)", path.display(), module.arch, module.relocs.len()),
+        ),
     ])
 }
 
@@ -301,6 +304,8 @@ impl Session<'_> {
                         _ => true,
                     })
                     .collect();
+                // A 32-bit process makes them by their i386 numbers.
+                let calls = if self.target.word() == 4 { crate::seccomp::for_i386(calls) } else { calls };
                 let blocked = crate::seccomp::blocked(&filters, &calls);
                 if !blocked.is_empty() {
                     let list: Vec<String> = blocked
@@ -405,13 +410,18 @@ impl Session<'_> {
         let in_module = |e: Error| e.context(format!("patch module {}", m.module.path.display()));
         let mut symbols = HashMap::new();
         for r in &module.relocs {
-            if !symbols::SUPPORTED.contains(&r.rtype) {
+            let (supported, name): (&[u32], fn(u32) -> String) = match module.arch {
+                pannus_kernel::Arch::I386 => (&super::reloc386::SUPPORTED, super::reloc386::reloc_name),
+                _ => (&symbols::SUPPORTED, symbols::reloc_name),
+            };
+            if !supported.contains(&r.rtype) {
                 let what = r.sym.map(|i| format!(" for `{}`", module.dynsyms[i].name)).unwrap_or_default();
                 return Err(in_module(Error::bad_input(format!(
                     "relocation {} at {:#x}{what} is not supported by load: mmap",
-                    symbols::reloc_name(r.rtype),
+                    name(r.rtype),
                     r.offset
-                ))));
+                )))
+                .hint("use load: dlopen, where the target's dynamic linker applies it"));
             }
             let Some(i) = r.sym else { continue };
             if symbols.contains_key(&i) {

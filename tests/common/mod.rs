@@ -84,8 +84,8 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// The folder with the 32-bit (`-m32`, i386) builds of the portable fixtures, once per test
-/// binary that asks: `target32_pie`, `target32_nopie`, and each `patch_NAME.c` as
-/// `patch32_NAME.so`. Needs gcc-multilib.
+/// binary that asks: `target32_pie`, `target32_nopie`, `target32_cpp`, each `patch_NAME.c` as
+/// `patch32_NAME.so`, and `patch32_cpp.so`. Needs gcc-multilib and g++-multilib.
 pub fn built32() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -96,12 +96,29 @@ pub fn built32() -> &'static Path {
         let o = |f: &str| dir.join(f).to_string_lossy().into_owned();
         gcc(&["-m32", "-O2", "-g", "-pthread", "-o", &o("target32_pie"), &s("target.c")]);
         gcc(&["-m32", "-O2", "-g", "-pthread", "-fno-pie", "-no-pie", "-o", &o("target32_nopie"), &s("target.c")]);
+        // Refuses mmap2 (192 on i386) with EPERM.
+        gcc(&[
+            "-m32",
+            "-O2",
+            "-g",
+            "-pthread",
+            "-DWITH_SECCOMP=192",
+            "-o",
+            &o("target32_seccomp_mmap2"),
+            &s("target.c"),
+        ]);
         for entry in std::fs::read_dir(&src).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             if let Some(stem) = name.strip_prefix("patch_").and_then(|n| n.strip_suffix(".c")) {
                 gcc(&["-m32", "-O2", "-shared", "-fPIC", "-o", &o(&format!("patch32_{stem}.so")), &s(&name)]);
             }
         }
+        let gxx = |args: &[&str]| {
+            let out = Command::new("g++").args(args).output().expect("g++ runs");
+            assert!(out.status.success(), "g++ {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        };
+        gxx(&["-m32", "-O2", "-g", "-o", &o("target32_cpp"), &s("cpp_target.cpp")]);
+        gxx(&["-m32", "-O2", "-shared", "-fPIC", "-o", &o("patch32_cpp.so"), &s("patch_cpp.cpp")]);
         dir
     })
 }
