@@ -1132,7 +1132,7 @@ fn the_installed_view_shows_a_canary_rollout_and_an_interrupted_one() {
 }
 
 #[test]
-fn a_32_bit_process_is_marked_in_the_list_and_its_detail() {
+fn a_process_not_running_x86_64_code_is_marked_in_the_list_and_its_detail() {
     let mut a = app();
     let mut rows = a.snapshot.rows.clone();
     let mut legacy = row(1300, "sipd32", vec![]);
@@ -1147,5 +1147,13 @@ fn a_32_bit_process_is_marked_in_the_list_and_its_detail() {
     a.on_key(key(KeyCode::Enter));
     assert_eq!(a.screen, Screen::Detail);
     let d = screen(&a, 120, 40);
-    assert!(d.contains("ELF32 i386, NOT PATCHABLE"), "{d}");
+    assert!(d.contains("/usr/sbin/sipd32  ELF32 i386") && !d.contains("NOT PATCHABLE"), "{d}");
+    // An x32 process is shown, and said not to be patchable.
+    let mut rows = a.snapshot.rows.clone();
+    let x32 =
+        pannus_kernel::Arch::of_header(&[0x7f, b'E', b'L', b'F', 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 62, 0]);
+    rows.iter_mut().find(|r| r.pid.get() == 1300).unwrap().arch = x32;
+    a.set_snapshot(Snapshot { rows });
+    let d = screen(&a, 120, 40);
+    assert!(d.contains("ELF32 x32, NOT PATCHABLE"), "{d}");
 }

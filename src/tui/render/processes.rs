@@ -87,8 +87,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_stateful_widget(table, table_area, &mut state);
 }
 
-/// After the name of a process that does not run x86-64 code: its architecture (`[i386]`), which
-/// pannus shows but cannot patch.
+/// After the name of a process that does not run x86-64 code: its architecture (`[i386]`).
 fn arch_mark(r: &crate::processes::Process) -> String {
     match r.arch {
         Some(a) if a != pannus_kernel::Arch::X86_64 => format!(" [{}]", a.name()),
