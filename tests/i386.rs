@@ -220,9 +220,10 @@ fn busy_threads_see_only_old_or_new_answers_through_repeated_cycles() {
     let mut r: Vec<i64> = Vec::new();
     common::wait_until("the workers see the new function", || {
         r = t.ask("r").split(' ').map(|x| x.parse().unwrap()).collect();
-        r[2] > 0
+        r[2] != 0
     });
-    assert!(r[0] > 0 && r[1] > 0, "old and new answers seen: {r:?}");
+    // The counters are a 32-bit process's `long`s, which a long run may wrap: seen is non-zero.
+    assert!(r[1] != 0, "old answers seen: {r:?}");
     assert_eq!(r[3], 0, "no wrong answers: {r:?}");
     state.rollback(t.pid, None).ok();
     assert_eq!(t.ask("c 5"), "6");
@@ -338,7 +339,9 @@ fn the_function_rule_unwinds_32_bit_stacks() {
     let m = state.manifest("park-fix", "target32_nopie", "patch32_parked.so", &[("parked", "parked_v2")], rule);
     let r = state.apply(&m, t.pid);
     assert_eq!(r.code, 3, "busy: {r:?}");
-    assert!(r.stderr.contains("in `parked`") && r.stderr.contains("has a frame at depth"), "{}", r.stderr);
+    // Below parked() in its sleep, or (on a loaded machine) in parked()'s own loop between two.
+    let inside = r.stderr.contains("has a frame at depth") || r.stderr.contains("is executing at");
+    assert!(r.stderr.contains("in `parked`") && inside, "{}", r.stderr);
     assert!(r.stderr.contains("parked+0x") && r.stderr.contains("(target32_nopie)"), "{}", r.stderr);
     assert!(!r.stderr.contains("could not be unwound"), "{}", r.stderr);
     assert_eq!(text_of(t.pid, &bin_any("target32_nopie")), text, "left untouched");
@@ -367,4 +370,77 @@ fn seccomp_filters_are_read_with_the_i386_numbers() {
     assert!(r.stderr.contains("seccomp filter refuses") && r.stderr.contains("mmap"), "{}", r.stderr);
     assert_eq!(t.maps(), maps, "nothing mapped");
     assert_eq!(t.ask("c 5"), "6");
+}
+
+/// 64 threads call `stress` flat out through 30 apply/rollback cycles: every answer is the old
+/// function's or the new one's (tests/stress.rs, on a 32-bit process).
+#[test]
+fn sixty_four_threads_through_thirty_cycles() {
+    let state = State::new();
+    let mut t = Proc::start("target32_stress");
+    let m = state.manifest("stress", "target32_stress", "patch32_stress.so", &[("stress", "stress_v2")], "");
+    let (mut busy_apply, mut busy_rollback) = (0, 0);
+    for i in 0..30 {
+        loop {
+            let r = state.apply(&m, t.pid);
+            match r.code {
+                0 => break,
+                3 if busy_apply < 500 => {
+                    busy_apply += 1;
+                    assert_eq!(t.ask("c 7"), "22", "cycle {i}: a busy apply changed nothing");
+                }
+                _ => panic!("cycle {i}: apply failed: {r:?}"),
+            }
+        }
+        assert_eq!(t.ask("c 7"), "37", "cycle {i}: patched");
+        loop {
+            let r = state.rollback(t.pid, Some("stress"));
+            match r.code {
+                0 => break,
+                3 if busy_rollback < 500 => busy_rollback += 1,
+                _ => panic!("cycle {i}: rollback failed: {r:?}"),
+            }
+        }
+        assert_eq!(t.ask("c 7"), "22", "cycle {i}: rolled back");
+    }
+    // The counters are a 32-bit process's `long`s, which 64 threads wrap: seen is non-zero.
+    let v: Vec<i64> = t.ask("r").split_whitespace().map(|n| n.parse().unwrap()).collect();
+    let [_, old, new, wrong] = v[..] else { panic!("bad report {v:?}") };
+    assert_eq!(wrong, 0, "wrong answers: {v:?}");
+    assert!(old != 0 && new != 0, "both answers seen: {v:?}");
+    assert!(t.alive());
+    eprintln!("i386 stress: 30 cycles, {busy_apply} busy applies, {busy_rollback} busy rollbacks; {v:?}");
+}
+
+/// `apply --all`, `status --all` and `rollback --all` on every process of a 32-bit binary (a copy
+/// of its own, so that the other tests' processes are not among them).
+#[test]
+fn every_process_of_a_32_bit_binary() {
+    let state = State::new();
+    let exe = state.path().join("target32_fleet");
+    std::fs::copy(bin_any("target32_pie"), &exe).unwrap();
+    let start = || Proc::spawn(std::process::Command::new(&exe));
+    let (mut a, mut b) = (start(), start());
+    let mut other = Proc::start("target32_pie");
+    let m = state.manifest("fleet-fix", "target32_pie", "patch32_compute.so", &[("compute", "compute_v2")], "");
+    let text = std::fs::read_to_string(&m).unwrap();
+    let text = text.replace(&bin_any("target32_pie").to_string_lossy().into_owned(), &exe.to_string_lossy());
+    std::fs::write(&m, text).unwrap();
+    let r = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok();
+    let v = r.json();
+    let mut patched: Vec<i64> = v["patched"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect();
+    patched.sort_unstable();
+    let mut want = vec![i64::from(a.pid), i64::from(b.pid)];
+    want.sort_unstable();
+    assert_eq!(patched, want, "{v}");
+    assert_eq!((a.ask("c 5"), b.ask("c 5"), other.ask("c 5")), ("500".into(), "500".into(), "6".into()));
+    let st = state.pannus(&["status", "--all", "--json"]).ok().json();
+    let procs = st["processes"].as_array().unwrap();
+    for p in [&a, &b] {
+        let me = procs.iter().find(|x| x["pid"] == p.pid).unwrap_or_else(|| panic!("{} listed: {st}", p.pid));
+        assert_eq!(me["arch"], "i386");
+        assert_eq!(me["patches"][0]["state"], "trial");
+    }
+    state.pannus(&["rollback", "--all", "fleet-fix", "--yes", "--json"]).ok();
+    assert_eq!((a.ask("c 5"), b.ask("c 5")), ("6".into(), "6".into()));
 }

@@ -84,7 +84,8 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// The folder with the 32-bit (`-m32`, i386) builds of the portable fixtures, once per test
-/// binary that asks: `target32_pie`, `target32_nopie`, `target32_cpp`, each `patch_NAME.c` as
+/// binary that asks: `target32_pie`, `target32_nopie`, `target32_cpp`, `target32_stress`,
+/// `target32_seccomp_mmap2`, each `patch_NAME.c` as
 /// `patch32_NAME.so`, and `patch32_cpp.so`. Needs gcc-multilib and g++-multilib.
 pub fn built32() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -96,6 +97,7 @@ pub fn built32() -> &'static Path {
         let o = |f: &str| dir.join(f).to_string_lossy().into_owned();
         gcc(&["-m32", "-O2", "-g", "-pthread", "-o", &o("target32_pie"), &s("target.c")]);
         gcc(&["-m32", "-O2", "-g", "-pthread", "-fno-pie", "-no-pie", "-o", &o("target32_nopie"), &s("target.c")]);
+        gcc(&["-m32", "-O2", "-g", "-pthread", "-o", &o("target32_stress"), &s("stress_target.c")]);
         // Refuses mmap2 (192 on i386) with EPERM.
         gcc(&[
             "-m32",
