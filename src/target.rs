@@ -74,17 +74,17 @@ impl Target {
     }
 
     /// Refuses, before anything is done to it, a process pannus cannot stop or run code in: one
-    /// that does not run x86-64 code (a 32-bit i386 process under the kernel's compatibility
-    /// mode, x32, another machine). `doing` names the operation refused.
+    /// that runs neither x86-64 code nor 32-bit i386 code under the kernel's compatibility mode
+    /// (x32, another machine). `doing` names the operation refused.
     pub fn require_patchable(&self, doing: &str) -> Result<()> {
         match self.arch {
             None | Some(Arch::X86_64 | Arch::I386) => Ok(()),
             Some(arch) => Err(Error::precondition(format!(
                 "process {} ({}) runs {arch} code, which pannus cannot patch: {doing} would have to stop it and run \
-                 code in it as {arch}, and this pannus does that for ELF64 x86-64 processes only",
+                 code in it as {arch}, and this pannus does that for ELF64 x86-64 and ELF32 i386 processes only",
                 self.pid, self.name
             ))
-            .hint("nothing was done to the process; restart it with the fix, or run a 64-bit build of the service")),
+            .hint("nothing was done to the process; restart it with the fix, or run an x86-64 or i386 build of the service")),
         }
     }
 

@@ -162,14 +162,12 @@ impl Session<'_> {
 }
 
 /// Function `name` of the unwinder that C++ exceptions go through: of the object that exports
-/// `_Unwind_RaiseException` (libgcc_s) when one does, else wherever it is exported. An i386 C
-/// library exports a `__register_frame` of its own (for old binaries), whose tables that
-/// unwinder never reads.
+/// `_Unwind_RaiseException` (libgcc_s); `None` in a process without one, which throws nothing.
+/// An i386 C library exports a `__register_frame` of its own (for old binaries), whose tables
+/// that unwinder never reads, and whose `__deregister_frame` aborts on a table it was never
+/// given.
 fn unwinder_function(objects: &[crate::target::Loaded], name: &str) -> Option<u64> {
-    let unwinder =
-        objects.iter().find(|o| exported_function(std::slice::from_ref(o), &["_Unwind_RaiseException"]).is_some());
-    match unwinder {
-        Some(o) => exported_function(std::slice::from_ref(o), &[name]),
-        None => exported_function(objects, &[name]),
-    }
+    let one = |o: &crate::target::Loaded, n: &str| exported_function(std::slice::from_ref(o), &[n]);
+    let unwinder = objects.iter().find(|o| one(o, "_Unwind_RaiseException").is_some())?;
+    one(unwinder, name)
 }
