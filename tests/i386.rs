@@ -517,3 +517,59 @@ fn killed_at_every_step_of_apply_and_rollback() {
     }
     assert!(killed >= (apply_points + rollback_points) / 2, "pannus was really killed ({killed} times)");
 }
+
+/// `pannus daemon` patches a new 32-bit process of an installed patch's binary (a copy of its
+/// own, so that the other tests' processes are not among them) just after its exec; a 32-bit
+/// process is never held before main.
+#[test]
+fn the_daemon_patches_new_32_bit_processes() {
+    use std::io::BufRead;
+    let state = State::new();
+    let exe = state.path().join("target32_daemon");
+    std::fs::copy(bin_any("target32_pie"), &exe).unwrap();
+    let m = state.manifest("daemon-fix", "target32_pie", "patch32_compute.so", &[("compute", "compute_v2")], "");
+    let text = std::fs::read_to_string(&m).unwrap();
+    let text = text.replace(&bin_any("target32_pie").to_string_lossy().into_owned(), &exe.to_string_lossy());
+    // Installed as `pannus install` leaves it: root's copies of manifest and module, its state.
+    let dir = state.path().join("installed/daemon-fix");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(bin_any("patch32_compute.so"), dir.join("module.so")).unwrap();
+    let module = bin_any("patch32_compute.so").to_string_lossy().into_owned();
+    let text = text.replace(&format!("  path: {module}"), &format!("  path: {}", dir.join("module.so").display()));
+    std::fs::write(dir.join("manifest.yaml"), text).unwrap();
+    std::fs::write(dir.join("state.json"), "{\"state\": \"committed\", \"trial_deadline\": null}").unwrap();
+
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_pannus"))
+        .arg("daemon")
+        .env("PANNUS_STATE_DIR", state.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (err, to) = (std::io::BufReader::new(daemon.stderr.take().unwrap()), std::sync::Arc::clone(&log));
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            to.lock().unwrap().push_str(&(l + "\n"));
+        }
+    });
+    let log = || log.lock().unwrap().clone();
+    common::wait_until("the daemon watches", || log().contains("installed patches:"));
+    for _ in 0..3 {
+        let mut t = Proc::spawn(std::process::Command::new(&exe));
+        common::wait_until("the new process is patched", || t.ask("c 5") == "500");
+        let st = state.status(t.pid);
+        assert_eq!(st["arch"], "i386");
+        assert_eq!(st["patches"][0]["patch"], "daemon-fix", "{st}");
+        assert_eq!(t.ask("F"), "6", "not patched before main: {}", log());
+        t.quit();
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut code = None;
+    common::wait_until("the daemon ends", || {
+        code = daemon.try_wait().unwrap().map(|st| st.code());
+        code.is_some()
+    });
+    assert_eq!(code.unwrap(), Some(0), "{}", log());
+}
