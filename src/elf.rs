@@ -110,6 +110,9 @@ pub struct Object {
     /// `/proc/PID/map_files`) once that process has exited, so that one parse can serve every
     /// process mapping the file.
     file: Option<std::fs::File>,
+    /// The class and machine it is built for: x86-64, or i386 (see ARCHITECTURE.md, 32-bit
+    /// processes).
+    pub arch: pannus_kernel::Arch,
     /// ET_DYN (a shared object or a PIE); ET_EXEC otherwise.
     pub is_dyn: bool,
     pub build_id: Option<String>,
@@ -301,12 +304,16 @@ impl Object {
             return Err("not an ELF file".into());
         }
         let elf = Elf::parse(&data).map_err(|e| format!("malformed ELF: {e}"))?;
-        if !elf.is_64 || !elf.little_endian {
-            return Err("not a 64-bit little-endian ELF object".into());
-        }
-        if elf.header.e_machine != header::EM_X86_64 {
-            return Err(format!("built for {}, not x86-64", header::machine_to_str(elf.header.e_machine)));
-        }
+        let arch = match pannus_kernel::Arch::of_header(&data) {
+            Some(a @ (pannus_kernel::Arch::X86_64 | pannus_kernel::Arch::I386)) => a,
+            // Named by class and machine, as the refusal of a module for a process of another
+            // architecture names them (see ARCHITECTURE.md, 32-bit processes).
+            Some(arch) => {
+                return Err(format!("an {arch} object; pannus patches ELF64 x86-64 and ELF32 i386 processes only"))
+            }
+            None => return Err("not an ELF file".into()),
+        };
+        let i386 = arch == pannus_kernel::Arch::I386;
         let is_dyn = match elf.header.e_type {
             header::ET_DYN => true,
             header::ET_EXEC => false,
@@ -321,7 +328,7 @@ impl Object {
                 ph::PT_LOAD => {
                     if p.p_filesz > p.p_memsz
                         || p.p_offset.checked_add(p.p_filesz).is_none_or(|e| e > data.len() as u64)
-                        || p.p_vaddr.checked_add(p.p_memsz).is_none_or(|e| e > 1 << 47)
+                        || p.p_vaddr.checked_add(p.p_memsz).is_none_or(|e| e > if i386 { 1 << 32 } else { 1 << 47 })
                         || p.p_offset % 4096 != p.p_vaddr % 4096
                     {
                         return Err(format!("PT_LOAD segment at {:#x} is inconsistent", p.p_vaddr));
@@ -401,12 +408,19 @@ impl Object {
         }
 
         let mut relocs = Vec::new();
-        for r in elf.dynrelas.iter().chain(elf.pltrelocs.iter()) {
+        for r in elf.dynrelas.iter().chain(elf.dynrels.iter()).chain(elf.pltrelocs.iter()) {
             let sym = (r.r_sym != 0).then_some(r.r_sym);
             if sym.is_some_and(|i| i >= dynsyms.len()) {
                 return Err(format!("relocation at {:#x} names symbol #{} beyond .dynsym", r.r_offset, r.r_sym));
             }
-            relocs.push(Reloc { offset: r.r_offset, rtype: r.r_type, sym, addend: r.r_addend.unwrap_or(0) });
+            let addend = match r.r_addend {
+                Some(a) => a,
+                // REL (i386): the addend is the word in place, in the file.
+                None if i386 => implicit_addend(&segments, &data, r.r_offset)
+                    .ok_or_else(|| format!("relocation at {:#x} lies outside the file's segments", r.r_offset))?,
+                None => return Err("REL relocations (without addends) are not used on x86-64 and not supported".into()),
+            };
+            relocs.push(Reloc { offset: r.r_offset, rtype: r.r_type, sym, addend });
         }
         for sh in &elf.section_headers {
             if elf.shdr_strtab.get_at(sh.sh_name) == Some(FIXUPS) {
@@ -417,7 +431,7 @@ impl Object {
                 add_fixups(bytes, &mut dynsyms, &mut relocs)?;
             }
         }
-        if elf.dynamic.as_ref().is_some_and(|d| d.info.rel != 0 && d.info.relsz != 0) {
+        if !i386 && elf.dynamic.as_ref().is_some_and(|d| d.info.rel != 0 && d.info.relsz != 0) {
             return Err("REL relocations (without addends) are not used on x86-64 and not supported".into());
         }
         // goblin's DynamicInfo turns some addresses into file offsets: read the raw entries.
@@ -460,6 +474,7 @@ impl Object {
             resident: None,
             full: OnceLock::new(),
             file: None,
+            arch,
             is_dyn,
             build_id,
             segments,
@@ -700,21 +715,28 @@ fn read_tables(file: &std::fs::File, len: u64) -> Option<(Vec<u8>, FileRanges)> 
 }
 
 /// The GNU build-id of the ELF file `file`, reading only its header, program headers and
-/// notes (a few hundred bytes); `None` when it has none or is not a 64-bit little-endian ELF.
+/// notes (a few hundred bytes); `None` when it has none or is not a little-endian ELF (64-bit,
+/// or 32-bit: the build-id of a 32-bit program is shown and matched the same way).
 pub fn build_id_of(file: &std::fs::File) -> Option<String> {
     use goblin::container::{Container, Ctx, Endian};
     use std::os::unix::fs::FileExt;
     const MAX_HEADERS: usize = 64 << 10;
     let mut head = [0u8; 64];
+    // A 32-bit ELF header is 52 bytes: a file that short holds no notes anyway.
     file.read_exact_at(&mut head, 0).ok()?;
     let h = Elf::parse_header(&head).ok()?;
-    if h.e_ident[header::EI_CLASS] != header::ELFCLASS64 || h.e_ident[header::EI_DATA] != header::ELFDATA2LSB {
+    let container = match h.e_ident[header::EI_CLASS] {
+        header::ELFCLASS64 => Container::Big,
+        header::ELFCLASS32 => Container::Little,
+        _ => return None,
+    };
+    if h.e_ident[header::EI_DATA] != header::ELFDATA2LSB {
         return None;
     }
     let phs = usize::from(h.e_phnum).checked_mul(usize::from(h.e_phentsize)).filter(|&n| n <= MAX_HEADERS)?;
     let mut phbuf = vec![0u8; phs];
     file.read_exact_at(&mut phbuf, h.e_phoff).ok()?;
-    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let ctx = Ctx::new(container, Endian::Little);
     let phdrs = goblin::elf::ProgramHeader::parse(&phbuf, 0, usize::from(h.e_phnum), ctx).ok()?;
     for p in phdrs.iter().filter(|p| p.p_type == ph::PT_NOTE && p.p_filesz > 0) {
         let Some(len) = usize::try_from(p.p_filesz).ok().filter(|&n| n <= MAX_HEADERS) else { continue };
@@ -732,6 +754,20 @@ pub fn build_id_of(file: &std::fs::File) -> Option<String> {
         }
     }
     None
+}
+
+/// The 32-bit word the file holds at virtual address `vaddr` (inside a segment's file bytes;
+/// zero in its bss), sign-extended: the addend of an i386 `REL` relocation there.
+fn implicit_addend(segments: &[Segment], data: &[u8], vaddr: u64) -> Option<i64> {
+    let end = vaddr.checked_add(4)?;
+    let s = segments.iter().find(|s| s.vaddr <= vaddr && end <= s.vaddr.saturating_add(s.memsz))?;
+    let at = vaddr - s.vaddr;
+    if at + 4 > s.filesz {
+        return Some(0);
+    }
+    let o = usize::try_from(s.offset + at).ok()?;
+    let w = data.get(o..o + 4)?;
+    Some(i64::from(i32::from_le_bytes(w.try_into().ok()?)))
 }
 
 /// FNV-1a of a symbol name: the key of [`Object`]'s name index, which compares the names

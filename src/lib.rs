@@ -37,6 +37,7 @@ mod target;
 pub mod trial;
 mod tui;
 mod unwind;
+mod unwind386;
 
 /// When pannus runs as one of `pannus build`'s compiler wrappers: records the compilation and
 /// runs the real compiler (`None` when pannus runs as itself).
@@ -44,7 +45,7 @@ pub fn build_wrapper() -> Option<i32> {
     build::wrap::run_if_wrapper()
 }
 
-pub use elf::{sha256_file, Object, Reloc, SymKind, Symbol};
+pub use elf::{build_id_of, sha256_file, Object, Reloc, SymKind, Symbol};
 pub use engine::symbols;
 pub use engine::{
     outcome_of, read_status, remaining, Applied, CheckLine, Engine, Measured, Observer, Quiet, RolledBack, Session,

@@ -53,6 +53,9 @@ pub struct Process {
     pub threads: u32,
     /// The path of the executable; empty when it cannot be read (a kernel thread, a zombie).
     pub exe: String,
+    /// The architecture it runs, from its executable's header (`None` when unread: a kernel
+    /// thread, a zombie, no permission).
+    pub arch: Option<pannus_kernel::Arch>,
     /// A kernel thread: the kernel's `PF_KTHREAD` flag (`/proc/PID/stat`), not the lack of an
     /// executable, which a zombie shares.
     pub kernel_thread: bool,
@@ -180,8 +183,9 @@ pub fn pids() -> Vec<Pid> {
 
 /// The processes of `scope`, with user names looked up in `users` when given.
 ///
-/// Costs two small reads per process (`maps`, whose text tells whether there is a registry,
-/// and `status`) and the executable's link, plus the registry of each process that has one.
+/// Costs three small reads per process (`maps`, whose text tells whether there is a registry,
+/// `status`, and the executable's first 20 bytes for its architecture) and the executable's
+/// link, plus the registry of each process that has one.
 /// With [`Scope::Patched`], a process without a registry costs the `maps` read only.
 pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
     let mut out = Vec::new();
@@ -208,6 +212,7 @@ pub fn list(scope: Scope, mut users: Option<&mut UserNames>) -> Vec<Process> {
             uid: status.uid,
             user,
             threads: status.threads,
+            arch: if exe.is_empty() { None } else { pannus_kernel::Arch::of_process(pid.get()) },
             exe,
             kernel_thread: flags & PF_KTHREAD != 0,
             state,
@@ -336,6 +341,7 @@ mod tests {
             user: None,
             threads: 1,
             exe: String::new(),
+            arch: None,
             kernel_thread: false,
             state: 'S',
             build_id: None,

@@ -1,4 +1,4 @@
-//! Stage 4's safety rules for x86-64: what may be overwritten at a function's entry, and whether
+//! Stage 4's safety rules for x86-64 (and i386 code, decoded in 32-bit mode): what may be overwritten at a function's entry, and whether
 //! a stopped thread stands in the way of the switch right now.
 
 use crate::error::{Error, Result};
@@ -44,8 +44,8 @@ fn rel32(from_end: u64, to: u64) -> Option<i32> {
     i32::try_from(to.wrapping_sub(from_end) as i64).ok()
 }
 
-fn decode_all(code: &[u8], ip: u64) -> Vec<Instruction> {
-    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+fn decode_all(bits: u32, code: &[u8], ip: u64) -> Vec<Instruction> {
+    let mut d = Decoder::with_ip(bits, code, ip, DecoderOptions::NONE);
     let mut out = Vec::new();
     while d.can_decode() {
         out.push(d.decode());
@@ -65,9 +65,29 @@ fn branch_target(i: &Instruction) -> Option<u64> {
 /// `-fpatchable-function-entry`). Refuses, naming the function, when stage 4's entry rules
 /// (ARCHITECTURE.md, `safety.rs` in the code map) are not met.
 pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: u64) -> Result<EntryPlan> {
+    plan_entry_bits(64, name, entry, code, pad, replacement)
+}
+
+/// [`plan_entry`] for code of `bits` bits: 64, or 32 for an i386 process, where the code is
+/// decoded in 32-bit mode and a `jmp rel32` reaches every address (it wraps at 4 GiB).
+pub fn plan_entry_bits(
+    bits: u32,
+    name: &str,
+    entry: u64,
+    code: &[u8],
+    pad: &[u8],
+    replacement: u64,
+) -> Result<EntryPlan> {
     let refuse =
         |why: String| Error::precondition(format!("function `{name}` at {entry:#x} cannot be patched safely: {why}"));
-    let insns = decode_all(code, entry);
+    let rel32 = |from_end: u64, to: u64| {
+        if bits == 32 {
+            Some(to.wrapping_sub(from_end) as u32 as i32)
+        } else {
+            rel32(from_end, to)
+        }
+    };
+    let insns = decode_all(bits, code, entry);
     let near = rel32(entry + 5, replacement).is_some();
     let needed = if near { 5 } else { 14 };
 
@@ -123,9 +143,15 @@ pub fn plan_entry(name: &str, entry: u64, code: &[u8], pad: &[u8], replacement: 
         if i.is_invalid() || i.next_ip() > entry + code.len() as u64 {
             return Err(refuse(format!("the instruction at {:#x} does not decode within the function", i.ip())));
         }
+        // i386 PIC code begins with `call __x86.get_pc_thunk.*` (5 bytes, its return address the
+        // end of the jump's 5): a thread in the callee returns to the first byte left intact,
+        // never strictly inside the jump, as the stack check below holds. Any other call in
+        // the bytes could be returned into.
+        let call_ends_the_jump = bits == 32 && i.ip() == cover_from && i.next_ip() == cover_from + need_here;
         let bad = match i.mnemonic() {
             Mnemonic::Syscall | Mnemonic::Sysenter => Some("a syscall"),
             Mnemonic::Int | Mnemonic::Int1 | Mnemonic::Int3 | Mnemonic::Into => Some("an int"),
+            _ if i.flow_control() == FlowControl::Call && call_ends_the_jump => None,
             _ if matches!(i.flow_control(), FlowControl::Call | FlowControl::IndirectCall) => Some("a call"),
             _ => None,
         };
@@ -172,9 +198,9 @@ pub struct Part<'a> {
 /// The entry rule for the parts of function `name` placed apart (see [`Part`]): as for the
 /// function's own branches, none may land strictly inside the bytes `plan` overwrites. A thread
 /// in a cold part jumping back to just after the entry would land in the middle of the jump.
-pub fn check_parts(name: &str, plan: &EntryPlan, parts: &[Part]) -> Result<()> {
+pub fn check_parts(bits: u32, name: &str, plan: &EntryPlan, parts: &[Part]) -> Result<()> {
     for part in parts {
-        for i in decode_all(part.code, part.address) {
+        for i in decode_all(bits, part.code, part.address) {
             let Some(t) = branch_target(&i) else { continue };
             if plan.is_unsafe_spot(t) {
                 return Err(Error::precondition(format!(
@@ -214,6 +240,8 @@ pub struct ThreadView<'a> {
     pub rip: u64,
     pub stack_base: u64,
     pub stack: &'a [u8],
+    /// The size of a stack word: 8, or 4 in a 32-bit process.
+    pub word: usize,
 }
 
 /// The `entry` consistency rule: no instruction pointer, and no return address or signal frame
@@ -253,13 +281,16 @@ pub fn entry_conflicts<'p>(
                 reason: format!("is executing at {:#x}, inside the bytes to overwrite", t.rip),
             });
         }
-        for (i, w) in t.stack.chunks_exact(8).enumerate() {
-            let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        let word = if t.word == 4 { 4 } else { 8 };
+        for (i, w) in t.stack.chunks_exact(word).enumerate() {
+            let mut v = [0u8; 8];
+            v[..word].copy_from_slice(w);
+            let v = u64::from_le_bytes(v);
             let Some(k) = unsafe_in(v) else { continue };
             if std::mem::replace(&mut hit[k], true) {
                 continue;
             }
-            let at = t.stack_base + 8 * i as u64;
+            let at = t.stack_base + (word * i) as u64;
             out.push(Conflict {
                 tid: t.tid,
                 function: sorted[k].0.to_string(),
@@ -402,13 +433,13 @@ mod tests {
         let mut cold = vec![0x57, 0x5f, 0xe9];
         cold.extend_from_slice(&(0x1001i32 - 0x5007).to_le_bytes());
         let part = Part { name: "f.cold", address: 0x5000, code: &cold };
-        let e = check_parts("f", &p, &[part]).unwrap_err();
+        let e = check_parts(64, "f", &p, &[part]).unwrap_err();
         assert!(e.message.contains("`f.cold`") && e.message.contains("lands at 0x1001"), "{e}");
         // Back to the entry itself, or past the overwritten bytes: fine.
         for to in [0x1000i32, 0x1006] {
             let mut cold = vec![0xe9];
             cold.extend_from_slice(&(to - 0x5005).to_le_bytes());
-            check_parts("f", &p, &[Part { name: "f.cold", address: 0x5000, code: &cold }]).unwrap();
+            check_parts(64, "f", &p, &[Part { name: "f.cold", address: 0x5000, code: &cold }]).unwrap();
         }
     }
 
@@ -417,9 +448,9 @@ mod tests {
         let p = plan_entry("f", 0x1000, FUNC, &[], 0x2000).unwrap();
         let stack = 0x1003u64.to_le_bytes();
         let threads = [
-            ThreadView { tid: 7, rip: 0x1004, stack_base: 0, stack: &[] },
-            ThreadView { tid: 8, rip: 0x5000, stack_base: 0x7000, stack: &stack },
-            ThreadView { tid: 9, rip: 0x1000, stack_base: 0, stack: &[] },
+            ThreadView { tid: 7, rip: 0x1004, stack_base: 0, stack: &[], word: 8 },
+            ThreadView { tid: 8, rip: 0x5000, stack_base: 0x7000, stack: &stack, word: 8 },
+            ThreadView { tid: 9, rip: 0x1000, stack_base: 0, stack: &[], word: 8 },
         ];
         let c = entry_conflicts([("f", &p)].into_iter(), &threads);
         assert_eq!(c.len(), 2);
@@ -438,13 +469,32 @@ mod tests {
             stack.extend_from_slice(&v.to_le_bytes());
         }
         let threads = [
-            ThreadView { tid: 1, rip: 0x1000 + 0x100 * 30 + 1, stack_base: 0x8000, stack: &stack },
-            ThreadView { tid: 2, rip: 0x1000 + 0x100 * 31, stack_base: 0, stack: &[] },
+            ThreadView { tid: 1, rip: 0x1000 + 0x100 * 30 + 1, stack_base: 0x8000, stack: &stack, word: 8 },
+            ThreadView { tid: 2, rip: 0x1000 + 0x100 * 31, stack_base: 0, stack: &[], word: 8 },
         ];
         let c = entry_conflicts(plans.iter().map(|(n, p)| (n.as_str(), p)), &threads);
         let found: Vec<(i32, &str)> = c.iter().map(|c| (c.tid, c.function.as_str())).collect();
         // f30 by its instruction pointer; f0 and f17 (once) by stack words; f49's start is fine.
         assert_eq!(found, [(1, "f30"), (1, "f0"), (1, "f17")]);
         assert!(c[2].reason.contains(&format!("{:#x}", 0x8000 + 16)), "{}", c[2].reason);
+    }
+
+    #[test]
+    fn in_32_bit_code_a_jump_always_reaches_and_a_pic_thunk_call_may_be_overwritten() {
+        // call __x86.get_pc_thunk.ax; add $0x2d0f, %eax; ...: the call ends the jump's 5 bytes.
+        let thunk = [0xe8, 0x6d, 0x06, 0x00, 0x00, 0x05, 0x0f, 0x2d, 0x00, 0x00, 0xc3];
+        let p = plan_entry_bits(32, "helper", 0x5655_72e0, &thunk, &[], 0xf7f0_0000).unwrap();
+        assert_eq!(p.jump, JumpKind::Rel32, "rel32 wraps at 4 GiB");
+        assert_eq!(p.written[0], 0xe9);
+        assert_eq!(p.original, thunk[..5].to_vec());
+        let e = plan_entry("helper", 0x1000, &thunk, &[], 0x2000).unwrap_err();
+        assert!(e.message.contains("a call"), "64-bit code keeps the rule: {}", e.message);
+        // push %ebx; call ...: the call ends a byte past the jump.
+        let parked = [0x53, 0xe8, 0x3a, 0xf9, 0xff, 0xff, 0x81, 0xc3, 0x8e, 0x27, 0x00, 0x00, 0xc3];
+        let e = plan_entry_bits(32, "parked", 0x1000, &parked, &[], 0x2000).unwrap_err();
+        assert!(e.message.contains("a call"), "{}", e.message);
+        // int $0x80 in the first bytes.
+        let e = plan_entry_bits(32, "sys", 0x1000, &[0xcd, 0x80, 0x90, 0x90, 0x90, 0xc3], &[], 0x2000).unwrap_err();
+        assert!(e.message.contains("an int"), "{}", e.message);
     }
 }

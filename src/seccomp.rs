@@ -8,6 +8,9 @@ pub struct Call {
     pub name: &'static str,
     pub nr: u32,
     pub args: [u64; 6],
+    /// The architecture seccomp reports with it (`AUDIT_ARCH_X86_64`, or `AUDIT_ARCH_I386` for
+    /// a 32-bit process's calls: see [`for_i386`]).
+    pub arch: u32,
 }
 
 /// The system calls of an apply and a rollback, as the kernel's seccomp sees them: the numbers
@@ -26,7 +29,7 @@ pub fn pannus_calls() -> Vec<Call> {
     let flags = |f: MapFlags| f.bits() as u32 as u64;
     let anon = SEGMENT | MapFlags::MAP_ANONYMOUS;
     let (fd, none) = (3, u64::MAX);
-    let c = |name, nr, args| Call { name, nr, args };
+    let c = |name, nr, args| Call { name, nr, args, arch: AUDIT_ARCH_X86_64 };
     vec![
         c("mmap (reserve)", 9, [0, 0, r, flags(RESERVE), none, 0]),
         c("mmap (jump stubs)", 9, [0, 0, rx, flags(RESERVE), none, 0]),
@@ -47,7 +50,30 @@ pub fn pannus_calls() -> Vec<Call> {
     ]
 }
 
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+
+/// pannus's calls (as [`pannus_calls`] gives them) as a 32-bit process makes them: by their i386
+/// numbers (`mmap2` for `mmap`), under `AUDIT_ARCH_I386`, each argument a 32-bit word.
+pub fn for_i386(calls: Vec<Call>) -> Vec<Call> {
+    calls
+        .into_iter()
+        .map(|c| {
+            let nr = match c.nr {
+                9 => 192,
+                10 => 125,
+                11 => 91,
+                3 => 6,
+                319 => 356,
+                77 => 93,
+                15 => 173,
+                13 => 174,
+                n => n,
+            };
+            Call { nr, args: c.args.map(|a| a & 0xffff_ffff), arch: AUDIT_ARCH_I386, ..c }
+        })
+        .collect()
+}
 
 /// What a filter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +102,7 @@ fn action(ret: u32) -> Verdict {
 pub fn evaluate(filter: &[[u8; 8]], call: &Call) -> Verdict {
     let mut data = [0u8; 64];
     data[0..4].copy_from_slice(&call.nr.to_le_bytes());
-    data[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_le_bytes());
+    data[4..8].copy_from_slice(&call.arch.to_le_bytes());
     for (i, a) in call.args.iter().enumerate() {
         data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
     }

@@ -3,7 +3,7 @@
 use crate::elf::Object;
 use crate::engine::{FileKey, Shared};
 use crate::error::{Error, Result};
-use pannus_kernel::{maps, Mapping, Mem};
+use pannus_kernel::{maps, Arch, Mapping, Mem};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,8 @@ pub struct Target {
     pub maps: Vec<Mapping>,
     pub name: String,
     pub exe: String,
+    /// The architecture it runs (`None`: its executable could not be read).
+    pub arch: Option<Arch>,
     objects: HashMap<(i32, i32, u64), Arc<Object>>,
     /// The parses shared with the other processes of a run (see [`Shared`]).
     shared: Option<Arc<Shared>>,
@@ -53,7 +55,37 @@ impl Target {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Target { pid, mem, maps, name, exe, objects: HashMap::new(), shared: None })
+        let arch = Arch::of_process(pid);
+        Ok(Target { pid, mem, maps, name, exe, arch, objects: HashMap::new(), shared: None })
+    }
+
+    /// The size of the process's words (addresses, stack slots): 4 in a 32-bit process, else 8.
+    pub fn word(&self) -> u64 {
+        self.arch.map_or(8, Arch::word)
+    }
+
+    /// The bitness its code is decoded in: 32 or 64.
+    pub fn bits(&self) -> u32 {
+        if self.word() == 4 {
+            32
+        } else {
+            64
+        }
+    }
+
+    /// Refuses, before anything is done to it, a process pannus cannot stop or run code in: one
+    /// that runs neither x86-64 code nor 32-bit i386 code under the kernel's compatibility mode
+    /// (x32, another machine). `doing` names the operation refused.
+    pub fn require_patchable(&self, doing: &str) -> Result<()> {
+        match self.arch {
+            None | Some(Arch::X86_64 | Arch::I386) => Ok(()),
+            Some(arch) => Err(Error::precondition(format!(
+                "process {} ({}) runs {arch} code, which pannus cannot patch: {doing} would have to stop it and run \
+                 code in it as {arch}, and this pannus does that for ELF64 x86-64 and ELF32 i386 processes only",
+                self.pid, self.name
+            ))
+            .hint("nothing was done to the process; restart it with the fix, or run an x86-64 or i386 build of the service")),
+        }
     }
 
     /// From here on, ELF files are parsed once for every process sharing `shared`.

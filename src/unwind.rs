@@ -37,6 +37,8 @@ pub struct Unwinder {
     objects: Vec<Loaded>,
     /// The address ranges whose code an unwinding table (`.eh_frame`) describes.
     described: Vec<std::ops::Range<u64>>,
+    /// A 32-bit process: unwound by `unwind386.rs` (framehop has no i386 unwinder).
+    i386: bool,
 }
 
 impl Unwinder {
@@ -46,6 +48,7 @@ impl Unwinder {
         let mut objects = target.loaded_objects();
         objects.extend(target.vdso());
         let mut inner = UnwinderX86_64::new();
+        let i386 = target.arch == Some(pannus_kernel::Arch::I386);
         let mut described = Vec::new();
         for o in &objects {
             let obj = &o.object;
@@ -55,6 +58,9 @@ impl Unwinder {
             let eh = sect(".eh_frame");
             if eh.as_ref().is_some_and(|(_, b)| !b.is_empty()) {
                 described.push(o.lo..o.hi);
+            }
+            if i386 {
+                continue;
             }
             let hdr = sect(".eh_frame_hdr");
             let got = obj.section(".got").map(|(r, _)| r);
@@ -69,12 +75,18 @@ impl Unwinder {
             };
             inner.add_module(Module::new(o.mapped_path.clone(), o.lo..o.hi, o.bias, info));
         }
-        Unwinder { inner, cache: CacheX86_64::new(), objects, described }
+        Unwinder { inner, cache: CacheX86_64::new(), objects, described, i386 }
     }
 
     /// Unwinds a stopped thread. `stack` holds the memory from `rsp` up, read beforehand; other
     /// addresses are read from the process.
     pub fn backtrace(&mut self, mem: &Mem, rip: u64, rsp: u64, rbp: u64, stack: &[u8]) -> Backtrace {
+        if self.i386 {
+            let mut bt = crate::unwind386::backtrace(&self.objects, mem, rip, rsp, rbp, stack);
+            let described = bt.code_addresses().all(|a| self.described.iter().any(|r| r.contains(&a)));
+            bt.complete &= described;
+            return bt;
+        }
         let mut read = |addr: u64| -> Result<u64, ()> {
             if addr >= rsp {
                 let off = (addr - rsp) as usize;

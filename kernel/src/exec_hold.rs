@@ -103,6 +103,14 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
             return Err(e);
         }
     }
+    // The entry point is found and parked at with x86-64 code and a 64-bit auxiliary vector: a
+    // 32-bit process is let go as it is, to be patched just after its exec instead.
+    if let Some(arch) = crate::Arch::of_process(pid).filter(|&a| a != crate::Arch::X86_64) {
+        let_go(pid, true);
+        return Err(Error::Other(format!(
+            "process {pid} runs {arch}: held before main only when it runs x86-64 code, patched after its exec"
+        )));
+    }
     let mem = match Mem::open(pid) {
         Ok(m) => m,
         Err(e) => {

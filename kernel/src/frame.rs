@@ -10,8 +10,8 @@ use nix::libc::user_regs_struct;
 const UC_FP_XSTATE: u64 = 0x1;
 const UC_SIGCONTEXT_SS: u64 = 0x2;
 const UC_STRICT_RESTORE_SS: u64 = 0x4;
-const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
-const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+pub(crate) const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+pub(crate) const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
 /// `struct ucontext` on x86-64: flags, link, stack_t (24), sigcontext (256), sigset (8).
 const UCONTEXT_SIZE: u64 = 8 + 8 + 24 + 256 + 8;
 const SIGINFO_SIZE: u64 = 128;
@@ -84,7 +84,9 @@ const EINTR: i64 = 4;
 /// nor an early return (a wait may last longer than asked). `signal_waiting` is asked only for
 /// such a thread (it reads /proc). Returns whether it changed `r`.
 pub fn hide_stop_eintr(r: &mut user_regs_struct, signal_waiting: impl FnOnce() -> bool) -> bool {
-    if (r.orig_rax as i64) < 0 || r.rax as i64 != -EINTR || !EINTR_ON_STOP.contains(&r.orig_rax) || signal_waiting() {
+    // A 32-bit thread's calls go by their i386 numbers.
+    let calls: &[u64] = if crate::i386::is_compat(r) { &crate::i386::EINTR_ON_STOP } else { &EINTR_ON_STOP };
+    if (r.orig_rax as i64) < 0 || r.rax as i64 != -EINTR || !calls.contains(&r.orig_rax) || signal_waiting() {
         return false;
     }
     r.rax = r.orig_rax;
@@ -104,23 +106,34 @@ pub struct Frame {
     pub scratch: u64,
 }
 
-/// Lays out the frame below `regs.rsp` (and its red zone) and returns its bytes and place.
-pub fn build(regs: &user_regs_struct, xstate: &[u8], blocked: u64, restorer: u64) -> Result<(Frame, Vec<u8>)> {
+/// The XSAVE image `xstate` (as ptrace gives it) as a signal frame holds it, `header` bytes of
+/// other FPU state before it (the legacy `fsave` header of a 32-bit frame): for ptrace the
+/// software-reserved bytes of the legacy area (464..512) hold XCR0; a signal frame wants them to
+/// describe the XSAVE layout instead (struct _fpx_sw_bytes).
+pub(crate) fn signal_xsave(xstate: &[u8], header: u64) -> Result<Vec<u8>> {
     if xstate.len() < 576 {
         return Err(Error::Other(format!("FPU state of {} bytes is too short for XSAVE", xstate.len())));
     }
-    // For ptrace the software-reserved bytes of the legacy area (464..512) hold XCR0; a signal
-    // frame wants them to describe the XSAVE layout instead (struct _fpx_sw_bytes).
     let xcr0 = u64::from_le_bytes(xstate[464..472].try_into().unwrap_or_default());
     let xstate_size = xstate.len();
     let mut xsave = xstate.to_vec();
     let mut sw = Vec::with_capacity(48);
     sw.extend_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
-    sw.extend_from_slice(&(xstate_size as u32 + 4).to_le_bytes());
+    sw.extend_from_slice(&(xstate_size as u32 + 4 + header as u32).to_le_bytes());
     sw.extend_from_slice(&xcr0.to_le_bytes());
     sw.extend_from_slice(&(xstate_size as u32).to_le_bytes());
     sw.resize(48, 0);
     xsave[464..512].copy_from_slice(&sw);
+    Ok(xsave)
+}
+
+/// Lays out the frame below `regs.rsp` (and its red zone) and returns its bytes and place.
+pub fn build(regs: &user_regs_struct, xstate: &[u8], blocked: u64, restorer: u64) -> Result<(Frame, Vec<u8>)> {
+    if crate::i386::is_compat(regs) {
+        return crate::i386::build_frame(regs, xstate, blocked, restorer);
+    }
+    let xsave = signal_xsave(xstate, 0)?;
+    let xstate_size = xstate.len();
     let resume = pre_restart(*regs);
     let top = regs.rsp.saturating_sub(RED_ZONE) & !63;
     let fp_len = xstate_size as u64 + 4;

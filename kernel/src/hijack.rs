@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::frame::{self, Frame};
+use crate::i386;
 use crate::maps::{Base, Gadgets};
 use crate::mem::Mem;
 use crate::sched::Hastened;
@@ -53,6 +54,9 @@ pub struct Hijack<'m> {
     attached: bool,
     /// The thread's own nice value while it runs pannus's work at nice -20.
     hastened: Option<Hastened>,
+    /// The thread runs 32-bit code (i386, see `i386.rs`): its system calls, calls and frame are
+    /// the 32-bit ones.
+    compat: bool,
 }
 
 /// The stack a function pannus calls in the target may use below its signal frame: `dlopen` and
@@ -112,6 +116,7 @@ impl<'m> Hijack<'m> {
             room: 0,
             attached: false,
             hastened,
+            compat: false,
         };
         let prepared = (|| -> Result<bool> {
             thread::interrupt(tid)?;
@@ -178,6 +183,14 @@ impl<'m> Hijack<'m> {
     fn capture(&mut self) -> Result<()> {
         let pid = self.mem.pid();
         self.saved = thread::getregs(self.tid)?;
+        self.compat = i386::is_compat(&self.saved);
+        if self.compat != self.gadgets.compat {
+            let what = if self.compat { "32-bit" } else { "64-bit" };
+            return Err(Error::Other(format!(
+                "thread {} runs {what} code, and the code found to point it at is not {what}",
+                self.tid
+            )));
+        }
         frame::hide_stop_eintr(&mut self.saved, || thread::signal_waiting(pid, self.tid));
         self.xstate = thread::xstate(self.tid)?;
         self.blocked = thread::sigmask(self.tid)?;
@@ -261,6 +274,20 @@ impl<'m> Hijack<'m> {
         r.rcx = a(3);
         r.r10 = a(3);
         r
+    }
+
+    /// Whether the thread runs 32-bit code (see `i386.rs`).
+    pub fn is_compat(&self) -> bool {
+        self.compat
+    }
+
+    /// Where the restorer's system call instruction ends, and its call's number (rt_sigreturn).
+    fn restorer_end(&self) -> (u64, u64) {
+        if self.compat {
+            (self.gadgets.restorer + i386::RESTORER_LEN, i386::nr::RT_SIGRETURN)
+        } else {
+            (self.gadgets.restorer + RESTORER_LEN, NR_RT_SIGRETURN)
+        }
     }
 
     /// Leaves the thread, which did not come back within `after`, to finish `what` on its own:
@@ -369,8 +396,16 @@ impl<'m> Hijack<'m> {
     /// failure into an [`Error::Syscall`] naming the call and its errno.
     pub(crate) fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
         loop {
-            let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 8, args);
-            r.rax = nr as u64;
+            let r = if self.compat {
+                // Below the restorer's slot, the three words the gadget pops before its `ret`.
+                let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 4 - 4 * i386::SYSCALL_POPS, &[]);
+                i386::set_syscall(&mut r, nr, args);
+                r
+            } else {
+                let mut r = self.regs_for(self.gadgets.syscall_ret, self.frame.uc - 8, args);
+                r.rax = nr as u64;
+                r
+            };
             self.run(r)?;
             fault::point("system call set up");
             thread::cont_syscall(self.tid, 0)?;
@@ -391,7 +426,8 @@ impl<'m> Hijack<'m> {
         }
         self.at = At::SyscallExit;
         fault::point("system call returned");
-        Ok(thread::getregs(self.tid)?.rax as i64)
+        let rax = thread::getregs(self.tid)?.rax;
+        Ok(if self.compat { i386::syscall_result(rax) } else { rax as i64 })
     }
 
     /// Calls the function at `func` with up to six integer arguments on the thread's own stack,
@@ -400,13 +436,23 @@ impl<'m> Hijack<'m> {
     /// crashes or runs longer than `timeout` is stopped; the thread is restored on release.
     pub fn call(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<()> {
         self.room_for_calls()?;
-        let r = self.regs_for(func, self.frame.uc - 8, args);
+        let r = if self.compat {
+            // cdecl, as the kernel calls a signal handler: the return address (the restorer)
+            // at the frame's `pretcode`, the arguments above it, where rt_sigreturn reads
+            // nothing (`sig`, `pinfo`, `puc`, `info`).
+            let uc = self.frame.uc;
+            let mut words = (self.gadgets.restorer as u32).to_le_bytes().to_vec();
+            words.extend(i386::call_args(args));
+            self.mem.write(uc - 4, &words)?;
+            self.regs_for(func, uc - 4, &[])
+        } else {
+            self.regs_for(func, self.frame.uc - 8, args)
+        };
         self.run(r)?;
         // Ours is the rt_sigreturn with the stack pointer at our frame: a signal handler that
         // interrupts the function returns through the same restorer, with its own frame.
-        let (restorer_end, uc) = (self.gadgets.restorer + RESTORER_LEN, self.frame.uc);
-        self.run_until(timeout, what, |r| r.orig_rax == NR_RT_SIGRETURN && r.rip == restorer_end && r.rsp == uc)
-            .map(|_| ())
+        let ((restorer_end, nr), uc) = (self.restorer_end(), self.frame.uc);
+        self.run_until(timeout, what, |r| r.orig_rax == nr && r.rip == restorer_end && r.rsp == uc).map(|_| ())
     }
 
     /// Calls a function that returns an address or null (an ifunc resolver, dlopen, dlsym) and
@@ -422,6 +468,9 @@ impl<'m> Hijack<'m> {
     /// gone, an address is no system call number (ENOSYS), but a null return is `read`.
     pub fn call_for_address(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
         self.room_for_calls()?;
+        if self.compat {
+            return self.call_for_address_i386(func, args, timeout, what);
+        }
         let Some(store) = self.gadgets.store else {
             return self.call_for_address_through_syscall(func, args, timeout, what);
         };
@@ -453,6 +502,31 @@ impl<'m> Hijack<'m> {
         let restorer_end = self.gadgets.restorer + RESTORER_LEN;
         self.run_until(timeout, what, |r| r.orig_rax == NR_RT_SIGRETURN && r.rip == restorer_end && r.rsp == uc)?;
         self.mem.read_u64(scratch)
+    }
+
+    /// [`Hijack::call_for_address`] for a 32-bit thread: the function returns into the `int
+    /// $0x80` of the vDSO's `__kernel_vsyscall`, where pannus reads `eax` as the system call
+    /// number and skips the call. With pannus gone, a null return is system call 0,
+    /// `restart_syscall`, which with no restart pending fails with `EINTR` and does nothing; an
+    /// address is no system call number (`ENOSYS`). The gadget then pops three words (the
+    /// function's arguments, at most three) and returns into the restorer.
+    fn call_for_address_i386(&mut self, func: u64, args: &[u64], timeout: Duration, what: &str) -> Result<u64> {
+        if args.len() as u64 > i386::SYSCALL_POPS {
+            return Err(Error::Other(format!("{what}: {} arguments, more than a 32-bit call takes here", args.len())));
+        }
+        let uc = self.frame.uc;
+        let at = uc - 4 - 4 * i386::SYSCALL_POPS - 4;
+        let mut words = (self.gadgets.syscall_ret as u32).to_le_bytes().to_vec();
+        let mut padded = args.to_vec();
+        padded.resize(i386::SYSCALL_POPS as usize, 0);
+        words.extend(i386::call_args(&padded));
+        words.extend((self.gadgets.restorer as u32).to_le_bytes());
+        self.mem.write(at, &words)?;
+        let r = self.regs_for(func, at, &[]);
+        self.run(r)?;
+        let gadget_end = self.gadgets.syscall_ret + 2;
+        let regs = self.run_until(timeout, what, |r| r.rip == gadget_end && r.rsp == at + 4)?;
+        Ok(regs.orig_rax & 0xffff_ffff)
     }
 
     /// [`Hijack::call_for_address`] where the target holds no store of `%rax`.
@@ -507,7 +581,7 @@ impl<'m> Hijack<'m> {
                         fault::point("call returned");
                         let mut skip = regs;
                         skip.orig_rax = u64::MAX;
-                        if regs.rip == self.gadgets.restorer + RESTORER_LEN {
+                        if regs.rip == self.restorer_end().0 {
                             // Skipped, the restorer would run on into whatever follows it: point
                             // the thread back at the restorer's start, so that a pannus killed
                             // from here on still leaves it on its way home.
@@ -577,6 +651,19 @@ impl<'m> Hijack<'m> {
         thread::detach(self.tid, self.pending)?;
         fault::point("thread released");
         Ok(())
+    }
+
+    /// Lets the thread go as a pannus killed now would: pointed at the restorer, its
+    /// `rt_sigreturn` reading the signal frame. Tests only: the frame alone must bring it home.
+    #[cfg(test)]
+    pub(crate) fn release_through_frame(mut self) -> Result<()> {
+        self.attached = false;
+        let mut home = self.saved;
+        home.rip = self.gadgets.restorer;
+        home.rsp = self.frame.uc;
+        home.orig_rax = u64::MAX;
+        thread::setregs(self.tid, home)?;
+        thread::detach(self.tid, 0)
     }
 
     /// Puts the thread back in the exact state it was borrowed in, still attached.

@@ -16,6 +16,7 @@
 //!
 //! This is the only crate of pannus with `unsafe`; each use is small and says why it is sound.
 
+pub mod arch;
 mod error;
 pub mod exec_hold;
 pub mod exec_watch;
@@ -23,6 +24,7 @@ pub mod fault;
 mod frame;
 mod fs;
 mod hijack;
+mod i386;
 pub mod maps;
 mod mem;
 pub mod proc_events;
@@ -31,6 +33,7 @@ mod sched;
 mod thread;
 mod world;
 
+pub use arch::Arch;
 pub use error::{Error, Result};
 pub use fs::{open_nofollow, take_fd};
 pub use hijack::Hijack;

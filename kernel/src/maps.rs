@@ -160,6 +160,10 @@ pub struct Gadgets {
     /// Where a function's return value is stored without a system call (see [`Store`]); `None`
     /// when the target's code holds none.
     pub store: Option<Store>,
+    /// Gadgets of a 32-bit (i386) process (see `i386.rs`): `syscall_ret` is an `int $0x80`
+    /// followed by three pops and a `ret` (the vDSO's `__kernel_vsyscall`), `restorer`
+    /// `mov $173, %eax; int $0x80`, and there is no store.
+    pub compat: bool,
 }
 
 /// A register a function preserves (callee-saved), as the base of a [`Store`].
@@ -285,6 +289,9 @@ const SYSCALL_RET: [u8; 3] = [0x0f, 0x05, 0xc3];
 /// Whether the gadgets are still what they were found to be, in the target's memory.
 pub fn verify_gadgets(mem: &Mem, g: &Gadgets) -> bool {
     let at = |addr: u64, want: &[u8]| mem.read_vec(addr, want.len()).is_ok_and(|b| b == want);
+    if g.compat {
+        return crate::i386::verify_gadgets(g, at);
+    }
     at(g.syscall_ret, &SYSCALL_RET)
         && at(g.ret, &[0xc3])
         && at(g.restorer, &RESTORER)
@@ -293,7 +300,7 @@ pub fn verify_gadgets(mem: &Mem, g: &Gadgets) -> bool {
 
 /// The bytes of an executable mapping: from its file through the page cache when it is a
 /// regular file (much cheaper than /proc/PID/mem), else from the target's memory.
-fn mapping_bytes(mem: &Mem, m: &Mapping) -> Vec<u8> {
+pub(crate) fn mapping_bytes(mem: &Mem, m: &Mapping) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     if m.path.starts_with('/') && !m.path.ends_with(" (deleted)") {
         if let Ok(f) = std::fs::File::open(&m.path) {
@@ -332,10 +339,15 @@ pub fn find_gadgets(mem: &Mem, maps: &[Mapping]) -> Option<Gadgets> {
         restorer = restorer.or_else(|| find(&RESTORER));
         store = store.or_else(|| find_store_in(mem, &bytes, m.start));
         if let (Some(syscall_ret), Some(ret), Some(restorer), Some(_)) = (syscall_ret, ret, restorer, store) {
-            return Some(Gadgets { syscall_ret, ret, restorer, store });
+            return Some(Gadgets { syscall_ret, ret, restorer, store, compat: false });
         }
     }
-    Some(Gadgets { syscall_ret: syscall_ret?, ret: ret?, restorer: restorer?, store })
+    Some(Gadgets { syscall_ret: syscall_ret?, ret: ret?, restorer: restorer?, store, compat: false })
+}
+
+/// [`find_gadgets`] for a 32-bit (i386) process (see `i386.rs`).
+pub fn find_gadgets_i386(mem: &Mem, maps: &[Mapping]) -> Option<Gadgets> {
+    crate::i386::find_gadgets(mem, maps)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::hijack::Hijack;
-use crate::nr;
+use crate::{i386, nr};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::libc::{self, c_int};
@@ -102,8 +102,17 @@ impl Hijack<'_> {
         offset: u64,
     ) -> Result<u64> {
         let fd = fd.map_or(u64::MAX, RemoteFd::arg);
-        let args = [addr, len, flag_arg(prot.bits()), flag_arg(flags.bits()), fd, offset];
-        let got = self.checked("mmap", nr::MMAP, &args)?;
+        let got = if self.is_compat() {
+            // mmap2: the offset in pages (a 32-bit process has no `mmap` taking it in bytes).
+            if offset % crate::PAGE != 0 || addr > u64::from(u32::MAX) || len > u64::from(u32::MAX) {
+                return Err(self.failed("mmap2", Errno::EINVAL));
+            }
+            let args = [addr, len, flag_arg(prot.bits()), flag_arg(flags.bits()), fd, offset / crate::PAGE];
+            self.checked("mmap2", i386::nr::MMAP2, &args)?
+        } else {
+            let args = [addr, len, flag_arg(prot.bits()), flag_arg(flags.bits()), fd, offset];
+            self.checked("mmap", nr::MMAP, &args)?
+        };
         if flags.contains(MapFlags::MAP_FIXED_NOREPLACE) && got != addr {
             let _ = self.munmap(got, len);
             return Err(self.failed("mmap", Errno::EEXIST));
@@ -113,12 +122,14 @@ impl Hijack<'_> {
 
     /// `munmap(2)`.
     pub fn munmap(&mut self, addr: u64, len: u64) -> Result<()> {
-        self.checked("munmap", nr::MUNMAP, &[addr, len]).map(|_| ())
+        let nr = if self.is_compat() { i386::nr::MUNMAP } else { nr::MUNMAP };
+        self.checked("munmap", nr, &[addr, len]).map(|_| ())
     }
 
     /// `mprotect(2)`.
     pub fn mprotect(&mut self, addr: u64, len: u64, prot: ProtFlags) -> Result<()> {
-        self.checked("mprotect", nr::MPROTECT, &[addr, len, flag_arg(prot.bits())]).map(|_| ())
+        let nr = if self.is_compat() { i386::nr::MPROTECT } else { nr::MPROTECT };
+        self.checked("mprotect", nr, &[addr, len, flag_arg(prot.bits())]).map(|_| ())
     }
 
     /// `openat(2)` of the NUL-terminated path at `path_addr` in the target's memory, relative to
@@ -127,36 +138,46 @@ impl Hijack<'_> {
     /// mode 0.
     pub fn openat(&mut self, dirfd: Option<RemoteFd>, path_addr: u64, flags: OFlag) -> Result<RemoteFd> {
         let dirfd = dirfd.unwrap_or(RemoteFd(libc::AT_FDCWD)).arg();
-        self.new_fd("openat", nr::OPENAT, &[dirfd, path_addr, flag_arg(flags.bits()), 0])
+        let nr = if self.is_compat() { i386::nr::OPENAT } else { nr::OPENAT };
+        self.new_fd("openat", nr, &[dirfd, path_addr, flag_arg(flags.bits()), 0])
     }
 
     /// `close(2)` of a descriptor of the target.
     pub fn close(&mut self, fd: RemoteFd) -> Result<()> {
-        self.checked("close", nr::CLOSE, &[fd.arg()]).map(|_| ())
+        let nr = if self.is_compat() { i386::nr::CLOSE } else { nr::CLOSE };
+        self.checked("close", nr, &[fd.arg()]).map(|_| ())
     }
 
     /// `memfd_create(2)` with the NUL-terminated name at `name_addr` in the target's memory.
     pub fn memfd_create(&mut self, name_addr: u64, flags: MemFdCreateFlag) -> Result<RemoteFd> {
-        self.new_fd("memfd_create", nr::MEMFD_CREATE, &[name_addr, u64::from(flags.bits())])
+        let nr = if self.is_compat() { i386::nr::MEMFD_CREATE } else { nr::MEMFD_CREATE };
+        self.new_fd("memfd_create", nr, &[name_addr, u64::from(flags.bits())])
     }
 
     /// `rt_sigaction(2)` asking only: the handler of signal `sig` in the target, as the kernel
     /// holds it (`SIG_DFL` 0, `SIG_IGN` 1, else an address), with its `sa_flags` and restorer.
     /// Changes nothing.
     pub fn signal_handler(&mut self, sig: i32) -> Result<SignalAction> {
-        /// `struct kernel_sigaction`: handler, flags, restorer, mask (8 bytes on x86-64).
+        /// `struct kernel_sigaction`: handler, flags, restorer, mask (8 bytes), each word 8 bytes
+        /// on x86-64 and 4 on i386.
         const LEN: u64 = 32;
         let out = self.out_buffer(LEN)?;
         self.mem().write(out, &[0; LEN as usize])?;
-        self.checked("rt_sigaction", nr::RT_SIGACTION, &[i64::from(sig) as u64, 0, out, 8])?;
+        let (nr, w) = if self.is_compat() { (i386::nr::RT_SIGACTION, 4) } else { (nr::RT_SIGACTION, 8) };
+        self.checked("rt_sigaction", nr, &[i64::from(sig) as u64 & 0xffff_ffff, 0, out, 8])?;
         let b = self.mem().read_vec(out, LEN as usize)?;
-        let word = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap_or_default());
+        let word = |i: usize| {
+            let mut v = [0u8; 8];
+            v[..w].copy_from_slice(&b[w * i..w * i + w]);
+            u64::from_le_bytes(v)
+        };
         Ok(SignalAction { handler: word(0), flags: word(1), restorer: word(2) })
     }
 
     /// `ftruncate(2)`.
     pub fn ftruncate(&mut self, fd: RemoteFd, len: u64) -> Result<()> {
-        self.checked("ftruncate", nr::FTRUNCATE, &[fd.arg(), len]).map(|_| ())
+        let nr = if self.is_compat() { i386::nr::FTRUNCATE } else { nr::FTRUNCATE };
+        self.checked("ftruncate", nr, &[fd.arg(), len]).map(|_| ())
     }
 }
 

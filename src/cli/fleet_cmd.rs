@@ -226,7 +226,7 @@ fn fleet_status(engine: &Engine, json: bool) -> Result<()> {
         say!("no process has patches");
     }
     for p in &procs {
-        print_status(p.pid.get(), &p.name, &p.exe, &p.patches);
+        print_status(p.pid.get(), &p.name, &p.exe, p.arch, &p.patches);
     }
     Ok(())
 }

@@ -654,9 +654,9 @@ fn status(engine: &Engine, pid: i32, json: bool) -> Result<()> {
     carry_out_overdue(engine, pid, &reg.patches);
     let (target, reg) = engine::read_status(pid)?;
     if json {
-        return output::print(&output::ProcessPatches::new(pid, &target.name, &target.exe, &reg.patches));
+        return output::print(&output::ProcessPatches::new(pid, &target.name, &target.exe, target.arch, &reg.patches));
     }
-    print_status(pid, &target.name, &target.exe, &reg.patches);
+    print_status(pid, &target.name, &target.exe, target.arch, &reg.patches);
     Ok(())
 }
 
@@ -680,8 +680,9 @@ fn carry_out_overdue(engine: &Engine, pid: i32, patches: &[PatchRecord]) -> bool
     !done.is_empty()
 }
 
-fn print_status(pid: i32, name: &str, exe: &str, patches: &[PatchRecord]) {
-    say!("process {pid} ({name}) {exe}");
+fn print_status(pid: i32, name: &str, exe: &str, arch: Option<pannus_kernel::Arch>, patches: &[PatchRecord]) {
+    let arch = arch.map_or(String::new(), |a| format!(" ({a})"));
+    say!("process {pid} ({name}) {exe}{arch}");
     if patches.is_empty() {
         say!("  no patches");
     }
@@ -762,7 +763,7 @@ fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
         return output::print(&output::Processes::new(&procs, Process::applied));
     }
     let now = crate::engine::now_secs();
-    say!("{:>8}  {:<16} {:<10} EXE", "PID", "NAME", "PATCHES");
+    say!("{:>8}  {:<16} {:<6} {:<10} EXE", "PID", "NAME", "ARCH", "PATCHES");
     for p in &procs {
         let applied: Vec<String> = p.applied().map(|r| format!("{}({})", r.patch, state_word(r, now))).collect();
         // A child forked from a patched process: under its parent, saying so.
@@ -771,9 +772,10 @@ fn ps(engine: &Engine, all: bool, json: bool) -> Result<()> {
             None => (p.name.clone(), String::new()),
         };
         say!(
-            "{:>8}  {:<16} {:<10} {}{}{forked}",
+            "{:>8}  {:<16} {:<6} {:<10} {}{}{forked}",
             p.pid,
             name,
+            p.arch.map_or("-".to_string(), |a| a.name()),
             applied.len(),
             p.exe,
             if applied.is_empty() { String::new() } else { format!("  {}", applied.join(" ")) }

@@ -152,6 +152,9 @@ pub struct ProcessPatches<'a> {
     pub pid: i32,
     pub name: &'a str,
     pub exe: &'a str,
+    /// The architecture it runs: `"x86-64"`, `"i386"` (a 32-bit process, which pannus lists but
+    /// cannot patch), ...; null when unread.
+    pub arch: Option<String>,
     /// The process it was forked from, when its patches are copies the fork gave it.
     pub forked_from: Option<i32>,
     pub patches: Vec<Patch<'a>>,
@@ -162,12 +165,13 @@ impl<'a> ProcessPatches<'a> {
         pid: i32,
         name: &'a str,
         exe: &'a str,
+        arch: Option<pannus_kernel::Arch>,
         patches: impl IntoIterator<Item = &'a PatchRecord>,
     ) -> ProcessPatches<'a> {
         let patches: Vec<Patch> =
             patches.into_iter().map(|r| Patch { forked_from: r.forked_from(pid), ..Patch::from(r) }).collect();
         let forked_from = patches.iter().find_map(|p| p.forked_from);
-        ProcessPatches { pid, name, exe, forked_from, patches }
+        ProcessPatches { pid, name, exe, arch: arch.map(|a| a.name()), forked_from, patches }
     }
 }
 
@@ -183,7 +187,8 @@ impl<'a> Processes<'a> {
         procs: &'a [Process],
         patches: impl Fn(&'a Process) -> I,
     ) -> Processes<'a> {
-        let processes = procs.iter().map(|p| ProcessPatches::new(p.pid.get(), &p.name, &p.exe, patches(p))).collect();
+        let processes =
+            procs.iter().map(|p| ProcessPatches::new(p.pid.get(), &p.name, &p.exe, p.arch, patches(p))).collect();
         Processes { processes }
     }
 }

@@ -85,6 +85,10 @@ impl Session<'_> {
     /// page mapped near the target object (read and execute only; written through
     /// /proc/PID/mem), recorded so that rollback unmaps it.
     fn trampolines(&mut self, p: &Prepared, replacements: &[u64], run: &mut Applying) -> Result<Vec<u64>> {
+        if self.target.word() == 4 {
+            // A 32-bit address space: a `jmp rel32` reaches every address.
+            return Ok(replacements.to_vec());
+        }
         let far: Vec<usize> = p
             .functions
             .iter()
@@ -140,11 +144,12 @@ impl Session<'_> {
                 let size = f.size.min(1 << 20) as usize;
                 let code = self.target.mem.read_vec(f.address, size)?;
                 let pad = self.target.mem.read_partial(f.address.saturating_sub(16), 16);
-                let plan = safety::plan_entry(&f.label(), f.address, &code, &pad, to)?;
+                let bits = self.target.bits();
+                let plan = safety::plan_entry_bits(bits, &f.label(), f.address, &code, &pad, to)?;
                 let parts = self.parts_of(&p.object, &f.target);
                 let parts: Vec<safety::Part> =
                     parts.iter().map(|(name, address, code)| safety::Part { name, address: *address, code }).collect();
-                safety::check_parts(&f.target, &plan, &parts)?;
+                safety::check_parts(bits, &f.target, &plan, &parts)?;
                 Ok(plan)
             })
             .collect()
@@ -222,7 +227,13 @@ impl Session<'_> {
                 .collect();
             let views: Vec<ThreadView> = stacks
                 .iter()
-                .map(|(tid, r, stack)| ThreadView { tid: *tid, rip: r.rip, stack_base: r.rsp, stack })
+                .map(|(tid, r, stack)| ThreadView {
+                    tid: *tid,
+                    rip: r.rip,
+                    stack_base: r.rsp,
+                    stack,
+                    word: self.target.word() as usize,
+                })
                 .collect();
             let mut conflicts = safety::entry_conflicts(names.iter().copied().zip(sw.plans.iter()), &views);
             let mut traces: Vec<(i32, Backtrace)> = Vec::new();
@@ -427,6 +438,7 @@ impl Session<'_> {
         measured: &mut Measured,
     ) -> Result<Stopped> {
         make_room_for_stacks(self.target.pid, buf);
+        self.target.require_patchable("stopping its threads")?;
         // Attaching costs the target nothing: its threads run on until they are stopped.
         let seized = World::seize(self.target.pid)?;
         let start = StopStart::now();
@@ -486,8 +498,7 @@ pub(super) fn module_idle(threads: &[ThreadView], code: &[Range<u64>]) -> Module
             seen.busy = Some(format!("thread {} is executing in the module at {:#x}", t.tid, t.rip));
             continue;
         }
-        let word =
-            t.stack.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())).find(|&v| inside(v));
+        let word = stack_words(t.stack, t.word).find(|&v| inside(v));
         if let Some(v) = word {
             seen.busy = Some(format!("thread {} has a return address into the module ({v:#x})", t.tid));
             continue;
@@ -508,3 +519,13 @@ const STACK_SCAN: usize = 16 << 10;
 /// it is unmapped: real return addresses can sit deep, and a miss would let a thread return into
 /// unmapped memory, so this scan is wide (bounded by the live stack, so most reads are small).
 pub(super) const UNLOAD_SCAN: usize = 512 << 10;
+
+/// The words of a copy of a stack, `word` bytes each (8, or 4 in a 32-bit process).
+pub(super) fn stack_words(stack: &[u8], word: usize) -> impl Iterator<Item = u64> + '_ {
+    let word = if word == 4 { 4 } else { 8 };
+    stack.chunks_exact(word).map(move |w| {
+        let mut v = [0u8; 8];
+        v[..word].copy_from_slice(w);
+        u64::from_le_bytes(v)
+    })
+}

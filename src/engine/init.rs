@@ -61,13 +61,13 @@ impl Session<'_> {
     /// `__register_frame` in the target and where the module's `.eh_frame` is, when both exist.
     fn frame_registration(&mut self, p: &Prepared, bias: u64) -> Option<(u64, u64)> {
         let (range, _) = p.module.section(".eh_frame")?;
-        let f = exported_function(&self.target.loaded_objects(), &["__register_frame"])?;
+        let f = unwinder_function(&self.target.loaded_objects(), "__register_frame")?;
         Some((f, bias.wrapping_add(range.start)))
     }
 
     /// Takes the module's exception tables back from the target's unwinder before unmapping.
     pub(super) fn deregister_frames(&mut self, table: u64) -> Result<()> {
-        let Some(f) = exported_function(&self.target.loaded_objects(), &["__deregister_frame"]) else { return Ok(()) };
+        let Some(f) = unwinder_function(&self.target.loaded_objects(), "__deregister_frame") else { return Ok(()) };
         let timeout = self.engine.init_timeout;
         let mut h = self.hijack_for_code()?;
         h.call(f, &[table], timeout, "__deregister_frame for the module's exception tables")?;
@@ -93,10 +93,21 @@ impl Session<'_> {
     /// relocated in the process.
     fn function_array(&self, array: Option<(u64, u64)>, bias: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
+        // Words of the process's size: 4 bytes in a 32-bit process.
+        let (word, all_ones) = match self.target.arch {
+            Some(pannus_kernel::Arch::I386) => (4, u64::from(u32::MAX)),
+            _ => (8, u64::MAX),
+        };
         if let Some((arr, len)) = array {
-            for i in 0..(len / 8).min(4096) {
-                let f = self.target.mem.read_u64(bias.wrapping_add(arr + 8 * i))?;
-                if f != 0 && f != u64::MAX {
+            for i in 0..(len / word).min(4096) {
+                let at = bias.wrapping_add(arr + word * i);
+                let f = if word == 4 {
+                    let b = self.target.mem.read_vec(at, 4)?;
+                    u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                } else {
+                    self.target.mem.read_u64(at)?
+                };
+                if f != 0 && f != all_ones {
                     out.push(f);
                 }
             }
@@ -148,4 +159,15 @@ impl Session<'_> {
         h.release()?;
         Ok(())
     }
+}
+
+/// Function `name` of the unwinder that C++ exceptions go through: of the object that exports
+/// `_Unwind_RaiseException` (libgcc_s); `None` in a process without one, which throws nothing.
+/// An i386 C library exports a `__register_frame` of its own (for old binaries), whose tables
+/// that unwinder never reads, and whose `__deregister_frame` aborts on a table it was never
+/// given.
+fn unwinder_function(objects: &[crate::target::Loaded], name: &str) -> Option<u64> {
+    let one = |o: &crate::target::Loaded, n: &str| exported_function(std::slice::from_ref(o), &[n]);
+    let unwinder = objects.iter().find(|o| one(o, "_Unwind_RaiseException").is_some())?;
+    one(unwinder, name)
 }

@@ -39,14 +39,13 @@ impl Session<'_> {
             module.segments.iter().filter_map(|s| Some((s.vaddr, module.bytes_at(s.vaddr, s.filesz)?))).collect();
         let mut image = symbols::image(lo..hi, &segments);
         let values = self.symbol_values(p, bias)?;
-        let runs = symbols::relocate(
-            &module.relocs,
-            &mut image,
-            lo,
-            bias,
-            |i| values.get(&i).copied().unwrap_or(0),
-            |i| module.dynsyms.get(i).map(|s| s.name.clone()).unwrap_or_default(),
-        )
+        let value = |i| values.get(&i).copied().unwrap_or(0);
+        let runs = match module.arch {
+            pannus_kernel::Arch::I386 => super::reloc386::relocate(&module.relocs, &mut image, lo, bias, value),
+            _ => symbols::relocate(&module.relocs, &mut image, lo, bias, value, |i| {
+                module.dynsyms.get(i).map(|s| s.name.clone()).unwrap_or_default()
+            }),
+        }
         .map_err(|e| e.context(format!("patch module {}", module.path.display())))?;
         for run in runs {
             self.target.mem.write(bias.wrapping_add(lo + run.start as u64), &image[run])?;

@@ -52,6 +52,11 @@ impl Session<'_> {
     pub(super) fn choose_base(&self, p: &Prepared, size: u64) -> Option<u64> {
         const REACH: u64 = 0x7ff0_0000;
         let o = &p.object;
+        if p.module.arch == pannus_kernel::Arch::I386 {
+            // A 32-bit address space, all of it in reach (rel32 wraps at 4 GiB), below the top
+            // of a 32-bit process's address space.
+            return maps::find_hole(&self.target.maps, size, 0, 0xffff_e000, o.lo);
+        }
         maps::find_hole(
             &self.target.maps,
             size,

@@ -18,6 +18,7 @@ mod link;
 mod load;
 mod preflight;
 mod references;
+mod reloc386;
 mod rollback;
 mod safe_point;
 mod session;

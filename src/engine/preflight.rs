@@ -89,7 +89,10 @@ fn module_lines(m: &Manifest, module: &Object, sum: &str) -> Result<Vec<CheckLin
     }
     Ok(vec![
         ok("module checksum", format!("sha256 {sum}")),
-        ok("module", format!("{} (ELF x86-64 shared object, {} relocations)", path.display(), module.relocs.len())),
+        ok(
+            "module",
+            format!("{} ({} shared object, {} relocations)", path.display(), module.arch, module.relocs.len()),
+        ),
     ])
 }
 
@@ -186,6 +189,7 @@ impl Session<'_> {
     /// Every check apply makes, touching nothing. Each check passed is pushed to `lines`; the
     /// first that fails is returned as the error.
     pub fn prepare(&mut self, m: &Manifest, reg: &Registry, lines: &mut Vec<CheckLine>) -> Result<Prepared> {
+        self.arch_checks(m, lines)?;
         let (module, passed) = module_checks_shared(m, self.engine.shared.as_deref())?;
         lines.extend(passed);
         let object = self.object_checks(m, lines)?;
@@ -201,6 +205,34 @@ impl Session<'_> {
         }
         let (dropped, symbols) = self.symbol_checks(m, reg, &module, &object, lines)?;
         Ok(Prepared { manifest: m.clone(), module, object, functions, dropped, symbols })
+    }
+
+    /// The module is built for the architecture the process runs, and pannus can patch that
+    /// architecture. Read from the module's header alone, before it is parsed: a module of
+    /// another class or machine is named as such, not as a malformed x86-64 object.
+    fn arch_checks(&self, m: &Manifest, lines: &mut Vec<CheckLine>) -> Result<()> {
+        let (pid, name) = (self.target.pid, &self.target.name);
+        let module = std::fs::File::open(&m.module.path).ok().as_ref().and_then(pannus_kernel::Arch::of_file);
+        if let (Some(module), Some(process)) = (module, self.target.arch) {
+            if module != process {
+                let build = match process {
+                    pannus_kernel::Arch::I386 => "build the module for it with gcc -m32 -shared -fPIC",
+                    pannus_kernel::Arch::X86_64 => "build the module for it with gcc -shared -fPIC (without -m32)",
+                    _ => "build the module for the process's architecture",
+                };
+                return Err(Error::bad_input(format!(
+                    "patch module {} is built for {module}, but process {pid} ({name}) runs {process}: a module goes \
+                     only into a process of its own architecture",
+                    m.module.path.display()
+                ))
+                .hint(build));
+            }
+        }
+        self.target.require_patchable("patching it")?;
+        if let (Some(_), Some(arch)) = (module, self.target.arch) {
+            lines.push(ok("architecture", format!("process {pid} runs {arch}, as the module is built for")));
+        }
+        Ok(())
     }
 
     /// The target object: mapped by the process, the manifest's build on disk and in memory.
@@ -262,6 +294,8 @@ impl Session<'_> {
                         _ => true,
                     })
                     .collect();
+                // A 32-bit process makes them by their i386 numbers.
+                let calls = if self.target.word() == 4 { crate::seccomp::for_i386(calls) } else { calls };
                 let blocked = crate::seccomp::blocked(&filters, &calls);
                 if !blocked.is_empty() {
                     let list: Vec<String> = blocked
@@ -366,13 +400,18 @@ impl Session<'_> {
         let in_module = |e: Error| e.context(format!("patch module {}", m.module.path.display()));
         let mut symbols = HashMap::new();
         for r in &module.relocs {
-            if !symbols::SUPPORTED.contains(&r.rtype) {
+            let (supported, name): (&[u32], fn(u32) -> String) = match module.arch {
+                pannus_kernel::Arch::I386 => (&super::reloc386::SUPPORTED, super::reloc386::reloc_name),
+                _ => (&symbols::SUPPORTED, symbols::reloc_name),
+            };
+            if !supported.contains(&r.rtype) {
                 let what = r.sym.map(|i| format!(" for `{}`", module.dynsyms[i].name)).unwrap_or_default();
                 return Err(in_module(Error::bad_input(format!(
                     "relocation {} at {:#x}{what} is not supported by load: mmap",
-                    symbols::reloc_name(r.rtype),
+                    name(r.rtype),
                     r.offset
-                ))));
+                )))
+                .hint("use load: dlopen, where the target's dynamic linker applies it"));
             }
             let Some(i) = r.sym else { continue };
             if symbols.contains_key(&i) {

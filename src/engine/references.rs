@@ -36,11 +36,16 @@ const CHUNK: usize = 1 << 20;
 
 /// The first aligned word of `bytes` (read at `addr`, a multiple of 8) whose value lies in one
 /// of `into`: its address and its value.
+#[cfg(test)]
 pub(super) fn first_pointer(bytes: &[u8], addr: u64, into: &[Range<u64>]) -> Option<(u64, u64)> {
-    bytes.chunks_exact(8).enumerate().find_map(|(i, w)| {
-        let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
-        into.iter().any(|r| r.contains(&v)).then_some((addr + 8 * i as u64, v))
-    })
+    first_pointer_of(8, bytes, addr, into)
+}
+
+/// [`first_pointer`] with words of `word` bytes: 8, or 4 in a 32-bit process.
+pub(super) fn first_pointer_of(word: usize, bytes: &[u8], addr: u64, into: &[Range<u64>]) -> Option<(u64, u64)> {
+    super::activate::stack_words(bytes, word)
+        .enumerate()
+        .find_map(|(i, v)| into.iter().any(|r| r.contains(&v)).then_some((addr + (word * i) as u64, v)))
 }
 
 /// The parts of the module at `module` that a pointer left behind could reach and that do not
@@ -119,7 +124,8 @@ impl Session<'_> {
                 }
                 let len = CHUNK.min((m.end - at) as usize);
                 let got = self.target.mem.read_some(at, &mut buf[..len]);
-                if let Some((addr, v)) = first_pointer(&buf[..got - got % 8], at, &ranges) {
+                let word = self.target.word() as usize;
+                if let Some((addr, v)) = first_pointer_of(word, &buf[..got - got % 8], at, &ranges) {
                     let region = if m.path.is_empty() { "anonymous memory" } else { m.path.as_str() };
                     return Err(Error::other(format!("{v:#x} in {region} at {addr:#x} points into it ({})", what(v))));
                 }
@@ -171,7 +177,12 @@ impl Session<'_> {
     /// Whether the process's seccomp filters let `rt_sigaction(sig, NULL, &old, 8)` through.
     fn may_ask_for_handlers(&self, pid: i32) -> bool {
         let Ok(filters) = pannus_kernel::read_seccomp_filters(pid) else { return false };
-        let call = crate::seccomp::Call { name: "rt_sigaction", nr: 13, args: [1, 0, 1, 8, 0, 0] };
+        let arch = crate::seccomp::AUDIT_ARCH_X86_64;
+        let call = crate::seccomp::Call { name: "rt_sigaction", nr: 13, args: [1, 0, 1, 8, 0, 0], arch };
+        let call = match self.target.word() {
+            4 => crate::seccomp::for_i386(vec![call]).remove(0),
+            _ => call,
+        };
         crate::seccomp::blocked(&filters, std::slice::from_ref(&call)).is_empty()
     }
 }

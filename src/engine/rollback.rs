@@ -360,6 +360,7 @@ impl Session<'_> {
                         rip: t.regs.rip,
                         stack_base: t.regs.rsp,
                         stack: &stack_buf[r.clone()],
+                        word: self.target.word() as usize,
                     })
                     .collect();
                 let seen = module_idle(&views, &code);

@@ -99,6 +99,9 @@ impl<'e> Session<'e> {
     /// The code a borrowed thread is pointed at: found once per session (or read back, checked,
     /// from the registry).
     pub(super) fn gadgets(&mut self) -> Result<pannus_kernel::Gadgets> {
+        // Every thread pannus borrows is pointed at these: none is borrowed in a process whose
+        // code they would not be.
+        self.target.require_patchable("borrowing one of its threads")?;
         Ok(match self.gadgets {
             Some(g) => g,
             None => {
@@ -106,8 +109,9 @@ impl<'e> Session<'e> {
                 // Where another process of the run had them, in the same files.
                 let elsewhere = shared.and_then(|s| s.gadgets(&self.target.maps));
                 let mem = &self.target.mem;
+                let compat = self.target.arch == Some(pannus_kernel::Arch::I386);
                 let recorded = self.registry().ok().and_then(|r| r.gadgets).and_then(|[syscall_ret, ret, restorer]| {
-                    let with = |store| pannus_kernel::Gadgets { syscall_ret, ret, restorer, store };
+                    let with = |store| pannus_kernel::Gadgets { syscall_ret, ret, restorer, store, compat };
                     // The registry keeps the three above; a store of `%rax` is found anew (first
                     // where another process of the run had it).
                     let valid = |g: &pannus_kernel::Gadgets| maps::verify_gadgets(mem, g);
@@ -119,7 +123,12 @@ impl<'e> Session<'e> {
                 });
                 let cached = recorded.or_else(|| elsewhere.filter(|g| maps::verify_gadgets(mem, g)));
                 let g = cached.map(Ok).unwrap_or_else(|| {
-                    maps::find_gadgets(&self.target.mem, &self.target.maps).ok_or_else(|| {
+                    let found = if compat {
+                        maps::find_gadgets_i386(&self.target.mem, &self.target.maps)
+                    } else {
+                        maps::find_gadgets(&self.target.mem, &self.target.maps)
+                    };
+                    found.ok_or_else(|| {
                         Error::precondition(format!(
                             "process {}: no rt_sigreturn restorer and `syscall; ret` found in its C library",
                             self.target.pid

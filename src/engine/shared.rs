@@ -81,6 +81,7 @@ struct GadgetPlaces {
     ret: Place,
     restorer: Place,
     store: Option<(Place, Store)>,
+    compat: bool,
 }
 
 /// A patch module verified against a checksum, and the checksum found.
@@ -143,6 +144,7 @@ impl Shared {
             ret: places.ret.find(maps)?,
             restorer: places.restorer.find(maps)?,
             store,
+            compat: places.compat,
         })
     }
 
@@ -160,6 +162,6 @@ impl Shared {
         else {
             return;
         };
-        *lock(&self.gadgets) = Some(GadgetPlaces { syscall_ret, ret, restorer, store });
+        *lock(&self.gadgets) = Some(GadgetPlaces { syscall_ret, ret, restorer, store, compat: g.compat });
     }
 }

@@ -80,6 +80,7 @@ fn row(pid: i32, name: &str, patches: Vec<PatchRecord>) -> Process {
         user: Some("telco".into()),
         threads: 12,
         exe: format!("/usr/sbin/{name}"),
+        arch: Some(pannus_kernel::Arch::X86_64),
         kernel_thread: false,
         state: 'S',
         build_id: Some(format!("3f2a{:04x}9c1b0e447d55aa01b2c3d4e5f607182930", pid)),
@@ -1204,4 +1205,31 @@ fn an_indirect_function_shows_the_implementation_its_entry_is() {
     a.on_key(ch('t'));
     let s = screen(&a, 120, 40);
     assert!(s.contains("strlen → __strlen_evex → strlen_fixed") && !s.contains("__strlen_sse2"), "{s}");
+}
+
+#[test]
+fn a_process_not_running_x86_64_code_is_marked_in_the_list_and_its_detail() {
+    let mut a = app();
+    let mut rows = a.snapshot.rows.clone();
+    let mut legacy = row(1300, "sipd32", vec![]);
+    legacy.arch = Some(pannus_kernel::Arch::I386);
+    rows.push(legacy);
+    a.set_snapshot(Snapshot { rows });
+    let s = screen(&a, 120, 40);
+    let line = s.lines().find(|l| l.contains(" 1300 ")).unwrap_or_else(|| panic!("listed:\n{s}"));
+    assert!(line.contains("sipd32 [i386]"), "{s}");
+    assert!(!s.contains("sipd [x86-64]"), "x86-64 processes carry no mark:\n{s}");
+    a.selected = Some(1300);
+    a.on_key(key(KeyCode::Enter));
+    assert_eq!(a.screen, Screen::Detail);
+    let d = screen(&a, 120, 40);
+    assert!(d.contains("/usr/sbin/sipd32  ELF32 i386") && !d.contains("NOT PATCHABLE"), "{d}");
+    // An x32 process is shown, and said not to be patchable.
+    let mut rows = a.snapshot.rows.clone();
+    let x32 =
+        pannus_kernel::Arch::of_header(&[0x7f, b'E', b'L', b'F', 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 62, 0]);
+    rows.iter_mut().find(|r| r.pid.get() == 1300).unwrap().arch = x32;
+    a.set_snapshot(Snapshot { rows });
+    let d = screen(&a, 120, 40);
+    assert!(d.contains("ELF32 x32, NOT PATCHABLE"), "{d}");
 }

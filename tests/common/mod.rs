@@ -86,6 +86,57 @@ pub fn bin(name: &str) -> PathBuf {
     built().join(name)
 }
 
+/// The folder with the 32-bit (`-m32`, i386) builds of the portable fixtures, once per test
+/// binary that asks: `target32_pie`, `target32_nopie`, `target32_cpp`, `target32_stress`,
+/// `target32_seccomp_mmap2`, each `patch_NAME.c` as
+/// `patch32_NAME.so`, and `patch32_cpp.so`. Needs gcc-multilib and g++-multilib.
+pub fn built32() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = built().join("i386");
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = fixtures_src();
+        let s = |f: &str| src.join(f).to_string_lossy().into_owned();
+        let o = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        gcc(&["-m32", "-O2", "-g", "-pthread", "-o", &o("target32_pie"), &s("target.c")]);
+        gcc(&["-m32", "-O2", "-g", "-pthread", "-fno-pie", "-no-pie", "-o", &o("target32_nopie"), &s("target.c")]);
+        gcc(&["-m32", "-O2", "-g", "-pthread", "-o", &o("target32_stress"), &s("stress_target.c")]);
+        // Refuses mmap2 (192 on i386) with EPERM.
+        gcc(&[
+            "-m32",
+            "-O2",
+            "-g",
+            "-pthread",
+            "-DWITH_SECCOMP=192",
+            "-o",
+            &o("target32_seccomp_mmap2"),
+            &s("target.c"),
+        ]);
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_prefix("patch_").and_then(|n| n.strip_suffix(".c")) {
+                gcc(&["-m32", "-O2", "-shared", "-fPIC", "-o", &o(&format!("patch32_{stem}.so")), &s(&name)]);
+            }
+        }
+        let gxx = |args: &[&str]| {
+            let out = Command::new("g++").args(args).output().expect("g++ runs");
+            assert!(out.status.success(), "g++ {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        };
+        gxx(&["-m32", "-O2", "-g", "-o", &o("target32_cpp"), &s("cpp_target.cpp")]);
+        gxx(&["-m32", "-O2", "-shared", "-fPIC", "-o", &o("patch32_cpp.so"), &s("patch_cpp.cpp")]);
+        dir
+    })
+}
+
+/// A fixture of either build: the 32-bit ones are named `target32_*` and `patch32_*`.
+pub fn bin_any(name: &str) -> PathBuf {
+    if name.starts_with("target32_") || name.starts_with("patch32_") {
+        built32().join(name)
+    } else {
+        bin(name)
+    }
+}
+
 /// A running target answering commands on stdin (see tests/fixtures/target.c).
 pub struct Proc {
     child: Child,
@@ -96,7 +147,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str) -> Proc {
-        Proc::spawn(Command::new(bin(name)))
+        Proc::spawn(Command::new(bin_any(name)))
     }
 
     /// Starts `command` (a target, or a wrapper that execs one) answering as [`Proc::start`]'s.
@@ -244,7 +295,8 @@ impl State {
 }
 
 pub fn build_id(path: &Path) -> String {
-    pannus::Object::load(path, "test object").unwrap().build_id.unwrap()
+    let file = std::fs::File::open(path).unwrap();
+    pannus::build_id_of(&file).unwrap_or_else(|| panic!("{} has a build-id", path.display()))
 }
 
 pub fn manifest_in(
@@ -255,8 +307,8 @@ pub fn manifest_in(
     functions: &[(&str, &str)],
     extra: &str,
 ) -> PathBuf {
-    let object = bin(object);
-    let module = bin(module);
+    let object = bin_any(object);
+    let module = bin_any(module);
     let sha = pannus::sha256_file(&module).unwrap();
     let mut text = format!(
         "patch: {patch}\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {sha}\nfunctions:\n",

@@ -65,6 +65,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 None => Span::raw(""),
             },
             Span::raw(row.exe.trim_end_matches(" (deleted)").to_string()),
+            // A process that does not run x86-64 code says what it runs, and whether pannus
+            // can patch it (32-bit i386: yes; x32, other machines: no).
+            match row.arch {
+                Some(arch @ pannus_kernel::Arch::I386) => Span::raw(format!("  {arch}")),
+                Some(arch) if arch != pannus_kernel::Arch::X86_64 => {
+                    Span::styled(format!("  {arch}, NOT PATCHABLE"), theme.warn())
+                }
+                _ => Span::raw(""),
+            },
         ])),
         info,
     );

@@ -57,8 +57,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 Cell::from(r.pid.to_string()),
                 Cell::from(badge.text()).style(style),
                 Cell::from(match r.forked_from() {
-                    Some(_) => format!("└ {}", r.name),
-                    None => r.name.clone(),
+                    Some(_) => format!("└ {}{}", r.name, arch_mark(r)),
+                    None => format!("{}{}", r.name, arch_mark(r)),
                 }),
                 Cell::from(if patches == 0 { "-".to_string() } else { patches.to_string() }),
                 Cell::from(r.threads.to_string()),
@@ -85,4 +85,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let table = cols.table(body, theme).highlight_symbol("▶").block(Block::bordered().title(title));
     let mut state = TableState::default().with_selected(app.selected_index());
     f.render_stateful_widget(table, table_area, &mut state);
+}
+
+/// After the name of a process that does not run x86-64 code: its architecture (`[i386]`).
+fn arch_mark(r: &crate::processes::Process) -> String {
+    match r.arch {
+        Some(a) if a != pannus_kernel::Arch::X86_64 => format!(" [{}]", a.name()),
+        _ => String::new(),
+    }
 }
