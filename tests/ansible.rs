@@ -38,39 +38,6 @@ fn ansible(tool: &str, dir: &Path) -> Command {
     cmd
 }
 
-/// A copy of the `target_pie` fixture private to one test (no other test's processes run it),
-/// and a manifest for it.
-struct Build {
-    exe: PathBuf,
-    dir: PathBuf,
-}
-
-impl Build {
-    fn new(state: &State) -> Build {
-        let dir = state.path().join("build");
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join("svc");
-        std::fs::copy(bin("target_pie"), &exe).unwrap();
-        Build { exe, dir }
-    }
-    fn start(&self) -> Proc {
-        Proc::spawn(Command::new(&self.exe))
-    }
-    fn manifest(&self, patch: &str) -> PathBuf {
-        let module = bin("patch_compute.so");
-        let text = format!(
-            "patch: {patch}\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {}\nfunctions:\n  - target: compute\n    replacement: compute_v2\n",
-            self.exe.display(),
-            build_id(&self.exe),
-            module.display(),
-            pannus::sha256_file(&module).unwrap()
-        );
-        let path = self.dir.join(format!("{patch}.yaml"));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
 /// A playbook of one task on localhost, `module` with `args` (plus the pannus binary and state
 /// folder under test), registered; `flags` such as `--check` and `--diff`.
 struct Play<'a> {
@@ -148,7 +115,7 @@ fn the_patch_module_rolls_a_patch_through_its_states() {
     let b = Build::new(&state);
     let mut procs = [b.start(), b.start(), b.start()];
     let all = pids(&procs.iter().collect::<Vec<_>>());
-    let m = b.manifest("ansible-fix");
+    let m = b.manifest("ansible-fix", "patch_compute.so", &[("compute", "compute_v2")], "");
     let play = Play::new(&state);
     let patch = |st: &str| json!({"manifest": m, "state": st});
     let answers = |procs: &mut [Proc; 3]| procs.iter_mut().map(|p| p.ask("c 5")).collect::<Vec<_>>();
@@ -242,7 +209,7 @@ fn the_installed_module_installs_and_uninstalls() {
     let b = Build::new(&state);
     let mut procs = [b.start(), b.start()];
     let all = pids(&procs.iter().collect::<Vec<_>>());
-    let m = b.manifest("ansible-inst");
+    let m = b.manifest("ansible-inst", "patch_compute.so", &[("compute", "compute_v2")], "");
     let play = Play::new(&state);
     let present = json!({"manifest": m});
     let answers = |procs: &mut [Proc; 2]| procs.iter_mut().map(|p| p.ask("c 5")).collect::<Vec<_>>();
@@ -382,7 +349,7 @@ fn the_example_rolling_playbook_stops_at_a_failed_host_and_otherwise_commits() {
     let ship = state.path().join("ship");
     std::fs::create_dir_all(&ship).unwrap();
     std::fs::copy(bin("patch_compute.so"), ship.join("fix.so")).unwrap();
-    let text = std::fs::read_to_string(b.manifest("rolling-fix"))
+    let text = std::fs::read_to_string(b.manifest("rolling-fix", "patch_compute.so", &[("compute", "compute_v2")], ""))
         .unwrap()
         .replace(&bin("patch_compute.so").display().to_string(), "fix.so");
     std::fs::write(ship.join("rolling-fix.yaml"), text + "trial:\n  duration: 10m\n").unwrap();

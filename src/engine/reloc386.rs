@@ -65,20 +65,7 @@ pub fn relocate(
         image[at..at + 4].copy_from_slice(&word.to_le_bytes());
         dirty[at / PAGE..=(at + 3) / PAGE].fill(true);
     }
-    let mut runs = Vec::new();
-    let mut pg = 0;
-    while pg < dirty.len() {
-        if !dirty[pg] {
-            pg += 1;
-            continue;
-        }
-        let start = pg;
-        while pg < dirty.len() && dirty[pg] {
-            pg += 1;
-        }
-        runs.push(start * PAGE..(pg * PAGE).min(size));
-    }
-    Ok(runs)
+    Ok(super::symbols::dirty_runs(&dirty, size))
 }
 
 #[cfg(test)]

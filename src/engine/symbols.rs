@@ -202,6 +202,12 @@ pub fn relocate(
         image[at..at + width].copy_from_slice(&bytes);
         dirty[at / PAGE..=(at + width - 1) / PAGE].fill(true);
     }
+    Ok(dirty_runs(&dirty, size))
+}
+
+/// The byte ranges, whole pages (the last cut at `size`), of the runs of pages marked in `dirty`.
+pub(super) fn dirty_runs(dirty: &[bool], size: usize) -> Vec<std::ops::Range<usize>> {
+    const PAGE: usize = 4096;
     let mut runs = Vec::new();
     let mut pg = 0;
     while pg < dirty.len() {
@@ -215,7 +221,7 @@ pub fn relocate(
         }
         runs.push(start * PAGE..(pg * PAGE).min(size));
     }
-    Ok(runs)
+    runs
 }
 
 /// A patch the module requires, mapped by pannus at `bias`: its exported definitions.

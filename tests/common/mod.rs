@@ -502,3 +502,41 @@ pub fn signal_while_paused(
     let code = term.wait();
     (code, term.output.clone())
 }
+
+/// A copy of the `target_pie` fixture private to one test (its own inode: no other test's
+/// processes run it), and manifests for it.
+pub struct Build {
+    pub exe: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Build {
+    pub fn new(state: &State) -> Build {
+        let dir = state.path().join("build");
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("svc");
+        std::fs::copy(bin("target_pie"), &exe).unwrap();
+        Build { exe, dir }
+    }
+    pub fn start(&self) -> Proc {
+        Proc::spawn(Command::new(&self.exe))
+    }
+    /// A manifest for module fixture `module` replacing `functions`, with `extra` lines.
+    pub fn manifest(&self, patch: &str, module: &str, functions: &[(&str, &str)], extra: &str) -> PathBuf {
+        let module = bin(module);
+        let sha = pannus::sha256_file(&module).unwrap();
+        let mut text = format!(
+            "patch: {patch}\nversion: \"1.0\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {sha}\nfunctions:\n",
+            self.exe.display(),
+            build_id(&self.exe),
+            module.display()
+        );
+        for (t, r) in functions {
+            text.push_str(&format!("  - target: {t}\n    replacement: {r}\n"));
+        }
+        text.push_str(extra);
+        let path = self.dir.join(format!("{patch}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
