@@ -152,12 +152,19 @@ impl Proc {
 
     /// Starts `command` (a target, or a wrapper that execs one) answering as [`Proc::start`]'s.
     pub fn spawn(mut command: Command) -> Proc {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("target starts");
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // A program copied a moment ago is "busy" while a child another test thread forks
+        // meanwhile still holds the copy's write descriptor, until that child's exec closes it.
+        let mut tries = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => break other.expect("target starts"),
+            }
+        };
         let stdin = child.stdin.take().unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = channel();
