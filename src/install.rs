@@ -431,6 +431,8 @@ pub fn uninstall(
     progress: &mut dyn crate::fleet::Report,
 ) -> Result<Uninstalled> {
     let state = &engine.state_dir;
+    // Not while another pannus installs, uninstalls or rolls out one of them.
+    let _locks = order.iter().map(|p| crate::lock::InstalledLock::rollout(state, p)).collect::<Result<Vec<_>>>()?;
     let mut manifests = std::collections::HashMap::new();
     for p in order {
         if let Some(i) = get(state, p)? {

@@ -196,9 +196,6 @@ pub fn uninstall(engine: &Engine, patch: &str, yes: bool, cascade: bool, json: b
     // What goes with it: the installed patches that require it, theirs first.
     let order = install::uninstall_order(&engine.state_dir, patch, cascade)?;
     require_terminal_or_yes(yes, "uninstall")?;
-    // Not while another pannus installs, uninstalls or rolls out one of them.
-    let _locks =
-        order.iter().map(|p| crate::lock::InstalledLock::rollout(&engine.state_dir, p)).collect::<Result<Vec<_>>>()?;
     if !yes {
         let mut pids: Vec<i32> = order
             .iter()
