@@ -593,13 +593,17 @@ mod tests {
         starved()
     }
 
-    /// Without CAP_SYS_NICE the guard does nothing: there is nothing to test.
-    fn privileged() -> bool {
+    /// Without CAP_SYS_NICE the guard does nothing: there is nothing to test. The tests that
+    /// go on change the process's policy and its one watchdog: one at a time (the guard
+    /// returned is held for the test).
+    fn privileged() -> Option<std::sync::MutexGuard<'static, ()>> {
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
         let ok = may_leave_idle();
         if !ok {
             eprintln!("skipped: needs CAP_SYS_NICE");
+            return None;
         }
-        ok
+        Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The last CPU this thread may run on, and two threads at the normal policy keeping it busy
@@ -626,9 +630,7 @@ mod tests {
 
     #[test]
     fn spare_cpu_runs_the_thread_at_sched_idle_then_restores_the_normal_policy() {
-        if !privileged() {
-            return;
-        }
+        let Some(_one) = privileged() else { return };
         assert_eq!(policy(0), libc::SCHED_OTHER);
         let guard = SpareCpu::enter_whatever_the_load();
         assert!(matches!(guard.entered, Entered::Idle));
@@ -640,9 +642,7 @@ mod tests {
 
     #[test]
     fn a_pause_returns_to_the_normal_policy_without_a_watchdog_then_resumes() {
-        if !privileged() {
-            return;
-        }
+        let Some(_one) = privileged() else { return };
         let watching = || WATCHDOG.with(|w| w.borrow().is_some());
         drop(SpareCpu::pause());
         assert_eq!(policy(0), libc::SCHED_OTHER, "no guard: nothing to pause or resume");
@@ -673,9 +673,7 @@ mod tests {
 
     #[test]
     fn a_thread_starved_at_sched_idle_gets_the_normal_policy_back() {
-        if !privileged() {
-            return;
-        }
+        let Some(_one) = privileged() else { return };
         let (cpu, done, spinners) = busy_cpu();
         let mut only = CpuSet::new();
         only.set(cpu).unwrap();
@@ -703,9 +701,7 @@ mod tests {
 
     #[test]
     fn a_process_started_at_sched_idle_and_starved_gets_the_normal_policy_back() {
-        if !privileged() {
-            return;
-        }
+        let Some(_one) = privileged() else { return };
         let (cpu, done, spinners) = busy_cpu();
         let guard = SpareCpu::enter_whatever_the_load();
         // It inherits SCHED_IDLE, moves itself to the busy CPU and execs `sleep` there.
@@ -730,9 +726,7 @@ mod tests {
 
     #[test]
     fn the_watchdog_never_lowers_the_stop_window() {
-        if !privileged() {
-            return;
-        }
+        let Some(_one) = privileged() else { return };
         // Not yet at SCHED_IDLE: nothing to do, and the watchdog keeps looking.
         assert!(!normal_again(me()));
         assert_eq!(policy(0), libc::SCHED_OTHER);
