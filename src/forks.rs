@@ -36,18 +36,15 @@ fn children(pid: i32) -> Vec<i32> {
         }
     }
     if !listed {
-        out = crate::processes::pids().into_iter().map(|p| p.get()).filter(|&p| parent_of(p) == Some(pid)).collect();
+        out = crate::processes::pids()
+            .into_iter()
+            .map(|p| p.get())
+            .filter(|&p| crate::processes::parent(p) == Some(pid))
+            .collect();
     }
     out.sort_unstable();
     out.dedup();
     out
-}
-
-/// The parent of process `pid`, by `/proc/PID/stat`.
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields follow its last `)`.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Every descendant of process `pid` (not `pid` itself), parents before their children, at most

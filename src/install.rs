@@ -198,12 +198,7 @@ fn read(dir: &StateDir, id: &str) -> Result<Installed> {
     let sub = dir.subdir(id)?;
     let manifest_path = sub.path().join("manifest.yaml");
     let manifest = Manifest::load(&manifest_path)?;
-    let mut text = String::new();
-    sub.file("state.json", OFlag::O_RDONLY)?
-        .read_to_string(&mut text)
-        .map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
-    let record: Record =
-        serde_json::from_str(&text).map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
+    let record = read_record(&sub)?;
     Ok(Installed { manifest, manifest_path, record })
 }
 
@@ -239,12 +234,7 @@ pub fn update(state: &Path, id: &str, change: impl FnOnce(&mut Record)) -> Resul
         return Err(gone());
     }
     let sub = dir.existing(id)?.ok_or_else(gone)?;
-    let mut text = String::new();
-    sub.file("state.json", OFlag::O_RDONLY)?
-        .read_to_string(&mut text)
-        .map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
-    let mut record: Record =
-        serde_json::from_str(&text).map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
+    let mut record = read_record(&sub)?;
     let was = record.state;
     change(&mut record);
     if record.state == State::RolledBack && was != State::RolledBack {
@@ -257,10 +247,16 @@ pub fn update(state: &Path, id: &str, change: impl FnOnce(&mut Record)) -> Resul
 
 /// The record alone of installed patch `id` (its `state.json`, not its manifest), if any.
 pub fn record_of(state: &Path, id: &str) -> Option<Record> {
-    let sub = installed_dir(state).ok()?.existing(id).ok()??;
+    read_record(&installed_dir(state).ok()?.existing(id).ok()??).ok()
+}
+
+/// The `state.json` of an installed patch's folder `sub`.
+fn read_record(sub: &StateDir) -> Result<Record> {
     let mut text = String::new();
-    sub.file("state.json", OFlag::O_RDONLY).ok()?.read_to_string(&mut text).ok()?;
-    serde_json::from_str(&text).ok()
+    sub.file("state.json", OFlag::O_RDONLY)?
+        .read_to_string(&mut text)
+        .map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))?;
+    serde_json::from_str(&text).map_err(|e| Error::other(format!("{}/state.json: {e}", sub.path().display())))
 }
 
 /// Installs the patch of manifest `m` (loaded from `path`): verifies the module's checksum on

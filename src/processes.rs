@@ -266,8 +266,19 @@ fn stat_fields(stat: &str) -> Option<(char, u64)> {
 /// When process `pid` started (clock ticks after boot, field 22 of `/proc/PID/stat`): with the
 /// pid, what names one process, as pids are reused. `None` when it does not exist.
 pub fn start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 19)
+}
+
+/// The parent of process `pid` (field 4 of `/proc/PID/stat`).
+pub fn parent(pid: i32) -> Option<i32> {
+    stat_field(pid, 1)
+}
+
+/// Field `n` after the command name of `/proc/PID/stat` (0 is the state), parsed. The command
+/// name may hold spaces and parentheses: the fields follow its last `)`.
+fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n)?.parse().ok()
 }
 
 #[cfg(test)]
