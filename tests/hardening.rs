@@ -411,13 +411,9 @@ fn signals_sent_during_a_remote_call_reach_the_program() {
 /// The main thread waits on a coroutine's small stack, some 500 bytes above a read-only page of
 /// the program's: there is no room below its stack pointer for pannus's signal frame, let alone
 /// for a function call. pannus borrows another thread instead, and the page stays as it was.
-///
-/// Ignored for now: in clean-clone CI runs (not alone, nor in its own binary here) the main
-/// thread's raw read() has returned before its line came while pannus patched the process
-/// through the other thread, an early return pannus promises never happens. Open defect, to be
-/// reproduced and fixed; run it with `cargo test --test hardening -- --ignored`.
+/// The target reads that line with one raw `read()`, so the harness sends each line in one
+/// `write` (see `Proc::send`).
 #[test]
-#[ignore = "open defect: the small-stack thread's read() returned early in CI runs; see the comment"]
 fn a_thread_without_room_below_its_stack_pointer_is_not_borrowed() {
     let state = State::new();
     let mut t = Proc::start("target_pie");

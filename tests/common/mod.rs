@@ -191,8 +191,11 @@ impl Proc {
         self.line()
     }
 
+    /// Sends a command line in one `write` (a pipe delivers up to `PIPE_BUF` bytes at once):
+    /// `writeln!` writes the text and its newline apart, and a target reading with a raw
+    /// `read()`, not stdio, could get the text without its newline.
     pub fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").expect("the target reads");
+        self.stdin.write_all(format!("{cmd}\n").as_bytes()).expect("the target reads");
         self.stdin.flush().unwrap();
     }
 
