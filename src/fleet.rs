@@ -19,6 +19,7 @@ use crate::processes::{self, Pid, Process, Scope};
 use crate::registry;
 use crate::target::Target;
 use pannus_kernel::maps;
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -38,11 +39,13 @@ pub const EXITED: &str = "exited";
 pub struct Member {
     pub pid: Pid,
     pub name: String,
+    /// The architecture it runs (`None`: its executable could not be read).
+    pub arch: Option<pannus_kernel::Arch>,
 }
 
 impl From<Process> for Member {
     fn from(p: Process) -> Member {
-        Member { pid: p.pid, name: p.name }
+        Member { pid: p.pid, name: p.name, arch: p.arch }
     }
 }
 
@@ -78,6 +81,32 @@ impl Plan {
     pub fn pids(&self) -> Vec<i32> {
         self.members.iter().map(|m| m.pid.get()).collect()
     }
+
+    /// The architecture of each member whose architecture is known, by pid.
+    pub fn archs(&self) -> BTreeMap<i32, String> {
+        self.members.iter().filter_map(|m| Some((m.pid.get(), m.arch?.name()))).collect()
+    }
+}
+
+/// The architectures of `archs` (by pid) for a message: `i386` when every process runs the
+/// same, else each with its processes (`x86-64 (pids 10, 12), i386 (pid 11)`); empty when none
+/// is known.
+pub fn archs_text(archs: &BTreeMap<i32, String>) -> String {
+    let mut by: Vec<(&str, Vec<i32>)> = Vec::new();
+    for (&pid, arch) in archs {
+        match by.iter_mut().find(|(a, _)| *a == arch.as_str()) {
+            Some((_, pids)) => pids.push(pid),
+            None => by.push((arch, vec![pid])),
+        }
+    }
+    if let [(only, _)] = by.as_slice() {
+        return only.to_string();
+    }
+    let list = |pids: &[i32]| pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+    by.iter()
+        .map(|(a, pids)| format!("{a} (pid{} {})", if pids.len() == 1 { "" } else { "s" }, list(pids)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Which fleet command a summary is for.
@@ -106,6 +135,8 @@ pub struct Summary {
     /// The signal that cancelled the run: an apply rolls back every process it patched; a
     /// rollback touches no process after the one under way.
     pub cancelled: Option<String>,
+    /// The architecture of each process the command set out to work on, by pid.
+    pub archs: BTreeMap<i32, String>,
 }
 
 /// The order of severity of the exit codes: 1 > 3 > 4 > 2.
@@ -143,6 +174,7 @@ impl Summary {
             rollback_failed: Vec::new(),
             warnings: Vec::new(),
             cancelled: None,
+            archs: plan.archs(),
         }
     }
 
@@ -173,6 +205,9 @@ impl Summary {
             self.failed.len()
         ));
         out.push('\n');
+        if !self.archs.is_empty() {
+            out.push_str(&format!("  architecture: {}\n", archs_text(&self.archs)));
+        }
         if self.operation == Operation::Apply && !self.patched.is_empty() {
             out.push_str(&format!("  patched:     {}\n", list(&self.patched)));
         }
@@ -286,7 +321,7 @@ pub fn plan_apply(m: &Manifest) -> Result<Plan> {
                 ))
                 .hint(format!("roll it back first: pannus rollback --pid {pid} {}", m.patch)),
             }),
-            None => plan.members.push(Member { pid: pid.into(), name: target.name.clone() }),
+            None => plan.members.push(Member { pid: pid.into(), name: target.name.clone(), arch: target.arch }),
         }
     }
     if !mapped {
@@ -743,6 +778,17 @@ mod tests {
     fn summary() -> Summary {
         let plan = Plan { patch: "p".into(), members: vec![], skipped: vec![], failed: vec![] };
         Summary::new(Operation::Apply, &plan)
+    }
+
+    #[test]
+    fn architectures_are_named_once_when_every_process_shares_one() {
+        let archs = |v: &[(i32, &str)]| v.iter().map(|&(p, a)| (p, a.to_string())).collect();
+        assert_eq!(archs_text(&archs(&[(10, "i386"), (12, "i386")])), "i386");
+        assert_eq!(
+            archs_text(&archs(&[(10, "x86-64"), (11, "i386"), (12, "x86-64")])),
+            "x86-64 (pids 10, 12), i386 (pid 11)"
+        );
+        assert_eq!(archs_text(&BTreeMap::new()), "");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct CheckSummary {
     pub passed: Vec<Checked>,
     pub skipped: Vec<Skipped>,
     pub failed: Vec<Failed>,
+    /// The architecture of each process checked, by pid.
+    pub archs: std::collections::BTreeMap<i32, String>,
 }
 
 impl CheckSummary {
@@ -44,6 +46,9 @@ impl CheckSummary {
             self.skipped.len(),
             self.failed.len()
         );
+        if !self.archs.is_empty() {
+            out.push_str(&format!("  architecture: {}\n", fleet::archs_text(&self.archs)));
+        }
         if !self.passed.is_empty() {
             let pids: Vec<String> = self.passed.iter().map(|c| c.pid.to_string()).collect();
             out.push_str(&format!("  would patch: {}\n", pids.join(", ")));
@@ -98,6 +103,7 @@ pub fn check(engine: &Engine, m: &Manifest, plan: &Plan, progress: &mut dyn flee
         passed: Vec::new(),
         skipped: plan.skipped.clone(),
         failed: plan.failed.clone(),
+        archs: plan.archs(),
     };
     for (member, outcome) in plan.members.iter().zip(outcomes) {
         match outcome {

@@ -3,11 +3,11 @@
 
 mod common;
 
+use common::daemon::{install, Daemon};
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// One daemon at a time: every daemon sees every new process of the machine, and two with
@@ -15,89 +15,6 @@ use std::time::Duration;
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Installs the patch of `manifest` in `state` as `pannus install` does: root's copies of the
-/// manifest (its module path rewritten) and module under `installed/ID/`, and its state.
-fn install(state: &State, manifest: &Path, st: &str, deadline: Option<&str>) {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    let id = text.lines().find_map(|l| l.strip_prefix("patch: ")).unwrap().trim().to_string();
-    let dir = state.path().join("installed").join(&id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let module = text.lines().find_map(|l| l.strip_prefix("  path: ")).unwrap().trim().to_string();
-    std::fs::copy(&module, dir.join("module.so")).unwrap();
-    let copy = dir.join("module.so");
-    let text = text.replace(&format!("  path: {module}"), &format!("  path: {}", copy.display()));
-    std::fs::write(dir.join("manifest.yaml"), text).unwrap();
-    let deadline = deadline.map_or("null".to_string(), |d| format!("\"{d}\""));
-    std::fs::write(dir.join("state.json"), format!("{{\"state\": \"{st}\", \"trial_deadline\": {deadline}}}")).unwrap();
-}
-
-/// A running `pannus daemon`, its standard error collected.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(state: &State, args: &[&str]) -> Daemon {
-        Daemon::start_env(state, args, &[])
-    }
-
-    fn start_env(state: &State, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pannus"))
-            .arg("daemon")
-            .args(args)
-            .env("PANNUS_STATE_DIR", state.path())
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("pannus daemon starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let err = BufReader::new(child.stderr.take().unwrap());
-        let to = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for l in err.lines().map_while(Result::ok) {
-                eprintln!("[daemon] {l}");
-                to.lock().unwrap().push_str(&(l + "\n"));
-            }
-        });
-        let d = Daemon { child, log };
-        wait_until("the daemon watches", || d.log().contains("installed patches:"));
-        d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
-    }
-
-    /// Its exit code, waiting up to 30 s (128 + the signal that ended it).
-    fn wait(&mut self) -> i32 {
-        use std::os::unix::process::ExitStatusExt;
-        let mut code = None;
-        wait_until("the daemon ends", || {
-            code = self.child.try_wait().unwrap().map(|st| st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
-            code.is_some()
-        });
-        code.unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn compute_fix(state: &State) -> PathBuf {

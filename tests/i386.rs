@@ -4,9 +4,10 @@
 //! ones are, the target's answers observed changing and coming back.
 
 mod common;
+use common::daemon::{install, Daemon};
 use common::{bin_any, Proc, State};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The bytes of every executable mapping of `exe` in process `pid`, in address order.
 fn text_of(pid: i32, exe: &Path) -> Vec<u8> {
@@ -434,6 +435,8 @@ fn every_process_of_a_32_bit_binary() {
     let text = std::fs::read_to_string(&m).unwrap();
     let text = text.replace(&bin_any("target32_pie").to_string_lossy().into_owned(), &exe.to_string_lossy());
     std::fs::write(&m, text).unwrap();
+    let check = state.pannus(&["check", &m.to_string_lossy(), "--all"]).ok();
+    assert!(check.stdout.contains("  architecture: i386\n"), "{}", check.stdout);
     let r = state.pannus(&["apply", &m.to_string_lossy(), "--all", "--yes", "--json"]).ok();
     let v = r.json();
     let mut patched: Vec<i64> = v["patched"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect();
@@ -441,7 +444,11 @@ fn every_process_of_a_32_bit_binary() {
     let mut want = vec![i64::from(a.pid), i64::from(b.pid)];
     want.sort_unstable();
     assert_eq!(patched, want, "{v}");
+    for p in [&a, &b] {
+        assert_eq!(v["archs"][p.pid.to_string()], "i386", "{v}");
+    }
     assert_eq!((a.ask("c 5"), b.ask("c 5"), other.ask("c 5")), ("500".into(), "500".into(), "6".into()));
+
     let st = state.pannus(&["status", "--all", "--json"]).ok().json();
     let procs = st["processes"].as_array().unwrap();
     for p in [&a, &b] {
@@ -449,7 +456,8 @@ fn every_process_of_a_32_bit_binary() {
         assert_eq!(me["arch"], "i386");
         assert_eq!(me["patches"][0]["state"], "trial");
     }
-    state.pannus(&["rollback", "--all", "fleet-fix", "--yes", "--json"]).ok();
+    let text = state.pannus(&["rollback", "--all", "fleet-fix", "--yes"]).ok();
+    assert!(text.stdout.contains("  architecture: i386\n"), "{}", text.stdout);
     assert_eq!((a.ask("c 5"), b.ask("c 5")), ("6".into(), "6".into()));
 }
 
@@ -518,58 +526,68 @@ fn killed_at_every_step_of_apply_and_rollback() {
     assert!(killed >= (apply_points + rollback_points) / 2, "pannus was really killed ({killed} times)");
 }
 
-/// `pannus daemon` patches a new 32-bit process of an installed patch's binary (a copy of its
-/// own, so that the other tests' processes are not among them) just after its exec; a 32-bit
-/// process is never held before main.
-#[test]
-fn the_daemon_patches_new_32_bit_processes() {
-    use std::io::BufRead;
-    let state = State::new();
+/// An installed patch of `compute` for a copy of `target32_pie` of the test's own (so that the
+/// other tests' processes are not among its processes), and a daemon serving it.
+fn daemon_for_a_copy(state: &State, env: &[(&str, &str)]) -> (PathBuf, Daemon) {
     let exe = state.path().join("target32_daemon");
     std::fs::copy(bin_any("target32_pie"), &exe).unwrap();
     let m = state.manifest("daemon-fix", "target32_pie", "patch32_compute.so", &[("compute", "compute_v2")], "");
     let text = std::fs::read_to_string(&m).unwrap();
-    let text = text.replace(&bin_any("target32_pie").to_string_lossy().into_owned(), &exe.to_string_lossy());
-    // Installed as `pannus install` leaves it: root's copies of manifest and module, its state.
-    let dir = state.path().join("installed/daemon-fix");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(bin_any("patch32_compute.so"), dir.join("module.so")).unwrap();
-    let module = bin_any("patch32_compute.so").to_string_lossy().into_owned();
-    let text = text.replace(&format!("  path: {module}"), &format!("  path: {}", dir.join("module.so").display()));
-    std::fs::write(dir.join("manifest.yaml"), text).unwrap();
-    std::fs::write(dir.join("state.json"), "{\"state\": \"committed\", \"trial_deadline\": null}").unwrap();
+    std::fs::write(&m, text.replace(&*bin_any("target32_pie").to_string_lossy(), &exe.to_string_lossy())).unwrap();
+    install(state, &m, "committed", None);
+    (exe.clone(), Daemon::start_env(state, &[], env))
+}
 
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_pannus"))
-        .arg("daemon")
-        .env("PANNUS_STATE_DIR", state.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (err, to) = (std::io::BufReader::new(daemon.stderr.take().unwrap()), std::sync::Arc::clone(&log));
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            to.lock().unwrap().push_str(&(l + "\n"));
-        }
-    });
-    let log = || log.lock().unwrap().clone();
-    common::wait_until("the daemon watches", || log().contains("installed patches:"));
+/// One daemon at a time: each holds every new process's `exec` while it looks at it.
+fn one_daemon_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `pannus daemon` patches each new 32-bit process of an installed patch's binary before its
+/// `main` runs: held at its entry point in the vDSO, patched, let go.
+#[test]
+fn the_daemon_patches_new_32_bit_processes_before_main() {
+    let _one = one_daemon_at_a_time();
+    let state = State::new();
+    let (exe, mut daemon) = daemon_for_a_copy(&state, &[]);
     for _ in 0..3 {
         let mut t = Proc::spawn(std::process::Command::new(&exe));
-        common::wait_until("the new process is patched", || t.ask("c 5") == "500");
+        assert_eq!(t.ask("F"), "500", "patched before main: {}", daemon.log());
+        assert_eq!(t.ask("c 5"), "500");
         let st = state.status(t.pid);
         assert_eq!(st["arch"], "i386");
         assert_eq!(st["patches"][0]["patch"], "daemon-fix", "{st}");
-        assert_eq!(t.ask("F"), "6", "not patched before main: {}", log());
+        let pid = t.pid;
+        common::wait_until("the daemon says so", || {
+            daemon.log().contains(&format!("process {pid} let go at its entry point"))
+        });
+        assert_eq!(t.ask("s"), "7 100", "its data as the program set it");
         t.quit();
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let mut code = None;
-    common::wait_until("the daemon ends", || {
-        code = daemon.try_wait().unwrap().map(|st| st.code());
-        code.is_some()
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait(), 0, "{}", daemon.log());
+}
+
+/// The daemon is killed while a new 32-bit process sleeps at its entry point: the sleep ends by
+/// itself and returns to the entry point through the words below the loader's stack pointer,
+/// and the program runs unpatched with its data as it set it.
+#[test]
+fn a_32_bit_process_parked_at_its_entry_point_goes_on_by_itself_when_the_daemon_is_killed() {
+    let _one = one_daemon_at_a_time();
+    let state = State::new();
+    let env = [("PANNUS_TEST_PAUSE_AT", "process parked at its entry point"), ("PANNUS_TEST_POINTS", "1")];
+    let (exe, mut daemon) = daemon_for_a_copy(&state, &env);
+    // Proc::spawn waits for the target's "ready": started on a thread of its own.
+    let started = std::thread::spawn(move || Proc::spawn(std::process::Command::new(&exe)));
+    common::wait_until("the daemon holds the process", || {
+        daemon.log().contains("process parked at its entry point")
+            && pannus_kernel::thread_state(daemon.pid(), daemon.pid()) == Some('T')
     });
-    assert_eq!(code.unwrap(), Some(0), "{}", log());
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(daemon.wait(), 128 + 9);
+    let mut t = started.join().expect("the target came up without the daemon");
+    assert_eq!(t.ask("F"), "6");
+    assert_eq!(t.ask("c 5"), "6");
+    assert_eq!(t.ask("s"), "7 100", "its data as the program set it");
 }

@@ -9,6 +9,10 @@
 //! point with its registers as the loader left them. Should the daemon die meanwhile, the sleep
 //! ends by itself and returns to the entry point (see [`run_to_entry`]): the process goes on,
 //! unpatched, never left stopped.
+//!
+//! A 32-bit (i386) process is held the same way: its auxiliary vector has 4-byte words, and its
+//! thread sleeps in the vDSO's `int $0x80; pop %ebp; pop %edx; pop %ecx; ret`, which returns to
+//! the entry point through four words pannus writes below the loader's stack pointer.
 
 use crate::error::{Error, Result};
 use crate::thread::{self, Stop};
@@ -27,6 +31,8 @@ pub struct AtEntry {
     pub entry: u64,
     /// Its registers at the entry point, as the loader jumped there.
     regs: libc::user_regs_struct,
+    /// Its stack pointer while it sleeps there.
+    sleep_sp: u64,
 }
 
 /// Seizes thread `tid`, which is inside an `exec` fanotify holds, so that the `exec` stops it.
@@ -34,18 +40,24 @@ pub fn seize_exec(tid: i32) -> Result<()> {
     thread::seize_with(tid, ptrace::Options::PTRACE_O_TRACEEXEC)
 }
 
-/// `AT_ENTRY` of process `pid`.
-fn at_entry(pid: i32) -> Result<u64> {
+/// `AT_ENTRY` of process `pid`, whose auxiliary vector has words of `word` bytes (8, or 4 for a
+/// 32-bit process).
+fn at_entry(pid: i32, word: usize) -> Result<u64> {
     let auxv = std::fs::read(format!("/proc/{pid}/auxv"))
         .map_err(|e| Error::Other(format!("cannot read the auxiliary vector of process {pid}: {e}")))?;
-    auxv.chunks_exact(16)
+    entry_in(&auxv, word).ok_or_else(|| Error::Other(format!("process {pid} has no AT_ENTRY")))
+}
+
+/// The value of `AT_ENTRY` in the auxiliary vector `auxv` of `word`-byte words.
+fn entry_in(auxv: &[u8], word: usize) -> Option<u64> {
+    auxv.chunks_exact(2 * word)
         .map(|c| {
-            let word = |k: usize| u64::from_ne_bytes(c[k..k + 8].try_into().unwrap_or([0; 8]));
-            (word(0), word(8))
+            let at = |k: usize| c[k..k + word].iter().rev().fold(0u64, |v, &b| (v << 8) | u64::from(b));
+            (at(0), at(word))
         })
+        .take_while(|&(key, _)| key != libc::AT_NULL)
         .find(|&(key, _)| key == libc::AT_ENTRY)
         .map(|(_, v)| v)
-        .ok_or_else(|| Error::Other(format!("process {pid} has no AT_ENTRY")))
 }
 
 /// Waits for the next stop of `tid` until `deadline`, passing on the signals meant for it;
@@ -103,14 +115,18 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
             return Err(e);
         }
     }
-    // The entry point is found and parked at with x86-64 code and a 64-bit auxiliary vector: a
-    // 32-bit process is let go as it is, to be patched just after its exec instead.
-    if let Some(arch) = crate::Arch::of_process(pid).filter(|&a| a != crate::Arch::X86_64) {
-        let_go(pid, true);
-        return Err(Error::Other(format!(
-            "process {pid} runs {arch}: held before main only when it runs x86-64 code, patched after its exec"
-        )));
-    }
+    // Parked with x86-64 or i386 code: a process of another architecture (x32) is let go as it
+    // is, to be patched (or refused) just after its exec instead.
+    let compat = match crate::Arch::of_process(pid) {
+        Some(crate::Arch::I386) => true,
+        None | Some(crate::Arch::X86_64) => false,
+        Some(arch) => {
+            let_go(pid, true);
+            return Err(Error::Other(format!(
+                "process {pid} runs {arch}: held before main only when it runs x86-64 or i386 code"
+            )));
+        }
+    };
     let mem = match Mem::open(pid) {
         Ok(m) => m,
         Err(e) => {
@@ -119,7 +135,7 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
         }
     };
     let planted = (|| {
-        let entry = at_entry(pid)?;
+        let entry = at_entry(pid, if compat { 4 } else { 8 })?;
         let mut byte = [0u8; 1];
         mem.read(entry, &mut byte)?;
         mem.write(entry, &[0xcc])?;
@@ -152,46 +168,35 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
         put_back()?;
         let mut regs = thread::getregs(pid)?;
         regs.rip = entry;
-        let site = park_at()
-            .filter(|&a| mem.read_vec(a, 3).is_ok_and(|b| b == [0x0f, 0x05, 0xc3]))
-            .ok_or_else(|| Error::Other(format!("process {pid}: no `syscall; ret` to sleep on in its C library")))?;
         // Where the sleep returns: past the entry point's first instruction when it is one whose
-        // effect is redone here (`endbr64`, or `xor %ebp, %ebp` with %rbp cleared), so that an
-        // unwinder looking up the code before a return address lands inside the entry function,
-        // whose unwinding table ends the stack; else the entry point itself.
+        // effect is redone here (`endbr64`/`endbr32`, or `xor %ebp, %ebp` with %rbp cleared), so
+        // that an unwinder looking up the code before a return address lands inside the entry
+        // function, whose unwinding table ends the stack; else the entry point itself.
         let first = mem.read_vec(entry, 4)?;
-        let (ret_to, rbp) = if first == [0xf3, 0x0f, 0x1e, 0xfa] {
+        let endbr = [0xf3, 0x0f, 0x1e, if compat { 0xfb } else { 0xfa }];
+        let (ret_to, rbp) = if first == endbr {
             (entry + 4, regs.rbp)
         } else if first[..2] == [0x31, 0xed] {
             (entry + 2, 0)
         } else {
             (entry, regs.rbp)
         };
-        // Below the stack pointer, which nothing at the entry point uses: the return address of
-        // the sleep's `ret`, and the sleep's length. The `ret` leaves the stack pointer as the
-        // loader set it; of the registers the entry point reads (%rsp, %rdx: the loader's
-        // finaliser), the call changes none.
-        let ret_at = regs.rsp - 8;
-        let ts_at = regs.rsp - 24;
-        let mut frame = Vec::with_capacity(24);
-        frame.extend_from_slice(&PARK.as_secs().to_ne_bytes());
-        frame.extend_from_slice(&u64::from(PARK.subsec_nanos()).to_ne_bytes());
-        frame.extend_from_slice(&ret_to.to_ne_bytes());
-        mem.write(ts_at, &frame)?;
-        let mut sleep = regs;
-        sleep.rip = site;
-        sleep.rsp = ret_at;
-        sleep.rbp = rbp;
-        sleep.rax = libc::SYS_nanosleep as u64;
-        sleep.rdi = ts_at;
-        sleep.rsi = 0;
+        let sleep = if compat {
+            park_i386(&mem, pid, regs, ret_to, rbp)?
+        } else {
+            let site =
+                park_at().filter(|&a| mem.read_vec(a, 3).is_ok_and(|b| b == [0x0f, 0x05, 0xc3])).ok_or_else(|| {
+                    Error::Other(format!("process {pid}: no `syscall; ret` to sleep on in its C library"))
+                })?;
+            park_x86_64(&mem, regs, site, ret_to, rbp)?
+        };
         thread::setregs(pid, sleep)?;
-        Ok::<_, Error>(regs)
+        Ok::<_, Error>((regs, sleep.rsp))
     })();
     match parked {
-        Ok(regs) => {
+        Ok((regs, sleep_sp)) => {
             thread::detach(pid, 0)?;
-            Ok(AtEntry { pid, entry, regs })
+            Ok(AtEntry { pid, entry, regs, sleep_sp })
         }
         Err(e) => {
             // Back at the entry point, as the loader left it.
@@ -205,6 +210,74 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
             Err(e)
         }
     }
+}
+
+/// The registers of an x86-64 thread at the entry point (`regs`) sleeping in the `syscall; ret`
+/// at `site`, then returning to `ret_to` with `rbp`. Below the stack pointer, which nothing at
+/// the entry point uses: the return address of the sleep's `ret`, and the sleep's length. The
+/// `ret` leaves the stack pointer as the loader set it; of the registers the entry point reads
+/// (%rsp, %rdx: the loader's finaliser), the call changes none.
+fn park_x86_64(
+    mem: &Mem,
+    regs: libc::user_regs_struct,
+    site: u64,
+    ret_to: u64,
+    rbp: u64,
+) -> Result<libc::user_regs_struct> {
+    let ret_at = regs.rsp - 8;
+    let ts_at = regs.rsp - 24;
+    let mut frame = Vec::with_capacity(24);
+    frame.extend_from_slice(&PARK.as_secs().to_ne_bytes());
+    frame.extend_from_slice(&u64::from(PARK.subsec_nanos()).to_ne_bytes());
+    frame.extend_from_slice(&ret_to.to_ne_bytes());
+    mem.write(ts_at, &frame)?;
+    let mut sleep = regs;
+    sleep.rip = site;
+    sleep.rsp = ret_at;
+    sleep.rbp = rbp;
+    sleep.rax = libc::SYS_nanosleep as u64;
+    sleep.rdi = ts_at;
+    sleep.rsi = 0;
+    Ok(sleep)
+}
+
+/// i386 `nanosleep`, with a 32-bit `struct timespec`.
+const NR_NANOSLEEP_I386: u64 = 162;
+
+/// The registers of a 32-bit thread at the entry point (`regs`) sleeping in the vDSO's
+/// `int $0x80; pop %ebp; pop %edx; pop %ecx; ret`, then returning to `ret_to`. Below the stack
+/// pointer: the sleep's length, then the four words the gadget pops (`rbp`, the loader's `edx`
+/// (its finaliser, which the entry point reads) and `ecx`, the return address); the `ret`
+/// leaves the stack pointer as the loader set it. The vDSO's unwinding table describes those
+/// words, so an unwinder walks from the sleep to the entry point.
+fn park_i386(
+    mem: &Mem,
+    pid: i32,
+    regs: libc::user_regs_struct,
+    ret_to: u64,
+    rbp: u64,
+) -> Result<libc::user_regs_struct> {
+    let site = crate::maps::read(pid)
+        .ok()
+        .and_then(|maps| crate::i386::find_gadgets(mem, &maps))
+        .map(|g| g.syscall_ret)
+        .ok_or_else(|| {
+            Error::Other(format!("process {pid}: no `int $0x80; pop; pop; pop; ret` to sleep on in its vDSO"))
+        })?;
+    let ts_at = regs.rsp - 24;
+    let word = |v: u64| (v as u32).to_ne_bytes();
+    let mut frame = Vec::with_capacity(24);
+    for v in [PARK.as_secs(), u64::from(PARK.subsec_nanos()), rbp, regs.rdx, regs.rcx, ret_to] {
+        frame.extend_from_slice(&word(v));
+    }
+    mem.write(ts_at, &frame)?;
+    let mut sleep = regs;
+    sleep.rip = site;
+    sleep.rsp = regs.rsp - 16;
+    sleep.rax = NR_NANOSLEEP_I386;
+    sleep.rbx = ts_at;
+    sleep.rcx = 0;
+    Ok(sleep)
 }
 
 /// The time ran out before the `int3` was hit: stops the thread, takes the `int3` out (and, if
@@ -244,9 +317,27 @@ pub fn release(at: &AtEntry, timeout: Duration) -> Result<()> {
     };
     let regs = thread::getregs(pid)?;
     // Still in its sleep (its stack pointer where the sleep put it): then to the entry point.
-    let parked = regs.rsp == at.regs.rsp - 8;
+    let parked = regs.rsp == at.sleep_sp;
     if parked {
         thread::setregs(pid, at.regs)?;
     }
     thread::detach(pid, sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry_in;
+
+    fn auxv(word: usize, pairs: &[(u64, u64)]) -> Vec<u8> {
+        pairs.iter().flat_map(|&(k, v)| [k, v]).flat_map(|w| w.to_le_bytes()[..word].to_vec()).collect()
+    }
+
+    #[test]
+    fn the_entry_point_is_read_from_a_64_bit_or_a_32_bit_auxiliary_vector() {
+        let pairs = [(33, 0xf7f0_0000), (9, 0x5655_6080), (0, 0)];
+        assert_eq!(entry_in(&auxv(8, &pairs), 8), Some(0x5655_6080));
+        assert_eq!(entry_in(&auxv(4, &pairs), 4), Some(0x5655_6080));
+        assert_eq!(entry_in(&auxv(4, &[(33, 1), (0, 0), (9, 7)]), 4), None, "nothing after AT_NULL");
+        assert_eq!(entry_in(&auxv(8, &pairs)[..20], 8), None, "cut short");
+    }
 }

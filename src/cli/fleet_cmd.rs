@@ -29,6 +29,15 @@ pub(super) fn processes_text(pids: &[i32]) -> String {
     format!("{} process{}: pids {list}", pids.len(), if pids.len() == 1 { "" } else { "es" })
 }
 
+/// The processes of `plan` and their architecture, for a question.
+fn plan_text(plan: &crate::fleet::Plan) -> String {
+    let archs = crate::fleet::archs_text(&plan.archs());
+    match archs.is_empty() {
+        true => processes_text(&plan.pids()),
+        false => format!("{} ({archs})", processes_text(&plan.pids())),
+    }
+}
+
 pub(super) fn print_summary(summary: &crate::fleet::Summary, json: bool) -> Result<()> {
     match (json, summary.operation) {
         (true, Operation::Apply) => output::print(&output::FleetApply::from(summary))?,
@@ -115,9 +124,7 @@ fn fleet_apply(
     let m = Manifest::load(path)?;
     require_terminal_or_yes(yes, "apply")?;
     let plan = crate::fleet::plan_apply(&m)?;
-    if !yes
-        && !plan.members.is_empty()
-        && !ask(&format!("Apply `{}` {} to {}?", m.patch, m.version, processes_text(&plan.pids())))
+    if !yes && !plan.members.is_empty() && !ask(&format!("Apply `{}` {} to {}?", m.patch, m.version, plan_text(&plan)))
     {
         return Err(Error::cancelled("apply cancelled: nothing was applied"));
     }
@@ -202,7 +209,7 @@ fn fleet_rollback(engine: &Engine, patch: Option<String>, yes: bool, cascade: bo
             });
         }
         let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
-        if !ask(&format!("Roll back `{patch}` in {}{notes}?", processes_text(&plan.pids()))) {
+        if !ask(&format!("Roll back `{patch}` in {}{notes}?", plan_text(&plan))) {
             return Err(Error::cancelled("rollback cancelled: nothing was rolled back"));
         }
     }

@@ -294,6 +294,8 @@ pub struct FleetApply<'a> {
     pub rollback_failed: Vec<FailedProcess<'a>>,
     /// The signal that cancelled the run, when one did: the processes patched are rolled back.
     pub cancelled: Option<&'a str>,
+    /// The architecture of each process the command set out to patch, by pid.
+    pub archs: &'a std::collections::BTreeMap<i32, String>,
     pub exit: i32,
 }
 
@@ -306,6 +308,7 @@ impl<'a> From<&'a Summary> for FleetApply<'a> {
             rolled_back: &s.rolled_back,
             rollback_failed: failed(&s.rollback_failed),
             cancelled: s.cancelled.as_deref(),
+            archs: &s.archs,
             exit: s.exit_code(),
         }
     }
@@ -320,6 +323,8 @@ pub struct FleetRollback<'a> {
     pub not_done: NotDone<'a>,
     /// The signal that stopped the run, when one did: no process after it was touched.
     pub cancelled: Option<&'a str>,
+    /// The architecture of each process the command set out to roll back, by pid.
+    pub archs: &'a std::collections::BTreeMap<i32, String>,
     pub exit: i32,
 }
 
@@ -330,6 +335,7 @@ impl<'a> From<&'a Summary> for FleetRollback<'a> {
             rolled_back: &s.rolled_back,
             not_done: s.into(),
             cancelled: s.cancelled.as_deref(),
+            archs: &s.archs,
             exit: s.exit_code(),
         }
     }
@@ -343,6 +349,8 @@ pub struct FleetCheck<'a> {
     pub passed: Vec<i32>,
     #[serde(flatten)]
     pub not_done: NotDone<'a>,
+    /// The architecture of each process checked, by pid.
+    pub archs: &'a std::collections::BTreeMap<i32, String>,
     pub exit: i32,
 }
 
@@ -353,6 +361,7 @@ impl<'a> From<&'a crate::fleet_check::CheckSummary> for FleetCheck<'a> {
             patch: &s.patch,
             passed: s.passed.iter().map(|c| c.pid).collect(),
             not_done: NotDone { skipped, failed: failed(&s.failed) },
+            archs: &s.archs,
             exit: s.exit_code(),
         }
     }
@@ -581,6 +590,7 @@ mod tests {
             rollback_failed: vec![failed(106, Kind::Other, "gone", None)],
             warnings: vec!["not in the JSON".into()],
             cancelled: None,
+            archs: [(101, "x86-64".to_string()), (102, "i386".to_string())].into_iter().collect(),
         }
     }
 
@@ -599,6 +609,7 @@ mod tests {
                 "rolled_back": [102, 101],
                 "rollback_failed": [{"pid": 106, "kind": "other", "message": "gone", "hint": null}],
                 "cancelled": null,
+                "archs": {"101": "x86-64", "102": "i386"},
                 "exit": 1,
             })
         );
@@ -610,6 +621,7 @@ mod tests {
                 "skipped": skipped,
                 "failed": failed,
                 "cancelled": null,
+                "archs": {"101": "x86-64", "102": "i386"},
                 "exit": 1
             })
         );

@@ -1036,6 +1036,7 @@ fn r_in_the_installed_view_asks_once_naming_what_goes_with_it_then_uninstalls() 
                 rollback_failed: vec![],
                 warnings: vec![],
                 cancelled: None,
+                archs: Default::default(),
             }],
             code: 0,
         }),

@@ -2,6 +2,7 @@
 //! `pannus` binary against them.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod libc;
 pub mod tmux;
 
