@@ -6,7 +6,7 @@
 //! entry; threads calling them flat out through apply/rollback cycles never see a wrong answer.
 
 mod common;
-use common::libc::{libc_base, libc_of, libc_target, manifest};
+use common::libc::{libc_base, libc_of, libc_target, libc_target32, manifest, manifest_with};
 use common::tmux::Tmux;
 use common::{Proc, State};
 use std::path::Path;
@@ -101,6 +101,55 @@ fn an_ifunc_a_plain_and_a_versioned_function_of_libc_in_one_patch() {
     state.rollback(t.pid, None).ok();
     assert_original(&mut t);
     assert_eq!(bytes_at(t.pid, &addresses), restored);
+}
+
+/// The 32-bit C library, as a 32-bit process maps it (`/usr/lib32/libc.so.6` here): an i386
+/// resolver names its implementations through `__x86.get_pc_thunk.*` and its GOT, not a
+/// RIP-relative `lea`, and the debug file is for the 64-bit library only, so they are found by
+/// `.eh_frame` alone and named by address. `strlen` (every implementation), `atoi` and
+/// `realpath@GLIBC_2.0` in one patch: the program's own calls and libc's internal ones see the
+/// fix; rollback puts every entry back as the file has it.
+#[test]
+fn the_32_bit_c_library_an_ifunc_a_plain_and_a_versioned_function() {
+    let state = State::new();
+    let mut t = Proc::start(libc_target32());
+    let libc = libc_of(t.pid);
+    let original = |t: &mut Proc| {
+        assert_eq!(t.ask("len probe:abc|def"), "13");
+        assert_eq!(t.ask("puts probe:abc|def"), "probe:abc|def");
+        assert_eq!(t.ask("realpath /"), "EINVAL");
+    };
+    original(&mut t);
+    let chosen = u64::from_str_radix(t.ask("addr").trim_start_matches("0x"), 16).unwrap();
+    let fix = [("strlen", "strlen_fixed"), ("atoi", "atoi_fixed"), ("realpath@GLIBC_2.0", "realpath_compat_fixed")];
+    let module = common::bin_any("patch32_glibc.so");
+    let m = manifest_with(&state, "glibc32-fix", &libc, &module, &fix);
+    state.apply(&m, t.pid).ok();
+    assert_eq!(t.ask("len probe:abc|def"), "9", "the program's own call to strlen");
+    assert_eq!(t.ask("puts probe:abc|def"), "probe:abc", "libc's internal call to strlen, from puts");
+    assert_eq!(t.ask("realpath /"), "/", "the GLIBC_2.0 version of realpath");
+    assert_eq!(t.ask("len hello"), "5");
+
+    let st = state.status(t.pid);
+    assert_eq!(st["arch"], "i386", "{st}");
+    let functions = st["patches"][0]["functions"].as_array().unwrap().clone();
+    let strlen: Vec<&serde_json::Value> = functions.iter().filter(|f| f["target"] == "strlen").collect();
+    assert!(strlen.len() >= 2, "every implementation the resolver can return is patched: {functions:#?}");
+    let in_use: Vec<&&serde_json::Value> = strlen.iter().filter(|f| f["in_use"] == true).collect();
+    assert_eq!(in_use.len(), 1, "{functions:#?}");
+    assert_eq!(hex(&in_use[0]["address"]), chosen, "the one ld.so bound the program to: {functions:#?}");
+
+    let addresses: Vec<u64> = functions.iter().map(|f| hex(&f["address"])).collect();
+    let patched = bytes_at(t.pid, &addresses);
+    state.rollback(t.pid, None).ok();
+    original(&mut t);
+    let on_disk = pannus::Object::load(&libc, "libc").unwrap();
+    let base = libc_base(t.pid);
+    for ((f, p), r) in functions.iter().zip(&patched).zip(bytes_at(t.pid, &addresses)) {
+        let at = f["address"].as_str().unwrap();
+        assert_ne!(p, &r, "{at} was patched");
+        assert_eq!(Some(r.as_slice()), on_disk.bytes_at(hex(&f["address"]) - base, 16), "{at} is restored");
+    }
 }
 
 #[test]

@@ -76,9 +76,11 @@ pub fn unwind_extent(object: &Object, vaddr: u64) -> Option<u64> {
     let (hdr_range, hdr) = object.section(".eh_frame_hdr")?;
     let (frame_range, frame) = object.section(".eh_frame")?;
     let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_range.start).set_eh_frame(frame_range.start);
-    let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
+    let word = object.arch.word() as u8;
+    let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, word).ok()?;
     let table = parsed.table()?;
-    let eh_frame = EhFrame::new(frame, LittleEndian);
+    let mut eh_frame = EhFrame::new(frame, LittleEndian);
+    eh_frame.set_address_size(word);
     let fde = table.fde_for_address(&eh_frame, &bases, vaddr, EhFrame::cie_from_offset).ok()?;
     (fde.initial_address() == vaddr && fde.len() > 0).then(|| fde.len())
 }

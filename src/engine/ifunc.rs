@@ -7,10 +7,12 @@
 //! resolver's own code computes with a RIP-relative `lea` (how a resolver names what it returns)
 //! that is the start of a function the object's tables know (a `.dynsym` or `.symtab` function,
 //! one of the debug file's, or a frame description entry of `.eh_frame`) inside an executable
-//! segment. Which one the process uses is read from the process, as a hint: the value the
-//! object's own `R_X86_64_IRELATIVE` slots hold (libc's internal calls go through these), and
-//! the values the `GLOB_DAT` and `JUMP_SLOT` slots naming the symbol hold in every object it
-//! maps. Such a value must be one of the implementations found on disk, else the target is
+//! segment. A 32-bit (i386) resolver has no RIP-relative addressing: it finds its own address
+//! with `call __x86.get_pc_thunk.REG`, adds the distance to its GOT, and computes each
+//! implementation with a `lea` from that register (see [`lea_targets_i386`]). Which one the
+//! process uses is read from the process, as a hint: the value the object's own `IRELATIVE`
+//! slots hold (libc's internal calls go through these), and the values the `GLOB_DAT` and
+//! `JUMP_SLOT` slots naming the symbol hold in every object it maps. Such a value must be one of the implementations found on disk, else the target is
 //! refused. The resolver is never run, here or in the process.
 //!
 //! Every implementation found is patched, with the same replacement (each implements the same
@@ -23,11 +25,18 @@ use crate::elf::versions;
 use crate::elf::{Object, SymKind, Symbol};
 use crate::error::{Error, Result};
 use crate::target::{Loaded, Target};
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use pannus_kernel::Arch;
+use std::collections::HashMap;
 
+/// `R_X86_64_GLOB_DAT` and `R_386_GLOB_DAT`.
 const R_GLOB_DAT: u32 = 6;
+/// `R_X86_64_JUMP_SLOT` and `R_386_JMP_SLOT`.
 const R_JUMP_SLOT: u32 = 7;
+/// `R_X86_64_IRELATIVE`.
 const R_IRELATIVE: u32 = 37;
+/// `R_386_IRELATIVE`.
+const R_386_IRELATIVE: u32 = 42;
 
 /// How much of a resolver is decoded at most.
 const MAX_RESOLVER: u64 = 4096;
@@ -121,6 +130,9 @@ pub fn lea_targets(object: &Object, resolver: u64, size: u64) -> Vec<u64> {
     };
     let len = len.min(seg.vaddr + seg.filesz - resolver);
     let Some(code) = object.bytes_at(resolver, len) else { return Vec::new() };
+    if object.arch == Arch::I386 {
+        return lea_targets_i386(object, code, resolver);
+    }
     let mut out = Vec::new();
     for i in Decoder::with_ip(64, code, resolver, DecoderOptions::NONE).iter() {
         if i.mnemonic() == Mnemonic::Lea && i.is_ip_rel_memory_operand() {
@@ -131,6 +143,81 @@ pub fn lea_targets(object: &Object, resolver: u64, size: u64) -> Vec<u64> {
         }
     }
     out
+}
+
+/// [`lea_targets`] for a 32-bit resolver (`code`, at `resolver`), which computes addresses from
+/// its own: `call __x86.get_pc_thunk.REG` (a function that is `mov (%esp), REG; ret`) leaves
+/// the call's return address in REG, an `add $imm, REG` moves it (to the GOT), and each
+/// `lea disp(REG), DEST` computes one address. The code is read straight through; a register
+/// another instruction writes is no longer known (a `call` elsewhere forgets `eax`, `ecx` and
+/// `edx`, which it may change).
+fn lea_targets_i386(object: &Object, code: &[u8], resolver: u64) -> Vec<u64> {
+    let mut known: HashMap<Register, u32> = HashMap::new();
+    let mut out = Vec::new();
+    for i in Decoder::with_ip(32, code, resolver, DecoderOptions::NONE).iter() {
+        let dest = (i.op_count() > 0 && i.op0_kind() == OpKind::Register).then(|| i.op0_register());
+        match i.mnemonic() {
+            Mnemonic::Call => {
+                let thunk =
+                    matches!(i.op0_kind(), OpKind::NearBranch32).then(|| pc_thunk(object, i.near_branch_target()));
+                for r in [Register::EAX, Register::ECX, Register::EDX] {
+                    known.remove(&r);
+                }
+                if let Some(Some(reg)) = thunk {
+                    known.insert(reg, i.next_ip() as u32);
+                }
+            }
+            Mnemonic::Add if i.op1_kind() == OpKind::Immediate32 || i.op1_kind() == OpKind::Immediate8to32 => {
+                if let Some(r) = dest {
+                    if let Some(v) = known.get_mut(&r) {
+                        *v = v.wrapping_add(i.immediate32());
+                    }
+                }
+            }
+            Mnemonic::Lea => {
+                let Some(r) = dest else { continue };
+                let base = known.get(&i.memory_base()).copied().filter(|_| i.memory_index() == Register::None);
+                match base {
+                    Some(b) => {
+                        let a = b.wrapping_add(i.memory_displacement32());
+                        if !out.contains(&u64::from(a)) {
+                            out.push(u64::from(a));
+                        }
+                        known.insert(r, a);
+                    }
+                    None => {
+                        known.remove(&r);
+                    }
+                }
+            }
+            // Read, not written.
+            Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push => {}
+            _ => {
+                if let Some(r) = dest {
+                    // (A write to `cl` changes `ecx`.)
+                    known.remove(&r.full_register32());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The register `__x86.get_pc_thunk.*` at `at` returns its caller's address in, when the code
+/// there is `mov (%esp), REG; ret`.
+fn pc_thunk(object: &Object, at: u64) -> Option<Register> {
+    let code = object.bytes_at(at, 8)?;
+    let mut d = Decoder::with_ip(32, code, at, DecoderOptions::NONE);
+    let (mov, ret): (Instruction, Instruction) = (d.decode(), d.decode());
+    let plain = mov.mnemonic() == Mnemonic::Mov
+        && mov.op0_kind() == OpKind::Register
+        && mov.op1_kind() == OpKind::Memory
+        && mov.memory_base() == Register::ESP
+        && mov.memory_index() == Register::None
+        && mov.memory_displacement32() == 0
+        && ret.mnemonic() == Mnemonic::Ret
+        && ret.op_count() == 0;
+    plain.then(|| mov.op0_register())
 }
 
 /// The implementations of the indirect function `sym` of `object` (named `target` in the
@@ -206,8 +293,10 @@ pub fn implementations(
 /// `R_X86_64_64`, is the program's to change: no binding.)
 fn bound_values(target: &mut Target, object: &Loaded, sym: &Symbol, name: &str) -> Vec<(u64, Loaded, u64)> {
     let wanted = versions::split(name);
+    let i386 = object.object.arch == Arch::I386;
+    let irelative = if i386 { R_386_IRELATIVE } else { R_IRELATIVE };
     let mut slots: Vec<(u64, Loaded)> = Vec::new();
-    for r in object.object.relocs.iter().filter(|r| r.rtype == R_IRELATIVE && r.addend as u64 == sym.value) {
+    for r in object.object.relocs.iter().filter(|r| r.rtype == irelative && r.addend as u64 == sym.value) {
         slots.push((object.addr(r.offset), object.clone()));
     }
     for l in target.loaded_objects() {
@@ -220,12 +309,20 @@ fn bound_values(target: &mut Target, object: &Loaded, sym: &Symbol, name: &str) 
                 (Some(want), Some(have)) => want == have,
                 _ => true,
             };
-            if s.name == wanted.name && !s.defined && r.addend == 0 && version_ok {
+            // An i386 `REL` slot's word in place is no addend for these two types (it is the
+            // lazy binding's way back into the PLT).
+            if s.name == wanted.name && !s.defined && (i386 || r.addend == 0) && version_ok {
                 slots.push((l.addr(r.offset), l.clone()));
             }
         }
     }
-    slots.into_iter().filter_map(|(slot, holder)| target.mem.read_u64(slot).ok().map(|v| (slot, holder, v))).collect()
+    let word = |slot: u64| match i386 {
+        true => {
+            target.mem.read_vec(slot, 4).ok().and_then(|b| b.try_into().ok()).map(|b| u64::from(u32::from_le_bytes(b)))
+        }
+        false => target.mem.read_u64(slot).ok(),
+    };
+    slots.into_iter().filter_map(|(slot, holder)| word(slot).map(|v| (slot, holder, v))).collect()
 }
 
 #[cfg(test)]

@@ -21,6 +21,21 @@ pub fn libc_target() -> &'static str {
     "libc_target"
 }
 
+/// Builds tests/fixtures/libc_target.c with `-m32` next to the other 32-bit fixtures, once.
+pub fn libc_target32() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new("gcc")
+            .args(["-m32", "-O2", "-g", "-pthread", "-o"])
+            .arg(super::built32().join("target32_libc"))
+            .arg(fixtures_src().join("libc_target.c"))
+            .output()
+            .expect("gcc runs");
+        assert!(out.status.success(), "gcc -m32 libc_target.c failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    });
+    "target32_libc"
+}
+
 /// The C library process `pid` maps, as its maps name it.
 pub fn libc_of(pid: i32) -> PathBuf {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
@@ -39,13 +54,17 @@ pub fn libc_base(pid: i32) -> u64 {
 
 /// A manifest for `libc` replacing `functions` with patch_glibc.so's.
 pub fn manifest(state: &State, patch: &str, libc: &Path, functions: &[(&str, &str)]) -> PathBuf {
-    let module = super::bin("patch_glibc.so");
+    manifest_with(state, patch, libc, &super::bin("patch_glibc.so"), functions)
+}
+
+/// A manifest for `libc` replacing `functions` with those of `module`.
+pub fn manifest_with(state: &State, patch: &str, libc: &Path, module: &Path, functions: &[(&str, &str)]) -> PathBuf {
     let mut text = format!(
         "patch: {patch}\nversion: \"1\"\ntarget:\n  object: {}\n  build_id: {}\nmodule:\n  path: {}\n  sha256: {}\nfunctions:\n",
         libc.display(),
         super::build_id(libc),
         module.display(),
-        pannus::sha256_file(&module).unwrap()
+        pannus::sha256_file(module).unwrap()
     );
     for (t, r) in functions {
         text.push_str(&format!("  - target: \"{t}\"\n    replacement: {r}\n"));
