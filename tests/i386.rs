@@ -569,6 +569,48 @@ fn the_daemon_patches_new_32_bit_processes_before_main() {
     assert_eq!(daemon.wait(), 0, "{}", daemon.log());
 }
 
+/// The daemon is killed at points of its work on a new 32-bit process parked at its entry point,
+/// while it borrows the sleeping thread (its signal frame then lies right below the sleep's
+/// stack pointer: a 32-bit stack has no red zone) and as it writes the jump. Each time the
+/// thread goes home through that frame, the sleep is issued again with its own arguments and
+/// ends within its timeout, and the program starts and answers with the old or the new function.
+#[test]
+fn a_daemon_killed_while_it_patches_a_parked_32_bit_process_leaves_it_to_start() {
+    let _one = one_daemon_at_a_time();
+    // The points of one held process's work, counted on a daemon of their own.
+    let labels: Vec<String> = {
+        let state = State::new();
+        let (exe, mut daemon) = daemon_for_a_copy(&state, &[("PANNUS_TEST_POINTS", "1")]);
+        let mut t = Proc::spawn(std::process::Command::new(&exe));
+        assert_eq!(t.ask("F"), "500", "{}", daemon.log());
+        let pid = t.pid;
+        common::wait_until("the daemon lets it go", || {
+            daemon.log().contains(&format!("process {pid} let go at its entry point"))
+        });
+        daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        daemon.wait();
+        daemon.log().lines().filter_map(|l| l.split_once(": test point ").map(|(_, p)| p.to_string())).collect()
+    };
+    let at = |label: &str| labels.iter().find(|p| p.ends_with(label)).and_then(|p| p.split(':').next()?.parse().ok());
+    let points: Vec<u32> =
+        ["thread borrowed, signal frame written", "system call entered", "call set up", "entry bytes written"]
+            .into_iter()
+            .map(|l| at(l).unwrap_or_else(|| panic!("a point `{l}` in {labels:?}")))
+            .collect();
+    for k in points {
+        let state = State::new();
+        let (exe, mut daemon) = daemon_for_a_copy(&state, &[("PANNUS_TEST_KILL_AT", &k.to_string())]);
+        let mut t = Proc::spawn(std::process::Command::new(&exe));
+        assert_eq!(daemon.wait(), 128 + 9, "killed at point {k}: {}", daemon.log());
+        let first = t.ask("F");
+        assert!(first == "6" || first == "500", "killed at point {k}: compute(5) was {first} at main");
+        let now = t.ask("c 5");
+        assert!(now == "6" || now == "500", "killed at point {k}: {now}");
+        assert_eq!(t.ask("s"), "7 100", "killed at point {k}: its data as the program set it");
+        t.quit();
+    }
+}
+
 /// The daemon is killed while a new 32-bit process sleeps at its entry point: the sleep ends by
 /// itself and returns to the entry point through the words below the loader's stack pointer,
 /// and the program runs unpatched with its data as it set it.

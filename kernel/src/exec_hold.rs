@@ -11,8 +11,9 @@
 //! unpatched, never left stopped.
 //!
 //! A 32-bit (i386) process is held the same way: its auxiliary vector has 4-byte words, and its
-//! thread sleeps in the vDSO's `int $0x80; pop %ebp; pop %edx; pop %ecx; ret`, which returns to
-//! the entry point through four words pannus writes below the loader's stack pointer.
+//! thread sleeps in the vDSO's `int $0x80; pop %ebp; pop %edx; pop %ecx; ret` (a `poll` of no
+//! file with a timeout, which reads no memory), which returns to the entry point through four
+//! words pannus writes below the loader's stack pointer.
 
 use crate::error::{Error, Result};
 use crate::thread::{self, Stop};
@@ -33,6 +34,9 @@ pub struct AtEntry {
     regs: libc::user_regs_struct,
     /// Its stack pointer while it sleeps there.
     sleep_sp: u64,
+    /// Where it sleeps: the system call instruction (before it runs it, or once it returned
+    /// from it its instruction pointer is just past it).
+    site: u64,
 }
 
 /// Seizes thread `tid`, which is inside an `exec` fanotify holds, so that the `exec` stops it.
@@ -100,8 +104,9 @@ fn let_go(tid: i32, stopped: bool) {
 /// `int3` planted is taken out first) and the error says why.
 ///
 /// `park_at` gives, once the loader is done, the address of a `syscall; ret` that ends a leaf
-/// function of the C library (`getpid`'s): the thread sleeps there with the entry point as its
-/// return address, a stack any unwinder walks (the function, then the entry point).
+/// function of the C library (`getpid`'s): an x86-64 thread sleeps there with the entry point as
+/// its return address, a stack any unwinder walks (the function, then the entry point). A
+/// 32-bit thread sleeps in its vDSO instead (see the module's documentation).
 pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Option<u64>) -> Result<AtEntry> {
     let exec = |s: Stop| matches!(s, Stop::Event(_));
     match next_stop(pid, deadline, exec) {
@@ -115,18 +120,22 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
             return Err(e);
         }
     }
-    // Parked with x86-64 or i386 code: a process of another architecture (x32) is let go as it
-    // is, to be patched (or refused) just after its exec instead.
-    let compat = match crate::Arch::of_process(pid) {
-        Some(crate::Arch::I386) => true,
-        None | Some(crate::Arch::X86_64) => false,
-        Some(arch) => {
+    // Parked with x86-64 or i386 code, told by the code segment the thread runs in after the
+    // exec (the kernel's choice, not a file's): a process of another architecture (x32, whose
+    // code segment is x86-64's) is let go as it is, to be patched (or refused) after its exec.
+    let compat = match thread::getregs(pid) {
+        Ok(r) => crate::i386::is_compat(&r),
+        Err(e) => {
             let_go(pid, true);
-            return Err(Error::Other(format!(
-                "process {pid} runs {arch}: held before main only when it runs x86-64 or i386 code"
-            )));
+            return Err(e);
         }
     };
+    if let Some(arch) = crate::Arch::of_process(pid).filter(|&a| !compat && a != crate::Arch::X86_64) {
+        let_go(pid, true);
+        return Err(Error::Other(format!(
+            "process {pid} runs {arch}: held before main only when it runs x86-64 or i386 code"
+        )));
+    }
     let mem = match Mem::open(pid) {
         Ok(m) => m,
         Err(e) => {
@@ -191,12 +200,12 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
             park_x86_64(&mem, regs, site, ret_to, rbp)?
         };
         thread::setregs(pid, sleep)?;
-        Ok::<_, Error>((regs, sleep.rsp))
+        Ok::<_, Error>((regs, sleep.rsp, sleep.rip))
     })();
     match parked {
-        Ok((regs, sleep_sp)) => {
+        Ok((regs, sleep_sp, site)) => {
             thread::detach(pid, 0)?;
-            Ok(AtEntry { pid, entry, regs, sleep_sp })
+            Ok(AtEntry { pid, entry, regs, sleep_sp, site })
         }
         Err(e) => {
             // Back at the entry point, as the loader left it.
@@ -224,8 +233,8 @@ fn park_x86_64(
     ret_to: u64,
     rbp: u64,
 ) -> Result<libc::user_regs_struct> {
+    let ts_at = below(regs.rsp, 24)?;
     let ret_at = regs.rsp - 8;
-    let ts_at = regs.rsp - 24;
     let mut frame = Vec::with_capacity(24);
     frame.extend_from_slice(&PARK.as_secs().to_ne_bytes());
     frame.extend_from_slice(&u64::from(PARK.subsec_nanos()).to_ne_bytes());
@@ -241,15 +250,24 @@ fn park_x86_64(
     Ok(sleep)
 }
 
-/// i386 `nanosleep`, with a 32-bit `struct timespec`.
-const NR_NANOSLEEP_I386: u64 = 162;
+/// `sp - n`, or an error for a stack pointer too low to have room below it (code that ran
+/// before the entry point may have set any).
+fn below(sp: u64, n: u64) -> Result<u64> {
+    sp.checked_sub(n).ok_or_else(|| Error::Other(format!("no room below the stack pointer {sp:#x} at the entry point")))
+}
+
+/// i386 `poll`.
+const NR_POLL_I386: u64 = 168;
 
 /// The registers of a 32-bit thread at the entry point (`regs`) sleeping in the vDSO's
 /// `int $0x80; pop %ebp; pop %edx; pop %ecx; ret`, then returning to `ret_to`. Below the stack
-/// pointer: the sleep's length, then the four words the gadget pops (`rbp`, the loader's `edx`
-/// (its finaliser, which the entry point reads) and `ecx`, the return address); the `ret`
-/// leaves the stack pointer as the loader set it. The vDSO's unwinding table describes those
-/// words, so an unwinder walks from the sleep to the entry point.
+/// pointer, the four words the gadget pops: `rbp`, the loader's `edx` (its finaliser, which the
+/// entry point reads) and `ecx`, the return address; the `ret` leaves the stack pointer as the
+/// loader set it. The vDSO's unwinding table describes those words, so an unwinder walks from
+/// the sleep to the entry point. The sleep is `poll(NULL, 0, PARK)`, its arguments all in
+/// registers: a 32-bit stack has no red zone, so a borrowed thread's signal frame goes right
+/// below the stack pointer, where a `timespec` would be overwritten, and a sleep issued again
+/// from that frame (pannus killed while it borrows the thread) would read whatever is there.
 fn park_i386(
     mem: &Mem,
     pid: i32,
@@ -257,26 +275,23 @@ fn park_i386(
     ret_to: u64,
     rbp: u64,
 ) -> Result<libc::user_regs_struct> {
-    let site = crate::maps::read(pid)
-        .ok()
-        .and_then(|maps| crate::i386::find_gadgets(mem, &maps))
-        .map(|g| g.syscall_ret)
-        .ok_or_else(|| {
-            Error::Other(format!("process {pid}: no `int $0x80; pop; pop; pop; ret` to sleep on in its vDSO"))
-        })?;
-    let ts_at = regs.rsp - 24;
+    let site = crate::i386::vdso_syscall(mem, &crate::maps::read(pid)?).ok_or_else(|| {
+        Error::Other(format!("process {pid}: no `int $0x80; pop; pop; pop; ret` to sleep on in its vDSO"))
+    })?;
+    let sp = below(regs.rsp, 16)?;
     let word = |v: u64| (v as u32).to_ne_bytes();
-    let mut frame = Vec::with_capacity(24);
-    for v in [PARK.as_secs(), u64::from(PARK.subsec_nanos()), rbp, regs.rdx, regs.rcx, ret_to] {
+    let mut frame = Vec::with_capacity(16);
+    for v in [rbp, regs.rdx, regs.rcx, ret_to] {
         frame.extend_from_slice(&word(v));
     }
-    mem.write(ts_at, &frame)?;
+    mem.write(sp, &frame)?;
     let mut sleep = regs;
     sleep.rip = site;
-    sleep.rsp = regs.rsp - 16;
-    sleep.rax = NR_NANOSLEEP_I386;
-    sleep.rbx = ts_at;
+    sleep.rsp = sp;
+    sleep.rax = NR_POLL_I386;
+    sleep.rbx = 0;
     sleep.rcx = 0;
+    sleep.rdx = PARK.as_millis() as u64;
     Ok(sleep)
 }
 
@@ -316,8 +331,10 @@ pub fn release(at: &AtEntry, timeout: Duration) -> Result<()> {
         None => return Err(Error::Other(format!("process {pid}: did not stop to be released"))),
     };
     let regs = thread::getregs(pid)?;
-    // Still in its sleep (its stack pointer where the sleep put it): then to the entry point.
-    let parked = regs.rsp == at.sleep_sp;
+    // Still in its sleep (at the system call, its stack pointer where the sleep put it): then to
+    // the entry point. Once the sleep has ended, the program's own code may pass through the
+    // same stack pointer: it is left alone.
+    let parked = regs.rsp == at.sleep_sp && (regs.rip == at.site || regs.rip == at.site + 2);
     if parked {
         thread::setregs(pid, at.regs)?;
     }

@@ -109,6 +109,17 @@ pub(crate) fn find_gadgets(mem: &Mem, maps: &[Mapping]) -> Option<Gadgets> {
     None
 }
 
+/// The `int $0x80; pop %ebp; pop %edx; pop %ecx; ret` of the process's vDSO (the kernel's own
+/// code, mapped in every 32-bit process), read through its memory; `None` when it has no vDSO
+/// (unmapped by the program) or the code is not there.
+pub(crate) fn vdso_syscall(mem: &Mem, maps: &[Mapping]) -> Option<u64> {
+    let vdso = maps.iter().find(|m| m.path == "[vdso]" && m.exec && m.end <= 1 << 32)?;
+    let bytes =
+        mem.read_vec(vdso.start, usize::try_from(vdso.end.saturating_sub(vdso.start)).ok()?.min(64 << 10)).ok()?;
+    let i = bytes.windows(INT80_POPS_RET.len()).position(|w| w == INT80_POPS_RET)?;
+    Some(vdso.start + i as u64)
+}
+
 /// Whether `g` (a 32-bit process's) is still what it was found to be; `at(addr, bytes)` reads the
 /// target's memory.
 pub(crate) fn verify_gadgets(g: &Gadgets, at: impl Fn(u64, &[u8]) -> bool) -> bool {

@@ -152,8 +152,8 @@ pub struct ProcessPatches<'a> {
     pub pid: i32,
     pub name: &'a str,
     pub exe: &'a str,
-    /// The architecture it runs: `"x86-64"`, `"i386"` (a 32-bit process, which pannus lists but
-    /// cannot patch), ...; null when unread.
+    /// The architecture it runs: `"x86-64"`, `"i386"` (a 32-bit process), `"x32"`, ...; null
+    /// when unread.
     pub arch: Option<String>,
     /// The process it was forked from, when its patches are copies the fork gave it.
     pub forked_from: Option<i32>,

@@ -25,7 +25,7 @@ use crate::elf::versions;
 use crate::elf::{Object, SymKind, Symbol};
 use crate::error::{Error, Result};
 use crate::target::{Loaded, Target};
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register};
 use pannus_kernel::Arch;
 use std::collections::HashMap;
 
@@ -148,16 +148,20 @@ pub fn lea_targets(object: &Object, resolver: u64, size: u64) -> Vec<u64> {
 /// [`lea_targets`] for a 32-bit resolver (`code`, at `resolver`), which computes addresses from
 /// its own: `call __x86.get_pc_thunk.REG` (a function that is `mov (%esp), REG; ret`) leaves
 /// the call's return address in REG, an `add $imm, REG` moves it (to the GOT), and each
-/// `lea disp(REG), DEST` computes one address. The code is read straight through; a register
-/// another instruction writes is no longer known (a `call` elsewhere forgets `eax`, `ecx` and
-/// `edx`, which it may change).
+/// `lea disp(REG), DEST` computes one address. The code is read straight through, branches and
+/// returns included (a resolver computes its base once, at its start); every other write to a
+/// register, as iced-x86 reports the instruction's writes, makes it unknown, and a `call`
+/// elsewhere forgets `eax`, `ecx` and `edx`, which the callee may change.
 fn lea_targets_i386(object: &Object, code: &[u8], resolver: u64) -> Vec<u64> {
     let mut known: HashMap<Register, u32> = HashMap::new();
+    let mut info = InstructionInfoFactory::new();
     let mut out = Vec::new();
     for i in Decoder::with_ip(32, code, resolver, DecoderOptions::NONE).iter() {
-        let dest = (i.op_count() > 0 && i.op0_kind() == OpKind::Register).then(|| i.op0_register());
-        match i.mnemonic() {
-            Mnemonic::Call => {
+        // The 32-bit general register operand 0 names, if it is one.
+        let dest = (i.op_count() > 0 && i.op0_kind() == OpKind::Register && i.op0_register().is_gpr32())
+            .then(|| i.op0_register());
+        match (i.mnemonic(), dest) {
+            (Mnemonic::Call, _) => {
                 let thunk =
                     matches!(i.op0_kind(), OpKind::NearBranch32).then(|| pc_thunk(object, i.near_branch_target()));
                 for r in [Register::EAX, Register::ECX, Register::EDX] {
@@ -166,37 +170,35 @@ fn lea_targets_i386(object: &Object, code: &[u8], resolver: u64) -> Vec<u64> {
                 if let Some(Some(reg)) = thunk {
                     known.insert(reg, i.next_ip() as u32);
                 }
+                continue;
             }
-            Mnemonic::Add if i.op1_kind() == OpKind::Immediate32 || i.op1_kind() == OpKind::Immediate8to32 => {
-                if let Some(r) = dest {
-                    if let Some(v) = known.get_mut(&r) {
-                        *v = v.wrapping_add(i.immediate32());
-                    }
+            (Mnemonic::Add, Some(r)) if matches!(i.op1_kind(), OpKind::Immediate32 | OpKind::Immediate8to32) => {
+                // `immediate` sign-extends an 8-bit immediate, as the CPU does.
+                if let Some(v) = known.get_mut(&r) {
+                    *v = v.wrapping_add(i.immediate(1) as u32);
                 }
+                continue;
             }
-            Mnemonic::Lea => {
-                let Some(r) = dest else { continue };
+            (Mnemonic::Lea, Some(r)) => {
                 let base = known.get(&i.memory_base()).copied().filter(|_| i.memory_index() == Register::None);
-                match base {
-                    Some(b) => {
-                        let a = b.wrapping_add(i.memory_displacement32());
-                        if !out.contains(&u64::from(a)) {
-                            out.push(u64::from(a));
-                        }
-                        known.insert(r, a);
+                if let Some(b) = base {
+                    let a = b.wrapping_add(i.memory_displacement32());
+                    if !out.contains(&u64::from(a)) {
+                        out.push(u64::from(a));
                     }
-                    None => {
-                        known.remove(&r);
-                    }
+                    known.insert(r, a);
+                    continue;
                 }
             }
-            // Read, not written.
-            Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push => {}
-            _ => {
-                if let Some(r) = dest {
-                    // (A write to `cl` changes `ecx`.)
-                    known.remove(&r.full_register32());
-                }
+            _ => {}
+        }
+        for used in info.info(&i).used_registers() {
+            let written = matches!(
+                used.access(),
+                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+            );
+            if written {
+                known.remove(&used.register().full_register32());
             }
         }
     }
@@ -206,7 +208,7 @@ fn lea_targets_i386(object: &Object, code: &[u8], resolver: u64) -> Vec<u64> {
 /// The register `__x86.get_pc_thunk.*` at `at` returns its caller's address in, when the code
 /// there is `mov (%esp), REG; ret`.
 fn pc_thunk(object: &Object, at: u64) -> Option<Register> {
-    let code = object.bytes_at(at, 8)?;
+    let code = object.bytes_at(at, 4)?;
     let mut d = Decoder::with_ip(32, code, at, DecoderOptions::NONE);
     let (mov, ret): (Instruction, Instruction) = (d.decode(), d.decode());
     let plain = mov.mnemonic() == Mnemonic::Mov
@@ -296,7 +298,9 @@ fn bound_values(target: &mut Target, object: &Loaded, sym: &Symbol, name: &str) 
     let i386 = object.object.arch == Arch::I386;
     let irelative = if i386 { R_386_IRELATIVE } else { R_IRELATIVE };
     let mut slots: Vec<(u64, Loaded)> = Vec::new();
-    for r in object.object.relocs.iter().filter(|r| r.rtype == irelative && r.addend as u64 == sym.value) {
+    // An i386 addend is the 32-bit word in place, read sign-extended.
+    let addend = |a: i64| if i386 { a as u64 & 0xffff_ffff } else { a as u64 };
+    for r in object.object.relocs.iter().filter(|r| r.rtype == irelative && addend(r.addend) == sym.value) {
         slots.push((object.addr(r.offset), object.clone()));
     }
     for l in target.loaded_objects() {
