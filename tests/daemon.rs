@@ -300,6 +300,41 @@ fn a_process_parked_at_its_entry_point_goes_on_by_itself_when_the_daemon_is_kill
     assert_eq!(t.ask("s"), "7 100", "its data as the program set it");
 }
 
+/// How process `pid` ended, when it has: its exit status as `wait` gives it (the exit code
+/// shifted by 8, or the signal that killed it), read from `/proc/PID/stat` of the zombie its
+/// parent has not reaped.
+fn ended(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Field 3 is the state, field 52 the exit status.
+    (fields.first() == Some(&"Z")).then(|| fields.get(49)?.parse().ok())?
+}
+
+/// A library preloaded into the program forks in its constructor, before the program's entry
+/// point, where the daemon has planted an `int3` to hold the process: the child, a copy of the
+/// process with that `int3` in its copy of the code, goes on to `main` on its own and ends
+/// normally, and the parent is patched before `main`.
+#[test]
+fn a_child_forked_before_the_entry_point_goes_on_unharmed() {
+    let _one = one_at_a_time();
+    let state = State::new();
+    install(&state, &compute_fix(&state), "committed", None);
+    let _d = Daemon::start(&state, &[]);
+    let out = state.path().join("constructor-child");
+    let mut command = Command::new(bin("target_pie"));
+    command.env("LD_PRELOAD", bin("fork_ctor.so")).env("FORK_CTOR_OUT", &out);
+    let mut t = Proc::spawn(command);
+    assert_eq!(t.ask("F"), "500", "the parent is patched before main");
+    let child: i32 = std::fs::read_to_string(&out).unwrap().trim().parse().unwrap();
+    // Its input is /dev/null: it ends at once, and stays a zombie its parent never reaps.
+    let mut status = None;
+    wait_until("the constructor's child ends", || {
+        status = ended(child);
+        status.is_some()
+    });
+    assert_eq!(status, Some(0), "the child exited with 0, not killed by SIGTRAP (5; 133 with a core)");
+}
+
 #[test]
 fn a_library_loaded_later_with_dlopen_is_patched_once_mapped() {
     let _one = one_at_a_time();

@@ -39,9 +39,12 @@ pub struct AtEntry {
     site: u64,
 }
 
-/// Seizes thread `tid`, which is inside an `exec` fanotify holds, so that the `exec` stops it.
+/// Seizes thread `tid`, which is inside an `exec` fanotify holds, so that the `exec` stops it,
+/// and so that a process it forks before its entry point (a preloaded library's constructor
+/// may) is traced from its birth: such a child is a copy with the `int3` planted, which
+/// [`free_child`] takes out of its copy before letting it go.
 pub fn seize_exec(tid: i32) -> Result<()> {
-    thread::seize_with(tid, ptrace::Options::PTRACE_O_TRACEEXEC)
+    thread::seize_with(tid, ptrace::Options::PTRACE_O_TRACEEXEC | ptrace::Options::PTRACE_O_TRACEFORK)
 }
 
 /// `AT_ENTRY` of process `pid`, whose auxiliary vector has words of `word` bytes (8, or 4 for a
@@ -64,12 +67,45 @@ fn entry_in(auxv: &[u8], word: usize) -> Option<u64> {
         .map(|(_, v)| v)
 }
 
-/// Waits for the next stop of `tid` until `deadline`, passing on the signals meant for it;
-/// `None` when the time ran out.
-fn next_stop(tid: i32, deadline: Instant, mut is_ours: impl FnMut(Stop) -> bool) -> Result<Option<Stop>> {
+/// The `int3` planted at a process's entry point: where, and the byte it replaced.
+type Planted = Option<(u64, u8)>;
+
+/// Lets go of process `child`, forked by the held process while `planted` (if any) was in its
+/// code: once it has reached its first stop, the byte is put back in its copy of the code, so
+/// that it runs its own course (it is not held: nothing applies to it before `main`).
+fn free_child(child: i32, planted: Planted) {
+    // Traced from its birth, it starts in an event-stop. One that has not stopped within the
+    // second is left attached: the kernel lets it go when this thread of pannus ends.
+    let sig = match thread::wait_timeout(child, Duration::from_secs(1)) {
+        Ok(Some(Stop::Event(_))) => 0,
+        Ok(Some(Stop::Signal(sig))) if sig != libc::SIGSTOP => sig,
+        Ok(Some(Stop::Signal(_) | Stop::Syscall)) => 0,
+        Ok(Some(Stop::Gone(..))) | Ok(None) | Err(_) => return,
+    };
+    if let Some((entry, byte)) = planted {
+        if let Ok(mem) = Mem::open(child) {
+            let _ = mem.write(entry, &[byte]);
+        }
+    }
+    let _ = thread::detach(child, sig);
+}
+
+/// Waits for the next stop of `tid` until `deadline`, passing on the signals meant for it and
+/// letting go of the processes it forks (see [`free_child`]); `None` when the time ran out.
+fn next_stop(
+    tid: i32,
+    deadline: Instant,
+    planted: Planted,
+    mut is_ours: impl FnMut(Stop) -> bool,
+) -> Result<Option<Stop>> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Some(stop) = thread::wait_timeout(tid, left)? else { return Ok(None) };
+        let Some((stop, forked)) = thread::wait_timeout_forks(tid, left)? else { return Ok(None) };
+        if let Some(child) = forked {
+            free_child(child, planted);
+            thread::cont(tid, 0)?;
+            continue;
+        }
         match stop {
             Stop::Gone(how, code) => {
                 return Err(Error::Exited { pid: tid, how: format!("{how} {code}") });
@@ -82,12 +118,13 @@ fn next_stop(tid: i32, deadline: Instant, mut is_ours: impl FnMut(Stop) -> bool)
 }
 
 /// Lets a thread this module seized go, stopping it first when it runs (a failure on the way).
-fn let_go(tid: i32, stopped: bool) {
+/// `planted`: the `int3` a process it forks meanwhile would carry (see [`free_child`]).
+fn let_go(tid: i32, stopped: bool, planted: Planted) {
     if !stopped {
         if thread::interrupt(tid).is_err() {
             return;
         }
-        match thread::wait_timeout(tid, Duration::from_secs(1)) {
+        match next_stop(tid, Instant::now() + Duration::from_secs(1), planted, |_| true) {
             Ok(Some(Stop::Signal(sig))) => {
                 let _ = thread::detach(tid, sig);
                 return;
@@ -109,14 +146,14 @@ fn let_go(tid: i32, stopped: bool) {
 /// 32-bit thread sleeps in its vDSO instead (see the module's documentation).
 pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Option<u64>) -> Result<AtEntry> {
     let exec = |s: Stop| matches!(s, Stop::Event(_));
-    match next_stop(pid, deadline, exec) {
+    match next_stop(pid, deadline, None, exec) {
         Ok(Some(_)) => {}
         Ok(None) => {
-            let_go(pid, false);
+            let_go(pid, false, None);
             return Err(Error::Other(format!("process {pid}: no exec stop in time")));
         }
         Err(e) => {
-            let_go(pid, false);
+            let_go(pid, false, None);
             return Err(e);
         }
     }
@@ -126,12 +163,12 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
     let compat = match thread::getregs(pid) {
         Ok(r) => crate::i386::is_compat(&r),
         Err(e) => {
-            let_go(pid, true);
+            let_go(pid, true, None);
             return Err(e);
         }
     };
     if let Some(arch) = crate::Arch::of_process(pid).filter(|&a| !compat && a != crate::Arch::X86_64) {
-        let_go(pid, true);
+        let_go(pid, true, None);
         return Err(Error::Other(format!(
             "process {pid} runs {arch}: held before main only when it runs x86-64 or i386 code"
         )));
@@ -139,7 +176,7 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
     let mem = match Mem::open(pid) {
         Ok(m) => m,
         Err(e) => {
-            let_go(pid, true);
+            let_go(pid, true, None);
             return Err(e);
         }
     };
@@ -153,23 +190,23 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
     let (entry, byte) = match planted {
         Ok(p) => p,
         Err(e) => {
-            let_go(pid, true);
+            let_go(pid, true, None);
             return Err(e);
         }
     };
     let put_back = || mem.write(entry, &[byte]);
     // The int3 reports as SIGTRAP with the instruction pointer just past it.
     let hit = |s: Stop| s == Stop::Signal(libc::SIGTRAP) && thread::getregs(pid).is_ok_and(|r| r.rip == entry + 1);
-    let reached = thread::cont(pid, 0).and_then(|()| next_stop(pid, deadline, hit));
+    let reached = thread::cont(pid, 0).and_then(|()| next_stop(pid, deadline, Some((entry, byte)), hit));
     match reached {
         Ok(Some(_)) => {}
         Ok(None) => {
-            let_go_after(pid, entry, put_back);
+            let_go_after(pid, (entry, byte), put_back);
             return Err(Error::Other(format!("process {pid}: its entry point {entry:#x} not reached in time")));
         }
         Err(e) => {
             let _ = put_back();
-            let_go(pid, false);
+            let_go(pid, false, Some((entry, byte)));
             return Err(e);
         }
     }
@@ -215,7 +252,7 @@ pub fn run_to_entry(pid: i32, deadline: Instant, park_at: impl FnOnce() -> Optio
                     let _ = thread::setregs(pid, r);
                 }
             }
-            let_go(pid, true);
+            let_go(pid, true, None);
             Err(e)
         }
     }
@@ -297,9 +334,9 @@ fn park_i386(
 
 /// The time ran out before the `int3` was hit: stops the thread, takes the `int3` out (and, if
 /// it was hit meanwhile, puts the thread back on the entry point), lets it go.
-fn let_go_after(pid: i32, entry: u64, put_back: impl Fn() -> Result<()>) {
+fn let_go_after(pid: i32, (entry, byte): (u64, u8), put_back: impl Fn() -> Result<()>) {
     let _ = thread::interrupt(pid);
-    let stop = thread::wait_timeout(pid, Duration::from_secs(1));
+    let stop = next_stop(pid, Instant::now() + Duration::from_secs(1), Some((entry, byte)), |_| true);
     let _ = put_back();
     let sig = match stop {
         Ok(Some(Stop::Signal(libc::SIGTRAP))) => match thread::getregs(pid) {
@@ -324,7 +361,7 @@ pub fn release(at: &AtEntry, timeout: Duration) -> Result<()> {
     thread::seize(pid)?;
     thread::interrupt(pid)?;
     let deadline = Instant::now() + timeout;
-    let stop = next_stop(pid, deadline, |s| matches!(s, Stop::Event(_) | Stop::Signal(_)))?;
+    let stop = next_stop(pid, deadline, None, |s| matches!(s, Stop::Event(_) | Stop::Signal(_)))?;
     let sig = match stop {
         Some(Stop::Signal(sig)) => sig,
         Some(_) => 0,

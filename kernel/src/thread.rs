@@ -298,13 +298,33 @@ pub(crate) fn wait(tid: i32) -> Result<Stop> {
 
 /// Waits until thread `tid` reports or `timeout` passes (`None` then).
 pub(crate) fn wait_timeout(tid: i32, timeout: Duration) -> Result<Option<Stop>> {
+    Ok(wait_timeout_forks(tid, timeout)?.map(|(stop, _)| stop))
+}
+
+/// [`wait_timeout`], telling also a fork: `Some(child)` beside the stop when it is the
+/// `PTRACE_EVENT_FORK` stop of a thread seized with `PTRACE_O_TRACEFORK`, `child` the new
+/// process, traced (and stopped) from its birth.
+pub(crate) fn wait_timeout_forks(tid: i32, timeout: Duration) -> Result<Option<(Stop, Option<i32>)>> {
     let start = Instant::now();
     let mut nap = Duration::from_micros(20);
     loop {
-        match waitpid_raw(tid, libc::WNOHANG) {
-            Ok(Some(s)) => return Ok(Some(s)),
+        match waitpid_status(tid, libc::WNOHANG) {
+            Ok(Some(status)) => {
+                if let Some(stop) = decode(status) {
+                    let forked = libc::WIFSTOPPED(status) && (status >> 16) & 0xff == libc::PTRACE_EVENT_FORK;
+                    let child = match forked {
+                        true => Some(
+                            ptrace::getevent(Pid::from_raw(tid))
+                                .map_err(|e| Error::ptrace(tid, "read the new process of", e))?
+                                as i32,
+                        ),
+                        false => None,
+                    };
+                    return Ok(Some((stop, child)));
+                }
+            }
             Ok(None) => {}
-            Err(Errno::ECHILD) => return Ok(Some(Stop::Gone("is no longer traced", 0))),
+            Err(Errno::ECHILD) => return Ok(Some((Stop::Gone("is no longer traced", 0), None))),
             Err(e) => return Err(Error::ptrace(tid, "wait", e)),
         }
         if start.elapsed() >= timeout {

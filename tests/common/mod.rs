@@ -36,6 +36,7 @@ pub fn built() -> &'static Path {
         gcc(&["-O2", "-g", "-pthread", "-o", &o("target_pie"), &s("target.c")]);
         gcc(&["-O2", "-g", "-pthread", "-fno-pie", "-no-pie", "-o", &o("target_nopie"), &s("target.c")]);
         gcc(&["-O2", "-g", "-shared", "-fPIC", "-o", &o("libtarget.so"), &s("libtarget.c")]);
+        gcc(&["-O2", "-g", "-shared", "-fPIC", "-o", &o("fork_ctor.so"), &s("fork_ctor.c")]);
         gcc(&["-O2", "-g", "-pthread", "-DWITH_SECCOMP=319", "-o", &o("target_seccomp_memfd"), &s("target.c")]);
         gcc(&["-O2", "-g", "-pthread", "-DWITH_SECCOMP=41", "-o", &o("target_seccomp_socket"), &s("target.c")]);
         gcc(&["-O2", "-g", "-pthread", "-DWITH_MDWE", "-o", &o("target_mdwe"), &s("target.c")]);
