@@ -39,19 +39,10 @@ pub fn relocate(
     bias: u64,
     value: impl Fn(usize) -> u64,
 ) -> Result<Vec<Range<usize>>> {
-    const PAGE: usize = 4096;
-    let size = image.len();
-    let mut dirty = vec![false; size.div_ceil(PAGE)];
-    for r in relocs {
-        if r.rtype == R_386_NONE {
-            continue;
-        }
+    let width = |r: &Reloc| (r.rtype != R_386_NONE).then_some(4);
+    super::symbols::write_fields(relocs, image, lo, width, |r| {
         let s = r.sym.map_or(0, &value) as u32;
         let a = r.addend as u32;
-        let at = r.offset.wrapping_sub(lo) as usize;
-        if at.checked_add(4).is_none_or(|e| e > size) {
-            return Err(Error::bad_input(format!("relocation at {:#x} lies outside the module", r.offset)));
-        }
         let place = bias.wrapping_add(r.offset) as u32;
         let word = match r.rtype {
             R_386_RELATIVE => (bias as u32).wrapping_add(a),
@@ -62,10 +53,8 @@ pub fn relocate(
             R_386_GLOB_DAT | R_386_JMP_SLOT => s,
             t => return Err(Error::bad_input(format!("relocation {} is not supported by load: mmap", reloc_name(t)))),
         };
-        image[at..at + 4].copy_from_slice(&word.to_le_bytes());
-        dirty[at / PAGE..=(at + 3) / PAGE].fill(true);
-    }
-    Ok(super::symbols::dirty_runs(&dirty, size))
+        Ok(word.to_le_bytes().to_vec())
+    })
 }
 
 #[cfg(test)]

@@ -152,26 +152,20 @@ pub fn relocate(
     value: impl Fn(usize) -> u64,
     name: impl Fn(usize) -> String,
 ) -> Result<Vec<Range<usize>>> {
-    const PAGE: usize = 4096;
-    let size = image.len();
-    let mut dirty = vec![false; size.div_ceil(PAGE)];
-    for r in relocs {
-        if r.rtype == R_NONE {
-            continue;
-        }
+    let width = |r: &Reloc| match r.rtype {
+        R_NONE => None,
+        R_PC32 | R_PLT32 | R_32 | R_32S => Some(4),
+        _ => Some(8),
+    };
+    write_fields(relocs, image, lo, width, |r| {
         let s = match r.sym {
             Some(i) => value(i),
             // A module fixup for a place in the module itself (see [`crate::elf::Fixup`]).
             None if matches!(r.rtype, R_32 | R_32S) => bias,
             None => 0,
         };
-        let at = r.offset.wrapping_sub(lo) as usize;
-        let width = if matches!(r.rtype, R_PC32 | R_PLT32 | R_32 | R_32S) { 4 } else { 8 };
-        if at.checked_add(width).is_none_or(|e| e > size) {
-            return Err(Error::bad_input(format!("relocation at {:#x} lies outside the module", r.offset)));
-        }
         let place = bias.wrapping_add(r.offset);
-        let bytes: Vec<u8> = match r.rtype {
+        Ok(match r.rtype {
             R_RELATIVE => bias.wrapping_add_signed(r.addend).to_le_bytes().to_vec(),
             R_64 | R_GLOB_DAT | R_JUMP_SLOT => s.wrapping_add_signed(r.addend).to_le_bytes().to_vec(),
             R_PC32 | R_PLT32 => {
@@ -198,15 +192,40 @@ pub fn relocate(
                 (v as u32).to_le_bytes().to_vec()
             }
             t => return Err(Error::bad_input(format!("relocation {} is not supported by load: mmap", reloc_name(t)))),
-        };
-        image[at..at + width].copy_from_slice(&bytes);
+        })
+    })
+}
+
+/// Writes each relocation of `relocs` into `image` (the module's bytes from virtual address
+/// `lo`): `width(r)` bytes (`None`: nothing to write), checked to lie inside the image before
+/// `field(r)` computes them. Returns the byte ranges that changed, as runs of whole pages
+/// clipped to the image. The one loop of the x86-64 and i386 relocators, which differ only in
+/// what each field holds.
+pub(super) fn write_fields(
+    relocs: &[Reloc],
+    image: &mut [u8],
+    lo: u64,
+    width: impl Fn(&Reloc) -> Option<usize>,
+    mut field: impl FnMut(&Reloc) -> Result<Vec<u8>>,
+) -> Result<Vec<Range<usize>>> {
+    const PAGE: usize = 4096;
+    let size = image.len();
+    let mut dirty = vec![false; size.div_ceil(PAGE)];
+    for r in relocs {
+        let Some(width) = width(r) else { continue };
+        let at = r.offset.wrapping_sub(lo) as usize;
+        if at.checked_add(width).is_none_or(|e| e > size) {
+            return Err(Error::bad_input(format!("relocation at {:#x} lies outside the module", r.offset)));
+        }
+        let bytes = field(r)?;
+        image[at..at + width].copy_from_slice(&bytes[..width]);
         dirty[at / PAGE..=(at + width - 1) / PAGE].fill(true);
     }
     Ok(dirty_runs(&dirty, size))
 }
 
 /// The byte ranges, whole pages (the last cut at `size`), of the runs of pages marked in `dirty`.
-pub(super) fn dirty_runs(dirty: &[bool], size: usize) -> Vec<std::ops::Range<usize>> {
+fn dirty_runs(dirty: &[bool], size: usize) -> Vec<std::ops::Range<usize>> {
     const PAGE: usize = 4096;
     let mut runs = Vec::new();
     let mut pg = 0;
