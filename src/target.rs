@@ -64,6 +64,17 @@ impl Target {
         self.arch.map_or(8, Arch::word)
     }
 
+    /// The word (see [`Target::word`]) at `at` in the process, zero-extended.
+    pub fn read_word(&self, at: u64) -> Result<u64> {
+        if self.word() == 4 {
+            let mut b = [0u8; 4];
+            self.mem.read(at, &mut b)?;
+            Ok(u64::from(u32::from_le_bytes(b)))
+        } else {
+            Ok(self.mem.read_u64(at)?)
+        }
+    }
+
     /// The bitness its code is decoded in: 32 or 64.
     pub fn bits(&self) -> u32 {
         if self.word() == 4 {

@@ -320,13 +320,7 @@ fn bound_values(target: &mut Target, object: &Loaded, sym: &Symbol, name: &str) 
             }
         }
     }
-    let word = |slot: u64| match i386 {
-        true => {
-            target.mem.read_vec(slot, 4).ok().and_then(|b| b.try_into().ok()).map(|b| u64::from(u32::from_le_bytes(b)))
-        }
-        false => target.mem.read_u64(slot).ok(),
-    };
-    slots.into_iter().filter_map(|(slot, holder)| word(slot).map(|v| (slot, holder, v))).collect()
+    slots.into_iter().filter_map(|(slot, holder)| target.read_word(slot).ok().map(|v| (slot, holder, v))).collect()
 }
 
 #[cfg(test)]

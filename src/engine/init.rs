@@ -101,12 +101,7 @@ impl Session<'_> {
         if let Some((arr, len)) = array {
             for i in 0..(len / word).min(4096) {
                 let at = bias.wrapping_add(arr + word * i);
-                let f = if word == 4 {
-                    let b = self.target.mem.read_vec(at, 4)?;
-                    u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                } else {
-                    self.target.mem.read_u64(at)?
-                };
+                let f = self.target.read_word(at)?;
                 if f != 0 && f != all_ones {
                     out.push(f);
                 }
