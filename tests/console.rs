@@ -19,12 +19,7 @@ fn find_open_and_emergency_rollback_in_the_real_console() {
 
     let tmux = Tmux::start(&state, 100, 30);
     tmux.wait_for("Processes (");
-    let pid = t.pid.to_string();
-    tmux.keys(&["/"]);
-    for c in pid.chars() {
-        tmux.keys(&[&c.to_string()]);
-    }
-    let s = tmux.wait_for("1 match(es)");
+    let s = tmux.search_pid(t.pid);
     assert!(s.contains("TRIAL 0"), "the countdown badge is shown:\n{s}");
     tmux.keys(&["Enter", "Enter"]);
     let s = tmux.wait_for("Patches (application order)");
@@ -173,11 +168,7 @@ fn r_rolls_back_the_highlighted_patch_and_names_its_dependents() {
 
     let tmux = Tmux::start(&state, 100, 30);
     tmux.wait_for("Processes (");
-    tmux.keys(&["/"]);
-    for c in t.pid.to_string().chars() {
-        tmux.keys(&[&c.to_string()]);
-    }
-    tmux.wait_for("1 match(es)");
+    tmux.search_pid(t.pid);
     tmux.keys(&["Enter", "Enter"]);
     let s = tmux.wait_for("Patches (application order)");
     assert!(s.contains("R roll back pad-fix"), "the footer names the newest, highlighted:\n{s}");
@@ -201,11 +192,7 @@ fn r_rolls_back_the_highlighted_patch_and_names_its_dependents() {
 /// pre-flight to the first stage's confirmation.
 fn wizard_to_stage_1(tmux: &Tmux, pid: i32) {
     tmux.wait_for("Processes (");
-    tmux.keys(&["/"]);
-    for c in pid.to_string().chars() {
-        tmux.keys(&[&c.to_string()]);
-    }
-    tmux.wait_for("1 match(es)");
+    tmux.search_pid(pid);
     tmux.keys(&["Enter", "a"]);
     tmux.wait_for("Pick a manifest");
     tmux.keys(&["Enter"]);
@@ -437,11 +424,7 @@ fn a_trial_past_its_deadline_shows_overdue() {
 
     let tmux = Tmux::start(&state, 100, 30);
     tmux.wait_for("Processes (");
-    tmux.keys(&["/"]);
-    for c in t.pid.to_string().chars() {
-        tmux.keys(&[&c.to_string()]);
-    }
-    let s = tmux.wait_for("1 match(es)");
+    let s = tmux.search_pid(t.pid);
     assert!(s.contains("OVERDUE") && !s.contains("TRIAL 00:00"), "the list says OVERDUE:\n{s}");
     tmux.keys(&["Enter", "Enter"]);
     let s = tmux.wait_for("Patches (application order)");
@@ -491,11 +474,7 @@ fn the_manifest_picker_lists_the_manifests_for_this_process_first() {
     state.manifest("z-fix", "target_pie", "patch_compute.so", &[("compute", "compute_v2")], "");
     let tmux = Tmux::start(&state, 120, 30);
     tmux.wait_for("Processes (");
-    tmux.keys(&["/"]);
-    for c in t.pid.to_string().chars() {
-        tmux.keys(&[&c.to_string()]);
-    }
-    tmux.wait_for("1 match(es)");
+    tmux.search_pid(t.pid);
     tmux.keys(&["Enter", "a"]);
     let s = tmux.wait_for("Pick a manifest");
     let z = s.find("z-fix.yaml").expect("z-fix listed");
@@ -533,11 +512,7 @@ fn a_lock_wait_names_the_pannus_holding_the_process() {
     }
     let tmux = Tmux::start_env(&state, 160, 30, "PANNUS_LOCK_WAIT=60s");
     tmux.wait_for("Processes (");
-    tmux.keys(&["/"]);
-    for c in t.pid.to_string().chars() {
-        tmux.keys(&[&c.to_string()]);
-    }
-    tmux.wait_for("1 match(es)");
+    tmux.search_pid(t.pid);
     tmux.keys(&["Enter", "R"]);
     let s = tmux.wait_for(&format!("waiting for pannus pid {hp}"));
     assert!(s.contains("(`pannus commit --pid") && s.contains(&format!("holds process {}", t.pid)), "{s}");

@@ -424,11 +424,7 @@ fn the_pre_flight_names_the_implementation_of_a_libc_ifunc() {
     manifest(&state, "glibc-fix", &libc, &[("strlen", "strlen_fixed")]);
     let tmux = Tmux::start(&state, 200, 50);
     tmux.wait_for("Processes (");
-    tmux.keys(&["/"]);
-    for c in t.pid.to_string().chars() {
-        tmux.keys(&[&c.to_string()]);
-    }
-    tmux.wait_for("1 match(es)");
+    tmux.search_pid(t.pid);
     tmux.keys(&["Enter", "a"]);
     tmux.wait_for("Pick a manifest");
     tmux.keys(&["Enter"]);

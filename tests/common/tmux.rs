@@ -37,6 +37,16 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(150));
         }
     }
+    /// Narrows the process list to process `pid` with the search (`/` then the pid, a key at a
+    /// time as an engineer types it) and returns the screen once it shows the one match.
+    pub fn search_pid(&self, pid: i32) -> String {
+        self.keys(&["/"]);
+        for c in pid.to_string().chars() {
+            self.keys(&[&c.to_string()]);
+        }
+        self.wait_for("1 match(es)")
+    }
+
     pub fn screen(&self) -> String {
         let out = Command::new("tmux").args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
